@@ -1,0 +1,504 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * svctrace kernel side.
+ *
+ * Netfilter observers (BPF_PROG_TYPE_NETFILTER, one program per stage,
+ * attached at priorities that bracket conntrack, DNAT, filter and SNAT) and the
+ * skb:kfree_skb tracepoint. Every program only reads: observers always return
+ * NF_ACCEPT and never touch the packet.
+ *
+ * Filter: userspace writes the watched addresses into `targets`. A packet
+ * matches when its conntrack entry was matched before (`tracked`), when the
+ * entry's original destination is a target, or - without a conntrack entry -
+ * when the packet's own destination or source is one (for ICMP errors, the
+ * embedded packet's destination). Unrelated traffic costs two map lookups.
+ *
+ * Memory is read with BPF_CORE_READ / bpf_probe_read_kernel throughout so the
+ * same helpers serve program types whose skb pointer is not BTF-typed.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
+
+#include "svctrace.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define NF_ACCEPT 1
+#define NFCT_INFOMASK 7UL
+#define NET_HEADER_UNSET 0xffff
+
+#define FAMILY_IPV4 2  /* NFPROTO_IPV4 */
+#define FAMILY_IPV6 10 /* NFPROTO_IPV6 */
+
+#define PROTO_ICMP 1
+#define PROTO_TCP 6
+#define PROTO_UDP 17
+#define PROTO_ICMPV6 58
+#define PROTO_SCTP 132
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct target_key);
+	__type(value, __u8);
+} targets SEC(".maps");
+
+/* Conntrack entries of followed connections. The value is the original
+ * destination the entry had when it matched: an nf_conn address reused by an
+ * unrelated connection is recognised and forgotten. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct target_key);
+} tracked SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+	__type(value, struct event);
+} events SEC(".maps");
+
+/* Events that did not fit in the ring buffer. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* Makes the enums part of the object's BTF so bpf2go generates them. */
+const enum stage stage_unused __attribute__((unused));
+const enum event_kind event_kind_unused __attribute__((unused));
+
+struct pktinfo {
+	struct tuple t;
+	struct tuple inner;
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 flags;
+};
+
+struct match {
+	struct nf_conn *ct;
+	__u8 ctinfo;
+	__u8 family;
+	__u8 parsed;
+	struct pktinfo pi;
+};
+
+static __always_inline void set_v4(__u8 *addr, __be32 v4)
+{
+	__u32 *w = (__u32 *)addr;
+
+	w[0] = 0;
+	w[1] = 0;
+	w[2] = bpf_htonl(0x0000ffff);
+	w[3] = v4;
+}
+
+static __always_inline void set_addr(__u8 *addr, const union nf_inet_addr *a, __u8 family)
+{
+	if (family == FAMILY_IPV4) {
+		set_v4(addr, a->ip);
+		return;
+	}
+	__builtin_memcpy(addr, a->all, 16);
+}
+
+static __always_inline int key_eq(const struct target_key *a, const struct target_key *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+}
+
+static __always_inline int is_target(const __u8 *addr, __u16 port, __u8 proto)
+{
+	struct target_key k = {};
+
+	__builtin_memcpy(k.addr, addr, 16);
+	k.port = port;
+	k.proto = proto;
+	return bpf_map_lookup_elem(&targets, &k) != NULL;
+}
+
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+
+	if (n)
+		(*n)++;
+}
+
+/* ---- packet parsing ---------------------------------------------------- */
+
+static __always_inline int icmp_is_error(__u8 proto, __u8 type)
+{
+	if (proto == PROTO_ICMP)
+		return type == 3 || type == 4 || type == 5 || type == 11 || type == 12;
+	return type < 128; /* ICMPv6 error messages */
+}
+
+/* Reads the L3 header at nh into t. Returns the L4 header's address, or NULL
+ * when there is none to read (non-first fragment, unparsable header). */
+static __always_inline const __u8 *read_l3(const __u8 *nh, __u8 *family, struct tuple *t, __u8 *flags)
+{
+	__u8 version;
+
+	if (bpf_probe_read_kernel(&version, 1, nh))
+		return NULL;
+	version >>= 4;
+
+	if (version == 4) {
+		struct iphdr iph;
+
+		if (bpf_probe_read_kernel(&iph, sizeof(iph), nh))
+			return NULL;
+		*family = FAMILY_IPV4;
+		set_v4(t->saddr, iph.saddr);
+		set_v4(t->daddr, iph.daddr);
+		t->proto = iph.protocol;
+		if (iph.frag_off & bpf_htons(0x1fff)) {
+			*flags |= EVENT_F_FRAG;
+			return NULL;
+		}
+		return nh + iph.ihl * 4;
+	}
+	if (version != 6)
+		return NULL;
+
+	struct ipv6hdr ip6;
+
+	if (bpf_probe_read_kernel(&ip6, sizeof(ip6), nh))
+		return NULL;
+	*family = FAMILY_IPV6;
+	__builtin_memcpy(t->saddr, &ip6.saddr, 16);
+	__builtin_memcpy(t->daddr, &ip6.daddr, 16);
+
+	const __u8 *p = nh + sizeof(ip6);
+	__u8 next = ip6.nexthdr;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__u8 ext[8];
+
+		if (next != 0 && next != 43 && next != 44 && next != 60)
+			break; /* not hop-by-hop, routing, fragment or destination options */
+		if (bpf_probe_read_kernel(ext, sizeof(ext), p))
+			return NULL;
+		if (next == 44) {
+			if ((ext[2] << 8 | ext[3]) & 0xfff8) {
+				t->proto = ext[0];
+				*flags |= EVENT_F_FRAG;
+				return NULL;
+			}
+			p += 8;
+		} else {
+			p += (ext[1] + 1) * 8;
+		}
+		next = ext[0];
+	}
+	t->proto = next;
+	return p;
+}
+
+/* Reads ports (or the ICMP echo identifier) at l4 into t. */
+static __always_inline void read_ports(const __u8 *l4, struct tuple *t)
+{
+	__u16 ports[2];
+
+	switch (t->proto) {
+	case PROTO_TCP:
+	case PROTO_UDP:
+	case PROTO_SCTP:
+		if (bpf_probe_read_kernel(ports, sizeof(ports), l4) == 0) {
+			t->sport = ports[0];
+			t->dport = ports[1];
+		}
+		break;
+	case PROTO_ICMP:
+	case PROTO_ICMPV6:
+		/* type, code, checksum, identifier */
+		if (bpf_probe_read_kernel(ports, sizeof(ports), l4 + 4) == 0)
+			t->sport = ports[0];
+		break;
+	}
+}
+
+static __always_inline int parse_packet(const __u8 *nh, __u8 *family, struct pktinfo *pi)
+{
+	const __u8 *l4 = read_l3(nh, family, &pi->t, &pi->flags);
+
+	if (!*family)
+		return -1;
+	pi->flags |= EVENT_F_PKT;
+	if (!l4)
+		return 0;
+
+	if (pi->t.proto == PROTO_TCP) {
+		__u8 th[14];
+
+		if (bpf_probe_read_kernel(th, sizeof(th), l4) == 0) {
+			__builtin_memcpy(&pi->t.sport, th, 2);
+			__builtin_memcpy(&pi->t.dport, th + 2, 2);
+			pi->tcp_flags = th[13];
+		}
+		return 0;
+	}
+	if (pi->t.proto != PROTO_ICMP && pi->t.proto != PROTO_ICMPV6) {
+		read_ports(l4, &pi->t);
+		return 0;
+	}
+
+	__u8 icmp[2];
+
+	if (bpf_probe_read_kernel(icmp, sizeof(icmp), l4))
+		return 0;
+	pi->icmp_type = icmp[0];
+	pi->icmp_code = icmp[1];
+	if (!icmp_is_error(pi->t.proto, icmp[0])) {
+		read_ports(l4, &pi->t);
+		return 0;
+	}
+
+	/* An ICMP error embeds the header of the packet it reports on. */
+	__u8 inner_family = 0, inner_flags = 0;
+	const __u8 *inner_l4 = read_l3(l4 + 8, &inner_family, &pi->inner, &inner_flags);
+
+	if (!inner_family)
+		return 0;
+	pi->flags |= EVENT_F_INNER;
+	if (inner_l4)
+		read_ports(inner_l4, &pi->inner);
+	return 0;
+}
+
+static __always_inline int parse_skb(struct sk_buff *skb, __u8 *family, struct pktinfo *pi)
+{
+	const __u8 *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+
+	if (!head || nh == NET_HEADER_UNSET)
+		return -1;
+	return parse_packet(head + nh, family, pi);
+}
+
+/* ---- conntrack ----------------------------------------------------------- */
+
+static __always_inline struct nf_conn *skb_conntrack(struct sk_buff *skb, __u8 *ctinfo)
+{
+	if (!bpf_core_field_exists(skb->_nfct))
+		return NULL;
+
+	unsigned long nfct = BPF_CORE_READ(skb, _nfct);
+	struct nf_conn *ct = (struct nf_conn *)(nfct & ~NFCT_INFOMASK);
+
+	*ctinfo = nfct & NFCT_INFOMASK;
+	if (!ct)
+		return NULL;
+	/* Templates (raw table CT target) are not connections yet. */
+	if (BPF_CORE_READ(ct, status) & IPS_TEMPLATE)
+		return NULL;
+	return ct;
+}
+
+static __always_inline void ct_orig_dst(struct nf_conn *ct, __u8 family, struct target_key *k)
+{
+	union nf_inet_addr a = {};
+
+	BPF_CORE_READ_INTO(&a, ct, tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.u3);
+	set_addr(k->addr, &a, family);
+	BPF_CORE_READ_INTO(&k->port, ct, tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.u.all);
+	BPF_CORE_READ_INTO(&k->proto, ct, tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.protonum);
+}
+
+#define CT_TUPLE(ct, dir, family, t)                                              \
+	do {                                                                      \
+		union nf_inet_addr a = {};                                        \
+		BPF_CORE_READ_INTO(&a, ct, tuplehash[dir].tuple.src.u3);          \
+		set_addr((t)->saddr, &a, family);                                 \
+		BPF_CORE_READ_INTO(&a, ct, tuplehash[dir].tuple.dst.u3);          \
+		set_addr((t)->daddr, &a, family);                                 \
+		BPF_CORE_READ_INTO(&(t)->sport, ct, tuplehash[dir].tuple.src.u.all); \
+		BPF_CORE_READ_INTO(&(t)->dport, ct, tuplehash[dir].tuple.dst.u.all); \
+		BPF_CORE_READ_INTO(&(t)->proto, ct, tuplehash[dir].tuple.dst.protonum); \
+	} while (0)
+
+/* ---- filter -------------------------------------------------------------- */
+
+/* Decides whether skb belongs to a followed connection. family may be 0 (not
+ * known: the tracepoint) and is then taken from the conntrack entry or the
+ * packet. */
+static __always_inline int match_skb(struct sk_buff *skb, struct match *m)
+{
+	/* Kernel pointers go through locals: inside BPF_CORE_READ's access chain
+	 * a field of our own struct would become a CO-RE relocation too. */
+	struct nf_conn *ct = skb_conntrack(skb, &m->ctinfo);
+
+	m->ct = ct;
+	if (ct) {
+		struct target_key k = {};
+		__u64 id = (__u64)ct;
+
+		if (!m->family)
+			m->family = BPF_CORE_READ(ct, tuplehash[IP_CT_DIR_ORIGINAL].tuple.src.l3num);
+		ct_orig_dst(ct, m->family, &k);
+
+		struct target_key *seen = bpf_map_lookup_elem(&tracked, &id);
+
+		if (seen && key_eq(seen, &k))
+			return 1;
+		if (!bpf_map_lookup_elem(&targets, &k))
+			return 0;
+		bpf_map_update_elem(&tracked, &id, &k, BPF_ANY);
+		return 1;
+	}
+
+	/* No conntrack entry (yet): judge the packet by its own addresses. */
+	if (parse_skb(skb, &m->family, &m->pi) < 0)
+		return 0;
+	m->parsed = 1;
+	if (is_target(m->pi.t.daddr, m->pi.t.dport, m->pi.t.proto))
+		return 1;
+	if (is_target(m->pi.t.saddr, m->pi.t.sport, m->pi.t.proto))
+		return 1;
+	if (m->pi.flags & EVENT_F_INNER)
+		return is_target(m->pi.inner.daddr, m->pi.inner.dport, m->pi.inner.proto);
+	return 0;
+}
+
+/* Reserves and fills the parts of an event common to all kinds. */
+static __always_inline struct event *new_event(struct sk_buff *skb, struct match *m)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count_lost();
+		return NULL;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+
+	e->ts = bpf_ktime_get_ns();
+	e->skb = (__u64)skb;
+	e->len = BPF_CORE_READ(skb, len);
+	e->skb_mark = BPF_CORE_READ(skb, mark);
+
+	if (!m->parsed && parse_skb(skb, &m->family, &m->pi) == 0)
+		m->parsed = 1;
+	e->family = m->family;
+	if (m->parsed) {
+		e->pkt = m->pi.t;
+		e->inner = m->pi.inner;
+		e->tcp_flags = m->pi.tcp_flags;
+		e->icmp_type = m->pi.icmp_type;
+		e->icmp_code = m->pi.icmp_code;
+		e->flags |= m->pi.flags;
+	}
+
+	struct nf_conn *ct = m->ct;
+
+	e->ctinfo = m->ctinfo;
+	if (ct) {
+		e->flags |= EVENT_F_CT;
+		e->ct = (__u64)ct;
+		e->ct_status = BPF_CORE_READ(ct, status);
+		if (bpf_core_field_exists(ct->mark))
+			e->ct_mark = BPF_CORE_READ(ct, mark);
+		if (bpf_core_field_exists(ct->zone))
+			e->ct_zone = BPF_CORE_READ(ct, zone.id);
+		CT_TUPLE(ct, IP_CT_DIR_ORIGINAL, m->family, &e->orig);
+		CT_TUPLE(ct, IP_CT_DIR_REPLY, m->family, &e->reply);
+	}
+	return e;
+}
+
+/* ---- netfilter observers ------------------------------------------------- */
+
+static __always_inline int observe(struct bpf_nf_ctx *ctx, __u8 stage)
+{
+	struct sk_buff *skb = ctx->skb;
+	const struct nf_hook_state *state = ctx->state;
+	struct match m = {};
+
+	m.family = BPF_CORE_READ(state, pf);
+	if (!match_skb(skb, &m))
+		return NF_ACCEPT;
+
+	struct event *e = new_event(skb, &m);
+
+	if (!e)
+		return NF_ACCEPT;
+	e->kind = EVENT_HOOK;
+	e->stage = stage;
+	e->hook = BPF_CORE_READ(state, hook);
+	e->netns = BPF_CORE_READ(state, net, ns.inum);
+	e->ifindex_in = BPF_CORE_READ(state, in, ifindex);
+	e->ifindex_out = BPF_CORE_READ(state, out, ifindex);
+	bpf_ringbuf_submit(e, 0);
+	return NF_ACCEPT;
+}
+
+#define OBSERVER(name, stage)                       \
+	SEC("netfilter")                            \
+	int name(struct bpf_nf_ctx *ctx)            \
+	{                                           \
+		return observe(ctx, stage);         \
+	}
+
+OBSERVER(nf_pre_conntrack, STAGE_PRE_CONNTRACK)
+OBSERVER(nf_post_conntrack, STAGE_POST_CONNTRACK)
+OBSERVER(nf_pre_dnat, STAGE_PRE_DNAT)
+OBSERVER(nf_post_dnat, STAGE_POST_DNAT)
+OBSERVER(nf_pre_filter, STAGE_PRE_FILTER)
+OBSERVER(nf_post_filter, STAGE_POST_FILTER)
+OBSERVER(nf_pre_snat, STAGE_PRE_SNAT)
+OBSERVER(nf_post_snat, STAGE_POST_SNAT)
+OBSERVER(nf_last, STAGE_LAST)
+
+/* ---- drops --------------------------------------------------------------- */
+
+static __always_inline void on_drop(struct sk_buff *skb, __u64 location, __u32 reason)
+{
+	struct match m = {};
+
+	if (!match_skb(skb, &m))
+		return;
+
+	struct event *e = new_event(skb, &m);
+
+	if (!e)
+		return;
+	e->kind = EVENT_DROP;
+	e->location = location;
+	e->drop_reason = reason;
+	e->netns = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
+	e->ifindex_in = BPF_CORE_READ(skb, skb_iif);
+	e->ifindex_out = BPF_CORE_READ(skb, dev, ifindex);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* BTF-typed tracepoint: arguments are typed, skb is a trusted pointer. */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	on_drop(skb, (__u64)location, reason);
+	return 0;
+}
+
+/* Plain tracepoint, for kernels where tp_btf cannot be loaded. */
+SEC("tracepoint/skb/kfree_skb")
+int kfree_skb_tp(struct trace_event_raw_kfree_skb *ctx)
+{
+	__u32 reason = 0;
+
+	if (bpf_core_field_exists(ctx->reason))
+		reason = ctx->reason;
+	on_drop(ctx->skbaddr, (__u64)ctx->location, reason);
+	return 0;
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/output"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+type labOptions struct {
+	*globals
+	keep    bool
+	timeout time.Duration
+}
+
+func newLab(g *globals) *cobra.Command {
+	o := &labOptions{globals: g}
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "Build a throwaway node in network namespaces and trace the classic Service failures",
+		Long: `Build a small Kubernetes-like node out of network namespaces - a node with a bridge and
+kube-proxy-style iptables rules, four pods serving HTTP, a client - and trace one connection
+to each of its Services, each set up to fail in a classic way (or not at all):
+
+  healthy           a healthy Service with two ready endpoints          → answered
+  no-endpoints      the selector matches no ready Pod: kube-proxy REJECTs → rejected
+  wrong-targetport  targetPort 9090, but the Pod listens on 8080          → reset
+  hung-pod          the Pod's server stopped accepting connections        → no-reply
+  policy-drop       a FORWARD DROP rule stands in for a NetworkPolicy     → dropped
+  no-proxy-rules    kube-proxy wrote no rules for the Service             → not-translated
+
+Everything is removed at the end and on Ctrl-C. Nothing leaves the lab: its addresses exist
+only in its own namespaces. Exits non-zero if a scenario gives an unexpected verdict, so it
+doubles as a self-test of svctrace on this kernel.`,
+		Example: `  sudo svctrace lab
+  sudo svctrace lab -o json
+  sudo svctrace lab --keep        # leave it up and trace it by hand
+  sudo svctrace lab cleanup       # remove labs left behind`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.output != "text" && o.output != "json" {
+				return fmt.Errorf("unknown output format %q: use -o text or -o json", o.output)
+			}
+			return o.run(cmd.Context())
+		},
+	}
+	cmd.Flags().BoolVar(&o.keep, "keep", false, "leave the lab up afterwards and print how to trace and remove it")
+	cmd.Flags().DurationVar(&o.timeout, "timeout", 1500*time.Millisecond, "how long the client and the tracer wait for an answer")
+	cmd.AddCommand(&cobra.Command{
+		Use:   "cleanup [ID]",
+		Short: "Remove a lab left up with --keep (or by a crash); without ID, every lab",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := ""
+			if len(args) == 1 {
+				id = args[0]
+			}
+			removed, err := lab.Cleanup(id)
+			for _, n := range removed {
+				fmt.Fprintf(g.stdout, "removed network namespace %s\n", n)
+			}
+			if len(removed) == 0 && err == nil {
+				fmt.Fprintln(g.stdout, "no lab to remove")
+			}
+			return err
+		},
+	})
+	return cmd
+}
+
+func (o *labOptions) run(ctx context.Context) error {
+	if old := lab.List(); len(old) > 0 {
+		fmt.Fprintf(o.stderr, "note: %d lab(s) from earlier runs are still up (%s); `svctrace lab cleanup` removes them\n",
+			len(old), strings.Join(old, ", "))
+	}
+	start := time.Now()
+	l, err := lab.Up(lab.Options{Keep: o.keep})
+	if err != nil {
+		return err
+	}
+	if !o.keep {
+		defer l.Down()
+	}
+	o.logf("lab %s up in %s", l.ID, time.Since(start).Round(time.Millisecond))
+
+	p, err := output.New(o.output, o.stdout, output.Options{Name: l.Names().Name, Wall: tracer.WallClock()})
+	if err != nil {
+		return err
+	}
+	results, info, res, err := l.Run(ctx, lab.RunOptions{Timeout: o.timeout, Logf: o.logf, Lost: p.Lost})
+	if err != nil {
+		return err
+	}
+	if o.output == "text" {
+		fmt.Fprintf(o.stdout, "lab %s: node %s, traced with %s (%d observers, drops: %s)\n\n",
+			l.ID, l.Node.Spec, info.Backend, info.Links, orNone(info.Drops))
+	}
+
+	var sum output.Summary
+	var wrong []string
+	for _, r := range results {
+		if o.output == "text" {
+			scenarioHeader(o, r)
+		}
+		for _, c := range r.Conns {
+			sum.Count(c)
+			p.Conn(c, res.Lost)
+		}
+		if got := r.Verdict(); got != r.Scenario.Expect {
+			wrong = append(wrong, fmt.Sprintf("%s: expected %s, got %s", r.Scenario.Name, r.Scenario.Expect, orNone(string(got))))
+		}
+		if o.output == "text" {
+			fmt.Fprintln(o.stdout)
+		}
+	}
+	sum.Lost, sum.Orphans = res.Lost, res.Orphans
+	p.Summary(sum)
+
+	if o.keep {
+		keepHint(o, l)
+	}
+	if len(wrong) > 0 {
+		fmt.Fprintf(o.stderr, "svctrace: %d scenario(s) did not give the expected verdict: %s\n", len(wrong), strings.Join(wrong, "; "))
+		return errSilent
+	}
+	if o.output == "text" {
+		fmt.Fprintf(o.stdout, "all %d scenarios gave the expected verdict\n", len(results))
+	}
+	return nil
+}
+
+func scenarioHeader(o *labOptions, r lab.Result) {
+	s := r.Scenario
+	var eps []string
+	for _, ep := range s.Service.Endpoints {
+		eps = append(eps, ep.String())
+	}
+	to := strings.Join(eps, ", ")
+	if to == "" {
+		to = "no endpoints"
+	}
+	fmt.Fprintf(o.stdout, "━━ %s: %s\n", s.Name, s.Title)
+	fmt.Fprintf(o.stdout, "   service %s/%s %s → %s; expected: %s\n", lab.Namespace, s.Service.Name, s.VIP(), to, s.Expect)
+	fmt.Fprintf(o.stdout, "   client: %s\n", r.Client)
+	if len(r.Conns) == 0 {
+		fmt.Fprintln(o.stdout, "   (the tracer saw no connection)")
+	}
+}
+
+func keepHint(o *labOptions, l *lab.Lab) {
+	vip := l.Scenarios[0].VIP()
+	fmt.Fprintf(o.stderr, `
+The lab stays up (id %[1]s). Trace it by hand:
+  sudo svctrace trace --netns %[2]s --addr %[3]s
+and in another terminal send traffic from the client:
+  sudo ip netns exec %[4]s curl -s http://%[3]s/
+Remove it:
+  sudo svctrace lab cleanup %[1]s
+`, l.ID, l.Node.Spec, vip, l.Client.Spec)
+}

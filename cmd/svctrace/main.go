@@ -1,0 +1,106 @@
+// Command svctrace shows where connections to a Kubernetes Service die on a
+// node, and why: it follows each connection through conntrack, DNAT, the
+// filter table and SNAT with eBPF.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/svctrace/svctrace/internal/lab"
+)
+
+// Set with -ldflags "-X main.version=…".
+var version = "dev"
+
+// errSilent is returned by commands that already said what went wrong.
+var errSilent = errors.New("")
+
+func main() {
+	// A lab pod server is this binary started again in a pod's namespace.
+	lab.ServeIfChild()
+
+	// A closed pipe (svctrace … | head) must not kill svctrace before it has
+	// detached and removed what it set up: let the write fail instead.
+	signal.Ignore(syscall.SIGPIPE)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		if !errors.Is(err, errSilent) {
+			fmt.Fprintf(os.Stderr, "svctrace: %v\n", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// globals are the flags every command has.
+type globals struct {
+	output  string
+	verbose bool
+	stdout  io.Writer
+	stderr  io.Writer
+}
+
+// logf prints progress and details with --verbose.
+func (g *globals) logf(format string, args ...any) {
+	if g.verbose {
+		fmt.Fprintf(g.stderr, format+"\n", args...)
+	}
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "svctrace",
+		Short: "Show where connections to a Kubernetes Service die on this node, and why",
+		Long: `svctrace follows connections to a Service through the node's packet path with eBPF:
+conntrack, the DNAT from the Service address to a Pod, the filter table, SNAT/MASQUERADE,
+and the reply's way back. For every connection it prints a timeline and one verdict:
+
+  answered        the destination replied and the reply was translated back
+  rejected        the node answered itself (ICMP unreachable or TCP RST), e.g. no endpoints
+  dropped         the node discarded a packet: hook, netfilter stage, reason, location
+  reset           the endpoint answered with a TCP RST: nothing listens on the target port
+  no-reply        forwarded to the endpoint, nothing came back
+  not-translated  a packet to a Service address left the node without DNAT
+
+Try it without a cluster:  sudo svctrace lab
+Trace addresses yourself:  sudo svctrace trace --addr 10.96.0.10:80`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          noServiceYet,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output format: text or json (one object per line)")
+	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "show attach details, timings and verifier logs")
+	root.AddCommand(newTrace(g), newLab(g), newKernelSupport(g), newVersion(g))
+	return root
+}
+
+// noServiceYet explains what to do until Services can be traced by name.
+func noServiceYet(_ *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	return fmt.Errorf("tracing a Service by name (%q) needs the Kubernetes support that is not built yet; trace its ClusterIP instead: svctrace trace --addr CLUSTER-IP:PORT", args[0])
+}
+
+func newVersion(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintf(g.stdout, "svctrace %s\n", version)
+		},
+	}
+}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/output"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+type traceOptions struct {
+	*globals
+	addrs    []string
+	netns    string
+	duration time.Duration
+	count    int
+	timeout  time.Duration
+
+	targets []tracer.Target
+}
+
+func newTrace(g *globals) *cobra.Command {
+	o := &traceOptions{globals: g}
+	cmd := &cobra.Command{
+		Use:   "trace --addr IP:PORT[/tcp|udp] [--addr …] [--netns NAME|PATH|PID]",
+		Short: "Trace connections to addresses you name (no Kubernetes needed)",
+		Long: `Trace every connection to the given addresses through this node's netfilter path.
+Each address is treated as a Service address: svctrace expects the node to translate it
+(DNAT) and says so when it does not.
+
+The observers are attached in the network namespace given with --netns (the node's own
+by default): a name from 'ip netns list', a path such as /proc/1234/ns/net, or a PID.`,
+		Example: `  # a ClusterIP, on this node
+  sudo svctrace trace --addr 10.96.0.10:80
+
+  # the lab's node namespace (see: svctrace lab --keep), stop after 3 connections
+  sudo svctrace trace --netns svctrace-lab-1a2b3c-node --addr 10.96.0.10:80 --count 3
+
+  # DNS over UDP, as JSON
+  sudo svctrace trace --addr 10.96.0.10:53/udp -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.validate(); err != nil {
+				return err
+			}
+			return o.run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVar(&o.addrs, "addr", nil, "address to trace, IP:PORT with optional /tcp (default), /udp or /sctp; repeatable")
+	f.StringVar(&o.netns, "netns", "", "network namespace to trace in: name, path or PID (default: svctrace's own)")
+	f.DurationVar(&o.duration, "duration", 0, "stop after this long (default: until Ctrl-C)")
+	f.IntVar(&o.count, "count", 0, "stop after this many connections")
+	f.DurationVar(&o.timeout, "timeout", 5*time.Second, "report a connection as no-reply after this long without an answer")
+	return cmd
+}
+
+func (o *traceOptions) validate() error {
+	if len(o.addrs) == 0 {
+		return fmt.Errorf("nothing to trace: give at least one --addr IP:PORT, e.g. --addr 10.96.0.10:80")
+	}
+	for _, a := range o.addrs {
+		t, err := parseTarget(a)
+		if err != nil {
+			return err
+		}
+		o.targets = append(o.targets, t)
+	}
+	if o.count < 0 || o.duration < 0 || o.timeout <= 0 {
+		return fmt.Errorf("--count and --duration must not be negative, --timeout must be positive")
+	}
+	if o.output != "text" && o.output != "json" {
+		return fmt.Errorf("unknown output format %q: use -o text or -o json", o.output)
+	}
+	return nil
+}
+
+// parseTarget reads IP:PORT[/proto] ([IPv6]:PORT for IPv6).
+func parseTarget(s string) (tracer.Target, error) {
+	addr, proto := s, "tcp"
+	if i := strings.LastIndex(s, "/"); i >= 0 {
+		addr, proto = s[:i], s[i+1:]
+	}
+	p, err := tracer.ParseProto(proto)
+	if err != nil {
+		return tracer.Target{}, fmt.Errorf("invalid --addr %q: %v", s, err)
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || ap.Port() == 0 {
+		return tracer.Target{}, fmt.Errorf("invalid --addr %q: want IP:PORT with an optional /tcp, /udp or /sctp, e.g. 10.96.0.10:80 or [fd00::10]:53/udp", s)
+	}
+	return tracer.Target{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Proto: p}, nil
+}
+
+func (o *traceOptions) run(ctx context.Context) error {
+	start := time.Now()
+	tr, err := tracer.Open(tracer.Options{NetNS: o.netns, Targets: o.targets, Logf: o.logf})
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	info := tr.Info()
+	o.logf("attached in %s", time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(o.stderr, "tracing %s in %s with %s (%d observers, drops: %s); Ctrl-C to stop\n",
+		targetList(o.targets), info.NetNS, info.Backend, info.Links, orNone(info.Drops))
+
+	services := map[tracer.Target]bool{}
+	for _, t := range o.targets {
+		services[t] = true
+	}
+	p, err := output.New(o.output, o.stdout, output.Options{Wall: tracer.WallClock()})
+	if err != nil {
+		return err
+	}
+	if o.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.duration)
+		defer cancel()
+	}
+	var sum output.Summary
+	res, err := live.Run(ctx, tr, live.Options{
+		Flow: flow.Options{
+			NodeNetNS: info.NetNS.Inode,
+			IsService: func(p tracer.Proto, a netip.AddrPort) bool { return services[tracer.Target{Addr: a, Proto: p}] },
+			Timeout:   o.timeout,
+			IfName:    tracer.NewIfNames(info.NetNS).Name,
+		},
+		Count: o.count,
+		Conn: func(c *flow.Conn, lost uint64) {
+			sum.Count(c)
+			p.Conn(c, lost)
+		},
+		Lost: p.Lost,
+	})
+	sum.Lost, sum.Orphans = res.Lost, res.Orphans
+	p.Summary(sum)
+	return err
+}
+
+func targetList(ts []tracer.Target) string {
+	var s []string
+	for _, t := range ts {
+		s = append(s, t.String())
+	}
+	return strings.Join(s, ", ")
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "not observed"
+	}
+	return s
+}

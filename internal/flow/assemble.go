@@ -1,0 +1,544 @@
+// Package flow groups the kernel's observations into connections and gives
+// each a verdict: where, along the node's netfilter path, it was answered,
+// translated, rejected or dropped. Plain functions over events: no kernel, no
+// Kubernetes.
+package flow
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+// Options configure an Assembler.
+type Options struct {
+	// NodeNetNS is the inode of the namespace the observers run in.
+	NodeNetNS uint32
+	// IsService reports whether an address is a Service address that the
+	// node is expected to translate. nil: every watched address is.
+	IsService func(proto tracer.Proto, addr netip.AddrPort) bool
+	// Settle is how long a connection whose outcome is final (rejected,
+	// reset, closed) stays open for its last events. Default 200ms.
+	Settle time.Duration
+	// Timeout is how long an unfinished connection waits for more events
+	// before it is reported: the no-reply timeout. Default 3s.
+	Timeout time.Duration
+	// IfName names an interface of the node namespace; may be nil.
+	IfName func(ifindex uint32) string
+	// MaxConns bounds the connections followed at once (default 65536);
+	// beyond it the oldest is reported early.
+	MaxConns int
+	// MaxSteps bounds the steps kept per connection (default 200).
+	MaxSteps int
+}
+
+// Assembler turns a stream of events into connections. Not safe for
+// concurrent use.
+type Assembler struct {
+	opts   Options
+	conns  []*Conn // followed, oldest first
+	byOrig map[tracer.Tuple]*Conn
+	byAny  map[tracer.Tuple]indexed
+	nextID int
+	// ended remembers recently reported connections that got no answer, so
+	// a retransmission arriving later is shown as their continuation.
+	ended map[tracer.Tuple]ended
+	// Orphans counts events that belonged to no connection (e.g. the middle
+	// of a TCP connection that started before tracing).
+	Orphans int
+}
+
+type ended struct {
+	id   int
+	syns int
+	end  uint64
+}
+
+// continuationWindow is how long a reported, unanswered connection can be
+// continued by a late retransmission.
+const continuationWindow = uint64(time.Minute)
+
+type indexed struct {
+	c   *Conn
+	dir Dir
+}
+
+// New returns an Assembler.
+func New(opts Options) *Assembler {
+	if opts.Settle == 0 {
+		opts.Settle = 200 * time.Millisecond
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 3 * time.Second
+	}
+	if opts.MaxConns == 0 {
+		opts.MaxConns = 65536
+	}
+	if opts.MaxSteps == 0 {
+		opts.MaxSteps = 200
+	}
+	return &Assembler{opts: opts, byOrig: map[tracer.Tuple]*Conn{}, byAny: map[tracer.Tuple]indexed{},
+		ended: map[tracer.Tuple]ended{}}
+}
+
+// Active is the number of connections being followed.
+func (a *Assembler) Active() int { return len(a.conns) }
+
+// Add takes one event. It returns connections that became complete because
+// of it (a new connection reusing a finished one's addresses, or one evicted
+// to stay within MaxConns).
+func (a *Assembler) Add(ev tracer.Event) []*Conn {
+	var done []*Conn
+	c, dir, ok := a.lookup(ev)
+	if ok && a.reuses(c, ev, dir) {
+		done = append(done, a.finish(c, ev.Time))
+		ok = false
+	}
+	if !ok {
+		orig, starts := startsConn(ev)
+		if !starts {
+			a.Orphans++
+			return done
+		}
+		if len(a.conns) >= a.opts.MaxConns {
+			done = append(done, a.finish(a.conns[0], ev.Time))
+		}
+		c, dir = a.newConn(orig, ev.Time), Original
+	}
+	a.observe(c, ev, dir)
+	return done
+}
+
+// Tick reports the connections that are complete at time now (CLOCK_MONOTONIC
+// ns): final and settled, or quiet for longer than the timeout.
+func (a *Assembler) Tick(now uint64) []*Conn {
+	var done []*Conn
+	for _, c := range append([]*Conn(nil), a.conns...) {
+		quiet := time.Duration(now - c.End)
+		if now < c.End {
+			quiet = 0
+		}
+		if (c.final() && quiet >= a.opts.Settle) || quiet >= a.opts.Timeout {
+			done = append(done, a.finish(c, now))
+		}
+	}
+	return done
+}
+
+// Flush reports every connection still followed, as of time now: the end of
+// a trace.
+func (a *Assembler) Flush(now uint64) []*Conn {
+	var done []*Conn
+	for len(a.conns) > 0 {
+		done = append(done, a.finish(a.conns[0], now))
+	}
+	return done
+}
+
+// final reports whether the outcome can no longer change.
+func (c *Conn) final() bool {
+	return c.st.reject != nil || c.st.rst || (c.st.fin[Original] && c.st.fin[Reply]) ||
+		(c.st.reply != nil && c.st.reply.isRefusal())
+}
+
+func (a *Assembler) newConn(orig tracer.Tuple, t uint64) *Conn {
+	a.nextID++
+	c := &Conn{ID: a.nextID, Proto: orig.Proto, Client: orig.Src, VIP: orig.Dst, Start: t, End: t}
+	if e, ok := a.ended[orig]; ok && t-e.end < continuationWindow {
+		c.Continues, c.SYNs = e.id, e.syns
+	}
+	delete(a.ended, orig)
+	a.conns = append(a.conns, c)
+	a.byOrig[orig] = c
+	a.index(c, orig, Original)
+	a.index(c, orig.Reverse(), Reply)
+	return c
+}
+
+func (a *Assembler) index(c *Conn, t tracer.Tuple, d Dir) {
+	if _, ok := a.byAny[t]; ok || !t.IsValid() {
+		return
+	}
+	a.byAny[t] = indexed{c, d}
+	c.st.tuples = append(c.st.tuples, t)
+}
+
+func (a *Assembler) finish(c *Conn, now uint64) *Conn {
+	for i, x := range a.conns {
+		if x == c {
+			a.conns = append(a.conns[:i], a.conns[i+1:]...)
+			break
+		}
+	}
+	orig := tracer.Tuple{Src: c.Client, Dst: c.VIP, Proto: c.Proto}
+	if a.byOrig[orig] == c {
+		delete(a.byOrig, orig)
+	}
+	for _, t := range c.st.tuples {
+		if a.byAny[t].c == c {
+			delete(a.byAny, t)
+		}
+	}
+	a.decide(c, now)
+	if c.st.reply == nil && c.st.reject == nil && c.Closed == "" {
+		a.ended[orig] = ended{id: c.ID, syns: c.SYNs, end: c.End}
+	}
+	for t, e := range a.ended {
+		if now-e.end > continuationWindow {
+			delete(a.ended, t)
+		}
+	}
+	c.st = state{}
+	return c
+}
+
+// lookup finds the connection an event belongs to, and its direction.
+func (a *Assembler) lookup(ev tracer.Event) (*Conn, Dir, bool) {
+	if ev.CT.ID != 0 {
+		c := a.byOrig[ev.CT.Orig]
+		if c == nil {
+			return nil, 0, false
+		}
+		if ev.CT.Info.IsReply() {
+			return c, Reply, true
+		}
+		return c, Original, true
+	}
+	// An ICMP error travels against the packet it reports on.
+	if ev.ICMP.IsError() {
+		if ix, ok := a.byAny[ev.ICMP.Inner]; ok {
+			return ix.c, ix.dir.flip(), true
+		}
+	}
+	if ix, ok := a.byAny[ev.Tuple]; ok {
+		return ix.c, ix.dir, true
+	}
+	return nil, 0, false
+}
+
+// startsConn reports whether ev opens a connection, and its original tuple:
+// a TCP SYN or any other non-error packet, in the original direction.
+func startsConn(ev tracer.Event) (tracer.Tuple, bool) {
+	if ev.Kind != tracer.KindHook || ev.ICMP.IsError() {
+		return tracer.Tuple{}, false
+	}
+	t := ev.Tuple
+	if ev.CT.ID != 0 {
+		if ev.CT.Info.IsReply() || ev.CT.Info == tracer.CTRelated {
+			return tracer.Tuple{}, false
+		}
+		t = ev.CT.Orig
+	}
+	if !t.IsValid() {
+		return tracer.Tuple{}, false
+	}
+	if t.Proto == tracer.TCP && !(ev.TCPFlags.Has(tracer.SYN) && !ev.TCPFlags.Has(tracer.ACK)) {
+		return tracer.Tuple{}, false
+	}
+	return t, true
+}
+
+// reuses reports whether ev opens a new connection on the addresses of c,
+// which is over: a fresh SYN after c was answered, refused or closed.
+func (a *Assembler) reuses(c *Conn, ev tracer.Event, d Dir) bool {
+	if d != Original || ev.Kind != tracer.KindHook || c.Proto != tracer.TCP {
+		return false
+	}
+	if !ev.TCPFlags.Has(tracer.SYN) || ev.TCPFlags.Has(tracer.ACK) || c.findPacket(ev.Packet) != nil {
+		return false
+	}
+	return c.st.reply != nil || c.st.reject != nil || c.Closed != ""
+}
+
+func (a *Assembler) observe(c *Conn, ev tracer.Event, d Dir) {
+	if ev.Time > c.End {
+		c.End = ev.Time
+	}
+	if ev.CT.ID != 0 {
+		a.learnNAT(c, ev.CT)
+	}
+	if ev.Kind == tracer.KindDrop {
+		a.drop(c, ev, d)
+		return
+	}
+
+	pk, fresh := c.packetFor(ev, d)
+	var note string
+	if fresh {
+		a.classify(c, pk, ev)
+		note = a.describe(c, pk, ev)
+	} else {
+		note = a.changes(c, pk, pk.last, ev)
+	}
+	a.learnPath(c, pk, ev)
+	if pk.detail || (pk.brief && fresh) {
+		a.step(c, pk, ev, note, nil)
+	}
+	pk.last = ev
+}
+
+// learnNAT reads the translation from the conntrack entry: its reply tuple
+// is where replies come from (the endpoint) and go to (the SNAT address).
+func (a *Assembler) learnNAT(c *Conn, ct tracer.Conntrack) {
+	if !ct.Reply.IsValid() {
+		return
+	}
+	if ct.Reply.Src != ct.Orig.Dst {
+		c.Endpoint = ct.Reply.Src
+	}
+	if ct.Reply.Dst != ct.Orig.Src {
+		c.SNAT = ct.Reply.Dst
+	}
+	// Index every form the connection's packets take along the way.
+	a.index(c, ct.Reply.Reverse(), Original)                                                // after DNAT and SNAT
+	a.index(c, tracer.Tuple{Src: ct.Orig.Src, Dst: ct.Reply.Src, Proto: c.Proto}, Original) // after DNAT
+	a.index(c, ct.Reply, Reply)
+	a.index(c, tracer.Tuple{Src: ct.Reply.Src, Dst: ct.Orig.Src, Proto: c.Proto}, Reply) // after un-SNAT
+}
+
+// packetFor returns the packet ev is an observation of: the one seen last
+// with the same identity if ev comes later along the path, else a new one.
+func (c *Conn) packetFor(ev tracer.Event, d Dir) (*packet, bool) {
+	if pk := c.findPacket(ev.Packet); pk != nil && follows(pk.last, ev) {
+		return pk, false
+	}
+	c.Packets[d]++
+	pk := &packet{id: ev.Packet, n: c.Packets[Original] + c.Packets[Reply], dir: d, first: ev, last: ev,
+		local: ev.Hook == tracer.LocalOut}
+	c.remember(pk)
+	return pk, true
+}
+
+// follows reports whether ev can be the same packet as prev, further along
+// the netfilter path.
+func follows(prev, ev tracer.Event) bool {
+	if prev.Kind != tracer.KindHook || ev.Time < prev.Time || ev.Time-prev.Time > uint64(time.Second) {
+		return false
+	}
+	return order(prev) < order(ev)
+}
+
+func order(ev tracer.Event) int {
+	for i, s := range tracer.Plan[ev.Hook] {
+		if s == ev.Stage {
+			return ev.Hook.Rank()*16 + i
+		}
+	}
+	return ev.Hook.Rank() * 16
+}
+
+// classify decides what a new packet means for the connection and how much
+// of it to keep.
+func (a *Assembler) classify(c *Conn, pk *packet, ev tracer.Event) {
+	first := c.Packets[pk.dir] == 1
+	switch {
+	case pk.dir == Original && ev.TCPFlags.Has(tracer.SYN) && !ev.TCPFlags.Has(tracer.ACK):
+		c.SYNs++
+		pk.detail = c.SYNs == 1 || (first && c.Continues != 0)
+		pk.brief = !pk.detail
+	case first, ev.ICMP.IsError():
+		pk.detail = true
+	case ev.TCPFlags.Has(tracer.RST) && !c.st.rst:
+		pk.detail = true
+	}
+	if ev.TCPFlags.Has(tracer.RST) {
+		c.st.rst = true
+		c.Closed = "RST"
+	}
+	if ev.TCPFlags.Has(tracer.FIN) {
+		c.st.fin[pk.dir] = true
+		if c.st.fin[Original] && c.st.fin[Reply] && c.Closed == "" {
+			c.Closed = "FIN"
+		}
+	}
+	if pk.dir != Reply {
+		return
+	}
+	if a.byNode(c, pk, ev) {
+		if c.st.reject == nil && c.st.reply == nil {
+			c.st.reject = pk
+		}
+		return
+	}
+	if c.st.reply == nil {
+		c.st.reply = pk
+	}
+}
+
+// byNode reports whether a reply-direction packet was made by the node
+// itself rather than by the destination: an ICMP error from another address
+// (kube-proxy's REJECT), or a TCP RST tied to the entry as RELATED (what the
+// REJECT target's tcp-reset attaches).
+func (a *Assembler) byNode(c *Conn, pk *packet, ev tracer.Event) bool {
+	if ev.ICMP.IsError() {
+		return ev.Tuple.Src.Addr() != c.target().Addr() && ev.Tuple.Src.Addr() != c.VIP.Addr()
+	}
+	return ev.TCPFlags.Has(tracer.RST) && pk.local &&
+		(ev.CT.Info == tracer.CTRelated || ev.CT.Info == tracer.CTRelatedReply)
+}
+
+func (p *packet) isRefusal() bool {
+	return p.first.TCPFlags.Has(tracer.RST) || p.first.ICMP.IsError()
+}
+
+// learnPath records where packets went.
+func (a *Assembler) learnPath(c *Conn, pk *packet, ev tracer.Event) {
+	if ev.Stage != tracer.StageLast {
+		return
+	}
+	switch {
+	case pk.dir == Original && ev.Hook == tracer.PostRouting:
+		c.st.leftOut = true
+		c.st.outIf = ev.OutIf
+		if ev.Tuple.Dst == c.VIP && a.isService(c) {
+			c.st.leftUntranslated = true
+		}
+	case pk.dir == Original && ev.Hook == tracer.LocalIn:
+		c.st.delivered = true
+	case pk.dir == Reply && (ev.Hook == tracer.PostRouting || ev.Hook == tracer.LocalIn):
+		c.st.replyOut = true
+	}
+}
+
+func (a *Assembler) isService(c *Conn) bool {
+	return a.opts.IsService == nil || a.opts.IsService(c.Proto, c.VIP)
+}
+
+func (a *Assembler) drop(c *Conn, ev tracer.Event, d Dir) {
+	// A socket's queue purged on close is not a packet in flight.
+	if ev.NetNS == 0 || ev.Drop.Reason == "QUEUE_PURGE" {
+		return
+	}
+	dr := Drop{Time: ev.Time, Dir: d, NetNS: ev.NetNS, Reason: ev.Drop.Reason, Location: ev.Drop.Location,
+		InNode: ev.NetNS == a.opts.NodeNetNS}
+	pk := c.findPacket(ev.Packet)
+	if pk != nil {
+		dr.Packet, dr.Dir = pk.n, pk.dir
+	}
+	if dr.InNode {
+		if pk != nil && pk.last.Kind == tracer.KindHook {
+			dr.Gap = tracer.GapAfter(pk.last.Hook, pk.last.Stage)
+		} else {
+			dr.InNode = false // dropped before any observer saw it here
+		}
+	}
+	c.Drops = append(c.Drops, dr)
+	if pk == nil {
+		pk = &packet{id: ev.Packet, dir: d, first: ev, last: ev}
+	}
+	if dr.InNode {
+		ev.Hook, ev.Stage = dr.Gap.Hook, dr.Gap.After
+	}
+	a.step(c, pk, ev, dr.String(), &c.Drops[len(c.Drops)-1])
+}
+
+func (a *Assembler) step(c *Conn, pk *packet, ev tracer.Event, note string, dr *Drop) {
+	if len(c.Steps) >= a.opts.MaxSteps {
+		c.Truncated = true
+		return
+	}
+	s := Step{Time: ev.Time, Packet: pk.n, Dir: pk.dir, Kind: ev.Kind, Hook: ev.Hook, Stage: ev.Stage,
+		NetNS: ev.NetNS, Tuple: ev.Tuple, Mark: ev.Mark, Note: note, Drop: dr, Flags: flags(ev)}
+	if ev.CT.ID != 0 {
+		s.CT = ev.CT.Info.String()
+	}
+	if dr != nil {
+		d := *dr
+		s.Drop = &d
+	}
+	c.Steps = append(c.Steps, s)
+}
+
+func flags(ev tracer.Event) string {
+	switch ev.Tuple.Proto {
+	case tracer.TCP:
+		return ev.TCPFlags.String()
+	case tracer.ICMP, tracer.ICMPv6:
+		return ev.ICMP.Describe(ev.Tuple.Proto)
+	}
+	return ""
+}
+
+// describe says what a new packet is.
+func (a *Assembler) describe(c *Conn, pk *packet, ev tracer.Event) string {
+	var s string
+	switch {
+	case ev.ICMP.IsError():
+		s = fmt.Sprintf("ICMP %s %s → %s about %s", ev.ICMP.Describe(ev.Tuple.Proto),
+			ev.Tuple.Src.Addr(), ev.Tuple.Dst.Addr(), ev.ICMP.Inner)
+		if c.st.reject == pk {
+			s = "the node sends " + s
+		}
+	case pk.dir == Original && c.SYNs > 1:
+		s = fmt.Sprintf("%s retransmitted (%d)", flags(ev), c.SYNs-1)
+	case pk.dir == Original:
+		s = fmt.Sprintf("%s %s → %s", packetWhat(ev), ev.Tuple.Src, ev.Tuple.Dst)
+	case c.st.reject == pk:
+		s = fmt.Sprintf("the node sends %s %s → %s", packetWhat(ev), ev.Tuple.Src, ev.Tuple.Dst)
+	default:
+		s = fmt.Sprintf("reply %s %s → %s", packetWhat(ev), ev.Tuple.Src, ev.Tuple.Dst)
+	}
+	if ev.CT.ID != 0 {
+		s += ", conntrack " + ev.CT.Info.String()
+	}
+	return s
+}
+
+func packetWhat(ev tracer.Event) string {
+	if f := flags(ev); f != "" {
+		return f
+	}
+	return strings.ToUpper(ev.Tuple.Proto.String())
+}
+
+// changes says what happened to a packet between two observers.
+func (a *Assembler) changes(c *Conn, pk *packet, prev, ev tracer.Event) string {
+	var parts []string
+	if prev.CT.ID == 0 && ev.CT.ID != 0 {
+		parts = append(parts, "conntrack "+ev.CT.Info.String())
+	}
+	if prev.Tuple.Dst != ev.Tuple.Dst && ev.Tuple.IsValid() && prev.Tuple.IsValid() {
+		if pk.dir == Original {
+			parts = append(parts, fmt.Sprintf("DNAT %s → %s", prev.Tuple.Dst, ev.Tuple.Dst))
+		} else {
+			parts = append(parts, fmt.Sprintf("un-SNAT dst %s → %s", prev.Tuple.Dst, ev.Tuple.Dst))
+		}
+	}
+	if prev.Tuple.Src != ev.Tuple.Src && ev.Tuple.IsValid() && prev.Tuple.IsValid() {
+		if pk.dir == Original {
+			p := fmt.Sprintf("SNAT src %s → %s", prev.Tuple.Src, ev.Tuple.Src)
+			// The mark as the nat table saw it: kube-proxy clears its
+			// masquerade bit right before MASQUERADE.
+			if prev.Mark != 0 {
+				p += fmt.Sprintf(" (packet mark %#x)", prev.Mark)
+			}
+			parts = append(parts, p)
+		} else {
+			parts = append(parts, fmt.Sprintf("un-DNAT src %s → %s", prev.Tuple.Src, ev.Tuple.Src))
+		}
+	}
+	if ev.Stage == tracer.StagePostFilter && prev.Hook == ev.Hook && prev.Stage == tracer.StagePreFilter {
+		parts = append(parts, "accepted by the filter table")
+	}
+	if ev.Stage == tracer.StageLast {
+		switch ev.Hook {
+		case tracer.PostRouting:
+			parts = append(parts, "leaves the node via "+a.ifName(ev.OutIf))
+		case tracer.LocalIn:
+			parts = append(parts, "delivered to a local socket")
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (a *Assembler) ifName(ifindex uint32) string {
+	if a.opts.IfName != nil {
+		if n := a.opts.IfName(ifindex); n != "" {
+			return n
+		}
+	}
+	return fmt.Sprintf("ifindex %d", ifindex)
+}

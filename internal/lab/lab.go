@@ -1,0 +1,283 @@
+// Package lab builds a throwaway Kubernetes-like node in network namespaces:
+// a node namespace with a bridge and kube-proxy-style iptables rules, pod
+// namespaces serving HTTP, and a client namespace. Each scenario is a Service
+// with one classic failure (or none), for svctrace to trace.
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/vishvananda/netlink"
+)
+
+// Namespace is the Kubernetes namespace the lab's objects pretend to live in.
+const Namespace = "lab"
+
+// Pod is a pod namespace with its server.
+type Pod struct {
+	Name  string
+	IP    netip.Addr
+	NS    tracer.NetNS
+	mode  string
+	ports []int
+}
+
+// Scenario is a Service set up to show one outcome.
+type Scenario struct {
+	Name    string // short id, e.g. "no-endpoints"
+	Title   string // one line: what is wrong
+	Service kubeproxy.ServicePort
+	// Programmed is false when kube-proxy wrote no rule for the Service.
+	Programmed bool
+	Expect     flow.Verdict
+	// ExpectHook is where the first packet dies for rejected and dropped.
+	ExpectHook tracer.Hook
+}
+
+// VIP is the Service address the client connects to.
+func (s Scenario) VIP() netip.AddrPort {
+	return netip.AddrPortFrom(s.Service.ClusterIP, s.Service.Port)
+}
+
+var (
+	web1    = netip.MustParseAddr("10.244.0.11")
+	web2    = netip.MustParseAddr("10.244.0.12")
+	hung    = netip.MustParseAddr("10.244.0.13")
+	guarded = netip.MustParseAddr("10.244.0.14")
+)
+
+func pods() []Pod {
+	return []Pod{
+		{Name: "web-1", IP: web1, mode: modeHTTP, ports: []int{8080}},
+		{Name: "web-2", IP: web2, mode: modeHTTP, ports: []int{8080}},
+		{Name: "hung", IP: hung, mode: modeHung, ports: []int{8080}},
+		{Name: "guarded", IP: guarded, mode: modeHTTP, ports: []int{8080}},
+	}
+}
+
+func svc(name, vip string, eps ...netip.AddrPort) kubeproxy.ServicePort {
+	return kubeproxy.ServicePort{Namespace: Namespace, Name: name, PortName: "http", Protocol: "tcp",
+		ClusterIP: netip.MustParseAddr(vip), Port: 80, Endpoints: eps}
+}
+
+func ep(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a, port) }
+
+// Scenarios are the lab's stories, in the order they are shown.
+func Scenarios() []Scenario {
+	return []Scenario{
+		{Name: "healthy", Title: "a healthy Service with two ready endpoints",
+			Service: svc("web", "10.96.0.10", ep(web1, 8080), ep(web2, 8080)), Programmed: true, Expect: flow.Answered},
+		{Name: "no-endpoints", Title: "the selector matches no ready Pod: kube-proxy REJECTs",
+			Service: svc("empty", "10.96.0.20"), Programmed: true, Expect: flow.Rejected, ExpectHook: tracer.Forward},
+		{Name: "wrong-targetport", Title: "targetPort 9090, but the Pod listens on 8080",
+			Service: svc("wrongport", "10.96.0.30", ep(web1, 9090)), Programmed: true, Expect: flow.Reset},
+		{Name: "hung-pod", Title: "the Pod's server stopped accepting connections",
+			Service: svc("hung", "10.96.0.40", ep(hung, 8080)), Programmed: true, Expect: flow.NoReply},
+		{Name: "policy-drop", Title: "a FORWARD DROP rule (standing in for a NetworkPolicy) blocks the Pod",
+			Service: svc("guarded", "10.96.0.50", ep(guarded, 8080)), Programmed: true, Expect: flow.Dropped, ExpectHook: tracer.Forward},
+		{Name: "no-proxy-rules", Title: "kube-proxy wrote no rules for the Service (not running, or not synced)",
+			Service: svc("unproxied", "10.96.0.60", ep(web2, 8080)), Programmed: false, Expect: flow.NotTranslated},
+	}
+}
+
+// policyRule is the lab's stand-in for a NetworkPolicy denying ingress to
+// the guarded pod.
+var policyRule = fmt.Sprintf(`-A FORWARD -d %s/32 -p tcp -m tcp --dport 8080 -m comment --comment "lab: stands in for a NetworkPolicy denying ingress to %s/guarded" -j DROP`, guarded, Namespace)
+
+// Lab is a running lab.
+type Lab struct {
+	ID        string
+	Node      tracer.NetNS
+	Client    tracer.NetNS
+	Upstream  tracer.NetNS // "the rest of the network": silently discards
+	Pods      []Pod
+	Scenarios []Scenario
+	// Rules is the iptables-restore input programmed into the node.
+	Rules   string
+	servers []*server
+}
+
+// Options configure Up.
+type Options struct {
+	// Keep: servers outlive the process (svctrace lab --keep); remove the
+	// lab with Cleanup.
+	Keep bool
+}
+
+// Preflight checks what Up needs, with the next step for each failure.
+func Preflight() error {
+	if os.Geteuid() != 0 {
+		return errors.New("the lab creates network namespaces and iptables rules: run it as root (sudo)")
+	}
+	if _, err := exec.LookPath("iptables-restore"); err != nil {
+		return errors.New("iptables-restore not found: install iptables (Debian/Ubuntu: apt-get install iptables)")
+	}
+	return nil
+}
+
+// Up builds a lab. On error, whatever was built is removed again.
+func Up(opts Options) (l *Lab, err error) {
+	if err := Preflight(); err != nil {
+		return nil, err
+	}
+	l = &Lab{ID: newID(), Scenarios: Scenarios(), Pods: pods()}
+	defer func() {
+		if err != nil {
+			l.Down()
+			l = nil
+		}
+	}()
+	if l.Node, err = createNetNS(nsName(l.ID, "node")); err != nil {
+		return l, err
+	}
+	if l.Client, err = createNetNS(nsName(l.ID, "client")); err != nil {
+		return l, err
+	}
+	if l.Upstream, err = createNetNS(nsName(l.ID, "upstream")); err != nil {
+		return l, err
+	}
+	for i := range l.Pods {
+		if l.Pods[i].NS, err = createNetNS(nsName(l.ID, l.Pods[i].Name)); err != nil {
+			return l, err
+		}
+	}
+	if err := l.wire(); err != nil {
+		return l, fmt.Errorf("building the lab network: %w", err)
+	}
+	if err := l.program(); err != nil {
+		return l, err
+	}
+	for _, p := range l.Pods {
+		s, err := startServer(serverSpec{NetNS: p.NS.Path, Name: p.Name, Mode: p.mode, Ports: p.ports, WatchStdin: !opts.Keep})
+		if err != nil {
+			return l, err
+		}
+		l.servers = append(l.servers, s)
+	}
+	return l, nil
+}
+
+func (l *Lab) wire() error {
+	if err := addLink(l.Node, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "cbr0"}}); err != nil {
+		return err
+	}
+	if err := (iface{ns: l.Node, name: "cbr0", addr: bridgeNet}).configure(); err != nil {
+		return err
+	}
+	// The node's default route leads upstream. The upstream namespace does
+	// not forward, and with forwarding off the kernel discards packets for
+	// other hosts without answering: whatever the node sends there (a Service
+	// address nobody translated) vanishes, and nothing leaves the lab.
+	if err := veth(l.Node, "uplink0", l.Upstream, "eth0", ""); err != nil {
+		return err
+	}
+	if err := (iface{ns: l.Node, name: "uplink0", addr: uplinkNet, gateway: upstreamNet.Addr()}).configure(); err != nil {
+		return err
+	}
+	if err := (iface{ns: l.Upstream, name: "eth0", addr: upstreamNet}).configure(); err != nil {
+		return err
+	}
+	if err := veth(l.Node, "client0", l.Client, "eth0", ""); err != nil {
+		return err
+	}
+	if err := (iface{ns: l.Node, name: "client0", addr: nodeNet}).configure(); err != nil {
+		return err
+	}
+	if err := (iface{ns: l.Client, name: "eth0", addr: clientNet, gateway: nodeNet.Addr()}).configure(); err != nil {
+		return err
+	}
+	for i, p := range l.Pods {
+		if err := veth(l.Node, fmt.Sprintf("veth%d", i+1), p.NS, "eth0", "cbr0"); err != nil {
+			return err
+		}
+		addr := netip.PrefixFrom(p.IP, bridgeNet.Bits())
+		if err := (iface{ns: p.NS, name: "eth0", addr: addr, gateway: bridgeNet.Addr()}).configure(); err != nil {
+			return err
+		}
+	}
+	for _, kv := range [][2]string{
+		{"net.ipv4.ip_forward", "1"},
+		// kube-proxy REJECTs with ICMP; rate limiting would make that flaky.
+		{"net.ipv4.icmp_ratelimit", "0"},
+	} {
+		if err := sysctl(l.Node, kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// program writes the kube-proxy-style rules into the node.
+func (l *Lab) program() error {
+	var sps []kubeproxy.ServicePort
+	for _, s := range l.Scenarios {
+		if s.Programmed {
+			sps = append(sps, s.Service)
+		}
+	}
+	l.Rules = kubeproxy.IPTablesRestore(sps, kubeproxy.Options{ClusterCIDR: ClusterCIDR, ExtraFilter: []string{policyRule}})
+	return tracer.InNetNS(l.Node, func() error {
+		cmd := exec.Command("iptables-restore")
+		cmd.Stdin = strings.NewReader(l.Rules)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("programming the node's iptables rules: %v: %s", err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	})
+}
+
+// Down stops the servers and removes the namespaces (and with them every
+// interface and rule). Servers of a kept lab are stopped too.
+func (l *Lab) Down() error {
+	for _, s := range l.servers {
+		s.stop()
+	}
+	l.servers = nil
+	_, err := Cleanup(l.ID)
+	return err
+}
+
+// List returns the ids of the labs that are up.
+func List() []string {
+	var ids []string
+	seen := map[string]bool{}
+	for _, n := range listLabNamespaces("") {
+		id, _, _ := strings.Cut(strings.TrimPrefix(n, Prefix), "-")
+		if !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// Cleanup removes the lab with this id, or every lab if id is empty: kills
+// the processes in its namespaces and deletes the namespaces. It returns the
+// namespaces it removed.
+func Cleanup(id string) ([]string, error) {
+	names := listLabNamespaces(id)
+	inodes := map[uint64]bool{}
+	for _, n := range names {
+		var st syscall.Stat_t
+		if syscall.Stat("/run/netns/"+n, &st) == nil {
+			inodes[st.Ino] = true
+		}
+	}
+	killProcessesIn(inodes)
+	var errs []error
+	for _, n := range names {
+		if err := deleteNetNS(n); err != nil {
+			errs = append(errs, fmt.Errorf("removing network namespace %s: %w", n, err))
+		}
+	}
+	return names, errors.Join(errs...)
+}

@@ -1,0 +1,198 @@
+package lab
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/testutil"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+var updateFixtures = flag.Bool("update-fixtures", false, "rewrite internal/flow/testdata/lab.jsonl from this run")
+
+func TestMain(m *testing.M) {
+	ServeIfChild() // the lab's pod servers are this test binary, started again
+	os.Exit(m.Run())
+}
+
+// up builds a lab that is removed when the test ends, also when it fails.
+func up(t *testing.T) *Lab {
+	t.Helper()
+	testutil.RequireRoot(t)
+	l, err := Up(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Down(); err != nil {
+			t.Errorf("tearing the lab down: %v", err)
+		}
+		if left := listLabNamespaces(l.ID); len(left) > 0 {
+			t.Errorf("namespaces left behind: %v", left)
+		}
+	})
+	return l
+}
+
+// Every scenario gives its verdict, with the translated endpoint and, where
+// the packet dies on the node, the hook.
+func TestScenarios(t *testing.T) {
+	l := up(t)
+	var events []tracer.Event
+	results, info, res, err := l.Run(context.Background(), RunOptions{Record: func(ev tracer.Event) { events = append(events, ev) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Backend != "netfilter-link" || info.Drops == "" {
+		t.Errorf("backend %q, drops %q", info.Backend, info.Drops)
+	}
+	if res.Lost != 0 {
+		t.Errorf("%d events lost", res.Lost)
+	}
+	for _, r := range results {
+		s := r.Scenario
+		t.Run(s.Name, func(t *testing.T) {
+			if len(r.Conns) != 1 {
+				t.Fatalf("%d connections traced, want 1 (client: %s)", len(r.Conns), r.Client)
+			}
+			c := r.Conns[0]
+			if c.Verdict != s.Expect {
+				t.Fatalf("verdict %s (%s), want %s", c.Verdict, c.Why, s.Expect)
+			}
+			if c.VIP != s.VIP() || c.Client.Addr() != ClientIP {
+				t.Errorf("connection %s → %s, want %s → %s", c.Client, c.VIP, ClientIP, s.VIP())
+			}
+			translated := s.Programmed && len(s.Service.Endpoints) > 0
+			if translated && !slices.Contains(s.Service.Endpoints, c.Endpoint) {
+				t.Errorf("DNAT to %s, not one of the Service's endpoints %v", c.Endpoint, s.Service.Endpoints)
+			}
+			if !translated && c.Endpoint.IsValid() {
+				t.Errorf("DNAT to %s, want none", c.Endpoint)
+			}
+			// Masqueraded in POSTROUTING, which the dropped SYN never reaches.
+			if translated && s.Expect != flow.Dropped && c.SNAT.Addr() != bridgeNet.Addr() {
+				t.Errorf("SNAT to %s, want the masquerade address %s", c.SNAT, bridgeNet.Addr())
+			}
+			if s.Expect == flow.Rejected || s.Expect == flow.Dropped {
+				if c.Drop == nil || !c.Drop.InNode || c.Drop.Gap.Hook != s.ExpectHook {
+					t.Fatalf("drop %+v, want one in %s", c.Drop, s.ExpectHook)
+				}
+				if c.Drop.Gap.What() != "filter table (0)" || c.Drop.Reason != "NETFILTER_DROP" {
+					t.Errorf("drop %s, want NETFILTER_DROP in the filter table", c.Drop)
+				}
+			}
+		})
+	}
+	if *updateFixtures {
+		writeFixture(t, events)
+	}
+}
+
+func writeFixture(t *testing.T, events []tracer.Event) {
+	path := filepath.Join("..", "flow", "testdata", "lab.jsonl")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	enc := json.NewEncoder(f)
+	for _, ev := range events {
+		enc.Encode(ev)
+	}
+	t.Logf("wrote %d events to %s", len(events), path)
+}
+
+// The tracer observes and never changes traffic: the same requests give
+// the same bytes with and without it.
+func TestTracingChangesNothing(t *testing.T) {
+	l := up(t)
+	vip := l.Scenarios[0].VIP()
+	sizes := []int{0, 1, 1460, 65536, 1 << 20}
+	const rounds = 3
+	fetch := func() []string {
+		var sums []string
+		for r := 0; r < rounds; r++ {
+			for _, n := range sizes {
+				body, err := l.Get(context.Background(), vip, fmt.Sprintf("/bytes/%d", n), 5*time.Second)
+				if err != nil {
+					t.Fatalf("GET /bytes/%d: %v", n, err)
+				}
+				sums = append(sums, fmt.Sprintf("%d:%x", len(body), sha256.Sum256(body)))
+			}
+		}
+		return sums
+	}
+	without := fetch()
+
+	tr, err := tracer.Open(tracer.Options{NetNS: l.Node.Path, Targets: l.Targets()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var seen []*flow.Conn
+	done := make(chan live.Result)
+	go func() {
+		res, _ := live.Run(ctx, tr, live.Options{Flow: l.FlowOptions(time.Second), Conn: func(c *flow.Conn, _ uint64) { seen = append(seen, c) }})
+		done <- res
+	}()
+	with := fetch()
+	time.Sleep(300 * time.Millisecond) // let the last connection settle
+	cancel()
+	res := <-done
+	tr.Close()
+
+	if !slices.Equal(without, with) {
+		t.Errorf("responses differ with tracing:\nwithout %v\nwith    %v", without, with)
+	}
+	// The tracer must really have watched them, or this proves nothing.
+	answered := 0
+	for _, c := range seen {
+		if c.Verdict == flow.Answered {
+			answered++
+		}
+	}
+	if want := rounds * len(sizes); answered != want || res.Lost != 0 {
+		t.Errorf("tracer saw %d answered connections (lost %d events), want %d", answered, res.Lost, want)
+	}
+}
+
+// A failed bring-up leaves nothing behind.
+func TestCleanupRemovesEverything(t *testing.T) {
+	l := up(t)
+	ids := List()
+	if !slices.Contains(ids, l.ID) {
+		t.Fatalf("List() = %v, want it to contain %s", ids, l.ID)
+	}
+	if err := l.Down(); err != nil {
+		t.Fatal(err)
+	}
+	if left := listLabNamespaces(l.ID); len(left) > 0 {
+		t.Fatalf("left behind: %v", left)
+	}
+	for _, p := range l.Pods {
+		if _, err := os.Stat(p.NS.Path); !os.IsNotExist(err) {
+			t.Errorf("%s still exists", p.NS.Path)
+		}
+	}
+}
+
+func TestScenarioAddressesAreUnique(t *testing.T) {
+	seen := map[netip.AddrPort]string{}
+	for _, s := range Scenarios() {
+		if other, ok := seen[s.VIP()]; ok {
+			t.Errorf("%s and %s share %s", s.Name, other, s.VIP())
+		}
+		seen[s.VIP()] = s.Name
+	}
+}

@@ -1,0 +1,148 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+// Result is what one scenario produced.
+type Result struct {
+	Scenario Scenario
+	Conns    []*flow.Conn
+	// Client is what the client saw: the HTTP answer or the error.
+	Client string
+}
+
+// Verdict is the verdict of the scenario's first connection, or "" if the
+// tracer saw none.
+func (r Result) Verdict() flow.Verdict {
+	if len(r.Conns) == 0 {
+		return ""
+	}
+	return r.Conns[0].Verdict
+}
+
+// RunOptions configure Run.
+type RunOptions struct {
+	// Timeout is the client's timeout and the tracer's no-reply timeout.
+	Timeout time.Duration
+	Logf    func(format string, args ...any)
+	// Lost is called when the tracer loses events.
+	Lost func(total uint64)
+	// Record, if set, receives every raw event (test fixtures).
+	Record func(tracer.Event)
+}
+
+// Targets are the Service addresses the lab's scenarios use.
+func (l *Lab) Targets() []tracer.Target {
+	var ts []tracer.Target
+	for _, s := range l.Scenarios {
+		ts = append(ts, tracer.Target{Addr: s.VIP(), Proto: tracer.TCP})
+	}
+	return ts
+}
+
+// Names describes the lab's addresses in Kubernetes terms.
+func (l *Lab) Names() resolve.Names {
+	n := resolve.Names{}
+	for _, p := range l.Pods {
+		n[p.IP] = fmt.Sprintf("pod %s/%s", Namespace, p.Name)
+	}
+	for _, s := range l.Scenarios {
+		n[s.Service.ClusterIP] = fmt.Sprintf("service %s/%s", Namespace, s.Service.Name)
+	}
+	return n
+}
+
+// FlowOptions are the assembler options for tracing this lab's node.
+func (l *Lab) FlowOptions(timeout time.Duration) flow.Options {
+	vips := map[netip.AddrPort]bool{}
+	for _, s := range l.Scenarios {
+		vips[s.VIP()] = true
+	}
+	return flow.Options{
+		NodeNetNS: l.Node.Inode,
+		IsService: func(_ tracer.Proto, a netip.AddrPort) bool { return vips[a] },
+		Timeout:   timeout,
+		IfName:    tracer.NewIfNames(l.Node).Name,
+	}
+}
+
+// Run traces the node while a client in the client namespace connects to
+// every scenario's Service once, all at the same time, and returns what
+// happened, scenario by scenario.
+func (l *Lab) Run(ctx context.Context, opts RunOptions) ([]Result, tracer.Info, live.Result, error) {
+	if opts.Timeout == 0 {
+		opts.Timeout = 1500 * time.Millisecond
+	}
+	tr, err := tracer.Open(tracer.Options{NetNS: l.Node.Path, Targets: l.Targets(), Logf: opts.Logf})
+	if err != nil {
+		return nil, tracer.Info{}, live.Result{}, err
+	}
+	defer tr.Close()
+
+	var mu sync.Mutex
+	byVIP := map[netip.AddrPort][]*flow.Conn{}
+	quiesce := make(chan struct{})
+	type traced struct {
+		res live.Result
+		err error
+	}
+	done := make(chan traced, 1)
+	go func() {
+		fo := l.FlowOptions(opts.Timeout)
+		res, err := live.Run(ctx, tr, live.Options{
+			Flow: fo, Quiesce: quiesce, Lost: opts.Lost, Record: opts.Record,
+			Conn: func(c *flow.Conn, _ uint64) {
+				mu.Lock()
+				byVIP[c.VIP] = append(byVIP[c.VIP], c)
+				mu.Unlock()
+			},
+		})
+		done <- traced{res, err}
+	}()
+
+	results := make([]Result, len(l.Scenarios))
+	var wg sync.WaitGroup
+	for i, s := range l.Scenarios {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = Result{Scenario: s, Client: l.try(ctx, s.VIP(), opts.Timeout)}
+		}()
+	}
+	wg.Wait()
+	close(quiesce)
+	t := <-done
+	if t.err != nil {
+		return nil, tr.Info(), t.res, fmt.Errorf("tracing: %w", t.err)
+	}
+	// Connections were numbered as they started, all at once; number them in
+	// scenario order instead, as they are shown.
+	id := 0
+	for i := range results {
+		results[i].Conns = byVIP[results[i].Scenario.VIP()]
+		for _, c := range results[i].Conns {
+			id++
+			c.ID, c.Continues, c.Scenario = id, 0, results[i].Scenario.Name
+		}
+	}
+	return results, tr.Info(), t.res, nil
+}
+
+// try makes one HTTP request and says what the client saw.
+func (l *Lab) try(ctx context.Context, vip netip.AddrPort, timeout time.Duration) string {
+	body, err := l.Get(ctx, vip, "/", timeout)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	return fmt.Sprintf("HTTP 200: %q", body)
+}

@@ -1,0 +1,204 @@
+package lab
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// serverEnv carries a server's configuration to a re-executed copy of the
+// running binary (svctrace or a test binary): see ServeIfChild.
+const serverEnv = "SVCTRACE_LAB_SERVER"
+
+// Server modes.
+const (
+	modeHTTP = "http" // answers HTTP on every port
+	modeHung = "hung" // listens but never accepts; its accept queue is full
+)
+
+type serverSpec struct {
+	NetNS string `json:"netns"` // namespace path
+	Name  string `json:"name"`  // pod name, in responses
+	Mode  string `json:"mode"`
+	Ports []int  `json:"ports"`
+	// WatchStdin: exit when stdin closes, i.e. when the lab process that
+	// started the server is gone (unless the lab was kept).
+	WatchStdin bool `json:"watchStdin"`
+}
+
+// ServeIfChild runs a lab pod server and exits if this process was started
+// as one; otherwise it returns at once. Binaries that start labs call it first
+// thing in main (tests: in TestMain).
+func ServeIfChild() {
+	raw := os.Getenv(serverEnv)
+	if raw == "" {
+		return
+	}
+	var spec serverSpec
+	err := json.Unmarshal([]byte(raw), &spec)
+	if err == nil {
+		err = serve(spec)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "lab server: %v\n", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func serve(spec serverSpec) error {
+	// Sockets belong to the namespace of the thread that creates them.
+	runtime.LockOSThread()
+	ns, err := netns.GetFromPath(spec.NetNS)
+	if err != nil {
+		return err
+	}
+	if err := netns.Set(ns); err != nil {
+		return fmt.Errorf("entering %s: %w", spec.NetNS, err)
+	}
+	switch spec.Mode {
+	case modeHTTP:
+		for _, port := range spec.Ports {
+			ln, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
+			if err != nil {
+				return err
+			}
+			srv := &http.Server{Handler: handler(spec.Name), ReadHeaderTimeout: 5 * time.Second}
+			go srv.Serve(ln)
+		}
+	case modeHung:
+		for _, port := range spec.Ports {
+			if err := hungListener(port); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("unknown mode %q", spec.Mode)
+	}
+	fmt.Println("ready")
+	if spec.WatchStdin {
+		io.Copy(io.Discard, os.Stdin)
+		return nil
+	}
+	select {}
+}
+
+// handler answers "/" with a greeting and "/bytes/N" with N bytes of a
+// fixed pattern (for checking that tracing changes no byte).
+func handler(name string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s\n", name)
+	})
+	mux.HandleFunc("/bytes/", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/bytes/"))
+		if err != nil || n < 0 || n > 64<<20 {
+			http.Error(w, "bad size", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(n))
+		buf := make([]byte, 4096)
+		for i := range buf {
+			buf[i] = byte(i*7 + i/256)
+		}
+		for n > 0 {
+			k := min(n, len(buf))
+			w.Write(buf[:k])
+			n -= k
+		}
+	})
+	return mux
+}
+
+// hungListener listens on port with a backlog of one and never accepts, then
+// fills the accept queue from inside the pod. The pod's kernel now drops every
+// further SYN without answering: a server that stopped accepting, seen from
+// the network as an endpoint that does not reply.
+func hungListener(port int) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return err
+	}
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: port}); err != nil {
+		return fmt.Errorf("binding :%d: %w", port, err)
+	}
+	if err := unix.Listen(fd, 1); err != nil {
+		return err
+	}
+	// With backlog 1 the queue is full once it holds two connections.
+	for i := 0; i < 2; i++ {
+		if _, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err != nil {
+			return fmt.Errorf("filling the accept queue: %w", err)
+		}
+	}
+	return nil
+}
+
+// server is a running pod server.
+type server struct {
+	cmd *exec.Cmd
+	// stdin is held open for the server's lifetime: it exits when it closes.
+	stdin io.WriteCloser
+}
+
+func (s *server) stop() {
+	s.cmd.Process.Kill()
+	s.cmd.Wait()
+}
+
+// startServer starts a pod server and waits until it listens.
+func startServer(spec serverSpec) (*server, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	raw, _ := json.Marshal(spec)
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), serverEnv+"="+string(raw))
+	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true}
+	s := &server{cmd: cmd}
+	if spec.WatchStdin {
+		cmd.Stderr = os.Stderr
+		if s.stdin, err = cmd.StdinPipe(); err != nil {
+			return nil, err
+		}
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting server %s: %w", spec.Name, err)
+	}
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err == nil && strings.TrimSpace(line) != "ready" {
+			err = fmt.Errorf("unexpected %q", line)
+		}
+		ready <- err
+	}()
+	select {
+	case err = <-ready:
+	case <-time.After(10 * time.Second):
+		err = fmt.Errorf("not ready after 10s")
+	}
+	if err != nil {
+		s.stop()
+		return nil, fmt.Errorf("server %s: %w", spec.Name, err)
+	}
+	return s, nil
+}

@@ -1,0 +1,127 @@
+// Package live runs a trace: it reads the tracer's events, assembles them
+// into connections and hands each finished connection on, until told to stop.
+package live
+
+import (
+	"context"
+	"errors"
+	"os"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+// Options configure Run.
+type Options struct {
+	Flow flow.Options
+	// Count stops the trace after this many connections (0: no limit).
+	Count int
+	// Quiesce, once closed, stops the trace as soon as no connection is
+	// being followed any more (the lab: all its clients are done).
+	Quiesce <-chan struct{}
+	// Conn receives each finished connection and the events lost so far.
+	Conn func(c *flow.Conn, lost uint64)
+	// Lost is called when the lost-event count grows.
+	Lost func(total uint64)
+	// Record, if set, receives every event before it is assembled.
+	Record func(tracer.Event)
+}
+
+// Result says how a trace ended.
+type Result struct {
+	Conns   int
+	Lost    uint64
+	Orphans int
+}
+
+// tick is how often timeouts are checked and losses looked up.
+const tick = 100 * time.Millisecond
+
+// Run traces until ctx is done, Count connections were seen, or Quiesce is
+// closed and nothing is left to follow. Connections still open at the end are
+// reported with what was seen of them.
+func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
+	a := flow.New(opts.Flow)
+	var res Result
+	events := make(chan tracer.Event, 4096)
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			ev, err := tr.Read()
+			if err != nil {
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					readErr <- err
+					return
+				}
+				continue
+			}
+			select {
+			case events <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	emit := func(cs []*flow.Conn) bool {
+		for _, c := range cs {
+			res.Conns++
+			if opts.Conn != nil {
+				opts.Conn(c, res.Lost)
+			}
+			if opts.Count > 0 && res.Conns >= opts.Count {
+				return true
+			}
+		}
+		return false
+	}
+	checkLost := func() {
+		if n := tr.Lost(); n > res.Lost {
+			res.Lost = n
+			if opts.Lost != nil {
+				opts.Lost(n)
+			}
+		}
+	}
+	finish := func() (Result, error) {
+		checkLost()
+		emit(a.Flush(tracer.Now()))
+		res.Orphans = a.Orphans
+		return res, nil
+	}
+
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	quiesce := opts.Quiesce
+	quiescing := false
+	for {
+		select {
+		case ev := <-events:
+			if opts.Record != nil {
+				opts.Record(ev)
+			}
+			if emit(a.Add(ev)) {
+				return finish()
+			}
+		case <-ticker.C:
+			checkLost()
+			if emit(a.Tick(tracer.Now())) {
+				return finish()
+			}
+			if quiescing && a.Active() == 0 && len(events) == 0 {
+				return finish()
+			}
+		case <-quiesce:
+			quiescing, quiesce = true, nil
+		case err := <-readErr:
+			if errors.Is(err, tracer.ErrClosed) {
+				return finish()
+			}
+			res.Orphans = a.Orphans
+			return res, err
+		case <-ctx.Done():
+			return finish()
+		}
+	}
+}

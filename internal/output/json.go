@@ -1,0 +1,162 @@
+package output
+
+import (
+	"encoding/json"
+	"io"
+	"net/netip"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+// JSON prints one object per line: "connection" objects as connections
+// complete, "lost" objects when events were lost, a "summary" at the end.
+// docs/json.md is the schema; change both together.
+type JSON struct {
+	w    io.Writer
+	opts Options
+}
+
+type jsonConn struct {
+	Kind         string          `json:"kind"` // "connection"
+	ID           int             `json:"id"`
+	Continues    int             `json:"continues,omitzero"`
+	Scenario     string          `json:"scenario,omitempty"`
+	Verdict      flow.Verdict    `json:"verdict"`
+	Reason       string          `json:"reason"`
+	Proto        tracer.Proto    `json:"proto"`
+	Client       netip.AddrPort  `json:"client"`
+	VIP          netip.AddrPort  `json:"vip"`
+	VIPName      string          `json:"vip_name,omitempty"`
+	Endpoint     *netip.AddrPort `json:"endpoint,omitempty"`
+	EndpointName string          `json:"endpoint_name,omitempty"`
+	SNAT         *netip.AddrPort `json:"snat,omitempty"`
+	Start        *time.Time      `json:"start,omitempty"`
+	DurationUS   int64           `json:"duration_us"`
+	Packets      jsonPackets     `json:"packets"`
+	SYNs         int             `json:"syns,omitzero"`
+	Closed       string          `json:"closed,omitempty"`
+	Drop         *jsonDrop       `json:"drop,omitempty"`
+	Events       []jsonEvent     `json:"events"`
+	Truncated    bool            `json:"events_truncated,omitzero"`
+	LostEvents   uint64          `json:"lost_events,omitzero"`
+}
+
+type jsonPackets struct {
+	Original int `json:"original"`
+	Reply    int `json:"reply"`
+}
+
+type jsonDrop struct {
+	Hook       string   `json:"hook,omitempty"`       // netfilter hook (iptables chain name)
+	Stage      string   `json:"stage"`                // what runs there: "filter table (0)"
+	Between    []string `json:"between,omitempty"`    // the observers around it
+	Priorities []int64  `json:"priorities,omitempty"` // their priorities
+	Reason     string   `json:"reason"`
+	Location   string   `json:"location"`
+	NetNS      uint32   `json:"netns"`
+	InNode     bool     `json:"in_node_netns"`
+	Packet     int      `json:"packet,omitzero"`
+	Dir        flow.Dir `json:"dir"`
+}
+
+type jsonEvent struct {
+	TimeUS   int64          `json:"t_us"`
+	Packet   int            `json:"packet"`
+	Dir      flow.Dir       `json:"dir"`
+	Kind     tracer.Kind    `json:"kind"`
+	Hook     string         `json:"hook,omitempty"`
+	Stage    tracer.Stage   `json:"stage,omitzero"`
+	Priority *int32         `json:"priority,omitempty"`
+	Src      netip.AddrPort `json:"src"`
+	Dst      netip.AddrPort `json:"dst"`
+	Flags    string         `json:"flags,omitempty"`
+	CT       string         `json:"ct,omitempty"`
+	Mark     uint32         `json:"mark,omitzero"`
+	Note     string         `json:"note,omitempty"`
+}
+
+func (p *JSON) Conn(c *flow.Conn, lost uint64) {
+	j := jsonConn{
+		Kind: "connection", ID: c.ID, Continues: c.Continues, Scenario: c.Scenario,
+		Verdict: c.Verdict, Reason: c.Why, Proto: c.Proto, Client: c.Client, VIP: c.VIP,
+		VIPName:    name(p.opts, c.VIP),
+		DurationUS: time.Duration(c.End - c.Start).Microseconds(),
+		Packets:    jsonPackets{c.Packets[flow.Original], c.Packets[flow.Reply]},
+		SYNs:       c.SYNs, Closed: c.Closed, Truncated: c.Truncated, LostEvents: lost,
+		Events: make([]jsonEvent, 0, len(c.Steps)),
+	}
+	if c.Endpoint.IsValid() {
+		ep := c.Endpoint
+		j.Endpoint, j.EndpointName = &ep, name(p.opts, ep)
+	}
+	if c.SNAT.IsValid() {
+		s := c.SNAT
+		j.SNAT = &s
+	}
+	if p.opts.Wall != nil {
+		t := p.opts.Wall(c.Start).UTC()
+		j.Start = &t
+	}
+	if c.Drop != nil {
+		j.Drop = drop(c.Drop)
+	}
+	for _, s := range c.Steps {
+		e := jsonEvent{TimeUS: time.Duration(s.Time - c.Start).Microseconds(), Packet: s.Packet, Dir: s.Dir,
+			Kind: s.Kind, Stage: s.Stage, Src: s.Tuple.Src, Dst: s.Tuple.Dst, Flags: s.Flags, CT: s.CT,
+			Mark: s.Mark, Note: s.Note}
+		if s.Kind == tracer.KindHook || (s.Drop != nil && s.Drop.InNode) {
+			e.Hook = s.Hook.String()
+		}
+		if s.Stage != tracer.StageNone {
+			prio := s.Stage.Priority()
+			e.Priority = &prio
+		}
+		j.Events = append(j.Events, e)
+	}
+	p.write(j)
+}
+
+func drop(d *flow.Drop) *jsonDrop {
+	j := &jsonDrop{Reason: d.Reason, Location: d.Location, NetNS: d.NetNS, InNode: d.InNode, Packet: d.Packet, Dir: d.Dir}
+	if !d.InNode {
+		j.Stage = "outside the node's network namespace"
+		return j
+	}
+	j.Hook = d.Gap.Hook.String()
+	j.Stage = d.Gap.What()
+	for _, s := range []tracer.Stage{d.Gap.After, d.Gap.Before} {
+		if s != tracer.StageNone {
+			j.Between = append(j.Between, s.String())
+			j.Priorities = append(j.Priorities, int64(s.Priority()))
+		}
+	}
+	return j
+}
+
+func (p *JSON) Lost(total uint64) {
+	p.write(struct {
+		Kind string `json:"kind"`
+		Lost uint64 `json:"lost_events"`
+	}{"lost", total})
+}
+
+func (p *JSON) Summary(s Summary) {
+	v := map[flow.Verdict]int{}
+	for k, n := range s.Verdicts {
+		v[k] = n
+	}
+	p.write(struct {
+		Kind     string               `json:"kind"`
+		Conns    int                  `json:"connections"`
+		Verdicts map[flow.Verdict]int `json:"verdicts"`
+		Lost     uint64               `json:"lost_events"`
+		Orphans  int                  `json:"unmatched_events"`
+	}{"summary", s.Conns, v, s.Lost, s.Orphans})
+}
+
+func (p *JSON) write(v any) {
+	b, _ := json.Marshal(v)
+	p.w.Write(append(b, '\n'))
+}

@@ -1,0 +1,91 @@
+// Package output prints connections: a timeline per connection for people
+// (Text) or one JSON object per line for programs (JSON). The JSON schema is
+// documented in docs/json.md.
+package output
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/flow"
+)
+
+// Printer shows connections as they complete.
+type Printer interface {
+	// Conn prints one finished connection. lost is the number of events lost
+	// so far: non-zero means the timeline may have gaps.
+	Conn(c *flow.Conn, lost uint64)
+	// Lost reports that the lost-event count grew to total.
+	Lost(total uint64)
+	// Summary closes the output.
+	Summary(s Summary)
+}
+
+// Options shared by the printers.
+type Options struct {
+	// Name describes an address in Kubernetes terms ("pod lab/web-1"); may
+	// be nil or return "".
+	Name func(netip.Addr) string
+	// Wall converts CLOCK_MONOTONIC ns to wall-clock time; nil: times are
+	// shown relative only.
+	Wall func(uint64) time.Time
+}
+
+// New returns the printer for format "text" or "json".
+func New(format string, w io.Writer, opts Options) (Printer, error) {
+	switch format {
+	case "text", "":
+		return &Text{w: w, opts: opts}, nil
+	case "json":
+		return &JSON{w: w, opts: opts}, nil
+	}
+	return nil, fmt.Errorf("unknown output format %q (want text or json)", format)
+}
+
+// Summary counts what a trace saw.
+type Summary struct {
+	Conns    int
+	Verdicts map[flow.Verdict]int
+	Lost     uint64
+	Orphans  int // events that belonged to no connection
+}
+
+// Count adds a connection to the summary.
+func (s *Summary) Count(c *flow.Conn) {
+	if s.Verdicts == nil {
+		s.Verdicts = map[flow.Verdict]int{}
+	}
+	s.Conns++
+	s.Verdicts[c.Verdict]++
+}
+
+func (s Summary) verdicts() string {
+	var parts []string
+	for _, v := range flow.Verdicts {
+		if n := s.Verdicts[v]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, v))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func name(opts Options, a netip.AddrPort) string {
+	if opts.Name == nil || !a.IsValid() {
+		return ""
+	}
+	return opts.Name(a.Addr())
+}
+
+// since formats a duration for a timeline: +78µs, +1.2ms, +1.02s.
+func since(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return fmt.Sprintf("+%dµs", d.Microseconds())
+	case d < time.Second:
+		return fmt.Sprintf("+%.1fms", float64(d)/float64(time.Millisecond))
+	}
+	return fmt.Sprintf("+%.2fs", d.Seconds())
+}

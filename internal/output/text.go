@@ -1,0 +1,84 @@
+package output
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/flow"
+)
+
+// Text prints a timeline per connection.
+type Text struct {
+	w    io.Writer
+	opts Options
+}
+
+func (p *Text) Conn(c *flow.Conn, lost uint64) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "#%d %s → %s %s", c.ID, c.Client, c.VIP, c.Proto)
+	if n := name(p.opts, c.VIP); n != "" {
+		fmt.Fprintf(&b, " (%s)", n)
+	}
+	if c.Continues != 0 {
+		fmt.Fprintf(&b, ", continues #%d", c.Continues)
+	}
+	if p.opts.Wall != nil {
+		fmt.Fprintf(&b, "  %s", p.opts.Wall(c.Start).Format("15:04:05.000"))
+	}
+	b.WriteString("\n")
+
+	shownPackets := map[int]bool{}
+	for _, s := range c.Steps {
+		if s.Note == "" {
+			continue
+		}
+		shownPackets[s.Packet] = true
+		note := s.Note
+		if n := name(p.opts, s.Tuple.Dst); n != "" && strings.HasPrefix(note, "DNAT") {
+			note += " (" + n + ")"
+		}
+		fmt.Fprintf(&b, "   %-9s %-12s %s\n", since(time.Duration(s.Time-c.Start)), s.Hook, note)
+	}
+	if c.Truncated {
+		b.WriteString("             … more steps than kept\n")
+	}
+	if rest := c.Packets[flow.Original] + c.Packets[flow.Reply] - len(shownPackets); rest > 0 {
+		fmt.Fprintf(&b, "             … %d more packets (%d →, %d ← in all)%s\n", rest,
+			c.Packets[flow.Original], c.Packets[flow.Reply], closed(c))
+	}
+	mark := "✗"
+	if c.Verdict == flow.Answered {
+		mark = "✓"
+	}
+	fmt.Fprintf(&b, "   %s %s: %s\n", mark, c.Verdict, c.Why)
+	if c.Endpoint.IsValid() {
+		if n := name(p.opts, c.Endpoint); n != "" {
+			fmt.Fprintf(&b, "     endpoint %s is %s\n", c.Endpoint, n)
+		}
+	}
+	if lost > 0 {
+		fmt.Fprintf(&b, "   ! %d events lost so far: this timeline may be incomplete\n", lost)
+	}
+	io.WriteString(p.w, b.String())
+}
+
+func closed(c *flow.Conn) string {
+	if c.Closed == "" {
+		return ""
+	}
+	return ", closed by " + c.Closed
+}
+
+func (p *Text) Lost(total uint64) {
+	fmt.Fprintf(p.w, "! %d events lost: the ring buffer was full (the kernel produced events faster than svctrace read them)\n", total)
+}
+
+func (p *Text) Summary(s Summary) {
+	fmt.Fprintf(p.w, "%d connection(s)", s.Conns)
+	if v := s.verdicts(); v != "" {
+		fmt.Fprintf(p.w, ": %s", v)
+	}
+	fmt.Fprintf(p.w, "; %d events lost\n", s.Lost)
+}

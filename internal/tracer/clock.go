@@ -1,0 +1,58 @@
+package tracer
+
+import (
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Now is CLOCK_MONOTONIC in nanoseconds: the clock of Event.Time.
+func Now() uint64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}
+
+// WallClock returns a converter from Event.Time to wall-clock time.
+func WallClock() func(uint64) time.Time {
+	wall, mono := time.Now(), Now()
+	return func(t uint64) time.Time { return wall.Add(time.Duration(int64(t) - int64(mono))) }
+}
+
+// IfNames names the interfaces of one network namespace, re-reading the list
+// when an unknown index is asked for (at most once a second).
+type IfNames struct {
+	ns    NetNS
+	mu    sync.Mutex
+	names map[uint32]string
+	read  time.Time
+}
+
+func NewIfNames(ns NetNS) *IfNames { return &IfNames{ns: ns} }
+
+// Name returns the interface's name, or "" if it is unknown.
+func (n *IfNames) Name(ifindex uint32) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if name, ok := n.names[ifindex]; ok {
+		return name
+	}
+	if time.Since(n.read) < time.Second {
+		return ""
+	}
+	n.read = time.Now()
+	InNetNS(n.ns, func() error {
+		ifs, err := net.Interfaces()
+		if err != nil {
+			return err
+		}
+		n.names = map[uint32]string{}
+		for _, i := range ifs {
+			n.names[uint32(i.Index)] = i.Name
+		}
+		return nil
+	})
+	return n.names[ifindex]
+}

@@ -1,0 +1,133 @@
+package tracer
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"net/netip"
+	"unsafe"
+)
+
+// rawEventSize is the size of one ring buffer record.
+const rawEventSize = int(unsafe.Sizeof(bpfEvent{}))
+
+// bpfEvent flag bits (bpf/svctrace.h).
+const (
+	flagPacket = 0x1
+	flagCT     = 0x2
+	flagInner  = 0x4
+	flagFrag   = 0x8
+)
+
+var errShortRecord = errors.New("short record")
+
+// decoder turns raw ring buffer records into Events.
+type decoder struct {
+	// key scrambles kernel addresses (skb, nf_conn) into opaque identities:
+	// equal addresses stay equal, but no kernel pointer reaches the output.
+	key     uint64
+	reasons map[uint32]string
+	symbols Symbolizer
+}
+
+// Symbolizer turns a kernel text address into "symbol+0xoffset".
+type Symbolizer interface {
+	Symbolize(addr uint64) string
+}
+
+func (d *decoder) decode(raw []byte) (Event, error) {
+	if len(raw) < rawEventSize {
+		return Event{}, fmt.Errorf("%w: %d bytes, want %d", errShortRecord, len(raw), rawEventSize)
+	}
+	var r bpfEvent
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&r)), rawEventSize), raw)
+	return d.event(&r), nil
+}
+
+func (d *decoder) event(r *bpfEvent) Event {
+	fam := Family(r.Family)
+	ev := Event{
+		Time:     r.Ts,
+		Kind:     Kind(r.Kind),
+		Hook:     Hook(r.Hook),
+		Stage:    Stage(r.Stage),
+		Family:   fam,
+		NetNS:    r.Netns,
+		InIf:     r.IfindexIn,
+		OutIf:    r.IfindexOut,
+		Packet:   d.scramble(r.Skb),
+		Len:      r.Len,
+		Mark:     r.SkbMark,
+		Fragment: r.Flags&flagFrag != 0,
+	}
+	if r.Flags&flagPacket != 0 {
+		ev.Tuple = tuple(&r.Pkt, fam)
+		ev.TCPFlags = TCPFlags(r.TcpFlags)
+		if p := ev.Tuple.Proto; p == ICMP || p == ICMPv6 {
+			ev.ICMP = ICMPInfo{Type: r.IcmpType, Code: r.IcmpCode}
+			if r.Flags&flagInner != 0 {
+				ev.ICMP.Inner = tuple(&r.Inner, fam)
+			}
+		}
+	}
+	if r.Flags&flagCT != 0 {
+		ev.CT = Conntrack{
+			ID:     d.scramble(r.Ct),
+			Info:   CTInfo(r.Ctinfo),
+			Status: CTStatus(r.CtStatus),
+			Mark:   r.CtMark,
+			Zone:   r.CtZone,
+			Orig:   tuple(&r.Orig, fam),
+			Reply:  tuple(&r.Reply, fam),
+		}
+	}
+	if ev.Kind == KindDrop {
+		ev.Drop = Drop{ReasonCode: r.DropReason, Reason: d.reason(r.DropReason)}
+		if d.symbols != nil {
+			ev.Drop.Location = d.symbols.Symbolize(r.Location)
+		} else {
+			ev.Drop.Location = fmt.Sprintf("%#x", r.Location)
+		}
+	}
+	return ev
+}
+
+// scramble is a bijection on uint64 (odd multiplier, xor, rotation), so
+// distinct addresses keep distinct identities. 0 stays 0 only for key 0.
+func (d *decoder) scramble(addr uint64) uint64 {
+	if addr == 0 {
+		return 0
+	}
+	return bits.RotateLeft64(addr*0x9e3779b97f4a7c15^d.key, 29) | 1
+}
+
+func (d *decoder) reason(code uint32) string {
+	if n, ok := d.reasons[code]; ok {
+		return n
+	}
+	return fmt.Sprintf("reason-%d", code)
+}
+
+func tuple(t *bpfTuple, fam Family) Tuple {
+	return Tuple{
+		Src:   netip.AddrPortFrom(addr(t.Saddr, fam), ntohs(t.Sport)),
+		Dst:   netip.AddrPortFrom(addr(t.Daddr, fam), ntohs(t.Dport)),
+		Proto: Proto(t.Proto),
+	}
+}
+
+func addr(b [16]byte, fam Family) netip.Addr {
+	if fam == IPv4 {
+		return netip.AddrFrom4([4]byte(b[12:16]))
+	}
+	return netip.AddrFrom16(b)
+}
+
+// ntohs converts a port read as a host (little-endian) uint16 from network
+// byte order.
+func ntohs(v uint16) uint16 { return bits.ReverseBytes16(v) }
+
+// targetKey encodes a watched address the way the kernel side compares it.
+func targetKey(t Target) bpfTargetKey {
+	return bpfTargetKey{Addr: t.Addr.Addr().As16(), Port: bits.ReverseBytes16(t.Addr.Port()), Proto: uint8(t.Proto)}
+}

@@ -1,0 +1,6 @@
+package tracer
+
+// bpf_bpfel.{go,o} are generated from bpf/ and committed, so `go build` needs
+// no clang. `make generate` rebuilds them (it first writes build/vmlinux.h
+// from this machine's BTF).
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I../../build -I../../bpf" -target bpfel -type event -type tuple -type target_key bpf ../../bpf/svctrace.c

@@ -1,0 +1,157 @@
+package tracer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+)
+
+// Feature is one kernel capability svctrace can use, and whether it works
+// here.
+type Feature struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"` // what it gives, or why it does not work
+}
+
+// Support is what this kernel allows and the backend svctrace would use.
+type Support struct {
+	Kernel   string    `json:"kernel"`
+	Features []Feature `json:"features"`
+	Backend  string    `json:"backend"` // "" if none works
+	Why      string    `json:"why"`
+}
+
+// Probe tries each capability by loading (and where harmless, attaching) a
+// minimal program. Attaching a netfilter probe briefly adds an observer that
+// accepts every packet in the caller's network namespace.
+func Probe() Support {
+	var s Support
+	var uts unix.Utsname
+	if unix.Uname(&uts) == nil {
+		s.Kernel = unix.ByteSliceToString(uts.Release[:]) + " (" + unix.ByteSliceToString(uts.Machine[:]) + ")"
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		s.Why = fmt.Sprintf("cannot raise the memlock limit: %v; run as root", err)
+		return s
+	}
+	add := func(name, works string, err error) bool {
+		f := Feature{Name: name, OK: err == nil, Detail: works}
+		if err != nil {
+			f.Detail = explain(err)
+		}
+		s.Features = append(s.Features, f)
+		return err == nil
+	}
+
+	_, err := btf.LoadKernelSpec()
+	add("BTF", "kernel type information: CO-RE, drop reason names", err)
+
+	nf := add("netfilter BPF link", "observers at chosen priorities on every hook (kernel ≥ 6.4)", probeNetfilter())
+	add("tp_btf/kfree_skb", "drops with reason and location (BTF-typed)", probeRawTracepoint())
+	add("tracepoint skb:kfree_skb", "drops with reason and location", probeTracepoint())
+	add("kprobes", "needed by the kprobe backend on older kernels", probeKprobe())
+	add("fentry/fexit", "needed by the fentry backend on older kernels", probeFentry())
+
+	if nf {
+		s.Backend = "netfilter-link"
+		s.Why = "netfilter BPF links work: observers bracket conntrack, DNAT, filter and SNAT on all five hooks"
+	} else {
+		s.Why = "no backend of this build works here: it needs netfilter BPF links (Linux ≥ 6.4, CONFIG_NETFILTER_BPF_LINK); kprobe and fentry backends for older kernels are planned"
+	}
+	return s
+}
+
+func explain(err error) string {
+	switch {
+	case errors.Is(err, os.ErrPermission):
+		return "refused: operation not permitted (missing privileges, or forbidden by the kernel's lockdown)"
+	case errors.Is(err, ebpf.ErrNotSupported), errors.Is(err, os.ErrNotExist):
+		return "not available in this kernel: " + err.Error()
+	}
+	return err.Error()
+}
+
+func minimal(typ ebpf.ProgramType, at ebpf.AttachType, attachTo string, ret int32) (*ebpf.Program, error) {
+	return ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: typ, AttachType: at, AttachTo: attachTo, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, ret), asm.Return()},
+	})
+}
+
+func probeNetfilter() error {
+	p, err := minimal(ebpf.Netfilter, ebpf.AttachNetfilter, "", 1 /* NF_ACCEPT */)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	l, err := link.AttachNetfilter(link.NetfilterOptions{Program: p, ProtocolFamily: link.NetfilterProtoIPv4,
+		Hook: link.NetfilterInetLocalOut, Priority: priorityLast - 1})
+	if err != nil {
+		return err
+	}
+	return l.Close()
+}
+
+func probeRawTracepoint() error {
+	p, err := minimal(ebpf.Tracing, ebpf.AttachTraceRawTp, "kfree_skb", 0)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	l, err := link.AttachTracing(link.TracingOptions{Program: p})
+	if err != nil {
+		return err
+	}
+	return l.Close()
+}
+
+func probeTracepoint() error {
+	p, err := minimal(ebpf.TracePoint, ebpf.AttachNone, "", 0)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	l, err := link.Tracepoint("skb", "kfree_skb", p, nil)
+	if err != nil {
+		return err
+	}
+	return l.Close()
+}
+
+func probeKprobe() error {
+	p, err := minimal(ebpf.Kprobe, ebpf.AttachNone, "", 0)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	l, err := link.Kprobe("nf_hook_slow", p, nil)
+	if err != nil {
+		if strings.Contains(err.Error(), "no such file") {
+			return fmt.Errorf("%w (kernel built without CONFIG_KPROBES?)", err)
+		}
+		return err
+	}
+	return l.Close()
+}
+
+func probeFentry() error {
+	p, err := minimal(ebpf.Tracing, ebpf.AttachTraceFEntry, "nf_hook_slow", 0)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	l, err := link.AttachTracing(link.TracingOptions{Program: p})
+	if err != nil {
+		return err
+	}
+	return l.Close()
+}

@@ -1,0 +1,228 @@
+package tracer
+
+import (
+	"fmt"
+	"math"
+	"strings"
+)
+
+// Hook is a netfilter hook (enum nf_inet_hooks).
+type Hook uint8
+
+const (
+	PreRouting  Hook = 0
+	LocalIn     Hook = 1
+	Forward     Hook = 2
+	LocalOut    Hook = 3
+	PostRouting Hook = 4
+)
+
+// Hooks lists the netfilter hooks in enum order.
+var Hooks = []Hook{PreRouting, LocalIn, Forward, LocalOut, PostRouting}
+
+// String returns the iptables chain name operators know the hook by.
+func (h Hook) String() string {
+	switch h {
+	case PreRouting:
+		return "PREROUTING"
+	case LocalIn:
+		return "INPUT"
+	case Forward:
+		return "FORWARD"
+	case LocalOut:
+		return "OUTPUT"
+	case PostRouting:
+		return "POSTROUTING"
+	}
+	return fmt.Sprintf("hook(%d)", uint8(h))
+}
+
+// Rank orders hooks along a packet's path: PREROUTING/OUTPUT first, then
+// INPUT/FORWARD, then POSTROUTING.
+func (h Hook) Rank() int {
+	switch h {
+	case PreRouting, LocalOut:
+		return 0
+	case LocalIn, Forward:
+		return 1
+	}
+	return 2
+}
+
+// Stage is an observation point: a priority at which an observer program is
+// attached on every hook where that point means something.
+type Stage uint8
+
+const (
+	StageNone                = Stage(bpfStageSTAGE_NONE)
+	StagePreConntrack        = Stage(bpfStageSTAGE_PRE_CONNTRACK)
+	StagePostConntrack       = Stage(bpfStageSTAGE_POST_CONNTRACK)
+	StagePreDNAT             = Stage(bpfStageSTAGE_PRE_DNAT)
+	StagePostDNAT            = Stage(bpfStageSTAGE_POST_DNAT)
+	StagePreFilter           = Stage(bpfStageSTAGE_PRE_FILTER)
+	StagePostFilter          = Stage(bpfStageSTAGE_POST_FILTER)
+	StagePreSNAT             = Stage(bpfStageSTAGE_PRE_SNAT)
+	StagePostSNAT            = Stage(bpfStageSTAGE_POST_SNAT)
+	StageLast                = Stage(bpfStageSTAGE_LAST)
+	priorityLast       int32 = math.MaxInt32 - 1 // the netfilter link refuses INT_MAX itself
+)
+
+type stageInfo struct {
+	name     string
+	priority int32
+	program  string
+}
+
+var stages = map[Stage]stageInfo{
+	StagePreConntrack:  {"pre-conntrack", -201, bpfProgNfPreConntrack},
+	StagePostConntrack: {"post-conntrack", -199, bpfProgNfPostConntrack},
+	StagePreDNAT:       {"pre-dnat", -101, bpfProgNfPreDnat},
+	StagePostDNAT:      {"post-dnat", -99, bpfProgNfPostDnat},
+	StagePreFilter:     {"pre-filter", -1, bpfProgNfPreFilter},
+	StagePostFilter:    {"post-filter", 1, bpfProgNfPostFilter},
+	StagePreSNAT:       {"pre-snat", 99, bpfProgNfPreSnat},
+	StagePostSNAT:      {"post-snat", 101, bpfProgNfPostSnat},
+	StageLast:          {"last", priorityLast, bpfProgNfLast},
+}
+
+func (s Stage) String() string {
+	if i, ok := stages[s]; ok {
+		return i.name
+	}
+	return fmt.Sprintf("stage(%d)", uint8(s))
+}
+
+// Priority is the netfilter priority the stage's observer is attached at.
+func (s Stage) Priority() int32 { return stages[s].priority }
+
+// Plan lists, per hook, the stages observed there in priority order: the
+// pieces of netfilter that act on that hook, each bracketed. FORWARD has only
+// the filter table that matters for Services.
+var Plan = map[Hook][]Stage{
+	PreRouting:  {StagePreConntrack, StagePostConntrack, StagePreDNAT, StagePostDNAT, StageLast},
+	LocalIn:     {StagePreFilter, StagePostFilter, StagePreSNAT, StagePostSNAT, StageLast},
+	Forward:     {StagePreFilter, StagePostFilter},
+	LocalOut:    {StagePreConntrack, StagePostConntrack, StagePreDNAT, StagePostDNAT, StagePreFilter, StagePostFilter},
+	PostRouting: {StagePreSNAT, StagePostSNAT, StageLast},
+}
+
+// piece is a part of netfilter registered at a fixed priority.
+type piece struct {
+	name     string
+	priority int32
+	hooks    []Hook
+}
+
+// Netfilter's own priorities (include/uapi/linux/netfilter_ipv4.h). The NAT
+// core registers its hooks at -100/100 however nftables NAT chains are
+// prioritised, so DNAT and SNAT are always where the observers bracket them.
+var pieces = []piece{
+	{"raw table", -300, []Hook{PreRouting, LocalOut}},
+	{"conntrack", -200, []Hook{PreRouting, LocalOut}},
+	{"mangle table", -150, Hooks},
+	{"DNAT (nat table)", -100, []Hook{PreRouting, LocalOut}},
+	{"filter table", 0, []Hook{LocalIn, Forward, LocalOut}},
+	{"security table", 50, []Hook{LocalIn, Forward, LocalOut}},
+	{"SNAT (nat table)", 100, []Hook{LocalIn, PostRouting}},
+	{"conntrack helpers", 300, []Hook{LocalIn, PostRouting}},
+	{"conntrack confirm", math.MaxInt32, []Hook{LocalIn, PostRouting}},
+}
+
+// Next returns the stage observed on hook after s, or StageNone if s is the
+// hook's last observer. StageNone as s asks for the hook's first observer.
+func Next(h Hook, s Stage) Stage {
+	plan := Plan[h]
+	if s == StageNone && len(plan) > 0 {
+		return plan[0]
+	}
+	for i, x := range plan {
+		if x == s && i+1 < len(plan) {
+			return plan[i+1]
+		}
+	}
+	return StageNone
+}
+
+// Gap is the stretch of a hook between two neighbouring observers: where a
+// packet that was seen by After and not by Before died.
+type Gap struct {
+	Hook   Hook
+	After  Stage    // last observer that saw the packet; StageNone: none on this hook
+	Before Stage    // the next observer; StageNone: After was the hook's last
+	Pieces []string // netfilter pieces registered in between, with priorities
+}
+
+// GapAfter returns the gap on hook h that follows observer after.
+func GapAfter(h Hook, after Stage) Gap {
+	g := Gap{Hook: h, After: after, Before: Next(h, after)}
+	lo, hi := g.bounds()
+	for _, p := range pieces {
+		if int64(p.priority) > lo && int64(p.priority) < hi && hasHook(p.hooks, h) {
+			g.Pieces = append(g.Pieces, fmt.Sprintf("%s %s", p.name, prio(p.priority)))
+		}
+	}
+	return g
+}
+
+func (g Gap) bounds() (lo, hi int64) {
+	lo, hi = math.MinInt32, int64(math.MaxInt32)+1
+	if g.After != StageNone {
+		lo = int64(g.After.Priority())
+	}
+	if g.Before != StageNone {
+		hi = int64(g.Before.Priority())
+	}
+	return lo, hi
+}
+
+// Span is the priority range in words: "between priority -1 and 1".
+func (g Gap) Span() string {
+	lo, hi := g.bounds()
+	switch {
+	case g.After == StageNone:
+		return "before priority " + prio32(hi)
+	case g.Before == StageNone:
+		return "after priority " + prio32(lo)
+	}
+	return fmt.Sprintf("between priority %s and %s", prio32(lo), prio32(hi))
+}
+
+// What names what runs in the gap, or its span when nothing known does.
+func (g Gap) What() string {
+	if len(g.Pieces) == 0 {
+		return g.Span()
+	}
+	return strings.Join(g.Pieces, ", ")
+}
+
+// String: "FORWARD between priority -1 and 1: filter table (0)".
+func (g Gap) String() string {
+	s := g.Hook.String() + " " + g.Span()
+	if len(g.Pieces) > 0 {
+		s += ": " + strings.Join(g.Pieces, ", ")
+	}
+	return s
+}
+
+func hasHook(hs []Hook, h Hook) bool {
+	for _, x := range hs {
+		if x == h {
+			return true
+		}
+	}
+	return false
+}
+
+func prio(p int32) string { return "(" + prio32(int64(p)) + ")" }
+
+func prio32(p int64) string {
+	switch {
+	case p >= math.MaxInt32:
+		return "INT_MAX"
+	case p == math.MaxInt32-1:
+		return "INT_MAX-1"
+	case p <= math.MinInt32:
+		return "INT_MIN"
+	}
+	return fmt.Sprint(p)
+}

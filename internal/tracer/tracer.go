@@ -1,0 +1,309 @@
+// Package tracer loads svctrace's BPF programs, attaches them in a network
+// namespace, keeps the in-kernel filter up to date and decodes what the
+// kernel reports into Events. It knows nothing about Kubernetes.
+package tracer
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// Target is an address the kernel side watches.
+type Target struct {
+	Addr  netip.AddrPort
+	Proto Proto
+}
+
+func (t Target) String() string { return fmt.Sprintf("%s/%s", t.Addr, t.Proto) }
+
+// Options configure Open.
+type Options struct {
+	// NetNS is where the netfilter observers are attached: a name under
+	// /run/netns, a path, or a PID. Empty: svctrace's own namespace.
+	NetNS   string
+	Targets []Target
+	// Logf, if set, receives progress and verifier details (--verbose).
+	Logf func(format string, args ...any)
+}
+
+// Info describes what Open set up.
+type Info struct {
+	Backend string // "netfilter-link"
+	NetNS   NetNS
+	Links   int    // netfilter observers attached
+	Drops   string // program watching drops, "" if none could be attached
+}
+
+// ErrClosed is returned by Read after Close.
+var ErrClosed = errors.New("tracer closed")
+
+// Tracer is a loaded and attached set of observers.
+type Tracer struct {
+	info    Info
+	coll    *ebpf.Collection // maps and observers
+	drops   *ebpf.Collection // the kfree_skb program, sharing coll's maps
+	links   []link.Link
+	reader  *ringbuf.Reader
+	dec     decoder
+	targets map[Target]bool
+	bad     atomic.Uint64
+	close   sync.Once
+}
+
+// Open loads the BPF objects, attaches the observers in opts.NetNS and the
+// drop tracepoint, and fills the filter with opts.Targets. Close undoes it all;
+// so does the process exiting, since nothing is pinned.
+func Open(opts Options) (_ *Tracer, err error) {
+	logf := opts.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	ns, err := ResolveNetNS(opts.NetNS)
+	if err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, permissionHint(fmt.Errorf("raising the memlock limit: %w", err))
+	}
+	spec, err := loadBpf()
+	if err != nil {
+		return nil, err
+	}
+
+	t := &Tracer{info: Info{Backend: "netfilter-link", NetNS: ns}, targets: map[Target]bool{}}
+	defer func() {
+		if err != nil {
+			t.Close()
+		}
+	}()
+
+	base := spec.Copy()
+	delete(base.Programs, bpfProgKfreeSkbBtf)
+	delete(base.Programs, bpfProgKfreeSkbTp)
+	// One decoded copy of the kernel's BTF serves CO-RE for every load and
+	// the drop reason names.
+	cache := btf.NewCache()
+	if t.coll, err = newCollection(base, nil, cache, logf); err != nil {
+		return nil, permissionHint(fmt.Errorf("loading the netfilter observers: %w", err))
+	}
+
+	if err := InNetNS(ns, t.attachObservers); err != nil {
+		return nil, err
+	}
+	logf("attached %d netfilter observers in %s", t.info.Links, ns)
+
+	t.attachDrops(spec, cache, logf)
+
+	if t.reader, err = ringbuf.NewReader(t.coll.Maps[bpfMapEvents]); err != nil {
+		return nil, fmt.Errorf("opening the ring buffer: %w", err)
+	}
+	t.dec = decoder{key: randomKey(), reasons: dropReasons(cache), symbols: NewKallsyms("/proc/kallsyms")}
+
+	if err := t.SetTargets(opts.Targets); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// newCollection loads spec, reusing maps where given, and logs the
+// verifier's complaint in full when a program is refused.
+func newCollection(spec *ebpf.CollectionSpec, maps map[string]*ebpf.Map, cache *btf.Cache, logf func(string, ...any)) (*ebpf.Collection, error) {
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: maps, Cache: cache})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			logf("verifier log:\n%+v", ve)
+		}
+		return nil, err
+	}
+	return coll, nil
+}
+
+func (t *Tracer) attachObservers() error {
+	for _, fam := range []link.NetfilterProtocolFamily{link.NetfilterProtoIPv4, link.NetfilterProtoIPv6} {
+		for _, h := range Hooks {
+			for _, s := range Plan[h] {
+				l, err := link.AttachNetfilter(link.NetfilterOptions{
+					Program:        t.coll.Programs[stages[s].program],
+					ProtocolFamily: fam,
+					Hook:           link.NetfilterInetHook(h),
+					Priority:       s.Priority(),
+				})
+				if err != nil {
+					return permissionHint(fmt.Errorf("attaching netfilter observer %s %s/%s (priority %d): %w",
+						famName(fam), h, s, s.Priority(), err))
+				}
+				t.links = append(t.links, l)
+				t.info.Links++
+			}
+		}
+	}
+	return nil
+}
+
+// attachDrops attaches the kfree_skb observer: BTF-typed if the kernel allows,
+// else the plain tracepoint. Without either, tracing goes on without drops.
+func (t *Tracer) attachDrops(spec *ebpf.CollectionSpec, cache *btf.Cache, logf func(string, ...any)) {
+	attach := map[string]func(*ebpf.Program) (link.Link, error){
+		bpfProgKfreeSkbBtf: func(p *ebpf.Program) (link.Link, error) {
+			return link.AttachTracing(link.TracingOptions{Program: p})
+		},
+		bpfProgKfreeSkbTp: func(p *ebpf.Program) (link.Link, error) {
+			return link.Tracepoint("skb", "kfree_skb", p, nil)
+		},
+	}
+	for _, name := range []string{bpfProgKfreeSkbBtf, bpfProgKfreeSkbTp} {
+		one := spec.Copy()
+		one.Programs = map[string]*ebpf.ProgramSpec{name: spec.Programs[name]}
+		coll, err := newCollection(one, t.coll.Maps, cache, logf)
+		if err != nil {
+			logf("%s: %v", one.Programs[name].SectionName, err)
+			continue
+		}
+		l, err := attach[name](coll.Programs[name])
+		if err != nil {
+			logf("%s: %v", one.Programs[name].SectionName, err)
+			coll.Close()
+			continue
+		}
+		t.drops, t.info.Drops = coll, one.Programs[name].SectionName
+		t.links = append(t.links, l)
+		return
+	}
+	logf("warning: drops will not be reported: skb:kfree_skb could not be attached")
+}
+
+// Info describes the attached backend.
+func (t *Tracer) Info() Info { return t.info }
+
+// SetTargets replaces the set of watched addresses. Connections already being
+// followed stay followed.
+func (t *Tracer) SetTargets(targets []Target) error {
+	want := map[Target]bool{}
+	for _, tg := range targets {
+		want[tg] = true
+	}
+	for tg := range want {
+		if t.targets[tg] {
+			continue
+		}
+		k := targetKey(tg)
+		if err := t.coll.Maps[bpfMapTargets].Put(&k, uint8(1)); err != nil {
+			return fmt.Errorf("adding %s to the filter: %w", tg, err)
+		}
+		t.targets[tg] = true
+	}
+	for tg := range t.targets {
+		if want[tg] {
+			continue
+		}
+		k := targetKey(tg)
+		if err := t.coll.Maps[bpfMapTargets].Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("removing %s from the filter: %w", tg, err)
+		}
+		delete(t.targets, tg)
+	}
+	return nil
+}
+
+// Targets returns the watched addresses, sorted.
+func (t *Tracer) Targets() []Target {
+	out := make([]Target, 0, len(t.targets))
+	for tg := range t.targets {
+		out = append(out, tg)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
+}
+
+// Read blocks until the kernel reports an event, the deadline set with
+// SetDeadline passes (os.ErrDeadlineExceeded) or the tracer is closed
+// (ErrClosed). Records that cannot be decoded are counted and skipped.
+func (t *Tracer) Read() (Event, error) {
+	var rec ringbuf.Record
+	for {
+		if err := t.reader.ReadInto(&rec); err != nil {
+			if errors.Is(err, ringbuf.ErrClosed) {
+				return Event{}, ErrClosed
+			}
+			return Event{}, err
+		}
+		ev, err := t.dec.decode(rec.RawSample)
+		if err != nil {
+			t.bad.Add(1)
+			continue
+		}
+		return ev, nil
+	}
+}
+
+// SetDeadline makes Read return os.ErrDeadlineExceeded after d.
+func (t *Tracer) SetDeadline(d time.Time) { t.reader.SetDeadline(d) }
+
+// Lost returns how many events the kernel could not hand over (ring buffer
+// full) plus records that could not be decoded, since Open.
+func (t *Tracer) Lost() uint64 {
+	var perCPU []uint64
+	var n uint64
+	if err := t.coll.Maps[bpfMapLost].Lookup(uint32(0), &perCPU); err == nil {
+		for _, v := range perCPU {
+			n += v
+		}
+	}
+	return n + t.bad.Load()
+}
+
+// Close detaches everything and frees the kernel objects. Safe to call more
+// than once and concurrently with Read.
+func (t *Tracer) Close() error {
+	t.close.Do(func() {
+		for _, l := range t.links {
+			l.Close()
+		}
+		if t.reader != nil {
+			t.reader.Close()
+		}
+		if t.drops != nil {
+			t.drops.Close()
+		}
+		if t.coll != nil {
+			t.coll.Close()
+		}
+	})
+	return nil
+}
+
+func famName(f link.NetfilterProtocolFamily) string {
+	if f == link.NetfilterProtoIPv6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+func randomKey() uint64 {
+	var b [8]byte
+	rand.Read(b[:])
+	return binary.LittleEndian.Uint64(b[:])
+}
+
+// permissionHint adds the next step to errors caused by missing privileges.
+func permissionHint(err error) error {
+	if errors.Is(err, os.ErrPermission) {
+		return fmt.Errorf("%w (svctrace needs root, or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN: run it with sudo)", err)
+	}
+	return err
+}
