@@ -2,8 +2,14 @@
 package testutil
 
 import (
+	"crypto/rand"
+	"fmt"
 	"os"
+	"runtime"
 	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 )
 
 // RequireRoot skips a test that needs root (network namespaces, iptables,
@@ -19,4 +25,39 @@ func RequireRoot(t testing.TB) {
 		t.Fatal("this test needs root, and SVCTRACE_REQUIRE_ROOT=1 forbids skipping it")
 	}
 	t.Skip("needs root (network namespaces, iptables, BPF): run the tests with sudo")
+}
+
+// NewNetNS creates a named network namespace with loopback up, removed when
+// the test ends. It returns the name (as `ip netns` knows it).
+func NewNetNS(t testing.TB) string {
+	t.Helper()
+	RequireRoot(t)
+	var b [4]byte
+	rand.Read(b[:])
+	name := fmt.Sprintf("svctrace-test-%x", b)
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	h, err := netns.NewNamed(name)
+	if err == nil {
+		lo, lerr := netlink.LinkByName("lo")
+		if lerr == nil {
+			lerr = netlink.LinkSetUp(lo)
+		}
+		err = lerr
+		h.Close()
+	}
+	if serr := netns.Set(orig); serr != nil {
+		t.Fatalf("returning to the original network namespace: %v", serr) // thread stays locked
+	}
+	orig.Close()
+	runtime.UnlockOSThread()
+	t.Cleanup(func() { netns.DeleteNamed(name) })
+	if err != nil {
+		t.Fatalf("creating network namespace %s: %v", name, err)
+	}
+	return name
 }

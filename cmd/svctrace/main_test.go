@@ -1,0 +1,291 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	// The signal tests run this binary as svctrace itself.
+	if os.Getenv("SVCTRACE_TEST_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	lab.ServeIfChild()
+	os.Exit(m.Run())
+}
+
+// syncBuffer is a bytes.Buffer safe to poll while a command writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func run(ctx context.Context, args ...string) (stdout, stderr string, err error) {
+	var out, errb syncBuffer
+	root := newRoot(&out, &errb)
+	root.SetArgs(args)
+	err = root.ExecuteContext(ctx)
+	return out.String(), errb.String(), err
+}
+
+func TestParseTarget(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.96.0.10:80":        "10.96.0.10:80/tcp",
+		"10.96.0.10:53/udp":    "10.96.0.10:53/udp",
+		"10.96.0.10:53/UDP":    "10.96.0.10:53/udp",
+		"[fd00::10]:443":       "[fd00::10]:443/tcp",
+		"[::ffff:10.0.0.1]:80": "10.0.0.1:80/tcp",
+		"10.96.0.10:9999/sctp": "10.96.0.10:9999/sctp",
+	} {
+		got, err := parseTarget(in)
+		if err != nil || got.String() != want {
+			t.Errorf("%q: %v %v, want %s", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"10.96.0.10", "10.96.0.10:0", "10.96.0.10:80/icmp", "web:80", "fd00::10:80", ""} {
+		if _, err := parseTarget(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// Bad input gets one line saying what to do, and no trace is started.
+func TestUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"trace"}, "give at least one --addr IP:PORT"},
+		{[]string{"trace", "--addr", "10.96.0.10"}, "want IP:PORT"},
+		{[]string{"trace", "--addr", "10.96.0.10:80", "-o", "yaml"}, "use -o text or -o json"},
+		{[]string{"trace", "--addr", "10.96.0.10:80", "--timeout", "0s"}, "--timeout must be positive"},
+		{[]string{"web-service"}, "svctrace trace --addr CLUSTER-IP:PORT"},
+		{[]string{"lab", "-o", "yaml"}, "use -o text or -o json"},
+		{[]string{"trace", "--addr", "10.0.0.1:80", "--bogus"}, "unknown flag: --bogus"},
+	} {
+		_, _, err := run(context.Background(), tc.args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v: err %q, want one line containing %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestHelpTeachesTheVerdicts(t *testing.T) {
+	out, _, err := run(context.Background(), "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"answered", "rejected", "dropped", "reset", "no-reply", "not-translated", "sudo svctrace lab"} {
+		if !strings.Contains(out, v) {
+			t.Errorf("--help does not mention %q", v)
+		}
+	}
+}
+
+type jsonLine struct {
+	Kind     string          `json:"kind"`
+	Scenario string          `json:"scenario"`
+	Verdict  string          `json:"verdict"`
+	Endpoint *netip.AddrPort `json:"endpoint"`
+	SNAT     *netip.AddrPort `json:"snat"`
+	Drop     *struct {
+		Hook  string `json:"hook"`
+		Stage string `json:"stage"`
+	} `json:"drop"`
+	Events []struct {
+		Hook string `json:"hook"`
+		Note string `json:"note"`
+	} `json:"events"`
+	Conns int `json:"connections"`
+}
+
+func parseLines(t *testing.T, out string) []jsonLine {
+	t.Helper()
+	var lines []jsonLine
+	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var l jsonLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("not JSON: %q: %v", sc.Text(), err)
+		}
+		lines = append(lines, l)
+	}
+	return lines
+}
+
+// `svctrace lab -o json`: one object per connection with the scenario and
+// its verdict, a summary last.
+func TestLabCommandJSON(t *testing.T) {
+	testutil.RequireRoot(t)
+	out, errOut, err := run(context.Background(), "lab", "-o", "json")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errOut)
+	}
+	lines := parseLines(t, out)
+	want := map[string]string{}
+	for _, s := range lab.Scenarios() {
+		want[s.Name] = string(s.Expect)
+	}
+	got := map[string]string{}
+	for _, l := range lines[:len(lines)-1] {
+		if l.Kind != "connection" {
+			t.Errorf("kind %q", l.Kind)
+		}
+		got[l.Scenario] = l.Verdict
+		if l.Verdict == "dropped" && (l.Drop == nil || l.Drop.Hook != "FORWARD" || l.Drop.Stage != "filter table (0)") {
+			t.Errorf("%s: drop %+v", l.Scenario, l.Drop)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("scenarios %v, want %v", got, want)
+	}
+	for s, v := range want {
+		if got[s] != v {
+			t.Errorf("%s: verdict %q, want %q", s, got[s], v)
+		}
+	}
+	if last := lines[len(lines)-1]; last.Kind != "summary" || last.Conns != len(want) {
+		t.Errorf("last line %+v, want a summary of %d connections", last, len(want))
+	}
+}
+
+// `svctrace trace` on a lab node shows a live request's DNAT to a pod and
+// the reply's reverse translation.
+func TestTraceCommandFollowsARequest(t *testing.T) {
+	testutil.RequireRoot(t)
+	l, err := lab.Up(lab.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Down()
+	s := l.Scenarios[0] // healthy
+	vip := s.VIP()
+
+	var out, errb syncBuffer
+	root := newRoot(&out, &errb)
+	root.SetArgs([]string{"trace", "--netns", l.Node.Spec, "--addr", vip.String(), "--count", "1", "-o", "json", "--duration", "20s"})
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(context.Background()) }()
+	waitFor(t, &errb, "tracing "+vip.String())
+
+	if _, err := l.Get(context.Background(), vip, "/", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("%v\n%s", err, errb.String())
+	}
+	lines := parseLines(t, out.String())
+	if len(lines) != 2 || lines[0].Kind != "connection" || lines[1].Kind != "summary" {
+		t.Fatalf("output %q", out.String())
+	}
+	c := lines[0]
+	if c.Verdict != "answered" || c.Endpoint == nil || !slices.Contains(s.Service.Endpoints, *c.Endpoint) || c.SNAT == nil {
+		t.Fatalf("connection %+v", c)
+	}
+	var dnat, undnat bool
+	for _, e := range c.Events {
+		dnat = dnat || (e.Hook == "PREROUTING" && e.Note == "DNAT "+vip.String()+" → "+c.Endpoint.String())
+		undnat = undnat || (e.Hook == "POSTROUTING" && e.Note == "un-DNAT src "+c.Endpoint.String()+" → "+vip.String())
+	}
+	if !dnat || !undnat {
+		t.Errorf("DNAT shown: %v, reverse translation shown: %v; events %+v", dnat, undnat, c.Events)
+	}
+}
+
+func waitFor(t *testing.T, b *syncBuffer, s string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(b.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q after 10s; got %q", s, b.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// SIGINT and SIGTERM end a trace cleanly: a summary, exit 0, every link gone.
+func TestSignalsDetachEverything(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			before := links(t)
+			cmd := exec.Command(os.Args[0], "trace", "--netns", ns, "--addr", "127.0.0.1:7777")
+			cmd.Env = append(os.Environ(), "SVCTRACE_TEST_MAIN=1")
+			var out, errb syncBuffer
+			cmd.Stdout, cmd.Stderr = &out, &errb
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, &errb, "tracing 127.0.0.1:7777")
+			var ours []link.ID
+			for id := range links(t) {
+				if !before[id] {
+					ours = append(ours, id)
+				}
+			}
+			if len(ours) < 42 {
+				t.Fatalf("%d new links while tracing, want 42 observers and a tracepoint", len(ours))
+			}
+			cmd.Process.Signal(sig)
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("exit: %v\n%s", err, errb.String())
+			}
+			if !strings.Contains(out.String(), "0 connection(s)") {
+				t.Errorf("no summary after %s: %q", sig, out.String())
+			}
+			after := links(t)
+			for _, id := range ours {
+				if after[id] {
+					t.Errorf("link %d left attached after %s", id, sig)
+				}
+			}
+		})
+	}
+}
+
+func links(t *testing.T) map[link.ID]bool {
+	t.Helper()
+	ids := map[link.ID]bool{}
+	var it link.Iterator
+	for it.Next() {
+		l := it.Take()
+		if info, err := l.Info(); err == nil {
+			ids[info.ID] = true
+		}
+		l.Close()
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}

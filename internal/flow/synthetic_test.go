@@ -1,0 +1,184 @@
+package flow
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+// Hand-built event sequences for paths the lab does not record.
+
+const nodeNS = 4026531999
+
+func tup(src, dst string, p tracer.Proto) tracer.Tuple {
+	return tracer.Tuple{Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst), Proto: p}
+}
+
+// seq builds events with increasing times.
+type seq struct {
+	t   uint64
+	evs []tracer.Event
+}
+
+func (s *seq) at(d time.Duration) *seq { s.t += uint64(d); return s }
+
+func (s *seq) hook(pkt uint64, h tracer.Hook, st tracer.Stage, t tracer.Tuple, f tracer.TCPFlags, ct tracer.Conntrack) *seq {
+	s.t += 1000
+	s.evs = append(s.evs, tracer.Event{Time: s.t, Kind: tracer.KindHook, Hook: h, Stage: st, NetNS: nodeNS,
+		Packet: pkt, Tuple: t, TCPFlags: f, CT: ct})
+	return s
+}
+
+func (s *seq) drop(pkt uint64, t tracer.Tuple, ct tracer.Conntrack) *seq {
+	s.t += 1000
+	s.evs = append(s.evs, tracer.Event{Time: s.t, Kind: tracer.KindDrop, NetNS: nodeNS, Packet: pkt, Tuple: t, CT: ct,
+		Drop: tracer.Drop{Reason: "NETFILTER_DROP", Location: "nft_do_chain+0x3e8"}})
+	return s
+}
+
+func (s *seq) last() *tracer.Event { return &s.evs[len(s.evs)-1] }
+
+func ct(info tracer.CTInfo, orig, reply tracer.Tuple) tracer.Conntrack {
+	return tracer.Conntrack{ID: 77, Info: info, Orig: orig, Reply: reply}
+}
+
+func run(s *seq, opts Options) ([]*Conn, *Assembler) {
+	opts.NodeNetNS = nodeNS
+	a := New(opts)
+	var out []*Conn
+	for _, ev := range s.evs {
+		out = append(out, a.Add(ev)...)
+	}
+	return append(out, a.Flush(s.t+uint64(time.Second))...), a
+}
+
+var (
+	udpOrig  = tup("10.0.0.2:5000", "10.96.0.10:53", tracer.UDP)
+	udpReply = tup("10.244.0.5:53", "10.0.0.2:5000", tracer.UDP)
+	synOrig  = tup("10.0.0.2:40000", "10.96.0.10:80", tracer.TCP)
+	synReply = tup("10.244.0.5:8080", "10.0.0.2:40000", tracer.TCP)
+)
+
+// UDP to a port nobody listens on: the endpoint answers ICMP port
+// unreachable, which is the UDP form of a reset.
+func TestUDPPortUnreachableFromEndpointIsReset(t *testing.T) {
+	s := &seq{}
+	nat := ct(tracer.CTNew, udpOrig, udpReply)
+	s.hook(1, tracer.PreRouting, tracer.StagePostConntrack, udpOrig, 0, nat)
+	s.hook(1, tracer.PreRouting, tracer.StagePostDNAT, tup("10.0.0.2:5000", "10.244.0.5:53", tracer.UDP), 0, nat)
+	s.hook(1, tracer.PostRouting, tracer.StageLast, tup("10.0.0.2:5000", "10.244.0.5:53", tracer.UDP), 0, nat)
+	s.hook(2, tracer.PreRouting, tracer.StagePostConntrack, tup("10.244.0.5:0", "10.0.0.2:0", tracer.ICMP), 0,
+		ct(tracer.CTRelatedReply, udpOrig, udpReply))
+	s.last().ICMP = tracer.ICMPInfo{Type: 3, Code: 3, Inner: tup("10.0.0.2:5000", "10.244.0.5:53", tracer.UDP)}
+	conns, _ := run(s, Options{})
+	c := only(t, conns)
+	if c.Verdict != Reset || !strings.Contains(c.Why, "ICMP port-unreachable") {
+		t.Fatalf("%s: %s, want reset by ICMP port-unreachable", c.Verdict, c.Why)
+	}
+}
+
+// REJECT --reject-with tcp-reset: the RST comes from the node (OUTPUT) and is
+// tied to the entry as RELATED.
+func TestTCPResetFromTheNodeIsRejected(t *testing.T) {
+	s := &seq{}
+	entry := ct(tracer.CTNew, synOrig, synOrig.Reverse())
+	s.hook(1, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.SYN, entry)
+	s.hook(1, tracer.Forward, tracer.StagePreFilter, synOrig, tracer.SYN, entry)
+	s.hook(2, tracer.LocalOut, tracer.StagePreConntrack, synOrig.Reverse(), tracer.RST|tracer.ACK,
+		ct(tracer.CTRelatedReply, synOrig, synOrig.Reverse()))
+	s.drop(1, synOrig, entry)
+	c := only(t, mustRun(s))
+	if c.Verdict != Rejected || !strings.Contains(c.Why, "a TCP RST") {
+		t.Fatalf("%s: %s, want rejected with a TCP RST", c.Verdict, c.Why)
+	}
+	if c.Drop == nil || c.Drop.Gap.Hook != tracer.Forward {
+		t.Errorf("drop %+v, want the SYN's drop in FORWARD", c.Drop)
+	}
+}
+
+func mustRun(s *seq) []*Conn { c, _ := run(s, Options{}); return c }
+
+// The endpoint answers but the answer dies on the node.
+func TestDroppedReplyIsDropped(t *testing.T) {
+	s := &seq{}
+	nat := ct(tracer.CTNew, synOrig, synReply)
+	s.hook(1, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.SYN, nat)
+	s.hook(1, tracer.PostRouting, tracer.StageLast, tup("10.0.0.2:40000", "10.244.0.5:8080", tracer.TCP), tracer.SYN, nat)
+	est := ct(tracer.CTEstablishedReply, synOrig, synReply)
+	s.hook(2, tracer.PreRouting, tracer.StagePostConntrack, synReply, tracer.SYN|tracer.ACK, est)
+	s.hook(2, tracer.Forward, tracer.StagePreFilter, tup("10.244.0.5:8080", "10.0.0.2:40000", tracer.TCP), tracer.SYN|tracer.ACK, est)
+	s.drop(2, tup("10.244.0.5:8080", "10.0.0.2:40000", tracer.TCP), est)
+	c := only(t, mustRun(s))
+	if c.Verdict != Dropped || c.Drop == nil || c.Drop.Dir != Reply || c.Drop.Gap.Hook != tracer.Forward {
+		t.Fatalf("%s (%s), drop %+v: want the reply dropped in FORWARD", c.Verdict, c.Why, c.Drop)
+	}
+	if !strings.Contains(c.Why, "answered, but the reply was discarded in FORWARD") {
+		t.Errorf("why %q", c.Why)
+	}
+}
+
+// The middle of a TCP connection that began before tracing opens nothing.
+func TestMidStreamPacketsAreOrphans(t *testing.T) {
+	s := &seq{}
+	s.hook(1, tracer.PreRouting, tracer.StagePreConntrack, synOrig, tracer.ACK|tracer.PSH, tracer.Conntrack{})
+	s.hook(2, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.ACK, ct(tracer.CTEstablished, synOrig, synReply))
+	conns, a := run(s, Options{})
+	if len(conns) != 0 || a.Orphans != 2 {
+		t.Errorf("%d connections, %d orphans; want 0 and 2", len(conns), a.Orphans)
+	}
+}
+
+// A new SYN on the addresses of a connection that was answered and closed
+// is a new connection.
+func TestPortReuseStartsANewConnection(t *testing.T) {
+	s := &seq{}
+	est := ct(tracer.CTNew, synOrig, synReply)
+	s.hook(1, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.SYN, est)
+	s.hook(2, tracer.PreRouting, tracer.StagePostConntrack, synReply, tracer.SYN|tracer.ACK, ct(tracer.CTEstablishedReply, synOrig, synReply))
+	s.hook(2, tracer.PostRouting, tracer.StageLast, synOrig.Reverse(), tracer.SYN|tracer.ACK, ct(tracer.CTEstablishedReply, synOrig, synReply))
+	s.hook(3, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.FIN|tracer.ACK, ct(tracer.CTEstablished, synOrig, synReply))
+	s.hook(4, tracer.PreRouting, tracer.StagePostConntrack, synReply, tracer.FIN|tracer.ACK, ct(tracer.CTEstablishedReply, synOrig, synReply))
+	s.at(time.Second)
+	s.hook(5, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.SYN, est)
+	conns := mustRun(s)
+	if len(conns) != 2 || conns[0].Verdict != Answered || conns[0].Closed != "FIN" || conns[1].ID != 2 {
+		t.Fatalf("got %d connections: %+v", len(conns), conns)
+	}
+}
+
+// A retransmission arriving after its connection was reported continues it.
+func TestLateRetransmissionContinuesTheConnection(t *testing.T) {
+	a := New(Options{NodeNetNS: nodeNS, Timeout: time.Second})
+	s := &seq{}
+	s.hook(1, tracer.PreRouting, tracer.StagePreConntrack, synOrig, tracer.SYN, tracer.Conntrack{})
+	s.hook(1, tracer.PostRouting, tracer.StageLast, synOrig, tracer.SYN, tracer.Conntrack{})
+	for _, ev := range s.evs {
+		a.Add(ev)
+	}
+	first := a.Tick(s.t + uint64(2*time.Second))
+	if len(first) != 1 || first[0].Verdict != NotTranslated {
+		t.Fatalf("first report %+v", first)
+	}
+	a.Add(tracer.Event{Time: s.t + uint64(3*time.Second), Kind: tracer.KindHook, Hook: tracer.PreRouting,
+		Stage: tracer.StagePreConntrack, NetNS: nodeNS, Packet: 2, Tuple: synOrig, TCPFlags: tracer.SYN})
+	c := only(t, a.Flush(s.t+uint64(5*time.Second)))
+	if c.Continues != first[0].ID || c.SYNs != 2 || !hasNote(c, "SYN retransmitted (1)") {
+		t.Errorf("continues %d, SYNs %d, steps %+v", c.Continues, c.SYNs, c.Steps)
+	}
+}
+
+func TestMaxConnsReportsTheOldestEarly(t *testing.T) {
+	a := New(Options{NodeNetNS: nodeNS, MaxConns: 2})
+	var reported []*Conn
+	for i := 1; i <= 3; i++ {
+		t := tup("10.0.0.2:4000"+string(rune('0'+i)), "10.96.0.10:80", tracer.TCP)
+		reported = append(reported, a.Add(tracer.Event{Time: uint64(i), Kind: tracer.KindHook, Hook: tracer.PreRouting,
+			Stage: tracer.StagePreConntrack, NetNS: nodeNS, Packet: uint64(i), Tuple: t, TCPFlags: tracer.SYN})...)
+	}
+	if len(reported) != 1 || reported[0].ID != 1 || a.Active() != 2 {
+		t.Errorf("reported %d (first id %v), active %d; want #1 reported, 2 active", len(reported), reported, a.Active())
+	}
+}

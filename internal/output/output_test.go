@@ -1,0 +1,115 @@
+package output
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// labConns assembles the lab recording of internal/flow.
+func labConns(t *testing.T) []*flow.Conn {
+	t.Helper()
+	f, err := os.Open(filepath.Join("..", "flow", "testdata", "lab.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var a *flow.Assembler
+	var conns []*flow.Conn
+	var last uint64
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var ev tracer.Event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatal(err)
+		}
+		if a == nil {
+			a = flow.New(flow.Options{NodeNetNS: ev.NetNS, Timeout: 1500 * time.Millisecond})
+		}
+		conns = append(conns, a.Tick(ev.Time)...)
+		conns = append(conns, a.Add(ev)...)
+		last = ev.Time
+	}
+	return append(conns, a.Flush(last+uint64(1500*time.Millisecond))...)
+}
+
+var names = resolve.Names{
+	netip.MustParseAddr("10.96.0.10"):  "service lab/web",
+	netip.MustParseAddr("10.244.0.11"): "pod lab/web-1",
+	netip.MustParseAddr("10.244.0.12"): "pod lab/web-2",
+}
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs (go test -update rewrites it):\n%s", path, got)
+	}
+}
+
+func print(t *testing.T, format string) []byte {
+	var b bytes.Buffer
+	p, err := New(format, &b, Options{Name: names.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s Summary
+	for _, c := range labConns(t) {
+		s.Count(c)
+		p.Conn(c, 0)
+	}
+	p.Lost(3)
+	s.Lost = 3
+	p.Summary(s)
+	return b.Bytes()
+}
+
+func TestTextGolden(t *testing.T) { golden(t, "lab.txt", print(t, "text")) }
+
+func TestJSONGolden(t *testing.T) {
+	out := print(t, "json")
+	golden(t, "lab.jsonl", out)
+	// Every line is an object with a kind; connections carry the fields
+	// the README promises.
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		if m["kind"] == "connection" {
+			for _, k := range []string{"verdict", "proto", "client", "vip", "events"} {
+				if _, ok := m[k]; !ok {
+					t.Errorf("connection without %q: %s", k, line)
+				}
+			}
+		}
+	}
+}
+
+func TestUnknownFormat(t *testing.T) {
+	if _, err := New("yaml", &bytes.Buffer{}, Options{}); err == nil {
+		t.Error("yaml accepted")
+	}
+}

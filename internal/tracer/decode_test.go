@@ -1,0 +1,219 @@
+package tracer
+
+import (
+	"encoding/json"
+	"errors"
+	"math/bits"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+	"unsafe"
+)
+
+func raw(e bpfEvent) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(&e)), rawEventSize)
+}
+
+func v4(s string) [16]byte { return netip.MustParseAddr(s).As16() } // IPv4-mapped, as the kernel side writes it
+
+func port(p uint16) uint16 { return bits.ReverseBytes16(p) } // network order, read as little endian
+
+type fixedSymbols map[uint64]string
+
+func (f fixedSymbols) Symbolize(a uint64) string { return f[a] }
+
+func TestDecodeObserverEventWithConntrack(t *testing.T) {
+	d := decoder{key: 42}
+	ev, err := d.decode(raw(bpfEvent{
+		Ts: 123, Skb: 0xffff888001234500, Ct: 0xffff888009876500, Netns: 4026532177, IfindexIn: 4,
+		Kind: uint8(KindHook), Hook: uint8(PreRouting), Family: uint8(IPv4), Stage: uint8(StagePostDNAT),
+		Ctinfo: uint8(CTNew), CtStatus: uint32(CTDstNAT | CTDstNATDone), CtMark: 7, CtZone: 3, SkbMark: 0x4000,
+		TcpFlags: uint8(SYN), Flags: flagPacket | flagCT, Len: 60,
+		Pkt:   bpfTuple{Saddr: v4("10.99.0.2"), Daddr: v4("10.244.0.11"), Sport: port(41162), Dport: port(8080), Proto: uint8(TCP)},
+		Orig:  bpfTuple{Saddr: v4("10.99.0.2"), Daddr: v4("10.96.0.10"), Sport: port(41162), Dport: port(80), Proto: uint8(TCP)},
+		Reply: bpfTuple{Saddr: v4("10.244.0.11"), Daddr: v4("10.99.0.2"), Sport: port(8080), Dport: port(41162), Proto: uint8(TCP)},
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Tuple{Src: netip.MustParseAddrPort("10.99.0.2:41162"), Dst: netip.MustParseAddrPort("10.244.0.11:8080"), Proto: TCP}
+	if ev.Tuple != want {
+		t.Errorf("tuple %v, want %v", ev.Tuple, want)
+	}
+	if !ev.Tuple.Src.Addr().Is4() {
+		t.Errorf("IPv4 address decoded as %v, want a plain IPv4 address", ev.Tuple.Src.Addr())
+	}
+	if ev.CT.Orig.Dst != netip.MustParseAddrPort("10.96.0.10:80") || ev.CT.Reply.Src != netip.MustParseAddrPort("10.244.0.11:8080") {
+		t.Errorf("conntrack tuples %v / %v", ev.CT.Orig, ev.CT.Reply)
+	}
+	if ev.CT.Info != CTNew || ev.CT.Status != CTDstNAT|CTDstNATDone || ev.CT.Mark != 7 || ev.CT.Zone != 3 {
+		t.Errorf("conntrack %+v", ev.CT)
+	}
+	if ev.Hook != PreRouting || ev.Stage != StagePostDNAT || ev.TCPFlags != SYN || ev.Mark != 0x4000 || ev.NetNS != 4026532177 {
+		t.Errorf("event %+v", ev)
+	}
+	// Identities are stable but are not the kernel's addresses.
+	if ev.Packet == 0xffff888001234500 || ev.CT.ID == 0xffff888009876500 || ev.CT.ID == 0 {
+		t.Errorf("kernel address leaked or lost: packet %#x ct %#x", ev.Packet, ev.CT.ID)
+	}
+	again, _ := d.decode(raw(bpfEvent{Skb: 0xffff888001234500, Ct: 0xffff888009876500, Flags: flagCT}))
+	if again.Packet != ev.Packet || again.CT.ID != ev.CT.ID {
+		t.Error("the same kernel addresses gave different identities")
+	}
+}
+
+func TestDecodeWithoutConntrackHasNoEntry(t *testing.T) {
+	d := decoder{}
+	ev, _ := d.decode(raw(bpfEvent{Kind: uint8(KindHook), Family: uint8(IPv4), Flags: flagPacket, Ctinfo: 0,
+		Pkt: bpfTuple{Saddr: v4("10.0.0.1"), Daddr: v4("10.0.0.2"), Sport: port(1), Dport: port(2), Proto: uint8(UDP)}}))
+	if ev.CT.ID != 0 || ev.CT.Orig.IsValid() {
+		t.Errorf("conntrack %+v, want none", ev.CT)
+	}
+}
+
+func TestDecodeICMPErrorAndIPv6(t *testing.T) {
+	d := decoder{}
+	a, b := netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2")
+	ev, _ := d.decode(raw(bpfEvent{Kind: uint8(KindHook), Family: uint8(IPv6), Flags: flagPacket | flagInner,
+		IcmpType: 1, IcmpCode: 4,
+		Pkt:   bpfTuple{Saddr: b.As16(), Daddr: a.As16(), Proto: uint8(ICMPv6)},
+		Inner: bpfTuple{Saddr: a.As16(), Daddr: b.As16(), Sport: port(5353), Dport: port(53), Proto: uint8(UDP)}}))
+	if !ev.ICMP.IsError() || ev.ICMP.Inner.Dst != netip.AddrPortFrom(b, 53) {
+		t.Fatalf("ICMP %+v", ev.ICMP)
+	}
+	if got := ev.ICMP.Describe(ev.Tuple.Proto); got != "port-unreachable" {
+		t.Errorf("described as %q", got)
+	}
+	if ev.Tuple.Src.Addr() != b {
+		t.Errorf("source %v", ev.Tuple.Src)
+	}
+}
+
+func TestDecodeDrop(t *testing.T) {
+	d := decoder{reasons: map[uint32]string{12: "NETFILTER_DROP"}, symbols: fixedSymbols{0xffffffff81a00000: "nf_hook_slow+0x9c"}}
+	ev, _ := d.decode(raw(bpfEvent{Kind: uint8(KindDrop), DropReason: 12, Location: 0xffffffff81a00000}))
+	if ev.Drop.Reason != "NETFILTER_DROP" || ev.Drop.Location != "nf_hook_slow+0x9c" {
+		t.Errorf("drop %+v", ev.Drop)
+	}
+	ev, _ = d.decode(raw(bpfEvent{Kind: uint8(KindDrop), DropReason: 99}))
+	if ev.Drop.Reason != "reason-99" {
+		t.Errorf("unknown reason decoded as %q", ev.Drop.Reason)
+	}
+}
+
+func TestDecodeShortRecord(t *testing.T) {
+	_, err := (&decoder{}).decode(make([]byte, rawEventSize-1))
+	if !errors.Is(err, errShortRecord) {
+		t.Fatalf("err %v, want errShortRecord", err)
+	}
+}
+
+func TestTargetKeyMatchesKernelLayout(t *testing.T) {
+	k := targetKey(Target{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: TCP})
+	if k.Addr != v4("10.96.0.10") || k.Port != port(80) || k.Proto != 6 {
+		t.Errorf("key %+v", k)
+	}
+	if k.Addr[10] != 0xff || k.Addr[11] != 0xff {
+		t.Errorf("IPv4 not IPv4-mapped: %v", k.Addr)
+	}
+}
+
+func TestEventJSONRoundTrip(t *testing.T) {
+	ev := Event{Time: 5, Kind: KindHook, Hook: Forward, Stage: StagePreFilter, Family: IPv4, Packet: 9,
+		Tuple:    Tuple{Src: netip.MustParseAddrPort("10.0.0.1:1"), Dst: netip.MustParseAddrPort("10.0.0.2:2"), Proto: TCP},
+		TCPFlags: SYN | ACK,
+		CT: Conntrack{ID: 3, Info: CTEstablishedReply, Status: CTSeenReply | CTConfirmed,
+			Orig: Tuple{Src: netip.MustParseAddrPort("10.0.0.1:1"), Dst: netip.MustParseAddrPort("10.0.0.2:2"), Proto: TCP}}}
+	b, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"hook":"FORWARD"`, `"stage":"pre-filter"`, `"tcp_flags":"SYN,ACK"`, `"info":"ESTABLISHED,REPLY"`, `"status":"SEEN_REPLY|CONFIRMED"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("%s lacks %s", b, want)
+		}
+	}
+	var back Event
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(back, ev) {
+		t.Errorf("round trip:\n got %+v\nwant %+v", back, ev)
+	}
+}
+
+func TestNearestSymbol(t *testing.T) {
+	kallsyms := `ffffffff81000000 T _stext
+ffffffff81a00000 T nf_hook_slow
+ffffffff81a00400 t nf_hook_entries_grow
+ffffffff81b00000 D some_data
+ffffffffc0100000 t nft_do_chain	[nf_tables]
+`
+	for addr, want := range map[uint64]string{
+		0xffffffff81a0009c: "nf_hook_slow+0x9c",
+		0xffffffff81a00400: "nf_hook_entries_grow+0x0",
+		0xffffffff81b00010: "nf_hook_entries_grow+0xffc10", // data symbols are skipped
+		0xffffffffc01003e8: "nft_do_chain+0x3e8",
+	} {
+		got, ok := nearestSymbol(strings.NewReader(kallsyms), addr)
+		if !ok || got != want {
+			t.Errorf("%#x: %q, want %q", addr, got, want)
+		}
+	}
+	if _, ok := nearestSymbol(strings.NewReader(kallsyms), 0x1000); ok {
+		t.Error("an address below every symbol was symbolised")
+	}
+}
+
+func TestReasonsFromFormat(t *testing.T) {
+	format := `print fmt: "skbaddr=%p reason: %s", REC->skbaddr, __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, { 12, "NETFILTER_DROP" }, { 128, "MAX" })`
+	got := reasonsFromFormat(format)
+	if got[12] != "NETFILTER_DROP" || got[2] != "NOT_SPECIFIED" || len(got) != 3 {
+		t.Errorf("reasons %v", got)
+	}
+}
+
+func TestGaps(t *testing.T) {
+	for _, tc := range []struct {
+		hook  Hook
+		after Stage
+		want  string
+	}{
+		{Forward, StagePreFilter, "FORWARD between priority -1 and 1: filter table (0)"},
+		{PreRouting, StagePreDNAT, "PREROUTING between priority -101 and -99: DNAT (nat table) (-100)"},
+		{PreRouting, StagePreConntrack, "PREROUTING between priority -201 and -199: conntrack (-200)"},
+		{PostRouting, StagePreSNAT, "POSTROUTING between priority 99 and 101: SNAT (nat table) (100)"},
+		{PostRouting, StageLast, "POSTROUTING after priority INT_MAX-1: conntrack confirm (INT_MAX)"},
+		{PreRouting, StageNone, "PREROUTING before priority -201: raw table (-300)"},
+		{Forward, StagePostFilter, "FORWARD after priority 1: security table (50)"},
+		{PreRouting, StageLast, "PREROUTING after priority INT_MAX-1"},
+	} {
+		if got := GapAfter(tc.hook, tc.after).String(); got != tc.want {
+			t.Errorf("%s after %s: %q, want %q", tc.hook, tc.after, got, tc.want)
+		}
+	}
+}
+
+// Every planned observer exists in the object, and observers on a hook are
+// in priority order (the stage order assembly relies on).
+func TestPlanMatchesObject(t *testing.T) {
+	spec, err := loadBpf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for h, plan := range Plan {
+		for i, s := range plan {
+			p := spec.Programs[stages[s].program]
+			if p == nil || p.SectionName != "netfilter" {
+				t.Errorf("%s %s: no netfilter program %q", h, s, stages[s].program)
+			}
+			if i > 0 && plan[i-1].Priority() >= s.Priority() {
+				t.Errorf("%s: %s (%d) after %s (%d)", h, s, s.Priority(), plan[i-1], plan[i-1].Priority())
+			}
+		}
+	}
+	if rawEventSize != 240 {
+		t.Errorf("event is %d bytes; a change of struct event needs its readers checked", rawEventSize)
+	}
+}
