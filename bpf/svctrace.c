@@ -463,6 +463,23 @@ OBSERVER(nf_last, STAGE_LAST)
 
 /* ---- drops --------------------------------------------------------------- */
 
+/* The namespace a freed packet was in: its device's, else (locally generated
+ * packets before routing sets the device) its socket's, else its route's. */
+static __always_inline __u32 skb_netns(struct sk_buff *skb)
+{
+	__u32 inum = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
+
+	if (!inum)
+		inum = BPF_CORE_READ(skb, sk, __sk_common.skc_net.net, ns.inum);
+	if (!inum && bpf_core_field_exists(skb->_skb_refdst)) {
+		struct dst_entry *dst = (struct dst_entry *)(BPF_CORE_READ(skb, _skb_refdst) & ~1UL);
+
+		if (dst)
+			inum = BPF_CORE_READ(dst, dev, nd_net.net, ns.inum);
+	}
+	return inum;
+}
+
 static __always_inline void on_drop(struct sk_buff *skb, __u64 location, __u32 reason)
 {
 	struct match m = {};
@@ -477,7 +494,7 @@ static __always_inline void on_drop(struct sk_buff *skb, __u64 location, __u32 r
 	e->kind = EVENT_DROP;
 	e->location = location;
 	e->drop_reason = reason;
-	e->netns = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
+	e->netns = skb_netns(skb);
 	e->ifindex_in = BPF_CORE_READ(skb, skb_iif);
 	e->ifindex_out = BPF_CORE_READ(skb, dev, ifindex);
 	bpf_ringbuf_submit(e, 0);

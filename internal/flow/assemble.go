@@ -409,27 +409,31 @@ func (a *Assembler) isService(c *Conn) bool {
 
 func (a *Assembler) drop(c *Conn, ev tracer.Event, d Dir) {
 	// A socket's queue purged on close is not a packet in flight.
-	if ev.NetNS == 0 || ev.Drop.Reason == "QUEUE_PURGE" {
+	if ev.Drop.Reason == "QUEUE_PURGE" {
 		return
+	}
+	pk := c.findPacket(ev.Packet)
+	// The kernel side could not tell the namespace: it is where an observer
+	// saw the packet last, if one did.
+	if ev.NetNS == 0 {
+		if pk == nil {
+			return
+		}
+		ev.NetNS = pk.last.NetNS
 	}
 	dr := Drop{Time: ev.Time, Dir: d, NetNS: ev.NetNS, Reason: ev.Drop.Reason, Location: ev.Drop.Location,
 		InNode: ev.NetNS == a.opts.NodeNetNS}
-	pk := c.findPacket(ev.Packet)
 	if pk != nil {
 		dr.Packet, dr.Dir = pk.n, pk.dir
 	}
-	if dr.InNode {
-		if pk != nil && pk.last.Kind == tracer.KindHook {
-			dr.Gap = tracer.GapAfter(pk.last.Hook, pk.last.Stage)
-		} else {
-			dr.InNode = false // dropped before any observer saw it here
-		}
+	if dr.InNode && pk != nil && pk.last.Kind == tracer.KindHook {
+		dr.Gap, dr.Placed = tracer.GapAfter(pk.last.Hook, pk.last.Stage), true
 	}
 	c.Drops = append(c.Drops, dr)
 	if pk == nil {
 		pk = &packet{id: ev.Packet, dir: d, first: ev, last: ev}
 	}
-	if dr.InNode {
+	if dr.Placed {
 		ev.Hook, ev.Stage = dr.Gap.Hook, dr.Gap.After
 	}
 	a.step(c, pk, ev, dr.String(), &c.Drops[len(c.Drops)-1])

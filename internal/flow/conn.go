@@ -81,8 +81,9 @@ type Drop struct {
 	Time     uint64
 	Packet   int
 	Dir      Dir
-	Gap      tracer.Gap // hook and observers around the drop; Hook unknown if !InNode
+	Gap      tracer.Gap // hook and observers around the drop; valid if Placed
 	InNode   bool       // in the traced (node) network namespace
+	Placed   bool       // an observer saw the packet before, so Gap says where
 	NetNS    uint32
 	Reason   string
 	Location string
@@ -98,8 +99,11 @@ func (d Drop) place() string {
 }
 
 func (d Drop) in() string {
-	if !d.InNode {
+	switch {
+	case !d.InNode:
 		return fmt.Sprintf("outside the node's network namespace, in net:[%d]", d.NetNS)
+	case !d.Placed:
+		return "in the node's network namespace before any observer saw it (raw table, defrag or routing)"
 	}
 	return "in " + d.Gap.String()
 }

@@ -182,3 +182,17 @@ func TestMaxConnsReportsTheOldestEarly(t *testing.T) {
 		t.Errorf("reported %d (first id %v), active %d; want #1 reported, 2 active", len(reported), reported, a.Active())
 	}
 }
+
+// A drop the kernel side could not place in a namespace is where the packet
+// was last seen: here the node's own connection, dropped in OUTPUT.
+func TestDropWithoutNamespaceIsPlacedWhereLastSeen(t *testing.T) {
+	s := &seq{}
+	local := tup("10.99.0.1:40000", "10.96.0.10:80", tracer.TCP)
+	s.hook(1, tracer.LocalOut, tracer.StagePreFilter, local, tracer.SYN, tracer.Conntrack{})
+	s.drop(1, local, tracer.Conntrack{})
+	s.last().NetNS = 0
+	c := only(t, mustRun(s))
+	if c.Verdict != Dropped || c.Drop == nil || !c.Drop.InNode || !c.Drop.Placed || c.Drop.Gap.Hook != tracer.LocalOut {
+		t.Fatalf("%s (%s), drop %+v: want dropped in OUTPUT", c.Verdict, c.Why, c.Drop)
+	}
+}

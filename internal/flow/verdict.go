@@ -1,7 +1,7 @@
 package flow
 
 // Verdict is the outcome of one connection, from a fixed vocabulary
-// (documented in docs/verdicts.md).
+// (documented for users in README.md, "Verdicts").
 type Verdict string
 
 const (

@@ -85,7 +85,7 @@ func TestScenarios(t *testing.T) {
 				t.Errorf("SNAT to %s, want the masquerade address %s", c.SNAT, bridgeNet.Addr())
 			}
 			if s.Expect == flow.Rejected || s.Expect == flow.Dropped {
-				if c.Drop == nil || !c.Drop.InNode || c.Drop.Gap.Hook != s.ExpectHook {
+				if c.Drop == nil || !c.Drop.Placed || c.Drop.Gap.Hook != s.ExpectHook {
 					t.Fatalf("drop %+v, want one in %s", c.Drop, s.ExpectHook)
 				}
 				if c.Drop.Gap.What() != "filter table (0)" || c.Drop.Reason != "NETFILTER_DROP" {

@@ -64,17 +64,20 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 		}
 	}()
 
+	full := func() bool { return opts.Count > 0 && res.Conns >= opts.Count }
+	// emit hands on finished connections, no more than Count in all, and
+	// reports whether Count is reached.
 	emit := func(cs []*flow.Conn) bool {
 		for _, c := range cs {
+			if full() {
+				break
+			}
 			res.Conns++
 			if opts.Conn != nil {
 				opts.Conn(c, res.Lost)
 			}
-			if opts.Count > 0 && res.Conns >= opts.Count {
-				return true
-			}
 		}
-		return false
+		return full()
 	}
 	checkLost := func() {
 		if n := tr.Lost(); n > res.Lost {

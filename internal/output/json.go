@@ -106,7 +106,7 @@ func (p *JSON) Conn(c *flow.Conn, lost uint64) {
 		e := jsonEvent{TimeUS: time.Duration(s.Time - c.Start).Microseconds(), Packet: s.Packet, Dir: s.Dir,
 			Kind: s.Kind, Stage: s.Stage, Src: s.Tuple.Src, Dst: s.Tuple.Dst, Flags: s.Flags, CT: s.CT,
 			Mark: s.Mark, Note: s.Note}
-		if s.Kind == tracer.KindHook || (s.Drop != nil && s.Drop.InNode) {
+		if s.Kind == tracer.KindHook || (s.Drop != nil && s.Drop.Placed) {
 			e.Hook = s.Hook.String()
 		}
 		if s.Stage != tracer.StageNone {
@@ -120,8 +120,12 @@ func (p *JSON) Conn(c *flow.Conn, lost uint64) {
 
 func drop(d *flow.Drop) *jsonDrop {
 	j := &jsonDrop{Reason: d.Reason, Location: d.Location, NetNS: d.NetNS, InNode: d.InNode, Packet: d.Packet, Dir: d.Dir}
-	if !d.InNode {
+	switch {
+	case !d.InNode:
 		j.Stage = "outside the node's network namespace"
+		return j
+	case !d.Placed:
+		j.Stage = "before the first observer"
 		return j
 	}
 	j.Hook = d.Gap.Hook.String()

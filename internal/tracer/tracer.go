@@ -38,6 +38,10 @@ type Options struct {
 	Targets []Target
 	// Logf, if set, receives progress and verifier details (--verbose).
 	Logf func(format string, args ...any)
+
+	// dropPrograms overrides the order in which the drop observers are
+	// tried (tests use it to exercise the fallback).
+	dropPrograms []string
 }
 
 // Info describes what Open set up.
@@ -106,7 +110,11 @@ func Open(opts Options) (_ *Tracer, err error) {
 	}
 	logf("attached %d netfilter observers in %s", t.info.Links, ns)
 
-	t.attachDrops(spec, cache, logf)
+	drops := opts.dropPrograms
+	if drops == nil {
+		drops = []string{bpfProgKfreeSkbBtf, bpfProgKfreeSkbTp}
+	}
+	t.attachDrops(spec, drops, cache, logf)
 
 	if t.reader, err = ringbuf.NewReader(t.coll.Maps[bpfMapEvents]); err != nil {
 		return nil, fmt.Errorf("opening the ring buffer: %w", err)
@@ -157,7 +165,7 @@ func (t *Tracer) attachObservers() error {
 
 // attachDrops attaches the kfree_skb observer: BTF-typed if the kernel allows,
 // else the plain tracepoint. Without either, tracing goes on without drops.
-func (t *Tracer) attachDrops(spec *ebpf.CollectionSpec, cache *btf.Cache, logf func(string, ...any)) {
+func (t *Tracer) attachDrops(spec *ebpf.CollectionSpec, names []string, cache *btf.Cache, logf func(string, ...any)) {
 	attach := map[string]func(*ebpf.Program) (link.Link, error){
 		bpfProgKfreeSkbBtf: func(p *ebpf.Program) (link.Link, error) {
 			return link.AttachTracing(link.TracingOptions{Program: p})
@@ -166,7 +174,7 @@ func (t *Tracer) attachDrops(spec *ebpf.CollectionSpec, cache *btf.Cache, logf f
 			return link.Tracepoint("skb", "kfree_skb", p, nil)
 		},
 	}
-	for _, name := range []string{bpfProgKfreeSkbBtf, bpfProgKfreeSkbTp} {
+	for _, name := range names {
 		one := spec.Copy()
 		one.Programs = map[string]*ebpf.ProgramSpec{name: spec.Programs[name]}
 		coll, err := newCollection(one, t.coll.Maps, cache, logf)

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,10 +20,15 @@ import (
 // few bytes each way.
 func exchange(t *testing.T, ns NetNS, port int) {
 	t.Helper()
+	exchangeAt(t, ns, fmt.Sprintf("127.0.0.1:%d", port))
+}
+
+func exchangeAt(t *testing.T, ns NetNS, addr string) {
+	t.Helper()
 	var ln net.Listener
 	var c net.Conn
 	err := InNetNS(ns, func() (err error) {
-		if ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err != nil {
+		if ln, err = net.Listen("tcp", addr); err != nil {
 			return err
 		}
 		c, err = net.Dial("tcp", ln.Addr().String())
@@ -181,5 +188,85 @@ func TestOpenUnknownNamespace(t *testing.T) {
 	_, err := Open(Options{NetNS: "svctrace-no-such-namespace"})
 	if err == nil || err.Error() != `network namespace "svctrace-no-such-namespace" not found (/run/netns/svctrace-no-such-namespace does not exist); list them with `+"`ip netns list`" {
 		t.Errorf("err %v", err)
+	}
+}
+
+func TestIPv6(t *testing.T) {
+	ns := newNetNS(t)
+	target := Target{Addr: netip.MustParseAddrPort("[::1]:7780"), Proto: TCP}
+	tr, err := Open(Options{NetNS: ns.Spec, Targets: []Target{target}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	exchangeAt(t, ns, "[::1]:7780")
+	evs := drain(t, tr)
+	if len(evs) == 0 {
+		t.Fatal("no events for an IPv6 connection")
+	}
+	syn := false
+	for _, ev := range evs {
+		if ev.Family != IPv6 || !ev.Tuple.Src.Addr().Is6() {
+			t.Fatalf("event %+v, want IPv6", ev)
+		}
+		syn = syn || (ev.Tuple.Dst == target.Addr && ev.TCPFlags == SYN)
+	}
+	if !syn {
+		t.Error("the SYN to [::1]:7780 was not seen")
+	}
+}
+
+// iptables runs iptables inside ns.
+func iptables(t *testing.T, ns NetNS, args ...string) {
+	t.Helper()
+	err := InNetNS(ns, func() error {
+		out, err := exec.Command("iptables", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("iptables %v: %v: %s", args, err, out)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Drops are reported with reason and location by the BTF-typed tracepoint
+// and by the plain tracepoint svctrace falls back to.
+func TestDropsThroughEitherTracepoint(t *testing.T) {
+	for _, prog := range []string{bpfProgKfreeSkbBtf, bpfProgKfreeSkbTp} {
+		t.Run(prog, func(t *testing.T) {
+			ns := newNetNS(t)
+			iptables(t, ns, "-A", "OUTPUT", "-p", "tcp", "--dport", "7779", "-j", "DROP")
+			tr, err := Open(Options{NetNS: ns.Spec, dropPrograms: []string{prog},
+				Targets: []Target{{Addr: netip.MustParseAddrPort("127.0.0.1:7779"), Proto: TCP}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			if want := map[string]string{bpfProgKfreeSkbBtf: "tp_btf/kfree_skb", bpfProgKfreeSkbTp: "tracepoint/skb/kfree_skb"}[prog]; tr.Info().Drops != want {
+				t.Fatalf("drops observed by %q, want %q", tr.Info().Drops, want)
+			}
+			InNetNS(ns, func() error {
+				net.DialTimeout("tcp", "127.0.0.1:7779", 100*time.Millisecond)
+				return nil
+			})
+			var drop *Event
+			for _, ev := range drain(t, tr) {
+				if ev.Kind == KindDrop {
+					drop = &ev
+					break
+				}
+			}
+			if drop == nil {
+				t.Fatal("no drop reported")
+			}
+			if drop.Drop.Reason != "NETFILTER_DROP" || !strings.HasPrefix(drop.Drop.Location, "nf") || drop.NetNS != ns.Inode {
+				t.Errorf("drop %+v in net:[%d], want NETFILTER_DROP at a netfilter function in %s", drop.Drop, drop.NetNS, ns)
+			}
+			if drop.Tuple.Dst != netip.MustParseAddrPort("127.0.0.1:7779") || drop.TCPFlags != SYN {
+				t.Errorf("dropped packet %v %s, want the SYN to 127.0.0.1:7779", drop.Tuple, drop.TCPFlags)
+			}
+		})
 	}
 }
