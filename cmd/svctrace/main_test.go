@@ -238,7 +238,7 @@ func TestSignalsDetachEverything(t *testing.T) {
 	ns := testutil.NewNetNS(t)
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
 		t.Run(sig.String(), func(t *testing.T) {
-			before := links(t)
+			before := testutil.Links(t)
 			cmd := exec.Command(os.Args[0], "trace", "--netns", ns, "--addr", "127.0.0.1:7777")
 			cmd.Env = append(os.Environ(), "SVCTRACE_TEST_MAIN=1")
 			var out, errb syncBuffer
@@ -248,8 +248,8 @@ func TestSignalsDetachEverything(t *testing.T) {
 			}
 			waitFor(t, &errb, "tracing 127.0.0.1:7777")
 			var ours []link.ID
-			for id := range links(t) {
-				if !before[id] {
+			for id := range testutil.Links(t) {
+				if _, ok := before[id]; !ok {
 					ours = append(ours, id)
 				}
 			}
@@ -263,29 +263,12 @@ func TestSignalsDetachEverything(t *testing.T) {
 			if !strings.Contains(out.String(), "0 connection(s)") {
 				t.Errorf("no summary after %s: %q", sig, out.String())
 			}
-			after := links(t)
+			after := testutil.Links(t)
 			for _, id := range ours {
-				if after[id] {
+				if _, ok := after[id]; ok {
 					t.Errorf("link %d left attached after %s", id, sig)
 				}
 			}
 		})
 	}
-}
-
-func links(t *testing.T) map[link.ID]bool {
-	t.Helper()
-	ids := map[link.ID]bool{}
-	var it link.Iterator
-	for it.Next() {
-		l := it.Take()
-		if info, err := l.Info(); err == nil {
-			ids[info.ID] = true
-		}
-		l.Close()
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return ids
 }

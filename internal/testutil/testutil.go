@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -60,4 +61,24 @@ func NewNetNS(t testing.TB) string {
 		t.Fatalf("creating network namespace %s: %v", name, err)
 	}
 	return name
+}
+
+// Links returns the BPF links attached on this machine, by ID, with their
+// type. Comparing two calls shows what a test attached and detached (test
+// packages run one at a time: make test uses -p 1).
+func Links(t testing.TB) map[link.ID]link.Type {
+	t.Helper()
+	ids := map[link.ID]link.Type{}
+	var it link.Iterator
+	for it.Next() {
+		l := it.Take()
+		if info, err := l.Info(); err == nil {
+			ids[info.ID] = info.Type
+		}
+		l.Close()
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return ids
 }

@@ -80,78 +80,55 @@ func explain(err error) string {
 	return err.Error()
 }
 
-func minimal(typ ebpf.ProgramType, at ebpf.AttachType, attachTo string, ret int32) (*ebpf.Program, error) {
-	return ebpf.NewProgram(&ebpf.ProgramSpec{
+// try loads a program that only returns ret and attaches it with attach,
+// then undoes both: whether the kernel allows that program type and attach.
+func try(typ ebpf.ProgramType, at ebpf.AttachType, attachTo string, ret int32, attach func(*ebpf.Program) (link.Link, error)) error {
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type: typ, AttachType: at, AttachTo: attachTo, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, ret), asm.Return()},
 	})
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	l, err := attach(p)
+	if err != nil {
+		return err
+	}
+	return l.Close()
 }
 
 func probeNetfilter() error {
-	p, err := minimal(ebpf.Netfilter, ebpf.AttachNetfilter, "", 1 /* NF_ACCEPT */)
-	if err != nil {
-		return err
-	}
-	defer p.Close()
-	l, err := link.AttachNetfilter(link.NetfilterOptions{Program: p, ProtocolFamily: link.NetfilterProtoIPv4,
-		Hook: link.NetfilterInetLocalOut, Priority: priorityLast - 1})
-	if err != nil {
-		return err
-	}
-	return l.Close()
+	return try(ebpf.Netfilter, ebpf.AttachNetfilter, "", 1 /* NF_ACCEPT */, func(p *ebpf.Program) (link.Link, error) {
+		return link.AttachNetfilter(link.NetfilterOptions{Program: p, ProtocolFamily: link.NetfilterProtoIPv4,
+			Hook: link.NetfilterInetLocalOut, Priority: priorityLast - 1})
+	})
+}
+
+func attachTracing(p *ebpf.Program) (link.Link, error) {
+	return link.AttachTracing(link.TracingOptions{Program: p})
 }
 
 func probeRawTracepoint() error {
-	p, err := minimal(ebpf.Tracing, ebpf.AttachTraceRawTp, "kfree_skb", 0)
-	if err != nil {
-		return err
-	}
-	defer p.Close()
-	l, err := link.AttachTracing(link.TracingOptions{Program: p})
-	if err != nil {
-		return err
-	}
-	return l.Close()
+	return try(ebpf.Tracing, ebpf.AttachTraceRawTp, "kfree_skb", 0, attachTracing)
 }
 
 func probeTracepoint() error {
-	p, err := minimal(ebpf.TracePoint, ebpf.AttachNone, "", 0)
-	if err != nil {
-		return err
-	}
-	defer p.Close()
-	l, err := link.Tracepoint("skb", "kfree_skb", p, nil)
-	if err != nil {
-		return err
-	}
-	return l.Close()
+	return try(ebpf.TracePoint, ebpf.AttachNone, "", 0, func(p *ebpf.Program) (link.Link, error) {
+		return link.Tracepoint("skb", "kfree_skb", p, nil)
+	})
 }
 
 func probeKprobe() error {
-	p, err := minimal(ebpf.Kprobe, ebpf.AttachNone, "", 0)
-	if err != nil {
-		return err
+	err := try(ebpf.Kprobe, ebpf.AttachNone, "", 0, func(p *ebpf.Program) (link.Link, error) {
+		return link.Kprobe("nf_hook_slow", p, nil)
+	})
+	if err != nil && strings.Contains(err.Error(), "no such file") {
+		return fmt.Errorf("%w (kernel built without CONFIG_KPROBES?)", err)
 	}
-	defer p.Close()
-	l, err := link.Kprobe("nf_hook_slow", p, nil)
-	if err != nil {
-		if strings.Contains(err.Error(), "no such file") {
-			return fmt.Errorf("%w (kernel built without CONFIG_KPROBES?)", err)
-		}
-		return err
-	}
-	return l.Close()
+	return err
 }
 
 func probeFentry() error {
-	p, err := minimal(ebpf.Tracing, ebpf.AttachTraceFEntry, "nf_hook_slow", 0)
-	if err != nil {
-		return err
-	}
-	defer p.Close()
-	l, err := link.AttachTracing(link.TracingOptions{Program: p})
-	if err != nil {
-		return err
-	}
-	return l.Close()
+	return try(ebpf.Tracing, ebpf.AttachTraceFEntry, "nf_hook_slow", 0, attachTracing)
 }

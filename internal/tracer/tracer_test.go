@@ -133,34 +133,17 @@ func TestObserversAttachInTheGivenNamespaceAndFilter(t *testing.T) {
 	}
 }
 
-func linkIDs(t *testing.T) map[link.ID]link.Type {
-	t.Helper()
-	ids := map[link.ID]link.Type{}
-	var it link.Iterator
-	for it.Next() {
-		l := it.Take()
-		if info, err := l.Info(); err == nil {
-			ids[info.ID] = info.Type
-		}
-		l.Close()
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return ids
-}
-
 // Close detaches every observer and the drop tracepoint.
 func TestCloseDetaches(t *testing.T) {
 	ns := newNetNS(t)
-	before := linkIDs(t)
+	before := testutil.Links(t)
 	tr, err := Open(Options{NetNS: ns.Spec})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var ours []link.ID
 	nf := 0
-	for id, typ := range linkIDs(t) {
+	for id, typ := range testutil.Links(t) {
 		if _, ok := before[id]; !ok {
 			ours = append(ours, id)
 			if typ == link.NetfilterType {
@@ -173,7 +156,7 @@ func TestCloseDetaches(t *testing.T) {
 	}
 	tr.Close()
 	tr.Close() // twice is fine
-	after := linkIDs(t)
+	after := testutil.Links(t)
 	for _, id := range ours {
 		if _, ok := after[id]; ok {
 			t.Errorf("link %d still attached after Close", id)
@@ -268,5 +251,25 @@ func TestDropsThroughEitherTracepoint(t *testing.T) {
 				t.Errorf("dropped packet %v %s, want the SYN to 127.0.0.1:7779", drop.Tuple, drop.TCPFlags)
 			}
 		})
+	}
+}
+
+func TestProbeChoosesNetfilterLink(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := Probe()
+	if s.Backend != "netfilter-link" {
+		t.Fatalf("backend %q (%s), want netfilter-link on this project's kernels", s.Backend, s.Why)
+	}
+	names := map[string]bool{}
+	for _, f := range s.Features {
+		names[f.Name] = true
+		if !f.OK && f.Detail == "" {
+			t.Errorf("%s fails without saying why", f.Name)
+		}
+	}
+	for _, n := range []string{"BTF", "netfilter BPF link", "tp_btf/kfree_skb", "tracepoint skb:kfree_skb", "kprobes", "fentry/fexit"} {
+		if !names[n] {
+			t.Errorf("no %q in the report", n)
+		}
 	}
 }
