@@ -145,38 +145,40 @@ static __always_inline int icmp_is_error(__u8 proto, __u8 type)
 	return type < 128; /* ICMPv6 error messages */
 }
 
-/* Reads the L3 header at nh into t. Returns the L4 header's address, or NULL
- * when there is none to read (non-first fragment, unparsable header). */
-static __always_inline const __u8 *read_l3(const __u8 *nh, __u8 *family, struct tuple *t, __u8 *flags)
+/* Reads the L3 header at nh into t and sets *family. Returns -1 if there is
+ * no IP header to read. *l4 is the L4 header's address, or NULL when there is
+ * none (non-first fragment). */
+static __always_inline int read_l3(const __u8 *nh, __u8 *family, struct tuple *t, __u8 *flags, const __u8 **l4)
 {
 	__u8 version;
 
+	*l4 = NULL;
 	if (bpf_probe_read_kernel(&version, 1, nh))
-		return NULL;
+		return -1;
 	version >>= 4;
 
 	if (version == 4) {
 		struct iphdr iph;
 
 		if (bpf_probe_read_kernel(&iph, sizeof(iph), nh))
-			return NULL;
+			return -1;
 		*family = FAMILY_IPV4;
 		set_v4(t->saddr, iph.saddr);
 		set_v4(t->daddr, iph.daddr);
 		t->proto = iph.protocol;
-		if (iph.frag_off & bpf_htons(0x1fff)) {
+		if (iph.frag_off & bpf_htons(0x1fff))
 			*flags |= EVENT_F_FRAG;
-			return NULL;
-		}
-		return nh + iph.ihl * 4;
+		else
+			*l4 = nh + iph.ihl * 4;
+		return 0;
 	}
 	if (version != 6)
-		return NULL;
+		return -1;
 
 	struct ipv6hdr ip6;
 
 	if (bpf_probe_read_kernel(&ip6, sizeof(ip6), nh))
-		return NULL;
+		return -1;
 	*family = FAMILY_IPV6;
 	__builtin_memcpy(t->saddr, &ip6.saddr, 16);
 	__builtin_memcpy(t->daddr, &ip6.daddr, 16);
@@ -191,12 +193,12 @@ static __always_inline const __u8 *read_l3(const __u8 *nh, __u8 *family, struct 
 		if (next != 0 && next != 43 && next != 44 && next != 60)
 			break; /* not hop-by-hop, routing, fragment or destination options */
 		if (bpf_probe_read_kernel(ext, sizeof(ext), p))
-			return NULL;
+			break;
 		if (next == 44) {
 			if ((ext[2] << 8 | ext[3]) & 0xfff8) {
 				t->proto = ext[0];
 				*flags |= EVENT_F_FRAG;
-				return NULL;
+				return 0;
 			}
 			p += 8;
 		} else {
@@ -205,7 +207,8 @@ static __always_inline const __u8 *read_l3(const __u8 *nh, __u8 *family, struct 
 		next = ext[0];
 	}
 	t->proto = next;
-	return p;
+	*l4 = p;
+	return 0;
 }
 
 /* Reads ports (or the ICMP echo identifier) at l4 into t. */
@@ -233,9 +236,9 @@ static __always_inline void read_ports(const __u8 *l4, struct tuple *t)
 
 static __always_inline int parse_packet(const __u8 *nh, __u8 *family, struct pktinfo *pi)
 {
-	const __u8 *l4 = read_l3(nh, family, &pi->t, &pi->flags);
+	const __u8 *l4;
 
-	if (!*family)
+	if (read_l3(nh, family, &pi->t, &pi->flags, &l4) < 0)
 		return -1;
 	pi->flags |= EVENT_F_PKT;
 	if (!l4)
@@ -269,9 +272,9 @@ static __always_inline int parse_packet(const __u8 *nh, __u8 *family, struct pkt
 
 	/* An ICMP error embeds the header of the packet it reports on. */
 	__u8 inner_family = 0, inner_flags = 0;
-	const __u8 *inner_l4 = read_l3(l4 + 8, &inner_family, &pi->inner, &inner_flags);
+	const __u8 *inner_l4;
 
-	if (!inner_family)
+	if (read_l3(l4 + 8, &inner_family, &pi->inner, &inner_flags, &inner_l4) < 0)
 		return 0;
 	pi->flags |= EVENT_F_INNER;
 	if (inner_l4)

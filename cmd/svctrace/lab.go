@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -83,7 +84,9 @@ func (o *labOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if !o.keep {
+	if o.keep {
+		defer keepHint(o, l)
+	} else {
 		defer l.Down()
 	}
 	o.logf("lab %s up in %s", l.ID, time.Since(start).Round(time.Millisecond))
@@ -95,6 +98,9 @@ func (o *labOptions) run(ctx context.Context) error {
 	results, info, res, err := l.Run(ctx, lab.RunOptions{Timeout: o.timeout, Logf: o.logf, Lost: p.Lost})
 	if err != nil {
 		return err
+	}
+	if ctx.Err() != nil {
+		return errors.New("interrupted")
 	}
 	if o.output == "text" {
 		fmt.Fprintf(o.stdout, "lab %s: node %s, traced with %s (%d observers, drops: %s)\n\n",
@@ -121,9 +127,6 @@ func (o *labOptions) run(ctx context.Context) error {
 	sum.Lost, sum.Orphans = res.Lost, res.Orphans
 	p.Summary(sum)
 
-	if o.keep {
-		keepHint(o, l)
-	}
 	if len(wrong) > 0 {
 		fmt.Fprintf(o.stderr, "svctrace: %d scenario(s) did not give the expected verdict: %s\n", len(wrong), strings.Join(wrong, "; "))
 		return errSilent

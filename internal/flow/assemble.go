@@ -39,7 +39,8 @@ type Options struct {
 // concurrent use.
 type Assembler struct {
 	opts   Options
-	conns  []*Conn // followed, oldest first
+	conns  []*Conn // followed, oldest first; finished ones are removed by Tick
+	active int
 	byOrig map[tracer.Tuple]*Conn
 	byAny  map[tracer.Tuple]indexed
 	nextID int
@@ -85,7 +86,7 @@ func New(opts Options) *Assembler {
 }
 
 // Active is the number of connections being followed.
-func (a *Assembler) Active() int { return len(a.conns) }
+func (a *Assembler) Active() int { return a.active }
 
 // Add takes one event. It returns connections that became complete because
 // of it (a new connection reusing a finished one's addresses, or one evicted
@@ -103,8 +104,8 @@ func (a *Assembler) Add(ev tracer.Event) []*Conn {
 			a.Orphans++
 			return done
 		}
-		if len(a.conns) >= a.opts.MaxConns {
-			done = append(done, a.finish(a.conns[0], ev.Time))
+		if a.active >= a.opts.MaxConns {
+			done = append(done, a.finish(a.oldest(), ev.Time))
 		}
 		c, dir = a.newConn(orig, ev.Time), Original
 	}
@@ -116,13 +117,26 @@ func (a *Assembler) Add(ev tracer.Event) []*Conn {
 // ns): final and settled, or quiet for longer than the timeout.
 func (a *Assembler) Tick(now uint64) []*Conn {
 	var done []*Conn
-	for _, c := range append([]*Conn(nil), a.conns...) {
+	followed := a.conns[:0]
+	for _, c := range a.conns {
+		if c.done {
+			continue
+		}
 		quiet := time.Duration(now - c.End)
 		if now < c.End {
 			quiet = 0
 		}
 		if (c.final() && quiet >= a.opts.Settle) || quiet >= a.opts.Timeout {
 			done = append(done, a.finish(c, now))
+			continue
+		}
+		followed = append(followed, c)
+	}
+	clear(a.conns[len(followed):])
+	a.conns = followed
+	for t, e := range a.ended {
+		if now-e.end > continuationWindow {
+			delete(a.ended, t)
 		}
 	}
 	return done
@@ -132,10 +146,22 @@ func (a *Assembler) Tick(now uint64) []*Conn {
 // a trace.
 func (a *Assembler) Flush(now uint64) []*Conn {
 	var done []*Conn
-	for len(a.conns) > 0 {
-		done = append(done, a.finish(a.conns[0], now))
+	for _, c := range a.conns {
+		if !c.done {
+			done = append(done, a.finish(c, now))
+		}
 	}
+	a.conns = nil
 	return done
+}
+
+func (a *Assembler) oldest() *Conn {
+	for _, c := range a.conns {
+		if !c.done {
+			return c
+		}
+	}
+	return nil
 }
 
 // final reports whether the outcome can no longer change.
@@ -152,6 +178,7 @@ func (a *Assembler) newConn(orig tracer.Tuple, t uint64) *Conn {
 	}
 	delete(a.ended, orig)
 	a.conns = append(a.conns, c)
+	a.active++
 	a.byOrig[orig] = c
 	a.index(c, orig, Original)
 	a.index(c, orig.Reverse(), Reply)
@@ -167,12 +194,8 @@ func (a *Assembler) index(c *Conn, t tracer.Tuple, d Dir) {
 }
 
 func (a *Assembler) finish(c *Conn, now uint64) *Conn {
-	for i, x := range a.conns {
-		if x == c {
-			a.conns = append(a.conns[:i], a.conns[i+1:]...)
-			break
-		}
-	}
+	c.done = true
+	a.active--
 	orig := tracer.Tuple{Src: c.Client, Dst: c.VIP, Proto: c.Proto}
 	if a.byOrig[orig] == c {
 		delete(a.byOrig, orig)
@@ -183,13 +206,8 @@ func (a *Assembler) finish(c *Conn, now uint64) *Conn {
 		}
 	}
 	a.decide(c, now)
-	if c.st.reply == nil && c.st.reject == nil && c.Closed == "" {
+	if c.st.reply == nil && c.st.reject == nil && c.Closed == "" && len(a.ended) < a.opts.MaxConns {
 		a.ended[orig] = ended{id: c.ID, syns: c.SYNs, end: c.End}
-	}
-	for t, e := range a.ended {
-		if now-e.end > continuationWindow {
-			delete(a.ended, t)
-		}
 	}
 	c.st = state{}
 	return c

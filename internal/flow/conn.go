@@ -57,6 +57,7 @@ type Conn struct {
 	Steps     []Step
 	Truncated bool // more steps happened than are kept
 	st        state
+	done      bool // reported; no longer followed
 }
 
 // Step is one observation of a packet.

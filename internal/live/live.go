@@ -46,6 +46,10 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 	var res Result
 	events := make(chan tracer.Event, 4096)
 	readErr := make(chan error, 1)
+	// The reader ends when the tracer is closed or, should the channel be
+	// full, when Run returns.
+	stop := make(chan struct{})
+	defer close(stop)
 	go func() {
 		for {
 			ev, err := tr.Read()
@@ -58,7 +62,7 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 			}
 			select {
 			case events <- ev:
-			case <-ctx.Done():
+			case <-stop:
 				return
 			}
 		}

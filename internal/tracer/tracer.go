@@ -17,6 +17,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -82,6 +83,11 @@ func Open(opts Options) (_ *Tracer, err error) {
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, permissionHint(fmt.Errorf("raising the memlock limit: %w", err))
+	}
+	// Older kernels refuse netfilter programs with EINVAL rather than a
+	// clear "not supported": ask first.
+	if err := features.HaveProgramType(ebpf.Netfilter); errors.Is(err, ebpf.ErrNotSupported) {
+		return nil, fmt.Errorf("this kernel cannot run netfilter BPF programs (needs Linux ≥ 6.4 with CONFIG_NETFILTER_BPF_LINK); `svctrace kernel-support` shows what it can do")
 	}
 	spec, err := loadBpf()
 	if err != nil {
