@@ -564,3 +564,20 @@ func (a *Assembler) ifName(ifindex uint32) string {
 	}
 	return fmt.Sprintf("ifindex %d", ifindex)
 }
+
+// Replay assembles a recorded sequence of events: the clock advances with
+// the events' own times, and the trace ends one timeout after the last event.
+// The offline counterpart of a live trace.
+func Replay(evs []tracer.Event, opts Options) ([]*Conn, *Assembler) {
+	a := New(opts)
+	var out []*Conn
+	var last uint64
+	for _, ev := range evs {
+		out = append(out, a.Tick(ev.Time)...)
+		out = append(out, a.Add(ev)...)
+		last = max(last, ev.Time)
+	}
+	end := last + uint64(a.opts.Timeout)
+	out = append(out, a.Tick(end)...)
+	return append(out, a.Flush(end)...), a
+}

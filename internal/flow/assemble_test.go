@@ -49,8 +49,7 @@ func nodeNetNS(evs []tracer.Event) uint32 {
 	return 0
 }
 
-// assemble feeds events in order, ticking the clock as time passes between
-// them, and flushes once the timeout has passed after the last one.
+// assemble replays events as the lab traced them.
 func assemble(evs []tracer.Event, opts Options) []*Conn {
 	if opts.NodeNetNS == 0 {
 		opts.NodeNetNS = nodeNetNS(evs)
@@ -58,17 +57,8 @@ func assemble(evs []tracer.Event, opts Options) []*Conn {
 	if opts.Timeout == 0 {
 		opts.Timeout = 1500 * time.Millisecond // as the lab
 	}
-	a := New(opts)
-	var out []*Conn
-	var last uint64
-	for _, ev := range evs {
-		out = append(out, a.Tick(ev.Time)...)
-		out = append(out, a.Add(ev)...)
-		last = ev.Time
-	}
-	end := last + uint64(opts.Timeout)
-	out = append(out, a.Tick(end)...)
-	return append(out, a.Flush(end)...)
+	conns, _ := Replay(evs, opts)
+	return conns
 }
 
 // scenario assembles the lab recording and returns the connections to vip.

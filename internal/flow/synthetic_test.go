@@ -47,12 +47,7 @@ func ct(info tracer.CTInfo, orig, reply tracer.Tuple) tracer.Conntrack {
 
 func run(s *seq, opts Options) ([]*Conn, *Assembler) {
 	opts.NodeNetNS = nodeNS
-	a := New(opts)
-	var out []*Conn
-	for _, ev := range s.evs {
-		out = append(out, a.Add(ev)...)
-	}
-	return append(out, a.Flush(s.t+uint64(time.Second))...), a
+	return Replay(s.evs, opts)
 }
 
 var (

@@ -1,7 +1,6 @@
 package output
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"flag"
@@ -27,23 +26,16 @@ func labConns(t *testing.T) []*flow.Conn {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	var a *flow.Assembler
-	var conns []*flow.Conn
-	var last uint64
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
+	var evs []tracer.Event
+	for dec := json.NewDecoder(f); dec.More(); {
 		var ev tracer.Event
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+		if err := dec.Decode(&ev); err != nil {
 			t.Fatal(err)
 		}
-		if a == nil {
-			a = flow.New(flow.Options{NodeNetNS: ev.NetNS, Timeout: 1500 * time.Millisecond})
-		}
-		conns = append(conns, a.Tick(ev.Time)...)
-		conns = append(conns, a.Add(ev)...)
-		last = ev.Time
+		evs = append(evs, ev)
 	}
-	return append(conns, a.Flush(last+uint64(1500*time.Millisecond))...)
+	conns, _ := flow.Replay(evs, flow.Options{NodeNetNS: evs[0].NetNS, Timeout: 1500 * time.Millisecond})
+	return conns
 }
 
 var names = resolve.Names{
