@@ -7,14 +7,31 @@
 #   lint             gofmt and go vet
 #   bench            Go benchmarks
 #   fixtures         re-record internal/flow/testdata/lab.jsonl from a lab run (root)
+#   k8s-bins         build etcd, kube-apiserver, kube-controller-manager, kube-proxy (test/k8s), cached
+#   e2e              end-to-end tests against the real control plane and kube-proxy (root)
+#   k8s-fixtures     capture the real kube-proxy's rulesets into internal/kubeproxy/testdata (root)
 
 GO      ?= go
 BIN     ?= bin/svctrace
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 # Packages whose tests need root.
 PRIVILEGED := ./internal/lab/... ./internal/tracer/... ./cmd/...
+# The end-to-end tests have their own target: they need the Kubernetes binaries.
+UNIT := $(shell $(GO) list ./... | grep -v /test/e2e)
 
-.PHONY: build generate check-generated test test-privileged lint bench fixtures clean
+# The real Kubernetes, built by the separate module test/k8s. Versions come
+# from its go.mod; the binaries are cached per version, so only the first
+# run builds (~6 min on 2 cores).
+K8S_VERSION  := $(shell awk '{sub(/^require /, "")} $$1=="k8s.io/kubernetes" {print $$2}' test/k8s/go.mod)
+ETCD_VERSION := $(shell awk '{sub(/^require /, "")} $$1=="go.etcd.io/etcd/server/v3" {print $$2}' test/k8s/go.mod)
+K8S_BIN      ?= $(HOME)/.cache/svctrace/k8s-$(K8S_VERSION)-etcd-$(ETCD_VERSION)
+K8S_MINOR    := $(word 2,$(subst ., ,$(K8S_VERSION)))
+K8S_LDFLAGS  := -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(K8S_MINOR) \
+	-X k8s.io/client-go/pkg/version.gitVersion=$(K8S_VERSION)
+E2E_ENV      := SVCTRACE_K8S_BIN=$(K8S_BIN) SVCTRACE_REQUIRE_E2E=1 SVCTRACE_REQUIRE_ROOT=1
+
+.PHONY: build generate check-generated test test-privileged lint bench fixtures k8s-bins e2e k8s-fixtures clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/svctrace
@@ -35,7 +52,7 @@ check-generated: generate
 # -p 1: test packages run one after another, so privileged tests of different
 # packages do not share the kernel (netfilter hooks, BPF links) at once.
 test:
-	$(GO) test -p 1 -count=1 ./...
+	$(GO) test -p 1 -count=1 $(UNIT)
 
 test-privileged:
 	SVCTRACE_REQUIRE_ROOT=1 $(GO) test -p 1 -count=1 $(PRIVILEGED)
@@ -50,6 +67,21 @@ bench:
 
 fixtures:
 	$(GO) test -count=1 ./internal/lab -run 'TestScenarios$$' -update-fixtures
+
+k8s-bins: $(K8S_BIN)/.complete
+
+$(K8S_BIN)/.complete: test/k8s/go.mod test/k8s/go.sum test/k8s/etcd/main.go
+	@mkdir -p $(K8S_BIN)
+	cd test/k8s && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $(K8S_BIN)/ \
+	  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+	  k8s.io/kubernetes/cmd/kube-proxy ./etcd
+	touch $@
+
+e2e: k8s-bins
+	$(E2E_ENV) $(GO) test -p 1 -count=1 -v ./test/e2e/...
+
+k8s-fixtures: k8s-bins
+	$(E2E_ENV) $(GO) test -count=1 ./test/e2e -run 'TestCaptureFixtures$$' -update-fixtures
 
 clean:
 	rm -rf bin build

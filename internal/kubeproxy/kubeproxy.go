@@ -52,6 +52,29 @@ func (sp ServicePort) SepChain(ep netip.AddrPort) string {
 	return "KUBE-SEP-" + hash16(sp.String()+sp.Protocol+ep.String())
 }
 
+// nftBase is how kube-proxy's nftables mode names a service port in its
+// chains: "namespace/name/protocol/portname".
+func (sp ServicePort) nftBase() string {
+	return sp.Namespace + "/" + sp.Name + "/" + sp.Protocol + "/" + sp.PortName
+}
+
+// hashed prefixes name with the first 8 characters of its hash, as
+// kube-proxy's nftables mode does to keep chain names unique.
+func hashed(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return base32.StdEncoding.EncodeToString(sum[:])[:8] + "-" + name
+}
+
+// NFTServiceChain is the nftables-mode chain of a service port, e.g.
+// "service-2QRHZV4L-default/kubernetes/tcp/https".
+func (sp ServicePort) NFTServiceChain() string { return "service-" + hashed(sp.nftBase()) }
+
+// NFTEndpointChain is the nftables-mode chain of one endpoint, e.g.
+// "endpoint-ZIPUHSU7-default/kubernetes/tcp/https__10.99.3.1/6443".
+func (sp ServicePort) NFTEndpointChain(ep netip.AddrPort) string {
+	return "endpoint-" + hashed(fmt.Sprintf("%s__%s/%d", sp.nftBase(), ep.Addr(), ep.Port()))
+}
+
 // NoEndpointsComment is the comment of the REJECT rule for a Service port
 // without endpoints.
 func (sp ServicePort) NoEndpointsComment() string {

@@ -12,25 +12,26 @@ import (
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
-// Dial opens a TCP connection from the client namespace.
-func (l *Lab) Dial(addr netip.AddrPort, timeout time.Duration) (net.Conn, error) {
-	var c net.Conn
-	err := tracer.InNetNS(l.Client, func() (err error) {
-		c, err = net.DialTimeout("tcp", addr.String(), timeout)
-		return err
-	})
-	return c, err
-}
-
 // Get fetches http://addr/path from the client namespace over a fresh
 // connection that is closed afterwards.
 func (l *Lab) Get(ctx context.Context, addr netip.AddrPort, path string, timeout time.Duration) ([]byte, error) {
+	return HTTPGet(ctx, l.Client, addr, path, timeout)
+}
+
+// HTTPGet fetches http://addr/path over a fresh TCP connection opened inside
+// ns and closed afterwards.
+func HTTPGet(ctx context.Context, ns tracer.NetNS, addr netip.AddrPort, path string, timeout time.Duration) ([]byte, error) {
 	client := &http.Client{
 		Timeout: timeout,
 		Transport: &http.Transport{
 			DisableKeepAlives: true,
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return l.Dial(addr, timeout)
+				var c net.Conn
+				err := tracer.InNetNS(ns, func() (err error) {
+					c, err = net.DialTimeout("tcp", addr.String(), timeout)
+					return err
+				})
+				return c, err
 			},
 		},
 	}

@@ -11,10 +11,10 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/internal/tracer"
 	"github.com/vishvananda/netlink"
 )
@@ -57,10 +57,10 @@ var (
 
 func pods() []Pod {
 	return []Pod{
-		{Name: "web-1", IP: web1, mode: modeHTTP, ports: []int{8080}},
-		{Name: "web-2", IP: web2, mode: modeHTTP, ports: []int{8080}},
-		{Name: "hung", IP: hung, mode: modeHung, ports: []int{8080}},
-		{Name: "guarded", IP: guarded, mode: modeHTTP, ports: []int{8080}},
+		{Name: "web-1", IP: web1, mode: ModeHTTP, ports: []int{8080}},
+		{Name: "web-2", IP: web2, mode: ModeHTTP, ports: []int{8080}},
+		{Name: "hung", IP: hung, mode: ModeHung, ports: []int{8080}},
+		{Name: "guarded", IP: guarded, mode: ModeHTTP, ports: []int{8080}},
 	}
 }
 
@@ -103,7 +103,7 @@ type Lab struct {
 	Scenarios []Scenario
 	// Rules is the iptables-restore input programmed into the node.
 	Rules   string
-	servers []*server
+	servers []*Server
 }
 
 // Options configure Up.
@@ -136,17 +136,17 @@ func Up(opts Options) (l *Lab, err error) {
 			l = nil
 		}
 	}()
-	if l.Node, err = createNetNS(nsName(l.ID, "node")); err != nil {
+	if l.Node, err = topo.CreateNetNS(nsName(l.ID, "node")); err != nil {
 		return l, err
 	}
-	if l.Client, err = createNetNS(nsName(l.ID, "client")); err != nil {
+	if l.Client, err = topo.CreateNetNS(nsName(l.ID, "client")); err != nil {
 		return l, err
 	}
-	if l.Upstream, err = createNetNS(nsName(l.ID, "upstream")); err != nil {
+	if l.Upstream, err = topo.CreateNetNS(nsName(l.ID, "upstream")); err != nil {
 		return l, err
 	}
 	for i := range l.Pods {
-		if l.Pods[i].NS, err = createNetNS(nsName(l.ID, l.Pods[i].Name)); err != nil {
+		if l.Pods[i].NS, err = topo.CreateNetNS(nsName(l.ID, l.Pods[i].Name)); err != nil {
 			return l, err
 		}
 	}
@@ -167,40 +167,40 @@ func Up(opts Options) (l *Lab, err error) {
 }
 
 func (l *Lab) wire() error {
-	if err := addLink(l.Node, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "cbr0"}}); err != nil {
+	if err := topo.AddLink(l.Node, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "cbr0"}}); err != nil {
 		return err
 	}
-	if err := (iface{ns: l.Node, name: "cbr0", addr: bridgeNet}).configure(); err != nil {
+	if err := (topo.Iface{NS: l.Node, Name: "cbr0", Addr: bridgeNet}).Configure(); err != nil {
 		return err
 	}
 	// The node's default route leads upstream. The upstream namespace does
 	// not forward, and with forwarding off the kernel discards packets for
 	// other hosts without answering: whatever the node sends there (a Service
 	// address nobody translated) vanishes, and nothing leaves the lab.
-	if err := veth(l.Node, "uplink0", l.Upstream, "eth0", ""); err != nil {
+	if err := topo.Veth(l.Node, "uplink0", l.Upstream, "eth0", ""); err != nil {
 		return err
 	}
-	if err := (iface{ns: l.Node, name: "uplink0", addr: uplinkNet, gateway: upstreamNet.Addr()}).configure(); err != nil {
+	if err := (topo.Iface{NS: l.Node, Name: "uplink0", Addr: uplinkNet, Gateway: upstreamNet.Addr()}).Configure(); err != nil {
 		return err
 	}
-	if err := (iface{ns: l.Upstream, name: "eth0", addr: upstreamNet}).configure(); err != nil {
+	if err := (topo.Iface{NS: l.Upstream, Name: "eth0", Addr: upstreamNet}).Configure(); err != nil {
 		return err
 	}
-	if err := veth(l.Node, "client0", l.Client, "eth0", ""); err != nil {
+	if err := topo.Veth(l.Node, "client0", l.Client, "eth0", ""); err != nil {
 		return err
 	}
-	if err := (iface{ns: l.Node, name: "client0", addr: nodeNet}).configure(); err != nil {
+	if err := (topo.Iface{NS: l.Node, Name: "client0", Addr: nodeNet}).Configure(); err != nil {
 		return err
 	}
-	if err := (iface{ns: l.Client, name: "eth0", addr: clientNet, gateway: nodeNet.Addr()}).configure(); err != nil {
+	if err := (topo.Iface{NS: l.Client, Name: "eth0", Addr: clientNet, Gateway: nodeNet.Addr()}).Configure(); err != nil {
 		return err
 	}
 	for i, p := range l.Pods {
-		if err := veth(l.Node, fmt.Sprintf("veth%d", i+1), p.NS, "eth0", "cbr0"); err != nil {
+		if err := topo.Veth(l.Node, fmt.Sprintf("veth%d", i+1), p.NS, "eth0", "cbr0"); err != nil {
 			return err
 		}
 		addr := netip.PrefixFrom(p.IP, bridgeNet.Bits())
-		if err := (iface{ns: p.NS, name: "eth0", addr: addr, gateway: bridgeNet.Addr()}).configure(); err != nil {
+		if err := (topo.Iface{NS: p.NS, Name: "eth0", Addr: addr, Gateway: bridgeNet.Addr()}).Configure(); err != nil {
 			return err
 		}
 	}
@@ -209,7 +209,7 @@ func (l *Lab) wire() error {
 		// kube-proxy REJECTs with ICMP; rate limiting would make that flaky.
 		{"net.ipv4.icmp_ratelimit", "0"},
 	} {
-		if err := sysctl(l.Node, kv[0], kv[1]); err != nil {
+		if err := topo.Sysctl(l.Node, kv[0], kv[1]); err != nil {
 			return err
 		}
 	}
@@ -239,7 +239,7 @@ func (l *Lab) program() error {
 // interface and rule). Servers of a kept lab are stopped too.
 func (l *Lab) Down() error {
 	for _, s := range l.servers {
-		s.stop()
+		s.Stop()
 	}
 	l.servers = nil
 	_, err := Cleanup(l.ID)
@@ -250,7 +250,7 @@ func (l *Lab) Down() error {
 func List() []string {
 	var ids []string
 	seen := map[string]bool{}
-	for _, n := range listLabNamespaces("") {
+	for _, n := range topo.List(Prefix) {
 		id, _, _ := strings.Cut(strings.TrimPrefix(n, Prefix), "-")
 		if !seen[id] {
 			seen[id] = true
@@ -264,20 +264,10 @@ func List() []string {
 // the processes in its namespaces and deletes the namespaces. It returns the
 // namespaces it removed.
 func Cleanup(id string) ([]string, error) {
-	names := listLabNamespaces(id)
-	inodes := map[uint64]bool{}
-	for _, n := range names {
-		var st syscall.Stat_t
-		if syscall.Stat("/run/netns/"+n, &st) == nil {
-			inodes[st.Ino] = true
-		}
+	prefix := Prefix
+	if id != "" {
+		prefix += id + "-"
 	}
-	killProcessesIn(inodes)
-	var errs []error
-	for _, n := range names {
-		if err := deleteNetNS(n); err != nil {
-			errs = append(errs, fmt.Errorf("removing network namespace %s: %w", n, err))
-		}
-	}
-	return names, errors.Join(errs...)
+	names := topo.List(prefix)
+	return names, topo.Remove(names)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/live"
 	"github.com/svctrace/svctrace/internal/testutil"
+	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -38,7 +39,7 @@ func up(t *testing.T) *Lab {
 		if err := l.Down(); err != nil {
 			t.Errorf("tearing the lab down: %v", err)
 		}
-		if left := listLabNamespaces(l.ID); len(left) > 0 {
+		if left := topo.List(Prefix + l.ID + "-"); len(left) > 0 {
 			t.Errorf("namespaces left behind: %v", left)
 		}
 	})
@@ -177,7 +178,7 @@ func TestCleanupRemovesEverything(t *testing.T) {
 	if err := l.Down(); err != nil {
 		t.Fatal(err)
 	}
-	if left := listLabNamespaces(l.ID); len(left) > 0 {
+	if left := topo.List(Prefix + l.ID + "-"); len(left) > 0 {
 		t.Fatalf("left behind: %v", left)
 	}
 	for _, p := range l.Pods {

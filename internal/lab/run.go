@@ -89,41 +89,25 @@ func (l *Lab) Run(ctx context.Context, opts RunOptions) ([]Result, tracer.Info, 
 	}
 	defer tr.Close()
 
-	var mu sync.Mutex
-	byVIP := map[netip.AddrPort][]*flow.Conn{}
-	quiesce := make(chan struct{})
-	type traced struct {
-		res live.Result
-		err error
-	}
-	done := make(chan traced, 1)
-	go func() {
-		fo := l.FlowOptions(opts.Timeout)
-		res, err := live.Run(ctx, tr, live.Options{
-			Flow: fo, Quiesce: quiesce, Lost: opts.Lost, Record: opts.Record,
-			Conn: func(c *flow.Conn, _ uint64) {
-				mu.Lock()
-				byVIP[c.VIP] = append(byVIP[c.VIP], c)
-				mu.Unlock()
-			},
-		})
-		done <- traced{res, err}
-	}()
-
 	results := make([]Result, len(l.Scenarios))
-	var wg sync.WaitGroup
-	for i, s := range l.Scenarios {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i] = Result{Scenario: s, Client: l.try(ctx, s.VIP(), opts.Timeout)}
-		}()
+	conns, res, err := live.Collect(ctx, tr, live.Options{Flow: l.FlowOptions(opts.Timeout), Lost: opts.Lost, Record: opts.Record},
+		func() {
+			var wg sync.WaitGroup
+			for i, s := range l.Scenarios {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					results[i] = Result{Scenario: s, Client: l.try(ctx, s.VIP(), opts.Timeout)}
+				}()
+			}
+			wg.Wait()
+		})
+	if err != nil {
+		return nil, tr.Info(), res, fmt.Errorf("tracing: %w", err)
 	}
-	wg.Wait()
-	close(quiesce)
-	t := <-done
-	if t.err != nil {
-		return nil, tr.Info(), t.res, fmt.Errorf("tracing: %w", t.err)
+	byVIP := map[netip.AddrPort][]*flow.Conn{}
+	for _, c := range conns {
+		byVIP[c.VIP] = append(byVIP[c.VIP], c)
 	}
 	// Connections were numbered as they started, all at once; number them in
 	// scenario order instead, as they are shown.
@@ -135,7 +119,7 @@ func (l *Lab) Run(ctx context.Context, opts RunOptions) ([]Result, tracer.Info, 
 			c.ID, c.Continues, c.Scenario = id, 0, results[i].Scenario.Name
 		}
 	}
-	return results, tr.Info(), t.res, nil
+	return results, tr.Info(), res, nil
 }
 
 // try makes one HTTP request and says what the client saw.

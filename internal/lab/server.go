@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/tracer"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -24,8 +25,8 @@ const serverEnv = "SVCTRACE_LAB_SERVER"
 
 // Server modes.
 const (
-	modeHTTP = "http" // answers HTTP on every port
-	modeHung = "hung" // listens but never accepts; its accept queue is full
+	ModeHTTP = "http" // answers HTTP on every port
+	ModeHung = "hung" // listens but never accepts; its accept queue is full
 )
 
 type serverSpec struct {
@@ -69,7 +70,7 @@ func serve(spec serverSpec) error {
 		return fmt.Errorf("entering %s: %w", spec.NetNS, err)
 	}
 	switch spec.Mode {
-	case modeHTTP:
+	case ModeHTTP:
 		for _, port := range spec.Ports {
 			ln, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
 			if err != nil {
@@ -78,7 +79,7 @@ func serve(spec serverSpec) error {
 			srv := &http.Server{Handler: handler(spec.Name), ReadHeaderTimeout: 5 * time.Second}
 			go srv.Serve(ln)
 		}
-	case modeHung:
+	case ModeHung:
 		for _, port := range spec.Ports {
 			if err := hungListener(port); err != nil {
 				return err
@@ -147,20 +148,29 @@ func hungListener(port int) error {
 	return nil
 }
 
-// server is a running pod server.
-type server struct {
+// Server is a running pod server: this binary started again inside a pod's
+// network namespace.
+type Server struct {
 	cmd *exec.Cmd
 	// stdin is held open for the server's lifetime: it exits when it closes.
 	stdin io.WriteCloser
 }
 
-func (s *server) stop() {
+// Stop kills the server.
+func (s *Server) Stop() {
 	s.cmd.Process.Kill()
 	s.cmd.Wait()
 }
 
+// StartServer starts a server in ns that serves mode on ports, and waits
+// until it listens. name is what its HTTP answers say. It stops by itself when
+// this process exits.
+func StartServer(ns tracer.NetNS, name, mode string, ports []int) (*Server, error) {
+	return startServer(serverSpec{NetNS: ns.Path, Name: name, Mode: mode, Ports: ports, WatchStdin: true})
+}
+
 // startServer starts a pod server and waits until it listens.
-func startServer(spec serverSpec) (*server, error) {
+func startServer(spec serverSpec) (*Server, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -169,7 +179,7 @@ func startServer(spec serverSpec) (*server, error) {
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), serverEnv+"="+string(raw))
 	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true}
-	s := &server{cmd: cmd}
+	s := &Server{cmd: cmd}
 	if spec.WatchStdin {
 		cmd.Stderr = os.Stderr
 		if s.stdin, err = cmd.StdinPipe(); err != nil {
@@ -197,7 +207,7 @@ func startServer(spec serverSpec) (*server, error) {
 		err = fmt.Errorf("not ready after 10s")
 	}
 	if err != nil {
-		s.stop()
+		s.Stop()
 		return nil, fmt.Errorf("server %s: %w", spec.Name, err)
 	}
 	return s, nil

@@ -132,3 +132,32 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 		}
 	}
 }
+
+// Collect traces while traffic runs and returns the connections once traffic
+// has returned and every connection it started has been reported (or ctx is
+// done). opts.Conn, if set, still sees each connection as it completes.
+func Collect(ctx context.Context, tr *tracer.Tracer, opts Options, traffic func()) ([]*flow.Conn, Result, error) {
+	var conns []*flow.Conn
+	quiesce := make(chan struct{})
+	each := opts.Conn
+	opts.Quiesce = quiesce
+	opts.Conn = func(c *flow.Conn, lost uint64) {
+		conns = append(conns, c)
+		if each != nil {
+			each(c, lost)
+		}
+	}
+	type ended struct {
+		res Result
+		err error
+	}
+	done := make(chan ended, 1)
+	go func() {
+		res, err := Run(ctx, tr, opts)
+		done <- ended{res, err}
+	}()
+	traffic()
+	close(quiesce)
+	e := <-done // Run's goroutine made every append before this receive
+	return conns, e.res, e.err
+}

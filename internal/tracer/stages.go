@@ -71,19 +71,28 @@ type stageInfo struct {
 	name     string
 	priority int32
 	program  string
+	// away is the direction to move when the priority is taken: away from
+	// the piece of netfilter the observer brackets (-1: earlier, +1: later).
+	away int32
 }
 
 var stages = map[Stage]stageInfo{
-	StagePreConntrack:  {"pre-conntrack", -201, bpfProgNfPreConntrack},
-	StagePostConntrack: {"post-conntrack", -199, bpfProgNfPostConntrack},
-	StagePreDNAT:       {"pre-dnat", -101, bpfProgNfPreDnat},
-	StagePostDNAT:      {"post-dnat", -99, bpfProgNfPostDnat},
-	StagePreFilter:     {"pre-filter", -1, bpfProgNfPreFilter},
-	StagePostFilter:    {"post-filter", 1, bpfProgNfPostFilter},
-	StagePreSNAT:       {"pre-snat", 99, bpfProgNfPreSnat},
-	StagePostSNAT:      {"post-snat", 101, bpfProgNfPostSnat},
-	StageLast:          {"last", priorityLast, bpfProgNfLast},
+	StagePreConntrack:  {"pre-conntrack", -201, bpfProgNfPreConntrack, -1},
+	StagePostConntrack: {"post-conntrack", -199, bpfProgNfPostConntrack, +1},
+	StagePreDNAT:       {"pre-dnat", -101, bpfProgNfPreDnat, -1},
+	StagePostDNAT:      {"post-dnat", -99, bpfProgNfPostDnat, +1},
+	StagePreFilter:     {"pre-filter", -1, bpfProgNfPreFilter, -1},
+	StagePostFilter:    {"post-filter", 1, bpfProgNfPostFilter, +1},
+	StagePreSNAT:       {"pre-snat", 99, bpfProgNfPreSnat, -1},
+	StagePostSNAT:      {"post-snat", 101, bpfProgNfPostSnat, +1},
+	StageLast:          {"last", priorityLast, bpfProgNfLast, -1},
 }
+
+// maxShift bounds how far an observer moves from its priority when another
+// hook holds it (the kernel allows a BPF hook only at a priority no other
+// hook of that family and hook uses). IPv6 conntrack, for one, confirms in
+// INPUT at INT_MAX-1.
+const maxShift = 8
 
 func (s Stage) String() string {
 	if i, ok := stages[s]; ok {
@@ -92,7 +101,8 @@ func (s Stage) String() string {
 	return fmt.Sprintf("stage(%d)", uint8(s))
 }
 
-// Priority is the netfilter priority the stage's observer is attached at.
+// Priority is the netfilter priority the stage's observer is attached at
+// (unless another hook holds it: see Info.Shifted).
 func (s Stage) Priority() int32 { return stages[s].priority }
 
 // Plan lists, per hook, the stages observed there in priority order: the

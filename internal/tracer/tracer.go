@@ -21,6 +21,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 )
 
 // Target is an address the kernel side watches.
@@ -51,6 +52,9 @@ type Info struct {
 	NetNS   NetNS
 	Links   int    // netfilter observers attached
 	Drops   string // program watching drops, "" if none could be attached
+	// Shifted lists observers attached away from their stage's priority
+	// because another hook held it, e.g. "ipv6 INPUT/last at 2147483645".
+	Shifted []string
 }
 
 // ErrClosed is returned by Read after Close.
@@ -115,6 +119,9 @@ func Open(opts Options) (_ *Tracer, err error) {
 		return nil, err
 	}
 	logf("attached %d netfilter observers in %s", t.info.Links, ns)
+	for _, sh := range t.info.Shifted {
+		logf("observer %s: its priority was taken by another hook", sh)
+	}
 
 	drops := opts.dropPrograms
 	if drops == nil {
@@ -151,15 +158,13 @@ func (t *Tracer) attachObservers() error {
 	for _, fam := range []link.NetfilterProtocolFamily{link.NetfilterProtoIPv4, link.NetfilterProtoIPv6} {
 		for _, h := range Hooks {
 			for _, s := range Plan[h] {
-				l, err := link.AttachNetfilter(link.NetfilterOptions{
-					Program:        t.coll.Programs[stages[s].program],
-					ProtocolFamily: fam,
-					Hook:           link.NetfilterInetHook(h),
-					Priority:       s.Priority(),
-				})
+				l, prio, err := attachObserver(t.coll.Programs[stages[s].program], fam, h, s)
 				if err != nil {
 					return permissionHint(fmt.Errorf("attaching netfilter observer %s %s/%s (priority %d): %w",
 						famName(fam), h, s, s.Priority(), err))
+				}
+				if prio != s.Priority() {
+					t.info.Shifted = append(t.info.Shifted, fmt.Sprintf("%s %s/%s at %d", famName(fam), h, s, prio))
 				}
 				t.links = append(t.links, l)
 				t.info.Links++
@@ -167,6 +172,21 @@ func (t *Tracer) attachObservers() error {
 		}
 	}
 	return nil
+}
+
+// attachObserver attaches at the stage's priority or, if another hook holds
+// it (EBUSY), at the nearest free one away from what the stage brackets.
+func attachObserver(p *ebpf.Program, fam link.NetfilterProtocolFamily, h Hook, s Stage) (link.Link, int32, error) {
+	prio := s.Priority()
+	for shift := int32(0); ; shift++ {
+		l, err := link.AttachNetfilter(link.NetfilterOptions{
+			Program: p, ProtocolFamily: fam, Hook: link.NetfilterInetHook(h), Priority: prio,
+		})
+		if err == nil || !errors.Is(err, unix.EBUSY) || shift == maxShift {
+			return l, prio, err
+		}
+		prio += stages[s].away
+	}
 }
 
 // attachDrops attaches the kfree_skb observer: BTF-typed if the kernel allows,

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/svctrace/svctrace/internal/testutil"
 )
@@ -273,3 +274,35 @@ func TestProbeChoosesNetfilterLink(t *testing.T) {
 		}
 	}
 }
+
+// When another hook holds an observer's priority, the observer moves away
+// from the piece it brackets instead of failing.
+func TestObserverMovesOffATakenPriority(t *testing.T) {
+	ns := newNetNS(t)
+	var held link.Link
+	err := InNetNS(ns, func() error {
+		return try(ebpf.Netfilter, ebpf.AttachNetfilter, "", 1, func(p *ebpf.Program) (link.Link, error) {
+			l, err := link.AttachNetfilter(link.NetfilterOptions{Program: p, ProtocolFamily: link.NetfilterProtoIPv4,
+				Hook: link.NetfilterInetForward, Priority: -1})
+			held = l
+			return noClose{l}, err
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	tr, err := Open(Options{NetNS: ns.Spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if got := tr.Info().Shifted; len(got) != 1 || got[0] != "ipv4 FORWARD/pre-filter at -2" {
+		t.Errorf("shifted %v, want [ipv4 FORWARD/pre-filter at -2]", got)
+	}
+}
+
+// noClose keeps a link attached past try's cleanup.
+type noClose struct{ link.Link }
+
+func (noClose) Close() error { return nil }

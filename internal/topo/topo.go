@@ -1,0 +1,221 @@
+// Package topo builds test topologies in network namespaces: named
+// namespaces, bridges, veth pairs, addresses, routes and sysctls, and removes
+// them again. The lab and the end-to-end test harness share it.
+package topo
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// CreateNetNS creates a named network namespace (bind-mounted under
+// /run/netns like `ip netns add`) without moving the caller into it.
+func CreateNetNS(name string) (tracer.NetNS, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return tracer.NetNS{}, err
+	}
+	defer orig.Close()
+	h, err := netns.NewNamed(name)
+	if err != nil {
+		return tracer.NetNS{}, fmt.Errorf("creating network namespace %s: %w", name, err)
+	}
+	h.Close()
+	if err := netns.Set(orig); err != nil {
+		// Keep the thread locked: it must not be reused in the wrong namespace.
+		runtime.LockOSThread()
+		return tracer.NetNS{}, fmt.Errorf("leaving network namespace %s: %w", name, err)
+	}
+	return tracer.ResolveNetNS(name)
+}
+
+// DeleteNetNS unmounts and removes a named namespace. Interfaces in it go
+// with it once no process holds it.
+func DeleteNetNS(name string) error {
+	err := netns.DeleteNamed(name)
+	if err != nil && errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// handle opens a netlink handle in ns.
+func handle(ns tracer.NetNS) (*netlink.Handle, netns.NsHandle, error) {
+	fd, err := netns.GetFromPath(ns.Path)
+	if err != nil {
+		return nil, 0, err
+	}
+	h, err := netlink.NewHandleAt(fd, unix.NETLINK_ROUTE)
+	if err != nil {
+		fd.Close()
+		return nil, 0, err
+	}
+	return h, fd, nil
+}
+
+// Iface configures one end of a link: loopback and the link up, an address,
+// a default route.
+type Iface struct {
+	NS      tracer.NetNS
+	Name    string
+	Addr    netip.Prefix
+	Gateway netip.Addr // default route via; invalid: none
+}
+
+func (i Iface) Configure() error {
+	h, fd, err := handle(i.NS)
+	if err != nil {
+		return err
+	}
+	defer fd.Close()
+	defer h.Close()
+	for _, name := range []string{"lo", i.Name} {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("%s in %s: %w", name, i.NS.Spec, err)
+		}
+		if name == i.Name && i.Addr.IsValid() {
+			if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipnet(i.Addr)}); err != nil {
+				return fmt.Errorf("adding %s to %s: %w", i.Addr, name, err)
+			}
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			return fmt.Errorf("setting %s up: %w", name, err)
+		}
+	}
+	if i.Gateway.IsValid() {
+		l, _ := h.LinkByName(i.Name)
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.IP(i.Gateway.AsSlice())}); err != nil {
+			return fmt.Errorf("adding default route via %s in %s: %w", i.Gateway, i.NS.Spec, err)
+		}
+	}
+	return nil
+}
+
+func ipnet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// Veth creates a veth pair with one end in each namespace.
+func Veth(a tracer.NetNS, aName string, b tracer.NetNS, bName string, master string) error {
+	h, fd, err := handle(a)
+	if err != nil {
+		return err
+	}
+	defer fd.Close()
+	defer h.Close()
+	peer, err := netns.GetFromPath(b.Path)
+	if err != nil {
+		return err
+	}
+	defer peer.Close()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = aName
+	if master != "" {
+		br, err := h.LinkByName(master)
+		if err != nil {
+			return err
+		}
+		attrs.MasterIndex = br.Attrs().Index
+	}
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: bName, PeerNamespace: netlink.NsFd(peer)}); err != nil {
+		return fmt.Errorf("creating veth %s/%s: %w", aName, bName, err)
+	}
+	l, err := h.LinkByName(aName)
+	if err != nil {
+		return err
+	}
+	return h.LinkSetUp(l)
+}
+
+// AddLink creates a link (a bridge) in ns.
+func AddLink(ns tracer.NetNS, l netlink.Link) error {
+	h, fd, err := handle(ns)
+	if err != nil {
+		return err
+	}
+	defer fd.Close()
+	defer h.Close()
+	if err := h.LinkAdd(l); err != nil {
+		return fmt.Errorf("creating %s %s: %w", l.Type(), l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// Sysctl writes /proc/sys/<key> inside ns.
+func Sysctl(ns tracer.NetNS, key, value string) error {
+	return tracer.InNetNS(ns, func() error {
+		path := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
+		if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+			return fmt.Errorf("setting %s=%s in %s: %w", key, value, ns.Spec, err)
+		}
+		return nil
+	})
+}
+
+// List returns the names of the namespaces under /run/netns that start
+// with prefix.
+func List(prefix string) []string {
+	entries, _ := os.ReadDir("/run/netns")
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// killProcessesIn sends SIGKILL to every process whose network namespace is
+// one of inodes (servers, also those a crashed run left behind).
+func killProcessesIn(inodes map[uint64]bool) {
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid := p.Name()
+		if pid[0] < '0' || pid[0] > '9' {
+			continue
+		}
+		var st syscall.Stat_t
+		if syscall.Stat(filepath.Join("/proc", pid, "ns/net"), &st) != nil || !inodes[st.Ino] {
+			continue
+		}
+		var n int
+		fmt.Sscan(pid, &n)
+		if n != os.Getpid() {
+			syscall.Kill(n, syscall.SIGKILL)
+		}
+	}
+}
+
+// Remove kills the processes in the named namespaces and deletes them.
+func Remove(names []string) error {
+	inodes := map[uint64]bool{}
+	for _, n := range names {
+		var st syscall.Stat_t
+		if syscall.Stat("/run/netns/"+n, &st) == nil {
+			inodes[st.Ino] = true
+		}
+	}
+	killProcessesIn(inodes)
+	var errs []error
+	for _, n := range names {
+		if err := DeleteNetNS(n); err != nil {
+			errs = append(errs, fmt.Errorf("removing network namespace %s: %w", n, err))
+		}
+	}
+	return errors.Join(errs...)
+}
