@@ -210,3 +210,32 @@ func runStories(t *testing.T, mode cluster.Mode) {
 		})
 	}
 }
+
+// Two clusters up at the same time do not collide: each answers through
+// its own kube-proxy.
+func TestClustersSideBySide(t *testing.T) {
+	cluster.RequireBinaries(t)
+	for _, mode := range []cluster.Mode{cluster.IPTables, cluster.NFTables} {
+		t.Run(string(mode), func(t *testing.T) {
+			t.Parallel()
+			c := cluster.Up(t, cluster.Options{Mode: mode})
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			p, err := c.AddPod(ctx, pod(shop, "web-1", "web", lab.ModeHTTP, true))
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc, err := c.CreateService(ctx, service("web", "10.96.1.10", map[string]string{"app": "web"}, intstr.FromString("http")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.WaitService(ctx, svc, map[string][]netip.AddrPort{"http": {netip.AddrPortFrom(p.IP, 8080)}}); err != nil {
+				t.Fatal(err)
+			}
+			body, err := c.Get(ctx, vip(svc), "/", 5*time.Second)
+			if err != nil || string(body) != "hello from web-1\n" {
+				t.Fatalf("GET through %s: %q %v", mode, body, err)
+			}
+		})
+	}
+}
