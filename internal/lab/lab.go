@@ -16,7 +16,6 @@ import (
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/internal/tracer"
-	"github.com/vishvananda/netlink"
 )
 
 // Namespace is the Kubernetes namespace the lab's objects pretend to live in.
@@ -167,49 +166,13 @@ func Up(opts Options) (l *Lab, err error) {
 }
 
 func (l *Lab) wire() error {
-	if err := topo.AddLink(l.Node, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "cbr0"}}); err != nil {
-		return err
-	}
-	if err := (topo.Iface{NS: l.Node, Name: "cbr0", Addr: bridgeNet}).Configure(); err != nil {
-		return err
-	}
-	// The node's default route leads upstream. The upstream namespace does
-	// not forward, and with forwarding off the kernel discards packets for
-	// other hosts without answering: whatever the node sends there (a Service
-	// address nobody translated) vanishes, and nothing leaves the lab.
-	if err := topo.Veth(l.Node, "uplink0", l.Upstream, "eth0", ""); err != nil {
-		return err
-	}
-	if err := (topo.Iface{NS: l.Node, Name: "uplink0", Addr: uplinkNet, Gateway: upstreamNet.Addr()}).Configure(); err != nil {
-		return err
-	}
-	if err := (topo.Iface{NS: l.Upstream, Name: "eth0", Addr: upstreamNet}).Configure(); err != nil {
-		return err
-	}
-	if err := topo.Veth(l.Node, "client0", l.Client, "eth0", ""); err != nil {
-		return err
-	}
-	if err := (topo.Iface{NS: l.Node, Name: "client0", Addr: nodeNet}).Configure(); err != nil {
-		return err
-	}
-	if err := (topo.Iface{NS: l.Client, Name: "eth0", Addr: clientNet, Gateway: nodeNet.Addr()}).Configure(); err != nil {
+	n := topo.NodeNet{Node: l.Node, Client: l.Client, Upstream: l.Upstream,
+		Bridge: bridgeNet, NodeAddr: nodeNet, ClientAddr: clientNet, Uplink: uplinkNet}
+	if err := n.Wire(); err != nil {
 		return err
 	}
 	for i, p := range l.Pods {
-		if err := topo.Veth(l.Node, fmt.Sprintf("veth%d", i+1), p.NS, "eth0", "cbr0"); err != nil {
-			return err
-		}
-		addr := netip.PrefixFrom(p.IP, bridgeNet.Bits())
-		if err := (topo.Iface{NS: p.NS, Name: "eth0", Addr: addr, Gateway: bridgeNet.Addr()}).Configure(); err != nil {
-			return err
-		}
-	}
-	for _, kv := range [][2]string{
-		{"net.ipv4.ip_forward", "1"},
-		// kube-proxy REJECTs with ICMP; rate limiting would make that flaky.
-		{"net.ipv4.icmp_ratelimit", "0"},
-	} {
-		if err := topo.Sysctl(l.Node, kv[0], kv[1]); err != nil {
+		if err := n.AttachPod(p.NS, i+1, p.IP); err != nil {
 			return err
 		}
 	}
@@ -225,14 +188,10 @@ func (l *Lab) program() error {
 		}
 	}
 	l.Rules = kubeproxy.IPTablesRestore(sps, kubeproxy.Options{ClusterCIDR: ClusterCIDR, ExtraFilter: []string{policyRule}})
-	return tracer.InNetNS(l.Node, func() error {
-		cmd := exec.Command("iptables-restore")
-		cmd.Stdin = strings.NewReader(l.Rules)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("programming the node's iptables rules: %v: %s", err, strings.TrimSpace(string(out)))
-		}
-		return nil
-	})
+	if _, err := topo.Run(l.Node, l.Rules, "iptables-restore"); err != nil {
+		return fmt.Errorf("programming the node's iptables rules: %w", err)
+	}
+	return nil
 }
 
 // Down stops the servers and removes the namespaces (and with them every

@@ -17,11 +17,7 @@ var (
 	clientNet   = netip.MustParsePrefix("10.99.0.2/24")    // the client
 	nodeNet     = netip.MustParsePrefix("10.99.0.1/24")    // the node, client side
 	uplinkNet   = netip.MustParsePrefix("10.255.255.1/30") // the node, upstream side
-	upstreamNet = netip.MustParsePrefix("10.255.255.2/30")
 )
-
-// NodeIP is the node's address on the client's network.
-var NodeIP = nodeNet.Addr()
 
 // ClientIP is the lab client's address.
 var ClientIP = clientNet.Addr()

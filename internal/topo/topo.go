@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -218,4 +219,70 @@ func Remove(names []string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// NodeNet is a Kubernetes-node-like topology: a bridge (cbr0) whose address
+// is the pods' gateway, a client namespace routed via the node, and an
+// upstream namespace that the node's default route leads to, as on a real
+// node. A packet to a Service address nothing translated is therefore routed
+// (into FORWARD) instead of failing routing. Upstream does not forward, and
+// with forwarding off the kernel discards packets for other hosts without
+// answering: whatever the node sends there vanishes and nothing leaves.
+type NodeNet struct {
+	Node, Client, Upstream tracer.NetNS
+	Bridge                 netip.Prefix // cbr0's address: the pods' gateway
+	NodeAddr, ClientAddr   netip.Prefix // the two ends of the client link
+	Uplink                 netip.Prefix // the node's end of the upstream link; upstream has the next address
+}
+
+// Wire creates the bridge and the client and upstream links, and turns on
+// forwarding in the node.
+func (n NodeNet) Wire() error {
+	upstream := netip.PrefixFrom(n.Uplink.Addr().Next(), n.Uplink.Bits())
+	steps := []func() error{
+		func() error { return AddLink(n.Node, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "cbr0"}}) },
+		Iface{NS: n.Node, Name: "cbr0", Addr: n.Bridge}.Configure,
+		func() error { return Veth(n.Node, "uplink0", n.Upstream, "eth0", "") },
+		Iface{NS: n.Node, Name: "uplink0", Addr: n.Uplink, Gateway: upstream.Addr()}.Configure,
+		Iface{NS: n.Upstream, Name: "eth0", Addr: upstream}.Configure,
+		func() error { return Veth(n.Node, "client0", n.Client, "eth0", "") },
+		Iface{NS: n.Node, Name: "client0", Addr: n.NodeAddr}.Configure,
+		Iface{NS: n.Client, Name: "eth0", Addr: n.ClientAddr, Gateway: n.NodeAddr.Addr()}.Configure,
+		func() error { return Sysctl(n.Node, "net.ipv4.ip_forward", "1") },
+		// kube-proxy REJECTs with ICMP; rate limiting would make that flaky.
+		func() error { return Sysctl(n.Node, "net.ipv4.icmp_ratelimit", "0") },
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AttachPod connects pod to the bridge as veth<i> on the node and eth0 in
+// the pod, with addr in the bridge's subnet and a default route via the
+// bridge.
+func (n NodeNet) AttachPod(pod tracer.NetNS, i int, addr netip.Addr) error {
+	if err := Veth(n.Node, fmt.Sprintf("veth%d", i), pod, "eth0", "cbr0"); err != nil {
+		return err
+	}
+	return Iface{NS: pod, Name: "eth0", Addr: netip.PrefixFrom(addr, n.Bridge.Bits()), Gateway: n.Bridge.Addr()}.Configure()
+}
+
+// Run runs a command inside ns, with stdin as its input, and returns its
+// combined output; a failure's error carries the output.
+func Run(ns tracer.NetNS, stdin string, args ...string) (string, error) {
+	var out []byte
+	err := tracer.InNetNS(ns, func() (err error) {
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Stdin = strings.NewReader(stdin)
+		// The child starts in the namespace of this (locked) thread.
+		out, err = cmd.CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+		return err
+	})
+	return string(out), err
 }

@@ -26,7 +26,6 @@ import (
 	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/internal/tracer"
-	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -188,7 +187,7 @@ func (c *Cluster) up() error {
 	if c.Upstream, err = topo.CreateNetNS(c.nsName("upstream")); err != nil {
 		return err
 	}
-	if err := c.wire(); err != nil {
+	if err := c.net().Wire(); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
 	p, err := newPKI(c.Dir, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv4(10, 96, 0, 1), net.IP(c.NodeIP.AsSlice())})
@@ -210,42 +209,13 @@ func (c *Cluster) up() error {
 	return c.startKubeProxy(ctx, p)
 }
 
-func (c *Cluster) wire() error {
-	bridge := netip.PrefixFrom(c.PodNet.Addr().Next(), c.PodNet.Bits())
-	if err := topo.AddLink(c.Node, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "cbr0"}}); err != nil {
-		return err
-	}
-	if err := (topo.Iface{NS: c.Node, Name: "cbr0", Addr: bridge}).Configure(); err != nil {
-		return err
-	}
-	if err := topo.Veth(c.Node, "client0", c.ClientNS, "eth0", ""); err != nil {
-		return err
-	}
-	if err := (topo.Iface{NS: c.Node, Name: "client0", Addr: netip.PrefixFrom(c.NodeIP, 24)}).Configure(); err != nil {
-		return err
-	}
-	if err := (topo.Iface{NS: c.ClientNS, Name: "eth0", Addr: netip.PrefixFrom(c.ClientIP, 24), Gateway: c.NodeIP}).Configure(); err != nil {
-		return err
-	}
-	// Without a default route, a packet to a ClusterIP that nothing
-	// translated would fail routing before kube-proxy's FORWARD rules.
-	n := c.NodeIP.As4()[2]
-	uplink := netip.AddrFrom4([4]byte{10, 98, n, 1})
-	if err := topo.Veth(c.Node, "uplink0", c.Upstream, "eth0", ""); err != nil {
-		return err
-	}
-	if err := (topo.Iface{NS: c.Node, Name: "uplink0", Addr: netip.PrefixFrom(uplink, 30), Gateway: uplink.Next()}).Configure(); err != nil {
-		return err
-	}
-	if err := (topo.Iface{NS: c.Upstream, Name: "eth0", Addr: netip.PrefixFrom(uplink.Next(), 30)}).Configure(); err != nil {
-		return err
-	}
-	for _, kv := range [][2]string{{"net.ipv4.ip_forward", "1"}, {"net.ipv4.icmp_ratelimit", "0"}} {
-		if err := topo.Sysctl(c.Node, kv[0], kv[1]); err != nil {
-			return err
-		}
-	}
-	return nil
+// net is the cluster's node topology. The uplink subnet, like the others,
+// differs from cluster to cluster.
+func (c *Cluster) net() topo.NodeNet {
+	return topo.NodeNet{Node: c.Node, Client: c.ClientNS, Upstream: c.Upstream,
+		Bridge:   netip.PrefixFrom(c.PodNet.Addr().Next(), c.PodNet.Bits()),
+		NodeAddr: netip.PrefixFrom(c.NodeIP, 24), ClientAddr: netip.PrefixFrom(c.ClientIP, 24),
+		Uplink: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 98, c.NodeIP.As4()[2], 1}), 30)}
 }
 
 func (c *Cluster) bin(name string) string { return filepath.Join(BinDir(), name) }

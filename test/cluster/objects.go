@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -56,10 +55,7 @@ func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (*Pod, error) {
 	c.mu.Lock()
 	c.pods = append(c.pods, p)
 	c.mu.Unlock()
-	if err := topo.Veth(c.Node, fmt.Sprintf("veth%d", n), p.NS, "eth0", "cbr0"); err != nil {
-		return nil, err
-	}
-	if err := (topo.Iface{NS: p.NS, Name: "eth0", Addr: netip.PrefixFrom(p.IP, c.PodNet.Bits()), Gateway: c.PodNet.Addr().Next()}).Configure(); err != nil {
+	if err := c.net().AttachPod(p.NS, n, p.IP); err != nil {
 		return nil, err
 	}
 	if spec.Serve != "" {
@@ -141,17 +137,7 @@ func (c *Cluster) Ruleset() (string, error) {
 
 // Exec runs a command inside the node's network namespace and returns its
 // output.
-func (c *Cluster) Exec(args ...string) (string, error) {
-	var out []byte
-	err := tracer.InNetNS(c.Node, func() (err error) {
-		out, err = exec.Command(args[0], args[1:]...).CombinedOutput()
-		if err != nil {
-			err = fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return err
-	})
-	return string(out), err
-}
+func (c *Cluster) Exec(args ...string) (string, error) { return topo.Run(c.Node, "", args...) }
 
 // WaitRules polls the ruleset until ok accepts it.
 func (c *Cluster) WaitRules(ctx context.Context, what string, ok func(rules string) bool) error {
