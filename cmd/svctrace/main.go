@@ -59,7 +59,7 @@ func (g *globals) logf(format string, args ...any) {
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	g := &globals{stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
-		Use:   "svctrace",
+		Use:   "svctrace SERVICE [-n NAMESPACE]",
 		Short: "Show where connections to a Kubernetes Service die on this node, and why",
 		Long: `svctrace follows connections to a Service through the node's packet path with eBPF:
 conntrack, the DNAT from the Service address to a Pod, the filter table, SNAT/MASQUERADE,
@@ -72,27 +72,31 @@ and the reply's way back. For every connection it prints a timeline and one verd
   no-reply        forwarded to the endpoint, nothing came back
   not-translated  a packet to a Service address left the node without DNAT
 
+First it diagnoses the Service from its objects (API or --objects) and kube-proxy's rules
+on this node, then it traces, naming the Service port, Pod, Node and rule behind each step.
+
 Try it without a cluster:  sudo svctrace lab
+Only the diagnosis:        svctrace check SERVICE -n NAMESPACE
 Trace addresses yourself:  sudo svctrace trace --addr 10.96.0.10:80`,
+		Example:       serviceExamples,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Args:          noServiceYet,
-		RunE:          func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+		Args:          cobra.MaximumNArgs(1),
+	}
+	o := &serviceOptions{globals: g}
+	o.addFlags(root, true)
+	root.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return cmd.Help()
+		}
+		return o.run(cmd.Context(), args[0], true)
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output format: text or json (one object per line)")
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "show attach details, timings and verifier logs")
-	root.AddCommand(newTrace(g), newLab(g), newKernelSupport(g), newVersion(g))
+	root.AddCommand(newCheck(g), newTrace(g), newLab(g), newKernelSupport(g), newVersion(g))
 	return root
-}
-
-// noServiceYet explains what to do until Services can be traced by name.
-func noServiceYet(_ *cobra.Command, args []string) error {
-	if len(args) == 0 {
-		return nil
-	}
-	return fmt.Errorf("tracing a Service by name (%q) needs the Kubernetes support that is not built yet; trace its ClusterIP instead: svctrace trace --addr CLUSTER-IP:PORT", args[0])
 }
 
 func newVersion(g *globals) *cobra.Command {

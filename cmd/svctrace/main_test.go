@@ -87,7 +87,10 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"trace", "--addr", "10.96.0.10"}, "want IP:PORT"},
 		{[]string{"trace", "--addr", "10.96.0.10:80", "-o", "yaml"}, "use -o text or -o json"},
 		{[]string{"trace", "--addr", "10.96.0.10:80", "--timeout", "0s"}, "--timeout must be positive"},
-		{[]string{"web-service"}, "svctrace trace --addr CLUSTER-IP:PORT"},
+		{[]string{"web-service", "--kubeconfig", "/nonexistent/kubeconfig"}, "kubeconfig"},
+		{[]string{"web-service", "--objects", "/nonexistent/dump.yaml"}, "--objects"},
+		{[]string{"check"}, "name one Service"},
+		{[]string{"a", "b"}, "accepts at most 1 arg"},
 		{[]string{"lab", "-o", "yaml"}, "use -o text or -o json"},
 		{[]string{"trace", "--addr", "10.0.0.1:80", "--bogus"}, "unknown flag: --bogus"},
 	} {

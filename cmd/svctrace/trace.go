@@ -99,39 +99,65 @@ func parseTarget(s string) (tracer.Target, error) {
 }
 
 func (o *traceOptions) run(ctx context.Context) error {
+	services := map[tracer.Target]bool{}
+	for _, t := range o.targets {
+		services[t] = true
+	}
+	return o.trace(ctx, session{netns: o.netns, targets: o.targets, duration: o.duration, count: o.count, timeout: o.timeout,
+		isService: func(p tracer.Proto, a netip.AddrPort) bool { return services[tracer.Target{Addr: a, Proto: p}] }})
+}
+
+// session is one trace: where, what, and how to name what is seen.
+type session struct {
+	netns     string
+	targets   []tracer.Target
+	duration  time.Duration
+	count     int
+	timeout   time.Duration
+	isService func(tracer.Proto, netip.AddrPort) bool
+	// printer options (names, explanations); Wall is set by trace.
+	print output.Options
+	// started runs once the observers are attached (watches that re-feed
+	// the targets).
+	started func(ctx context.Context, tr *tracer.Tracer)
+}
+
+// trace attaches, prints each connection as it completes and a summary at
+// the end.
+func (g *globals) trace(ctx context.Context, s session) error {
 	start := time.Now()
-	tr, err := tracer.Open(tracer.Options{NetNS: o.netns, Targets: o.targets, Logf: o.logf})
+	tr, err := tracer.Open(tracer.Options{NetNS: s.netns, Targets: s.targets, Logf: g.logf})
 	if err != nil {
 		return err
 	}
 	defer tr.Close()
 	info := tr.Info()
-	o.logf("attached in %s", time.Since(start).Round(time.Millisecond))
-	fmt.Fprintf(o.stderr, "tracing %s in %s with %s (%d observers, drops: %s); Ctrl-C to stop\n",
-		targetList(o.targets), info.NetNS, info.Backend, info.Links, orNone(info.Drops))
+	g.logf("attached in %s", time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(g.stderr, "tracing %s in %s with %s (%d observers, drops: %s); Ctrl-C to stop\n",
+		targetList(s.targets), info.NetNS, info.Backend, info.Links, orNone(info.Drops))
 
-	services := map[tracer.Target]bool{}
-	for _, t := range o.targets {
-		services[t] = true
-	}
-	p, err := output.New(o.output, o.stdout, output.Options{Wall: tracer.WallClock()})
+	s.print.Wall = tracer.WallClock()
+	p, err := output.New(g.output, g.stdout, s.print)
 	if err != nil {
 		return err
 	}
-	if o.duration > 0 {
+	if s.duration > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, o.duration)
+		ctx, cancel = context.WithTimeout(ctx, s.duration)
 		defer cancel()
+	}
+	if s.started != nil {
+		s.started(ctx, tr)
 	}
 	var sum output.Summary
 	res, err := live.Run(ctx, tr, live.Options{
 		Flow: flow.Options{
 			NodeNetNS: info.NetNS.Inode,
-			IsService: func(p tracer.Proto, a netip.AddrPort) bool { return services[tracer.Target{Addr: a, Proto: p}] },
-			Timeout:   o.timeout,
+			IsService: s.isService,
+			Timeout:   s.timeout,
 			IfName:    tracer.NewIfNames(info.NetNS).Name,
 		},
-		Count: o.count,
+		Count: s.count,
 		Conn: func(c *flow.Conn, lost uint64) {
 			sum.Count(c)
 			p.Conn(c, lost)

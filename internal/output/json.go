@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
@@ -31,6 +32,12 @@ type jsonConn struct {
 	VIPName      string          `json:"vip_name,omitempty"`
 	Endpoint     *netip.AddrPort `json:"endpoint,omitempty"`
 	EndpointName string          `json:"endpoint_name,omitempty"`
+	Service      string          `json:"service,omitempty"`
+	Pod          string          `json:"pod,omitempty"`
+	Node         string          `json:"node,omitempty"`
+	EndpointCond string          `json:"endpoint_state,omitempty"`
+	Rule         string          `json:"rule,omitempty"`
+	Blame        string          `json:"blame,omitempty"`
 	SNAT         *netip.AddrPort `json:"snat,omitempty"`
 	Start        *time.Time      `json:"start,omitempty"`
 	DurationUS   int64           `json:"duration_us"`
@@ -102,6 +109,10 @@ func (p *JSON) Conn(c *flow.Conn, lost uint64) {
 	if c.Drop != nil {
 		j.Drop = drop(c.Drop)
 	}
+	if p.opts.Explain != nil {
+		e := p.opts.Explain(c)
+		j.Service, j.Pod, j.Node, j.EndpointCond, j.Rule, j.Blame = e.Service, e.Pod, e.Node, e.Endpoint, e.Rule, e.Blame
+	}
 	for _, s := range c.Steps {
 		e := jsonEvent{TimeUS: time.Duration(s.Time - c.Start).Microseconds(), Packet: s.Packet, Dir: s.Dir,
 			Kind: s.Kind, Stage: s.Stage, Src: s.Tuple.Src, Dst: s.Tuple.Dst, Flags: s.Flags, CT: s.CT,
@@ -163,4 +174,15 @@ func (p *JSON) Summary(s Summary) {
 func (p *JSON) write(v any) {
 	b, _ := json.Marshal(v)
 	p.w.Write(append(b, '\n'))
+}
+
+func (p *JSON) Diagnosis(d Diagnosis) {
+	p.write(struct {
+		Kind     string             `json:"kind"`
+		Service  string             `json:"service"`
+		Source   string             `json:"source"`
+		Node     string             `json:"node,omitempty"`
+		Proxy    string             `json:"kube_proxy"`
+		Findings []diagnose.Finding `json:"findings"`
+	}{"diagnosis", d.Service, d.Source, d.Node, d.Proxy, d.Findings})
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
 )
 
@@ -22,13 +23,26 @@ type Printer interface {
 	Lost(total uint64)
 	// Summary closes the output.
 	Summary(s Summary)
+	// Diagnosis prints what was found before tracing.
+	Diagnosis(d Diagnosis)
+}
+
+// Diagnosis is what svctrace found about a Service before any packet.
+type Diagnosis struct {
+	Service  string             // the Service in one line (resolve.Service.Summary)
+	Source   string             // where the objects came from
+	Node     string             // this node's name, "" if unknown
+	Proxy    string             // kube-proxy's mode on this node and how it was read
+	Findings []diagnose.Finding // most important first
 }
 
 // Options shared by the printers.
 type Options struct {
 	// Name describes an address in Kubernetes terms ("pod lab/web-1"); may
 	// be nil or return "".
-	Name func(netip.Addr) string
+	Name func(netip.AddrPort) string
+	// Explain names the Kubernetes objects behind a connection; may be nil.
+	Explain func(*flow.Conn) diagnose.Explanation
 	// Wall converts CLOCK_MONOTONIC ns to wall-clock time; nil: times are
 	// shown relative only.
 	Wall func(uint64) time.Time
@@ -76,7 +90,7 @@ func name(opts Options, a netip.AddrPort) string {
 	if opts.Name == nil || !a.IsValid() {
 		return ""
 	}
-	return opts.Name(a.Addr())
+	return opts.Name(a)
 }
 
 // since formats a duration for a timeline: +78µs, +1.2ms, +1.02s.

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
 )
 
@@ -58,6 +59,14 @@ func (p *Text) Conn(c *flow.Conn, lost uint64) {
 			fmt.Fprintf(&b, "     endpoint %s is %s\n", c.Endpoint, n)
 		}
 	}
+	if p.opts.Explain != nil {
+		e := p.opts.Explain(c)
+		for _, l := range [][2]string{{"service", e.Service}, {"rule", e.Rule}, {"blame", e.Blame}} {
+			if l[1] != "" {
+				fmt.Fprintf(&b, "     %-7s %s\n", l[0]+":", l[1])
+			}
+		}
+	}
 	if lost > 0 {
 		fmt.Fprintf(&b, "   ! %d events lost so far: this timeline may be incomplete\n", lost)
 	}
@@ -81,4 +90,26 @@ func (p *Text) Summary(s Summary) {
 		fmt.Fprintf(p.w, ": %s", v)
 	}
 	fmt.Fprintf(p.w, "; %d events lost\n", s.Lost)
+}
+
+var marks = map[diagnose.Severity]string{diagnose.Problem: "✗", diagnose.Warning: "!", diagnose.Info: "i", diagnose.OK: "✓"}
+
+func (p *Text) Diagnosis(d Diagnosis) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\n", d.Service)
+	node := d.Node
+	if node == "" {
+		node = "unknown (no Node object matches this host; use --node)"
+	}
+	fmt.Fprintf(&b, "  objects: %s; node: %s\n  kube-proxy: %s\n", d.Source, node, d.Proxy)
+	for _, f := range d.Findings {
+		fmt.Fprintf(&b, "%s %s: %s\n", marks[f.Severity], f.Code, f.Summary)
+		for _, e := range f.Evidence {
+			fmt.Fprintf(&b, "    %s\n", e)
+		}
+		for _, n := range f.Next {
+			fmt.Fprintf(&b, "    → %s\n", n)
+		}
+	}
+	io.WriteString(p.w, b.String())
 }

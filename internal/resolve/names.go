@@ -1,6 +1,6 @@
-// Package resolve turns addresses into Kubernetes meaning: which Service,
-// endpoint or Pod an address is. It starts with a static table (the lab's
-// objects); the live API and object files come later.
+// Package resolve reads the Kubernetes objects behind a Service — from the
+// API server (narrowly) or from files — and models what the Service asks of
+// the data path: its addresses, ports and endpoints.
 package resolve
 
 import "net/netip"
@@ -8,5 +8,5 @@ import "net/netip"
 // Names describes addresses in Kubernetes terms, e.g. "pod lab/web-1".
 type Names map[netip.Addr]string
 
-// Name returns the description of a, or "".
-func (n Names) Name(a netip.Addr) string { return n[a] }
+// Name returns the description of a's address, or "".
+func (n Names) Name(a netip.AddrPort) string { return n[a.Addr()] }

@@ -165,7 +165,7 @@ type Gap struct {
 // GapAfter returns the gap on hook h that follows observer after.
 func GapAfter(h Hook, after Stage) Gap {
 	g := Gap{Hook: h, After: after, Before: Next(h, after)}
-	lo, hi := g.bounds()
+	lo, hi := g.Bounds()
 	for _, p := range pieces {
 		if int64(p.priority) > lo && int64(p.priority) < hi && hasHook(p.hooks, h) {
 			g.Pieces = append(g.Pieces, fmt.Sprintf("%s %s", p.name, prio(p.priority)))
@@ -174,7 +174,8 @@ func GapAfter(h Hook, after Stage) Gap {
 	return g
 }
 
-func (g Gap) bounds() (lo, hi int64) {
+// Bounds are the priorities of the observers around the gap (exclusive).
+func (g Gap) Bounds() (lo, hi int64) {
 	lo, hi = math.MinInt32, int64(math.MaxInt32)+1
 	if g.After != StageNone {
 		lo = int64(g.After.Priority())
@@ -187,7 +188,7 @@ func (g Gap) bounds() (lo, hi int64) {
 
 // Span is the priority range in words: "between priority -1 and 1".
 func (g Gap) Span() string {
-	lo, hi := g.bounds()
+	lo, hi := g.Bounds()
 	switch {
 	case g.After == StageNone:
 		return "before priority " + prio32(hi)

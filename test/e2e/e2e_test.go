@@ -38,8 +38,10 @@ type story struct {
 	rejected bool
 	svc      *corev1.Service
 	pods     []cluster.PodSpec
-	// ready are the endpoints kube-proxy must DNAT to, by Service port name.
-	ready map[string][]int // pod index → target port, resolved after the pods exist
+	// finding is the first finding svctrace check must report.
+	finding string
+	// blame must start the traced connection's blame line ("" : no blame).
+	blame string
 }
 
 func service(name, vip string, selector map[string]string, target intstr.IntOrString) *corev1.Service {
@@ -59,23 +61,28 @@ func pod(ns, name, app, serve string, ready bool) cluster.PodSpec {
 func stories() []*story {
 	byName := intstr.FromString("http")
 	return []*story{
-		{name: "healthy", expect: flow.Answered,
+		{name: "healthy", expect: flow.Answered, finding: "healthy",
 			svc:  service("web", "10.96.1.10", map[string]string{"app": "web"}, byName),
 			pods: []cluster.PodSpec{pod(shop, "web-1", "web", lab.ModeHTTP, true), pod(shop, "web-2", "web", lab.ModeHTTP, true)}},
-		{name: "selector-matches-no-pod", expect: flow.Rejected, rejected: true,
-			svc: service("nomatch", "10.96.1.20", map[string]string{"app": "nobody"}, intstr.FromInt32(8080))},
-		{name: "only-endpoint-not-ready", expect: flow.Rejected, rejected: true,
-			svc:  service("notready", "10.96.1.30", map[string]string{"app": "notready"}, byName),
-			pods: []cluster.PodSpec{pod(shop, "notready-1", "notready", lab.ModeHTTP, false)}},
-		{name: "wrong-targetport", expect: flow.Reset,
-			svc:  service("wrongport", "10.96.1.40", map[string]string{"app": "wrongport"}, intstr.FromInt32(9090)),
-			pods: []cluster.PodSpec{pod(shop, "wrongport-1", "wrongport", lab.ModeHTTP, true)}},
-		{name: "pod-in-another-namespace", expect: flow.Rejected, rejected: true,
-			svc:  service("api", "10.96.1.50", map[string]string{"app": "api"}, byName),
-			pods: []cluster.PodSpec{pod("default", "api-1", "api", lab.ModeHTTP, true)}},
-		{name: "pod-stops-answering", expect: flow.NoReply,
-			svc:  service("hung", "10.96.1.60", map[string]string{"app": "hung"}, byName),
-			pods: []cluster.PodSpec{pod(shop, "hung-1", "hung", lab.ModeHung, true)}},
+		{name: "selector-matches-no-pod", expect: flow.Rejected, rejected: true, finding: "selector-matches-no-pod",
+			blame: "Service shop/nomatch: the selector app=nobody matches no Pod in namespace shop",
+			svc:   service("nomatch", "10.96.1.20", map[string]string{"app": "nobody"}, intstr.FromInt32(8080))},
+		{name: "only-endpoint-not-ready", expect: flow.Rejected, rejected: true, finding: "no-ready-pods",
+			blame: "Pod shop/notready-1: the selector app=notready matches 1 Pod(s), but none is Ready",
+			svc:   service("notready", "10.96.1.30", map[string]string{"app": "notready"}, byName),
+			pods:  []cluster.PodSpec{pod(shop, "notready-1", "notready", lab.ModeHTTP, false)}},
+		{name: "wrong-targetport", expect: flow.Reset, finding: "targetport-not-exposed",
+			blame: "Pod shop/wrongport-1 on node-1 (ready): nothing listens on port 9090; targetPort 9090 of shop/wrongport:http is not a port",
+			svc:   service("wrongport", "10.96.1.40", map[string]string{"app": "wrongport"}, intstr.FromInt32(9090)),
+			pods:  []cluster.PodSpec{pod(shop, "wrongport-1", "wrongport", lab.ModeHTTP, true)}},
+		{name: "pod-in-another-namespace", expect: flow.Rejected, rejected: true, finding: "selector-matches-no-pod",
+			blame: "Service shop/api: the selector app=api matches no Pod in namespace shop",
+			svc:   service("api", "10.96.1.50", map[string]string{"app": "api"}, byName),
+			pods:  []cluster.PodSpec{pod("default", "api-1", "api", lab.ModeHTTP, true)}},
+		{name: "pod-stops-answering", expect: flow.NoReply, finding: "healthy",
+			blame: "Pod shop/hung-1 on node-1 (ready) did not answer on port 8080",
+			svc:   service("hung", "10.96.1.60", map[string]string{"app": "hung"}, byName),
+			pods:  []cluster.PodSpec{pod(shop, "hung-1", "hung", lab.ModeHung, true)}},
 	}
 }
 
@@ -207,8 +214,10 @@ func runStories(t *testing.T, mode cluster.Mode) {
 					t.Errorf("rejected packet %s, want dropped in FORWARD's filter stage", d)
 				}
 			}
+			explainStory(t, c, s, conn)
 		})
 	}
+	checkStories(t, c, ss)
 }
 
 // Two clusters up at the same time do not collide: each answers through

@@ -1,0 +1,289 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/svctrace/svctrace/internal/diagnose"
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/output"
+	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/vishvananda/netlink"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// serviceOptions are the flags of `svctrace SERVICE` and `svctrace check`.
+type serviceOptions struct {
+	*globals
+	namespace  string
+	kubeconfig string
+	context    string
+	objects    string
+	node       string
+	netns      string
+	hostRoot   string
+	duration   time.Duration
+	count      int
+	timeout    time.Duration
+}
+
+const serviceExamples = `  # on a node: diagnose Service web in namespace shop, then trace its connections
+  sudo svctrace web -n shop
+
+  # only the diagnosis, as JSON
+  sudo svctrace check web -n shop -o json
+
+  # inside kubectl debug node/NODE -it --profile=sysadmin --image=… (uses the node's kubelet credentials)
+  svctrace web -n shop
+
+  # without API access: objects saved elsewhere with
+  #   kubectl get svc,endpointslices,pods,nodes -A -o yaml > dump.yaml
+  sudo svctrace web -n shop --objects dump.yaml`
+
+func (o *serviceOptions) addFlags(cmd *cobra.Command, tracing bool) {
+	f := cmd.Flags()
+	f.StringVarP(&o.namespace, "namespace", "n", "", "the Service's namespace (default: the kubeconfig context's, else \"default\")")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster, then the node's kubelet credentials)")
+	f.StringVar(&o.context, "context", "", "kubeconfig context to use")
+	f.StringVar(&o.objects, "objects", "", "read objects from this file or directory (kubectl get … -o yaml|json) instead of the API")
+	f.StringVar(&o.node, "node", "", "this node's name (default: $NODE_NAME, else the host name, else the Node with one of this host's addresses)")
+	f.StringVar(&o.netns, "netns", "", "the node's network namespace: name, path or PID (default: svctrace's own)")
+	f.StringVar(&o.hostRoot, "host-root", "/host", "where the node's root filesystem is mounted (kubectl debug node); kubelet credentials are looked for there")
+	if tracing {
+		f.DurationVar(&o.duration, "duration", 0, "stop after this long (default: until Ctrl-C)")
+		f.IntVar(&o.count, "count", 0, "stop after this many connections")
+		f.DurationVar(&o.timeout, "timeout", 5*time.Second, "report a connection as no-reply after this long without an answer")
+	}
+}
+
+func newCheck(g *globals) *cobra.Command {
+	o := &serviceOptions{globals: g}
+	cmd := &cobra.Command{
+		Use:   "check SERVICE [-n NAMESPACE]",
+		Short: "Diagnose a Service from its objects and this node's kube-proxy rules, without tracing",
+		Long: `Look at a Service, its EndpointSlices and Pods, and the rules kube-proxy wrote on this node,
+and report the classic reasons a Service does not work: a selector that matches no Pod (with
+near misses), Pods that are not Ready, Pods in another namespace, a targetPort no container
+exposes, missing or stale kube-proxy rules, traffic policy Local without a local endpoint.
+Each finding comes with its evidence and the next command to run.
+
+Exits 1 when a problem was found. Reading kube-proxy's rules needs root; without it, only
+the objects are checked.`,
+		Example: serviceExamples,
+		Args:    exactlyOneService,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.run(cmd.Context(), args[0], false)
+		},
+	}
+	o.addFlags(cmd, false)
+	return cmd
+}
+
+func exactlyOneService(_ *cobra.Command, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("name one Service, e.g. svctrace check web -n shop")
+	}
+	return nil
+}
+
+// errProblems: check found a problem (exit status 1, nothing more to say).
+var errProblems = fmt.Errorf("%w", errSilent)
+
+// state is what svctrace knows about the Service at one moment.
+type state struct {
+	view     *resolve.View
+	svc      *resolve.Service
+	findings []diagnose.Finding
+	explain  *diagnose.Explainer
+	proxy    string // kube-proxy's mode, or why the rules were not read
+	targets  []tracer.Target
+	services map[tracer.Target]bool
+}
+
+func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) error {
+	if o.output != "text" && o.output != "json" {
+		return fmt.Errorf("unknown output format %q: use -o text or -o json", o.output)
+	}
+	ns, err := tracer.ResolveNetNS(o.netns)
+	if err != nil {
+		return err
+	}
+	src, err := o.source(ctx)
+	if err != nil {
+		return err
+	}
+	local := resolve.LocalNode{Name: o.nodeName(), Addrs: localAddrs(ns)}
+	// gather reads the objects and the node's rules again: at the start and
+	// after every change of the objects.
+	gather := func(ctx context.Context) (*state, error) {
+		view, err := resolve.Gather(ctx, src, o.namespace, name, local)
+		if err != nil {
+			return nil, err
+		}
+		rules, rulesErr := o.rules(ns)
+		in := diagnose.Input{View: view, Service: resolve.NewService(view), Rules: rules, RulesErr: rulesErr}
+		if os.Geteuid() == 0 {
+			in.KubeProxy, in.KubeProxyKnown = kubeproxy.KubeProxyPIDs(ns), true
+		}
+		st := &state{view: view, svc: in.Service, findings: diagnose.Check(in), services: map[tracer.Target]bool{}, proxy: "not read"}
+		if rules != nil {
+			st.proxy = fmt.Sprintf("%s mode (%s)", rules.Mode, rules.Note)
+		} else if rulesErr != nil {
+			st.proxy = "not read: " + rulesErr.Error()
+		}
+		nodeAddrs := local.Addrs
+		if n := view.Nodes[view.LocalNode]; n != nil {
+			nodeAddrs = resolve.NodeAddrs(n)
+		}
+		st.explain = diagnose.NewExplainer(in, st.findings, nodeAddrs)
+		st.explain.Lookup = resolve.Lookup(src)
+		st.targets = st.svc.Targets(nodeAddrs)
+		for _, a := range st.svc.Addresses(nodeAddrs) {
+			st.services[tracer.Target{Addr: a.Addr, Proto: a.Port.Protocol}] = true
+		}
+		return st, nil
+	}
+	st, err := gather(ctx)
+	if err != nil {
+		return err
+	}
+	p, err := output.New(o.output, o.stdout, output.Options{})
+	if err != nil {
+		return err
+	}
+	p.Diagnosis(output.Diagnosis{Service: st.svc.Summary(), Source: src.Describe(), Node: st.view.LocalNode, Proxy: st.proxy, Findings: st.findings})
+	if !tracing {
+		if len(st.findings) > 0 && st.findings[0].Severity == diagnose.Problem {
+			return errProblems
+		}
+		return nil
+	}
+	if len(st.targets) == 0 {
+		fmt.Fprintf(o.stderr, "nothing to trace: %s has no address and no endpoint on this node's path\n", st.svc.Namespace+"/"+st.svc.Name)
+		return nil
+	}
+	var cur atomic.Pointer[state]
+	cur.Store(st)
+	return o.trace(ctx, session{netns: o.netns, targets: st.targets, duration: o.duration, count: o.count, timeout: o.timeout,
+		isService: func(pr tracer.Proto, a netip.AddrPort) bool {
+			return cur.Load().services[tracer.Target{Addr: a, Proto: pr}]
+		},
+		print: output.Options{
+			Name:    func(a netip.AddrPort) string { return cur.Load().explain.Name(a) },
+			Explain: func(c *flow.Conn) diagnose.Explanation { return cur.Load().explain.Explain(c) },
+		},
+		started: func(ctx context.Context, tr *tracer.Tracer) {
+			api, ok := src.(*resolve.API)
+			if !ok {
+				return
+			}
+			go api.Watch(ctx, o.namespace, name, func() map[string]string { return cur.Load().svc.Selector }, func() {
+				st, err := gather(ctx)
+				if err != nil {
+					fmt.Fprintf(o.stderr, "svctrace: warning: %v (tracing goes on with what was known before)\n", err)
+					return
+				}
+				if err := tr.SetTargets(st.targets); err != nil {
+					fmt.Fprintf(o.stderr, "svctrace: warning: updating the traced addresses: %v\n", err)
+					return
+				}
+				cur.Store(st)
+				o.logf("objects changed: now %s", st.svc.Summary())
+			})
+		},
+	})
+}
+
+// source opens the objects: --objects, else the API with the first
+// credentials that work.
+func (o *serviceOptions) source(ctx context.Context) (resolve.Source, error) {
+	if o.objects != "" {
+		if o.kubeconfig != "" || o.context != "" {
+			return nil, errors.New("--objects reads saved objects: it does not go with --kubeconfig or --context")
+		}
+		objs, err := resolve.ReadObjects(o.objects)
+		if err != nil {
+			return nil, err
+		}
+		if o.namespace == "" {
+			o.namespace = "default"
+		}
+		return resolve.FileSource{Objects: objs, Path: o.objects}, nil
+	}
+	if o.namespace == "" {
+		o.namespace = defaultNamespace(o.kubeconfig, o.context)
+	}
+	hostRoot := o.hostRoot
+	if _, err := os.Stat(hostRoot); err != nil {
+		hostRoot = ""
+	}
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	api, err := resolve.Connect(cctx, resolve.ConnectOptions{Kubeconfig: o.kubeconfig, Context: o.context, HostRoot: hostRoot}, o.namespace, o.logf)
+	if err != nil {
+		return nil, err
+	}
+	o.logf("objects from %s", api.Describe())
+	return api, nil
+}
+
+// defaultNamespace is the kubeconfig context's namespace, like kubectl.
+func defaultNamespace(kubeconfig, context string) string {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	ns, _, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: context}).Namespace()
+	if err != nil || ns == "" {
+		return "default"
+	}
+	return ns
+}
+
+func (o *serviceOptions) nodeName() string {
+	if o.node != "" {
+		return o.node
+	}
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		return n
+	}
+	if b, err := os.ReadFile(o.hostRoot + "/etc/hostname"); err == nil {
+		return strings.TrimSpace(string(b))
+	}
+	h, _ := os.Hostname()
+	return h
+}
+
+func (o *serviceOptions) rules(ns tracer.NetNS) (*kubeproxy.Ruleset, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("reading kube-proxy's rules needs root (run with sudo)")
+	}
+	return kubeproxy.Read(ns)
+}
+
+// localAddrs are the global unicast addresses in the node's namespace:
+// where NodePorts are reached, and how the Node object is found when its
+// name is not the host name.
+func localAddrs(ns tracer.NetNS) []netip.Addr {
+	var out []netip.Addr
+	tracer.InNetNS(ns, func() error {
+		addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap().IsGlobalUnicast() {
+				out = append(out, ip.Unmap())
+			}
+		}
+		return nil
+	})
+	return out
+}

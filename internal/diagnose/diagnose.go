@@ -1,0 +1,495 @@
+// Package diagnose finds what is wrong with a Service before any packet
+// flows, from its objects and the node's kube-proxy rules, and explains
+// traced connections with the same knowledge. Plain functions over data.
+package diagnose
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/resolve"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// Severity ranks findings.
+type Severity string
+
+const (
+	Problem Severity = "problem" // traffic fails because of this
+	Warning Severity = "warning" // may fail, or fails for some
+	Info    Severity = "info"    // worth knowing
+	OK      Severity = "ok"
+)
+
+// Finding is one thing found, with its evidence and the next command to
+// run.
+type Finding struct {
+	Severity Severity `json:"severity"`
+	Code     string   `json:"code"`
+	// Object is what to blame: "Service shop/web", "Pod shop/web-1",
+	// "kube-proxy on node-1".
+	Object   string   `json:"object,omitempty"`
+	Port     string   `json:"port,omitempty"` // the Service port, "shop/web:http"
+	Summary  string   `json:"summary"`
+	Evidence []string `json:"evidence,omitempty"`
+	Next     []string `json:"next,omitempty"`
+}
+
+// Input is what Check looks at.
+type Input struct {
+	View    *resolve.View
+	Service *resolve.Service
+	// Rules are kube-proxy's rules on this node; nil when they could not be
+	// read (RulesErr says why).
+	Rules    *kubeproxy.Ruleset
+	RulesErr error
+	// KubeProxy are the kube-proxy processes in the node's network
+	// namespace; KubeProxyKnown is false when svctrace cannot see the
+	// node's processes.
+	KubeProxy      []int
+	KubeProxyKnown bool
+}
+
+// Check diagnoses the Service: the classic reasons a Service does not work,
+// most important first.
+func Check(in Input) []Finding {
+	c := &checker{Input: in, svc: in.Service, ns: in.Service.Namespace}
+	c.object = "Service " + c.ns + "/" + c.svc.Name
+	switch {
+	case c.svc.ExternalName != "":
+		c.add(Finding{Severity: Info, Code: "externalname", Object: c.object,
+			Summary: fmt.Sprintf("ExternalName Service: DNS answers with a CNAME to %s; no netfilter path on the node translates it, so there is nothing to trace here", c.svc.ExternalName),
+			Next:    []string{"dig " + c.svc.ExternalName, "svctrace trace --addr <address of " + c.svc.ExternalName + ">:PORT"}})
+		return c.out
+	case c.svc.Headless:
+		c.add(Finding{Severity: Info, Code: "headless", Object: c.object,
+			Summary: "headless Service (clusterIP: None): no virtual IP and no kube-proxy rules; clients get the Pod IPs from DNS and connect to them directly, so svctrace traces the endpoints themselves",
+			Next:    []string{fmt.Sprintf("kubectl get endpointslices -n %s -l kubernetes.io/service-name=%s", c.ns, c.svc.Name)}})
+	}
+	c.pods()
+	c.targetPorts()
+	c.rules()
+	c.localPolicy()
+	sort.SliceStable(c.out, func(i, j int) bool { return rank(c.out[i].Severity) < rank(c.out[j].Severity) })
+	if len(c.out) == 0 || c.out[0].Severity != Problem {
+		c.healthy()
+	}
+	return c.out
+}
+
+func rank(s Severity) int { return slices.Index([]Severity{Problem, Warning, Info, OK}, s) }
+
+type checker struct {
+	Input
+	svc    *resolve.Service
+	ns     string
+	object string
+	out    []Finding
+}
+
+func (c *checker) add(f Finding) { c.out = append(c.out, f) }
+
+func selectorString(sel map[string]string) string { return labels.SelectorFromSet(sel).String() }
+
+func (c *checker) pods() {
+	v := c.View
+	sel := selectorString(c.svc.Selector)
+	if len(c.svc.Selector) == 0 {
+		if len(v.Slices) == 0 {
+			c.add(Finding{Severity: Problem, Code: "no-selector-no-endpointslices", Object: c.object,
+				Summary: "the Service has no selector and no EndpointSlice: nothing tells kube-proxy where to send its traffic",
+				Next: []string{fmt.Sprintf("create an EndpointSlice labelled kubernetes.io/service-name=%s in namespace %s", c.svc.Name, c.ns),
+					fmt.Sprintf("kubectl get endpointslices -n %s -l kubernetes.io/service-name=%s", c.ns, c.svc.Name)}})
+		} else {
+			c.add(Finding{Severity: Info, Code: "manual-endpoints", Object: c.object,
+				Summary: fmt.Sprintf("the Service has no selector: its endpoints come from %d EndpointSlice(s) managed by someone else", len(v.Slices))})
+		}
+		return
+	}
+	if len(v.Pods) == 0 {
+		f := Finding{Severity: Problem, Code: "selector-matches-no-pod", Object: c.object,
+			Summary: fmt.Sprintf("the selector %s matches no Pod in namespace %s", sel, c.ns),
+			Next:    []string{fmt.Sprintf("kubectl get pods -n %s --show-labels", c.ns)}}
+		for _, m := range v.NearMisses {
+			f.Evidence = append(f.Evidence, "near miss: "+m.String())
+		}
+		if len(v.NearMisses) > 0 {
+			f.Next = append(f.Next, fmt.Sprintf("fix the labels or the selector: kubectl edit service -n %s %s", c.ns, c.svc.Name))
+		}
+		c.add(f)
+		if len(v.Elsewhere) > 0 {
+			var where []string
+			var ev []string
+			for _, p := range v.Elsewhere {
+				if !slices.Contains(where, p.Namespace) {
+					where = append(where, p.Namespace)
+				}
+				ev = append(ev, fmt.Sprintf("pod %s/%s matches the selector", p.Namespace, p.Name))
+			}
+			c.add(Finding{Severity: Problem, Code: "pods-in-other-namespace", Object: c.object,
+				Summary: fmt.Sprintf("Pods matching %s run in namespace %s, but a Service only selects Pods in its own namespace %s",
+					sel, strings.Join(where, ", "), c.ns),
+				Evidence: ev,
+				Next: []string{fmt.Sprintf("kubectl get pods -A -l %s", sel),
+					fmt.Sprintf("create the Service in namespace %s, or run the Pods in %s", where[0], c.ns)}})
+		}
+		return
+	}
+	var notReady []corev1.Pod
+	for _, p := range v.Pods {
+		if !podReady(&p) {
+			notReady = append(notReady, p)
+		}
+	}
+	if len(notReady) == 0 {
+		return
+	}
+	f := Finding{Severity: Warning, Code: "some-pods-not-ready", Object: c.object,
+		Summary: fmt.Sprintf("%d of %d Pods matching %s are not Ready: kube-proxy does not send new connections to them", len(notReady), len(v.Pods), sel)}
+	if len(notReady) == len(v.Pods) {
+		f.Severity, f.Code = Problem, "no-ready-pods"
+		f.Summary = fmt.Sprintf("the selector %s matches %d Pod(s), but none is Ready: the Service has no endpoint to send traffic to", sel, len(v.Pods))
+		f.Object = "Pod " + c.ns + "/" + notReady[0].Name
+	}
+	for i, p := range notReady {
+		if i == 5 {
+			f.Evidence = append(f.Evidence, fmt.Sprintf("… and %d more", len(notReady)-i))
+			break
+		}
+		f.Evidence = append(f.Evidence, whyNotReady(&p))
+	}
+	f.Next = []string{fmt.Sprintf("kubectl describe pod -n %s %s", c.ns, notReady[0].Name),
+		fmt.Sprintf("kubectl get pods -n %s -l %s", c.ns, sel)}
+	c.add(f)
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, cond := range p.Status.Conditions {
+		if cond.Type == corev1.PodReady {
+			return cond.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// whyNotReady describes a Pod that is not Ready: phase, the containers not
+// ready with their readiness probe, restarts and waiting reasons.
+func whyNotReady(p *corev1.Pod) string {
+	parts := []string{fmt.Sprintf("pod %s/%s: phase %s", p.Namespace, p.Name, orUnknown(string(p.Status.Phase)))}
+	if p.DeletionTimestamp != nil {
+		parts = append(parts, "terminating")
+	}
+	probes := map[string]*corev1.Probe{}
+	for _, ctr := range p.Spec.Containers {
+		probes[ctr.Name] = ctr.ReadinessProbe
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if cs.Ready {
+			continue
+		}
+		s := fmt.Sprintf("container %s not ready", cs.Name)
+		if pr := probes[cs.Name]; pr != nil {
+			s += " (readiness probe " + describeProbe(pr) + ")"
+		}
+		if cs.RestartCount > 0 {
+			s += fmt.Sprintf(", %d restarts", cs.RestartCount)
+		}
+		if w := cs.State.Waiting; w != nil {
+			s += ", waiting: " + w.Reason
+		}
+		if t := cs.LastTerminationState.Terminated; t != nil {
+			s += fmt.Sprintf(", last exit %d (%s)", t.ExitCode, t.Reason)
+		}
+		parts = append(parts, s)
+	}
+	for _, cond := range p.Status.Conditions {
+		if cond.Status != corev1.ConditionTrue && cond.Message != "" {
+			parts = append(parts, fmt.Sprintf("%s: %s", cond.Type, cond.Message))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+func describeProbe(p *corev1.Probe) string {
+	switch h := p.ProbeHandler; {
+	case h.HTTPGet != nil:
+		return fmt.Sprintf("HTTP GET :%s%s", h.HTTPGet.Port.String(), h.HTTPGet.Path)
+	case h.TCPSocket != nil:
+		return "TCP :" + h.TCPSocket.Port.String()
+	case h.GRPC != nil:
+		return fmt.Sprintf("gRPC :%d", h.GRPC.Port)
+	case h.Exec != nil:
+		return "exec " + strings.Join(h.Exec.Command, " ")
+	}
+	return "unknown"
+}
+
+// targetPorts checks each port's targetPort against the selected Pods'
+// containers: by number (and protocol) or by name.
+func (c *checker) targetPorts() {
+	if len(c.View.Pods) == 0 {
+		return
+	}
+	for i := range c.svc.Ports {
+		p := &c.svc.Ports[i]
+		proto := corev1.Protocol(strings.ToUpper(p.Protocol.String()))
+		var declared []string
+		var matched, wrongProto int
+		var missing []string
+		for _, pod := range c.View.Pods {
+			ok := false
+			for _, ctr := range pod.Spec.Containers {
+				for _, cp := range ctr.Ports {
+					cpProto := cp.Protocol
+					if cpProto == "" {
+						cpProto = corev1.ProtocolTCP
+					}
+					d := fmt.Sprintf("%d/%s", cp.ContainerPort, cpProto)
+					if cp.Name != "" {
+						d += " (" + cp.Name + ")"
+					}
+					if !slices.Contains(declared, d) {
+						declared = append(declared, d)
+					}
+					hit := (p.TargetPort.Type == intstr.Int && cp.ContainerPort == p.TargetPort.IntVal) ||
+						(p.TargetPort.Type == intstr.String && cp.Name == p.TargetPort.StrVal)
+					if hit && cpProto != proto {
+						wrongProto++
+					} else if hit {
+						ok = true
+					}
+				}
+			}
+			if ok {
+				matched++
+			} else {
+				missing = append(missing, pod.Namespace+"/"+pod.Name)
+			}
+		}
+		if len(missing) == 0 {
+			continue
+		}
+		f := Finding{Object: c.object, Port: p.String(),
+			Evidence: []string{"the selected Pods' containers declare " + orNone(declared)},
+			Next: []string{fmt.Sprintf("kubectl get pods -n %s -l %s -o jsonpath='{..containerPort}'", c.ns, selectorString(c.svc.Selector)),
+				fmt.Sprintf("kubectl edit service -n %s %s   # spec.ports[].targetPort", c.ns, c.svc.Name)}}
+		switch {
+		case p.TargetPort.Type == intstr.String:
+			f.Severity, f.Code = Problem, "targetport-name-unknown"
+			f.Summary = fmt.Sprintf("targetPort %q of %s is not the name of a container port in %s: those Pods get no endpoint for this port",
+				p.TargetPort.StrVal, p.String(), strings.Join(missing, ", "))
+		case wrongProto > 0:
+			f.Severity, f.Code = Problem, "targetport-wrong-protocol"
+			f.Summary = fmt.Sprintf("targetPort %d of %s is declared by the Pods with another protocol than %s", p.TargetPort.IntVal, p.String(), proto)
+		case len(declared) == 0:
+			f.Severity, f.Code = Info, "targetport-not-declared"
+			f.Summary = fmt.Sprintf("the Pods declare no container ports; make sure they listen on targetPort %d of %s", p.TargetPort.IntVal, p.String())
+		default:
+			f.Severity, f.Code = Problem, "targetport-not-exposed"
+			f.Summary = fmt.Sprintf("targetPort %d of %s is not a port the Pods' containers declare: connections will likely be reset", p.TargetPort.IntVal, p.String())
+		}
+		if matched > 0 && f.Severity == Problem {
+			f.Severity = Warning
+		}
+		c.add(f)
+	}
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "no ports"
+	}
+	return strings.Join(s, ", ")
+}
+
+// rules compares kube-proxy's rules on this node with the Service.
+func (c *checker) rules() {
+	if c.svc.Headless || len(c.svc.ClusterIPs) == 0 {
+		return
+	}
+	node := c.View.LocalNode
+	if node == "" {
+		node = "this node"
+	}
+	proxy := "kube-proxy on " + node
+	if c.Rules == nil {
+		c.add(Finding{Severity: Warning, Code: "ruleset-unreadable", Object: proxy,
+			Summary: fmt.Sprintf("kube-proxy's rules on this node could not be read: %v", c.RulesErr)})
+		return
+	}
+	r := c.Rules
+	switch r.Mode {
+	case kubeproxy.ModeIPVS:
+		c.add(Finding{Severity: Info, Code: "ipvs", Object: proxy, Summary: "kube-proxy runs in ipvs mode: " + r.Note,
+			Next: []string{"ipvsadm -Ln"}})
+		return
+	case kubeproxy.ModeNone:
+		f := Finding{Severity: Problem, Code: "no-kube-proxy-rules", Object: proxy,
+			Summary:  "kube-proxy has programmed no Service rules on this node",
+			Evidence: []string{r.Note},
+			Next:     []string{"kubectl -n kube-system get pods -l k8s-app=kube-proxy -o wide --field-selector spec.nodeName=" + c.View.LocalNode}}
+		c.proxyEvidence(&f)
+		c.add(f)
+		return
+	}
+	var missingPorts []string
+	for i := range c.svc.Ports {
+		p := &c.svc.Ports[i]
+		pr := r.Port(p.String(), p.Protocol.String())
+		if pr == nil {
+			missingPorts = append(missingPorts, p.String())
+			continue
+		}
+		for _, rj := range pr.Rejects {
+			sev := Problem
+			if len(p.Ready()) > 0 {
+				// kube-proxy is behind, or only some addresses reject.
+				sev = Warning
+			}
+			c.add(Finding{Severity: sev, Code: "kube-proxy-rejects", Object: c.object, Port: p.String(),
+				Summary:  fmt.Sprintf("kube-proxy %ss traffic to %s: %s %s", strings.ToLower(rj.Verdict), rj.Dest, p.String(), rj.Why),
+				Evidence: []string{rj.Where + ": " + rj.Rule}})
+		}
+		want := map[netip.AddrPort]bool{}
+		for _, e := range p.Ready() {
+			want[e.Addr] = true
+		}
+		var stale, programmed []string
+		for _, e := range pr.Endpoints {
+			if !want[e.Addr] {
+				stale = append(stale, fmt.Sprintf("%s (%s)", e.Addr, e.Chain))
+			}
+			programmed = append(programmed, e.Addr.String())
+		}
+		if len(stale) > 0 {
+			c.add(Finding{Severity: Problem, Code: "stale-dnat", Object: proxy, Port: p.String(),
+				Summary:  fmt.Sprintf("kube-proxy still DNATs %s to addresses that are not ready endpoints: %s", p.String(), strings.Join(stale, ", ")),
+				Evidence: []string{"ready endpoints: " + strings.Join(addrs(p.Ready()), ", ")},
+				Next:     c.proxyNext()})
+		}
+		var unprogrammed []string
+		for a := range want {
+			if !slices.Contains(programmed, a.String()) {
+				unprogrammed = append(unprogrammed, a.String())
+			}
+		}
+		sort.Strings(unprogrammed)
+		if len(unprogrammed) > 0 && (r.Mode != kubeproxy.ModeNFTables || len(pr.Endpoints) > 0 || len(pr.Rejects) > 0) {
+			c.add(Finding{Severity: Warning, Code: "endpoints-not-programmed", Object: proxy, Port: p.String(),
+				Summary: fmt.Sprintf("ready endpoints of %s have no DNAT rule on this node yet: %s", p.String(), strings.Join(unprogrammed, ", ")),
+				Next:    c.proxyNext()})
+		}
+	}
+	if len(missingPorts) > 0 {
+		f := Finding{Severity: Problem, Code: "no-rules-for-service", Object: proxy,
+			Summary:  fmt.Sprintf("kube-proxy (%s mode) has no rules for %s on this node: its ClusterIP is not translated here", r.Mode, strings.Join(missingPorts, ", ")),
+			Evidence: []string{r.Note},
+			Next:     c.proxyNext()}
+		c.proxyEvidence(&f)
+		c.add(f)
+	}
+}
+
+func addrs(eps []resolve.Endpoint) []string {
+	var s []string
+	for _, e := range eps {
+		s = append(s, e.Addr.String())
+	}
+	if len(s) == 0 {
+		return []string{"none"}
+	}
+	return s
+}
+
+func (c *checker) proxyEvidence(f *Finding) {
+	if !c.KubeProxyKnown {
+		return
+	}
+	if len(c.KubeProxy) == 0 {
+		f.Evidence = append(f.Evidence, "no kube-proxy process runs in this node's network namespace")
+		f.Summary += "; kube-proxy is not running here"
+	} else {
+		f.Evidence = append(f.Evidence, fmt.Sprintf("kube-proxy runs (pid %v) but has not synced this Service", c.KubeProxy))
+	}
+}
+
+func (c *checker) proxyNext() []string {
+	sel := "-l k8s-app=kube-proxy"
+	if c.View.LocalNode != "" {
+		sel += " --field-selector spec.nodeName=" + c.View.LocalNode
+	}
+	next := []string{"kubectl -n kube-system get pods " + sel, "kubectl -n kube-system logs " + sel + " --tail=50"}
+	switch c.Rules.Mode {
+	case kubeproxy.ModeNFTables:
+		next = append(next, "nft list table ip kube-proxy")
+	case kubeproxy.ModeIPTablesLegacy:
+		next = append(next, "iptables-legacy-save | grep "+c.svc.Namespace+"/"+c.svc.Name)
+	default:
+		next = append(next, "iptables-save | grep "+c.svc.Namespace+"/"+c.svc.Name)
+	}
+	return next
+}
+
+// localPolicy: traffic policy Local with no ready endpoint on this node.
+func (c *checker) localPolicy() {
+	node := c.View.LocalNode
+	if node == "" || (!c.svc.ExternalLocal && !c.svc.InternalLocal) {
+		return
+	}
+	for i := range c.svc.Ports {
+		p := &c.svc.Ports[i]
+		local := 0
+		for _, e := range p.Ready() {
+			if e.Node == node {
+				local++
+			}
+		}
+		if local > 0 {
+			continue
+		}
+		var nodes []string
+		for _, e := range p.Ready() {
+			if !slices.Contains(nodes, e.Node) {
+				nodes = append(nodes, e.Node)
+			}
+		}
+		if c.svc.ExternalLocal && (p.NodePort != 0 || len(c.svc.LoadBalancerIPs) > 0 || len(c.svc.ExternalIPs) > 0) {
+			c.add(Finding{Severity: Problem, Code: "external-local-no-endpoint", Object: c.object, Port: p.String(),
+				Summary:  fmt.Sprintf("externalTrafficPolicy: Local, and no ready endpoint of %s runs on node %s: kube-proxy drops NodePort, external and load-balancer traffic arriving here", p.String(), node),
+				Evidence: []string{"ready endpoints run on: " + orNone(nodes)},
+				Next: []string{"send the traffic to a node that runs an endpoint, or set externalTrafficPolicy: Cluster",
+					fmt.Sprintf("kubectl get pods -n %s -l %s -o wide", c.ns, selectorString(c.svc.Selector))}})
+		}
+		if c.svc.InternalLocal {
+			c.add(Finding{Severity: Problem, Code: "internal-local-no-endpoint", Object: c.object, Port: p.String(),
+				Summary:  fmt.Sprintf("internalTrafficPolicy: Local, and no ready endpoint of %s runs on node %s: connections from this node's Pods to the ClusterIP are dropped", p.String(), node),
+				Evidence: []string{"ready endpoints run on: " + orNone(nodes)},
+				Next:     []string{"run an endpoint on every node that has clients (e.g. a DaemonSet), or set internalTrafficPolicy: Cluster"}})
+		}
+	}
+}
+
+func (c *checker) healthy() {
+	var parts []string
+	for _, p := range c.svc.Ports {
+		parts = append(parts, fmt.Sprintf("%s: %d ready endpoint(s)", p.String(), len(p.Ready())))
+	}
+	summary := "no problem found in the objects"
+	if c.Rules != nil && c.Rules.Mode != kubeproxy.ModeNone {
+		summary += " or in kube-proxy's " + string(c.Rules.Mode) + " rules"
+	}
+	c.add(Finding{Severity: OK, Code: "healthy", Object: c.object, Summary: summary + "; " + strings.Join(parts, ", ")})
+}

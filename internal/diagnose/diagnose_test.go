@@ -1,0 +1,265 @@
+package diagnose
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/tracer"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// The stories of the seeds, as objects, each with the finding it must give.
+
+const shop = "shop"
+
+func svc(name, vip string, sel map[string]string, target intstr.IntOrString) corev1.Service {
+	s := corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: shop, Name: name},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: vip, ClusterIPs: []string{vip}, Selector: sel,
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP, TargetPort: target}}}}
+	return s
+}
+
+func pod(ns, name, app, ip, node string, ready bool) corev1.Pod {
+	st := corev1.ConditionTrue
+	if !ready {
+		st = corev1.ConditionFalse
+	}
+	return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": app}},
+		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "app",
+			Ports:          []corev1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP}},
+			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(8080)}}}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}},
+			Conditions:        []corev1.PodCondition{{Type: corev1.PodReady, Status: st}},
+			ContainerStatuses: []corev1.ContainerStatus{{Name: "app", Ready: ready, RestartCount: 3}}}}
+}
+
+// slice publishes the pods as endpoints of service name on port, as
+// the EndpointSlice controller would.
+func slice(name string, port int32, pods ...corev1.Pod) discoveryv1.EndpointSlice {
+	pname, proto := "http", corev1.ProtocolTCP
+	sl := discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: shop, Name: name + "-abcde",
+		Labels: map[string]string{discoveryv1.LabelServiceName: name}}, AddressType: discoveryv1.AddressTypeIPv4,
+		Ports: []discoveryv1.EndpointPort{{Name: &pname, Port: &port, Protocol: &proto}}}
+	for _, p := range pods {
+		ready := p.Status.Conditions[0].Status == corev1.ConditionTrue
+		node := p.Spec.NodeName
+		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{p.Status.PodIP},
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready}, NodeName: &node,
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: p.Namespace, Name: p.Name}})
+	}
+	return sl
+}
+
+func node(name, ip string) corev1.Node {
+	return corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}}}
+}
+
+type story struct {
+	name     string
+	objs     resolve.Objects
+	rules    *kubeproxy.Ruleset // nil: a ruleset with correct rules for the Service
+	noProxy  bool               // no kube-proxy process
+	want     string             // the first finding's code
+	severity Severity
+	evidence string // must appear in the first finding's summary or evidence
+}
+
+var (
+	web1 = pod(shop, "web-1", "web", "10.244.0.11", "node-1", true)
+	web2 = pod(shop, "web-2", "web", "10.244.0.12", "node-1", true)
+)
+
+func stories() []story {
+	byName := intstr.FromString("http")
+	nodes := []corev1.Node{node("node-1", "10.99.0.1"), node("node-2", "10.99.0.2")}
+	notReady := pod(shop, "slow-1", "slow", "10.244.0.21", "node-1", false)
+	remote := pod(shop, "far-1", "far", "10.244.1.5", "node-2", true)
+	local := svc("far", "10.96.1.70", map[string]string{"app": "far"}, byName)
+	local.Spec.Type, local.Spec.ExternalTrafficPolicy = corev1.ServiceTypeNodePort, corev1.ServiceExternalTrafficPolicyLocal
+	local.Spec.Ports[0].NodePort = 30080
+	headless := svc("db", "None", map[string]string{"app": "web"}, byName)
+	external := corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: shop, Name: "ext"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "db.example.com"}}
+	typo := pod(shop, "typo-1", "web", "10.244.0.31", "node-1", true)
+	typo.Labels = map[string]string{"apps": "cart"}
+	return []story{
+		{name: "healthy", want: "healthy", severity: OK,
+			objs: resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.10", map[string]string{"app": "web"}, byName)},
+				Pods: []corev1.Pod{web1, web2}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1, web2)}, Nodes: nodes}},
+		{name: "selector-matches-no-pod", want: "selector-matches-no-pod", severity: Problem, evidence: "pod shop/typo-1 has apps=cart, the selector wants app=cart",
+			objs: resolve.Objects{Services: []corev1.Service{svc("cart", "10.96.1.20", map[string]string{"app": "cart"}, byName)},
+				Pods: []corev1.Pod{web1, typo}, Nodes: nodes}},
+		{name: "only-pod-not-ready", want: "no-ready-pods", severity: Problem, evidence: "container app not ready (readiness probe HTTP GET :8080/healthz), 3 restarts",
+			objs: resolve.Objects{Services: []corev1.Service{svc("slow", "10.96.1.30", map[string]string{"app": "slow"}, byName)},
+				Pods: []corev1.Pod{notReady}, Slices: []discoveryv1.EndpointSlice{slice("slow", 8080, notReady)}, Nodes: nodes}},
+		{name: "wrong-targetport", want: "targetport-not-exposed", severity: Problem, evidence: "8080/TCP (http)",
+			objs: resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.40", map[string]string{"app": "web"}, intstr.FromInt32(9090))},
+				Pods: []corev1.Pod{web1}, Slices: []discoveryv1.EndpointSlice{slice("web", 9090, web1)}, Nodes: nodes}},
+		{name: "unknown-targetport-name", want: "targetport-name-unknown", severity: Problem, evidence: `targetPort "web"`,
+			objs: resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.41", map[string]string{"app": "web"}, intstr.FromString("web"))},
+				Pods: []corev1.Pod{web1}, Nodes: nodes}},
+		{name: "pods-in-other-namespace", want: "selector-matches-no-pod", severity: Problem,
+			objs: resolve.Objects{Services: []corev1.Service{svc("api", "10.96.1.50", map[string]string{"app": "api"}, byName)},
+				Pods: []corev1.Pod{pod("default", "api-1", "api", "10.244.0.41", "node-1", true)}, Nodes: nodes}},
+		{name: "no-kube-proxy", want: "no-rules-for-service", severity: Problem, noProxy: true, evidence: "kube-proxy is not running here",
+			rules: &kubeproxy.Ruleset{Mode: kubeproxy.ModeIPTables},
+			objs: resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.10", map[string]string{"app": "web"}, byName)},
+				Pods: []corev1.Pod{web1}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1)}, Nodes: nodes}},
+		{name: "stale-dnat", want: "stale-dnat", severity: Problem, evidence: "10.244.0.99:8080",
+			rules: &kubeproxy.Ruleset{Mode: kubeproxy.ModeIPTables, Ports: map[kubeproxy.PortKey]*kubeproxy.PortRules{
+				{Name: "shop/web:http", Proto: "tcp"}: {Endpoints: []kubeproxy.EndpointRule{{Addr: netip.MustParseAddrPort("10.244.0.11:8080")}, {Addr: netip.MustParseAddrPort("10.244.0.99:8080")}}}}},
+			objs: resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.10", map[string]string{"app": "web"}, byName)},
+				Pods: []corev1.Pod{web1}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1)}, Nodes: nodes}},
+		{name: "external-traffic-policy-local", want: "external-local-no-endpoint", severity: Problem, evidence: "run on: node-2",
+			objs: resolve.Objects{Services: []corev1.Service{local}, Pods: []corev1.Pod{remote},
+				Slices: []discoveryv1.EndpointSlice{slice("far", 8080, remote)}, Nodes: nodes}},
+		{name: "selector-less-without-slices", want: "no-selector-no-endpointslices", severity: Problem,
+			objs: resolve.Objects{Services: []corev1.Service{svc("manual", "10.96.1.80", nil, byName)}, Nodes: nodes}},
+		{name: "headless", want: "headless", severity: Info,
+			objs: resolve.Objects{Services: []corev1.Service{headless}, Pods: []corev1.Pod{web1},
+				Slices: []discoveryv1.EndpointSlice{slice("db", 8080, web1)}, Nodes: nodes}},
+		{name: "externalname", want: "externalname", severity: Info, evidence: "db.example.com",
+			objs: resolve.Objects{Services: []corev1.Service{external}, Nodes: nodes}},
+	}
+}
+
+// rulesFor is what a healthy kube-proxy writes for the Service.
+func rulesFor(s *resolve.Service) *kubeproxy.Ruleset {
+	r := &kubeproxy.Ruleset{Mode: kubeproxy.ModeIPTables, Ports: map[kubeproxy.PortKey]*kubeproxy.PortRules{}}
+	for i := range s.Ports {
+		p := &s.Ports[i]
+		pr := &kubeproxy.PortRules{PortKey: kubeproxy.PortKey{Name: p.String(), Proto: p.Protocol.String()}}
+		for _, e := range p.Ready() {
+			pr.Endpoints = append(pr.Endpoints, kubeproxy.EndpointRule{Addr: e.Addr})
+		}
+		if len(pr.Endpoints) == 0 {
+			pr.Rejects = []kubeproxy.Reject{{Why: "has no endpoints", Verdict: "REJECT", Where: "filter table, chain KUBE-SERVICES"}}
+		}
+		r.Ports[pr.PortKey] = pr
+	}
+	return r
+}
+
+func check(t *testing.T, s story) (Input, []Finding) {
+	t.Helper()
+	src := resolve.FileSource{Objects: &s.objs, Path: "test"}
+	name := s.objs.Services[0].Name
+	v, err := resolve.Gather(context.Background(), src, shop, name, resolve.LocalNode{Name: "node-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := Input{View: v, Service: resolve.NewService(v), Rules: s.rules, KubeProxyKnown: true, KubeProxy: []int{42}}
+	if s.rules == nil {
+		in.Rules = rulesFor(in.Service)
+	}
+	if s.noProxy {
+		in.KubeProxy = nil
+	}
+	return in, Check(in)
+}
+
+func TestStories(t *testing.T) {
+	for _, s := range stories() {
+		t.Run(s.name, func(t *testing.T) {
+			_, fs := check(t, s)
+			if len(fs) == 0 {
+				t.Fatal("no finding")
+			}
+			f := fs[0]
+			if f.Code != s.want || f.Severity != s.severity {
+				t.Fatalf("first finding %s/%s: %s, want %s/%s (all: %+v)", f.Severity, f.Code, f.Summary, s.severity, s.want, fs)
+			}
+			text := f.Summary + "\n" + strings.Join(f.Evidence, "\n")
+			if s.evidence != "" && !strings.Contains(text, s.evidence) {
+				t.Errorf("finding does not say %q:\n%s", s.evidence, text)
+			}
+			if f.Severity == Problem && len(f.Next) == 0 {
+				t.Errorf("problem %s has no next step", f.Code)
+			}
+		})
+	}
+}
+
+// The namespace story names the namespace where the Pods are.
+func TestPodsInOtherNamespace(t *testing.T) {
+	for _, s := range stories() {
+		if s.name != "pods-in-other-namespace" {
+			continue
+		}
+		_, fs := check(t, s)
+		i := slices.IndexFunc(fs, func(f Finding) bool { return f.Code == "pods-in-other-namespace" })
+		if i < 0 || !strings.Contains(fs[i].Summary, "run in namespace default") || !strings.Contains(fs[i].Summary, "own namespace shop") {
+			t.Fatalf("findings %+v", fs)
+		}
+	}
+}
+
+// A traced connection is explained with the Service port, the Pod behind
+// the DNAT and the object to blame.
+func TestExplain(t *testing.T) {
+	ss := stories()
+	vip := netip.MustParseAddrPort("10.96.1.10:80")
+	client := netip.MustParseAddrPort("10.99.0.2:40000")
+
+	healthy := ss[0]
+	in, fs := check(t, healthy)
+	x := NewExplainer(in, fs, nil)
+	x.Lookup = resolve.Lookup(resolve.FileSource{Objects: &healthy.objs})
+	c := &flow.Conn{Proto: tracer.TCP, Client: client, VIP: vip, Endpoint: netip.MustParseAddrPort("10.244.0.12:8080"), Verdict: flow.Answered}
+	e := x.Explain(c)
+	if e.Service != "shop/web:http (ClusterIP)" || e.Pod != "shop/web-2" || e.Node != "node-1" || e.Endpoint != "ready" || e.Blame != "" {
+		t.Errorf("answered: %+v", e)
+	}
+	if n := x.Name(client); n != "node node-2" {
+		t.Errorf("client named %q, want node node-2", n)
+	}
+	if n := x.Name(c.Endpoint); n != "pod shop/web-2 on node-1, ready" {
+		t.Errorf("endpoint named %q", n)
+	}
+
+	wrong := ss[3]
+	in, fs = check(t, wrong)
+	x = NewExplainer(in, fs, nil)
+	c = &flow.Conn{Proto: tracer.TCP, Client: client, VIP: netip.MustParseAddrPort("10.96.1.40:80"), Endpoint: netip.MustParseAddrPort("10.244.0.11:9090"), Verdict: flow.Reset}
+	if e := x.Explain(c); !strings.Contains(e.Blame, "Pod shop/web-1 on node-1 (ready): nothing listens on port 9090; targetPort 9090") {
+		t.Errorf("reset blame %q", e.Blame)
+	}
+
+	none := ss[1]
+	in, fs = check(t, none)
+	x = NewExplainer(in, fs, nil)
+	d := &flow.Drop{InNode: true, Placed: true, Gap: tracer.GapAfter(tracer.Forward, tracer.StagePreFilter)}
+	c = &flow.Conn{Proto: tracer.TCP, Client: client, VIP: netip.MustParseAddrPort("10.96.1.20:80"), Verdict: flow.Rejected, Drop: d}
+	e = x.Explain(c)
+	if e.Rule != "REJECT: shop/cart:http has no endpoints (kube-proxy, filter table, chain KUBE-SERVICES)" {
+		t.Errorf("rule %q", e.Rule)
+	}
+	if !strings.HasPrefix(e.Blame, "Service shop/cart: the selector app=cart matches no Pod") {
+		t.Errorf("blame %q", e.Blame)
+	}
+}
+
+// An unknown Service names the Services the user may have meant.
+func TestNotFound(t *testing.T) {
+	objs := &resolve.Objects{Services: []corev1.Service{
+		svc("web-frontend", "10.96.0.1", nil, intstr.FromInt32(80)),
+		svc("api", "10.96.0.2", nil, intstr.FromInt32(80))}}
+	other := svc("web", "10.96.0.3", nil, intstr.FromInt32(80))
+	other.Namespace = "prod"
+	objs.Services = append(objs.Services, other)
+	_, err := resolve.Gather(context.Background(), resolve.FileSource{Objects: objs}, shop, "web", resolve.LocalNode{})
+	want := `service "web" not found in namespace "shop"; did you mean "web-frontend"?; a Service "web" exists in namespace "prod": add -n prod`
+	if err == nil || err.Error() != want {
+		t.Errorf("got %v\nwant %s", err, want)
+	}
+}

@@ -1,0 +1,210 @@
+package diagnose
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/resolve"
+)
+
+// Explanation names the Kubernetes objects behind a traced connection.
+type Explanation struct {
+	Service  string // the Service port and how it was reached: "shop/web:http (ClusterIP)"
+	Pod      string // the endpoint's Pod, "shop/web-1"
+	Node     string // the endpoint's node
+	Endpoint string // the endpoint's state: "ready", "not ready", …
+	Rule     string // the rule that rejected or dropped, with its table and chain
+	Blame    string // the object to blame and why, one line
+}
+
+// Explainer explains connections of one Service with what Check knows.
+type Explainer struct {
+	in       Input
+	findings []Finding
+	addrs    map[netip.AddrPort]resolve.Address
+	eps      map[netip.AddrPort]endpointOf
+	ips      map[netip.Addr]string
+	// Lookup names an address nothing else knows (a client Pod, a Node);
+	// may be nil.
+	Lookup func(netip.Addr) string
+}
+
+type endpointOf struct {
+	ep   resolve.Endpoint
+	port *resolve.Port
+}
+
+// NewExplainer prepares explanations; nodeAddrs are the addresses
+// NodePorts were watched on.
+func NewExplainer(in Input, findings []Finding, nodeAddrs []netip.Addr) *Explainer {
+	x := &Explainer{in: in, findings: findings, addrs: map[netip.AddrPort]resolve.Address{},
+		eps: map[netip.AddrPort]endpointOf{}, ips: map[netip.Addr]string{}}
+	for _, a := range in.Service.Addresses(nodeAddrs) {
+		x.addrs[a.Addr] = a
+	}
+	for i := range in.Service.Ports {
+		p := &in.Service.Ports[i]
+		for _, e := range p.Endpoints {
+			x.eps[e.Addr] = endpointOf{e, p}
+			x.ips[e.Addr.Addr()] = podName(e)
+		}
+	}
+	for _, p := range in.View.Pods {
+		for _, ip := range p.Status.PodIPs {
+			if a, err := netip.ParseAddr(ip.IP); err == nil {
+				x.ips[a] = fmt.Sprintf("pod %s/%s on %s", p.Namespace, p.Name, orUnknown(p.Spec.NodeName))
+			}
+		}
+	}
+	for name, n := range in.View.Nodes {
+		if n == nil {
+			continue
+		}
+		for _, a := range resolve.NodeAddrs(n) {
+			x.ips[a] = "node " + name
+		}
+	}
+	return x
+}
+
+func podName(e resolve.Endpoint) string {
+	s := "endpoint"
+	if e.Pod.Name != "" {
+		s = "pod " + e.Pod.String()
+	}
+	if e.Node != "" {
+		s += " on " + e.Node
+	}
+	return s + ", " + e.State()
+}
+
+// Name describes an address: "ClusterIP of shop/web:http", "pod
+// shop/web-1 on node-1, ready", "node node-1", or "".
+func (x *Explainer) Name(a netip.AddrPort) string {
+	if ad, ok := x.addrs[a]; ok {
+		return ad.Kind + " of " + ad.Port.String()
+	}
+	if e, ok := x.eps[a]; ok {
+		return podName(e.ep)
+	}
+	if n, ok := x.ips[a.Addr()]; ok {
+		return n
+	}
+	if x.Lookup != nil {
+		n := x.Lookup(a.Addr())
+		x.ips[a.Addr()] = n
+		return n
+	}
+	return ""
+}
+
+// Explain names what a connection went through and what to blame.
+func (x *Explainer) Explain(c *flow.Conn) Explanation {
+	var e Explanation
+	ad, viaService := x.addrs[c.VIP]
+	var port *resolve.Port
+	if viaService {
+		port = ad.Port
+		e.Service = fmt.Sprintf("%s (%s)", port.String(), ad.Kind)
+	}
+	if ep, ok := x.eps[c.Endpoint]; ok {
+		e.Pod, e.Node, e.Endpoint = ep.ep.Pod.String(), ep.ep.Node, ep.ep.State()
+		if ep.ep.Pod.Name == "" {
+			e.Pod = ""
+		}
+		if port == nil {
+			port = ep.port
+		}
+	} else if c.Endpoint.IsValid() {
+		e.Endpoint = "not an endpoint of the Service"
+	}
+	e.Rule = x.rule(c, port)
+	pod := "the endpoint " + c.Endpoint.String()
+	if e.Pod != "" {
+		pod = "Pod " + e.Pod
+		if e.Node != "" {
+			pod += " on " + e.Node
+		}
+	}
+	switch c.Verdict {
+	case flow.Rejected, flow.NotTranslated:
+		if f := x.problem(port); f != nil {
+			e.Blame = f.Object + ": " + f.Summary
+		} else if e.Rule != "" {
+			e.Blame = e.Rule
+		}
+	case flow.Dropped:
+		if e.Rule != "" {
+			e.Blame = e.Rule
+		}
+	case flow.Reset:
+		e.Blame = fmt.Sprintf("%s (%s): nothing listens on port %d", pod, e.Endpoint, c.Endpoint.Port())
+		if f := x.code(port, "targetport-not-exposed", "targetport-wrong-protocol"); f != nil {
+			e.Blame += "; " + f.Summary
+		}
+	case flow.NoReply:
+		e.Blame = fmt.Sprintf("%s (%s) did not answer on port %d", pod, e.Endpoint, c.Endpoint.Port())
+	}
+	return e
+}
+
+// problem is the first Problem finding about port (or the whole Service).
+func (x *Explainer) problem(port *resolve.Port) *Finding {
+	for i, f := range x.findings {
+		if f.Severity == Problem && (f.Port == "" || port == nil || f.Port == port.String()) {
+			return &x.findings[i]
+		}
+	}
+	return nil
+}
+
+func (x *Explainer) code(port *resolve.Port, codes ...string) *Finding {
+	for i, f := range x.findings {
+		for _, c := range codes {
+			if f.Code == c && (port == nil || f.Port == port.String()) {
+				return &x.findings[i]
+			}
+		}
+	}
+	return nil
+}
+
+// rule names the rule that turned the connection away: kube-proxy's reject
+// for the port when the verdict matches it, else the base chains
+// registered where the packet died.
+func (x *Explainer) rule(c *flow.Conn, port *resolve.Port) string {
+	r := x.in.Rules
+	if c.Drop == nil || r == nil || (c.Verdict != flow.Rejected && c.Verdict != flow.Dropped) {
+		return ""
+	}
+	if port != nil {
+		if pr := r.Port(port.String(), port.Protocol.String()); pr != nil {
+			for _, rj := range pr.Rejects {
+				if (rj.Verdict == "REJECT") == (c.Verdict == flow.Rejected) {
+					return fmt.Sprintf("%s: %s %s (kube-proxy, %s)", rj.Verdict, port.String(), rj.Why, rj.Where)
+				}
+			}
+		}
+	}
+	d := c.Drop
+	if !d.InNode || !d.Placed {
+		return ""
+	}
+	lo, hi := d.Gap.Bounds()
+	var chains []string
+	for _, b := range r.BaseChains {
+		if strings.EqualFold(b.Hook, d.Gap.Hook.String()) && int64(b.Priority) > lo && int64(b.Priority) < hi {
+			chains = append(chains, b.String())
+		}
+	}
+	if len(chains) == 0 {
+		if r.Mode == kubeproxy.ModeIPTablesLegacy {
+			return fmt.Sprintf("iptables-legacy, %s %s", d.Gap.What(), d.Gap.Hook)
+		}
+		return ""
+	}
+	return "in " + strings.Join(chains, " or ")
+}

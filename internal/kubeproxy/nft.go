@@ -1,0 +1,306 @@
+package kubeproxy
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// nftDump is what svctrace reads of a node's nf_tables rulesets over
+// netlink: chains with their hooks, and kube-proxy's verdict maps.
+type nftDump struct {
+	Chains []nftChain
+	// Maps are the elements of kube-proxy's verdict maps, by family and map
+	// name ("ip/no-endpoint-services").
+	Maps map[string][]nftElem
+}
+
+type nftChain struct {
+	Family, Table, Name string
+	Hook                *uint32 // nil for a regular chain
+	Priority            int32
+}
+
+type nftElem struct {
+	Key     []byte
+	Verdict string // "goto CHAIN", "drop", …
+	Comment string
+}
+
+// kube-proxy's nftables-mode table, in the ip and ip6 families.
+const nftTable = "kube-proxy"
+
+// maps svctrace reads from kube-proxy's table.
+var nftMaps = []string{"service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports"}
+
+func familyName(f nftables.TableFamily) string {
+	switch f {
+	case nftables.TableFamilyIPv4:
+		return "ip"
+	case nftables.TableFamilyIPv6:
+		return "ip6"
+	case nftables.TableFamilyINet:
+		return "inet"
+	case nftables.TableFamilyBridge:
+		return "bridge"
+	case nftables.TableFamilyARP:
+		return "arp"
+	case nftables.TableFamilyNetdev:
+		return "netdev"
+	}
+	return strconv.Itoa(int(f))
+}
+
+// readNFT dumps the nf_tables rulesets of the network namespace open as
+// netnsFd (-1: the caller's).
+func readNFT(netnsFd int) (*nftDump, error) {
+	var opts []nftables.ConnOption
+	if netnsFd >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(netnsFd))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, err
+	}
+	chains, err := c.ListChains()
+	if err != nil {
+		return nil, fmt.Errorf("listing nftables chains: %w", err)
+	}
+	d := &nftDump{Maps: map[string][]nftElem{}}
+	tables := map[string]*nftables.Table{}
+	for _, ch := range chains {
+		fam := familyName(ch.Table.Family)
+		nc := nftChain{Family: fam, Table: ch.Table.Name, Name: ch.Name}
+		if ch.Hooknum != nil {
+			h := uint32(*ch.Hooknum)
+			nc.Hook = &h
+			if ch.Priority != nil {
+				nc.Priority = int32(*ch.Priority)
+			}
+		}
+		d.Chains = append(d.Chains, nc)
+		if ch.Table.Name == nftTable {
+			tables[fam] = ch.Table
+		}
+	}
+	for fam, t := range tables {
+		sets, err := c.GetSets(t)
+		if err != nil {
+			return nil, fmt.Errorf("listing the sets of table %s %s: %w", fam, nftTable, err)
+		}
+		for _, s := range sets {
+			if !isOneOf(s.Name, nftMaps) {
+				continue
+			}
+			elems, err := c.GetSetElements(s)
+			if err != nil {
+				return nil, fmt.Errorf("listing map %s %s %s: %w", fam, nftTable, s.Name, err)
+			}
+			for _, e := range elems {
+				d.Maps[fam+"/"+s.Name] = append(d.Maps[fam+"/"+s.Name], nftElem{Key: e.Key, Verdict: verdict(e), Comment: e.Comment})
+			}
+		}
+	}
+	return d, nil
+}
+
+func isOneOf(s string, list []string) bool {
+	for _, l := range list {
+		if s == l {
+			return true
+		}
+	}
+	return false
+}
+
+// verdict reads a verdict map element's data. google/nftables leaves it
+// undecoded in Val: the NFTA_DATA_VERDICT attributes (code, chain).
+func verdict(e nftables.SetElement) string {
+	if e.VerdictData != nil {
+		return verdictString(e.VerdictData.Kind, e.VerdictData.Chain)
+	}
+	ad, err := netlink.NewAttributeDecoder(e.Val)
+	if err != nil {
+		return ""
+	}
+	ad.ByteOrder = binary.BigEndian
+	var kind expr.VerdictKind
+	var chain string
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CODE:
+			kind = expr.VerdictKind(int32(ad.Uint32()))
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = ad.String()
+		}
+	}
+	if ad.Err() != nil {
+		return ""
+	}
+	return verdictString(kind, chain)
+}
+
+func verdictString(kind expr.VerdictKind, chain string) string {
+	switch kind {
+	case expr.VerdictGoto:
+		return "goto " + chain
+	case expr.VerdictJump:
+		return "jump " + chain
+	case expr.VerdictDrop:
+		return "drop"
+	case expr.VerdictAccept:
+		return "accept"
+	}
+	return fmt.Sprintf("verdict %d", kind)
+}
+
+// hookNames are the netfilter hooks of the ip, ip6 and inet families.
+var hookNames = []string{"prerouting", "input", "forward", "output", "postrouting"}
+
+// fromNFT maps kube-proxy's nftables-mode ruleset to Service ports:
+// chains service-<hash>-ns/name/proto/port and endpoint-<hash>-…__IP/PORT
+// carry the Service port and endpoint in their names; the verdict maps say
+// which destinations lead to them or to reject-chain.
+func (r *Ruleset) fromNFT(d *nftDump) {
+	for _, ch := range d.Chains {
+		if ch.Hook != nil && int(*ch.Hook) < len(hookNames) && (ch.Family == "ip" || ch.Family == "ip6" || ch.Family == "inet") {
+			r.BaseChains = append(r.BaseChains, BaseChain{Family: ch.Family, Table: ch.Table, Chain: ch.Name,
+				Hook: hookNames[*ch.Hook], Priority: ch.Priority})
+		}
+		if ch.Table != nftTable {
+			continue
+		}
+		key, ep, ok := parseNFTChain(ch.Name)
+		if !ok {
+			continue
+		}
+		p := r.port(key)
+		p.addChain(ch.Name)
+		if ep.IsValid() {
+			p.addEndpoint(EndpointRule{Addr: ep, Chain: ch.Name})
+		}
+	}
+	for name, elems := range d.Maps {
+		fam, m, _ := strings.Cut(name, "/")
+		for _, e := range elems {
+			dest, proto, ok := decodeMapKey(fam, m, e.Key)
+			if !ok {
+				continue
+			}
+			switch m {
+			case "service-ips", "service-nodeports":
+				target, ok := strings.CutPrefix(e.Verdict, "goto ")
+				if !ok {
+					target, ok = strings.CutPrefix(e.Verdict, "jump ")
+				}
+				key, _, valid := parseNFTChain(target)
+				if !ok || !valid || key.Proto != proto {
+					continue
+				}
+				p := r.port(key)
+				p.addChain(target)
+				p.addDest(dest)
+			case "no-endpoint-services", "no-endpoint-nodeports":
+				// The element comment is the Service port name.
+				key := PortKey{Name: e.Comment, Proto: proto}
+				if key.Name == "" {
+					continue
+				}
+				why := "has no endpoints"
+				verdict := "REJECT"
+				if strings.Contains(e.Verdict, "drop") {
+					// kube-proxy drops (rather than rejects) where only
+					// local endpoints count and there is none.
+					why, verdict = "has no local endpoints", "DROP"
+				}
+				r.port(key).Rejects = append(r.port(key).Rejects, Reject{Dest: dest, Why: why, Verdict: verdict,
+					Where: fmt.Sprintf("table %s %s, map %s", fam, nftTable, m),
+					Rule:  fmt.Sprintf("%s comment %q : %s", dest.Addr, e.Comment, e.Verdict)})
+			}
+		}
+	}
+	r.sort()
+}
+
+// parseNFTChain reads kube-proxy's nftables chain names:
+// "service-2QRHZV4L-default/kubernetes/tcp/https" and
+// "endpoint-ZIPUHSU7-default/kubernetes/tcp/https__10.99.3.1/6443" (also
+// external-, local- and firewall- chains of a Service port).
+func parseNFTChain(name string) (PortKey, netip.AddrPort, bool) {
+	kind, rest, ok := strings.Cut(name, "-")
+	if !ok || !isOneOf(kind, []string{"service", "endpoint", "external", "local", "firewall"}) {
+		return PortKey{}, netip.AddrPort{}, false
+	}
+	_, rest, ok = strings.Cut(rest, "-") // the hash
+	if !ok {
+		return PortKey{}, netip.AddrPort{}, false
+	}
+	base, epPart, hasEP := strings.Cut(rest, "__")
+	parts := strings.Split(base, "/")
+	if len(parts) != 4 || (kind == "endpoint") != hasEP {
+		return PortKey{}, netip.AddrPort{}, false
+	}
+	key := PortKey{Name: parts[0] + "/" + parts[1], Proto: parts[2]}
+	if parts[3] != "" {
+		key.Name += ":" + parts[3]
+	}
+	var ep netip.AddrPort
+	if hasEP {
+		i := strings.LastIndex(epPart, "/")
+		if i < 0 {
+			return PortKey{}, netip.AddrPort{}, false
+		}
+		a, err1 := netip.ParseAddr(epPart[:i])
+		port, err2 := strconv.ParseUint(epPart[i+1:], 10, 16)
+		if err1 != nil || err2 != nil {
+			return PortKey{}, netip.AddrPort{}, false
+		}
+		ep = netip.AddrPortFrom(a, uint16(port))
+	}
+	return key, ep, true
+}
+
+// decodeMapKey reads the concatenated keys of kube-proxy's maps: "ipv4_addr
+// . inet_proto . inet_service" (service maps) or "inet_proto .
+// inet_service" (nodeport maps). Each field takes a multiple of 4 bytes.
+func decodeMapKey(fam, m string, k []byte) (Dest, string, bool) {
+	var addr netip.Addr
+	if !strings.Contains(m, "nodeports") {
+		n := 4
+		if fam == "ip6" {
+			n = 16
+		}
+		if len(k) < n {
+			return Dest{}, "", false
+		}
+		addr, _ = netip.AddrFromSlice(k[:n])
+		k = k[n:]
+	}
+	if len(k) < 6 {
+		return Dest{}, "", false
+	}
+	proto := ""
+	switch k[0] {
+	case 6:
+		proto = "tcp"
+	case 17:
+		proto = "udp"
+	case 132:
+		proto = "sctp"
+	default:
+		return Dest{}, "", false
+	}
+	port := binary.BigEndian.Uint16(k[4:6])
+	kind := "cluster IP"
+	if !addr.IsValid() {
+		kind = "nodePort"
+	}
+	return Dest{Addr: netip.AddrPortFrom(addr, port), Kind: kind}, proto, true
+}

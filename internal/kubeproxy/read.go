@@ -1,0 +1,132 @@
+package kubeproxy
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/vishvananda/netlink"
+)
+
+// Read finds out how kube-proxy programs the node whose network namespace is
+// ns, and reads its rules: nftables mode (table kube-proxy, read over
+// netlink), else iptables mode through whichever backend holds KUBE-*
+// chains (iptables-save output), else ipvs (kube-ipvs0), else none.
+func Read(ns tracer.NetNS) (*Ruleset, error) {
+	r := &Ruleset{Mode: ModeNone}
+	err := tracer.InNetNS(ns, func() error {
+		dump, nftErr := readNFT(-1)
+		if dump != nil {
+			r.fromNFT(dump)
+			for _, ch := range dump.Chains {
+				if ch.Table == nftTable {
+					r.Mode, r.Note = ModeNFTables, "kube-proxy's nftables table, read over netlink"
+					return nil
+				}
+			}
+			r.Ports = nil // other tables' chains are kept only as BaseChains
+		}
+		for _, b := range []struct {
+			mode  Mode
+			tools []string
+		}{
+			{ModeIPTables, []string{"iptables-nft-save", "ip6tables-nft-save"}},
+			{ModeIPTablesLegacy, []string{"iptables-legacy-save", "ip6tables-legacy-save"}},
+		} {
+			found, used, err := readIPTables(r, b.tools)
+			if err != nil {
+				return err
+			}
+			if found {
+				r.Mode, r.Note = b.mode, "read with "+strings.Join(used, " and ")
+				if b.mode == ModeIPTablesLegacy {
+					r.BaseChains = nil // the nf_tables chains are not the ones in use
+				}
+				return nil
+			}
+		}
+		if _, err := netlink.LinkByName("kube-ipvs0"); err == nil {
+			r.Mode, r.Note = ModeIPVS, "the kube-ipvs0 device exists; svctrace does not read ipvs rules yet"
+			return nil
+		}
+		r.Note = "no kube-proxy rules (no nftables table kube-proxy, no KUBE-SERVICES chain in either iptables backend"
+		if nftErr != nil {
+			r.Note += ", nftables unreadable: " + nftErr.Error()
+		}
+		r.Note += ")"
+		if c := cilium(); c != "" {
+			r.Note += "; " + c
+		}
+		return nil
+	})
+	return r, err
+}
+
+// readIPTables runs the save tools of one backend and parses their output
+// if it holds kube-proxy's chains.
+func readIPTables(r *Ruleset, tools []string) (found bool, used []string, err error) {
+	for _, tool := range tools {
+		path, err := exec.LookPath(tool)
+		if err != nil {
+			continue
+		}
+		var stderr bytes.Buffer
+		cmd := exec.Command(path)
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			// A backend the kernel lacks is not an error: nothing is there.
+			continue
+		}
+		if !bytes.Contains(out, []byte(":KUBE-SERVICES")) {
+			continue
+		}
+		if err := ParseIPTablesSave(r, string(out)); err != nil {
+			return false, nil, fmt.Errorf("%s output: %w", tool, err)
+		}
+		found, used = true, append(used, tool)
+	}
+	return found, used, nil
+}
+
+// cilium says whether Cilium (an eBPF kube-proxy replacement) looks present.
+func cilium() string {
+	for _, l := range []string{"cilium_host", "cilium_vxlan", "cilium_geneve"} {
+		if _, err := netlink.LinkByName(l); err == nil {
+			return "Cilium's device " + l + " exists: Cilium's eBPF kube-proxy replacement likely handles Services (try: cilium-dbg service list)"
+		}
+	}
+	if m, _ := filepath.Glob("/sys/fs/bpf/tc/globals/cilium_lb*"); len(m) > 0 {
+		return "Cilium's load-balancer maps are pinned in /sys/fs/bpf: Cilium likely handles Services (try: cilium-dbg service list)"
+	}
+	return "an eBPF kube-proxy replacement may handle Services"
+}
+
+// KubeProxyPIDs are the kube-proxy processes whose network namespace is ns
+// (from /proc; empty when svctrace cannot see the node's processes).
+func KubeProxyPIDs(ns tracer.NetNS) []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err != nil || strings.TrimSpace(string(comm)) != "kube-proxy" {
+			continue
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join("/proc", e.Name(), "ns/net"), &st); err != nil || uint32(st.Ino) != ns.Inode {
+			continue
+		}
+		out = append(out, pid)
+	}
+	return out
+}

@@ -1,0 +1,304 @@
+package kubeproxy
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Mode is how kube-proxy programs this node.
+type Mode string
+
+const (
+	ModeIPTables       Mode = "iptables"        // iptables mode, nf_tables backend (iptables-nft)
+	ModeIPTablesLegacy Mode = "iptables-legacy" // iptables mode, legacy xtables backend
+	ModeNFTables       Mode = "nftables"        // nftables mode (table kube-proxy)
+	ModeIPVS           Mode = "ipvs"            // ipvs mode (kube-ipvs0)
+	ModeNone           Mode = "none"            // no kube-proxy rules
+)
+
+// Ruleset is what kube-proxy programmed on a node, by Service port.
+type Ruleset struct {
+	Mode Mode
+	// Note explains the mode, e.g. which tool's output was read, or that an
+	// eBPF kube-proxy replacement is likely.
+	Note  string
+	Ports map[PortKey]*PortRules
+	// BaseChains are the netfilter base chains of the node's nf_tables
+	// rulesets (kube-proxy's and others'), to name the table and chain where
+	// a drop happened. Empty for the legacy backend.
+	BaseChains []BaseChain
+}
+
+// PortKey names a Service port the way kube-proxy does: "ns/name:port"
+// (kube-proxy's ServicePortName) and the lower-case protocol.
+type PortKey struct {
+	Name  string
+	Proto string
+}
+
+func (k PortKey) String() string { return k.Name + "/" + k.Proto }
+
+// PortRules are the rules for one Service port.
+type PortRules struct {
+	PortKey
+	Chains    []string       // kube-proxy's chains for it: KUBE-SVC-…, service-…
+	Dests     []Dest         // destinations its rules match
+	Endpoints []EndpointRule // DNAT targets
+	Rejects   []Reject       // REJECT/DROP for "has no (local) endpoints"
+}
+
+// Dest is a destination kube-proxy matches for a Service port.
+type Dest struct {
+	Addr netip.AddrPort // address invalid for a NodePort (any local address)
+	Kind string         // "cluster IP", "external IP", "loadbalancer IP", "nodePort"
+}
+
+func (d Dest) String() string {
+	if !d.Addr.Addr().IsValid() {
+		return fmt.Sprintf("%s %d", d.Kind, d.Addr.Port())
+	}
+	return fmt.Sprintf("%s %s", d.Kind, d.Addr)
+}
+
+// EndpointRule is one DNAT target of a Service port.
+type EndpointRule struct {
+	Addr  netip.AddrPort
+	Chain string
+}
+
+// Reject is a rule that turns away packets for a Service port.
+type Reject struct {
+	Dest    Dest
+	Why     string // "has no endpoints", "has no local endpoints"
+	Verdict string // "REJECT" or "DROP"
+	Where   string // table and chain, e.g. "filter table, chain KUBE-SERVICES"
+	Rule    string // the rule as the tool prints it
+}
+
+func (r Reject) String() string {
+	return fmt.Sprintf("%s: %s (%s)", r.Verdict, r.Why, r.Where)
+}
+
+// BaseChain is a chain attached to a netfilter hook.
+type BaseChain struct {
+	Family, Table, Chain string
+	Hook                 string // "prerouting", "input", "forward", "output", "postrouting"
+	Priority             int32
+}
+
+func (b BaseChain) String() string {
+	return fmt.Sprintf("table %s %s, chain %s (%s, priority %d)", b.Family, b.Table, b.Chain, b.Hook, b.Priority)
+}
+
+// Port returns the rules of a Service port, nil if kube-proxy wrote none.
+func (r *Ruleset) Port(name, proto string) *PortRules {
+	if r == nil {
+		return nil
+	}
+	return r.Ports[PortKey{Name: name, Proto: proto}]
+}
+
+func (r *Ruleset) port(k PortKey) *PortRules {
+	if r.Ports == nil {
+		r.Ports = map[PortKey]*PortRules{}
+	}
+	p := r.Ports[k]
+	if p == nil {
+		p = &PortRules{PortKey: k}
+		r.Ports[k] = p
+	}
+	return p
+}
+
+func (p *PortRules) addChain(c string) {
+	if c != "" && !slices.Contains(p.Chains, c) {
+		p.Chains = append(p.Chains, c)
+	}
+}
+
+func (p *PortRules) addDest(d Dest) {
+	if !slices.Contains(p.Dests, d) {
+		p.Dests = append(p.Dests, d)
+	}
+}
+
+func (p *PortRules) addEndpoint(e EndpointRule) {
+	if !slices.ContainsFunc(p.Endpoints, func(x EndpointRule) bool { return x.Addr == e.Addr }) {
+		p.Endpoints = append(p.Endpoints, e)
+	}
+}
+
+// sort orders everything, so that output and tests are stable.
+func (r *Ruleset) sort() {
+	for _, p := range r.Ports {
+		sort.Strings(p.Chains)
+		sort.Slice(p.Dests, func(i, j int) bool { return p.Dests[i].String() < p.Dests[j].String() })
+		sort.Slice(p.Endpoints, func(i, j int) bool { return p.Endpoints[i].Addr.String() < p.Endpoints[j].Addr.String() })
+	}
+}
+
+// servicePortComment splits a kube-proxy comment into the Service port name
+// and the rest: "shop/web:http has no endpoints" → "shop/web:http", "has no
+// endpoints".
+var servicePortComment = regexp.MustCompile(`^([a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[-a-z0-9]+)?)(\s+(.*))?$`)
+
+func splitComment(c string) (name, rest string, ok bool) {
+	m := servicePortComment.FindStringSubmatch(c)
+	if m == nil {
+		return "", "", false
+	}
+	return m[1], m[6], true
+}
+
+// ParseIPTablesSave reads iptables-save (or ip6tables-save) output into r:
+// each rule whose comment names a Service port tells what kube-proxy does
+// for it. Rules are recognised by their comments and targets, not by the
+// KUBE-SVC/KUBE-SEP hashes, whose input changed across kube-proxy versions.
+func ParseIPTablesSave(r *Ruleset, text string) error {
+	table := ""
+	for n, line := range strings.Split(text, "\n") {
+		switch {
+		case strings.HasPrefix(line, "*"):
+			table = line[1:]
+			continue
+		case !strings.HasPrefix(line, "-A "):
+			continue
+		}
+		args, err := splitArgs(line)
+		if err != nil {
+			return fmt.Errorf("line %d: %v", n+1, err)
+		}
+		rule := parseRule(args)
+		name, rest, ok := splitComment(rule.comment)
+		if !ok {
+			continue
+		}
+		proto := rule.proto
+		if proto == "" {
+			proto = "tcp"
+		}
+		p := r.port(PortKey{Name: name, Proto: proto})
+		dest := Dest{Addr: netip.AddrPortFrom(rule.dst, rule.dport), Kind: destKind(rule.chain, rest)}
+		switch {
+		case rule.target == "DNAT" && rule.toDest.IsValid():
+			p.addChain(rule.chain)
+			p.addEndpoint(EndpointRule{Addr: rule.toDest, Chain: rule.chain})
+		case (rule.target == "REJECT" || rule.target == "DROP") && strings.HasPrefix(rest, "has no "):
+			p.Rejects = append(p.Rejects, Reject{Dest: dest, Why: rest, Verdict: rule.target,
+				Where: fmt.Sprintf("%s table, chain %s", table, rule.chain), Rule: line})
+		case isServiceChain(rule.target):
+			p.addChain(rule.target)
+			if rule.chain == "KUBE-SERVICES" || rule.chain == "KUBE-NODEPORTS" || rule.chain == "KUBE-EXTERNAL-SERVICES" {
+				if dest.Addr.Port() != 0 && !(dest.Kind == "nodePort" && rule.dst.IsValid()) {
+					p.addDest(dest)
+				}
+			}
+		}
+	}
+	r.sort()
+	return nil
+}
+
+func isServiceChain(c string) bool {
+	for _, p := range []string{"KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"} {
+		if strings.HasPrefix(c, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func destKind(chain, rest string) string {
+	switch {
+	case chain == "KUBE-NODEPORTS":
+		return "nodePort"
+	case strings.HasPrefix(rest, "external IP"):
+		return "external IP"
+	case strings.HasPrefix(rest, "loadbalancer IP"):
+		return "loadbalancer IP"
+	}
+	return "cluster IP"
+}
+
+type iptRule struct {
+	chain, proto, comment, target string
+	dst                           netip.Addr
+	dport                         uint16
+	toDest                        netip.AddrPort
+}
+
+func parseRule(args []string) iptRule {
+	r := iptRule{chain: args[1]}
+	for i := 2; i < len(args); i++ {
+		next := func() string {
+			if i+1 < len(args) {
+				i++
+				return args[i]
+			}
+			return ""
+		}
+		switch args[i] {
+		case "!":
+			i++ // a negated match is never the one that names the destination
+		case "-p":
+			r.proto = next()
+		case "-d":
+			if p, err := netip.ParsePrefix(next()); err == nil && p.IsSingleIP() {
+				r.dst = p.Addr()
+			}
+		case "--dport":
+			if v, err := strconv.ParseUint(next(), 10, 16); err == nil {
+				r.dport = uint16(v)
+			}
+		case "--comment":
+			r.comment = next()
+		case "-j":
+			r.target = next()
+		case "--to-destination":
+			r.toDest, _ = netip.ParseAddrPort(next())
+		}
+	}
+	return r
+}
+
+// splitArgs splits an iptables-save line into words, honouring the double
+// quotes iptables-save puts around comments.
+func splitArgs(line string) ([]string, error) {
+	var out []string
+	var cur strings.Builder
+	inWord, quoted := false, false
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case quoted && c == '\\' && i+1 < len(line):
+			i++
+			cur.WriteByte(line[i])
+		case c == '"':
+			quoted, inWord = !quoted, true
+		case !quoted && (c == ' ' || c == '\t'):
+			if inWord {
+				out = append(out, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			cur.WriteByte(c)
+			inWord = true
+		}
+	}
+	if quoted {
+		return nil, fmt.Errorf("unterminated quote")
+	}
+	if inWord {
+		out = append(out, cur.String())
+	}
+	if len(out) < 2 {
+		return nil, fmt.Errorf("rule without a chain")
+	}
+	return out, nil
+}

@@ -1,0 +1,190 @@
+package kubeproxy
+
+import (
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/svctrace/svctrace/internal/testutil"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+// checkRuleset holds a parsed ruleset against the objects kube-proxy saw:
+// every Service port has its ClusterIP destination and exactly its ready
+// endpoints as DNAT targets, or, without endpoints, the "has no endpoints"
+// reject.
+func checkRuleset(t *testing.T, r *Ruleset, o objects) {
+	t.Helper()
+	for sp := range o.servicePorts() {
+		p := r.Port(sp.String(), sp.Protocol)
+		if p == nil {
+			t.Errorf("%s: no rules found", sp)
+			continue
+		}
+		var got []netip.AddrPort
+		for _, e := range p.Endpoints {
+			got = append(got, e.Addr)
+		}
+		want := slices.Clone(sp.Endpoints)
+		slices.SortFunc(want, func(a, b netip.AddrPort) int { return strings.Compare(a.String(), b.String()) })
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: DNAT targets %v, want %v", sp, got, want)
+		}
+		vip := netip.AddrPortFrom(sp.ClusterIP, sp.Port)
+		if len(sp.Endpoints) == 0 {
+			if len(p.Rejects) != 1 || p.Rejects[0].Why != "has no endpoints" || p.Rejects[0].Dest.Addr != vip || p.Rejects[0].Verdict != "REJECT" {
+				t.Errorf("%s: rejects %+v, want one REJECT of %s for has no endpoints", sp, p.Rejects, vip)
+			}
+			continue
+		}
+		if !slices.ContainsFunc(p.Dests, func(d Dest) bool { return d.Addr == vip && d.Kind == "cluster IP" }) {
+			t.Errorf("%s: destinations %v lack cluster IP %s", sp, p.Dests, vip)
+		}
+		if len(p.Rejects) != 0 {
+			t.Errorf("%s has endpoints but rejects %+v", sp, p.Rejects)
+		}
+		if len(p.Chains) == 0 {
+			t.Errorf("%s: no chains", sp)
+		}
+	}
+	// Fixture-specific shapes: the NodePort and the external IP.
+	if p := r.Port("fixtures/nodeport:http", "tcp"); p == nil || !slices.ContainsFunc(p.Dests, func(d Dest) bool { return d.Kind == "nodePort" && d.Addr.Port() == 30080 }) {
+		t.Errorf("fixtures/nodeport:http: no nodePort 30080 destination in %+v", p)
+	}
+}
+
+func TestParseRealIPTablesSave(t *testing.T) {
+	for _, mode := range []string{"iptables", "iptables-legacy"} {
+		for _, dir := range fixtureDirs(t, mode) {
+			t.Run(dir, func(t *testing.T) {
+				b, err := os.ReadFile(filepath.Join(dir, "iptables-save.txt"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				r := &Ruleset{}
+				if err := ParseIPTablesSave(r, string(b)); err != nil {
+					t.Fatal(err)
+				}
+				checkRuleset(t, r, readObjects(t, dir))
+				ext := r.Port("fixtures/external:http", "tcp")
+				if ext == nil || !slices.Contains(ext.Dests, Dest{Addr: netip.MustParseAddrPort("203.0.113.10:80"), Kind: "external IP"}) {
+					t.Errorf("external IP destination missing: %+v", ext)
+				}
+			})
+		}
+	}
+}
+
+// The nftables fixture is loaded into a throwaway namespace and read back
+// over netlink, the way svctrace reads a node.
+func TestReadRealNFTables(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, dir := range fixtureDirs(t, "nftables") {
+		t.Run(dir, func(t *testing.T) {
+			ns := newNetNS(t)
+			load := exec.Command("ip", "netns", "exec", ns.Spec, "nft", "-f", filepath.Join(dir, "nft.txt"))
+			if out, err := load.CombinedOutput(); err != nil {
+				t.Fatalf("nft -f: %v\n%s", err, out)
+			}
+			r, err := Read(ns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Mode != ModeNFTables {
+				t.Fatalf("mode %s (%s), want nftables", r.Mode, r.Note)
+			}
+			checkRuleset(t, r, readObjects(t, dir))
+			if !slices.ContainsFunc(r.BaseChains, func(b BaseChain) bool {
+				return b.Table == "kube-proxy" && b.Chain == "filter-forward" && b.Hook == "forward"
+			}) {
+				t.Errorf("no base chain filter-forward in %+v", r.BaseChains)
+			}
+		})
+	}
+}
+
+// In iptables mode, the backend that holds KUBE-* chains is the one read.
+func TestReadIPTablesBackends(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, c := range []struct {
+		restore string
+		mode    Mode
+	}{{"iptables-nft-restore", ModeIPTables}, {"iptables-legacy-restore", ModeIPTablesLegacy}} {
+		t.Run(string(c.mode), func(t *testing.T) {
+			if _, err := exec.LookPath(c.restore); err != nil {
+				t.Skipf("%s not installed", c.restore)
+			}
+			ns := newNetNS(t)
+			sp := ServicePort{Namespace: "shop", Name: "web", PortName: "http", Protocol: "tcp",
+				ClusterIP: netip.MustParseAddr("10.96.7.7"), Port: 80, Endpoints: []netip.AddrPort{netip.MustParseAddrPort("10.244.0.9:8080")}}
+			empty := ServicePort{Namespace: "shop", Name: "empty", Protocol: "tcp", ClusterIP: netip.MustParseAddr("10.96.7.8"), Port: 80}
+			load := exec.Command("ip", "netns", "exec", ns.Spec, c.restore)
+			load.Stdin = strings.NewReader(IPTablesRestore([]ServicePort{sp, empty}, Options{}))
+			if out, err := load.CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", c.restore, err, out)
+			}
+			r, err := Read(ns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Mode != c.mode {
+				t.Fatalf("mode %s (%s), want %s", r.Mode, r.Note, c.mode)
+			}
+			if p := r.Port("shop/web:http", "tcp"); p == nil || len(p.Endpoints) != 1 || p.Endpoints[0].Addr.String() != "10.244.0.9:8080" {
+				t.Errorf("shop/web:http: %+v", p)
+			}
+			if p := r.Port("shop/empty", "tcp"); p == nil || len(p.Rejects) != 1 {
+				t.Errorf("shop/empty: %+v", p)
+			}
+		})
+	}
+}
+
+func TestReadNoKubeProxy(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := newNetNS(t)
+	r, err := Read(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Mode != ModeNone || len(r.Ports) != 0 {
+		t.Errorf("empty namespace: mode %s, %d ports", r.Mode, len(r.Ports))
+	}
+	if !strings.Contains(r.Note, "eBPF kube-proxy replacement") {
+		t.Errorf("note %q does not mention a replacement", r.Note)
+	}
+}
+
+func TestParseNFTChain(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		key  PortKey
+		ep   string
+		fail bool
+	}{
+		{in: "service-2QRHZV4L-default/kubernetes/tcp/https", key: PortKey{"default/kubernetes:https", "tcp"}},
+		{in: "endpoint-ZIPUHSU7-default/kubernetes/tcp/https__10.99.3.1/6443", key: PortKey{"default/kubernetes:https", "tcp"}, ep: "10.99.3.1:6443"},
+		{in: "endpoint-ABCDEFGH-ns/dns/udp/__fd00::5/53", key: PortKey{"ns/dns", "udp"}, ep: "[fd00::5]:53"},
+		{in: "external-XEXIDDIG-fixtures/nodeport/tcp/http", key: PortKey{"fixtures/nodeport:http", "tcp"}},
+		{in: "filter-forward", fail: true},
+		{in: "service-X-a/b/tcp", fail: true},
+		{in: "endpoint-X-a/b/tcp/p", fail: true},
+	} {
+		key, ep, ok := parseNFTChain(c.in)
+		if ok == c.fail || key != c.key || (c.ep != "" && ep.String() != c.ep) {
+			t.Errorf("parseNFTChain(%q) = %v %v %v", c.in, key, ep, ok)
+		}
+	}
+}
+
+func newNetNS(t *testing.T) tracer.NetNS {
+	ns, err := tracer.ResolveNetNS(testutil.NewNetNS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}

@@ -1,0 +1,343 @@
+package resolve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	_ "k8s.io/client-go/plugin/pkg/client/auth" // cloud logins (exec, OIDC, …) in kubeconfigs
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// API reads objects from the Kubernetes API server.
+type API struct {
+	Client kubernetes.Interface
+	// Credentials says which credentials are used, e.g. "kubeconfig
+	// /root/.kube/config (context dev)".
+	Credentials string
+	Host        string
+}
+
+// page is how many objects a List returns at a time.
+const page = 500
+
+func (a *API) Describe() string { return a.Credentials }
+
+func (a *API) Service(ctx context.Context, ns, name string) (*corev1.Service, error) {
+	s, err := a.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, a.explain(err, "get", "services", ns)
+	}
+	return s, err
+}
+
+func (a *API) ServiceNames(ctx context.Context, ns, name string) ([]types.NamespacedName, error) {
+	opts := metav1.ListOptions{Limit: page}
+	if name != "" {
+		opts.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
+	}
+	var out []types.NamespacedName
+	for {
+		l, err := a.Client.CoreV1().Services(ns).List(ctx, opts)
+		if err != nil {
+			return nil, a.explain(err, "list", "services", ns)
+		}
+		for _, s := range l.Items {
+			if name == "" || s.Name == name {
+				out = append(out, types.NamespacedName{Namespace: s.Namespace, Name: s.Name})
+			}
+		}
+		if opts.Continue = l.Continue; opts.Continue == "" {
+			return out, nil
+		}
+	}
+}
+
+func (a *API) EndpointSlices(ctx context.Context, ns, service string) ([]discoveryv1.EndpointSlice, error) {
+	l, err := a.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{
+		LabelSelector: labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: service}).String()})
+	if err != nil {
+		return nil, a.explain(err, "list", "endpointslices", ns)
+	}
+	return l.Items, nil
+}
+
+func (a *API) Pods(ctx context.Context, ns string, sel labels.Selector, fn func(*corev1.Pod)) error {
+	opts := metav1.ListOptions{Limit: page, LabelSelector: sel.String()}
+	for {
+		l, err := a.Client.CoreV1().Pods(ns).List(ctx, opts)
+		if err != nil {
+			return a.explain(err, "list", "pods", ns)
+		}
+		for i := range l.Items {
+			if sel.Matches(labels.Set(l.Items[i].Labels)) {
+				fn(&l.Items[i])
+			}
+		}
+		if opts.Continue = l.Continue; opts.Continue == "" {
+			return nil
+		}
+	}
+}
+
+func (a *API) Pod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
+	p, err := a.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, a.explain(err, "get", "pods", ns)
+	}
+	return p, err
+}
+
+func (a *API) PodsByIP(ctx context.Context, ip netip.Addr) ([]corev1.Pod, error) {
+	// status.podIP is one of the few field selectors Pods support; the API
+	// server filters, so this costs one small answer.
+	l, err := a.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("status.podIP", ip.String()).String()})
+	if err != nil {
+		return nil, a.explain(err, "list", "pods", "")
+	}
+	var out []corev1.Pod
+	for _, p := range l.Items {
+		if podHasIP(&p, ip) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+func (a *API) Node(ctx context.Context, name string) (*corev1.Node, error) {
+	n, err := a.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, a.explain(err, "get", "nodes", "")
+	}
+	return n, err
+}
+
+// NodeByIP pages through the Nodes (no field selector covers addresses),
+// keeping none but the match.
+func (a *API) NodeByIP(ctx context.Context, ip netip.Addr) (*corev1.Node, error) {
+	opts := metav1.ListOptions{Limit: page}
+	for {
+		l, err := a.Client.CoreV1().Nodes().List(ctx, opts)
+		if err != nil {
+			return nil, a.explain(err, "list", "nodes", "")
+		}
+		for i := range l.Items {
+			if slices.Contains(NodeAddrs(&l.Items[i]), ip) {
+				return &l.Items[i], nil
+			}
+		}
+		if opts.Continue = l.Continue; opts.Continue == "" {
+			return nil, nil
+		}
+	}
+}
+
+// RBACHint is the minimal access svctrace needs, for error messages.
+const RBACHint = "svctrace needs get, list and watch on services, endpointslices, pods and nodes (see deploy/rbac.yaml)"
+
+// offlineHint is the way around an API that cannot be used.
+const offlineHint = "or work offline: kubectl get svc,endpointslices,pods,nodes -A -o yaml > dump.yaml, then svctrace … --objects dump.yaml"
+
+// APIError is an API failure, explained in one line with the next step.
+type APIError struct {
+	Err error
+	msg string
+	// Denied: the credentials were rejected or lack permission (another set
+	// of credentials may work).
+	Denied bool
+}
+
+func (e *APIError) Error() string { return e.msg }
+func (e *APIError) Unwrap() error { return e.Err }
+
+func (a *API) explain(err error, verb, resource, ns string) error {
+	var ae *APIError
+	if errors.As(err, &ae) || errors.Is(err, context.Canceled) {
+		return err
+	}
+	where := ""
+	if ns != "" {
+		where = fmt.Sprintf(" in namespace %q", ns)
+	}
+	switch {
+	case apierrors.IsForbidden(err):
+		return &APIError{Err: err, Denied: true, msg: fmt.Sprintf("%s: not allowed to %s %s%s: %s; %s",
+			a.Credentials, verb, resource, where, RBACHint, offlineHint)}
+	case apierrors.IsUnauthorized(err):
+		return &APIError{Err: err, Denied: true, msg: fmt.Sprintf("%s: the API server at %s rejected these credentials (expired or wrong cluster?); pick others with --kubeconfig/--context, %s",
+			a.Credentials, a.Host, offlineHint)}
+	}
+	msg := oneLine(err)
+	var se apierrors.APIStatus
+	if !errors.As(err, &se) {
+		return &APIError{Err: err, msg: fmt.Sprintf("cannot reach the Kubernetes API at %s (%s): %s; check --kubeconfig and --context, %s",
+			a.Host, a.Credentials, msg, offlineHint)}
+	}
+	return &APIError{Err: err, msg: fmt.Sprintf("%s %s%s: %s", verb, resource, where, msg)}
+}
+
+// ConnectOptions say which credentials to use.
+type ConnectOptions struct {
+	Kubeconfig string // --kubeconfig
+	Context    string // --context
+	// HostRoot is where the node's root filesystem is mounted ("/host" in
+	// kubectl debug node/…); kubelet credentials are looked for under it and
+	// under /.
+	HostRoot string
+	// Timeout bounds each API request.
+	Timeout time.Duration
+}
+
+// Candidate is one set of credentials to try.
+type Candidate struct {
+	Describe string
+	Config   *rest.Config
+}
+
+// Candidates lists the credentials to try, best first, resolved like
+// kubectl: --kubeconfig, $KUBECONFIG, ~/.kube/config (with --context), then
+// the in-cluster service account, then the node's own kubelet credentials.
+// An explicit --kubeconfig or --context is the only candidate.
+func Candidates(opts ConnectOptions) ([]Candidate, error) {
+	var out []Candidate
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = opts.Kubeconfig
+	overrides := &clientcmd.ConfigOverrides{CurrentContext: opts.Context}
+	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides)
+	cfg, err := cc.ClientConfig()
+	switch {
+	case err == nil:
+		raw, _ := cc.RawConfig()
+		ctxName := opts.Context
+		if ctxName == "" {
+			ctxName = raw.CurrentContext
+		}
+		files := rules.GetLoadingPrecedence()
+		if opts.Kubeconfig != "" {
+			files = []string{opts.Kubeconfig}
+		}
+		out = append(out, Candidate{Describe: fmt.Sprintf("kubeconfig %s (context %q)", existing(files), ctxName), Config: cfg})
+	case opts.Kubeconfig != "" || opts.Context != "" || !clientcmd.IsEmptyConfig(err):
+		return nil, fmt.Errorf("kubeconfig: %s", oneLine(err))
+	}
+	if opts.Kubeconfig != "" || opts.Context != "" {
+		return out, nil
+	}
+	if cfg, err := rest.InClusterConfig(); err == nil {
+		out = append(out, Candidate{Describe: "the pod's service account (in-cluster)", Config: cfg})
+	}
+	for _, root := range []string{opts.HostRoot, "/"} {
+		if root == "" {
+			continue
+		}
+		for _, p := range []string{"etc/kubernetes/kubelet.conf", "var/lib/kubelet/kubeconfig"} {
+			path := filepath.Join(root, p)
+			if cfg, err := kubeletConfig(path, root); err == nil {
+				out = append(out, Candidate{Describe: "the node's kubelet credentials " + path, Config: cfg})
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no Kubernetes credentials found (no --kubeconfig, $KUBECONFIG or ~/.kube/config, not in a pod, no kubelet kubeconfig under %s): pass --kubeconfig, %s",
+			orRoot(opts.HostRoot), offlineHint)
+	}
+	return out, nil
+}
+
+func orRoot(r string) string {
+	if r == "" {
+		return "/"
+	}
+	return r + " or /"
+}
+
+func existing(files []string) string {
+	var ok []string
+	for _, f := range files {
+		if _, err := os.Stat(f); err == nil {
+			ok = append(ok, f)
+		}
+	}
+	if len(ok) == 0 {
+		return strings.Join(files, ":")
+	}
+	return strings.Join(ok, ":")
+}
+
+// kubeletConfig loads a kubelet kubeconfig found under root: the absolute
+// paths in it (certificates, CA) are the node's, so they move under root too.
+func kubeletConfig(path, root string) (*rest.Config, error) {
+	cfg, err := clientcmd.LoadFromFile(path)
+	if err != nil {
+		return nil, err
+	}
+	move := func(p *string) {
+		if *p != "" && filepath.IsAbs(*p) && root != "/" && !strings.HasPrefix(*p, root+"/") {
+			*p = filepath.Join(root, *p)
+		}
+	}
+	for _, ai := range cfg.AuthInfos {
+		move(&ai.ClientCertificate)
+		move(&ai.ClientKey)
+		move(&ai.TokenFile)
+	}
+	for _, c := range cfg.Clusters {
+		move(&c.CertificateAuthority)
+	}
+	return clientcmd.NewDefaultClientConfig(*cfg, &clientcmd.ConfigOverrides{}).ClientConfig()
+}
+
+// Connect picks the first candidate whose credentials the API server
+// accepts for reading Services in ns, and says which it took; logf hears
+// about the ones passed over.
+func Connect(ctx context.Context, opts ConnectOptions, ns string, logf func(string, ...any)) (*API, error) {
+	cands, err := Candidates(opts)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 15 * time.Second
+	}
+	var firstErr error
+	for _, c := range cands {
+		cfg := rest.CopyConfig(c.Config)
+		cfg.Timeout = opts.Timeout
+		cfg.UserAgent = "svctrace"
+		cs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %s", c.Describe, oneLine(err))
+		}
+		a := &API{Client: cs, Credentials: c.Describe, Host: cfg.Host}
+		// A cheap call that needs the access svctrace needs anyway.
+		_, err = cs.CoreV1().Services(ns).List(ctx, metav1.ListOptions{Limit: 1})
+		if err == nil {
+			return a, nil
+		}
+		err = a.explain(err, "list", "services", ns)
+		if firstErr == nil {
+			firstErr = err
+		}
+		var ae *APIError
+		if !errors.As(err, &ae) || !ae.Denied {
+			return nil, err
+		}
+		logf("%s", err)
+	}
+	return nil, firstErr
+}

@@ -1,0 +1,175 @@
+package resolve
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+const dump = `apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: web, namespace: shop}
+  spec:
+    clusterIP: 10.96.1.10
+    clusterIPs: [10.96.1.10, fd00::10]
+    type: NodePort
+    externalIPs: [203.0.113.7]
+    selector: {app: web}
+    ports: [{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30080}]
+- apiVersion: v1
+  kind: ConfigMap
+  metadata: {name: ignored, namespace: shop}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-x, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.244.0.11]
+  conditions: {ready: true}
+  nodeName: node-1
+  targetRef: {kind: Pod, name: web-1, namespace: shop}
+- addresses: [10.244.0.12]
+  conditions: {ready: false, serving: true, terminating: true}
+  nodeName: node-2
+`
+
+func TestReadObjectsAndModel(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "a.yaml"), []byte(dump), 0o644)
+	os.WriteFile(filepath.Join(dir, "b.json"), []byte(`{"kind":"Node","apiVersion":"v1","metadata":{"name":"node-1"},"status":{"addresses":[{"type":"InternalIP","address":"10.99.0.1"}]}}`), 0o644)
+	o, err := ReadObjects(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.Services) != 1 || len(o.Slices) != 1 || len(o.Nodes) != 1 {
+		t.Fatalf("read %d services, %d slices, %d nodes", len(o.Services), len(o.Slices), len(o.Nodes))
+	}
+	v, err := Gather(context.Background(), FileSource{Objects: o, Path: dir}, "shop", "web", LocalNode{Addrs: []netip.Addr{netip.MustParseAddr("10.99.0.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.LocalNode != "node-1" {
+		t.Errorf("local node %q, want node-1 (found by address)", v.LocalNode)
+	}
+	s := NewService(v)
+	if len(s.ClusterIPs) != 2 || s.Ports[0].NodePort != 30080 || s.Ports[0].TargetPort != intstr.FromString("http") {
+		t.Fatalf("model %+v", s)
+	}
+	eps := s.Ports[0].Endpoints
+	if len(eps) != 2 || eps[0].Addr.String() != "10.244.0.11:8080" || eps[0].Pod.String() != "shop/web-1" || eps[1].State() != "terminating, still serving" {
+		t.Fatalf("endpoints %+v", eps)
+	}
+	if r := s.Ports[0].Ready(); len(r) != 1 || r[0].Node != "node-1" {
+		t.Errorf("ready %+v", r)
+	}
+	var got []string
+	for _, tg := range s.Targets([]netip.Addr{netip.MustParseAddr("10.99.0.1")}) {
+		got = append(got, tg.String())
+	}
+	want := "10.96.1.10:80/tcp [fd00::10]:80/tcp 203.0.113.7:80/tcp 10.99.0.1:30080/tcp 10.244.0.11:8080/tcp 10.244.0.12:8080/tcp"
+	if strings.Join(got, " ") != want {
+		t.Errorf("targets\n%s\nwant\n%s", strings.Join(got, " "), want)
+	}
+}
+
+func TestReadObjectsErrors(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string]string{
+		"corrupt.yaml": "kind: Service\n  bad: [indent\n",
+		"foreign.json": `{"hello": "world"}`,
+		"empty.yaml":   "apiVersion: v1\nkind: List\nitems: []\n",
+	} {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(content), 0o644)
+		_, err := ReadObjects(p)
+		if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: %v, want one line naming the file", name, err)
+		}
+	}
+}
+
+// The API source asks narrowly and explains refusals with the RBAC needed.
+func TestAPISource(t *testing.T) {
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"},
+		Spec: corev1.ServiceSpec{ClusterIP: "10.96.1.10", Selector: map[string]string{"app": "web"},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}}}
+	web := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web-1", Labels: map[string]string{"app": "web"}},
+		Status: corev1.PodStatus{PodIP: "10.244.0.11"}}
+	other := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db-1", Labels: map[string]string{"app": "db"}}}
+	sl := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web-x",
+		Labels: map[string]string{discoveryv1.LabelServiceName: "web"}}}
+	cs := fake.NewClientset(svc, web, other, sl)
+	a := &API{Client: cs, Credentials: "test", Host: "https://test"}
+	v, err := Gather(context.Background(), a, "shop", "web", LocalNode{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Pods) != 1 || v.Pods[0].Name != "web-1" || len(v.Slices) != 1 {
+		t.Errorf("gathered %d pods, %d slices", len(v.Pods), len(v.Slices))
+	}
+	for _, act := range cs.Actions() {
+		if l, ok := act.(k8stesting.ListAction); ok && act.GetResource().Resource == "pods" && l.GetListRestrictions().Labels.Empty() {
+			t.Errorf("pods listed without a label selector: %v", act)
+		}
+	}
+	if _, err := Gather(context.Background(), a, "shop", "wbe", LocalNode{}); err == nil || !strings.Contains(err.Error(), `did you mean "web"?`) {
+		t.Errorf("typo: %v", err)
+	}
+
+	cs.PrependReactor("get", "services", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "services"}, "web", errors.New("no"))
+	})
+	_, err = Gather(context.Background(), a, "shop", "web", LocalNode{})
+	var ae *APIError
+	if !errors.As(err, &ae) || !ae.Denied || !strings.Contains(err.Error(), RBACHint) || !strings.Contains(err.Error(), "--objects") {
+		t.Errorf("forbidden: %v", err)
+	}
+}
+
+func TestKubeletCredentialsUnderHostRoot(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc/kubernetes"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/kubernetes/kubelet.conf"), []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://10.0.0.1:6443", certificate-authority: /etc/kubernetes/pki/ca.crt}}]
+users: [{name: u, user: {client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem, client-key: /var/lib/kubelet/pki/kubelet-client-current.pem}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`), 0o600)
+	for _, f := range []string{"etc/kubernetes/pki/ca.crt", "var/lib/kubelet/pki/kubelet-client-current.pem"} {
+		os.MkdirAll(filepath.Dir(filepath.Join(root, f)), 0o755)
+		os.WriteFile(filepath.Join(root, f), nil, 0o600)
+	}
+	t.Setenv("KUBECONFIG", filepath.Join(root, "none"))
+	t.Setenv("HOME", root)
+	cands, err := Candidates(ConnectOptions{HostRoot: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cands[len(cands)-1]
+	if !strings.Contains(c.Describe, "kubelet credentials "+root+"/etc/kubernetes/kubelet.conf") {
+		t.Fatalf("candidate %q", c.Describe)
+	}
+	if c.Config.CertFile != root+"/var/lib/kubelet/pki/kubelet-client-current.pem" || c.Config.CAFile != root+"/etc/kubernetes/pki/ca.crt" {
+		t.Errorf("paths not moved under the host root: %s %s", c.Config.CertFile, c.Config.CAFile)
+	}
+}

@@ -1,0 +1,186 @@
+package resolve
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Source is where Kubernetes objects come from: the API server (API) or
+// objects read from files (Objects). Every method asks for a narrow slice of
+// the cluster, so what svctrace holds does not grow with the cluster.
+type Source interface {
+	// Describe says where the objects come from, e.g. "kubeconfig
+	// /root/.kube/config (context kind-dev)".
+	Describe() string
+	// Service returns one Service; a missing one is a NotFound error.
+	Service(ctx context.Context, ns, name string) (*corev1.Service, error)
+	// ServiceNames lists Services by namespace ("": all) and name ("": all).
+	ServiceNames(ctx context.Context, ns, name string) ([]types.NamespacedName, error)
+	// EndpointSlices returns the EndpointSlices of a Service.
+	EndpointSlices(ctx context.Context, ns, service string) ([]discoveryv1.EndpointSlice, error)
+	// Pods calls fn for each Pod in ns ("": all) that sel matches, a page at
+	// a time: fn must copy what it keeps.
+	Pods(ctx context.Context, ns string, sel labels.Selector, fn func(*corev1.Pod)) error
+	// Pod returns one Pod; a missing one is a NotFound error.
+	Pod(ctx context.Context, ns, name string) (*corev1.Pod, error)
+	// PodsByIP returns the Pods that have ip.
+	PodsByIP(ctx context.Context, ip netip.Addr) ([]corev1.Pod, error)
+	// Node returns one Node; a missing one is a NotFound error.
+	Node(ctx context.Context, name string) (*corev1.Node, error)
+	// NodeByIP returns the Node that has ip among its addresses, or nil.
+	NodeByIP(ctx context.Context, ip netip.Addr) (*corev1.Node, error)
+}
+
+var (
+	servicesResource = schema.GroupResource{Resource: "services"}
+	podsResource     = schema.GroupResource{Resource: "pods"}
+	nodesResource    = schema.GroupResource{Resource: "nodes"}
+)
+
+// FileSource serves Objects read with ReadObjects.
+type FileSource struct {
+	*Objects
+	Path string
+}
+
+func (s FileSource) Describe() string { return "objects from " + s.Path }
+
+func (s FileSource) Service(_ context.Context, ns, name string) (*corev1.Service, error) {
+	for i := range s.Services {
+		if v := &s.Services[i]; v.Namespace == ns && v.Name == name {
+			return v.DeepCopy(), nil
+		}
+	}
+	return nil, apierrors.NewNotFound(servicesResource, name)
+}
+
+func (s FileSource) ServiceNames(_ context.Context, ns, name string) ([]types.NamespacedName, error) {
+	var out []types.NamespacedName
+	for _, v := range s.Services {
+		if (ns == "" || v.Namespace == ns) && (name == "" || v.Name == name) {
+			out = append(out, types.NamespacedName{Namespace: v.Namespace, Name: v.Name})
+		}
+	}
+	return out, nil
+}
+
+func (s FileSource) EndpointSlices(_ context.Context, ns, service string) ([]discoveryv1.EndpointSlice, error) {
+	var out []discoveryv1.EndpointSlice
+	for _, v := range s.Slices {
+		if v.Namespace == ns && v.Labels[discoveryv1.LabelServiceName] == service {
+			out = append(out, *v.DeepCopy())
+		}
+	}
+	return out, nil
+}
+
+func (s FileSource) Pods(_ context.Context, ns string, sel labels.Selector, fn func(*corev1.Pod)) error {
+	for i := range s.Objects.Pods {
+		if p := &s.Objects.Pods[i]; (ns == "" || p.Namespace == ns) && sel.Matches(labels.Set(p.Labels)) {
+			fn(p)
+		}
+	}
+	return nil
+}
+
+func (s FileSource) Pod(_ context.Context, ns, name string) (*corev1.Pod, error) {
+	for i := range s.Objects.Pods {
+		if p := &s.Objects.Pods[i]; p.Namespace == ns && p.Name == name {
+			return p.DeepCopy(), nil
+		}
+	}
+	return nil, apierrors.NewNotFound(podsResource, name)
+}
+
+func (s FileSource) PodsByIP(_ context.Context, ip netip.Addr) ([]corev1.Pod, error) {
+	var out []corev1.Pod
+	for _, p := range s.Objects.Pods {
+		if podHasIP(&p, ip) {
+			out = append(out, *p.DeepCopy())
+		}
+	}
+	return out, nil
+}
+
+func (s FileSource) Node(_ context.Context, name string) (*corev1.Node, error) {
+	for i := range s.Nodes {
+		if n := &s.Nodes[i]; n.Name == name {
+			return n.DeepCopy(), nil
+		}
+	}
+	return nil, apierrors.NewNotFound(nodesResource, name)
+}
+
+func (s FileSource) NodeByIP(_ context.Context, ip netip.Addr) (*corev1.Node, error) {
+	for i := range s.Nodes {
+		if n := &s.Nodes[i]; slices.Contains(NodeAddrs(n), ip) {
+			return n.DeepCopy(), nil
+		}
+	}
+	return nil, nil
+}
+
+func podHasIP(p *corev1.Pod, ip netip.Addr) bool {
+	if parseAddr(p.Status.PodIP) == ip {
+		return true
+	}
+	for _, a := range p.Status.PodIPs {
+		if parseAddr(a.IP) == ip {
+			return true
+		}
+	}
+	return false
+}
+
+// NodeAddrs are a Node's IP addresses (InternalIP and ExternalIP).
+func NodeAddrs(n *corev1.Node) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+			continue
+		}
+		if ip := parseAddr(a.Address); ip.IsValid() {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// parseAddr parses an IP, or returns the zero Addr.
+func parseAddr(s string) netip.Addr {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}
+
+// Lookup names addresses a Service's objects do not know (client Pods,
+// Nodes) with one narrow query each, bounded in time.
+func Lookup(src Source) func(netip.Addr) string {
+	return func(a netip.Addr) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if pods, err := src.PodsByIP(ctx, a); err == nil {
+			for _, p := range pods {
+				if !p.Spec.HostNetwork {
+					return fmt.Sprintf("pod %s/%s on %s", p.Namespace, p.Name, p.Spec.NodeName)
+				}
+			}
+		}
+		if n, err := src.NodeByIP(ctx, a); err == nil && n != nil {
+			return "node " + n.Name
+		}
+		return ""
+	}
+}

@@ -1,0 +1,111 @@
+package resolve
+
+import (
+	"context"
+	"maps"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+)
+
+// debounce gathers a burst of changes (a rollout touches many objects) into
+// one call.
+const debounce = 300 * time.Millisecond
+
+// Watch calls changed after the Service ns/name, its EndpointSlices or the
+// Pods its selector matches change, until ctx ends. Each watch is narrowed
+// by a field or label selector, so the API server sends only those objects.
+// selector returns the Service's current selector: when it changes, the Pod
+// watch follows.
+func (a *API) Watch(ctx context.Context, ns, name string, selector func() map[string]string, changed func()) {
+	poke := make(chan struct{}, 1)
+	h := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { signal(poke) },
+		UpdateFunc: func(any, any) { signal(poke) },
+		DeleteFunc: func(any) { signal(poke) },
+	}
+	run := func(ctx context.Context, obj runtime.Object, list func(metav1.ListOptions) (runtime.Object, error), w func(metav1.ListOptions) (watch.Interface, error)) {
+		inf := cache.NewSharedIndexInformer(&cache.ListWatch{ListFunc: list, WatchFunc: w}, obj, 0, cache.Indexers{})
+		inf.AddEventHandler(h)
+		go inf.Run(ctx.Done())
+	}
+	byName := func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
+	}
+	services := a.Client.CoreV1().Services(ns)
+	run(ctx, &corev1.Service{},
+		func(o metav1.ListOptions) (runtime.Object, error) { byName(&o); return services.List(ctx, o) },
+		func(o metav1.ListOptions) (watch.Interface, error) { byName(&o); return services.Watch(ctx, o) })
+	ofService := func(o *metav1.ListOptions) {
+		o.LabelSelector = labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: name}).String()
+	}
+	slices := a.Client.DiscoveryV1().EndpointSlices(ns)
+	run(ctx, &discoveryv1.EndpointSlice{},
+		func(o metav1.ListOptions) (runtime.Object, error) { ofService(&o); return slices.List(ctx, o) },
+		func(o metav1.ListOptions) (watch.Interface, error) { ofService(&o); return slices.Watch(ctx, o) })
+
+	pods := a.Client.CoreV1().Pods(ns)
+	var stopPods context.CancelFunc = func() {}
+	var sel map[string]string
+	watchPods := func() {
+		cur := selector()
+		if sel != nil && maps.Equal(cur, sel) {
+			return
+		}
+		stopPods()
+		sel = cur
+		if len(sel) == 0 {
+			sel = map[string]string{}
+			return
+		}
+		var pctx context.Context
+		pctx, stopPods = context.WithCancel(ctx)
+		s := labels.SelectorFromSet(sel).String()
+		run(pctx, &corev1.Pod{},
+			func(o metav1.ListOptions) (runtime.Object, error) { o.LabelSelector = s; return pods.List(pctx, o) },
+			func(o metav1.ListOptions) (watch.Interface, error) { o.LabelSelector = s; return pods.Watch(pctx, o) })
+	}
+	watchPods()
+	// The informers' first lists report every object once: that is the
+	// state already gathered, not a change.
+	time.Sleep(debounce)
+	drain(poke)
+	for {
+		select {
+		case <-ctx.Done():
+			stopPods()
+			return
+		case <-poke:
+		}
+		select {
+		case <-ctx.Done():
+			stopPods()
+			return
+		case <-time.After(debounce):
+		}
+		drain(poke)
+		changed()
+		watchPods()
+	}
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func drain(c chan struct{}) {
+	select {
+	case <-c:
+	default:
+	}
+}

@@ -1,0 +1,222 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/diagnose"
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/test/cluster"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// explainStory holds a traced connection's Kubernetes explanation — the
+// objects svctrace gathers from the API and the rules it reads on the node
+// — against what the story set up.
+func explainStory(t *testing.T, c *cluster.Cluster, s *story, conn *flow.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	api := &resolve.API{Client: c.Client, Credentials: "admin", Host: "test"}
+	v, err := resolve.Gather(ctx, api, shop, s.svc.Name, resolve.LocalNode{Name: cluster.NodeName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, err := kubeproxy.Read(c.Node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := diagnose.Input{View: v, Service: resolve.NewService(v), Rules: rules}
+	fs := diagnose.Check(in)
+	x := diagnose.NewExplainer(in, fs, nil)
+	e := x.Explain(conn)
+	if e.Service != shop+"/"+s.svc.Name+":http (ClusterIP)" {
+		t.Errorf("service %q", e.Service)
+	}
+	if conn.Endpoint.IsValid() {
+		if !strings.HasPrefix(e.Pod, shop+"/") || e.Node != cluster.NodeName {
+			t.Errorf("DNAT to %s not named: pod %q node %q", conn.Endpoint, e.Pod, e.Node)
+		}
+		if n := x.Name(conn.Endpoint); !strings.HasPrefix(n, "pod "+e.Pod+" on "+cluster.NodeName) {
+			t.Errorf("endpoint named %q", n)
+		}
+	}
+	if !strings.HasPrefix(e.Blame, s.blame) || (s.blame == "" && e.Blame != "") {
+		t.Errorf("blame %q, want it to start with %q", e.Blame, s.blame)
+	}
+	if s.rejected && !strings.Contains(e.Rule, "has no endpoints (kube-proxy") {
+		t.Errorf("rejected by %q, want kube-proxy's has-no-endpoints rule", e.Rule)
+	}
+}
+
+var (
+	buildOnce sync.Once
+	binary    string
+	buildErr  error
+)
+
+// svctrace builds the command once per test binary.
+func svctrace(t *testing.T) string {
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "svctrace-e2e-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binary = filepath.Join(dir, "svctrace")
+		out, err := exec.Command("go", "build", "-o", binary, "github.com/svctrace/svctrace/cmd/svctrace").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("%v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("building svctrace: %v", buildErr)
+	}
+	return binary
+}
+
+// checkStories runs `svctrace check` on the node, as an operator would —
+// with the kubeconfig, and with an object dump instead — and holds each
+// story's first finding.
+func checkStories(t *testing.T, c *cluster.Cluster, ss []*story) {
+	bin := svctrace(t)
+	dump := filepath.Join(t.TempDir(), "dump.yaml")
+	writeDump(t, c, dump)
+	traceStories(t, c, ss, dump)
+	for _, s := range ss {
+		for _, src := range [][]string{{"--kubeconfig", c.Kubeconfig}, {"--objects", dump}} {
+			args := append([]string{"netns", "exec", filepath.Base(c.Node.Path), bin, "check", s.svc.Name, "-n", shop, "--node", cluster.NodeName, "-o", "json"}, src...)
+			out, err := exec.Command("ip", args...).Output()
+			if err != nil && s.finding == "healthy" {
+				t.Errorf("%s %s: %v", s.name, src[0], err)
+			}
+			var d struct {
+				Node     string
+				Proxy    string `json:"kube_proxy"`
+				Findings []diagnose.Finding
+			}
+			if err := json.Unmarshal(out, &d); err != nil {
+				t.Fatalf("%s %s: %v\n%s", s.name, src[0], err, out)
+			}
+			if len(d.Findings) == 0 || d.Findings[0].Code != s.finding {
+				t.Errorf("%s %s: findings %+v, want first %s", s.name, src[0], d.Findings, s.finding)
+			}
+			if d.Node != cluster.NodeName || !strings.HasPrefix(d.Proxy, string(c.Mode)+" mode") {
+				t.Errorf("%s %s: node %q, kube-proxy %q", s.name, src[0], d.Node, d.Proxy)
+			}
+		}
+	}
+}
+
+// writeDump saves what `kubectl get svc,endpointslices,pods,nodes -A -o
+// yaml` would.
+func writeDump(t *testing.T, c *cluster.Cluster, path string) {
+	ctx := context.Background()
+	var items []any
+	add := func(kind, api string, list any, err error) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(list)
+		var l struct{ Items []map[string]any }
+		json.Unmarshal(b, &l)
+		for _, it := range l.Items {
+			it["kind"], it["apiVersion"] = kind, api
+			items = append(items, it)
+		}
+	}
+	svcs, err := c.Client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	add("Service", "v1", svcs, err)
+	sls, err := c.Client.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{})
+	add("EndpointSlice", "discovery.k8s.io/v1", sls, err)
+	pods, err := c.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	add("Pod", "v1", pods, err)
+	nodes, err := c.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	add("Node", "v1", nodes, err)
+	b, err := yaml.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// traceStory runs `svctrace SERVICE` on the node while the client connects
+// once, and returns what it printed.
+func traceStory(t *testing.T, c *cluster.Cluster, s *story, src []string) string {
+	t.Helper()
+	args := append([]string{"netns", "exec", filepath.Base(c.Node.Path), svctrace(t), s.svc.Name, "-n", shop,
+		"--node", cluster.NodeName, "--count", "1", "--duration", "30s", "--timeout", "1500ms"}, src...)
+	cmd := exec.Command("ip", args...)
+	var stdout strings.Builder
+	cmd.Stdout = &stdout
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Connect once the observers are attached.
+	var errOut strings.Builder
+	buf := make([]byte, 4096)
+	for !strings.Contains(errOut.String(), "Ctrl-C to stop") {
+		n, err := stderr.Read(buf)
+		errOut.Write(buf[:n])
+		if err != nil {
+			cmd.Wait()
+			t.Fatalf("svctrace ended before tracing: %s", errOut.String())
+		}
+	}
+	go func() { // keep draining stderr
+		for {
+			if _, err := stderr.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c.Get(ctx, vip(s.svc), "/", 1500*time.Millisecond)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("svctrace %v: %v\n%s", src, err, errOut.String())
+	}
+	return stdout.String()
+}
+
+// traceStories: the command an operator runs names the Pod behind the DNAT
+// and the object to blame, with objects from the API or from a dump.
+func traceStories(t *testing.T, c *cluster.Cluster, ss []*story, dump string) {
+	for _, s := range ss {
+		if s.name != "healthy" && s.name != "selector-matches-no-pod" {
+			continue
+		}
+		for _, src := range [][]string{{"--kubeconfig", c.Kubeconfig}, {"--objects", dump}} {
+			out := traceStory(t, c, s, src)
+			var want []string
+			switch s.name {
+			case "healthy":
+				want = []string{"✓ healthy:", "(pod shop/web-", " on " + cluster.NodeName + ", ready)", "✓ answered", "service: shop/web:http (ClusterIP)"}
+			default:
+				want = []string{"✗ selector-matches-no-pod:", "✗ rejected", "rule:   REJECT: shop/nomatch:http has no endpoints", "blame:  " + s.blame}
+			}
+			for _, w := range want {
+				if !strings.Contains(out, w) {
+					t.Errorf("%s %s: output lacks %q:\n%s", s.name, src[0], w, out)
+				}
+			}
+		}
+	}
+}
