@@ -111,9 +111,9 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 		e.Service = fmt.Sprintf("%s (%s)", port.String(), ad.Kind)
 	}
 	if ep, ok := x.eps[c.Endpoint]; ok {
-		e.Pod, e.Node, e.Endpoint = ep.ep.Pod.String(), ep.ep.Node, ep.ep.State()
-		if ep.ep.Pod.Name == "" {
-			e.Pod = ""
+		e.Node, e.Endpoint = ep.ep.Node, ep.ep.State()
+		if ep.ep.Pod.Name != "" {
+			e.Pod = ep.ep.Pod.String()
 		}
 		if port == nil {
 			port = ep.port

@@ -1,18 +1,15 @@
 package kubeproxy
 
 import (
-	"encoding/json"
+	"context"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	"sigs.k8s.io/yaml"
+	"github.com/svctrace/svctrace/internal/resolve"
 )
 
 // The fixtures under testdata/kube-proxy-<version>/<mode> are what the real
@@ -20,63 +17,34 @@ import (
 // (make k8s-fixtures). These tests hold svctrace's knowledge of kube-proxy's
 // naming against them.
 
-type objects struct {
-	services []corev1.Service
-	slices   []discoveryv1.EndpointSlice
-}
+type objects struct{ *resolve.Objects }
 
 func readObjects(t *testing.T, dir string) objects {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, "objects.yaml"))
+	o, err := resolve.ReadObjects(filepath.Join(dir, "objects.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var list struct{ Items []json.RawMessage }
-	if err := yaml.Unmarshal(b, &list); err != nil {
-		t.Fatal(err)
+	if len(o.Slices) == 0 {
+		t.Fatalf("%s: no endpoint slices", dir)
 	}
-	var o objects
-	for _, raw := range list.Items {
-		var meta struct{ Kind string }
-		json.Unmarshal(raw, &meta)
-		switch meta.Kind {
-		case "Service":
-			var s corev1.Service
-			json.Unmarshal(raw, &s)
-			o.services = append(o.services, s)
-		case "EndpointSlice":
-			var s discoveryv1.EndpointSlice
-			json.Unmarshal(raw, &s)
-			o.slices = append(o.slices, s)
-		}
-	}
-	if len(o.services) == 0 || len(o.slices) == 0 {
-		t.Fatalf("%s: %d services, %d endpoint slices", dir, len(o.services), len(o.slices))
-	}
-	return o
+	return objects{o}
 }
 
-// servicePorts pairs each Service port with its ready endpoints.
+// servicePorts pairs each Service port with the endpoints kube-proxy uses,
+// as svctrace's own Service model reads them.
 func (o objects) servicePorts() map[*ServicePort]string {
+	src := resolve.FileSource{Objects: o.Objects}
 	out := map[*ServicePort]string{}
-	for _, svc := range o.services {
-		for _, p := range svc.Spec.Ports {
+	for i := range o.Services {
+		svc := &o.Services[i]
+		sl, _ := src.EndpointSlices(context.Background(), svc.Namespace, svc.Name)
+		model := resolve.NewService(&resolve.View{Service: svc, Slices: sl})
+		for _, p := range model.Ports {
 			sp := &ServicePort{Namespace: svc.Namespace, Name: svc.Name, PortName: p.Name,
-				Protocol: strings.ToLower(string(p.Protocol)), ClusterIP: netip.MustParseAddr(svc.Spec.ClusterIP), Port: uint16(p.Port)}
-			for _, sl := range o.slices {
-				if sl.Labels[discoveryv1.LabelServiceName] != svc.Name {
-					continue
-				}
-				for _, sliceport := range sl.Ports {
-					if *sliceport.Name != p.Name {
-						continue
-					}
-					for _, ep := range sl.Endpoints {
-						if ep.Conditions.Ready != nil && *ep.Conditions.Ready {
-							sp.Endpoints = append(sp.Endpoints, netip.AddrPortFrom(netip.MustParseAddr(ep.Addresses[0]), uint16(*sliceport.Port)))
-						}
-					}
-				}
+				Protocol: p.Protocol.String(), ClusterIP: model.ClusterIPs[0], Port: p.Port}
+			for _, e := range p.Ready() {
+				sp.Endpoints = append(sp.Endpoints, e.Addr)
 			}
 			out[sp] = string(svc.Spec.Type)
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -96,7 +97,7 @@ func readNFT(netnsFd int) (*nftDump, error) {
 			return nil, fmt.Errorf("listing the sets of table %s %s: %w", fam, nftTable, err)
 		}
 		for _, s := range sets {
-			if !isOneOf(s.Name, nftMaps) {
+			if !slices.Contains(nftMaps, s.Name) {
 				continue
 			}
 			elems, err := c.GetSetElements(s)
@@ -109,15 +110,6 @@ func readNFT(netnsFd int) (*nftDump, error) {
 		}
 	}
 	return d, nil
-}
-
-func isOneOf(s string, list []string) bool {
-	for _, l := range list {
-		if s == l {
-			return true
-		}
-	}
-	return false
 }
 
 // verdict reads a verdict map element's data. google/nftables leaves it
@@ -235,7 +227,7 @@ func (r *Ruleset) fromNFT(d *nftDump) {
 // external-, local- and firewall- chains of a Service port).
 func parseNFTChain(name string) (PortKey, netip.AddrPort, bool) {
 	kind, rest, ok := strings.Cut(name, "-")
-	if !ok || !isOneOf(kind, []string{"service", "endpoint", "external", "local", "firewall"}) {
+	if !ok || !slices.Contains([]string{"service", "endpoint", "external", "local", "firewall"}, kind) {
 		return PortKey{}, netip.AddrPort{}, false
 	}
 	_, rest, ok = strings.Cut(rest, "-") // the hash

@@ -95,14 +95,6 @@ func (a *API) Pods(ctx context.Context, ns string, sel labels.Selector, fn func(
 	}
 }
 
-func (a *API) Pod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
-	p, err := a.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return nil, a.explain(err, "get", "pods", ns)
-	}
-	return p, err
-}
-
 func (a *API) PodsByIP(ctx context.Context, ip netip.Addr) ([]corev1.Pod, error) {
 	// status.podIP is one of the few field selectors Pods support; the API
 	// server filters, so this costs one small answer.

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -19,11 +18,10 @@ import (
 // Objects are Kubernetes objects held in memory: what `--objects` read from
 // `kubectl get … -o yaml|json` output, or what a recording carries.
 type Objects struct {
-	Services  []corev1.Service
-	Slices    []discoveryv1.EndpointSlice
-	Pods      []corev1.Pod
-	Nodes     []corev1.Node
-	Namespace []string // namespaces seen, sorted
+	Services []corev1.Service
+	Slices   []discoveryv1.EndpointSlice
+	Pods     []corev1.Pod
+	Nodes    []corev1.Node
 }
 
 // ReadObjects reads path: a file, or every *.yaml, *.yml and *.json file in
@@ -86,15 +84,6 @@ func (o *Objects) Add(b []byte) error {
 			return fmt.Errorf("document %d: %v", n, err)
 		}
 	}
-	o.Namespace = o.Namespace[:0]
-	for _, v := range o.Services {
-		o.Namespace = append(o.Namespace, v.Namespace)
-	}
-	for _, v := range o.Pods {
-		o.Namespace = append(o.Namespace, v.Namespace)
-	}
-	slices.Sort(o.Namespace)
-	o.Namespace = slices.Compact(o.Namespace)
 	return nil
 }
 

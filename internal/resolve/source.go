@@ -31,8 +31,6 @@ type Source interface {
 	// Pods calls fn for each Pod in ns ("": all) that sel matches, a page at
 	// a time: fn must copy what it keeps.
 	Pods(ctx context.Context, ns string, sel labels.Selector, fn func(*corev1.Pod)) error
-	// Pod returns one Pod; a missing one is a NotFound error.
-	Pod(ctx context.Context, ns, name string) (*corev1.Pod, error)
 	// PodsByIP returns the Pods that have ip.
 	PodsByIP(ctx context.Context, ip netip.Addr) ([]corev1.Pod, error)
 	// Node returns one Node; a missing one is a NotFound error.
@@ -43,7 +41,6 @@ type Source interface {
 
 var (
 	servicesResource = schema.GroupResource{Resource: "services"}
-	podsResource     = schema.GroupResource{Resource: "pods"}
 	nodesResource    = schema.GroupResource{Resource: "nodes"}
 )
 
@@ -91,15 +88,6 @@ func (s FileSource) Pods(_ context.Context, ns string, sel labels.Selector, fn f
 		}
 	}
 	return nil
-}
-
-func (s FileSource) Pod(_ context.Context, ns, name string) (*corev1.Pod, error) {
-	for i := range s.Objects.Pods {
-		if p := &s.Objects.Pods[i]; p.Namespace == ns && p.Name == name {
-			return p.DeepCopy(), nil
-		}
-	}
-	return nil, apierrors.NewNotFound(podsResource, name)
 }
 
 func (s FileSource) PodsByIP(_ context.Context, ip netip.Addr) ([]corev1.Pod, error) {

@@ -29,8 +29,6 @@ type View struct {
 	// NearMisses, when the selector matches no Pod, are Pods in the
 	// Service's namespace one label away from matching.
 	NearMisses []NearMiss
-	// EndpointPods are the Pods the EndpointSlices point to, by namespace/name.
-	EndpointPods map[types.NamespacedName]*corev1.Pod
 	// Nodes are the endpoints' Nodes and this node, by name.
 	Nodes map[string]*corev1.Node
 	// LocalNode is this node's name, "" when no Node object matches it.
@@ -93,7 +91,7 @@ func quoteList(s []string) string {
 // not make svctrace hold the cluster.
 const (
 	maxNearMisses = 10
-	maxLookups    = 64 // Pods and Nodes fetched one by one
+	maxLookups    = 64 // Nodes fetched one by one
 )
 
 // Gather reads the Service ns/name and the objects around it.
@@ -105,8 +103,7 @@ func Gather(ctx context.Context, src Source, ns, name string, local LocalNode) (
 	if err != nil {
 		return nil, err
 	}
-	v := &View{Source: src.Describe(), Service: svc,
-		EndpointPods: map[types.NamespacedName]*corev1.Pod{}, Nodes: map[string]*corev1.Node{}}
+	v := &View{Source: src.Describe(), Service: svc, Nodes: map[string]*corev1.Node{}}
 	if v.Slices, err = src.EndpointSlices(ctx, ns, name); err != nil {
 		return nil, err
 	}
@@ -140,44 +137,21 @@ func Gather(ctx context.Context, src Source, ns, name string, local LocalNode) (
 			}
 		}
 	}
-	for i := range v.Pods {
-		p := &v.Pods[i]
-		v.EndpointPods[types.NamespacedName{Namespace: p.Namespace, Name: p.Name}] = p
-	}
-	lookups := 0
 	nodes := []string{}
 	for _, sl := range v.Slices {
 		for _, ep := range sl.Endpoints {
 			if ep.NodeName != nil && !slices.Contains(nodes, *ep.NodeName) {
 				nodes = append(nodes, *ep.NodeName)
 			}
-			ref := ep.TargetRef
-			if ref == nil || ref.Kind != "Pod" {
-				continue
-			}
-			key := types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}
-			if key.Namespace == "" {
-				key.Namespace = ns
-			}
-			if _, ok := v.EndpointPods[key]; ok || lookups >= maxLookups {
-				continue
-			}
-			lookups++
-			p, err := src.Pod(ctx, key.Namespace, key.Name)
-			if err != nil && !apierrors.IsNotFound(err) {
-				return nil, err
-			}
-			v.EndpointPods[key] = p // nil: gone
 		}
 	}
 	if local.Name != "" {
 		nodes = append(nodes, local.Name)
 	}
-	for _, n := range nodes {
-		if _, ok := v.Nodes[n]; ok || lookups >= maxLookups {
+	for i, n := range nodes {
+		if _, ok := v.Nodes[n]; ok || i >= maxLookups {
 			continue
 		}
-		lookups++
 		node, err := src.Node(ctx, n)
 		if apierrors.IsNotFound(err) {
 			continue
