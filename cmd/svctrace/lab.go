@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/svctrace/svctrace/internal/diagnose"
+	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/tracer"
@@ -26,10 +29,12 @@ func newLab(g *globals) *cobra.Command {
 		Short: "Build a throwaway node in network namespaces and trace the classic Service failures",
 		Long: `Build a small Kubernetes-like node out of network namespaces - a node with a bridge and
 kube-proxy-style iptables rules, four pods serving HTTP, a client - and trace one connection
-to each of its Services, each set up to fail in a classic way (or not at all):
+to each of its Services, each set up to fail in a classic way (or not at all). Each Service
+is diagnosed and each connection explained from the lab's Kubernetes objects and the node's
+rules, as svctrace SERVICE does on a real node:
 
   healthy           a healthy Service with two ready endpoints          → answered
-  no-endpoints      the selector matches no ready Pod: kube-proxy REJECTs → rejected
+  no-endpoints      a selector typo matches no Pod: kube-proxy REJECTs    → rejected
   wrong-targetport  targetPort 9090, but the Pod listens on 8080          → reset
   hung-pod          the Pod's server stopped accepting connections        → no-reply
   policy-drop       a FORWARD DROP rule stands in for a NetworkPolicy     → dropped
@@ -91,7 +96,24 @@ func (o *labOptions) run(ctx context.Context) error {
 	}
 	o.logf("lab %s up in %s", l.ID, time.Since(start).Round(time.Millisecond))
 
-	p, err := output.New(o.output, o.stdout, output.Options{Name: l.Names().Name, Wall: tracer.WallClock()})
+	// Each scenario's Service is diagnosed, and its connections explained,
+	// from the lab's objects and the node's rules, as on a real node.
+	as, err := l.Assess(ctx)
+	if err != nil {
+		return err
+	}
+	// An address is named by the scenario whose Service it belongs to, else
+	// by any (a Pod is known to all).
+	name := func(a netip.AddrPort) string {
+		for _, s := range l.Scenarios {
+			if x := as[s.Name].Explainer; x.Knows(a) {
+				return x.Name(a)
+			}
+		}
+		return as[l.Scenarios[0].Name].Explainer.Name(a)
+	}
+	explain := func(c *flow.Conn) diagnose.Explanation { return as[c.Scenario].Explainer.Explain(c) }
+	p, err := output.New(o.output, o.stdout, output.Options{Name: name, Explain: explain, Wall: tracer.WallClock()})
 	if err != nil {
 		return err
 	}
@@ -113,6 +135,8 @@ func (o *labOptions) run(ctx context.Context) error {
 		if o.output == "text" {
 			scenarioHeader(o, r)
 		}
+		a := as[r.Scenario.Name]
+		p.Diagnosis(output.Diagnosis{Scenario: r.Scenario.Name, Service: a.Service.Summary(), Source: a.Source, Node: a.View.LocalNode, Proxy: a.Proxy, Findings: a.Findings})
 		for _, c := range r.Conns {
 			sum.Count(c)
 			p.Conn(c, res.Lost)

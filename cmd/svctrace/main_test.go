@@ -127,7 +127,20 @@ type jsonLine struct {
 		Hook string `json:"hook"`
 		Note string `json:"note"`
 	} `json:"events"`
-	Conns int `json:"connections"`
+	Conns    int    `json:"connections"`
+	Blame    string `json:"blame"`
+	Findings []struct {
+		Code string `json:"code"`
+	} `json:"findings"`
+}
+
+func scenario(name string) *lab.Scenario {
+	for _, s := range lab.Scenarios() {
+		if s.Name == name {
+			return &s
+		}
+	}
+	return nil
 }
 
 func parseLines(t *testing.T, out string) []jsonLine {
@@ -160,8 +173,17 @@ func TestLabCommandJSON(t *testing.T) {
 	}
 	got := map[string]string{}
 	for _, l := range lines[:len(lines)-1] {
+		if l.Kind == "diagnosis" {
+			if s := scenario(l.Scenario); s == nil || len(l.Findings) == 0 || l.Findings[0].Code != s.Finding {
+				t.Errorf("%s: findings %+v", l.Scenario, l.Findings)
+			}
+			continue
+		}
 		if l.Kind != "connection" {
 			t.Errorf("kind %q", l.Kind)
+		}
+		if (l.Blame == "") != (l.Verdict == "answered") {
+			t.Errorf("%s: %s, blame %q", l.Scenario, l.Verdict, l.Blame)
 		}
 		got[l.Scenario] = l.Verdict
 		if l.Verdict == "dropped" && (l.Drop == nil || l.Drop.Hook != "FORWARD" || l.Drop.Stage != "filter table (0)") {

@@ -100,11 +100,7 @@ var errProblems = fmt.Errorf("%w", errSilent)
 
 // state is what svctrace knows about the Service at one moment.
 type state struct {
-	view     *resolve.View
-	svc      *resolve.Service
-	findings []diagnose.Finding
-	explain  *diagnose.Explainer
-	proxy    string // kube-proxy's mode, or why the rules were not read
+	*diagnose.Assessment
 	targets  []tracer.Target
 	services map[tracer.Target]bool
 }
@@ -125,30 +121,18 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 	// gather reads the objects and the node's rules again: at the start and
 	// after every change of the objects.
 	gather := func(ctx context.Context) (*state, error) {
-		view, err := resolve.Gather(ctx, src, o.namespace, name, local)
+		facts := diagnose.NodeFacts{Local: local}
+		facts.Rules, facts.RulesErr = o.rules(ns, o.namespace+"/"+name)
+		if os.Geteuid() == 0 {
+			facts.KubeProxy, facts.KubeProxyKnown = kubeproxy.KubeProxyPIDs(ns), true
+		}
+		a, err := diagnose.Assess(ctx, src, o.namespace, name, facts)
 		if err != nil {
 			return nil, err
 		}
-		rules, rulesErr := o.rules(ns)
-		in := diagnose.Input{View: view, Service: resolve.NewService(view), Rules: rules, RulesErr: rulesErr}
-		if os.Geteuid() == 0 {
-			in.KubeProxy, in.KubeProxyKnown = kubeproxy.KubeProxyPIDs(ns), true
-		}
-		st := &state{view: view, svc: in.Service, findings: diagnose.Check(in), services: map[tracer.Target]bool{}, proxy: "not read"}
-		if rules != nil {
-			st.proxy = fmt.Sprintf("%s mode (%s)", rules.Mode, rules.Note)
-		} else if rulesErr != nil {
-			st.proxy = "not read: " + rulesErr.Error()
-		}
-		nodeAddrs := local.Addrs
-		if n := view.Nodes[view.LocalNode]; n != nil {
-			nodeAddrs = resolve.NodeAddrs(n)
-		}
-		st.explain = diagnose.NewExplainer(in, st.findings, nodeAddrs)
-		st.explain.Lookup = resolve.Lookup(src)
-		st.targets = st.svc.Targets(nodeAddrs)
-		for _, a := range st.svc.Addresses(nodeAddrs) {
-			st.services[tracer.Target{Addr: a.Addr, Proto: a.Port.Protocol}] = true
+		st := &state{Assessment: a, targets: a.Service.Targets(a.NodeAddrs), services: map[tracer.Target]bool{}}
+		for _, ad := range a.Service.Addresses(a.NodeAddrs) {
+			st.services[tracer.Target{Addr: ad.Addr, Proto: ad.Port.Protocol}] = true
 		}
 		return st, nil
 	}
@@ -160,15 +144,15 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 	if err != nil {
 		return err
 	}
-	p.Diagnosis(output.Diagnosis{Service: st.svc.Summary(), Source: src.Describe(), Node: st.view.LocalNode, Proxy: st.proxy, Findings: st.findings})
+	p.Diagnosis(output.Diagnosis{Service: st.Service.Summary(), Source: st.Source, Node: st.View.LocalNode, Proxy: st.Proxy, Findings: st.Findings})
 	if !tracing {
-		if len(st.findings) > 0 && st.findings[0].Severity == diagnose.Problem {
+		if len(st.Findings) > 0 && st.Findings[0].Severity == diagnose.Problem {
 			return errProblems
 		}
 		return nil
 	}
 	if len(st.targets) == 0 {
-		fmt.Fprintf(o.stderr, "nothing to trace: %s has no address and no endpoint on this node's path\n", st.svc.Namespace+"/"+st.svc.Name)
+		fmt.Fprintf(o.stderr, "nothing to trace: %s has no address and no endpoint on this node's path\n", st.Service.Namespace+"/"+st.Service.Name)
 		return nil
 	}
 	var cur atomic.Pointer[state]
@@ -178,15 +162,15 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 			return cur.Load().services[tracer.Target{Addr: a, Proto: pr}]
 		},
 		print: output.Options{
-			Name:    func(a netip.AddrPort) string { return cur.Load().explain.Name(a) },
-			Explain: func(c *flow.Conn) diagnose.Explanation { return cur.Load().explain.Explain(c) },
+			Name:    func(a netip.AddrPort) string { return cur.Load().Explainer.Name(a) },
+			Explain: func(c *flow.Conn) diagnose.Explanation { return cur.Load().Explainer.Explain(c) },
 		},
 		started: func(ctx context.Context, tr *tracer.Tracer) {
 			api, ok := src.(*resolve.API)
 			if !ok {
 				return
 			}
-			go api.Watch(ctx, o.namespace, name, func() map[string]string { return cur.Load().svc.Selector }, func() {
+			go api.Watch(ctx, o.namespace, name, func() map[string]string { return cur.Load().Service.Selector }, func() {
 				st, err := gather(ctx)
 				if err != nil {
 					fmt.Fprintf(o.stderr, "svctrace: warning: %v (tracing goes on with what was known before)\n", err)
@@ -197,7 +181,7 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 					return
 				}
 				cur.Store(st)
-				o.logf("objects changed: now %s", st.svc.Summary())
+				o.logf("objects changed: now %s", st.Service.Summary())
 			})
 		},
 	})
@@ -261,11 +245,12 @@ func (o *serviceOptions) nodeName() string {
 	return h
 }
 
-func (o *serviceOptions) rules(ns tracer.NetNS) (*kubeproxy.Ruleset, error) {
+// rules reads kube-proxy's rules on the node, in detail for the Service.
+func (o *serviceOptions) rules(ns tracer.NetNS, service string) (*kubeproxy.Ruleset, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("reading kube-proxy's rules needs root (run with sudo)")
 	}
-	return kubeproxy.Read(ns)
+	return kubeproxy.Read(ns, service)
 }
 
 // localAddrs are the global unicast addresses in the node's namespace:

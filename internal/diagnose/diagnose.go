@@ -364,7 +364,7 @@ func (c *checker) rules() {
 				Evidence: []string{rj.Where + ": " + rj.Rule}})
 		}
 		want := map[netip.AddrPort]bool{}
-		for _, e := range p.Ready() {
+		for _, e := range c.reachable(p) {
 			want[e.Addr] = true
 		}
 		var stale, programmed []string
@@ -398,9 +398,32 @@ func (c *checker) rules() {
 			Summary:  fmt.Sprintf("kube-proxy (%s mode) has no rules for %s on this node: its ClusterIP is not translated here", r.Mode, strings.Join(missingPorts, ", ")),
 			Evidence: []string{r.Note},
 			Next:     c.proxyNext()}
+		if rd := r.RangeDrop(c.svc.ClusterIPs[0]); rd != nil {
+			f.Evidence = append(f.Evidence, fmt.Sprintf("kube-proxy drops traffic to %s as to any address of %s that it knows no ClusterIP for (%s: %q)",
+				c.svc.ClusterIPs[0], rd.Prefix, rd.Where, rd.Why))
+		}
 		c.proxyEvidence(&f)
 		c.add(f)
 	}
+}
+
+// reachable are the ready endpoints kube-proxy programs on this node: all
+// of them, unless internalTrafficPolicy is Local and no external address
+// of the Service uses the Cluster policy — then only the ones on this node
+// (kube-proxy's "cluster policy chain" is not written).
+func (c *checker) reachable(p *resolve.Port) []resolve.Endpoint {
+	s := c.svc
+	external := p.NodePort != 0 || len(s.ExternalIPs) > 0 || len(s.LoadBalancerIPs) > 0
+	if !s.InternalLocal || (external && !s.ExternalLocal) {
+		return p.Ready()
+	}
+	var local []resolve.Endpoint
+	for _, e := range p.Ready() {
+		if e.Node == c.View.LocalNode {
+			local = append(local, e)
+		}
+	}
+	return local
 }
 
 func addrs(eps []resolve.Endpoint) []string {
@@ -431,7 +454,9 @@ func (c *checker) proxyNext() []string {
 	if c.View.LocalNode != "" {
 		sel += " --field-selector spec.nodeName=" + c.View.LocalNode
 	}
-	next := []string{"kubectl -n kube-system get pods " + sel, "kubectl -n kube-system logs " + sel + " --tail=50"}
+	// kubectl logs takes no field selector: name the node's pod through get.
+	next := []string{"kubectl -n kube-system get pods " + sel,
+		"kubectl -n kube-system logs --tail=50 $(kubectl -n kube-system get pods " + sel + " -o name)"}
 	switch c.Rules.Mode {
 	case kubeproxy.ModeNFTables:
 		next = append(next, "nft list table ip kube-proxy")

@@ -263,3 +263,25 @@ func TestNotFound(t *testing.T) {
 		t.Errorf("got %v\nwant %s", err, want)
 	}
 }
+
+// With internalTrafficPolicy: Local and nothing external, kube-proxy
+// programs only this node's endpoints: a remote one without a DNAT rule is
+// expected, not "not programmed yet".
+func TestInternalLocalProgramsLocalEndpointsOnly(t *testing.T) {
+	remote := pod(shop, "far-1", "far", "10.244.1.5", "node-2", true)
+	s := svc("far", "10.96.1.70", map[string]string{"app": "far"}, intstr.FromString("http"))
+	local := corev1.ServiceInternalTrafficPolicyLocal
+	s.Spec.InternalTrafficPolicy = &local
+	rules := &kubeproxy.Ruleset{Mode: kubeproxy.ModeIPTables, Ports: map[kubeproxy.PortKey]*kubeproxy.PortRules{
+		{Name: "shop/far:http", Proto: "tcp"}: {Rejects: []kubeproxy.Reject{{Why: "has no local endpoints", Verdict: "DROP"}}}}}
+	objs := resolve.Objects{Services: []corev1.Service{s}, Pods: []corev1.Pod{remote},
+		Slices: []discoveryv1.EndpointSlice{slice("far", 8080, remote)}, Nodes: []corev1.Node{node("node-1", "10.99.0.1"), node("node-2", "10.99.0.2")}}
+	_, fs := check(t, story{objs: objs, rules: rules})
+	var codes []string
+	for _, f := range fs {
+		codes = append(codes, f.Code)
+	}
+	if !slices.Equal(codes, []string{"internal-local-no-endpoint", "kube-proxy-rejects"}) {
+		t.Errorf("findings %v, want internal-local-no-endpoint and kube-proxy-rejects only", codes)
+	}
+}

@@ -101,6 +101,14 @@ func (x *Explainer) Name(a netip.AddrPort) string {
 	return ""
 }
 
+// Knows reports whether a is one of the Service's own addresses or
+// endpoints (Name also names other Pods and Nodes).
+func (x *Explainer) Knows(a netip.AddrPort) bool {
+	_, isAddr := x.addrs[a]
+	_, isEndpoint := x.eps[a]
+	return isAddr || isEndpoint
+}
+
 // Explain names what a connection went through and what to blame.
 func (x *Explainer) Explain(c *flow.Conn) Explanation {
 	var e Explanation
@@ -121,7 +129,8 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 	} else if c.Endpoint.IsValid() {
 		e.Endpoint = "not an endpoint of the Service"
 	}
-	e.Rule = x.rule(c, port)
+	var ownRule bool
+	e.Rule, ownRule = x.rule(c, port)
 	pod := "the endpoint " + c.Endpoint.String()
 	if e.Pod != "" {
 		pod = "Pod " + e.Pod
@@ -137,8 +146,20 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 			e.Blame = e.Rule
 		}
 	case flow.Dropped:
-		if e.Rule != "" {
+		// kube-proxy's own drop ("has no local endpoints") is a symptom:
+		// blame what the Service's objects say. Someone else's rule is to
+		// blame itself.
+		if f := x.problem(port); ownRule && f != nil {
+			e.Blame = f.Object + ": " + f.Summary
+		} else if ownRule {
 			e.Blame = e.Rule
+		} else if e.Rule != "" {
+			to := ""
+			if c.Endpoint.IsValid() {
+				to = " to " + pod
+			}
+			e.Blame = fmt.Sprintf("a rule %s, not kube-proxy's, dropped the %s%s: look for a NetworkPolicy or a firewall rule there",
+				e.Rule, c.PacketName(c.Drop.Packet), to)
 		}
 	case flow.Reset:
 		e.Blame = fmt.Sprintf("%s (%s): nothing listens on port %d", pod, e.Endpoint, c.Endpoint.Port())
@@ -173,25 +194,29 @@ func (x *Explainer) code(port *resolve.Port, codes ...string) *Finding {
 }
 
 // rule names the rule that turned the connection away: kube-proxy's reject
-// for the port when the verdict matches it, else the base chains
-// registered where the packet died.
-func (x *Explainer) rule(c *flow.Conn, port *resolve.Port) string {
+// or drop for the port when the verdict matches it (ownRule), else the base
+// chains registered where the packet died.
+func (x *Explainer) rule(c *flow.Conn, port *resolve.Port) (rule string, ownRule bool) {
 	r := x.in.Rules
 	if c.Drop == nil || r == nil || (c.Verdict != flow.Rejected && c.Verdict != flow.Dropped) {
-		return ""
+		return "", false
 	}
 	if port != nil {
 		if pr := r.Port(port.String(), port.Protocol.String()); pr != nil {
 			for _, rj := range pr.Rejects {
 				if (rj.Verdict == "REJECT") == (c.Verdict == flow.Rejected) {
-					return fmt.Sprintf("%s: %s %s (kube-proxy, %s)", rj.Verdict, port.String(), rj.Why, rj.Where)
+					return fmt.Sprintf("%s: %s %s (kube-proxy, %s)", rj.Verdict, port.String(), rj.Why, rj.Where), true
 				}
 			}
 		}
 	}
 	d := c.Drop
+	if rd := r.RangeDrop(c.VIP.Addr()); rd != nil && c.Verdict == flow.Dropped && !c.Endpoint.IsValid() {
+		return fmt.Sprintf("DROP: %s is in the service range %s, but kube-proxy has no ClusterIP %s (kube-proxy, %s: %q)",
+			c.VIP, rd.Prefix, c.VIP.Addr(), rd.Where, rd.Why), true
+	}
 	if !d.InNode || !d.Placed {
-		return ""
+		return "", false
 	}
 	lo, hi := d.Gap.Bounds()
 	var chains []string
@@ -202,9 +227,9 @@ func (x *Explainer) rule(c *flow.Conn, port *resolve.Port) string {
 	}
 	if len(chains) == 0 {
 		if r.Mode == kubeproxy.ModeIPTablesLegacy {
-			return fmt.Sprintf("iptables-legacy, %s %s", d.Gap.What(), d.Gap.Hook)
+			return fmt.Sprintf("iptables-legacy, %s %s", d.Gap.What(), d.Gap.Hook), false
 		}
-		return ""
+		return "", false
 	}
-	return "in " + strings.Join(chains, " or ")
+	return "in " + strings.Join(chains, " or "), false
 }

@@ -21,7 +21,7 @@ func (a *Assembler) decide(c *Conn, now uint64) {
 		c.Why = fmt.Sprintf("the node itself answered with %s", answer(st.reject.first))
 		if d := firstDrop(c.Drops, Original); d != nil {
 			c.Drop = d
-			c.Why += fmt.Sprintf("; the %s was rejected %s", c.packetName(d.Packet), d.in())
+			c.Why += fmt.Sprintf("; the %s was rejected %s", c.PacketName(d.Packet), d.in())
 		}
 
 	case st.reply != nil && st.reply.isRefusal():
@@ -76,16 +76,16 @@ func (a *Assembler) decide(c *Conn, now uint64) {
 // discarded explains a drop: "the SYN was discarded in FORWARD … (2 SYNs
 // sent, 2 dropped)".
 func (c *Conn) discarded(d *Drop) string {
-	s := fmt.Sprintf("the %s was discarded %s", c.packetName(d.Packet), d.place())
+	s := fmt.Sprintf("the %s was discarded %s", c.PacketName(d.Packet), d.place())
 	if c.SYNs > 1 {
 		s += fmt.Sprintf("; %d SYNs sent, %d drops seen", c.SYNs, len(c.Drops))
 	}
 	return s
 }
 
-// packetName names packet n of the connection by what it was ("SYN"), from
-// its first step.
-func (c *Conn) packetName(n int) string {
+// PacketName names packet n of the connection by what it was ("SYN"), from
+// its first step, or "packet".
+func (c *Conn) PacketName(n int) string {
 	for _, s := range c.Steps {
 		if s.Packet == n && s.Kind == tracer.KindHook && s.Flags != "" {
 			return s.Flags

@@ -10,17 +10,33 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
 // nftDump is what svctrace reads of a node's nf_tables rulesets over
-// netlink: chains with their hooks, and kube-proxy's verdict maps.
+// netlink: chains with their hooks, kube-proxy's verdict maps, and the
+// rules of the kube-proxy chains it needs.
 type nftDump struct {
 	Chains []nftChain
 	// Maps are the elements of kube-proxy's verdict maps, by family and map
 	// name ("ip/no-endpoint-services").
 	Maps map[string][]nftElem
+	// Rules are the rules read of kube-proxy's chains, by family and chain
+	// ("ip/service-…"): the service and local chains asked for, and
+	// cluster-ips-check.
+	Rules map[string][]nftRule
+}
+
+// nftRule is what svctrace understands of one rule: the verdict map it
+// jumps through (kube-proxy's "numgen random mod N vmap { … }" that picks
+// an endpoint), or a destination prefix and the verdict for it.
+type nftRule struct {
+	VMap    []nftElem
+	Daddr   netip.Prefix // "ip daddr 10.96.0.0/16"
+	Verdict string
+	Comment string
 }
 
 type nftChain struct {
@@ -59,9 +75,15 @@ func familyName(f nftables.TableFamily) string {
 	return strconv.Itoa(int(f))
 }
 
+// clusterIPsCheck is kube-proxy's chain that rejects wrong ports of known
+// ClusterIPs and drops the rest of the service range.
+const clusterIPsCheck = "cluster-ips-check"
+
 // readNFT dumps the nf_tables rulesets of the network namespace open as
-// netnsFd (-1: the caller's).
-func readNFT(netnsFd int) (*nftDump, error) {
+// netnsFd (-1: the caller's). Rules are read (one netlink dump per chain)
+// for cluster-ips-check and for the service and local chains rulesFor
+// accepts.
+func readNFT(netnsFd int, rulesFor func(PortKey) bool) (*nftDump, error) {
 	var opts []nftables.ConnOption
 	if netnsFd >= 0 {
 		opts = append(opts, nftables.WithNetNSFd(netnsFd))
@@ -74,8 +96,9 @@ func readNFT(netnsFd int) (*nftDump, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing nftables chains: %w", err)
 	}
-	d := &nftDump{Maps: map[string][]nftElem{}}
+	d := &nftDump{Maps: map[string][]nftElem{}, Rules: map[string][]nftRule{}}
 	tables := map[string]*nftables.Table{}
+	var ruleChains []*nftables.Chain
 	for _, ch := range chains {
 		fam := familyName(ch.Table.Family)
 		nc := nftChain{Family: fam, Table: ch.Table.Name, Name: ch.Name}
@@ -87,29 +110,124 @@ func readNFT(netnsFd int) (*nftDump, error) {
 			}
 		}
 		d.Chains = append(d.Chains, nc)
-		if ch.Table.Name == nftTable {
-			tables[fam] = ch.Table
+		if ch.Table.Name != nftTable {
+			continue
+		}
+		tables[fam] = ch.Table
+		if ch.Name == clusterIPsCheck {
+			ruleChains = append(ruleChains, ch)
+		} else if key, ep, ok := parseNFTChain(ch.Name); ok && !ep.IsValid() && rulesFor(key) &&
+			(strings.HasPrefix(ch.Name, "service-") || strings.HasPrefix(ch.Name, "local-")) {
+			ruleChains = append(ruleChains, ch)
 		}
 	}
+	sets := map[string]*nftables.Set{} // by family and name
 	for fam, t := range tables {
-		sets, err := c.GetSets(t)
+		ts, err := c.GetSets(t)
 		if err != nil {
 			return nil, fmt.Errorf("listing the sets of table %s %s: %w", fam, nftTable, err)
 		}
-		for _, s := range sets {
+		for _, s := range ts {
+			sets[fam+"/"+s.Name] = s
 			if !slices.Contains(nftMaps, s.Name) {
 				continue
 			}
-			elems, err := c.GetSetElements(s)
+			elems, err := elements(c, s)
 			if err != nil {
-				return nil, fmt.Errorf("listing map %s %s %s: %w", fam, nftTable, s.Name, err)
+				return nil, err
 			}
-			for _, e := range elems {
-				d.Maps[fam+"/"+s.Name] = append(d.Maps[fam+"/"+s.Name], nftElem{Key: e.Key, Verdict: verdict(e), Comment: e.Comment})
+			d.Maps[fam+"/"+s.Name] = elems
+		}
+	}
+	for _, ch := range ruleChains {
+		fam := familyName(ch.Table.Family)
+		rules, err := c.GetRules(ch.Table, ch)
+		if err != nil {
+			return nil, fmt.Errorf("listing the rules of chain %s %s %s: %w", fam, nftTable, ch.Name, err)
+		}
+		for _, r := range rules {
+			nr, err := decodeRule(c, fam, sets, r)
+			if err != nil {
+				return nil, err
 			}
+			d.Rules[fam+"/"+ch.Name] = append(d.Rules[fam+"/"+ch.Name], nr)
 		}
 	}
 	return d, nil
+}
+
+func elements(c *nftables.Conn, s *nftables.Set) ([]nftElem, error) {
+	elems, err := c.GetSetElements(s)
+	if err != nil {
+		return nil, fmt.Errorf("listing map %s %s %s: %w", familyName(s.Table.Family), nftTable, s.Name, err)
+	}
+	out := make([]nftElem, 0, len(elems))
+	for _, e := range elems {
+		out = append(out, nftElem{Key: e.Key, Verdict: verdict(e), Comment: e.Comment})
+	}
+	return out, nil
+}
+
+// decodeRule reads the parts of a rule svctrace understands: a lookup in a
+// verdict map (anonymous maps are read here), a comparison of the
+// destination address with a prefix, the final verdict, the comment.
+func decodeRule(c *nftables.Conn, fam string, sets map[string]*nftables.Set, r *nftables.Rule) (nftRule, error) {
+	var nr nftRule
+	nr.Comment, _ = userdata.GetString(r.UserData, userdata.TypeComment)
+	daddr := 16 // offset of the destination address in the network header
+	size := 4
+	if fam == "ip6" {
+		daddr, size = 24, 16
+	}
+	var loaded, bits int // bytes of the destination address loaded; mask bits
+	for _, e := range r.Exprs {
+		switch e := e.(type) {
+		case *expr.Payload:
+			loaded, bits = 0, -1
+			if e.Base == expr.PayloadBaseNetworkHeader && int(e.Offset) == daddr && int(e.Len) <= size {
+				loaded, bits = int(e.Len), int(e.Len)*8
+			}
+		case *expr.Bitwise:
+			if loaded > 0 {
+				bits = 0
+				for _, b := range e.Mask {
+					bits += popcount(b)
+				}
+			}
+		case *expr.Cmp:
+			if loaded > 0 && e.Op == expr.CmpOpEq && len(e.Data) == loaded {
+				a := make([]byte, size)
+				copy(a, e.Data)
+				if ip, ok := netip.AddrFromSlice(a); ok && bits >= 0 {
+					nr.Daddr = netip.PrefixFrom(ip, bits)
+				}
+			}
+			loaded = 0
+		case *expr.Lookup:
+			s := sets[fam+"/"+e.SetName]
+			if !e.IsDestRegSet || s == nil {
+				continue
+			}
+			elems, err := elements(c, s)
+			if err != nil {
+				return nr, err
+			}
+			nr.VMap = elems
+		case *expr.Verdict:
+			nr.Verdict = verdictString(e.Kind, e.Chain)
+		case *expr.Reject:
+			nr.Verdict = "reject"
+		}
+	}
+	return nr, nil
+}
+
+func popcount(b byte) int {
+	n := 0
+	for ; b != 0; b &= b - 1 {
+		n++
+	}
+	return n
 }
 
 // verdict reads a verdict map element's data. google/nftables leaves it
@@ -217,6 +335,39 @@ func (r *Ruleset) fromNFT(d *nftDump) {
 					Rule:  fmt.Sprintf("%s comment %q : %s", dest.Addr, e.Comment, e.Verdict)})
 			}
 		}
+	}
+	// Where a service or local chain was read, its endpoint map says which
+	// endpoint chains are DNAT targets: endpoint chains nothing jumps to
+	// (left for garbage collection) are not.
+	picked := map[PortKey][]EndpointRule{}
+	for name, rules := range d.Rules {
+		fam, chain, _ := strings.Cut(name, "/")
+		if chain == clusterIPsCheck {
+			for _, nr := range rules {
+				if nr.Daddr.IsValid() && nr.Verdict == "drop" {
+					r.RangeDrops = append(r.RangeDrops, RangeDrop{Prefix: nr.Daddr, Why: nr.Comment,
+						Where: fmt.Sprintf("table %s %s, chain %s", fam, nftTable, chain)})
+				}
+			}
+			continue
+		}
+		key, _, ok := parseNFTChain(chain)
+		if !ok {
+			continue
+		}
+		eps := picked[key]
+		for _, nr := range rules {
+			for _, e := range nr.VMap {
+				target, _ := strings.CutPrefix(e.Verdict, "goto ")
+				if _, ep, ok := parseNFTChain(target); ok && ep.IsValid() && !slices.ContainsFunc(eps, func(x EndpointRule) bool { return x.Addr == ep }) {
+					eps = append(eps, EndpointRule{Addr: ep, Chain: target})
+				}
+			}
+		}
+		picked[key] = eps
+	}
+	for key, eps := range picked {
+		r.port(key).Endpoints = eps
 	}
 	r.sort()
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,10 +19,19 @@ import (
 // ns, and reads its rules: nftables mode (table kube-proxy, read over
 // netlink), else iptables mode through whichever backend holds KUBE-*
 // chains (iptables-save output), else ipvs (kube-ipvs0), else none.
-func Read(ns tracer.NetNS) (*Ruleset, error) {
+//
+// services ("namespace/name") limit which Services' nftables chains are
+// read rule by rule, for the endpoints each one really picks from (one
+// netlink dump per chain); none reads them all.
+func Read(ns tracer.NetNS, services ...string) (*Ruleset, error) {
 	r := &Ruleset{Mode: ModeNone}
+	rulesFor := func(k PortKey) bool {
+		return len(services) == 0 || slices.ContainsFunc(services, func(s string) bool {
+			return k.Name == s || strings.HasPrefix(k.Name, s+":")
+		})
+	}
 	err := tracer.InNetNS(ns, func() error {
-		dump, nftErr := readNFT(-1)
+		dump, nftErr := readNFT(-1, rulesFor)
 		if dump != nil {
 			r.fromNFT(dump)
 			for _, ch := range dump.Chains {

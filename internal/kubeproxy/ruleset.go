@@ -32,6 +32,27 @@ type Ruleset struct {
 	// rulesets (kube-proxy's and others'), to name the table and chain where
 	// a drop happened. Empty for the legacy backend.
 	BaseChains []BaseChain
+	// RangeDrops are kube-proxy's drops of whole address ranges: in
+	// nftables mode, traffic to service-range addresses that are no
+	// ClusterIP.
+	RangeDrops []RangeDrop
+}
+
+// RangeDrop is a rule that drops traffic to a range of addresses.
+type RangeDrop struct {
+	Prefix netip.Prefix
+	Why    string // the rule's comment
+	Where  string // table and chain
+}
+
+// RangeDrop is the range drop that covers a, if any.
+func (r *Ruleset) RangeDrop(a netip.Addr) *RangeDrop {
+	for i, d := range r.RangeDrops {
+		if d.Prefix.Contains(a) {
+			return &r.RangeDrops[i]
+		}
+	}
+	return nil
 }
 
 // PortKey names a Service port the way kube-proxy does: "ns/name:port"

@@ -90,6 +90,13 @@ func TestReadRealNFTables(t *testing.T) {
 			if out, err := load.CombinedOutput(); err != nil {
 				t.Fatalf("nft -f: %v\n%s", err, out)
 			}
+			// An endpoint chain nothing jumps to any more (kube-proxy removes
+			// such chains a while later) is not a DNAT target.
+			leftover := exec.Command("ip", "netns", "exec", ns.Spec, "nft", "add", "chain", "ip", "kube-proxy",
+				"endpoint-LEFTOVER-fixtures/single/tcp/http__10.244.3.99/8080")
+			if out, err := leftover.CombinedOutput(); err != nil {
+				t.Fatalf("nft add chain: %v\n%s", err, out)
+			}
 			r, err := Read(ns)
 			if err != nil {
 				t.Fatal(err)
@@ -102,6 +109,13 @@ func TestReadRealNFTables(t *testing.T) {
 				return b.Table == "kube-proxy" && b.Chain == "filter-forward" && b.Hook == "forward"
 			}) {
 				t.Errorf("no base chain filter-forward in %+v", r.BaseChains)
+			}
+			d := r.RangeDrop(netip.MustParseAddr("10.96.200.1"))
+			if d == nil || d.Prefix != netip.MustParsePrefix("10.96.0.0/16") || d.Why != "Drop traffic to unallocated ClusterIPs" {
+				t.Errorf("drop of unallocated ClusterIPs: %+v", d)
+			}
+			if r.RangeDrop(netip.MustParseAddr("10.97.0.1")) != nil {
+				t.Error("a drop covers 10.97.0.1, outside the service range")
 			}
 		})
 	}

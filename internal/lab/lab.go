@@ -16,6 +16,8 @@ import (
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/internal/tracer"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // Namespace is the Kubernetes namespace the lab's objects pretend to live in.
@@ -23,21 +25,28 @@ const Namespace = "lab"
 
 // Pod is a pod namespace with its server.
 type Pod struct {
-	Name  string
-	IP    netip.Addr
-	NS    tracer.NetNS
-	mode  string
-	ports []int
+	Name   string
+	IP     netip.Addr
+	Labels map[string]string
+	NS     tracer.NetNS
+	mode   string
+	ports  []int
 }
 
 // Scenario is a Service set up to show one outcome.
 type Scenario struct {
-	Name    string // short id, e.g. "no-endpoints"
-	Title   string // one line: what is wrong
-	Service kubeproxy.ServicePort
+	Name  string // short id, e.g. "no-endpoints"
+	Title string // one line: what is wrong
+	// Selector and TargetPort are the Service's; Service is the port as
+	// kube-proxy sees it, with the endpoints the selector gives.
+	Selector   map[string]string
+	TargetPort intstr.IntOrString
+	Service    kubeproxy.ServicePort
 	// Programmed is false when kube-proxy wrote no rule for the Service.
 	Programmed bool
-	Expect     flow.Verdict
+	// Finding is the first finding svctrace's diagnosis gives.
+	Finding string
+	Expect  flow.Verdict
 	// ExpectHook is where the first packet dies for rejected and dropped.
 	ExpectHook tracer.Hook
 }
@@ -54,37 +63,59 @@ var (
 	guarded = netip.MustParseAddr("10.244.0.14")
 )
 
+// podPort is the one container port every lab pod declares, named "http".
+const podPort = 8080
+
 func pods() []Pod {
 	return []Pod{
-		{Name: "web-1", IP: web1, mode: ModeHTTP, ports: []int{8080}},
-		{Name: "web-2", IP: web2, mode: ModeHTTP, ports: []int{8080}},
-		{Name: "hung", IP: hung, mode: ModeHung, ports: []int{8080}},
-		{Name: "guarded", IP: guarded, mode: ModeHTTP, ports: []int{8080}},
+		{Name: "web-1", IP: web1, Labels: map[string]string{"app": "web", "track": "stable"}, mode: ModeHTTP, ports: []int{podPort}},
+		{Name: "web-2", IP: web2, Labels: map[string]string{"app": "web", "track": "canary"}, mode: ModeHTTP, ports: []int{podPort}},
+		{Name: "hung", IP: hung, Labels: map[string]string{"app": "hung"}, mode: ModeHung, ports: []int{podPort}},
+		{Name: "guarded", IP: guarded, Labels: map[string]string{"app": "guarded"}, mode: ModeHTTP, ports: []int{podPort}},
 	}
 }
 
-func svc(name, vip string, eps ...netip.AddrPort) kubeproxy.ServicePort {
-	return kubeproxy.ServicePort{Namespace: Namespace, Name: name, PortName: "http", Protocol: "tcp",
-		ClusterIP: netip.MustParseAddr(vip), Port: 80, Endpoints: eps}
+// scenario completes s with its Service: selector, target port, and as
+// endpoints the lab pods the selector matches, at the target port (a
+// number, or "http").
+func scenario(s Scenario, service, vip string, selector map[string]string, target intstr.IntOrString) Scenario {
+	s.Selector, s.TargetPort = selector, target
+	s.Service = kubeproxy.ServicePort{Namespace: Namespace, Name: service, PortName: "http", Protocol: "tcp",
+		ClusterIP: netip.MustParseAddr(vip), Port: 80}
+	port := uint16(target.IntValue())
+	if target.Type == intstr.String {
+		port = podPort
+	}
+	for _, p := range pods() {
+		if labels.SelectorFromSet(selector).Matches(labels.Set(p.Labels)) {
+			s.Service.Endpoints = append(s.Service.Endpoints, netip.AddrPortFrom(p.IP, port))
+		}
+	}
+	return s
 }
-
-func ep(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a, port) }
 
 // Scenarios are the lab's stories, in the order they are shown.
 func Scenarios() []Scenario {
+	http := intstr.FromString("http")
 	return []Scenario{
-		{Name: "healthy", Title: "a healthy Service with two ready endpoints",
-			Service: svc("web", "10.96.0.10", ep(web1, 8080), ep(web2, 8080)), Programmed: true, Expect: flow.Answered},
-		{Name: "no-endpoints", Title: "the selector matches no ready Pod: kube-proxy REJECTs",
-			Service: svc("empty", "10.96.0.20"), Programmed: true, Expect: flow.Rejected, ExpectHook: tracer.Forward},
-		{Name: "wrong-targetport", Title: "targetPort 9090, but the Pod listens on 8080",
-			Service: svc("wrongport", "10.96.0.30", ep(web1, 9090)), Programmed: true, Expect: flow.Reset},
-		{Name: "hung-pod", Title: "the Pod's server stopped accepting connections",
-			Service: svc("hung", "10.96.0.40", ep(hung, 8080)), Programmed: true, Expect: flow.NoReply},
-		{Name: "policy-drop", Title: "a FORWARD DROP rule (standing in for a NetworkPolicy) blocks the Pod",
-			Service: svc("guarded", "10.96.0.50", ep(guarded, 8080)), Programmed: true, Expect: flow.Dropped, ExpectHook: tracer.Forward},
-		{Name: "no-proxy-rules", Title: "kube-proxy wrote no rules for the Service (not running, or not synced)",
-			Service: svc("unproxied", "10.96.0.60", ep(web2, 8080)), Programmed: false, Expect: flow.NotTranslated},
+		scenario(Scenario{Name: "healthy", Title: "a healthy Service with two ready endpoints",
+			Programmed: true, Finding: "healthy", Expect: flow.Answered},
+			"web", "10.96.0.10", map[string]string{"app": "web"}, http),
+		scenario(Scenario{Name: "no-endpoints", Title: "the selector has a typo (app=wbe) and matches no Pod: kube-proxy REJECTs",
+			Programmed: true, Finding: "selector-matches-no-pod", Expect: flow.Rejected, ExpectHook: tracer.Forward},
+			"empty", "10.96.0.20", map[string]string{"app": "wbe"}, intstr.FromInt32(podPort)),
+		scenario(Scenario{Name: "wrong-targetport", Title: "targetPort 9090, but the Pod listens on 8080",
+			Programmed: true, Finding: "targetport-not-exposed", Expect: flow.Reset},
+			"wrongport", "10.96.0.30", map[string]string{"app": "web", "track": "stable"}, intstr.FromInt32(9090)),
+		scenario(Scenario{Name: "hung-pod", Title: "the Pod's server stopped accepting connections",
+			Programmed: true, Finding: "healthy", Expect: flow.NoReply},
+			"hung", "10.96.0.40", map[string]string{"app": "hung"}, http),
+		scenario(Scenario{Name: "policy-drop", Title: "a FORWARD DROP rule (standing in for a NetworkPolicy) blocks the Pod",
+			Programmed: true, Finding: "healthy", Expect: flow.Dropped, ExpectHook: tracer.Forward},
+			"guarded", "10.96.0.50", map[string]string{"app": "guarded"}, http),
+		scenario(Scenario{Name: "no-proxy-rules", Title: "kube-proxy wrote no rules for the Service (not running, or not synced)",
+			Programmed: false, Finding: "no-rules-for-service", Expect: flow.NotTranslated},
+			"unproxied", "10.96.0.60", map[string]string{"app": "web", "track": "canary"}, intstr.FromInt32(podPort)),
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -46,6 +47,16 @@ func up(t *testing.T) *Lab {
 	return l
 }
 
+// blames start the blame line of each scenario's connection.
+var blames = map[string]string{
+	"healthy":          "",
+	"no-endpoints":     "Service lab/empty: the selector app=wbe matches no Pod in namespace lab",
+	"wrong-targetport": "Pod lab/web-1 on lab-node (ready): nothing listens on port 9090",
+	"hung-pod":         "Pod lab/hung on lab-node (ready) did not answer on port 8080",
+	"policy-drop":      "a rule in table ip filter, chain FORWARD (forward, priority 0), not kube-proxy's, dropped the SYN to Pod lab/guarded",
+	"no-proxy-rules":   "kube-proxy on lab-node: kube-proxy (iptables mode) has no rules for lab/unproxied:http on this node",
+}
+
 // Every scenario gives its verdict, with the translated endpoint and, where
 // the packet dies on the node, the hook.
 func TestScenarios(t *testing.T) {
@@ -60,6 +71,10 @@ func TestScenarios(t *testing.T) {
 	}
 	if res.Lost != 0 {
 		t.Errorf("%d events lost", res.Lost)
+	}
+	as, err := l.Assess(context.Background())
+	if err != nil {
+		t.Fatal(err)
 	}
 	for _, r := range results {
 		s := r.Scenario
@@ -92,6 +107,21 @@ func TestScenarios(t *testing.T) {
 				if c.Drop.Gap.What() != "filter table (0)" || c.Drop.Reason != "NETFILTER_DROP" {
 					t.Errorf("drop %s, want NETFILTER_DROP in the filter table", c.Drop)
 				}
+			}
+			// The Kubernetes explanation: the diagnosis, and what to blame.
+			a := as[s.Name]
+			if f := a.Findings[0]; f.Code != s.Finding {
+				t.Errorf("first finding %s (%s), want %s", f.Code, f.Summary, s.Finding)
+			}
+			e := a.Explainer.Explain(c)
+			if e.Service != Namespace+"/"+s.Service.Name+":http (ClusterIP)" {
+				t.Errorf("service %q", e.Service)
+			}
+			if translated && (e.Pod == "" || e.Node != NodeName || e.Endpoint != "ready") {
+				t.Errorf("endpoint %s: pod %q on %q, %q", c.Endpoint, e.Pod, e.Node, e.Endpoint)
+			}
+			if !strings.HasPrefix(e.Blame, blames[s.Name]) || (blames[s.Name] == "") != (e.Blame == "") {
+				t.Errorf("blame %q, want %q…", e.Blame, blames[s.Name])
 			}
 		})
 	}

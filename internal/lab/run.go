@@ -9,7 +9,6 @@ import (
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/live"
-	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -48,18 +47,6 @@ func (l *Lab) Targets() []tracer.Target {
 		ts = append(ts, tracer.Target{Addr: s.VIP(), Proto: tracer.TCP})
 	}
 	return ts
-}
-
-// Names describes the lab's addresses in Kubernetes terms.
-func (l *Lab) Names() resolve.Names {
-	n := resolve.Names{}
-	for _, p := range l.Pods {
-		n[p.IP] = fmt.Sprintf("pod %s/%s", Namespace, p.Name)
-	}
-	for _, s := range l.Scenarios {
-		n[s.Service.ClusterIP] = fmt.Sprintf("service %s/%s", Namespace, s.Service.Name)
-	}
-	return n
 }
 
 // FlowOptions are the assembler options for tracing this lab's node.

@@ -179,10 +179,11 @@ func (p *JSON) write(v any) {
 func (p *JSON) Diagnosis(d Diagnosis) {
 	p.write(struct {
 		Kind     string             `json:"kind"`
+		Scenario string             `json:"scenario,omitempty"`
 		Service  string             `json:"service"`
 		Source   string             `json:"source"`
 		Node     string             `json:"node,omitempty"`
 		Proxy    string             `json:"kube_proxy"`
 		Findings []diagnose.Finding `json:"findings"`
-	}{"diagnosis", d.Service, d.Source, d.Node, d.Proxy, d.Findings})
+	}{"diagnosis", d.Scenario, d.Service, d.Source, d.Node, d.Proxy, d.Findings})
 }

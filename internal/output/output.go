@@ -29,6 +29,7 @@ type Printer interface {
 
 // Diagnosis is what svctrace found about a Service before any packet.
 type Diagnosis struct {
+	Scenario string             // the lab scenario, "" elsewhere
 	Service  string             // the Service in one line (resolve.Service.Summary)
 	Source   string             // where the objects came from
 	Node     string             // this node's name, "" if unknown

@@ -173,3 +173,27 @@ current-context: x
 		t.Errorf("paths not moved under the host root: %s %s", c.Config.CertFile, c.Config.CAFile)
 	}
 }
+
+func TestNearMiss(t *testing.T) {
+	pod := func(labels map[string]string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "p", Labels: labels}}
+	}
+	for _, tc := range []struct {
+		sel, labels map[string]string
+		near        bool
+		have        string
+	}{
+		{map[string]string{"app": "web-service"}, map[string]string{"app": "web-servce"}, true, "app=web-servce"}, // value typo
+		{map[string]string{"app": "web"}, map[string]string{"ap": "web"}, true, "ap=web"},                         // key typo
+		{map[string]string{"app": "nobody"}, map[string]string{"app": "checkout"}, false, ""},                     // another app
+		{map[string]string{"app": "web", "tier": "fe"}, map[string]string{"app": "web", "tier": "be"}, true, "tier=be"},
+		{map[string]string{"app": "web", "tier": "fe"}, map[string]string{"app": "web"}, true, ""}, // one key missing
+		{map[string]string{"app": "web", "tier": "fe"}, map[string]string{"app": "api", "tier": "be"}, false, ""},
+		{map[string]string{"app": "web"}, map[string]string{"app": "web"}, false, ""}, // a match
+	} {
+		m, ok := nearMiss(tc.sel, pod(tc.labels))
+		if ok != tc.near || (ok && m.Have != tc.have) {
+			t.Errorf("selector %v, labels %v: near miss %v %+v, want %v %q", tc.sel, tc.labels, ok, m, tc.near, tc.have)
+		}
+	}
+}

@@ -184,8 +184,9 @@ func denied(err error) bool {
 }
 
 // nearMiss reports whether p's labels are one key off sel: a different
-// value, or the wanted value under a different key (a typo in the key), or,
-// for a selector of several keys, one key missing.
+// value (for a selector of one key, only a similar one — else every Pod
+// with that key would count), or the wanted value under a different key (a
+// typo in the key), or, for a selector of several keys, one key missing.
 func nearMiss(sel map[string]string, p *corev1.Pod) (NearMiss, bool) {
 	var off []string
 	for k, want := range sel {
@@ -200,7 +201,7 @@ func nearMiss(sel map[string]string, p *corev1.Pod) (NearMiss, bool) {
 	m := NearMiss{Pod: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}, Want: k + "=" + sel[k]}
 	if have, ok := p.Labels[k]; ok {
 		m.Have = k + "=" + have
-		return m, true
+		return m, len(sel) > 1 || similar(sel[k], have)
 	}
 	for lk, lv := range p.Labels {
 		if lv == sel[k] {

@@ -84,6 +84,7 @@ type Cluster struct {
 	procs   []*proc // in start order
 	pods    []*Pod
 	nextPod int
+	remote  map[string]*remoteNode // other nodes, by name
 	mu      sync.Mutex
 	down    sync.Once
 }
@@ -310,21 +311,29 @@ func (c *Cluster) bootstrap(ctx context.Context) error {
 			return fmt.Errorf("binding %s: %w", role, err)
 		}
 	}
+	if err := c.createNode(ctx, NodeName, c.NodeIP, c.PodNet); err != nil {
+		return err
+	}
+	return c.waitServiceAccount(ctx, "default")
+}
+
+// createNode creates a Ready Node object with its address and pod range.
+func (c *Cluster) createNode(ctx context.Context, name string, ip netip.Addr, podNet netip.Prefix) error {
 	node, err := c.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: NodeName, Labels: map[string]string{"kubernetes.io/hostname": NodeName}},
-		Spec:       corev1.NodeSpec{PodCIDR: c.PodNet.String(), PodCIDRs: []string{c.PodNet.String()}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/hostname": name}},
+		Spec:       corev1.NodeSpec{PodCIDR: podNet.String(), PodCIDRs: []string{podNet.String()}},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return fmt.Errorf("creating the node: %w", err)
+		return fmt.Errorf("creating node %s: %w", name, err)
 	}
 	node.Status = corev1.NodeStatus{
-		Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: c.NodeIP.String()}, {Type: corev1.NodeHostName, Address: NodeName}},
+		Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip.String()}, {Type: corev1.NodeHostName, Address: name}},
 		Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}},
 	}
 	if _, err := c.Client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("setting the node's status: %w", err)
+		return fmt.Errorf("setting the status of node %s: %w", name, err)
 	}
-	return c.waitServiceAccount(ctx, "default")
+	return nil
 }
 
 // EnsureNamespace creates a Kubernetes namespace (if needed) and waits for

@@ -20,6 +20,7 @@ import (
 type Pod struct {
 	Namespace, Name string
 	IP              netip.Addr
+	HostIP          netip.Addr // its node's address
 	NS              tracer.NetNS
 	server          *lab.Server
 }
@@ -36,18 +37,26 @@ type PodSpec struct {
 	Serve  string
 	Listen []int
 	Ready  bool
+	// Node is where the Pod runs: "" is this cluster's node. Pods on other
+	// nodes (see AddNode) are API objects only: an address in that node's
+	// pod range, no namespace and no server — what this node's kube-proxy
+	// sees of a remote endpoint.
+	Node string
 }
 
 // AddPod creates the pod's namespace, starts its server, creates the Pod
 // object on the node and sets its status (Running; Ready as asked).
 func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (*Pod, error) {
+	if spec.Node != "" && spec.Node != NodeName {
+		return c.addRemotePod(ctx, spec)
+	}
 	c.mu.Lock()
 	c.nextPod++
 	n := c.nextPod
 	c.mu.Unlock()
 	ip := c.PodNet.Addr().As4()
 	ip[3] = byte(10 + n)
-	p := &Pod{Namespace: spec.Namespace, Name: spec.Name, IP: netip.AddrFrom4(ip)}
+	p := &Pod{Namespace: spec.Namespace, Name: spec.Name, IP: netip.AddrFrom4(ip), HostIP: c.NodeIP}
 	var err error
 	if p.NS, err = topo.CreateNetNS(c.nsName(fmt.Sprintf("pod%d", n))); err != nil {
 		return nil, err
@@ -63,22 +72,80 @@ func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (*Pod, error) {
 			return nil, err
 		}
 	}
+	return p, c.createPod(ctx, p, spec, NodeName)
+}
+
+// addRemotePod adds a Pod object on another node.
+func (c *Cluster) addRemotePod(ctx context.Context, spec PodSpec) (*Pod, error) {
+	c.mu.Lock()
+	r, ok := c.remote[spec.Node]
+	if ok {
+		r.pods++
+	}
+	c.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("pod %s/%s: no node %s (AddNode first)", spec.Namespace, spec.Name, spec.Node)
+	}
+	ip := r.podNet.Addr().As4()
+	ip[3] = byte(10 + r.pods)
+	p := &Pod{Namespace: spec.Namespace, Name: spec.Name, IP: netip.AddrFrom4(ip), HostIP: r.ip}
+	return p, c.createPod(ctx, p, spec, spec.Node)
+}
+
+func (c *Cluster) createPod(ctx context.Context, p *Pod, spec PodSpec, node string) error {
 	if err := c.EnsureNamespace(ctx, spec.Namespace); err != nil {
-		return nil, err
+		return err
 	}
 	no := false
-	_, err = c.Client.CoreV1().Pods(spec.Namespace).Create(ctx, &corev1.Pod{
+	_, err := c.Client.CoreV1().Pods(spec.Namespace).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: spec.Name, Namespace: spec.Namespace, Labels: spec.Labels},
 		Spec: corev1.PodSpec{
-			NodeName:                     NodeName,
+			NodeName:                     node,
 			AutomountServiceAccountToken: &no,
 			Containers:                   []corev1.Container{{Name: "app", Image: "svctrace.invalid/app", Ports: spec.Ports}},
 		},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("creating pod %s/%s: %w", spec.Namespace, spec.Name, err)
+		return fmt.Errorf("creating pod %s/%s: %w", spec.Namespace, spec.Name, err)
 	}
-	return p, c.SetReady(ctx, p, spec.Ready)
+	return c.SetReady(ctx, p, spec.Ready)
+}
+
+// remoteNode is a Node object for another node of the cluster: nothing
+// runs there.
+type remoteNode struct {
+	ip     netip.Addr
+	podNet netip.Prefix
+	pods   int
+}
+
+// AddNode adds another Node, Ready, with an address and a pod range of its
+// own. Only its objects exist: Pods placed there (PodSpec.Node) are
+// endpoints this node's kube-proxy knows but cannot reach.
+func (c *Cluster) AddNode(ctx context.Context, name string) error {
+	c.mu.Lock()
+	if c.remote == nil {
+		c.remote = map[string]*remoteNode{}
+	}
+	k := len(c.remote) + 1
+	ip, podNet := c.NodeIP.As4(), c.PodNet.Addr().As4()
+	ip[3] += byte(100 + k)
+	podNet[2] += byte(100 + 10*k)
+	r := &remoteNode{ip: netip.AddrFrom4(ip), podNet: netip.PrefixFrom(netip.AddrFrom4(podNet), 24)}
+	c.remote[name] = r
+	c.mu.Unlock()
+	return c.createNode(ctx, name, r.ip, r.podNet)
+}
+
+// StopKubeProxy kills kube-proxy the way a crash would: its rules stay as
+// they were, and nothing updates them any more.
+func (c *Cluster) StopKubeProxy() {
+	for _, p := range c.procs {
+		if p.name == "kube-proxy" && !p.exited() {
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	}
 }
 
 // SetReady sets the pod's status the way a kubelet would: Running, with its
@@ -100,7 +167,7 @@ func (c *Cluster) SetReady(ctx context.Context, p *Pod, ready bool) error {
 	obj.Status = corev1.PodStatus{
 		Phase: corev1.PodRunning, StartTime: &now,
 		PodIP: p.IP.String(), PodIPs: []corev1.PodIP{{IP: p.IP.String()}},
-		HostIP: c.NodeIP.String(), HostIPs: []corev1.HostIP{{IP: c.NodeIP.String()}},
+		HostIP: p.HostIP.String(), HostIPs: []corev1.HostIP{{IP: p.HostIP.String()}},
 		Conditions: []corev1.PodCondition{cond(corev1.PodScheduled, true), cond(corev1.PodInitialized, true),
 			cond(corev1.ContainersReady, ready), cond(corev1.PodReady, ready)},
 		ContainerStatuses: []corev1.ContainerStatus{{Name: "app", Ready: ready, Image: "svctrace.invalid/app",
@@ -176,6 +243,54 @@ func (c *Cluster) WaitService(ctx context.Context, svc *corev1.Service, endpoint
 		}
 		return true
 	})
+}
+
+// WaitLocalDrop waits until kube-proxy drops traffic for every port of svc
+// as having no local endpoints (a traffic policy Local with all endpoints
+// on other nodes).
+func (c *Cluster) WaitLocalDrop(ctx context.Context, svc *corev1.Service) error {
+	return c.WaitRules(ctx, "the no-local-endpoints drop of "+svc.Namespace+"/"+svc.Name, func(rules string) bool {
+		for _, port := range svc.Spec.Ports {
+			sp := kubeproxy.ServicePort{Namespace: svc.Namespace, Name: svc.Name, PortName: port.Name}
+			want := fmt.Sprintf("%q", sp.String()+" has no local endpoints")
+			if c.Mode == NFTables {
+				want = fmt.Sprintf("comment %q : drop", sp.String())
+			}
+			if !strings.Contains(rules, want) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// WaitEndpoints waits until the EndpointSlices of svc list ready endpoints
+// (addresses) — for what kube-proxy does not program, or no longer does.
+func (c *Cluster) WaitEndpoints(ctx context.Context, svc *corev1.Service, ready int) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		sls, err := c.Client.DiscoveryV1().EndpointSlices(svc.Namespace).List(ctx,
+			metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=" + svc.Name})
+		n := 0
+		if err == nil {
+			for _, sl := range sls.Items {
+				for _, ep := range sl.Endpoints {
+					if ep.Conditions.Ready != nil && *ep.Conditions.Ready {
+						n += len(ep.Addresses)
+					}
+				}
+			}
+			if n == ready {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("Service %s/%s: %d ready endpoint(s) in its EndpointSlices, want %d (%v)", svc.Namespace, svc.Name, n, ready, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func (c *Cluster) dnat(ep netip.AddrPort) string {

@@ -31,15 +31,31 @@ const shop = "shop" // the Services' namespace
 
 // story is one classic failure (or none) set up in a real cluster.
 type story struct {
-	name   string
+	name string
+	// expect is the traced connection's verdict; "" when the client's
+	// connection is not traced by the in-process tracer (nothing to
+	// translate: headless, ExternalName).
 	expect flow.Verdict
 	// rejected: kube-proxy rejects the client's packet in FORWARD's filter
 	// stage (the expected hook for a rejected story).
 	rejected bool
-	svc      *corev1.Service
-	pods     []cluster.PodSpec
-	// finding is the first finding svctrace check must report.
-	finding string
+	// droppedIn: for a Dropped story, the hook in whose filter stage
+	// kube-proxy drops the client's packet.
+	droppedIn tracer.Hook
+	svc       *corev1.Service
+	pods      []cluster.PodSpec
+	// nodePort: the client connects to the node's NodePort, not the
+	// ClusterIP.
+	nodePort bool
+	// await waits until the cluster has done its part; nil waits for
+	// kube-proxy to DNAT to the ready endpoints or, with none, reject.
+	await func(ctx context.Context, c *cluster.Cluster, s *story, ready []netip.AddrPort) error
+	// finding is the first finding svctrace check must report, and
+	// summary a part of its summary ("" : any).
+	finding, summary string
+	// rule must start the rule that turned the connection away ("" : none
+	// expected; a rejected story expects kube-proxy's "has no endpoints").
+	rule string
 	// blame must start the traced connection's blame line ("" : no blame).
 	blame string
 }
@@ -58,9 +74,37 @@ func pod(ns, name, app, serve string, ready bool) cluster.PodSpec {
 		Serve: serve, Listen: []int{8080}, Ready: ready}
 }
 
+// otherNode is a second node: endpoints there are what traffic policy
+// Local stories need.
+const otherNode = "node-2"
+
+func onOtherNode(p cluster.PodSpec) cluster.PodSpec {
+	p.Node, p.Serve, p.Listen = otherNode, "", nil
+	return p
+}
+
+func waitLocalDrop(ctx context.Context, c *cluster.Cluster, s *story, _ []netip.AddrPort) error {
+	return c.WaitLocalDrop(ctx, s.svc)
+}
+
+// waitSlices waits for the EndpointSlice controller only: kube-proxy writes
+// nothing for the story.
+func waitSlices(ctx context.Context, c *cluster.Cluster, s *story, ready []netip.AddrPort) error {
+	return c.WaitEndpoints(ctx, s.svc, len(ready))
+}
+
 func stories() []*story {
 	byName := intstr.FromString("http")
-	return []*story{
+	local := corev1.ServiceInternalTrafficPolicyLocal
+	itp := service("itp", "10.96.1.80", map[string]string{"app": "itp"}, byName)
+	itp.Spec.InternalTrafficPolicy = &local
+	etp := service("etp", "10.96.1.90", map[string]string{"app": "etp"}, byName)
+	etp.Spec.Type, etp.Spec.ExternalTrafficPolicy = corev1.ServiceTypeNodePort, corev1.ServiceExternalTrafficPolicyLocal
+	etp.Spec.Ports[0].NodePort = 30090
+	headless := service("headless", corev1.ClusterIPNone, map[string]string{"app": "headless"}, byName)
+	external := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "external", Namespace: shop},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "db.example.invalid"}}
+	ss := []*story{
 		{name: "healthy", expect: flow.Answered, finding: "healthy",
 			svc:  service("web", "10.96.1.10", map[string]string{"app": "web"}, byName),
 			pods: []cluster.PodSpec{pod(shop, "web-1", "web", lab.ModeHTTP, true), pod(shop, "web-2", "web", lab.ModeHTTP, true)}},
@@ -83,11 +127,53 @@ func stories() []*story {
 			blame: "Pod shop/hung-1 on node-1 (ready) did not answer on port 8080",
 			svc:   service("hung", "10.96.1.60", map[string]string{"app": "hung"}, byName),
 			pods:  []cluster.PodSpec{pod(shop, "hung-1", "hung", lab.ModeHung, true)}},
+		{name: "selector-less-without-endpointslices", expect: flow.Rejected, rejected: true, finding: "no-selector-no-endpointslices",
+			blame: "Service shop/manual: the Service has no selector and no EndpointSlice",
+			svc:   service("manual", "10.96.1.70", nil, intstr.FromInt32(8080))},
+		{name: "internal-traffic-policy-local", expect: flow.Dropped, droppedIn: tracer.Forward, finding: "internal-local-no-endpoint",
+			rule:  "DROP: shop/itp:http has no local endpoints (kube-proxy",
+			blame: "Service shop/itp: internalTrafficPolicy: Local, and no ready endpoint of shop/itp:http runs on node node-1",
+			svc:   itp, pods: []cluster.PodSpec{onOtherNode(pod(shop, "itp-1", "itp", "", true))}, await: waitLocalDrop},
+		{name: "external-traffic-policy-local", expect: flow.Dropped, droppedIn: tracer.LocalIn, finding: "external-local-no-endpoint",
+			rule:  "DROP: shop/etp:http has no local endpoints (kube-proxy",
+			blame: "Service shop/etp: externalTrafficPolicy: Local, and no ready endpoint of shop/etp:http runs on node node-1",
+			svc:   etp, nodePort: true, pods: []cluster.PodSpec{onOtherNode(pod(shop, "etp-1", "etp", "", true))}, await: waitLocalDrop},
+		{name: "headless", finding: "headless", svc: headless, await: waitSlices,
+			pods: []cluster.PodSpec{pod(shop, "headless-1", "headless", lab.ModeHTTP, true)}},
+		{name: "externalname", finding: "externalname", svc: external,
+			await: func(context.Context, *cluster.Cluster, *story, []netip.AddrPort) error { return nil }},
 	}
+	for _, s := range ss {
+		if s.rejected {
+			s.rule = "REJECT: shop/" + s.svc.Name + ":http has no endpoints (kube-proxy"
+		}
+	}
+	return ss
 }
 
-func vip(s *corev1.Service) netip.AddrPort {
-	return netip.AddrPortFrom(netip.MustParseAddr(s.Spec.ClusterIP), uint16(s.Spec.Ports[0].Port))
+// afterKubeProxyDies are the stories told once kube-proxy has died: a
+// Service created then has endpoints, but no rules on the node. In
+// iptables mode its ClusterIP leaves the node untranslated; in nftables
+// mode kube-proxy's older rules drop it as an unallocated ClusterIP.
+func afterKubeProxyDies(mode cluster.Mode) []*story {
+	s := &story{name: "kube-proxy-not-running", expect: flow.NotTranslated, finding: "no-rules-for-service", summary: "kube-proxy is not running here",
+		blame: "kube-proxy on node-1: kube-proxy (" + string(mode) + " mode) has no rules for shop/late:http on this node",
+		svc:   service("late", "10.96.1.100", map[string]string{"app": "late"}, intstr.FromString("http")),
+		pods:  []cluster.PodSpec{pod(shop, "late-1", "late", lab.ModeHTTP, true)}, await: waitSlices}
+	if mode == cluster.NFTables {
+		s.expect, s.droppedIn = flow.Dropped, tracer.Forward
+		s.rule = "DROP: 10.96.1.100:80 is in the service range 10.96.0.0/16, but kube-proxy has no ClusterIP 10.96.1.100 (kube-proxy, table ip kube-proxy, chain cluster-ips-check"
+	}
+	return []*story{s}
+}
+
+// dest is where the story's client connects: the ClusterIP, or the
+// NodePort on the node's address.
+func dest(c *cluster.Cluster, s *story) netip.AddrPort {
+	if s.nodePort {
+		return netip.AddrPortFrom(c.NodeIP, uint16(s.svc.Spec.Ports[0].NodePort))
+	}
+	return netip.AddrPortFrom(netip.MustParseAddr(s.svc.Spec.ClusterIP), uint16(s.svc.Spec.Ports[0].Port))
 }
 
 // endpoints are the ready endpoints kube-proxy should use for s: the ready
@@ -95,6 +181,9 @@ func vip(s *corev1.Service) netip.AddrPort {
 // port (by number, or the pod's port of that name).
 func endpoints(s *story, pods []*cluster.Pod) []netip.AddrPort {
 	var eps []netip.AddrPort
+	if len(s.svc.Spec.Ports) == 0 {
+		return nil
+	}
 	target := s.svc.Spec.Ports[0].TargetPort
 	for i, spec := range s.pods {
 		if !spec.Ready || spec.Namespace != s.svc.Namespace || spec.Labels["app"] != s.svc.Spec.Selector["app"] {
@@ -115,16 +204,26 @@ func endpoints(s *story, pods []*cluster.Pod) []netip.AddrPort {
 
 func TestStories(t *testing.T) {
 	for _, mode := range []cluster.Mode{cluster.IPTables, cluster.NFTables, cluster.IPTablesLegacy} {
-		t.Run(string(mode), func(t *testing.T) { runStories(t, mode) })
+		t.Run(string(mode), func(t *testing.T) {
+			c := cluster.Up(t, cluster.Options{Mode: mode})
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			if err := c.AddNode(ctx, otherNode); err != nil {
+				t.Fatal(err)
+			}
+			play(t, c, stories())
+			c.StopKubeProxy()
+			play(t, c, afterKubeProxyDies(mode))
+		})
 	}
 }
 
-func runStories(t *testing.T, mode cluster.Mode) {
-	c := cluster.Up(t, cluster.Options{Mode: mode})
+// play sets the stories up, traces one connection of each client, holds
+// each verdict and explanation, and runs svctrace itself as an operator
+// would.
+func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-
-	ss := stories()
 	ready := map[*story][]netip.AddrPort{}
 	for _, s := range ss {
 		var pods []*cluster.Pod
@@ -143,16 +242,27 @@ func runStories(t *testing.T, mode cluster.Mode) {
 		ready[s] = endpoints(s, pods)
 	}
 	for _, s := range ss {
-		if err := c.WaitService(ctx, s.svc, map[string][]netip.AddrPort{"http": ready[s]}); err != nil {
+		var err error
+		if s.await != nil {
+			err = s.await(ctx, c, s, ready[s])
+		} else {
+			err = c.WaitService(ctx, s.svc, map[string][]netip.AddrPort{"http": ready[s]})
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 	}
 
 	var targets []tracer.Target
-	vips := map[netip.AddrPort]bool{}
+	dests := map[netip.AddrPort]bool{}
+	var traced []*story
 	for _, s := range ss {
-		targets = append(targets, tracer.Target{Addr: vip(s.svc), Proto: tracer.TCP})
-		vips[vip(s.svc)] = true
+		if s.expect == "" {
+			continue
+		}
+		traced = append(traced, s)
+		targets = append(targets, tracer.Target{Addr: dest(c, s), Proto: tracer.TCP})
+		dests[dest(c, s)] = true
 	}
 	tr, err := tracer.Open(tracer.Options{NetNS: c.Node.Path, Targets: targets})
 	if err != nil {
@@ -162,14 +272,14 @@ func runStories(t *testing.T, mode cluster.Mode) {
 	const timeout = 1500 * time.Millisecond
 	conns, res, err := live.Collect(ctx, tr, live.Options{Flow: flow.Options{
 		NodeNetNS: c.Node.Inode, Timeout: timeout,
-		IsService: func(_ tracer.Proto, a netip.AddrPort) bool { return vips[a] },
+		IsService: func(_ tracer.Proto, a netip.AddrPort) bool { return dests[a] },
 	}}, func() {
 		var wg sync.WaitGroup
-		for _, s := range ss {
+		for _, s := range traced {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				c.Get(ctx, vip(s.svc), "/", timeout)
+				c.Get(ctx, dest(c, s), "/", timeout)
 			}()
 		}
 		wg.Wait()
@@ -181,37 +291,42 @@ func runStories(t *testing.T, mode cluster.Mode) {
 		t.Errorf("%d events lost", res.Lost)
 	}
 
-	for _, s := range ss {
+	for _, s := range traced {
 		t.Run(s.name, func(t *testing.T) {
 			var got []*flow.Conn
 			for _, conn := range conns {
-				if conn.VIP == vip(s.svc) {
+				if conn.VIP == dest(c, s) {
 					got = append(got, conn)
 				}
 			}
 			if len(got) != 1 {
-				t.Fatalf("%d connections to %s traced, want 1", len(got), vip(s.svc))
+				t.Fatalf("%d connections to %s traced, want 1", len(got), dest(c, s))
 			}
 			conn := got[0]
 			if conn.Verdict != s.expect {
 				t.Fatalf("verdict %s (%s), want %s", conn.Verdict, conn.Why, s.expect)
 			}
 			eps := ready[s]
-			if len(eps) > 0 && !slices.Contains(eps, conn.Endpoint) {
+			translated := s.expect != flow.Dropped && s.expect != flow.NotTranslated
+			if translated && len(eps) > 0 && !slices.Contains(eps, conn.Endpoint) {
 				t.Errorf("DNAT to %s, not one of the ready endpoints %v", conn.Endpoint, eps)
 			}
-			if len(eps) == 0 && conn.Endpoint.IsValid() {
-				t.Errorf("DNAT to %s, but the Service has no ready endpoint", conn.Endpoint)
+			if (!translated || len(eps) == 0) && conn.Endpoint.IsValid() {
+				t.Errorf("DNAT to %s, but no ready endpoint is reachable from this node", conn.Endpoint)
 			}
-			if len(eps) > 0 && !conn.SNAT.IsValid() {
+			if translated && len(eps) > 0 && !conn.SNAT.IsValid() {
 				t.Error("not masqueraded, but the client is outside the cluster CIDR")
 			}
 			// For a forwarded client, kube-proxy rejects in the filter stage of
 			// FORWARD in every mode: iptables' filter table (KUBE-SERVICES from
 			// FORWARD), nftables' filter-forward chain at priority 0.
+			hook := s.droppedIn
 			if s.rejected {
-				if d := conn.Drop; d == nil || !d.Placed || d.Gap.Hook != tracer.Forward || d.Gap.What() != "filter table (0)" {
-					t.Errorf("rejected packet %s, want dropped in FORWARD's filter stage", d)
+				hook = tracer.Forward
+			}
+			if s.rejected || s.expect == flow.Dropped {
+				if d := conn.Drop; d == nil || !d.Placed || d.Gap.Hook != hook || d.Gap.What() != "filter table (0)" {
+					t.Errorf("packet %s, want dropped in %s's filter stage", d, hook)
 				}
 			}
 			explainStory(t, c, s, conn)
@@ -241,7 +356,7 @@ func TestClustersSideBySide(t *testing.T) {
 			if err := c.WaitService(ctx, svc, map[string][]netip.AddrPort{"http": {netip.AddrPortFrom(p.IP, 8080)}}); err != nil {
 				t.Fatal(err)
 			}
-			body, err := c.Get(ctx, vip(svc), "/", 5*time.Second)
+			body, err := c.Get(ctx, netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 80), "/", 5*time.Second)
 			if err != nil || string(body) != "hello from web-1\n" {
 				t.Fatalf("GET through %s: %q %v", mode, body, err)
 			}

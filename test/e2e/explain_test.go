@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,19 +30,21 @@ func explainStory(t *testing.T, c *cluster.Cluster, s *story, conn *flow.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	api := &resolve.API{Client: c.Client, Credentials: "admin", Host: "test"}
-	v, err := resolve.Gather(ctx, api, shop, s.svc.Name, resolve.LocalNode{Name: cluster.NodeName})
+	rules, err := kubeproxy.Read(c.Node, shop+"/"+s.svc.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rules, err := kubeproxy.Read(c.Node)
+	a, err := diagnose.Assess(ctx, api, shop, s.svc.Name, diagnose.NodeFacts{Local: resolve.LocalNode{Name: cluster.NodeName}, Rules: rules})
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := diagnose.Input{View: v, Service: resolve.NewService(v), Rules: rules}
-	fs := diagnose.Check(in)
-	x := diagnose.NewExplainer(in, fs, nil)
+	x := a.Explainer
 	e := x.Explain(conn)
-	if e.Service != shop+"/"+s.svc.Name+":http (ClusterIP)" {
+	kind := "ClusterIP"
+	if s.nodePort {
+		kind = "NodePort"
+	}
+	if e.Service != shop+"/"+s.svc.Name+":http ("+kind+")" {
 		t.Errorf("service %q", e.Service)
 	}
 	if conn.Endpoint.IsValid() {
@@ -55,8 +58,8 @@ func explainStory(t *testing.T, c *cluster.Cluster, s *story, conn *flow.Conn) {
 	if !strings.HasPrefix(e.Blame, s.blame) || (s.blame == "" && e.Blame != "") {
 		t.Errorf("blame %q, want it to start with %q", e.Blame, s.blame)
 	}
-	if s.rejected && !strings.Contains(e.Rule, "has no endpoints (kube-proxy") {
-		t.Errorf("rejected by %q, want kube-proxy's has-no-endpoints rule", e.Rule)
+	if !strings.HasPrefix(e.Rule, s.rule) || (s.rule == "" && e.Rule != "") {
+		t.Errorf("turned away by %q, want %q", e.Rule, s.rule)
 	}
 }
 
@@ -109,8 +112,8 @@ func checkStories(t *testing.T, c *cluster.Cluster, ss []*story) {
 			if err := json.Unmarshal(out, &d); err != nil {
 				t.Fatalf("%s %s: %v\n%s", s.name, src[0], err, out)
 			}
-			if len(d.Findings) == 0 || d.Findings[0].Code != s.finding {
-				t.Errorf("%s %s: findings %+v, want first %s", s.name, src[0], d.Findings, s.finding)
+			if len(d.Findings) == 0 || d.Findings[0].Code != s.finding || !strings.Contains(d.Findings[0].Summary, s.summary) {
+				t.Errorf("%s %s: findings %+v, want first %s (%q)", s.name, src[0], d.Findings, s.finding, s.summary)
 			}
 			if d.Node != cluster.NodeName || !strings.HasPrefix(d.Proxy, string(c.Mode)+" mode") {
 				t.Errorf("%s %s: node %q, kube-proxy %q", s.name, src[0], d.Node, d.Proxy)
@@ -154,8 +157,8 @@ func writeDump(t *testing.T, c *cluster.Cluster, path string) {
 }
 
 // traceStory runs `svctrace SERVICE` on the node while the client connects
-// once, and returns what it printed.
-func traceStory(t *testing.T, c *cluster.Cluster, s *story, src []string) string {
+// once to addr, and returns what it printed.
+func traceStory(t *testing.T, c *cluster.Cluster, s *story, addr netip.AddrPort, src []string) string {
 	t.Helper()
 	args := append([]string{"netns", "exec", filepath.Base(c.Node.Path), svctrace(t), s.svc.Name, "-n", shop,
 		"--node", cluster.NodeName, "--count", "1", "--duration", "30s", "--timeout", "1500ms"}, src...)
@@ -189,7 +192,7 @@ func traceStory(t *testing.T, c *cluster.Cluster, s *story, src []string) string
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c.Get(ctx, vip(s.svc), "/", 1500*time.Millisecond)
+	c.Get(ctx, addr, "/", 1500*time.Millisecond)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("svctrace %v: %v\n%s", src, err, errOut.String())
 	}
@@ -197,21 +200,34 @@ func traceStory(t *testing.T, c *cluster.Cluster, s *story, src []string) string
 }
 
 // traceStories: the command an operator runs names the Pod behind the DNAT
-// and the object to blame, with objects from the API or from a dump.
+// and the object to blame, with objects from the API or from a dump; for a
+// headless Service, it traces the connection to the Pod itself.
 func traceStories(t *testing.T, c *cluster.Cluster, ss []*story, dump string) {
 	for _, s := range ss {
-		if s.name != "healthy" && s.name != "selector-matches-no-pod" {
+		var want []string
+		var addr netip.AddrPort
+		switch s.name {
+		case "healthy":
+			want = []string{"✓ healthy:", "(pod shop/web-", " on " + cluster.NodeName + ", ready)", "✓ answered", "service: shop/web:http (ClusterIP)"}
+		case "selector-matches-no-pod":
+			want = []string{"✗ selector-matches-no-pod:", "✗ rejected", "rule:   REJECT: shop/nomatch:http has no endpoints", "blame:  " + s.blame}
+		case "headless":
+			pod, err := c.Client.CoreV1().Pods(shop).Get(context.Background(), "headless-1", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr = netip.AddrPortFrom(netip.MustParseAddr(pod.Status.PodIP), 8080)
+			want = []string{"i headless:", "✓ answered", "(pod shop/headless-1 on " + cluster.NodeName + ", ready)"}
+		case "kube-proxy-not-running":
+			want = []string{"✗ no-rules-for-service:", "kube-proxy is not running here", "✗ " + string(s.expect), "blame:  " + s.blame}
+		default:
 			continue
 		}
+		if !addr.IsValid() {
+			addr = dest(c, s)
+		}
 		for _, src := range [][]string{{"--kubeconfig", c.Kubeconfig}, {"--objects", dump}} {
-			out := traceStory(t, c, s, src)
-			var want []string
-			switch s.name {
-			case "healthy":
-				want = []string{"✓ healthy:", "(pod shop/web-", " on " + cluster.NodeName + ", ready)", "✓ answered", "service: shop/web:http (ClusterIP)"}
-			default:
-				want = []string{"✗ selector-matches-no-pod:", "✗ rejected", "rule:   REJECT: shop/nomatch:http has no endpoints", "blame:  " + s.blame}
-			}
+			out := traceStory(t, c, s, addr, src)
 			for _, w := range want {
 				if !strings.Contains(out, w) {
 					t.Errorf("%s %s: output lacks %q:\n%s", s.name, src[0], w, out)

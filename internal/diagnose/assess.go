@@ -1,0 +1,60 @@
+package diagnose
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/resolve"
+)
+
+// NodeFacts are what svctrace found on the node it runs on.
+type NodeFacts struct {
+	Local resolve.LocalNode
+	// Rules are kube-proxy's rules there (nil: unread, RulesErr says why).
+	Rules    *kubeproxy.Ruleset
+	RulesErr error
+	// KubeProxy are kube-proxy's processes in the node's network namespace;
+	// KubeProxyKnown is false when svctrace cannot see them.
+	KubeProxy      []int
+	KubeProxyKnown bool
+}
+
+// Assessment is a Service as svctrace sees it at one moment: its objects,
+// its model, the findings, and what explains its connections.
+type Assessment struct {
+	Source    string // where the objects came from (resolve.Source.Describe)
+	View      *resolve.View
+	Service   *resolve.Service
+	Findings  []Finding
+	Explainer *Explainer
+	// Proxy is kube-proxy's mode on the node, or why it is unknown.
+	Proxy string
+	// NodeAddrs are the node's addresses: where its NodePorts are reached.
+	NodeAddrs []netip.Addr
+}
+
+// Assess gathers the Service's objects from src and diagnoses them with
+// what the node holds.
+func Assess(ctx context.Context, src resolve.Source, namespace, name string, node NodeFacts) (*Assessment, error) {
+	view, err := resolve.Gather(ctx, src, namespace, name, node.Local)
+	if err != nil {
+		return nil, err
+	}
+	in := Input{View: view, Service: resolve.NewService(view), Rules: node.Rules, RulesErr: node.RulesErr,
+		KubeProxy: node.KubeProxy, KubeProxyKnown: node.KubeProxyKnown}
+	a := &Assessment{Source: src.Describe(), View: view, Service: in.Service, Findings: Check(in), Proxy: "not read", NodeAddrs: node.Local.Addrs}
+	switch {
+	case node.Rules != nil:
+		a.Proxy = fmt.Sprintf("%s mode (%s)", node.Rules.Mode, node.Rules.Note)
+	case node.RulesErr != nil:
+		a.Proxy = "not read: " + node.RulesErr.Error()
+	}
+	if n := view.Nodes[view.LocalNode]; n != nil {
+		a.NodeAddrs = resolve.NodeAddrs(n)
+	}
+	a.Explainer = NewExplainer(in, a.Findings, a.NodeAddrs)
+	a.Explainer.Lookup = resolve.Lookup(src)
+	return a, nil
+}

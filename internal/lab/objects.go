@@ -1,0 +1,88 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/svctrace/svctrace/internal/diagnose"
+	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/resolve"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// NodeName is the lab node's name in its objects.
+const NodeName = "lab-node"
+
+// Objects are the Kubernetes objects the lab stands for — the Services,
+// the EndpointSlices the controller would write for them, the Pods and
+// the Node — as `kubectl get -o yaml` would show them. svctrace explains
+// the lab's connections with them, as it does on a real node.
+func Objects() *resolve.Objects {
+	o := &resolve.Objects{}
+	ready := true
+	node := NodeName
+	for _, p := range pods() {
+		o.Pods = append(o.Pods, corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: p.Name, Labels: p.Labels},
+			Spec: corev1.PodSpec{NodeName: NodeName, Containers: []corev1.Container{{Name: "app",
+				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: podPort, Protocol: corev1.ProtocolTCP}}}}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: p.IP.String(), PodIPs: []corev1.PodIP{{IP: p.IP.String()}},
+				HostIP:            nodeNet.Addr().String(),
+				Conditions:        []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
+				ContainerStatuses: []corev1.ContainerStatus{{Name: "app", Ready: true}}},
+		})
+	}
+	for _, s := range Scenarios() {
+		sp := s.Service
+		o.Services = append(o.Services, corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: sp.Name},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, Selector: s.Selector,
+				ClusterIP: sp.ClusterIP.String(), ClusterIPs: []string{sp.ClusterIP.String()},
+				Ports: []corev1.ServicePort{{Name: sp.PortName, Port: int32(sp.Port), Protocol: corev1.ProtocolTCP, TargetPort: s.TargetPort}}},
+		})
+		name, proto := sp.PortName, corev1.ProtocolTCP
+		sl := discoveryv1.EndpointSlice{
+			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: sp.Name + "-lab",
+				Labels: map[string]string{discoveryv1.LabelServiceName: sp.Name}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+		}
+		for _, ep := range sp.Endpoints {
+			port := int32(ep.Port())
+			sl.Ports = []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}}
+			pod := ""
+			for _, p := range pods() {
+				if p.IP == ep.Addr() {
+					pod = p.Name
+				}
+			}
+			sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{ep.Addr().String()},
+				Conditions: discoveryv1.EndpointConditions{Ready: &ready}, NodeName: &node,
+				TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: Namespace, Name: pod}})
+		}
+		o.Slices = append(o.Slices, sl)
+	}
+	o.Nodes = []corev1.Node{{ObjectMeta: metav1.ObjectMeta{Name: NodeName},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: nodeNet.Addr().String()}}}}}
+	return o
+}
+
+// Assess diagnoses every scenario's Service the way `svctrace SERVICE`
+// does on a node — from the lab's objects and the rules in the lab node —
+// and returns the assessments by scenario name.
+func (l *Lab) Assess(ctx context.Context) (map[string]*diagnose.Assessment, error) {
+	src := resolve.FileSource{Objects: Objects(), Path: "svctrace lab"}
+	facts := diagnose.NodeFacts{Local: resolve.LocalNode{Name: NodeName}}
+	facts.Rules, facts.RulesErr = kubeproxy.Read(l.Node)
+	facts.KubeProxy, facts.KubeProxyKnown = kubeproxy.KubeProxyPIDs(l.Node), true
+	out := map[string]*diagnose.Assessment{}
+	for _, s := range l.Scenarios {
+		a, err := diagnose.Assess(ctx, src, Namespace, s.Service.Name, facts)
+		if err != nil {
+			return nil, fmt.Errorf("scenario %s: %w", s.Name, err)
+		}
+		out[s.Name] = a
+	}
+	return out, nil
+}
