@@ -199,32 +199,50 @@ func traceStory(t *testing.T, c *cluster.Cluster, s *story, addr netip.AddrPort,
 	return stdout.String()
 }
 
-// traceStories: the command an operator runs names the Pod behind the DNAT
-// and the object to blame, with objects from the API or from a dump; for a
-// headless Service, it traces the connection to the Pod itself.
+// traceStories: for every story, the command an operator runs prints the
+// story's finding first, then the connection with its verdict, the Pod
+// behind the DNAT, the rule that turned it away and the object to blame —
+// with objects from the API or from a dump. For a headless Service it
+// traces the connection to the Pod itself.
 func traceStories(t *testing.T, c *cluster.Cluster, ss []*story, dump string) {
 	for _, s := range ss {
-		var want []string
+		if s.expect == "" && s.finding != "headless" {
+			continue // nothing to trace
+		}
+		want := []string{"\n" + mark(s.finding) + " " + s.finding + ":"}
 		var addr netip.AddrPort
-		switch s.name {
-		case "healthy":
-			want = []string{"✓ healthy:", "(pod shop/web-", " on " + cluster.NodeName + ", ready)", "✓ answered", "service: shop/web:http (ClusterIP)"}
-		case "selector-matches-no-pod":
-			want = []string{"✗ selector-matches-no-pod:", "✗ rejected", "rule:   REJECT: shop/nomatch:http has no endpoints", "blame:  " + s.blame}
-		case "headless":
-			pod, err := c.Client.CoreV1().Pods(shop).Get(context.Background(), "headless-1", metav1.GetOptions{})
+		switch s.expect {
+		case "":
+			pod, err := c.Client.CoreV1().Pods(shop).Get(context.Background(), s.pods[0].Name, metav1.GetOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			addr = netip.AddrPortFrom(netip.MustParseAddr(pod.Status.PodIP), 8080)
-			want = []string{"i headless:", "✓ answered", "(pod shop/headless-1 on " + cluster.NodeName + ", ready)"}
-		case "kube-proxy-not-running":
-			want = []string{"✗ no-rules-for-service:", "kube-proxy is not running here", "✗ " + string(s.expect), "blame:  " + s.blame}
+			want = append(want, "✓ answered", "(pod shop/"+s.pods[0].Name+" on "+cluster.NodeName+", ready)")
+		case flow.Answered:
+			want = append(want, "✓ answered")
 		default:
-			continue
+			want = append(want, "✗ "+string(s.expect))
 		}
-		if !addr.IsValid() {
+		if s.expect == flow.Answered || s.expect == flow.Reset || s.expect == flow.NoReply {
+			want = append(want, "(pod shop/"+s.svc.Name+"-", " on "+cluster.NodeName+", ready)")
+		}
+		if s.expect != "" {
+			kind := "ClusterIP"
+			if s.nodePort {
+				kind = "NodePort"
+			}
 			addr = dest(c, s)
+			want = append(want, "service: shop/"+s.svc.Name+":http ("+kind+")")
+		}
+		if s.rule != "" {
+			want = append(want, "rule:   "+s.rule)
+		}
+		if s.blame != "" {
+			want = append(want, "blame:  "+s.blame)
+		}
+		if s.summary != "" {
+			want = append(want, s.summary)
 		}
 		for _, src := range [][]string{{"--kubeconfig", c.Kubeconfig}, {"--objects", dump}} {
 			out := traceStory(t, c, s, addr, src)
@@ -235,4 +253,15 @@ func traceStories(t *testing.T, c *cluster.Cluster, ss []*story, dump string) {
 			}
 		}
 	}
+}
+
+// mark is the text output's mark of a story's first finding.
+func mark(finding string) string {
+	switch finding {
+	case "healthy":
+		return "✓"
+	case "headless", "externalname":
+		return "i"
+	}
+	return "✗" // a problem
 }
