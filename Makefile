@@ -10,6 +10,7 @@
 #   k8s-bins         build etcd, kube-apiserver, kube-controller-manager, kube-proxy (test/k8s), cached
 #   e2e              end-to-end tests against the real control plane and kube-proxy (root)
 #   k8s-fixtures     capture the real kube-proxy's rulesets into internal/kubeproxy/testdata (root)
+#   test-kernels     the privileged tests on Debian's 6.1 and 6.12 kernels under QEMU (test/kernels)
 
 GO      ?= go
 BIN     ?= bin/svctrace
@@ -31,7 +32,7 @@ K8S_LDFLAGS  := -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
 	-X k8s.io/client-go/pkg/version.gitVersion=$(K8S_VERSION)
 E2E_ENV      := SVCTRACE_K8S_BIN=$(K8S_BIN) SVCTRACE_REQUIRE_E2E=1 SVCTRACE_REQUIRE_ROOT=1
 
-.PHONY: build generate check-generated test test-privileged lint bench fixtures k8s-bins e2e k8s-fixtures clean
+.PHONY: build generate check-generated test test-privileged lint bench fixtures k8s-bins e2e k8s-fixtures test-kernels clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/svctrace
@@ -79,6 +80,11 @@ $(K8S_BIN)/.complete: test/k8s/go.mod test/k8s/go.sum test/k8s/etcd/main.go
 
 e2e: k8s-bins
 	$(E2E_ENV) $(GO) test -p 1 -count=1 -v ./test/e2e/...
+
+# Kernels are cached under ~/.cache/svctrace/kernels; the report goes to
+# build/kernels/report.md.
+test-kernels:
+	$(GO) run ./test/kernels
 
 k8s-fixtures: k8s-bins
 	$(E2E_ENV) $(GO) test -count=1 ./test/e2e -run 'TestCaptureFixtures$$' -update-fixtures

@@ -227,7 +227,7 @@ func (x *Explainer) rule(c *flow.Conn, port *resolve.Port) (rule string, ownRule
 	}
 	if len(chains) == 0 {
 		if r.Mode == kubeproxy.ModeIPTablesLegacy {
-			return fmt.Sprintf("iptables-legacy, %s %s", d.Gap.What(), d.Gap.Hook), false
+			return fmt.Sprintf("in iptables-legacy's %s on %s", d.Gap.What(), d.Gap.Hook), false
 		}
 		return "", false
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/live"
 	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/topo"
@@ -47,14 +48,22 @@ func up(t *testing.T) *Lab {
 	return l
 }
 
-// blames start the blame line of each scenario's connection.
-var blames = map[string]string{
-	"healthy":          "",
-	"no-endpoints":     "Service lab/empty: the selector app=wbe matches no Pod in namespace lab",
-	"wrong-targetport": "Pod lab/web-1 on lab-node (ready): nothing listens on port 9090",
-	"hung-pod":         "Pod lab/hung on lab-node (ready) did not answer on port 8080",
-	"policy-drop":      "a rule in table ip filter, chain FORWARD (forward, priority 0), not kube-proxy's, dropped the SYN to Pod lab/guarded",
-	"no-proxy-rules":   "kube-proxy on lab-node: kube-proxy (iptables mode) has no rules for lab/unproxied:http on this node",
+// blames start the blame line of each scenario's connection, with the
+// node's rules in this kube-proxy mode (iptables' nf_tables or legacy
+// backend, whichever iptables-restore is).
+func blames(mode kubeproxy.Mode) map[string]string {
+	policy := "a rule in table ip filter, chain FORWARD (forward, priority 0), not kube-proxy's, dropped the SYN to Pod lab/guarded"
+	if mode == kubeproxy.ModeIPTablesLegacy {
+		policy = "a rule in iptables-legacy's filter table (0) on FORWARD, not kube-proxy's, dropped the SYN to Pod lab/guarded"
+	}
+	return map[string]string{
+		"healthy":          "",
+		"no-endpoints":     "Service lab/empty: the selector app=wbe matches no Pod in namespace lab",
+		"wrong-targetport": "Pod lab/web-1 on lab-node (ready): nothing listens on port 9090",
+		"hung-pod":         "Pod lab/hung on lab-node (ready) did not answer on port 8080",
+		"policy-drop":      policy,
+		"no-proxy-rules":   "kube-proxy on lab-node: kube-proxy (" + string(mode) + " mode) has no rules for lab/unproxied:http on this node",
+	}
 }
 
 // Every scenario gives its verdict, with the translated endpoint and, where
@@ -76,6 +85,11 @@ func TestScenarios(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rules, err := kubeproxy.Read(l.Node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blames := blames(rules.Mode)
 	for _, r := range results {
 		s := r.Scenario
 		t.Run(s.Name, func(t *testing.T) {
@@ -102,7 +116,17 @@ func TestScenarios(t *testing.T) {
 			}
 			if s.Expect == flow.Rejected || s.Expect == flow.Dropped {
 				if c.Drop == nil || !c.Drop.Placed || c.Drop.Gap.Hook != s.ExpectHook {
-					t.Fatalf("drop %+v, want one in %s", c.Drop, s.ExpectHook)
+					var steps []string
+					for _, st := range c.Steps {
+						steps = append(steps, fmt.Sprintf("%s %s %s", st.Hook, st.Stage, st.Note))
+					}
+					for _, ev := range events {
+						if ev.Kind == tracer.KindDrop || ev.Tuple.Dst == s.VIP() {
+							b, _ := json.Marshal(ev)
+							steps = append(steps, string(b))
+						}
+					}
+					t.Fatalf("drop %+v, want one in %s (%s; drops %+v; steps and events:\n%s)", c.Drop, s.ExpectHook, c.Why, c.Drops, strings.Join(steps, "\n"))
 				}
 				if c.Drop.Gap.What() != "filter table (0)" || c.Drop.Reason != "NETFILTER_DROP" {
 					t.Errorf("drop %s, want NETFILTER_DROP in the filter table", c.Drop)

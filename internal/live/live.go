@@ -38,35 +38,55 @@ type Result struct {
 // tick is how often timeouts are checked and losses looked up.
 const tick = 100 * time.Millisecond
 
+// drainEvery is how long the reader waits for an event before it reports
+// the ring buffer empty.
+const drainEvery = 50 * time.Millisecond
+
+// item is what the reader hands over: an event, or (ev unset) the news
+// that the ring buffer was empty at time drained.
+type item struct {
+	ev      tracer.Event
+	drained uint64
+}
+
 // Run traces until ctx is done, Count connections were seen, or Quiesce is
 // closed and nothing is left to follow. Connections still open at the end are
 // reported with what was seen of them.
 func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 	a := flow.New(opts.Flow)
 	var res Result
-	events := make(chan tracer.Event, 4096)
+	events := make(chan item, 4096)
 	readErr := make(chan error, 1)
 	// The reader ends when the tracer is closed or, should the channel be
-	// full, when Run returns.
+	// full, when Run returns. When the ring buffer is empty it says so,
+	// through the same channel: everything that happened before has been
+	// handed over. Timeouts are judged by that clock, not the wall's, so a
+	// reader that lags behind the kernel (a slow machine, a burst) never
+	// finishes a connection whose last events are still on their way.
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
 		for {
+			before := tracer.Now()
+			tr.SetDeadline(time.Now().Add(drainEvery))
 			ev, err := tr.Read()
+			it := item{ev: ev}
 			if err != nil {
 				if !errors.Is(err, os.ErrDeadlineExceeded) {
 					readErr <- err
 					return
 				}
-				continue
+				it = item{drained: before}
 			}
 			select {
-			case events <- ev:
+			case events <- it:
 			case <-stop:
 				return
 			}
 		}
 	}()
+	// seen is the time up to which every event has been assembled.
+	var seen uint64
 
 	full := func() bool { return opts.Count > 0 && res.Conns >= opts.Count }
 	// emit hands on finished connections, no more than Count in all, and
@@ -104,7 +124,13 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 	quiescing := false
 	for {
 		select {
-		case ev := <-events:
+		case it := <-events:
+			if it.drained != 0 {
+				seen = max(seen, it.drained)
+				continue
+			}
+			ev := it.ev
+			seen = max(seen, ev.Time)
 			if opts.Record != nil {
 				opts.Record(ev)
 			}
@@ -113,7 +139,7 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 			}
 		case <-ticker.C:
 			checkLost()
-			if emit(a.Tick(tracer.Now())) {
+			if emit(a.Tick(seen)) {
 				return finish()
 			}
 			if quiescing && a.Active() == 0 && len(events) == 0 {

@@ -99,10 +99,15 @@ func try(typ ebpf.ProgramType, at ebpf.AttachType, attachTo string, ret int32, a
 }
 
 func probeNetfilter() error {
-	return try(ebpf.Netfilter, ebpf.AttachNetfilter, "", 1 /* NF_ACCEPT */, func(p *ebpf.Program) (link.Link, error) {
+	err := try(ebpf.Netfilter, ebpf.AttachNetfilter, "", 1 /* NF_ACCEPT */, func(p *ebpf.Program) (link.Link, error) {
 		return link.AttachNetfilter(link.NetfilterOptions{Program: p, ProtocolFamily: link.NetfilterProtoIPv4,
 			Hook: link.NetfilterInetLocalOut, Priority: priorityLast - 1})
 	})
+	if errors.Is(err, unix.EINVAL) {
+		// Kernels before 6.4 do not know the program type.
+		return fmt.Errorf("%w (netfilter BPF programs need Linux ≥ 6.4)", err)
+	}
+	return err
 }
 
 func attachTracing(p *ebpf.Program) (link.Link, error) {
