@@ -47,7 +47,7 @@ generate: build/vmlinux.h
 	$(GO) generate ./internal/tracer
 
 check-generated: generate
-	@git diff --exit-code --stat -- internal/tracer/bpf_bpfel.go internal/tracer/bpf_bpfel.o || \
+	@git diff --exit-code --stat -- internal/tracer/bpf_x86_bpfel.go internal/tracer/bpf_x86_bpfel.o || \
 	  { echo "the committed bpf2go outputs are stale: run 'make generate' and commit them"; exit 1; }
 
 # -p 1: test packages run one after another, so privileged tests of different
@@ -82,9 +82,11 @@ e2e: k8s-bins
 	$(E2E_ENV) $(GO) test -p 1 -count=1 -v ./test/e2e/...
 
 # Kernels are cached under ~/.cache/svctrace/kernels; the report goes to
-# build/kernels/report.md.
+# build/kernels/report.md, or KERNELS_REPORT=docs/kernels.md to refresh the
+# committed one.
+KERNELS_REPORT ?= build/kernels/report.md
 test-kernels:
-	$(GO) run ./test/kernels
+	$(GO) run ./test/kernels -report $(KERNELS_REPORT)
 
 k8s-fixtures: k8s-bins
 	$(E2E_ENV) $(GO) test -count=1 ./test/e2e -run 'TestCaptureFixtures$$' -update-fixtures

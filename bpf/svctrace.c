@@ -464,6 +464,297 @@ OBSERVER(nf_pre_snat, STAGE_PRE_SNAT)
 OBSERVER(nf_post_snat, STAGE_POST_SNAT)
 OBSERVER(nf_last, STAGE_LAST)
 
+/* ---- function probes: the same observations on kernels without ---------
+ * ---- netfilter BPF links (fentry/fexit, else kprobe/kretprobe) ----------
+ *
+ * Each netfilter piece the observers bracket has a kernel function that runs
+ * it: nf_conntrack_in (conntrack), nf_nat_inet_fn (the NAT hooks, DNAT on
+ * PREROUTING/OUTPUT, SNAT on INPUT/POSTROUTING), ipt_do_table/ip6t_do_table
+ * and nft_do_chain (tables and chains; those at the filter priority 0 are
+ * the filter stage), nf_hook_slow (a whole hook: its return is the hook's
+ * last point). Entry and return of each become the stages before and after
+ * it, so the events are those of the netfilter observers. Probes see every
+ * network namespace: filter_netns keeps the traced one.
+ */
+
+/* The traced namespace's inode; 0 for the netfilter observers, which are
+ * attached in it. */
+const volatile __u32 filter_netns = 0;
+
+enum fn {
+	FN_CONNTRACK = 1,
+	FN_NAT,
+	FN_TABLE, /* ipt_do_table, ip6t_do_table, nft_do_chain */
+	FN_HOOK,  /* nf_hook_slow */
+};
+
+#define NF_INET_PRE_ROUTING 0
+#define NF_INET_LOCAL_IN 1
+#define NF_INET_LOCAL_OUT 3
+#define NF_INET_POST_ROUTING 4
+
+static __always_inline void hook_event(struct sk_buff *skb, const struct nf_hook_state *state, __u8 stage)
+{
+	__u32 netns = BPF_CORE_READ(state, net, ns.inum);
+
+	if (filter_netns && netns != filter_netns)
+		return;
+
+	struct match m = {};
+
+	m.family = BPF_CORE_READ(state, pf);
+	if (!match_skb(skb, &m))
+		return;
+
+	struct event *e = new_event(skb, &m);
+
+	if (!e)
+		return;
+	e->kind = EVENT_HOOK;
+	e->stage = stage;
+	e->hook = BPF_CORE_READ(state, hook);
+	e->netns = netns;
+	e->ifindex_in = BPF_CORE_READ(state, in, ifindex);
+	e->ifindex_out = BPF_CORE_READ(state, out, ifindex);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* The stage a function's entry (after = 0) or return (after = 1) stands
+ * for, or STAGE_NONE. prio is a table's or chain's netfilter priority. */
+static __always_inline __u8 fn_stage(__u32 fn, __u8 hook, int prio, int after)
+{
+	switch (fn) {
+	case FN_CONNTRACK:
+		return after ? STAGE_POST_CONNTRACK : STAGE_PRE_CONNTRACK;
+	case FN_NAT:
+		if (hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT)
+			return after ? STAGE_POST_DNAT : STAGE_PRE_DNAT;
+		return after ? STAGE_POST_SNAT : STAGE_PRE_SNAT;
+	case FN_TABLE:
+		if (prio != 0)
+			return STAGE_NONE; /* nat tables run inside nf_nat_inet_fn */
+		return after ? STAGE_POST_FILTER : STAGE_PRE_FILTER;
+	case FN_HOOK:
+		/* The hooks whose observers end with STAGE_LAST. */
+		if (after && (hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_IN || hook == NF_INET_POST_ROUTING))
+			return STAGE_LAST;
+	}
+	return STAGE_NONE;
+}
+
+static __always_inline void fn_enter(__u32 fn, struct sk_buff *skb, const struct nf_hook_state *state, int prio)
+{
+	__u8 stage = fn_stage(fn, BPF_CORE_READ(state, hook), prio, 0);
+
+	if (stage != STAGE_NONE)
+		hook_event(skb, state, stage);
+}
+
+/* ret is the function's verdict: NF_ACCEPT (1) lets the packet on; for
+ * nf_hook_slow, 1 means every hook function accepted. */
+static __always_inline void fn_return(__u32 fn, struct sk_buff *skb, const struct nf_hook_state *state, int prio, long ret)
+{
+	__u8 stage = fn_stage(fn, BPF_CORE_READ(state, hook), prio, 1);
+
+	if (stage != STAGE_NONE && ret == NF_ACCEPT)
+		hook_event(skb, state, stage);
+}
+
+static __always_inline int xt_priority(void *table)
+{
+	return BPF_CORE_READ((struct xt_table *)table, priority);
+}
+
+/* nft_do_chain's priv is the base chain's struct nft_chain, embedded in
+ * struct nft_base_chain with the hook's ops. */
+static __always_inline int nft_priority(void *chain)
+{
+	struct nft_base_chain *base = (void *)((char *)chain - bpf_core_field_offset(struct nft_base_chain, chain));
+
+	return BPF_CORE_READ(base, ops.priority);
+}
+
+SEC("fentry/nf_conntrack_in")
+int BPF_PROG(fentry_conntrack_in, struct sk_buff *skb, const struct nf_hook_state *state)
+{
+	fn_enter(FN_CONNTRACK, skb, state, 0);
+	return 0;
+}
+
+SEC("fexit/nf_conntrack_in")
+int BPF_PROG(fexit_conntrack_in, struct sk_buff *skb, const struct nf_hook_state *state, unsigned int ret)
+{
+	fn_return(FN_CONNTRACK, skb, state, 0, ret);
+	return 0;
+}
+
+SEC("fentry/nft_do_chain")
+int BPF_PROG(fentry_nft, struct nft_pktinfo *pkt, void *priv)
+{
+	fn_enter(FN_TABLE, BPF_CORE_READ(pkt, skb), BPF_CORE_READ(pkt, state), nft_priority(priv));
+	return 0;
+}
+
+SEC("fexit/nft_do_chain")
+int BPF_PROG(fexit_nft, struct nft_pktinfo *pkt, void *priv, unsigned int ret)
+{
+	fn_return(FN_TABLE, BPF_CORE_READ(pkt, skb), BPF_CORE_READ(pkt, state), nft_priority(priv), ret);
+	return 0;
+}
+
+SEC("fexit/nf_hook_slow")
+int BPF_PROG(fexit_hook_slow, struct sk_buff *skb, struct nf_hook_state *state, const struct nf_hook_entries *e,
+	     unsigned int s, int ret)
+{
+	fn_return(FN_HOOK, skb, state, 0, ret);
+	return 0;
+}
+
+/* kprobes: a kretprobe sees only the return value, so each entry pushes its
+ * arguments on a per-CPU stack and the return pops them. Netfilter nests on
+ * one CPU (a REJECT in FORWARD sends its ICMP error through OUTPUT inside
+ * the FORWARD hook), always last in, first out. */
+#define MAX_DEPTH 16
+
+struct frame {
+	__u64 skb;
+	__u64 state;
+	__u32 fn;
+	__s32 prio;
+};
+
+struct frames {
+	__u32 depth;
+	__u32 pad;
+	struct frame f[MAX_DEPTH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct frames);
+} frames SEC(".maps");
+
+static __always_inline void push(__u32 fn, struct sk_buff *skb, const struct nf_hook_state *state, int prio)
+{
+	__u32 zero = 0;
+	struct frames *fs = bpf_map_lookup_elem(&frames, &zero);
+
+	if (!fs)
+		return;
+	__u32 d = fs->depth;
+
+	fs->depth = d + 1;
+	if (d >= MAX_DEPTH)
+		return; /* too deep: counted, not kept */
+	fs->f[d].skb = (__u64)skb;
+	fs->f[d].state = (__u64)state;
+	fs->f[d].fn = fn;
+	fs->f[d].prio = prio;
+}
+
+static __always_inline void pop(__u32 fn, long ret)
+{
+	__u32 zero = 0;
+	struct frames *fs = bpf_map_lookup_elem(&frames, &zero);
+
+	if (!fs || fs->depth == 0)
+		return;
+	__u32 d = fs->depth - 1;
+
+	fs->depth = d;
+	if (d >= MAX_DEPTH)
+		return;
+	struct frame f = fs->f[d];
+
+	if (f.fn != fn)
+		return; /* out of step (a probe missed): report nothing */
+	fn_return(fn, (struct sk_buff *)f.skb, (const struct nf_hook_state *)f.state, f.prio, ret);
+}
+
+static __always_inline void kenter(__u32 fn, struct sk_buff *skb, const struct nf_hook_state *state, int prio)
+{
+	push(fn, skb, state, prio);
+	fn_enter(fn, skb, state, prio);
+}
+
+SEC("kprobe/nf_conntrack_in")
+int BPF_KPROBE(kprobe_conntrack_in, struct sk_buff *skb, const struct nf_hook_state *state)
+{
+	kenter(FN_CONNTRACK, skb, state, 0);
+	return 0;
+}
+
+SEC("kretprobe/nf_conntrack_in")
+int BPF_KRETPROBE(kretprobe_conntrack_in, unsigned int ret)
+{
+	pop(FN_CONNTRACK, ret);
+	return 0;
+}
+
+/* The probes of a function called as (void *priv, struct sk_buff *skb,
+ * const struct nf_hook_state *state): the NAT hooks and the xtables
+ * tables. prio may use priv. */
+#define PRIV_SKB_STATE_PROBES(sym, fn, prio)                                                          \
+	SEC("fentry/" #sym)                                                                           \
+	int BPF_PROG(fentry_##sym, void *priv, struct sk_buff *skb, const struct nf_hook_state *state) \
+	{                                                                                             \
+		fn_enter(fn, skb, state, prio);                                                       \
+		return 0;                                                                             \
+	}                                                                                             \
+	SEC("fexit/" #sym)                                                                            \
+	int BPF_PROG(fexit_##sym, void *priv, struct sk_buff *skb, const struct nf_hook_state *state,  \
+		     unsigned int ret)                                                                \
+	{                                                                                             \
+		fn_return(fn, skb, state, prio, ret);                                                 \
+		return 0;                                                                             \
+	}                                                                                             \
+	SEC("kprobe/" #sym)                                                                           \
+	int BPF_KPROBE(kprobe_##sym, void *priv, struct sk_buff *skb, const struct nf_hook_state *state) \
+	{                                                                                             \
+		kenter(fn, skb, state, prio);                                                         \
+		return 0;                                                                             \
+	}                                                                                             \
+	SEC("kretprobe/" #sym)                                                                        \
+	int BPF_KRETPROBE(kretprobe_##sym, unsigned int ret)                                          \
+	{                                                                                             \
+		pop(fn, ret);                                                                         \
+		return 0;                                                                             \
+	}
+
+PRIV_SKB_STATE_PROBES(nf_nat_inet_fn, FN_NAT, 0)
+PRIV_SKB_STATE_PROBES(ipt_do_table, FN_TABLE, xt_priority(priv))
+PRIV_SKB_STATE_PROBES(ip6t_do_table, FN_TABLE, xt_priority(priv))
+
+SEC("kprobe/nft_do_chain")
+int BPF_KPROBE(kprobe_nft, struct nft_pktinfo *pkt, void *priv)
+{
+	kenter(FN_TABLE, BPF_CORE_READ(pkt, skb), BPF_CORE_READ(pkt, state), nft_priority(priv));
+	return 0;
+}
+
+SEC("kretprobe/nft_do_chain")
+int BPF_KRETPROBE(kretprobe_nft, unsigned int ret)
+{
+	pop(FN_TABLE, ret);
+	return 0;
+}
+
+SEC("kprobe/nf_hook_slow")
+int BPF_KPROBE(kprobe_hook_slow, struct sk_buff *skb, struct nf_hook_state *state)
+{
+	push(FN_HOOK, skb, state, 0);
+	return 0;
+}
+
+SEC("kretprobe/nf_hook_slow")
+int BPF_KRETPROBE(kretprobe_hook_slow, int ret)
+{
+	pop(FN_HOOK, ret);
+	return 0;
+}
+
 /* ---- drops --------------------------------------------------------------- */
 
 /* The namespace a freed packet was in: its device's, else (locally generated

@@ -117,7 +117,7 @@ func (o *labOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	results, info, res, err := l.Run(ctx, lab.RunOptions{Timeout: o.timeout, Logf: o.logf, Lost: p.Lost})
+	results, info, res, err := l.Run(ctx, lab.RunOptions{Timeout: o.timeout, Backend: o.backend, Logf: o.logf, Lost: p.Lost})
 	if err != nil {
 		return err
 	}
@@ -125,8 +125,8 @@ func (o *labOptions) run(ctx context.Context) error {
 		return errors.New("interrupted")
 	}
 	if o.output == "text" {
-		fmt.Fprintf(o.stdout, "lab %s: node %s, traced with %s (%d observers, drops: %s)\n\n",
-			l.ID, l.Node.Spec, info.Backend, info.Links, orNone(info.Drops))
+		fmt.Fprintf(o.stdout, "lab %s: node %s, traced with %s (%d %s, drops: %s)\n\n",
+			l.ID, l.Node.Spec, info.Backend, info.Links, probesWord(info.Backend), orNone(info.Drops))
 	}
 
 	var sum output.Summary

@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/testutil"
+	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 func TestMain(m *testing.M) {
@@ -295,5 +296,27 @@ func TestSignalsDetachEverything(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// --backend names a backend; an unknown one, or one this kernel cannot run,
+// is a one-line error that says what to do.
+func TestBackendFlag(t *testing.T) {
+	testutil.RequireRoot(t)
+	_, _, err := run(context.Background(), "trace", "--addr", "10.96.0.10:80", "--backend", "ebpf-magic")
+	if err == nil || !strings.Contains(err.Error(), `unknown backend "ebpf-magic": use netfilter-link, fentry or kprobe`) {
+		t.Errorf("unknown backend: %v", err)
+	}
+	for _, b := range tracer.Backends {
+		if tracer.Probe().Backend == b {
+			continue // the one that works here
+		}
+		_, _, err := run(context.Background(), "trace", "--addr", "10.96.0.10:80", "--backend", b, "--duration", "1s")
+		if err == nil {
+			continue // works here too
+		}
+		if !strings.Contains(err.Error(), "backend "+b+" does not work here: ") || !strings.Contains(err.Error(), "svctrace kernel-support") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("backend %s: %v", b, err)
+		}
 	}
 }

@@ -107,6 +107,14 @@ func (o *traceOptions) run(ctx context.Context) error {
 		isService: func(p tracer.Proto, a netip.AddrPort) bool { return services[tracer.Target{Addr: a, Proto: p}] }})
 }
 
+// probesWord is what a backend attaches.
+func probesWord(backend string) string {
+	if backend == tracer.BackendNetfilter {
+		return "observers"
+	}
+	return "probes"
+}
+
 // session is one trace: where, what, and how to name what is seen.
 type session struct {
 	netns     string
@@ -126,15 +134,18 @@ type session struct {
 // the end.
 func (g *globals) trace(ctx context.Context, s session) error {
 	start := time.Now()
-	tr, err := tracer.Open(tracer.Options{NetNS: s.netns, Targets: s.targets, Logf: g.logf})
+	tr, err := tracer.Open(tracer.Options{NetNS: s.netns, Targets: s.targets, Backend: g.backend, Logf: g.logf})
 	if err != nil {
 		return err
 	}
 	defer tr.Close()
 	info := tr.Info()
 	g.logf("attached in %s", time.Since(start).Round(time.Millisecond))
-	fmt.Fprintf(g.stderr, "tracing %s in %s with %s (%d observers, drops: %s); Ctrl-C to stop\n",
-		targetList(s.targets), info.NetNS, info.Backend, info.Links, orNone(info.Drops))
+	for _, sk := range info.Skipped {
+		fmt.Fprintf(g.stderr, "svctrace: warning: not probed: %s\n", sk)
+	}
+	fmt.Fprintf(g.stderr, "tracing %s in %s with %s (%d %s, drops: %s); Ctrl-C to stop\n",
+		targetList(s.targets), info.NetNS, info.Backend, info.Links, probesWord(info.Backend), orNone(info.Drops))
 
 	s.print.Wall = tracer.WallClock()
 	p, err := output.New(g.output, g.stdout, s.print)

@@ -33,6 +33,8 @@ func (r Result) Verdict() flow.Verdict {
 type RunOptions struct {
 	// Timeout is the client's timeout and the tracer's no-reply timeout.
 	Timeout time.Duration
+	// Backend forces a tracer backend ("" : the first that works).
+	Backend string
 	Logf    func(format string, args ...any)
 	// Lost is called when the tracer loses events.
 	Lost func(total uint64)
@@ -70,7 +72,7 @@ func (l *Lab) Run(ctx context.Context, opts RunOptions) ([]Result, tracer.Info, 
 	if opts.Timeout == 0 {
 		opts.Timeout = 1500 * time.Millisecond
 	}
-	tr, err := tracer.Open(tracer.Options{NetNS: l.Node.Path, Targets: l.Targets(), Logf: opts.Logf})
+	tr, err := tracer.Open(tracer.Options{NetNS: l.Node.Path, Targets: l.Targets(), Backend: opts.Backend, Logf: opts.Logf})
 	if err != nil {
 		return nil, tracer.Info{}, live.Result{}, err
 	}

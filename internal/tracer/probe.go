@@ -55,18 +55,26 @@ func Probe() Support {
 	_, err := btf.LoadKernelSpec()
 	add("BTF", "kernel type information: CO-RE, drop reason names", err)
 
-	nf := add("netfilter BPF link", "observers at chosen priorities on every hook (kernel ≥ 6.4)", probeNetfilter())
+	works := map[string]bool{
+		BackendNetfilter: add("netfilter BPF link", "the netfilter-link backend: observers at chosen priorities on every hook (kernel ≥ 6.4)", probeNetfilter()),
+	}
 	add("tp_btf/kfree_skb", "drops with reason and location (BTF-typed)", probeRawTracepoint())
 	add("tracepoint skb:kfree_skb", "drops with reason and location", probeTracepoint())
-	add("kprobes", "needed by the kprobe backend on older kernels", probeKprobe())
-	add("fentry/fexit", "needed by the fentry backend on older kernels", probeFentry())
+	works[BackendFentry] = add("fentry/fexit", "the fentry backend: trampolines on the netfilter functions", probeFentry())
+	works[BackendKprobe] = add("kprobes", "the kprobe backend: kprobes and kretprobes on the netfilter functions", probeKprobe())
 
-	if nf {
-		s.Backend = "netfilter-link"
-		s.Why = "netfilter BPF links work: observers bracket conntrack, DNAT, filter and SNAT on all five hooks"
-	} else {
-		s.Why = "no backend of this build works here: it needs netfilter BPF links (Linux ≥ 6.4, CONFIG_NETFILTER_BPF_LINK); kprobe and fentry backends for older kernels are planned"
+	why := map[string]string{
+		BackendNetfilter: "netfilter BPF links work: observers bracket conntrack, DNAT, filter and SNAT on all five hooks",
+		BackendFentry:    "no netfilter BPF links (Linux < 6.4); fentry/fexit on nf_conntrack_in, nf_nat_inet_fn, the table functions and nf_hook_slow give the same observations",
+		BackendKprobe:    "no netfilter BPF links and no fentry; kprobes on nf_conntrack_in, nf_nat_inet_fn, the table functions and nf_hook_slow give the same observations",
 	}
+	for _, b := range Backends {
+		if works[b] {
+			s.Backend, s.Why = b, why[b]
+			return s
+		}
+	}
+	s.Why = "no backend works here: svctrace needs netfilter BPF links (Linux ≥ 6.4), fentry/fexit (BTF trampolines) or kprobes"
 	return s
 }
 

@@ -17,7 +17,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
-	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -38,6 +37,9 @@ type Options struct {
 	// /run/netns, a path, or a PID. Empty: svctrace's own namespace.
 	NetNS   string
 	Targets []Target
+	// Backend forces a backend (BackendNetfilter, BackendFentry,
+	// BackendKprobe); empty: the first that works here.
+	Backend string
 	// Logf, if set, receives progress and verifier details (--verbose).
 	Logf func(format string, args ...any)
 
@@ -48,10 +50,14 @@ type Options struct {
 
 // Info describes what Open set up.
 type Info struct {
-	Backend string // "netfilter-link"
+	Backend string // one of Backends
 	NetNS   NetNS
-	Links   int    // netfilter observers attached
+	Links   int    // netfilter observers, or function probes, attached
 	Drops   string // program watching drops, "" if none could be attached
+	// Functions are the kernel functions probed (function backends), and
+	// Skipped those that could not be, each with why.
+	Functions []string
+	Skipped   []string
 	// Shifted lists observers attached away from their stage's priority
 	// because another hook held it, e.g. "ipv6 INPUT/last at 2147483645".
 	Shifted []string
@@ -60,11 +66,17 @@ type Info struct {
 // ErrClosed is returned by Read after Close.
 var ErrClosed = errors.New("tracer closed")
 
+// ErrNoBTF: the kernel has no BTF, which every backend needs (the programs
+// adapt to the running kernel's structures through it: CO-RE).
+var ErrNoBTF = errors.New("this kernel has no BTF type information (no /sys/kernel/btf/vmlinux: built without CONFIG_DEBUG_INFO_BTF), " +
+	"which svctrace's programs need to adapt to it; use a kernel with BTF, as every major distribution's since 2021")
+
 // Tracer is a loaded and attached set of observers.
 type Tracer struct {
 	info    Info
-	coll    *ebpf.Collection // maps and observers
-	drops   *ebpf.Collection // the kfree_skb program, sharing coll's maps
+	coll    *ebpf.Collection   // maps and observers
+	drops   *ebpf.Collection   // the kfree_skb program, sharing coll's maps
+	funcs   []*ebpf.Collection // function probes, one per function, sharing coll's maps
 	links   []link.Link
 	reader  *ringbuf.Reader
 	dec     decoder
@@ -73,9 +85,10 @@ type Tracer struct {
 	close   sync.Once
 }
 
-// Open loads the BPF objects, attaches the observers in opts.NetNS and the
-// drop tracepoint, and fills the filter with opts.Targets. Close undoes it all;
-// so does the process exiting, since nothing is pinned.
+// Open loads the BPF objects, attaches the observers in opts.NetNS (or, with
+// a function backend, probes that keep to it) and the drop tracepoint, and
+// fills the filter with opts.Targets. Close undoes it all; so does the
+// process exiting, since nothing is pinned.
 func Open(opts Options) (_ *Tracer, err error) {
 	logf := opts.Logf
 	if logf == nil {
@@ -88,39 +101,61 @@ func Open(opts Options) (_ *Tracer, err error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, permissionHint(fmt.Errorf("raising the memlock limit: %w", err))
 	}
-	// Older kernels refuse netfilter programs with EINVAL rather than a
-	// clear "not supported": ask first.
-	if err := features.HaveProgramType(ebpf.Netfilter); errors.Is(err, ebpf.ErrNotSupported) {
-		return nil, fmt.Errorf("this kernel cannot run netfilter BPF programs (needs Linux ≥ 6.4 with CONFIG_NETFILTER_BPF_LINK); `svctrace kernel-support` shows what it can do")
+	// One decoded copy of the kernel's BTF serves CO-RE for every load and
+	// the drop reason names.
+	cache := btf.NewCache()
+	if _, err := cache.Kernel(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoBTF, err)
+	}
+	backend, err := chooseBackend(opts.Backend)
+	if err != nil {
+		return nil, permissionHint(err)
 	}
 	spec, err := loadBpf()
 	if err != nil {
 		return nil, err
 	}
 
-	t := &Tracer{info: Info{Backend: "netfilter-link", NetNS: ns}, targets: map[Target]bool{}}
+	t := &Tracer{info: Info{Backend: backend, NetNS: ns}, targets: map[Target]bool{}}
 	defer func() {
 		if err != nil {
 			t.Close()
 		}
 	}()
 
+	// The maps, and the netfilter observers if they are the backend.
 	base := spec.Copy()
-	delete(base.Programs, bpfProgKfreeSkbBtf)
-	delete(base.Programs, bpfProgKfreeSkbTp)
-	// One decoded copy of the kernel's BTF serves CO-RE for every load and
-	// the drop reason names.
-	cache := btf.NewCache()
+	for name, p := range base.Programs {
+		if backend != BackendNetfilter || p.Type != ebpf.Netfilter {
+			delete(base.Programs, name)
+		}
+	}
+	if backend != BackendNetfilter {
+		// Function probes see every namespace: keep to this one.
+		if err := spec.Variables["filter_netns"].Set(ns.Inode); err != nil {
+			return nil, err
+		}
+		if err := base.Variables["filter_netns"].Set(ns.Inode); err != nil {
+			return nil, err
+		}
+	}
 	if t.coll, err = newCollection(base, nil, cache, logf); err != nil {
-		return nil, permissionHint(fmt.Errorf("loading the netfilter observers: %w", err))
+		return nil, permissionHint(fmt.Errorf("loading the %s backend: %w", backend, err))
 	}
 
-	if err := InNetNS(ns, t.attachObservers); err != nil {
-		return nil, err
-	}
-	logf("attached %d netfilter observers in %s", t.info.Links, ns)
-	for _, sh := range t.info.Shifted {
-		logf("observer %s: its priority was taken by another hook", sh)
+	if backend == BackendNetfilter {
+		if err := InNetNS(ns, t.attachObservers); err != nil {
+			return nil, err
+		}
+		logf("attached %d netfilter observers in %s", t.info.Links, ns)
+		for _, sh := range t.info.Shifted {
+			logf("observer %s: its priority was taken by another hook", sh)
+		}
+	} else {
+		if err := t.attachFunctions(spec, backend, cache, logf); err != nil {
+			return nil, err
+		}
+		logf("%s: probing %v for %s", backend, t.info.Functions, ns)
 	}
 
 	drops := opts.dropPrograms
@@ -313,6 +348,9 @@ func (t *Tracer) Close() error {
 		}
 		if t.drops != nil {
 			t.drops.Close()
+		}
+		for _, c := range t.funcs {
+			c.Close()
 		}
 		if t.coll != nil {
 			t.coll.Close()

@@ -26,17 +26,27 @@ func exchange(t *testing.T, ns NetNS, port int) {
 
 func exchangeAt(t *testing.T, ns NetNS, addr string) {
 	t.Helper()
+	exchangeVia(t, ns, addr, "")
+}
+
+// exchangeVia listens on listen and connects to dial (the listener's own
+// address if empty) inside ns.
+func exchangeVia(t *testing.T, ns NetNS, listen, dial string) {
+	t.Helper()
 	var ln net.Listener
 	var c net.Conn
 	err := InNetNS(ns, func() (err error) {
-		if ln, err = net.Listen("tcp", addr); err != nil {
+		if ln, err = net.Listen("tcp", listen); err != nil {
 			return err
 		}
-		c, err = net.Dial("tcp", ln.Addr().String())
+		if dial == "" {
+			dial = ln.Addr().String()
+		}
+		c, err = net.Dial("tcp", dial)
 		return err
 	})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("connecting to %s in %s: %v", dial, ns, err)
 	}
 	defer ln.Close()
 	s, err := ln.Accept()
@@ -76,6 +86,16 @@ func involves(evs []Event, port uint16) int {
 	return n
 }
 
+// requireNetfilterLink skips a test about the netfilter-link backend on
+// kernels without netfilter BPF links (the VMs of make test-kernels).
+func requireNetfilterLink(t *testing.T) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	if err := probeNetfilter(); err != nil {
+		t.Skipf("netfilter-link backend: %v", err)
+	}
+}
+
 func newNetNS(t *testing.T) NetNS {
 	ns, err := ResolveNetNS(testutil.NewNetNS(t))
 	if err != nil {
@@ -87,9 +107,10 @@ func newNetNS(t *testing.T) NetNS {
 // The observers land in the namespace asked for, not in the caller's, and
 // see only the watched addresses until more are added.
 func TestObserversAttachInTheGivenNamespaceAndFilter(t *testing.T) {
+	requireNetfilterLink(t)
 	a, b := newNetNS(t), newNetNS(t)
 	watched := Target{Addr: netip.MustParseAddrPort("127.0.0.1:7777"), Proto: TCP}
-	tr, err := Open(Options{NetNS: a.Spec, Targets: []Target{watched}})
+	tr, err := Open(Options{NetNS: a.Spec, Targets: []Target{watched}, Backend: BackendNetfilter})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,9 +157,10 @@ func TestObserversAttachInTheGivenNamespaceAndFilter(t *testing.T) {
 
 // Close detaches every observer and the drop tracepoint.
 func TestCloseDetaches(t *testing.T) {
+	requireNetfilterLink(t)
 	ns := newNetNS(t)
 	before := testutil.Links(t)
-	tr, err := Open(Options{NetNS: ns.Spec})
+	tr, err := Open(Options{NetNS: ns.Spec, Backend: BackendNetfilter})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,9 +198,10 @@ func TestOpenUnknownNamespace(t *testing.T) {
 }
 
 func TestIPv6(t *testing.T) {
+	requireNetfilterLink(t)
 	ns := newNetNS(t)
 	target := Target{Addr: netip.MustParseAddrPort("[::1]:7780"), Proto: TCP}
-	tr, err := Open(Options{NetNS: ns.Spec, Targets: []Target{target}})
+	tr, err := Open(Options{NetNS: ns.Spec, Targets: []Target{target}, Backend: BackendNetfilter})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,11 +241,12 @@ func iptables(t *testing.T, ns NetNS, args ...string) {
 // Drops are reported with reason and location by the BTF-typed tracepoint
 // and by the plain tracepoint svctrace falls back to.
 func TestDropsThroughEitherTracepoint(t *testing.T) {
+	requireNetfilterLink(t)
 	for _, prog := range []string{bpfProgKfreeSkbBtf, bpfProgKfreeSkbTp} {
 		t.Run(prog, func(t *testing.T) {
 			ns := newNetNS(t)
 			iptables(t, ns, "-A", "OUTPUT", "-p", "tcp", "--dport", "7779", "-j", "DROP")
-			tr, err := Open(Options{NetNS: ns.Spec, dropPrograms: []string{prog},
+			tr, err := Open(Options{NetNS: ns.Spec, dropPrograms: []string{prog}, Backend: BackendNetfilter,
 				Targets: []Target{{Addr: netip.MustParseAddrPort("127.0.0.1:7779"), Proto: TCP}}})
 			if err != nil {
 				t.Fatal(err)
@@ -255,15 +279,15 @@ func TestDropsThroughEitherTracepoint(t *testing.T) {
 	}
 }
 
-func TestProbeChoosesNetfilterLink(t *testing.T) {
+// kernel-support reports every capability, and chooses the first backend
+// that works: netfilter links wherever the kernel has them.
+func TestProbeChoosesABackend(t *testing.T) {
 	testutil.RequireRoot(t)
 	s := Probe()
-	if s.Backend != "netfilter-link" {
-		t.Fatalf("backend %q (%s), want netfilter-link on this project's kernels", s.Backend, s.Why)
-	}
 	names := map[string]bool{}
+	ok := map[string]bool{}
 	for _, f := range s.Features {
-		names[f.Name] = true
+		names[f.Name], ok[f.Name] = true, f.OK
 		if !f.OK && f.Detail == "" {
 			t.Errorf("%s fails without saying why", f.Name)
 		}
@@ -273,11 +297,24 @@ func TestProbeChoosesNetfilterLink(t *testing.T) {
 			t.Errorf("no %q in the report", n)
 		}
 	}
+	want := ""
+	for _, b := range []struct{ backend, feature string }{
+		{BackendNetfilter, "netfilter BPF link"}, {BackendFentry, "fentry/fexit"}, {BackendKprobe, "kprobes"},
+	} {
+		if ok[b.feature] {
+			want = b.backend
+			break
+		}
+	}
+	if s.Backend != want || want == "" {
+		t.Fatalf("backend %q (%s), want %q", s.Backend, s.Why, want)
+	}
 }
 
 // When another hook holds an observer's priority, the observer moves away
 // from the piece it brackets instead of failing.
 func TestObserverMovesOffATakenPriority(t *testing.T) {
+	requireNetfilterLink(t)
 	ns := newNetNS(t)
 	var held link.Link
 	err := InNetNS(ns, func() error {
@@ -292,7 +329,7 @@ func TestObserverMovesOffATakenPriority(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held.Close()
-	tr, err := Open(Options{NetNS: ns.Spec})
+	tr, err := Open(Options{NetNS: ns.Spec, Backend: BackendNetfilter})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,8 @@ import (
 type kernel struct {
 	Name  string // "6.1"
 	Suite string // the Debian suite whose linux-image-cloud-amd64 it is
+	// Backends are the tracer backends the lab runs with on this kernel.
+	Backends []string
 	// Release is the kernel release (uname -r), Root where its package is
 	// unpacked (boot/vmlinuz-<release>, lib/modules/<release>).
 	Release, Root string
@@ -24,8 +26,8 @@ func (k *kernel) modules() string { return filepath.Join(k.Root, "lib", "modules
 // kernels are the kernels of `make test-kernels`: Debian 12's own and the
 // one from its backports.
 var kernels = []*kernel{
-	{Name: "6.1", Suite: "bookworm"},
-	{Name: "6.12", Suite: "bookworm-backports"},
+	{Name: "6.1", Suite: "bookworm", Backends: []string{"fentry", "kprobe"}},
+	{Name: "6.12", Suite: "bookworm-backports", Backends: []string{"netfilter-link", "fentry", "kprobe"}},
 }
 
 // apt runs apt-get or apt-cache with a private configuration under dir:

@@ -7,9 +7,9 @@
 //
 //	go run ./test/kernels [-kernels 6.1,6.12] [-out build/kernels]
 //
-// `make test-kernels` runs it; it needs root only for nothing but apt's
-// download cache, and qemu-system-x86, busybox-static and the iptables
-// package on the host (`.ci/run` installs them).
+// `make test-kernels` runs it. It needs qemu-system-x86, busybox-static,
+// xz-utils and iptables on the host (`.ci/run` installs them), network
+// access to Debian's mirror the first time, and no root: the VMs are root.
 package main
 
 import (
@@ -28,17 +28,21 @@ func main() {
 	out := flag.String("out", filepath.Join("build", "kernels"), "where initramfs images, logs and the report go")
 	only := flag.String("kernels", "", "comma-separated kernels to test (default: all: 6.1,6.12)")
 	timeout := flag.Duration("timeout", 15*time.Minute, "per kernel: boot to power-off")
+	report := flag.String("report", "", "where the Markdown report goes (default: OUT/report.md)")
 	flag.Parse()
+	if *report == "" {
+		*report = filepath.Join(*out, "report.md")
+	}
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "test-kernels: "+format+"\n", args...)
 	}
-	if err := run(*cache, *out, *only, *timeout, logf); err != nil {
+	if err := run(*cache, *out, *report, *only, *timeout, logf); err != nil {
 		fmt.Fprintf(os.Stderr, "test-kernels: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(cache, out, only string, timeout time.Duration, logf func(string, ...any)) error {
+func run(cache, out, report, only string, timeout time.Duration, logf func(string, ...any)) error {
 	for _, tool := range []string{"qemu-system-x86_64", "busybox", "xz", "dpkg-deb", "apt-get"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not found: install qemu-system-x86, busybox-static, xz-utils (apt-get install qemu-system-x86 busybox-static xz-utils)", tool)
@@ -78,7 +82,6 @@ func run(cache, out, only string, timeout time.Duration, logf func(string, ...an
 		}
 		results = append(results, r)
 	}
-	report := filepath.Join(out, "report.md")
 	if err := os.WriteFile(report, []byte(markdown(results)), 0o644); err != nil {
 		return err
 	}

@@ -37,7 +37,11 @@ var marks = map[string]string{"PASS": "✓", "FAIL": "✗", "SKIP": "skip", "": 
 // lab runs × scenarios.
 func markdown(rs []*kernelResult) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# svctrace on other kernels\n\n`make test-kernels`, %s, QEMU TCG (`-cpu qemu64,-cx16`).\n\n",
+	fmt.Fprintf(&b, "# svctrace on other kernels\n\nProduced by `make test-kernels` (test/kernels) on %s: Debian's cloud kernels booted under\n"+
+		"QEMU software emulation (`-cpu qemu64,-cx16`), each running the tracer's privileged tests, svctrace on a kernel\n"+
+		"without BTF, and the lab's scenarios with every backend the kernel has and both iptables backends.\n"+
+		"The project's own machines (Linux 6.18: netfilter-link only, kprobes compiled out, fentry refused) run the\n"+
+		"same lab test in `make test`.\n\n",
 		time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	b.WriteString("| kernel | release | run | result |\n|---|---|---|---|\n")
 	for _, r := range rs {
@@ -52,7 +56,8 @@ func markdown(rs []*kernelResult) string {
 	if len(sc) == 0 {
 		return b.String()
 	}
-	b.WriteString("\nLab scenarios (verdict, translated endpoint, drop hook):\n\n| kernel | run |")
+	b.WriteString("\nLab scenarios, per backend and iptables backend: ✓ is the scenario's verdict, translated endpoint,\n" +
+		"drop hook, diagnosis and blame, all as expected (internal/lab TestScenarios).\n\n| kernel | run |")
 	for _, s := range sc {
 		fmt.Fprintf(&b, " %s |", strings.TrimPrefix(s, "TestScenarios/"))
 	}

@@ -34,14 +34,25 @@ type testRun struct {
 	Lab bool
 }
 
-func testRuns() []testRun {
-	lab := "/bin/lab.test -test.run 'TestScenarios$' -test.v -test.count=1"
-	return []testRun{
+// testRuns: what kernel-support says, the tracer's tests, and the lab's
+// scenarios with each of the kernel's backends and both iptables backends.
+func testRuns(k *kernel) []testRun {
+	runs := []testRun{
 		{Name: "kernel-support", Cmd: "/bin/svctrace kernel-support"},
 		{Name: "tracer", Cmd: "/bin/tracer.test -test.v -test.count=1"},
-		{Name: "lab iptables-nft", Cmd: "PATH=/opt/iptables-nft:$PATH " + lab, Lab: true},
-		{Name: "lab iptables-legacy", Cmd: "PATH=/opt/iptables-legacy:$PATH " + lab, Lab: true},
+		// A kernel without BTF, as svctrace sees it when /sys/kernel/btf is
+		// empty: one line that says so, and a non-zero exit.
+		{Name: "without BTF", Cmd: "unshare -m sh -c 'mount -t tmpfs none /sys/kernel/btf && " +
+			"/bin/svctrace trace --addr 10.96.0.10:80 --duration 1s' > /tmp/nobtf 2>&1; rc=$?; cat /tmp/nobtf; " +
+			"[ $rc -ne 0 ] && [ $(wc -l < /tmp/nobtf) -eq 1 ] && grep -q 'no BTF type information' /tmp/nobtf"},
 	}
+	for _, b := range k.Backends {
+		for _, ipt := range []string{"iptables-nft", "iptables-legacy"} {
+			runs = append(runs, testRun{Name: "lab " + b + " " + ipt, Lab: true,
+				Cmd: fmt.Sprintf("SVCTRACE_BACKEND=%s PATH=/opt/%s:$PATH /bin/lab.test -test.run 'TestScenarios$' -test.v -test.count=1", b, ipt)})
+		}
+	}
+	return runs
 }
 
 const initScript = `#!/bin/busybox sh
@@ -208,7 +219,7 @@ func testKernel(k *kernel, bins map[string]string, dir string, timeout time.Dura
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	runs := testRuns()
+	runs := testRuns(k)
 	initrd := filepath.Join(dir, "initramfs.cpio.gz")
 	if err := initramfs(k, bins, runs, initrd); err != nil {
 		return nil, err

@@ -1,0 +1,219 @@
+package tracer
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+)
+
+// Backends, in the order Open tries them.
+const (
+	BackendNetfilter = "netfilter-link" // BPF observers at netfilter priorities (Linux ≥ 6.4)
+	BackendFentry    = "fentry"         // fentry/fexit on the netfilter functions (BTF trampolines)
+	BackendKprobe    = "kprobe"         // kprobe/kretprobe on the same functions
+)
+
+// Backends lists the backends svctrace knows, in order of preference.
+var Backends = []string{BackendNetfilter, BackendFentry, BackendKprobe}
+
+// function is a kernel function whose entry and return stand for the stages
+// around the netfilter piece it runs (see bpf/svctrace.c).
+type function struct {
+	name   string
+	module string // where it lives when netfilter is built as modules
+	// The programs for its entry and return, per backend ("" : none).
+	fentry, fexit     string
+	kprobe, kretprobe string
+	// firstParam is the name its first parameter must have: the BPF side
+	// reads its arguments in that order.
+	firstParam string
+	// what it shows, for the messages when it cannot be probed.
+	what string
+}
+
+var functions = []function{
+	{name: "nf_conntrack_in", module: "nf_conntrack", firstParam: "skb", what: "conntrack",
+		fentry: bpfProgFentryConntrackIn, fexit: bpfProgFexitConntrackIn,
+		kprobe: bpfProgKprobeConntrackIn, kretprobe: bpfProgKretprobeConntrackIn},
+	{name: "nf_nat_inet_fn", module: "nf_nat", firstParam: "priv", what: "DNAT and SNAT",
+		fentry: bpfProgFentryNfNatInetFn, fexit: bpfProgFexitNfNatInetFn,
+		kprobe: bpfProgKprobeNfNatInetFn, kretprobe: bpfProgKretprobeNfNatInetFn},
+	{name: "ipt_do_table", module: "ip_tables", firstParam: "priv", what: "iptables-legacy (IPv4) filter decisions",
+		fentry: bpfProgFentryIptDoTable, fexit: bpfProgFexitIptDoTable,
+		kprobe: bpfProgKprobeIptDoTable, kretprobe: bpfProgKretprobeIptDoTable},
+	{name: "ip6t_do_table", module: "ip6_tables", firstParam: "priv", what: "iptables-legacy (IPv6) filter decisions",
+		fentry: bpfProgFentryIp6tDoTable, fexit: bpfProgFexitIp6tDoTable,
+		kprobe: bpfProgKprobeIp6tDoTable, kretprobe: bpfProgKretprobeIp6tDoTable},
+	{name: "nft_do_chain", module: "nf_tables", firstParam: "pkt", what: "nftables and iptables-nft filter decisions",
+		fentry: bpfProgFentryNft, fexit: bpfProgFexitNft,
+		kprobe: bpfProgKprobeNft, kretprobe: bpfProgKretprobeNft},
+	{name: "nf_hook_slow", firstParam: "skb", what: "the end of PREROUTING, INPUT and POSTROUTING",
+		fexit:  bpfProgFexitHookSlow,
+		kprobe: bpfProgKprobeHookSlow, kretprobe: bpfProgKretprobeHookSlow},
+}
+
+// programs are the function's programs for backend.
+func (f function) programs(backend string) []string {
+	var ps []string
+	for _, p := range map[string][2]string{BackendFentry: {f.fentry, f.fexit}, BackendKprobe: {f.kprobe, f.kretprobe}}[backend] {
+		if p != "" {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// checkSignature finds the function's BTF (in the kernel or its module)
+// and checks that its parameters come in the order the programs read them.
+// A function that is not there (its module not loaded) is an error too.
+func (f function) checkSignature(cache *btf.Cache) error {
+	var fn *btf.Func
+	spec, err := cache.Kernel()
+	if err == nil {
+		err = spec.TypeByName(f.name, &fn)
+	}
+	if err != nil && f.module != "" {
+		if spec, merr := cache.Module(f.module); merr == nil {
+			err = spec.TypeByName(f.name, &fn)
+		}
+	}
+	if err != nil {
+		if f.module != "" {
+			return fmt.Errorf("not in this kernel, nor in module %s (not loaded?)", f.module)
+		}
+		return fmt.Errorf("not in this kernel's BTF: %w", err)
+	}
+	proto, ok := fn.Type.(*btf.FuncProto)
+	if !ok || len(proto.Params) == 0 || proto.Params[0].Name != f.firstParam {
+		return fmt.Errorf("its parameters differ in this kernel (svctrace reads %s first)", f.firstParam)
+	}
+	return nil
+}
+
+// attachFunctions loads and attaches the programs of a function-probe
+// backend. A function that cannot be probed is reported (Info.Skipped)
+// and left out; it is an error only when nothing could be.
+func (t *Tracer) attachFunctions(spec *ebpf.CollectionSpec, backend string, cache *btf.Cache, logf func(string, ...any)) error {
+	var firstErr error
+	for _, f := range functions {
+		names := f.programs(backend)
+		if len(names) == 0 {
+			continue
+		}
+		if err := f.checkSignature(cache); err != nil {
+			t.skip(f, err, logf)
+			continue
+		}
+		one := spec.Copy()
+		one.Programs = map[string]*ebpf.ProgramSpec{}
+		for _, n := range names {
+			one.Programs[n] = spec.Programs[n]
+		}
+		coll, err := newCollection(one, t.coll.Maps, cache, logf)
+		if err != nil {
+			t.skip(f, err, logf)
+			firstErr = cmpErr(firstErr, err)
+			continue
+		}
+		// Entry and return go together: a kprobe whose kretprobe is
+		// missing would leave the argument stack out of step.
+		var ls []link.Link
+		for _, n := range names {
+			l, err := attachFunction(backend, f.name, coll.Programs[n], n == f.kretprobe)
+			if err != nil {
+				for _, l := range ls {
+					l.Close()
+				}
+				ls = nil
+				t.skip(f, err, logf)
+				firstErr = cmpErr(firstErr, err)
+				break
+			}
+			ls = append(ls, l)
+		}
+		if ls == nil {
+			coll.Close()
+			continue
+		}
+		t.funcs = append(t.funcs, coll)
+		t.links = append(t.links, ls...)
+		t.info.Links += len(ls)
+		t.info.Functions = append(t.info.Functions, f.name)
+	}
+	if len(t.info.Functions) == 0 {
+		if firstErr == nil {
+			firstErr = errors.New("none of the netfilter functions is in this kernel")
+		}
+		return permissionHint(fmt.Errorf("%s backend: no netfilter function could be probed: %w", backend, firstErr))
+	}
+	return nil
+}
+
+func cmpErr(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
+}
+
+func (t *Tracer) skip(f function, err error, logf func(string, ...any)) {
+	s := fmt.Sprintf("%s (%s): %v", f.name, f.what, explain(err))
+	t.info.Skipped = append(t.info.Skipped, s)
+	logf("not probed: %s", s)
+}
+
+func attachFunction(backend, fn string, p *ebpf.Program, ret bool) (link.Link, error) {
+	switch {
+	case backend == BackendFentry:
+		return link.AttachTracing(link.TracingOptions{Program: p})
+	case ret:
+		return link.Kretprobe(fn, p, nil)
+	}
+	return link.Kprobe(fn, p, nil)
+}
+
+// chooseBackend returns the backend to use: the one asked for, else the
+// first that works here.
+func chooseBackend(want string) (string, error) {
+	if want != "" {
+		if probeBackend(want) == nil {
+			return want, nil
+		}
+		if !isBackend(want) {
+			return "", fmt.Errorf("unknown backend %q: use %s, %s or %s", want, BackendNetfilter, BackendFentry, BackendKprobe)
+		}
+		return "", fmt.Errorf("backend %s does not work here: %s; `svctrace kernel-support` shows what does", want, explain(probeBackend(want)))
+	}
+	for _, b := range Backends {
+		if probeBackend(b) == nil {
+			return b, nil
+		}
+	}
+	return "", errors.New("no backend works on this kernel: it needs netfilter BPF links (Linux ≥ 6.4), fentry/fexit or kprobes; `svctrace kernel-support` shows why each fails")
+}
+
+func isBackend(b string) bool {
+	for _, x := range Backends {
+		if x == b {
+			return true
+		}
+	}
+	return false
+}
+
+// probeBackend says whether a backend's program type can be loaded and
+// attached here.
+func probeBackend(b string) error {
+	switch b {
+	case BackendNetfilter:
+		return probeNetfilter()
+	case BackendFentry:
+		return probeFentry()
+	case BackendKprobe:
+		return probeKprobe()
+	}
+	return fmt.Errorf("unknown backend %q", b)
+}

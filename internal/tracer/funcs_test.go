@@ -1,0 +1,124 @@
+package tracer
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"slices"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/svctrace/svctrace/internal/testutil"
+)
+
+// Every function probe passes the verifier of the running kernel. kprobe
+// programs load even where kprobes cannot be attached (this project's
+// machines), so the kprobe backend is checked here too; fentry programs
+// load only where trampolines are allowed.
+func TestFunctionProgramsPassTheVerifier(t *testing.T) {
+	testutil.RequireRoot(t)
+	spec, err := loadBpf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := spec.Copy()
+	base.Programs = nil
+	cache := btf.NewCache()
+	maps, err := newCollection(base, nil, cache, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maps.Close()
+	for _, backend := range []string{BackendKprobe, BackendFentry} {
+		for _, f := range functions {
+			if backend == BackendFentry {
+				if err := f.checkSignature(cache); err != nil {
+					t.Logf("%s: %v", f.name, err)
+					continue
+				}
+			}
+			for _, name := range f.programs(backend) {
+				one := spec.Copy()
+				one.Programs = map[string]*ebpf.ProgramSpec{name: spec.Programs[name]}
+				coll, err := newCollection(one, maps.Maps, cache, t.Logf)
+				if backend == BackendFentry && errors.Is(err, os.ErrPermission) {
+					t.Logf("%s: fentry refused here: %v", name, err)
+					continue
+				}
+				if err != nil {
+					t.Errorf("%s: %v", name, err)
+					continue
+				}
+				coll.Close()
+			}
+		}
+	}
+}
+
+// The function backends report what the netfilter observers would: the
+// stages around conntrack, DNAT, the filter table and the end of a hook,
+// with the packet as each saw it, and only in the traced namespace.
+func TestFunctionBackendsObserveLikeTheObservers(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, backend := range []string{BackendFentry, BackendKprobe} {
+		t.Run(backend, func(t *testing.T) {
+			if err := probeBackend(backend); err != nil {
+				t.Skipf("%s: %v", backend, explain(err))
+			}
+			a, b := newNetNS(t), newNetNS(t)
+			for _, ns := range []NetNS{a, b} {
+				iptables(t, ns, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "7790", "-j", "DNAT", "--to-destination", "127.0.0.1:7791")
+				iptables(t, ns, "-A", "OUTPUT", "-p", "tcp", "-j", "ACCEPT")
+			}
+			vip := netip.MustParseAddrPort("127.0.0.1:7790")
+			tr, err := Open(Options{NetNS: a.Spec, Backend: backend, Targets: []Target{{Addr: vip, Proto: TCP}}, Logf: t.Logf})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			info := tr.Info()
+			for _, fn := range []string{"nf_conntrack_in", "nf_nat_inet_fn", "nf_hook_slow"} {
+				if !slices.Contains(info.Functions, fn) {
+					t.Errorf("%s not probed (probed %v, skipped %v)", fn, info.Functions, info.Skipped)
+				}
+			}
+			dnatExchange(t, b) // the same traffic in another namespace
+			dnatExchange(t, a)
+			type point struct {
+				hook  Hook
+				stage Stage
+				dport uint16
+			}
+			seen := map[point]bool{}
+			for _, ev := range drain(t, tr) {
+				if ev.Kind != KindHook {
+					continue
+				}
+				if ev.NetNS != a.Inode {
+					t.Fatalf("event from net:[%d], want only %s: %+v", ev.NetNS, a, ev)
+				}
+				if ev.TCPFlags == SYN {
+					seen[point{ev.Hook, ev.Stage, ev.Tuple.Dst.Port()}] = true
+				}
+			}
+			for _, p := range []point{
+				{LocalOut, StagePreConntrack, 7790}, {LocalOut, StagePostConntrack, 7790},
+				{LocalOut, StagePreDNAT, 7790}, {LocalOut, StagePostDNAT, 7791},
+				{LocalOut, StagePreFilter, 7791}, {LocalOut, StagePostFilter, 7791},
+				{PostRouting, StageLast, 7791},
+			} {
+				if !seen[p] {
+					t.Errorf("the SYN was not seen at %s %s with destination port %d (seen: %v)", p.hook, p.stage, p.dport, seen)
+				}
+			}
+		})
+	}
+}
+
+// dnatExchange connects to 127.0.0.1:7790 inside ns, which the nat table
+// sends to a listener on 7791.
+func dnatExchange(t *testing.T, ns NetNS) {
+	t.Helper()
+	exchangeVia(t, ns, "127.0.0.1:7791", "127.0.0.1:7790")
+}
