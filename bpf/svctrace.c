@@ -727,6 +727,33 @@ PRIV_SKB_STATE_PROBES(nf_nat_inet_fn, FN_NAT, 0)
 PRIV_SKB_STATE_PROBES(ipt_do_table, FN_TABLE, xt_priority(priv))
 PRIV_SKB_STATE_PROBES(ip6t_do_table, FN_TABLE, xt_priority(priv))
 
+/* Before Linux 5.16 the xtables functions took (skb, state, table). */
+#define XT_OLD_PROBES(sym)                                                                            \
+	SEC("fentry/" #sym)                                                                           \
+	int BPF_PROG(fentry_##sym##_old, struct sk_buff *skb, const struct nf_hook_state *state,       \
+		     void *table)                                                                     \
+	{                                                                                             \
+		fn_enter(FN_TABLE, skb, state, xt_priority(table));                                   \
+		return 0;                                                                             \
+	}                                                                                             \
+	SEC("fexit/" #sym)                                                                            \
+	int BPF_PROG(fexit_##sym##_old, struct sk_buff *skb, const struct nf_hook_state *state,        \
+		     void *table, unsigned int ret)                                                   \
+	{                                                                                             \
+		fn_return(FN_TABLE, skb, state, xt_priority(table), ret);                             \
+		return 0;                                                                             \
+	}                                                                                             \
+	SEC("kprobe/" #sym)                                                                           \
+	int BPF_KPROBE(kprobe_##sym##_old, struct sk_buff *skb, const struct nf_hook_state *state,     \
+		       void *table)                                                                   \
+	{                                                                                             \
+		kenter(FN_TABLE, skb, state, xt_priority(table));                                     \
+		return 0;                                                                             \
+	}
+
+XT_OLD_PROBES(ipt_do_table)
+XT_OLD_PROBES(ip6t_do_table)
+
 SEC("kprobe/nft_do_chain")
 int BPF_KPROBE(kprobe_nft, struct nft_pktinfo *pkt, void *priv)
 {

@@ -96,6 +96,9 @@ func (d Drop) String() string { return "dropped " + d.place() }
 
 // place: "in FORWARD between … (NETFILTER_DROP at nft_do_chain+0x3e8)".
 func (d Drop) place() string {
+	if d.Reason == "" {
+		return fmt.Sprintf("%s (at %s)", d.in(), d.Location)
+	}
 	return fmt.Sprintf("%s (%s at %s)", d.in(), d.Reason, d.Location)
 }
 

@@ -109,13 +109,17 @@ const (
 	bpfMapTracked               = "tracked"
 	bpfProgFentryConntrackIn    = "fentry_conntrack_in"
 	bpfProgFentryIp6tDoTable    = "fentry_ip6t_do_table"
+	bpfProgFentryIp6tDoTableOld = "fentry_ip6t_do_table_old"
 	bpfProgFentryIptDoTable     = "fentry_ipt_do_table"
+	bpfProgFentryIptDoTableOld  = "fentry_ipt_do_table_old"
 	bpfProgFentryNfNatInetFn    = "fentry_nf_nat_inet_fn"
 	bpfProgFentryNft            = "fentry_nft"
 	bpfProgFexitConntrackIn     = "fexit_conntrack_in"
 	bpfProgFexitHookSlow        = "fexit_hook_slow"
 	bpfProgFexitIp6tDoTable     = "fexit_ip6t_do_table"
+	bpfProgFexitIp6tDoTableOld  = "fexit_ip6t_do_table_old"
 	bpfProgFexitIptDoTable      = "fexit_ipt_do_table"
+	bpfProgFexitIptDoTableOld   = "fexit_ipt_do_table_old"
 	bpfProgFexitNfNatInetFn     = "fexit_nf_nat_inet_fn"
 	bpfProgFexitNft             = "fexit_nft"
 	bpfProgKfreeSkbBtf          = "kfree_skb_btf"
@@ -123,7 +127,9 @@ const (
 	bpfProgKprobeConntrackIn    = "kprobe_conntrack_in"
 	bpfProgKprobeHookSlow       = "kprobe_hook_slow"
 	bpfProgKprobeIp6tDoTable    = "kprobe_ip6t_do_table"
+	bpfProgKprobeIp6tDoTableOld = "kprobe_ip6t_do_table_old"
 	bpfProgKprobeIptDoTable     = "kprobe_ipt_do_table"
+	bpfProgKprobeIptDoTableOld  = "kprobe_ipt_do_table_old"
 	bpfProgKprobeNfNatInetFn    = "kprobe_nf_nat_inet_fn"
 	bpfProgKprobeNft            = "kprobe_nft"
 	bpfProgKretprobeConntrackIn = "kretprobe_conntrack_in"
@@ -190,13 +196,17 @@ type bpfSpecs struct {
 type bpfProgramSpecs struct {
 	FentryConntrackIn    *ebpf.ProgramSpec `ebpf:"fentry_conntrack_in"`
 	FentryIp6tDoTable    *ebpf.ProgramSpec `ebpf:"fentry_ip6t_do_table"`
+	FentryIp6tDoTableOld *ebpf.ProgramSpec `ebpf:"fentry_ip6t_do_table_old"`
 	FentryIptDoTable     *ebpf.ProgramSpec `ebpf:"fentry_ipt_do_table"`
+	FentryIptDoTableOld  *ebpf.ProgramSpec `ebpf:"fentry_ipt_do_table_old"`
 	FentryNfNatInetFn    *ebpf.ProgramSpec `ebpf:"fentry_nf_nat_inet_fn"`
 	FentryNft            *ebpf.ProgramSpec `ebpf:"fentry_nft"`
 	FexitConntrackIn     *ebpf.ProgramSpec `ebpf:"fexit_conntrack_in"`
 	FexitHookSlow        *ebpf.ProgramSpec `ebpf:"fexit_hook_slow"`
 	FexitIp6tDoTable     *ebpf.ProgramSpec `ebpf:"fexit_ip6t_do_table"`
+	FexitIp6tDoTableOld  *ebpf.ProgramSpec `ebpf:"fexit_ip6t_do_table_old"`
 	FexitIptDoTable      *ebpf.ProgramSpec `ebpf:"fexit_ipt_do_table"`
+	FexitIptDoTableOld   *ebpf.ProgramSpec `ebpf:"fexit_ipt_do_table_old"`
 	FexitNfNatInetFn     *ebpf.ProgramSpec `ebpf:"fexit_nf_nat_inet_fn"`
 	FexitNft             *ebpf.ProgramSpec `ebpf:"fexit_nft"`
 	KfreeSkbBtf          *ebpf.ProgramSpec `ebpf:"kfree_skb_btf"`
@@ -204,7 +214,9 @@ type bpfProgramSpecs struct {
 	KprobeConntrackIn    *ebpf.ProgramSpec `ebpf:"kprobe_conntrack_in"`
 	KprobeHookSlow       *ebpf.ProgramSpec `ebpf:"kprobe_hook_slow"`
 	KprobeIp6tDoTable    *ebpf.ProgramSpec `ebpf:"kprobe_ip6t_do_table"`
+	KprobeIp6tDoTableOld *ebpf.ProgramSpec `ebpf:"kprobe_ip6t_do_table_old"`
 	KprobeIptDoTable     *ebpf.ProgramSpec `ebpf:"kprobe_ipt_do_table"`
+	KprobeIptDoTableOld  *ebpf.ProgramSpec `ebpf:"kprobe_ipt_do_table_old"`
 	KprobeNfNatInetFn    *ebpf.ProgramSpec `ebpf:"kprobe_nf_nat_inet_fn"`
 	KprobeNft            *ebpf.ProgramSpec `ebpf:"kprobe_nft"`
 	KretprobeConntrackIn *ebpf.ProgramSpec `ebpf:"kretprobe_conntrack_in"`
@@ -296,13 +308,17 @@ type bpfVariables struct {
 type bpfPrograms struct {
 	FentryConntrackIn    *ebpf.Program `ebpf:"fentry_conntrack_in"`
 	FentryIp6tDoTable    *ebpf.Program `ebpf:"fentry_ip6t_do_table"`
+	FentryIp6tDoTableOld *ebpf.Program `ebpf:"fentry_ip6t_do_table_old"`
 	FentryIptDoTable     *ebpf.Program `ebpf:"fentry_ipt_do_table"`
+	FentryIptDoTableOld  *ebpf.Program `ebpf:"fentry_ipt_do_table_old"`
 	FentryNfNatInetFn    *ebpf.Program `ebpf:"fentry_nf_nat_inet_fn"`
 	FentryNft            *ebpf.Program `ebpf:"fentry_nft"`
 	FexitConntrackIn     *ebpf.Program `ebpf:"fexit_conntrack_in"`
 	FexitHookSlow        *ebpf.Program `ebpf:"fexit_hook_slow"`
 	FexitIp6tDoTable     *ebpf.Program `ebpf:"fexit_ip6t_do_table"`
+	FexitIp6tDoTableOld  *ebpf.Program `ebpf:"fexit_ip6t_do_table_old"`
 	FexitIptDoTable      *ebpf.Program `ebpf:"fexit_ipt_do_table"`
+	FexitIptDoTableOld   *ebpf.Program `ebpf:"fexit_ipt_do_table_old"`
 	FexitNfNatInetFn     *ebpf.Program `ebpf:"fexit_nf_nat_inet_fn"`
 	FexitNft             *ebpf.Program `ebpf:"fexit_nft"`
 	KfreeSkbBtf          *ebpf.Program `ebpf:"kfree_skb_btf"`
@@ -310,7 +326,9 @@ type bpfPrograms struct {
 	KprobeConntrackIn    *ebpf.Program `ebpf:"kprobe_conntrack_in"`
 	KprobeHookSlow       *ebpf.Program `ebpf:"kprobe_hook_slow"`
 	KprobeIp6tDoTable    *ebpf.Program `ebpf:"kprobe_ip6t_do_table"`
+	KprobeIp6tDoTableOld *ebpf.Program `ebpf:"kprobe_ip6t_do_table_old"`
 	KprobeIptDoTable     *ebpf.Program `ebpf:"kprobe_ipt_do_table"`
+	KprobeIptDoTableOld  *ebpf.Program `ebpf:"kprobe_ipt_do_table_old"`
 	KprobeNfNatInetFn    *ebpf.Program `ebpf:"kprobe_nf_nat_inet_fn"`
 	KprobeNft            *ebpf.Program `ebpf:"kprobe_nft"`
 	KretprobeConntrackIn *ebpf.Program `ebpf:"kretprobe_conntrack_in"`
@@ -334,13 +352,17 @@ func (p *bpfPrograms) Close() error {
 	return _BpfClose(
 		p.FentryConntrackIn,
 		p.FentryIp6tDoTable,
+		p.FentryIp6tDoTableOld,
 		p.FentryIptDoTable,
+		p.FentryIptDoTableOld,
 		p.FentryNfNatInetFn,
 		p.FentryNft,
 		p.FexitConntrackIn,
 		p.FexitHookSlow,
 		p.FexitIp6tDoTable,
+		p.FexitIp6tDoTableOld,
 		p.FexitIptDoTable,
+		p.FexitIptDoTableOld,
 		p.FexitNfNatInetFn,
 		p.FexitNft,
 		p.KfreeSkbBtf,
@@ -348,7 +370,9 @@ func (p *bpfPrograms) Close() error {
 		p.KprobeConntrackIn,
 		p.KprobeHookSlow,
 		p.KprobeIp6tDoTable,
+		p.KprobeIp6tDoTableOld,
 		p.KprobeIptDoTable,
+		p.KprobeIptDoTableOld,
 		p.KprobeNfNatInetFn,
 		p.KprobeNft,
 		p.KretprobeConntrackIn,

@@ -101,9 +101,14 @@ func (d *decoder) scramble(addr uint64) uint64 {
 	return bits.RotateLeft64(addr*0x9e3779b97f4a7c15^d.key, 29) | 1
 }
 
+// reason names a drop reason. Kernels before 5.17 give none (0, and no
+// names to look it up in): "".
 func (d *decoder) reason(code uint32) string {
 	if n, ok := d.reasons[code]; ok {
 		return n
+	}
+	if code == 0 && len(d.reasons) == 0 {
+		return ""
 	}
 	return fmt.Sprintf("reason-%d", code)
 }

@@ -100,6 +100,11 @@ func TestDecodeDrop(t *testing.T) {
 	if ev.Drop.Reason != "reason-99" {
 		t.Errorf("unknown reason decoded as %q", ev.Drop.Reason)
 	}
+	// Before 5.17 kernels have no drop reasons at all.
+	d.reasons = map[uint32]string{}
+	if ev, _ = d.decode(raw(bpfEvent{Kind: uint8(KindDrop), Location: 0xffffffff81a00000})); ev.Drop.Reason != "" {
+		t.Errorf("no reason decoded as %q", ev.Drop.Reason)
+	}
 }
 
 func TestDecodeShortRecord(t *testing.T) {

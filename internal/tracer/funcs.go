@@ -1,8 +1,12 @@
 package tracer
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"os"
+	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -32,13 +36,18 @@ type function struct {
 	firstParam string
 	// what it shows, for the messages when it cannot be probed.
 	what string
+	// essential: without it the backend cannot follow connections.
+	essential bool
 }
 
+// functions lists what the function backends probe. A function may appear
+// more than once, with its signatures across kernel versions: the first
+// that matches the running kernel's BTF is used.
 var functions = []function{
-	{name: "nf_conntrack_in", module: "nf_conntrack", firstParam: "skb", what: "conntrack",
+	{name: "nf_conntrack_in", module: "nf_conntrack", firstParam: "skb", what: "conntrack", essential: true,
 		fentry: bpfProgFentryConntrackIn, fexit: bpfProgFexitConntrackIn,
 		kprobe: bpfProgKprobeConntrackIn, kretprobe: bpfProgKretprobeConntrackIn},
-	{name: "nf_nat_inet_fn", module: "nf_nat", firstParam: "priv", what: "DNAT and SNAT",
+	{name: "nf_nat_inet_fn", module: "nf_nat", firstParam: "priv", what: "DNAT and SNAT", essential: true,
 		fentry: bpfProgFentryNfNatInetFn, fexit: bpfProgFexitNfNatInetFn,
 		kprobe: bpfProgKprobeNfNatInetFn, kretprobe: bpfProgKretprobeNfNatInetFn},
 	{name: "ipt_do_table", module: "ip_tables", firstParam: "priv", what: "iptables-legacy (IPv4) filter decisions",
@@ -47,10 +56,17 @@ var functions = []function{
 	{name: "ip6t_do_table", module: "ip6_tables", firstParam: "priv", what: "iptables-legacy (IPv6) filter decisions",
 		fentry: bpfProgFentryIp6tDoTable, fexit: bpfProgFexitIp6tDoTable,
 		kprobe: bpfProgKprobeIp6tDoTable, kretprobe: bpfProgKretprobeIp6tDoTable},
+	// Before Linux 5.16: (skb, state, table). The return is the same.
+	{name: "ipt_do_table", module: "ip_tables", firstParam: "skb", what: "iptables-legacy (IPv4) filter decisions",
+		fentry: bpfProgFentryIptDoTableOld, fexit: bpfProgFexitIptDoTableOld,
+		kprobe: bpfProgKprobeIptDoTableOld, kretprobe: bpfProgKretprobeIptDoTable},
+	{name: "ip6t_do_table", module: "ip6_tables", firstParam: "skb", what: "iptables-legacy (IPv6) filter decisions",
+		fentry: bpfProgFentryIp6tDoTableOld, fexit: bpfProgFexitIp6tDoTableOld,
+		kprobe: bpfProgKprobeIp6tDoTableOld, kretprobe: bpfProgKretprobeIp6tDoTable},
 	{name: "nft_do_chain", module: "nf_tables", firstParam: "pkt", what: "nftables and iptables-nft filter decisions",
 		fentry: bpfProgFentryNft, fexit: bpfProgFexitNft,
 		kprobe: bpfProgKprobeNft, kretprobe: bpfProgKretprobeNft},
-	{name: "nf_hook_slow", firstParam: "skb", what: "the end of PREROUTING, INPUT and POSTROUTING",
+	{name: "nf_hook_slow", firstParam: "skb", what: "the end of PREROUTING, INPUT and POSTROUTING", essential: true,
 		fexit:  bpfProgFexitHookSlow,
 		kprobe: bpfProgKprobeHookSlow, kretprobe: bpfProgKretprobeHookSlow},
 }
@@ -64,6 +80,49 @@ func (f function) programs(backend string) []string {
 		}
 	}
 	return ps
+}
+
+// errSignature: the kernel's function takes its parameters in another order.
+var errSignature = errors.New("its parameters differ in this kernel")
+
+// errNoBTF: the function has no BTF here (its module was built without it:
+// before Linux 5.11 modules had none).
+var errNoBTF = errors.New("no BTF")
+
+// pick returns the variant of the function named name whose signature
+// matches the running kernel. Without BTF to tell, a kprobe may still go on
+// a function whose signature never changed, if the kernel has it (present).
+func pick(name string, cache *btf.Cache, backend string, present func(string) bool) (function, error) {
+	var variants []function
+	var err error
+	for _, f := range functions {
+		if f.name != name {
+			continue
+		}
+		variants = append(variants, f)
+		e := f.checkSignature(cache)
+		if e == nil {
+			return f, nil
+		}
+		if err == nil || errors.Is(err, errSignature) {
+			err = e
+		}
+	}
+	if errors.Is(err, errNoBTF) && backend == BackendKprobe && len(variants) == 1 && present(name) {
+		return variants[0], nil
+	}
+	return variants[0], err
+}
+
+// names are the functions to probe, each once, in order.
+func names() []string {
+	var ns []string
+	for _, f := range functions {
+		if !slices.Contains(ns, f.name) {
+			ns = append(ns, f.name)
+		}
+	}
+	return ns
 }
 
 // checkSignature finds the function's BTF (in the kernel or its module)
@@ -82,13 +141,13 @@ func (f function) checkSignature(cache *btf.Cache) error {
 	}
 	if err != nil {
 		if f.module != "" {
-			return fmt.Errorf("not in this kernel, nor in module %s (not loaded?)", f.module)
+			return fmt.Errorf("%w: not in this kernel's BTF, nor in module %s's (not loaded, or built without BTF?)", errNoBTF, f.module)
 		}
-		return fmt.Errorf("not in this kernel's BTF: %w", err)
+		return fmt.Errorf("%w: not in this kernel's BTF: %v", errNoBTF, err)
 	}
 	proto, ok := fn.Type.(*btf.FuncProto)
 	if !ok || len(proto.Params) == 0 || proto.Params[0].Name != f.firstParam {
-		return fmt.Errorf("its parameters differ in this kernel (svctrace reads %s first)", f.firstParam)
+		return fmt.Errorf("%w (svctrace reads %s first)", errSignature, f.firstParam)
 	}
 	return nil
 }
@@ -98,13 +157,15 @@ func (f function) checkSignature(cache *btf.Cache) error {
 // and left out; it is an error only when nothing could be.
 func (t *Tracer) attachFunctions(spec *ebpf.CollectionSpec, backend string, cache *btf.Cache, logf func(string, ...any)) error {
 	var firstErr error
-	for _, f := range functions {
-		names := f.programs(backend)
-		if len(names) == 0 {
+	present := kallsyms("/proc/kallsyms", names())
+	for _, name := range names() {
+		f, err := pick(name, cache, backend, func(n string) bool { return present[n] })
+		if err != nil {
+			t.skip(f, err, logf)
 			continue
 		}
-		if err := f.checkSignature(cache); err != nil {
-			t.skip(f, err, logf)
+		names := f.programs(backend)
+		if len(names) == 0 {
 			continue
 		}
 		one := spec.Copy()
@@ -143,11 +204,19 @@ func (t *Tracer) attachFunctions(spec *ebpf.CollectionSpec, backend string, cach
 		t.info.Links += len(ls)
 		t.info.Functions = append(t.info.Functions, f.name)
 	}
-	if len(t.info.Functions) == 0 {
-		if firstErr == nil {
-			firstErr = errors.New("none of the netfilter functions is in this kernel")
+	var missing []string
+	for _, f := range functions {
+		if f.essential && !slices.Contains(t.info.Functions, f.name) && !slices.Contains(missing, f.name) {
+			missing = append(missing, f.name)
 		}
-		return permissionHint(fmt.Errorf("%s backend: no netfilter function could be probed: %w", backend, firstErr))
+	}
+	if len(missing) > 0 {
+		err := fmt.Errorf("%s backend: cannot probe %s, without which connections cannot be followed (%s)",
+			backend, strings.Join(missing, ", "), strings.Join(t.info.Skipped, "; "))
+		if firstErr != nil && errors.Is(firstErr, os.ErrPermission) {
+			err = permissionHint(fmt.Errorf("%w: %w", err, firstErr))
+		}
+		return err
 	}
 	return nil
 }
@@ -175,24 +244,28 @@ func attachFunction(backend, fn string, p *ebpf.Program, ret bool) (link.Link, e
 	return link.Kprobe(fn, p, nil)
 }
 
-// chooseBackend returns the backend to use: the one asked for, else the
-// first that works here.
-func chooseBackend(want string) (string, error) {
+// candidates are the backends to try: the one asked for, else every one
+// whose program type works here, in order of preference.
+func candidates(want string) ([]string, error) {
 	if want != "" {
-		if probeBackend(want) == nil {
-			return want, nil
-		}
 		if !isBackend(want) {
-			return "", fmt.Errorf("unknown backend %q: use %s, %s or %s", want, BackendNetfilter, BackendFentry, BackendKprobe)
+			return nil, fmt.Errorf("unknown backend %q: use %s, %s or %s", want, BackendNetfilter, BackendFentry, BackendKprobe)
 		}
-		return "", fmt.Errorf("backend %s does not work here: %s; `svctrace kernel-support` shows what does", want, explain(probeBackend(want)))
+		if err := probeBackend(want); err != nil {
+			return nil, fmt.Errorf("backend %s does not work here: %s; `svctrace kernel-support` shows what does", want, explain(err))
+		}
+		return []string{want}, nil
 	}
+	var bs []string
 	for _, b := range Backends {
 		if probeBackend(b) == nil {
-			return b, nil
+			bs = append(bs, b)
 		}
 	}
-	return "", errors.New("no backend works on this kernel: it needs netfilter BPF links (Linux ≥ 6.4), fentry/fexit or kprobes; `svctrace kernel-support` shows why each fails")
+	if len(bs) == 0 {
+		return nil, errors.New("no backend works on this kernel: it needs netfilter BPF links (Linux ≥ 6.4), fentry/fexit or kprobes; `svctrace kernel-support` shows why each fails")
+	}
+	return bs, nil
 }
 
 func isBackend(b string) bool {
@@ -216,4 +289,23 @@ func probeBackend(b string) error {
 		return probeKprobe()
 	}
 	return fmt.Errorf("unknown backend %q", b)
+}
+
+// kallsyms reports which of names are kernel functions here, in the
+// kernel or a loaded module (/proc/kallsyms: "addr t name [module]").
+func kallsyms(path string, names []string) map[string]bool {
+	found := map[string]bool{}
+	f, err := os.Open(path)
+	if err != nil {
+		return found
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) >= 3 && (fs[1] == "t" || fs[1] == "T") && slices.Contains(names, fs[2]) {
+			found[fs[2]] = true
+		}
+	}
+	return found
 }

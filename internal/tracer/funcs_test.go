@@ -9,6 +9,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/rlimit"
 	"github.com/svctrace/svctrace/internal/testutil"
 )
 
@@ -18,6 +19,9 @@ import (
 // load only where trampolines are allowed.
 func TestFunctionProgramsPassTheVerifier(t *testing.T) {
 	testutil.RequireRoot(t)
+	if err := rlimit.RemoveMemlock(); err != nil { // before 5.11, maps count against it
+		t.Fatal(err)
+	}
 	spec, err := loadBpf()
 	if err != nil {
 		t.Fatal(err)
@@ -121,4 +125,45 @@ func TestFunctionBackendsObserveLikeTheObservers(t *testing.T) {
 func dnatExchange(t *testing.T, ns NetNS) {
 	t.Helper()
 	exchangeVia(t, ns, "127.0.0.1:7791", "127.0.0.1:7790")
+}
+
+// Each function's variant is chosen by the running kernel's signature:
+// ipt_do_table takes (priv, skb, state) since Linux 5.16, (skb, state,
+// table) before.
+func TestPickMatchesTheKernelsSignature(t *testing.T) {
+	cache := btf.NewCache()
+	if _, err := cache.Kernel(); err != nil {
+		t.Skipf("no kernel BTF: %v", err)
+	}
+	for _, name := range names() {
+		f, err := pick(name, cache, BackendFentry, func(string) bool { return false })
+		if err != nil {
+			t.Logf("%s: %v", name, err)
+			continue
+		}
+		if f.name != name || f.checkSignature(cache) != nil {
+			t.Errorf("%s: picked %+v", name, f)
+		}
+	}
+	var spec *btf.Spec
+	if s, err := cache.Kernel(); err == nil {
+		spec = s
+	}
+	var fn *btf.Func
+	if spec != nil && spec.TypeByName("ipt_do_table", &fn) == nil {
+		f, err := pick("ipt_do_table", cache, BackendFentry, func(string) bool { return false })
+		want := fn.Type.(*btf.FuncProto).Params[0].Name
+		if err != nil || f.firstParam != want {
+			t.Errorf("ipt_do_table: picked the variant reading %q first (%v), the kernel's takes %q", f.firstParam, err, want)
+		}
+	}
+}
+
+func TestKallsyms(t *testing.T) {
+	path := t.TempDir() + "/kallsyms"
+	os.WriteFile(path, []byte("ffffffff81000000 T nf_hook_slow\nffffffffc0001000 t nf_conntrack_in\t[nf_conntrack]\nffffffffc0002000 d nft_do_chain\t[nf_tables]\n"), 0o644)
+	got := kallsyms(path, []string{"nf_hook_slow", "nf_conntrack_in", "nft_do_chain", "ipt_do_table"})
+	if !got["nf_hook_slow"] || !got["nf_conntrack_in"] || got["nft_do_chain"] || got["ipt_do_table"] || len(got) != 2 {
+		t.Errorf("found %v, want the two text symbols", got)
+	}
 }

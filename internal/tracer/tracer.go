@@ -107,7 +107,7 @@ func Open(opts Options) (_ *Tracer, err error) {
 	if _, err := cache.Kernel(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoBTF, err)
 	}
-	backend, err := chooseBackend(opts.Backend)
+	backends, err := candidates(opts.Backend)
 	if err != nil {
 		return nil, permissionHint(err)
 	}
@@ -115,7 +115,19 @@ func Open(opts Options) (_ *Tracer, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Backends in order of preference: one whose program type works may
+	// still lack what it needs (say, module functions without BTF).
+	for i, backend := range backends {
+		t, err := open(backend, ns, spec.Copy(), cache, opts, logf)
+		if err == nil || i == len(backends)-1 {
+			return t, err
+		}
+		logf("%v; trying %s", err, backends[i+1])
+	}
+	return nil, errors.New("no backend to try") // candidates never returns none
+}
 
+func open(backend string, ns NetNS, spec *ebpf.CollectionSpec, cache *btf.Cache, opts Options, logf func(string, ...any)) (_ *Tracer, err error) {
 	t := &Tracer{info: Info{Backend: backend, NetNS: ns}, targets: map[Target]bool{}}
 	defer func() {
 		if err != nil {

@@ -1,11 +1,12 @@
 // Command kernels runs svctrace's privileged tests on the kernels clusters
-// run, not only this machine's: it fetches Debian's cloud kernels 6.1
-// (bookworm) and 6.12 (bookworm-backports) — cached —, builds one
+// run, not only this machine's: it fetches Debian's cloud kernels 5.10
+// (bullseye), 6.1 (bookworm) and 6.12 (bookworm-backports) — cached —,
+// builds one
 // initramfs per kernel holding busybox, the netfilter modules, both
 // iptables backends and the static test binaries, boots each under QEMU
 // software emulation, and reports per kernel, run and test.
 //
-//	go run ./test/kernels [-kernels 6.1,6.12] [-out build/kernels]
+//	go run ./test/kernels [-kernels 5.10,6.1,6.12] [-out build/kernels]
 //
 // `make test-kernels` runs it. It needs qemu-system-x86, busybox-static,
 // xz-utils and iptables on the host (`.ci/run` installs them), network
@@ -26,7 +27,7 @@ func main() {
 	home, _ := os.UserHomeDir()
 	cache := flag.String("cache", filepath.Join(home, ".cache", "svctrace", "kernels"), "where kernels are downloaded and unpacked")
 	out := flag.String("out", filepath.Join("build", "kernels"), "where initramfs images, logs and the report go")
-	only := flag.String("kernels", "", "comma-separated kernels to test (default: all: 6.1,6.12)")
+	only := flag.String("kernels", "", "comma-separated kernels to test: 6.1, 6.12 (the default: both), 5.10 (known to fail: no module BTF)")
 	timeout := flag.Duration("timeout", 15*time.Minute, "per kernel: boot to power-off")
 	report := flag.String("report", "", "where the Markdown report goes (default: OUT/report.md)")
 	flag.Parse()
@@ -48,7 +49,12 @@ func run(cache, out, report, only string, timeout time.Duration, logf func(strin
 			return fmt.Errorf("%s not found: install qemu-system-x86, busybox-static, xz-utils (apt-get install qemu-system-x86 busybox-static xz-utils)", tool)
 		}
 	}
-	ks := kernels
+	var ks []*kernel
+	for _, k := range kernels {
+		if !k.OptIn {
+			ks = append(ks, k)
+		}
+	}
 	if only != "" {
 		ks = nil
 		for _, n := range strings.Split(only, ",") {
@@ -59,7 +65,7 @@ func run(cache, out, report, only string, timeout time.Duration, logf func(strin
 			}
 		}
 		if len(ks) == 0 {
-			return fmt.Errorf("no kernel named in %q (known: 6.1, 6.12)", only)
+			return fmt.Errorf("no kernel named in %q (known: 5.10, 6.1, 6.12)", only)
 		}
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {

@@ -26,6 +26,10 @@ var wantedModules = []string{
 	"xt_tcpudp", "ipt_REJECT",
 }
 
+// optionalModules are loaded where they are modules: nft_counter (every
+// iptables-nft rule counts) is built into nf_tables since 5.17.
+var optionalModules = []string{"nft_counter"}
+
 // testRun is one command the VM runs, with its own output section.
 type testRun struct {
 	Name string // "lab iptables-nft"
@@ -107,7 +111,13 @@ func initramfs(k *kernel, bins map[string]string, runs []testRun, path string) e
 	if err != nil {
 		return err
 	}
-	order, images, err := mods.resolve(wantedModules)
+	wanted := wantedModules
+	for _, m := range optionalModules {
+		if _, ok := mods.path[m]; ok {
+			wanted = append(wanted, m)
+		}
+	}
+	order, images, err := mods.resolve(wanted)
 	if err != nil {
 		return err
 	}
