@@ -58,7 +58,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 << 20);
+	__uint(max_entries, 8 << 20); /* ~22k events of 376 bytes */
 	__type(value, struct event);
 } events SEC(".maps");
 
@@ -81,7 +81,12 @@ struct pktinfo {
 	__u8 icmp_type;
 	__u8 icmp_code;
 	__u8 flags;
+	__u32 hdr_len; /* IP and transport headers, from the IP header */
 };
+
+/* How many bytes of each packet to capture: 0 is its headers only (no
+ * payload), else up to this many (--snaplen), at most CAP_MAX. */
+const volatile __u32 snaplen = 0;
 
 struct match {
 	struct nf_conn *ct;
@@ -243,6 +248,7 @@ static __always_inline int parse_packet(const __u8 *nh, __u8 *family, struct pkt
 	pi->flags |= EVENT_F_PKT;
 	if (!l4)
 		return 0;
+	pi->hdr_len = l4 - nh;
 
 	if (pi->t.proto == PROTO_TCP) {
 		__u8 th[14];
@@ -251,16 +257,19 @@ static __always_inline int parse_packet(const __u8 *nh, __u8 *family, struct pkt
 			__builtin_memcpy(&pi->t.sport, th, 2);
 			__builtin_memcpy(&pi->t.dport, th + 2, 2);
 			pi->tcp_flags = th[13];
+			pi->hdr_len += (th[12] >> 4) * 4;
 		}
 		return 0;
 	}
 	if (pi->t.proto != PROTO_ICMP && pi->t.proto != PROTO_ICMPV6) {
 		read_ports(l4, &pi->t);
+		pi->hdr_len += 8; /* UDP; SCTP's common header */
 		return 0;
 	}
 
 	__u8 icmp[2];
 
+	pi->hdr_len += 8;
 	if (bpf_probe_read_kernel(icmp, sizeof(icmp), l4))
 		return 0;
 	pi->icmp_type = icmp[0];
@@ -277,8 +286,10 @@ static __always_inline int parse_packet(const __u8 *nh, __u8 *family, struct pkt
 	if (read_l3(l4 + 8, &inner_family, &pi->inner, &inner_flags, &inner_l4) < 0)
 		return 0;
 	pi->flags |= EVENT_F_INNER;
-	if (inner_l4)
+	if (inner_l4) {
 		read_ports(inner_l4, &pi->inner);
+		pi->hdr_len = (inner_l4 + 8) - nh; /* and the embedded ports */
+	}
 	return 0;
 }
 
@@ -376,6 +387,36 @@ static __always_inline int match_skb(struct sk_buff *skb, struct match *m)
 	return 0;
 }
 
+/* capture copies the packet's first bytes from its IP header: its headers
+ * (hdr_len), or snaplen bytes, never more than the skb's linear data. */
+static __always_inline void capture(struct sk_buff *skb, struct event *e, __u32 hdr_len)
+{
+	const __u8 *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u32 tail = BPF_CORE_READ(skb, tail); /* an offset from head on 64-bit */
+	__u32 n = snaplen ? snaplen : hdr_len;
+
+	if (!head || nh == NET_HEADER_UNSET || tail <= nh)
+		return;
+	if (n > tail - nh)
+		n = tail - nh;
+	/* Sizes the verifier can bound whatever the compiler spills: the
+	 * constant, or a mask below it. */
+	if (n >= CAP_MAX) {
+		if (bpf_probe_read_kernel(e->data, CAP_MAX, head + nh) == 0)
+			e->cap_len = CAP_MAX;
+		return;
+	}
+	__u64 sz = n;
+
+	_Static_assert(CAP_MAX == 128, "the mask below is CAP_MAX - 1");
+	/* The compiler drops a plain mask it can prove redundant, and the
+	 * register it then passes is unbounded to the verifier. */
+	asm volatile("%[sz] &= 0x7f" : [sz] "+r"(sz));
+	if (bpf_probe_read_kernel(e->data, sz, head + nh) == 0)
+		e->cap_len = sz;
+}
+
 /* Reserves and fills the parts of an event common to all kinds. */
 static __always_inline struct event *new_event(struct sk_buff *skb, struct match *m)
 {
@@ -402,6 +443,7 @@ static __always_inline struct event *new_event(struct sk_buff *skb, struct match
 		e->icmp_type = m->pi.icmp_type;
 		e->icmp_code = m->pi.icmp_code;
 		e->flags |= m->pi.flags;
+		capture(skb, e, m->pi.hdr_len);
 	}
 
 	struct nf_conn *ct = m->ct;

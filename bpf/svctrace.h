@@ -37,6 +37,10 @@ enum event_kind {
 #define EVENT_F_INNER 0x4 /* inner holds the tuple embedded in an ICMP error */
 #define EVENT_F_FRAG 0x8  /* non-first fragment: no L4 header */
 
+/* The first bytes of the packet, from its IP header, kept in each event
+ * for pcapng: its headers by default, at most CAP_MAX. */
+#define CAP_MAX 128 /* IPv6 + TCP with every option is 100 */
+
 /* Addresses are 16 bytes; IPv4 is stored IPv4-mapped (::ffff:a.b.c.d). Ports
  * are in network byte order; for ICMP echo sport carries the identifier. */
 struct tuple {
@@ -76,6 +80,9 @@ struct event {
 	struct tuple orig;
 	struct tuple reply;
 	struct tuple inner;
+	__u16 cap_len; /* bytes of data captured */
+	__u16 pad2[3];
+	__u8 data[CAP_MAX];
 };
 
 /* Filter key: a watched address, port and IP protocol. */

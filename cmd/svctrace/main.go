@@ -97,7 +97,7 @@ Trace addresses yourself:  sudo svctrace trace --addr 10.96.0.10:80`,
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output format: text or json (one object per line)")
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "show attach details, timings and verifier logs")
 	root.PersistentFlags().StringVar(&g.backend, "backend", "", "force a kernel backend: netfilter-link, fentry or kprobe (default: the first that works; see kernel-support)")
-	root.AddCommand(newCheck(g), newTrace(g), newLab(g), newKernelSupport(g), newVersion(g))
+	root.AddCommand(newCheck(g), newTrace(g), newLab(g), newAnalyze(g), newKernelSupport(g), newVersion(g))
 	return root
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/output"
+	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
 	"github.com/vishvananda/netlink"
@@ -34,6 +36,7 @@ type serviceOptions struct {
 	duration   time.Duration
 	count      int
 	timeout    time.Duration
+	rec        recordFlags
 }
 
 const serviceExamples = `  # on a node: diagnose Service web in namespace shop, then trace its connections
@@ -62,6 +65,7 @@ func (o *serviceOptions) addFlags(cmd *cobra.Command, tracing bool) {
 		f.DurationVar(&o.duration, "duration", 0, "stop after this long (default: until Ctrl-C)")
 		f.IntVar(&o.count, "count", 0, "stop after this many connections")
 		f.DurationVar(&o.timeout, "timeout", 5*time.Second, "report a connection as no-reply after this long without an answer")
+		o.rec.add(f)
 	}
 }
 
@@ -101,8 +105,26 @@ var errProblems = fmt.Errorf("%w", errSilent)
 // state is what svctrace knows about the Service at one moment.
 type state struct {
 	*diagnose.Assessment
+	facts    diagnose.NodeFacts
 	targets  []tracer.Target
 	services map[tracer.Target]bool
+}
+
+// record writes the state into a recording: the objects, the node's rules,
+// the Service addresses.
+func (st *state) record(w *record.Writer) {
+	w.View(st.View)
+	r := record.Rules{Rules: st.facts.Rules, KubeProxy: st.facts.KubeProxy, KubeProxyKnown: st.facts.KubeProxyKnown}
+	if st.facts.RulesErr != nil {
+		r.Err = st.facts.RulesErr.Error()
+	}
+	w.Rules(r)
+	services := make([]tracer.Target, 0, len(st.services))
+	for t := range st.services {
+		services = append(services, t)
+	}
+	sort.Slice(services, func(i, j int) bool { return services[i].String() < services[j].String() })
+	w.Services(services)
 }
 
 func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) error {
@@ -118,6 +140,10 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 		return err
 	}
 	local := resolve.LocalNode{Name: o.nodeName(), Addrs: localAddrs(ns)}
+	// The recording (-w), once tracing starts; recording is true once its
+	// first record is written.
+	var w *record.Writer
+	var recording atomic.Bool
 	// gather reads the objects and the node's rules again: at the start and
 	// after every change of the objects.
 	gather := func(ctx context.Context) (*state, error) {
@@ -130,9 +156,18 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 		if err != nil {
 			return nil, err
 		}
-		st := &state{Assessment: a, targets: a.Service.Targets(a.NodeAddrs), services: map[tracer.Target]bool{}}
+		st := &state{Assessment: a, facts: facts, targets: a.Service.Targets(a.NodeAddrs), services: map[tracer.Target]bool{}}
 		for _, ad := range a.Service.Addresses(a.NodeAddrs) {
 			st.services[tracer.Target{Addr: ad.Addr, Proto: ad.Port.Protocol}] = true
+		}
+		// Names the API gave by IP go into the recording: analysis has no API.
+		lookup := a.Explainer.Lookup
+		a.Explainer.Lookup = func(ip netip.Addr) string {
+			n := lookup(ip)
+			if recording.Load() {
+				w.Name(record.Name{Addr: ip, Name: n})
+			}
+			return n
 		}
 		return st, nil
 	}
@@ -157,7 +192,18 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 	}
 	var cur atomic.Pointer[state]
 	cur.Store(st)
+	if w, err = o.rec.create(); err != nil {
+		return err
+	}
 	return o.trace(ctx, session{netns: o.netns, targets: st.targets, duration: o.duration, count: o.count, timeout: o.timeout,
+		rec: w, snaplen: o.rec.snaplen, mode: "service",
+		meta: func(m *record.Meta) {
+			m.Namespace, m.Service, m.Node, m.Addrs = o.namespace, name, local.Name, local.Addrs
+		},
+		recordState: func() {
+			cur.Load().record(w)
+			recording.Store(true)
+		},
 		isService: func(pr tracer.Proto, a netip.AddrPort) bool {
 			return cur.Load().services[tracer.Target{Addr: a, Proto: pr}]
 		},
@@ -181,6 +227,9 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 					return
 				}
 				cur.Store(st)
+				if recording.Load() {
+					st.record(w)
+				}
 				o.logf("objects changed: now %s", st.Service.Summary())
 			})
 		},

@@ -11,6 +11,7 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/live"
 	"github.com/svctrace/svctrace/internal/output"
+	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -21,6 +22,7 @@ type traceOptions struct {
 	duration time.Duration
 	count    int
 	timeout  time.Duration
+	rec      recordFlags
 
 	targets []tracer.Target
 }
@@ -58,6 +60,7 @@ by default): a name from 'ip netns list', a path such as /proc/1234/ns/net, or a
 	f.DurationVar(&o.duration, "duration", 0, "stop after this long (default: until Ctrl-C)")
 	f.IntVar(&o.count, "count", 0, "stop after this many connections")
 	f.DurationVar(&o.timeout, "timeout", 5*time.Second, "report a connection as no-reply after this long without an answer")
+	o.rec.add(f)
 	return cmd
 }
 
@@ -103,8 +106,14 @@ func (o *traceOptions) run(ctx context.Context) error {
 	for _, t := range o.targets {
 		services[t] = true
 	}
+	w, err := o.rec.create()
+	if err != nil {
+		return err
+	}
 	return o.trace(ctx, session{netns: o.netns, targets: o.targets, duration: o.duration, count: o.count, timeout: o.timeout,
-		isService: func(p tracer.Proto, a netip.AddrPort) bool { return services[tracer.Target{Addr: a, Proto: p}] }})
+		isService: func(p tracer.Proto, a netip.AddrPort) bool { return services[tracer.Target{Addr: a, Proto: p}] },
+		rec:       w, snaplen: o.rec.snaplen, mode: "trace",
+		recordState: func() { w.Services(o.targets) }})
 }
 
 // probesWord is what a backend attaches.
@@ -128,14 +137,25 @@ type session struct {
 	// started runs once the observers are attached (watches that re-feed
 	// the targets).
 	started func(ctx context.Context, tr *tracer.Tracer)
+	// rec, if set, records the trace (-w); mode and meta say what to put
+	// in its first record, recordState what follows it (the Service's
+	// objects and the node's rules).
+	rec         *record.Writer
+	snaplen     int
+	mode        string
+	meta        func(*record.Meta)
+	recordState func()
 }
 
 // trace attaches, prints each connection as it completes and a summary at
 // the end.
 func (g *globals) trace(ctx context.Context, s session) error {
 	start := time.Now()
-	tr, err := tracer.Open(tracer.Options{NetNS: s.netns, Targets: s.targets, Backend: g.backend, Logf: g.logf})
+	tr, err := tracer.Open(tracer.Options{NetNS: s.netns, Targets: s.targets, Backend: g.backend, Snaplen: s.snaplen, Logf: g.logf})
 	if err != nil {
+		if s.rec != nil {
+			s.rec.Discard() // nothing was recorded: no file left behind
+		}
 		return err
 	}
 	defer tr.Close()
@@ -147,10 +167,36 @@ func (g *globals) trace(ctx context.Context, s session) error {
 	fmt.Fprintf(g.stderr, "tracing %s in %s with %s (%d %s, drops: %s); Ctrl-C to stop\n",
 		targetList(s.targets), info.NetNS, info.Backend, info.Links, probesWord(info.Backend), orNone(info.Drops))
 
-	s.print.Wall = tracer.WallClock()
+	wall, mono := time.Now(), tracer.Now()
+	s.print.Wall = func(t uint64) time.Time { return wall.Add(time.Duration(int64(t) - int64(mono))) }
 	p, err := output.New(g.output, g.stdout, s.print)
 	if err != nil {
 		return err
+	}
+	flowOpts := flow.Options{
+		NodeNetNS: info.NetNS.Inode,
+		IsService: s.isService,
+		Timeout:   s.timeout,
+		IfName:    tracer.NewIfNames(info.NetNS).Name,
+	}
+	var journal live.Journal
+	if s.rec != nil {
+		defer s.rec.Close(record.End{}) // on an error; a clean end closes first
+		m := startMeta(s.mode, info, s.targets, s.timeout, s.count)
+		m.Wall, m.Mono, m.Started = wall, mono, wall
+		if s.meta != nil {
+			s.meta(&m)
+		}
+		s.rec.Meta(m)
+		if s.recordState != nil {
+			s.recordState()
+		}
+		s.rec.Conntrack(record.ConntrackSnapshot(info.NetNS, s.targets))
+		s.rec.Truncated = func(why string) {
+			fmt.Fprintf(g.stderr, "svctrace: warning: %s; recording stopped, tracing goes on\n", why)
+		}
+		flowOpts.IfName = recordingIfNames(info.NetNS, s.rec)
+		journal = s.rec
 	}
 	if s.duration > 0 {
 		var cancel context.CancelFunc
@@ -162,21 +208,23 @@ func (g *globals) trace(ctx context.Context, s session) error {
 	}
 	var sum output.Summary
 	res, err := live.Run(ctx, tr, live.Options{
-		Flow: flow.Options{
-			NodeNetNS: info.NetNS.Inode,
-			IsService: s.isService,
-			Timeout:   s.timeout,
-			IfName:    tracer.NewIfNames(info.NetNS).Name,
-		},
+		Flow:  flowOpts,
 		Count: s.count,
 		Conn: func(c *flow.Conn, lost uint64) {
 			sum.Count(c)
 			p.Conn(c, lost)
 		},
-		Lost: p.Lost,
+		Lost:    p.Lost,
+		Journal: journal,
 	})
 	sum.Lost, sum.Orphans = res.Lost, res.Orphans
 	p.Summary(sum)
+	if s.rec != nil {
+		s.rec.Conntrack(record.ConntrackSnapshot(info.NetNS, s.targets))
+		if cerr := s.rec.Close(record.End{Conns: res.Conns}); cerr != nil && err == nil {
+			err = cerr
+		}
+	}
 	return err
 }
 

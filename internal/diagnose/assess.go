@@ -42,9 +42,17 @@ func Assess(ctx context.Context, src resolve.Source, namespace, name string, nod
 	if err != nil {
 		return nil, err
 	}
+	a := AssessView(view, node)
+	a.Explainer.Lookup = resolve.Lookup(src)
+	return a, nil
+}
+
+// AssessView diagnoses objects already gathered (a recording's). Its
+// Explainer names only what the view holds until given a Lookup.
+func AssessView(view *resolve.View, node NodeFacts) *Assessment {
 	in := Input{View: view, Service: resolve.NewService(view), Rules: node.Rules, RulesErr: node.RulesErr,
 		KubeProxy: node.KubeProxy, KubeProxyKnown: node.KubeProxyKnown}
-	a := &Assessment{Source: src.Describe(), View: view, Service: in.Service, Findings: Check(in), Proxy: "not read", NodeAddrs: node.Local.Addrs}
+	a := &Assessment{Source: view.Source, View: view, Service: in.Service, Findings: Check(in), Proxy: "not read", NodeAddrs: node.Local.Addrs}
 	switch {
 	case node.Rules != nil:
 		a.Proxy = fmt.Sprintf("%s mode (%s)", node.Rules.Mode, node.Rules.Note)
@@ -55,6 +63,5 @@ func Assess(ctx context.Context, src resolve.Source, namespace, name string, nod
 		a.NodeAddrs = resolve.NodeAddrs(n)
 	}
 	a.Explainer = NewExplainer(in, a.Findings, a.NodeAddrs)
-	a.Explainer.Lookup = resolve.Lookup(src)
-	return a, nil
+	return a
 }

@@ -463,7 +463,7 @@ func (a *Assembler) step(c *Conn, pk *packet, ev tracer.Event, note string, dr *
 		return
 	}
 	s := Step{Time: ev.Time, Packet: pk.n, Dir: pk.dir, Kind: ev.Kind, Hook: ev.Hook, Stage: ev.Stage,
-		NetNS: ev.NetNS, Tuple: ev.Tuple, Mark: ev.Mark, Note: note, Drop: dr, Flags: flags(ev)}
+		NetNS: ev.NetNS, Tuple: ev.Tuple, Mark: ev.Mark, Note: note, Drop: dr, Flags: flags(ev), Data: ev.Data}
 	if ev.CT.ID != 0 {
 		s.CT = ev.CT.Info.String()
 	}

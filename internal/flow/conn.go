@@ -75,6 +75,7 @@ type Step struct {
 	Mark   uint32
 	Note   string // what happened here, in words; "" if nothing changed
 	Drop   *Drop  // set on a drop
+	Data   []byte // the packet's first bytes here, from its IP header (pcapng)
 }
 
 // Drop locates a drop.

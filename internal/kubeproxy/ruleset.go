@@ -1,6 +1,7 @@
 package kubeproxy
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -63,6 +64,37 @@ type PortKey struct {
 }
 
 func (k PortKey) String() string { return k.Name + "/" + k.Proto }
+
+// rulesetJSON is how a Ruleset is recorded: its ports as a list (their
+// keys are in them).
+type rulesetJSON struct {
+	Mode       Mode         `json:"mode"`
+	Note       string       `json:"note"`
+	Ports      []*PortRules `json:"ports"`
+	BaseChains []BaseChain  `json:"base_chains,omitempty"`
+	RangeDrops []RangeDrop  `json:"range_drops,omitempty"`
+}
+
+func (r Ruleset) MarshalJSON() ([]byte, error) {
+	j := rulesetJSON{Mode: r.Mode, Note: r.Note, BaseChains: r.BaseChains, RangeDrops: r.RangeDrops}
+	for _, p := range r.Ports {
+		j.Ports = append(j.Ports, p)
+	}
+	sort.Slice(j.Ports, func(a, b int) bool { return j.Ports[a].PortKey.String() < j.Ports[b].PortKey.String() })
+	return json.Marshal(j)
+}
+
+func (r *Ruleset) UnmarshalJSON(b []byte) error {
+	var j rulesetJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*r = Ruleset{Mode: j.Mode, Note: j.Note, BaseChains: j.BaseChains, RangeDrops: j.RangeDrops, Ports: map[PortKey]*PortRules{}}
+	for _, p := range j.Ports {
+		r.Ports[p.PortKey] = p
+	}
+	return nil
+}
 
 // PortRules are the rules for one Service port.
 type PortRules struct {

@@ -1,6 +1,7 @@
 package kubeproxy
 
 import (
+	"encoding/json"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -201,4 +202,34 @@ func newNetNS(t *testing.T) tracer.NetNS {
 		t.Fatal(err)
 	}
 	return ns
+}
+
+// A ruleset survives a recording: JSON and back.
+func TestRulesetJSON(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("testdata", "kube-proxy-v1.34.4", "iptables", "iptables-save.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Ruleset{Mode: ModeIPTables, Note: "read with iptables-nft-save",
+		RangeDrops: []RangeDrop{{Prefix: netip.MustParsePrefix("10.96.0.0/16"), Why: "unallocated"}}}
+	if err := ParseIPTablesSave(r, string(b)); err != nil {
+		t.Fatal(err)
+	}
+	j, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Ruleset
+	if err := json.Unmarshal(j, &back); err != nil {
+		t.Fatal(err)
+	}
+	again, _ := json.Marshal(&back)
+	if string(again) != string(j) || len(back.Ports) != len(r.Ports) || len(back.Ports) == 0 {
+		t.Fatalf("ruleset changed through JSON: %d ports, want %d", len(back.Ports), len(r.Ports))
+	}
+	for k, p := range r.Ports {
+		if q := back.Ports[k]; q == nil || len(q.Endpoints) != len(p.Endpoints) || len(q.Rejects) != len(p.Rejects) {
+			t.Errorf("%s: %+v, want %+v", k, q, p)
+		}
+	}
 }

@@ -26,6 +26,17 @@ type Options struct {
 	Lost func(total uint64)
 	// Record, if set, receives every event before it is assembled.
 	Record func(tracer.Event)
+	// Journal, if set, receives everything the assembler is given, in
+	// order: Replay of what it kept prints what Run printed.
+	Journal Journal
+}
+
+// Journal keeps the assembler's inputs (svctrace -w).
+type Journal interface {
+	Event(tracer.Event)
+	Tick(now uint64)
+	Lost(total uint64)
+	Flush(now uint64)
 }
 
 // Result says how a trace ended.
@@ -103,9 +114,14 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 		}
 		return full()
 	}
+	j := opts.Journal
+	if j == nil {
+		j = noJournal{}
+	}
 	checkLost := func() {
 		if n := tr.Lost(); n > res.Lost {
 			res.Lost = n
+			j.Lost(n)
 			if opts.Lost != nil {
 				opts.Lost(n)
 			}
@@ -113,7 +129,9 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 	}
 	finish := func() (Result, error) {
 		checkLost()
-		emit(a.Flush(tracer.Now()))
+		now := tracer.Now()
+		j.Flush(now)
+		emit(a.Flush(now))
 		res.Orphans = a.Orphans
 		return res, nil
 	}
@@ -134,11 +152,15 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 			if opts.Record != nil {
 				opts.Record(ev)
 			}
+			j.Event(ev)
 			if emit(a.Add(ev)) {
 				return finish()
 			}
 		case <-ticker.C:
 			checkLost()
+			if seen != 0 {
+				j.Tick(seen)
+			}
 			if emit(a.Tick(seen)) {
 				return finish()
 			}
@@ -186,4 +208,71 @@ func Collect(ctx context.Context, tr *tracer.Tracer, opts Options, traffic func(
 	close(quiesce)
 	e := <-done // Run's goroutine made every append before this receive
 	return conns, e.res, e.err
+}
+
+type noJournal struct{}
+
+func (noJournal) Event(tracer.Event) {}
+func (noJournal) Tick(uint64)        {}
+func (noJournal) Lost(uint64)        {}
+func (noJournal) Flush(uint64)       {}
+
+// Input is one thing a journal kept.
+type Input struct {
+	Event *tracer.Event
+	Tick  uint64 // set for a tick
+	Lost  uint64 // set when the lost count grew
+	Flush uint64 // set for the end
+}
+
+// Replay gives the assembler what a journal kept, in order, and hands on
+// connections as Run did: the same ones, in the same order, with the same
+// lost counts. next returns the inputs one by one, false at the end.
+func Replay(opts Options, next func() (Input, bool)) Result {
+	a := flow.New(opts.Flow)
+	var res Result
+	emit := func(cs []*flow.Conn) bool {
+		for _, c := range cs {
+			if opts.Count > 0 && res.Conns >= opts.Count {
+				return true
+			}
+			res.Conns++
+			if opts.Conn != nil {
+				opts.Conn(c, res.Lost)
+			}
+		}
+		return opts.Count > 0 && res.Conns >= opts.Count
+	}
+	var last uint64
+	for {
+		in, ok := next()
+		if !ok {
+			// Cut short: report what was being followed, as of the last
+			// time seen.
+			emit(a.Flush(last))
+			break
+		}
+		if in.Flush != 0 {
+			emit(a.Flush(in.Flush))
+			break
+		}
+		switch {
+		case in.Event != nil:
+			last = max(last, in.Event.Time)
+			if opts.Record != nil {
+				opts.Record(*in.Event)
+			}
+			emit(a.Add(*in.Event))
+		case in.Tick != 0:
+			last = max(last, in.Tick)
+			emit(a.Tick(in.Tick))
+		case in.Lost != 0:
+			res.Lost = in.Lost
+			if opts.Lost != nil {
+				opts.Lost(in.Lost)
+			}
+		}
+	}
+	res.Orphans = a.Orphans
+	return res
 }

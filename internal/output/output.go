@@ -56,6 +56,8 @@ func New(format string, w io.Writer, opts Options) (Printer, error) {
 		return &Text{w: w, opts: opts}, nil
 	case "json":
 		return &JSON{w: w, opts: opts}, nil
+	case "pcapng":
+		return newPcapNG(w, opts), nil
 	}
 	return nil, fmt.Errorf("unknown output format %q (want text or json)", format)
 }

@@ -42,6 +42,9 @@ type bpfEvent struct {
 	Orig       bpfTuple
 	Reply      bpfTuple
 	Inner      bpfTuple
+	CapLen     uint16
+	Pad2       [3]uint16
+	Data       [128]uint8
 	_          [4]byte
 }
 
@@ -149,6 +152,7 @@ const (
 	bpfProgNfPreSnat            = "nf_pre_snat"
 	bpfVarEventKindUnused       = "event_kind_unused"
 	bpfVarFilterNetns           = "filter_netns"
+	bpfVarSnaplen               = "snaplen"
 	bpfVarStageUnused           = "stage_unused"
 )
 
@@ -253,6 +257,7 @@ type bpfMapSpecs struct {
 type bpfVariableSpecs struct {
 	EventKindUnused *ebpf.VariableSpec `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.VariableSpec `ebpf:"filter_netns"`
+	Snaplen         *ebpf.VariableSpec `ebpf:"snaplen"`
 	StageUnused     *ebpf.VariableSpec `ebpf:"stage_unused"`
 }
 
@@ -299,6 +304,7 @@ func (m *bpfMaps) Close() error {
 type bpfVariables struct {
 	EventKindUnused *ebpf.Variable `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.Variable `ebpf:"filter_netns"`
+	Snaplen         *ebpf.Variable `ebpf:"snaplen"`
 	StageUnused     *ebpf.Variable `ebpf:"stage_unused"`
 }
 

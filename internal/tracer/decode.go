@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -80,6 +81,9 @@ func (d *decoder) event(r *bpfEvent) Event {
 			Orig:   tuple(&r.Orig, fam),
 			Reply:  tuple(&r.Reply, fam),
 		}
+	}
+	if n := min(int(r.CapLen), len(r.Data)); n > 0 {
+		ev.Data = bytes.Clone(r.Data[:n])
 	}
 	if ev.Kind == KindDrop {
 		ev.Drop = Drop{ReasonCode: r.DropReason, Reason: d.reason(r.DropReason)}

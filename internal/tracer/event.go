@@ -29,6 +29,9 @@ type Event struct {
 	ICMP     ICMPInfo  `json:"icmp,omitzero"`
 	CT       Conntrack `json:"ct,omitzero"`   // CT.ID == 0: the packet had no conntrack entry
 	Drop     Drop      `json:"drop,omitzero"` // KindDrop only
+	// Data are the packet's first bytes from its IP header as this point
+	// saw them: its headers, or Options.Snaplen bytes.
+	Data []byte `json:"data,omitempty"`
 }
 
 // Kind says what produced an event.

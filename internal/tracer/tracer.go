@@ -40,6 +40,9 @@ type Options struct {
 	// Backend forces a backend (BackendNetfilter, BackendFentry,
 	// BackendKprobe); empty: the first that works here.
 	Backend string
+	// Snaplen is how many bytes of each packet events carry (Event.Data),
+	// at most MaxSnaplen; 0: its IP and transport headers, no payload.
+	Snaplen int
 	// Logf, if set, receives progress and verifier details (--verbose).
 	Logf func(format string, args ...any)
 
@@ -62,6 +65,9 @@ type Info struct {
 	// because another hook held it, e.g. "ipv6 INPUT/last at 2147483645".
 	Shifted []string
 }
+
+// MaxSnaplen is the most of each packet an event carries.
+const MaxSnaplen = len(bpfEvent{}.Data)
 
 // ErrClosed is returned by Read after Close.
 var ErrClosed = errors.New("tracer closed")
@@ -140,6 +146,14 @@ func open(backend string, ns NetNS, spec *ebpf.CollectionSpec, cache *btf.Cache,
 	for name, p := range base.Programs {
 		if backend != BackendNetfilter || p.Type != ebpf.Netfilter {
 			delete(base.Programs, name)
+		}
+	}
+	if opts.Snaplen < 0 || opts.Snaplen > MaxSnaplen {
+		return nil, fmt.Errorf("snaplen %d: want 0 (headers only) to %d", opts.Snaplen, MaxSnaplen)
+	}
+	for _, s := range []*ebpf.CollectionSpec{spec, base} {
+		if err := s.Variables["snaplen"].Set(uint32(opts.Snaplen)); err != nil {
+			return nil, err
 		}
 	}
 	if backend != BackendNetfilter {

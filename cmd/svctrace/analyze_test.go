@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/record"
+	"github.com/svctrace/svctrace/internal/testutil"
+	"sigs.k8s.io/yaml"
+)
+
+// upLab builds a lab removed when the test ends.
+func upLab(t *testing.T) *lab.Lab {
+	t.Helper()
+	testutil.RequireRoot(t)
+	l, err := lab.Up(lab.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Down() })
+	return l
+}
+
+// liveAndRecorded runs svctrace with args and -w while the lab's client
+// connects to every scenario's Service once, and returns what it printed
+// and the recording.
+func liveAndRecorded(t *testing.T, l *lab.Lab, args ...string) (string, string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "trace.svctrace")
+	var out, errb syncBuffer
+	root := newRoot(&out, &errb)
+	root.SetArgs(append(args, "-w", file, "--timeout", "1500ms", "--duration", "30s"))
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(context.Background()) }()
+	waitFor(t, &errb, "Ctrl-C to stop")
+	var wg sync.WaitGroup
+	for _, s := range l.Scenarios {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.Get(context.Background(), s.VIP(), "/", 1500*time.Millisecond)
+		}()
+	}
+	wg.Wait()
+	if err := <-done; err != nil {
+		t.Fatalf("%v\n%s", err, errb.String())
+	}
+	return out.String(), file
+}
+
+// analyze prints the recording and checks that it begins with exactly
+// what the live run printed.
+func analyze(t *testing.T, live, file string, args ...string) string {
+	t.Helper()
+	got, errOut, err := run(context.Background(), append([]string{"analyze", file}, args...)...)
+	if err != nil {
+		t.Fatalf("analyze: %v\n%s", err, errOut)
+	}
+	if !strings.HasPrefix(got, live) {
+		t.Fatalf("analyze printed something else than the live run.\nlive:\n%s\nanalyze:\n%s", live, got)
+	}
+	return strings.TrimPrefix(got, live)
+}
+
+// Recording every lab scenario with svctrace trace -w, and analysing the
+// file, gives what the live run printed, then the analysis.
+func TestRecordTraceAnalyze(t *testing.T) {
+	l := upLab(t)
+	args := []string{"trace", "--netns", l.Node.Spec, "--count", "6"}
+	for _, s := range l.Scenarios {
+		args = append(args, "--addr", s.VIP().String())
+	}
+	live, file := liveAndRecorded(t, l, args...)
+	for _, s := range l.Scenarios {
+		if !strings.Contains(live, string(s.Expect)) {
+			t.Errorf("live run lacks a %s connection:\n%s", s.Expect, live)
+		}
+	}
+	rest := analyze(t, live, file)
+	for _, w := range []string{"\nanalysis: 1 client(s)\n", "connect latency, first packet to first answer, 1 answered: p50 "} {
+		if !strings.Contains(rest, w) {
+			t.Errorf("analysis lacks %q:\n%s", w, rest)
+		}
+	}
+	// Filters: only the rejected connection.
+	got, _, err := run(context.Background(), "analyze", file, "--verdict", "rejected", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := parseLines(t, got)
+	if len(lines) != 3 || lines[0].Verdict != "rejected" || lines[1].Kind != "summary" || lines[1].Conns != 1 || lines[2].Kind != "analysis" {
+		t.Errorf("--verdict rejected -o json:\n%s", got)
+	}
+	// By default the kernel keeps each packet's headers, never its payload.
+	for _, d := range packetData(t, file) {
+		if len(d) >= 20 && d[0]>>4 == 4 && d[9] == 6 { // IPv4, TCP
+			ip := int(d[0]&0xf) * 4
+			if len(d) < ip+13 || len(d) != ip+int(d[ip+12]>>4)*4 {
+				t.Fatalf("%d bytes recorded of a TCP packet whose headers are %d: % x", len(d), ip+int(d[ip+12]>>4)*4, d)
+			}
+		}
+	}
+	checkPcapNG(t, file)
+}
+
+// packetData are the packet bytes a recording's events carry.
+func packetData(t *testing.T, file string) [][]byte {
+	t.Helper()
+	rec, err := record.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][]byte
+	for _, e := range rec.Entries {
+		if e.Type == record.TypeEvent && len(e.Event.Data) > 0 {
+			out = append(out, e.Event.Data)
+		}
+	}
+	if len(out) == 0 {
+		t.Fatal("no recorded event carries packet bytes")
+	}
+	return out
+}
+
+// --snaplen bounds what is kept of each packet.
+func TestRecordSnaplen(t *testing.T) {
+	l := upLab(t)
+	l.Scenarios = l.Scenarios[:1] // healthy
+	_, file := liveAndRecorded(t, l, "trace", "--netns", l.Node.Spec, "--addr", l.Scenarios[0].VIP().String(), "--count", "1", "--snaplen", "20")
+	for _, d := range packetData(t, file) {
+		if len(d) != 20 {
+			t.Fatalf("%d bytes recorded with --snaplen 20", len(d))
+		}
+	}
+}
+
+// checkPcapNG writes the recording as pcapng and reads it with Debian's
+// tshark: an interface per observation point, the packet before and after
+// DNAT, svctrace's annotations as comments.
+func checkPcapNG(t *testing.T, file string) {
+	t.Helper()
+	tshark, err := exec.LookPath("tshark")
+	if err != nil {
+		if os.Getenv("SVCTRACE_REQUIRE_ROOT") == "1" {
+			t.Fatal("tshark not found: CI installs it (apt-get install tshark)")
+		}
+		t.Skip("tshark not found (apt-get install tshark): the pcapng check needs it")
+	}
+	out, errOut, err := run(context.Background(), "analyze", file, "-o", "pcapng")
+	if err != nil {
+		t.Fatalf("-o pcapng: %v\n%s", err, errOut)
+	}
+	pcap := filepath.Join(t.TempDir(), "trace.pcapng")
+	if err := os.WriteFile(pcap, []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := exec.Command(tshark, "-r", pcap, "-T", "fields",
+		"-e", "frame.interface_name", "-e", "ip.dst", "-e", "tcp.dstport", "-e", "frame.comment").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tshark: %v\n%s", err, b)
+	}
+	var dnat, rejected, preDNAT bool
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.SplitN(l, "\t", 4)
+		if len(f) != 4 {
+			continue
+		}
+		preDNAT = preDNAT || (f[0] == "PREROUTING pre-dnat" && f[1] == "10.96.0.10" && f[2] == "80")
+		dnat = dnat || (f[0] == "PREROUTING post-dnat" && strings.HasPrefix(f[1], "10.244.0.") && f[2] == "8080" &&
+			strings.Contains(f[3], "DNAT 10.96.0.10:80 → 10.244.0.1") && strings.Contains(f[3], ": answered"))
+		rejected = rejected || strings.Contains(f[3], "10.96.0.20:80: rejected")
+	}
+	if !preDNAT || !dnat || !rejected {
+		t.Errorf("tshark shows pre-DNAT %v, DNAT %v, rejected %v:\n%s", preDNAT, dnat, rejected, b)
+	}
+}
+
+// The same for svctrace SERVICE: the diagnosis, names and blame come back
+// from the recorded objects and rules, with no cluster.
+func TestRecordServiceAnalyze(t *testing.T) {
+	l := upLab(t)
+	objects := filepath.Join(t.TempDir(), "objects.yaml")
+	writeObjects(t, objects)
+	live, file := liveAndRecorded(t, l, "empty", "-n", lab.Namespace, "--objects", objects, "--netns", l.Node.Spec,
+		"--node", lab.NodeName, "--count", "1")
+	for _, w := range []string{"✗ selector-matches-no-pod:", "✗ rejected", "blame:  Service lab/empty: the selector app=wbe matches no Pod"} {
+		if !strings.Contains(live, w) {
+			t.Errorf("live run lacks %q:\n%s", w, live)
+		}
+	}
+	analyze(t, live, file)
+	// A recording cut short is analysed up to where it ends.
+	b, _ := os.ReadFile(file)
+	cut := filepath.Join(t.TempDir(), "cut.svctrace")
+	os.WriteFile(cut, b[:len(b)*2/3], 0o644)
+	got, errOut, err := run(context.Background(), "analyze", cut)
+	if err != nil || !strings.Contains(errOut, "cut short") || !strings.Contains(got, "selector-matches-no-pod") {
+		t.Errorf("cut recording: %v\n%s\n%s", err, errOut, got)
+	}
+	// Not a recording: one line, with the offset and what to do.
+	_, _, err = run(context.Background(), "analyze", objects)
+	if err == nil || !strings.Contains(err.Error(), "byte 0: not an svctrace recording") || strings.Contains(err.Error(), "\n") {
+		t.Errorf("foreign file: %v", err)
+	}
+}
+
+// writeObjects saves the lab's objects as kubectl get -o yaml would.
+func writeObjects(t *testing.T, path string) {
+	o := lab.Objects()
+	var items []any
+	add := func(kind, api string, v any) {
+		b, _ := json.Marshal(v)
+		var m map[string]any
+		json.Unmarshal(b, &m)
+		m["kind"], m["apiVersion"] = kind, api
+		items = append(items, m)
+	}
+	for _, s := range o.Services {
+		add("Service", "v1", s)
+	}
+	for _, s := range o.Slices {
+		add("EndpointSlice", "discovery.k8s.io/v1", s)
+	}
+	for _, p := range o.Pods {
+		add("Pod", "v1", p)
+	}
+	for _, n := range o.Nodes {
+		add("Node", "v1", n)
+	}
+	b, err := yaml.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/svctrace/svctrace/internal/record"
+	"github.com/svctrace/svctrace/internal/tracer"
+	"golang.org/x/sys/unix"
+)
+
+// recordFlags are -w and --max-size, on every command that traces.
+type recordFlags struct {
+	path    string
+	maxSize string
+	snaplen int
+}
+
+func (r *recordFlags) add(f *pflag.FlagSet) {
+	f.StringVarP(&r.path, "write", "w", "", "also record everything to this file, for `svctrace analyze` anywhere later")
+	f.StringVar(&r.maxSize, "max-size", "", "stop recording (not tracing) when the file reaches this size, e.g. 100M, 2G (default: no bound)")
+	f.IntVar(&r.snaplen, "snaplen", 0, fmt.Sprintf("bytes of each packet to record for pcapng, from its IP header, up to %d (default: its headers only, never payload)", tracer.MaxSnaplen))
+}
+
+// create opens the recording, or returns nil without -w.
+func (r *recordFlags) create() (*record.Writer, error) {
+	if r.path == "" {
+		if r.maxSize != "" || r.snaplen != 0 {
+			return nil, fmt.Errorf("--max-size and --snaplen are about a recording: give one with -w FILE")
+		}
+		return nil, nil
+	}
+	if r.snaplen < 0 || r.snaplen > tracer.MaxSnaplen {
+		return nil, fmt.Errorf("invalid --snaplen %d: want 1 to %d bytes (0: headers only)", r.snaplen, tracer.MaxSnaplen)
+	}
+	max, err := parseSize(r.maxSize)
+	if err != nil {
+		return nil, err
+	}
+	return record.Create(r.path, max)
+}
+
+// parseSize reads 1048576, 512K, 100M or 2G (powers of 1024).
+func parseSize(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	mult := int64(1)
+	switch strings.ToUpper(s[len(s)-1:]) {
+	case "K":
+		mult = 1 << 10
+	case "M":
+		mult = 1 << 20
+	case "G":
+		mult = 1 << 30
+	}
+	if mult > 1 {
+		s = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(strings.TrimSuffix(strings.ToUpper(s), "B"), 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("invalid --max-size %q: want a size such as 100M or 2G", s)
+	}
+	return n * mult, nil
+}
+
+// startMeta is what a recording says of the trace before its records.
+func startMeta(mode string, info tracer.Info, targets []tracer.Target, timeout time.Duration, count int) record.Meta {
+	m := record.Meta{Command: os.Args[1:], Mode: mode, Backend: info.Backend, Links: info.Links, Drops: info.Drops,
+		NetNS: info.NetNS.Inode, Targets: targets, Timeout: timeout, Count: count}
+	m.Host, _ = os.Hostname()
+	var uts unix.Utsname
+	if unix.Uname(&uts) == nil {
+		m.Kernel = unix.ByteSliceToString(uts.Release[:])
+	}
+	return m
+}
+
+// recordingIfNames names the node's interfaces and records each name the
+// first time it is asked for.
+func recordingIfNames(ns tracer.NetNS, w *record.Writer) func(uint32) string {
+	names := tracer.NewIfNames(ns)
+	seen := map[uint32]bool{}
+	return func(i uint32) string {
+		n := names.Name(i)
+		if n != "" && !seen[i] {
+			seen[i] = true
+			w.IfName(record.IfName{Index: i, Name: n})
+		}
+		return n
+	}
+}

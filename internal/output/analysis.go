@@ -1,0 +1,152 @@
+package output
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/flow"
+)
+
+// Analysis adds up the connections of a recording (svctrace analyze):
+// per endpoint and verdict, and how long connecting took.
+type Analysis struct {
+	endpoints map[netip.AddrPort]map[flow.Verdict]int
+	clients   map[netip.Addr]bool
+	latencies []time.Duration
+}
+
+// Count adds a connection.
+func (a *Analysis) Count(c *flow.Conn) {
+	if a.endpoints == nil {
+		a.endpoints, a.clients = map[netip.AddrPort]map[flow.Verdict]int{}, map[netip.Addr]bool{}
+	}
+	if a.endpoints[c.Endpoint] == nil {
+		a.endpoints[c.Endpoint] = map[flow.Verdict]int{}
+	}
+	a.endpoints[c.Endpoint][c.Verdict]++
+	a.clients[c.Client.Addr()] = true
+	if c.Verdict == flow.Answered {
+		if d, ok := ConnectLatency(c); ok {
+			a.latencies = append(a.latencies, d)
+		}
+	}
+}
+
+// ConnectLatency is the time from a connection's first packet to the first
+// answer (SYN to SYN-ACK for TCP), as the node saw them.
+func ConnectLatency(c *flow.Conn) (time.Duration, bool) {
+	for _, s := range c.Steps {
+		if s.Dir == flow.Reply && s.Time >= c.Start {
+			return time.Duration(s.Time - c.Start), true
+		}
+	}
+	return 0, false
+}
+
+// percentile is the nearest-rank percentile of sorted durations.
+func percentile(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := (p*len(sorted)+99)/100 - 1
+	return sorted[max(i, 0)]
+}
+
+type endpointRow struct {
+	Endpoint string               `json:"endpoint"` // "" : not translated to any
+	Name     string               `json:"name,omitempty"`
+	Conns    int                  `json:"connections"`
+	Verdicts map[flow.Verdict]int `json:"verdicts"`
+}
+
+func (a *Analysis) rows(name func(netip.AddrPort) string) []endpointRow {
+	var rows []endpointRow
+	for ep, vs := range a.endpoints {
+		r := endpointRow{Verdicts: vs}
+		if ep.IsValid() {
+			r.Endpoint = ep.String()
+			if name != nil {
+				r.Name = name(ep)
+			}
+		}
+		for _, n := range vs {
+			r.Conns += n
+		}
+		rows = append(rows, r)
+	}
+	sort.Slice(rows, func(i, j int) bool {
+		if rows[i].Conns != rows[j].Conns {
+			return rows[i].Conns > rows[j].Conns
+		}
+		return rows[i].Endpoint < rows[j].Endpoint
+	})
+	return rows
+}
+
+func (a *Analysis) latency() (n int, p50, p99 time.Duration) {
+	s := slices.Clone(a.latencies)
+	slices.Sort(s)
+	return len(s), percentile(s, 50), percentile(s, 99)
+}
+
+func verdictList(vs map[flow.Verdict]int) string {
+	var parts []string
+	for _, v := range flow.Verdicts {
+		if n := vs[v]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, v))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// WriteAnalysis prints the analysis after the summary, in the printer's
+// format.
+func WriteAnalysis(p Printer, a *Analysis) {
+	switch p := p.(type) {
+	case *Text:
+		a.text(p.w, p.opts.Name)
+	case *JSON:
+		n, p50, p99 := a.latency()
+		p.write(struct {
+			Kind      string        `json:"kind"`
+			Clients   int           `json:"clients"`
+			Endpoints []endpointRow `json:"endpoints"`
+			Answered  int           `json:"answered_with_latency"`
+			P50       float64       `json:"connect_latency_p50_us"`
+			P99       float64       `json:"connect_latency_p99_us"`
+		}{"analysis", len(a.clients), a.rows(p.opts.Name), n, us(p50), us(p99)})
+	}
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+func (a *Analysis) text(w io.Writer, name func(netip.AddrPort) string) {
+	fmt.Fprintf(w, "\nanalysis: %d client(s)\n", len(a.clients))
+	fmt.Fprintf(w, "  %-22s %5s  %s\n", "endpoint", "conns", "verdicts")
+	for _, r := range a.rows(name) {
+		ep := r.Endpoint
+		if ep == "" {
+			ep = "(none)"
+		}
+		fmt.Fprintf(w, "  %-22s %5d  %s", ep, r.Conns, verdictList(r.Verdicts))
+		if r.Name != "" {
+			fmt.Fprintf(w, "  (%s)", r.Name)
+		}
+		fmt.Fprintln(w)
+	}
+	if n, p50, p99 := a.latency(); n > 0 {
+		fmt.Fprintf(w, "  connect latency, first packet to first answer, %d answered: p50 %s, p99 %s\n", n, round(p50), round(p99))
+	}
+}
+
+func round(d time.Duration) time.Duration {
+	if d < time.Millisecond {
+		return d.Round(time.Microsecond)
+	}
+	return d.Round(10 * time.Microsecond)
+}

@@ -1,0 +1,99 @@
+package output
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+// PcapNG writes the packets of each connection for Wireshark: one record
+// per observation, the packet as that point saw it (before or after NAT),
+// on an interface named for the point ("PREROUTING post-dnat"), with
+// svctrace's annotation as the packet comment.
+type PcapNG struct {
+	out    io.Writer
+	opts   Options
+	w      *pcapgo.NgWriter
+	ifaces map[string]int
+	err    error
+}
+
+func newPcapNG(w io.Writer, opts Options) *PcapNG {
+	return &PcapNG{out: w, opts: opts, ifaces: map[string]int{}}
+}
+
+func (p *PcapNG) iface(name, desc string) int {
+	if id, ok := p.ifaces[name]; ok {
+		return id
+	}
+	intf := pcapgo.NgInterface{Name: name, Description: desc, LinkType: layers.LinkTypeRaw,
+		SnapLength: uint32(tracer.MaxSnaplen), TimestampResolution: 9}
+	var id int
+	if p.w == nil {
+		p.w, p.err = pcapgo.NewNgWriterInterface(p.out, intf, pcapgo.NgWriterOptions{
+			SectionInfo: pcapgo.NgSectionInfo{Application: "svctrace", Comment: "packets of traced connections, one record per netfilter observation"}})
+	} else if p.err == nil {
+		id, p.err = p.w.AddInterface(intf)
+	}
+	p.ifaces[name] = id
+	return id
+}
+
+func (p *PcapNG) Conn(c *flow.Conn, _ uint64) {
+	verdict := fmt.Sprintf("connection #%d %s → %s: %s", c.ID, c.Client, c.VIP, c.Verdict)
+	if p.opts.Explain != nil {
+		e := p.opts.Explain(c)
+		for _, x := range []string{e.Service, e.Blame} {
+			if x != "" {
+				verdict += "; " + x
+			}
+		}
+	}
+	for _, s := range c.Steps {
+		if len(s.Data) == 0 || p.err != nil {
+			continue
+		}
+		point, desc := fmt.Sprintf("%s %s", s.Hook, s.Stage), fmt.Sprintf("netfilter %s hook, %s (priority %d)", s.Hook, s.Stage, s.Stage.Priority())
+		if s.Kind == tracer.KindDrop {
+			point, desc = "drop", "packets as the kernel freed them (dropped)"
+		}
+		id := p.iface(point, desc)
+		what := s.Note
+		if what == "" {
+			what = fmt.Sprintf("%s %s", s.Flags, s.Tuple)
+		}
+		if n := name(p.opts, s.Tuple.Dst); n != "" && strings.HasPrefix(what, "DNAT") {
+			what += " (" + n + ")"
+		}
+		ci := gopacket.CaptureInfo{CaptureLength: len(s.Data), Length: len(s.Data), InterfaceIndex: id}
+		if p.opts.Wall != nil {
+			ci.Timestamp = p.opts.Wall(s.Time)
+		}
+		if p.err == nil {
+			p.err = p.w.WritePacketWithOptions(ci, s.Data, pcapgo.NgPacketOptions{
+				Comments: []string{fmt.Sprintf("svctrace %s: %s | %s", point, what, verdict)}})
+		}
+	}
+}
+
+func (p *PcapNG) Lost(uint64)         {}
+func (p *PcapNG) Diagnosis(Diagnosis) {}
+
+// Summary ends the file; a trace without packets still gets a valid one.
+func (p *PcapNG) Summary(Summary) {
+	if p.w == nil {
+		p.iface("svctrace", "no packet was captured")
+	}
+	if p.err == nil {
+		p.err = p.w.Flush()
+	}
+}
+
+// Err is the first error writing met.
+func (p *PcapNG) Err() error { return p.err }

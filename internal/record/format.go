@@ -1,0 +1,173 @@
+// Package record writes and reads svctrace recordings: one self-contained
+// file per trace (svctrace -w FILE) that `svctrace analyze` turns back into
+// exactly what the live run printed, on any machine.
+//
+// The file is a 16-byte header — the magic "SVCTRACE", a little-endian
+// uint16 format version, six reserved bytes — followed by records, each a
+// 9-byte frame (type uint8, payload length uint32, CRC-32 of the payload
+// uint32, little-endian) and its payload. Records are appended as the trace
+// runs, so a crash loses at most what was not yet flushed (the writer
+// flushes at every tick, 10 times a second). Readers skip record types they
+// do not know, so newer versions can add some.
+package record
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"net/netip"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+// Magic starts every recording.
+const Magic = "SVCTRACE"
+
+// Version is the format this package writes. It reads this version only.
+const Version = 1
+
+const (
+	headerSize = 16
+	frameSize  = 9
+	// MaxRecord bounds one record's payload: larger means corruption.
+	MaxRecord = 64 << 20
+)
+
+// Type says what a record holds.
+type Type uint8
+
+const (
+	TypeMeta      Type = 1  // Meta (JSON), first
+	TypeView      Type = 2  // the Service's Kubernetes objects (JSON resolve.View), at the start and at every change
+	TypeRules     Type = 3  // kube-proxy's rules and processes on the node (JSON Rules), with every view
+	TypeName      Type = 7  // an address named by a lookup (JSON Name)
+	TypeConntrack Type = 4  // conntrack entries of the traced addresses (JSON []Conntrack)
+	TypeServices  Type = 5  // the addresses the node should translate (JSON []tracer.Target)
+	TypeIfName    Type = 6  // an interface of the node (JSON IfName)
+	TypeEvent     Type = 10 // a kernel event (JSON tracer.Event)
+	TypeTick      Type = 11 // the assembler's clock advanced (uint64 ns)
+	TypeLost      Type = 12 // events lost so far (uint64)
+	TypeFlush     Type = 13 // the trace ended at this time (uint64 ns)
+	TypeEnd       Type = 14 // a clean end (JSON End)
+)
+
+func (t Type) String() string {
+	if n, ok := typeNames[t]; ok {
+		return n
+	}
+	return fmt.Sprintf("type %d", uint8(t))
+}
+
+var typeNames = map[Type]string{TypeMeta: "meta", TypeView: "view", TypeRules: "rules", TypeName: "name", TypeConntrack: "conntrack",
+	TypeServices: "services", TypeIfName: "interface", TypeEvent: "event", TypeTick: "tick", TypeLost: "lost",
+	TypeFlush: "flush", TypeEnd: "end"}
+
+// Meta describes the trace: what ran, where, and how the live run
+// assembled and printed.
+type Meta struct {
+	Command []string        `json:"command"` // svctrace's arguments
+	Mode    string          `json:"mode"`    // "trace", "service" or "lab"
+	Started time.Time       `json:"started"`
+	Host    string          `json:"host"`
+	Kernel  string          `json:"kernel"`
+	Backend string          `json:"backend"`
+	Links   int             `json:"links"`
+	Drops   string          `json:"drops"`
+	NetNS   uint32          `json:"netns"` // the traced namespace's inode
+	Node    string          `json:"node,omitempty"`
+	Addrs   []netip.Addr    `json:"node_addrs,omitempty"`
+	Targets []tracer.Target `json:"targets"`
+	// The live run's clock: monotonic time Mono was wall time Wall.
+	Wall time.Time `json:"wall"`
+	Mono uint64    `json:"mono"`
+	// Assembly: the no-reply timeout and the connection count limit.
+	Timeout time.Duration `json:"timeout"`
+	Count   int           `json:"count,omitempty"`
+	// Service mode: the Service.
+	Namespace string `json:"namespace,omitempty"`
+	Service   string `json:"service,omitempty"`
+}
+
+// Name is what a lookup (the API, by IP) said of an address.
+type Name struct {
+	Addr netip.Addr `json:"addr"`
+	Name string     `json:"name"`
+}
+
+// WallClock is the live run's monotonic-to-wall mapping.
+func (m *Meta) WallClock() func(uint64) time.Time {
+	return func(t uint64) time.Time { return m.Wall.Add(time.Duration(int64(t) - int64(m.Mono))) }
+}
+
+// IfName names one interface of the node.
+type IfName struct {
+	Index uint32 `json:"index"`
+	Name  string `json:"name"`
+}
+
+// Conntrack is one conntrack entry, as conntrack -L shows it.
+type Conntrack struct {
+	Proto   string            `json:"proto"`
+	Orig    [2]netip.AddrPort `json:"orig"`  // source, destination
+	Reply   [2]netip.AddrPort `json:"reply"` // source, destination
+	Mark    uint32            `json:"mark,omitempty"`
+	Zone    uint16            `json:"zone,omitempty"`
+	Timeout uint32            `json:"timeout,omitempty"` // seconds left
+	Status  string            `json:"status,omitempty"`
+}
+
+// End closes a recording that ended cleanly.
+type End struct {
+	Conns     int    `json:"connections"`
+	Truncated string `json:"truncated,omitempty"` // why events stopped being recorded early
+}
+
+// Rules is what the node held when the objects were read: kube-proxy's
+// rules (or why they could not be read) and its processes.
+type Rules struct {
+	Rules          *kubeproxy.Ruleset `json:"rules,omitempty"`
+	Err            string             `json:"error,omitempty"`
+	KubeProxy      []int              `json:"kube_proxy_pids,omitempty"`
+	KubeProxyKnown bool               `json:"kube_proxy_known,omitempty"`
+}
+
+func header() []byte {
+	b := make([]byte, headerSize)
+	copy(b, Magic)
+	binary.LittleEndian.PutUint16(b[8:], Version)
+	return b
+}
+
+func frame(t Type, payload []byte) []byte {
+	b := make([]byte, frameSize, frameSize+len(payload))
+	b[0] = byte(t)
+	binary.LittleEndian.PutUint32(b[1:], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(b[5:], crc32.ChecksumIEEE(payload))
+	return append(b, payload...)
+}
+
+func u64(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // our own types always marshal
+	}
+	return b
+}
+
+// FormatError is a recording that cannot be read, with where.
+type FormatError struct {
+	Offset int64
+	Err    error
+}
+
+func (e *FormatError) Error() string { return fmt.Sprintf("byte %d: %v", e.Offset, e.Err) }
+func (e *FormatError) Unwrap() error { return e.Err }
+
+// ErrNotRecording: the file does not start with the magic.
+var ErrNotRecording = errors.New("not an svctrace recording (no SVCTRACE header)")
