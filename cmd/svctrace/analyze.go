@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/live"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/record"
@@ -30,8 +32,8 @@ func newAnalyze(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "analyze FILE",
 		Short: "Print a recording (-w) as the live run did, anywhere: no root, no cluster needed",
-		Long: `Read a recording made with -w on svctrace SERVICE or svctrace trace and print what the live
-run printed: the diagnosis, every connection with its names and blame, the summary. Then an
+		Long: `Read a recording made with -w on svctrace SERVICE, svctrace trace or svctrace lab and print
+what the live run printed: the diagnosis, every connection with its names and blame, the summary. Then an
 analysis: connections per endpoint and verdict, and connect latency (first packet to first
 answer) p50 and p99. Filters keep only some connections (the summary and analysis count those).
 
@@ -124,8 +126,12 @@ func (o *analyzeOptions) run(path string) error {
 		return fmt.Errorf("unknown output format %q: use -o text, json or pcapng", o.output)
 	}
 	rec, err := record.ReadFile(path)
-	if err != nil {
+	var fe *record.FormatError
+	if errors.As(err, &fe) {
 		return fmt.Errorf("%w; is it a recording made with svctrace -w?", err)
+	}
+	if err != nil {
+		return err
 	}
 	for _, n := range rec.Notes {
 		fmt.Fprintf(o.stderr, "svctrace: note: %s\n", n)
@@ -137,8 +143,8 @@ func (o *analyzeOptions) run(path string) error {
 		fmt.Fprintf(o.stderr, "svctrace: note: %s: events after that were not recorded\n", rec.End.Truncated)
 	}
 	m := rec.Meta
-	if m.Mode != "trace" && m.Mode != "service" {
-		return fmt.Errorf("%s: a recording of svctrace %s, which this svctrace cannot analyse yet", path, m.Mode)
+	if m.Mode != "trace" && m.Mode != "service" && m.Mode != "lab" {
+		return fmt.Errorf("%s: a recording of svctrace %s, which this svctrace cannot analyse", path, m.Mode)
 	}
 
 	// What the live run looked up as it went, known up front here.
@@ -154,9 +160,21 @@ func (o *analyzeOptions) run(path string) error {
 	services := map[tracer.Target]bool{}
 	var cur *diagnose.Assessment
 	opts := output.Options{Wall: m.WallClock()}
-	if m.Mode == "service" {
+	var lr *labRecord
+	var labAs map[string]*diagnose.Assessment
+	switch m.Mode {
+	case "service":
 		opts.Name = func(a netip.AddrPort) string { return cur.Explainer.Name(a) }
 		opts.Explain = func(c *flow.Conn) diagnose.Explanation { return cur.Explainer.Explain(c) }
+	case "lab":
+		if lr, labAs, err = readLab(rec, names); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		var ss []lab.Scenario
+		for _, r := range lr.Results {
+			ss = append(ss, r.Scenario)
+		}
+		opts.Name, opts.Explain = labNames(ss, labAs)
 	}
 	p, err := output.New(o.output, o.stdout, opts)
 	if err != nil {
@@ -221,12 +239,26 @@ func (o *analyzeOptions) run(path string) error {
 
 	var sum output.Summary
 	var an output.Analysis
+	var conns []*flow.Conn
+	for _, e := range rec.Entries {
+		if e.Type == record.TypeConntrack {
+			when := "start"
+			if len(an.Conntrack) > 0 {
+				when = "end"
+			}
+			an.Conntrack = append(an.Conntrack, output.ConntrackSnapshot{When: when, Entries: e.Conntrack})
+		}
+	}
 	res := live.Replay(live.Options{
 		Flow: flow.Options{NodeNetNS: m.NetNS, Timeout: m.Timeout,
 			IsService: func(pr tracer.Proto, a netip.AddrPort) bool { return services[tracer.Target{Addr: a, Proto: pr}] },
 			IfName:    func(i uint32) string { return ifNames[i] }},
 		Count: m.Count,
 		Conn: func(c *flow.Conn, lost uint64) {
+			if m.Mode == "lab" {
+				conns = append(conns, c) // printed by scenario at the end, as live
+				return
+			}
 			if keep(c) {
 				sum.Count(c)
 				an.Count(c)
@@ -235,6 +267,26 @@ func (o *analyzeOptions) run(path string) error {
 		},
 		Lost: p.Lost,
 	}, next)
+	if m.Mode == "lab" {
+		results := make([]lab.Result, len(lr.Results))
+		for i, r := range lr.Results {
+			results[i] = lab.Result{Scenario: r.Scenario, Client: r.Client}
+		}
+		lab.Assign(results, conns)
+		for i := range results {
+			results[i].Conns = slices.DeleteFunc(results[i].Conns, func(c *flow.Conn) bool { return !keep(c) })
+			for _, c := range results[i].Conns {
+				an.Count(c)
+			}
+		}
+		// A scenario whose verdict differed was reported live; here it is
+		// only what the recording holds.
+		if err := printLab(o.globals, p, lr.Run, results, labAs, res); err != nil && !errors.Is(err, errSilent) {
+			return err
+		}
+		output.WriteAnalysis(p, &an)
+		return nil
+	}
 	sum.Lost, sum.Orphans = res.Lost, res.Orphans
 	p.Summary(sum)
 	output.WriteAnalysis(p, &an)
@@ -257,4 +309,32 @@ func assessRecorded(v *resolve.View, r record.Rules, m record.Meta) *diagnose.As
 		facts.RulesErr = errors.New(r.Err)
 	}
 	return diagnose.AssessView(v, facts)
+}
+
+// readLab reads a lab recording's scenarios and objects, and diagnoses
+// each scenario's Service as the live run did.
+func readLab(rec *record.Recording, names map[netip.Addr]string) (*labRecord, map[string]*diagnose.Assessment, error) {
+	var lr *labRecord
+	for _, e := range rec.Entries {
+		if e.Type == record.TypeLab {
+			lr = &labRecord{}
+			if err := json.Unmarshal(e.Lab, lr); err != nil {
+				return nil, nil, fmt.Errorf("byte %d: lab record: %w", e.Offset, err)
+			}
+		}
+	}
+	if lr == nil {
+		return nil, nil, errors.New("a lab recording without its scenarios (it ends before the lab did)")
+	}
+	as := map[string]*diagnose.Assessment{}
+	for _, r := range lr.Results {
+		v := lr.Views[r.Scenario.Name]
+		if v == nil || v.Service == nil {
+			return nil, nil, fmt.Errorf("lab record: no objects for scenario %s", r.Scenario.Name)
+		}
+		a := assessRecorded(v, lr.Rules, rec.Meta)
+		a.Explainer.Lookup = func(ip netip.Addr) string { return names[ip] }
+		as[r.Scenario.Name] = a
+	}
+	return lr, as, nil
 }

@@ -85,7 +85,9 @@ func TestRecordTraceAnalyze(t *testing.T) {
 		}
 	}
 	rest := analyze(t, live, file)
-	for _, w := range []string{"\nanalysis: 1 client(s)\n", "connect latency, first packet to first answer, 1 answered: p50 "} {
+	for _, w := range []string{"\nanalysis: 1 client(s)\n", "connect latency, first packet to first answer, 1 answered: p50 ",
+		// The conntrack entry of the answered connection, DNAT'ed.
+		"conntrack at the end of the trace: ", "→ 10.96.0.10:80, reply 10.244.0.1"} {
 		if !strings.Contains(rest, w) {
 			t.Errorf("analysis lacks %q:\n%s", w, rest)
 		}
@@ -241,5 +243,23 @@ func writeObjects(t *testing.T, path string) {
 	}
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// svctrace lab -w: the analysis prints the lab's report as it was, every
+// scenario with its diagnosis, names and blame, then the analysis.
+func TestRecordLabAnalyze(t *testing.T) {
+	testutil.RequireRoot(t)
+	file := filepath.Join(t.TempDir(), "lab.svctrace")
+	live, errOut, err := run(context.Background(), "lab", "-w", file)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errOut)
+	}
+	if !strings.Contains(live, "all 6 scenarios gave the expected verdict") {
+		t.Fatalf("lab:\n%s", live)
+	}
+	rest := analyze(t, live, file)
+	if !strings.Contains(rest, "\nanalysis: 1 client(s)\n") {
+		t.Errorf("analysis:\n%s", rest)
 	}
 }

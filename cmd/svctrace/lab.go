@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"time"
@@ -12,7 +13,10 @@ import (
 	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/live"
 	"github.com/svctrace/svctrace/internal/output"
+	"github.com/svctrace/svctrace/internal/record"
+	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -20,6 +24,7 @@ type labOptions struct {
 	*globals
 	keep    bool
 	timeout time.Duration
+	rec     recordFlags
 }
 
 func newLab(g *globals) *cobra.Command {
@@ -46,6 +51,7 @@ doubles as a self-test of svctrace on this kernel.`,
 		Example: `  sudo svctrace lab
   sudo svctrace lab -o json
   sudo svctrace lab --keep        # leave it up and trace it by hand
+  sudo svctrace lab -w lab.svctrace && svctrace analyze lab.svctrace -o pcapng > lab.pcapng
   sudo svctrace lab cleanup       # remove labs left behind`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -57,6 +63,7 @@ doubles as a self-test of svctrace on this kernel.`,
 	}
 	cmd.Flags().BoolVar(&o.keep, "keep", false, "leave the lab up afterwards and print how to trace and remove it")
 	cmd.Flags().DurationVar(&o.timeout, "timeout", 1500*time.Millisecond, "how long the client and the tracer wait for an answer")
+	o.rec.add(cmd.Flags())
 	cmd.AddCommand(&cobra.Command{
 		Use:   "cleanup [ID]",
 		Short: "Remove a lab left up with --keep (or by a crash); without ID, every lab",
@@ -98,42 +105,127 @@ func (o *labOptions) run(ctx context.Context) error {
 
 	// Each scenario's Service is diagnosed, and its connections explained,
 	// from the lab's objects and the node's rules, as on a real node.
-	as, err := l.Assess(ctx)
+	as, facts, err := l.Assess(ctx)
 	if err != nil {
 		return err
 	}
-	// An address is named by the scenario whose Service it belongs to, else
-	// by any (a Pod is known to all).
-	name := func(a netip.AddrPort) string {
-		for _, s := range l.Scenarios {
-			if x := as[s.Name].Explainer; x.Knows(a) {
-				return x.Name(a)
-			}
-		}
-		return as[l.Scenarios[0].Name].Explainer.Name(a)
-	}
-	explain := func(c *flow.Conn) diagnose.Explanation { return as[c.Scenario].Explainer.Explain(c) }
-	p, err := output.New(o.output, o.stdout, output.Options{Name: name, Explain: explain, Wall: tracer.WallClock()})
+	w, err := o.rec.create()
 	if err != nil {
 		return err
 	}
-	results, info, res, err := l.Run(ctx, lab.RunOptions{Timeout: o.timeout, Backend: o.backend, Logf: o.logf, Lost: p.Lost})
+	name, explain := labNames(l.Scenarios, as)
+	wall, mono := time.Now(), tracer.Now()
+	clock := func(t uint64) time.Time { return wall.Add(time.Duration(int64(t) - int64(mono))) }
+	p, err := output.New(o.output, o.stdout, output.Options{Name: name, Explain: explain, Wall: clock})
+	if err != nil {
+		return err
+	}
+	ropts := lab.RunOptions{Timeout: o.timeout, Backend: o.backend, Logf: o.logf, Lost: p.Lost}
+	if w != nil {
+		defer w.Close(record.End{}) // on an error; a clean end closes first
+		m := startMeta("lab", tracer.Info{NetNS: l.Node}, l.Targets(), o.timeout, 0)
+		m.Wall, m.Mono, m.Started, m.Node = wall, mono, wall, lab.NodeName
+		w.Meta(m)
+		w.Services(l.Targets())
+		ropts.Journal = w
+	}
+	results, info, res, err := l.Run(ctx, ropts)
 	if err != nil {
 		return err
 	}
 	if ctx.Err() != nil {
 		return errors.New("interrupted")
 	}
-	if o.output == "text" {
-		fmt.Fprintf(o.stdout, "lab %s: node %s, traced with %s (%d %s, drops: %s)\n\n",
-			l.ID, l.Node.Spec, info.Backend, info.Links, probesWord(info.Backend), orNone(info.Drops))
+	run := labRun{ID: l.ID, Node: l.Node.Spec, Backend: info.Backend, Links: info.Links, Drops: info.Drops}
+	if w == nil {
+		return printLab(o.globals, p, run, results, as, res)
 	}
+	recordLab(w, l, run, facts, as, results)
+	w.Conntrack(record.ConntrackSnapshot(l.Node, l.Targets()))
+	// Names looked up while printing go into the recording too.
+	for _, a := range as {
+		lookup := a.Explainer.Lookup
+		a.Explainer.Lookup = func(ip netip.Addr) string {
+			n := lookup(ip)
+			w.Name(record.Name{Addr: ip, Name: n})
+			return n
+		}
+	}
+	err = printLab(o.globals, p, run, results, as, res)
+	if cerr := w.Close(record.End{Conns: res.Conns}); cerr != nil {
+		return cerr
+	}
+	return err
+}
 
+// labRecord is what a lab recording holds besides the events: what the
+// lab printed around the connections, and the objects that explain them.
+type labRecord struct {
+	Run     labRun                   `json:"run"`
+	Results []labResult              `json:"results"`
+	Views   map[string]*resolve.View `json:"views"`
+	Rules   record.Rules             `json:"rules"`
+}
+
+type labResult struct {
+	Scenario lab.Scenario `json:"scenario"`
+	Client   string       `json:"client"`
+}
+
+func recordLab(w *record.Writer, l *lab.Lab, run labRun, facts diagnose.NodeFacts, as map[string]*diagnose.Assessment, results []lab.Result) {
+	lr := labRecord{Run: run, Views: map[string]*resolve.View{},
+		Rules: record.Rules{Rules: facts.Rules, KubeProxy: facts.KubeProxy, KubeProxyKnown: facts.KubeProxyKnown}}
+	if facts.RulesErr != nil {
+		lr.Rules.Err = facts.RulesErr.Error()
+	}
+	for _, r := range results {
+		lr.Results = append(lr.Results, labResult{Scenario: r.Scenario, Client: r.Client})
+		lr.Views[r.Scenario.Name] = as[r.Scenario.Name].View
+	}
+	w.Lab(lr)
+	tracer.InNetNS(l.Node, func() error {
+		ifs, err := net.Interfaces()
+		for _, i := range ifs {
+			w.IfName(record.IfName{Index: uint32(i.Index), Name: i.Name})
+		}
+		return err
+	})
+}
+
+// labRun is what the lab's first line says.
+type labRun struct {
+	ID, Node, Backend, Drops string
+	Links                    int
+}
+
+// labNames names addresses and explains connections from the scenarios'
+// assessments: an address by the scenario whose Service it belongs to,
+// else by any (a Pod is known to all).
+func labNames(ss []lab.Scenario, as map[string]*diagnose.Assessment) (func(netip.AddrPort) string, func(*flow.Conn) diagnose.Explanation) {
+	name := func(a netip.AddrPort) string {
+		for _, s := range ss {
+			if x := as[s.Name].Explainer; x.Knows(a) {
+				return x.Name(a)
+			}
+		}
+		return as[ss[0].Name].Explainer.Name(a)
+	}
+	explain := func(c *flow.Conn) diagnose.Explanation { return as[c.Scenario].Explainer.Explain(c) }
+	return name, explain
+}
+
+// printLab prints a lab run, scenario by scenario: its header (text), its
+// Service's diagnosis and its connections; then the summary.
+func printLab(g *globals, p output.Printer, run labRun, results []lab.Result, as map[string]*diagnose.Assessment, res live.Result) error {
+	if g.output == "text" {
+		fmt.Fprintf(g.stdout, "lab %s: node %s, traced with %s (%d %s, drops: %s)\n\n",
+			run.ID, run.Node, run.Backend, run.Links, probesWord(run.Backend), orNone(run.Drops))
+	}
 	var sum output.Summary
 	var wrong []string
 	for _, r := range results {
-		if o.output == "text" {
-			scenarioHeader(o, r)
+		if g.output == "text" {
+			scenarioHeader(g, r)
 		}
 		a := as[r.Scenario.Name]
 		p.Diagnosis(output.Diagnosis{Scenario: r.Scenario.Name, Service: a.Service.Summary(), Source: a.Source, Node: a.View.LocalNode, Proxy: a.Proxy, Findings: a.Findings})
@@ -144,24 +236,24 @@ func (o *labOptions) run(ctx context.Context) error {
 		if got := r.Verdict(); got != r.Scenario.Expect {
 			wrong = append(wrong, fmt.Sprintf("%s: expected %s, got %s", r.Scenario.Name, r.Scenario.Expect, orNone(string(got))))
 		}
-		if o.output == "text" {
-			fmt.Fprintln(o.stdout)
+		if g.output == "text" {
+			fmt.Fprintln(g.stdout)
 		}
 	}
 	sum.Lost, sum.Orphans = res.Lost, res.Orphans
 	p.Summary(sum)
 
 	if len(wrong) > 0 {
-		fmt.Fprintf(o.stderr, "svctrace: %d scenario(s) did not give the expected verdict: %s\n", len(wrong), strings.Join(wrong, "; "))
+		fmt.Fprintf(g.stderr, "svctrace: %d scenario(s) did not give the expected verdict: %s\n", len(wrong), strings.Join(wrong, "; "))
 		return errSilent
 	}
-	if o.output == "text" {
-		fmt.Fprintf(o.stdout, "all %d scenarios gave the expected verdict\n", len(results))
+	if g.output == "text" {
+		fmt.Fprintf(g.stdout, "all %d scenarios gave the expected verdict\n", len(results))
 	}
 	return nil
 }
 
-func scenarioHeader(o *labOptions, r lab.Result) {
+func scenarioHeader(o *globals, r lab.Result) {
 	s := r.Scenario
 	var eps []string
 	for _, ep := range s.Service.Endpoints {

@@ -111,6 +111,38 @@ type Dest struct {
 	Kind string         // "cluster IP", "external IP", "loadbalancer IP", "nodePort"
 }
 
+// MarshalJSON keeps a NodePort's port: an AddrPort without an address
+// would encode as "".
+func (d Dest) MarshalJSON() ([]byte, error) {
+	j := destJSON{Port: d.Addr.Port(), Kind: d.Kind}
+	if d.Addr.Addr().IsValid() {
+		j.Addr = d.Addr.Addr().String()
+	}
+	return json.Marshal(j)
+}
+
+func (d *Dest) UnmarshalJSON(b []byte) error {
+	var j destJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	var a netip.Addr
+	if j.Addr != "" {
+		var err error
+		if a, err = netip.ParseAddr(j.Addr); err != nil {
+			return err
+		}
+	}
+	*d = Dest{Addr: netip.AddrPortFrom(a, j.Port), Kind: j.Kind}
+	return nil
+}
+
+type destJSON struct {
+	Addr string `json:"addr,omitempty"`
+	Port uint16 `json:"port"`
+	Kind string `json:"kind"`
+}
+
 func (d Dest) String() string {
 	if !d.Addr.Addr().IsValid() {
 		return fmt.Sprintf("%s %d", d.Kind, d.Addr.Port())
@@ -236,7 +268,7 @@ func ParseIPTablesSave(r *Ruleset, text string) error {
 			proto = "tcp"
 		}
 		p := r.port(PortKey{Name: name, Proto: proto})
-		dest := Dest{Addr: netip.AddrPortFrom(rule.dst, rule.dport), Kind: destKind(rule.chain, rest)}
+		dest := Dest{Addr: netip.AddrPortFrom(rule.dst, rule.dport), Kind: destKind(rule, rest)}
 		switch {
 		case rule.target == "DNAT" && rule.toDest.IsValid():
 			p.addChain(rule.chain)
@@ -266,9 +298,11 @@ func isServiceChain(c string) bool {
 	return false
 }
 
-func destKind(chain, rest string) string {
+func destKind(rule iptRule, rest string) string {
 	switch {
-	case chain == "KUBE-NODEPORTS":
+	// KUBE-EXTERNAL-SERVICES drops a NodePort without local endpoints by
+	// port alone (-m addrtype --dst-type LOCAL).
+	case rule.chain == "KUBE-NODEPORTS", rule.chain == "KUBE-EXTERNAL-SERVICES" && !rule.dst.IsValid():
 		return "nodePort"
 	case strings.HasPrefix(rest, "external IP"):
 		return "external IP"

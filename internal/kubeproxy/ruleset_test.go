@@ -228,8 +228,22 @@ func TestRulesetJSON(t *testing.T) {
 		t.Fatalf("ruleset changed through JSON: %d ports, want %d", len(back.Ports), len(r.Ports))
 	}
 	for k, p := range r.Ports {
-		if q := back.Ports[k]; q == nil || len(q.Endpoints) != len(p.Endpoints) || len(q.Rejects) != len(p.Rejects) {
+		if q := back.Ports[k]; q == nil || !slices.Equal(q.Endpoints, p.Endpoints) || !slices.Equal(q.Dests, p.Dests) || len(q.Rejects) != len(p.Rejects) {
 			t.Errorf("%s: %+v, want %+v", k, q, p)
 		}
+	}
+}
+
+// externalTrafficPolicy: Local without a local endpoint: kube-proxy drops
+// the NodePort in KUBE-EXTERNAL-SERVICES by port alone.
+func TestNodePortDropWithoutLocalEndpoints(t *testing.T) {
+	r := &Ruleset{}
+	err := ParseIPTablesSave(r, "*filter\n"+`-A KUBE-EXTERNAL-SERVICES -p tcp -m comment --comment "shop/etp:http has no local endpoints" -m addrtype --dst-type LOCAL -m tcp --dport 30090 -j DROP`+"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := r.Port("shop/etp:http", "tcp")
+	if p == nil || len(p.Rejects) != 1 || p.Rejects[0].Dest.String() != "nodePort 30090" || p.Rejects[0].Verdict != "DROP" {
+		t.Fatalf("%+v", p)
 	}
 }

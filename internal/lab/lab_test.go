@@ -84,7 +84,7 @@ func TestScenarios(t *testing.T) {
 	if res.Lost != 0 {
 		t.Errorf("%d events lost", res.Lost)
 	}
-	as, err := l.Assess(context.Background())
+	as, _, err := l.Assess(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

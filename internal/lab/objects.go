@@ -70,8 +70,8 @@ func Objects() *resolve.Objects {
 
 // Assess diagnoses every scenario's Service the way `svctrace SERVICE`
 // does on a node — from the lab's objects and the rules in the lab node —
-// and returns the assessments by scenario name.
-func (l *Lab) Assess(ctx context.Context) (map[string]*diagnose.Assessment, error) {
+// and returns the assessments by scenario name, and what the node held.
+func (l *Lab) Assess(ctx context.Context) (map[string]*diagnose.Assessment, diagnose.NodeFacts, error) {
 	src := resolve.FileSource{Objects: Objects(), Path: "svctrace lab"}
 	facts := diagnose.NodeFacts{Local: resolve.LocalNode{Name: NodeName}}
 	facts.Rules, facts.RulesErr = kubeproxy.Read(l.Node)
@@ -80,9 +80,9 @@ func (l *Lab) Assess(ctx context.Context) (map[string]*diagnose.Assessment, erro
 	for _, s := range l.Scenarios {
 		a, err := diagnose.Assess(ctx, src, Namespace, s.Service.Name, facts)
 		if err != nil {
-			return nil, fmt.Errorf("scenario %s: %w", s.Name, err)
+			return nil, facts, fmt.Errorf("scenario %s: %w", s.Name, err)
 		}
 		out[s.Name] = a
 	}
-	return out, nil
+	return out, facts, nil
 }

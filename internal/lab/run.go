@@ -40,6 +40,8 @@ type RunOptions struct {
 	Lost func(total uint64)
 	// Record, if set, receives every raw event (test fixtures).
 	Record func(tracer.Event)
+	// Journal, if set, keeps the assembler's inputs (svctrace lab -w).
+	Journal live.Journal
 }
 
 // Targets are the Service addresses the lab's scenarios use.
@@ -79,7 +81,7 @@ func (l *Lab) Run(ctx context.Context, opts RunOptions) ([]Result, tracer.Info, 
 	defer tr.Close()
 
 	results := make([]Result, len(l.Scenarios))
-	conns, res, err := live.Collect(ctx, tr, live.Options{Flow: l.FlowOptions(opts.Timeout), Lost: opts.Lost, Record: opts.Record},
+	conns, res, err := live.Collect(ctx, tr, live.Options{Flow: l.FlowOptions(opts.Timeout), Lost: opts.Lost, Record: opts.Record, Journal: opts.Journal},
 		func() {
 			var wg sync.WaitGroup
 			for i, s := range l.Scenarios {
@@ -94,12 +96,18 @@ func (l *Lab) Run(ctx context.Context, opts RunOptions) ([]Result, tracer.Info, 
 	if err != nil {
 		return nil, tr.Info(), res, fmt.Errorf("tracing: %w", err)
 	}
+	Assign(results, conns)
+	return results, tr.Info(), res, nil
+}
+
+// Assign gives each scenario's result the connections to its Service.
+// Connections were numbered as they started, all at once; they are
+// numbered in scenario order instead, as they are shown.
+func Assign(results []Result, conns []*flow.Conn) {
 	byVIP := map[netip.AddrPort][]*flow.Conn{}
 	for _, c := range conns {
 		byVIP[c.VIP] = append(byVIP[c.VIP], c)
 	}
-	// Connections were numbered as they started, all at once; number them in
-	// scenario order instead, as they are shown.
 	id := 0
 	for i := range results {
 		results[i].Conns = byVIP[results[i].Scenario.VIP()]
@@ -108,7 +116,6 @@ func (l *Lab) Run(ctx context.Context, opts RunOptions) ([]Result, tracer.Info, 
 			c.ID, c.Continues, c.Scenario = id, 0, results[i].Scenario.Name
 		}
 	}
-	return results, tr.Info(), res, nil
 }
 
 // try makes one HTTP request and says what the client saw.

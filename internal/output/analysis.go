@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/record"
 )
 
 // Analysis adds up the connections of a recording (svctrace analyze):
@@ -18,6 +19,15 @@ type Analysis struct {
 	endpoints map[netip.AddrPort]map[flow.Verdict]int
 	clients   map[netip.Addr]bool
 	latencies []time.Duration
+	// Conntrack are the traced addresses' conntrack entries the recording
+	// holds: at the start and at the end of the trace.
+	Conntrack []ConntrackSnapshot
+}
+
+// ConntrackSnapshot is the conntrack table's entries at one moment.
+type ConntrackSnapshot struct {
+	When    string             `json:"when"` // "start", "end"
+	Entries []record.Conntrack `json:"entries"`
 }
 
 // Count adds a connection.
@@ -113,13 +123,14 @@ func WriteAnalysis(p Printer, a *Analysis) {
 	case *JSON:
 		n, p50, p99 := a.latency()
 		p.write(struct {
-			Kind      string        `json:"kind"`
-			Clients   int           `json:"clients"`
-			Endpoints []endpointRow `json:"endpoints"`
-			Answered  int           `json:"answered_with_latency"`
-			P50       float64       `json:"connect_latency_p50_us"`
-			P99       float64       `json:"connect_latency_p99_us"`
-		}{"analysis", len(a.clients), a.rows(p.opts.Name), n, us(p50), us(p99)})
+			Kind      string              `json:"kind"`
+			Clients   int                 `json:"clients"`
+			Endpoints []endpointRow       `json:"endpoints"`
+			Answered  int                 `json:"answered_with_latency"`
+			P50       float64             `json:"connect_latency_p50_us"`
+			P99       float64             `json:"connect_latency_p99_us"`
+			Conntrack []ConntrackSnapshot `json:"conntrack,omitempty"`
+		}{"analysis", len(a.clients), a.rows(p.opts.Name), n, us(p50), us(p99), a.Conntrack})
 	}
 }
 
@@ -141,6 +152,22 @@ func (a *Analysis) text(w io.Writer, name func(netip.AddrPort) string) {
 	}
 	if n, p50, p99 := a.latency(); n > 0 {
 		fmt.Fprintf(w, "  connect latency, first packet to first answer, %d answered: p50 %s, p99 %s\n", n, round(p50), round(p99))
+	}
+	for _, s := range a.Conntrack {
+		fmt.Fprintf(w, "  conntrack at the %s of the trace: %d entr%s of the traced addresses\n", s.When, len(s.Entries), map[bool]string{true: "y", false: "ies"}[len(s.Entries) == 1])
+		for _, e := range s.Entries {
+			fmt.Fprintf(w, "    %s %s → %s, reply %s → %s", e.Proto, e.Orig[0], e.Orig[1], e.Reply[0], e.Reply[1])
+			if e.Mark != 0 {
+				fmt.Fprintf(w, " mark %#x", e.Mark)
+			}
+			if e.Zone != 0 {
+				fmt.Fprintf(w, " zone %d", e.Zone)
+			}
+			if e.Timeout != 0 {
+				fmt.Fprintf(w, " expires in %ds", e.Timeout)
+			}
+			fmt.Fprintln(w)
+		}
 	}
 }
 

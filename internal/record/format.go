@@ -45,6 +45,7 @@ const (
 	TypeView      Type = 2  // the Service's Kubernetes objects (JSON resolve.View), at the start and at every change
 	TypeRules     Type = 3  // kube-proxy's rules and processes on the node (JSON Rules), with every view
 	TypeName      Type = 7  // an address named by a lookup (JSON Name)
+	TypeLab       Type = 8  // svctrace lab's scenarios, clients and objects (JSON, the lab's own)
 	TypeConntrack Type = 4  // conntrack entries of the traced addresses (JSON []Conntrack)
 	TypeServices  Type = 5  // the addresses the node should translate (JSON []tracer.Target)
 	TypeIfName    Type = 6  // an interface of the node (JSON IfName)
@@ -62,7 +63,7 @@ func (t Type) String() string {
 	return fmt.Sprintf("type %d", uint8(t))
 }
 
-var typeNames = map[Type]string{TypeMeta: "meta", TypeView: "view", TypeRules: "rules", TypeName: "name", TypeConntrack: "conntrack",
+var typeNames = map[Type]string{TypeMeta: "meta", TypeView: "view", TypeRules: "rules", TypeName: "name", TypeLab: "lab", TypeConntrack: "conntrack",
 	TypeServices: "services", TypeIfName: "interface", TypeEvent: "event", TypeTick: "tick", TypeLost: "lost",
 	TypeFlush: "flush", TypeEnd: "end"}
 

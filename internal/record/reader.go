@@ -22,6 +22,7 @@ type Entry struct {
 	Lost      uint64
 	View      *resolve.View
 	Name      Name
+	Lab       json.RawMessage
 	Rules     Rules
 	Conntrack []Conntrack
 	Services  []tracer.Target
@@ -139,6 +140,11 @@ func decode(t Type, p []byte) (e Entry, known bool, err error) {
 		}
 	case TypeName:
 		err = json.Unmarshal(p, &e.Name)
+	case TypeLab:
+		if !json.Valid(p) {
+			err = errors.New("not JSON")
+		}
+		e.Lab = p
 	case TypeRules:
 		err = json.Unmarshal(p, &e.Rules)
 	case TypeConntrack:

@@ -116,6 +116,7 @@ func (w *Writer) Rules(r Rules)                    { w.addJSON(TypeRules, r) }
 func (w *Writer) Conntrack(entries []Conntrack)    { w.addJSON(TypeConntrack, entries) }
 func (w *Writer) Services(targets []tracer.Target) { w.addJSON(TypeServices, targets) }
 func (w *Writer) IfName(n IfName)                  { w.addJSON(TypeIfName, n) }
+func (w *Writer) Lab(v any)                        { w.addJSON(TypeLab, v) }
 func (w *Writer) Lost(total uint64)                { w.add(TypeLost, u64(total)) }
 
 // Event records an event handed to the assembler.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -77,6 +78,7 @@ func svctrace(t *testing.T) string {
 			buildErr = err
 			return
 		}
+		os.Chmod(dir, 0o755) // analysis runs as nobody too
 		binary = filepath.Join(dir, "svctrace")
 		out, err := exec.Command("go", "build", "-o", binary, "github.com/svctrace/svctrace/cmd/svctrace").CombinedOutput()
 		if err != nil {
@@ -157,11 +159,15 @@ func writeDump(t *testing.T, c *cluster.Cluster, path string) {
 }
 
 // traceStory runs `svctrace SERVICE` on the node while the client connects
-// once to addr, and returns what it printed.
-func traceStory(t *testing.T, c *cluster.Cluster, s *story, addr netip.AddrPort, src []string) string {
+// once to addr, and returns what it printed. With rec, it also records to
+// that file.
+func traceStory(t *testing.T, c *cluster.Cluster, s *story, addr netip.AddrPort, src []string, rec string) string {
 	t.Helper()
 	args := append([]string{"netns", "exec", filepath.Base(c.Node.Path), svctrace(t), s.svc.Name, "-n", shop,
 		"--node", cluster.NodeName, "--count", "1", "--duration", "30s", "--timeout", "1500ms"}, src...)
+	if rec != "" {
+		args = append(args, "-w", rec)
+	}
 	cmd := exec.Command("ip", args...)
 	var stdout strings.Builder
 	cmd.Stdout = &stdout
@@ -245,7 +251,14 @@ func traceStories(t *testing.T, c *cluster.Cluster, ss []*story, dump string) {
 			want = append(want, s.summary)
 		}
 		for _, src := range [][]string{{"--kubeconfig", c.Kubeconfig}, {"--objects", dump}} {
-			out := traceStory(t, c, s, addr, src)
+			rec := ""
+			if src[0] == "--kubeconfig" {
+				rec = recordingPath(t)
+			}
+			out := traceStory(t, c, s, addr, src, rec)
+			if rec != "" {
+				analyzeAsNobody(t, s, rec, out)
+			}
 			for _, w := range want {
 				if !strings.Contains(out, w) {
 					t.Errorf("%s %s: output lacks %q:\n%s", s.name, src[0], w, out)
@@ -264,4 +277,39 @@ func mark(finding string) string {
 		return "i"
 	}
 	return "✗" // a problem
+}
+
+// recordingPath is a file a user without privileges can read.
+func recordingPath(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "svctrace-e2e-rec")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(dir, "story.svctrace")
+}
+
+// analyzeAsNobody analyses a recording of the real cluster as an
+// unprivileged user, away from the node, and holds it to what the live
+// run printed.
+func analyzeAsNobody(t *testing.T, s *story, rec, live string) {
+	t.Helper()
+	if err := os.Chmod(rec, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(svctrace(t), "analyze", rec)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s: svctrace analyze as nobody: %v\n%s\n%s", s.name, err, stderr.String(), out)
+	}
+	if !strings.HasPrefix(string(out), live) {
+		t.Errorf("%s: the analysis differs from the live run.\nlive:\n%s\nanalysis:\n%s", s.name, live, out)
+	}
 }
