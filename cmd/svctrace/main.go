@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"k8s.io/klog/v2"
 	"os"
 	"os/signal"
 	"runtime"
@@ -30,6 +31,10 @@ func main() {
 	// A closed pipe (svctrace … | head) must not kill svctrace before it has
 	// detached and removed what it set up: let the write fail instead.
 	signal.Ignore(syscall.SIGPIPE)
+	// client-go logs its retries through klog on stderr; svctrace says
+	// what matters itself, once (a watch that fails, with --verbose more).
+	klog.SetOutput(io.Discard)
+	klog.LogToStderr(false)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
 	stop()

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/vishvananda/netns"
 )
 
 func TestMain(m *testing.M) {
@@ -258,11 +260,22 @@ func waitFor(t *testing.T, b *syncBuffer, s string) {
 	}
 }
 
-// SIGINT and SIGTERM end a trace cleanly: a summary, exit 0, every link gone.
+// SIGINT and SIGTERM end a trace cleanly: a summary, exit 0, every link
+// gone. SIGKILL gives no summary, but leaves nothing behind either: links
+// go with the process's file descriptors, and svctrace pins nothing.
 func TestSignalsDetachEverything(t *testing.T) {
 	testutil.RequireRoot(t)
 	ns := testutil.NewNetNS(t)
-	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+	pinned := func() []string {
+		var names []string
+		filepath.Walk("/sys/fs/bpf", func(p string, _ os.FileInfo, _ error) error {
+			names = append(names, p)
+			return nil
+		})
+		return names
+	}
+	pinsBefore := pinned()
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGKILL} {
 		t.Run(sig.String(), func(t *testing.T) {
 			before := testutil.Links(t)
 			cmd := exec.Command(os.Args[0], "trace", "--netns", ns, "--addr", "127.0.0.1:7777")
@@ -283,17 +296,40 @@ func TestSignalsDetachEverything(t *testing.T) {
 				t.Fatalf("%d new links while tracing, want 42 observers and a tracepoint", len(ours))
 			}
 			cmd.Process.Signal(sig)
-			if err := cmd.Wait(); err != nil {
-				t.Fatalf("exit: %v\n%s", err, errb.String())
-			}
-			if !strings.Contains(out.String(), "0 connection(s)") {
-				t.Errorf("no summary after %s: %q", sig, out.String())
-			}
-			after := testutil.Links(t)
-			for _, id := range ours {
-				if _, ok := after[id]; ok {
-					t.Errorf("link %d left attached after %s", id, sig)
+			err := cmd.Wait()
+			if sig == syscall.SIGKILL {
+				if err == nil {
+					t.Fatal("exit 0 after SIGKILL")
 				}
+			} else {
+				if err != nil {
+					t.Fatalf("exit: %v\n%s", err, errb.String())
+				}
+				if !strings.Contains(out.String(), "0 connection(s)") {
+					t.Errorf("no summary after %s: %q", sig, out.String())
+				}
+			}
+			// The kernel releases a dead process's links as it closes its
+			// descriptors; allow it a moment.
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				after := testutil.Links(t)
+				var left []link.ID
+				for _, id := range ours {
+					if _, ok := after[id]; ok {
+						left = append(left, id)
+					}
+				}
+				if len(left) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("links %v left attached after %s", left, sig)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if p := pinned(); !slices.Equal(p, pinsBefore) {
+				t.Errorf("/sys/fs/bpf after %s: %v, before: %v", sig, p, pinsBefore)
 			}
 		})
 	}
@@ -317,6 +353,40 @@ func TestBackendFlag(t *testing.T) {
 		}
 		if !strings.Contains(err.Error(), "backend "+b+" does not work here: ") || !strings.Contains(err.Error(), "svctrace kernel-support") || strings.Contains(err.Error(), "\n") {
 			t.Errorf("backend %s: %v", b, err)
+		}
+	}
+}
+
+// The traced namespace deleted while tracing: a clean one-line error, the
+// connections seen so far reported, nothing left attached.
+func TestNetNSDeletedWhileTracing(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	before := testutil.Links(t)
+	var out, errb syncBuffer
+	root := newRoot(&out, &errb)
+	root.SetArgs([]string{"trace", "--netns", ns, "--addr", "127.0.0.1:7777", "--duration", "30s"})
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(context.Background()) }()
+	waitFor(t, &errb, "tracing 127.0.0.1:7777")
+	if err := netns.DeleteNamed(ns); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("still tracing 5s after the namespace was deleted")
+	}
+	if err == nil || !strings.Contains(err.Error(), "the traced network namespace "+ns+" was deleted") || strings.Contains(err.Error(), "\n") {
+		t.Errorf("error %v", err)
+	}
+	if !strings.Contains(out.String(), "0 connection(s)") {
+		t.Errorf("no summary: %q", out.String())
+	}
+	for id := range testutil.Links(t) {
+		if _, ok := before[id]; !ok {
+			t.Errorf("link %d left attached", id)
 		}
 	}
 }

@@ -216,6 +216,8 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 			if !ok {
 				return
 			}
+			var known atomic.Int64 // when the objects were last read, for the warning
+			known.Store(time.Now().UnixNano())
 			go api.Watch(ctx, o.namespace, name, func() map[string]string { return cur.Load().Service.Selector }, func() {
 				st, err := gather(ctx)
 				if err != nil {
@@ -227,10 +229,14 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 					return
 				}
 				cur.Store(st)
+				known.Store(time.Now().UnixNano())
 				if recording.Load() {
 					st.record(w)
 				}
 				o.logf("objects changed: now %s", st.Service.Summary())
+			}, func(err error) {
+				fmt.Fprintf(o.stderr, "svctrace: warning: watching the API server failed (%s); tracing goes on with the objects as they were at %s\n",
+					firstLine(err.Error()), time.Unix(0, known.Load()).Format("15:04:05"))
 			})
 		},
 	})
@@ -320,4 +326,9 @@ func localAddrs(ns tracer.NetNS) []netip.Addr {
 		return nil
 	})
 	return out
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
 }

@@ -216,6 +216,7 @@ func (g *globals) trace(ctx context.Context, s session) error {
 		},
 		Lost:    p.Lost,
 		Journal: journal,
+		Alive:   info.NetNS.Check,
 	})
 	sum.Lost, sum.Orphans = res.Lost, res.Orphans
 	p.Summary(sum)

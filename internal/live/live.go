@@ -29,6 +29,10 @@ type Options struct {
 	// Journal, if set, receives everything the assembler is given, in
 	// order: Replay of what it kept prints what Run printed.
 	Journal Journal
+	// Alive, if set, is asked at every tick whether tracing can go on (the
+	// traced namespace still exists): an error ends Run with it, after the
+	// connections being followed are reported.
+	Alive func() error
 }
 
 // Journal keeps the assembler's inputs (svctrace -w).
@@ -157,6 +161,12 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 				return finish()
 			}
 		case <-ticker.C:
+			if opts.Alive != nil {
+				if err := opts.Alive(); err != nil {
+					res, _ := finish()
+					return res, err
+				}
+			}
 			checkLost()
 			if seen != 0 {
 				j.Tick(seen)

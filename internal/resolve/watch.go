@@ -3,6 +3,7 @@ package resolve
 import (
 	"context"
 	"maps"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -23,9 +24,12 @@ const debounce = 300 * time.Millisecond
 // Pods its selector matches change, until ctx ends. Each watch is narrowed
 // by a field or label selector, so the API server sends only those objects.
 // selector returns the Service's current selector: when it changes, the Pod
-// watch follows.
-func (a *API) Watch(ctx context.Context, ns, name string, selector func() map[string]string, changed func()) {
+// watch follows. failing is called when the watches fail (the API server
+// went away, credentials expired), once per outage; the informers retry on
+// their own, and the first change after is reported as usual.
+func (a *API) Watch(ctx context.Context, ns, name string, selector func() map[string]string, changed func(), failing func(error)) {
 	poke := make(chan struct{}, 1)
+	var down atomic.Bool // an outage was reported; cleared by the next change
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { signal(poke) },
 		UpdateFunc: func(any, any) { signal(poke) },
@@ -34,6 +38,11 @@ func (a *API) Watch(ctx context.Context, ns, name string, selector func() map[st
 	run := func(ctx context.Context, obj runtime.Object, list func(metav1.ListOptions) (runtime.Object, error), w func(metav1.ListOptions) (watch.Interface, error)) {
 		inf := cache.NewSharedIndexInformer(&cache.ListWatch{ListFunc: list, WatchFunc: w}, obj, 0, cache.Indexers{})
 		inf.AddEventHandler(h)
+		inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+			if ctx.Err() == nil && failing != nil && down.CompareAndSwap(false, true) {
+				failing(err)
+			}
+		})
 		go inf.Run(ctx.Done())
 	}
 	byName := func(o *metav1.ListOptions) {
@@ -91,6 +100,7 @@ func (a *API) Watch(ctx context.Context, ns, name string, selector func() map[st
 		case <-time.After(debounce):
 		}
 		drain(poke)
+		down.Store(false)
 		changed()
 		watchPods()
 	}

@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -47,6 +48,22 @@ func ResolveNetNS(spec string) (NetNS, error) {
 		return NetNS{}, fmt.Errorf("network namespace %q: %w", spec, err)
 	}
 	return NetNS{Spec: spec, Path: path, Inode: uint32(st.Ino)}, nil
+}
+
+// ErrNetNSGone: the traced namespace was deleted, or its process exited.
+var ErrNetNSGone = errors.New("network namespace gone")
+
+// Check reports whether the namespace is still there (the calling
+// process's own always is).
+func (n NetNS) Check() error {
+	if n.Spec == "" {
+		return nil
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(n.Path, &st); err != nil || uint32(st.Ino) != n.Inode {
+		return fmt.Errorf("%w: the traced network namespace %s was deleted (or its process exited) while tracing; there is nothing more to trace there", ErrNetNSGone, n.Spec)
+	}
+	return nil
 }
 
 func isPID(s string) bool {

@@ -139,9 +139,15 @@ func (c *Cluster) AddNode(ctx context.Context, name string) error {
 
 // StopKubeProxy kills kube-proxy the way a crash would: its rules stay as
 // they were, and nothing updates them any more.
-func (c *Cluster) StopKubeProxy() {
+func (c *Cluster) StopKubeProxy() { c.kill("kube-proxy") }
+
+// StopAPIServer kills the API server: clients lose their watches, the node
+// keeps running.
+func (c *Cluster) StopAPIServer() { c.kill("kube-apiserver") }
+
+func (c *Cluster) kill(name string) {
 	for _, p := range c.procs {
-		if p.name == "kube-proxy" && !p.exited() {
+		if p.name == name && !p.exited() {
 			p.cmd.Process.Kill()
 			<-p.done
 		}

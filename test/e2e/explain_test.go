@@ -313,3 +313,83 @@ func analyzeAsNobody(t *testing.T, s *story, rec, live string) {
 		t.Errorf("%s: the analysis differs from the live run.\nlive:\n%s\nanalysis:\n%s", s.name, live, out)
 	}
 }
+
+// The API server goes away while svctrace SERVICE traces: one warning,
+// and tracing goes on, naming what it sees with the objects known before.
+func TestAPIServerGoesAway(t *testing.T) {
+	cluster.RequireBinaries(t)
+	c := cluster.Up(t, cluster.Options{Mode: cluster.IPTables})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s := stories()[0] // healthy
+	var ready []netip.AddrPort
+	for _, ps := range s.pods {
+		p, err := c.AddPod(ctx, ps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ready = append(ready, netip.AddrPortFrom(p.IP, 8080))
+	}
+	svc, err := c.CreateService(ctx, s.svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.svc = svc
+	if err := c.WaitService(ctx, svc, map[string][]netip.AddrPort{"http": ready}); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", filepath.Base(c.Node.Path), svctrace(t), svc.Name, "-n", shop,
+		"--node", cluster.NodeName, "--count", "1", "--duration", "60s", "--timeout", "1500ms", "--kubeconfig", c.Kubeconfig)
+	var stdout strings.Builder
+	var stderr syncBuilder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitFor := func(what string) {
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(stderr.String(), what) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q on stderr after 30s:\n%s", what, stderr.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitFor("Ctrl-C to stop")
+	c.StopAPIServer()
+	waitFor("svctrace: warning: watching the API server failed (")
+	if n := strings.Count(stderr.String(), "watching the API server failed"); n != 1 {
+		t.Errorf("%d warnings, want one:\n%s", n, stderr.String())
+	}
+	c.Get(ctx, dest(c, s), "/", 1500*time.Millisecond)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("svctrace: %v\n%s", err, stderr.String())
+	}
+	for _, w := range []string{"✓ answered", "(pod shop/web-", " on " + cluster.NodeName + ", ready)", "service: shop/web:http (ClusterIP)"} {
+		if !strings.Contains(stdout.String(), w) {
+			t.Errorf("output lacks %q:\n%s", w, stdout.String())
+		}
+	}
+	if strings.Contains(stderr.String(), "reflector") {
+		t.Errorf("client-go's own logging reached stderr:\n%s", stderr.String())
+	}
+}
+
+// syncBuilder is a strings.Builder safe for a writer and a reader.
+type syncBuilder struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuilder) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuilder) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
