@@ -5,7 +5,7 @@
 #   test             all tests; the privileged ones (root) skip when not root
 #   test-privileged  only the packages with privileged tests, failing if not root
 #   lint             gofmt and go vet
-#   bench            Go benchmarks
+#   bench            measure the cost (data path, start-up, pipeline, scale) into BENCHMARKS.md (root)
 #   fixtures         re-record internal/flow/testdata/lab.jsonl from a lab run (root)
 #   k8s-bins         build etcd, kube-apiserver, kube-controller-manager, kube-proxy (test/k8s), cached
 #   e2e              end-to-end tests against the real control plane and kube-proxy (root)
@@ -63,8 +63,10 @@ lint:
 	  if [ -n "$$out" ]; then echo "not gofmt'ed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# Measures data path, start-up, event pipeline and scale; writes
+# BENCHMARKS.md (root; needs wrk, tcpdump, nft).
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) run ./test/bench -out BENCHMARKS.md
 
 fixtures:
 	$(GO) test -count=1 ./internal/lab -run 'TestScenarios$$' -update-fixtures

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +13,6 @@ import (
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/testutil"
-	"sigs.k8s.io/yaml"
 )
 
 // upLab builds a lab removed when the test ends.
@@ -216,28 +214,7 @@ func TestRecordServiceAnalyze(t *testing.T) {
 
 // writeObjects saves the lab's objects as kubectl get -o yaml would.
 func writeObjects(t *testing.T, path string) {
-	o := lab.Objects()
-	var items []any
-	add := func(kind, api string, v any) {
-		b, _ := json.Marshal(v)
-		var m map[string]any
-		json.Unmarshal(b, &m)
-		m["kind"], m["apiVersion"] = kind, api
-		items = append(items, m)
-	}
-	for _, s := range o.Services {
-		add("Service", "v1", s)
-	}
-	for _, s := range o.Slices {
-		add("EndpointSlice", "discovery.k8s.io/v1", s)
-	}
-	for _, p := range o.Pods {
-		add("Pod", "v1", p)
-	}
-	for _, n := range o.Nodes {
-		add("Node", "v1", n)
-	}
-	b, err := yaml.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
+	b, err := lab.ObjectsYAML()
 	if err != nil {
 		t.Fatal(err)
 	}

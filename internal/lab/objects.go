@@ -2,6 +2,8 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/svctrace/svctrace/internal/diagnose"
@@ -10,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 )
 
 // NodeName is the lab node's name in its objects.
@@ -85,4 +88,41 @@ func (l *Lab) Assess(ctx context.Context) (map[string]*diagnose.Assessment, diag
 		out[s.Name] = a
 	}
 	return out, facts, nil
+}
+
+// ObjectsYAML is Objects as `kubectl get svc,endpointslices,pods,nodes -o
+// yaml` prints them: what --objects reads.
+func ObjectsYAML() ([]byte, error) {
+	o := Objects()
+	var items []any
+	add := func(kind, api string, v any) error {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			return err
+		}
+		m["kind"], m["apiVersion"] = kind, api
+		items = append(items, m)
+		return nil
+	}
+	var err error
+	for _, s := range o.Services {
+		err = errors.Join(err, add("Service", "v1", s))
+	}
+	for _, s := range o.Slices {
+		err = errors.Join(err, add("EndpointSlice", "discovery.k8s.io/v1", s))
+	}
+	for _, p := range o.Pods {
+		err = errors.Join(err, add("Pod", "v1", p))
+	}
+	for _, n := range o.Nodes {
+		err = errors.Join(err, add("Node", "v1", n))
+	}
+	if err != nil {
+		return nil, err
+	}
+	return yaml.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
 }

@@ -1,0 +1,244 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/topo"
+)
+
+// config is one way of watching the node while the load runs.
+type config struct {
+	key, name string
+	start     func() (stop func(), err error)
+}
+
+// workload is one wrk run through the ClusterIP.
+type workload struct {
+	key, name, unit string
+	args            []string
+	metric          *regexp.Regexp // what to read off wrk's output
+}
+
+var (
+	reqRE      = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	transferRE = regexp.MustCompile(`Transfer/sec:\s+([0-9.]+)([KMG]?B)`)
+)
+
+func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
+	l, err := lab.Up(lab.Options{})
+	if err != nil {
+		return section{}, err
+	}
+	defer l.Down()
+	// Many short connections: the client reuses its TIME_WAIT ports.
+	for k, v := range map[string]string{"net.ipv4.tcp_tw_reuse": "1", "net.ipv4.ip_local_port_range": "1024 65000"} {
+		if err := topo.Sysctl(l.Client, k, v); err != nil {
+			return section{}, err
+		}
+	}
+	web, other := l.Scenarios[0].VIP(), l.Scenarios[3].VIP() // healthy; hung, never connected to
+	node := l.Node.Spec
+	configs := []config{
+		{"a", "no tracing", func() (func(), error) { return func() {}, nil }},
+		{"b", "svctrace tracing this Service", func() (func(), error) {
+			return background(bin, "Ctrl-C to stop", "trace", "--netns", node, "--addr", web.String(), "--timeout", "1s")
+		}},
+		{"c", "svctrace tracing another Service (filter miss)", func() (func(), error) {
+			return background(bin, "Ctrl-C to stop", "trace", "--netns", node, "--addr", other.String(), "--timeout", "1s")
+		}},
+		{"d", "tcpdump -i any -w /dev/null", func() (func(), error) {
+			return background("ip", "listening on", "netns", "exec", node, "tcpdump", "-i", "any", "-w", "/dev/null")
+		}},
+		{"e", "nftables trace (nftrace + nft monitor trace)", func() (func(), error) { return nftTrace(l, web.String()) }},
+	}
+	url := "http://" + web.String()
+	workloads := []workload{
+		{"keep", "keep-alive requests/s", "req/s", []string{"-t1", "-c8", url + "/"}, reqRE},
+		{"new", "new connections/s (Connection: close)", "req/s", []string{"-t1", "-c8", "-H", "Connection: close", url + "/"}, reqRE},
+		{"bulk", "throughput, 1 MiB responses", "MB/s", []string{"-t1", "-c4", url + "/bytes/1048576"}, transferRE},
+	}
+	results := map[string]map[string][]float64{}
+	var raw strings.Builder
+	// Warm up caches, conntrack and the servers.
+	runWrk(l, workloads[0], time.Second)
+	for round := 1; round <= rounds; round++ {
+		for _, c := range configs {
+			stop, err := c.start()
+			if err != nil {
+				return section{}, fmt.Errorf("%s: %w", c.name, err)
+			}
+			for _, w := range workloads {
+				v, out, err := runWrk(l, w, dur)
+				if err != nil {
+					stop()
+					return section{}, fmt.Errorf("%s, %s: %w", c.name, w.name, err)
+				}
+				if results[c.key] == nil {
+					results[c.key] = map[string][]float64{}
+				}
+				results[c.key][w.key] = append(results[c.key][w.key], v)
+				fmt.Fprintf(&raw, "round %d, (%s) %s, %s: %.1f %s\n%s\n", round, c.key, c.name, w.name, v, w.unit, indent(out))
+			}
+			stop()
+		}
+	}
+
+	var t strings.Builder
+	t.WriteString("| | configuration |")
+	for _, w := range workloads {
+		fmt.Fprintf(&t, " %s | |", w.name)
+	}
+	t.WriteString("\n|---|---|" + strings.Repeat("---:|---:|", len(workloads)) + "\n")
+	base := map[string]float64{}
+	med := map[string]map[string]float64{}
+	for _, c := range configs {
+		med[c.key] = map[string]float64{}
+		fmt.Fprintf(&t, "| (%s) | %s |", c.key, c.name)
+		for _, w := range workloads {
+			m := median(results[c.key][w.key])
+			med[c.key][w.key] = m
+			if c.key == "a" {
+				base[w.key] = m
+			}
+			fmt.Fprintf(&t, " %.0f %s | %.1f %% |", m, w.unit, 100*m/base[w.key])
+		}
+		t.WriteString("\n")
+	}
+	s := section{title: "Data-path overhead", raw: raw.String(), table: t.String(),
+		method: fmt.Sprintf("The lab (one node namespace with kube-proxy-style iptables rules, pods on a bridge, a client): wrk in the client namespace against the healthy Service's ClusterIP %s, through DNAT and masquerade to two pods. Five configurations, each run for %s per workload, %d rounds interleaved; the table shows medians and the share of (a). (b) and (c) run the svctrace binary (`svctrace trace --netns … --addr …`, output to a pipe it drains); (d) tcpdump in the node namespace; (e) a `meta nftrace set 1` rule for the same flows at priority -350 and `nft monitor trace` reading the trace events.", web, dur, rounds)}
+	pct := func(c, w string) float64 { return 100 * med[c][w] / base[w] }
+	for _, w := range workloads {
+		s.notes = append(s.notes, fmt.Sprintf("- %s: (c) %.1f %% of (a) [target ≥ 99 %%: %s]; (b) %.1f %% [target ≥ 95 %%: %s]; (b) against tcpdump %.1f %% and nftables trace %.1f %% [target: cheaper than both: %s].",
+			w.name, pct("c", w.key), verdict(pct("c", w.key) >= 99), pct("b", w.key), verdict(pct("b", w.key) >= 95),
+			pct("d", w.key), pct("e", w.key), verdict(med["b"][w.key] > med["d"][w.key] && med["b"][w.key] > med["e"][w.key])))
+	}
+	return s, nil
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "holds"
+	}
+	return "missed"
+}
+
+func runWrk(l *lab.Lab, w workload, dur time.Duration) (float64, string, error) {
+	args := append([]string{"netns", "exec", l.Client.Spec, "wrk", "-d", fmt.Sprintf("%.0fs", dur.Seconds())}, w.args...)
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return 0, string(out), fmt.Errorf("wrk: %v: %s", err, out)
+	}
+	m := w.metric.FindStringSubmatch(string(out))
+	if m == nil {
+		return 0, string(out), fmt.Errorf("wrk printed no %s:\n%s", w.unit, out)
+	}
+	v, _ := strconv.ParseFloat(m[1], 64)
+	if len(m) > 2 {
+		v *= map[string]float64{"B": 1e-6, "KB": 1.024e-3, "MB": 1.048576, "GB": 1073.741824}[m[2]]
+	}
+	return v, string(out), nil
+}
+
+// background starts a command and waits until its stderr says it is ready;
+// stop ends it (SIGINT, as an operator would) and waits.
+func background(name, ready string, args ...string) (func(), error) {
+	cmd := exec.Command(name, args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	go io.Copy(io.Discard, stdout)
+	ok := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		seen := false
+		for sc.Scan() {
+			if !seen && strings.Contains(sc.Text(), ready) {
+				seen = true
+				ok <- true
+			}
+		}
+		if !seen {
+			ok <- false
+		}
+	}()
+	select {
+	case good := <-ok:
+		if !good {
+			cmd.Wait()
+			return nil, fmt.Errorf("%s ended before %q", filepath.Base(name), ready)
+		}
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("%s: no %q after 15s", filepath.Base(name), ready)
+	}
+	return func() {
+		cmd.Process.Signal(interrupt)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	}, nil
+}
+
+// nftTrace marks the flows to vip for nftables tracing and reads the trace
+// events, as an operator would debug with nft.
+func nftTrace(l *lab.Lab, vip string) (func(), error) {
+	host, port, _ := strings.Cut(vip, ":")
+	rules := fmt.Sprintf("table inet svctrace_bench {\n chain pre {\n  type filter hook prerouting priority -350; policy accept;\n  ip daddr %s tcp dport %s meta nftrace set 1\n }\n}\n", host, port)
+	if _, err := topo.Run(l.Node, rules, "nft", "-f", "-"); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", l.Node.Spec, "nft", "monitor", "trace")
+	cmd.Stdout = io.Discard
+	if err := cmd.Start(); err != nil {
+		cancel()
+		return nil, err
+	}
+	time.Sleep(300 * time.Millisecond) // nft subscribes to the trace events
+	return func() {
+		cancel()
+		cmd.Wait()
+		topo.Run(l.Node, "", "nft", "delete", "table", "inet", "svctrace_bench")
+	}, nil
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func indent(s string) string {
+	return "    " + strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n    ")
+}
