@@ -247,3 +247,22 @@ func TestNodePortDropWithoutLocalEndpoints(t *testing.T) {
 		t.Fatalf("%+v", p)
 	}
 }
+
+// The fast word splitter agrees with the general one.
+func TestSplitArgs(t *testing.T) {
+	for _, line := range []string{
+		`-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m comment --comment "default/kubernetes:https cluster IP" -m tcp --dport 443 -j KUBE-SVC-NPX46M4PTMTKRN6Y`,
+		`-A X -m comment --comment "a \"quoted\" \\ word" -j ACCEPT`,
+		`-A X  -j   DROP	-m comment --comment ""`,
+		`-A X -m comment --comment pre"fix"post -j ACCEPT`,
+	} {
+		fast, err1 := splitArgs(line)
+		slow, err2 := splitArgsSlow(line)
+		if (err1 == nil) != (err2 == nil) || !slices.Equal(fast, slow) {
+			t.Errorf("%s:\nfast %q %v\nslow %q %v", line, fast, err1, slow, err2)
+		}
+	}
+	if _, err := splitArgs(`-A X --comment "open`); err == nil {
+		t.Error("an unterminated quote accepted")
+	}
+}

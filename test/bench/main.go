@@ -134,8 +134,6 @@ const misses = `
 - **tcpdump and nftables tracing are cheaper per flow than (b) here** for the same reason as (b):
   tcpdump copies bytes to a file with one event per packet per interface, svctrace up to ten.
   The budget above is what makes (b) the cheaper one.
-- **Parsing a 10,000-Service iptables-save takes about 0.6 s** against 0.5 s. Plan: only lines
-  with a kube-proxy comment are split into words; the others are skipped by prefix.
 - Not measured yet: RSS against an API server holding 10k Services and 100k endpoints (svctrace
   queries by name, label and field selector, so it holds only its Service's objects), nftables
   rulesets at that scale, a synthetic ring-buffer overload, and a 1 M-connection flood against
