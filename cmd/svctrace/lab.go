@@ -114,17 +114,16 @@ func (o *labOptions) run(ctx context.Context) error {
 		return err
 	}
 	name, explain := labNames(l.Scenarios, as)
-	wall, mono := time.Now(), tracer.Now()
-	clock := func(t uint64) time.Time { return wall.Add(time.Duration(int64(t) - int64(mono))) }
-	p, err := output.New(o.output, o.stdout, output.Options{Name: name, Explain: explain, Wall: clock})
+	clock := tracer.NewClock()
+	p, err := output.New(o.output, o.stdout, output.Options{Name: name, Explain: explain, Wall: clock.Time})
 	if err != nil {
 		return err
 	}
 	ropts := lab.RunOptions{Timeout: o.timeout, Backend: o.backend, Logf: o.logf, Lost: p.Lost}
 	if w != nil {
 		defer w.Close(record.End{}) // on an error; a clean end closes first
-		m := startMeta("lab", tracer.Info{NetNS: l.Node}, l.Targets(), o.timeout, 0)
-		m.Wall, m.Mono, m.Started, m.Node = wall, mono, wall, lab.NodeName
+		m := startMeta("lab", tracer.Info{NetNS: l.Node}, l.Targets(), o.timeout, 0, clock)
+		m.Node = lab.NodeName
 		w.Meta(m)
 		w.Services(l.Targets())
 		ropts.Journal = w

@@ -68,10 +68,11 @@ func parseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
-// startMeta is what a recording says of the trace before its records.
-func startMeta(mode string, info tracer.Info, targets []tracer.Target, timeout time.Duration, count int) record.Meta {
+// startMeta is what a recording says of the trace before its records;
+// clock is the one the live run prints times with.
+func startMeta(mode string, info tracer.Info, targets []tracer.Target, timeout time.Duration, count int, clock tracer.Clock) record.Meta {
 	m := record.Meta{Command: os.Args[1:], Mode: mode, Backend: info.Backend, Links: info.Links, Drops: info.Drops,
-		NetNS: info.NetNS.Inode, Targets: targets, Timeout: timeout, Count: count}
+		NetNS: info.NetNS.Inode, Targets: targets, Timeout: timeout, Count: count, Wall: clock.Wall, Mono: clock.Mono}
 	m.Host, _ = os.Hostname()
 	var uts unix.Utsname
 	if unix.Uname(&uts) == nil {

@@ -167,8 +167,8 @@ func (g *globals) trace(ctx context.Context, s session) error {
 	fmt.Fprintf(g.stderr, "tracing %s in %s with %s (%d %s, drops: %s); Ctrl-C to stop\n",
 		targetList(s.targets), info.NetNS, info.Backend, info.Links, probesWord(info.Backend), orNone(info.Drops))
 
-	wall, mono := time.Now(), tracer.Now()
-	s.print.Wall = func(t uint64) time.Time { return wall.Add(time.Duration(int64(t) - int64(mono))) }
+	clock := tracer.NewClock()
+	s.print.Wall = clock.Time
 	p, err := output.New(g.output, g.stdout, s.print)
 	if err != nil {
 		return err
@@ -182,8 +182,7 @@ func (g *globals) trace(ctx context.Context, s session) error {
 	var journal live.Journal
 	if s.rec != nil {
 		defer s.rec.Close(record.End{}) // on an error; a clean end closes first
-		m := startMeta(s.mode, info, s.targets, s.timeout, s.count)
-		m.Wall, m.Mono, m.Started = wall, mono, wall
+		m := startMeta(s.mode, info, s.targets, s.timeout, s.count, clock)
 		if s.meta != nil {
 			s.meta(&m)
 		}

@@ -72,7 +72,6 @@ var typeNames = map[Type]string{TypeMeta: "meta", TypeView: "view", TypeRules: "
 type Meta struct {
 	Command []string        `json:"command"` // svctrace's arguments
 	Mode    string          `json:"mode"`    // "trace", "service" or "lab"
-	Started time.Time       `json:"started"`
 	Host    string          `json:"host"`
 	Kernel  string          `json:"kernel"`
 	Backend string          `json:"backend"`
@@ -101,7 +100,7 @@ type Name struct {
 
 // WallClock is the live run's monotonic-to-wall mapping.
 func (m *Meta) WallClock() func(uint64) time.Time {
-	return func(t uint64) time.Time { return m.Wall.Add(time.Duration(int64(t) - int64(m.Mono))) }
+	return tracer.Clock{Wall: m.Wall, Mono: m.Mono}.Time
 }
 
 // IfName names one interface of the node.

@@ -15,11 +15,18 @@ func Now() uint64 {
 	return uint64(ts.Nano())
 }
 
-// WallClock returns a converter from Event.Time to wall-clock time.
-func WallClock() func(uint64) time.Time {
-	wall, mono := time.Now(), Now()
-	return func(t uint64) time.Time { return wall.Add(time.Duration(int64(t) - int64(mono))) }
+// Clock maps Event.Time to wall-clock time: at monotonic time Mono it was
+// Wall.
+type Clock struct {
+	Wall time.Time
+	Mono uint64
 }
+
+// NewClock reads both clocks now.
+func NewClock() Clock { return Clock{Wall: time.Now(), Mono: Now()} }
+
+// Time is the wall-clock time of monotonic time t.
+func (c Clock) Time(t uint64) time.Time { return c.Wall.Add(time.Duration(int64(t) - int64(c.Mono))) }
 
 // IfNames names the interfaces of one network namespace, re-reading the list
 // when an unknown index is asked for (at most once a second).
