@@ -13,8 +13,9 @@
  * when the packet's own destination or source is one (for ICMP errors, the
  * embedded packet's destination). Unrelated traffic costs two map lookups.
  *
- * Memory is read with BPF_CORE_READ / bpf_probe_read_kernel throughout so the
- * same helpers serve program types whose skb pointer is not BTF-typed.
+ * Kernel memory: the netfilter observers load it directly (KREAD with direct
+ * set), everything else copies it with bpf_probe_read_kernel, so the same
+ * helpers serve program types whose pointers are not BTF-typed.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -46,21 +47,101 @@ struct {
 	__type(value, __u8);
 } targets SEC(".maps");
 
-/* Conntrack entries of followed connections. The value is the original
- * destination the entry had when it matched: an nf_conn address reused by an
- * unrelated connection is recognised and forgotten. */
+/* A followed connection. dst is the original destination its conntrack
+ * entry had when it matched: an nf_conn address reused by an unrelated
+ * connection is recognised and forgotten. The rest is the event budget, per
+ * direction (0 original, 1 reply): see show_packet. */
+struct followed {
+	struct target_key dst;
+	__u32 pad;
+	__u64 reported;       /* when the counters were last reported */
+	__u64 skb[2];         /* the last packet judged */
+	__u32 seen[2];        /* packets judged, up to quiet_after */
+	__u32 quiet_pkts[2];  /* counted, not reported, since `reported` */
+	__u64 quiet_bytes[2];
+	__u8 quiet[2];        /* the verdict on skb[dir] */
+	__u8 hook[2];         /* where it was judged */
+	__u8 keyed[2];        /* its tuple is in quiet_tuples */
+	__u16 pad2;
+};
+
+/* Conntrack entries (nf_conn addresses) of followed connections. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, struct target_key);
+	__type(value, struct followed);
 } tracked SEC(".maps");
+
+/* The arriving tuples of quiet connection directions. Before conntrack a
+ * packet has no entry to find its connection by: this lets the observers
+ * there keep quiet too. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct tuple);
+	__type(value, __u64);
+} quiet_tuples SEC(".maps");
+
+/* Room for the values the rarer paths build (a new connection, the first
+ * quiet packet): the stack is too small for them next to everything else. */
+struct scratch {
+	struct followed f;
+	struct tuple t;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch SEC(".maps");
+
+/* The event budget: every packet of a followed connection is reported at
+ * every observer until quiet_after packets went each way (the handshake,
+ * with the translations both ways) - and after that every notable packet:
+ * TCP SYN or RST, a new or related conntrack state, anything but TCP and
+ * UDP; a FIN at one observer. Other packets are only counted, and the
+ * counters are reported (EVENT_COUNT) every count_every_ns while they come
+ * and before the next reported packet. Without it, a busy connection makes
+ * about ten events per packet, and the tracer costs more than the traffic. */
+const volatile __u32 quiet_after = 2; /* userspace: --every-packet sets it to ~0 */
+const volatile __u64 count_every_ns = 250000000;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 8 << 20); /* ~22k events of 376 bytes */
 	__type(value, struct event);
 } events SEC(".maps");
+
+/* Bumped by userspace whenever `targets` changes: a remembered decision holds
+ * only for the targets it was made with. */
+volatile __u32 targets_gen;
+
+/* The last decision each CPU made in a netfilter observer: the packet (skb),
+ * its conntrack field (entry and ctinfo) and whether it matched. A packet
+ * meets the observers of a hook one after another on one CPU, and its
+ * conntrack entry cannot go away while the packet holds it, so the next
+ * observer of the same packet with the same entry can reuse the decision
+ * after one comparison: unrelated traffic pays the filter once per hook
+ * and conntrack step, not once per observer. */
+struct decision {
+	__u64 skb;
+	__u64 nfct;
+	__u32 gen;
+	__u32 match; /* MATCH_* */
+};
+
+#define MATCH_NONE 0  /* not a followed connection */
+#define MATCH_SHOW 1  /* reported */
+#define MATCH_QUIET 2 /* followed, only counted (the event budget) */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct decision);
+} decisions SEC(".maps");
 
 /* Events that did not fit in the ring buffer. */
 struct {
@@ -90,6 +171,7 @@ const volatile __u32 snaplen = 0;
 
 struct match {
 	struct nf_conn *ct;
+	struct followed *f; /* ct's entry in tracked */
 	__u8 ctinfo;
 	__u8 family;
 	__u8 parsed;
@@ -141,6 +223,28 @@ static __always_inline void count_lost(void)
 		(*n)++;
 }
 
+/* KREAD(direct, T, p, field) reads p->field, p being a kernel address of a
+ * T. direct: bpf_rdonly_cast (kernel 6.2, older than netfilter links) gives
+ * the address its BTF type and the field is a plain load - the JIT guards it
+ * against faults - where bpf_probe_read_kernel is a helper call costing as
+ * much as a map lookup; a netfilter observer reads a dozen fields per
+ * packet. !direct: that copy, for function probes on older kernels. direct is
+ * a constant at every call, so a program carries one of the two. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+#define KREAD(direct, T, p, field)                                                        \
+	({                                                                                \
+		/* p through a local: in the access chain, a field of one of our    \
+		 * own structs would become a CO-RE relocation too. */               \
+		T *__p = (T *)(p);                                                        \
+		typeof(((T *)0)->field) __v;                                              \
+		if (direct)                                                               \
+			__v = ((T *)bpf_rdonly_cast(__p, bpf_core_type_id_kernel(T)))->field; \
+		else                                                                      \
+			BPF_CORE_READ_INTO(&__v, __p, field);                             \
+		__v;                                                                      \
+	})
+
 /* ---- packet parsing ---------------------------------------------------- */
 
 static __always_inline int icmp_is_error(__u8 proto, __u8 type)
@@ -150,46 +254,52 @@ static __always_inline int icmp_is_error(__u8 proto, __u8 type)
 	return type < 128; /* ICMPv6 error messages */
 }
 
+/* The first bytes from a network header, copied with one read: an IPv6
+ * header, or an IPv4 header and - without IP options, the usual case - the
+ * first 20 bytes of its L4 header. Each bpf_probe_read_kernel is a helper
+ * call that costs as much as a map lookup; the filter reads once. */
+union l3buf {
+	struct iphdr v4;
+	struct ipv6hdr v6;
+	__u8 b[40];
+};
+
+#define V4_L4 20 /* where L4 starts in an l3buf behind an IPv4 header without options */
+
 /* Reads the L3 header at nh into t and sets *family. Returns -1 if there is
  * no IP header to read. *l4 is the L4 header's address, or NULL when there is
  * none (non-first fragment). */
-static __always_inline int read_l3(const __u8 *nh, __u8 *family, struct tuple *t, __u8 *flags, const __u8 **l4)
+static __always_inline int read_l3(const __u8 *nh, __u8 *family, struct tuple *t, __u8 *flags, const __u8 **l4,
+				   union l3buf *buf)
 {
-	__u8 version;
-
 	*l4 = NULL;
-	if (bpf_probe_read_kernel(&version, 1, nh))
+	/* 40 bytes are there behind any network header: a shorter packet
+	 * still has skb_shared_info after its data. */
+	if (bpf_probe_read_kernel(buf, sizeof(*buf), nh))
 		return -1;
-	version >>= 4;
+
+	__u8 version = buf->b[0] >> 4;
 
 	if (version == 4) {
-		struct iphdr iph;
-
-		if (bpf_probe_read_kernel(&iph, sizeof(iph), nh))
-			return -1;
 		*family = FAMILY_IPV4;
-		set_v4(t->saddr, iph.saddr);
-		set_v4(t->daddr, iph.daddr);
-		t->proto = iph.protocol;
-		if (iph.frag_off & bpf_htons(0x1fff))
+		set_v4(t->saddr, buf->v4.saddr);
+		set_v4(t->daddr, buf->v4.daddr);
+		t->proto = buf->v4.protocol;
+		if (buf->v4.frag_off & bpf_htons(0x1fff))
 			*flags |= EVENT_F_FRAG;
 		else
-			*l4 = nh + iph.ihl * 4;
+			*l4 = nh + (buf->b[0] & 0xf) * 4;
 		return 0;
 	}
 	if (version != 6)
 		return -1;
 
-	struct ipv6hdr ip6;
-
-	if (bpf_probe_read_kernel(&ip6, sizeof(ip6), nh))
-		return -1;
 	*family = FAMILY_IPV6;
-	__builtin_memcpy(t->saddr, &ip6.saddr, 16);
-	__builtin_memcpy(t->daddr, &ip6.daddr, 16);
+	__builtin_memcpy(t->saddr, &buf->v6.saddr, 16);
+	__builtin_memcpy(t->daddr, &buf->v6.daddr, 16);
 
-	const __u8 *p = nh + sizeof(ip6);
-	__u8 next = ip6.nexthdr;
+	const __u8 *p = nh + sizeof(struct ipv6hdr);
+	__u8 next = buf->v6.nexthdr;
 
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
@@ -242,27 +352,39 @@ static __always_inline void read_ports(const __u8 *l4, struct tuple *t)
 static __always_inline int parse_packet(const __u8 *nh, __u8 *family, struct pktinfo *pi)
 {
 	const __u8 *l4;
+	union l3buf buf;
 
-	if (read_l3(nh, family, &pi->t, &pi->flags, &l4) < 0)
+	if (read_l3(nh, family, &pi->t, &pi->flags, &l4, &buf) < 0)
 		return -1;
 	pi->flags |= EVENT_F_PKT;
 	if (!l4)
 		return 0;
 	pi->hdr_len = l4 - nh;
 
+	/* TCP, UDP and SCTP behind an IPv4 header without options: the
+	 * first read holds their ports (and TCP's flags) already. */
+	int inbuf = *family == FAMILY_IPV4 && l4 == nh + V4_L4;
+
 	if (pi->t.proto == PROTO_TCP) {
 		__u8 th[14];
 
-		if (bpf_probe_read_kernel(th, sizeof(th), l4) == 0) {
-			__builtin_memcpy(&pi->t.sport, th, 2);
-			__builtin_memcpy(&pi->t.dport, th + 2, 2);
-			pi->tcp_flags = th[13];
-			pi->hdr_len += (th[12] >> 4) * 4;
-		}
+		if (inbuf)
+			__builtin_memcpy(th, buf.b + V4_L4, sizeof(th));
+		else if (bpf_probe_read_kernel(th, sizeof(th), l4))
+			return 0;
+		__builtin_memcpy(&pi->t.sport, th, 2);
+		__builtin_memcpy(&pi->t.dport, th + 2, 2);
+		pi->tcp_flags = th[13];
+		pi->hdr_len += (th[12] >> 4) * 4;
 		return 0;
 	}
 	if (pi->t.proto != PROTO_ICMP && pi->t.proto != PROTO_ICMPV6) {
-		read_ports(l4, &pi->t);
+		if (inbuf && (pi->t.proto == PROTO_UDP || pi->t.proto == PROTO_SCTP)) {
+			__builtin_memcpy(&pi->t.sport, buf.b + V4_L4, 2);
+			__builtin_memcpy(&pi->t.dport, buf.b + V4_L4 + 2, 2);
+		} else {
+			read_ports(l4, &pi->t);
+		}
 		pi->hdr_len += 8; /* UDP; SCTP's common header */
 		return 0;
 	}
@@ -283,7 +405,7 @@ static __always_inline int parse_packet(const __u8 *nh, __u8 *family, struct pkt
 	__u8 inner_family = 0, inner_flags = 0;
 	const __u8 *inner_l4;
 
-	if (read_l3(l4 + 8, &inner_family, &pi->inner, &inner_flags, &inner_l4) < 0)
+	if (read_l3(l4 + 8, &inner_family, &pi->inner, &inner_flags, &inner_l4, &buf) < 0)
 		return 0;
 	pi->flags |= EVENT_F_INNER;
 	if (inner_l4) {
@@ -293,67 +415,182 @@ static __always_inline int parse_packet(const __u8 *nh, __u8 *family, struct pkt
 	return 0;
 }
 
-static __always_inline int parse_skb(struct sk_buff *skb, __u8 *family, struct pktinfo *pi)
+/* The usual packet - IPv4, TCP or UDP, not a fragment - parsed with direct
+ * loads through the kernel's header types. Returns -1 to leave any other
+ * packet to parse_packet. Header layouts are the protocols': no CO-RE. */
+static __always_inline int parse_direct(const __u8 *nh, __u8 *family, struct pktinfo *pi)
 {
-	const __u8 *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
+	const struct iphdr *iph = bpf_rdonly_cast(nh, bpf_core_type_id_kernel(struct iphdr));
+	__u8 vihl = *(const __u8 *)iph; /* version and ihl */
+	__u8 proto = iph->protocol;
+
+	if (vihl >> 4 != 4 || (iph->frag_off & bpf_htons(0x3fff)) || (proto != PROTO_TCP && proto != PROTO_UDP))
+		return -1;
+	*family = FAMILY_IPV4;
+	set_v4(pi->t.saddr, iph->saddr);
+	set_v4(pi->t.daddr, iph->daddr);
+	pi->t.proto = proto;
+	pi->flags |= EVENT_F_PKT;
+	pi->hdr_len = (vihl & 0xf) * 4;
+
+	const __u8 *l4 = nh + pi->hdr_len;
+
+	if (proto == PROTO_UDP) {
+		const struct udphdr *uh = bpf_rdonly_cast(l4, bpf_core_type_id_kernel(struct udphdr));
+
+		pi->t.sport = uh->source;
+		pi->t.dport = uh->dest;
+		pi->hdr_len += 8;
+		return 0;
+	}
+	const struct tcphdr *th = bpf_rdonly_cast(l4, bpf_core_type_id_kernel(struct tcphdr));
+
+	pi->t.sport = th->source;
+	pi->t.dport = th->dest;
+	pi->tcp_flags = *((const __u8 *)th + 13);
+	pi->hdr_len += (*((const __u8 *)th + 12) >> 4) * 4;
+	return 0;
+}
+
+static __always_inline int parse_skb_at(struct sk_buff *skb, __u8 *family, struct pktinfo *pi, int direct)
+{
+	const __u8 *head = KREAD(direct, struct sk_buff, skb, head);
+	__u16 nh = KREAD(direct, struct sk_buff, skb, network_header);
 
 	if (!head || nh == NET_HEADER_UNSET)
 		return -1;
+	if (direct && parse_direct(head + nh, family, pi) == 0)
+		return 0;
 	return parse_packet(head + nh, family, pi);
+}
+
+/* Function probes parse in a function of their own: inlined at each use,
+ * the copies' buffers would not fit on the stack together. */
+static __noinline int parse_skb_copied(struct sk_buff *skb, __u8 *family, struct pktinfo *pi)
+{
+	return parse_skb_at(skb, family, pi, 0);
+}
+
+static __always_inline int parse_skb(struct sk_buff *skb, __u8 *family, struct pktinfo *pi, int direct)
+{
+	if (direct)
+		return parse_skb_at(skb, family, pi, 1);
+	return parse_skb_copied(skb, family, pi);
 }
 
 /* ---- conntrack ----------------------------------------------------------- */
 
-static __always_inline struct nf_conn *skb_conntrack(struct sk_buff *skb, __u8 *ctinfo)
+static __always_inline struct nf_conn *skb_conntrack(struct sk_buff *skb, __u8 *ctinfo, int direct)
 {
 	if (!bpf_core_field_exists(skb->_nfct))
 		return NULL;
 
-	unsigned long nfct = BPF_CORE_READ(skb, _nfct);
+	unsigned long nfct = KREAD(direct, struct sk_buff, skb, _nfct);
 	struct nf_conn *ct = (struct nf_conn *)(nfct & ~NFCT_INFOMASK);
 
 	*ctinfo = nfct & NFCT_INFOMASK;
 	if (!ct)
 		return NULL;
 	/* Templates (raw table CT target) are not connections yet. */
-	if (BPF_CORE_READ(ct, status) & IPS_TEMPLATE)
+	if (KREAD(direct, struct nf_conn, ct, status) & IPS_TEMPLATE)
 		return NULL;
 	return ct;
 }
 
-static __always_inline void ct_orig_dst(struct nf_conn *ct, __u8 family, struct target_key *k)
-{
-	union nf_inet_addr a = {};
+/* CT_ADDR reads the address at path (a union nf_inet_addr) of entry ct into
+ * out. Direct loads must each stay within one member the verifier knows:
+ * the address goes word by word. */
+#define CT_ADDR(direct, ct, path, family, out)                                         \
+	do {                                                                           \
+		if (!(direct)) {                                                       \
+			union nf_inet_addr a = KREAD(0, struct nf_conn, ct, path);     \
+			set_addr(out, &a, family);                                     \
+		} else if ((family) == FAMILY_IPV4) {                                  \
+			set_v4(out, KREAD(1, struct nf_conn, ct, path.ip));            \
+		} else {                                                               \
+			__u32 *w = (__u32 *)(out);                                     \
+			w[0] = KREAD(1, struct nf_conn, ct, path.all[0]);              \
+			w[1] = KREAD(1, struct nf_conn, ct, path.all[1]);              \
+			w[2] = KREAD(1, struct nf_conn, ct, path.all[2]);              \
+			w[3] = KREAD(1, struct nf_conn, ct, path.all[3]);              \
+		}                                                                      \
+	} while (0)
 
-	BPF_CORE_READ_INTO(&a, ct, tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.u3);
-	set_addr(k->addr, &a, family);
-	BPF_CORE_READ_INTO(&k->port, ct, tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.u.all);
-	BPF_CORE_READ_INTO(&k->proto, ct, tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.protonum);
+static __always_inline void ct_orig_dst(struct nf_conn *ct, __u8 family, struct target_key *k, int direct)
+{
+	CT_ADDR(direct, ct, tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.u3, family, k->addr);
+	k->port = KREAD(direct, struct nf_conn, ct, tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.u.all);
+	k->proto = KREAD(direct, struct nf_conn, ct, tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.protonum);
 }
 
-#define CT_TUPLE(ct, dir, family, t)                                              \
-	do {                                                                      \
-		union nf_inet_addr a = {};                                        \
-		BPF_CORE_READ_INTO(&a, ct, tuplehash[dir].tuple.src.u3);          \
-		set_addr((t)->saddr, &a, family);                                 \
-		BPF_CORE_READ_INTO(&a, ct, tuplehash[dir].tuple.dst.u3);          \
-		set_addr((t)->daddr, &a, family);                                 \
-		BPF_CORE_READ_INTO(&(t)->sport, ct, tuplehash[dir].tuple.src.u.all); \
-		BPF_CORE_READ_INTO(&(t)->dport, ct, tuplehash[dir].tuple.dst.u.all); \
-		BPF_CORE_READ_INTO(&(t)->proto, ct, tuplehash[dir].tuple.dst.protonum); \
+#define CT_TUPLE(direct, ct, dir, family, t)                                                      \
+	do {                                                                                      \
+		CT_ADDR(direct, ct, tuplehash[dir].tuple.src.u3, family, (t)->saddr);             \
+		CT_ADDR(direct, ct, tuplehash[dir].tuple.dst.u3, family, (t)->daddr);             \
+		(t)->sport = KREAD(direct, struct nf_conn, ct, tuplehash[dir].tuple.src.u.all);   \
+		(t)->dport = KREAD(direct, struct nf_conn, ct, tuplehash[dir].tuple.dst.u.all);   \
+		(t)->proto = KREAD(direct, struct nf_conn, ct, tuplehash[dir].tuple.dst.protonum); \
 	} while (0)
 
 /* ---- filter -------------------------------------------------------------- */
 
+/* The rarer paths are functions of their own, one per way of reading (the
+ * stack would not hold them inlined): start following ct, whose original
+ * destination is dst, and key a quiet direction. Per-CPU scratch space: an
+ * observer interrupted here by another on the same CPU (process context)
+ * may store the other's values, which the next packet then corrects. */
+#define FOLLOW(name, direct)                                                                   \
+	static __noinline void name(struct nf_conn *ct, __u8 family, struct target_key *dst)  \
+	{                                                                                      \
+		__u32 zero = 0;                                                                \
+		struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);                     \
+		__u64 id = (__u64)ct;                                                          \
+                                                                                               \
+		if (!sc)                                                                       \
+			return;                                                                \
+		__builtin_memset(sc, 0, sizeof(*sc));                                          \
+		sc->f.dst = *dst;                                                              \
+		sc->f.reported = bpf_ktime_get_ns();                                           \
+		bpf_map_update_elem(&tracked, &id, &sc->f, BPF_ANY);                           \
+		/* Tuples an earlier connection on these addresses left there. */             \
+		CT_TUPLE(direct, ct, IP_CT_DIR_ORIGINAL, family, &sc->t);                      \
+		bpf_map_delete_elem(&quiet_tuples, &sc->t);                                    \
+		CT_TUPLE(direct, ct, IP_CT_DIR_REPLY, family, &sc->t);                         \
+		bpf_map_delete_elem(&quiet_tuples, &sc->t);                                    \
+	}
+
+/* As a packet arrives: the original tuple one way, the reply tuple the
+ * other. */
+#define KEY_QUIET(name, direct)                                                    \
+	static __noinline void name(struct nf_conn *ct, __u8 family, int dir)      \
+	{                                                                          \
+		__u32 zero = 0;                                                    \
+		struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);         \
+		__u64 id = (__u64)ct;                                              \
+                                                                                   \
+		if (!sc)                                                           \
+			return;                                                    \
+		__builtin_memset(&sc->t, 0, sizeof(sc->t));                        \
+		if (dir)                                                           \
+			CT_TUPLE(direct, ct, IP_CT_DIR_REPLY, family, &sc->t);     \
+		else                                                               \
+			CT_TUPLE(direct, ct, IP_CT_DIR_ORIGINAL, family, &sc->t);  \
+		bpf_map_update_elem(&quiet_tuples, &sc->t, &id, BPF_ANY);          \
+	}
+
+FOLLOW(follow_direct, 1)
+FOLLOW(follow_copied, 0)
+KEY_QUIET(key_quiet_direct, 1)
+KEY_QUIET(key_quiet_copied, 0)
+
 /* Decides whether skb belongs to a followed connection. family may be 0 (not
  * known: the tracepoint) and is then taken from the conntrack entry or the
  * packet. */
-static __always_inline int match_skb(struct sk_buff *skb, struct match *m)
+static __always_inline int match_skb(struct sk_buff *skb, struct match *m, int direct)
 {
 	/* Kernel pointers go through locals: inside BPF_CORE_READ's access chain
 	 * a field of our own struct would become a CO-RE relocation too. */
-	struct nf_conn *ct = skb_conntrack(skb, &m->ctinfo);
+	struct nf_conn *ct = skb_conntrack(skb, &m->ctinfo, direct);
 
 	m->ct = ct;
 	if (ct) {
@@ -361,21 +598,27 @@ static __always_inline int match_skb(struct sk_buff *skb, struct match *m)
 		__u64 id = (__u64)ct;
 
 		if (!m->family)
-			m->family = BPF_CORE_READ(ct, tuplehash[IP_CT_DIR_ORIGINAL].tuple.src.l3num);
-		ct_orig_dst(ct, m->family, &k);
+			m->family = KREAD(direct, struct nf_conn, ct, tuplehash[IP_CT_DIR_ORIGINAL].tuple.src.l3num);
+		ct_orig_dst(ct, m->family, &k, direct);
 
-		struct target_key *seen = bpf_map_lookup_elem(&tracked, &id);
+		struct followed *f = bpf_map_lookup_elem(&tracked, &id);
 
-		if (seen && key_eq(seen, &k))
+		if (f && key_eq(&f->dst, &k)) {
+			m->f = f;
 			return 1;
+		}
 		if (!bpf_map_lookup_elem(&targets, &k))
 			return 0;
-		bpf_map_update_elem(&tracked, &id, &k, BPF_ANY);
+		if (direct)
+			follow_direct(ct, m->family, &k);
+		else
+			follow_copied(ct, m->family, &k);
+		m->f = bpf_map_lookup_elem(&tracked, &id);
 		return 1;
 	}
 
 	/* No conntrack entry (yet): judge the packet by its own addresses. */
-	if (parse_skb(skb, &m->family, &m->pi) < 0)
+	if (parse_skb(skb, &m->family, &m->pi, direct) < 0)
 		return 0;
 	m->parsed = 1;
 	if (is_target(m->pi.t.daddr, m->pi.t.dport, m->pi.t.proto))
@@ -389,11 +632,11 @@ static __always_inline int match_skb(struct sk_buff *skb, struct match *m)
 
 /* capture copies the packet's first bytes from its IP header: its headers
  * (hdr_len), or snaplen bytes, never more than the skb's linear data. */
-static __always_inline void capture(struct sk_buff *skb, struct event *e, __u32 hdr_len)
+static __always_inline void capture(struct sk_buff *skb, struct event *e, __u32 hdr_len, int direct)
 {
-	const __u8 *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
-	__u32 tail = BPF_CORE_READ(skb, tail); /* an offset from head on 64-bit */
+	const __u8 *head = KREAD(direct, struct sk_buff, skb, head);
+	__u16 nh = KREAD(direct, struct sk_buff, skb, network_header);
+	__u32 tail = KREAD(direct, struct sk_buff, skb, tail); /* an offset from head on 64-bit */
 	__u32 n = snaplen ? snaplen : hdr_len;
 
 	if (!head || nh == NET_HEADER_UNSET || tail <= nh)
@@ -418,7 +661,7 @@ static __always_inline void capture(struct sk_buff *skb, struct event *e, __u32 
 }
 
 /* Reserves and fills the parts of an event common to all kinds. */
-static __always_inline struct event *new_event(struct sk_buff *skb, struct match *m)
+static __always_inline struct event *new_event(struct sk_buff *skb, struct match *m, int direct)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
@@ -430,10 +673,10 @@ static __always_inline struct event *new_event(struct sk_buff *skb, struct match
 
 	e->ts = bpf_ktime_get_ns();
 	e->skb = (__u64)skb;
-	e->len = BPF_CORE_READ(skb, len);
-	e->skb_mark = BPF_CORE_READ(skb, mark);
+	e->len = KREAD(direct, struct sk_buff, skb, len);
+	e->skb_mark = KREAD(direct, struct sk_buff, skb, mark);
 
-	if (!m->parsed && parse_skb(skb, &m->family, &m->pi) == 0)
+	if (!m->parsed && parse_skb(skb, &m->family, &m->pi, direct) == 0)
 		m->parsed = 1;
 	e->family = m->family;
 	if (m->parsed) {
@@ -443,7 +686,7 @@ static __always_inline struct event *new_event(struct sk_buff *skb, struct match
 		e->icmp_type = m->pi.icmp_type;
 		e->icmp_code = m->pi.icmp_code;
 		e->flags |= m->pi.flags;
-		capture(skb, e, m->pi.hdr_len);
+		capture(skb, e, m->pi.hdr_len, direct);
 	}
 
 	struct nf_conn *ct = m->ct;
@@ -452,15 +695,144 @@ static __always_inline struct event *new_event(struct sk_buff *skb, struct match
 	if (ct) {
 		e->flags |= EVENT_F_CT;
 		e->ct = (__u64)ct;
-		e->ct_status = BPF_CORE_READ(ct, status);
+		e->ct_status = KREAD(direct, struct nf_conn, ct, status);
 		if (bpf_core_field_exists(ct->mark))
-			e->ct_mark = BPF_CORE_READ(ct, mark);
+			e->ct_mark = KREAD(direct, struct nf_conn, ct, mark);
 		if (bpf_core_field_exists(ct->zone))
-			e->ct_zone = BPF_CORE_READ(ct, zone.id);
-		CT_TUPLE(ct, IP_CT_DIR_ORIGINAL, m->family, &e->orig);
-		CT_TUPLE(ct, IP_CT_DIR_REPLY, m->family, &e->reply);
+			e->ct_zone = KREAD(direct, struct nf_conn, ct, zone.id);
+		CT_TUPLE(direct, ct, IP_CT_DIR_ORIGINAL, m->family, &e->orig);
+		CT_TUPLE(direct, ct, IP_CT_DIR_REPLY, m->family, &e->reply);
 	}
 	return e;
+}
+
+/* Reports the counters of a connection's quiet packets (EVENT_COUNT) and
+ * starts them again; kept for the next report if the ring buffer is full.
+ * A function of its own (one per way of reading) for the stack's sake. */
+#define REPORT_COUNTS(name, direct)                                                                  \
+	static __noinline void name(struct followed *f, struct nf_conn *ct, __u8 family, __u8 ctinfo, \
+				    __u64 now)                                                       \
+	{                                                                                            \
+		report_counts(f, ct, family, ctinfo, now, direct);                                   \
+	}
+
+static __always_inline void report_counts(struct followed *f, struct nf_conn *ct, __u8 family, __u8 ctinfo,
+					  __u64 now, int direct)
+{
+	__u32 p0 = f->quiet_pkts[0], p1 = f->quiet_pkts[1];
+	__u64 b0 = f->quiet_bytes[0], b1 = f->quiet_bytes[1];
+
+	f->reported = now;
+	if (!p0 && !p1)
+		return;
+
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count_lost();
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	/* Subtracted, not zeroed: packets counted meanwhile on another CPU
+	 * stay for the next report. */
+	__sync_fetch_and_add(&f->quiet_pkts[0], -p0);
+	__sync_fetch_and_add(&f->quiet_pkts[1], -p1);
+	__sync_fetch_and_add(&f->quiet_bytes[0], -b0);
+	__sync_fetch_and_add(&f->quiet_bytes[1], -b1);
+	e->ts = now;
+	e->kind = EVENT_COUNT;
+	e->family = family;
+	e->flags = EVENT_F_CT;
+	e->ct = (__u64)ct;
+	e->ctinfo = ctinfo;
+	CT_TUPLE(direct, ct, IP_CT_DIR_ORIGINAL, family, &e->orig);
+	CT_TUPLE(direct, ct, IP_CT_DIR_REPLY, family, &e->reply);
+	e->packets[0] = p0;
+	e->packets[1] = p1;
+	e->bytes[0] = b0;
+	e->bytes[1] = b1;
+	bpf_ringbuf_submit(e, 0);
+}
+
+REPORT_COUNTS(report_counts_direct, 1)
+REPORT_COUNTS(report_counts_copied, 0)
+
+#define REPORT(f, m, now, direct)                                                         \
+	do {                                                                              \
+		if (direct)                                                               \
+			report_counts_direct(f, (m)->ct, (m)->family, (m)->ctinfo, now);   \
+		else                                                                      \
+			report_counts_copied(f, (m)->ct, (m)->family, (m)->ctinfo, now);   \
+	} while (0)
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+
+/* show_packet applies the event budget: whether this observation of a
+ * matched packet is reported (1) or only counted (0). A packet is judged
+ * once, right after conntrack, where its entry is first known; the later
+ * observers of the same packet reuse the verdict. The skb address alone does
+ * not tell packets apart - the next packet often gets the last one's freed
+ * skb - but a new packet passes conntrack on the hook where the last was
+ * judged, while a packet looping back through lo meets conntrack again on
+ * another (OUTPUT, then PREROUTING). */
+static __always_inline int show_packet(struct sk_buff *skb, struct match *m, __u8 hook, __u8 stage, int direct)
+{
+	struct followed *f = m->f;
+
+	if (!m->ct) {
+		/* Before conntrack, a quiet connection is known by its tuple. */
+		if (stage != STAGE_PRE_CONNTRACK || !m->parsed || (m->pi.tcp_flags & (TCP_SYN | TCP_RST)))
+			return 1;
+		return !bpf_map_lookup_elem(&quiet_tuples, &m->pi.t);
+	}
+	if (!f)
+		return 1;
+
+	int dir = m->ctinfo >= IP_CT_IS_REPLY;
+
+	if (f->skb[dir] == (__u64)skb && (stage != STAGE_POST_CONNTRACK || f->hook[dir] != hook))
+		return !f->quiet[dir];
+	if (!m->parsed && parse_skb(skb, &m->family, &m->pi, direct) == 0)
+		m->parsed = 1;
+
+	__u8 proto = m->pi.t.proto;
+	/* In full: at every observer. A FIN, briefly: here only - it closes the
+	 * connection, and its path is that of the packets before it. */
+	int full = f->seen[dir] < quiet_after || !m->parsed || (m->pi.flags & EVENT_F_FRAG) ||
+		   (m->ctinfo != IP_CT_ESTABLISHED && m->ctinfo != IP_CT_ESTABLISHED_REPLY) ||
+		   (proto != PROTO_TCP && proto != PROTO_UDP) || (m->pi.tcp_flags & (TCP_SYN | TCP_RST));
+	int brief = !full && (m->pi.tcp_flags & TCP_FIN);
+
+	if (f->seen[dir] < quiet_after)
+		f->seen[dir]++;
+	f->skb[dir] = (__u64)skb;
+	f->hook[dir] = hook;
+	f->quiet[dir] = !full;
+	if (f->seen[dir] >= quiet_after && !f->keyed[dir]) {
+		/* From the next packet on, the observers before conntrack keep
+		 * quiet too. */
+		if (direct)
+			key_quiet_direct(m->ct, m->family, dir);
+		else
+			key_quiet_copied(m->ct, m->family, dir);
+		f->keyed[dir] = 1;
+	}
+
+	__u64 now = bpf_ktime_get_ns();
+
+	if (full || brief) {
+		/* The counts come before the packet that ends a quiet run. */
+		if (f->quiet_pkts[0] || f->quiet_pkts[1])
+			REPORT(f, m, now, direct);
+		return 1;
+	}
+	__sync_fetch_and_add(&f->quiet_pkts[dir], 1);
+	__sync_fetch_and_add(&f->quiet_bytes[dir], KREAD(direct, struct sk_buff, skb, len));
+	if (now - f->reported >= count_every_ns)
+		REPORT(f, m, now, direct);
+	return 0;
 }
 
 /* ---- netfilter observers ------------------------------------------------- */
@@ -470,21 +842,50 @@ static __always_inline int observe(struct bpf_nf_ctx *ctx, __u8 stage)
 	struct sk_buff *skb = ctx->skb;
 	const struct nf_hook_state *state = ctx->state;
 	struct match m = {};
+	__u64 nfct = 0;
+	__u32 gen = targets_gen, zero = 0;
 
-	m.family = BPF_CORE_READ(state, pf);
-	if (!match_skb(skb, &m))
+	/* The skb of a netfilter program is BTF-typed: a plain load. */
+	if (bpf_core_field_exists(skb->_nfct))
+		nfct = skb->_nfct;
+	struct decision *d = bpf_map_lookup_elem(&decisions, &zero);
+
+	/* Before conntrack (each packet's first observer) the entry would
+	 * name the last packet: a packet's addresses, not its skb address,
+	 * decide there. */
+	if (stage != STAGE_PRE_CONNTRACK && d && d->skb == (__u64)skb && d->nfct == nfct && d->gen == gen &&
+	    d->match != MATCH_SHOW)
 		return NF_ACCEPT;
 
-	struct event *e = new_event(skb, &m);
+	m.family = state->pf;
+	int match = match_skb(skb, &m, 1);
+
+	if (match)
+		match = show_packet(skb, &m, state->hook, stage, 1) ? MATCH_SHOW : MATCH_QUIET;
+
+	if (d) {
+		/* skb last: were this interrupted by an observer on this CPU
+		 * (process context), a mixed entry names neither packet. */
+		d->skb = 0;
+		d->nfct = nfct;
+		d->gen = gen;
+		d->match = match;
+		d->skb = (__u64)skb;
+	}
+	if (match != MATCH_SHOW)
+		return NF_ACCEPT;
+
+	struct event *e = new_event(skb, &m, 1);
 
 	if (!e)
 		return NF_ACCEPT;
 	e->kind = EVENT_HOOK;
 	e->stage = stage;
-	e->hook = BPF_CORE_READ(state, hook);
-	e->netns = BPF_CORE_READ(state, net, ns.inum);
-	e->ifindex_in = BPF_CORE_READ(state, in, ifindex);
-	e->ifindex_out = BPF_CORE_READ(state, out, ifindex);
+	e->hook = state->hook;
+	e->netns = state->net->ns.inum;
+	/* in and out may be NULL: the JIT's guard reads those as 0. */
+	e->ifindex_in = state->in ? state->in->ifindex : 0;
+	e->ifindex_out = state->out ? state->out->ifindex : 0;
 	bpf_ringbuf_submit(e, 0);
 	return NF_ACCEPT;
 }
@@ -545,10 +946,10 @@ static __always_inline void hook_event(struct sk_buff *skb, const struct nf_hook
 	struct match m = {};
 
 	m.family = BPF_CORE_READ(state, pf);
-	if (!match_skb(skb, &m))
+	if (!match_skb(skb, &m, 0) || !show_packet(skb, &m, BPF_CORE_READ(state, hook), stage, 0))
 		return;
 
-	struct event *e = new_event(skb, &m);
+	struct event *e = new_event(skb, &m, 0);
 
 	if (!e)
 		return;
@@ -847,10 +1248,10 @@ static __always_inline void on_drop(struct sk_buff *skb, __u64 location, __u32 r
 {
 	struct match m = {};
 
-	if (!match_skb(skb, &m))
+	if (!match_skb(skb, &m, 0))
 		return;
 
-	struct event *e = new_event(skb, &m);
+	struct event *e = new_event(skb, &m, 0);
 
 	if (!e)
 		return;

@@ -29,6 +29,7 @@ enum stage {
 enum event_kind {
 	EVENT_HOOK = 1, /* a netfilter observer saw the packet */
 	EVENT_DROP = 2, /* skb:kfree_skb freed a packet of a followed connection */
+	EVENT_COUNT = 3, /* packets of a connection counted, not reported (the event budget) */
 };
 
 /* event.flags */
@@ -82,6 +83,8 @@ struct event {
 	struct tuple inner;
 	__u16 cap_len; /* bytes of data captured */
 	__u16 pad2[3];
+	__u64 bytes[2];   /* EVENT_COUNT: bytes (IP) counted, original and reply direction */
+	__u32 packets[2]; /* EVENT_COUNT: packets counted */
 	__u8 data[CAP_MAX];
 };
 

@@ -119,7 +119,8 @@ func (o *labOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ropts := lab.RunOptions{Timeout: o.timeout, Backend: o.backend, Logf: o.logf, Lost: p.Lost}
+	ropts := lab.RunOptions{Timeout: o.timeout, Backend: o.backend, Snaplen: o.rec.snaplen, EveryPacket: o.rec.everyPacket,
+		Logf: o.logf, Lost: p.Lost}
 	if w != nil {
 		defer w.Close(record.End{}) // on an error; a clean end closes first
 		m := startMeta("lab", tracer.Info{NetNS: l.Node}, l.Targets(), o.timeout, 0, clock)

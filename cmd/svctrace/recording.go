@@ -15,15 +15,17 @@ import (
 
 // recordFlags are -w and --max-size, on every command that traces.
 type recordFlags struct {
-	path    string
-	maxSize string
-	snaplen int
+	path        string
+	maxSize     string
+	snaplen     int
+	everyPacket bool
 }
 
 func (r *recordFlags) add(f *pflag.FlagSet) {
 	f.StringVarP(&r.path, "write", "w", "", "also record everything to this file, for `svctrace analyze` anywhere later")
 	f.StringVar(&r.maxSize, "max-size", "", "stop recording (not tracing) when the file reaches this size, e.g. 100M, 2G (default: no bound)")
 	f.IntVar(&r.snaplen, "snaplen", 0, fmt.Sprintf("bytes of each packet to record for pcapng, from its IP header, up to %d (default: its headers only, never payload)", tracer.MaxSnaplen))
+	f.BoolVar(&r.everyPacket, "every-packet", false, fmt.Sprintf("report every packet at every observation point (default: a connection's first %d packets each way and its notable ones - SYN, RST, ICMP - in full, the rest counted); costs more, for a complete pcapng", tracer.QuietAfter))
 }
 
 // create opens the recording, or returns nil without -w.
@@ -49,8 +51,13 @@ func parseSize(s string) (int64, error) {
 	if s == "" {
 		return 0, nil
 	}
+	arg := s
+	s = strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(s), "B"), "I") // 100MB, 100MiB
+	if s == "" {
+		return 0, fmt.Errorf("invalid --max-size %q: want a size such as 100M or 2G", arg)
+	}
 	mult := int64(1)
-	switch strings.ToUpper(s[len(s)-1:]) {
+	switch s[len(s)-1:] {
 	case "K":
 		mult = 1 << 10
 	case "M":
@@ -61,9 +68,9 @@ func parseSize(s string) (int64, error) {
 	if mult > 1 {
 		s = s[:len(s)-1]
 	}
-	n, err := strconv.ParseInt(strings.TrimSuffix(strings.ToUpper(s), "B"), 10, 64)
+	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("invalid --max-size %q: want a size such as 100M or 2G", s)
+		return 0, fmt.Errorf("invalid --max-size %q: want a size such as 100M or 2G", arg)
 	}
 	return n * mult, nil
 }

@@ -196,7 +196,7 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 		return err
 	}
 	return o.trace(ctx, session{netns: o.netns, targets: st.targets, duration: o.duration, count: o.count, timeout: o.timeout,
-		rec: w, snaplen: o.rec.snaplen, mode: "service",
+		rec: w, snaplen: o.rec.snaplen, everyPacket: o.rec.everyPacket, mode: "service",
 		meta: func(m *record.Meta) {
 			m.Namespace, m.Service, m.Node, m.Addrs = o.namespace, name, local.Name, local.Addrs
 		},

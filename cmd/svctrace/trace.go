@@ -112,7 +112,7 @@ func (o *traceOptions) run(ctx context.Context) error {
 	}
 	return o.trace(ctx, session{netns: o.netns, targets: o.targets, duration: o.duration, count: o.count, timeout: o.timeout,
 		isService: func(p tracer.Proto, a netip.AddrPort) bool { return services[tracer.Target{Addr: a, Proto: p}] },
-		rec:       w, snaplen: o.rec.snaplen, mode: "trace",
+		rec:       w, snaplen: o.rec.snaplen, everyPacket: o.rec.everyPacket, mode: "trace",
 		recordState: func() { w.Services(o.targets) }})
 }
 
@@ -142,16 +142,24 @@ type session struct {
 	// objects and the node's rules).
 	rec         *record.Writer
 	snaplen     int
+	everyPacket bool
 	mode        string
 	meta        func(*record.Meta)
 	recordState func()
+}
+
+// countEvery is how often the kernel reports a busy connection's counted
+// packets: often enough that it never looks idle for the no-reply timeout.
+func countEvery(timeout time.Duration) time.Duration {
+	return min(250*time.Millisecond, timeout/4)
 }
 
 // trace attaches, prints each connection as it completes and a summary at
 // the end.
 func (g *globals) trace(ctx context.Context, s session) error {
 	start := time.Now()
-	tr, err := tracer.Open(tracer.Options{NetNS: s.netns, Targets: s.targets, Backend: g.backend, Snaplen: s.snaplen, Logf: g.logf})
+	tr, err := tracer.Open(tracer.Options{NetNS: s.netns, Targets: s.targets, Backend: g.backend, Snaplen: s.snaplen,
+		EveryPacket: s.everyPacket, CountEvery: countEvery(s.timeout), Logf: g.logf})
 	if err != nil {
 		if s.rec != nil {
 			s.rec.Discard() // nothing was recorded: no file left behind

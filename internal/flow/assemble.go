@@ -92,6 +92,10 @@ func (a *Assembler) Active() int { return a.active }
 // of it (a new connection reusing a finished one's addresses, or one evicted
 // to stay within MaxConns).
 func (a *Assembler) Add(ev tracer.Event) []*Conn {
+	if ev.Kind == tracer.KindCount {
+		a.count(ev)
+		return nil
+	}
 	var done []*Conn
 	c, dir, ok := a.lookup(ev)
 	if ok && a.reuses(c, ev, dir) {
@@ -111,6 +115,20 @@ func (a *Assembler) Add(ev tracer.Event) []*Conn {
 	}
 	a.observe(c, ev, dir)
 	return done
+}
+
+// count adds the packets the kernel counted instead of reporting them (the
+// event budget) to their connection, which they keep alive.
+func (a *Assembler) count(ev tracer.Event) {
+	c := a.byOrig[ev.CT.Orig]
+	if c == nil {
+		return // it started before tracing, or was already reported
+	}
+	for d := range 2 {
+		c.Packets[d] += int(ev.Counted.Packets[d])
+		c.Bytes[d] += ev.Counted.Bytes[d]
+	}
+	c.End = max(c.End, ev.Time)
 }
 
 // Tick reports the connections that are complete at time now (CLOCK_MONOTONIC
@@ -324,6 +342,7 @@ func (c *Conn) packetFor(ev tracer.Event, d Dir) (*packet, bool) {
 		return pk, false
 	}
 	c.Packets[d]++
+	c.Bytes[d] += uint64(ev.Len)
 	pk := &packet{id: ev.Packet, n: c.Packets[Original] + c.Packets[Reply], dir: d, first: ev, last: ev,
 		local: ev.Hook == tracer.LocalOut}
 	c.remember(pk)

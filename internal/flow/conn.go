@@ -49,8 +49,11 @@ type Conn struct {
 	// Drops are all drops seen, in order.
 	Drops   []Drop
 	Packets [2]int // distinct packets seen, by Dir
-	SYNs    int    // SYNs the client sent: 1 + retransmissions
-	Closed  string // how the connection ended: "FIN", "RST" or ""
+	// Bytes are the IP bytes of those packets, by Dir (each counted once,
+	// as first seen).
+	Bytes  [2]uint64
+	SYNs   int    // SYNs the client sent: 1 + retransmissions
+	Closed string // how the connection ended: "FIN", "RST" or ""
 	// Steps are the observations worth showing: every stage of the first
 	// packet each way and of notable packets (errors, resets, drops), the
 	// first stage of retransmissions.

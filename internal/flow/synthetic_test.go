@@ -191,3 +191,29 @@ func TestDropWithoutNamespaceIsPlacedWhereLastSeen(t *testing.T) {
 		t.Fatalf("%s (%s), drop %+v: want dropped in OUTPUT", c.Verdict, c.Why, c.Drop)
 	}
 }
+
+// The kernel's counts of unreported packets add to the connection and keep
+// it open past the no-reply timeout while they come; the close ends it.
+func TestCountsKeepABusyConnectionOpen(t *testing.T) {
+	s := &seq{}
+	s.hook(1, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.SYN, ct(tracer.CTNew, synOrig, synReply))
+	s.hook(2, tracer.PreRouting, tracer.StagePostConntrack, synReply, tracer.SYN|tracer.ACK, ct(tracer.CTEstablishedReply, synOrig, synReply))
+	for range 8 { // 4s of traffic, past the 3s timeout, counted every 500ms
+		s.at(500 * time.Millisecond)
+		s.evs = append(s.evs, tracer.Event{Time: s.t, Kind: tracer.KindCount, CT: ct(tracer.CTEstablished, synOrig, synReply),
+			Counted: tracer.Counted{Packets: [2]uint32{10, 20}, Bytes: [2]uint64{1000, 30000}}})
+	}
+	s.hook(3, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.FIN|tracer.ACK, ct(tracer.CTEstablished, synOrig, synReply))
+	s.hook(4, tracer.PreRouting, tracer.StagePostConntrack, synReply, tracer.FIN|tracer.ACK, ct(tracer.CTEstablishedReply, synOrig, synReply))
+	conns, a := run(s, Options{Timeout: 3 * time.Second})
+	c := only(t, conns)
+	if c.Verdict != Answered || c.Closed != "FIN" {
+		t.Errorf("%s, closed %q: want answered and closed by FIN", c.Verdict, c.Closed)
+	}
+	if c.Packets != [2]int{2 + 80, 2 + 160} || c.Bytes[Original] != 8000 || c.Bytes[Reply] != 240000 {
+		t.Errorf("packets %v, bytes %v: want [82 162] and the counted bytes", c.Packets, c.Bytes)
+	}
+	if a.Orphans != 0 {
+		t.Errorf("%d orphans", a.Orphans)
+	}
+}

@@ -35,7 +35,10 @@ type RunOptions struct {
 	Timeout time.Duration
 	// Backend forces a tracer backend ("" : the first that works).
 	Backend string
-	Logf    func(format string, args ...any)
+	// Snaplen and EveryPacket are the tracer's (tracer.Options).
+	Snaplen     int
+	EveryPacket bool
+	Logf        func(format string, args ...any)
 	// Lost is called when the tracer loses events.
 	Lost func(total uint64)
 	// Record, if set, receives every raw event (test fixtures).
@@ -74,7 +77,8 @@ func (l *Lab) Run(ctx context.Context, opts RunOptions) ([]Result, tracer.Info, 
 	if opts.Timeout == 0 {
 		opts.Timeout = 1500 * time.Millisecond
 	}
-	tr, err := tracer.Open(tracer.Options{NetNS: l.Node.Path, Targets: l.Targets(), Backend: opts.Backend, Logf: opts.Logf})
+	tr, err := tracer.Open(tracer.Options{NetNS: l.Node.Path, Targets: l.Targets(), Backend: opts.Backend, Snaplen: opts.Snaplen,
+		EveryPacket: opts.EveryPacket, CountEvery: opts.Timeout / 4, Logf: opts.Logf})
 	if err != nil {
 		return nil, tracer.Info{}, live.Result{}, err
 	}

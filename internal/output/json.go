@@ -51,8 +51,14 @@ type jsonConn struct {
 }
 
 type jsonPackets struct {
-	Original int `json:"original"`
-	Reply    int `json:"reply"`
+	Original int       `json:"original"`
+	Reply    int       `json:"reply"`
+	Bytes    jsonBytes `json:"bytes"`
+}
+
+type jsonBytes struct {
+	Original uint64 `json:"original"`
+	Reply    uint64 `json:"reply"`
 }
 
 type jsonDrop struct {
@@ -90,8 +96,9 @@ func (p *JSON) Conn(c *flow.Conn, lost uint64) {
 		Verdict: c.Verdict, Reason: c.Why, Proto: c.Proto, Client: c.Client, VIP: c.VIP,
 		VIPName:    name(p.opts, c.VIP),
 		DurationUS: time.Duration(c.End - c.Start).Microseconds(),
-		Packets:    jsonPackets{c.Packets[flow.Original], c.Packets[flow.Reply]},
-		SYNs:       c.SYNs, Closed: c.Closed, Truncated: c.Truncated, LostEvents: lost,
+		Packets: jsonPackets{c.Packets[flow.Original], c.Packets[flow.Reply],
+			jsonBytes{c.Bytes[flow.Original], c.Bytes[flow.Reply]}},
+		SYNs: c.SYNs, Closed: c.Closed, Truncated: c.Truncated, LostEvents: lost,
 		Events: make([]jsonEvent, 0, len(c.Steps)),
 	}
 	if c.Endpoint.IsValid() {

@@ -46,8 +46,8 @@ func (p *Text) Conn(c *flow.Conn, lost uint64) {
 		b.WriteString("             … more steps than kept\n")
 	}
 	if rest := c.Packets[flow.Original] + c.Packets[flow.Reply] - len(shownPackets); rest > 0 {
-		fmt.Fprintf(&b, "             … %d more packets (%d →, %d ← in all)%s\n", rest,
-			c.Packets[flow.Original], c.Packets[flow.Reply], closed(c))
+		fmt.Fprintf(&b, "             … %d more packets (%d →, %d ← in all, %s)%s\n", rest,
+			c.Packets[flow.Original], c.Packets[flow.Reply], byteSize(c.Bytes[flow.Original]+c.Bytes[flow.Reply]), closed(c))
 	}
 	mark := "✗"
 	if c.Verdict == flow.Answered {
@@ -71,6 +71,19 @@ func (p *Text) Conn(c *flow.Conn, lost uint64) {
 		fmt.Fprintf(&b, "   ! %d events lost so far: this timeline may be incomplete\n", lost)
 	}
 	io.WriteString(p.w, b.String())
+}
+
+// byteSize says n in B, kB, MB or GB (powers of 1000).
+func byteSize(n uint64) string {
+	switch {
+	case n < 1000:
+		return fmt.Sprintf("%d B", n)
+	case n < 1000_000:
+		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
+	case n < 1000_000_000:
+		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+	}
+	return fmt.Sprintf("%.1f GB", float64(n)/1e9)
 }
 
 func closed(c *flow.Conn) string {

@@ -13,6 +13,14 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfDecision struct {
+	_     structs.HostLayout
+	Skb   uint64
+	Nfct  uint64
+	Gen   uint32
+	Match uint32
+}
+
 type bpfEvent struct {
 	_          structs.HostLayout
 	Ts         uint64
@@ -44,16 +52,34 @@ type bpfEvent struct {
 	Inner      bpfTuple
 	CapLen     uint16
 	Pad2       [3]uint16
-	Data       [128]uint8
 	_          [4]byte
+	Bytes      [2]uint64
+	Packets    [2]uint32
+	Data       [128]uint8
 }
 
 type bpfEventKind uint32
 
 const (
-	bpfEventKindEVENT_HOOK bpfEventKind = 1
-	bpfEventKindEVENT_DROP bpfEventKind = 2
+	bpfEventKindEVENT_HOOK  bpfEventKind = 1
+	bpfEventKindEVENT_DROP  bpfEventKind = 2
+	bpfEventKindEVENT_COUNT bpfEventKind = 3
 )
+
+type bpfFollowed struct {
+	_          structs.HostLayout
+	Dst        bpfTargetKey
+	Pad        uint32
+	Reported   uint64
+	Skb        [2]uint64
+	Seen       [2]uint32
+	QuietPkts  [2]uint32
+	QuietBytes [2]uint64
+	Quiet      [2]uint8
+	Hook       [2]uint8
+	Keyed      [2]uint8
+	Pad2       uint16
+}
 
 type bpfFrames struct {
 	_     structs.HostLayout
@@ -66,6 +92,12 @@ type bpfFrames struct {
 		Fn    uint32
 		Prio  int32
 	}
+}
+
+type bpfScratch struct {
+	_ structs.HostLayout
+	F bpfFollowed
+	T bpfTuple
 }
 
 type bpfStage uint32
@@ -105,9 +137,12 @@ type bpfTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	bpfMapDecisions             = "decisions"
 	bpfMapEvents                = "events"
 	bpfMapFrames                = "frames"
 	bpfMapLost                  = "lost"
+	bpfMapQuietTuples           = "quiet_tuples"
+	bpfMapScratch               = "scratch"
 	bpfMapTargets               = "targets"
 	bpfMapTracked               = "tracked"
 	bpfProgFentryConntrackIn    = "fentry_conntrack_in"
@@ -150,10 +185,13 @@ const (
 	bpfProgNfPreDnat            = "nf_pre_dnat"
 	bpfProgNfPreFilter          = "nf_pre_filter"
 	bpfProgNfPreSnat            = "nf_pre_snat"
+	bpfVarCountEveryNs          = "count_every_ns"
 	bpfVarEventKindUnused       = "event_kind_unused"
 	bpfVarFilterNetns           = "filter_netns"
+	bpfVarQuietAfter            = "quiet_after"
 	bpfVarSnaplen               = "snaplen"
 	bpfVarStageUnused           = "stage_unused"
+	bpfVarTargetsGen            = "targets_gen"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -244,21 +282,27 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Events  *ebpf.MapSpec `ebpf:"events"`
-	Frames  *ebpf.MapSpec `ebpf:"frames"`
-	Lost    *ebpf.MapSpec `ebpf:"lost"`
-	Targets *ebpf.MapSpec `ebpf:"targets"`
-	Tracked *ebpf.MapSpec `ebpf:"tracked"`
+	Decisions   *ebpf.MapSpec `ebpf:"decisions"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Frames      *ebpf.MapSpec `ebpf:"frames"`
+	Lost        *ebpf.MapSpec `ebpf:"lost"`
+	QuietTuples *ebpf.MapSpec `ebpf:"quiet_tuples"`
+	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
+	Targets     *ebpf.MapSpec `ebpf:"targets"`
+	Tracked     *ebpf.MapSpec `ebpf:"tracked"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	CountEveryNs    *ebpf.VariableSpec `ebpf:"count_every_ns"`
 	EventKindUnused *ebpf.VariableSpec `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.VariableSpec `ebpf:"filter_netns"`
+	QuietAfter      *ebpf.VariableSpec `ebpf:"quiet_after"`
 	Snaplen         *ebpf.VariableSpec `ebpf:"snaplen"`
 	StageUnused     *ebpf.VariableSpec `ebpf:"stage_unused"`
+	TargetsGen      *ebpf.VariableSpec `ebpf:"targets_gen"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -281,18 +325,24 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Events  *ebpf.Map `ebpf:"events"`
-	Frames  *ebpf.Map `ebpf:"frames"`
-	Lost    *ebpf.Map `ebpf:"lost"`
-	Targets *ebpf.Map `ebpf:"targets"`
-	Tracked *ebpf.Map `ebpf:"tracked"`
+	Decisions   *ebpf.Map `ebpf:"decisions"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Frames      *ebpf.Map `ebpf:"frames"`
+	Lost        *ebpf.Map `ebpf:"lost"`
+	QuietTuples *ebpf.Map `ebpf:"quiet_tuples"`
+	Scratch     *ebpf.Map `ebpf:"scratch"`
+	Targets     *ebpf.Map `ebpf:"targets"`
+	Tracked     *ebpf.Map `ebpf:"tracked"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
+		m.Decisions,
 		m.Events,
 		m.Frames,
 		m.Lost,
+		m.QuietTuples,
+		m.Scratch,
 		m.Targets,
 		m.Tracked,
 	)
@@ -302,10 +352,13 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	CountEveryNs    *ebpf.Variable `ebpf:"count_every_ns"`
 	EventKindUnused *ebpf.Variable `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.Variable `ebpf:"filter_netns"`
+	QuietAfter      *ebpf.Variable `ebpf:"quiet_after"`
 	Snaplen         *ebpf.Variable `ebpf:"snaplen"`
 	StageUnused     *ebpf.Variable `ebpf:"stage_unused"`
+	TargetsGen      *ebpf.Variable `ebpf:"targets_gen"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

@@ -85,6 +85,9 @@ func (d *decoder) event(r *bpfEvent) Event {
 	if n := min(int(r.CapLen), len(r.Data)); n > 0 {
 		ev.Data = bytes.Clone(r.Data[:n])
 	}
+	if ev.Kind == KindCount {
+		ev.Counted = Counted{Packets: r.Packets, Bytes: r.Bytes}
+	}
 	if ev.Kind == KindDrop {
 		ev.Drop = Drop{ReasonCode: r.DropReason, Reason: d.reason(r.DropReason)}
 		if d.symbols != nil {

@@ -218,7 +218,7 @@ func TestPlanMatchesObject(t *testing.T) {
 			}
 		}
 	}
-	if rawEventSize != 376 {
+	if rawEventSize != 400 {
 		t.Errorf("event is %d bytes; a change of struct event needs its readers checked", rawEventSize)
 	}
 }

@@ -29,6 +29,9 @@ type Event struct {
 	ICMP     ICMPInfo  `json:"icmp,omitzero"`
 	CT       Conntrack `json:"ct,omitzero"`   // CT.ID == 0: the packet had no conntrack entry
 	Drop     Drop      `json:"drop,omitzero"` // KindDrop only
+	// Counted are a connection's packets the kernel counted instead of
+	// reporting them (KindCount only; the event budget).
+	Counted Counted `json:"counted,omitzero"`
 	// Data are the packet's first bytes from its IP header as this point
 	// saw them: its headers, or Options.Snaplen bytes.
 	Data []byte `json:"data,omitempty"`
@@ -40,7 +43,17 @@ type Kind uint8
 const (
 	KindHook Kind = Kind(bpfEventKindEVENT_HOOK)
 	KindDrop Kind = Kind(bpfEventKindEVENT_DROP)
+	// KindCount carries counts of a followed connection's packets (its
+	// conntrack entry in CT) that were not reported one by one.
+	KindCount Kind = Kind(bpfEventKindEVENT_COUNT)
 )
+
+// Counted are packets and their IP bytes, by direction: [0] original,
+// [1] reply.
+type Counted struct {
+	Packets [2]uint32 `json:"packets"`
+	Bytes   [2]uint64 `json:"bytes"`
+}
 
 func (k Kind) String() string {
 	switch k {
@@ -48,6 +61,8 @@ func (k Kind) String() string {
 		return "hook"
 	case KindDrop:
 		return "drop"
+	case KindCount:
+		return "count"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }

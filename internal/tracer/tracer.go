@@ -4,10 +4,12 @@
 package tracer
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"sort"
@@ -43,6 +45,17 @@ type Options struct {
 	// Snaplen is how many bytes of each packet events carry (Event.Data),
 	// at most MaxSnaplen; 0: its IP and transport headers, no payload.
 	Snaplen int
+	// EveryPacket reports every packet at every observer. By default a
+	// connection's packets are reported in full until QuietAfter went each
+	// way, then only notable ones (SYN, RST, ICMP, new or related conntrack
+	// states; a FIN at one observer) and the rest counted (KindCount
+	// events): ten events per packet of a busy connection would cost more
+	// than its traffic.
+	EveryPacket bool
+	// CountEvery is how often the counts of a busy connection's unreported
+	// packets are reported; 0: 250ms. It keeps a quiet connection from
+	// looking idle: keep it well below the no-reply timeout.
+	CountEvery time.Duration
 	// Logf, if set, receives progress and verifier details (--verbose).
 	Logf func(format string, args ...any)
 
@@ -66,6 +79,10 @@ type Info struct {
 	Shifted []string
 }
 
+// QuietAfter is how many packets each way of a connection are reported
+// in full before the event budget applies (Options.EveryPacket).
+const QuietAfter = 2
+
 // MaxSnaplen is the most of each packet an event carries.
 const MaxSnaplen = len(bpfEvent{}.Data)
 
@@ -87,6 +104,7 @@ type Tracer struct {
 	reader  *ringbuf.Reader
 	dec     decoder
 	targets map[Target]bool
+	gen     uint32 // of targets: bpf's targets_gen
 	bad     atomic.Uint64
 	close   sync.Once
 }
@@ -151,9 +169,16 @@ func open(backend string, ns NetNS, spec *ebpf.CollectionSpec, cache *btf.Cache,
 	if opts.Snaplen < 0 || opts.Snaplen > MaxSnaplen {
 		return nil, fmt.Errorf("snaplen %d: want 0 (headers only) to %d", opts.Snaplen, MaxSnaplen)
 	}
+	quietAfter, countEvery := uint32(QuietAfter), cmp.Or(opts.CountEvery, 250*time.Millisecond)
+	if opts.EveryPacket {
+		quietAfter = math.MaxUint32
+	}
 	for _, s := range []*ebpf.CollectionSpec{spec, base} {
-		if err := s.Variables["snaplen"].Set(uint32(opts.Snaplen)); err != nil {
-			return nil, err
+		for name, v := range map[string]any{"snaplen": uint32(opts.Snaplen), "quiet_after": quietAfter,
+			"count_every_ns": uint64(countEvery)} {
+			if err := s.Variables[name].Set(v); err != nil {
+				return nil, fmt.Errorf("setting %s: %w", name, err)
+			}
 		}
 	}
 	if backend != BackendNetfilter {
@@ -288,6 +313,16 @@ func (t *Tracer) Info() Info { return t.info }
 // SetTargets replaces the set of watched addresses. Connections already being
 // followed stay followed.
 func (t *Tracer) SetTargets(targets []Target) error {
+	changed := false
+	// The observers remember their last decision per CPU, for the
+	// generation of targets it was made with: a new one makes them decide
+	// again.
+	defer func() {
+		if v := t.coll.Variables["targets_gen"]; changed && v != nil {
+			t.gen++
+			v.Set(t.gen) // fails only without BPF_F_MMAPABLE (before 5.5): no netfilter links there
+		}
+	}()
 	want := map[Target]bool{}
 	for _, tg := range targets {
 		want[tg] = true
@@ -301,6 +336,7 @@ func (t *Tracer) SetTargets(targets []Target) error {
 			return fmt.Errorf("adding %s to the filter: %w", tg, err)
 		}
 		t.targets[tg] = true
+		changed = true
 	}
 	for tg := range t.targets {
 		if want[tg] {
@@ -311,6 +347,7 @@ func (t *Tracer) SetTargets(targets []Target) error {
 			return fmt.Errorf("removing %s from the filter: %w", tg, err)
 		}
 		delete(t.targets, tg)
+		changed = true
 	}
 	return nil
 }

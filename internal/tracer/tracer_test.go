@@ -343,3 +343,110 @@ func TestObserverMovesOffATakenPriority(t *testing.T) {
 type noClose struct{ link.Link }
 
 func (noClose) Close() error { return nil }
+
+// udpRounds sends n+1 datagrams from a client to a server on loopback in
+// ns, each answered, the last after a pause, then after another pause one
+// unanswered datagram. A packet coming after a pause longer than the
+// counts' period makes the kernel report what it counted: n+2 packets went
+// one way, n+1 the other, and the kernel has reported all of them.
+func udpRounds(t *testing.T, ns NetNS, addr string, n int) {
+	t.Helper()
+	var srv, cli *net.UDPConn
+	err := InNetNS(ns, func() (err error) {
+		if srv, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr))); err != nil {
+			return err
+		}
+		cli, err = net.DialUDP("udp", nil, srv.LocalAddr().(*net.UDPAddr))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	defer cli.Close()
+	buf := make([]byte, 64)
+	round := func() {
+		if _, err := cli.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		srv.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, from, err := srv.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.WriteToUDP([]byte("pong"), from)
+		cli.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := cli.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range n {
+		round()
+	}
+	time.Sleep(400 * time.Millisecond)
+	round()
+	time.Sleep(400 * time.Millisecond)
+	cli.Write([]byte("ping"))
+}
+
+// A busy connection is reported in full for its first packets each way,
+// then counted: the counts and the reported packets add up to every packet.
+// --every-packet reports them all.
+func TestEventBudget(t *testing.T) {
+	requireNetfilterLink(t)
+	const n = 30 // rounds before the pause
+	for _, every := range []bool{false, true} {
+		t.Run(fmt.Sprintf("every-packet=%v", every), func(t *testing.T) {
+			ns := newNetNS(t)
+			// A rule that needs conntrack turns it on in the namespace.
+			iptables(t, ns, "-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+			watched := Target{Addr: netip.MustParseAddrPort("127.0.0.1:7799"), Proto: UDP}
+			tr, err := Open(Options{NetNS: ns.Spec, Targets: []Target{watched}, Backend: BackendNetfilter, EveryPacket: every})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			udpRounds(t, ns, watched.Addr.String(), n)
+			var reported, arriving, counted [2]int
+			var countedBytes [2]uint64
+			for _, ev := range drain(t, tr) {
+				dir := 0
+				if ev.CT.Info.IsReply() {
+					dir = 1
+				}
+				switch {
+				case ev.Kind == KindCount:
+					for d := range 2 {
+						counted[d] += int(ev.Counted.Packets[d])
+						countedBytes[d] += ev.Counted.Bytes[d]
+					}
+				case ev.Kind == KindHook && ev.Hook == LocalOut && ev.Stage == StagePostConntrack:
+					reported[dir]++ // every packet passes here once
+				case ev.Kind == KindHook && ev.Hook == LocalOut && ev.Stage == StagePreConntrack && ev.Tuple.Src.Port() != 7799:
+					arriving[0]++ // before conntrack, known only by its tuple
+				}
+			}
+			for d, name := range []string{"original", "reply"} {
+				all := n + 2 - d
+				if reported[d]+counted[d] != all {
+					t.Errorf("%s: %d packets reported + %d counted, want %d in all", name, reported[d], counted[d], all)
+				}
+				want := QuietAfter
+				if every {
+					want = all
+				}
+				if reported[d] != want {
+					t.Errorf("%s: %d packets reported, want %d", name, reported[d], want)
+				}
+				if wantBytes := uint64(counted[d]) * (20 + 8 + 4); countedBytes[d] != wantBytes {
+					t.Errorf("%s: %d bytes counted, want %d", name, countedBytes[d], wantBytes)
+				}
+			}
+			// After the last packet in full, its tuple keeps the
+			// observer before conntrack quiet too.
+			if want := QuietAfter; !every && arriving[0] != want {
+				t.Errorf("%d original packets reported before conntrack, want %d", arriving[0], want)
+			}
+		})
+	}
+}

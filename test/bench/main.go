@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -34,13 +35,16 @@ func main() {
 	out := flag.String("out", "BENCHMARKS.md", "where the report goes")
 	dur := flag.Duration("duration", 3*time.Second, "each load run")
 	rounds := flag.Int("rounds", 3, "rounds of the data-path configurations, interleaved")
+	only := flag.String("only", "", "comma-separated sections to run (datapath,startup,pipeline,scale); default all")
+	flag.StringVar(&configsFlag, "configs", "", "comma-separated data-path configurations to run (a-e); default all")
+	flag.StringVar(&workloadsFlag, "workloads", "", "comma-separated data-path workloads (keep,new,bulk); default all")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fail("make bench builds network namespaces and attaches BPF programs: run it as root")
 	}
-	for _, tool := range []string{"wrk", "tcpdump", "nft", "iptables-restore"} {
+	for _, tool := range []string{"wrk", "tcpdump", "nft", "iptables-restore", "conntrack"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			fail(tool + " not found: apt-get install wrk tcpdump nftables iptables")
+			fail(tool + " not found: apt-get install wrk tcpdump nftables iptables conntrack")
 		}
 	}
 	dir, err := os.MkdirTemp("", "svctrace-bench")
@@ -54,13 +58,19 @@ func main() {
 	}
 	start := time.Now()
 	var secs []section
-	for _, f := range []func() (section, error){
-		func() (section, error) { return dataPath(bin, *dur, *rounds) },
-		func() (section, error) { return startup(bin, dir) },
-		pipeline,
-		scale,
+	for _, f := range []struct {
+		key string
+		run func() (section, error)
+	}{
+		{"datapath", func() (section, error) { return dataPath(bin, *dur, *rounds) }},
+		{"startup", func() (section, error) { return startup(bin, dir) }},
+		{"pipeline", pipeline},
+		{"scale", scale},
 	} {
-		s, err := f()
+		if !chosen(*only, f.key) {
+			continue
+		}
+		s, err := f.run()
 		if err != nil {
 			fail(err.Error())
 		}
@@ -71,6 +81,12 @@ func main() {
 		fail(err.Error())
 	}
 	fmt.Fprintf(os.Stderr, "bench: report in %s\n", *out)
+}
+
+// chosen reports whether key is in the comma-separated list, or list is
+// empty (everything).
+func chosen(list, key string) bool {
+	return list == "" || slices.Contains(strings.Split(list, ","), key)
 }
 
 func fail(msg string) {
