@@ -151,6 +151,20 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
+/* Waking the reader for every event costs the CPU that sends the packet
+ * (an irq_work each): the reader is woken once this much is waiting, and
+ * otherwise finds the events when it next looks (it does every 50 ms). */
+#define WAKEUP_BYTES (64 << 10)
+
+static __always_inline void submit(struct event *e)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
 /* Makes the enums part of the object's BTF so bpf2go generates them. */
 const enum stage stage_unused __attribute__((unused));
 const enum event_kind event_kind_unused __attribute__((unused));
@@ -174,7 +188,8 @@ struct match {
 	struct followed *f; /* ct's entry in tracked */
 	__u8 ctinfo;
 	__u8 family;
-	__u8 parsed;
+	__u8 tried;  /* the packet was parsed (see parse_once) */
+	__u8 parsed; /* successfully */
 	struct pktinfo pi;
 };
 
@@ -452,33 +467,75 @@ static __always_inline int parse_direct(const __u8 *nh, __u8 *family, struct pkt
 	return 0;
 }
 
-static __always_inline int parse_skb_at(struct sk_buff *skb, __u8 *family, struct pktinfo *pi, int direct)
+static __always_inline int parse_skb_at(struct sk_buff *skb, __u8 *family, struct pktinfo *pi)
 {
-	const __u8 *head = KREAD(direct, struct sk_buff, skb, head);
-	__u16 nh = KREAD(direct, struct sk_buff, skb, network_header);
+	const __u8 *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
 
 	if (!head || nh == NET_HEADER_UNSET)
 		return -1;
-	if (direct && parse_direct(head + nh, family, pi) == 0)
-		return 0;
 	return parse_packet(head + nh, family, pi);
 }
 
-/* Function probes parse in a function of their own: inlined at each use,
- * the copies' buffers would not fit on the stack together. */
-static __noinline int parse_skb_copied(struct sk_buff *skb, __u8 *family, struct pktinfo *pi)
+/* Function probes parse in a global function: the verifier checks it once,
+ * not at every call with every state the caller can be in (older verifiers
+ * give up on the paths that makes), and its buffers are off the caller's
+ * stack. skb is a plain number: a global function's pointers must point to
+ * memory the caller owns. */
+__noinline int parse_skb_copied(__u64 skb, __u8 *family, struct pktinfo *pi)
 {
-	return parse_skb_at(skb, family, pi, 0);
+	if (!family || !pi)
+		return -1;
+	return parse_skb_at((struct sk_buff *)skb, family, pi);
+}
+
+/* The same for the netfilter observers, from the network header's address:
+ * inlined at each use, the parser's paths made loading the observers take
+ * five times as long. */
+__noinline int parse_nh_direct(__u64 nh, __u8 *family, struct pktinfo *pi)
+{
+	if (!family || !pi)
+		return -1;
+	if (parse_direct((const __u8 *)nh, family, pi) == 0)
+		return 0;
+	return parse_packet((const __u8 *)nh, family, pi);
 }
 
 static __always_inline int parse_skb(struct sk_buff *skb, __u8 *family, struct pktinfo *pi, int direct)
 {
-	if (direct)
-		return parse_skb_at(skb, family, pi, 1);
-	return parse_skb_copied(skb, family, pi);
+	if (direct) {
+		/* head copied, not loaded: a global function takes the plain
+		 * number that makes, not the typed pointer a load gives. */
+		const __u8 *head = KREAD(0, struct sk_buff, skb, head);
+		__u16 nh = KREAD(1, struct sk_buff, skb, network_header);
+
+		if (!head || nh == NET_HEADER_UNSET)
+			return -1;
+		return parse_nh_direct((__u64)(head + nh), family, pi);
+	}
+	/* Copied through memory, a BTF-typed pointer (tp_btf's) becomes the
+	 * plain number the verifier accepts for skb. */
+	__u64 addr = 0;
+
+	bpf_probe_read_kernel(&addr, sizeof(addr), &skb);
+	return parse_skb_copied(addr, family, pi);
 }
 
 /* ---- conntrack ----------------------------------------------------------- */
+
+/* parse_once parses the packet of m unless that was tried; it returns
+ * whether it was parsed. Function probes try early (hook_event), so the
+ * verifier knows at the later calls - the same stack slot holds a constant -
+ * and does not walk the parser again there: older verifiers give up on the
+ * paths otherwise. */
+static __always_inline int parse_once(struct sk_buff *skb, struct match *m, int direct)
+{
+	if (!m->tried) {
+		m->tried = 1;
+		m->parsed = parse_skb(skb, &m->family, &m->pi, direct) == 0;
+	}
+	return m->parsed;
+}
 
 static __always_inline struct nf_conn *skb_conntrack(struct sk_buff *skb, __u8 *ctinfo, int direct)
 {
@@ -618,9 +675,8 @@ static __always_inline int match_skb(struct sk_buff *skb, struct match *m, int d
 	}
 
 	/* No conntrack entry (yet): judge the packet by its own addresses. */
-	if (parse_skb(skb, &m->family, &m->pi, direct) < 0)
+	if (!parse_once(skb, m, direct))
 		return 0;
-	m->parsed = 1;
 	if (is_target(m->pi.t.daddr, m->pi.t.dport, m->pi.t.proto))
 		return 1;
 	if (is_target(m->pi.t.saddr, m->pi.t.sport, m->pi.t.proto))
@@ -676,8 +732,7 @@ static __always_inline struct event *new_event(struct sk_buff *skb, struct match
 	e->len = KREAD(direct, struct sk_buff, skb, len);
 	e->skb_mark = KREAD(direct, struct sk_buff, skb, mark);
 
-	if (!m->parsed && parse_skb(skb, &m->family, &m->pi, direct) == 0)
-		m->parsed = 1;
+	parse_once(skb, m, direct);
 	e->family = m->family;
 	if (m->parsed) {
 		e->pkt = m->pi.t;
@@ -751,7 +806,7 @@ static __always_inline void report_counts(struct followed *f, struct nf_conn *ct
 	e->packets[1] = p1;
 	e->bytes[0] = b0;
 	e->bytes[1] = b1;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 }
 
 REPORT_COUNTS(report_counts_direct, 1)
@@ -794,8 +849,7 @@ static __always_inline int show_packet(struct sk_buff *skb, struct match *m, __u
 
 	if (f->skb[dir] == (__u64)skb && (stage != STAGE_POST_CONNTRACK || f->hook[dir] != hook))
 		return !f->quiet[dir];
-	if (!m->parsed && parse_skb(skb, &m->family, &m->pi, direct) == 0)
-		m->parsed = 1;
+	parse_once(skb, m, direct);
 
 	__u8 proto = m->pi.t.proto;
 	/* In full: at every observer. A FIN, briefly: here only - it closes the
@@ -883,10 +937,10 @@ static __always_inline int observe(struct bpf_nf_ctx *ctx, __u8 stage)
 	e->stage = stage;
 	e->hook = state->hook;
 	e->netns = state->net->ns.inum;
-	/* in and out may be NULL: the JIT's guard reads those as 0. */
+	/* No device in or out on some hooks: NULL. */
 	e->ifindex_in = state->in ? state->in->ifindex : 0;
 	e->ifindex_out = state->out ? state->out->ifindex : 0;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return NF_ACCEPT;
 }
 
@@ -946,7 +1000,10 @@ static __always_inline void hook_event(struct sk_buff *skb, const struct nf_hook
 	struct match m = {};
 
 	m.family = BPF_CORE_READ(state, pf);
-	if (!match_skb(skb, &m, 0) || !show_packet(skb, &m, BPF_CORE_READ(state, hook), stage, 0))
+	if (!match_skb(skb, &m, 0))
+		return;
+	parse_once(skb, &m, 0);
+	if (!show_packet(skb, &m, BPF_CORE_READ(state, hook), stage, 0))
 		return;
 
 	struct event *e = new_event(skb, &m, 0);
@@ -959,7 +1016,7 @@ static __always_inline void hook_event(struct sk_buff *skb, const struct nf_hook
 	e->netns = netns;
 	e->ifindex_in = BPF_CORE_READ(state, in, ifindex);
 	e->ifindex_out = BPF_CORE_READ(state, out, ifindex);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 }
 
 /* The stage a function's entry (after = 0) or return (after = 1) stands
@@ -1261,7 +1318,7 @@ static __always_inline void on_drop(struct sk_buff *skb, __u64 location, __u32 r
 	e->netns = skb_netns(skb);
 	e->ifindex_in = BPF_CORE_READ(skb, skb_iif);
 	e->ifindex_out = BPF_CORE_READ(skb, dev, ifindex);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 }
 
 /* BTF-typed tracepoint: arguments are typed, skb is a trusted pointer. */

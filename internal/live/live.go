@@ -57,6 +57,10 @@ const tick = 100 * time.Millisecond
 // the ring buffer empty.
 const drainEvery = 50 * time.Millisecond
 
+// readBatch is how many events the reader hands over at once, at most: it
+// hands over fewer when the ring buffer is empty.
+const readBatch = 256
+
 // item is what the reader hands over: an event, or (ev unset) the news
 // that the ring buffer was empty at time drained.
 type item struct {
@@ -70,7 +74,7 @@ type item struct {
 func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 	a := flow.New(opts.Flow)
 	var res Result
-	events := make(chan item, 4096)
+	events := make(chan []item, 64)
 	readErr := make(chan error, 1)
 	// The reader ends when the tracer is closed or, should the channel be
 	// full, when Run returns. When the ring buffer is empty it says so,
@@ -80,21 +84,29 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 	// finishes a connection whose last events are still on their way.
 	stop := make(chan struct{})
 	defer close(stop)
+	// Items go over in batches: a channel operation per event cost more
+	// than assembling it.
 	go func() {
+		batch := make([]item, 0, readBatch)
 		for {
 			before := tracer.Now()
 			tr.SetDeadline(time.Now().Add(drainEvery))
 			ev, err := tr.Read()
-			it := item{ev: ev}
+			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				readErr <- err
+				return
+			}
 			if err != nil {
-				if !errors.Is(err, os.ErrDeadlineExceeded) {
-					readErr <- err
-					return
-				}
-				it = item{drained: before}
+				batch = append(batch, item{drained: before})
+			} else {
+				batch = append(batch, item{ev: ev})
+			}
+			if err == nil && len(batch) < readBatch {
+				continue
 			}
 			select {
-			case events <- it:
+			case events <- batch:
+				batch = make([]item, 0, readBatch)
 			case <-stop:
 				return
 			}
@@ -146,19 +158,21 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 	quiescing := false
 	for {
 		select {
-		case it := <-events:
-			if it.drained != 0 {
-				seen = max(seen, it.drained)
-				continue
-			}
-			ev := it.ev
-			seen = max(seen, ev.Time)
-			if opts.Record != nil {
-				opts.Record(ev)
-			}
-			j.Event(ev)
-			if emit(a.Add(ev)) {
-				return finish()
+		case batch := <-events:
+			for _, it := range batch {
+				if it.drained != 0 {
+					seen = max(seen, it.drained)
+					continue
+				}
+				ev := it.ev
+				seen = max(seen, ev.Time)
+				if opts.Record != nil {
+					opts.Record(ev)
+				}
+				j.Event(ev)
+				if emit(a.Add(ev)) {
+					return finish()
+				}
 			}
 		case <-ticker.C:
 			if opts.Alive != nil {

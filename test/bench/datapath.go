@@ -2,9 +2,11 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -20,7 +22,9 @@ import (
 // config is one way of watching the node while the load runs.
 type config struct {
 	key, name string
-	start     func() (stop func(), err error)
+	// start starts watching; stop ends it and returns what the tool
+	// printed on stdout.
+	start func() (stop func() string, err error)
 }
 
 // workload is one wrk run through the ClusterIP.
@@ -35,6 +39,10 @@ type workload struct {
 var configsFlag, workloadsFlag string
 
 var (
+	cpuRE      = regexp.MustCompile(`^cpu ([0-9.]+) s`)
+	summaryRE  = regexp.MustCompile(`(?m)^\d+ connection\(s\).*$`)
+	lostRE     = regexp.MustCompile(`(\d+) events lost`)
+	connsRE    = regexp.MustCompile(`^(\d+) connection`)
 	reqRE      = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 	transferRE = regexp.MustCompile(`Transfer/sec:\s+([0-9.]+)([KMG]?B)`)
 )
@@ -63,17 +71,20 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 	web, other := l.Scenarios[0].VIP(), l.Scenarios[3].VIP() // healthy; hung, never connected to
 	node := l.Node.Spec
 	configs := []config{
-		{"a", "no tracing", func() (func(), error) { return func() {}, nil }},
-		{"b", "svctrace tracing this Service", func() (func(), error) {
+		{"a", "no tracing", func() (func() string, error) { return func() string { return "" }, nil }},
+		{"b", "svctrace tracing this Service", func() (func() string, error) {
 			return background(bin, "Ctrl-C to stop", "trace", "--netns", node, "--addr", web.String(), "--timeout", "1s")
 		}},
-		{"c", "svctrace tracing another Service (filter miss)", func() (func(), error) {
+		{"c", "svctrace tracing another Service (filter miss)", func() (func() string, error) {
 			return background(bin, "Ctrl-C to stop", "trace", "--netns", node, "--addr", other.String(), "--timeout", "1s")
 		}},
-		{"d", "tcpdump -i any -w /dev/null", func() (func(), error) {
+		{"d", "tcpdump -i any -w /dev/null", func() (func() string, error) {
 			return background("ip", "listening on", "netns", "exec", node, "tcpdump", "-i", "any", "-w", "/dev/null")
 		}},
-		{"e", "nftables trace (nftrace + nft monitor trace)", func() (func(), error) { return nftTrace(l, web.String()) }},
+		{"e", "nftables trace (nftrace + nft monitor trace)", func() (func() string, error) { return nftTrace(l, web.String()) }},
+		{"f", "svctrace tracing this Service, --every-packet (no event budget: overload)", func() (func() string, error) {
+			return background(bin, "Ctrl-C to stop", "trace", "--netns", node, "--addr", web.String(), "--timeout", "1s", "--every-packet")
+		}},
 	}
 	url := "http://" + web.String()
 	workloads := []workload{
@@ -84,6 +95,8 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 	configs = slices.DeleteFunc(configs, func(c config) bool { return c.key != "a" && !chosen(configsFlag, c.key) })
 	workloads = slices.DeleteFunc(workloads, func(w workload) bool { return !chosen(workloadsFlag, w.key) })
 	results := map[string]map[string][]float64{}
+	lost, conns := map[string]int{}, map[string]int{}
+	cpu := map[string][]float64{} // CPU seconds of the watching process, per round
 	var raw strings.Builder
 	// Warm up caches, conntrack and the servers.
 	if len(workloads) == 0 {
@@ -108,7 +121,22 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 				results[c.key][w.key] = append(results[c.key][w.key], v)
 				fmt.Fprintf(&raw, "round %d, (%s) %s, %s: %.1f %s\n%s\n", round, c.key, c.name, w.name, v, w.unit, indent(out))
 			}
-			stop()
+			said := stop()
+			if m := cpuRE.FindStringSubmatch(said); m != nil {
+				v, _ := strconv.ParseFloat(m[1], 64)
+				cpu[c.key] = append(cpu[c.key], v)
+			}
+			if sum := summaryRE.FindString(said); sum != "" {
+				fmt.Fprintf(&raw, "round %d, (%s) svctrace's summary: %s\n", round, c.key, sum)
+				if m := lostRE.FindStringSubmatch(sum); m != nil {
+					n, _ := strconv.Atoi(m[1])
+					lost[c.key] += n
+				}
+				if m := connsRE.FindStringSubmatch(sum); m != nil {
+					n, _ := strconv.Atoi(m[1])
+					conns[c.key] += n
+				}
+			}
 		}
 	}
 
@@ -134,8 +162,18 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 		t.WriteString("\n")
 	}
 	s := section{title: "Data-path overhead", raw: raw.String(), table: t.String(),
-		method: fmt.Sprintf("The lab (one node namespace with kube-proxy-style iptables rules, pods on a bridge, a client): wrk in the client namespace against the healthy Service's ClusterIP %s, through DNAT and masquerade to two pods. Five configurations, each run for %s per workload, %d rounds interleaved; the table shows medians and the share of (a). (b) and (c) run the svctrace binary (`svctrace trace --netns … --addr …`, output to a pipe it drains); (d) tcpdump in the node namespace; (e) a `meta nftrace set 1` rule for the same flows at priority -350 and `nft monitor trace` reading the trace events.", web, dur, rounds)}
+		method: fmt.Sprintf("The lab (one node namespace with kube-proxy-style iptables rules, pods on a bridge, a client): wrk in the client namespace against the healthy Service's ClusterIP %s, through DNAT and masquerade to two pods. Six configurations, each run for %s per workload, %d rounds interleaved; the table shows medians and the share of (a). (b), (c) and (f) run the svctrace binary (`svctrace trace --netns … --addr …`, output to a pipe it drains); (d) tcpdump in the node namespace; (e) a `meta nftrace set 1` rule for the same flows at priority -350 and `nft monitor trace` reading the trace events. Each run starts with an empty conntrack table, and the pods keep no TIME_WAIT sockets.", web, dur, rounds)}
 	pct := func(c, w string) float64 { return 100 * med[c][w] / base[w] }
+	for _, c := range configs {
+		if v := cpu[c.key]; len(v) > 0 {
+			s.notes = append(s.notes, fmt.Sprintf("- (%s) the watching process used %.2f CPU-seconds (median) per round of %d workloads × %s.", c.key, median(v), len(workloads), dur))
+		}
+	}
+	for _, k := range []string{"b", "f"} {
+		if conns[k] > 0 || lost[k] > 0 {
+			s.notes = append(s.notes, fmt.Sprintf("- (%s) reported %d connections in all and lost %d events (ring buffer full).", k, conns[k], lost[k]))
+		}
+	}
 	for _, w := range workloads {
 		s.notes = append(s.notes, fmt.Sprintf("- %s: (c) %.1f %% of (a) [target ≥ 99 %%: %s]; (b) %.1f %% [target ≥ 95 %%: %s]; (b) against tcpdump %.1f %% and nftables trace %.1f %% [target: cheaper than both: %s].",
 			w.name, pct("c", w.key), verdict(pct("c", w.key) >= 99), pct("b", w.key), verdict(pct("b", w.key) >= 95),
@@ -175,7 +213,7 @@ func runWrk(l *lab.Lab, w workload, dur time.Duration) (float64, string, error) 
 
 // background starts a command and waits until its stderr says it is ready;
 // stop ends it (SIGINT, as an operator would) and waits.
-func background(name, ready string, args ...string) (func(), error) {
+func background(name, ready string, args ...string) (func() string, error) {
 	cmd := exec.Command(name, args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -188,7 +226,9 @@ func background(name, ready string, args ...string) (func(), error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	go io.Copy(io.Discard, stdout)
+	var out bytes.Buffer
+	copied := make(chan struct{})
+	go func() { io.Copy(&out, stdout); close(copied) }()
 	ok := make(chan bool, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -214,22 +254,24 @@ func background(name, ready string, args ...string) (func(), error) {
 		cmd.Wait()
 		return nil, fmt.Errorf("%s: no %q after 15s", filepath.Base(name), ready)
 	}
-	return func() {
+	return func() string {
+		cpu := cpuSeconds(cmd.Process.Pid)
 		cmd.Process.Signal(interrupt)
 		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
+		go func() { <-copied; cmd.Wait(); close(done) }()
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
 			cmd.Process.Kill()
 			<-done
 		}
+		return fmt.Sprintf("cpu %.2f s\n%s", cpu, out.String())
 	}, nil
 }
 
 // nftTrace marks the flows to vip for nftables tracing and reads the trace
 // events, as an operator would debug with nft.
-func nftTrace(l *lab.Lab, vip string) (func(), error) {
+func nftTrace(l *lab.Lab, vip string) (func() string, error) {
 	host, port, _ := strings.Cut(vip, ":")
 	rules := fmt.Sprintf("table inet svctrace_bench {\n chain pre {\n  type filter hook prerouting priority -350; policy accept;\n  ip daddr %s tcp dport %s meta nftrace set 1\n }\n}\n", host, port)
 	if _, err := topo.Run(l.Node, rules, "nft", "-f", "-"); err != nil {
@@ -243,11 +285,28 @@ func nftTrace(l *lab.Lab, vip string) (func(), error) {
 		return nil, err
 	}
 	time.Sleep(300 * time.Millisecond) // nft subscribes to the trace events
-	return func() {
+	return func() string {
 		cancel()
 		cmd.Wait()
 		topo.Run(l.Node, "", "nft", "delete", "table", "inet", "svctrace_bench")
+		return ""
 	}, nil
+}
+
+// cpuSeconds is the user and system CPU time a process has used so far.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces) in parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // clock ticks: USER_HZ is 100 on Linux
 }
 
 func median(v []float64) float64 {
