@@ -592,53 +592,63 @@ static __always_inline void ct_orig_dst(struct nf_conn *ct, __u8 family, struct 
 /* ---- filter -------------------------------------------------------------- */
 
 /* The rarer paths are functions of their own, one per way of reading (the
- * stack would not hold them inlined): start following ct, whose original
- * destination is dst, and key a quiet direction. Per-CPU scratch space: an
- * observer interrupted here by another on the same CPU (process context)
- * may store the other's values, which the next packet then corrects. */
-#define FOLLOW(name, direct)                                                                   \
-	static __noinline void name(struct nf_conn *ct, __u8 family, struct target_key *dst)  \
-	{                                                                                      \
-		__u32 zero = 0;                                                                \
-		struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);                     \
-		__u64 id = (__u64)ct;                                                          \
-                                                                                               \
-		if (!sc)                                                                       \
-			return;                                                                \
-		__builtin_memset(sc, 0, sizeof(*sc));                                          \
-		sc->f.dst = *dst;                                                              \
-		sc->f.reported = bpf_ktime_get_ns();                                           \
-		bpf_map_update_elem(&tracked, &id, &sc->f, BPF_ANY);                           \
-		/* Tuples an earlier connection on these addresses left there. */             \
-		CT_TUPLE(direct, ct, IP_CT_DIR_ORIGINAL, family, &sc->t);                      \
-		bpf_map_delete_elem(&quiet_tuples, &sc->t);                                    \
-		CT_TUPLE(direct, ct, IP_CT_DIR_REPLY, family, &sc->t);                         \
-		bpf_map_delete_elem(&quiet_tuples, &sc->t);                                    \
-	}
+ * stack would not hold them inlined): BOTH_WAYS(name, (params), args...)
+ * makes name_direct and name_copied of the inline name(args..., direct), and
+ * WAY calls the one for direct. */
+#define BOTH_WAYS(name, params, ...)                                            \
+	static __noinline void name##_direct params { name(__VA_ARGS__, 1); } \
+	static __noinline void name##_copied params { name(__VA_ARGS__, 0); }
+#define WAY(name, direct, ...)                            \
+	do {                                              \
+		if (direct)                               \
+			name##_direct(__VA_ARGS__);       \
+		else                                      \
+			name##_copied(__VA_ARGS__);       \
+	} while (0)
 
-/* As a packet arrives: the original tuple one way, the reply tuple the
- * other. */
-#define KEY_QUIET(name, direct)                                                    \
-	static __noinline void name(struct nf_conn *ct, __u8 family, int dir)      \
-	{                                                                          \
-		__u32 zero = 0;                                                    \
-		struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);         \
-		__u64 id = (__u64)ct;                                              \
-                                                                                   \
-		if (!sc)                                                           \
-			return;                                                    \
-		__builtin_memset(&sc->t, 0, sizeof(sc->t));                        \
-		if (dir)                                                           \
-			CT_TUPLE(direct, ct, IP_CT_DIR_REPLY, family, &sc->t);     \
-		else                                                               \
-			CT_TUPLE(direct, ct, IP_CT_DIR_ORIGINAL, family, &sc->t);  \
-		bpf_map_update_elem(&quiet_tuples, &sc->t, &id, BPF_ANY);          \
-	}
+/* Starts following ct, whose original destination is dst. Per-CPU scratch
+ * space here and in key_quiet: an observer interrupted by another on the
+ * same CPU (process context) may store the other's values, which the next
+ * packet then corrects. */
+static __always_inline void follow(struct nf_conn *ct, __u8 family, struct target_key *dst, int direct)
+{
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+	__u64 id = (__u64)ct;
 
-FOLLOW(follow_direct, 1)
-FOLLOW(follow_copied, 0)
-KEY_QUIET(key_quiet_direct, 1)
-KEY_QUIET(key_quiet_copied, 0)
+	if (!sc)
+		return;
+	__builtin_memset(sc, 0, sizeof(*sc));
+	sc->f.dst = *dst;
+	sc->f.reported = bpf_ktime_get_ns();
+	bpf_map_update_elem(&tracked, &id, &sc->f, BPF_ANY);
+	/* Tuples an earlier connection on these addresses left there. */
+	CT_TUPLE(direct, ct, IP_CT_DIR_ORIGINAL, family, &sc->t);
+	bpf_map_delete_elem(&quiet_tuples, &sc->t);
+	CT_TUPLE(direct, ct, IP_CT_DIR_REPLY, family, &sc->t);
+	bpf_map_delete_elem(&quiet_tuples, &sc->t);
+}
+
+/* Keys direction dir of ct in quiet_tuples as its packets arrive: the
+ * original tuple one way, the reply tuple the other. */
+static __always_inline void key_quiet(struct nf_conn *ct, __u8 family, int dir, int direct)
+{
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+	__u64 id = (__u64)ct;
+
+	if (!sc)
+		return;
+	__builtin_memset(&sc->t, 0, sizeof(sc->t));
+	if (dir)
+		CT_TUPLE(direct, ct, IP_CT_DIR_REPLY, family, &sc->t);
+	else
+		CT_TUPLE(direct, ct, IP_CT_DIR_ORIGINAL, family, &sc->t);
+	bpf_map_update_elem(&quiet_tuples, &sc->t, &id, BPF_ANY);
+}
+
+BOTH_WAYS(follow, (struct nf_conn *ct, __u8 family, struct target_key *dst), ct, family, dst)
+BOTH_WAYS(key_quiet, (struct nf_conn *ct, __u8 family, int dir), ct, family, dir)
 
 /* Decides whether skb belongs to a followed connection. family may be 0 (not
  * known: the tracepoint) and is then taken from the conntrack entry or the
@@ -666,10 +676,7 @@ static __always_inline int match_skb(struct sk_buff *skb, struct match *m, int d
 		}
 		if (!bpf_map_lookup_elem(&targets, &k))
 			return 0;
-		if (direct)
-			follow_direct(ct, m->family, &k);
-		else
-			follow_copied(ct, m->family, &k);
+		WAY(follow, direct, ct, m->family, &k);
 		m->f = bpf_map_lookup_elem(&tracked, &id);
 		return 1;
 	}
@@ -762,15 +769,7 @@ static __always_inline struct event *new_event(struct sk_buff *skb, struct match
 }
 
 /* Reports the counters of a connection's quiet packets (EVENT_COUNT) and
- * starts them again; kept for the next report if the ring buffer is full.
- * A function of its own (one per way of reading) for the stack's sake. */
-#define REPORT_COUNTS(name, direct)                                                                  \
-	static __noinline void name(struct followed *f, struct nf_conn *ct, __u8 family, __u8 ctinfo, \
-				    __u64 now)                                                       \
-	{                                                                                            \
-		report_counts(f, ct, family, ctinfo, now, direct);                                   \
-	}
-
+ * starts them again; kept for the next report if the ring buffer is full. */
 static __always_inline void report_counts(struct followed *f, struct nf_conn *ct, __u8 family, __u8 ctinfo,
 					  __u64 now, int direct)
 {
@@ -809,16 +808,8 @@ static __always_inline void report_counts(struct followed *f, struct nf_conn *ct
 	submit(e);
 }
 
-REPORT_COUNTS(report_counts_direct, 1)
-REPORT_COUNTS(report_counts_copied, 0)
-
-#define REPORT(f, m, now, direct)                                                         \
-	do {                                                                              \
-		if (direct)                                                               \
-			report_counts_direct(f, (m)->ct, (m)->family, (m)->ctinfo, now);   \
-		else                                                                      \
-			report_counts_copied(f, (m)->ct, (m)->family, (m)->ctinfo, now);   \
-	} while (0)
+BOTH_WAYS(report_counts, (struct followed *f, struct nf_conn *ct, __u8 family, __u8 ctinfo, __u64 now), f, ct,
+	  family, ctinfo, now)
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -867,10 +858,7 @@ static __always_inline int show_packet(struct sk_buff *skb, struct match *m, __u
 	if (f->seen[dir] >= quiet_after && !f->keyed[dir]) {
 		/* From the next packet on, the observers before conntrack keep
 		 * quiet too. */
-		if (direct)
-			key_quiet_direct(m->ct, m->family, dir);
-		else
-			key_quiet_copied(m->ct, m->family, dir);
+		WAY(key_quiet, direct, m->ct, m->family, dir);
 		f->keyed[dir] = 1;
 	}
 
@@ -879,13 +867,13 @@ static __always_inline int show_packet(struct sk_buff *skb, struct match *m, __u
 	if (full || brief) {
 		/* The counts come before the packet that ends a quiet run. */
 		if (f->quiet_pkts[0] || f->quiet_pkts[1])
-			REPORT(f, m, now, direct);
+			WAY(report_counts, direct, f, m->ct, m->family, m->ctinfo, now);
 		return 1;
 	}
 	__sync_fetch_and_add(&f->quiet_pkts[dir], 1);
 	__sync_fetch_and_add(&f->quiet_bytes[dir], KREAD(direct, struct sk_buff, skb, len));
 	if (now - f->reported >= count_every_ns)
-		REPORT(f, m, now, direct);
+		WAY(report_counts, direct, f, m->ct, m->family, m->ctinfo, now);
 	return 0;
 }
 

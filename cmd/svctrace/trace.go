@@ -148,18 +148,12 @@ type session struct {
 	recordState func()
 }
 
-// countEvery is how often the kernel reports a busy connection's counted
-// packets: often enough that it never looks idle for the no-reply timeout.
-func countEvery(timeout time.Duration) time.Duration {
-	return min(250*time.Millisecond, timeout/4)
-}
-
 // trace attaches, prints each connection as it completes and a summary at
 // the end.
 func (g *globals) trace(ctx context.Context, s session) error {
 	start := time.Now()
 	tr, err := tracer.Open(tracer.Options{NetNS: s.netns, Targets: s.targets, Backend: g.backend, Snaplen: s.snaplen,
-		EveryPacket: s.everyPacket, CountEvery: countEvery(s.timeout), Logf: g.logf})
+		EveryPacket: s.everyPacket, CountEvery: tracer.CountEveryFor(s.timeout), Logf: g.logf})
 	if err != nil {
 		if s.rec != nil {
 			s.rec.Discard() // nothing was recorded: no file left behind

@@ -78,7 +78,7 @@ func (l *Lab) Run(ctx context.Context, opts RunOptions) ([]Result, tracer.Info, 
 		opts.Timeout = 1500 * time.Millisecond
 	}
 	tr, err := tracer.Open(tracer.Options{NetNS: l.Node.Path, Targets: l.Targets(), Backend: opts.Backend, Snaplen: opts.Snaplen,
-		EveryPacket: opts.EveryPacket, CountEvery: opts.Timeout / 4, Logf: opts.Logf})
+		EveryPacket: opts.EveryPacket, CountEvery: tracer.CountEveryFor(opts.Timeout), Logf: opts.Logf})
 	if err != nil {
 		return nil, tracer.Info{}, live.Result{}, err
 	}

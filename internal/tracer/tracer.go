@@ -54,7 +54,7 @@ type Options struct {
 	EveryPacket bool
 	// CountEvery is how often the counts of a busy connection's unreported
 	// packets are reported; 0: 250ms. It keeps a quiet connection from
-	// looking idle: keep it well below the no-reply timeout.
+	// looking idle: CountEveryFor gives it for a no-reply timeout.
 	CountEvery time.Duration
 	// Logf, if set, receives progress and verifier details (--verbose).
 	Logf func(format string, args ...any)
@@ -77,6 +77,12 @@ type Info struct {
 	// Shifted lists observers attached away from their stage's priority
 	// because another hook held it, e.g. "ipv6 INPUT/last at 2147483645".
 	Shifted []string
+}
+
+// CountEveryFor is Options.CountEvery for a no-reply timeout: often enough
+// that a busy connection never looks idle for that long.
+func CountEveryFor(timeout time.Duration) time.Duration {
+	return min(250*time.Millisecond, timeout/4)
 }
 
 // QuietAfter is how many packets each way of a connection are reported

@@ -22,9 +22,8 @@ import (
 // config is one way of watching the node while the load runs.
 type config struct {
 	key, name string
-	// start starts watching; stop ends it and returns what the tool
-	// printed on stdout.
-	start func() (stop func() string, err error)
+	// start starts watching; stop ends it and says what the watcher did.
+	start func() (stop func() watched, err error)
 }
 
 // workload is one wrk run through the ClusterIP.
@@ -34,12 +33,18 @@ type workload struct {
 	metric          *regexp.Regexp // what to read off wrk's output
 }
 
+// watched is what a watching process did: what it printed on stdout, and
+// the CPU time it used (0 where nothing ran).
+type watched struct {
+	out string
+	cpu float64
+}
+
 // configsFlag and workloadsFlag choose a subset of the data-path runs
 // (-configs, -workloads), for working on one figure.
 var configsFlag, workloadsFlag string
 
 var (
-	cpuRE      = regexp.MustCompile(`^cpu ([0-9.]+) s`)
 	summaryRE  = regexp.MustCompile(`(?m)^\d+ connection\(s\).*$`)
 	lostRE     = regexp.MustCompile(`(\d+) events lost`)
 	connsRE    = regexp.MustCompile(`^(\d+) connection`)
@@ -71,18 +76,18 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 	web, other := l.Scenarios[0].VIP(), l.Scenarios[3].VIP() // healthy; hung, never connected to
 	node := l.Node.Spec
 	configs := []config{
-		{"a", "no tracing", func() (func() string, error) { return func() string { return "" }, nil }},
-		{"b", "svctrace tracing this Service", func() (func() string, error) {
+		{"a", "no tracing", func() (func() watched, error) { return func() watched { return watched{} }, nil }},
+		{"b", "svctrace tracing this Service", func() (func() watched, error) {
 			return background(bin, "Ctrl-C to stop", "trace", "--netns", node, "--addr", web.String(), "--timeout", "1s")
 		}},
-		{"c", "svctrace tracing another Service (filter miss)", func() (func() string, error) {
+		{"c", "svctrace tracing another Service (filter miss)", func() (func() watched, error) {
 			return background(bin, "Ctrl-C to stop", "trace", "--netns", node, "--addr", other.String(), "--timeout", "1s")
 		}},
-		{"d", "tcpdump -i any -w /dev/null", func() (func() string, error) {
+		{"d", "tcpdump -i any -w /dev/null", func() (func() watched, error) {
 			return background("ip", "listening on", "netns", "exec", node, "tcpdump", "-i", "any", "-w", "/dev/null")
 		}},
-		{"e", "nftables trace (nftrace + nft monitor trace)", func() (func() string, error) { return nftTrace(l, web.String()) }},
-		{"f", "svctrace tracing this Service, --every-packet (no event budget: overload)", func() (func() string, error) {
+		{"e", "nftables trace (nftrace + nft monitor trace)", func() (func() watched, error) { return nftTrace(l, web.String()) }},
+		{"f", "svctrace tracing this Service, --every-packet (no event budget: overload)", func() (func() watched, error) {
 			return background(bin, "Ctrl-C to stop", "trace", "--netns", node, "--addr", web.String(), "--timeout", "1s", "--every-packet")
 		}},
 	}
@@ -121,12 +126,11 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 				results[c.key][w.key] = append(results[c.key][w.key], v)
 				fmt.Fprintf(&raw, "round %d, (%s) %s, %s: %.1f %s\n%s\n", round, c.key, c.name, w.name, v, w.unit, indent(out))
 			}
-			said := stop()
-			if m := cpuRE.FindStringSubmatch(said); m != nil {
-				v, _ := strconv.ParseFloat(m[1], 64)
-				cpu[c.key] = append(cpu[c.key], v)
+			w := stop()
+			if w.cpu > 0 {
+				cpu[c.key] = append(cpu[c.key], w.cpu)
 			}
-			if sum := summaryRE.FindString(said); sum != "" {
+			if sum := summaryRE.FindString(w.out); sum != "" {
 				fmt.Fprintf(&raw, "round %d, (%s) svctrace's summary: %s\n", round, c.key, sum)
 				if m := lostRE.FindStringSubmatch(sum); m != nil {
 					n, _ := strconv.Atoi(m[1])
@@ -213,7 +217,7 @@ func runWrk(l *lab.Lab, w workload, dur time.Duration) (float64, string, error) 
 
 // background starts a command and waits until its stderr says it is ready;
 // stop ends it (SIGINT, as an operator would) and waits.
-func background(name, ready string, args ...string) (func() string, error) {
+func background(name, ready string, args ...string) (func() watched, error) {
 	cmd := exec.Command(name, args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -254,7 +258,7 @@ func background(name, ready string, args ...string) (func() string, error) {
 		cmd.Wait()
 		return nil, fmt.Errorf("%s: no %q after 15s", filepath.Base(name), ready)
 	}
-	return func() string {
+	return func() watched {
 		cpu := cpuSeconds(cmd.Process.Pid)
 		cmd.Process.Signal(interrupt)
 		done := make(chan struct{})
@@ -265,13 +269,13 @@ func background(name, ready string, args ...string) (func() string, error) {
 			cmd.Process.Kill()
 			<-done
 		}
-		return fmt.Sprintf("cpu %.2f s\n%s", cpu, out.String())
+		return watched{out: out.String(), cpu: cpu}
 	}, nil
 }
 
 // nftTrace marks the flows to vip for nftables tracing and reads the trace
 // events, as an operator would debug with nft.
-func nftTrace(l *lab.Lab, vip string) (func() string, error) {
+func nftTrace(l *lab.Lab, vip string) (func() watched, error) {
 	host, port, _ := strings.Cut(vip, ":")
 	rules := fmt.Sprintf("table inet svctrace_bench {\n chain pre {\n  type filter hook prerouting priority -350; policy accept;\n  ip daddr %s tcp dport %s meta nftrace set 1\n }\n}\n", host, port)
 	if _, err := topo.Run(l.Node, rules, "nft", "-f", "-"); err != nil {
@@ -285,11 +289,11 @@ func nftTrace(l *lab.Lab, vip string) (func() string, error) {
 		return nil, err
 	}
 	time.Sleep(300 * time.Millisecond) // nft subscribes to the trace events
-	return func() string {
+	return func() watched {
 		cancel()
 		cmd.Wait()
 		topo.Run(l.Node, "", "nft", "delete", "table", "inet", "svctrace_bench")
-		return ""
+		return watched{}
 	}, nil
 }
 
