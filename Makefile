@@ -5,7 +5,7 @@
 #   test             all tests; the privileged ones (root) skip when not root
 #   test-privileged  only the packages with privileged tests, failing if not root
 #   lint             gofmt and go vet
-#   bench            measure the cost (data path, start-up, pipeline, scale) into BENCHMARKS.md (root)
+#   bench            measure the cost (data path, start-up, pipeline, scale, memory, flood) into BENCHMARKS.md (root)
 #   fixtures         re-record internal/flow/testdata/lab.jsonl from a lab run (root)
 #   k8s-bins         build etcd, kube-apiserver, kube-controller-manager, kube-proxy (test/k8s), cached
 #   e2e              end-to-end tests against the real control plane and kube-proxy (root)
@@ -63,10 +63,11 @@ lint:
 	  if [ -n "$$out" ]; then echo "not gofmt'ed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-# Measures data path, start-up, event pipeline and scale; writes
-# BENCHMARKS.md (root; needs wrk, tcpdump, nft).
-bench:
-	$(GO) run ./test/bench -out BENCHMARKS.md
+# Measures data path, start-up, event pipeline, scale, memory against a real
+# API server and a connection flood; writes BENCHMARKS.md (root; needs wrk,
+# tcpdump, nft, conntrack, and the Kubernetes binaries).
+bench: k8s-bins
+	$(GO) run ./test/bench -out BENCHMARKS.md -k8s-bin $(K8S_BIN)
 
 fixtures:
 	$(GO) test -count=1 ./internal/lab -run 'TestScenarios$$' -update-fixtures

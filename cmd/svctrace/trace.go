@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -163,6 +164,10 @@ func (g *globals) trace(ctx context.Context, s session) error {
 	defer tr.Close()
 	info := tr.Info()
 	g.logf("attached in %s", time.Since(start).Round(time.Millisecond))
+	// Loading decoded the kernel's BTF (tens of MB of heap, and the mapped
+	// vmlinux file); none of it is needed while tracing. Give it back now
+	// rather than hold it for the whole run.
+	debug.FreeOSMemory()
 	for _, sk := range info.Skipped {
 		fmt.Fprintf(g.stderr, "svctrace: warning: not probed: %s\n", sk)
 	}

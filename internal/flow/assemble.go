@@ -33,17 +33,26 @@ type Options struct {
 	MaxConns int
 	// MaxSteps bounds the steps kept per connection (default 200).
 	MaxSteps int
+	// MaxHeld bounds the steps kept across all connections followed
+	// (default 131072, some 40 MB): beyond it the oldest connection is
+	// reported early. It is what bounds memory in a flood of new
+	// connections, each of which holds tens of steps until it completes.
+	MaxHeld int
 }
 
 // Assembler turns a stream of events into connections. Not safe for
 // concurrent use.
 type Assembler struct {
-	opts   Options
-	conns  []*Conn // followed, oldest first; finished ones are removed by Tick
-	active int
-	byOrig map[tracer.Tuple]*Conn
-	byAny  map[tracer.Tuple]indexed
-	nextID int
+	opts  Options
+	conns []*Conn // followed, oldest first; finished ones are removed by Tick
+	// evicted: conns[:evicted] are all done (evicted since the last Tick),
+	// so a flood of new connections finds the oldest without rescanning.
+	evicted int
+	active  int
+	held    int // steps held by the connections followed
+	byOrig  map[tracer.Tuple]*Conn
+	byAny   map[tracer.Tuple]indexed
+	nextID  int
 	// ended remembers recently reported connections that got no answer, so
 	// a retransmission arriving later is shown as their continuation.
 	ended map[tracer.Tuple]ended
@@ -81,6 +90,9 @@ func New(opts Options) *Assembler {
 	if opts.MaxSteps == 0 {
 		opts.MaxSteps = 200
 	}
+	if opts.MaxHeld == 0 {
+		opts.MaxHeld = 1 << 17
+	}
 	return &Assembler{opts: opts, byOrig: map[tracer.Tuple]*Conn{}, byAny: map[tracer.Tuple]indexed{},
 		ended: map[tracer.Tuple]ended{}}
 }
@@ -114,6 +126,13 @@ func (a *Assembler) Add(ev tracer.Event) []*Conn {
 		c, dir = a.newConn(orig, ev.Time), Original
 	}
 	a.observe(c, ev, dir)
+	for a.held > a.opts.MaxHeld {
+		o := a.oldest()
+		if o == c {
+			break // the newest is never reported for being new
+		}
+		done = append(done, a.finish(o, ev.Time))
+	}
 	return done
 }
 
@@ -151,7 +170,7 @@ func (a *Assembler) Tick(now uint64) []*Conn {
 		followed = append(followed, c)
 	}
 	clear(a.conns[len(followed):])
-	a.conns = followed
+	a.conns, a.evicted = followed, 0
 	for t, e := range a.ended {
 		if now-e.end > continuationWindow {
 			delete(a.ended, t)
@@ -169,13 +188,13 @@ func (a *Assembler) Flush(now uint64) []*Conn {
 			done = append(done, a.finish(c, now))
 		}
 	}
-	a.conns = nil
+	a.conns, a.evicted = nil, 0
 	return done
 }
 
 func (a *Assembler) oldest() *Conn {
-	for _, c := range a.conns {
-		if !c.done {
+	for ; a.evicted < len(a.conns); a.evicted++ {
+		if c := a.conns[a.evicted]; !c.done {
 			return c
 		}
 	}
@@ -214,6 +233,7 @@ func (a *Assembler) index(c *Conn, t tracer.Tuple, d Dir) {
 func (a *Assembler) finish(c *Conn, now uint64) *Conn {
 	c.done = true
 	a.active--
+	a.held -= len(c.Steps)
 	orig := tracer.Tuple{Src: c.Client, Dst: c.VIP, Proto: c.Proto}
 	if a.byOrig[orig] == c {
 		delete(a.byOrig, orig)
@@ -491,6 +511,7 @@ func (a *Assembler) step(c *Conn, pk *packet, ev tracer.Event, note string, dr *
 		s.Drop = &d
 	}
 	c.Steps = append(c.Steps, s)
+	a.held++
 }
 
 func flags(ev tracer.Event) string {

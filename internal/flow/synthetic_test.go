@@ -178,6 +178,60 @@ func TestMaxConnsReportsTheOldestEarly(t *testing.T) {
 	}
 }
 
+// A flood of new connections between two Ticks: every one past MaxConns
+// reports the oldest still followed, in order, and the table and its
+// indexes stay at MaxConns.
+func TestFloodStaysWithinMaxConns(t *testing.T) {
+	const max, flood = 1000, 100000
+	a := New(Options{NodeNetNS: nodeNS, MaxConns: max})
+	next := 1
+	for i := range flood {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 16), byte(i >> 8)}), uint16(i))
+		done := a.Add(tracer.Event{Time: uint64(i + 1), Kind: tracer.KindHook, Hook: tracer.PreRouting,
+			Stage: tracer.StagePreConntrack, NetNS: nodeNS, Packet: uint64(i + 1),
+			Tuple: tracer.Tuple{Src: src, Dst: netip.MustParseAddrPort("10.96.0.10:80"), Proto: tracer.TCP}, TCPFlags: tracer.SYN})
+		if i < max {
+			if len(done) != 0 {
+				t.Fatalf("connection %d: %d reported early", i+1, len(done))
+			}
+			continue
+		}
+		if len(done) != 1 || done[0].ID != next {
+			t.Fatalf("connection %d: reported %d, want #%d alone", i+1, len(done), next)
+		}
+		next++
+	}
+	// A SYN before conntrack is indexed both ways.
+	if a.Active() != max || len(a.byOrig) != max || len(a.byAny) != 2*max || len(a.ended) > max {
+		t.Errorf("active %d, indexed %d/%d, ended %d; want %d", a.Active(), len(a.byOrig), len(a.byAny), len(a.ended), max)
+	}
+	if n := len(a.Tick(flood + 1)); n != 0 || len(a.conns) != max {
+		t.Errorf("tick reported %d, kept %d; want 0 and %d", n, len(a.conns), max)
+	}
+}
+
+// Connections that each hold many steps: the steps held stay within
+// MaxHeld, however many connections that allows.
+func TestStepsHeldStayWithinMaxHeld(t *testing.T) {
+	const held, perConn = 100, 10
+	a := New(Options{NodeNetNS: nodeNS, MaxHeld: held})
+	reported := 0
+	for i := range 1000 {
+		tu := tracer.Tuple{Src: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.1"), uint16(1000+i)),
+			Dst: netip.MustParseAddrPort("10.96.0.10:80"), Proto: tracer.TCP}
+		for j := range perConn { // a SYN seen at one observer after another
+			reported += len(a.Add(tracer.Event{Time: uint64(i*perConn + j + 1), Kind: tracer.KindHook, Hook: tracer.PreRouting,
+				Stage: tracer.Stage(j % 3), NetNS: nodeNS, Packet: uint64(i + 1), Tuple: tu, TCPFlags: tracer.SYN}))
+		}
+		if a.held > held+perConn { // the newest may go past it until it is no longer the newest
+			t.Fatalf("after connection %d: %d steps held by %d connections; want at most %d", i+1, a.held, a.Active(), held)
+		}
+	}
+	if reported+a.Active() != 1000 || a.Active() > held/2 {
+		t.Errorf("%d reported early, %d followed; want most of 1000 reported", reported, a.Active())
+	}
+}
+
 // A drop the kernel side could not place in a namespace is where the packet
 // was last seen: here the node's own connection, dropped in OUTPUT.
 func TestDropWithoutNamespaceIsPlacedWhereLastSeen(t *testing.T) {

@@ -33,11 +33,12 @@ type workload struct {
 	metric          *regexp.Regexp // what to read off wrk's output
 }
 
-// watched is what a watching process did: what it printed on stdout, and
-// the CPU time it used (0 where nothing ran).
+// watched is what a watching process did: the end of what it printed on
+// stdout, the CPU time it used and its peak memory (0 where nothing ran).
 type watched struct {
-	out string
-	cpu float64
+	out    string  // its standard output's last 64 KiB
+	cpu    float64 // seconds
+	peakMB float64 // its peak resident set
 }
 
 // configsFlag and workloadsFlag choose a subset of the data-path runs
@@ -230,9 +231,10 @@ func background(name, ready string, args ...string) (func() watched, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	var out bytes.Buffer
+	// Only the end is kept (the summary): a flood prints gigabytes.
+	out := &tail{max: 64 << 10}
 	copied := make(chan struct{})
-	go func() { io.Copy(&out, stdout); close(copied) }()
+	go func() { io.Copy(out, stdout); close(copied) }()
 	ok := make(chan bool, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -259,7 +261,7 @@ func background(name, ready string, args ...string) (func() watched, error) {
 		return nil, fmt.Errorf("%s: no %q after 15s", filepath.Base(name), ready)
 	}
 	return func() watched {
-		cpu := cpuSeconds(cmd.Process.Pid)
+		cpu, peak := cpuSeconds(cmd.Process.Pid), peakMB(cmd.Process.Pid)
 		cmd.Process.Signal(interrupt)
 		done := make(chan struct{})
 		go func() { <-copied; cmd.Wait(); close(done) }()
@@ -269,8 +271,22 @@ func background(name, ready string, args ...string) (func() watched, error) {
 			cmd.Process.Kill()
 			<-done
 		}
-		return watched{out: out.String(), cpu: cpu}
+		return watched{out: string(out.b), cpu: cpu, peakMB: peak}
 	}, nil
+}
+
+// tail is a writer that keeps the last max bytes written to it.
+type tail struct {
+	max int
+	b   []byte
+}
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.b = append(t.b, p...)
+	if len(t.b) > 2*t.max {
+		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
+	}
+	return len(p), nil
 }
 
 // nftTrace marks the flows to vip for nftables tracing and reads the trace
@@ -295,6 +311,24 @@ func nftTrace(l *lab.Lab, vip string) (func() watched, error) {
 		topo.Run(l.Node, "", "nft", "delete", "table", "inet", "svctrace_bench")
 		return watched{}
 	}, nil
+}
+
+// peakMB is the peak resident set of a process so far, its VmHWM. Not
+// getrusage's ru_maxrss: that keeps the high-water mark of the memory the
+// process had before it called exec, which for a child of a Go program
+// is the parent's.
+func peakMB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
 }
 
 // cpuSeconds is the user and system CPU time a process has used so far.

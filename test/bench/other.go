@@ -189,7 +189,7 @@ func scale() (section, error) {
 			services, perService, services*perService, strings.Count(rules, "\n"), float64(len(rules))/1e6, services*(perService+1), float64(len(dump))/1e6),
 		table: fmt.Sprintf("| | figure | target |\n|---|---:|---|\n| parse the iptables-save text (median of 3) | %.2f s | ≤ 0.5 s: %s |\n| Service ports found | %d | |\n| read the nftables ruleset over netlink (median of 3) | %.2f s | ≤ 0.5 s: %s |\n| Service ports found | %d | |\n| (loading it with nft -f, for scale) | %.1f s | |\n| read the object dump (--objects) | %.2f s | |\n| heap holding those objects | %.0f MB | |\n",
 			m, verdict(m <= 0.5), len(r.Ports), nm, verdict(nm <= 0.5), nftPorts, nftLoad.Seconds(), read.Seconds(), held),
-		notes: []string{fmt.Sprintf("%d Services and %d EndpointSlices read. svctrace SERVICE against the API does not hold them: it lists by name, label and field selector and watches narrowly, so its memory does not grow with the cluster; measuring its RSS against an API server holding this many objects, and a 1 M-connection flood against the LRU tables, are not part of this run yet.", len(o.Services), len(o.Slices))}}, nil
+		notes: []string{fmt.Sprintf("%d Services and %d EndpointSlices read. svctrace SERVICE against the API does not hold them: it lists by name, label and field selector and watches narrowly, so its memory does not grow with the cluster (see Memory against a large API server).", len(o.Services), len(o.Slices))}}, nil
 }
 
 func minOf(v []float64) float64 {

@@ -71,7 +71,7 @@ var (
 )
 
 // svctrace builds the command once per test binary.
-func svctrace(t *testing.T) string {
+func svctrace(t testing.TB) string {
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "svctrace-e2e-bin")
 		if err != nil {
@@ -321,24 +321,8 @@ func TestAPIServerGoesAway(t *testing.T) {
 	c := cluster.Up(t, cluster.Options{Mode: cluster.IPTables})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	s := stories()[0] // healthy
-	var ready []netip.AddrPort
-	for _, ps := range s.pods {
-		p, err := c.AddPod(ctx, ps)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ready = append(ready, netip.AddrPortFrom(p.IP, 8080))
-	}
-	svc, err := c.CreateService(ctx, s.svc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.svc = svc
-	if err := c.WaitService(ctx, svc, map[string][]netip.AddrPort{"http": ready}); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("ip", "netns", "exec", filepath.Base(c.Node.Path), svctrace(t), svc.Name, "-n", shop,
+	s := healthy(ctx, t, c)
+	cmd := exec.Command("ip", "netns", "exec", filepath.Base(c.Node.Path), svctrace(t), s.svc.Name, "-n", shop,
 		"--node", cluster.NodeName, "--count", "1", "--duration", "60s", "--timeout", "1500ms", "--kubeconfig", c.Kubeconfig)
 	var stdout strings.Builder
 	var stderr syncBuilder
@@ -374,6 +358,30 @@ func TestAPIServerGoesAway(t *testing.T) {
 	if strings.Contains(stderr.String(), "reflector") {
 		t.Errorf("client-go's own logging reached stderr:\n%s", stderr.String())
 	}
+}
+
+// healthy sets up the first story, a Service with two ready pods, and
+// waits until kube-proxy sends its traffic to them.
+func healthy(ctx context.Context, t testing.TB, c *cluster.Cluster) *story {
+	t.Helper()
+	s := stories()[0]
+	var ready []netip.AddrPort
+	for _, ps := range s.pods {
+		p, err := c.AddPod(ctx, ps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ready = append(ready, netip.AddrPortFrom(p.IP, 8080))
+	}
+	svc, err := c.CreateService(ctx, s.svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.svc = svc
+	if err := c.WaitService(ctx, svc, map[string][]netip.AddrPort{"http": ready}); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // syncBuilder is a strings.Builder safe for a writer and a reader.
