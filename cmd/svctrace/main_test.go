@@ -93,6 +93,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"web-service", "--kubeconfig", "/nonexistent/kubeconfig"}, "kubeconfig"},
 		{[]string{"web-service", "--objects", "/nonexistent/dump.yaml"}, "--objects"},
 		{[]string{"check"}, "name one Service"},
+		{[]string{"web-service", "--from", "pod/x"}, "add --probe"},
+		{[]string{"web-service", "--probe=ftp"}, "unknown probe \"ftp\""},
+		{[]string{"web-service", "--probe", "--from", "deploy/x"}, "use node or pod/NAME"},
 		{[]string{"a", "b"}, "accepts at most 1 arg"},
 		{[]string{"lab", "-o", "yaml"}, "use -o text or -o json"},
 		{[]string{"trace", "--addr", "10.0.0.1:80", "--bogus"}, "unknown flag: --bogus"},
@@ -120,6 +123,7 @@ type jsonLine struct {
 	Kind     string          `json:"kind"`
 	Scenario string          `json:"scenario"`
 	Verdict  string          `json:"verdict"`
+	Client   netip.AddrPort  `json:"client"`
 	Endpoint *netip.AddrPort `json:"endpoint"`
 	SNAT     *netip.AddrPort `json:"snat"`
 	Drop     *struct {

@@ -16,6 +16,7 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/output"
+	"github.com/svctrace/svctrace/internal/probe"
 	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
@@ -37,6 +38,8 @@ type serviceOptions struct {
 	count      int
 	timeout    time.Duration
 	rec        recordFlags
+	probe      string // --probe: "", connect or http
+	from       string // --probe's source: node or pod/[NAMESPACE/]NAME
 }
 
 const serviceExamples = `  # on a node: diagnose Service web in namespace shop, then trace its connections
@@ -65,6 +68,9 @@ func (o *serviceOptions) addFlags(cmd *cobra.Command, tracing bool) {
 		f.DurationVar(&o.duration, "duration", 0, "stop after this long (default: until Ctrl-C)")
 		f.IntVar(&o.count, "count", 0, "stop after this many connections")
 		f.DurationVar(&o.timeout, "timeout", 5*time.Second, "report a connection as no-reply after this long without an answer")
+		f.StringVar(&o.probe, "probe", "", "open a test connection to each of the Service's ClusterIP ports, trace it and stop: a TCP connect or a UDP datagram; --probe=http sends GET /")
+		f.Lookup("probe").NoOptDefVal = string(probe.Connect)
+		f.StringVar(&o.from, "from", "node", "where --probe connects from: node, or pod/NAME (a Pod on this node; pod/NAMESPACE/NAME for one outside -n)")
 		o.rec.add(f)
 	}
 }
@@ -131,6 +137,9 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 	if o.output != "text" && o.output != "json" {
 		return fmt.Errorf("unknown output format %q: use -o text or -o json", o.output)
 	}
+	if err := o.checkProbeFlags(); err != nil {
+		return err
+	}
 	ns, err := tracer.ResolveNetNS(o.netns)
 	if err != nil {
 		return err
@@ -190,12 +199,22 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 		fmt.Fprintf(o.stderr, "nothing to trace: %s has no address and no endpoint on this node's path\n", st.Service.Namespace+"/"+st.Service.Name)
 		return nil
 	}
+	var probes *prober
+	if o.probe != "" {
+		if probes, err = o.prober(ctx, src, ns, st); err != nil {
+			return err
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		probes.done = cancel
+	}
 	var cur atomic.Pointer[state]
 	cur.Store(st)
 	if w, err = o.rec.create(); err != nil {
 		return err
 	}
-	return o.trace(ctx, session{netns: o.netns, targets: st.targets, duration: o.duration, count: o.count, timeout: o.timeout,
+	err = o.trace(ctx, session{netns: o.netns, targets: st.targets, duration: o.duration, count: o.count, timeout: o.timeout,
 		rec: w, snaplen: o.rec.snaplen, everyPacket: o.rec.everyPacket, mode: "service",
 		meta: func(m *record.Meta) {
 			m.Namespace, m.Service, m.Node, m.Addrs = o.namespace, name, local.Name, local.Addrs
@@ -212,6 +231,9 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 			Explain: func(c *flow.Conn) diagnose.Explanation { return cur.Load().Explainer.Explain(c) },
 		},
 		started: func(ctx context.Context, tr *tracer.Tracer) {
+			if probes != nil {
+				go probes.run(ctx)
+			}
 			api, ok := src.(*resolve.API)
 			if !ok {
 				return
@@ -240,6 +262,10 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 			})
 		},
 	})
+	if err == nil && probes != nil && probes.failed.Load() {
+		return errProblems
+	}
+	return err
 }
 
 // source opens the objects: --objects, else the API with the first
