@@ -31,13 +31,13 @@ func TestProbe(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		name     string
-		args     []string
-		probe    string // the probe's line, after "svctrace: probe from "
-		outcome  string // and how it ended
-		verdict  string // the traced connection's
-		failed   bool
-		client   string // the connection's client address; "": the node's
+		name    string
+		args    []string
+		probe   string // the probe's line, after "svctrace: probe from "
+		outcome string // and how it ended
+		verdict string // the traced connection's
+		failed  bool
+		client  string // the connection's client address; "": the node's
 	}{
 		{"from the node", []string{"web", "--probe"}, "node: TCP ", ": connected in ", "answered", false, ""},
 		// Not from a pod of web itself: the lab's bridge has no hairpin
