@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf/link"
@@ -81,4 +83,16 @@ func Links(t testing.TB) map[link.ID]link.Type {
 		t.Fatal(err)
 	}
 	return ids
+}
+
+// StatusMB reads one "Key:  N kB" line of a /proc/PID/status text (VmRSS,
+// VmHWM, RssAnon…), in MB; 0 if the key is not there.
+func StatusMB(status []byte, key string) float64 {
+	for _, l := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(l, key+":"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/topo"
 )
 
@@ -322,13 +323,7 @@ func peakMB(pid int) float64 {
 	if err != nil {
 		return 0
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb / 1024
-		}
-	}
-	return 0
+	return testutil.StatusMB(b, "VmHWM")
 }
 
 // cpuSeconds is the user and system CPU time a process has used so far.

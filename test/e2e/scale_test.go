@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/test/cluster"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -123,18 +124,7 @@ func traceRSS(b *testing.B, c *cluster.Cluster, s *story) traced {
 	}
 	// ip netns exec execs svctrace in its own process. VmHWM, not
 	// getrusage: ru_maxrss keeps the high-water mark from before exec.
-	return traced{peak: statusMB(status, "VmHWM"), rss: statusMB(status, "VmRSS"), anon: statusMB(status, "RssAnon"), ready: ready.Seconds()}
-}
-
-// statusMB reads one "Key:  N kB" line of /proc/PID/status, in MB.
-func statusMB(status []byte, key string) float64 {
-	for _, l := range strings.Split(string(status), "\n") {
-		if v, ok := strings.CutPrefix(l, key+":"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb / 1024
-		}
-	}
-	return 0
+	return traced{peak: testutil.StatusMB(status, "VmHWM"), rss: testutil.StatusMB(status, "VmRSS"), anon: testutil.StatusMB(status, "RssAnon"), ready: ready.Seconds()}
 }
 
 // fillAPI creates scaleServices Services without selectors, each with an
