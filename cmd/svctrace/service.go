@@ -20,7 +20,6 @@ import (
 	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
-	"github.com/vishvananda/netlink"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
@@ -148,7 +147,7 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 	if err != nil {
 		return err
 	}
-	local := resolve.LocalNode{Name: o.nodeName(), Addrs: localAddrs(ns)}
+	local := resolve.LocalNode{Name: o.nodeName(), Addrs: resolve.LocalAddrs(ns)}
 	// The recording (-w), once tracing starts; recording is true once its
 	// first record is written.
 	var w *record.Writer
@@ -332,26 +331,6 @@ func (o *serviceOptions) rules(ns tracer.NetNS, service string) (*kubeproxy.Rule
 		return nil, errors.New("reading kube-proxy's rules needs root (run with sudo)")
 	}
 	return kubeproxy.Read(ns, service)
-}
-
-// localAddrs are the global unicast addresses in the node's namespace:
-// where NodePorts are reached, and how the Node object is found when its
-// name is not the host name.
-func localAddrs(ns tracer.NetNS) []netip.Addr {
-	var out []netip.Addr
-	tracer.InNetNS(ns, func() error {
-		addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
-		if err != nil {
-			return err
-		}
-		for _, a := range addrs {
-			if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap().IsGlobalUnicast() {
-				out = append(out, ip.Unmap())
-			}
-		}
-		return nil
-	})
-	return out
 }
 
 func firstLine(s string) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/resolve"
@@ -50,17 +51,25 @@ func Assess(ctx context.Context, src resolve.Source, namespace, name string, nod
 // AssessView diagnoses objects already gathered (a recording's). Its
 // Explainer names only what the view holds until given a Lookup.
 func AssessView(view *resolve.View, node NodeFacts) *Assessment {
+	// NodePorts are reached on the Node object's addresses and on every
+	// other address of the node (kube-proxy's default in iptables mode).
+	var addrs []netip.Addr
+	if n := view.Nodes[view.LocalNode]; n != nil {
+		addrs = resolve.NodeAddrs(n)
+	}
+	for _, a := range node.Local.Addrs {
+		if !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
 	in := Input{View: view, Service: resolve.NewService(view), Rules: node.Rules, RulesErr: node.RulesErr,
-		KubeProxy: node.KubeProxy, KubeProxyKnown: node.KubeProxyKnown}
-	a := &Assessment{Source: view.Source, View: view, Service: in.Service, Findings: Check(in), Proxy: "not read", NodeAddrs: node.Local.Addrs}
+		KubeProxy: node.KubeProxy, KubeProxyKnown: node.KubeProxyKnown, NodeAddrs: addrs}
+	a := &Assessment{Source: view.Source, View: view, Service: in.Service, Findings: Check(in), Proxy: "not read", NodeAddrs: addrs}
 	switch {
 	case node.Rules != nil:
 		a.Proxy = fmt.Sprintf("%s mode (%s)", node.Rules.Mode, node.Rules.Note)
 	case node.RulesErr != nil:
 		a.Proxy = "not read: " + node.RulesErr.Error()
-	}
-	if n := view.Nodes[view.LocalNode]; n != nil {
-		a.NodeAddrs = resolve.NodeAddrs(n)
 	}
 	a.Explainer = NewExplainer(in, a.Findings, a.NodeAddrs)
 	return a

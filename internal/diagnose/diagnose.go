@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/svctrace/svctrace/internal/kubeproxy"
@@ -54,6 +55,8 @@ type Input struct {
 	// node's processes.
 	KubeProxy      []int
 	KubeProxyKnown bool
+	// NodeAddrs are the node's addresses, where its NodePorts are reached.
+	NodeAddrs []netip.Addr
 }
 
 // Check diagnoses the Service: the classic reasons a Service does not work,
@@ -80,6 +83,8 @@ func Check(in Input) []Finding {
 	if len(c.out) == 0 || c.out[0].Severity != Problem {
 		c.healthy()
 	}
+	// Notes on how the Service is reached come after the verdict on it.
+	c.nodePortAddrs()
 	return c.out
 }
 
@@ -320,11 +325,7 @@ func (c *checker) rules() {
 	if c.svc.Headless || len(c.svc.ClusterIPs) == 0 {
 		return
 	}
-	node := c.View.LocalNode
-	if node == "" {
-		node = "this node"
-	}
-	proxy := "kube-proxy on " + node
+	proxy := "kube-proxy on " + c.nodeName()
 	if c.Rules == nil {
 		c.add(Finding{Severity: Warning, Code: "ruleset-unreadable", Object: proxy,
 			Summary: fmt.Sprintf("kube-proxy's rules on this node could not be read: %v", c.RulesErr)})
@@ -505,6 +506,61 @@ func (c *checker) localPolicy() {
 				Next:     []string{"run an endpoint on every node that has clients (e.g. a DaemonSet), or set internalTrafficPolicy: Cluster"}})
 		}
 	}
+}
+
+// nodePortAddrs: kube-proxy accepts NodePorts only on some of the node's
+// addresses (--nodeport-addresses; in nftables mode by default the
+// primary ones). On the others nothing translates them.
+func (c *checker) nodePortAddrs() {
+	if c.Rules == nil || len(c.Rules.NodePortAddrs) == 0 {
+		return
+	}
+	var ports []string
+	for _, p := range c.svc.Ports {
+		if p.NodePort != 0 {
+			ports = append(ports, strconv.Itoa(int(p.NodePort)))
+		}
+	}
+	var accepted, refused []string
+	for _, a := range c.NodeAddrs {
+		if c.Rules.AcceptsNodePort(a) {
+			accepted = append(accepted, a.String())
+		} else {
+			refused = append(refused, a.String())
+		}
+	}
+	if len(ports) == 0 || len(refused) == 0 {
+		return
+	}
+	c.add(Finding{Severity: Info, Code: "nodeport-addresses", Object: "kube-proxy on " + c.nodeName(),
+		Summary: fmt.Sprintf("kube-proxy accepts NodePort %s only on %s; on this node's other addresses (%s) nothing translates it",
+			strings.Join(ports, ", "), orNone(accepted), strings.Join(refused, ", ")),
+		Evidence: []string{nodePortRule(c.Rules)},
+		Next:     []string{"connect to the NodePort on " + orNone(accepted) + ", or widen kube-proxy's --nodeport-addresses (KubeProxyConfiguration nodePortAddresses)"}})
+}
+
+// nodePortRule says where kube-proxy limits NodePorts to some addresses.
+func nodePortRule(r *kubeproxy.Ruleset) string {
+	var addrs []string
+	for _, p := range r.NodePortAddrs {
+		if p.IsSingleIP() {
+			addrs = append(addrs, p.Addr().String())
+		} else {
+			addrs = append(addrs, p.String())
+		}
+	}
+	s := fmt.Sprintf("%s mode, %s: %s", r.Mode, r.NodePortWhere, strings.Join(addrs, ", "))
+	if r.Mode == kubeproxy.ModeNFTables {
+		s += " (the default in nftables mode is the node's primary addresses)"
+	}
+	return s
+}
+
+func (c *checker) nodeName() string {
+	if c.View.LocalNode == "" {
+		return "this node"
+	}
+	return c.View.LocalNode
 }
 
 func (c *checker) healthy() {

@@ -285,3 +285,42 @@ func TestInternalLocalProgramsLocalEndpointsOnly(t *testing.T) {
 		t.Errorf("findings %v, want internal-local-no-endpoint and kube-proxy-rejects only", codes)
 	}
 }
+
+// kube-proxy accepts NodePorts only on the node's primary address (nftables
+// mode's default): a NodePort Service says so, and a connection to the
+// NodePort on another address of the node is blamed on it.
+func TestNodePortOnAnAddressKubeProxyIgnores(t *testing.T) {
+	web := pod(shop, "web-1", "web", "10.244.0.11", "node-1", true)
+	s := svc("np", "10.96.1.90", map[string]string{"app": "web"}, intstr.FromString("http"))
+	s.Spec.Type, s.Spec.Ports[0].NodePort = corev1.ServiceTypeNodePort, 30090
+	objs := resolve.Objects{Services: []corev1.Service{s}, Pods: []corev1.Pod{web},
+		Slices: []discoveryv1.EndpointSlice{slice("np", 8080, web)}, Nodes: []corev1.Node{node("node-1", "10.99.0.1")}}
+	in, _ := check(t, story{objs: objs})
+	in.Rules.Mode, in.Rules.NodePortWhere = kubeproxy.ModeNFTables, "table ip kube-proxy, set nodeport-ips"
+	in.Rules.NodePortAddrs = []netip.Prefix{netip.MustParsePrefix("10.99.0.1/32")}
+	second := netip.MustParseAddr("10.98.0.1")
+	in.NodeAddrs = []netip.Addr{netip.MustParseAddr("10.99.0.1"), second}
+	fs := Check(in)
+	i := slices.IndexFunc(fs, func(f Finding) bool { return f.Code == "nodeport-addresses" })
+	if i < 0 || !strings.Contains(fs[i].Summary, "accepts NodePort 30090 only on 10.99.0.1; on this node's other addresses (10.98.0.1)") {
+		t.Fatalf("findings %+v", fs)
+	}
+	if fs[0].Code != "healthy" {
+		t.Errorf("first finding %s, want healthy: the Service works on its NodePort addresses", fs[0].Code)
+	}
+
+	x := NewExplainer(in, fs, in.NodeAddrs)
+	c := &flow.Conn{Proto: tracer.TCP, Client: netip.MustParseAddrPort("10.99.0.2:40000"),
+		VIP: netip.AddrPortFrom(second, 30090), Verdict: flow.Reset}
+	e := x.Explain(c)
+	if e.Service != "shop/np:http (NodePort)" ||
+		!strings.HasPrefix(e.Blame, "kube-proxy does not accept NodePorts on 10.98.0.1, so nothing translated 10.98.0.1:30090; use one of its NodePort addresses (nftables mode, table ip kube-proxy, set nodeport-ips: 10.99.0.1") {
+		t.Errorf("%+v", e)
+	}
+	// On the accepted address the NodePort is explained as usual.
+	c = &flow.Conn{Proto: tracer.TCP, Client: c.Client, VIP: netip.MustParseAddrPort("10.99.0.1:30090"),
+		Endpoint: netip.MustParseAddrPort("10.244.0.11:8080"), Verdict: flow.Answered}
+	if e := x.Explain(c); e.Blame != "" || e.Pod != "shop/web-1" {
+		t.Errorf("%+v", e)
+	}
+}

@@ -18,6 +18,9 @@ type Explanation struct {
 	Endpoint string // the endpoint's state: "ready", "not ready", …
 	Rule     string // the rule that rejected or dropped, with its table and chain
 	Blame    string // the object to blame and why, one line
+	// Notes say how the Service's settings shaped the connection: the
+	// traffic policy's effect on the client address, session affinity.
+	Notes []string
 }
 
 // Explainer explains connections of one Service with what Check knows.
@@ -129,6 +132,9 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 	} else if c.Endpoint.IsValid() {
 		e.Endpoint = "not an endpoint of the Service"
 	}
+	if viaService {
+		e.Notes = x.notes(c, ad)
+	}
 	var ownRule bool
 	e.Rule, ownRule = x.rule(c, port)
 	pod := "the endpoint " + c.Endpoint.String()
@@ -137,6 +143,11 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 		if e.Node != "" {
 			pod += " on " + e.Node
 		}
+	}
+	if viaService && ad.Kind == "NodePort" && !c.Endpoint.IsValid() && x.in.Rules != nil && !x.in.Rules.AcceptsNodePort(c.VIP.Addr()) {
+		e.Blame = fmt.Sprintf("kube-proxy does not accept NodePorts on %s, so nothing translated %s; use one of its NodePort addresses (%s)",
+			c.VIP.Addr(), c.VIP, nodePortRule(x.in.Rules))
+		return e
 	}
 	switch c.Verdict {
 	case flow.Rejected, flow.NotTranslated:
@@ -170,6 +181,28 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 		e.Blame = fmt.Sprintf("%s (%s) did not answer on port %d", pod, e.Endpoint, c.Endpoint.Port())
 	}
 	return e
+}
+
+// notes: what externalTrafficPolicy did to the client's address, for a
+// connection that reached an endpoint through an address from outside the
+// cluster (NodePort, external IP, load-balancer IP).
+func (x *Explainer) notes(c *flow.Conn, ad resolve.Address) []string {
+	if ad.Kind == "ClusterIP" || !c.Endpoint.IsValid() {
+		return nil
+	}
+	switch {
+	case c.SNAT.IsValid():
+		policy := "Cluster:"
+		if x.in.Service.ExternalLocal {
+			policy = "Local, but" // e.g. a hairpin from the node itself
+		}
+		return []string{fmt.Sprintf("externalTrafficPolicy: %s the connection was masqueraded to %s: the Pod sees that address, not the client's %s",
+			policy, c.SNAT.Addr(), c.Client.Addr())}
+	case x.in.Service.ExternalLocal:
+		return []string{fmt.Sprintf("externalTrafficPolicy: Local: the Pod sees the client's own address %s (no SNAT); only endpoints on this node serve %s",
+			c.Client.Addr(), ad.Addr)}
+	}
+	return nil
 }
 
 // problem is the first Problem finding about port (or the whole Service).

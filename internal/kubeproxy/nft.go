@@ -27,6 +27,9 @@ type nftDump struct {
 	// ("ip/service-…"): the service and local chains asked for, and
 	// cluster-ips-check.
 	Rules map[string][]nftRule
+	// NodePortIPs are the elements of set nodeport-ips, by family, where
+	// kube-proxy has one: the only addresses it accepts NodePorts on.
+	NodePortIPs map[string][]netip.Addr
 }
 
 // nftRule is what svctrace understands of one rule: the verdict map it
@@ -53,6 +56,11 @@ type nftElem struct {
 
 // kube-proxy's nftables-mode table, in the ip and ip6 families.
 const nftTable = "kube-proxy"
+
+// nodePortIPs is kube-proxy's set of the addresses NodePorts are accepted
+// on, when --nodeport-addresses limits them (by default in nftables mode:
+// the node's primary addresses). Without it, "fib daddr type local".
+const nodePortIPs = "nodeport-ips"
 
 // maps svctrace reads from kube-proxy's table.
 var nftMaps = []string{"service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports"}
@@ -96,7 +104,7 @@ func readNFT(netnsFd int, rulesFor func(PortKey) bool) (*nftDump, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing nftables chains: %w", err)
 	}
-	d := &nftDump{Maps: map[string][]nftElem{}, Rules: map[string][]nftRule{}}
+	d := &nftDump{Maps: map[string][]nftElem{}, Rules: map[string][]nftRule{}, NodePortIPs: map[string][]netip.Addr{}}
 	tables := map[string]*nftables.Table{}
 	var ruleChains []*nftables.Chain
 	for _, ch := range chains {
@@ -129,6 +137,19 @@ func readNFT(netnsFd int, rulesFor func(PortKey) bool) (*nftDump, error) {
 		}
 		for _, s := range ts {
 			sets[fam+"/"+s.Name] = s
+			if s.Name == nodePortIPs {
+				elems, err := elements(c, s)
+				if err != nil {
+					return nil, err
+				}
+				d.NodePortIPs[fam] = []netip.Addr{}
+				for _, e := range elems {
+					if a, ok := netip.AddrFromSlice(e.Key); ok {
+						d.NodePortIPs[fam] = append(d.NodePortIPs[fam], a)
+					}
+				}
+				continue
+			}
 			if !slices.Contains(nftMaps, s.Name) {
 				continue
 			}
@@ -297,6 +318,24 @@ func (r *Ruleset) fromNFT(d *nftDump) {
 			p.addEndpoint(EndpointRule{Addr: ep, Chain: ch.Name})
 		}
 	}
+	for _, fam := range []string{"ip", "ip6"} {
+		ips, ok := d.NodePortIPs[fam]
+		if !ok {
+			continue
+		}
+		if len(ips) == 0 {
+			// No address of this family accepts NodePorts: a prefix no
+			// address is in says so.
+			ips = append(ips, netip.IPv4Unspecified())
+			if fam == "ip6" {
+				ips[0] = netip.IPv6Unspecified()
+			}
+		}
+		for _, a := range ips {
+			r.NodePortAddrs = append(r.NodePortAddrs, netip.PrefixFrom(a, a.BitLen()))
+		}
+		r.NodePortWhere = appendWhere(r.NodePortWhere, fmt.Sprintf("table %s %s, set %s", fam, nftTable, nodePortIPs))
+	}
 	for name, elems := range d.Maps {
 		fam, m, _ := strings.Cut(name, "/")
 		for _, e := range elems {
@@ -370,6 +409,13 @@ func (r *Ruleset) fromNFT(d *nftDump) {
 		r.port(key).Endpoints = eps
 	}
 	r.sort()
+}
+
+func appendWhere(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
 }
 
 // parseNFTChain reads kube-proxy's nftables chain names:

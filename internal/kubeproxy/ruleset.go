@@ -37,6 +37,29 @@ type Ruleset struct {
 	// nftables mode, traffic to service-range addresses that are no
 	// ClusterIP.
 	RangeDrops []RangeDrop
+	// NodePortAddrs are the only addresses kube-proxy accepts NodePort
+	// traffic on (kube-proxy's --nodeport-addresses; nftables mode's
+	// default is the node's primary addresses, set nodeport-ips). None of
+	// a family: every local address of that family.
+	NodePortAddrs []netip.Prefix
+	// NodePortWhere is the rule or set that limits them.
+	NodePortWhere string
+}
+
+// AcceptsNodePort reports whether kube-proxy translates NodePorts arriving
+// for local address a.
+func (r *Ruleset) AcceptsNodePort(a netip.Addr) bool {
+	limited := false
+	for _, p := range r.NodePortAddrs {
+		if p.Addr().Is4() != a.Is4() {
+			continue
+		}
+		if p.Contains(a) {
+			return true
+		}
+		limited = true
+	}
+	return !limited
 }
 
 // RangeDrop is a rule that drops traffic to a range of addresses.
@@ -73,10 +96,14 @@ type rulesetJSON struct {
 	Ports      []*PortRules `json:"ports"`
 	BaseChains []BaseChain  `json:"base_chains,omitempty"`
 	RangeDrops []RangeDrop  `json:"range_drops,omitempty"`
+	// NodePortAddrs and NodePortWhere: see Ruleset.
+	NodePortAddrs []netip.Prefix `json:"nodeport_addrs,omitempty"`
+	NodePortWhere string         `json:"nodeport_where,omitempty"`
 }
 
 func (r Ruleset) MarshalJSON() ([]byte, error) {
-	j := rulesetJSON{Mode: r.Mode, Note: r.Note, BaseChains: r.BaseChains, RangeDrops: r.RangeDrops}
+	j := rulesetJSON{Mode: r.Mode, Note: r.Note, BaseChains: r.BaseChains, RangeDrops: r.RangeDrops,
+		NodePortAddrs: r.NodePortAddrs, NodePortWhere: r.NodePortWhere}
 	for _, p := range r.Ports {
 		j.Ports = append(j.Ports, p)
 	}
@@ -89,7 +116,8 @@ func (r *Ruleset) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &j); err != nil {
 		return err
 	}
-	*r = Ruleset{Mode: j.Mode, Note: j.Note, BaseChains: j.BaseChains, RangeDrops: j.RangeDrops, Ports: map[PortKey]*PortRules{}}
+	*r = Ruleset{Mode: j.Mode, Note: j.Note, BaseChains: j.BaseChains, RangeDrops: j.RangeDrops,
+		NodePortAddrs: j.NodePortAddrs, NodePortWhere: j.NodePortWhere, Ports: map[PortKey]*PortRules{}}
 	for _, p := range j.Ports {
 		r.Ports[p.PortKey] = p
 	}
@@ -259,6 +287,13 @@ func ParseIPTablesSave(r *Ruleset, text string) error {
 			return fmt.Errorf("line %d: %v", n+1, err)
 		}
 		rule := parseRule(args)
+		if rule.target == "KUBE-NODEPORTS" && rule.chain == "KUBE-SERVICES" && rule.dstNet.IsValid() {
+			// --nodeport-addresses: one jump per accepted address, instead
+			// of the catch-all "-m addrtype --dst-type LOCAL".
+			r.NodePortAddrs = append(r.NodePortAddrs, rule.dstNet)
+			r.NodePortWhere = table + " table, chain KUBE-SERVICES: -d ADDRESS -j KUBE-NODEPORTS"
+			continue
+		}
 		name, rest, ok := splitComment(rule.comment)
 		if !ok {
 			continue
@@ -315,6 +350,7 @@ func destKind(rule iptRule, rest string) string {
 type iptRule struct {
 	chain, proto, comment, target string
 	dst                           netip.Addr
+	dstNet                        netip.Prefix // -d as given
 	dport                         uint16
 	toDest                        netip.AddrPort
 }
@@ -335,8 +371,11 @@ func parseRule(args []string) iptRule {
 		case "-p":
 			r.proto = next()
 		case "-d":
-			if p, err := netip.ParsePrefix(next()); err == nil && p.IsSingleIP() {
-				r.dst = p.Addr()
+			if p, err := netip.ParsePrefix(next()); err == nil {
+				r.dstNet = p
+				if p.IsSingleIP() {
+					r.dst = p.Addr()
+				}
 			}
 		case "--dport":
 			if v, err := strconv.ParseUint(next(), 10, 16); err == nil {

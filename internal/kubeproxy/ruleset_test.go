@@ -115,6 +115,12 @@ func TestReadRealNFTables(t *testing.T) {
 			if d == nil || d.Prefix != netip.MustParsePrefix("10.96.0.0/16") || d.Why != "Drop traffic to unallocated ClusterIPs" {
 				t.Errorf("drop of unallocated ClusterIPs: %+v", d)
 			}
+			// nftables mode's default --nodeport-addresses: the primary
+			// address (IPv4); IPv6 has no primary address, so every local one.
+			if !r.AcceptsNodePort(netip.MustParseAddr("10.99.3.1")) || r.AcceptsNodePort(netip.MustParseAddr("10.99.3.9")) ||
+				!r.AcceptsNodePort(netip.MustParseAddr("fd00::1")) || r.NodePortWhere != "table ip kube-proxy, set nodeport-ips" {
+				t.Errorf("NodePorts accepted on %v (%s)", r.NodePortAddrs, r.NodePortWhere)
+			}
 			if r.RangeDrop(netip.MustParseAddr("10.97.0.1")) != nil {
 				t.Error("a drop covers 10.97.0.1, outside the service range")
 			}
@@ -245,6 +251,46 @@ func TestNodePortDropWithoutLocalEndpoints(t *testing.T) {
 	p := r.Port("shop/etp:http", "tcp")
 	if p == nil || len(p.Rejects) != 1 || p.Rejects[0].Dest.String() != "nodePort 30090" || p.Rejects[0].Verdict != "DROP" {
 		t.Fatalf("%+v", p)
+	}
+}
+
+// Where NodePorts are accepted: every local address (the catch-all jump
+// the fixtures hold), or only the addresses --nodeport-addresses names,
+// one jump each.
+func TestNodePortAddresses(t *testing.T) {
+	const nodeports = `-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain"`
+	for _, c := range []struct {
+		name, rules    string
+		accept, refuse []string
+	}{
+		{"catch-all", "-A KUBE-SERVICES " + nodeports + " -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS",
+			[]string{"10.99.3.1", "10.98.3.1", "fd00::1"}, nil},
+		{"limited", "-A KUBE-SERVICES -d 10.99.3.1/32 " + nodeports + " -j KUBE-NODEPORTS\n-A KUBE-SERVICES -d 10.99.4.1/32 " + nodeports + " -j KUBE-NODEPORTS",
+			[]string{"10.99.3.1", "10.99.4.1", "fd00::1"}, []string{"10.98.3.1", "127.0.0.1"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := &Ruleset{}
+			if err := ParseIPTablesSave(r, "*nat\n"+c.rules+"\n"); err != nil {
+				t.Fatal(err)
+			}
+			for _, a := range c.accept {
+				if !r.AcceptsNodePort(netip.MustParseAddr(a)) {
+					t.Errorf("NodePorts refused on %s (%v)", a, r.NodePortAddrs)
+				}
+			}
+			for _, a := range c.refuse {
+				if r.AcceptsNodePort(netip.MustParseAddr(a)) {
+					t.Errorf("NodePorts accepted on %s (%v)", a, r.NodePortAddrs)
+				}
+			}
+			if len(c.refuse) > 0 && r.NodePortWhere != "nat table, chain KUBE-SERVICES: -d ADDRESS -j KUBE-NODEPORTS" {
+				t.Errorf("where: %q", r.NodePortWhere)
+			}
+			var back Ruleset
+			if b, err := json.Marshal(r); err != nil || json.Unmarshal(b, &back) != nil || !slices.Equal(back.NodePortAddrs, r.NodePortAddrs) {
+				t.Errorf("recorded as %s (%v), read back %v", b, err, back.NodePortAddrs)
+			}
+		})
 	}
 }
 

@@ -38,6 +38,7 @@ type jsonConn struct {
 	EndpointCond string          `json:"endpoint_state,omitempty"`
 	Rule         string          `json:"rule,omitempty"`
 	Blame        string          `json:"blame,omitempty"`
+	Notes        []string        `json:"notes,omitempty"`
 	SNAT         *netip.AddrPort `json:"snat,omitempty"`
 	Start        *time.Time      `json:"start,omitempty"`
 	DurationUS   int64           `json:"duration_us"`
@@ -119,6 +120,7 @@ func (p *JSON) Conn(c *flow.Conn, lost uint64) {
 	if p.opts.Explain != nil {
 		e := p.opts.Explain(c)
 		j.Service, j.Pod, j.Node, j.EndpointCond, j.Rule, j.Blame = e.Service, e.Pod, e.Node, e.Endpoint, e.Rule, e.Blame
+		j.Notes = e.Notes
 	}
 	for _, s := range c.Steps {
 		e := jsonEvent{TimeUS: time.Duration(s.Time - c.Start).Microseconds(), Packet: s.Packet, Dir: s.Dir,

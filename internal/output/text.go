@@ -61,7 +61,11 @@ func (p *Text) Conn(c *flow.Conn, lost uint64) {
 	}
 	if p.opts.Explain != nil {
 		e := p.opts.Explain(c)
-		for _, l := range [][2]string{{"service", e.Service}, {"rule", e.Rule}, {"blame", e.Blame}} {
+		lines := [][2]string{{"service", e.Service}, {"rule", e.Rule}, {"blame", e.Blame}}
+		for _, n := range e.Notes {
+			lines = append(lines, [2]string{"note", n})
+		}
+		for _, l := range lines {
 			if l[1] != "" {
 				fmt.Fprintf(&b, "     %-7s %s\n", l[0]+":", l[1])
 			}

@@ -219,6 +219,10 @@ func (c *Cluster) net() topo.NodeNet {
 		Uplink: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 98, c.NodeIP.As4()[2], 1}), 30)}
 }
 
+// UplinkIP is the node's second address, on the link to its upstream
+// router.
+func (c *Cluster) UplinkIP() netip.Addr { return c.net().Uplink.Addr() }
+
 func (c *Cluster) bin(name string) string { return filepath.Join(BinDir(), name) }
 
 func (c *Cluster) startControlPlane(p *pki) error {

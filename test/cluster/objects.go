@@ -186,11 +186,18 @@ func (c *Cluster) SetReady(ctx context.Context, p *Pod, ready bool) error {
 }
 
 // CreateService creates svc and returns it with its ClusterIP.
+// A load-balancer status in svc is written after it is created, as a cloud
+// controller would.
 func (c *Cluster) CreateService(ctx context.Context, svc *corev1.Service) (*corev1.Service, error) {
 	if err := c.EnsureNamespace(ctx, svc.Namespace); err != nil {
 		return nil, err
 	}
-	return c.Client.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{})
+	created, err := c.Client.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil || len(svc.Status.LoadBalancer.Ingress) == 0 {
+		return created, err
+	}
+	created.Status.LoadBalancer = svc.Status.LoadBalancer
+	return c.Client.CoreV1().Services(svc.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{})
 }
 
 // Ruleset returns what kube-proxy programmed in the node, as its mode's own

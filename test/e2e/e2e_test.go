@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -44,9 +45,17 @@ type story struct {
 	droppedIn tracer.Hook
 	svc       *corev1.Service
 	pods      []cluster.PodSpec
-	// nodePort: the client connects to the node's NodePort, not the
-	// ClusterIP.
-	nodePort bool
+	// to is where the client connects (nil: the ClusterIP), and via the
+	// kind of Service address that is ("" : ClusterIP).
+	to  func(c *cluster.Cluster, s *story) netip.AddrPort
+	via string
+	// untranslated: nothing DNATs the client's packets, whatever the
+	// verdict (a NodePort on an address kube-proxy ignores).
+	untranslated bool
+	// keepsClient: the Pod sees the client's own address (no SNAT).
+	keepsClient bool
+	// note must be one of the traced connection's explanation notes.
+	note string
 	// await waits until the cluster has done its part; nil waits for
 	// kube-proxy to DNAT to the ready endpoints or, with none, reject.
 	await func(ctx context.Context, c *cluster.Cluster, s *story, ready []netip.AddrPort) error
@@ -93,6 +102,94 @@ func waitSlices(ctx context.Context, c *cluster.Cluster, s *story, ready []netip
 	return c.WaitEndpoints(ctx, s.svc, len(ready))
 }
 
+// Where a story's client connects, other than the ClusterIP.
+func toNodePort(c *cluster.Cluster, s *story) netip.AddrPort {
+	return netip.AddrPortFrom(c.NodeIP, uint16(s.svc.Spec.Ports[0].NodePort))
+}
+
+// toNodePortOnUplink: the NodePort on the node's other address, the one
+// facing its upstream router.
+func toNodePortOnUplink(c *cluster.Cluster, s *story) netip.AddrPort {
+	return netip.AddrPortFrom(c.UplinkIP(), uint16(s.svc.Spec.Ports[0].NodePort))
+}
+
+func toExternalIP(_ *cluster.Cluster, s *story) netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr(s.svc.Spec.ExternalIPs[0]), uint16(s.svc.Spec.Ports[0].Port))
+}
+
+func toLoadBalancerIP(_ *cluster.Cluster, s *story) netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr(s.svc.Status.LoadBalancer.Ingress[0].IP), uint16(s.svc.Spec.Ports[0].Port))
+}
+
+// waitAddress waits for the endpoints' DNAT and for kube-proxy's rules to
+// name the external or load-balancer IP the client connects to (a
+// load-balancer IP comes in a status update after the Service).
+func waitAddress(ctx context.Context, c *cluster.Cluster, s *story, ready []netip.AddrPort) error {
+	if err := c.WaitService(ctx, s.svc, map[string][]netip.AddrPort{"http": ready}); err != nil {
+		return err
+	}
+	ip := dest(c, s).Addr().String()
+	return c.WaitRules(ctx, "the rules for "+ip, func(rules string) bool { return strings.Contains(rules, ip) })
+}
+
+// nodePortService is a Service of type NodePort (LoadBalancer with lb) on
+// a fixed node port.
+func nodePortService(name, vip string, port int32, lb bool) *corev1.Service {
+	s := service(name, vip, map[string]string{"app": name}, intstr.FromString("http"))
+	s.Spec.Type = corev1.ServiceTypeNodePort
+	if lb {
+		s.Spec.Type = corev1.ServiceTypeLoadBalancer
+	}
+	s.Spec.Ports[0].NodePort = port
+	return s
+}
+
+// Test addresses (RFC 5737) for an external IP and a load balancer: the
+// client's packets reach the node through its default route and go no
+// further than the node's upstream namespace.
+const (
+	externalIP     = "192.0.2.10"
+	loadBalancerIP = "198.51.100.10"
+)
+
+// beyondClusterIP are the stories of the other ways in: NodePorts on each
+// node address, external and load-balancer IPs, externalTrafficPolicy
+// Local with a local endpoint.
+func beyondClusterIP(mode cluster.Mode) []*story {
+	np := nodePortService("np", "10.96.1.110", 30080, false)
+	np2 := nodePortService("np2", "10.96.1.120", 30081, false)
+	ext := service("ext", "10.96.1.130", map[string]string{"app": "ext"}, intstr.FromString("http"))
+	ext.Spec.ExternalIPs = []string{externalIP}
+	lb := nodePortService("lb", "10.96.1.140", 30082, true)
+	lb.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: loadBalancerIP}}
+	local := nodePortService("local", "10.96.1.150", 30083, false)
+	local.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	one := func(name string) []cluster.PodSpec {
+		return []cluster.PodSpec{pod(shop, name+"-1", name, lab.ModeHTTP, true)}
+	}
+	ss := []*story{
+		{name: "nodeport", expect: flow.Answered, finding: "healthy", svc: np, pods: one("np"), to: toNodePort, via: "NodePort",
+			note: "externalTrafficPolicy: Cluster: the connection was masqueraded to "},
+		// iptables mode accepts NodePorts on every local address; nftables
+		// mode by default only on the node's primary address.
+		{name: "nodeport-on-another-node-address", expect: flow.Answered, finding: "healthy", svc: np2, pods: one("np2"),
+			to: toNodePortOnUplink, via: "NodePort"},
+		{name: "external-ip", expect: flow.Answered, finding: "healthy", svc: ext, pods: one("ext"), to: toExternalIP, via: "external IP",
+			await: waitAddress},
+		{name: "load-balancer-ip", expect: flow.Answered, finding: "healthy", svc: lb, pods: one("lb"), to: toLoadBalancerIP,
+			via: "load-balancer IP", await: waitAddress},
+		{name: "external-traffic-policy-local-served-here", expect: flow.Answered, finding: "healthy", svc: local, pods: one("local"),
+			to: toNodePort, via: "NodePort", keepsClient: true,
+			note: "externalTrafficPolicy: Local: the Pod sees the client's own address "},
+	}
+	if mode == cluster.NFTables {
+		s := ss[1]
+		s.expect, s.untranslated = flow.Reset, true
+		s.blame = "kube-proxy does not accept NodePorts on "
+	}
+	return ss
+}
+
 func stories() []*story {
 	byName := intstr.FromString("http")
 	local := corev1.ServiceInternalTrafficPolicyLocal
@@ -137,7 +234,7 @@ func stories() []*story {
 		{name: "external-traffic-policy-local", expect: flow.Dropped, droppedIn: tracer.LocalIn, finding: "external-local-no-endpoint",
 			rule:  "DROP: shop/etp:http has no local endpoints (kube-proxy",
 			blame: "Service shop/etp: externalTrafficPolicy: Local, and no ready endpoint of shop/etp:http runs on node node-1",
-			svc:   etp, nodePort: true, pods: []cluster.PodSpec{onOtherNode(pod(shop, "etp-1", "etp", "", true))}, await: waitLocalDrop},
+			svc:   etp, to: toNodePort, via: "NodePort", pods: []cluster.PodSpec{onOtherNode(pod(shop, "etp-1", "etp", "", true))}, await: waitLocalDrop},
 		{name: "headless", finding: "headless", svc: headless, await: waitSlices,
 			pods: []cluster.PodSpec{pod(shop, "headless-1", "headless", lab.ModeHTTP, true)}},
 		{name: "externalname", finding: "externalname", svc: external,
@@ -167,11 +264,11 @@ func afterKubeProxyDies(mode cluster.Mode) []*story {
 	return []*story{s}
 }
 
-// dest is where the story's client connects: the ClusterIP, or the
-// NodePort on the node's address.
+// dest is where the story's client connects: the ClusterIP, or another
+// address of the Service.
 func dest(c *cluster.Cluster, s *story) netip.AddrPort {
-	if s.nodePort {
-		return netip.AddrPortFrom(c.NodeIP, uint16(s.svc.Spec.Ports[0].NodePort))
+	if s.to != nil {
+		return s.to(c, s)
 	}
 	return netip.AddrPortFrom(netip.MustParseAddr(s.svc.Spec.ClusterIP), uint16(s.svc.Spec.Ports[0].Port))
 }
@@ -211,7 +308,7 @@ func TestStories(t *testing.T) {
 			if err := c.AddNode(ctx, otherNode); err != nil {
 				t.Fatal(err)
 			}
-			play(t, c, stories())
+			play(t, c, append(stories(), beyondClusterIP(mode)...))
 			c.StopKubeProxy()
 			play(t, c, afterKubeProxyDies(mode))
 		})
@@ -307,15 +404,15 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 				t.Fatalf("verdict %s (%s), want %s", conn.Verdict, conn.Why, s.expect)
 			}
 			eps := ready[s]
-			translated := s.expect != flow.Dropped && s.expect != flow.NotTranslated
+			translated := s.expect != flow.Dropped && s.expect != flow.NotTranslated && !s.untranslated
 			if translated && len(eps) > 0 && !slices.Contains(eps, conn.Endpoint) {
 				t.Errorf("DNAT to %s, not one of the ready endpoints %v", conn.Endpoint, eps)
 			}
 			if (!translated || len(eps) == 0) && conn.Endpoint.IsValid() {
 				t.Errorf("DNAT to %s, but no ready endpoint is reachable from this node", conn.Endpoint)
 			}
-			if translated && len(eps) > 0 && !conn.SNAT.IsValid() {
-				t.Error("not masqueraded, but the client is outside the cluster CIDR")
+			if translated && len(eps) > 0 && conn.SNAT.IsValid() == s.keepsClient {
+				t.Errorf("SNAT to %s; want the client address kept: %v", conn.SNAT, s.keepsClient)
 			}
 			// For a forwarded client, kube-proxy rejects in the filter stage of
 			// FORWARD in every mode: iptables' filter table (KUBE-SERVICES from

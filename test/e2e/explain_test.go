@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -35,17 +36,14 @@ func explainStory(t *testing.T, c *cluster.Cluster, s *story, conn *flow.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := diagnose.Assess(ctx, api, shop, s.svc.Name, diagnose.NodeFacts{Local: resolve.LocalNode{Name: cluster.NodeName}, Rules: rules})
+	local := resolve.LocalNode{Name: cluster.NodeName, Addrs: resolve.LocalAddrs(c.Node)}
+	a, err := diagnose.Assess(ctx, api, shop, s.svc.Name, diagnose.NodeFacts{Local: local, Rules: rules})
 	if err != nil {
 		t.Fatal(err)
 	}
 	x := a.Explainer
 	e := x.Explain(conn)
-	kind := "ClusterIP"
-	if s.nodePort {
-		kind = "NodePort"
-	}
-	if e.Service != shop+"/"+s.svc.Name+":http ("+kind+")" {
+	if e.Service != shop+"/"+s.svc.Name+":http ("+s.kind()+")" {
 		t.Errorf("service %q", e.Service)
 	}
 	if conn.Endpoint.IsValid() {
@@ -61,6 +59,9 @@ func explainStory(t *testing.T, c *cluster.Cluster, s *story, conn *flow.Conn) {
 	}
 	if !strings.HasPrefix(e.Rule, s.rule) || (s.rule == "" && e.Rule != "") {
 		t.Errorf("turned away by %q, want %q", e.Rule, s.rule)
+	}
+	if s.note != "" && !slices.ContainsFunc(e.Notes, func(n string) bool { return strings.HasPrefix(n, s.note) }) {
+		t.Errorf("notes %q, want one starting with %q", e.Notes, s.note)
 	}
 }
 
@@ -230,22 +231,21 @@ func traceStories(t *testing.T, c *cluster.Cluster, ss []*story, dump string) {
 		default:
 			want = append(want, "✗ "+string(s.expect))
 		}
-		if s.expect == flow.Answered || s.expect == flow.Reset || s.expect == flow.NoReply {
+		if (s.expect == flow.Answered || s.expect == flow.Reset || s.expect == flow.NoReply) && !s.untranslated {
 			want = append(want, "(pod shop/"+s.svc.Name+"-", " on "+cluster.NodeName+", ready)")
 		}
 		if s.expect != "" {
-			kind := "ClusterIP"
-			if s.nodePort {
-				kind = "NodePort"
-			}
 			addr = dest(c, s)
-			want = append(want, "service: shop/"+s.svc.Name+":http ("+kind+")")
+			want = append(want, "service: shop/"+s.svc.Name+":http ("+s.kind()+")")
 		}
 		if s.rule != "" {
 			want = append(want, "rule:   "+s.rule)
 		}
 		if s.blame != "" {
 			want = append(want, "blame:  "+s.blame)
+		}
+		if s.note != "" {
+			want = append(want, "note:   "+s.note)
 		}
 		if s.summary != "" {
 			want = append(want, s.summary)
@@ -266,6 +266,14 @@ func traceStories(t *testing.T, c *cluster.Cluster, ss []*story, dump string) {
 			}
 		}
 	}
+}
+
+// kind is the kind of Service address the story's client connects to.
+func (s *story) kind() string {
+	if s.via == "" {
+		return "ClusterIP"
+	}
+	return s.via
 }
 
 // mark is the text output's mark of a story's first finding.
