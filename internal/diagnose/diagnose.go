@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/resolve"
@@ -85,6 +86,7 @@ func Check(in Input) []Finding {
 	}
 	// Notes on how the Service is reached come after the verdict on it.
 	c.nodePortAddrs()
+	c.affinity()
 	return c.out
 }
 
@@ -537,6 +539,78 @@ func (c *checker) nodePortAddrs() {
 			strings.Join(ports, ", "), orNone(accepted), strings.Join(refused, ", ")),
 		Evidence: []string{nodePortRule(c.Rules)},
 		Next:     []string{"connect to the NodePort on " + orNone(accepted) + ", or widen kube-proxy's --nodeport-addresses (KubeProxyConfiguration nodePortAddresses)"}})
+}
+
+// affinity shows kube-proxy's session-affinity memory for a Service with
+// sessionAffinity: ClientIP: which client goes to which endpoint.
+func (c *checker) affinity() {
+	if !c.svc.ClientAffinity || c.Rules == nil {
+		return
+	}
+	for i := range c.svc.Ports {
+		p := &c.svc.Ports[i]
+		pr := c.Rules.Port(p.String(), p.Protocol.String())
+		if pr == nil || pr.AffinityTimeout == 0 {
+			continue
+		}
+		f := Finding{Severity: Info, Code: "session-affinity", Object: c.object, Port: p.String(),
+			Summary: fmt.Sprintf("sessionAffinity: ClientIP: kube-proxy sends each client's new connections to %s to the endpoint its last one went to, until the client has been idle for %s; it remembers %d client(s)",
+				p.String(), duration(pr.AffinityTimeout), len(pr.Affinity))}
+		for i, a := range pr.Affinity {
+			if i == 10 {
+				f.Evidence = append(f.Evidence, fmt.Sprintf("… and %d more", len(pr.Affinity)-i))
+				break
+			}
+			f.Evidence = append(f.Evidence, c.pinned(a))
+		}
+		if len(pr.Affinity) > 0 {
+			f.Next = []string{"a client stuck on a bad endpoint moves on once it has been idle for " + duration(pr.AffinityTimeout) +
+				", or when that endpoint leaves the EndpointSlice"}
+		}
+		c.add(f)
+	}
+}
+
+// duration says d briefly: "3h", "10m30s".
+func duration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// pinned describes one remembered client: "10.99.0.2 → 10.244.0.11:8080
+// (pod shop/web-1), last connected 4s before svctrace read it (recent
+// list KUBE-SEP-…)".
+func (c *checker) pinned(a kubeproxy.Affinity) string {
+	return pinned(a, endpointName(c.svc, a.Endpoint))
+}
+
+func pinned(a kubeproxy.Affinity, name string) string {
+	s := fmt.Sprintf("%s → %s", a.Client, a.Endpoint)
+	if name != "" {
+		s += " (" + name + ")"
+	}
+	if a.Idle >= 0 {
+		s += fmt.Sprintf(", last connected %s before svctrace read it", a.Idle.Round(time.Second))
+	}
+	return s + " (" + a.Where + ")"
+}
+
+// endpointName is "pod NS/NAME" of the Service's endpoint at a, or "".
+func endpointName(s *resolve.Service, a netip.AddrPort) string {
+	for _, p := range s.Ports {
+		for _, e := range p.Endpoints {
+			if e.Addr == a && e.Pod.Name != "" {
+				return "pod " + e.Pod.String()
+			}
+		}
+	}
+	return ""
 }
 
 // nodePortRule says where kube-proxy limits NodePorts to some addresses.

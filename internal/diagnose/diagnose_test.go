@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
@@ -322,5 +323,49 @@ func TestNodePortOnAnAddressKubeProxyIgnores(t *testing.T) {
 		Endpoint: netip.MustParseAddrPort("10.244.0.11:8080"), Verdict: flow.Answered}
 	if e := x.Explain(c); e.Blame != "" || e.Pod != "shop/web-1" {
 		t.Errorf("%+v", e)
+	}
+}
+
+// sessionAffinity: ClientIP: the finding lists the clients kube-proxy
+// remembers, and each connection's note says where its pin sent it, from
+// the state read with the rules and then from the connections before it.
+func TestSessionAffinity(t *testing.T) {
+	web1, web2 := pod(shop, "web-1", "web", "10.244.0.11", "node-1", true), pod(shop, "web-2", "web", "10.244.0.12", "node-1", true)
+	s := svc("sticky", "10.96.1.60", map[string]string{"app": "web"}, intstr.FromString("http"))
+	s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+	objs := resolve.Objects{Services: []corev1.Service{s}, Pods: []corev1.Pod{web1, web2},
+		Slices: []discoveryv1.EndpointSlice{slice("sticky", 8080, web1, web2)}, Nodes: []corev1.Node{node("node-1", "10.99.0.1")}}
+	in, _ := check(t, story{objs: objs})
+	ep1, ep2 := netip.MustParseAddrPort("10.244.0.11:8080"), netip.MustParseAddrPort("10.244.0.12:8080")
+	pr := in.Rules.Port("shop/sticky:http", "tcp")
+	pr.AffinityTimeout = 3 * time.Hour
+	pr.Affinity = []kubeproxy.Affinity{{Client: netip.MustParseAddr("10.99.0.2"), Endpoint: ep1, Idle: 5 * time.Second, Where: "recent list KUBE-SEP-A"}}
+	fs := Check(in)
+	i := slices.IndexFunc(fs, func(f Finding) bool { return f.Code == "session-affinity" })
+	if i < 0 || !strings.Contains(fs[i].Summary, "until the client has been idle for 3h; it remembers 1 client(s)") ||
+		!slices.Equal(fs[i].Evidence, []string{"10.99.0.2 → 10.244.0.11:8080 (pod shop/web-1), last connected 5s before svctrace read it (recent list KUBE-SEP-A)"}) {
+		t.Fatalf("findings %+v", fs)
+	}
+
+	x := NewExplainer(in, fs, nil)
+	vip := netip.MustParseAddrPort("10.96.1.60:80")
+	conn := func(id int, client string, ep netip.AddrPort) *flow.Conn {
+		return &flow.Conn{ID: id, Proto: tracer.TCP, Client: netip.MustParseAddrPort(client), VIP: vip, Endpoint: ep, Verdict: flow.Answered}
+	}
+	const head = "sessionAffinity: ClientIP (3h): "
+	for _, c := range []struct {
+		conn *flow.Conn
+		note string
+	}{
+		{conn(1, "10.99.0.2:40000", ep1), "kube-proxy had pinned 10.99.0.2 → 10.244.0.11:8080, last connected 5s before svctrace read it (recent list KUBE-SEP-A), and sent it there again"},
+		{conn(2, "10.99.0.2:40001", ep1), "10.99.0.2 went to 10.244.0.11:8080 again, as its connection #1 did"},
+		{conn(3, "10.99.0.2:40002", ep2), "10.99.0.2 went to 10.244.0.12:8080, not to 10.244.0.11:8080 as its connection #2 did: that pin had expired or its endpoint left"},
+		{conn(4, "10.99.0.3:40000", ep2), "10.99.0.3 was not pinned when svctrace read kube-proxy's rules; its new connections now go to 10.244.0.12:8080"},
+		// Explained again (another output), a connection keeps its note.
+		{conn(2, "10.99.0.2:40001", ep1), "10.99.0.2 went to 10.244.0.11:8080 again, as its connection #1 did"},
+	} {
+		if e := x.Explain(c.conn); !slices.Equal(e.Notes, []string{head + c.note}) {
+			t.Errorf("connection #%d: notes %q\nwant %q", c.conn.ID, e.Notes, head+c.note)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package diagnose
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/svctrace/svctrace/internal/flow"
@@ -33,6 +34,23 @@ type Explainer struct {
 	// Lookup names an address nothing else knows (a client Pod, a Node);
 	// may be nil.
 	Lookup func(netip.Addr) string
+	// sticky are the endpoints explained connections of a Service port
+	// with session affinity went to, by client: kube-proxy's memory as it
+	// grew since its rules were read.
+	sticky map[stickyKey][]stuck
+}
+
+// maxSticky bounds the clients remembered for affinity notes.
+const maxSticky = 4096
+
+type stickyKey struct {
+	port   *resolve.Port
+	client netip.Addr
+}
+
+type stuck struct {
+	endpoint netip.AddrPort
+	conn     int // the connection that went there
 }
 
 type endpointOf struct {
@@ -44,7 +62,7 @@ type endpointOf struct {
 // NodePorts were watched on.
 func NewExplainer(in Input, findings []Finding, nodeAddrs []netip.Addr) *Explainer {
 	x := &Explainer{in: in, findings: findings, addrs: map[netip.AddrPort]resolve.Address{},
-		eps: map[netip.AddrPort]endpointOf{}, ips: map[netip.Addr]string{}}
+		eps: map[netip.AddrPort]endpointOf{}, ips: map[netip.Addr]string{}, sticky: map[stickyKey][]stuck{}}
 	for _, a := range in.Service.Addresses(nodeAddrs) {
 		x.addrs[a.Addr] = a
 	}
@@ -187,8 +205,12 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 // connection that reached an endpoint through an address from outside the
 // cluster (NodePort, external IP, load-balancer IP).
 func (x *Explainer) notes(c *flow.Conn, ad resolve.Address) []string {
+	var notes []string
+	if n := x.affinity(c, ad.Port); n != "" {
+		notes = append(notes, n)
+	}
 	if ad.Kind == "ClusterIP" || !c.Endpoint.IsValid() {
-		return nil
+		return notes
 	}
 	switch {
 	case c.SNAT.IsValid():
@@ -196,13 +218,55 @@ func (x *Explainer) notes(c *flow.Conn, ad resolve.Address) []string {
 		if x.in.Service.ExternalLocal {
 			policy = "Local, but" // e.g. a hairpin from the node itself
 		}
-		return []string{fmt.Sprintf("externalTrafficPolicy: %s the connection was masqueraded to %s: the Pod sees that address, not the client's %s",
-			policy, c.SNAT.Addr(), c.Client.Addr())}
+		notes = append(notes, fmt.Sprintf("externalTrafficPolicy: %s the connection was masqueraded to %s: the Pod sees that address, not the client's %s",
+			policy, c.SNAT.Addr(), c.Client.Addr()))
 	case x.in.Service.ExternalLocal:
-		return []string{fmt.Sprintf("externalTrafficPolicy: Local: the Pod sees the client's own address %s (no SNAT); only endpoints on this node serve %s",
-			c.Client.Addr(), ad.Addr)}
+		notes = append(notes, fmt.Sprintf("externalTrafficPolicy: Local: the Pod sees the client's own address %s (no SNAT); only endpoints on this node serve %s",
+			c.Client.Addr(), ad.Addr))
 	}
-	return nil
+	return notes
+}
+
+// affinity explains where sessionAffinity: ClientIP sent the connection:
+// where kube-proxy's memory, as read with its rules or as earlier traced
+// connections left it, pinned the client.
+func (x *Explainer) affinity(c *flow.Conn, port *resolve.Port) string {
+	if !x.in.Service.ClientAffinity || !c.Endpoint.IsValid() || x.in.Rules == nil {
+		return ""
+	}
+	pr := x.in.Rules.Port(port.String(), port.Protocol.String())
+	if pr == nil || pr.AffinityTimeout == 0 {
+		return ""
+	}
+	client := c.Client.Addr()
+	key := stickyKey{port, client}
+	// The client's latest earlier connection explained; explaining a
+	// connection again gives the same note.
+	var prev stuck
+	traced := false
+	for _, s := range x.sticky[key] {
+		if s.conn < c.ID && s.conn > prev.conn {
+			prev, traced = s, true
+		}
+	}
+	if hist := x.sticky[key]; !slices.ContainsFunc(hist, func(s stuck) bool { return s.conn == c.ID }) && (hist != nil || len(x.sticky) < maxSticky) {
+		if len(hist) == 4 {
+			hist = hist[1:]
+		}
+		x.sticky[key] = append(hist, stuck{c.Endpoint, c.ID})
+	}
+	head := fmt.Sprintf("sessionAffinity: ClientIP (%s): ", duration(pr.AffinityTimeout))
+	switch pin := pr.Pin(client); {
+	case traced && prev.endpoint == c.Endpoint:
+		return head + fmt.Sprintf("%s went to %s again, as its connection #%d did", client, c.Endpoint, prev.conn)
+	case traced:
+		return head + fmt.Sprintf("%s went to %s, not to %s as its connection #%d did: that pin had expired or its endpoint left", client, c.Endpoint, prev.endpoint, prev.conn)
+	case pin != nil && pin.Endpoint == c.Endpoint:
+		return head + "kube-proxy had pinned " + pinned(*pin, "") + ", and sent it there again"
+	case pin != nil:
+		return head + "kube-proxy had pinned " + pinned(*pin, "") + fmt.Sprintf(", yet it went to %s: that pin had expired or its endpoint left", c.Endpoint)
+	}
+	return head + fmt.Sprintf("%s was not pinned when svctrace read kube-proxy's rules; its new connections now go to %s", client, c.Endpoint)
 }
 
 // problem is the first Problem finding about port (or the whole Service).

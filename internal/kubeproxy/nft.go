@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -30,6 +31,17 @@ type nftDump struct {
 	// NodePortIPs are the elements of set nodeport-ips, by family, where
 	// kube-proxy has one: the only addresses it accepts NodePorts on.
 	NodePortIPs map[string][]netip.Addr
+	// Affinity are kube-proxy's affinity sets (sessionAffinity: ClientIP)
+	// of the Service ports asked for, by family and set name.
+	Affinity map[string]nftAffinity
+}
+
+// nftAffinity is one affinity set: its timeout, and the clients in it with
+// the time left before each expires.
+type nftAffinity struct {
+	Timeout time.Duration
+	Clients []netip.Addr
+	Expires []time.Duration
 }
 
 // nftRule is what svctrace understands of one rule: the verdict map it
@@ -104,7 +116,8 @@ func readNFT(netnsFd int, rulesFor func(PortKey) bool) (*nftDump, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing nftables chains: %w", err)
 	}
-	d := &nftDump{Maps: map[string][]nftElem{}, Rules: map[string][]nftRule{}, NodePortIPs: map[string][]netip.Addr{}}
+	d := &nftDump{Maps: map[string][]nftElem{}, Rules: map[string][]nftRule{}, NodePortIPs: map[string][]netip.Addr{},
+		Affinity: map[string]nftAffinity{}}
 	tables := map[string]*nftables.Table{}
 	var ruleChains []*nftables.Chain
 	for _, ch := range chains {
@@ -148,6 +161,23 @@ func readNFT(netnsFd int, rulesFor func(PortKey) bool) (*nftDump, error) {
 						d.NodePortIPs[fam] = append(d.NodePortIPs[fam], a)
 					}
 				}
+				continue
+			}
+			if key, _, ok := parseNFTChain(s.Name); ok && strings.HasPrefix(s.Name, "affinity-") {
+				if !rulesFor(key) {
+					continue
+				}
+				elems, err := c.GetSetElements(s)
+				if err != nil {
+					return nil, fmt.Errorf("listing set %s %s %s: %w", fam, nftTable, s.Name, err)
+				}
+				a := nftAffinity{Timeout: s.Timeout}
+				for _, e := range elems {
+					if ip, ok := netip.AddrFromSlice(e.Key); ok {
+						a.Clients, a.Expires = append(a.Clients, ip), append(a.Expires, e.Expires)
+					}
+				}
+				d.Affinity[fam+"/"+s.Name] = a
 				continue
 			}
 			if !slices.Contains(nftMaps, s.Name) {
@@ -336,6 +366,19 @@ func (r *Ruleset) fromNFT(d *nftDump) {
 		}
 		r.NodePortWhere = appendWhere(r.NodePortWhere, fmt.Sprintf("table %s %s, set %s", fam, nftTable, nodePortIPs))
 	}
+	for name, a := range d.Affinity {
+		fam, set, _ := strings.Cut(name, "/")
+		key, ep, ok := parseNFTChain(set)
+		if !ok || !ep.IsValid() {
+			continue
+		}
+		p := r.port(key)
+		p.AffinityTimeout = a.Timeout
+		for i, c := range a.Clients {
+			p.Affinity = append(p.Affinity, Affinity{Client: c, Endpoint: ep, Idle: a.Timeout - a.Expires[i],
+				Where: fmt.Sprintf("table %s %s, set %s", fam, nftTable, set)})
+		}
+	}
 	for name, elems := range d.Maps {
 		fam, m, _ := strings.Cut(name, "/")
 		for _, e := range elems {
@@ -421,10 +464,11 @@ func appendWhere(a, b string) string {
 // parseNFTChain reads kube-proxy's nftables chain names:
 // "service-2QRHZV4L-default/kubernetes/tcp/https" and
 // "endpoint-ZIPUHSU7-default/kubernetes/tcp/https__10.99.3.1/6443" (also
-// external-, local- and firewall- chains of a Service port).
+// external-, local- and firewall- chains of a Service port, and the
+// affinity- sets of an endpoint).
 func parseNFTChain(name string) (PortKey, netip.AddrPort, bool) {
 	kind, rest, ok := strings.Cut(name, "-")
-	if !ok || !slices.Contains([]string{"service", "endpoint", "external", "local", "firewall"}, kind) {
+	if !ok || !slices.Contains([]string{"service", "endpoint", "external", "local", "firewall", "affinity"}, kind) {
 		return PortKey{}, netip.AddrPort{}, false
 	}
 	_, rest, ok = strings.Cut(rest, "-") // the hash
@@ -433,7 +477,7 @@ func parseNFTChain(name string) (PortKey, netip.AddrPort, bool) {
 	}
 	base, epPart, hasEP := strings.Cut(rest, "__")
 	parts := strings.Split(base, "/")
-	if len(parts) != 4 || (kind == "endpoint") != hasEP {
+	if len(parts) != 4 || (kind == "endpoint" || kind == "affinity") != hasEP {
 		return PortKey{}, netip.AddrPort{}, false
 	}
 	key := PortKey{Name: parts[0] + "/" + parts[1], Proto: parts[2]}

@@ -58,6 +58,7 @@ func Read(ns tracer.NetNS, services ...string) (*Ruleset, error) {
 				if b.mode == ModeIPTablesLegacy {
 					r.BaseChains = nil // the nf_tables chains are not the ones in use
 				}
+				r.readRecent()
 				return nil
 			}
 		}

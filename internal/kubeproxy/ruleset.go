@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Mode is how kube-proxy programs this node.
@@ -131,6 +132,22 @@ type PortRules struct {
 	Dests     []Dest         // destinations its rules match
 	Endpoints []EndpointRule // DNAT targets
 	Rejects   []Reject       // REJECT/DROP for "has no (local) endpoints"
+	// AffinityTimeout is how long kube-proxy keeps sending a client to the
+	// endpoint its last new connection went to (sessionAffinity: ClientIP);
+	// zero without affinity. Affinity is that memory, as read.
+	AffinityTimeout time.Duration `json:",omitempty"`
+	Affinity        []Affinity    `json:",omitempty"`
+}
+
+// Affinity is kube-proxy's memory of one client of a Service port with
+// sessionAffinity: ClientIP: the endpoint its new connections go to.
+type Affinity struct {
+	Client   netip.Addr
+	Endpoint netip.AddrPort
+	// Idle is how long before the read the client's last new connection
+	// went there; negative when unknown.
+	Idle  time.Duration
+	Where string // the recent list or set holding it
 }
 
 // Dest is a destination kube-proxy matches for a Service port.
@@ -305,6 +322,11 @@ func ParseIPTablesSave(r *Ruleset, text string) error {
 		p := r.port(PortKey{Name: name, Proto: proto})
 		dest := Dest{Addr: netip.AddrPortFrom(rule.dst, rule.dport), Kind: destKind(rule, rest)}
 		switch {
+		case rule.recentCheck && rule.recentSeconds > 0:
+			// "-m recent --rcheck --seconds N --name KUBE-SEP-…": the
+			// affinity lookup in the Service chain.
+			p.AffinityTimeout = time.Duration(rule.recentSeconds) * time.Second
+			p.addChain(rule.target)
 		case rule.target == "DNAT" && rule.toDest.IsValid():
 			p.addChain(rule.chain)
 			p.addEndpoint(EndpointRule{Addr: rule.toDest, Chain: rule.chain})
@@ -353,6 +375,8 @@ type iptRule struct {
 	dstNet                        netip.Prefix // -d as given
 	dport                         uint16
 	toDest                        netip.AddrPort
+	recentCheck                   bool // "-m recent --rcheck"
+	recentSeconds                 int
 }
 
 func parseRule(args []string) iptRule {
@@ -385,6 +409,10 @@ func parseRule(args []string) iptRule {
 			r.comment = next()
 		case "-j":
 			r.target = next()
+		case "--rcheck":
+			r.recentCheck = true
+		case "--seconds":
+			r.recentSeconds, _ = strconv.Atoi(next())
 		case "--to-destination":
 			r.toDest, _ = netip.ParseAddrPort(next())
 		}

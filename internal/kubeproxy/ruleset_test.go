@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/tracer"
@@ -51,6 +52,12 @@ func checkRuleset(t *testing.T, r *Ruleset, o objects) {
 		if len(p.Chains) == 0 {
 			t.Errorf("%s: no chains", sp)
 		}
+	}
+	if p := r.Port("fixtures/sticky:http", "tcp"); p == nil || p.AffinityTimeout != 3*time.Hour {
+		t.Errorf("fixtures/sticky:http: sessionAffinity timeout not read: %+v", p)
+	}
+	if p := r.Port("fixtures/single:http", "tcp"); p == nil || p.AffinityTimeout != 0 {
+		t.Errorf("fixtures/single:http: affinity where there is none: %+v", p)
 	}
 	// Fixture-specific shapes: the NodePort and the external IP.
 	if p := r.Port("fixtures/nodeport:http", "tcp"); p == nil || !slices.ContainsFunc(p.Dests, func(d Dest) bool { return d.Kind == "nodePort" && d.Addr.Port() == 30080 }) {
@@ -310,5 +317,35 @@ func TestSplitArgs(t *testing.T) {
 	}
 	if _, err := splitArgs(`-A X --comment "open`); err == nil {
 		t.Error("an unterminated quote accepted")
+	}
+}
+
+// xt_recent's lists, as /proc/net/xt_recent prints them, and the tick rate
+// found from the uptime.
+func TestRecentLists(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "KUBE-SEP-X")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("src=10.99.0.2 ttl: 64 last_seen: 4299947581 oldest_pkt: 2 4299947000, 4299947581\nsrc=10.99.0.3 ttl: 63 last_seen: 4299940000 oldest_pkt: 1 4299940000\n")
+	f.Seek(0, 0)
+	got := parseRecent(f)
+	want := []recentEntry{{netip.MustParseAddr("10.99.0.2"), 4299947581}, {netip.MustParseAddr("10.99.0.3"), 4299940000}}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %+v", got)
+	}
+	for _, c := range []struct {
+		jiffies uint64
+		uptime  float64
+		hz      int
+	}{
+		{4299947581, 20221.39, 250}, // measured on this kind of machine
+		{1<<32 - 300*1000 + 3600*1000, 3600, 1000},
+		{1<<32 - 300*100 + 86400*100, 86400.5, 100},
+		{12345, 3600, 0}, // explains nothing
+	} {
+		if hz := hzFrom(c.jiffies, c.uptime); hz != c.hz {
+			t.Errorf("jiffies %d after %.0f s: HZ %d, want %d", c.jiffies, c.uptime, hz, c.hz)
+		}
 	}
 }

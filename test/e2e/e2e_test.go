@@ -54,8 +54,8 @@ type story struct {
 	untranslated bool
 	// keepsClient: the Pod sees the client's own address (no SNAT).
 	keepsClient bool
-	// note must be one of the traced connection's explanation notes.
-	note string
+	// notes must each be part of the traced connection's explanation notes.
+	notes []string
 	// await waits until the cluster has done its part; nil waits for
 	// kube-proxy to DNAT to the ready endpoints or, with none, reject.
 	await func(ctx context.Context, c *cluster.Cluster, s *story, ready []netip.AddrPort) error
@@ -154,7 +154,7 @@ const (
 
 // beyondClusterIP are the stories of the other ways in: NodePorts on each
 // node address, external and load-balancer IPs, externalTrafficPolicy
-// Local with a local endpoint.
+// Local with a local endpoint; and session affinity.
 func beyondClusterIP(mode cluster.Mode) []*story {
 	np := nodePortService("np", "10.96.1.110", 30080, false)
 	np2 := nodePortService("np2", "10.96.1.120", 30081, false)
@@ -162,6 +162,8 @@ func beyondClusterIP(mode cluster.Mode) []*story {
 	ext.Spec.ExternalIPs = []string{externalIP}
 	lb := nodePortService("lb", "10.96.1.140", 30082, true)
 	lb.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: loadBalancerIP}}
+	sticky := service("sticky", "10.96.1.160", map[string]string{"app": "sticky"}, intstr.FromString("http"))
+	sticky.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
 	local := nodePortService("local", "10.96.1.150", 30083, false)
 	local.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 	one := func(name string) []cluster.PodSpec {
@@ -169,7 +171,7 @@ func beyondClusterIP(mode cluster.Mode) []*story {
 	}
 	ss := []*story{
 		{name: "nodeport", expect: flow.Answered, finding: "healthy", svc: np, pods: one("np"), to: toNodePort, via: "NodePort",
-			note: "externalTrafficPolicy: Cluster: the connection was masqueraded to "},
+			notes: []string{"externalTrafficPolicy: Cluster: the connection was masqueraded to "}},
 		// iptables mode accepts NodePorts on every local address; nftables
 		// mode by default only on the node's primary address.
 		{name: "nodeport-on-another-node-address", expect: flow.Answered, finding: "healthy", svc: np2, pods: one("np2"),
@@ -180,7 +182,12 @@ func beyondClusterIP(mode cluster.Mode) []*story {
 			via: "load-balancer IP", await: waitAddress},
 		{name: "external-traffic-policy-local-served-here", expect: flow.Answered, finding: "healthy", svc: local, pods: one("local"),
 			to: toNodePort, via: "NodePort", keepsClient: true,
-			note: "externalTrafficPolicy: Local: the Pod sees the client's own address "},
+			notes: []string{"externalTrafficPolicy: Local: the Pod sees the client's own address "}},
+		// Traced first by the test itself, then by svctrace, which reads
+		// kube-proxy's memory of that first connection.
+		{name: "session-affinity", expect: flow.Answered, finding: "healthy", svc: sticky,
+			pods: []cluster.PodSpec{pod(shop, "sticky-1", "sticky", lab.ModeHTTP, true), pod(shop, "sticky-2", "sticky", lab.ModeHTTP, true)},
+			notes: []string{"sessionAffinity: ClientIP (3h): kube-proxy had pinned ", "and sent it there again"}},
 	}
 	if mode == cluster.NFTables {
 		s := ss[1]

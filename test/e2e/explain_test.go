@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -60,8 +59,10 @@ func explainStory(t *testing.T, c *cluster.Cluster, s *story, conn *flow.Conn) {
 	if !strings.HasPrefix(e.Rule, s.rule) || (s.rule == "" && e.Rule != "") {
 		t.Errorf("turned away by %q, want %q", e.Rule, s.rule)
 	}
-	if s.note != "" && !slices.ContainsFunc(e.Notes, func(n string) bool { return strings.HasPrefix(n, s.note) }) {
-		t.Errorf("notes %q, want one starting with %q", e.Notes, s.note)
+	for _, n := range s.notes {
+		if !strings.Contains(strings.Join(e.Notes, "\n"), n) {
+			t.Errorf("notes %q, want %q", e.Notes, n)
+		}
 	}
 }
 
@@ -244,9 +245,7 @@ func traceStories(t *testing.T, c *cluster.Cluster, ss []*story, dump string) {
 		if s.blame != "" {
 			want = append(want, "blame:  "+s.blame)
 		}
-		if s.note != "" {
-			want = append(want, "note:   "+s.note)
-		}
+		want = append(want, s.notes...)
 		if s.summary != "" {
 			want = append(want, s.summary)
 		}
