@@ -186,7 +186,7 @@ func beyondClusterIP(mode cluster.Mode) []*story {
 		// Traced first by the test itself, then by svctrace, which reads
 		// kube-proxy's memory of that first connection.
 		{name: "session-affinity", expect: flow.Answered, finding: "healthy", svc: sticky,
-			pods: []cluster.PodSpec{pod(shop, "sticky-1", "sticky", lab.ModeHTTP, true), pod(shop, "sticky-2", "sticky", lab.ModeHTTP, true)},
+			pods:  []cluster.PodSpec{pod(shop, "sticky-1", "sticky", lab.ModeHTTP, true), pod(shop, "sticky-2", "sticky", lab.ModeHTTP, true)},
 			notes: []string{"sessionAffinity: ClientIP (3h): kube-proxy had pinned ", "and sent it there again"}},
 	}
 	if mode == cluster.NFTables {
