@@ -304,11 +304,21 @@ func isInput(t record.Type) bool {
 // as the live run did.
 func assessRecorded(v *resolve.View, r record.Rules, m record.Meta) *diagnose.Assessment {
 	facts := diagnose.NodeFacts{Local: resolve.LocalNode{Name: m.Node, Addrs: m.Addrs},
-		Rules: r.Rules, KubeProxy: r.KubeProxy, KubeProxyKnown: r.KubeProxyKnown}
+		Rules: r.Rules, KubeProxy: r.KubeProxy, KubeProxyKnown: r.KubeProxyKnown, Bridges: r.Bridges}
 	if r.Err != "" {
 		facts.RulesErr = errors.New(r.Err)
 	}
 	return diagnose.AssessView(v, facts)
+}
+
+// recordedFacts is what a recording keeps of the node's facts, for
+// assessRecorded.
+func recordedFacts(f diagnose.NodeFacts) record.Rules {
+	r := record.Rules{Rules: f.Rules, KubeProxy: f.KubeProxy, KubeProxyKnown: f.KubeProxyKnown, Bridges: f.Bridges}
+	if f.RulesErr != nil {
+		r.Err = f.RulesErr.Error()
+	}
+	return r
 }
 
 // readLab reads a lab recording's scenarios and objects, and diagnoses

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -44,7 +46,7 @@ func liveAndRecorded(t *testing.T, l *lab.Lab, args ...string) (string, string) 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l.Get(context.Background(), s.VIP(), "/", 1500*time.Millisecond)
+			l.Request(context.Background(), s, 1500*time.Millisecond)
 		}()
 	}
 	wg.Wait()
@@ -72,7 +74,7 @@ func analyze(t *testing.T, live, file string, args ...string) string {
 // file, gives what the live run printed, then the analysis.
 func TestRecordTraceAnalyze(t *testing.T) {
 	l := upLab(t)
-	args := []string{"trace", "--netns", l.Node.Spec, "--count", "6"}
+	args := []string{"trace", "--netns", l.Node.Spec, "--count", strconv.Itoa(len(l.Scenarios))}
 	for _, s := range l.Scenarios {
 		args = append(args, "--addr", s.VIP().String())
 	}
@@ -83,7 +85,8 @@ func TestRecordTraceAnalyze(t *testing.T) {
 		}
 	}
 	rest := analyze(t, live, file)
-	for _, w := range []string{"\nanalysis: 1 client(s)\n", "connect latency, first packet to first answer, 1 answered: p50 ",
+	// The client, and the hairpin scenario's pod.
+	for _, w := range []string{"\nanalysis: 2 client(s)\n", "connect latency, first packet to first answer, 1 answered: p50 ",
 		// The conntrack entry of the answered connection, DNAT'ed.
 		"conntrack at the end of the trace: ", "→ 10.96.0.10:80, reply 10.244.0.1"} {
 		if !strings.Contains(rest, w) {
@@ -232,11 +235,11 @@ func TestRecordLabAnalyze(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, errOut)
 	}
-	if !strings.Contains(live, "all 6 scenarios gave the expected verdict") {
+	if !strings.Contains(live, fmt.Sprintf("all %d scenarios gave the expected verdict", len(lab.Scenarios()))) {
 		t.Fatalf("lab:\n%s", live)
 	}
 	rest := analyze(t, live, file)
-	if !strings.Contains(rest, "\nanalysis: 1 client(s)\n") {
+	if !strings.Contains(rest, "\nanalysis: 2 client(s)\n") {
 		t.Errorf("analysis:\n%s", rest)
 	}
 }

@@ -43,6 +43,7 @@ rules, as svctrace SERVICE does on a real node:
   wrong-targetport  targetPort 9090, but the Pod listens on 8080          → reset
   hung-pod          the Pod's server stopped accepting connections        → no-reply
   policy-drop       a FORWARD DROP rule stands in for a NetworkPolicy     → dropped
+  hairpin           a Pod calls its own Service, bridge hairpin_mode off  → dropped
   no-proxy-rules    kube-proxy wrote no rules for the Service             → not-translated
 
 Everything is removed at the end and on Ctrl-C. Nothing leaves the lab: its addresses exist
@@ -173,11 +174,7 @@ type labResult struct {
 }
 
 func recordLab(w *record.Writer, l *lab.Lab, run labRun, facts diagnose.NodeFacts, as map[string]*diagnose.Assessment, results []lab.Result) {
-	lr := labRecord{Run: run, Views: map[string]*resolve.View{},
-		Rules: record.Rules{Rules: facts.Rules, KubeProxy: facts.KubeProxy, KubeProxyKnown: facts.KubeProxyKnown}}
-	if facts.RulesErr != nil {
-		lr.Rules.Err = facts.RulesErr.Error()
-	}
+	lr := labRecord{Run: run, Views: map[string]*resolve.View{}, Rules: recordedFacts(facts)}
 	for _, r := range results {
 		lr.Results = append(lr.Results, labResult{Scenario: r.Scenario, Client: r.Client})
 		lr.Views[r.Scenario.Name] = as[r.Scenario.Name].View

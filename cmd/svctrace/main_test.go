@@ -193,8 +193,8 @@ func TestLabCommandJSON(t *testing.T) {
 			t.Errorf("%s: %s, blame %q", l.Scenario, l.Verdict, l.Blame)
 		}
 		got[l.Scenario] = l.Verdict
-		if l.Verdict == "dropped" && (l.Drop == nil || l.Drop.Hook != "FORWARD" || l.Drop.Stage != "filter table (0)") {
-			t.Errorf("%s: drop %+v", l.Scenario, l.Drop)
+		if s := scenario(l.Scenario); l.Verdict == "dropped" && (l.Drop == nil || l.Drop.Hook != s.ExpectHook.String()) {
+			t.Errorf("%s: drop %+v, want one in %s", l.Scenario, l.Drop, s.ExpectHook)
 		}
 	}
 	if len(got) != len(want) {

@@ -81,7 +81,7 @@ func (o *serviceOptions) prober(ctx context.Context, src resolve.Source, node tr
 		}
 		p.where = fmt.Sprintf("pod %s/%s", ns, name)
 		if !pod.Spec.HostNetwork {
-			if p.from, err = probe.PodNetNS(ip, ""); err != nil {
+			if p.from, err = probe.PodNetNS(ip, node, ""); err != nil {
 				return nil, fmt.Errorf("pod %s/%s: %w", ns, name, err)
 			}
 		}

@@ -119,11 +119,7 @@ type state struct {
 // the Service addresses.
 func (st *state) record(w *record.Writer) {
 	w.View(st.View)
-	r := record.Rules{Rules: st.facts.Rules, KubeProxy: st.facts.KubeProxy, KubeProxyKnown: st.facts.KubeProxyKnown}
-	if st.facts.RulesErr != nil {
-		r.Err = st.facts.RulesErr.Error()
-	}
-	w.Rules(r)
+	w.Rules(recordedFacts(st.facts))
 	services := make([]tracer.Target, 0, len(st.services))
 	for t := range st.services {
 		services = append(services, t)
@@ -160,6 +156,7 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 		if os.Geteuid() == 0 {
 			facts.KubeProxy, facts.KubeProxyKnown = kubeproxy.KubeProxyPIDs(ns), true
 		}
+		facts.Bridges = resolve.Bridges(ns)
 		a, err := diagnose.Assess(ctx, src, o.namespace, name, facts)
 		if err != nil {
 			return nil, err

@@ -20,6 +20,8 @@ type NodeFacts struct {
 	// KubeProxyKnown is false when svctrace cannot see them.
 	KubeProxy      []int
 	KubeProxyKnown bool
+	// Bridges are the node's bridges with their ports' hairpin mode.
+	Bridges []resolve.Bridge
 }
 
 // Assessment is a Service as svctrace sees it at one moment: its objects,
@@ -63,7 +65,7 @@ func AssessView(view *resolve.View, node NodeFacts) *Assessment {
 		}
 	}
 	in := Input{View: view, Service: resolve.NewService(view), Rules: node.Rules, RulesErr: node.RulesErr,
-		KubeProxy: node.KubeProxy, KubeProxyKnown: node.KubeProxyKnown, NodeAddrs: addrs}
+		KubeProxy: node.KubeProxy, KubeProxyKnown: node.KubeProxyKnown, NodeAddrs: addrs, Bridges: node.Bridges}
 	a := &Assessment{Source: view.Source, View: view, Service: in.Service, Findings: Check(in), Proxy: "not read", NodeAddrs: addrs}
 	switch {
 	case node.Rules != nil:

@@ -58,6 +58,8 @@ type Input struct {
 	KubeProxyKnown bool
 	// NodeAddrs are the node's addresses, where its NodePorts are reached.
 	NodeAddrs []netip.Addr
+	// Bridges are the node's bridges (NodeFacts.Bridges).
+	Bridges []resolve.Bridge
 }
 
 // Check diagnoses the Service: the classic reasons a Service does not work,

@@ -369,3 +369,42 @@ func TestSessionAffinity(t *testing.T) {
 		}
 	}
 }
+
+// A Pod reaching itself through its Service, dropped by the bridge: blamed
+// on its port's hairpin_mode when the port is known and off, on the
+// bridge's when every port has it off. (The diagnosis does not warn
+// beforehand: with kubenet's promiscuous-bridge mode, hairpin works with
+// hairpin_mode off, and most Pods never call their own Service.)
+func TestHairpin(t *testing.T) {
+	web := pod(shop, "web-2", "web", "10.244.0.12", "node-1", true)
+	objs := resolve.Objects{Services: []corev1.Service{svc("self", "10.96.1.70", map[string]string{"app": "web"}, intstr.FromString("http"))},
+		Pods: []corev1.Pod{web}, Slices: []discoveryv1.EndpointSlice{slice("self", 8080, web)}, Nodes: []corev1.Node{node("node-1", "10.99.0.1")}}
+	in, _ := check(t, story{objs: objs})
+	ep := netip.MustParseAddrPort("10.244.0.12:8080")
+	self := &flow.Conn{Proto: tracer.TCP, Client: netip.MustParseAddrPort("10.244.0.12:41000"), VIP: netip.MustParseAddrPort("10.96.1.70:80"),
+		Endpoint: ep, Verdict: flow.Dropped, Drop: &flow.Drop{InNode: true, Placed: true, Reason: "NOT_SPECIFIED", Location: "br_handle_frame_finish+0x380"}}
+	cbr0 := func(ports ...resolve.BridgePort) []resolve.Bridge {
+		return []resolve.Bridge{{Name: "cbr0", Prefixes: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24")}, Ports: ports}}
+	}
+	const head = "hairpin: Pod shop/web-2 reached itself through the Service; "
+	for _, c := range []struct {
+		name    string
+		bridges []resolve.Bridge
+		blame   string // "" : not a hairpin blame
+	}{
+		{"port known", cbr0(resolve.BridgePort{Name: "veth1"}, resolve.BridgePort{Name: "veth2", Addrs: []netip.Addr{ep.Addr()}}),
+			head + "the DNAT sent its packet back out port veth2 of bridge cbr0, the port it came in on, and that port's hairpin_mode is off"},
+		{"port unknown, every port off", cbr0(resolve.BridgePort{Name: "veth1"}, resolve.BridgePort{Name: "veth2"}),
+			head + "the DNAT sent its packet back to the bridge port it came in on, and no port of bridge cbr0 has hairpin_mode on"},
+		{"hairpin on", cbr0(resolve.BridgePort{Name: "veth2", Hairpin: true, Addrs: []netip.Addr{ep.Addr()}}), ""},
+		{"no bridge", nil, "hairpin: Pod shop/web-2 reached itself through the Service, and the packet"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			in.Bridges = c.bridges
+			e := NewExplainer(in, Check(in), nil).Explain(self)
+			if hairpin := strings.HasPrefix(e.Blame, "hairpin"); (c.blame == "" && hairpin) || !strings.HasPrefix(e.Blame, c.blame) {
+				t.Errorf("blame %q, want %q…", e.Blame, c.blame)
+			}
+		})
+	}
+}

@@ -175,6 +175,10 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 			e.Blame = e.Rule
 		}
 	case flow.Dropped:
+		if h := x.hairpin(c); h != "" {
+			e.Blame = h
+			break
+		}
 		// kube-proxy's own drop ("has no local endpoints") is a symptom:
 		// blame what the Service's objects say. Someone else's rule is to
 		// blame itself.
@@ -269,6 +273,43 @@ func (x *Explainer) affinity(c *flow.Conn, port *resolve.Port) string {
 	return head + fmt.Sprintf("%s was not pinned when svctrace read kube-proxy's rules; its new connections now go to %s", client, c.Endpoint)
 }
 
+// hairpin explains a dropped connection of a Pod to itself through its
+// Service: the DNAT sends the packet back to the bridge port it came in
+// on, which the bridge does only with that port's hairpin_mode on.
+func (x *Explainer) hairpin(c *flow.Conn) string {
+	if !c.Endpoint.IsValid() || c.Endpoint.Addr() != c.Client.Addr() {
+		return ""
+	}
+	pod := "the endpoint " + c.Client.Addr().String()
+	if ep, ok := x.eps[c.Endpoint]; ok && ep.ep.Pod.Name != "" {
+		pod = "Pod " + ep.ep.Pod.String()
+	}
+	s := "hairpin: " + pod + " reached itself through the Service"
+	b := resolve.BridgeOf(x.in.Bridges, c.Client.Addr())
+	if b == nil {
+		return s + ", and the packet, sent back to the Pod it came from, was dropped: with a bridge, the Pod's port needs hairpin_mode on (kubelet --hairpin-mode=hairpin-veth, or the CNI bridge plugin's \"hairpinMode\": true)"
+	}
+	if p := b.Port(c.Client.Addr()); p != nil && !p.Hairpin {
+		return s + fmt.Sprintf("; the DNAT sent its packet back out port %s of bridge %s, the port it came in on, and that port's hairpin_mode is off, so the bridge dropped it: turn it on (kubelet --hairpin-mode=hairpin-veth, the CNI bridge plugin's \"hairpinMode\": true, or by hand: bridge link set dev %s hairpin on)",
+			p.Name, b.Name, p.Name)
+	}
+	if off := hairpinOff(b); len(off) == len(b.Ports) && len(off) > 0 {
+		return s + fmt.Sprintf("; the DNAT sent its packet back to the bridge port it came in on, and no port of bridge %s has hairpin_mode on, so the bridge dropped it: turn it on (kubelet --hairpin-mode=hairpin-veth, or the CNI bridge plugin's \"hairpinMode\": true)", b.Name)
+	}
+	return ""
+}
+
+// hairpinOff are the bridge's ports with hairpin_mode off.
+func hairpinOff(b *resolve.Bridge) []string {
+	var off []string
+	for _, p := range b.Ports {
+		if !p.Hairpin {
+			off = append(off, p.Name)
+		}
+	}
+	return off
+}
+
 // problem is the first Problem finding about port (or the whole Service).
 func (x *Explainer) problem(port *resolve.Port) *Finding {
 	for i, f := range x.findings {
@@ -323,7 +364,9 @@ func (x *Explainer) rule(c *flow.Conn, port *resolve.Port) (rule string, ownRule
 		}
 	}
 	if len(chains) == 0 {
-		if r.Mode == kubeproxy.ModeIPTablesLegacy {
+		// A legacy table's stage (the gap between the observers around it)
+		// names it; a drop elsewhere (the bridge's) is not the tables'.
+		if r.Mode == kubeproxy.ModeIPTablesLegacy && len(d.Gap.Pieces) > 0 {
 			return fmt.Sprintf("in iptables-legacy's %s on %s", d.Gap.What(), d.Gap.Hook), false
 		}
 		return "", false

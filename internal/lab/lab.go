@@ -49,6 +49,8 @@ type Scenario struct {
 	Expect  flow.Verdict
 	// ExpectHook is where the first packet dies for rejected and dropped.
 	ExpectHook tracer.Hook
+	// From is the pod the connection comes from; "" : the client outside.
+	From string
 }
 
 // VIP is the Service address the client connects to.
@@ -113,6 +115,9 @@ func Scenarios() []Scenario {
 		scenario(Scenario{Name: "policy-drop", Title: "a FORWARD DROP rule (standing in for a NetworkPolicy) blocks the Pod",
 			Programmed: true, Finding: "healthy", Expect: flow.Dropped, ExpectHook: tracer.Forward},
 			"guarded", "10.96.0.50", map[string]string{"app": "guarded"}, http),
+		scenario(Scenario{Name: "hairpin", Title: "the only Pod calls its own Service; the bridge's hairpin_mode is off",
+			Programmed: true, Finding: "healthy", Expect: flow.Dropped, ExpectHook: tracer.PreRouting, From: "web-2"},
+			"self", "10.96.0.70", map[string]string{"app": "web", "track": "canary"}, http),
 		scenario(Scenario{Name: "no-proxy-rules", Title: "kube-proxy wrote no rules for the Service (not running, or not synced)",
 			Programmed: false, Finding: "no-rules-for-service", Expect: flow.NotTranslated},
 			"unproxied", "10.96.0.60", map[string]string{"app": "web", "track": "canary"}, intstr.FromInt32(podPort)),

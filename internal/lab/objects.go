@@ -79,6 +79,7 @@ func (l *Lab) Assess(ctx context.Context) (map[string]*diagnose.Assessment, diag
 	facts := diagnose.NodeFacts{Local: resolve.LocalNode{Name: NodeName}}
 	facts.Rules, facts.RulesErr = kubeproxy.Read(l.Node)
 	facts.KubeProxy, facts.KubeProxyKnown = kubeproxy.KubeProxyPIDs(l.Node), true
+	facts.Bridges = resolve.Bridges(l.Node)
 	out := map[string]*diagnose.Assessment{}
 	for _, s := range l.Scenarios {
 		a, err := diagnose.Assess(ctx, src, Namespace, s.Service.Name, facts)

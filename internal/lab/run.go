@@ -92,7 +92,7 @@ func (l *Lab) Run(ctx context.Context, opts RunOptions) ([]Result, tracer.Info, 
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					results[i] = Result{Scenario: s, Client: l.try(ctx, s.VIP(), opts.Timeout)}
+					results[i] = Result{Scenario: s, Client: l.try(ctx, s, opts.Timeout)}
 				}()
 			}
 			wg.Wait()
@@ -102,6 +102,24 @@ func (l *Lab) Run(ctx context.Context, opts RunOptions) ([]Result, tracer.Info, 
 	}
 	Assign(results, conns)
 	return results, tr.Info(), res, nil
+}
+
+// Pod is the lab's pod of that name, or nil.
+func (l *Lab) Pod(name string) *Pod {
+	for i := range l.Pods {
+		if l.Pods[i].Name == name {
+			return &l.Pods[i]
+		}
+	}
+	return nil
+}
+
+// ClientIP is where the scenario's connection comes from.
+func (l *Lab) ClientIP(s Scenario) netip.Addr {
+	if p := l.Pod(s.From); p != nil {
+		return p.IP
+	}
+	return ClientIP
 }
 
 // Assign gives each scenario's result the connections to its Service.
@@ -122,9 +140,19 @@ func Assign(results []Result, conns []*flow.Conn) {
 	}
 }
 
-// try makes one HTTP request and says what the client saw.
-func (l *Lab) try(ctx context.Context, vip netip.AddrPort, timeout time.Duration) string {
-	body, err := l.Get(ctx, vip, "/", timeout)
+// Request makes the scenario's HTTP request, from the client or from the
+// scenario's pod.
+func (l *Lab) Request(ctx context.Context, s Scenario, timeout time.Duration) ([]byte, error) {
+	ns := l.Client
+	if p := l.Pod(s.From); p != nil {
+		ns = p.NS
+	}
+	return HTTPGet(ctx, ns, s.VIP(), "/", timeout)
+}
+
+// try makes the scenario's request and says what the client saw.
+func (l *Lab) try(ctx context.Context, s Scenario, timeout time.Duration) string {
+	body, err := l.Request(ctx, s, timeout)
 	if err != nil {
 		return "error: " + err.Error()
 	}

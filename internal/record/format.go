@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -133,6 +134,8 @@ type Rules struct {
 	Err            string             `json:"error,omitempty"`
 	KubeProxy      []int              `json:"kube_proxy_pids,omitempty"`
 	KubeProxyKnown bool               `json:"kube_proxy_known,omitempty"`
+	// Bridges are the node's bridges (their ports' hairpin mode).
+	Bridges []resolve.Bridge `json:"bridges,omitempty"`
 }
 
 func header() []byte {

@@ -54,6 +54,10 @@ type story struct {
 	untranslated bool
 	// keepsClient: the Pod sees the client's own address (no SNAT).
 	keepsClient bool
+	// hairpin: the story's only Pod is the client, calling its own
+	// Service; from is that Pod, once added.
+	hairpin bool
+	from    *cluster.Pod
 	// notes must each be part of the traced connection's explanation notes.
 	notes []string
 	// await waits until the cluster has done its part; nil waits for
@@ -183,6 +187,11 @@ func beyondClusterIP(mode cluster.Mode) []*story {
 		{name: "external-traffic-policy-local-served-here", expect: flow.Answered, finding: "healthy", svc: local, pods: one("local"),
 			to: toNodePort, via: "NodePort", keepsClient: true,
 			notes: []string{"externalTrafficPolicy: Local: the Pod sees the client's own address "}},
+		// The node's bridge ports have hairpin_mode off, as with the CNI
+		// bridge plugin's default: the bridge drops the DNAT'ed SYN.
+		{name: "hairpin", expect: flow.Dropped, hairpin: true, finding: "healthy", svc: service("self", "10.96.1.170", map[string]string{"app": "self"}, intstr.FromString("http")),
+			pods:  []cluster.PodSpec{pod(shop, "self-1", "self", lab.ModeHTTP, true)},
+			blame: "hairpin: Pod shop/self-1 reached itself through the Service; the DNAT sent its packet back"},
 		// Traced first by the test itself, then by svctrace, which reads
 		// kube-proxy's memory of that first connection.
 		{name: "session-affinity", expect: flow.Answered, finding: "healthy", svc: sticky,
@@ -271,6 +280,16 @@ func afterKubeProxyDies(mode cluster.Mode) []*story {
 	return []*story{s}
 }
 
+// get makes the story's request: from the client outside the cluster, or
+// for a hairpin from the Pod itself.
+func (s *story) get(ctx context.Context, c *cluster.Cluster, addr netip.AddrPort, timeout time.Duration) {
+	if s.from != nil {
+		lab.HTTPGet(ctx, s.from.NS, addr, "/", timeout)
+		return
+	}
+	c.Get(ctx, addr, "/", timeout)
+}
+
 // dest is where the story's client connects: the ClusterIP, or another
 // address of the Service.
 func dest(c *cluster.Cluster, s *story) netip.AddrPort {
@@ -343,6 +362,9 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 			t.Fatal(err)
 		}
 		s.svc = svc
+		if s.hairpin {
+			s.from = pods[0]
+		}
 		ready[s] = endpoints(s, pods)
 	}
 	for _, s := range ss {
@@ -383,7 +405,7 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				c.Get(ctx, dest(c, s), "/", timeout)
+				s.get(ctx, c, dest(c, s), timeout)
 			}()
 		}
 		wg.Wait()
@@ -411,14 +433,16 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 				t.Fatalf("verdict %s (%s), want %s", conn.Verdict, conn.Why, s.expect)
 			}
 			eps := ready[s]
-			translated := s.expect != flow.Dropped && s.expect != flow.NotTranslated && !s.untranslated
+			// kube-proxy DNATs to a ready endpoint: the bridge drops a
+			// hairpin after that.
+			translated := (s.expect != flow.Dropped && s.expect != flow.NotTranslated && !s.untranslated) || s.hairpin
 			if translated && len(eps) > 0 && !slices.Contains(eps, conn.Endpoint) {
 				t.Errorf("DNAT to %s, not one of the ready endpoints %v", conn.Endpoint, eps)
 			}
 			if (!translated || len(eps) == 0) && conn.Endpoint.IsValid() {
 				t.Errorf("DNAT to %s, but no ready endpoint is reachable from this node", conn.Endpoint)
 			}
-			if translated && len(eps) > 0 && conn.SNAT.IsValid() == s.keepsClient {
+			if translated && len(eps) > 0 && s.expect != flow.Dropped && conn.SNAT.IsValid() == s.keepsClient {
 				t.Errorf("SNAT to %s; want the client address kept: %v", conn.SNAT, s.keepsClient)
 			}
 			// For a forwarded client, kube-proxy rejects in the filter stage of
@@ -428,7 +452,12 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 			if s.rejected {
 				hook = tracer.Forward
 			}
-			if s.rejected || s.expect == flow.Dropped {
+			switch {
+			case s.hairpin:
+				if d := conn.Drop; d == nil || !d.Placed || d.Gap.Hook != tracer.PreRouting || !strings.HasPrefix(d.Location, "br_") {
+					t.Errorf("packet %s, want dropped by the bridge in PREROUTING", d)
+				}
+			case s.rejected || s.expect == flow.Dropped:
 				if d := conn.Drop; d == nil || !d.Placed || d.Gap.Hook != hook || d.Gap.What() != "filter table (0)" {
 					t.Errorf("packet %s, want dropped in %s's filter stage", d, hook)
 				}

@@ -36,7 +36,7 @@ func explainStory(t *testing.T, c *cluster.Cluster, s *story, conn *flow.Conn) {
 		t.Fatal(err)
 	}
 	local := resolve.LocalNode{Name: cluster.NodeName, Addrs: resolve.LocalAddrs(c.Node)}
-	a, err := diagnose.Assess(ctx, api, shop, s.svc.Name, diagnose.NodeFacts{Local: local, Rules: rules})
+	a, err := diagnose.Assess(ctx, api, shop, s.svc.Name, diagnose.NodeFacts{Local: local, Rules: rules, Bridges: resolve.Bridges(c.Node)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +200,7 @@ func traceStory(t *testing.T, c *cluster.Cluster, s *story, addr netip.AddrPort,
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c.Get(ctx, addr, "/", 1500*time.Millisecond)
+	s.get(ctx, c, addr, 1500*time.Millisecond)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("svctrace %v: %v\n%s", src, err, errOut.String())
 	}
@@ -232,7 +232,7 @@ func traceStories(t *testing.T, c *cluster.Cluster, ss []*story, dump string) {
 		default:
 			want = append(want, "✗ "+string(s.expect))
 		}
-		if (s.expect == flow.Answered || s.expect == flow.Reset || s.expect == flow.NoReply) && !s.untranslated {
+		if ((s.expect == flow.Answered || s.expect == flow.Reset || s.expect == flow.NoReply) && !s.untranslated) || s.hairpin {
 			want = append(want, "(pod shop/"+s.svc.Name+"-", " on "+cluster.NodeName+", ready)")
 		}
 		if s.expect != "" {
