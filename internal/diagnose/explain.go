@@ -205,9 +205,10 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 	return e
 }
 
-// notes: what externalTrafficPolicy did to the client's address, for a
-// connection that reached an endpoint through an address from outside the
-// cluster (NodePort, external IP, load-balancer IP).
+// notes: where session affinity sent the connection, and what
+// externalTrafficPolicy did to the client's address for a connection that
+// reached an endpoint through an address from outside the cluster
+// (NodePort, external IP, load-balancer IP).
 func (x *Explainer) notes(c *flow.Conn, ad resolve.Address) []string {
 	var notes []string
 	if n := x.affinity(c, ad.Port); n != "" {
@@ -293,21 +294,10 @@ func (x *Explainer) hairpin(c *flow.Conn) string {
 		return s + fmt.Sprintf("; the DNAT sent its packet back out port %s of bridge %s, the port it came in on, and that port's hairpin_mode is off, so the bridge dropped it: turn it on (kubelet --hairpin-mode=hairpin-veth, the CNI bridge plugin's \"hairpinMode\": true, or by hand: bridge link set dev %s hairpin on)",
 			p.Name, b.Name, p.Name)
 	}
-	if off := hairpinOff(b); len(off) == len(b.Ports) && len(off) > 0 {
+	if len(b.Ports) > 0 && !slices.ContainsFunc(b.Ports, func(p resolve.BridgePort) bool { return p.Hairpin }) {
 		return s + fmt.Sprintf("; the DNAT sent its packet back to the bridge port it came in on, and no port of bridge %s has hairpin_mode on, so the bridge dropped it: turn it on (kubelet --hairpin-mode=hairpin-veth, or the CNI bridge plugin's \"hairpinMode\": true)", b.Name)
 	}
 	return ""
-}
-
-// hairpinOff are the bridge's ports with hairpin_mode off.
-func hairpinOff(b *resolve.Bridge) []string {
-	var off []string
-	for _, p := range b.Ports {
-		if !p.Hairpin {
-			off = append(off, p.Name)
-		}
-	}
-	return off
 }
 
 // problem is the first Problem finding about port (or the whole Service).
