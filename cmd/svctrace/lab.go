@@ -103,6 +103,9 @@ func (o *labOptions) run(ctx context.Context) error {
 		defer l.Down()
 	}
 	o.logf("lab %s up in %s", l.ID, time.Since(start).Round(time.Millisecond))
+	for _, left := range l.Left {
+		fmt.Fprintf(o.stderr, "svctrace: scenario left out on this machine: %s\n", left)
+	}
 
 	// Each scenario's Service is diagnosed, and its connections explained,
 	// from the lab's objects and the node's rules, as on a real node.

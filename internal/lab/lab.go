@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 
 	"github.com/svctrace/svctrace/internal/flow"
@@ -137,7 +138,9 @@ type Lab struct {
 	Pods      []Pod
 	Scenarios []Scenario
 	// Rules is the iptables-restore input programmed into the node.
-	Rules   string
+	Rules string
+	// Left are the scenarios this machine cannot show, with why.
+	Left    []string
 	servers []*Server
 }
 
@@ -188,6 +191,12 @@ func Up(opts Options) (l *Lab, err error) {
 	if err := l.wire(); err != nil {
 		return l, fmt.Errorf("building the lab network: %w", err)
 	}
+	if !bridgeNetfilter(l.Node) {
+		// Without br_netfilter the node routes the hairpin's packet and
+		// the bridge delivers it: nothing to show.
+		l.Scenarios = slices.DeleteFunc(l.Scenarios, func(s Scenario) bool { return s.Name == "hairpin" })
+		l.Left = append(l.Left, "hairpin (br_netfilter is not loaded: modprobe br_netfilter, as Kubernetes nodes with a bridge do)")
+	}
 	if err := l.program(); err != nil {
 		return l, err
 	}
@@ -228,6 +237,13 @@ func (l *Lab) program() error {
 		return fmt.Errorf("programming the node's iptables rules: %w", err)
 	}
 	return nil
+}
+
+// bridgeNetfilter reports whether bridged IPv4 traffic in ns goes through
+// iptables (br_netfilter loaded; its sysctl is per namespace).
+func bridgeNetfilter(ns tracer.NetNS) bool {
+	out, err := topo.Run(ns, "", "cat", "/proc/sys/net/bridge/bridge-nf-call-iptables")
+	return err == nil && strings.TrimSpace(out) == "1"
 }
 
 // Down stops the servers and removes the namespaces (and with them every
