@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 
 	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/topo"
@@ -43,6 +44,16 @@ func TestPodNetNSPicksThePodOfThisNode(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { sleep.Process.Kill(); sleep.Wait() })
+		// ip netns exec enters the namespace after it started.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			ns, err := tracer.ResolveNetNS(fmt.Sprintf("/proc/%d/ns/net", sleep.Process.Pid))
+			if err == nil && ns.Inode == pod.Inode {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("sleep did not enter %s", pod.Spec)
+			}
+		}
 		nodes, pods = append(nodes, node), append(pods, pod)
 	}
 	for i := range 2 {
