@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"k8s.io/klog/v2"
 	"os"
 	"os/signal"
 	"runtime"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/svctrace/svctrace/internal/lab"
+	"k8s.io/klog/v2"
 )
 
 // Set with -ldflags "-X main.version=…".

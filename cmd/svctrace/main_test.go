@@ -213,12 +213,7 @@ func TestLabCommandJSON(t *testing.T) {
 // `svctrace trace` on a lab node shows a live request's DNAT to a pod and
 // the reply's reverse translation.
 func TestTraceCommandFollowsARequest(t *testing.T) {
-	testutil.RequireRoot(t)
-	l, err := lab.Up(lab.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Down()
+	l := upLab(t)
 	s := l.Scenarios[0] // healthy
 	vip := s.VIP()
 

@@ -3,33 +3,20 @@ package main
 import (
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/svctrace/svctrace/internal/lab"
-	"github.com/svctrace/svctrace/internal/testutil"
 )
 
 // svctrace SERVICE --probe opens its own connection, from the node or from
 // a Pod's network namespace (found by the Pod's IP), traces it, says how
 // it went and stops; a failed probe is exit status 1.
 func TestProbe(t *testing.T) {
-	testutil.RequireRoot(t)
-	l, err := lab.Up(lab.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Down()
+	l := upLab(t)
 	objects := filepath.Join(t.TempDir(), "objects.yaml")
-	b, err := lab.ObjectsYAML()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(objects, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeObjects(t, objects)
 	for _, tc := range []struct {
 		name    string
 		args    []string

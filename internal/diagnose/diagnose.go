@@ -563,7 +563,7 @@ func (c *checker) affinity() {
 				f.Evidence = append(f.Evidence, fmt.Sprintf("… and %d more", len(pr.Affinity)-i))
 				break
 			}
-			f.Evidence = append(f.Evidence, c.pinned(a))
+			f.Evidence = append(f.Evidence, pinned(a, endpointName(c.svc, a.Endpoint)))
 		}
 		if len(pr.Affinity) > 0 {
 			f.Next = []string{"a client stuck on a bad endpoint moves on once it has been idle for " + duration(pr.AffinityTimeout) +
@@ -585,13 +585,9 @@ func duration(d time.Duration) string {
 	return s
 }
 
-// pinned describes one remembered client: "10.99.0.2 → 10.244.0.11:8080
-// (pod shop/web-1), last connected 4s before svctrace read it (recent
-// list KUBE-SEP-…)".
-func (c *checker) pinned(a kubeproxy.Affinity) string {
-	return pinned(a, endpointName(c.svc, a.Endpoint))
-}
-
+// pinned describes one remembered client, its endpoint named by name if
+// given: "10.99.0.2 → 10.244.0.11:8080 (pod shop/web-1), last connected 4s
+// before svctrace read it (recent list KUBE-SEP-…)".
 func pinned(a kubeproxy.Affinity, name string) string {
 	s := fmt.Sprintf("%s → %s", a.Client, a.Endpoint)
 	if name != "" {

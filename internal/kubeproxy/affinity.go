@@ -21,10 +21,14 @@ import (
 // on a thread inside the node's network namespace: /proc/thread-self/net
 // is that namespace's (/proc/self/net is the main thread's).
 func (r *Ruleset) readRecent() {
-	now, hz := jiffies()
+	var now uint64
+	hz := -1 // not read yet: /proc/timer_list is large on big machines
 	for _, p := range r.Ports {
 		if p.AffinityTimeout == 0 {
 			continue
+		}
+		if hz < 0 {
+			now, hz = jiffies()
 		}
 		for _, e := range p.Endpoints {
 			if !strings.HasPrefix(e.Chain, "KUBE-SEP-") {

@@ -320,7 +320,7 @@ func ParseIPTablesSave(r *Ruleset, text string) error {
 			proto = "tcp"
 		}
 		p := r.port(PortKey{Name: name, Proto: proto})
-		dest := Dest{Addr: netip.AddrPortFrom(rule.dst, rule.dport), Kind: destKind(rule, rest)}
+		dest := Dest{Addr: netip.AddrPortFrom(rule.dst(), rule.dport), Kind: destKind(rule, rest)}
 		switch {
 		case rule.recentCheck && rule.recentSeconds > 0:
 			// "-m recent --rcheck --seconds N --name KUBE-SEP-…": the
@@ -336,7 +336,7 @@ func ParseIPTablesSave(r *Ruleset, text string) error {
 		case isServiceChain(rule.target):
 			p.addChain(rule.target)
 			if rule.chain == "KUBE-SERVICES" || rule.chain == "KUBE-NODEPORTS" || rule.chain == "KUBE-EXTERNAL-SERVICES" {
-				if dest.Addr.Port() != 0 && !(dest.Kind == "nodePort" && rule.dst.IsValid()) {
+				if dest.Addr.Port() != 0 && !(dest.Kind == "nodePort" && rule.dst().IsValid()) {
 					p.addDest(dest)
 				}
 			}
@@ -359,7 +359,7 @@ func destKind(rule iptRule, rest string) string {
 	switch {
 	// KUBE-EXTERNAL-SERVICES drops a NodePort without local endpoints by
 	// port alone (-m addrtype --dst-type LOCAL).
-	case rule.chain == "KUBE-NODEPORTS", rule.chain == "KUBE-EXTERNAL-SERVICES" && !rule.dst.IsValid():
+	case rule.chain == "KUBE-NODEPORTS", rule.chain == "KUBE-EXTERNAL-SERVICES" && !rule.dst().IsValid():
 		return "nodePort"
 	case strings.HasPrefix(rest, "external IP"):
 		return "external IP"
@@ -371,12 +371,19 @@ func destKind(rule iptRule, rest string) string {
 
 type iptRule struct {
 	chain, proto, comment, target string
-	dst                           netip.Addr
-	dstNet                        netip.Prefix // -d as given
+	dstNet                        netip.Prefix // -d
 	dport                         uint16
 	toDest                        netip.AddrPort
 	recentCheck                   bool // "-m recent --rcheck"
 	recentSeconds                 int
+}
+
+// dst is the one destination address the rule matches, if it names one.
+func (r iptRule) dst() netip.Addr {
+	if r.dstNet.IsSingleIP() {
+		return r.dstNet.Addr()
+	}
+	return netip.Addr{}
 }
 
 func parseRule(args []string) iptRule {
@@ -395,12 +402,7 @@ func parseRule(args []string) iptRule {
 		case "-p":
 			r.proto = next()
 		case "-d":
-			if p, err := netip.ParsePrefix(next()); err == nil {
-				r.dstNet = p
-				if p.IsSingleIP() {
-					r.dst = p.Addr()
-				}
-			}
+			r.dstNet, _ = netip.ParsePrefix(next())
 		case "--dport":
 			if v, err := strconv.ParseUint(next(), 10, 16); err == nil {
 				r.dport = uint16(v)

@@ -242,8 +242,8 @@ func (l *Lab) program() error {
 // bridgeNetfilter reports whether bridged IPv4 traffic in ns goes through
 // iptables (br_netfilter loaded; its sysctl is per namespace).
 func bridgeNetfilter(ns tracer.NetNS) bool {
-	out, err := topo.Run(ns, "", "cat", "/proc/sys/net/bridge/bridge-nf-call-iptables")
-	return err == nil && strings.TrimSpace(out) == "1"
+	v, err := topo.ReadSysctl(ns, "net.bridge.bridge-nf-call-iptables")
+	return err == nil && v == "1"
 }
 
 // Down stops the servers and removes the namespaces (and with them every

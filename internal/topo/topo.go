@@ -168,6 +168,16 @@ func Sysctl(ns tracer.NetNS, key, value string) error {
 	})
 }
 
+// ReadSysctl reads /proc/sys/<key> inside ns.
+func ReadSysctl(ns tracer.NetNS, key string) (string, error) {
+	var out []byte
+	err := tracer.InNetNS(ns, func() (err error) {
+		out, err = os.ReadFile(filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/")))
+		return err
+	})
+	return strings.TrimSpace(string(out)), err
+}
+
 // List returns the names of the namespaces under /run/netns that start
 // with prefix.
 func List(prefix string) []string {

@@ -82,8 +82,11 @@ type Info struct {
 // CountEveryFor is Options.CountEvery for a no-reply timeout: often enough
 // that a busy connection never looks idle for that long.
 func CountEveryFor(timeout time.Duration) time.Duration {
-	return min(250*time.Millisecond, timeout/4)
+	return min(defaultCountEvery, timeout/4)
 }
+
+// defaultCountEvery is Options.CountEvery's default.
+const defaultCountEvery = 250 * time.Millisecond
 
 // QuietAfter is how many packets each way of a connection are reported
 // in full before the event budget applies (Options.EveryPacket).
@@ -175,7 +178,7 @@ func open(backend string, ns NetNS, spec *ebpf.CollectionSpec, cache *btf.Cache,
 	if opts.Snaplen < 0 || opts.Snaplen > MaxSnaplen {
 		return nil, fmt.Errorf("snaplen %d: want 0 (headers only) to %d", opts.Snaplen, MaxSnaplen)
 	}
-	quietAfter, countEvery := uint32(QuietAfter), cmp.Or(opts.CountEvery, 250*time.Millisecond)
+	quietAfter, countEvery := uint32(QuietAfter), cmp.Or(opts.CountEvery, defaultCountEvery)
 	if opts.EveryPacket {
 		quietAfter = math.MaxUint32
 	}
