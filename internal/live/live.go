@@ -43,6 +43,13 @@ type Journal interface {
 	Flush(now uint64)
 }
 
+// Source is where Run reads events: a *tracer.Tracer.
+type Source interface {
+	Read() (tracer.Event, error)
+	SetDeadline(time.Time)
+	Lost() uint64
+}
+
 // Result says how a trace ended.
 type Result struct {
 	Conns   int
@@ -71,7 +78,7 @@ type item struct {
 // Run traces until ctx is done, Count connections were seen, or Quiesce is
 // closed and nothing is left to follow. Connections still open at the end are
 // reported with what was seen of them.
-func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
+func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 	a := flow.New(opts.Flow)
 	var res Result
 	events := make(chan []item, 64)
@@ -155,7 +162,11 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
 	quiesce := opts.Quiesce
-	quiescing := false
+	// quiesced is when Quiesce was closed. Run stops only once the reader
+	// has found the ring buffer empty after that: until then, events of
+	// the traffic may still be in the ring buffer or in the reader's batch
+	// (on a slow machine the whole trace was, and Run reported nothing).
+	var quiesced uint64
 	for {
 		select {
 		case batch := <-events:
@@ -188,11 +199,11 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 			if emit(a.Tick(seen)) {
 				return finish()
 			}
-			if quiescing && a.Active() == 0 && len(events) == 0 {
+			if quiesced != 0 && seen >= quiesced && a.Active() == 0 && len(events) == 0 {
 				return finish()
 			}
 		case <-quiesce:
-			quiescing, quiesce = true, nil
+			quiesced, quiesce = tracer.Now(), nil
 		case err := <-readErr:
 			if errors.Is(err, tracer.ErrClosed) {
 				return finish()
@@ -208,7 +219,7 @@ func Run(ctx context.Context, tr *tracer.Tracer, opts Options) (Result, error) {
 // Collect traces while traffic runs and returns the connections once traffic
 // has returned and every connection it started has been reported (or ctx is
 // done). opts.Conn, if set, still sees each connection as it completes.
-func Collect(ctx context.Context, tr *tracer.Tracer, opts Options, traffic func()) ([]*flow.Conn, Result, error) {
+func Collect(ctx context.Context, tr Source, opts Options, traffic func()) ([]*flow.Conn, Result, error) {
 	var conns []*flow.Conn
 	quiesce := make(chan struct{})
 	each := opts.Conn

@@ -1,0 +1,78 @@
+package live
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+// lagging hands over recorded events as a tracer whose reader falls behind
+// the kernel would: its first read returns only at ready.
+type lagging struct {
+	evs      []tracer.Event
+	ready    time.Time
+	deadline time.Time
+}
+
+func (s *lagging) SetDeadline(d time.Time) { s.deadline = d }
+func (s *lagging) Lost() uint64            { return 0 }
+
+func (s *lagging) Read() (tracer.Event, error) {
+	time.Sleep(time.Until(s.ready)) // the reader's goroutine was not scheduled
+	if len(s.evs) == 0 {
+		time.Sleep(time.Until(s.deadline))
+		return tracer.Event{}, os.ErrDeadlineExceeded
+	}
+	ev := s.evs[0]
+	s.evs = s.evs[1:]
+	return ev, nil
+}
+
+// The lab's trace ends when its clients are done and nothing is followed
+// any more; events the reader has not handed over yet still count. On the
+// 6.12 kernel under emulation the reader lagged, and the lab reported no
+// connection at all.
+func TestCollectWaitsForLaggingReader(t *testing.T) {
+	f, err := os.Open(filepath.Join("..", "flow", "testdata", "lab.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var evs []tracer.Event
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var ev tracer.Event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, ev)
+	}
+	// The recording happened before the traffic "ends" now.
+	now := tracer.Now()
+	for i := range evs {
+		evs[i].Time = now - 100*uint64(time.Millisecond) + (evs[i].Time - evs[0].Time)
+	}
+	opts := flow.Options{NodeNetNS: evs[0].NetNS, Timeout: 1500 * time.Millisecond}
+	want, _ := flow.Replay(evs, opts)
+	if len(want) == 0 {
+		t.Fatal("the recording holds no connection")
+	}
+	src := &lagging{evs: evs, ready: time.Now().Add(300 * time.Millisecond)}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	got, _, err := Collect(ctx, src, Options{Flow: opts}, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d connections, want the %d the recording holds", len(got), len(want))
+	}
+}
