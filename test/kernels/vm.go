@@ -17,11 +17,11 @@ import (
 // wantedModules are what the tests need on a Debian cloud kernel, where
 // netfilter, bridge and veth are modules: NAT and filtering through both
 // iptables backends, and every match and target of the lab's
-// kube-proxy-shaped rules. Dependencies come along. Not br_netfilter:
-// with it loaded, 6.12 traced no lab connection at all (to investigate);
-// the lab leaves its hairpin scenario out without it.
+// kube-proxy-shaped rules; br_netfilter, as Kubernetes nodes with a
+// bridge load it (the lab's hairpin scenario needs it). Dependencies come
+// along.
 var wantedModules = []string{
-	"veth", "bridge",
+	"veth", "bridge", "br_netfilter",
 	"nf_conntrack", "nf_nat", "nf_tables", "nft_chain_nat", "nft_nat", "nft_compat", "nft_reject_ipv4",
 	"ip_tables", "iptable_nat", "iptable_filter", "iptable_mangle",
 	"xt_nat", "xt_MASQUERADE", "xt_mark", "xt_comment", "xt_conntrack", "xt_addrtype", "xt_statistic",
