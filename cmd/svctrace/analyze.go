@@ -304,7 +304,7 @@ func isInput(t record.Type) bool {
 // as the live run did.
 func assessRecorded(v *resolve.View, r record.Rules, m record.Meta) *diagnose.Assessment {
 	facts := diagnose.NodeFacts{Local: resolve.LocalNode{Name: m.Node, Addrs: m.Addrs},
-		Rules: r.Rules, KubeProxy: r.KubeProxy, KubeProxyKnown: r.KubeProxyKnown, Bridges: r.Bridges}
+		Rules: r.Rules, KubeProxy: r.KubeProxy, KubeProxyKnown: r.KubeProxyKnown, Bridges: r.Bridges, Conntrack: r.Conntrack}
 	if r.Err != "" {
 		facts.RulesErr = errors.New(r.Err)
 	}
@@ -314,7 +314,7 @@ func assessRecorded(v *resolve.View, r record.Rules, m record.Meta) *diagnose.As
 // recordedFacts is what a recording keeps of the node's facts, for
 // assessRecorded.
 func recordedFacts(f diagnose.NodeFacts) record.Rules {
-	r := record.Rules{Rules: f.Rules, KubeProxy: f.KubeProxy, KubeProxyKnown: f.KubeProxyKnown, Bridges: f.Bridges}
+	r := record.Rules{Rules: f.Rules, KubeProxy: f.KubeProxy, KubeProxyKnown: f.KubeProxyKnown, Bridges: f.Bridges, Conntrack: f.Conntrack}
 	if f.RulesErr != nil {
 		r.Err = f.RulesErr.Error()
 	}

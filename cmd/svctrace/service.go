@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
-	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/probe"
 	"github.com/svctrace/svctrace/internal/record"
@@ -151,12 +150,7 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 	// gather reads the objects and the node's rules again: at the start and
 	// after every change of the objects.
 	gather := func(ctx context.Context) (*state, error) {
-		facts := diagnose.NodeFacts{Local: local}
-		facts.Rules, facts.RulesErr = o.rules(ns, o.namespace+"/"+name)
-		if os.Geteuid() == 0 {
-			facts.KubeProxy, facts.KubeProxyKnown = kubeproxy.KubeProxyPIDs(ns), true
-		}
-		facts.Bridges = resolve.Bridges(ns)
+		facts := diagnose.ReadNode(ns, local, o.namespace+"/"+name)
 		a, err := diagnose.Assess(ctx, src, o.namespace, name, facts)
 		if err != nil {
 			return nil, err
@@ -320,14 +314,6 @@ func (o *serviceOptions) nodeName() string {
 	}
 	h, _ := os.Hostname()
 	return h
-}
-
-// rules reads kube-proxy's rules on the node, in detail for the Service.
-func (o *serviceOptions) rules(ns tracer.NetNS, service string) (*kubeproxy.Ruleset, error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("reading kube-proxy's rules needs root (run with sudo)")
-	}
-	return kubeproxy.Read(ns, service)
 }
 
 func firstLine(s string) string {

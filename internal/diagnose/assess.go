@@ -2,12 +2,16 @@ package diagnose
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 
+	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // NodeFacts are what svctrace found on the node it runs on.
@@ -22,6 +26,24 @@ type NodeFacts struct {
 	KubeProxyKnown bool
 	// Bridges are the node's bridges with their ports' hairpin mode.
 	Bridges []resolve.Bridge
+	// Conntrack is the node's connection tracking table (nil: unread).
+	Conntrack *conntrack.Table
+}
+
+// ReadNode reads the node's facts from its network namespace ns: kube-proxy's
+// rules (those of services in detail, see kubeproxy.Read) and processes, its
+// bridges, its conntrack table. What needs root and cannot be read says so
+// in RulesErr, or is left out.
+func ReadNode(ns tracer.NetNS, local resolve.LocalNode, services ...string) NodeFacts {
+	facts := NodeFacts{Local: local, Bridges: resolve.Bridges(ns)}
+	if os.Geteuid() != 0 {
+		facts.RulesErr = errors.New("reading kube-proxy's rules needs root (run with sudo)")
+		return facts
+	}
+	facts.Rules, facts.RulesErr = kubeproxy.Read(ns, services...)
+	facts.KubeProxy, facts.KubeProxyKnown = kubeproxy.KubeProxyPIDs(ns), true
+	facts.Conntrack, _ = conntrack.Read(ns)
+	return facts
 }
 
 // Assessment is a Service as svctrace sees it at one moment: its objects,
@@ -65,7 +87,8 @@ func AssessView(view *resolve.View, node NodeFacts) *Assessment {
 		}
 	}
 	in := Input{View: view, Service: resolve.NewService(view), Rules: node.Rules, RulesErr: node.RulesErr,
-		KubeProxy: node.KubeProxy, KubeProxyKnown: node.KubeProxyKnown, NodeAddrs: addrs, Bridges: node.Bridges}
+		KubeProxy: node.KubeProxy, KubeProxyKnown: node.KubeProxyKnown, NodeAddrs: addrs, Bridges: node.Bridges,
+		Conntrack: node.Conntrack}
 	a := &Assessment{Source: view.Source, View: view, Service: in.Service, Findings: Check(in), Proxy: "not read", NodeAddrs: addrs}
 	switch {
 	case node.Rules != nil:

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/resolve"
 	corev1 "k8s.io/api/core/v1"
@@ -60,6 +61,8 @@ type Input struct {
 	NodeAddrs []netip.Addr
 	// Bridges are the node's bridges (NodeFacts.Bridges).
 	Bridges []resolve.Bridge
+	// Conntrack is the node's conntrack table (nil: unread).
+	Conntrack *conntrack.Table
 }
 
 // Check diagnoses the Service: the classic reasons a Service does not work,
@@ -82,6 +85,8 @@ func Check(in Input) []Finding {
 	c.targetPorts()
 	c.rules()
 	c.localPolicy()
+	c.conntrackFull()
+	c.staleConntrack()
 	sort.SliceStable(c.out, func(i, j int) bool { return rank(c.out[i].Severity) < rank(c.out[j].Severity) })
 	if len(c.out) == 0 || c.out[0].Severity != Problem {
 		c.healthy()

@@ -9,6 +9,7 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // Explanation names the Kubernetes objects behind a traced connection.
@@ -167,6 +168,10 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 			c.VIP.Addr(), c.VIP, nodePortRule(x.in.Rules))
 		return e
 	}
+	if s := staleEntry(c, port); s != "" && c.Verdict != flow.Answered {
+		e.Blame = s
+		return e
+	}
 	switch c.Verdict {
 	case flow.Rejected, flow.NotTranslated:
 		if f := x.problem(port); f != nil {
@@ -175,6 +180,10 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 			e.Blame = e.Rule
 		}
 	case flow.Dropped:
+		if d := c.Drop; d != nil && d.InNode && d.Placed && d.Gap.After == tracer.StagePreConntrack {
+			e.Blame = x.conntrackDrop(c)
+			break
+		}
 		if h := x.hairpin(c); h != "" {
 			e.Blame = h
 			break

@@ -314,6 +314,10 @@ func (a *Assembler) observe(c *Conn, ev tracer.Event, d Dir) {
 		c.End = ev.Time
 	}
 	if ev.CT.ID != 0 {
+		if !c.st.ctSeen {
+			c.st.ctSeen = true
+			c.Prior = ev.CT.Status&tracer.CTConfirmed != 0
+		}
 		a.learnNAT(c, ev.CT)
 	}
 	if ev.Kind == tracer.KindDrop {
@@ -544,9 +548,18 @@ func (a *Assembler) describe(c *Conn, pk *packet, ev tracer.Event) string {
 		s = fmt.Sprintf("reply %s %s → %s", packetWhat(ev), ev.Tuple.Src, ev.Tuple.Dst)
 	}
 	if ev.CT.ID != 0 {
-		s += ", conntrack " + ev.CT.Info.String()
+		s += ", conntrack " + ev.CT.Info.String() + priorEntry(ev.CT)
 	}
 	return s
+}
+
+// priorEntry notes a new packet that found an entry made before: an
+// unanswered flow that began earlier, whose NAT was decided then.
+func priorEntry(ct tracer.Conntrack) string {
+	if ct.Info == tracer.CTNew && ct.Status&tracer.CTConfirmed != 0 {
+		return " (an existing entry)"
+	}
+	return ""
 }
 
 func packetWhat(ev tracer.Event) string {
@@ -560,7 +573,7 @@ func packetWhat(ev tracer.Event) string {
 func (a *Assembler) changes(c *Conn, pk *packet, prev, ev tracer.Event) string {
 	var parts []string
 	if prev.CT.ID == 0 && ev.CT.ID != 0 {
-		parts = append(parts, "conntrack "+ev.CT.Info.String())
+		parts = append(parts, "conntrack "+ev.CT.Info.String()+priorEntry(ev.CT))
 	}
 	if prev.Tuple.Dst != ev.Tuple.Dst && ev.Tuple.IsValid() && prev.Tuple.IsValid() {
 		if pk.dir == Original {

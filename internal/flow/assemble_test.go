@@ -1,11 +1,8 @@
 package flow
 
 import (
-	"bufio"
-	"encoding/json"
 	"flag"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,21 +17,9 @@ var verbose = flag.Bool("show", false, "print the assembled connections")
 // once, recorded on kernel 6.18 (regenerate with
 // sudo go test ./internal/lab -run TestScenarios -update-fixtures).
 func loadEvents(t testing.TB, name string) []tracer.Event {
-	t.Helper()
-	f, err := os.Open(filepath.Join("testdata", name+".jsonl"))
+	evs, err := tracer.ReadEvents(filepath.Join("testdata", name+".jsonl"))
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	var evs []tracer.Event
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		var ev tracer.Event
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		evs = append(evs, ev)
 	}
 	return evs
 }

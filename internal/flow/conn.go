@@ -54,6 +54,10 @@ type Conn struct {
 	Bytes  [2]uint64
 	SYNs   int    // SYNs the client sent: 1 + retransmissions
 	Closed string // how the connection ended: "FIN", "RST" or ""
+	// Prior: its first packet found a conntrack entry made before (a
+	// flow that began before the trace): the NAT was decided then, not by
+	// the rules the trace saw.
+	Prior bool
 	// Steps are the observations worth showing: every stage of the first
 	// packet each way and of notable packets (errors, resets, drops), the
 	// first stage of retransmissions.
@@ -142,6 +146,7 @@ type state struct {
 	fin              [2]bool
 	rst              bool
 	tuples           []tracer.Tuple // indexed forms, to unindex on finish
+	ctSeen           bool           // an event carried the conntrack entry
 }
 
 func (c *Conn) findPacket(id uint64) *packet {

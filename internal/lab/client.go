@@ -53,3 +53,31 @@ func HTTPGet(ctx context.Context, ns tracer.NetNS, addr netip.AddrPort, path str
 	}
 	return body, nil
 }
+
+// UDPExchange sends one datagram to addr from port (0: any) inside ns and
+// waits for the answer.
+func UDPExchange(ctx context.Context, ns tracer.NetNS, port uint16, addr netip.AddrPort, timeout time.Duration) ([]byte, error) {
+	var c *net.UDPConn
+	err := tracer.InNetNS(ns, func() (err error) {
+		c, err = net.DialUDP("udp", &net.UDPAddr{Port: int(port)}, net.UDPAddrFromAddrPort(addr))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	deadline := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	c.SetDeadline(deadline)
+	if _, err := c.Write([]byte("hello?\n")); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 1500)
+	n, err := c.Read(buf)
+	if err != nil {
+		return nil, err
+	}
+	return buf[:n], nil
+}

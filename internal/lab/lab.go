@@ -5,6 +5,7 @@
 package lab
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
@@ -52,6 +54,13 @@ type Scenario struct {
 	ExpectHook tracer.Hook
 	// From is the pod the connection comes from; "" : the client outside.
 	From string
+	// Stale is a Pod address that was the Service's endpoint before the
+	// lab's objects were as they are: the client's flow to the Service,
+	// from ClientPort, began then, and its conntrack entry still sends it
+	// there. The address is gone (a blackhole route, as Calico leaves for
+	// a released Pod address).
+	Stale      netip.AddrPort `json:",omitzero"`
+	ClientPort uint16         `json:",omitempty"`
 }
 
 // VIP is the Service address the client connects to.
@@ -64,6 +73,8 @@ var (
 	web2    = netip.MustParseAddr("10.244.0.12")
 	hung    = netip.MustParseAddr("10.244.0.13")
 	guarded = netip.MustParseAddr("10.244.0.14")
+	// gone was Pod dns-old's address; no Pod has it now.
+	gone = netip.MustParseAddr("10.244.0.19")
 )
 
 // podPort is the one container port every lab pod declares, named "http".
@@ -97,6 +108,12 @@ func scenario(s Scenario, service, vip string, selector map[string]string, targe
 	return s
 }
 
+// udp makes s's Service port UDP: "dns", port 53.
+func udp(s Scenario) Scenario {
+	s.Service.Protocol, s.Service.PortName, s.Service.Port = "udp", "dns", 53
+	return s
+}
+
 // Scenarios are the lab's stories, in the order they are shown.
 func Scenarios() []Scenario {
 	http := intstr.FromString("http")
@@ -119,6 +136,10 @@ func Scenarios() []Scenario {
 		scenario(Scenario{Name: "hairpin", Title: "the only Pod calls its own Service; the bridge's hairpin_mode is off",
 			Programmed: true, Finding: "healthy", Expect: flow.Dropped, ExpectHook: tracer.PreRouting, From: "web-2"},
 			"self", "10.96.0.70", map[string]string{"app": "web", "track": "canary"}, http),
+		udp(scenario(Scenario{Name: "stale-conntrack", Title: "a UDP client keeps sending to a Pod that left: its conntrack entry outlived the endpoint",
+			Programmed: true, Finding: "conntrack-stale", Expect: flow.Dropped, ExpectHook: tracer.PreRouting,
+			Stale: netip.AddrPortFrom(gone, podPort), ClientPort: 40053},
+			"dns", "10.96.0.80", map[string]string{"app": "web", "track": "stable"}, intstr.FromInt32(podPort))),
 		scenario(Scenario{Name: "no-proxy-rules", Title: "kube-proxy wrote no rules for the Service (not running, or not synced)",
 			Programmed: false, Finding: "no-rules-for-service", Expect: flow.NotTranslated},
 			"unproxied", "10.96.0.60", map[string]string{"app": "web", "track": "canary"}, intstr.FromInt32(podPort)),
@@ -207,7 +228,46 @@ func Up(opts Options) (l *Lab, err error) {
 		}
 		l.servers = append(l.servers, s)
 	}
+	if err := l.history(); err != nil {
+		return l, fmt.Errorf("making the lab's conntrack history: %w", err)
+	}
 	return l, nil
+}
+
+// history makes what happened before the lab's objects were as they are:
+// for a scenario with a Stale endpoint, the rules sent the Service there
+// when the client's flow began, and that Pod's address is gone since.
+func (l *Lab) history() error {
+	old := map[string][]netip.AddrPort{}
+	var stale []Scenario
+	for _, s := range l.Scenarios {
+		if s.Stale.IsValid() {
+			old[s.Service.Name] = []netip.AddrPort{s.Stale}
+			stale = append(stale, s)
+		}
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	if err := l.programWith(old); err != nil {
+		return err
+	}
+	for _, s := range stale {
+		// The datagram leaves the node, so its entry is confirmed; the
+		// neighbour entry stands for the Pod, and nothing answers.
+		gone := s.Stale.Addr().String()
+		if _, err := topo.Run(l.Node, "", "ip", "neigh", "replace", gone, "lladdr", "02:00:00:00:00:19", "dev", topo.BridgeName, "nud", "permanent"); err != nil {
+			return err
+		}
+		l.Request(context.Background(), s, 50*time.Millisecond)
+		if _, err := topo.Run(l.Node, "", "ip", "neigh", "del", gone, "dev", topo.BridgeName); err != nil {
+			return err
+		}
+		if _, err := topo.Run(l.Node, "", "ip", "route", "add", "blackhole", gone+"/32"); err != nil {
+			return err
+		}
+	}
+	return l.program()
 }
 
 func (l *Lab) wire() error {
@@ -225,9 +285,16 @@ func (l *Lab) wire() error {
 }
 
 // program writes the kube-proxy-style rules into the node.
-func (l *Lab) program() error {
+func (l *Lab) program() error { return l.programWith(nil) }
+
+// programWith writes the rules with some Services' endpoints replaced (by
+// Service name): the rules as kube-proxy wrote them before.
+func (l *Lab) programWith(endpoints map[string][]netip.AddrPort) error {
 	var sps []kubeproxy.ServicePort
 	for _, s := range l.Scenarios {
+		if eps, ok := endpoints[s.Service.Name]; ok {
+			s.Service.Endpoints = eps
+		}
 		if s.Programmed {
 			sps = append(sps, s.Service)
 		}

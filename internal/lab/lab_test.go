@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/conntrack"
+	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/live"
@@ -65,6 +67,7 @@ func blames(mode kubeproxy.Mode) map[string]string {
 		"policy-drop":      policy,
 		"no-proxy-rules":   "kube-proxy on lab-node: kube-proxy (" + string(mode) + " mode) has no rules for lab/unproxied:http on this node",
 		"hairpin":          "hairpin: Pod lab/web-2 reached itself through the Service; the DNAT sent its packet back out port veth2 of bridge cbr0",
+		"stale-conntrack":  "a conntrack entry made before this trace sends the flow to 10.244.0.19:8080, which is not a serving endpoint of lab/dns:dns now",
 	}
 }
 
@@ -109,8 +112,12 @@ func TestScenarios(t *testing.T) {
 				t.Errorf("connection %s → %s, want %s → %s", c.Client, c.VIP, l.ClientIP(s), s.VIP())
 			}
 			translated := s.Programmed && len(s.Service.Endpoints) > 0
-			if translated && !slices.Contains(s.Service.Endpoints, c.Endpoint) {
-				t.Errorf("DNAT to %s, not one of the Service's endpoints %v", c.Endpoint, s.Service.Endpoints)
+			endpoints := s.Service.Endpoints
+			if s.Stale.IsValid() {
+				endpoints = []netip.AddrPort{s.Stale} // where the old entry sends it
+			}
+			if translated && !slices.Contains(endpoints, c.Endpoint) {
+				t.Errorf("DNAT to %s, not one of %v", c.Endpoint, endpoints)
 			}
 			if !translated && c.Endpoint.IsValid() {
 				t.Errorf("DNAT to %s, want none", c.Endpoint)
@@ -134,6 +141,11 @@ func TestScenarios(t *testing.T) {
 					t.Fatalf("drop %+v, want one in %s (%s; drops %+v; steps and events:\n%s)", c.Drop, s.ExpectHook, c.Why, c.Drops, strings.Join(steps, "\n"))
 				}
 				switch {
+				case s.Name == "stale-conntrack":
+					// The node's routing discards it: the address is gone.
+					if c.Drop.Gap.After != tracer.StageLast {
+						t.Errorf("drop %s, want one after PREROUTING (routing)", c.Drop)
+					}
 				case s.Name == "hairpin":
 					// The bridge drops it, after the DNAT, refusing to send it
 					// back out the port it came in on.
@@ -150,10 +162,10 @@ func TestScenarios(t *testing.T) {
 				t.Errorf("first finding %s (%s), want %s", f.Code, f.Summary, s.Finding)
 			}
 			e := a.Explainer.Explain(c)
-			if e.Service != Namespace+"/"+s.Service.Name+":http (ClusterIP)" {
+			if e.Service != Namespace+"/"+s.Service.Name+":"+s.Service.PortName+" (ClusterIP)" {
 				t.Errorf("service %q", e.Service)
 			}
-			if translated && (e.Pod == "" || e.Node != NodeName || e.Endpoint != "ready") {
+			if translated && !s.Stale.IsValid() && (e.Pod == "" || e.Node != NodeName || e.Endpoint != "ready") {
 				t.Errorf("endpoint %s: pod %q on %q, %q", c.Endpoint, e.Pod, e.Node, e.Endpoint)
 			}
 			if !strings.HasPrefix(e.Blame, blames[s.Name]) || (blames[s.Name] == "") != (e.Blame == "") {
@@ -310,4 +322,50 @@ func findPort(t *testing.T, l *Lab, ip netip.Addr) resolve.BridgePort {
 		t.Fatalf("no port of %s holds %s: %+v", b.Name, ip, b.Ports)
 	}
 	return *p
+}
+
+// A full conntrack table drops the SYN of every new connection inside
+// conntrack, before any rule sees it: svctrace places the drop there, and
+// the diagnosis and the blame say the table is full, with its counters.
+func TestConntrackTableFull(t *testing.T) {
+	l := up(t)
+	before, err := conntrack.Read(l.Node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.Max > 1<<21 {
+		t.Skipf("nf_conntrack_max is %d: too many entries to fill here", before.Max)
+	}
+	if err := topo.FillConntrack(l.Node, int(before.Max)); err != nil {
+		t.Fatal(err)
+	}
+	l.Scenarios = l.Scenarios[:1] // healthy
+	results, _, _, err := l.Run(context.Background(), RunOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results[0].Conns) == 0 {
+		t.Fatalf("no connection traced (client: %s)", results[0].Client)
+	}
+	c := results[0].Conns[0]
+	if c.Verdict != flow.Dropped || c.Drop == nil || !c.Drop.Placed || c.Drop.Gap.Hook != tracer.PreRouting || c.Drop.Gap.After != tracer.StagePreConntrack {
+		t.Fatalf("verdict %s (%s), want the SYN dropped by conntrack in PREROUTING", c.Verdict, c.Why)
+	}
+	as, facts, err := l.Assess(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !facts.Conntrack.Full() || facts.Conntrack.Stats["drop"] == 0 {
+		t.Errorf("conntrack %d of %d entries, drop counter %d: want full, with drops", facts.Conntrack.Count, facts.Conntrack.Max, facts.Conntrack.Stats["drop"])
+	}
+	a := as["healthy"]
+	if f := a.Findings[0]; f.Code != "conntrack-full" || f.Severity != diagnose.Problem {
+		t.Errorf("first finding %s %s (%s), want the problem conntrack-full", f.Severity, f.Code, f.Summary)
+	}
+	want := "conntrack dropped the SYN before any rule saw it: the node's conntrack table is full"
+	e := a.Explainer.Explain(c)
+	if !strings.HasPrefix(e.Blame, want) {
+		t.Errorf("blame %q, want %q…", e.Blame, want)
+	}
+	t.Logf("%s: %s\nblame: %s", a.Findings[0].Code, a.Findings[0].Summary, e.Blame)
 }

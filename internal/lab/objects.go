@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/svctrace/svctrace/internal/diagnose"
-	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/resolve"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -30,7 +30,8 @@ func Objects() *resolve.Objects {
 		o.Pods = append(o.Pods, corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: p.Name, Labels: p.Labels},
 			Spec: corev1.PodSpec{NodeName: NodeName, Containers: []corev1.Container{{Name: "app",
-				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: podPort, Protocol: corev1.ProtocolTCP}}}}},
+				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: podPort, Protocol: corev1.ProtocolTCP},
+					{Name: "echo", ContainerPort: podPort, Protocol: corev1.ProtocolUDP}}}}},
 			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: p.IP.String(), PodIPs: []corev1.PodIP{{IP: p.IP.String()}},
 				HostIP:            nodeNet.Addr().String(),
 				Conditions:        []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
@@ -39,13 +40,14 @@ func Objects() *resolve.Objects {
 	}
 	for _, s := range Scenarios() {
 		sp := s.Service
+		proto := corev1.Protocol(strings.ToUpper(sp.Protocol))
 		o.Services = append(o.Services, corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: sp.Name},
 			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, Selector: s.Selector,
 				ClusterIP: sp.ClusterIP.String(), ClusterIPs: []string{sp.ClusterIP.String()},
-				Ports: []corev1.ServicePort{{Name: sp.PortName, Port: int32(sp.Port), Protocol: corev1.ProtocolTCP, TargetPort: s.TargetPort}}},
+				Ports: []corev1.ServicePort{{Name: sp.PortName, Port: int32(sp.Port), Protocol: proto, TargetPort: s.TargetPort}}},
 		})
-		name, proto := sp.PortName, corev1.ProtocolTCP
+		name := sp.PortName
 		sl := discoveryv1.EndpointSlice{
 			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: sp.Name + "-lab",
 				Labels: map[string]string{discoveryv1.LabelServiceName: sp.Name}},
@@ -76,10 +78,7 @@ func Objects() *resolve.Objects {
 // and returns the assessments by scenario name, and what the node held.
 func (l *Lab) Assess(ctx context.Context) (map[string]*diagnose.Assessment, diagnose.NodeFacts, error) {
 	src := resolve.FileSource{Objects: Objects(), Path: "svctrace lab"}
-	facts := diagnose.NodeFacts{Local: resolve.LocalNode{Name: NodeName}}
-	facts.Rules, facts.RulesErr = kubeproxy.Read(l.Node)
-	facts.KubeProxy, facts.KubeProxyKnown = kubeproxy.KubeProxyPIDs(l.Node), true
-	facts.Bridges = resolve.Bridges(l.Node)
+	facts := diagnose.ReadNode(l.Node, resolve.LocalNode{Name: NodeName})
 	out := map[string]*diagnose.Assessment{}
 	for _, s := range l.Scenarios {
 		a, err := diagnose.Assess(ctx, src, Namespace, s.Service.Name, facts)

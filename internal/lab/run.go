@@ -51,7 +51,8 @@ type RunOptions struct {
 func (l *Lab) Targets() []tracer.Target {
 	var ts []tracer.Target
 	for _, s := range l.Scenarios {
-		ts = append(ts, tracer.Target{Addr: s.VIP(), Proto: tracer.TCP})
+		proto, _ := tracer.ParseProto(s.Service.Protocol)
+		ts = append(ts, tracer.Target{Addr: s.VIP(), Proto: proto})
 	}
 	return ts
 }
@@ -147,6 +148,9 @@ func (l *Lab) Request(ctx context.Context, s Scenario, timeout time.Duration) ([
 	if p := l.Pod(s.From); p != nil {
 		ns = p.NS
 	}
+	if s.Service.Protocol == "udp" {
+		return UDPExchange(ctx, ns, s.ClientPort, s.VIP(), timeout)
+	}
 	return HTTPGet(ctx, ns, s.VIP(), "/", timeout)
 }
 
@@ -155,6 +159,9 @@ func (l *Lab) try(ctx context.Context, s Scenario, timeout time.Duration) string
 	body, err := l.Request(ctx, s, timeout)
 	if err != nil {
 		return "error: " + err.Error()
+	}
+	if s.Service.Protocol == "udp" {
+		return fmt.Sprintf("answer: %q", body)
 	}
 	return fmt.Sprintf("HTTP 200: %q", body)
 }

@@ -25,7 +25,7 @@ const serverEnv = "SVCTRACE_LAB_SERVER"
 
 // Server modes.
 const (
-	ModeHTTP = "http" // answers HTTP on every port
+	ModeHTTP = "http" // answers HTTP, and UDP datagrams, on every port
 	ModeHung = "hung" // listens but never accepts; its accept queue is full
 )
 
@@ -78,6 +78,11 @@ func serve(spec serverSpec) error {
 			}
 			srv := &http.Server{Handler: handler(spec.Name), ReadHeaderTimeout: 5 * time.Second}
 			go srv.Serve(ln)
+			pc, err := net.ListenPacket("udp", fmt.Sprintf(":%d", port))
+			if err != nil {
+				return err
+			}
+			go echo(pc, spec.Name)
 		}
 	case ModeHung:
 		for _, port := range spec.Ports {
@@ -94,6 +99,18 @@ func serve(spec serverSpec) error {
 		return nil
 	}
 	select {}
+}
+
+// echo answers every datagram with a greeting.
+func echo(pc net.PacketConn, name string) {
+	buf := make([]byte, 1500)
+	for {
+		_, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		pc.WriteTo([]byte("hello from "+name+"\n"), from)
+	}
 }
 
 // handler answers "/" with a greeting and "/bytes/N" with N bytes of a

@@ -1,9 +1,7 @@
 package live
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -40,20 +38,9 @@ func (s *lagging) Read() (tracer.Event, error) {
 // 6.12 kernel under emulation the reader lagged, and the lab reported no
 // connection at all.
 func TestCollectWaitsForLaggingReader(t *testing.T) {
-	f, err := os.Open(filepath.Join("..", "flow", "testdata", "lab.jsonl"))
+	evs, err := tracer.ReadEvents(filepath.Join("..", "flow", "testdata", "lab.jsonl"))
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	var evs []tracer.Event
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		var ev tracer.Event
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			t.Fatal(err)
-		}
-		evs = append(evs, ev)
 	}
 	// The recording happened before the traffic "ends" now.
 	now := tracer.Now()

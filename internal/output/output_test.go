@@ -21,18 +21,9 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 // labConns assembles the lab recording of internal/flow.
 func labConns(t *testing.T) []*flow.Conn {
 	t.Helper()
-	f, err := os.Open(filepath.Join("..", "flow", "testdata", "lab.jsonl"))
+	evs, err := tracer.ReadEvents(filepath.Join("..", "flow", "testdata", "lab.jsonl"))
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	var evs []tracer.Event
-	for dec := json.NewDecoder(f); dec.More(); {
-		var ev tracer.Event
-		if err := dec.Decode(&ev); err != nil {
-			t.Fatal(err)
-		}
-		evs = append(evs, ev)
 	}
 	conns, _ := flow.Replay(evs, flow.Options{NodeNetNS: evs[0].NetNS, Timeout: 1500 * time.Millisecond})
 	return conns

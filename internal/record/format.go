@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/svctrace/svctrace/internal/conntrack"
 	"hash/crc32"
 	"net/netip"
 	"time"
@@ -111,15 +112,7 @@ type IfName struct {
 }
 
 // Conntrack is one conntrack entry, as conntrack -L shows it.
-type Conntrack struct {
-	Proto   string            `json:"proto"`
-	Orig    [2]netip.AddrPort `json:"orig"`  // source, destination
-	Reply   [2]netip.AddrPort `json:"reply"` // source, destination
-	Mark    uint32            `json:"mark,omitempty"`
-	Zone    uint16            `json:"zone,omitempty"`
-	Timeout uint32            `json:"timeout,omitempty"` // seconds left
-	Status  string            `json:"status,omitempty"`
-}
+type Conntrack = conntrack.Entry
 
 // End closes a recording that ended cleanly.
 type End struct {
@@ -136,6 +129,9 @@ type Rules struct {
 	KubeProxyKnown bool               `json:"kube_proxy_known,omitempty"`
 	// Bridges are the node's bridges (their ports' hairpin mode).
 	Bridges []resolve.Bridge `json:"bridges,omitempty"`
+	// Conntrack is the node's conntrack table: size, counters, translated
+	// UDP entries.
+	Conntrack *conntrack.Table `json:"conntrack,omitempty"`
 }
 
 func header() []byte {

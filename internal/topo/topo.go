@@ -231,6 +231,9 @@ func Remove(names []string) error {
 	return errors.Join(errs...)
 }
 
+// BridgeName is NodeNet's bridge.
+const BridgeName = "cbr0"
+
 // NodeNet is a Kubernetes-node-like topology: a bridge (cbr0) whose address
 // is the pods' gateway, a client namespace routed via the node, and an
 // upstream namespace that the node's default route leads to, as on a real
@@ -250,8 +253,8 @@ type NodeNet struct {
 func (n NodeNet) Wire() error {
 	upstream := netip.PrefixFrom(n.Uplink.Addr().Next(), n.Uplink.Bits())
 	steps := []func() error{
-		func() error { return AddLink(n.Node, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "cbr0"}}) },
-		Iface{NS: n.Node, Name: "cbr0", Addr: n.Bridge}.Configure,
+		func() error { return AddLink(n.Node, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: BridgeName}}) },
+		Iface{NS: n.Node, Name: BridgeName, Addr: n.Bridge}.Configure,
 		func() error { return Veth(n.Node, "uplink0", n.Upstream, "eth0", "") },
 		Iface{NS: n.Node, Name: "uplink0", Addr: n.Uplink, Gateway: upstream.Addr()}.Configure,
 		Iface{NS: n.Upstream, Name: "eth0", Addr: upstream}.Configure,
@@ -274,7 +277,7 @@ func (n NodeNet) Wire() error {
 // the pod, with addr in the bridge's subnet and a default route via the
 // bridge.
 func (n NodeNet) AttachPod(pod tracer.NetNS, i int, addr netip.Addr) error {
-	if err := Veth(n.Node, fmt.Sprintf("veth%d", i), pod, "eth0", "cbr0"); err != nil {
+	if err := Veth(n.Node, fmt.Sprintf("veth%d", i), pod, "eth0", BridgeName); err != nil {
 		return err
 	}
 	return Iface{NS: pod, Name: "eth0", Addr: netip.PrefixFrom(addr, n.Bridge.Bits()), Gateway: n.Bridge.Addr()}.Configure()

@@ -1,0 +1,137 @@
+package diagnose
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/svctrace/svctrace/internal/conntrack"
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+// conntrackFull: a table at its limit drops the first packet of every new
+// connection (unless the kernel can evict an entry not yet assured), for
+// every Service on the node at once.
+func (c *checker) conntrackFull() {
+	t := c.Conntrack
+	if t == nil || t.Max == 0 || t.Count*10 < t.Max*9 {
+		return
+	}
+	f := Finding{Severity: Warning, Code: "conntrack-full", Object: "conntrack on " + c.nodeName(),
+		Summary: fmt.Sprintf("the node's conntrack table is nearly full (%d of %d entries): at the limit, new connections are dropped", t.Count, t.Max)}
+	if t.Full() {
+		f.Severity = Problem
+		f.Summary = fmt.Sprintf("the node's conntrack table is full (%d of %d entries): the kernel drops the first packet of every new connection it cannot evict an unassured entry for", t.Count, t.Max)
+	}
+	f.Evidence = []string{fmt.Sprintf("nf_conntrack_count %d, nf_conntrack_max %d", t.Count, t.Max)}
+	if s := counters(t, "drop", "early_drop", "insert_failed"); s != "" {
+		f.Evidence = append(f.Evidence, "conntrack statistics of the node's namespace: "+s)
+	}
+	f.Next = []string{
+		"conntrack -C; conntrack -S  (entries, and drop= on each CPU)",
+		`conntrack -L | grep -o 'src=[^ ]*' | sort | uniq -c | sort -rn | head  (who holds the entries)`,
+		"raise the limit: sysctl -w net.netfilter.nf_conntrack_max=N (kube-proxy sets it at start from conntrack.maxPerCore × CPUs, --conntrack-max-per-core)",
+	}
+	c.add(f)
+}
+
+// counters: "drop 12, early_drop 0" for the named statistics.
+func counters(t *conntrack.Table, names ...string) string {
+	var parts []string
+	for _, n := range names {
+		if v, ok := t.Stats[n]; ok {
+			parts = append(parts, fmt.Sprintf("%s %d", n, v))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// staleConntrack: a UDP flow whose entry sends it to an address that is no
+// longer a serving endpoint keeps going there for as long as its client
+// keeps sending, each datagram renewing the entry. kube-proxy deletes such
+// entries when an endpoint goes; these survived.
+func (c *checker) staleConntrack() {
+	if c.Conntrack == nil {
+		return
+	}
+	for _, ad := range c.svc.Addresses(c.NodeAddrs) {
+		if ad.Port.Protocol != tracer.UDP {
+			continue
+		}
+		byTarget := map[netip.AddrPort][]conntrack.Entry{}
+		var targets []netip.AddrPort
+		for _, e := range c.Conntrack.Entries {
+			if e.Orig[1] != ad.Addr || serving(ad.Port, e.Reply[0]) {
+				continue
+			}
+			if byTarget[e.Reply[0]] == nil {
+				targets = append(targets, e.Reply[0])
+			}
+			byTarget[e.Reply[0]] = append(byTarget[e.Reply[0]], e)
+		}
+		for _, to := range targets {
+			es := byTarget[to]
+			f := Finding{Severity: Warning, Code: "conntrack-stale", Object: c.object, Port: ad.Port.String(),
+				Summary: fmt.Sprintf("%d conntrack entr%s still send%s UDP to %s (%s) on to %s, which is not a serving endpoint of %s: those clients get no answer while they keep sending",
+					len(es), plural(len(es), "y", "ies"), plural(len(es), "s", ""), ad.Addr, ad.Kind, to, ad.Port.String()),
+				Next: []string{fmt.Sprintf("conntrack -D -p udp -d %s --dport %d -r %s  (deletes them; kube-proxy does so when an endpoint goes: if they survive, look in its log for conntrack errors)",
+					ad.Addr.Addr(), ad.Addr.Port(), to.Addr())}}
+			for i, e := range es {
+				if i == 5 {
+					f.Evidence = append(f.Evidence, fmt.Sprintf("… and %d more", len(es)-i))
+					break
+				}
+				f.Evidence = append(f.Evidence, fmt.Sprintf("udp %s → %s, reply from %s, expires in %ds", e.Orig[0], e.Orig[1], e.Reply[0], e.Timeout))
+			}
+			c.add(f)
+		}
+	}
+}
+
+// serving reports whether a is an endpoint of p that takes new flows.
+func serving(p *resolve.Port, a netip.AddrPort) bool {
+	for _, e := range p.Endpoints {
+		if e.Addr == a && (e.Ready || e.Serving) {
+			return true
+		}
+	}
+	return false
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// staleEntry blames a UDP flow that an entry from before the trace sent to
+// an address that is not a serving endpoint now.
+func staleEntry(c *flow.Conn, port *resolve.Port) string {
+	if c.Proto != tracer.UDP || !c.Prior || port == nil || !c.Endpoint.IsValid() || serving(port, c.Endpoint) {
+		return ""
+	}
+	e := conntrack.Entry{Proto: "udp", Orig: [2]netip.AddrPort{c.Client, c.VIP}}
+	return fmt.Sprintf("a conntrack entry made before this trace sends the flow to %s, which is not a serving endpoint of %s now (an endpoint that left, whose entry survived); every datagram renews it, so the client never reaches the Service's endpoints: delete it: %s",
+		c.Endpoint, port.String(), e.DeleteCommand())
+}
+
+// conntrackDrop blames a packet conntrack itself dropped, before any rule
+// saw it: when the table is full, the packet that would make a new entry.
+func (x *Explainer) conntrackDrop(c *flow.Conn) string {
+	what := fmt.Sprintf("conntrack dropped the %s before any rule saw it", c.PacketName(c.Drop.Packet))
+	t := x.in.Conntrack
+	switch {
+	case t.Full():
+		s := fmt.Sprintf("%s: the node's conntrack table is full (%d of %d entries", what, t.Count, t.Max)
+		if n, ok := t.Stats["drop"]; ok {
+			s += fmt.Sprintf("; %d packets dropped so far", n)
+		}
+		return s + "): no new connection gets through until entries expire or the limit is raised (net.netfilter.nf_conntrack_max)"
+	case t != nil:
+		return fmt.Sprintf("%s; when svctrace read it the table held %d of %d entries (%s): look at conntrack -S", what, t.Count, t.Max, counters(t, "drop", "early_drop", "invalid"))
+	}
+	return what + ": is its table full? (conntrack -C; sysctl net.netfilter.nf_conntrack_max)"
+}

@@ -1,0 +1,108 @@
+package diagnose
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/svctrace/svctrace/internal/conntrack"
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/tracer"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+func findingCodes(fs []Finding) []string {
+	var out []string
+	for _, f := range fs {
+		out = append(out, f.Code)
+	}
+	return out
+}
+
+func TestConntrackFull(t *testing.T) {
+	web := pod(shop, "web-1", "web", "10.244.0.11", "node-1", true)
+	objs := resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.10", map[string]string{"app": "web"}, intstr.FromString("http"))},
+		Pods: []corev1.Pod{web}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web)}}
+	in, _ := check(t, story{objs: objs})
+	for _, c := range []struct {
+		name     string
+		count    uint64
+		severity Severity // "": no finding
+	}{
+		{"roomy", 1000, ""},
+		{"nearly full", 950, Warning},
+		{"full", 1000 * 1000, Problem},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			max := uint64(1000)
+			if c.name == "roomy" {
+				max = 1 << 20
+			}
+			in.Conntrack = &conntrack.Table{Count: c.count, Max: max, Stats: map[string]uint64{"drop": 7, "early_drop": 2}}
+			fs := Check(in)
+			i := slices.IndexFunc(fs, func(f Finding) bool { return f.Code == "conntrack-full" })
+			switch {
+			case c.severity == "" && i >= 0:
+				t.Errorf("finding %+v, want none", fs[i])
+			case c.severity == "":
+			case i < 0:
+				t.Errorf("no conntrack-full finding in %v", findingCodes(fs))
+			case fs[i].Severity != c.severity || !slices.Contains(fs[i].Evidence, "conntrack statistics of the node's namespace: drop 7, early_drop 2"):
+				t.Errorf("finding %+v, want severity %s and the drop counters", fs[i], c.severity)
+			}
+			if c.severity == Problem && fs[0].Code != "conntrack-full" {
+				t.Errorf("first finding %s, want conntrack-full", fs[0].Code)
+			}
+		})
+	}
+}
+
+func TestStaleConntrack(t *testing.T) {
+	dns := pod(shop, "dns-2", "dns", "10.244.0.12", "node-1", true)
+	dns.Spec.Containers[0].Ports[0].Protocol = corev1.ProtocolUDP
+	s := svc("dns", "10.96.1.53", map[string]string{"app": "dns"}, intstr.FromInt32(8080))
+	s.Spec.Ports[0].Protocol, s.Spec.Ports[0].Name, s.Spec.Ports[0].Port = corev1.ProtocolUDP, "dns", 53
+	sl := slice("dns", 8080, dns)
+	udp, name := corev1.ProtocolUDP, "dns"
+	sl.Ports[0].Protocol, sl.Ports[0].Name = &udp, &name
+	in, _ := check(t, story{objs: resolve.Objects{Services: []corev1.Service{s}, Pods: []corev1.Pod{dns}, Slices: []discoveryv1.EndpointSlice{sl}}})
+	ap := netip.MustParseAddrPort
+	entry := func(client, to string) conntrack.Entry {
+		return conntrack.Entry{Proto: "udp", Orig: [2]netip.AddrPort{ap(client), ap("10.96.1.53:53")},
+			Reply: [2]netip.AddrPort{ap(to), ap("10.244.0.1:" + strings.Split(client, ":")[1])}, Timeout: 117}
+	}
+	in.Conntrack = &conntrack.Table{Count: 3, Max: 1 << 18, Entries: []conntrack.Entry{
+		entry("10.99.0.2:40053", "10.244.0.19:8080"), // dns-1, gone
+		entry("10.99.0.3:40054", "10.244.0.19:8080"),
+		entry("10.99.0.4:40055", "10.244.0.12:8080"), // dns-2: fine
+	}}
+	fs := Check(in)
+	i := slices.IndexFunc(fs, func(f Finding) bool { return f.Code == "conntrack-stale" })
+	if i < 0 {
+		t.Fatalf("no conntrack-stale finding in %v", findingCodes(fs))
+	}
+	f := fs[i]
+	if !strings.HasPrefix(f.Summary, "2 conntrack entries still send UDP to 10.96.1.53:53 (ClusterIP) on to 10.244.0.19:8080") ||
+		len(f.Evidence) != 2 || !strings.Contains(f.Next[0], "conntrack -D -p udp -d 10.96.1.53 --dport 53 -r 10.244.0.19") {
+		t.Errorf("finding %+v", f)
+	}
+
+	x := NewExplainer(in, fs, nil)
+	c := &flow.Conn{Proto: tracer.UDP, Client: ap("10.99.0.2:40053"), VIP: ap("10.96.1.53:53"), Endpoint: ap("10.244.0.19:8080"),
+		Verdict: flow.NoReply, Prior: true}
+	want := "a conntrack entry made before this trace sends the flow to 10.244.0.19:8080, which is not a serving endpoint of shop/dns:dns now"
+	del := "conntrack -D -p udp -s 10.99.0.2 --sport 40053 -d 10.96.1.53 --dport 53"
+	if e := x.Explain(c); !strings.HasPrefix(e.Blame, want) || !strings.HasSuffix(e.Blame, del) {
+		t.Errorf("blame %q, want %q… %q", e.Blame, want, del)
+	}
+	// A flow that began in the trace went where the rules sent it: not a
+	// stale entry's doing.
+	c.Prior = false
+	if e := x.Explain(c); strings.HasPrefix(e.Blame, "a conntrack entry") {
+		t.Errorf("blame %q for a new flow", e.Blame)
+	}
+}
