@@ -52,12 +52,18 @@ type Table struct {
 	Stats map[string]uint64 `json:"stats,omitempty"`
 	// Entries are the translated UDP entries: where a UDP flow is sent, as
 	// long as its client keeps sending, whatever the endpoints now are.
-	// At most MaxEntries of them.
+	// At most MaxEntries of them; none unless Listed.
 	Entries []Entry `json:"entries,omitempty"`
+	// Listed: the entries were read. A table of more than MaxListed
+	// entries is not: the dump would cost seconds and hundreds of MB.
+	Listed bool `json:"listed,omitempty"`
 }
 
-// MaxEntries bounds Table.Entries.
-const MaxEntries = 4096
+// MaxEntries bounds Table.Entries; MaxListed the table that is listed.
+const (
+	MaxEntries = 4096
+	MaxListed  = 100000
+)
 
 // Full reports whether the table is at its limit: new entries, and the
 // packets that would create them, are dropped.
@@ -89,7 +95,11 @@ func Read(ns tracer.NetNS) (*Table, error) {
 		}
 		return nil, fmt.Errorf("reading conntrack in %s: %w", ns, err)
 	}
+	if t.Count > MaxListed {
+		return t, nil
+	}
 	t.Entries, err = List(ns, func(e Entry) bool { return e.Proto == "udp" && e.Translated() })
+	t.Listed = err == nil
 	if len(t.Entries) > MaxEntries {
 		t.Entries = t.Entries[:MaxEntries]
 	}
