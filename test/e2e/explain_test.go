@@ -16,7 +16,6 @@ import (
 
 	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
-	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/test/cluster"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -31,12 +30,12 @@ func explainStory(t *testing.T, c *cluster.Cluster, s *story, conn *flow.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	api := &resolve.API{Client: c.Client, Credentials: "admin", Host: "test"}
-	rules, err := kubeproxy.Read(c.Node, shop+"/"+s.svc.Name)
-	if err != nil {
-		t.Fatal(err)
-	}
 	local := resolve.LocalNode{Name: cluster.NodeName, Addrs: resolve.LocalAddrs(c.Node)}
-	a, err := diagnose.Assess(ctx, api, shop, s.svc.Name, diagnose.NodeFacts{Local: local, Rules: rules, Bridges: resolve.Bridges(c.Node)})
+	facts := diagnose.ReadNode(c.Node, local, shop+"/"+s.svc.Name)
+	if facts.RulesErr != nil {
+		t.Fatal(facts.RulesErr)
+	}
+	a, err := diagnose.Assess(ctx, api, shop, s.svc.Name, facts)
 	if err != nil {
 		t.Fatal(err)
 	}
