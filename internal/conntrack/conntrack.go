@@ -57,6 +57,8 @@ type Table struct {
 	// Listed: the entries were read. A table of more than MaxListed
 	// entries is not: the dump would cost seconds and hundreds of MB.
 	Listed bool `json:"listed,omitempty"`
+	// Unlisted says why the entries were not read.
+	Unlisted string `json:"unlisted,omitempty"`
 }
 
 // MaxEntries bounds Table.Entries; MaxListed the table that is listed.
@@ -96,10 +98,14 @@ func Read(ns tracer.NetNS) (*Table, error) {
 		return nil, fmt.Errorf("reading conntrack in %s: %w", ns, err)
 	}
 	if t.Count > MaxListed {
+		t.Unlisted = fmt.Sprintf("the table holds %d entries; svctrace lists at most %d", t.Count, MaxListed)
 		return t, nil
 	}
 	t.Entries, err = List(ns, func(e Entry) bool { return e.Proto == "udp" && e.Translated() })
 	t.Listed = err == nil
+	if err != nil {
+		t.Unlisted = err.Error()
+	}
 	if len(t.Entries) > MaxEntries {
 		t.Entries = t.Entries[:MaxEntries]
 	}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -255,15 +256,16 @@ func (l *Lab) history() error {
 	for _, s := range stale {
 		// The datagram leaves the node, so its entry is confirmed; the
 		// neighbour entry stands for the Pod, and nothing answers.
-		gone := s.Stale.Addr().String()
-		if _, err := topo.Run(l.Node, "", "ip", "neigh", "replace", gone, "lladdr", "02:00:00:00:00:19", "dev", topo.BridgeName, "nud", "permanent"); err != nil {
+		gone := s.Stale.Addr()
+		remove, err := topo.Neighbour(l.Node, topo.BridgeName, gone, net.HardwareAddr{2, 0, 0, 0, 0, 0x19})
+		if err != nil {
 			return err
 		}
 		l.Request(context.Background(), s, 50*time.Millisecond)
-		if _, err := topo.Run(l.Node, "", "ip", "neigh", "del", gone, "dev", topo.BridgeName); err != nil {
+		if err := remove(); err != nil {
 			return err
 		}
-		if _, err := topo.Run(l.Node, "", "ip", "route", "add", "blackhole", gone+"/32"); err != nil {
+		if err := topo.Blackhole(l.Node, gone); err != nil {
 			return err
 		}
 	}

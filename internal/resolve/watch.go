@@ -36,13 +36,32 @@ func (a *API) Watch(ctx context.Context, ns, name string, selector func() map[st
 		DeleteFunc: func(any) { signal(poke) },
 	}
 	run := func(ctx context.Context, obj runtime.Object, list func(metav1.ListOptions) (runtime.Object, error), w func(metav1.ListOptions) (watch.Interface, error)) {
-		inf := cache.NewSharedIndexInformer(&cache.ListWatch{ListFunc: list, WatchFunc: w}, obj, 0, cache.Indexers{})
-		inf.AddEventHandler(h)
-		inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
-			if ctx.Err() == nil && failing != nil && down.CompareAndSwap(false, true) {
+		report := func(err error) {
+			if err != nil && ctx.Err() == nil && failing != nil && down.CompareAndSwap(false, true) {
 				failing(err)
 			}
-		})
+		}
+		// Every failed list and watch request is reported, not only what
+		// reaches the informer's error handler: a watch that ends quietly
+		// (the API server closed the connection as it died) is re-opened
+		// inside the reflector, which retries a refused connection there
+		// with backoff for as long as it is refused, and never tells the
+		// handler.
+		lw := &cache.ListWatch{
+			ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
+				obj, err := list(o)
+				report(err)
+				return obj, err
+			},
+			WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
+				wi, err := w(o)
+				report(err)
+				return wi, err
+			},
+		}
+		inf := cache.NewSharedIndexInformer(lw, obj, 0, cache.Indexers{})
+		inf.AddEventHandler(h)
+		inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) { report(err) })
 		go inf.Run(ctx.Done())
 	}
 	byName := func(o *metav1.ListOptions) {

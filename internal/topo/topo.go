@@ -143,18 +143,70 @@ func Veth(a tracer.NetNS, aName string, b tracer.NetNS, bName string, master str
 	return h.LinkSetUp(l)
 }
 
-// AddLink creates a link (a bridge) in ns.
-func AddLink(ns tracer.NetNS, l netlink.Link) error {
+// withHandle runs f with a netlink handle in ns.
+func withHandle(ns tracer.NetNS, f func(h *netlink.Handle) error) error {
 	h, fd, err := handle(ns)
 	if err != nil {
 		return err
 	}
 	defer fd.Close()
 	defer h.Close()
-	if err := h.LinkAdd(l); err != nil {
-		return fmt.Errorf("creating %s %s: %w", l.Type(), l.Attrs().Name, err)
+	return f(h)
+}
+
+// AddLink creates a link (a bridge) in ns.
+func AddLink(ns tracer.NetNS, l netlink.Link) error {
+	return withHandle(ns, func(h *netlink.Handle) error {
+		if err := h.LinkAdd(l); err != nil {
+			return fmt.Errorf("creating %s %s: %w", l.Type(), l.Attrs().Name, err)
+		}
+		return nil
+	})
+}
+
+// Neighbour sets a permanent neighbour entry for addr on dev in ns, as if a
+// host with that MAC address answered there, and returns its removal. It is
+// netlink rather than `ip neigh`: the kernel VMs have busybox's ip, which
+// cannot.
+func Neighbour(ns tracer.NetNS, dev string, addr netip.Addr, mac net.HardwareAddr) (remove func() error, err error) {
+	var n netlink.Neigh
+	err = withHandle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(dev)
+		if err != nil {
+			return fmt.Errorf("%s in %s: %w", dev, ns.Spec, err)
+		}
+		n = netlink.Neigh{LinkIndex: l.Attrs().Index, State: netlink.NUD_PERMANENT,
+			IP: net.IP(addr.AsSlice()), HardwareAddr: mac, Family: family(addr)}
+		if err := h.NeighSet(&n); err != nil {
+			return fmt.Errorf("neighbour %s on %s in %s: %w", addr, dev, ns.Spec, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	return func() error {
+		return withHandle(ns, func(h *netlink.Handle) error { return h.NeighDel(&n) })
+	}, nil
+}
+
+// Blackhole adds a blackhole route to addr alone in ns: what Calico leaves
+// behind for an address it has released.
+func Blackhole(ns tracer.NetNS, addr netip.Addr) error {
+	return withHandle(ns, func(h *netlink.Handle) error {
+		r := netlink.Route{Dst: ipnet(netip.PrefixFrom(addr, addr.BitLen())), Type: unix.RTN_BLACKHOLE}
+		if err := h.RouteAdd(&r); err != nil {
+			return fmt.Errorf("blackhole route to %s in %s: %w", addr, ns.Spec, err)
+		}
+		return nil
+	})
+}
+
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
 }
 
 // Sysctl writes /proc/sys/<key> inside ns.

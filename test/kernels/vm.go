@@ -22,7 +22,7 @@ import (
 // along.
 var wantedModules = []string{
 	"veth", "bridge", "br_netfilter",
-	"nf_conntrack", "nf_nat", "nf_tables", "nft_chain_nat", "nft_nat", "nft_compat", "nft_reject_ipv4",
+	"nf_conntrack", "nf_conntrack_netlink", "nf_nat", "nf_tables", "nft_chain_nat", "nft_nat", "nft_compat", "nft_reject_ipv4",
 	"ip_tables", "iptable_nat", "iptable_filter", "iptable_mangle",
 	"xt_nat", "xt_MASQUERADE", "xt_mark", "xt_comment", "xt_conntrack", "xt_addrtype", "xt_statistic",
 	"xt_tcpudp", "ipt_REJECT",
