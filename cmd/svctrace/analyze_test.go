@@ -85,8 +85,9 @@ func TestRecordTraceAnalyze(t *testing.T) {
 		}
 	}
 	rest := analyze(t, live, file)
-	// The client, and the hairpin scenario's pod.
-	for _, w := range []string{"\nanalysis: 2 client(s)\n", "connect latency, first packet to first answer, 1 answered: p50 ",
+	// The client by each of its addresses, and the hairpin scenario's
+	// pod; the healthy and the IPv6 scenarios answer.
+	for _, w := range []string{"\nanalysis: 3 client(s)\n", "connect latency, first packet to first answer, 2 answered: p50 ",
 		// The conntrack entry of the answered connection, DNAT'ed.
 		"conntrack at the end of the trace: ", "→ 10.96.0.10:80, reply 10.244.0.1"} {
 		if !strings.Contains(rest, w) {
@@ -239,7 +240,7 @@ func TestRecordLabAnalyze(t *testing.T) {
 		t.Fatalf("lab:\n%s", live)
 	}
 	rest := analyze(t, live, file)
-	if !strings.Contains(rest, "\nanalysis: 2 client(s)\n") {
+	if !strings.Contains(rest, "\nanalysis: 3 client(s)\n") {
 		t.Errorf("analysis:\n%s", rest)
 	}
 }

@@ -207,11 +207,29 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 		e.Blame = fmt.Sprintf("%s (%s): nothing listens on port %d", pod, e.Endpoint, c.Endpoint.Port())
 		if f := x.code(port, "targetport-not-exposed", "targetport-wrong-protocol"); f != nil {
 			e.Blame += "; " + f.Summary
+		} else if v4 := x.samePodIPv4(c.Endpoint); v4.IsValid() {
+			e.Blame = fmt.Sprintf("%s (%s): nothing listens on port %d over IPv6; the Pod's IPv4 endpoint is %s: if that answers, its server is bound to 0.0.0.0 (IPv4 only): have it listen on [::] (both families)",
+				pod, e.Endpoint, c.Endpoint.Port(), v4)
 		}
 	case flow.NoReply:
 		e.Blame = fmt.Sprintf("%s (%s) did not answer on port %d", pod, e.Endpoint, c.Endpoint.Port())
 	}
 	return e
+}
+
+// samePodIPv4 is the IPv4 endpoint of the Pod behind the IPv6 endpoint a
+// (a dual-stack Service's), or invalid.
+func (x *Explainer) samePodIPv4(a netip.AddrPort) netip.AddrPort {
+	ep, ok := x.eps[a]
+	if !a.Addr().Is6() || !ok || ep.ep.Pod.Name == "" {
+		return netip.AddrPort{}
+	}
+	for b, other := range x.eps {
+		if b.Addr().Is4() && other.ep.Pod == ep.ep.Pod && b.Port() == a.Port() {
+			return b
+		}
+	}
+	return netip.AddrPort{}
 }
 
 // notes: where session affinity sent the connection, and what
@@ -357,8 +375,14 @@ func (x *Explainer) rule(c *flow.Conn, port *resolve.Port) (rule string, ownRule
 	}
 	lo, hi := d.Gap.Bounds()
 	var chains []string
+	// Only the packet's family's chains saw it: an IPv4 packet the ip and
+	// inet tables', an IPv6 one the ip6 and inet tables'.
+	family := "ip"
+	if c.VIP.Addr().Is6() {
+		family = "ip6"
+	}
 	for _, b := range r.BaseChains {
-		if strings.EqualFold(b.Hook, d.Gap.Hook.String()) && int64(b.Priority) > lo && int64(b.Priority) < hi {
+		if (b.Family == family || b.Family == "inet") && strings.EqualFold(b.Hook, d.Gap.Hook.String()) && int64(b.Priority) > lo && int64(b.Priority) < hi {
 			chains = append(chains, b.String())
 		}
 	}

@@ -72,7 +72,10 @@ func (sp ServicePort) NFTServiceChain() string { return "service-" + hashed(sp.n
 // NFTEndpointChain is the nftables-mode chain of one endpoint, e.g.
 // "endpoint-ZIPUHSU7-default/kubernetes/tcp/https__10.99.3.1/6443".
 func (sp ServicePort) NFTEndpointChain(ep netip.AddrPort) string {
-	return "endpoint-" + hashed(fmt.Sprintf("%s__%s/%d", sp.nftBase(), ep.Addr(), ep.Port()))
+	// An IPv6 address's colons are not allowed in a chain name: kube-proxy
+	// writes them as dots.
+	ip := strings.ReplaceAll(ep.Addr().String(), ":", ".")
+	return "endpoint-" + hashed(fmt.Sprintf("%s__%s/%d", sp.nftBase(), ip, ep.Port()))
 }
 
 // NoEndpointsComment is the comment of the REJECT rule for a Service port
@@ -93,10 +96,16 @@ type Options struct {
 
 // IPTablesRestore returns an iptables-restore input with the filter and nat
 // tables kube-proxy's iptables mode writes for these service ports
-// (ClusterIP only; NodePorts and externalIPs come later).
+// (ClusterIP only). The ports are of one family: for IPv6 ClusterIPs the
+// input is ip6tables-restore's, as kube-proxy writes one ruleset per
+// family.
 func IPTablesRestore(sps []ServicePort, opts Options) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	host, unreachable := "/32", "icmp-port-unreachable"
+	if len(sps) > 0 && sps[0].ClusterIP.Is6() {
+		host, unreachable = "/128", "icmp6-port-unreachable"
+	}
 
 	w("*filter")
 	w(":KUBE-FORWARD - [0:0]")
@@ -113,8 +122,8 @@ func IPTablesRestore(sps []ServicePort, opts Options) string {
 	w(`-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`)
 	for _, sp := range sps {
 		if len(sp.Endpoints) == 0 {
-			w(`-A KUBE-SERVICES -d %s/32 -p %s -m comment --comment "%s" -m %s --dport %d -j REJECT --reject-with icmp-port-unreachable`,
-				sp.ClusterIP, sp.Protocol, sp.NoEndpointsComment(), sp.Protocol, sp.Port)
+			w(`-A KUBE-SERVICES -d %s%s -p %s -m comment --comment "%s" -m %s --dport %d -j REJECT --reject-with %s`,
+				sp.ClusterIP, host, sp.Protocol, sp.NoEndpointsComment(), sp.Protocol, sp.Port, unreachable)
 		}
 	}
 	w("COMMIT")
@@ -145,11 +154,11 @@ func IPTablesRestore(sps []ServicePort, opts Options) string {
 			continue
 		}
 		svc := sp.SvcChain()
-		w(`-A KUBE-SERVICES -d %s/32 -p %s -m comment --comment "%s cluster IP" -m %s --dport %d -j %s`,
-			sp.ClusterIP, sp.Protocol, sp, sp.Protocol, sp.Port, svc)
+		w(`-A KUBE-SERVICES -d %s%s -p %s -m comment --comment "%s cluster IP" -m %s --dport %d -j %s`,
+			sp.ClusterIP, host, sp.Protocol, sp, sp.Protocol, sp.Port, svc)
 		if opts.ClusterCIDR.IsValid() {
-			w(`-A %s ! -s %s -d %s/32 -p %s -m comment --comment "%s cluster IP" -m %s --dport %d -j KUBE-MARK-MASQ`,
-				svc, opts.ClusterCIDR, sp.ClusterIP, sp.Protocol, sp, sp.Protocol, sp.Port)
+			w(`-A %s ! -s %s -d %s%s -p %s -m comment --comment "%s cluster IP" -m %s --dport %d -j KUBE-MARK-MASQ`,
+				svc, opts.ClusterCIDR, sp.ClusterIP, host, sp.Protocol, sp, sp.Protocol, sp.Port)
 		}
 		for i, ep := range sp.Endpoints {
 			// kube-proxy picks endpoint i with probability 1/(n-i), so each
@@ -162,7 +171,7 @@ func IPTablesRestore(sps []ServicePort, opts Options) string {
 		}
 		for _, ep := range sp.Endpoints {
 			sep := sp.SepChain(ep)
-			w(`-A %s -s %s/32 -m comment --comment "%s" -j KUBE-MARK-MASQ`, sep, ep.Addr(), sp)
+			w(`-A %s -s %s%s -m comment --comment "%s" -j KUBE-MARK-MASQ`, sep, ep.Addr(), host, sp)
 			w(`-A %s -p %s -m comment --comment "%s" -m %s -j DNAT --to-destination %s`, sep, sp.Protocol, sp, sp.Protocol, ep)
 		}
 	}

@@ -465,7 +465,7 @@ func appendWhere(a, b string) string {
 // "service-2QRHZV4L-default/kubernetes/tcp/https" and
 // "endpoint-ZIPUHSU7-default/kubernetes/tcp/https__10.99.3.1/6443" (also
 // external-, local- and firewall- chains of a Service port, and the
-// affinity- sets of an endpoint).
+// affinity- sets of an endpoint; an IPv6 endpoint is "…__fd00.10.244..1a/8080").
 func parseNFTChain(name string) (PortKey, netip.AddrPort, bool) {
 	kind, rest, ok := strings.Cut(name, "-")
 	if !ok || !slices.Contains([]string{"service", "endpoint", "external", "local", "firewall", "affinity"}, kind) {
@@ -491,6 +491,11 @@ func parseNFTChain(name string) (PortKey, netip.AddrPort, bool) {
 			return PortKey{}, netip.AddrPort{}, false
 		}
 		a, err1 := netip.ParseAddr(epPart[:i])
+		if err1 != nil {
+			// An IPv6 address, with its colons (not allowed in a chain
+			// name) written as dots: "fd00.10.244..1a".
+			a, err1 = netip.ParseAddr(strings.ReplaceAll(epPart[:i], ".", ":"))
+		}
 		port, err2 := strconv.ParseUint(epPart[i+1:], 10, 16)
 		if err1 != nil || err2 != nil {
 			return PortKey{}, netip.AddrPort{}, false

@@ -196,7 +196,8 @@ func TestParseNFTChain(t *testing.T) {
 	}{
 		{in: "service-2QRHZV4L-default/kubernetes/tcp/https", key: PortKey{"default/kubernetes:https", "tcp"}},
 		{in: "endpoint-ZIPUHSU7-default/kubernetes/tcp/https__10.99.3.1/6443", key: PortKey{"default/kubernetes:https", "tcp"}, ep: "10.99.3.1:6443"},
-		{in: "endpoint-ABCDEFGH-ns/dns/udp/__fd00::5/53", key: PortKey{"ns/dns", "udp"}, ep: "[fd00::5]:53"},
+		// kube-proxy writes an IPv6 address with dots for colons.
+		{in: "endpoint-ABCDEFGH-ns/dns/udp/__fd00.10.244..1a/53", key: PortKey{"ns/dns", "udp"}, ep: "[fd00:10:244::1a]:53"},
 		{in: "external-XEXIDDIG-fixtures/nodeport/tcp/http", key: PortKey{"fixtures/nodeport:http", "tcp"}},
 		{in: "filter-forward", fail: true},
 		{in: "service-X-a/b/tcp", fail: true},

@@ -31,6 +31,7 @@ const Namespace = "lab"
 type Pod struct {
 	Name   string
 	IP     netip.Addr
+	IP6    netip.Addr
 	Labels map[string]string
 	NS     tracer.NetNS
 	mode   string
@@ -62,6 +63,17 @@ type Scenario struct {
 	// a released Pod address).
 	Stale      netip.AddrPort `json:",omitzero"`
 	ClientPort uint16         `json:",omitempty"`
+	// IPv4 is the IPv4 port of a dual-stack Service, whose IPv6 port is
+	// Service, the one the client uses; no ClusterIP: single-stack.
+	IPv4 kubeproxy.ServicePort `json:",omitzero"`
+}
+
+// Ports are the Service's ports as kube-proxy sees them: one per family.
+func (s Scenario) Ports() []kubeproxy.ServicePort {
+	if s.IPv4.ClusterIP.IsValid() {
+		return []kubeproxy.ServicePort{s.IPv4, s.Service}
+	}
+	return []kubeproxy.ServicePort{s.Service}
 }
 
 // VIP is the Service address the client connects to.
@@ -74,6 +86,7 @@ var (
 	web2    = netip.MustParseAddr("10.244.0.12")
 	hung    = netip.MustParseAddr("10.244.0.13")
 	guarded = netip.MustParseAddr("10.244.0.14")
+	legacy  = netip.MustParseAddr("10.244.0.15")
 	// gone was Pod dns-old's address; no Pod has it now.
 	gone = netip.MustParseAddr("10.244.0.19")
 )
@@ -81,13 +94,27 @@ var (
 // podPort is the one container port every lab pod declares, named "http".
 const podPort = 8080
 
+// v6 is a lab pod's IPv6 address: in bridgeNet6, ending in the digits its
+// IPv4 address ends in (10.244.0.11: fd00:10:244::11).
+func v6(a netip.Addr) netip.Addr {
+	b := bridgeNet6.Addr().As16()
+	last := a.As4()[3]
+	b[15] = last/10*16 + last%10
+	return netip.AddrFrom16(b)
+}
+
 func pods() []Pod {
-	return []Pod{
+	ps := []Pod{
 		{Name: "web-1", IP: web1, Labels: map[string]string{"app": "web", "track": "stable"}, mode: ModeHTTP, ports: []int{podPort}},
 		{Name: "web-2", IP: web2, Labels: map[string]string{"app": "web", "track": "canary"}, mode: ModeHTTP, ports: []int{podPort}},
 		{Name: "hung", IP: hung, Labels: map[string]string{"app": "hung"}, mode: ModeHung, ports: []int{podPort}},
 		{Name: "guarded", IP: guarded, Labels: map[string]string{"app": "guarded"}, mode: ModeHTTP, ports: []int{podPort}},
+		{Name: "legacy", IP: legacy, Labels: map[string]string{"app": "legacy"}, mode: ModeHTTP4, ports: []int{podPort}},
 	}
+	for i := range ps {
+		ps[i].IP6 = v6(ps[i].IP)
+	}
+	return ps
 }
 
 // scenario completes s with its Service: selector, target port, and as
@@ -95,17 +122,34 @@ func pods() []Pod {
 // number, or "http").
 func scenario(s Scenario, service, vip string, selector map[string]string, target intstr.IntOrString) Scenario {
 	s.Selector, s.TargetPort = selector, target
-	s.Service = kubeproxy.ServicePort{Namespace: Namespace, Name: service, PortName: "http", Protocol: "tcp",
-		ClusterIP: netip.MustParseAddr(vip), Port: 80}
+	s.Service = servicePort(service, netip.MustParseAddr(vip), selector, target)
+	return s
+}
+
+// servicePort is a Service port at vip with the endpoints of its family
+// that the selector gives.
+func servicePort(service string, vip netip.Addr, selector map[string]string, target intstr.IntOrString) kubeproxy.ServicePort {
+	sp := kubeproxy.ServicePort{Namespace: Namespace, Name: service, PortName: "http", Protocol: "tcp", ClusterIP: vip, Port: 80}
 	port := uint16(target.IntValue())
 	if target.Type == intstr.String {
 		port = podPort
 	}
 	for _, p := range pods() {
 		if labels.SelectorFromSet(selector).Matches(labels.Set(p.Labels)) {
-			s.Service.Endpoints = append(s.Service.Endpoints, netip.AddrPortFrom(p.IP, port))
+			ip := p.IP
+			if vip.Is6() {
+				ip = p.IP6
+			}
+			sp.Endpoints = append(sp.Endpoints, netip.AddrPortFrom(ip, port))
 		}
 	}
+	return sp
+}
+
+// dualStack makes s's Service dual-stack: its IPv4 ClusterIP vip4 besides
+// the IPv6 one the client uses.
+func dualStack(s Scenario, vip4 string) Scenario {
+	s.IPv4 = servicePort(s.Service.Name, netip.MustParseAddr(vip4), s.Selector, s.TargetPort)
 	return s
 }
 
@@ -141,6 +185,12 @@ func Scenarios() []Scenario {
 			Programmed: true, Finding: "conntrack-stale", Expect: flow.Dropped, ExpectHook: tracer.PreRouting,
 			Stale: netip.AddrPortFrom(gone, podPort), ClientPort: 40053},
 			"dns", "10.96.0.80", map[string]string{"app": "web", "track": "stable"}, intstr.FromInt32(podPort))),
+		dualStack(scenario(Scenario{Name: "ipv6", Title: "a dual-stack Service, reached over IPv6",
+			Programmed: true, Finding: "healthy", Expect: flow.Answered},
+			"dual", "fd00:10:96::90", map[string]string{"app": "web", "track": "stable"}, http), "10.96.0.90"),
+		dualStack(scenario(Scenario{Name: "ipv4-only-server", Title: "a dual-stack Service whose Pod's server listens on IPv4 only (0.0.0.0)",
+			Programmed: true, Finding: "healthy", Expect: flow.Reset},
+			"legacy", "fd00:10:96::a0", map[string]string{"app": "legacy"}, http), "10.96.0.160"),
 		scenario(Scenario{Name: "no-proxy-rules", Title: "kube-proxy wrote no rules for the Service (not running, or not synced)",
 			Programmed: false, Finding: "no-rules-for-service", Expect: flow.NotTranslated},
 			"unproxied", "10.96.0.60", map[string]string{"app": "web", "track": "canary"}, intstr.FromInt32(podPort)),
@@ -159,8 +209,9 @@ type Lab struct {
 	Upstream  tracer.NetNS // "the rest of the network": silently discards
 	Pods      []Pod
 	Scenarios []Scenario
-	// Rules is the iptables-restore input programmed into the node.
-	Rules string
+	// Rules and Rules6 are the iptables-restore and ip6tables-restore
+	// inputs programmed into the node.
+	Rules, Rules6 string
 	// Left are the scenarios this machine cannot show, with why.
 	Left    []string
 	servers []*Server
@@ -178,8 +229,10 @@ func Preflight() error {
 	if os.Geteuid() != 0 {
 		return errors.New("the lab creates network namespaces and iptables rules: run it as root (sudo)")
 	}
-	if _, err := exec.LookPath("iptables-restore"); err != nil {
-		return errors.New("iptables-restore not found: install iptables (Debian/Ubuntu: apt-get install iptables)")
+	for _, tool := range []string{"iptables-restore", "ip6tables-restore"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found: install iptables (Debian/Ubuntu: apt-get install iptables)", tool)
+		}
 	}
 	return nil
 }
@@ -274,12 +327,13 @@ func (l *Lab) history() error {
 
 func (l *Lab) wire() error {
 	n := topo.NodeNet{Node: l.Node, Client: l.Client, Upstream: l.Upstream,
-		Bridge: bridgeNet, NodeAddr: nodeNet, ClientAddr: clientNet, Uplink: uplinkNet}
+		Bridge: bridgeNet, NodeAddr: nodeNet, ClientAddr: clientNet, Uplink: uplinkNet,
+		IPv6: &topo.NodeNet6{Bridge: bridgeNet6, NodeAddr: nodeNet6, ClientAddr: clientNet6, Uplink: uplinkNet6}}
 	if err := n.Wire(); err != nil {
 		return err
 	}
 	for i, p := range l.Pods {
-		if err := n.AttachPod(p.NS, i+1, p.IP); err != nil {
+		if err := n.AttachPod(p.NS, i+1, p.IP, p.IP6); err != nil {
 			return err
 		}
 	}
@@ -292,18 +346,30 @@ func (l *Lab) program() error { return l.programWith(nil) }
 // programWith writes the rules with some Services' endpoints replaced (by
 // Service name): the rules as kube-proxy wrote them before.
 func (l *Lab) programWith(endpoints map[string][]netip.AddrPort) error {
-	var sps []kubeproxy.ServicePort
+	var v4, v6 []kubeproxy.ServicePort
 	for _, s := range l.Scenarios {
-		if eps, ok := endpoints[s.Service.Name]; ok {
-			s.Service.Endpoints = eps
+		if !s.Programmed {
+			continue
 		}
-		if s.Programmed {
-			sps = append(sps, s.Service)
+		for _, sp := range s.Ports() {
+			if eps, ok := endpoints[sp.Name]; ok {
+				sp.Endpoints = eps
+			}
+			if sp.ClusterIP.Is6() {
+				v6 = append(v6, sp)
+			} else {
+				v4 = append(v4, sp)
+			}
 		}
 	}
-	l.Rules = kubeproxy.IPTablesRestore(sps, kubeproxy.Options{ClusterCIDR: ClusterCIDR, ExtraFilter: []string{policyRule}})
+	// kube-proxy writes a ruleset per family.
+	l.Rules = kubeproxy.IPTablesRestore(v4, kubeproxy.Options{ClusterCIDR: ClusterCIDR, ExtraFilter: []string{policyRule}})
 	if _, err := topo.Run(l.Node, l.Rules, "iptables-restore"); err != nil {
 		return fmt.Errorf("programming the node's iptables rules: %w", err)
+	}
+	l.Rules6 = kubeproxy.IPTablesRestore(v6, kubeproxy.Options{ClusterCIDR: ClusterCIDR6})
+	if _, err := topo.Run(l.Node, l.Rules6, "ip6tables-restore"); err != nil {
+		return fmt.Errorf("programming the node's ip6tables rules: %w", err)
 	}
 	return nil
 }

@@ -68,6 +68,8 @@ func blames(mode kubeproxy.Mode) map[string]string {
 		"no-proxy-rules":   "kube-proxy on lab-node: kube-proxy (" + string(mode) + " mode) has no rules for lab/unproxied:http on this node",
 		"hairpin":          "hairpin: Pod lab/web-2 reached itself through the Service; the DNAT sent its packet back out port veth2 of bridge cbr0",
 		"stale-conntrack":  "a conntrack entry made before this trace sends the flow to 10.244.0.19:8080, which is not a serving endpoint of lab/dns:dns now",
+		"ipv6":             "",
+		"ipv4-only-server": "Pod lab/legacy on lab-node (ready): nothing listens on port 8080 over IPv6; the Pod's IPv4 endpoint is 10.244.0.15:8080",
 	}
 }
 
@@ -123,8 +125,12 @@ func TestScenarios(t *testing.T) {
 				t.Errorf("DNAT to %s, want none", c.Endpoint)
 			}
 			// Masqueraded in POSTROUTING, which the dropped SYN never reaches.
-			if translated && s.Expect != flow.Dropped && c.SNAT.Addr() != bridgeNet.Addr() {
-				t.Errorf("SNAT to %s, want the masquerade address %s", c.SNAT, bridgeNet.Addr())
+			masq := bridgeNet.Addr()
+			if s.VIP().Addr().Is6() {
+				masq = bridgeNet6.Addr()
+			}
+			if translated && s.Expect != flow.Dropped && c.SNAT.Addr() != masq {
+				t.Errorf("SNAT to %s, want the masquerade address %s", c.SNAT, masq)
 			}
 			if s.Expect == flow.Rejected || s.Expect == flow.Dropped {
 				if c.Drop == nil || !c.Drop.Placed || c.Drop.Gap.Hook != s.ExpectHook {

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/svctrace/svctrace/internal/diagnose"
+	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/resolve"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -24,15 +26,13 @@ const NodeName = "lab-node"
 // the lab's connections with them, as it does on a real node.
 func Objects() *resolve.Objects {
 	o := &resolve.Objects{}
-	ready := true
-	node := NodeName
 	for _, p := range pods() {
 		o.Pods = append(o.Pods, corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: p.Name, Labels: p.Labels},
 			Spec: corev1.PodSpec{NodeName: NodeName, Containers: []corev1.Container{{Name: "app",
 				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: podPort, Protocol: corev1.ProtocolTCP},
 					{Name: "echo", ContainerPort: podPort, Protocol: corev1.ProtocolUDP}}}}},
-			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: p.IP.String(), PodIPs: []corev1.PodIP{{IP: p.IP.String()}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: p.IP.String(), PodIPs: []corev1.PodIP{{IP: p.IP.String()}, {IP: p.IP6.String()}},
 				HostIP:            nodeNet.Addr().String(),
 				Conditions:        []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
 				ContainerStatuses: []corev1.ContainerStatus{{Name: "app", Ready: true}}},
@@ -41,36 +41,63 @@ func Objects() *resolve.Objects {
 	for _, s := range Scenarios() {
 		sp := s.Service
 		proto := corev1.Protocol(strings.ToUpper(sp.Protocol))
-		o.Services = append(o.Services, corev1.Service{
+		svc := corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: sp.Name},
 			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, Selector: s.Selector,
-				ClusterIP: sp.ClusterIP.String(), ClusterIPs: []string{sp.ClusterIP.String()},
 				Ports: []corev1.ServicePort{{Name: sp.PortName, Port: int32(sp.Port), Protocol: proto, TargetPort: s.TargetPort}}},
-		})
-		name := sp.PortName
-		sl := discoveryv1.EndpointSlice{
-			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: sp.Name + "-lab",
-				Labels: map[string]string{discoveryv1.LabelServiceName: sp.Name}},
-			AddressType: discoveryv1.AddressTypeIPv4,
 		}
-		for _, ep := range sp.Endpoints {
-			port := int32(ep.Port())
-			sl.Ports = []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}}
-			pod := ""
-			for _, p := range pods() {
-				if p.IP == ep.Addr() {
-					pod = p.Name
-				}
-			}
-			sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{ep.Addr().String()},
-				Conditions: discoveryv1.EndpointConditions{Ready: &ready}, NodeName: &node,
-				TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: Namespace, Name: pod}})
+		for _, fp := range s.Ports() {
+			svc.Spec.ClusterIPs = append(svc.Spec.ClusterIPs, fp.ClusterIP.String())
+			svc.Spec.IPFamilies = append(svc.Spec.IPFamilies, family(fp.ClusterIP))
+			o.Slices = append(o.Slices, endpointSlice(fp, proto))
 		}
-		o.Slices = append(o.Slices, sl)
+		svc.Spec.ClusterIP = svc.Spec.ClusterIPs[0]
+		policy := corev1.IPFamilyPolicySingleStack
+		if len(svc.Spec.ClusterIPs) > 1 {
+			policy = corev1.IPFamilyPolicyRequireDualStack
+		}
+		svc.Spec.IPFamilyPolicy = &policy
+		o.Services = append(o.Services, svc)
 	}
 	o.Nodes = []corev1.Node{{ObjectMeta: metav1.ObjectMeta{Name: NodeName},
-		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: nodeNet.Addr().String()}}}}}
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: nodeNet.Addr().String()},
+			{Type: corev1.NodeInternalIP, Address: nodeNet6.Addr().String()}}}}}
 	return o
+}
+
+func family(a netip.Addr) corev1.IPFamily {
+	if a.Is6() {
+		return corev1.IPv6Protocol
+	}
+	return corev1.IPv4Protocol
+}
+
+// endpointSlice is the EndpointSlice the controller writes for one
+// family's port of a Service: a slice holds addresses of one type.
+func endpointSlice(sp kubeproxy.ServicePort, proto corev1.Protocol) discoveryv1.EndpointSlice {
+	ready, node, name := true, NodeName, sp.PortName
+	sl := discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: sp.Name + "-lab",
+			Labels: map[string]string{discoveryv1.LabelServiceName: sp.Name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+	}
+	if sp.ClusterIP.Is6() {
+		sl.Name, sl.AddressType = sp.Name+"-lab6", discoveryv1.AddressTypeIPv6
+	}
+	for _, ep := range sp.Endpoints {
+		port := int32(ep.Port())
+		sl.Ports = []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}}
+		pod := ""
+		for _, p := range pods() {
+			if p.IP == ep.Addr() || p.IP6 == ep.Addr() {
+				pod = p.Name
+			}
+		}
+		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{ep.Addr().String()},
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready}, NodeName: &node,
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: Namespace, Name: pod}})
+	}
+	return sl
 }
 
 // Assess diagnoses every scenario's Service the way `svctrace SERVICE`

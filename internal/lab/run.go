@@ -117,8 +117,15 @@ func (l *Lab) Pod(name string) *Pod {
 
 // ClientIP is where the scenario's connection comes from.
 func (l *Lab) ClientIP(s Scenario) netip.Addr {
+	v6 := s.Service.ClusterIP.Is6()
 	if p := l.Pod(s.From); p != nil {
+		if v6 {
+			return p.IP6
+		}
 		return p.IP
+	}
+	if v6 {
+		return ClientIP6
 	}
 	return ClientIP
 }

@@ -26,7 +26,9 @@ const serverEnv = "SVCTRACE_LAB_SERVER"
 // Server modes.
 const (
 	ModeHTTP = "http" // answers HTTP, and UDP datagrams, on every port
-	ModeHung = "hung" // listens but never accepts; its accept queue is full
+	// ModeHTTP4 is ModeHTTP on IPv4 only, as a server bound to 0.0.0.0.
+	ModeHTTP4 = "http4"
+	ModeHung  = "hung" // listens but never accepts; its accept queue is full
 )
 
 type serverSpec struct {
@@ -70,15 +72,19 @@ func serve(spec serverSpec) error {
 		return fmt.Errorf("entering %s: %w", spec.NetNS, err)
 	}
 	switch spec.Mode {
-	case ModeHTTP:
+	case ModeHTTP, ModeHTTP4:
+		tcp, udp := "tcp", "udp"
+		if spec.Mode == ModeHTTP4 {
+			tcp, udp = "tcp4", "udp4"
+		}
 		for _, port := range spec.Ports {
-			ln, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
+			ln, err := net.Listen(tcp, fmt.Sprintf(":%d", port))
 			if err != nil {
 				return err
 			}
 			srv := &http.Server{Handler: handler(spec.Name), ReadHeaderTimeout: 5 * time.Second}
 			go srv.Serve(ln)
-			pc, err := net.ListenPacket("udp", fmt.Sprintf(":%d", port))
+			pc, err := net.ListenPacket(udp, fmt.Sprintf(":%d", port))
 			if err != nil {
 				return err
 			}

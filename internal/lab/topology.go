@@ -17,10 +17,20 @@ var (
 	clientNet   = netip.MustParsePrefix("10.99.0.2/24")    // the client
 	nodeNet     = netip.MustParsePrefix("10.99.0.1/24")    // the node, client side
 	uplinkNet   = netip.MustParsePrefix("10.255.255.1/30") // the node, upstream side
+
+	// The node is dual-stack: the same roles' IPv6 addresses (ULA, fd00::/8).
+	ClusterCIDR6 = netip.MustParsePrefix("fd00:10:244::/56")
+	bridgeNet6   = netip.MustParsePrefix("fd00:10:244::1/64")
+	clientNet6   = netip.MustParsePrefix("fd00:10:99::2/64")
+	nodeNet6     = netip.MustParsePrefix("fd00:10:99::1/64")
+	uplinkNet6   = netip.MustParsePrefix("fd00:10:255::1/126")
 )
 
-// ClientIP is the lab client's address.
-var ClientIP = clientNet.Addr()
+// ClientIP and ClientIP6 are the lab client's addresses.
+var (
+	ClientIP  = clientNet.Addr()
+	ClientIP6 = clientNet6.Addr()
+)
 
 // nsName is the name of one of lab id's namespaces.
 func nsName(id, role string) string { return Prefix + id + "-" + role }

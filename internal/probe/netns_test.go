@@ -35,7 +35,7 @@ func TestPodNetNSPicksThePodOfThisNode(t *testing.T) {
 		if err := topo.Veth(node, "veth0", pod, "eth0", ""); err != nil {
 			t.Fatal(err)
 		}
-		if err := (topo.Iface{NS: pod, Name: "eth0", Addr: netip.PrefixFrom(ip, 24)}).Configure(); err != nil {
+		if err := (topo.Iface{NS: pod, Name: "eth0", Addrs: []netip.Prefix{netip.PrefixFrom(ip, 24)}}).Configure(); err != nil {
 			t.Fatal(err)
 		}
 		// A process in the Pod's namespace, as a container's would be.

@@ -203,7 +203,23 @@ func (s *Service) Addresses(nodeAddrs []netip.Addr) []Address {
 		add("external IP", s.ExternalIPs, p.Port)
 		add("load-balancer IP", s.LoadBalancerIPs, p.Port)
 		if p.NodePort != 0 {
-			add("NodePort", nodeAddrs, p.NodePort)
+			add("NodePort", s.sameFamily(nodeAddrs), p.NodePort)
+		}
+	}
+	return out
+}
+
+// sameFamily keeps the addresses of the Service's IP families: kube-proxy
+// serves a single-stack Service's NodePorts on the node's addresses of that
+// family only.
+func (s *Service) sameFamily(addrs []netip.Addr) []netip.Addr {
+	if len(s.ClusterIPs) == 0 {
+		return addrs
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if slices.ContainsFunc(s.ClusterIPs, func(c netip.Addr) bool { return c.Is4() == a.Is4() }) {
+			out = append(out, a)
 		}
 	}
 	return out

@@ -197,3 +197,31 @@ func TestNearMiss(t *testing.T) {
 		}
 	}
 }
+
+// kube-proxy serves a single-stack Service's NodePorts on the node's
+// addresses of that family only; a dual-stack one's on both.
+func TestNodePortAddressesFollowTheServicesFamilies(t *testing.T) {
+	node := []netip.Addr{netip.MustParseAddr("10.99.0.1"), netip.MustParseAddr("fd00:10:99::1")}
+	for _, c := range []struct {
+		clusterIPs []string
+		want       string
+	}{
+		{[]string{"10.96.1.10"}, "10.99.0.1:30080"},
+		{[]string{"fd00:10:96::10"}, "[fd00:10:99::1]:30080"},
+		{[]string{"10.96.1.10", "fd00:10:96::10"}, "10.99.0.1:30080 [fd00:10:99::1]:30080"},
+	} {
+		s := &Service{Ports: []Port{{Port: 80, NodePort: 30080}}}
+		for _, ip := range c.clusterIPs {
+			s.ClusterIPs = append(s.ClusterIPs, netip.MustParseAddr(ip))
+		}
+		var got []string
+		for _, a := range s.Addresses(node) {
+			if a.Kind == "NodePort" {
+				got = append(got, a.Addr.String())
+			}
+		}
+		if strings.Join(got, " ") != c.want {
+			t.Errorf("ClusterIPs %v: NodePorts on %v, want %s", c.clusterIPs, got, c.want)
+		}
+	}
+}

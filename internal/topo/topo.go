@@ -68,43 +68,47 @@ func handle(ns tracer.NetNS) (*netlink.Handle, netns.NsHandle, error) {
 	return h, fd, nil
 }
 
-// Iface configures one end of a link: loopback and the link up, an address,
-// a default route.
+// Iface configures one end of a link: loopback and the link up, addresses,
+// default routes.
 type Iface struct {
-	NS      tracer.NetNS
-	Name    string
-	Addr    netip.Prefix
-	Gateway netip.Addr // default route via; invalid: none
+	NS    tracer.NetNS
+	Name  string
+	Addrs []netip.Prefix
+	// Gateways: a default route via each (one per family); none: no route.
+	Gateways []netip.Addr
 }
 
 func (i Iface) Configure() error {
-	h, fd, err := handle(i.NS)
-	if err != nil {
-		return err
-	}
-	defer fd.Close()
-	defer h.Close()
-	for _, name := range []string{"lo", i.Name} {
-		l, err := h.LinkByName(name)
-		if err != nil {
-			return fmt.Errorf("%s in %s: %w", name, i.NS.Spec, err)
-		}
-		if name == i.Name && i.Addr.IsValid() {
-			if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipnet(i.Addr)}); err != nil {
-				return fmt.Errorf("adding %s to %s: %w", i.Addr, name, err)
+	return withHandle(i.NS, func(h *netlink.Handle) error {
+		for _, name := range []string{"lo", i.Name} {
+			l, err := h.LinkByName(name)
+			if err != nil {
+				return fmt.Errorf("%s in %s: %w", name, i.NS.Spec, err)
+			}
+			if name == i.Name {
+				for _, a := range i.Addrs {
+					// No duplicate address detection: an IPv6 address is
+					// usable at once, not seconds later.
+					if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipnet(a), Flags: unix.IFA_F_NODAD}); err != nil {
+						return fmt.Errorf("adding %s to %s: %w", a, name, err)
+					}
+				}
+			}
+			if err := h.LinkSetUp(l); err != nil {
+				return fmt.Errorf("setting %s up: %w", name, err)
 			}
 		}
-		if err := h.LinkSetUp(l); err != nil {
-			return fmt.Errorf("setting %s up: %w", name, err)
+		l, err := h.LinkByName(i.Name)
+		if err != nil {
+			return err
 		}
-	}
-	if i.Gateway.IsValid() {
-		l, _ := h.LinkByName(i.Name)
-		if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.IP(i.Gateway.AsSlice())}); err != nil {
-			return fmt.Errorf("adding default route via %s in %s: %w", i.Gateway, i.NS.Spec, err)
+		for _, gw := range i.Gateways {
+			if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.IP(gw.AsSlice())}); err != nil {
+				return fmt.Errorf("adding default route via %s in %s: %w", gw, i.NS.Spec, err)
+			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func ipnet(p netip.Prefix) *net.IPNet {
@@ -298,24 +302,50 @@ type NodeNet struct {
 	Bridge                 netip.Prefix // cbr0's address: the pods' gateway
 	NodeAddr, ClientAddr   netip.Prefix // the two ends of the client link
 	Uplink                 netip.Prefix // the node's end of the upstream link; upstream has the next address
+	// IPv6 has the same roles' IPv6 addresses, for a dual-stack node;
+	// nil: IPv4 only.
+	IPv6 *NodeNet6
+}
+
+// NodeNet6 is a NodeNet's IPv6 addressing.
+type NodeNet6 struct {
+	Bridge, NodeAddr, ClientAddr, Uplink netip.Prefix
 }
 
 // Wire creates the bridge and the client and upstream links, and turns on
 // forwarding in the node.
 func (n NodeNet) Wire() error {
-	upstream := netip.PrefixFrom(n.Uplink.Addr().Next(), n.Uplink.Bits())
+	bridge, nodeAddr, clientAddr, uplink := []netip.Prefix{n.Bridge}, []netip.Prefix{n.NodeAddr}, []netip.Prefix{n.ClientAddr}, []netip.Prefix{n.Uplink}
+	if n.IPv6 != nil {
+		bridge, nodeAddr = append(bridge, n.IPv6.Bridge), append(nodeAddr, n.IPv6.NodeAddr)
+		clientAddr, uplink = append(clientAddr, n.IPv6.ClientAddr), append(uplink, n.IPv6.Uplink)
+	}
+	// upstream has the next address of each uplink prefix; it is the
+	// node's gateway, and the node the client's.
+	var upstream []netip.Prefix
+	var upstreamGW, clientGW []netip.Addr
+	for i, u := range uplink {
+		upstream = append(upstream, netip.PrefixFrom(u.Addr().Next(), u.Bits()))
+		upstreamGW = append(upstreamGW, u.Addr().Next())
+		clientGW = append(clientGW, nodeAddr[i].Addr())
+	}
 	steps := []func() error{
 		func() error { return AddLink(n.Node, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: BridgeName}}) },
-		Iface{NS: n.Node, Name: BridgeName, Addr: n.Bridge}.Configure,
+		Iface{NS: n.Node, Name: BridgeName, Addrs: bridge}.Configure,
 		func() error { return Veth(n.Node, "uplink0", n.Upstream, "eth0", "") },
-		Iface{NS: n.Node, Name: "uplink0", Addr: n.Uplink, Gateway: upstream.Addr()}.Configure,
-		Iface{NS: n.Upstream, Name: "eth0", Addr: upstream}.Configure,
+		Iface{NS: n.Node, Name: "uplink0", Addrs: uplink, Gateways: upstreamGW}.Configure,
+		Iface{NS: n.Upstream, Name: "eth0", Addrs: upstream}.Configure,
 		func() error { return Veth(n.Node, "client0", n.Client, "eth0", "") },
-		Iface{NS: n.Node, Name: "client0", Addr: n.NodeAddr}.Configure,
-		Iface{NS: n.Client, Name: "eth0", Addr: n.ClientAddr, Gateway: n.NodeAddr.Addr()}.Configure,
+		Iface{NS: n.Node, Name: "client0", Addrs: nodeAddr}.Configure,
+		Iface{NS: n.Client, Name: "eth0", Addrs: clientAddr, Gateways: clientGW}.Configure,
 		func() error { return Sysctl(n.Node, "net.ipv4.ip_forward", "1") },
 		// kube-proxy REJECTs with ICMP; rate limiting would make that flaky.
 		func() error { return Sysctl(n.Node, "net.ipv4.icmp_ratelimit", "0") },
+	}
+	if n.IPv6 != nil {
+		steps = append(steps,
+			func() error { return Sysctl(n.Node, "net.ipv6.conf.all.forwarding", "1") },
+			func() error { return Sysctl(n.Node, "net.ipv6.icmp.ratelimit", "0") })
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
@@ -326,13 +356,25 @@ func (n NodeNet) Wire() error {
 }
 
 // AttachPod connects pod to the bridge as veth<i> on the node and eth0 in
-// the pod, with addr in the bridge's subnet and a default route via the
-// bridge.
-func (n NodeNet) AttachPod(pod tracer.NetNS, i int, addr netip.Addr) error {
+// the pod, with addrs in the bridge's subnets (one per family) and a
+// default route via the bridge for each.
+func (n NodeNet) AttachPod(pod tracer.NetNS, i int, addrs ...netip.Addr) error {
 	if err := Veth(n.Node, fmt.Sprintf("veth%d", i), pod, "eth0", BridgeName); err != nil {
 		return err
 	}
-	return Iface{NS: pod, Name: "eth0", Addr: netip.PrefixFrom(addr, n.Bridge.Bits()), Gateway: n.Bridge.Addr()}.Configure()
+	iface := Iface{NS: pod, Name: "eth0"}
+	for _, a := range addrs {
+		br := n.Bridge
+		if a.Is6() {
+			if n.IPv6 == nil {
+				return fmt.Errorf("pod address %s: the node has no IPv6 network", a)
+			}
+			br = n.IPv6.Bridge
+		}
+		iface.Addrs = append(iface.Addrs, netip.PrefixFrom(a, br.Bits()))
+		iface.Gateways = append(iface.Gateways, br.Addr())
+	}
+	return iface.Configure()
 }
 
 // Run runs a command inside ns, with stdin as its input, and returns its

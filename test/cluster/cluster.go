@@ -44,6 +44,10 @@ const (
 	// ClusterCIDR holds every cluster's pod addresses (kube-proxy
 	// --cluster-cidr: traffic from outside it is masqueraded).
 	ClusterCIDR = "10.244.0.0/16"
+	// The cluster is dual-stack, IPv4 first: these are the IPv6 ranges
+	// (unique local addresses).
+	ServiceCIDR6 = "fd00:10:96::/112"
+	ClusterCIDR6 = "fd00:10:244::/56"
 	// NodeName is the one node's name.
 	NodeName = "node-1"
 )
@@ -75,6 +79,9 @@ type Cluster struct {
 	NodeIP   netip.Addr // the node's address, on the client's network
 	ClientIP netip.Addr
 	PodNet   netip.Prefix // this cluster's pod subnet (a /24 of ClusterCIDR)
+	// NodeIP6, ClientIP6 and PodNet6 are their IPv6 counterparts.
+	NodeIP6, ClientIP6 netip.Addr
+	PodNet6            netip.Prefix // a /64 of ClusterCIDR6
 	// Kubeconfig is the admin kubeconfig. Its server is 127.0.0.1 of the node:
 	// use it from inside the node's namespace.
 	Kubeconfig string
@@ -160,6 +167,8 @@ func Up(t testing.TB, opts Options) *Cluster {
 		PodNet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(n), 0}), 24),
 		Dir:      t.TempDir(),
 	}
+	c.NodeIP6, c.ClientIP6 = ula(0x99, n, 1), ula(0x99, n, 2)
+	c.PodNet6 = netip.PrefixFrom(ula(0x244, n, 0), 64)
 	clusters.Store(c, struct{}{})
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -173,6 +182,12 @@ func Up(t testing.TB, opts Options) *Cluster {
 	}
 	t.Logf("cluster %s (kube-proxy %s) up in %s", c.ID, c.Mode, time.Since(start).Round(time.Millisecond))
 	return c
+}
+
+// ula is fd00:10:<net>:<n>::<host>, an address in the cluster's IPv6
+// ranges.
+func ula(net uint16, n int, host byte) netip.Addr {
+	return netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, byte(net >> 8), byte(net), byte(n >> 8), byte(n), 15: host})
 }
 
 func (c *Cluster) nsName(role string) string { return Prefix + c.ID + "-" + role }
@@ -216,7 +231,10 @@ func (c *Cluster) net() topo.NodeNet {
 	return topo.NodeNet{Node: c.Node, Client: c.ClientNS, Upstream: c.Upstream,
 		Bridge:   netip.PrefixFrom(c.PodNet.Addr().Next(), c.PodNet.Bits()),
 		NodeAddr: netip.PrefixFrom(c.NodeIP, 24), ClientAddr: netip.PrefixFrom(c.ClientIP, 24),
-		Uplink: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 98, c.NodeIP.As4()[2], 1}), 30)}
+		Uplink: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 98, c.NodeIP.As4()[2], 1}), 30),
+		IPv6: &topo.NodeNet6{Bridge: netip.PrefixFrom(c.PodNet6.Addr().Next(), 64),
+			NodeAddr: netip.PrefixFrom(c.NodeIP6, 64), ClientAddr: netip.PrefixFrom(c.ClientIP6, 64),
+			Uplink: netip.PrefixFrom(ula(0x98, int(c.NodeIP.As4()[2]), 1), 126)}}
 }
 
 // UplinkIP is the node's second address, on the link to its upstream
@@ -245,7 +263,7 @@ func (c *Cluster) startControlPlane(p *pki) error {
 		"--client-ca-file="+p.path("ca.crt"),
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+p.path("sa.pub"), "--service-account-signing-key-file="+p.path("sa.key"),
-		"--service-cluster-ip-range="+ServiceCIDR, "--authorization-mode=RBAC")
+		"--service-cluster-ip-range="+ServiceCIDR+","+ServiceCIDR6, "--authorization-mode=RBAC")
 	if err != nil {
 		return err
 	}
@@ -315,23 +333,32 @@ func (c *Cluster) bootstrap(ctx context.Context) error {
 			return fmt.Errorf("binding %s: %w", role, err)
 		}
 	}
-	if err := c.createNode(ctx, NodeName, c.NodeIP, c.PodNet); err != nil {
+	if err := c.createNode(ctx, NodeName, []netip.Addr{c.NodeIP, c.NodeIP6}, []netip.Prefix{c.PodNet, c.PodNet6}); err != nil {
 		return err
 	}
 	return c.waitServiceAccount(ctx, "default")
 }
 
 // createNode creates a Ready Node object with its address and pod range.
-func (c *Cluster) createNode(ctx context.Context, name string, ip netip.Addr, podNet netip.Prefix) error {
+// The first of ips and podNets is the primary family's.
+func (c *Cluster) createNode(ctx context.Context, name string, ips []netip.Addr, podNets []netip.Prefix) error {
+	spec := corev1.NodeSpec{PodCIDR: podNets[0].String()}
+	for _, p := range podNets {
+		spec.PodCIDRs = append(spec.PodCIDRs, p.String())
+	}
 	node, err := c.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/hostname": name}},
-		Spec:       corev1.NodeSpec{PodCIDR: podNet.String(), PodCIDRs: []string{podNet.String()}},
+		Spec:       spec,
 	}, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("creating node %s: %w", name, err)
 	}
+	var addrs []corev1.NodeAddress
+	for _, ip := range ips {
+		addrs = append(addrs, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip.String()})
+	}
 	node.Status = corev1.NodeStatus{
-		Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip.String()}, {Type: corev1.NodeHostName, Address: name}},
+		Addresses:  append(addrs, corev1.NodeAddress{Type: corev1.NodeHostName, Address: name}),
 		Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}},
 	}
 	if _, err := c.Client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
@@ -377,7 +404,7 @@ func (c *Cluster) startKubeProxy(ctx context.Context, p *pki) error {
 	}
 	kp, err := start(c.Node, c.Dir, "kube-proxy", c.bin("kube-proxy"), env,
 		"--kubeconfig="+p.path("kube-proxy.kubeconfig"), "--proxy-mode="+mode, "--hostname-override="+NodeName,
-		"--cluster-cidr="+ClusterCIDR, "--conntrack-max-per-core=0",
+		"--cluster-cidr="+ClusterCIDR+","+ClusterCIDR6, "--conntrack-max-per-core=0",
 		"--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
 		"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256")
 	if err != nil {

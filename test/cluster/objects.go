@@ -20,6 +20,7 @@ import (
 type Pod struct {
 	Namespace, Name string
 	IP              netip.Addr
+	IP6             netip.Addr // invalid on other nodes
 	HostIP          netip.Addr // its node's address
 	NS              tracer.NetNS
 	server          *lab.Server
@@ -56,7 +57,9 @@ func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (*Pod, error) {
 	c.mu.Unlock()
 	ip := c.PodNet.Addr().As4()
 	ip[3] = byte(10 + n)
-	p := &Pod{Namespace: spec.Namespace, Name: spec.Name, IP: netip.AddrFrom4(ip), HostIP: c.NodeIP}
+	ip6 := c.PodNet6.Addr().As16()
+	ip6[15] = byte(10 + n)
+	p := &Pod{Namespace: spec.Namespace, Name: spec.Name, IP: netip.AddrFrom4(ip), IP6: netip.AddrFrom16(ip6), HostIP: c.NodeIP}
 	var err error
 	if p.NS, err = topo.CreateNetNS(c.nsName(fmt.Sprintf("pod%d", n))); err != nil {
 		return nil, err
@@ -64,7 +67,7 @@ func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (*Pod, error) {
 	c.mu.Lock()
 	c.pods = append(c.pods, p)
 	c.mu.Unlock()
-	if err := c.net().AttachPod(p.NS, n, p.IP); err != nil {
+	if err := c.net().AttachPod(p.NS, n, p.IP, p.IP6); err != nil {
 		return nil, err
 	}
 	if spec.Serve != "" {
@@ -134,7 +137,7 @@ func (c *Cluster) AddNode(ctx context.Context, name string) error {
 	r := &remoteNode{ip: netip.AddrFrom4(ip), podNet: netip.PrefixFrom(netip.AddrFrom4(podNet), 24)}
 	c.remote[name] = r
 	c.mu.Unlock()
-	return c.createNode(ctx, name, r.ip, r.podNet)
+	return c.createNode(ctx, name, []netip.Addr{r.ip}, []netip.Prefix{r.podNet})
 }
 
 // StopKubeProxy kills kube-proxy the way a crash would: its rules stay as
@@ -162,6 +165,10 @@ func (c *Cluster) SetReady(ctx context.Context, p *Pod, ready bool) error {
 	if err != nil {
 		return err
 	}
+	podIPs := []corev1.PodIP{{IP: p.IP.String()}}
+	if p.IP6.IsValid() {
+		podIPs = append(podIPs, corev1.PodIP{IP: p.IP6.String()})
+	}
 	now := metav1.NewTime(time.Now())
 	cond := func(t corev1.PodConditionType, ok bool) corev1.PodCondition {
 		s := corev1.ConditionTrue
@@ -172,7 +179,7 @@ func (c *Cluster) SetReady(ctx context.Context, p *Pod, ready bool) error {
 	}
 	obj.Status = corev1.PodStatus{
 		Phase: corev1.PodRunning, StartTime: &now,
-		PodIP: p.IP.String(), PodIPs: []corev1.PodIP{{IP: p.IP.String()}},
+		PodIP: p.IP.String(), PodIPs: podIPs,
 		HostIP: p.HostIP.String(), HostIPs: []corev1.HostIP{{IP: p.HostIP.String()}},
 		Conditions: []corev1.PodCondition{cond(corev1.PodScheduled, true), cond(corev1.PodInitialized, true),
 			cond(corev1.ContainersReady, ready), cond(corev1.PodReady, ready)},
@@ -201,18 +208,26 @@ func (c *Cluster) CreateService(ctx context.Context, svc *corev1.Service) (*core
 }
 
 // Ruleset returns what kube-proxy programmed in the node, as its mode's own
-// tool prints it: iptables-save, or nft list ruleset.
+// tools print it: iptables-save then ip6tables-save, or nft list ruleset.
 func (c *Cluster) Ruleset() (string, error) {
-	var cmd []string
+	var cmds [][]string
 	switch c.Mode {
 	case IPTables:
-		cmd = []string{"iptables-save"}
+		cmds = [][]string{{"iptables-save"}, {"ip6tables-save"}}
 	case IPTablesLegacy:
-		cmd = []string{"iptables-legacy-save"}
+		cmds = [][]string{{"iptables-legacy-save"}, {"ip6tables-legacy-save"}}
 	case NFTables:
-		cmd = []string{"nft", "list", "ruleset"}
+		cmds = [][]string{{"nft", "list", "ruleset"}}
 	}
-	return c.Exec(cmd...)
+	var out strings.Builder
+	for _, cmd := range cmds {
+		s, err := c.Exec(cmd...)
+		if err != nil {
+			return "", err
+		}
+		out.WriteString(s)
+	}
+	return out.String(), nil
 }
 
 // Exec runs a command inside the node's network namespace and returns its

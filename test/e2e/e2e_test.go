@@ -58,6 +58,9 @@ type story struct {
 	// Service; from is that Pod, once added.
 	hairpin bool
 	from    *cluster.Pod
+	// ipv6: the Service is dual-stack, and the client uses its IPv6
+	// ClusterIP, to the Pods' IPv6 addresses.
+	ipv6 bool
 	// notes must each be part of the traced connection's explanation notes.
 	notes []string
 	// await waits until the cluster has done its part; nil waits for
@@ -136,6 +139,15 @@ func waitAddress(ctx context.Context, c *cluster.Cluster, s *story, ready []neti
 	return c.WaitRules(ctx, "the rules for "+ip, func(rules string) bool { return strings.Contains(rules, ip) })
 }
 
+// dualStack is a Service that requires both families, with these
+// ClusterIPs.
+func dualStack(name, vip4, vip6 string) *corev1.Service {
+	s := service(name, vip4, map[string]string{"app": name}, intstr.FromString("http"))
+	policy := corev1.IPFamilyPolicyRequireDualStack
+	s.Spec.IPFamilyPolicy, s.Spec.ClusterIPs = &policy, []string{vip4, vip6}
+	return s
+}
+
 // nodePortService is a Service of type NodePort (LoadBalancer with lb) on
 // a fixed node port.
 func nodePortService(name, vip string, port int32, lb bool) *corev1.Service {
@@ -198,6 +210,13 @@ func beyondClusterIP(mode cluster.Mode) []*story {
 			pods:  []cluster.PodSpec{pod(shop, "sticky-1", "sticky", lab.ModeHTTP, true), pod(shop, "sticky-2", "sticky", lab.ModeHTTP, true)},
 			notes: []string{"sessionAffinity: ClientIP (3h): kube-proxy had pinned ", "and sent it there again"}},
 	}
+	ss = append(ss,
+		&story{name: "dual-stack-over-ipv6", expect: flow.Answered, finding: "healthy", svc: dualStack("dual", "10.96.1.180", "fd00:10:96::b4"),
+			pods: one("dual"), ipv6: true},
+		// The Pod's server is bound to 0.0.0.0: its IPv6 address refuses.
+		&story{name: "ipv4-only-server", expect: flow.Reset, finding: "healthy", svc: dualStack("legacy", "10.96.1.190", "fd00:10:96::be"),
+			pods: []cluster.PodSpec{pod(shop, "legacy-1", "legacy", lab.ModeHTTP4, true)}, ipv6: true,
+			blame: "Pod shop/legacy-1 on node-1 (ready): nothing listens on port 8080 over IPv6; the Pod's IPv4 endpoint is 10.244."})
 	if mode == cluster.NFTables {
 		s := ss[1]
 		s.expect, s.untranslated = flow.Reset, true
@@ -296,7 +315,11 @@ func dest(c *cluster.Cluster, s *story) netip.AddrPort {
 	if s.to != nil {
 		return s.to(c, s)
 	}
-	return netip.AddrPortFrom(netip.MustParseAddr(s.svc.Spec.ClusterIP), uint16(s.svc.Spec.Ports[0].Port))
+	vip := netip.MustParseAddr(s.svc.Spec.ClusterIP)
+	if s.ipv6 {
+		vip = netip.MustParseAddr(s.svc.Spec.ClusterIPs[1])
+	}
+	return netip.AddrPortFrom(vip, uint16(s.svc.Spec.Ports[0].Port))
 }
 
 // endpoints are the ready endpoints kube-proxy should use for s: the ready
@@ -320,7 +343,11 @@ func endpoints(s *story, pods []*cluster.Pod) []netip.AddrPort {
 				}
 			}
 		}
-		eps = append(eps, netip.AddrPortFrom(pods[i].IP, uint16(port)))
+		ip := pods[i].IP
+		if s.ipv6 {
+			ip = pods[i].IP6
+		}
+		eps = append(eps, netip.AddrPortFrom(ip, uint16(port)))
 	}
 	return eps
 }

@@ -26,6 +26,8 @@ var wantedModules = []string{
 	"ip_tables", "iptable_nat", "iptable_filter", "iptable_mangle",
 	"xt_nat", "xt_MASQUERADE", "xt_mark", "xt_comment", "xt_conntrack", "xt_addrtype", "xt_statistic",
 	"xt_tcpudp", "ipt_REJECT",
+	// The lab's node is dual-stack.
+	"ip6_tables", "ip6table_nat", "ip6table_filter", "ip6t_REJECT", "nft_reject_ipv6",
 }
 
 // optionalModules are loaded where they are modules: nft_counter (every
