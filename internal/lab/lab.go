@@ -213,8 +213,20 @@ type Lab struct {
 	// inputs programmed into the node.
 	Rules, Rules6 string
 	// Left are the scenarios this machine cannot show, with why.
-	Left    []string
-	servers []*Server
+	Left     []string
+	servers  []*Server
+	ipv4Only bool // the machine has no IPv6 (or no ip6tables)
+}
+
+// noIPv6 says why the lab cannot be dual-stack here, or "".
+var noIPv6 = func() string {
+	if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
+		return "IPv6 is disabled in this kernel (ipv6.disable=1)"
+	}
+	if _, err := exec.LookPath("ip6tables-restore"); err != nil {
+		return "ip6tables-restore not found: install iptables"
+	}
+	return ""
 }
 
 // Options configure Up.
@@ -229,10 +241,8 @@ func Preflight() error {
 	if os.Geteuid() != 0 {
 		return errors.New("the lab creates network namespaces and iptables rules: run it as root (sudo)")
 	}
-	for _, tool := range []string{"iptables-restore", "ip6tables-restore"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s not found: install iptables (Debian/Ubuntu: apt-get install iptables)", tool)
-		}
+	if _, err := exec.LookPath("iptables-restore"); err != nil {
+		return errors.New("iptables-restore not found: install iptables (Debian/Ubuntu: apt-get install iptables)")
 	}
 	return nil
 }
@@ -243,6 +253,16 @@ func Up(opts Options) (l *Lab, err error) {
 		return nil, err
 	}
 	l = &Lab{ID: newID(), Scenarios: Scenarios(), Pods: pods()}
+	if why := noIPv6(); why != "" {
+		// An IPv4-only machine still shows every other scenario.
+		l.ipv4Only = true
+		for _, s := range l.Scenarios {
+			if s.VIP().Addr().Is6() {
+				l.Left = append(l.Left, s.Name+" ("+why+")")
+			}
+		}
+		l.Scenarios = slices.DeleteFunc(l.Scenarios, func(s Scenario) bool { return s.VIP().Addr().Is6() })
+	}
 	defer func() {
 		if err != nil {
 			l.Down()
@@ -329,11 +349,18 @@ func (l *Lab) wire() error {
 	n := topo.NodeNet{Node: l.Node, Client: l.Client, Upstream: l.Upstream,
 		Bridge: bridgeNet, NodeAddr: nodeNet, ClientAddr: clientNet, Uplink: uplinkNet,
 		IPv6: &topo.NodeNet6{Bridge: bridgeNet6, NodeAddr: nodeNet6, ClientAddr: clientNet6, Uplink: uplinkNet6}}
+	if l.ipv4Only {
+		n.IPv6 = nil
+	}
 	if err := n.Wire(); err != nil {
 		return err
 	}
 	for i, p := range l.Pods {
-		if err := n.AttachPod(p.NS, i+1, p.IP, p.IP6); err != nil {
+		addrs := []netip.Addr{p.IP, p.IP6}
+		if l.ipv4Only {
+			addrs = addrs[:1]
+		}
+		if err := n.AttachPod(p.NS, i+1, addrs...); err != nil {
 			return err
 		}
 	}
@@ -366,6 +393,9 @@ func (l *Lab) programWith(endpoints map[string][]netip.AddrPort) error {
 	l.Rules = kubeproxy.IPTablesRestore(v4, kubeproxy.Options{ClusterCIDR: ClusterCIDR, ExtraFilter: []string{policyRule}})
 	if _, err := topo.Run(l.Node, l.Rules, "iptables-restore"); err != nil {
 		return fmt.Errorf("programming the node's iptables rules: %w", err)
+	}
+	if l.ipv4Only {
+		return nil
 	}
 	l.Rules6 = kubeproxy.IPTablesRestore(v6, kubeproxy.Options{ClusterCIDR: ClusterCIDR6})
 	if _, err := topo.Run(l.Node, l.Rules6, "ip6tables-restore"); err != nil {

@@ -375,3 +375,26 @@ func TestConntrackTableFull(t *testing.T) {
 	}
 	t.Logf("%s: %s\nblame: %s", a.Findings[0].Code, a.Findings[0].Summary, e.Blame)
 }
+
+// On a machine without IPv6 the lab leaves out its IPv6 scenarios, says
+// why, and shows the others.
+func TestIPv4OnlyMachine(t *testing.T) {
+	saved := noIPv6
+	noIPv6 = func() string { return "IPv6 is disabled in this kernel (ipv6.disable=1)" }
+	defer func() { noIPv6 = saved }()
+	l := up(t)
+	if len(l.Left) < 2 || !strings.HasPrefix(l.Left[len(l.Left)-1], "ipv4-only-server (IPv6 is disabled") {
+		t.Errorf("left out %q", l.Left)
+	}
+	results, _, _, err := l.Run(context.Background(), RunOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range results {
+		if r.Scenario.VIP().Addr().Is6() {
+			t.Errorf("scenario %s run without IPv6", r.Scenario.Name)
+		} else if r.Verdict() != r.Scenario.Expect {
+			t.Errorf("%s: verdict %q, want %s", r.Scenario.Name, r.Verdict(), r.Scenario.Expect)
+		}
+	}
+}
