@@ -52,12 +52,11 @@ type Table struct {
 	Stats map[string]uint64 `json:"stats,omitempty"`
 	// Entries are the translated UDP entries: where a UDP flow is sent, as
 	// long as its client keeps sending, whatever the endpoints now are.
-	// At most MaxEntries of them; none unless Listed.
+	// At most MaxEntries of them; none if Unlisted.
 	Entries []Entry `json:"entries,omitempty"`
-	// Listed: the entries were read. A table of more than MaxListed
-	// entries is not: the dump would cost seconds and hundreds of MB.
-	Listed bool `json:"listed,omitempty"`
-	// Unlisted says why the entries were not read.
+	// Unlisted says why the entries were not read: ctnetlink failed, or
+	// the table holds more than MaxListed entries (the dump would cost
+	// seconds and hundreds of MB). Empty: they were.
 	Unlisted string `json:"unlisted,omitempty"`
 }
 
@@ -102,7 +101,6 @@ func Read(ns tracer.NetNS) (*Table, error) {
 		return t, nil
 	}
 	t.Entries, err = List(ns, func(e Entry) bool { return e.Proto == "udp" && e.Translated() })
-	t.Listed = err == nil
 	if err != nil {
 		t.Unlisted = err.Error()
 	}

@@ -60,13 +60,11 @@ func (c *checker) staleConntrack() {
 		if ad.Port.Protocol != tracer.UDP {
 			continue
 		}
-		if !c.Conntrack.Listed {
-			if c.Conntrack.Unlisted != "" {
-				c.add(Finding{Severity: Info, Code: "conntrack-unlisted", Object: "conntrack on " + c.nodeName(),
-					Summary:  "the node's conntrack entries were not read, so stale UDP entries to the Service were not looked for",
-					Evidence: []string{c.Conntrack.Unlisted},
-					Next:     []string{fmt.Sprintf("conntrack -L -p udp -d %s  (the entries to the Service; a reply source that is not an endpoint is stale)", ad.Addr.Addr())}})
-			}
+		if c.Conntrack.Unlisted != "" {
+			c.add(Finding{Severity: Info, Code: "conntrack-unlisted", Object: "conntrack on " + c.nodeName(),
+				Summary:  "the node's conntrack entries were not read, so stale UDP entries to the Service were not looked for",
+				Evidence: []string{c.Conntrack.Unlisted},
+				Next:     []string{fmt.Sprintf("conntrack -L -p udp -d %s  (the entries to the Service; a reply source that is not an endpoint is stale)", ad.Addr.Addr())}})
 			return
 		}
 		byTarget := map[netip.AddrPort][]conntrack.Entry{}

@@ -75,7 +75,7 @@ func TestStaleConntrack(t *testing.T) {
 		return conntrack.Entry{Proto: "udp", Orig: [2]netip.AddrPort{ap(client), ap("10.96.1.53:53")},
 			Reply: [2]netip.AddrPort{ap(to), ap("10.244.0.1:" + strings.Split(client, ":")[1])}, Timeout: 117}
 	}
-	in.Conntrack = &conntrack.Table{Count: 3, Max: 1 << 18, Listed: true, Entries: []conntrack.Entry{
+	in.Conntrack = &conntrack.Table{Count: 3, Max: 1 << 18, Entries: []conntrack.Entry{
 		entry("10.99.0.2:40053", "10.244.0.19:8080"), // dns-1, gone
 		entry("10.99.0.3:40054", "10.244.0.19:8080"),
 		entry("10.99.0.4:40055", "10.244.0.12:8080"), // dns-2: fine
