@@ -151,31 +151,20 @@ func readNFT(netnsFd int, rulesFor func(PortKey) bool) (*nftDump, error) {
 		for _, s := range ts {
 			sets[fam+"/"+s.Name] = s
 			if s.Name == nodePortIPs {
-				elems, err := elements(c, s)
+				ips, _, err := addresses(c, s)
 				if err != nil {
 					return nil, err
 				}
-				d.NodePortIPs[fam] = []netip.Addr{}
-				for _, e := range elems {
-					if a, ok := netip.AddrFromSlice(e.Key); ok {
-						d.NodePortIPs[fam] = append(d.NodePortIPs[fam], a)
-					}
-				}
+				d.NodePortIPs[fam] = ips // present, even if empty
 				continue
 			}
 			if key, _, ok := parseNFTChain(s.Name); ok && strings.HasPrefix(s.Name, "affinity-") {
 				if !rulesFor(key) {
 					continue
 				}
-				elems, err := c.GetSetElements(s)
-				if err != nil {
-					return nil, fmt.Errorf("listing set %s %s %s: %w", fam, nftTable, s.Name, err)
-				}
 				a := nftAffinity{Timeout: s.Timeout}
-				for _, e := range elems {
-					if ip, ok := netip.AddrFromSlice(e.Key); ok {
-						a.Clients, a.Expires = append(a.Clients, ip), append(a.Expires, e.Expires)
-					}
+				if a.Clients, a.Expires, err = addresses(c, s); err != nil {
+					return nil, err
 				}
 				d.Affinity[fam+"/"+s.Name] = a
 				continue
@@ -205,6 +194,23 @@ func readNFT(netnsFd int, rulesFor func(PortKey) bool) (*nftDump, error) {
 		}
 	}
 	return d, nil
+}
+
+// addresses lists the addresses in set s, each with the time left before
+// it expires (zero in a set without timeouts).
+func addresses(c *nftables.Conn, s *nftables.Set) ([]netip.Addr, []time.Duration, error) {
+	elems, err := c.GetSetElements(s)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listing set %s %s %s: %w", familyName(s.Table.Family), nftTable, s.Name, err)
+	}
+	var ips []netip.Addr
+	var expires []time.Duration
+	for _, e := range elems {
+		if ip, ok := netip.AddrFromSlice(e.Key); ok {
+			ips, expires = append(ips, ip), append(expires, e.Expires)
+		}
+	}
+	return ips, expires, nil
 }
 
 func elements(c *nftables.Conn, s *nftables.Set) ([]nftElem, error) {
