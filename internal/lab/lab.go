@@ -38,6 +38,14 @@ type Pod struct {
 	ports  []int
 }
 
+// Addr is the pod's address of the family of to.
+func (p Pod) Addr(to netip.Addr) netip.Addr {
+	if to.Is6() {
+		return p.IP6
+	}
+	return p.IP
+}
+
 // Scenario is a Service set up to show one outcome.
 type Scenario struct {
 	Name  string // short id, e.g. "no-endpoints"
@@ -136,11 +144,7 @@ func servicePort(service string, vip netip.Addr, selector map[string]string, tar
 	}
 	for _, p := range pods() {
 		if labels.SelectorFromSet(selector).Matches(labels.Set(p.Labels)) {
-			ip := p.IP
-			if vip.Is6() {
-				ip = p.IP6
-			}
-			sp.Endpoints = append(sp.Endpoints, netip.AddrPortFrom(ip, port))
+			sp.Endpoints = append(sp.Endpoints, netip.AddrPortFrom(p.Addr(vip), port))
 		}
 	}
 	return sp

@@ -117,14 +117,11 @@ func (l *Lab) Pod(name string) *Pod {
 
 // ClientIP is where the scenario's connection comes from.
 func (l *Lab) ClientIP(s Scenario) netip.Addr {
-	v6 := s.Service.ClusterIP.Is6()
+	vip := s.VIP().Addr()
 	if p := l.Pod(s.From); p != nil {
-		if v6 {
-			return p.IP6
-		}
-		return p.IP
+		return p.Addr(vip)
 	}
-	if v6 {
+	if vip.Is6() {
 		return ClientIP6
 	}
 	return ClientIP
