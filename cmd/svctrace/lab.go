@@ -27,25 +27,28 @@ type labOptions struct {
 	rec     recordFlags
 }
 
+// scenarioList is the lab's scenarios for --help, one a line: name,
+// expected verdict, what is wrong.
+func scenarioList() string {
+	var b strings.Builder
+	for _, s := range lab.Scenarios() {
+		fmt.Fprintf(&b, "  %-17s → %-15s %s\n", s.Name, s.Expect, s.Title)
+	}
+	return b.String()
+}
+
 func newLab(g *globals) *cobra.Command {
 	o := &labOptions{globals: g}
 	cmd := &cobra.Command{
 		Use:   "lab",
 		Short: "Build a throwaway node in network namespaces and trace the classic Service failures",
-		Long: `Build a small Kubernetes-like node out of network namespaces - a node with a bridge and
-kube-proxy-style iptables rules, four pods serving HTTP, a client - and trace one connection
-to each of its Services, each set up to fail in a classic way (or not at all). Each Service
-is diagnosed and each connection explained from the lab's Kubernetes objects and the node's
-rules, as svctrace SERVICE does on a real node:
+		Long: `Build a small Kubernetes-like node out of network namespaces - a dual-stack node with a
+bridge and kube-proxy-style iptables and ip6tables rules, pods serving HTTP and UDP, a
+client - and trace one connection to each of its Services, each set up to fail in a classic
+way (or not at all). Each Service is diagnosed and each connection explained from the lab's
+Kubernetes objects and the node's rules, as svctrace SERVICE does on a real node:
 
-  healthy           a healthy Service with two ready endpoints          → answered
-  no-endpoints      a selector typo matches no Pod: kube-proxy REJECTs    → rejected
-  wrong-targetport  targetPort 9090, but the Pod listens on 8080          → reset
-  hung-pod          the Pod's server stopped accepting connections        → no-reply
-  policy-drop       a FORWARD DROP rule stands in for a NetworkPolicy     → dropped
-  hairpin           a Pod calls its own Service, bridge hairpin_mode off  → dropped
-  no-proxy-rules    kube-proxy wrote no rules for the Service             → not-translated
-
+` + scenarioList() + `
 Everything is removed at the end and on Ctrl-C. Nothing leaves the lab: its addresses exist
 only in its own namespaces. Exits non-zero if a scenario gives an unexpected verdict, so it
 doubles as a self-test of svctrace on this kernel.`,

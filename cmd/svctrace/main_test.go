@@ -119,6 +119,19 @@ func TestHelpTeachesTheVerdicts(t *testing.T) {
 	}
 }
 
+// lab --help lists every scenario the lab runs.
+func TestLabHelpListsTheScenarios(t *testing.T) {
+	out, _, err := run(context.Background(), "lab", "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range lab.Scenarios() {
+		if !strings.Contains(out, "  "+s.Name+" ") {
+			t.Errorf("lab --help does not list scenario %s", s.Name)
+		}
+	}
+}
+
 type jsonLine struct {
 	Kind     string          `json:"kind"`
 	Scenario string          `json:"scenario"`
