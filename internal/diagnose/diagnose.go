@@ -531,7 +531,7 @@ func (c *checker) nodePortAddrs() {
 		}
 	}
 	var accepted, refused []string
-	for _, a := range c.NodeAddrs {
+	for _, a := range c.svc.NodePortAddrs(c.NodeAddrs) {
 		if c.Rules.AcceptsNodePort(a) {
 			accepted = append(accepted, a.String())
 		} else {

@@ -298,9 +298,11 @@ func TestNodePortOnAnAddressKubeProxyIgnores(t *testing.T) {
 		Slices: []discoveryv1.EndpointSlice{slice("np", 8080, web)}, Nodes: []corev1.Node{node("node-1", "10.99.0.1")}}
 	in, _ := check(t, story{objs: objs})
 	in.Rules.Mode, in.Rules.NodePortWhere = kubeproxy.ModeNFTables, "table ip kube-proxy, set nodeport-ips"
-	in.Rules.NodePortAddrs = []netip.Prefix{netip.MustParsePrefix("10.99.0.1/32")}
+	in.Rules.NodePortAddrs = []netip.Prefix{netip.MustParsePrefix("10.99.0.1/32"), netip.MustParsePrefix("fd00:10:99::1/128")}
 	second := netip.MustParseAddr("10.98.0.1")
-	in.NodeAddrs = []netip.Addr{netip.MustParseAddr("10.99.0.1"), second}
+	// The node is dual-stack, the Service IPv4 only: its NodePort is not
+	// served on the IPv6 addresses at all, accepted or not.
+	in.NodeAddrs = []netip.Addr{netip.MustParseAddr("10.99.0.1"), second, netip.MustParseAddr("fd00:10:99::1"), netip.MustParseAddr("fd00:10:98::1")}
 	fs := Check(in)
 	i := slices.IndexFunc(fs, func(f Finding) bool { return f.Code == "nodeport-addresses" })
 	if i < 0 || !strings.Contains(fs[i].Summary, "accepts NodePort 30090 only on 10.99.0.1; on this node's other addresses (10.98.0.1)") {

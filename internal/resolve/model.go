@@ -203,16 +203,16 @@ func (s *Service) Addresses(nodeAddrs []netip.Addr) []Address {
 		add("external IP", s.ExternalIPs, p.Port)
 		add("load-balancer IP", s.LoadBalancerIPs, p.Port)
 		if p.NodePort != 0 {
-			add("NodePort", s.sameFamily(nodeAddrs), p.NodePort)
+			add("NodePort", s.NodePortAddrs(nodeAddrs), p.NodePort)
 		}
 	}
 	return out
 }
 
-// sameFamily keeps the addresses of the Service's IP families: kube-proxy
-// serves a single-stack Service's NodePorts on the node's addresses of that
-// family only.
-func (s *Service) sameFamily(addrs []netip.Addr) []netip.Addr {
+// NodePortAddrs are the node addresses of the Service's IP families:
+// kube-proxy serves a single-stack Service's NodePorts on the node's
+// addresses of that family only.
+func (s *Service) NodePortAddrs(addrs []netip.Addr) []netip.Addr {
 	if len(s.ClusterIPs) == 0 {
 		return addrs
 	}
