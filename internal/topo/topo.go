@@ -54,20 +54,6 @@ func DeleteNetNS(name string) error {
 	return err
 }
 
-// handle opens a netlink handle in ns.
-func handle(ns tracer.NetNS) (*netlink.Handle, netns.NsHandle, error) {
-	fd, err := netns.GetFromPath(ns.Path)
-	if err != nil {
-		return nil, 0, err
-	}
-	h, err := netlink.NewHandleAt(fd, unix.NETLINK_ROUTE)
-	if err != nil {
-		fd.Close()
-		return nil, 0, err
-	}
-	return h, fd, nil
-}
-
 // Iface configures one end of a link: loopback and the link up, addresses,
 // default routes.
 type Iface struct {
@@ -117,43 +103,43 @@ func ipnet(p netip.Prefix) *net.IPNet {
 
 // Veth creates a veth pair with one end in each namespace.
 func Veth(a tracer.NetNS, aName string, b tracer.NetNS, bName string, master string) error {
-	h, fd, err := handle(a)
-	if err != nil {
-		return err
-	}
-	defer fd.Close()
-	defer h.Close()
 	peer, err := netns.GetFromPath(b.Path)
 	if err != nil {
 		return err
 	}
 	defer peer.Close()
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = aName
-	if master != "" {
-		br, err := h.LinkByName(master)
+	return withHandle(a, func(h *netlink.Handle) error {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = aName
+		if master != "" {
+			br, err := h.LinkByName(master)
+			if err != nil {
+				return err
+			}
+			attrs.MasterIndex = br.Attrs().Index
+		}
+		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: bName, PeerNamespace: netlink.NsFd(peer)}); err != nil {
+			return fmt.Errorf("creating veth %s/%s: %w", aName, bName, err)
+		}
+		l, err := h.LinkByName(aName)
 		if err != nil {
 			return err
 		}
-		attrs.MasterIndex = br.Attrs().Index
-	}
-	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: bName, PeerNamespace: netlink.NsFd(peer)}); err != nil {
-		return fmt.Errorf("creating veth %s/%s: %w", aName, bName, err)
-	}
-	l, err := h.LinkByName(aName)
-	if err != nil {
-		return err
-	}
-	return h.LinkSetUp(l)
+		return h.LinkSetUp(l)
+	})
 }
 
 // withHandle runs f with a netlink handle in ns.
 func withHandle(ns tracer.NetNS, f func(h *netlink.Handle) error) error {
-	h, fd, err := handle(ns)
+	fd, err := netns.GetFromPath(ns.Path)
 	if err != nil {
 		return err
 	}
 	defer fd.Close()
+	h, err := netlink.NewHandleAt(fd, unix.NETLINK_ROUTE)
+	if err != nil {
+		return err
+	}
 	defer h.Close()
 	return f(h)
 }
