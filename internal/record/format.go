@@ -16,11 +16,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/svctrace/svctrace/internal/conntrack"
 	"hash/crc32"
 	"net/netip"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
