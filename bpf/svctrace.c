@@ -905,7 +905,14 @@ static __always_inline int observe(struct bpf_nf_ctx *ctx, __u8 stage)
 	if (match)
 		match = show_packet(skb, &m, state->hook, stage, 1) ? MATCH_SHOW : MATCH_QUIET;
 
-	if (d) {
+	/* Before conntrack, the decision is forgotten, not remembered: a
+	 * packet conntrack leaves without an entry (INVALID) would find it,
+	 * made by its tuple for a quiet connection, still valid after
+	 * conntrack - and INVALID packets are ones to show. Any other
+	 * packet's entry changes there, so it would not be reused anyway. */
+	if (d && stage == STAGE_PRE_CONNTRACK) {
+		d->skb = 0;
+	} else if (d) {
 		/* skb last: were this interrupted by an observer on this CPU
 		 * (process context), a mixed entry names neither packet. */
 		d->skb = 0;

@@ -58,7 +58,16 @@ type Table struct {
 	// the table holds more than MaxListed entries (the dump would cost
 	// seconds and hundreds of MB). Empty: they were.
 	Unlisted string `json:"unlisted,omitempty"`
+	// Sysctls are the namespace's settings that decide which TCP packets
+	// conntrack finds INVALID (see tcpSysctls), as far as readable.
+	Sysctls map[string]uint64 `json:"sysctls,omitempty"`
 }
+
+// tcpSysctls: with nf_conntrack_tcp_loose 0, a packet of a connection
+// without an entry (deleted, expired) is INVALID instead of taken up
+// mid-stream; with nf_conntrack_tcp_be_liberal 1, out-of-window packets are
+// not INVALID (and kube-proxy leaves out its rule dropping them).
+var tcpSysctls = []string{"nf_conntrack_tcp_loose", "nf_conntrack_tcp_be_liberal"}
 
 // MaxEntries bounds Table.Entries; MaxListed the table that is listed.
 const (
@@ -81,6 +90,14 @@ func Read(ns tracer.NetNS) (*Table, error) {
 		}
 		if t.Max, err = readUint("/proc/sys/net/netfilter/nf_conntrack_max"); err != nil {
 			return err
+		}
+		for _, name := range tcpSysctls {
+			if v, err := readUint("/proc/sys/net/netfilter/" + name); err == nil {
+				if t.Sysctls == nil {
+					t.Sysctls = map[string]uint64{}
+				}
+				t.Sysctls[name] = v
+			}
 		}
 		f, err := os.Open("/proc/thread-self/net/stat/nf_conntrack")
 		if err != nil {

@@ -142,3 +142,43 @@ func (x *Explainer) conntrackDrop(c *flow.Conn) string {
 	}
 	return what + ": is its table full? (conntrack -C; sysctl net.netfilter.nf_conntrack_max)"
 }
+
+// invalid explains a connection that broke on a packet conntrack found
+// INVALID after the answer (flow.Conn.Invalid): the rule that dropped it,
+// if kube-proxy's, and the blame; "" if that is not what happened.
+func (x *Explainer) invalid(c *flow.Conn) (rule, blame string) {
+	n := c.Invalid
+	switch {
+	case n == 0:
+		return "", ""
+	case c.Verdict == flow.Dropped && c.Drop != nil && c.Drop.Invalid:
+		n = c.Drop.Packet
+	case c.Verdict != flow.NotTranslated || !c.Endpoint.IsValid():
+		return "", ""
+	}
+	var stats, sysctls map[string]uint64
+	if t := x.in.Conntrack; t != nil {
+		stats, sysctls = t.Stats, t.Sysctls
+	}
+	loose, known := sysctls["nf_conntrack_tcp_loose"]
+	strict := known && loose == 0
+	blame = "conntrack found " + c.Whose(n) + " INVALID"
+	if strict {
+		blame += ": it had no entry, as its connection's entry was gone (deleted, e.g. by conntrack -D or -F, or expired) and net.netfilter.nf_conntrack_tcp_loose=0 here keeps conntrack from taking up a connection mid-stream"
+	} else {
+		blame += ": outside the connection's TCP window, or its entry was gone (deleted or expired)"
+		if v, ok := stats["invalid"]; ok {
+			blame += fmt.Sprintf(" (conntrack -S: invalid=%d so far)", v)
+		}
+	}
+	if r := x.in.Rules; c.Verdict == flow.Dropped && r != nil && r.InvalidDrop != "" && c.Drop.Placed && c.Drop.Gap.Hook == tracer.Forward {
+		rule = fmt.Sprintf("DROP: conntrack state INVALID (kube-proxy, %s)", r.InvalidDrop)
+		blame += "; kube-proxy drops INVALID packets (" + r.InvalidDrop + ")"
+	} else if c.Verdict == flow.NotTranslated {
+		blame += "; so no NAT applied, and the node routed it on still addressed to " + c.VIP.String()
+	}
+	if strict {
+		return rule, blame + ": find what deletes the entries of open connections, or set net.netfilter.nf_conntrack_tcp_loose=1"
+	}
+	return rule, blame + ": net.netfilter.nf_conntrack_tcp_be_liberal=1 keeps out-of-window packets from being INVALID"
+}

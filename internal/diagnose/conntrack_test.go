@@ -114,3 +114,53 @@ func TestStaleConntrack(t *testing.T) {
 		t.Errorf("unlisted table: findings %v", findingCodes(fs))
 	}
 }
+
+// A connection answered, then broken by a packet conntrack found INVALID:
+// dropped by kube-proxy's KUBE-FORWARD rule (iptables mode), or routed on
+// untranslated (nftables mode has no such rule). The blame gives the cause
+// the node's sysctls point to.
+func TestInvalidPacketAfterTheAnswer(t *testing.T) {
+	web := pod(shop, "web-1", "web", "10.244.0.11", "node-1", true)
+	objs := resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.10", map[string]string{"app": "web"}, intstr.FromString("http"))},
+		Pods: []corev1.Pod{web}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web)}}
+	in, _ := check(t, story{objs: objs})
+	ap := netip.MustParseAddrPort
+	in.Rules.InvalidDrop = "filter table, chain KUBE-FORWARD"
+	in.Conntrack = &conntrack.Table{Count: 10, Max: 1 << 18, Stats: map[string]uint64{"invalid": 4},
+		Sysctls: map[string]uint64{"nf_conntrack_tcp_loose": 0, "nf_conntrack_tcp_be_liberal": 0}}
+	dropped := func() *flow.Conn {
+		return &flow.Conn{Proto: tracer.TCP, Client: ap("10.99.0.2:40000"), VIP: ap("10.96.1.10:80"), Endpoint: ap("10.244.0.11:8080"),
+			Verdict: flow.Dropped, Invalid: 6,
+			Drop:  &flow.Drop{Packet: 6, InNode: true, Placed: true, Invalid: true, Gap: tracer.GapAfter(tracer.Forward, tracer.StagePreFilter)},
+			Steps: []flow.Step{{Packet: 6, Kind: tracer.KindHook, Flags: "PSH,ACK"}}}
+	}
+	x := NewExplainer(in, Check(in), nil)
+	e := x.Explain(dropped())
+	if e.Rule != "DROP: conntrack state INVALID (kube-proxy, filter table, chain KUBE-FORWARD)" {
+		t.Errorf("rule %q", e.Rule)
+	}
+	for _, want := range []string{"conntrack found the client's PSH,ACK INVALID: it had no entry", "nf_conntrack_tcp_loose=0",
+		"; kube-proxy drops INVALID packets (filter table, chain KUBE-FORWARD)", "or set net.netfilter.nf_conntrack_tcp_loose=1"} {
+		if !strings.Contains(e.Blame, want) {
+			t.Errorf("blame %q lacks %q", e.Blame, want)
+		}
+	}
+
+	// Default sysctls: out of window is the likelier cause.
+	in.Conntrack.Sysctls["nf_conntrack_tcp_loose"] = 1
+	in.Rules.InvalidDrop = ""
+	c := dropped()
+	c.Verdict, c.Drop = flow.NotTranslated, nil
+	e = NewExplainer(in, Check(in), nil).Explain(c)
+	want := "conntrack found the client's PSH,ACK INVALID: outside the connection's TCP window, or its entry was gone (deleted or expired) (conntrack -S: invalid=4 so far); so no NAT applied, and the node routed it on still addressed to 10.96.1.10:80: net.netfilter.nf_conntrack_tcp_be_liberal=1"
+	if e.Rule != "" || !strings.HasPrefix(e.Blame, want) {
+		t.Errorf("rule %q, blame %q, want %q…", e.Rule, e.Blame, want)
+	}
+
+	// A drop of a packet that had its entry is someone else's rule.
+	c = dropped()
+	c.Drop.Invalid = false
+	if e := x.Explain(c); strings.Contains(e.Blame, "INVALID") {
+		t.Errorf("blame %q for a packet with an entry", e.Blame)
+	}
+}

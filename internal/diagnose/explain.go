@@ -172,6 +172,13 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 		e.Blame = s
 		return e
 	}
+	if rule, blame := x.invalid(c); blame != "" {
+		if rule != "" {
+			e.Rule = rule
+		}
+		e.Blame = blame
+		return e
+	}
 	switch c.Verdict {
 	case flow.Rejected, flow.NotTranslated:
 		if f := x.problem(port); f != nil {

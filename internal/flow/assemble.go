@@ -147,6 +147,11 @@ func (a *Assembler) count(ev tracer.Event) {
 		c.Packets[d] += int(ev.Counted.Packets[d])
 		c.Bytes[d] += ev.Counted.Bytes[d]
 	}
+	if ev.Counted.Packets[Reply] > 0 {
+		// Counted packets passed conntrack with their entry: the
+		// destination is still answering.
+		c.st.replyPassed = max(c.st.replyPassed, ev.Time)
+	}
 	c.End = max(c.End, ev.Time)
 }
 
@@ -333,11 +338,49 @@ func (a *Assembler) observe(c *Conn, ev tracer.Event, d Dir) {
 	} else {
 		note = a.changes(c, pk, pk.last, ev)
 	}
+	if c.invalid(pk, ev) {
+		note = strings.TrimPrefix(note+", no conntrack entry: INVALID, so no NAT applies", ", ")
+	}
 	a.learnPath(c, pk, ev)
 	if pk.detail || (pk.brief && fresh) {
 		a.step(c, pk, ev, note, nil)
 	}
 	pk.last = ev
+}
+
+// invalid marks a packet seen past conntrack without an entry, in a
+// connection that has one: conntrack found it INVALID. It reports whether
+// that is news.
+func (c *Conn) invalid(pk *packet, ev tracer.Event) bool {
+	if pk.invalid || !c.st.ctSeen || ev.CT.ID != 0 || ev.CT.Info == tracer.CTUntracked || !pastConntrack(ev) {
+		return false
+	}
+	pk.invalid, pk.detail = true, true
+	if c.Invalid == 0 {
+		c.Invalid = pk.n
+	}
+	return true
+}
+
+// pastConntrack reports whether an observation comes after conntrack has
+// given the packet its entry, if it has one.
+func pastConntrack(ev tracer.Event) bool {
+	if ev.Kind != tracer.KindHook || ev.Stage == tracer.StageNone {
+		return false
+	}
+	return !((ev.Hook == tracer.PreRouting || ev.Hook == tracer.LocalOut) && ev.Stage == tracer.StagePreConntrack)
+}
+
+// trouble notes, at time t, a packet that came to grief after the
+// connection was answered, and reports whether it counts as such: not
+// once the connection was over (reset, or closed both ways).
+func (c *Conn) trouble(t uint64) bool {
+	st := &c.st
+	if st.reply == nil || !st.replyOut || st.rst || (st.fin[Original] && st.fin[Reply]) {
+		return false
+	}
+	st.troubled = max(st.troubled, t)
+	return true
 }
 
 // learnNAT reads the translation from the conntrack entry: its reply tuple
@@ -456,11 +499,15 @@ func (a *Assembler) learnPath(c *Conn, pk *packet, ev tracer.Event) {
 		c.st.outIf = ev.OutIf
 		if ev.Tuple.Dst == c.VIP && a.isService(c) {
 			c.st.leftUntranslated = true
+			if pk.invalid && c.trouble(ev.Time) && c.st.strayed == nil {
+				c.st.strayed = pk
+			}
 		}
 	case pk.dir == Original && ev.Hook == tracer.LocalIn:
 		c.st.delivered = true
 	case pk.dir == Reply && (ev.Hook == tracer.PostRouting || ev.Hook == tracer.LocalIn):
 		c.st.replyOut = true
+		c.st.replyPassed = ev.Time
 	}
 }
 
@@ -485,12 +532,15 @@ func (a *Assembler) drop(c *Conn, ev tracer.Event, d Dir) {
 	dr := Drop{Time: ev.Time, Dir: d, NetNS: ev.NetNS, Reason: ev.Drop.Reason, Location: ev.Drop.Location,
 		InNode: ev.NetNS == a.opts.NodeNetNS}
 	if pk != nil {
-		dr.Packet, dr.Dir = pk.n, pk.dir
+		dr.Packet, dr.Dir, dr.Invalid = pk.n, pk.dir, pk.invalid
 	}
 	if dr.InNode && pk != nil && pk.last.Kind == tracer.KindHook {
 		dr.Gap, dr.Placed = tracer.GapAfter(pk.last.Hook, pk.last.Stage), true
 	}
 	c.Drops = append(c.Drops, dr)
+	if dr.InNode && c.trouble(ev.Time) && c.st.broke == 0 {
+		c.st.broke = len(c.Drops)
+	}
 	if pk == nil {
 		pk = &packet{id: ev.Packet, dir: d, first: ev, last: ev}
 	}

@@ -34,6 +34,9 @@ func (a *Assembler) decide(c *Conn, now uint64) {
 			c.Why = fmt.Sprintf("%s answered %s", r.Tuple.Src.Addr(), answer(r))
 		}
 
+	case st.reply != nil && st.troubled > st.replyPassed:
+		a.broken(c)
+
 	case st.reply != nil && (st.replyOut || replyDrop(c.Drops) == nil):
 		c.Verdict = Answered
 		c.Why = fmt.Sprintf("%s answered (%s) and the reply was translated back to %s",
@@ -71,6 +74,38 @@ func (a *Assembler) decide(c *Conn, now uint64) {
 		c.Verdict = Dropped
 		c.Why = "the packet vanished on the node without a reported drop" + vanishedAfter(c)
 	}
+}
+
+// broken decides a connection that was answered, then came to grief: a
+// later packet was dropped on the node, or sent on untranslated, and no
+// reply passed after it.
+func (a *Assembler) broken(c *Conn) {
+	st := &c.st
+	c.Why = fmt.Sprintf("%s answered (%s), ", st.reply.first.Tuple.Src, packetWhat(st.reply.first))
+	if st.broke != 0 {
+		d := &c.Drops[st.broke-1]
+		c.Verdict, c.Drop = Dropped, d
+		c.Why += fmt.Sprintf("but then %s was discarded %s", c.Whose(d.Packet), d.place())
+		if d.Invalid {
+			c.Why += ": conntrack had no entry for it (INVALID), so no NAT applied"
+		}
+		c.Why += "; nothing came back after it"
+		return
+	}
+	pk := st.strayed
+	c.Verdict = NotTranslated
+	c.Why += fmt.Sprintf("but then %s had no conntrack entry (INVALID), so no NAT applied: it left the node via %s still addressed to %s",
+		c.Whose(pk.n), a.ifName(pk.last.OutIf), c.VIP)
+}
+
+// Whose names packet n with its sender: "the client's PSH,ACK".
+func (c *Conn) Whose(n int) string {
+	for _, s := range c.Steps {
+		if s.Packet == n && s.Dir == Reply {
+			return "the endpoint's " + c.PacketName(n)
+		}
+	}
+	return "the client's " + c.PacketName(n)
 }
 
 // discarded explains a drop: "the SYN was discarded in FORWARD … (2 SYNs

@@ -2,6 +2,7 @@ package flow
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -269,5 +270,83 @@ func TestCountsKeepABusyConnectionOpen(t *testing.T) {
 	}
 	if a.Orphans != 0 {
 		t.Errorf("%d orphans", a.Orphans)
+	}
+}
+
+// answered is a connection whose handshake passed: the SYN DNAT'ed to the
+// endpoint and out, the SYN ACK un-DNAT'ed and out to the client.
+func answered() *seq {
+	s := &seq{}
+	nat := ct(tracer.CTNew, synOrig, synReply)
+	toPod := tup("10.0.0.2:40000", "10.244.0.5:8080", tracer.TCP)
+	s.hook(1, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.SYN, nat)
+	s.hook(1, tracer.PreRouting, tracer.StagePostDNAT, toPod, tracer.SYN, nat)
+	s.hook(1, tracer.PostRouting, tracer.StageLast, toPod, tracer.SYN, nat)
+	est := ct(tracer.CTEstablishedReply, synOrig, synReply)
+	s.hook(2, tracer.PreRouting, tracer.StagePostConntrack, synReply, tracer.SYN|tracer.ACK, est)
+	s.hook(2, tracer.PostRouting, tracer.StageLast, synOrig.Reverse(), tracer.SYN|tracer.ACK, est)
+	return s
+}
+
+// Its entry gone mid-connection (deleted, and nf_conntrack_tcp_loose=0),
+// the client's next packet passes conntrack without one - INVALID - and
+// kube-proxy's KUBE-FORWARD drops it, again and again: the connection
+// broke after its answer.
+func TestInvalidAfterTheAnswerIsDropped(t *testing.T) {
+	s := answered().at(time.Second)
+	for pkt := uint64(3); pkt <= 5; pkt++ {
+		s.hook(pkt, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.PSH|tracer.ACK, tracer.Conntrack{})
+		s.hook(pkt, tracer.Forward, tracer.StagePreFilter, synOrig, tracer.PSH|tracer.ACK, tracer.Conntrack{})
+		s.drop(pkt, synOrig, tracer.Conntrack{})
+		s.at(200 * time.Millisecond)
+	}
+	c := only(t, mustRun(s))
+	if c.Verdict != Dropped || c.Drop == nil || !c.Drop.Invalid || c.Drop.Gap.Hook != tracer.Forward || c.Drop.Packet != 3 {
+		t.Fatalf("%s (%s), drop %+v: want the first INVALID packet dropped in FORWARD", c.Verdict, c.Why, c.Drop)
+	}
+	want := "10.244.0.5:8080 answered (SYN,ACK), but then the client's PSH,ACK was discarded in FORWARD"
+	if !strings.HasPrefix(c.Why, want) || !strings.Contains(c.Why, "conntrack had no entry for it (INVALID)") {
+		t.Errorf("why %q, want %q… INVALID", c.Why, want)
+	}
+	if c.Invalid != 3 || c.Endpoint != synReply.Src {
+		t.Errorf("first INVALID packet %d, endpoint %s: want 3, the endpoint of the entry", c.Invalid, c.Endpoint)
+	}
+	if !slices.ContainsFunc(c.Steps, func(st Step) bool { return st.Packet == 3 && strings.Contains(st.Note, "no conntrack entry: INVALID") }) {
+		t.Errorf("no step says packet 3 was INVALID: %+v", c.Steps)
+	}
+}
+
+// Where no rule drops INVALID packets (kube-proxy's nftables mode), the
+// packet is routed on as it is: still addressed to the Service.
+func TestInvalidAfterTheAnswerLeavesUntranslated(t *testing.T) {
+	s := answered().at(time.Second)
+	s.hook(3, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.PSH|tracer.ACK, tracer.Conntrack{})
+	s.hook(3, tracer.PostRouting, tracer.StageLast, synOrig, tracer.PSH|tracer.ACK, tracer.Conntrack{})
+	s.last().OutIf = 9
+	c := only(t, mustRun(s))
+	want := "10.244.0.5:8080 answered (SYN,ACK), but then the client's PSH,ACK had no conntrack entry (INVALID), so no NAT applied: it left the node via ifindex 9 still addressed to 10.96.0.10:80"
+	if c.Verdict != NotTranslated || c.Why != want {
+		t.Fatalf("%s (%s), want not-translated: %s", c.Verdict, c.Why, want)
+	}
+}
+
+// A packet dropped after the answer, and the endpoint answering again
+// after it (a retransmission got through): the connection recovered.
+func TestDropAfterTheAnswerThenRepliesIsAnswered(t *testing.T) {
+	s := answered().at(time.Second)
+	est := ct(tracer.CTEstablished, synOrig, synReply)
+	s.hook(3, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.PSH|tracer.ACK, est)
+	s.drop(3, synOrig, est)
+	s.at(200 * time.Millisecond)
+	s.evs = append(s.evs, tracer.Event{Time: s.t, Kind: tracer.KindCount, CT: est,
+		Counted: tracer.Counted{Packets: [2]uint32{1, 1}}})
+	c := only(t, mustRun(s))
+	if c.Verdict != Answered {
+		t.Fatalf("%s (%s), want answered", c.Verdict, c.Why)
+	}
+	// Without the counted reply, it broke.
+	s.evs = s.evs[:len(s.evs)-1]
+	if c := only(t, mustRun(s)); c.Verdict != Dropped || c.Drop.Invalid {
+		t.Fatalf("%s (%s), drop %+v: want dropped, not for INVALID", c.Verdict, c.Why, c.Drop)
 	}
 }

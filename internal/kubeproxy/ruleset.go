@@ -45,6 +45,10 @@ type Ruleset struct {
 	NodePortAddrs []netip.Prefix
 	// NodePortWhere is the rule or set that limits them.
 	NodePortWhere string
+	// InvalidDrop is where kube-proxy drops packets conntrack found
+	// INVALID (iptables mode, unless nf_conntrack_tcp_be_liberal is set:
+	// filter table, chain KUBE-FORWARD); "" : it does not.
+	InvalidDrop string
 }
 
 // AcceptsNodePort reports whether kube-proxy translates NodePorts arriving
@@ -100,11 +104,12 @@ type rulesetJSON struct {
 	// NodePortAddrs and NodePortWhere: see Ruleset.
 	NodePortAddrs []netip.Prefix `json:"nodeport_addrs,omitempty"`
 	NodePortWhere string         `json:"nodeport_where,omitempty"`
+	InvalidDrop   string         `json:"invalid_drop,omitempty"`
 }
 
 func (r Ruleset) MarshalJSON() ([]byte, error) {
 	j := rulesetJSON{Mode: r.Mode, Note: r.Note, BaseChains: r.BaseChains, RangeDrops: r.RangeDrops,
-		NodePortAddrs: r.NodePortAddrs, NodePortWhere: r.NodePortWhere}
+		NodePortAddrs: r.NodePortAddrs, NodePortWhere: r.NodePortWhere, InvalidDrop: r.InvalidDrop}
 	for _, p := range r.Ports {
 		j.Ports = append(j.Ports, p)
 	}
@@ -118,7 +123,7 @@ func (r *Ruleset) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*r = Ruleset{Mode: j.Mode, Note: j.Note, BaseChains: j.BaseChains, RangeDrops: j.RangeDrops,
-		NodePortAddrs: j.NodePortAddrs, NodePortWhere: j.NodePortWhere, Ports: map[PortKey]*PortRules{}}
+		NodePortAddrs: j.NodePortAddrs, NodePortWhere: j.NodePortWhere, InvalidDrop: j.InvalidDrop, Ports: map[PortKey]*PortRules{}}
 	for _, p := range j.Ports {
 		r.Ports[p.PortKey] = p
 	}
@@ -311,6 +316,10 @@ func ParseIPTablesSave(r *Ruleset, text string) error {
 			r.NodePortWhere = table + " table, chain KUBE-SERVICES: -d ADDRESS -j KUBE-NODEPORTS"
 			continue
 		}
+		if rule.ctstate == "INVALID" && rule.target == "DROP" && rule.chain == "KUBE-FORWARD" {
+			r.InvalidDrop = table + " table, chain KUBE-FORWARD"
+			continue
+		}
 		name, rest, ok := splitComment(rule.comment)
 		if !ok {
 			continue
@@ -376,6 +385,7 @@ type iptRule struct {
 	toDest                        netip.AddrPort
 	recentCheck                   bool // "-m recent --rcheck"
 	recentSeconds                 int
+	ctstate                       string // "-m conntrack --ctstate"
 }
 
 // dst is the one destination address the rule matches, if it names one.
@@ -413,6 +423,8 @@ func parseRule(args []string) iptRule {
 			r.target = next()
 		case "--rcheck":
 			r.recentCheck = true
+		case "--ctstate":
+			r.ctstate = next()
 		case "--seconds":
 			r.recentSeconds, _ = strconv.Atoi(next())
 		case "--to-destination":

@@ -82,6 +82,10 @@ func TestParseRealIPTablesSave(t *testing.T) {
 				if ext == nil || !slices.Contains(ext.Dests, Dest{Addr: netip.MustParseAddrPort("203.0.113.10:80"), Kind: "external IP"}) {
 					t.Errorf("external IP destination missing: %+v", ext)
 				}
+				// nf_conntrack_tcp_be_liberal is 0 where the fixtures were made.
+				if r.InvalidDrop != "filter table, chain KUBE-FORWARD" {
+					t.Errorf("INVALID drop %q, want kube-proxy's in KUBE-FORWARD", r.InvalidDrop)
+				}
 			})
 		}
 	}

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -50,6 +51,58 @@ func HTTPGet(ctx context.Context, ns tracer.NetNS, addr netip.AddrPort, path str
 	}
 	if resp.StatusCode != http.StatusOK {
 		return body, fmt.Errorf("HTTP %s", resp.Status)
+	}
+	return body, nil
+}
+
+// KeptAlive makes two HTTP requests to addr over one TCP connection opened
+// inside ns, and calls between with the connection's local address once
+// the first is answered. It returns the second answer. It closes the
+// connection with a reset (SO_LINGER 0): nothing of it outlives the call,
+// not even retransmissions of a request nobody answered.
+func KeptAlive(ctx context.Context, ns tracer.NetNS, addr netip.AddrPort, timeout time.Duration, between func(local netip.AddrPort) error) ([]byte, error) {
+	var c *net.TCPConn
+	err := tracer.InNetNS(ns, func() error {
+		conn, err := net.DialTimeout("tcp", addr.String(), timeout)
+		if err == nil {
+			c = conn.(*net.TCPConn)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		c.SetLinger(0)
+		c.Close()
+	}()
+	deadline := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	c.SetDeadline(deadline)
+	r := bufio.NewReader(c)
+	get := func() ([]byte, error) {
+		if _, err := fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", addr); err != nil {
+			return nil, err
+		}
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		return io.ReadAll(resp.Body)
+	}
+	if _, err := get(); err != nil {
+		return nil, fmt.Errorf("first request: %w", err)
+	}
+	if err := between(netip.MustParseAddrPort(c.LocalAddr().String())); err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(timeout))
+	body, err := get()
+	if err != nil {
+		return nil, fmt.Errorf("second request, on the same connection: %w", err)
 	}
 	return body, nil
 }

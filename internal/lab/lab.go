@@ -74,6 +74,10 @@ type Scenario struct {
 	// IPv4 is the IPv4 port of a dual-stack Service, whose IPv6 port is
 	// Service, the one the client uses; no ClusterIP: single-stack.
 	IPv4 kubeproxy.ServicePort `json:",omitzero"`
+	// Forget: the client's connection is answered, then its conntrack
+	// entry is deleted and it asks again on the same connection. The lab
+	// node has nf_conntrack_tcp_loose=0, so that packet is INVALID.
+	Forget bool `json:",omitempty"`
 }
 
 // Ports are the Service's ports as kube-proxy sees them: one per family.
@@ -189,6 +193,9 @@ func Scenarios() []Scenario {
 			Programmed: true, Finding: "conntrack-stale", Expect: flow.Dropped, ExpectHook: tracer.PreRouting,
 			Stale: netip.AddrPortFrom(gone, podPort), ClientPort: 40053},
 			"dns", "10.96.0.80", map[string]string{"app": "web", "track": "stable"}, intstr.FromInt32(podPort))),
+		scenario(Scenario{Name: "conntrack-invalid", Title: "an open connection's conntrack entry is deleted: its next packet is INVALID, and kube-proxy's KUBE-FORWARD drops it",
+			Programmed: true, Finding: "healthy", Expect: flow.Dropped, ExpectHook: tracer.Forward, Forget: true},
+			"kept", "10.96.0.100", map[string]string{"app": "web", "track": "stable"}, http),
 		dualStack(scenario(Scenario{Name: "ipv6", Title: "a dual-stack Service, reached over IPv6",
 			Programmed: true, Finding: "healthy", Expect: flow.Answered},
 			"dual", "fd00:10:96::90", map[string]string{"app": "web", "track": "stable"}, http), "10.96.0.90"),
@@ -298,6 +305,13 @@ func Up(opts Options) (l *Lab, err error) {
 	}
 	if err := l.program(); err != nil {
 		return l, err
+	}
+	// Strict, as some nodes are: a TCP packet without an entry is INVALID
+	// rather than taken up as a connection mid-stream. Only the
+	// conntrack-invalid scenario sends one.
+	if err := topo.Sysctl(l.Node, "net.netfilter.nf_conntrack_tcp_loose", "0"); err != nil {
+		l.Scenarios = slices.DeleteFunc(l.Scenarios, func(s Scenario) bool { return s.Forget })
+		l.Left = append(l.Left, "conntrack-invalid ("+err.Error()+")")
 	}
 	for _, p := range l.Pods {
 		s, err := startServer(serverSpec{NetNS: p.NS.Path, Name: p.Name, Mode: p.mode, Ports: p.ports, WatchStdin: !opts.Keep})

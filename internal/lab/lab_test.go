@@ -60,16 +60,17 @@ func blames(mode kubeproxy.Mode) map[string]string {
 		policy = "a rule in iptables-legacy's filter table (0) on FORWARD, not kube-proxy's, dropped the SYN to Pod lab/guarded"
 	}
 	return map[string]string{
-		"healthy":          "",
-		"no-endpoints":     "Service lab/empty: the selector app=wbe matches no Pod in namespace lab",
-		"wrong-targetport": "Pod lab/web-1 on lab-node (ready): nothing listens on port 9090",
-		"hung-pod":         "Pod lab/hung on lab-node (ready) did not answer on port 8080",
-		"policy-drop":      policy,
-		"no-proxy-rules":   "kube-proxy on lab-node: kube-proxy (" + string(mode) + " mode) has no rules for lab/unproxied:http on this node",
-		"hairpin":          "hairpin: Pod lab/web-2 reached itself through the Service; the DNAT sent its packet back out port veth2 of bridge cbr0",
-		"stale-conntrack":  "a conntrack entry made before this trace sends the flow to 10.244.0.19:8080, which is not a serving endpoint of lab/dns:dns now",
-		"ipv6":             "",
-		"ipv4-only-server": "Pod lab/legacy on lab-node (ready): nothing listens on port 8080 over IPv6; the Pod's IPv4 endpoint is 10.244.0.15:8080",
+		"healthy":           "",
+		"no-endpoints":      "Service lab/empty: the selector app=wbe matches no Pod in namespace lab",
+		"wrong-targetport":  "Pod lab/web-1 on lab-node (ready): nothing listens on port 9090",
+		"hung-pod":          "Pod lab/hung on lab-node (ready) did not answer on port 8080",
+		"policy-drop":       policy,
+		"no-proxy-rules":    "kube-proxy on lab-node: kube-proxy (" + string(mode) + " mode) has no rules for lab/unproxied:http on this node",
+		"hairpin":           "hairpin: Pod lab/web-2 reached itself through the Service; the DNAT sent its packet back out port veth2 of bridge cbr0",
+		"stale-conntrack":   "a conntrack entry made before this trace sends the flow to 10.244.0.19:8080, which is not a serving endpoint of lab/dns:dns now",
+		"conntrack-invalid": "conntrack found the client's PSH,ACK INVALID: it had no entry, as its connection's entry was gone",
+		"ipv6":              "",
+		"ipv4-only-server":  "Pod lab/legacy on lab-node (ready): nothing listens on port 8080 over IPv6; the Pod's IPv4 endpoint is 10.244.0.15:8080",
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -152,8 +153,13 @@ func (l *Lab) Request(ctx context.Context, s Scenario, timeout time.Duration) ([
 	if p := l.Pod(s.From); p != nil {
 		ns = p.NS
 	}
-	if s.Service.Protocol == "udp" {
+	switch {
+	case s.Service.Protocol == "udp":
 		return UDPExchange(ctx, ns, s.ClientPort, s.VIP(), timeout)
+	case s.Forget:
+		return KeptAlive(ctx, ns, s.VIP(), timeout, func(local netip.AddrPort) error {
+			return topo.ForgetConnection(l.Node, local, s.VIP())
+		})
 	}
 	return HTTPGet(ctx, ns, s.VIP(), "/", timeout)
 }

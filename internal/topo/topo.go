@@ -131,12 +131,18 @@ func Veth(a tracer.NetNS, aName string, b tracer.NetNS, bName string, master str
 
 // withHandle runs f with a netlink handle in ns.
 func withHandle(ns tracer.NetNS, f func(h *netlink.Handle) error) error {
+	return withHandleFor(ns, unix.NETLINK_ROUTE, f)
+}
+
+// withHandleFor is withHandle for another netlink family (conntrack's:
+// NETLINK_NETFILTER).
+func withHandleFor(ns tracer.NetNS, family int, f func(h *netlink.Handle) error) error {
 	fd, err := netns.GetFromPath(ns.Path)
 	if err != nil {
 		return err
 	}
 	defer fd.Close()
-	h, err := netlink.NewHandleAt(fd, unix.NETLINK_ROUTE)
+	h, err := netlink.NewHandleAt(fd, family)
 	if err != nil {
 		return err
 	}

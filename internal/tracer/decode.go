@@ -81,6 +81,10 @@ func (d *decoder) event(r *bpfEvent) Event {
 			Orig:   tuple(&r.Orig, fam),
 			Reply:  tuple(&r.Reply, fam),
 		}
+	} else if CTInfo(r.Ctinfo) == CTUntracked {
+		// The raw table's NOTRACK: no entry on purpose. Without it, a
+		// packet past conntrack with no entry is INVALID.
+		ev.CT.Info = CTUntracked
 	}
 	if n := min(int(r.CapLen), len(r.Data)); n > 0 {
 		ev.Data = bytes.Clone(r.Data[:n])

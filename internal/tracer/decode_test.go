@@ -67,8 +67,13 @@ func TestDecodeWithoutConntrackHasNoEntry(t *testing.T) {
 	d := decoder{}
 	ev, _ := d.decode(raw(bpfEvent{Kind: uint8(KindHook), Family: uint8(IPv4), Flags: flagPacket, Ctinfo: 0,
 		Pkt: bpfTuple{Saddr: v4("10.0.0.1"), Daddr: v4("10.0.0.2"), Sport: port(1), Dport: port(2), Proto: uint8(UDP)}}))
-	if ev.CT.ID != 0 || ev.CT.Orig.IsValid() {
+	if ev.CT != (Conntrack{}) {
 		t.Errorf("conntrack %+v, want none", ev.CT)
+	}
+	// NOTRACK leaves the packet untracked on purpose: ctinfo 7, no entry.
+	ev, _ = d.decode(raw(bpfEvent{Kind: uint8(KindHook), Family: uint8(IPv4), Flags: flagPacket, Ctinfo: uint8(CTUntracked)}))
+	if ev.CT.ID != 0 || ev.CT.Info != CTUntracked {
+		t.Errorf("conntrack %+v, want untracked", ev.CT)
 	}
 }
 

@@ -227,7 +227,7 @@ var icmp6Unreach = map[uint8]string{
 
 // Conntrack is the state of the packet's conntrack entry when it was seen.
 type Conntrack struct {
-	ID     uint64   `json:"id"` // opaque identity of the entry; 0: no entry
+	ID     uint64   `json:"id"` // opaque identity of the entry; 0: no entry (Info: CTUntracked, or none)
 	Info   CTInfo   `json:"info"`
 	Status CTStatus `json:"status"`
 	Mark   uint32   `json:"mark,omitzero"`

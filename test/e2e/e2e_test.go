@@ -15,6 +15,7 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/internal/tracer"
 	"github.com/svctrace/svctrace/test/cluster"
 	corev1 "k8s.io/api/core/v1"
@@ -61,6 +62,10 @@ type story struct {
 	// ipv6: the Service is dual-stack, and the client uses its IPv6
 	// ClusterIP, to the Pods' IPv6 addresses.
 	ipv6 bool
+	// forget: the client asks twice on one connection, and the node's
+	// conntrack entry of it is deleted in between, with
+	// nf_conntrack_tcp_loose=0: the second request is INVALID.
+	forget bool
 	// notes must each be part of the traced connection's explanation notes.
 	notes []string
 	// await waits until the cluster has done its part; nil waits for
@@ -299,9 +304,31 @@ func afterKubeProxyDies(mode cluster.Mode) []*story {
 	return []*story{s}
 }
 
+// conntrackInvalid is the story of a connection whose conntrack entry is
+// deleted while it is open. iptables mode drops the INVALID packet that
+// follows in KUBE-FORWARD; nftables mode has no such rule, and the packet
+// leaves the node untranslated.
+func conntrackInvalid(mode cluster.Mode) *story {
+	s := &story{name: "conntrack-invalid", expect: flow.Dropped, droppedIn: tracer.Forward, finding: "healthy", forget: true,
+		svc:   service("kept", "10.96.1.200", map[string]string{"app": "kept"}, intstr.FromString("http")),
+		pods:  []cluster.PodSpec{pod(shop, "kept-1", "kept", lab.ModeHTTP, true)},
+		rule:  "DROP: conntrack state INVALID (kube-proxy, filter table, chain KUBE-FORWARD)",
+		blame: "conntrack found the client's PSH,ACK INVALID: it had no entry, as its connection's entry was gone"}
+	if mode == cluster.NFTables {
+		s.expect, s.droppedIn, s.rule = flow.NotTranslated, 0, ""
+	}
+	return s
+}
+
 // get makes the story's request: from the client outside the cluster, or
 // for a hairpin from the Pod itself.
 func (s *story) get(ctx context.Context, c *cluster.Cluster, addr netip.AddrPort, timeout time.Duration) {
+	if s.forget {
+		lab.KeptAlive(ctx, c.ClientNS, addr, timeout, func(local netip.AddrPort) error {
+			return topo.ForgetConnection(c.Node, local, addr)
+		})
+		return
+	}
 	if s.from != nil {
 		lab.HTTPGet(ctx, s.from.NS, addr, "/", timeout)
 		return
@@ -361,7 +388,7 @@ func TestStories(t *testing.T) {
 			if err := c.AddNode(ctx, otherNode); err != nil {
 				t.Fatal(err)
 			}
-			play(t, c, append(stories(), beyondClusterIP(mode)...))
+			play(t, c, append(append(stories(), beyondClusterIP(mode)...), conntrackInvalid(mode)))
 			c.StopKubeProxy()
 			play(t, c, afterKubeProxyDies(mode))
 		})
@@ -391,6 +418,11 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 		s.svc = svc
 		if s.hairpin {
 			s.from = pods[0]
+		}
+		if s.forget {
+			if err := topo.Sysctl(c.Node, "net.netfilter.nf_conntrack_tcp_loose", "0"); err != nil {
+				t.Fatal(err)
+			}
 		}
 		ready[s] = endpoints(s, pods)
 	}
@@ -462,7 +494,7 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 			eps := ready[s]
 			// kube-proxy DNATs to a ready endpoint: the bridge drops a
 			// hairpin after that.
-			translated := (s.expect != flow.Dropped && s.expect != flow.NotTranslated && !s.untranslated) || s.hairpin
+			translated := (s.expect != flow.Dropped && s.expect != flow.NotTranslated && !s.untranslated) || s.hairpin || s.forget
 			if translated && len(eps) > 0 && !slices.Contains(eps, conn.Endpoint) {
 				t.Errorf("DNAT to %s, not one of the ready endpoints %v", conn.Endpoint, eps)
 			}

@@ -231,7 +231,7 @@ func traceStories(t *testing.T, c *cluster.Cluster, ss []*story, dump string) {
 		default:
 			want = append(want, "✗ "+string(s.expect))
 		}
-		if ((s.expect == flow.Answered || s.expect == flow.Reset || s.expect == flow.NoReply) && !s.untranslated) || s.hairpin {
+		if ((s.expect == flow.Answered || s.expect == flow.Reset || s.expect == flow.NoReply) && !s.untranslated) || s.hairpin || s.forget {
 			want = append(want, "(pod shop/"+s.svc.Name+"-", " on "+cluster.NodeName+", ready)")
 		}
 		if s.expect != "" {
