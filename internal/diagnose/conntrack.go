@@ -182,3 +182,19 @@ func (x *Explainer) invalid(c *flow.Conn) (rule, blame string) {
 	}
 	return rule, blame + ": net.netfilter.nf_conntrack_tcp_be_liberal=1 keeps out-of-window packets from being INVALID"
 }
+
+// insertClash explains a packet conntrack dropped at confirmation: another
+// packet of the same new flow had confirmed its entry first.
+func (x *Explainer) insertClash(c *flow.Conn, d *flow.Drop) string {
+	s := fmt.Sprintf("conntrack dropped %s when confirming its new entry: another packet of the same flow (same addresses and ports) had made the entry first, an insert clash", c.Whose(d.Packet))
+	if t := x.in.Conntrack; t != nil {
+		if n := counters(t, "insert_failed", "clashres"); n != "" {
+			s += " (conntrack -S: " + n + ")"
+		}
+	}
+	s += "; the usual cause is a client sending two packets of a new UDP flow at once, like a resolver's parallel A and AAAA queries on one socket"
+	if c.Proto == tracer.UDP {
+		s += ": kernels from 5.7 resolve most UDP clashes; else have the client send them one after the other (resolv.conf: options single-request-reopen) or use NodeLocal DNSCache"
+	}
+	return s
+}

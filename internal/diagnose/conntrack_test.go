@@ -61,15 +61,22 @@ func TestConntrackFull(t *testing.T) {
 	}
 }
 
-func TestStaleConntrack(t *testing.T) {
-	dns := pod(shop, "dns-2", "dns", "10.244.0.12", "node-1", true)
+// dnsService is a UDP Service shop/dns, 10.96.1.53:53, whose one ready
+// Pod (named name, 10.244.0.12) serves on port 8080.
+func dnsService(t *testing.T, name string) Input {
+	dns := pod(shop, name, "dns", "10.244.0.12", "node-1", true)
 	dns.Spec.Containers[0].Ports[0].Protocol = corev1.ProtocolUDP
 	s := svc("dns", "10.96.1.53", map[string]string{"app": "dns"}, intstr.FromInt32(8080))
 	s.Spec.Ports[0].Protocol, s.Spec.Ports[0].Name, s.Spec.Ports[0].Port = corev1.ProtocolUDP, "dns", 53
 	sl := slice("dns", 8080, dns)
-	udp, name := corev1.ProtocolUDP, "dns"
-	sl.Ports[0].Protocol, sl.Ports[0].Name = &udp, &name
+	udp, port := corev1.ProtocolUDP, "dns"
+	sl.Ports[0].Protocol, sl.Ports[0].Name = &udp, &port
 	in, _ := check(t, story{objs: resolve.Objects{Services: []corev1.Service{s}, Pods: []corev1.Pod{dns}, Slices: []discoveryv1.EndpointSlice{sl}}})
+	return in
+}
+
+func TestStaleConntrack(t *testing.T) {
+	in := dnsService(t, "dns-2")
 	ap := netip.MustParseAddrPort
 	entry := func(client, to string) conntrack.Entry {
 		return conntrack.Entry{Proto: "udp", Orig: [2]netip.AddrPort{ap(client), ap("10.96.1.53:53")},
@@ -162,5 +169,36 @@ func TestInvalidPacketAfterTheAnswer(t *testing.T) {
 	c.Drop.Invalid = false
 	if e := x.Explain(c); strings.Contains(e.Blame, "INVALID") {
 		t.Errorf("blame %q for a packet with an entry", e.Blame)
+	}
+}
+
+// A packet dropped at conntrack confirmation lost an insert clash: the
+// blame when it killed the connection, a note when another packet was
+// answered (the resolver's second query, which will time out).
+func TestInsertClash(t *testing.T) {
+	in := dnsService(t, "dns-1")
+	in.Conntrack = &conntrack.Table{Count: 3, Max: 1 << 18, Stats: map[string]uint64{"insert_failed": 2, "clashres": 9}}
+	ap := netip.MustParseAddrPort
+	confirm := flow.Drop{Packet: 2, InNode: true, Placed: true, Reason: "NETFILTER_DROP", Location: "nf_hook_slow+0x4a",
+		Gap: tracer.GapAfter(tracer.PostRouting, tracer.StageLast)}
+	c := &flow.Conn{Proto: tracer.UDP, Client: ap("10.99.0.2:5000"), VIP: ap("10.96.1.53:53"), Endpoint: ap("10.244.0.12:8080"),
+		Verdict: flow.Dropped, Drops: []flow.Drop{confirm}}
+	c.Drop = &c.Drops[0]
+	x := NewExplainer(in, Check(in), nil)
+	want := "conntrack dropped the client's packet when confirming its new entry: another packet of the same flow (same addresses and ports) had made the entry first, an insert clash (conntrack -S: insert_failed 2, clashres 9)"
+	e := x.Explain(c)
+	if !strings.HasPrefix(e.Blame, want) || !strings.Contains(e.Blame, "single-request-reopen") {
+		t.Errorf("blame %q, want %q…", e.Blame, want)
+	}
+	c.Verdict, c.Drop = flow.Answered, nil
+	e = x.Explain(c)
+	if e.Blame != "" || !slices.ContainsFunc(e.Notes, func(n string) bool { return strings.HasPrefix(n, want) }) {
+		t.Errorf("answered: blame %q, notes %q: want the clash as a note", e.Blame, e.Notes)
+	}
+	// A drop in a rule after the filter stage is not a clash.
+	c.Verdict, c.Drops[0].Gap = flow.Dropped, tracer.GapAfter(tracer.Forward, tracer.StagePreFilter)
+	c.Drop = &c.Drops[0]
+	if e := x.Explain(c); strings.Contains(e.Blame, "insert clash") {
+		t.Errorf("blame %q for a drop in FORWARD", e.Blame)
 	}
 }

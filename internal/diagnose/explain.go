@@ -154,6 +154,14 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 	if viaService {
 		e.Notes = x.notes(c, ad)
 	}
+	for i := range c.Drops {
+		// A packet lost at confirmation in a connection that did not die
+		// of it: a DNS query that will time out, say.
+		if d := &c.Drops[i]; d.AtConfirm() && d != c.Drop {
+			e.Notes = append(e.Notes, x.insertClash(c, d))
+			break
+		}
+	}
 	var ownRule bool
 	e.Rule, ownRule = x.rule(c, port)
 	pod := "the endpoint " + c.Endpoint.String()
@@ -189,6 +197,10 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 	case flow.Dropped:
 		if d := c.Drop; d != nil && d.InNode && d.Placed && d.Gap.After == tracer.StagePreConntrack {
 			e.Blame = x.conntrackDrop(c)
+			break
+		}
+		if d := c.Drop; d != nil && d.AtConfirm() {
+			e.Blame = x.insertClash(c, d)
 			break
 		}
 		if h := x.hairpin(c); h != "" {

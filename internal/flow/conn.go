@@ -3,6 +3,8 @@ package flow
 import (
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 
 	"github.com/svctrace/svctrace/internal/tracer"
 )
@@ -116,6 +118,15 @@ func (d Drop) place() string {
 		return fmt.Sprintf("%s (at %s)", d.in(), d.Location)
 	}
 	return fmt.Sprintf("%s (%s at %s)", d.in(), d.Reason, d.Location)
+}
+
+// AtConfirm reports whether conntrack's confirmation dropped the packet:
+// the last netfilter step of a new connection's first packet, which fails
+// when another packet of the same flow confirmed an entry first (an
+// insert clash).
+func (d Drop) AtConfirm() bool {
+	return d.InNode && d.Placed && d.Reason == "NETFILTER_DROP" &&
+		slices.ContainsFunc(d.Gap.Pieces, func(p string) bool { return strings.HasPrefix(p, "conntrack confirm") })
 }
 
 func (d Drop) in() string {

@@ -350,3 +350,32 @@ func TestDropAfterTheAnswerThenRepliesIsAnswered(t *testing.T) {
 		t.Fatalf("%s (%s), drop %+v: want dropped, not for INVALID", c.Verdict, c.Why, c.Drop)
 	}
 }
+
+// The UDP race: two datagrams of one new flow at once, each with its own
+// unconfirmed entry; the second to reach confirmation is dropped there.
+// The first is answered.
+func TestInsertClashDropAtConfirm(t *testing.T) {
+	s := &seq{}
+	toPod := tup("10.0.0.2:5000", "10.244.0.5:53", tracer.UDP)
+	for pkt := uint64(1); pkt <= 2; pkt++ {
+		nat := ct(tracer.CTNew, udpOrig, udpReply)
+		nat.ID = 76 + pkt
+		s.hook(pkt, tracer.PreRouting, tracer.StagePostConntrack, udpOrig, 0, nat)
+		s.hook(pkt, tracer.PostRouting, tracer.StageLast, toPod, 0, nat)
+	}
+	s.drop(2, toPod, tracer.Conntrack{})
+	s.last().Drop.Location = "nf_hook_slow+0x4a"
+	clash := len(s.evs)
+	s.hook(3, tracer.PreRouting, tracer.StagePostConntrack, udpReply, 0, ct(tracer.CTEstablishedReply, udpOrig, udpReply))
+	s.hook(3, tracer.PostRouting, tracer.StageLast, udpOrig.Reverse(), 0, ct(tracer.CTEstablishedReply, udpOrig, udpReply))
+	c := only(t, mustRun(s))
+	if c.Verdict != Answered || len(c.Drops) != 1 || !c.Drops[0].AtConfirm() || c.Drops[0].Packet != 2 {
+		t.Fatalf("%s (%s), drops %+v: want answered, with the second datagram dropped at confirmation", c.Verdict, c.Why, c.Drops)
+	}
+	// Unanswered, the datagram's drop is the verdict.
+	s.evs = s.evs[:clash]
+	c = only(t, mustRun(s))
+	if c.Verdict != Dropped || c.Drop == nil || !c.Drop.AtConfirm() || !strings.Contains(c.Why, "conntrack confirm") {
+		t.Fatalf("%s (%s): want dropped at conntrack confirm", c.Verdict, c.Why)
+	}
+}

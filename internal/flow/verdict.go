@@ -11,7 +11,8 @@ const (
 	// Rejected: the node itself answered with an ICMP error or a TCP RST,
 	// e.g. kube-proxy's REJECT for a Service without endpoints.
 	Rejected Verdict = "rejected"
-	// Dropped: a packet of the connection was discarded on the node.
+	// Dropped: a packet of the connection was discarded on the node - before
+	// any answer, or after it with nothing answered since.
 	Dropped Verdict = "dropped"
 	// Reset: the endpoint answered with a TCP RST (for UDP: ICMP port
 	// unreachable) - nothing listens on the target port.
@@ -19,7 +20,7 @@ const (
 	// NoReply: forwarded to the endpoint, nothing came back before the timeout.
 	NoReply Verdict = "no-reply"
 	// NotTranslated: a packet to a watched Service address left the node
-	// without DNAT.
+	// without DNAT (also after an answer: a packet conntrack found INVALID).
 	NotTranslated Verdict = "not-translated"
 )
 
