@@ -557,7 +557,12 @@ func (a *Assembler) step(c *Conn, pk *packet, ev tracer.Event, note string, dr *
 	}
 	s := Step{Time: ev.Time, Packet: pk.n, Dir: pk.dir, Kind: ev.Kind, Hook: ev.Hook, Stage: ev.Stage,
 		NetNS: ev.NetNS, Tuple: ev.Tuple, Mark: ev.Mark, Note: note, Drop: dr, Flags: flags(ev), Data: ev.Data}
-	if ev.CT.ID != 0 {
+	switch {
+	case ev.CT.ID != 0:
+		s.CT, s.CTMark, s.CTZone = ev.CT.Info.String(), ev.CT.Mark, ev.CT.Zone
+	case pk.invalid:
+		s.CT = "INVALID"
+	case ev.CT.Info == tracer.CTUntracked:
 		s.CT = ev.CT.Info.String()
 	}
 	if dr != nil {
@@ -598,7 +603,19 @@ func (a *Assembler) describe(c *Conn, pk *packet, ev tracer.Event) string {
 		s = fmt.Sprintf("reply %s %s → %s", packetWhat(ev), ev.Tuple.Src, ev.Tuple.Dst)
 	}
 	if ev.CT.ID != 0 {
-		s += ", conntrack " + ev.CT.Info.String() + priorEntry(ev.CT)
+		s += ", " + ctNote(ev.CT)
+	}
+	return s
+}
+
+// ctNote: "conntrack NEW", with the entry's zone and mark where set.
+func ctNote(ct tracer.Conntrack) string {
+	s := "conntrack " + ct.Info.String() + priorEntry(ct)
+	if ct.Zone != 0 {
+		s += fmt.Sprintf(", zone %d", ct.Zone)
+	}
+	if ct.Mark != 0 {
+		s += fmt.Sprintf(", ct mark %#x", ct.Mark)
 	}
 	return s
 }
@@ -622,8 +639,11 @@ func packetWhat(ev tracer.Event) string {
 // changes says what happened to a packet between two observers.
 func (a *Assembler) changes(c *Conn, pk *packet, prev, ev tracer.Event) string {
 	var parts []string
-	if prev.CT.ID == 0 && ev.CT.ID != 0 {
-		parts = append(parts, "conntrack "+ev.CT.Info.String()+priorEntry(ev.CT))
+	switch {
+	case prev.CT.ID == 0 && ev.CT.ID != 0:
+		parts = append(parts, ctNote(ev.CT))
+	case ev.CT.ID != 0 && ev.CT.Mark != prev.CT.Mark:
+		parts = append(parts, fmt.Sprintf("ct mark %#x → %#x", prev.CT.Mark, ev.CT.Mark))
 	}
 	if prev.Tuple.Dst != ev.Tuple.Dst && ev.Tuple.IsValid() && prev.Tuple.IsValid() {
 		if pk.dir == Original {

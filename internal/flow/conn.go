@@ -85,8 +85,13 @@ type Step struct {
 	NetNS  uint32
 	Tuple  tracer.Tuple
 	Flags  string // TCP flags or ICMP type
-	CT     string // conntrack state, "" if the packet had no entry yet
-	Mark   uint32
+	// CT is the conntrack state: "" if the packet had no entry yet,
+	// "INVALID" if it passed conntrack without one, "UNTRACKED" (NOTRACK).
+	CT   string
+	Mark uint32
+	// CTMark and CTZone are the entry's mark and zone, where set.
+	CTMark uint32 `json:",omitempty"`
+	CTZone uint16 `json:",omitempty"`
 	Note   string // what happened here, in words; "" if nothing changed
 	Drop   *Drop  // set on a drop
 	Data   []byte // the packet's first bytes here, from its IP header (pcapng)

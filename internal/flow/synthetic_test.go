@@ -311,7 +311,9 @@ func TestInvalidAfterTheAnswerIsDropped(t *testing.T) {
 	if c.Invalid != 3 || c.Endpoint != synReply.Src {
 		t.Errorf("first INVALID packet %d, endpoint %s: want 3, the endpoint of the entry", c.Invalid, c.Endpoint)
 	}
-	if !slices.ContainsFunc(c.Steps, func(st Step) bool { return st.Packet == 3 && strings.Contains(st.Note, "no conntrack entry: INVALID") }) {
+	if !slices.ContainsFunc(c.Steps, func(st Step) bool {
+		return st.Packet == 3 && st.CT == "INVALID" && strings.Contains(st.Note, "no conntrack entry: INVALID")
+	}) {
 		t.Errorf("no step says packet 3 was INVALID: %+v", c.Steps)
 	}
 }
@@ -377,5 +379,21 @@ func TestInsertClashDropAtConfirm(t *testing.T) {
 	c = only(t, mustRun(s))
 	if c.Verdict != Dropped || c.Drop == nil || !c.Drop.AtConfirm() || !strings.Contains(c.Why, "conntrack confirm") {
 		t.Fatalf("%s (%s): want dropped at conntrack confirm", c.Verdict, c.Why)
+	}
+}
+
+// A conntrack zone and mark are shown where the entry has them, and a mark
+// a rule changes on the way.
+func TestConntrackZoneAndMark(t *testing.T) {
+	s := &seq{}
+	entry := ct(tracer.CTNew, synOrig, synReply)
+	entry.Zone, entry.Mark = 3, 0x20
+	s.hook(1, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.SYN, entry)
+	entry.Mark = 0x21
+	s.hook(1, tracer.PreRouting, tracer.StagePostDNAT, tup("10.0.0.2:40000", "10.244.0.5:8080", tracer.TCP), tracer.SYN, entry)
+	c := only(t, mustRun(s))
+	if len(c.Steps) != 2 || c.Steps[0].CTZone != 3 || c.Steps[0].CTMark != 0x20 ||
+		!strings.HasSuffix(c.Steps[0].Note, "conntrack NEW, zone 3, ct mark 0x20") || !strings.Contains(c.Steps[1].Note, "ct mark 0x20 → 0x21") {
+		t.Errorf("steps %+v", c.Steps)
 	}
 }

@@ -73,6 +73,7 @@ type jsonDrop struct {
 	InNode     bool     `json:"in_node_netns"`
 	Packet     int      `json:"packet,omitzero"`
 	Dir        flow.Dir `json:"dir"`
+	Invalid    bool     `json:"invalid,omitempty"`
 }
 
 type jsonEvent struct {
@@ -87,6 +88,8 @@ type jsonEvent struct {
 	Dst      netip.AddrPort `json:"dst"`
 	Flags    string         `json:"flags,omitempty"`
 	CT       string         `json:"ct,omitempty"`
+	CTMark   uint32         `json:"ct_mark,omitzero"`
+	CTZone   uint16         `json:"ct_zone,omitzero"`
 	Mark     uint32         `json:"mark,omitzero"`
 	Note     string         `json:"note,omitempty"`
 }
@@ -125,7 +128,7 @@ func (p *JSON) Conn(c *flow.Conn, lost uint64) {
 	for _, s := range c.Steps {
 		e := jsonEvent{TimeUS: time.Duration(s.Time - c.Start).Microseconds(), Packet: s.Packet, Dir: s.Dir,
 			Kind: s.Kind, Stage: s.Stage, Src: s.Tuple.Src, Dst: s.Tuple.Dst, Flags: s.Flags, CT: s.CT,
-			Mark: s.Mark, Note: s.Note}
+			CTMark: s.CTMark, CTZone: s.CTZone, Mark: s.Mark, Note: s.Note}
 		if s.Kind == tracer.KindHook || (s.Drop != nil && s.Drop.Placed) {
 			e.Hook = s.Hook.String()
 		}
@@ -139,7 +142,7 @@ func (p *JSON) Conn(c *flow.Conn, lost uint64) {
 }
 
 func drop(d *flow.Drop) *jsonDrop {
-	j := &jsonDrop{Reason: d.Reason, Location: d.Location, NetNS: d.NetNS, InNode: d.InNode, Packet: d.Packet, Dir: d.Dir}
+	j := &jsonDrop{Reason: d.Reason, Location: d.Location, NetNS: d.NetNS, InNode: d.InNode, Packet: d.Packet, Dir: d.Dir, Invalid: d.Invalid}
 	switch {
 	case !d.InNode:
 		j.Stage = "outside the node's network namespace"
