@@ -1,5 +1,6 @@
 # svctrace - see README.md. Targets:
 #   build            bin/svctrace, pure Go with the BPF objects embedded
+#   man              man pages of every command into build/man (man -l build/man/svctrace.1)
 #   generate         rebuild the committed bpf2go outputs from bpf/ (clang, bpftool, libbpf-dev)
 #   check-generated  fail if the committed bpf2go outputs differ from bpf/
 #   test             all tests; the privileged ones (root) skip when not root
@@ -32,10 +33,13 @@ K8S_LDFLAGS  := -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
 	-X k8s.io/client-go/pkg/version.gitVersion=$(K8S_VERSION)
 E2E_ENV      := SVCTRACE_K8S_BIN=$(K8S_BIN) SVCTRACE_REQUIRE_E2E=1 SVCTRACE_REQUIRE_ROOT=1
 
-.PHONY: build generate check-generated test test-privileged lint bench fixtures k8s-bins e2e k8s-fixtures test-kernels clean
+.PHONY: build man generate check-generated test test-privileged lint bench fixtures k8s-bins e2e k8s-fixtures test-kernels clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/svctrace
+
+man: build
+	$(BIN) man build/man
 
 # vmlinux.h comes from the BTF of the machine that runs `make generate`; it is
 # not committed. CO-RE relocates the objects to whatever kernel loads them.

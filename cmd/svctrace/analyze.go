@@ -176,7 +176,7 @@ func (o *analyzeOptions) run(path string) error {
 		}
 		opts.Name, opts.Explain = labNames(ss, labAs)
 	}
-	p, err := output.New(o.output, o.stdout, opts)
+	p, err := o.printer(opts)
 	if err != nil {
 		return err
 	}

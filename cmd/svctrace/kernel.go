@@ -15,6 +15,8 @@ func newKernelSupport(g *globals) *cobra.Command {
 		Short:   "Show what this kernel lets svctrace do and which backend it would use",
 		Long: `Probe this kernel: load (and where harmless, attach) a minimal program for each capability
 svctrace can use, and say which backend would be chosen. Needs root, like tracing itself.`,
+		Example: `  sudo svctrace kernel-support
+  sudo svctrace kernel-support -o json | jq .backend`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s := tracer.Probe()

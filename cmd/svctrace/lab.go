@@ -71,7 +71,9 @@ doubles as a self-test of svctrace on this kernel.`,
 	cmd.AddCommand(&cobra.Command{
 		Use:   "cleanup [ID]",
 		Short: "Remove a lab left up with --keep (or by a crash); without ID, every lab",
-		Args:  cobra.MaximumNArgs(1),
+		Example: `  sudo svctrace lab cleanup          # every lab
+  sudo svctrace lab cleanup 4f2a9c   # the lab whose id svctrace lab --keep printed`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := ""
 			if len(args) == 1 {
@@ -122,7 +124,7 @@ func (o *labOptions) run(ctx context.Context) error {
 	}
 	name, explain := labNames(l.Scenarios, as)
 	clock := tracer.NewClock()
-	p, err := output.New(o.output, o.stdout, output.Options{Name: name, Explain: explain, Wall: clock.Time})
+	p, err := o.printer(output.Options{Name: name, Explain: explain, Wall: clock.Time})
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/output"
+	"golang.org/x/term"
 	"k8s.io/klog/v2"
 )
 
@@ -51,8 +53,21 @@ type globals struct {
 	output  string
 	verbose bool
 	backend string
+	noColor bool
 	stdout  io.Writer
 	stderr  io.Writer
+}
+
+// printer is the -o printer on stdout; text in color on a terminal.
+func (g *globals) printer(opts output.Options) (output.Printer, error) {
+	opts.Color = output.UseColor(g.noColor, isTerminal(g.stdout))
+	return output.New(g.output, g.stdout, opts)
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // logf prints progress and details with --verbose.
@@ -101,16 +116,18 @@ Trace addresses yourself:  sudo svctrace trace --addr 10.96.0.10:80`,
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output format: text or json (one object per line)")
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "show attach details, timings and verifier logs")
+	root.PersistentFlags().BoolVar(&g.noColor, "no-color", false, "no colors in text output (also: the NO_COLOR environment variable; never when not a terminal)")
 	root.PersistentFlags().StringVar(&g.backend, "backend", "", "force a kernel backend: netfilter-link, fentry or kprobe (default: the first that works; see kernel-support)")
-	root.AddCommand(newCheck(g), newTrace(g), newLab(g), newAnalyze(g), newKernelSupport(g), newVersion(g))
+	root.AddCommand(newCheck(g), newTrace(g), newLab(g), newAnalyze(g), newKernelSupport(g), newVersion(g), newMan(g))
 	return root
 }
 
 func newVersion(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Args:  cobra.NoArgs,
+		Use:     "version",
+		Short:   "Print the version",
+		Example: "  svctrace version",
+		Args:    cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
 			fmt.Fprintf(g.stdout, "svctrace %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		},

@@ -174,7 +174,7 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 	if err != nil {
 		return err
 	}
-	p, err := output.New(o.output, o.stdout, output.Options{})
+	p, err := o.printer(output.Options{})
 	if err != nil {
 		return err
 	}

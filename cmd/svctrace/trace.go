@@ -176,7 +176,7 @@ func (g *globals) trace(ctx context.Context, s session) error {
 
 	clock := tracer.NewClock()
 	s.print.Wall = clock.Time
-	p, err := output.New(g.output, g.stdout, s.print)
+	p, err := g.printer(s.print)
 	if err != nil {
 		return err
 	}
@@ -213,17 +213,25 @@ func (g *globals) trace(ctx context.Context, s session) error {
 		s.started(ctx, tr)
 	}
 	var sum output.Summary
+	st := newStatus(g.stderr, &sum)
+	stCtx, stopStatus := context.WithCancel(ctx)
+	stDone := make(chan struct{})
+	go func() { st.run(stCtx); close(stDone) }()
 	res, err := live.Run(ctx, tr, live.Options{
 		Flow:  flowOpts,
 		Count: s.count,
 		Conn: func(c *flow.Conn, lost uint64) {
-			sum.Count(c)
-			p.Conn(c, lost)
+			st.around(func() {
+				sum.Count(c)
+				p.Conn(c, lost)
+			})
 		},
-		Lost:    p.Lost,
+		Lost:    func(total uint64) { st.around(func() { p.Lost(total) }) },
 		Journal: journal,
 		Alive:   info.NetNS.Check,
 	})
+	stopStatus()
+	<-stDone
 	sum.Lost, sum.Orphans = res.Lost, res.Orphans
 	p.Summary(sum)
 	if s.rec != nil {

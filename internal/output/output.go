@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -47,6 +48,16 @@ type Options struct {
 	// Wall converts CLOCK_MONOTONIC ns to wall-clock time; nil: times are
 	// shown relative only.
 	Wall func(uint64) time.Time
+	// Color: the text printer marks verdicts and findings with ANSI colors
+	// (for a terminal; see UseColor).
+	Color bool
+}
+
+// UseColor decides whether text output to a terminal is colored: not if
+// asked not to (--no-color, or NO_COLOR set to anything, no-color.org), nor
+// when it goes to a file or a pipe.
+func UseColor(noColor bool, isTerminal bool) bool {
+	return !noColor && os.Getenv("NO_COLOR") == "" && isTerminal
 }
 
 // New returns the printer for format "text" or "json".
@@ -79,7 +90,8 @@ func (s *Summary) Count(c *flow.Conn) {
 	s.Verdicts[c.Verdict]++
 }
 
-func (s Summary) verdicts() string {
+// VerdictCounts: "2 answered, 1 dropped".
+func (s Summary) VerdictCounts() string {
 	var parts []string
 	for _, v := range flow.Verdicts {
 		if n := s.Verdicts[v]; n > 0 {

@@ -96,3 +96,37 @@ func TestUnknownFormat(t *testing.T) {
 		t.Error("yaml accepted")
 	}
 }
+
+// Color only on a terminal, and not when asked not to; the colored text is
+// the plain text with the verdict and finding marks painted.
+func TestColor(t *testing.T) {
+	t.Setenv("NO_COLOR", "")
+	if !UseColor(false, true) || UseColor(true, true) || UseColor(false, false) {
+		t.Error("UseColor: want color on a terminal only, unless --no-color")
+	}
+	t.Setenv("NO_COLOR", "1")
+	if UseColor(false, true) {
+		t.Error("UseColor: colors despite NO_COLOR")
+	}
+	var plain, colored bytes.Buffer
+	conns := labConns(t)
+	for _, c := range []struct {
+		w     *bytes.Buffer
+		color bool
+	}{{&plain, false}, {&colored, true}} {
+		p, _ := New("text", c.w, Options{Name: names.Name, Color: c.color})
+		for _, conn := range conns {
+			p.Conn(conn, 0)
+		}
+	}
+	if strings.Contains(plain.String(), "\x1b[") {
+		t.Error("escape codes without color")
+	}
+	if !strings.Contains(colored.String(), "\x1b[32m✓ answered\x1b[0m: ") || !strings.Contains(colored.String(), "\x1b[31m✗ rejected\x1b[0m: ") {
+		t.Errorf("verdicts not painted:\n%s", colored.String())
+	}
+	stripped := strings.NewReplacer("\x1b[32m", "", "\x1b[31m", "", "\x1b[1m", "", "\x1b[0m", "").Replace(colored.String())
+	if stripped != plain.String() {
+		t.Error("colored text differs from the plain text by more than colors")
+	}
+}

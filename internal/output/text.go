@@ -49,11 +49,11 @@ func (p *Text) Conn(c *flow.Conn, lost uint64) {
 		fmt.Fprintf(&b, "             … %d more packets (%d →, %d ← in all, %s)%s\n", rest,
 			c.Packets[flow.Original], c.Packets[flow.Reply], byteSize(c.Bytes[flow.Original]+c.Bytes[flow.Reply]), closed(c))
 	}
-	mark := "✗"
+	mark, color := "✗", red
 	if c.Verdict == flow.Answered {
-		mark = "✓"
+		mark, color = "✓", green
 	}
-	fmt.Fprintf(&b, "   %s %s: %s\n", mark, c.Verdict, c.Why)
+	fmt.Fprintf(&b, "   %s: %s\n", p.paint(color, mark+" "+string(c.Verdict)), c.Why)
 	if c.Endpoint.IsValid() {
 		if n := name(p.opts, c.Endpoint); n != "" {
 			fmt.Fprintf(&b, "     endpoint %s is %s\n", c.Endpoint, n)
@@ -66,9 +66,14 @@ func (p *Text) Conn(c *flow.Conn, lost uint64) {
 			lines = append(lines, [2]string{"note", n})
 		}
 		for _, l := range lines {
-			if l[1] != "" {
-				fmt.Fprintf(&b, "     %-7s %s\n", l[0]+":", l[1])
+			if l[1] == "" {
+				continue
 			}
+			label := fmt.Sprintf("%-7s", l[0]+":")
+			if l[0] == "blame" {
+				label = p.paint(bold, label)
+			}
+			fmt.Fprintf(&b, "     %s %s\n", label, l[1])
 		}
 	}
 	if lost > 0 {
@@ -103,13 +108,32 @@ func (p *Text) Lost(total uint64) {
 
 func (p *Text) Summary(s Summary) {
 	fmt.Fprintf(p.w, "%d connection(s)", s.Conns)
-	if v := s.verdicts(); v != "" {
+	if v := s.VerdictCounts(); v != "" {
 		fmt.Fprintf(p.w, ": %s", v)
 	}
 	fmt.Fprintf(p.w, "; %d events lost\n", s.Lost)
 }
 
 var marks = map[diagnose.Severity]string{diagnose.Problem: "✗", diagnose.Warning: "!", diagnose.Info: "i", diagnose.OK: "✓"}
+
+// ANSI colors of the marks.
+const (
+	red    = "31"
+	green  = "32"
+	yellow = "33"
+	blue   = "34"
+	bold   = "1"
+)
+
+var markColors = map[diagnose.Severity]string{diagnose.Problem: red, diagnose.Warning: yellow, diagnose.Info: blue, diagnose.OK: green}
+
+// paint colors s if the printer colors.
+func (p *Text) paint(color, s string) string {
+	if !p.opts.Color {
+		return s
+	}
+	return "\x1b[" + color + "m" + s + "\x1b[0m"
+}
 
 func (p *Text) Diagnosis(d Diagnosis) {
 	var b strings.Builder
@@ -120,7 +144,7 @@ func (p *Text) Diagnosis(d Diagnosis) {
 	}
 	fmt.Fprintf(&b, "  objects: %s; node: %s\n  kube-proxy: %s\n", d.Source, node, d.Proxy)
 	for _, f := range d.Findings {
-		fmt.Fprintf(&b, "%s %s: %s\n", marks[f.Severity], f.Code, f.Summary)
+		fmt.Fprintf(&b, "%s: %s\n", p.paint(markColors[f.Severity], marks[f.Severity]+" "+f.Code), f.Summary)
 		for _, e := range f.Evidence {
 			fmt.Fprintf(&b, "    %s\n", e)
 		}

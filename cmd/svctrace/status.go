@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/output"
+)
+
+// status is the one line on stderr, on a terminal only, that says while
+// svctrace waits for packets that it is alive and what it saw so far. It
+// is cleared while a connection is printed, and at the end.
+type status struct {
+	mu    sync.Mutex
+	w     io.Writer // nil: no status line
+	start time.Time
+	sum   *output.Summary
+	shown bool
+}
+
+// newStatus returns the status line for sum, drawn on stderr if that is a
+// terminal.
+func newStatus(stderr io.Writer, sum *output.Summary) *status {
+	s := &status{start: time.Now(), sum: sum}
+	if isTerminal(stderr) {
+		s.w = stderr
+	}
+	return s
+}
+
+// line is the status in words.
+func (s *status) line() string {
+	l := fmt.Sprintf("tracing for %s: %d connection(s)", time.Since(s.start).Truncate(time.Second), s.sum.Conns)
+	if v := s.sum.VerdictCounts(); v != "" {
+		l += " (" + v + ")"
+	}
+	return l + "; Ctrl-C to stop"
+}
+
+func (s *status) draw() {
+	if s.w != nil {
+		fmt.Fprintf(s.w, "\r\x1b[K%s", s.line())
+		s.shown = true
+	}
+}
+
+func (s *status) clear() {
+	if s.shown {
+		fmt.Fprint(s.w, "\r\x1b[K")
+		s.shown = false
+	}
+}
+
+// around runs f (which prints) with the line cleared, then draws it again.
+func (s *status) around(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clear()
+	f()
+	s.draw()
+}
+
+// run redraws the line every second until ctx ends, then clears it.
+func (s *status) run(ctx context.Context) {
+	if s.w == nil {
+		return
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.mu.Lock()
+			s.clear()
+			s.mu.Unlock()
+			return
+		case <-t.C:
+			s.mu.Lock()
+			s.draw()
+			s.mu.Unlock()
+		}
+	}
+}
