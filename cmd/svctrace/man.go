@@ -29,7 +29,7 @@ func newMan(g *globals) *cobra.Command {
 }
 
 func writeManPages(cmd *cobra.Command, dir string) error {
-	if cmd.Hidden || !cmd.IsAvailableCommand() && cmd.HasParent() {
+	if cmd.HasParent() && !cmd.IsAvailableCommand() {
 		return nil
 	}
 	name := strings.ReplaceAll(cmd.CommandPath(), " ", "-")

@@ -63,6 +63,15 @@ func (s *status) around(f func()) {
 	s.draw()
 }
 
+// show draws the line every second until stop is called (or ctx ends),
+// which clears it and returns once it is gone.
+func (s *status) show(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { s.run(ctx); close(done) }()
+	return func() { cancel(); <-done }
+}
+
 // run redraws the line every second until ctx ends, then clears it.
 func (s *status) run(ctx context.Context) {
 	if s.w == nil {

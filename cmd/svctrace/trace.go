@@ -214,9 +214,7 @@ func (g *globals) trace(ctx context.Context, s session) error {
 	}
 	var sum output.Summary
 	st := newStatus(g.stderr, &sum)
-	stCtx, stopStatus := context.WithCancel(ctx)
-	stDone := make(chan struct{})
-	go func() { st.run(stCtx); close(stDone) }()
+	stopStatus := st.show(ctx)
 	res, err := live.Run(ctx, tr, live.Options{
 		Flow:  flowOpts,
 		Count: s.count,
@@ -231,7 +229,6 @@ func (g *globals) trace(ctx context.Context, s session) error {
 		Alive:   info.NetNS.Check,
 	})
 	stopStatus()
-	<-stDone
 	sum.Lost, sum.Orphans = res.Lost, res.Orphans
 	p.Summary(sum)
 	if s.rec != nil {

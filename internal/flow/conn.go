@@ -3,8 +3,6 @@ package flow
 import (
 	"fmt"
 	"net/netip"
-	"slices"
-	"strings"
 
 	"github.com/svctrace/svctrace/internal/tracer"
 )
@@ -125,13 +123,10 @@ func (d Drop) place() string {
 	return fmt.Sprintf("%s (%s at %s)", d.in(), d.Reason, d.Location)
 }
 
-// AtConfirm reports whether conntrack's confirmation dropped the packet:
-// the last netfilter step of a new connection's first packet, which fails
-// when another packet of the same flow confirmed an entry first (an
-// insert clash).
+// AtConfirm reports whether conntrack's confirmation dropped the packet
+// (tracer.Gap.HasConfirm): an insert clash.
 func (d Drop) AtConfirm() bool {
-	return d.InNode && d.Placed && d.Reason == "NETFILTER_DROP" &&
-		slices.ContainsFunc(d.Gap.Pieces, func(p string) bool { return strings.HasPrefix(p, "conntrack confirm") })
+	return d.InNode && d.Placed && d.Reason == "NETFILTER_DROP" && d.Gap.HasConfirm()
 }
 
 func (d Drop) in() string {

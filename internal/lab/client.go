@@ -76,11 +76,7 @@ func KeptAlive(ctx context.Context, ns tracer.NetNS, addr netip.AddrPort, timeou
 		c.SetLinger(0)
 		c.Close()
 	}()
-	deadline := time.Now().Add(timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	c.SetDeadline(deadline)
+	c.SetDeadline(deadline(ctx, timeout))
 	r := bufio.NewReader(c)
 	get := func() ([]byte, error) {
 		if _, err := fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", addr); err != nil {
@@ -119,11 +115,7 @@ func UDPExchange(ctx context.Context, ns tracer.NetNS, port uint16, addr netip.A
 		return nil, err
 	}
 	defer c.Close()
-	deadline := time.Now().Add(timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	c.SetDeadline(deadline)
+	c.SetDeadline(deadline(ctx, timeout))
 	if _, err := c.Write([]byte("hello?\n")); err != nil {
 		return nil, err
 	}
@@ -133,4 +125,13 @@ func UDPExchange(ctx context.Context, ns tracer.NetNS, port uint16, addr netip.A
 		return nil, err
 	}
 	return buf[:n], nil
+}
+
+// deadline is timeout from now, or ctx's deadline if that comes first.
+func deadline(ctx context.Context, timeout time.Duration) time.Time {
+	d := time.Now().Add(timeout)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		return cd
+	}
+	return d
 }

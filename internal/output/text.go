@@ -114,7 +114,9 @@ func (p *Text) Summary(s Summary) {
 	fmt.Fprintf(p.w, "; %d events lost\n", s.Lost)
 }
 
-var marks = map[diagnose.Severity]string{diagnose.Problem: "✗", diagnose.Warning: "!", diagnose.Info: "i", diagnose.OK: "✓"}
+// marks of the findings, and their colors.
+var marks = map[diagnose.Severity]struct{ text, color string }{
+	diagnose.Problem: {"✗", red}, diagnose.Warning: {"!", yellow}, diagnose.Info: {"i", blue}, diagnose.OK: {"✓", green}}
 
 // ANSI colors of the marks.
 const (
@@ -124,8 +126,6 @@ const (
 	blue   = "34"
 	bold   = "1"
 )
-
-var markColors = map[diagnose.Severity]string{diagnose.Problem: red, diagnose.Warning: yellow, diagnose.Info: blue, diagnose.OK: green}
 
 // paint colors s if the printer colors.
 func (p *Text) paint(color, s string) string {
@@ -144,7 +144,7 @@ func (p *Text) Diagnosis(d Diagnosis) {
 	}
 	fmt.Fprintf(&b, "  objects: %s; node: %s\n  kube-proxy: %s\n", d.Source, node, d.Proxy)
 	for _, f := range d.Findings {
-		fmt.Fprintf(&b, "%s: %s\n", p.paint(markColors[f.Severity], marks[f.Severity]+" "+f.Code), f.Summary)
+		fmt.Fprintf(&b, "%s: %s\n", p.paint(marks[f.Severity].color, marks[f.Severity].text+" "+f.Code), f.Summary)
 		for _, e := range f.Evidence {
 			fmt.Fprintf(&b, "    %s\n", e)
 		}

@@ -135,8 +135,13 @@ var pieces = []piece{
 	{"security table", 50, []Hook{LocalIn, Forward, LocalOut}},
 	{"SNAT (nat table)", 100, []Hook{LocalIn, PostRouting}},
 	{"conntrack helpers", 300, []Hook{LocalIn, PostRouting}},
-	{"conntrack confirm", math.MaxInt32, []Hook{LocalIn, PostRouting}},
+	confirm,
 }
+
+// confirm is conntrack's confirmation, the last netfilter step of a new
+// entry's first packet: it fails when another packet of the same flow
+// confirmed an entry first (an insert clash).
+var confirm = piece{"conntrack confirm", math.MaxInt32, []Hook{LocalIn, PostRouting}}
 
 // Next returns the stage observed on hook after s, or StageNone if s is the
 // hook's last observer. StageNone as s asks for the hook's first observer.
@@ -165,13 +170,20 @@ type Gap struct {
 // GapAfter returns the gap on hook h that follows observer after.
 func GapAfter(h Hook, after Stage) Gap {
 	g := Gap{Hook: h, After: after, Before: Next(h, after)}
-	lo, hi := g.Bounds()
 	for _, p := range pieces {
-		if int64(p.priority) > lo && int64(p.priority) < hi && hasHook(p.hooks, h) {
+		if g.has(p) {
 			g.Pieces = append(g.Pieces, fmt.Sprintf("%s %s", p.name, prio(p.priority)))
 		}
 	}
 	return g
+}
+
+// HasConfirm reports whether conntrack's confirmation runs in the gap.
+func (g Gap) HasConfirm() bool { return g.has(confirm) }
+
+func (g Gap) has(p piece) bool {
+	lo, hi := g.Bounds()
+	return int64(p.priority) > lo && int64(p.priority) < hi && hasHook(p.hooks, g.Hook)
 }
 
 // Bounds are the priorities of the observers around the gap (exclusive).
