@@ -38,7 +38,11 @@ func main() {
 	klog.SetOutput(io.Discard)
 	klog.LogToStderr(false)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	root := newRoot(os.Stdout, os.Stderr)
+	if isPlugin(os.Args[0]) {
+		root = newPlugin(os.Stdout, os.Stderr)
+	}
+	err := root.ExecuteContext(ctx)
 	stop()
 	if err != nil {
 		if !errors.Is(err, errSilent) {

@@ -23,7 +23,10 @@ func newMan(g *globals) *cobra.Command {
 			if err := os.MkdirAll(args[0], 0o755); err != nil {
 				return err
 			}
-			return writeManPages(cmd.Root(), args[0])
+			if err := writeManPages(cmd.Root(), args[0]); err != nil {
+				return err
+			}
+			return writeManPages(newPlugin(g.stdout, g.stderr), args[0])
 		},
 	}
 }

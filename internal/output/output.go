@@ -55,10 +55,17 @@ type Options struct {
 
 // UseColor decides whether text output to a terminal is colored: not if
 // asked not to (--no-color, or NO_COLOR set to anything, no-color.org), nor
-// when it goes to a file or a pipe.
+// when it goes to a file or a pipe, unless ForceColor says so.
 func UseColor(noColor bool, isTerminal bool) bool {
-	return !noColor && os.Getenv("NO_COLOR") == "" && isTerminal
+	if noColor || os.Getenv("NO_COLOR") != "" {
+		return false
+	}
+	return isTerminal || os.Getenv(ForceColor) != "" && os.Getenv(ForceColor) != "0"
 }
+
+// ForceColor set (and not "0") asks for color where output is no terminal:
+// kubectl svctrace sets it in its debug Pods when it writes to one.
+const ForceColor = "CLICOLOR_FORCE"
 
 // New returns the printer for format "text" or "json".
 func New(format string, w io.Writer, opts Options) (Printer, error) {

@@ -26,7 +26,12 @@ import (
 
 // API reads objects from the Kubernetes API server.
 type API struct {
+	// Client's requests each end after ConnectOptions.Timeout.
 	Client kubernetes.Interface
+	// Stream is for requests that last: watches, following logs. The same
+	// credentials, without the timeout (an http.Client's Timeout cuts a
+	// response body too). nil: Client.
+	Stream kubernetes.Interface
 	// Credentials says which credentials are used, e.g. "kubeconfig
 	// /root/.kube/config (context dev)".
 	Credentials string
@@ -37,6 +42,14 @@ type API struct {
 const page = 500
 
 func (a *API) Describe() string { return a.Credentials }
+
+// Streaming is the client for requests that last.
+func (a *API) Streaming() kubernetes.Interface {
+	if a.Stream != nil {
+		return a.Stream
+	}
+	return a.Client
+}
 
 func (a *API) Service(ctx context.Context, ns, name string) (*corev1.Service, error) {
 	s, err := a.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
@@ -315,13 +328,26 @@ func Connect(ctx context.Context, opts ConnectOptions, ns string, logf func(stri
 		if err != nil {
 			return nil, fmt.Errorf("%s: %s", c.Describe, oneLine(err))
 		}
-		a := &API{Client: cs, Credentials: c.Describe, Host: cfg.Host}
-		// A cheap call that needs the access svctrace needs anyway.
+		scfg := rest.CopyConfig(cfg)
+		scfg.Timeout = 0
+		stream, err := kubernetes.NewForConfig(scfg)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %s", c.Describe, oneLine(err))
+		}
+		a := &API{Client: cs, Stream: stream, Credentials: c.Describe, Host: cfg.Host}
+		// Cheap calls that need the access svctrace needs anyway. A node's
+		// kubelet credentials read Services but not EndpointSlices (the
+		// Node authorizer's rules): the next credentials may.
+		resource := "services"
 		_, err = cs.CoreV1().Services(ns).List(ctx, metav1.ListOptions{Limit: 1})
+		if err == nil {
+			resource = "endpointslices"
+			_, err = cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{Limit: 1})
+		}
 		if err == nil {
 			return a, nil
 		}
-		err = a.explain(err, "list", "services", ns)
+		err = a.explain(err, "list", resource, ns)
 		if firstErr == nil {
 			firstErr = err
 		}

@@ -67,19 +67,20 @@ func (a *API) Watch(ctx context.Context, ns, name string, selector func() map[st
 	byName := func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
 	}
-	services := a.Client.CoreV1().Services(ns)
+	// Lists end after the request timeout; watches last (Streaming).
+	services, watchServices := a.Client.CoreV1().Services(ns), a.Streaming().CoreV1().Services(ns)
 	run(ctx, &corev1.Service{},
 		func(o metav1.ListOptions) (runtime.Object, error) { byName(&o); return services.List(ctx, o) },
-		func(o metav1.ListOptions) (watch.Interface, error) { byName(&o); return services.Watch(ctx, o) })
+		func(o metav1.ListOptions) (watch.Interface, error) { byName(&o); return watchServices.Watch(ctx, o) })
 	ofService := func(o *metav1.ListOptions) {
 		o.LabelSelector = labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: name}).String()
 	}
-	slices := a.Client.DiscoveryV1().EndpointSlices(ns)
+	slices, watchSlices := a.Client.DiscoveryV1().EndpointSlices(ns), a.Streaming().DiscoveryV1().EndpointSlices(ns)
 	run(ctx, &discoveryv1.EndpointSlice{},
 		func(o metav1.ListOptions) (runtime.Object, error) { ofService(&o); return slices.List(ctx, o) },
-		func(o metav1.ListOptions) (watch.Interface, error) { ofService(&o); return slices.Watch(ctx, o) })
+		func(o metav1.ListOptions) (watch.Interface, error) { ofService(&o); return watchSlices.Watch(ctx, o) })
 
-	pods := a.Client.CoreV1().Pods(ns)
+	pods, watchPodsIn := a.Client.CoreV1().Pods(ns), a.Streaming().CoreV1().Pods(ns)
 	var stopPods context.CancelFunc = func() {}
 	var sel map[string]string
 	watchPods := func() {
@@ -98,7 +99,10 @@ func (a *API) Watch(ctx context.Context, ns, name string, selector func() map[st
 		s := labels.SelectorFromSet(sel).String()
 		run(pctx, &corev1.Pod{},
 			func(o metav1.ListOptions) (runtime.Object, error) { o.LabelSelector = s; return pods.List(pctx, o) },
-			func(o metav1.ListOptions) (watch.Interface, error) { o.LabelSelector = s; return pods.Watch(pctx, o) })
+			func(o metav1.ListOptions) (watch.Interface, error) {
+				o.LabelSelector = s
+				return watchPodsIn.Watch(pctx, o)
+			})
 	}
 	watchPods()
 	// The informers' first lists report every object once: that is the

@@ -263,7 +263,10 @@ func (c *Cluster) startControlPlane(p *pki) error {
 		"--client-ca-file="+p.path("ca.crt"),
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+p.path("sa.pub"), "--service-account-signing-key-file="+p.path("sa.key"),
-		"--service-cluster-ip-range="+ServiceCIDR+","+ServiceCIDR6, "--authorization-mode=RBAC")
+		"--service-cluster-ip-range="+ServiceCIDR+","+ServiceCIDR6, "--authorization-mode=RBAC",
+		// Kubelets (StartKubelet's) by their address, not their host name;
+		// privileged Pods allowed, as kubeadm's clusters do.
+		"--kubelet-preferred-address-types=InternalIP", "--allow-privileged=true")
 	if err != nil {
 		return err
 	}

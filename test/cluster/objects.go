@@ -1,9 +1,11 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -12,7 +14,10 @@ import (
 	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/internal/tracer"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/client-go/kubernetes/scheme"
 )
 
 // Pod is a pod: a network namespace on the node's bridge, maybe a server,
@@ -338,4 +343,41 @@ func (c *Cluster) noEndpoints(sp kubeproxy.ServicePort, vip string, port int32) 
 // Get fetches http://addr/path from the client namespace.
 func (c *Cluster) Get(ctx context.Context, addr netip.AddrPort, path string, timeout time.Duration) ([]byte, error) {
 	return lab.HTTPGet(ctx, c.ClientNS, addr, path, timeout)
+}
+
+// Apply creates what a manifest holds, as kubectl apply -f does on a
+// cluster that has none of it: namespaces, service accounts and RBAC.
+func (c *Cluster) Apply(ctx context.Context, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	dec := serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
+	opts := metav1.CreateOptions{}
+	for _, doc := range bytes.Split(b, []byte("\n---\n")) {
+		obj, _, err := dec.Decode(doc, nil, nil)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		switch o := obj.(type) {
+		case *corev1.Namespace:
+			_, err = c.Client.CoreV1().Namespaces().Create(ctx, o, opts)
+		case *corev1.ServiceAccount:
+			_, err = c.Client.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, opts)
+		case *rbacv1.ClusterRole:
+			_, err = c.Client.RbacV1().ClusterRoles().Create(ctx, o, opts)
+		case *rbacv1.ClusterRoleBinding:
+			_, err = c.Client.RbacV1().ClusterRoleBindings().Create(ctx, o, opts)
+		case *rbacv1.Role:
+			_, err = c.Client.RbacV1().Roles(o.Namespace).Create(ctx, o, opts)
+		case *rbacv1.RoleBinding:
+			_, err = c.Client.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, opts)
+		default:
+			return fmt.Errorf("%s: Apply does not know a %T", path, obj)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	return nil
 }
