@@ -102,7 +102,8 @@ on this node, then it traces, naming the Service port, Pod, Node and rule behind
 
 Try it without a cluster:  sudo svctrace lab
 Only the diagnosis:        svctrace check SERVICE -n NAMESPACE
-Trace addresses yourself:  sudo svctrace trace --addr 10.96.0.10:80`,
+Trace addresses yourself:  sudo svctrace trace --addr 10.96.0.10:80
+From your own machine:     kubectl svctrace SERVICE -n NAMESPACE (this binary named kubectl-svctrace)`,
 		Example:       serviceExamples,
 		SilenceUsage:  true,
 		SilenceErrors: true,

@@ -185,7 +185,29 @@ func (o *pluginOptions) run(ctx context.Context, name string, check bool) error 
 		return err
 	}
 	intro := fmt.Sprintf("%s/%s on %s %s (%s)", o.namespace, name, plural(len(nodes), "node"), strings.Join(nodes, ", "), why)
-	return o.runOn(ctx, api, nodes, o.podArgs(name, check), intro)
+	return o.runOn(ctx, api, nodes, o.podSpec(name, check), intro)
+}
+
+// podSpec is the debug Pods' spec, but for the node.
+func (o *pluginOptions) podSpec(name string, check bool) debugpod.Spec {
+	s := debugpod.Spec{Namespace: o.podNamespace, Image: o.image, Args: o.podArgs(name, check), ServiceAccount: o.account, Env: map[string]string{}}
+	if s.Image == "" {
+		s.Image = os.Getenv("SVCTRACE_IMAGE")
+	}
+	if s.Image == "" {
+		s.Image = defaultImage()
+	}
+	// The Pods end themselves should nobody be left to delete them.
+	switch {
+	case check:
+		s.Deadline = o.startTimeout + 5*time.Minute
+	case o.duration > 0:
+		s.Deadline = o.duration + o.startTimeout + 2*time.Minute
+	}
+	if o.output == "text" && output.UseColor(o.noColor, isTerminal(o.stdout)) {
+		s.Env[output.ForceColor] = "1"
+	}
+	return s
 }
 
 // pickNodes chooses the nodes, and says why.
@@ -308,34 +330,17 @@ func (o *pluginOptions) podArgs(name string, check bool) []string {
 
 // runOn runs svctrace in a debug Pod on each node at once, with their
 // output merged, and deletes the Pods.
-func (o *pluginOptions) runOn(ctx context.Context, api *resolve.API, nodes []string, args []string, intro string) error {
-	image := o.image
-	if image == "" {
-		image = os.Getenv("SVCTRACE_IMAGE")
-	}
-	if image == "" {
-		image = defaultImage()
-	}
-	// The Pods end themselves should nobody be left to delete them.
-	deadline := o.startTimeout + 5*time.Minute
-	if args[0] != "check" {
-		deadline = 0
-		if o.duration > 0 {
-			deadline = o.duration + o.startTimeout + 2*time.Minute
-		}
-	}
-	env := map[string]string{}
-	if o.output == "text" && output.UseColor(o.noColor, isTerminal(o.stdout)) {
-		env[output.ForceColor] = "1"
-	}
+func (o *pluginOptions) runOn(ctx context.Context, api *resolve.API, nodes []string, spec debugpod.Spec, intro string) error {
 	r := &debugpod.Runner{Client: api.Client, Stream: api.Streaming(), StartTimeout: o.startTimeout, Drain: 15 * time.Second,
 		Created: func(p *corev1.Pod) {
 			fmt.Fprintf(o.stderr, "svctrace: debug pod %s/%s on node %s, image %s\n", p.Namespace, p.Name, p.Spec.NodeName, p.Spec.Containers[0].Image)
 		}}
-	spec := func(node string) debugpod.Spec {
-		return debugpod.Spec{Namespace: o.podNamespace, Node: node, Image: image, Args: args, ServiceAccount: o.account, Deadline: deadline, Env: env}
+	on := func(node string) debugpod.Spec {
+		s := spec
+		s.Node = node
+		return s
 	}
-	if err := r.Admit(ctx, spec(nodes[0])); err != nil {
+	if err := r.Admit(ctx, on(nodes[0])); err != nil {
 		return err
 	}
 	fmt.Fprintf(o.stderr, "svctrace: %s\n", intro)
@@ -346,7 +351,7 @@ func (o *pluginOptions) runOn(ctx context.Context, api *resolve.API, nodes []str
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, err := r.Run(ctx, spec(node), m.sink(node))
+			res, err := r.Run(ctx, on(node), m.sink(node))
 			switch {
 			case err != nil:
 				errs[i] = err

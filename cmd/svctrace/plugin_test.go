@@ -82,3 +82,30 @@ func TestReadyNode(t *testing.T) {
 		t.Errorf("readyNode = %q, want c (a is not Ready, b is cordoned)", got)
 	}
 }
+
+func TestPluginPodSpec(t *testing.T) {
+	o := &pluginOptions{globals: &globals{output: "text", stdout: &bytes.Buffer{}}, namespace: "shop", podNamespace: "svctrace",
+		account: "default", startTimeout: 2 * time.Minute, timeout: 5 * time.Second}
+	t.Setenv("SVCTRACE_IMAGE", "registry.example/svctrace:v2")
+	for _, tc := range []struct {
+		check    bool
+		duration time.Duration
+		image    string
+		deadline time.Duration
+		want     string
+	}{
+		// A check ends quickly: the Pod gets the start's time and 5 minutes.
+		{check: true, deadline: 7 * time.Minute, want: "registry.example/svctrace:v2"},
+		{duration: time.Hour, image: "mine:1", deadline: time.Hour + 4*time.Minute, want: "mine:1"},
+		{want: "registry.example/svctrace:v2"}, // --duration 0: until Ctrl-C, no deadline
+	} {
+		o.duration, o.image = tc.duration, tc.image
+		s := o.podSpec("web", tc.check)
+		if s.Deadline != tc.deadline || s.Image != tc.want || s.Namespace != "svctrace" || s.ServiceAccount != "default" {
+			t.Errorf("check %v, duration %s, --image %q: %+v; want deadline %s, image %s", tc.check, tc.duration, tc.image, s, tc.deadline, tc.want)
+		}
+		if len(s.Env) > 0 {
+			t.Errorf("env %v for output that is no terminal", s.Env)
+		}
+	}
+}
