@@ -223,14 +223,10 @@ func (o *pluginOptions) pickNodes(ctx context.Context, api *resolve.API, v *reso
 		}
 		return slices.Compact(slices.Sorted(slices.Values(o.nodes))), "as asked", nil
 	}
-	if o.from != "" {
-		ns, name := o.namespace, strings.TrimPrefix(o.from, "pod/")
-		if n, rest, ok := strings.Cut(name, "/"); ok {
-			ns, name = n, rest
-		}
+	if ns, name, ok := fromPod(o.from, o.namespace); ok {
 		pod, err := api.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
-			return nil, "", fmt.Errorf("pod %s/%s not found: check the name and -n (kubectl get pods -n %s)", ns, name, ns)
+			return nil, "", podNotFound(ns, name)
 		}
 		if err != nil {
 			return nil, "", fmt.Errorf("pod %s/%s: %s", ns, name, firstLine(err.Error()))
@@ -240,7 +236,7 @@ func (o *pluginOptions) pickNodes(ctx context.Context, api *resolve.API, v *reso
 		}
 		return []string{pod.Spec.NodeName}, fmt.Sprintf("where pod %s/%s runs", ns, name), nil
 	}
-	nodes := endpointNodes(v)
+	nodes := slices.Sorted(slices.Values(v.EndpointNodes()))
 	switch {
 	case len(nodes) > maxNodes:
 		return nil, "", fmt.Errorf("the endpoints of %s run on %d nodes: rather than a privileged Pod on each, pick with --node (comma-separated), or follow one client with --from pod/NAME",
@@ -267,20 +263,6 @@ func (o *pluginOptions) pickNodes(ctx context.Context, api *resolve.API, v *reso
 
 func hasEndpoints(v *resolve.View) bool {
 	return slices.ContainsFunc(v.Slices, func(sl discoveryv1.EndpointSlice) bool { return len(sl.Endpoints) > 0 })
-}
-
-// endpointNodes are the nodes the Service's endpoints run on, by name.
-func endpointNodes(v *resolve.View) []string {
-	var nodes []string
-	for _, sl := range v.Slices {
-		for _, ep := range sl.Endpoints {
-			if ep.NodeName != nil && *ep.NodeName != "" {
-				nodes = append(nodes, *ep.NodeName)
-			}
-		}
-	}
-	slices.Sort(nodes)
-	return slices.Compact(nodes)
 }
 
 // readyNode is the first Ready, schedulable node by name, or "".

@@ -63,11 +63,7 @@ func (o *serviceOptions) prober(ctx context.Context, src resolve.Source, node tr
 	if len(p.to) == 0 {
 		return nil, fmt.Errorf("%s has no ClusterIP with a TCP or UDP port to probe (headless or ExternalName): trace its clients' traffic instead, without --probe", svc)
 	}
-	if name, ok := strings.CutPrefix(o.from, "pod/"); ok {
-		ns := o.namespace
-		if n, rest, ok := strings.Cut(name, "/"); ok {
-			ns, name = n, rest
-		}
+	if ns, name, ok := fromPod(o.from, o.namespace); ok {
 		pod, err := findPod(ctx, src, ns, name)
 		if err != nil {
 			return nil, err
@@ -89,6 +85,21 @@ func (o *serviceOptions) prober(ctx context.Context, src resolve.Source, node tr
 	return p, nil
 }
 
+// fromPod reads --from pod/NAME (in namespace ns) or pod/NAMESPACE/NAME;
+// ok is false for anything else.
+func fromPod(from, ns string) (podNS, name string, ok bool) {
+	name, ok = strings.CutPrefix(from, "pod/")
+	if n, rest, found := strings.Cut(name, "/"); found {
+		return n, rest, ok
+	}
+	return ns, name, ok
+}
+
+// podNotFound says so, with the next step.
+func podNotFound(ns, name string) error {
+	return fmt.Errorf("pod %s/%s not found: check the name and -n (kubectl get pods -n %s)", ns, name, ns)
+}
+
 // findPod finds one Pod by name.
 func findPod(ctx context.Context, src resolve.Source, ns, name string) (*corev1.Pod, error) {
 	var found *corev1.Pod
@@ -101,7 +112,7 @@ func findPod(ctx context.Context, src resolve.Source, ns, name string) (*corev1.
 		return nil, fmt.Errorf("looking for pod %s/%s: %w", ns, name, err)
 	}
 	if found == nil {
-		return nil, fmt.Errorf("pod %s/%s not found: check the name and -n (kubectl get pods -n %s)", ns, name, ns)
+		return nil, podNotFound(ns, name)
 	}
 	return found, nil
 }

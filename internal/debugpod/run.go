@@ -110,7 +110,7 @@ func (r *Runner) follow(ctx context.Context, pod *corev1.Pod, line func(string))
 	rc, err := r.Stream.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: Container, Follow: true}).Stream(ctx)
 	if err != nil {
 		return fmt.Errorf("reading the output of debug pod %s/%s on node %s: %s (is the node's kubelet reachable from the API server? kubectl logs -n %s %s)",
-			pod.Namespace, pod.Name, pod.Spec.NodeName, oneLine(err), pod.Namespace, pod.Name)
+			pod.Namespace, pod.Name, pod.Spec.NodeName, oneLine(err.Error()), pod.Namespace, pod.Name)
 	}
 	defer rc.Close()
 	sc := bufio.NewScanner(rc)
@@ -119,7 +119,7 @@ func (r *Runner) follow(ctx context.Context, pod *corev1.Pod, line func(string))
 		line(sc.Text())
 	}
 	if err := sc.Err(); err != nil && ctx.Err() == nil {
-		return fmt.Errorf("reading the output of debug pod %s/%s: %s", pod.Namespace, pod.Name, oneLine(err))
+		return fmt.Errorf("reading the output of debug pod %s/%s: %s", pod.Namespace, pod.Name, oneLine(err.Error()))
 	}
 	return nil
 }
@@ -138,7 +138,7 @@ func (r *Runner) exitCode(ctx context.Context, pod *corev1.Pod) (int, error) {
 		return false, nil
 	})
 	if err != nil {
-		return -1, fmt.Errorf("debug pod %s/%s: svctrace's output ended, but its exit status did not come: %s", pod.Namespace, pod.Name, oneLine(err))
+		return -1, fmt.Errorf("debug pod %s/%s: svctrace's output ended, but its exit status did not come: %s", pod.Namespace, pod.Name, oneLine(err.Error()))
 	}
 	return code, nil
 }
@@ -163,7 +163,7 @@ func (r *Runner) waitStarted(ctx context.Context, pod *corev1.Pod) error {
 		return fmt.Errorf("debug pod %s/%s did not start on node %s within %s (%s): is the node Ready? kubectl describe pod -n %s %s, or wait longer with --pod-running-timeout",
 			pod.Namespace, pod.Name, pod.Spec.NodeName, r.StartTimeout, describe(last), pod.Namespace, pod.Name)
 	}
-	return fmt.Errorf("waiting for debug pod %s/%s: %s", pod.Namespace, pod.Name, oneLine(err))
+	return fmt.Errorf("waiting for debug pod %s/%s: %s", pod.Namespace, pod.Name, oneLine(err.Error()))
 }
 
 // until watches the Pod until cond holds (or fails), from its state now.
@@ -220,10 +220,10 @@ func started(p *corev1.Pod) (bool, error) {
 		switch w.Reason {
 		case "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull":
 			return false, &StartError{Pod: p, msg: fmt.Sprintf("node %s cannot pull image %s (%s: %s): build it from the Dockerfile, push it where the nodes can pull it, and pass --image (or set SVCTRACE_IMAGE)",
-				p.Spec.NodeName, cs.Image, w.Reason, oneLine(errors.New(w.Message)))}
+				p.Spec.NodeName, cs.Image, w.Reason, oneLine(w.Message))}
 		case "CreateContainerConfigError", "CreateContainerError", "RunContainerError":
 			return false, &StartError{Pod: p, msg: fmt.Sprintf("%s cannot start svctrace (%s: %s): kubectl describe pod -n %s %s",
-				where, w.Reason, oneLine(errors.New(w.Message)), p.Namespace, p.Name)}
+				where, w.Reason, oneLine(w.Message), p.Namespace, p.Name)}
 		}
 	}
 	if p.Status.Phase == corev1.PodFailed {
@@ -262,7 +262,7 @@ func describe(p *corev1.Pod) string {
 		parts = append(parts, "no status from the node's kubelet yet")
 	}
 	if p.Status.Message != "" {
-		parts = append(parts, oneLine(errors.New(p.Status.Message)))
+		parts = append(parts, oneLine(p.Status.Message))
 	}
 	return strings.Join(parts, ", ")
 }
@@ -275,7 +275,7 @@ func (r *Runner) delete(ns, name string) error {
 	if err == nil || apierrors.IsNotFound(err) {
 		return nil
 	}
-	return fmt.Errorf("debug pod %s/%s could not be deleted (%s): delete it yourself: kubectl delete pod -n %s %s", ns, name, oneLine(err), ns, name)
+	return fmt.Errorf("debug pod %s/%s could not be deleted (%s): delete it yourself: kubectl delete pod -n %s %s", ns, name, oneLine(err.Error()), ns, name)
 }
 
 // Admit asks the API server whether it would create the debug Pod for s
@@ -295,7 +295,7 @@ var podSecurityLevel = regexp.MustCompile(`violates PodSecurity "([^"]+)"`)
 
 // createError explains why the API server refused the debug Pod.
 func createError(err error, s Spec) error {
-	msg := oneLine(err)
+	msg := oneLine(err.Error())
 	switch {
 	case apierrors.IsForbidden(err) && strings.Contains(msg, "PodSecurity"):
 		level := "a level below privileged"
@@ -315,7 +315,7 @@ func createError(err error, s Spec) error {
 	return fmt.Errorf("creating the debug pod on node %s in namespace %s: %s", s.Node, s.Namespace, msg)
 }
 
-// oneLine is an error's message on one line.
-func oneLine(err error) string {
-	return strings.Join(strings.Fields(err.Error()), " ")
+// oneLine is a message on one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
 }

@@ -94,6 +94,20 @@ const (
 	maxLookups    = 64 // Nodes fetched one by one
 )
 
+// EndpointNodes are the nodes the Service's endpoints run on, each once,
+// in the order the EndpointSlices name them.
+func (v *View) EndpointNodes() []string {
+	nodes := []string{}
+	for _, sl := range v.Slices {
+		for _, ep := range sl.Endpoints {
+			if ep.NodeName != nil && *ep.NodeName != "" && !slices.Contains(nodes, *ep.NodeName) {
+				nodes = append(nodes, *ep.NodeName)
+			}
+		}
+	}
+	return nodes
+}
+
 // Gather reads the Service ns/name and the objects around it.
 func Gather(ctx context.Context, src Source, ns, name string, local LocalNode) (*View, error) {
 	svc, err := src.Service(ctx, ns, name)
@@ -137,14 +151,7 @@ func Gather(ctx context.Context, src Source, ns, name string, local LocalNode) (
 			}
 		}
 	}
-	nodes := []string{}
-	for _, sl := range v.Slices {
-		for _, ep := range sl.Endpoints {
-			if ep.NodeName != nil && !slices.Contains(nodes, *ep.NodeName) {
-				nodes = append(nodes, *ep.NodeName)
-			}
-		}
-	}
+	nodes := v.EndpointNodes()
 	if local.Name != "" {
 		nodes = append(nodes, local.Name)
 	}
