@@ -110,8 +110,7 @@ func (o *analyzeOptions) filter() (func(*flow.Conn) bool, error) {
 }
 
 func (o *analyzeOptions) run(path string) error {
-	keep, err := o.filter()
-	if err != nil {
+	if _, err := o.filter(); err != nil {
 		return err
 	}
 	switch o.output {
@@ -125,11 +124,28 @@ func (o *analyzeOptions) run(path string) error {
 	default:
 		return fmt.Errorf("unknown output format %q: use -o text, json or pcapng", o.output)
 	}
-	rec, err := record.ReadFile(path)
-	var fe *record.FormatError
-	if errors.As(err, &fe) {
-		return fmt.Errorf("%w; is it a recording made with svctrace -w?", err)
+	rec, corrupt := record.ReadFile(path)
+	if rec == nil {
+		var fe *record.FormatError
+		if errors.As(corrupt, &fe) {
+			return fmt.Errorf("%w; is it a recording made with svctrace -w?", corrupt)
+		}
+		return corrupt
 	}
+	// corrupt, if set, is where the recording stops making sense: what
+	// precedes it is analysed, and the exit status says it was not all.
+	if err := o.analyze(path, rec); err != nil {
+		return err
+	}
+	if corrupt != nil {
+		return fmt.Errorf("%w: the %d records before it were analysed", corrupt, len(rec.Entries))
+	}
+	return nil
+}
+
+// analyze prints a recording read.
+func (o *analyzeOptions) analyze(path string, rec *record.Recording) error {
+	keep, err := o.filter()
 	if err != nil {
 		return err
 	}
@@ -164,11 +180,27 @@ func (o *analyzeOptions) run(path string) error {
 	var labAs map[string]*diagnose.Assessment
 	switch m.Mode {
 	case "service":
-		opts.Name = func(a netip.AddrPort) string { return cur.Explainer.Name(a) }
-		opts.Explain = func(c *flow.Conn) diagnose.Explanation { return cur.Explainer.Explain(c) }
+		// Without the Service's objects (a recording cut right after its
+		// first record), connections go unnamed.
+		opts.Name = func(a netip.AddrPort) string {
+			if cur == nil {
+				return ""
+			}
+			return cur.Explainer.Name(a)
+		}
+		opts.Explain = func(c *flow.Conn) diagnose.Explanation {
+			if cur == nil {
+				return diagnose.Explanation{}
+			}
+			return cur.Explainer.Explain(c)
+		}
 	case "lab":
 		if lr, labAs, err = readLab(rec, names); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
+		}
+		if lr == nil {
+			fmt.Fprintln(o.stderr, "svctrace: note: the recording ends before the lab's scenarios: its connections are shown without them")
+			break
 		}
 		var ss []lab.Scenario
 		for _, r := range lr.Results {
@@ -233,7 +265,7 @@ func (o *analyzeOptions) run(path string) error {
 			i++
 		}
 		if cur == nil {
-			return fmt.Errorf("%s: a Service recording without the Service's objects: corrupt", path)
+			fmt.Fprintln(o.stderr, "svctrace: note: the recording ends before the Service's objects: its connections are shown without names")
 		}
 	}
 
@@ -255,7 +287,7 @@ func (o *analyzeOptions) run(path string) error {
 			IfName:    func(i uint32) string { return ifNames[i] }},
 		Count: m.Count,
 		Conn: func(c *flow.Conn, lost uint64) {
-			if m.Mode == "lab" {
+			if lr != nil {
 				conns = append(conns, c) // printed by scenario at the end, as live
 				return
 			}
@@ -267,7 +299,7 @@ func (o *analyzeOptions) run(path string) error {
 		},
 		Lost: p.Lost,
 	}, next)
-	if m.Mode == "lab" {
+	if lr != nil {
 		results := make([]lab.Result, len(lr.Results))
 		for i, r := range lr.Results {
 			results[i] = lab.Result{Scenario: r.Scenario, Client: r.Client}
@@ -281,7 +313,7 @@ func (o *analyzeOptions) run(path string) error {
 		}
 		// A scenario whose verdict differed was reported live; here it is
 		// only what the recording holds.
-		if err := printLab(o.globals, p, lr.Run, results, labAs, res); err != nil && !errors.Is(err, errSilent) {
+		if err := printLab(o.globals, p, lr.Run, results, labAs, res, true); err != nil && !errors.Is(err, errSilent) {
 			return err
 		}
 		output.WriteAnalysis(p, &an)
@@ -322,19 +354,23 @@ func recordedFacts(f diagnose.NodeFacts) record.Rules {
 }
 
 // readLab reads a lab recording's scenarios and objects, and diagnoses
-// each scenario's Service as the live run did.
+// each scenario's Service as the live run did; nil if the recording ends
+// before them. Its lab records come in two: what the lab is, when tracing
+// began, and what its clients saw, at the end.
 func readLab(rec *record.Recording, names map[netip.Addr]string) (*labRecord, map[string]*diagnose.Assessment, error) {
 	var lr *labRecord
 	for _, e := range rec.Entries {
 		if e.Type == record.TypeLab {
-			lr = &labRecord{}
+			if lr == nil {
+				lr = &labRecord{}
+			}
 			if err := json.Unmarshal(e.Lab, lr); err != nil {
 				return nil, nil, fmt.Errorf("byte %d: lab record: %w", e.Offset, err)
 			}
 		}
 	}
 	if lr == nil {
-		return nil, nil, errors.New("a lab recording without its scenarios (it ends before the lab did)")
+		return nil, nil, nil
 	}
 	as := map[string]*diagnose.Assessment{}
 	for _, r := range lr.Results {

@@ -185,6 +185,12 @@ func checkPcapNG(t *testing.T, file string) {
 	if !preDNAT || !dnat || !rejected {
 		t.Errorf("tshark shows pre-DNAT %v, DNAT %v, rejected %v:\n%s", preDNAT, dnat, rejected, b)
 	}
+	// Each packet says how long it was: the headers kept are a truncated
+	// packet, not a malformed one.
+	b, err = exec.Command(tshark, "-r", pcap, "-Y", "_ws.malformed || _ws.expert.severity == error", "-T", "fields", "-e", "frame.number", "-e", "_ws.expert.message").Output()
+	if err != nil || strings.TrimSpace(string(b)) != "" {
+		t.Errorf("tshark finds malformed packets (%v):\n%s", err, b)
+	}
 }
 
 // The same for svctrace SERVICE: the diagnosis, names and blame come back

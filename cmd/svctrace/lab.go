@@ -70,14 +70,20 @@ doubles as a self-test of svctrace on this kernel.`,
 	o.rec.add(cmd.Flags())
 	cmd.AddCommand(&cobra.Command{
 		Use:   "cleanup [ID]",
-		Short: "Remove a lab left up with --keep (or by a crash); without ID, every lab",
-		Example: `  sudo svctrace lab cleanup          # every lab
+		Short: "Remove a lab left up with --keep (or by a crash); without ID, every lab not in use",
+		Long: `Remove a lab left up with svctrace lab --keep, or by a crash: stop its Pod servers and delete
+its network namespaces. A lab whose svctrace is still running is left alone. Without ID,
+every lab not in use is removed.`,
+		Example: `  sudo svctrace lab cleanup          # every lab not in use
   sudo svctrace lab cleanup 4f2a9c   # the lab whose id svctrace lab --keep printed`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := ""
 			if len(args) == 1 {
-				id = args[0]
+				var err error
+				if id, err = lab.ParseID(args[0]); err != nil {
+					return err
+				}
 			}
 			removed, err := lab.Cleanup(id)
 			for _, n := range removed {
@@ -86,16 +92,22 @@ doubles as a self-test of svctrace on this kernel.`,
 			if len(removed) == 0 && err == nil {
 				fmt.Fprintln(g.stdout, "no lab to remove")
 			}
-			return err
+			if err != nil {
+				// One line per lab that could not be removed.
+				return errors.New(strings.ReplaceAll(err.Error(), "\n", "; "))
+			}
+			return nil
 		},
 	})
 	return cmd
 }
 
 func (o *labOptions) run(ctx context.Context) error {
+	if err := o.rec.validate(); err != nil {
+		return err
+	}
 	if old := lab.List(); len(old) > 0 {
-		fmt.Fprintf(o.stderr, "note: %d lab(s) from earlier runs are still up (%s); `svctrace lab cleanup` removes them\n",
-			len(old), strings.Join(old, ", "))
+		fmt.Fprintf(o.stderr, "note: %s; `svctrace lab cleanup` removes those not in use\n", lab.Describe(old))
 	}
 	start := time.Now()
 	l, err := lab.Up(lab.Options{Keep: o.keep})
@@ -132,43 +144,52 @@ func (o *labOptions) run(ctx context.Context) error {
 		Logf: o.logf, Lost: p.Lost}
 	if w != nil {
 		defer w.Close(record.End{}) // on an error; a clean end closes first
-		m := startMeta("lab", tracer.Info{NetNS: l.Node}, l.Targets(), o.timeout, 0, clock)
-		m.Node = lab.NodeName
-		w.Meta(m)
-		w.Services(l.Targets())
+		o.watch(w)
 		ropts.Journal = w
+		// What the lab is goes first, so that a recording cut anywhere
+		// analyses up to where it ends.
+		ropts.Started = func(info tracer.Info) {
+			m := startMeta("lab", info, l.Targets(), o.timeout, 0, clock)
+			m.Node = lab.NodeName
+			w.Begin(m)
+			w.Services(l.Targets())
+			recordLab(w, l, newLabRun(l, info), facts, as)
+		}
 	}
 	results, info, res, err := l.Run(ctx, ropts)
 	if err != nil {
 		return err
 	}
-	if ctx.Err() != nil {
-		return errors.New("interrupted")
-	}
-	run := labRun{ID: l.ID, Node: l.Node.Spec, Backend: info.Backend, Links: info.Links, Drops: info.Drops}
-	if w == nil {
-		return printLab(o.globals, p, run, results, as, res)
-	}
-	recordLab(w, l, run, facts, as, results)
-	w.Conntrack(record.ConntrackSnapshot(l.Node, l.Targets()))
-	// Names looked up while printing go into the recording too.
-	for _, a := range as {
-		lookup := a.Explainer.Lookup
-		a.Explainer.Lookup = func(ip netip.Addr) string {
-			n := lookup(ip)
-			w.Name(record.Name{Addr: ip, Name: n})
-			return n
+	interrupted := ctx.Err() != nil
+	run := newLabRun(l, info)
+	if w != nil {
+		w.Lab(labClients{Results: labResults(results)})
+		w.Conntrack(record.ConntrackSnapshot(l.Node, l.Targets()))
+		// Names looked up while printing go into the recording too.
+		for _, a := range as {
+			lookup := a.Explainer.Lookup
+			a.Explainer.Lookup = func(ip netip.Addr) string {
+				n := lookup(ip)
+				w.Name(record.Name{Addr: ip, Name: n})
+				return n
+			}
 		}
 	}
-	err = printLab(o.globals, p, run, results, as, res)
-	if cerr := w.Close(record.End{Conns: res.Conns}); cerr != nil {
-		return cerr
+	err = printLab(o.globals, p, run, results, as, res, !interrupted)
+	if w != nil {
+		if cerr := w.Close(record.End{Conns: res.Conns}); cerr != nil && err == nil {
+			err = cerr
+		}
+	}
+	if interrupted && err == nil {
+		err = errors.New("interrupted: the scenarios still running are shown as far as they got")
 	}
 	return err
 }
 
-// labRecord is what a lab recording holds besides the events: what the
-// lab printed around the connections, and the objects that explain them.
+// labRecord is what a lab recording holds besides the events, right after
+// its first record: what the lab printed around the connections, and the
+// objects that explain them. labClients follows at the end.
 type labRecord struct {
 	Run     labRun                   `json:"run"`
 	Results []labResult              `json:"results"`
@@ -176,16 +197,30 @@ type labRecord struct {
 	Rules   record.Rules             `json:"rules"`
 }
 
+// labClients is the lab record written at the end: what each scenario's
+// client saw. Read into a labRecord, it fills in its results.
+type labClients struct {
+	Results []labResult `json:"results"`
+}
+
 type labResult struct {
 	Scenario lab.Scenario `json:"scenario"`
 	Client   string       `json:"client"`
 }
 
-func recordLab(w *record.Writer, l *lab.Lab, run labRun, facts diagnose.NodeFacts, as map[string]*diagnose.Assessment, results []lab.Result) {
-	lr := labRecord{Run: run, Views: map[string]*resolve.View{}, Rules: recordedFacts(facts)}
+func labResults(results []lab.Result) []labResult {
+	var out []labResult
 	for _, r := range results {
-		lr.Results = append(lr.Results, labResult{Scenario: r.Scenario, Client: r.Client})
-		lr.Views[r.Scenario.Name] = as[r.Scenario.Name].View
+		out = append(out, labResult{Scenario: r.Scenario, Client: r.Client})
+	}
+	return out
+}
+
+func recordLab(w *record.Writer, l *lab.Lab, run labRun, facts diagnose.NodeFacts, as map[string]*diagnose.Assessment) {
+	lr := labRecord{Run: run, Views: map[string]*resolve.View{}, Rules: recordedFacts(facts)}
+	for _, s := range l.Scenarios {
+		lr.Results = append(lr.Results, labResult{Scenario: s})
+		lr.Views[s.Name] = as[s.Name].View
 	}
 	w.Lab(lr)
 	tracer.InNetNS(l.Node, func() error {
@@ -201,6 +236,10 @@ func recordLab(w *record.Writer, l *lab.Lab, run labRun, facts diagnose.NodeFact
 type labRun struct {
 	ID, Node, Backend, Drops string
 	Links                    int
+}
+
+func newLabRun(l *lab.Lab, info tracer.Info) labRun {
+	return labRun{ID: l.ID, Node: l.Node.Spec, Backend: info.Backend, Links: info.Links, Drops: info.Drops}
 }
 
 // labNames names addresses and explains connections from the scenarios'
@@ -220,8 +259,9 @@ func labNames(ss []lab.Scenario, as map[string]*diagnose.Assessment) (func(netip
 }
 
 // printLab prints a lab run, scenario by scenario: its header (text), its
-// Service's diagnosis and its connections; then the summary.
-func printLab(g *globals, p output.Printer, run labRun, results []lab.Result, as map[string]*diagnose.Assessment, res live.Result) error {
+// Service's diagnosis and its connections; then the summary. With check,
+// a scenario whose verdict is not the expected one is an error.
+func printLab(g *globals, p output.Printer, run labRun, results []lab.Result, as map[string]*diagnose.Assessment, res live.Result, check bool) error {
 	if g.output == "text" {
 		fmt.Fprintf(g.stdout, "lab %s: node %s, traced with %s (%d %s, drops: %s)\n\n",
 			run.ID, run.Node, run.Backend, run.Links, probesWord(run.Backend), orNone(run.Drops))
@@ -238,7 +278,7 @@ func printLab(g *globals, p output.Printer, run labRun, results []lab.Result, as
 			sum.Count(c)
 			p.Conn(c, res.Lost)
 		}
-		if got := r.Verdict(); got != r.Scenario.Expect {
+		if got := r.Verdict(); check && got != r.Scenario.Expect {
 			wrong = append(wrong, fmt.Sprintf("%s: expected %s, got %s", r.Scenario.Name, r.Scenario.Expect, orNone(string(got))))
 		}
 		if g.output == "text" {
@@ -252,7 +292,7 @@ func printLab(g *globals, p output.Printer, run labRun, results []lab.Result, as
 		fmt.Fprintf(g.stderr, "svctrace: %d scenario(s) did not give the expected verdict: %s\n", len(wrong), strings.Join(wrong, "; "))
 		return errSilent
 	}
-	if g.output == "text" {
+	if g.output == "text" && check {
 		fmt.Fprintf(g.stdout, "all %d scenarios gave the expected verdict\n", len(results))
 	}
 	return nil
@@ -270,7 +310,11 @@ func scenarioHeader(o *globals, r lab.Result) {
 	}
 	fmt.Fprintf(o.stdout, "━━ %s: %s\n", s.Name, s.Title)
 	fmt.Fprintf(o.stdout, "   service %s/%s %s → %s; expected: %s\n", lab.Namespace, s.Service.Name, s.VIP(), to, s.Expect)
-	fmt.Fprintf(o.stdout, "   client: %s\n", r.Client)
+	client := r.Client
+	if client == "" {
+		client = "(not recorded: the recording ends before the client did)"
+	}
+	fmt.Fprintf(o.stdout, "   client: %s\n", client)
 	if len(r.Conns) == 0 {
 		fmt.Fprintln(o.stdout, "   (the tracer saw no connection)")
 	}

@@ -11,11 +11,13 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"sync"
 	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/output"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 	"k8s.io/klog/v2"
 )
@@ -26,29 +28,107 @@ var version = "dev"
 // errSilent is returned by commands that already said what went wrong.
 var errSilent = errors.New("")
 
+// exitBrokenPipe is the exit status when standard output was closed (svctrace
+// … | head): what the shell reports for a process SIGPIPE killed, only
+// after svctrace has detached and removed what it set up.
+const exitBrokenPipe = 128 + int(syscall.SIGPIPE)
+
 func main() {
 	// A lab pod server is this binary started again in a pod's namespace.
 	lab.ServeIfChild()
 
 	// A closed pipe (svctrace … | head) must not kill svctrace before it has
-	// detached and removed what it set up: let the write fail instead.
+	// detached and removed what it set up: let the write fail instead, and
+	// stop as on Ctrl-C (stdout).
 	signal.Ignore(syscall.SIGPIPE)
 	// client-go logs its retries through klog on stderr; svctrace says
 	// what matters itself, once (a watch that fails, with --verbose more).
 	klog.SetOutput(io.Discard)
 	klog.LogToStderr(false)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	root := newRoot(os.Stdout, os.Stderr)
+	ctx, cancel := context.WithCancel(ctx)
+	out := &stdout{w: os.Stdout, broken: cancel}
+	go out.watch(os.Stdout)
+	root := newRoot(out, os.Stderr)
 	if isPlugin(os.Args[0]) {
-		root = newPlugin(os.Stdout, os.Stderr)
+		root = newPlugin(out, os.Stderr)
 	}
 	err := root.ExecuteContext(ctx)
 	stop()
+	cancel()
+	if werr := out.Err(); werr != nil {
+		if errors.Is(werr, syscall.EPIPE) {
+			os.Exit(exitBrokenPipe) // the reader is gone: nobody to tell
+		}
+		fmt.Fprintf(os.Stderr, "svctrace: writing the output: %v\n", werr)
+		os.Exit(1)
+	}
 	if err != nil {
 		if !errors.Is(err, errSilent) {
 			fmt.Fprintf(os.Stderr, "svctrace: %v\n", err)
 		}
 		os.Exit(1)
+	}
+}
+
+// stdout is standard output as the commands write to it: the first write
+// that fails (the reader of a pipe went away, a full disk) stops the run,
+// as Ctrl-C does, and every write after it fails at once.
+type stdout struct {
+	w      io.Writer
+	broken context.CancelFunc
+	mu     sync.Mutex
+	err    error
+}
+
+func (o *stdout) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil {
+		return 0, o.err
+	}
+	n, err := o.w.Write(p)
+	if err != nil {
+		o.fail(err)
+	}
+	return n, err
+}
+
+// fail keeps the first error and stops the run; o.mu is held.
+func (o *stdout) fail(err error) {
+	if o.err == nil {
+		o.err = err
+		o.broken()
+	}
+}
+
+// Err is the first write error, if any.
+func (o *stdout) Err() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.err
+}
+
+// watch notices a pipe whose reader went away while nothing is written to
+// it (a quiet trace piped into head), and stops the run: the kernel reports
+// POLLERR on the pipe's writing end. Whatever is written after that fails.
+func (o *stdout) watch(f *os.File) {
+	if st, err := f.Stat(); err != nil || st.Mode()&os.ModeNamedPipe == 0 {
+		return
+	}
+	fds := []unix.PollFd{{Fd: int32(f.Fd())}} // no events: errors only
+	for {
+		n, err := unix.Poll(fds, -1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || n == 0 {
+			return
+		}
+		if fds[0].Revents&(unix.POLLERR|unix.POLLHUP) != 0 {
+			o.broken()
+		}
+		return
 	}
 }
 

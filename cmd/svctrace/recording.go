@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -28,22 +29,72 @@ func (r *recordFlags) add(f *pflag.FlagSet) {
 	f.BoolVar(&r.everyPacket, "every-packet", false, fmt.Sprintf("report every packet at every observation point (default: a connection's first %d packets each way and its notable ones - SYN, RST, ICMP - in full, the rest counted); costs more, for a complete pcapng", tracer.QuietAfter))
 }
 
-// create opens the recording, or returns nil without -w.
-func (r *recordFlags) create() (*record.Writer, error) {
+// validate checks the recording flags before anything starts; reads are
+// the files (or directories) the same run reads, which -w must not name.
+func (r *recordFlags) validate(reads ...string) error {
 	if r.path == "" {
 		if r.maxSize != "" || r.snaplen != 0 {
-			return nil, fmt.Errorf("--max-size and --snaplen are about a recording: give one with -w FILE")
+			return fmt.Errorf("--max-size and --snaplen are about a recording: give one with -w FILE")
 		}
-		return nil, nil
+		return nil
 	}
 	if r.snaplen < 0 || r.snaplen > tracer.MaxSnaplen {
-		return nil, fmt.Errorf("invalid --snaplen %d: want 1 to %d bytes (0: headers only)", r.snaplen, tracer.MaxSnaplen)
+		return fmt.Errorf("invalid --snaplen %d: want 1 to %d bytes (0: headers only)", r.snaplen, tracer.MaxSnaplen)
+	}
+	max, err := parseSize(r.maxSize)
+	if err != nil {
+		return err
+	}
+	if err := record.CheckMaxSize(max); err != nil {
+		return err
+	}
+	for _, in := range reads {
+		if in != "" && readsInto(in, r.path) {
+			return fmt.Errorf("-w %s would overwrite %s, which this run reads: record to another file, e.g. -w trace.svctrace", r.path, in)
+		}
+	}
+	return nil
+}
+
+// readsInto reports whether writing path would change what reading in
+// reads: the same file, or a file in that directory.
+func readsInto(in, path string) bool {
+	inSt, err := os.Stat(in)
+	if err != nil {
+		return false
+	}
+	if st, err := os.Stat(path); err == nil && os.SameFile(inSt, st) {
+		return true
+	}
+	if !inSt.IsDir() {
+		return false
+	}
+	dir, err := os.Stat(filepath.Dir(path))
+	return err == nil && os.SameFile(inSt, dir)
+}
+
+// create prepares the recording, or returns nil without -w. Nothing at the
+// path changes until the recording begins (record.Writer.Begin).
+func (r *recordFlags) create() (*record.Writer, error) {
+	if r.path == "" {
+		return nil, nil
 	}
 	max, err := parseSize(r.maxSize)
 	if err != nil {
 		return nil, err
 	}
 	return record.Create(r.path, max)
+}
+
+// watch reports, on stderr as they happen, the recording's size bound and
+// its first failed write.
+func (g *globals) watch(w *record.Writer) {
+	w.Truncated = func(why string) {
+		fmt.Fprintf(g.stderr, "svctrace: warning: %s; recording stopped, tracing goes on\n", why)
+	}
+	w.Failed = func(err error) {
+		fmt.Fprintf(g.stderr, "svctrace: error: %v; tracing goes on, the recording ends here\n", err)
+	}
 }
 
 // parseSize reads 1048576, 512K, 100M or 2G (powers of 1024).

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -132,6 +133,9 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 		return fmt.Errorf("unknown output format %q: use -o text or -o json", o.output)
 	}
 	if err := o.checkProbeFlags(); err != nil {
+		return err
+	}
+	if err := o.rec.validate(o.reads()...); err != nil {
 		return err
 	}
 	ns, err := tracer.ResolveNetNS(o.netns)
@@ -289,6 +293,17 @@ func (o *serviceOptions) source(ctx context.Context) (resolve.Source, error) {
 	}
 	o.logf("objects from %s", api.Describe())
 	return api, nil
+}
+
+// reads are the files the run reads its objects or credentials from.
+func (o *serviceOptions) reads() []string {
+	if o.objects != "" {
+		return []string{o.objects}
+	}
+	if o.kubeconfig != "" {
+		return []string{o.kubeconfig}
+	}
+	return append(filepath.SplitList(os.Getenv(clientcmd.RecommendedConfigPathEnvVar)), clientcmd.RecommendedHomeFile)
 }
 
 // defaultNamespace is the kubeconfig context's namespace, like kubectl.

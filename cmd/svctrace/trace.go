@@ -82,7 +82,7 @@ func (o *traceOptions) validate() error {
 	if o.output != "text" && o.output != "json" {
 		return fmt.Errorf("unknown output format %q: use -o text or -o json", o.output)
 	}
-	return nil
+	return o.rec.validate()
 }
 
 // parseTarget reads IP:PORT[/proto] ([IPv6]:PORT for IPv6).
@@ -138,9 +138,11 @@ type session struct {
 	// started runs once the observers are attached (watches that re-feed
 	// the targets).
 	started func(ctx context.Context, tr *tracer.Tracer)
-	// rec, if set, records the trace (-w); mode and meta say what to put
-	// in its first record, recordState what follows it (the Service's
-	// objects and the node's rules).
+	// rec, if set, records the trace (-w): it begins once the observers
+	// are attached, and is closed (removed if it never began) when trace
+	// returns. mode and meta say what to put in its first record,
+	// recordState what follows it (the Service's objects and the node's
+	// rules).
 	rec         *record.Writer
 	snaplen     int
 	everyPacket bool
@@ -152,13 +154,13 @@ type session struct {
 // trace attaches, prints each connection as it completes and a summary at
 // the end.
 func (g *globals) trace(ctx context.Context, s session) error {
+	if s.rec != nil {
+		defer s.rec.Close(record.End{}) // on an error; a clean end closes first
+	}
 	start := time.Now()
 	tr, err := tracer.Open(tracer.Options{NetNS: s.netns, Targets: s.targets, Backend: g.backend, Snaplen: s.snaplen,
 		EveryPacket: s.everyPacket, CountEvery: tracer.CountEveryFor(s.timeout), Logf: g.logf})
 	if err != nil {
-		if s.rec != nil {
-			s.rec.Discard() // nothing was recorded: no file left behind
-		}
 		return err
 	}
 	defer tr.Close()
@@ -188,19 +190,16 @@ func (g *globals) trace(ctx context.Context, s session) error {
 	}
 	var journal live.Journal
 	if s.rec != nil {
-		defer s.rec.Close(record.End{}) // on an error; a clean end closes first
 		m := startMeta(s.mode, info, s.targets, s.timeout, s.count, clock)
 		if s.meta != nil {
 			s.meta(&m)
 		}
-		s.rec.Meta(m)
+		g.watch(s.rec)
+		s.rec.Begin(m)
 		if s.recordState != nil {
 			s.recordState()
 		}
 		s.rec.Conntrack(record.ConntrackSnapshot(info.NetNS, s.targets))
-		s.rec.Truncated = func(why string) {
-			fmt.Fprintf(g.stderr, "svctrace: warning: %s; recording stopped, tracing goes on\n", why)
-		}
 		flowOpts.IfName = recordingIfNames(info.NetNS, s.rec)
 		journal = s.rec
 	}

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/svctrace/svctrace/internal/flow"
@@ -227,6 +226,8 @@ type Lab struct {
 	Left     []string
 	servers  []*Server
 	ipv4Only bool // the machine has no IPv6 (or no ip6tables)
+	// owner is the lab's lock file, locked while this process runs it.
+	owner *os.File
 }
 
 // noIPv6 says why the lab cannot be dual-stack here, or "".
@@ -273,6 +274,9 @@ func Up(opts Options) (l *Lab, err error) {
 			}
 		}
 		l.Scenarios = slices.DeleteFunc(l.Scenarios, func(s Scenario) bool { return s.VIP().Addr().Is6() })
+	}
+	if l.owner, err = claim(l.ID); err != nil {
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
@@ -436,32 +440,13 @@ func (l *Lab) Down() error {
 		s.Stop()
 	}
 	l.servers = nil
-	_, err := Cleanup(l.ID)
-	return err
-}
-
-// List returns the ids of the labs that are up.
-func List() []string {
-	var ids []string
-	seen := map[string]bool{}
-	for _, n := range topo.List(Prefix) {
-		id, _, _ := strings.Cut(strings.TrimPrefix(n, Prefix), "-")
-		if !seen[id] {
-			seen[id] = true
-			ids = append(ids, id)
+	_, err := remove(l.ID)
+	if l.owner != nil {
+		if err == nil {
+			os.Remove(l.owner.Name())
 		}
+		l.owner.Close()
+		l.owner = nil
 	}
-	return ids
-}
-
-// Cleanup removes the lab with this id, or every lab if id is empty: kills
-// the processes in its namespaces and deletes the namespaces. It returns the
-// namespaces it removed.
-func Cleanup(id string) ([]string, error) {
-	prefix := Prefix
-	if id != "" {
-		prefix += id + "-"
-	}
-	names := topo.List(prefix)
-	return names, topo.Remove(names)
+	return err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -255,18 +256,51 @@ func TestTracingChangesNothing(t *testing.T) {
 	}
 }
 
-// A failed bring-up leaves nothing behind.
-func TestCleanupRemovesEverything(t *testing.T) {
+// Cleanup never touches a lab whose svctrace still runs, rejects what
+// cannot be a lab id, and removes a lab kept (or left) by a process that is
+// gone; Down leaves nothing behind.
+func TestCleanupLeavesLabsInUse(t *testing.T) {
 	l := up(t)
-	ids := List()
-	if !slices.Contains(ids, l.ID) {
-		t.Fatalf("List() = %v, want it to contain %s", ids, l.ID)
+	if ls := List(); !slices.Contains(ls, Listed{ID: l.ID, PID: os.Getpid()}) {
+		t.Fatalf("List() = %v, want %s in use by pid %d", ls, l.ID, os.Getpid())
 	}
-	if err := l.Down(); err != nil {
-		t.Fatal(err)
+	for _, id := range []string{l.ID, ""} {
+		removed, err := Cleanup(id)
+		if !errors.Is(err, ErrInUse) || len(removed) > 0 || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
+			t.Errorf("Cleanup(%q) of a lab in use: removed %v, %v", id, removed, err)
+		}
+	}
+	if left := topo.List(Prefix + l.ID + "-"); len(left) != len(l.Pods)+3 {
+		t.Fatalf("namespaces of the lab in use: %v", left)
+	}
+	for _, bad := range []string{"*", "../../etc", "4F2A9C", "4f2a9", ""} {
+		if bad == "" {
+			continue
+		}
+		if _, err := Cleanup(bad); err == nil || !strings.Contains(err.Error(), "invalid lab id") {
+			t.Errorf("Cleanup(%q): %v", bad, err)
+		}
+	}
+	if _, err := Cleanup("abcdef"); err == nil || !strings.Contains(err.Error(), "no lab abcdef is up") {
+		t.Errorf("Cleanup of a lab that is not up: %v", err)
+	}
+
+	// The lab's process is gone (as after svctrace lab --keep): its lock
+	// is free, its servers run on.
+	l.owner.Close()
+	l.owner = nil
+	if ls := List(); !slices.Contains(ls, Listed{ID: l.ID}) {
+		t.Fatalf("List() = %v, want %s not in use", ls, l.ID)
+	}
+	removed, err := Cleanup(Prefix + l.ID + "-node")
+	if err != nil || len(removed) != len(l.Pods)+3 {
+		t.Fatalf("Cleanup of a kept lab: removed %v, %v", removed, err)
 	}
 	if left := topo.List(Prefix + l.ID + "-"); len(left) > 0 {
 		t.Fatalf("left behind: %v", left)
+	}
+	if _, err := os.Stat(lockPath(l.ID)); !os.IsNotExist(err) {
+		t.Errorf("lock file: %v", err)
 	}
 	for _, p := range l.Pods {
 		if _, err := os.Stat(p.NS.Path); !os.IsNotExist(err) {

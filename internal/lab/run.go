@@ -46,6 +46,9 @@ type RunOptions struct {
 	Record func(tracer.Event)
 	// Journal, if set, keeps the assembler's inputs (svctrace lab -w).
 	Journal live.Journal
+	// Started, if set, is called once the tracer is attached, before any
+	// client connects.
+	Started func(tracer.Info)
 }
 
 // Targets are the Service addresses the lab's scenarios use.
@@ -85,6 +88,9 @@ func (l *Lab) Run(ctx context.Context, opts RunOptions) ([]Result, tracer.Info, 
 		return nil, tracer.Info{}, live.Result{}, err
 	}
 	defer tr.Close()
+	if opts.Started != nil {
+		opts.Started(tr.Info())
+	}
 
 	results := make([]Result, len(l.Scenarios))
 	conns, res, err := live.Collect(ctx, tr, live.Options{Flow: l.FlowOptions(opts.Timeout), Lost: opts.Lost, Record: opts.Record, Journal: opts.Journal},

@@ -9,9 +9,11 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/svctrace/svctrace/internal/tracer"
@@ -104,7 +106,14 @@ func serve(spec serverSpec) error {
 		io.Copy(io.Discard, os.Stdin)
 		return nil
 	}
-	select {}
+	// A kept lab's server runs until it is killed (svctrace lab cleanup)
+	// or told to stop. Waiting on a signal, not on nothing: a server with
+	// no goroutine of its own (the hung one) would otherwise be all asleep,
+	// which the runtime ends as a deadlock.
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	<-stop
+	return nil
 }
 
 // echo answers every datagram with a greeting.

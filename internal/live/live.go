@@ -75,9 +75,15 @@ type item struct {
 	drained uint64
 }
 
-// Run traces until ctx is done, Count connections were seen, or Quiesce is
-// closed and nothing is left to follow. Connections still open at the end are
-// reported with what was seen of them.
+// maxDrain bounds how long Run reads on after it was told to stop, should
+// the ring buffer never be found empty.
+const maxDrain = 2 * time.Second
+
+// Run traces until ctx is done, Count connections were seen, Alive fails, or
+// Quiesce is closed and nothing is left to follow. However it stops, it first
+// reads what the kernel reported until then (the ring buffer, the reader's
+// batch), so every connection seen is reported, and connections still open
+// at the end are reported with what was seen of them.
 func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 	a := flow.New(opts.Flow)
 	var res Result
@@ -150,13 +156,27 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 			}
 		}
 	}
+
+	// Stopping: from stopAt on, Run reads on until everything the kernel
+	// reported before then is assembled (seen reaches it), or maxDrain
+	// passed, then reports every connection still followed.
+	var stopAt uint64
+	var stopErr error
+	var drained <-chan time.Time
+	done := ctx.Done()
+	halt := func(err error) {
+		if stopAt == 0 {
+			stopAt, stopErr, done = tracer.Now(), err, nil
+			drained = time.After(maxDrain)
+		}
+	}
 	finish := func() (Result, error) {
 		checkLost()
-		now := tracer.Now()
+		now := max(tracer.Now(), seen)
 		j.Flush(now)
 		emit(a.Flush(now))
 		res.Orphans = a.Orphans
-		return res, nil
+		return res, stopErr
 	}
 
 	ticker := time.NewTicker(tick)
@@ -168,6 +188,9 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 	// (on a slow machine the whole trace was, and Run reported nothing).
 	var quiesced uint64
 	for {
+		if stopAt != 0 && seen >= stopAt {
+			return finish()
+		}
 		select {
 		case batch := <-events:
 			for _, it := range batch {
@@ -182,14 +205,13 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 				}
 				j.Event(ev)
 				if emit(a.Add(ev)) {
-					return finish()
+					halt(nil)
 				}
 			}
 		case <-ticker.C:
-			if opts.Alive != nil {
+			if opts.Alive != nil && stopAt == 0 {
 				if err := opts.Alive(); err != nil {
-					res, _ := finish()
-					return res, err
+					halt(err)
 				}
 			}
 			checkLost()
@@ -197,7 +219,7 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 				j.Tick(seen)
 			}
 			if emit(a.Tick(seen)) {
-				return finish()
+				halt(nil)
 			}
 			if quiesced != 0 && seen >= quiesced && a.Active() == 0 && len(events) == 0 {
 				return finish()
@@ -210,7 +232,9 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 			}
 			res.Orphans = a.Orphans
 			return res, err
-		case <-ctx.Done():
+		case <-done:
+			halt(nil)
+		case <-drained:
 			return finish()
 		}
 	}

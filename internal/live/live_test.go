@@ -2,8 +2,10 @@ package live
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -61,5 +63,55 @@ func TestCollectWaitsForLaggingReader(t *testing.T) {
 	}
 	if len(got) != len(want) {
 		t.Errorf("%d connections, want the %d the recording holds", len(got), len(want))
+	}
+}
+
+// However a trace is stopped — Ctrl-C (ctx), Count, the namespace gone
+// (Alive) — what the kernel reported before is read and every connection
+// it holds reported, even from a reader that has handed over nothing yet.
+func TestStopReadsWhatWasReported(t *testing.T) {
+	evs, err := tracer.ReadEvents(filepath.Join("..", "flow", "testdata", "lab.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := tracer.Now()
+	for i := range evs {
+		evs[i].Time = now - 100*uint64(time.Millisecond) + (evs[i].Time - evs[0].Time)
+	}
+	opts := flow.Options{NodeNetNS: evs[0].NetNS, Timeout: 1500 * time.Millisecond}
+	want, _ := flow.Replay(evs, opts)
+	gone := errors.New("the traced network namespace was deleted")
+	for _, tc := range []struct {
+		name    string
+		count   int
+		alive   func() error
+		cancel  bool
+		wantErr error
+	}{
+		{name: "ctx", cancel: true},
+		{name: "count", count: 2},
+		{name: "alive", alive: func() error { return gone }, wantErr: gone},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := &lagging{evs: slices.Clone(evs), ready: time.Now().Add(300 * time.Millisecond)}
+			ctx, cancel := context.WithCancel(context.Background())
+			if tc.cancel {
+				cancel()
+			}
+			defer cancel()
+			var got []*flow.Conn
+			res, err := Run(ctx, src, Options{Flow: opts, Count: tc.count, Alive: tc.alive,
+				Conn: func(c *flow.Conn, _ uint64) { got = append(got, c) }})
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("error %v, want %v", err, tc.wantErr)
+			}
+			n := len(want)
+			if tc.count > 0 {
+				n = tc.count
+			}
+			if len(got) != n || res.Conns != n {
+				t.Errorf("%d connections (result %d), want %d", len(got), res.Conns, n)
+			}
+		})
 	}
 }

@@ -1,6 +1,7 @@
 package output
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"strings"
@@ -71,7 +72,7 @@ func (p *PcapNG) Conn(c *flow.Conn, _ uint64) {
 		if n := name(p.opts, s.Tuple.Dst); n != "" && strings.HasPrefix(what, "DNAT") {
 			what += " (" + n + ")"
 		}
-		ci := gopacket.CaptureInfo{CaptureLength: len(s.Data), Length: len(s.Data), InterfaceIndex: id}
+		ci := gopacket.CaptureInfo{CaptureLength: len(s.Data), Length: ipLength(s.Data), InterfaceIndex: id}
 		if p.opts.Wall != nil {
 			ci.Timestamp = p.opts.Wall(s.Time)
 		}
@@ -80,6 +81,21 @@ func (p *PcapNG) Conn(c *flow.Conn, _ uint64) {
 				Comments: []string{fmt.Sprintf("svctrace %s: %s | %s", point, what, verdict)}})
 		}
 	}
+}
+
+// ipLength is the length of the packet whose first bytes (from its IP
+// header) data holds, as its header says: readers then know what was left
+// out, rather than take the packet as malformed.
+func ipLength(data []byte) int {
+	n := 0
+	switch {
+	case len(data) >= 4 && data[0]>>4 == 4:
+		n = int(binary.BigEndian.Uint16(data[2:]))
+	case len(data) >= 6 && data[0]>>4 == 6:
+		n = 40 + int(binary.BigEndian.Uint16(data[4:]))
+	}
+	// A GSO packet's header may say 0 (IPv6 big TCP); never less than held.
+	return max(n, len(data))
 }
 
 func (p *PcapNG) Lost(uint64)         {}

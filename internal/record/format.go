@@ -3,12 +3,17 @@
 // exactly what the live run printed, on any machine.
 //
 // The file is a 16-byte header — the magic "SVCTRACE", a little-endian
-// uint16 format version, six reserved bytes — followed by records, each a
-// 9-byte frame (type uint8, payload length uint32, CRC-32 of the payload
-// uint32, little-endian) and its payload. Records are appended as the trace
-// runs, so a crash loses at most what was not yet flushed (the writer
-// flushes at every tick, 10 times a second). Readers skip record types they
-// do not know, so newer versions can add some.
+// uint16 format version, six zero bytes — followed by records, each a
+// 13-byte frame and its payload. The frame (little-endian) is the type
+// (uint8), the payload's length (uint32), the CRC-32 of those five bytes and
+// the CRC-32 of those five bytes and the payload: every byte of a record is
+// checked, and a length is trusted only once its own checksum matched, so a
+// recording cut short (a killed trace, a full disk) is told apart from a
+// corrupt one. Records are appended as the trace runs, so a crash loses at
+// most what was not yet flushed (the writer flushes at every tick, 10 times a
+// second). Readers skip record types they do not know, so newer versions can
+// add some. Version 1 (a 9-byte frame whose CRC covered the payload only) is
+// still read.
 package record
 
 import (
@@ -29,12 +34,13 @@ import (
 // Magic starts every recording.
 const Magic = "SVCTRACE"
 
-// Version is the format this package writes. It reads this version only.
-const Version = 1
+// Version is the format this package writes. It reads it and version 1.
+const Version = 2
 
 const (
 	headerSize = 16
-	frameSize  = 9
+	frameSize  = 13 // version 2
+	frameSize1 = 9  // version 1: type, length, CRC-32 of the payload
 	// MaxRecord bounds one record's payload: larger means corruption.
 	MaxRecord = 64 << 20
 )
@@ -141,11 +147,14 @@ func header() []byte {
 	return b
 }
 
+// frame is one record: its frame (type, length, the CRC-32 of both, the
+// CRC-32 of both and the payload) and its payload.
 func frame(t Type, payload []byte) []byte {
 	b := make([]byte, frameSize, frameSize+len(payload))
 	b[0] = byte(t)
 	binary.LittleEndian.PutUint32(b[1:], uint32(len(payload)))
-	binary.LittleEndian.PutUint32(b[5:], crc32.ChecksumIEEE(payload))
+	binary.LittleEndian.PutUint32(b[5:], crc32.ChecksumIEEE(b[:5]))
+	binary.LittleEndian.PutUint32(b[9:], crc32.Update(crc32.ChecksumIEEE(b[:5]), crc32.IEEETable, payload))
 	return append(b, payload...)
 }
 
@@ -159,7 +168,8 @@ func mustJSON(v any) []byte {
 	return b
 }
 
-// FormatError is a recording that cannot be read, with where.
+// FormatError is a recording that cannot be read, with where: the byte
+// offset of the record (or header) found corrupt.
 type FormatError struct {
 	Offset int64
 	Err    error

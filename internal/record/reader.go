@@ -1,11 +1,14 @@
 package record
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"os"
 
 	"github.com/svctrace/svctrace/internal/resolve"
@@ -29,99 +32,244 @@ type Entry struct {
 	IfName    IfName
 }
 
+// Reader reads a recording one record at a time.
+type Reader struct {
+	r       *bufio.Reader
+	off     int64 // where the next frame starts
+	version uint16
+	// Meta is the recording's first record.
+	Meta Meta
+	// End is the end record; nil until it is read, and nil at the end of a
+	// recording that ended abruptly (the trace crashed or was killed).
+	End     *End
+	notes   []string
+	skipped map[Type]int
+	err     error // what Next returns from now on
+}
+
+// NewReader reads a recording's header and first record.
+func NewReader(r io.Reader) (*Reader, error) {
+	rd := &Reader{r: bufio.NewReaderSize(r, 64<<10), skipped: map[Type]int{}}
+	h := make([]byte, headerSize)
+	if _, err := io.ReadFull(rd.r, h); err != nil || string(h[:len(Magic)]) != Magic {
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, err
+		}
+		return nil, &FormatError{0, ErrNotRecording}
+	}
+	rd.version = binary.LittleEndian.Uint16(h[8:])
+	if rd.version != Version && rd.version != 1 {
+		return nil, &FormatError{8, fmt.Errorf("format version %d, this svctrace reads versions 1 and %d: use an svctrace as new as the one that recorded", rd.version, Version)}
+	}
+	if rd.version >= 2 && !bytes.Equal(h[10:], make([]byte, 6)) {
+		return nil, &FormatError{10, errors.New("header: reserved bytes are not zero: corrupt")}
+	}
+	rd.off = headerSize
+	t, payload, err := rd.frame()
+	switch {
+	case errors.Is(err, io.EOF):
+		return nil, &FormatError{headerSize, errors.New("the recording ends before its first record (cut short): nothing to analyse")}
+	case err != nil:
+		return nil, err
+	case t != TypeMeta:
+		return nil, &FormatError{headerSize, fmt.Errorf("first record is %s, want meta", t)}
+	}
+	if err := json.Unmarshal(payload, &rd.Meta); err != nil {
+		return nil, &FormatError{headerSize, fmt.Errorf("meta record: %w", err)}
+	}
+	return rd, nil
+}
+
+// Next returns the next record. At the end of the recording — its end
+// record, or where it was cut short (see Notes) — it returns io.EOF; a
+// corrupt record is a *FormatError with its offset. Either is returned from
+// then on.
+func (rd *Reader) Next() (*Entry, error) {
+	for rd.err == nil {
+		off := rd.off
+		t, payload, err := rd.frame()
+		if err != nil {
+			rd.err = err
+			break
+		}
+		if t == TypeEnd {
+			var end End
+			if err := json.Unmarshal(payload, &end); err != nil {
+				rd.err = &FormatError{off, fmt.Errorf("end record: %w", err)}
+				break
+			}
+			rd.End, rd.err = &end, io.EOF
+			if n, _ := io.Copy(io.Discard, rd.r); n > 0 {
+				rd.notes = append(rd.notes, fmt.Sprintf("%d bytes after the end record at byte %d were ignored", n, off))
+			}
+			break
+		}
+		e, known, err := decode(t, payload)
+		if err != nil {
+			rd.err = &FormatError{off, fmt.Errorf("%s record: %w", t, err)}
+			break
+		}
+		if !known {
+			rd.skipped[t]++
+			continue
+		}
+		e.Offset = off
+		return &e, nil
+	}
+	return nil, rd.err
+}
+
+// Notes say what was skipped or cut short.
+func (rd *Reader) Notes() []string {
+	notes := rd.notes
+	for t, n := range rd.skipped {
+		notes = append(notes, fmt.Sprintf("skipped %d record(s) of %s, unknown to this version", n, t))
+	}
+	return notes
+}
+
+// frame reads one record's frame and payload. io.EOF: the recording ends
+// here, at a record's boundary or cut short inside one (with a note).
+func (rd *Reader) frame() (Type, []byte, error) {
+	off := rd.off
+	size := frameSize
+	if rd.version == 1 {
+		size = frameSize1
+	}
+	fr := make([]byte, size)
+	n, err := io.ReadFull(rd.r, fr)
+	switch {
+	case errors.Is(err, io.EOF):
+		return 0, nil, io.EOF
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		rd.cut(fmt.Sprintf("the recording ends inside a record's frame at byte %d (cut short)", off), fr[:n])
+		return 0, nil, io.EOF
+	case err != nil:
+		return 0, nil, err
+	}
+	t := Type(fr[0])
+	length := int64(binary.LittleEndian.Uint32(fr[1:]))
+	var sum uint32
+	if rd.version == 1 {
+		sum = binary.LittleEndian.Uint32(fr[5:])
+	} else {
+		if crc32.ChecksumIEEE(fr[:5]) != binary.LittleEndian.Uint32(fr[5:]) {
+			if rd.zeroTail(fr) {
+				rd.notes = append(rd.notes, fmt.Sprintf("the recording is zero bytes from byte %d on (the machine stopped before the file's data reached the disk): cut short there", off))
+				return 0, nil, io.EOF
+			}
+			return 0, nil, &FormatError{off, errors.New("record frame: checksum mismatch: corrupt")}
+		}
+		sum = binary.LittleEndian.Uint32(fr[9:])
+	}
+	if length > MaxRecord {
+		return 0, nil, &FormatError{off, fmt.Errorf("record of %d bytes: corrupt", length)}
+	}
+	// Grown as the bytes come: a length that runs past the end of a cut
+	// file costs what is there, not the length.
+	buf := bytes.NewBuffer(make([]byte, 0, min(length, 64<<10)))
+	if _, err := io.CopyN(buf, rd.r, length); err != nil {
+		if !errors.Is(err, io.EOF) {
+			return 0, nil, err
+		}
+		rd.notes = append(rd.notes, fmt.Sprintf("the recording ends inside a %s record at byte %d (cut short)", t, off))
+		return 0, nil, io.EOF
+	}
+	payload := buf.Bytes()
+	got := crc32.ChecksumIEEE(payload)
+	if rd.version != 1 {
+		got = crc32.Update(crc32.ChecksumIEEE(fr[:5]), crc32.IEEETable, payload)
+	}
+	if got != sum {
+		return 0, nil, &FormatError{off, fmt.Errorf("%s record: checksum mismatch: corrupt", t)}
+	}
+	rd.off += int64(size) + length
+	return t, payload, nil
+}
+
+// cut notes where the recording was cut short; a tail of zeros says why.
+func (rd *Reader) cut(note string, tail []byte) {
+	if len(tail) > 0 && allZero(tail) {
+		note += ": its last bytes are zeros (the machine stopped before the file's data reached the disk)"
+	}
+	rd.notes = append(rd.notes, note)
+}
+
+// zeroTail reports whether b and everything after it are zero bytes: a
+// file whose size reached the disk before its data did.
+func (rd *Reader) zeroTail(b []byte) bool {
+	if !allZero(b) {
+		return false
+	}
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := rd.r.Read(buf)
+		if !allZero(buf[:n]) {
+			return false
+		}
+		if err != nil {
+			return errors.Is(err, io.EOF)
+		}
+	}
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // Recording is a whole recording, read.
 type Recording struct {
 	Meta    Meta
 	Entries []Entry // every record after Meta, in order
 	End     *End    // nil: the recording ended abruptly (the trace crashed or was killed)
-	// Notes say what was skipped: record types of newer versions.
+	// Notes say what was skipped or cut short.
 	Notes []string
 }
 
-// ReadFile reads a recording.
+// ReadFile reads a whole recording. A corrupt recording gives what precedes
+// the corruption and the error, which names the file and the byte offset.
 func ReadFile(path string) (*Recording, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	rec, err := Parse(b)
+	defer f.Close()
+	rec, err := ReadAll(f)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		err = fmt.Errorf("%s: %w", path, err)
 	}
-	return rec, nil
+	return rec, err
 }
 
-// Parse reads a recording from memory. A recording cut short (a crash, a
-// full disk) is read up to its last whole record; anything else that does
-// not fit is an error with its byte offset.
-func Parse(b []byte) (*Recording, error) {
-	if len(b) < headerSize || string(b[:len(Magic)]) != Magic {
-		return nil, &FormatError{0, ErrNotRecording}
+// Parse reads a recording from memory, as ReadAll.
+func Parse(b []byte) (*Recording, error) { return ReadAll(bytes.NewReader(b)) }
+
+// ReadAll reads a whole recording. A recording cut short (a crash, a full
+// disk) is read up to its last whole record, with a note. A corrupt one is
+// read up to the corruption and returned with the error (a *FormatError with
+// the byte offset); one that is not a recording gives no Recording.
+func ReadAll(r io.Reader) (*Recording, error) {
+	rd, err := NewReader(r)
+	if err != nil {
+		return nil, err
 	}
-	if v := binary.LittleEndian.Uint16(b[8:]); v != Version {
-		return nil, &FormatError{8, fmt.Errorf("format version %d, this svctrace reads version %d: use an svctrace as new as the one that recorded", v, Version)}
-	}
-	rec := &Recording{}
-	off := int64(headerSize)
-	skipped := map[Type]int{}
-	first := true
-	for off < int64(len(b)) {
-		if int64(len(b))-off < frameSize {
-			rec.Notes = append(rec.Notes, fmt.Sprintf("the recording ends inside a record at byte %d (cut short)", off))
-			break
-		}
-		fr := b[off : off+frameSize]
-		t := Type(fr[0])
-		n := int64(binary.LittleEndian.Uint32(fr[1:]))
-		sum := binary.LittleEndian.Uint32(fr[5:])
-		if n > MaxRecord {
-			return nil, &FormatError{off, fmt.Errorf("record of %d bytes: corrupt", n)}
-		}
-		if off+frameSize+n > int64(len(b)) {
-			rec.Notes = append(rec.Notes, fmt.Sprintf("the recording ends inside a %s record at byte %d (cut short)", t, off))
-			break
-		}
-		payload := b[off+frameSize : off+frameSize+n]
-		if crc32.ChecksumIEEE(payload) != sum {
-			return nil, &FormatError{off, fmt.Errorf("%s record: checksum mismatch: corrupt", t)}
-		}
-		if first {
-			if t != TypeMeta {
-				return nil, &FormatError{off, fmt.Errorf("first record is %s, want meta", t)}
-			}
-			if err := json.Unmarshal(payload, &rec.Meta); err != nil {
-				return nil, &FormatError{off, fmt.Errorf("meta record: %w", err)}
-			}
-			first = false
-			off += frameSize + n
-			continue
-		}
-		e, known, err := decode(t, payload)
+	rec := &Recording{Meta: rd.Meta}
+	for {
+		e, err := rd.Next()
 		if err != nil {
-			return nil, &FormatError{off, fmt.Errorf("%s record: %w", t, err)}
-		}
-		switch {
-		case !known:
-			skipped[t]++
-		case t == TypeEnd:
-			var end End
-			if err := json.Unmarshal(payload, &end); err != nil {
-				return nil, &FormatError{off, fmt.Errorf("end record: %w", err)}
+			rec.End, rec.Notes = rd.End, rd.Notes()
+			if errors.Is(err, io.EOF) {
+				err = nil
 			}
-			rec.End = &end
-		default:
-			e.Offset = off
-			rec.Entries = append(rec.Entries, e)
+			return rec, err
 		}
-		off += frameSize + n
+		rec.Entries = append(rec.Entries, *e)
 	}
-	if first {
-		return nil, &FormatError{off, errors.New("no meta record")}
-	}
-	for t, n := range skipped {
-		rec.Notes = append(rec.Notes, fmt.Sprintf("skipped %d record(s) of %s, unknown to this version", n, t))
-	}
-	return rec, nil
 }
 
 func decode(t Type, p []byte) (e Entry, known bool, err error) {
@@ -153,7 +301,6 @@ func decode(t Type, p []byte) (e Entry, known bool, err error) {
 		err = json.Unmarshal(p, &e.Services)
 	case TypeIfName:
 		err = json.Unmarshal(p, &e.IfName)
-	case TypeEnd:
 	case TypeMeta:
 		err = errors.New("a second meta record")
 	default:

@@ -2,10 +2,15 @@ package record
 
 import (
 	"bufio"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/svctrace/svctrace/internal/resolve"
@@ -13,48 +18,156 @@ import (
 )
 
 // Writer appends records to a recording. Safe for concurrent use.
+//
+// A recording to a regular file is written to a new file beside it and moved
+// into place by Begin, once tracing has begun: a run that fails or is stopped
+// before that leaves an existing file as it was.
 type Writer struct {
-	mu      sync.Mutex
-	f       io.WriteCloser
-	w       *bufio.Writer
+	mu   sync.Mutex
+	f    io.WriteCloser
+	w    *bufio.Writer
+	path string // where the recording goes
+	// tmp is the file written until Begin renames it to path; "" when the
+	// recording is written in place (a device or a pipe).
+	tmp     string
+	begun   bool
 	size    int64
 	max     int64
 	last    uint64 // the latest event or tick time
 	stopped bool   // max size reached: nothing more is recorded
 	closed  bool
-	err     error
+	err     error // the first write error
 	// Truncated is called once when the size bound is reached.
 	Truncated func(why string)
+	// Failed is called once, when writing first fails (a full disk): the
+	// recording ends there, tracing goes on.
+	Failed func(err error)
 }
 
 // reserve is kept free below the size bound for the closing records.
 const reserve = 4 << 10
 
-// Create starts a recording at path. maxSize bounds the file (0: no
-// bound); when it is reached, recording stops cleanly and the trace goes on.
+// MinSize is the smallest size bound (--max-size) a recording can have.
+const MinSize = 2 * reserve
+
+// CheckMaxSize says whether maxSize (0: none) can bound a recording.
+func CheckMaxSize(maxSize int64) error {
+	if maxSize > 0 && maxSize < MinSize {
+		return fmt.Errorf("--max-size %d is too small: a recording needs at least %d bytes (8K)", maxSize, MinSize)
+	}
+	return nil
+}
+
+// Create prepares a recording at path: a new file beside it, which Begin
+// moves into place (a device or a named pipe is written in place). maxSize
+// bounds the file (0: no bound); when it is reached, recording stops
+// cleanly and the trace goes on.
 func Create(path string, maxSize int64) (*Writer, error) {
-	f, err := os.Create(path)
+	if err := CheckMaxSize(maxSize); err != nil {
+		return nil, err
+	}
+	target := path
+	st, err := os.Stat(path)
+	switch {
+	case err == nil && st.IsDir():
+		return nil, fmt.Errorf("-w %s is a directory: name a file, e.g. -w %s", path, filepath.Join(path, "trace.svctrace"))
+	case err == nil && !st.Mode().IsRegular():
+		// /dev/stdout, a named pipe: nothing to replace, nothing to move.
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			return nil, fmt.Errorf("opening the recording: %w", err)
+		}
+		return newWriter(f, path, "", maxSize), nil
+	case err == nil:
+		// A symbolic link's target is what gets replaced, not the link.
+		if target, err = filepath.EvalSymlinks(path); err != nil {
+			return nil, fmt.Errorf("creating the recording: %w", err)
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("creating the recording: %w", err)
+	}
+	f, tmp, err := createBeside(target)
 	if err != nil {
 		return nil, fmt.Errorf("creating the recording: %w", err)
 	}
-	return newWriter(f, maxSize)
+	return newWriter(f, target, tmp, maxSize), nil
 }
 
-func newWriter(f io.WriteCloser, maxSize int64) (*Writer, error) {
-	if maxSize > 0 && maxSize < 2*reserve {
-		return nil, fmt.Errorf("--max-size %d is too small: a recording needs at least %d bytes", maxSize, 2*reserve)
+// createBeside creates a new file in path's directory, named after it.
+func createBeside(path string) (*os.File, string, error) {
+	dir, base := filepath.Split(path)
+	for {
+		var r [4]byte
+		rand.Read(r[:])
+		tmp := filepath.Join(dir, "."+base+"."+hex.EncodeToString(r[:])+".tmp")
+		// Mode 0666 before the umask, as os.Create: a recording made with
+		// sudo is as readable as any file the user makes.
+		f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		return f, tmp, err
 	}
-	w := &Writer{f: f, w: bufio.NewWriterSize(f, 64<<10), max: maxSize}
+}
+
+func newWriter(f io.WriteCloser, path, tmp string, maxSize int64) *Writer {
+	w := &Writer{f: f, w: bufio.NewWriterSize(f, 64<<10), path: path, tmp: tmp, max: maxSize}
 	w.write(header())
-	return w, w.err
+	return w
 }
 
 func (w *Writer) write(b []byte) {
 	if w.err != nil {
 		return
 	}
-	_, w.err = w.w.Write(b)
+	_, err := w.w.Write(b)
 	w.size += int64(len(b))
+	w.fail(err)
+}
+
+// flush writes out what is buffered.
+func (w *Writer) flush() {
+	if w.err == nil {
+		w.fail(w.w.Flush())
+	}
+}
+
+// fail keeps the first write error and says so at once.
+func (w *Writer) fail(err error) {
+	if err == nil || w.err != nil {
+		return
+	}
+	w.err = err
+	if w.Failed != nil && w.begun {
+		w.Failed(fmt.Errorf("writing the recording %s failed: %w", w.path, err))
+	}
+}
+
+// Begin writes the recording's first record and moves the file into place:
+// tracing has begun. Records given before Begin are not recorded. Writing
+// errors from here on are reported to Failed as they happen, and by Close.
+func (w *Writer) Begin(m Meta) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.begun || w.closed {
+		return
+	}
+	w.begun = true
+	w.write(frame(TypeMeta, mustJSON(m)))
+	w.flush()
+	if w.tmp == "" {
+		return
+	}
+	if w.err == nil {
+		if err := os.Rename(w.tmp, w.path); err != nil {
+			w.fail(fmt.Errorf("moving it into place: %w", err))
+		}
+	}
+	if w.err != nil {
+		// What path held stays as it was.
+		os.Remove(w.tmp)
+	}
+	w.tmp = ""
 }
 
 // addJSON writes one record of v as JSON. What cannot be encoded ends the
@@ -81,7 +194,7 @@ func (w *Writer) add(t Type, payload []byte) {
 
 // addLocked writes one record and reports whether it did.
 func (w *Writer) addLocked(t Type, payload []byte) bool {
-	if w.stopped || w.err != nil {
+	if !w.begun || w.stopped || w.err != nil {
 		return false
 	}
 	if w.max > 0 && w.size+int64(frameSize+len(payload)) > w.max-reserve {
@@ -101,15 +214,12 @@ func (w *Writer) stopLocked(why string) {
 	w.write(frame(TypeFlush, u64(w.last)))
 	w.write(frame(TypeEnd, mustJSON(End{Truncated: why})))
 	w.stopped = true
-	if w.err == nil {
-		w.err = w.w.Flush()
-	}
+	w.flush()
 	if w.Truncated != nil {
 		w.Truncated(why)
 	}
 }
 
-func (w *Writer) Meta(m Meta)                      { w.addJSON(TypeMeta, m) }
 func (w *Writer) View(v *resolve.View)             { w.addJSON(TypeView, v) }
 func (w *Writer) Name(n Name)                      { w.addJSON(TypeName, n) }
 func (w *Writer) Rules(r Rules)                    { w.addJSON(TypeRules, r) }
@@ -140,8 +250,8 @@ func (w *Writer) Tick(now uint64) {
 	if w.addLocked(TypeTick, u64(now)) {
 		w.last = max(w.last, now)
 	}
-	if w.err == nil && !w.stopped {
-		w.err = w.w.Flush()
+	if !w.stopped && w.begun {
+		w.flush()
 	}
 }
 
@@ -150,7 +260,8 @@ func (w *Writer) Tick(now uint64) {
 func (w *Writer) Flush(now uint64) { w.add(TypeFlush, u64(now)) }
 
 // Close writes the end record and closes the file. It returns the first
-// error writing met.
+// error writing met: the recording is incomplete. A recording that never
+// began is removed, and what path held before is left as it was.
 func (w *Writer) Close(end End) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -158,32 +269,23 @@ func (w *Writer) Close(end End) error {
 		return nil
 	}
 	w.closed = true
+	if !w.begun {
+		w.f.Close()
+		if w.tmp != "" {
+			os.Remove(w.tmp)
+		}
+		return nil
+	}
 	if !w.stopped && w.err == nil {
 		w.write(frame(TypeEnd, mustJSON(end)))
 		w.stopped = true
 	}
-	if w.err == nil {
-		w.err = w.w.Flush()
-	}
-	if err := w.f.Close(); w.err == nil {
-		w.err = err
+	w.flush()
+	if err := w.f.Close(); err != nil {
+		w.fail(err)
 	}
 	if w.err != nil {
-		return fmt.Errorf("writing the recording: %w", w.err)
+		return fmt.Errorf("the recording %s is incomplete: writing it failed: %w", w.path, w.err)
 	}
 	return nil
-}
-
-// Discard closes and removes a recording that holds nothing yet.
-func (w *Writer) Discard() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed {
-		return
-	}
-	w.closed = true
-	w.f.Close()
-	if f, ok := w.f.(*os.File); ok {
-		os.Remove(f.Name())
-	}
 }

@@ -3,11 +3,13 @@ package resolve
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -222,6 +224,96 @@ func TestNodePortAddressesFollowTheServicesFamilies(t *testing.T) {
 		}
 		if strings.Join(got, " ") != c.want {
 			t.Errorf("ClusterIPs %v: NodePorts on %v, want %s", c.clusterIPs, got, c.want)
+		}
+	}
+}
+
+// What is not YAML or JSON text is refused from its first bytes, whatever
+// its size; a file over the bound is refused once it is passed; never more
+// than one line.
+func TestReadObjectsRefusesBadInput(t *testing.T) {
+	dir := t.TempDir()
+	random := make([]byte, 8<<20)
+	rand.NewChaCha8([32]byte{1}).Read(random)
+	for name, tc := range map[string]struct {
+		content []byte
+		want    string
+	}{
+		"random.bin": {random, "not YAML or JSON: binary data at byte"},
+		"zeros.yaml": {make([]byte, 1<<20), "not YAML or JSON: binary data at byte 0"},
+		"empty.yaml": {nil, "empty: no object in it"},
+		"prose.txt":  {[]byte("Hello,\nthis is not a dump.\n"), `not YAML or JSON: it starts with "Hello,"`},
+		"html.yaml":  {[]byte("<html><body>403 Forbidden</body></html>\n"), `it starts with "<html>`},
+		"bad.json":   {[]byte(`{"kind": "Service", "metadata": `), "JSON value 1: the file ends inside it"},
+		"bad.yaml":   {[]byte("apiVersion: v1\nkind: List\nitems:\n- kind: Service\n  metadata: {name: [\n"), "line 4: "},
+	} {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, tc.content, 0o644)
+		start := time.Now()
+		_, err := ReadObjects(p)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: %v, want one line with %q", name, err, tc.want)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("%s: refused after %s", name, d)
+		}
+	}
+	if _, err := os.Stat("/dev/zero"); err == nil {
+		if _, err := ReadObjects("/dev/zero"); err == nil || !strings.Contains(err.Error(), "binary data at byte 0") {
+			t.Errorf("/dev/zero: %v", err)
+		}
+	}
+	defer func(n int64) { maxObjectsFile = n }(maxObjectsFile)
+	maxObjectsFile = 4096
+	big := filepath.Join(dir, "big.yaml")
+	os.WriteFile(big, []byte(strings.Repeat("# a comment of a large dump\n", 400)+dump), 0o644)
+	if _, err := ReadObjects(big); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("a file over the bound: %v", err)
+	}
+}
+
+// kubectl's Lists are read item by item, in every layout it and others
+// write: YAML items at column 0 or indented, CRLF line ends, block scalars
+// with blank lines, JSON Lists and streams of objects.
+func TestReadObjectsStreamsLists(t *testing.T) {
+	// The List's items two columns in, as yq and others write them.
+	var indented strings.Builder
+	inItems := false
+	for _, l := range strings.SplitAfter(dump, "\n") {
+		switch {
+		case l == "items:\n":
+			inItems = true
+		case inItems && (strings.HasPrefix(l, "- ") || strings.HasPrefix(l, "  ")):
+			l = "  " + l
+		default:
+			inItems = false
+		}
+		indented.WriteString(l)
+	}
+	withScalar := strings.Replace(dump, "  metadata: {name: web, namespace: shop}\n",
+		"  metadata:\n    name: web\n    namespace: shop\n    annotations:\n      note: |\n        first\n\n        - not an item\n", 1)
+	jsonList := `{"apiVersion":"v1","items":[{"apiVersion":"v1","kind":"Service","metadata":{"name":"web","namespace":"shop"},"spec":{"clusterIP":"10.96.1.10","ports":[{"port":80}]}},{"kind":"ConfigMap","metadata":{"name":"x"}}],"kind":"List","metadata":{"resourceVersion":""}}
+{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"web-x","namespace":"shop"},"addressType":"IPv4","endpoints":[{"addresses":["10.244.0.11"]}]}`
+	for name, content := range map[string]string{
+		"column0.yaml":  dump,
+		"indented.yaml": indented.String(),
+		"crlf.yaml":     strings.ReplaceAll(dump, "\n", "\r\n"),
+		"scalar.yaml":   withScalar,
+		"list.json":     jsonList,
+		"bom.yaml":      "\xef\xbb\xbf# saved by hand\n" + dump,
+	} {
+		p := filepath.Join(t.TempDir(), name)
+		os.WriteFile(p, []byte(content), 0o644)
+		o, err := ReadObjects(p)
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if len(o.Services) != 1 || o.Services[0].Name != "web" || len(o.Slices) != 1 || o.Slices[0].Endpoints[0].Addresses[0] != "10.244.0.11" {
+			t.Errorf("%s: %d services %v, %d slices", name, len(o.Services), o.Services, len(o.Slices))
+		}
+		if name == "scalar.yaml" && o.Services[0].Annotations["note"] != "first\n\n- not an item\n" {
+			t.Errorf("%s: annotation %q", name, o.Services[0].Annotations["note"])
 		}
 	}
 }

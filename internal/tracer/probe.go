@@ -1,8 +1,10 @@
 package tracer
 
 import (
+	"compress/gzip"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -127,19 +129,71 @@ func probeRawTracepoint() error {
 }
 
 func probeTracepoint() error {
-	return try(ebpf.TracePoint, ebpf.AttachNone, "", 0, func(p *ebpf.Program) (link.Link, error) {
+	err := try(ebpf.TracePoint, ebpf.AttachNone, "", 0, func(p *ebpf.Program) (link.Link, error) {
 		return link.Tracepoint("skb", "kfree_skb", p, nil)
 	})
+	if err != nil && strings.Contains(err.Error(), "tracefs") {
+		return errors.New("tracefs is not mounted, and tracepoints are found through it: mount -t tracefs nodev /sys/kernel/tracing")
+	}
+	return err
 }
 
 func probeKprobe() error {
 	err := try(ebpf.Kprobe, ebpf.AttachNone, "", 0, func(p *ebpf.Program) (link.Link, error) {
 		return link.Kprobe("nf_hook_slow", p, nil)
 	})
-	if err != nil && strings.Contains(err.Error(), "no such file") {
+	if err == nil {
+		return nil
+	}
+	// Without the kprobe event source the library falls back to tracefs
+	// and reports that missing, which is not why kprobes fail.
+	if why := kernelLacks("kprobe", "CONFIG_KPROBES"); why != "" {
+		return errors.New(why)
+	}
+	if strings.Contains(err.Error(), "no such file") {
 		return fmt.Errorf("%w (kernel built without CONFIG_KPROBES?)", err)
 	}
 	return err
+}
+
+// kernelLacks says why this kernel has no perf event source of this name
+// (/sys/bus/event_source/devices/NAME), from its build configuration where
+// readable; "" if it has one, or nothing tells.
+func kernelLacks(source, option string) string {
+	if _, err := os.Stat("/sys/bus/event_source/devices/" + source); err == nil {
+		return ""
+	} else if _, err := os.Stat("/sys/bus/event_source/devices"); err != nil {
+		return ""
+	}
+	msg := fmt.Sprintf("this kernel has no %s event source (/sys/bus/event_source/devices/%s)", source, source)
+	if config := kernelConfig(); config != "" {
+		if strings.Contains(config, "# "+option+" is not set") {
+			return msg + ": it was built without " + option
+		}
+		if strings.Contains(config, "\n"+option+"=y") {
+			return "" // built in: something else is wrong
+		}
+	}
+	return msg + " (built without " + option + "?)"
+}
+
+// kernelConfig is the running kernel's build configuration, or "".
+func kernelConfig() string {
+	if f, err := os.Open("/proc/config.gz"); err == nil {
+		defer f.Close()
+		if z, err := gzip.NewReader(f); err == nil {
+			if b, err := io.ReadAll(io.LimitReader(z, 16<<20)); err == nil {
+				return "\n" + string(b)
+			}
+		}
+	}
+	var uts unix.Utsname
+	if unix.Uname(&uts) == nil {
+		if b, err := os.ReadFile("/boot/config-" + unix.ByteSliceToString(uts.Release[:])); err == nil {
+			return "\n" + string(b)
+		}
+	}
+	return ""
 }
 
 func probeFentry() error {
