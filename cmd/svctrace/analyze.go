@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -58,7 +59,8 @@ whole record.`,
 			}
 			return nil
 		},
-		RunE: func(cmd *cobra.Command, args []string) error { return o.run(args[0]) },
+		RunE:        func(cmd *cobra.Command, args []string) error { return o.run(args[0]) },
+		Annotations: map[string]string{outputsKey: "text,json,pcapng"},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.client, "client", "", "only connections from this client: IP or IP:PORT")
@@ -110,19 +112,15 @@ func (o *analyzeOptions) filter() (func(*flow.Conn) bool, error) {
 }
 
 func (o *analyzeOptions) run(path string) error {
-	if _, err := o.filter(); err != nil {
+	keep, err := o.filter()
+	if err != nil {
 		return err
 	}
-	switch o.output {
-	case "text", "json":
-	case "pcapng":
-		if f, ok := o.stdout.(*os.File); ok {
-			if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-				return errors.New("pcapng is binary: send it to a file, e.g. svctrace analyze " + path + " -o pcapng > trace.pcapng")
-			}
-		}
-	default:
-		return fmt.Errorf("unknown output format %q: use -o text, json or pcapng", o.output)
+	if o.output == "pcapng" && isTerminal(o.stdout) {
+		return errors.New("pcapng is binary: send it to a file, e.g. svctrace analyze " + path + " -o pcapng > trace.pcapng")
+	}
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return fmt.Errorf("%s is a directory: name a recording made with -w, e.g. svctrace analyze %s", path, filepath.Join(path, "trace.svctrace"))
 	}
 	rec, corrupt := record.ReadFile(path)
 	if rec == nil {
@@ -134,7 +132,7 @@ func (o *analyzeOptions) run(path string) error {
 	}
 	// corrupt, if set, is where the recording stops making sense: what
 	// precedes it is analysed, and the exit status says it was not all.
-	if err := o.analyze(path, rec); err != nil {
+	if err := o.analyze(path, rec, keep, corrupt != nil); err != nil {
 		return err
 	}
 	if corrupt != nil {
@@ -143,16 +141,15 @@ func (o *analyzeOptions) run(path string) error {
 	return nil
 }
 
-// analyze prints a recording read.
-func (o *analyzeOptions) analyze(path string, rec *record.Recording) error {
-	keep, err := o.filter()
-	if err != nil {
-		return err
-	}
+// analyze prints the connections of a recording read that keep keeps;
+// corrupt: it was read up to a corruption.
+func (o *analyzeOptions) analyze(path string, rec *record.Recording, keep func(*flow.Conn) bool, corrupt bool) error {
+	var err error
 	for _, n := range rec.Notes {
 		fmt.Fprintf(o.stderr, "svctrace: note: %s\n", n)
 	}
 	switch {
+	case corrupt:
 	case rec.End == nil:
 		fmt.Fprintln(o.stderr, "svctrace: note: the recording ends abruptly (the trace was killed or crashed): analysing what it holds")
 	case rec.End.Truncated != "":

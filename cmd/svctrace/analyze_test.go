@@ -85,6 +85,7 @@ func TestRecordTraceAnalyze(t *testing.T) {
 		}
 	}
 	rest := analyze(t, live, file)
+	cutAnywhere(t, file)
 	// The client by each of its addresses, and the hairpin scenario's
 	// pod; the healthy and the IPv6 scenarios answer.
 	for _, w := range []string{"\nanalysis: 3 client(s)\n", "connect latency, first packet to first answer, 2 answered: p50 ",
@@ -207,6 +208,7 @@ func TestRecordServiceAnalyze(t *testing.T) {
 		}
 	}
 	analyze(t, live, file)
+	cutAnywhere(t, file)
 	// A recording cut short is analysed up to where it ends.
 	b, _ := os.ReadFile(file)
 	cut := filepath.Join(t.TempDir(), "cut.svctrace")
@@ -249,4 +251,43 @@ func TestRecordLabAnalyze(t *testing.T) {
 	if !strings.Contains(rest, "\nanalysis: 3 client(s)\n") {
 		t.Errorf("analysis:\n%s", rest)
 	}
+	cutAnywhere(t, file)
+}
+
+// cutAnywhere checks that the recording, cut after any whole record or
+// inside one (a killed trace, a full disk), still analyses: exit 0, what it
+// holds printed, the cut noted.
+func cutAnywhere(t *testing.T, file string) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := record.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cuts []int
+	for i, e := range rec.Entries {
+		// Every boundary of the first records (where what the run is
+		// comes), then every 7th; and inside a record, here and there.
+		if i < 60 || i%7 == 0 {
+			cuts = append(cuts, int(e.Offset))
+		}
+		if i%13 == 0 {
+			cuts = append(cuts, int(e.Offset)+5, int(e.Offset)+17)
+		}
+	}
+	cuts = append(cuts, len(b)-1)
+	dir := t.TempDir()
+	for _, n := range cuts {
+		cut := filepath.Join(dir, fmt.Sprintf("cut-%d.svctrace", n))
+		os.WriteFile(cut, b[:n], 0o644)
+		out, errOut, err := run(context.Background(), "analyze", cut)
+		if err != nil || !strings.Contains(out, "connection(s)") || !strings.Contains(errOut, "abruptly") {
+			t.Fatalf("cut at byte %d of %d: %v\nstdout:\n%s\nstderr:\n%s", n, len(b), err, out, errOut)
+		}
+		os.Remove(cut)
+	}
+	t.Logf("%s analysed when cut at %d places", filepath.Base(file), len(cuts))
 }

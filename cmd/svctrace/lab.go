@@ -59,9 +59,6 @@ doubles as a self-test of svctrace on this kernel.`,
   sudo svctrace lab cleanup       # remove labs left behind`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.output != "text" && o.output != "json" {
-				return fmt.Errorf("unknown output format %q: use -o text or -o json", o.output)
-			}
 			return o.run(cmd.Context())
 		},
 	}
@@ -104,6 +101,12 @@ every lab not in use is removed.`,
 
 func (o *labOptions) run(ctx context.Context) error {
 	if err := o.rec.validate(); err != nil {
+		return err
+	}
+	if err := checkStops(0, 0, o.timeout); err != nil {
+		return err
+	}
+	if err := lab.Preflight(); err != nil {
 		return err
 	}
 	if old := lab.List(); len(old) > 0 {

@@ -5,12 +5,15 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -142,6 +145,30 @@ type globals struct {
 	stderr  io.Writer
 }
 
+// outputsKey is the annotation that lists the -o formats a command writes;
+// without it, text and json.
+const outputsKey = "svctrace/outputs"
+
+// checkOutput refuses an -o format the command does not write, before it
+// starts: the one place -o is checked.
+func (g *globals) checkOutput(cmd *cobra.Command, _ []string) error {
+	formats := "text,json"
+	if f, ok := cmd.Annotations[outputsKey]; ok {
+		formats = f
+	}
+	list := strings.Split(formats, ",")
+	if slices.Contains(list, g.output) {
+		return nil
+	}
+	if len(list) == 1 {
+		return fmt.Errorf("unknown output format %q: %s writes -o %s only", g.output, cmd.CommandPath(), list[0])
+	}
+	for i := range list {
+		list[i] = "-o " + list[i]
+	}
+	return fmt.Errorf("unknown output format %q: use %s or %s", g.output, strings.Join(list[:len(list)-1], ", "), list[len(list)-1])
+}
+
 // printer is the -o printer on stdout; text in color on a terminal.
 func (g *globals) printer(opts output.Options) (output.Printer, error) {
 	opts.Color = output.UseColor(g.noColor, isTerminal(g.stdout))
@@ -199,7 +226,8 @@ From your own machine:     kubectl svctrace SERVICE -n NAMESPACE (this binary na
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output format: text or json (one object per line)")
+	root.PersistentPreRunE = g.checkOutput
+	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output format: text or json (one object per line; analyze also pcapng)")
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "show attach details, timings and verifier logs")
 	root.PersistentFlags().BoolVar(&g.noColor, "no-color", false, "no colors in text output (also: the NO_COLOR environment variable; never when not a terminal)")
 	root.PersistentFlags().StringVar(&g.backend, "backend", "", "force a kernel backend: netfilter-link, fentry or kprobe (default: the first that works; see kernel-support)")
@@ -211,9 +239,14 @@ func newVersion(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:     "version",
 		Short:   "Print the version",
-		Example: "  svctrace version",
+		Example: "  svctrace version\n  svctrace version -o json",
 		Args:    cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
+			if g.output == "json" {
+				b, _ := json.Marshal(map[string]string{"version": version, "go": runtime.Version(), "platform": runtime.GOOS + "/" + runtime.GOARCH})
+				fmt.Fprintln(g.stdout, string(b))
+				return
+			}
 			fmt.Fprintf(g.stdout, "svctrace %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		},
 	}

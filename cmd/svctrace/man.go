@@ -15,10 +15,11 @@ import (
 // takes). Hidden: packagers run it, `make man` does.
 func newMan(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:    "man DIR",
-		Short:  "Write the man pages into DIR",
-		Hidden: true,
-		Args:   cobra.ExactArgs(1),
+		Use:         "man DIR",
+		Short:       "Write the man pages into DIR",
+		Hidden:      true,
+		Args:        cobra.ExactArgs(1),
+		Annotations: map[string]string{outputsKey: "text"},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := os.MkdirAll(args[0], 0o755); err != nil {
 				return err

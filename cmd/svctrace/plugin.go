@@ -109,6 +109,7 @@ The image: $SVCTRACE_IMAGE or --image, built from svctrace's Dockerfile.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	root.PersistentPreRunE = g.checkOutput
 	pf := root.PersistentFlags()
 	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json (one object per line)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "say what the plugin does, and run svctrace with --verbose")
@@ -155,9 +156,6 @@ func defaultImage() string {
 }
 
 func (o *pluginOptions) run(ctx context.Context, name string, check bool) error {
-	if o.output != "text" && o.output != "json" {
-		return fmt.Errorf("unknown output format %q: use -o text or -o json", o.output)
-	}
 	if o.probe != "" {
 		if _, err := probe.ParseKind(o.probe); err != nil {
 			return err

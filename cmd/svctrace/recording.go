@@ -23,7 +23,7 @@ type recordFlags struct {
 }
 
 func (r *recordFlags) add(f *pflag.FlagSet) {
-	f.StringVarP(&r.path, "write", "w", "", "also record everything to this file, for `svctrace analyze` anywhere later")
+	f.StringVarP(&r.path, "write", "w", "", "also record everything to this `FILE`, for svctrace analyze anywhere later (an existing file is replaced only once tracing has begun)")
 	f.StringVar(&r.maxSize, "max-size", "", "stop recording (not tracing) when the file reaches this size, e.g. 100M, 2G (default: no bound)")
 	f.IntVar(&r.snaplen, "snaplen", 0, fmt.Sprintf("bytes of each packet to record for pcapng, from its IP header, up to %d (default: its headers only, never payload)", tracer.MaxSnaplen))
 	f.BoolVar(&r.everyPacket, "every-packet", false, fmt.Sprintf("report every packet at every observation point (default: a connection's first %d packets each way and its notable ones - SYN, RST, ICMP - in full, the rest counted); costs more, for a complete pcapng", tracer.QuietAfter))

@@ -129,14 +129,16 @@ func (st *state) record(w *record.Writer) {
 }
 
 func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) error {
-	if o.output != "text" && o.output != "json" {
-		return fmt.Errorf("unknown output format %q: use -o text or -o json", o.output)
-	}
 	if err := o.checkProbeFlags(); err != nil {
 		return err
 	}
 	if err := o.rec.validate(o.reads()...); err != nil {
 		return err
+	}
+	if tracing {
+		if err := checkStops(o.count, o.duration, o.timeout); err != nil {
+			return err
+		}
 	}
 	ns, err := tracer.ResolveNetNS(o.netns)
 	if err != nil {

@@ -76,13 +76,18 @@ func (o *traceOptions) validate() error {
 		}
 		o.targets = append(o.targets, t)
 	}
-	if o.count < 0 || o.duration < 0 || o.timeout <= 0 {
-		return fmt.Errorf("--count and --duration must not be negative, --timeout must be positive")
-	}
-	if o.output != "text" && o.output != "json" {
-		return fmt.Errorf("unknown output format %q: use -o text or -o json", o.output)
+	if err := checkStops(o.count, o.duration, o.timeout); err != nil {
+		return err
 	}
 	return o.rec.validate()
+}
+
+// checkStops checks the flags that say when tracing stops.
+func checkStops(count int, duration, timeout time.Duration) error {
+	if count < 0 || duration < 0 || timeout <= 0 {
+		return fmt.Errorf("--count and --duration must not be negative, --timeout must be positive (e.g. --duration 30s --timeout 5s)")
+	}
+	return nil
 }
 
 // parseTarget reads IP:PORT[/proto] ([IPv6]:PORT for IPv6).

@@ -127,8 +127,8 @@ func staleEntry(c *flow.Conn, port *resolve.Port) string {
 
 // conntrackDrop blames a packet conntrack itself dropped, before any rule
 // saw it: when the table is full, the packet that would make a new entry.
-func (x *Explainer) conntrackDrop(c *flow.Conn) string {
-	what := fmt.Sprintf("conntrack dropped the %s before any rule saw it", c.PacketName(c.Drop.Packet))
+func (x *Explainer) conntrackDrop(c *flow.Conn, d *flow.Drop) string {
+	what := fmt.Sprintf("conntrack dropped the %s before any rule saw it", c.PacketName(d.Packet))
 	t := x.in.Conntrack
 	switch {
 	case t.Full():

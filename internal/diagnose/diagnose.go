@@ -88,7 +88,8 @@ func Check(in Input) []Finding {
 	c.conntrackFull()
 	c.staleConntrack()
 	sort.SliceStable(c.out, func(i, j int) bool { return rank(c.out[i].Severity) < rank(c.out[j].Severity) })
-	if len(c.out) == 0 || c.out[0].Severity != Problem {
+	// Healthy only when nothing needs a look: a warning is not healthy.
+	if len(c.out) == 0 || (c.out[0].Severity != Problem && c.out[0].Severity != Warning) {
 		c.healthy()
 	}
 	// Notes on how the Service is reached come after the verdict on it.
@@ -336,8 +337,12 @@ func (c *checker) rules() {
 	}
 	proxy := "kube-proxy on " + c.nodeName()
 	if c.Rules == nil {
+		why := "no reason was given"
+		if c.RulesErr != nil {
+			why = c.RulesErr.Error()
+		}
 		c.add(Finding{Severity: Warning, Code: "ruleset-unreadable", Object: proxy,
-			Summary: fmt.Sprintf("kube-proxy's rules on this node could not be read: %v", c.RulesErr)})
+			Summary: "kube-proxy's rules on this node could not be read: " + why})
 		return
 	}
 	r := c.Rules
@@ -350,7 +355,7 @@ func (c *checker) rules() {
 		f := Finding{Severity: Problem, Code: "no-kube-proxy-rules", Object: proxy,
 			Summary:  "kube-proxy has programmed no Service rules on this node",
 			Evidence: []string{r.Note},
-			Next:     []string{"kubectl -n kube-system get pods -l k8s-app=kube-proxy -o wide --field-selector spec.nodeName=" + c.View.LocalNode}}
+			Next:     []string{"kubectl -n kube-system get pods -l k8s-app=kube-proxy -o wide" + c.onThisNode()}}
 		c.proxyEvidence(&f)
 		c.add(f)
 		return
@@ -459,11 +464,17 @@ func (c *checker) proxyEvidence(f *Finding) {
 	}
 }
 
-func (c *checker) proxyNext() []string {
-	sel := "-l k8s-app=kube-proxy"
-	if c.View.LocalNode != "" {
-		sel += " --field-selector spec.nodeName=" + c.View.LocalNode
+// onThisNode is the field selector of this node's Pods, when its Node is
+// known: " --field-selector spec.nodeName=NODE".
+func (c *checker) onThisNode() string {
+	if c.View.LocalNode == "" {
+		return ""
 	}
+	return " --field-selector spec.nodeName=" + c.View.LocalNode
+}
+
+func (c *checker) proxyNext() []string {
+	sel := "-l k8s-app=kube-proxy" + c.onThisNode()
 	// kubectl logs takes no field selector: name the node's pod through get.
 	next := []string{"kubectl -n kube-system get pods " + sel,
 		"kubectl -n kube-system logs --tail=50 $(kubectl -n kube-system get pods " + sel + " -o name)"}

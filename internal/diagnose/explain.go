@@ -154,10 +154,12 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 	if viaService {
 		e.Notes = x.notes(c, ad)
 	}
+	tries := c.Retried()
 	for i := range c.Drops {
 		// A packet lost at confirmation in a connection that did not die
-		// of it: a DNS query that will time out, say.
-		if d := &c.Drops[i]; d.AtConfirm() && d != c.Drop {
+		// of it: a DNS query that will time out, say. (An answer that
+		// needed retransmissions is blamed on what dropped the tries.)
+		if d := &c.Drops[i]; d.AtConfirm() && d != c.Drop && len(tries) == 0 {
 			e.Notes = append(e.Notes, x.insertClash(c, d))
 			break
 		}
@@ -194,17 +196,13 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 		} else if e.Rule != "" {
 			e.Blame = e.Rule
 		}
+	case flow.Answered:
+		if len(tries) > 0 {
+			e.Blame = x.retried(c, tries)
+		}
 	case flow.Dropped:
-		if d := c.Drop; d != nil && d.InNode && d.Placed && d.Gap.After == tracer.StagePreConntrack {
-			e.Blame = x.conntrackDrop(c)
-			break
-		}
-		if d := c.Drop; d != nil && d.AtConfirm() {
-			e.Blame = x.insertClash(c, d)
-			break
-		}
-		if h := x.hairpin(c); h != "" {
-			e.Blame = h
+		if b := x.dropBlame(c, c.Drop, c.Endpoint); b != "" {
+			e.Blame = b
 			break
 		}
 		// kube-proxy's own drop ("has no local endpoints") is a symptom:
@@ -234,6 +232,42 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 		e.Blame = fmt.Sprintf("%s (%s) did not answer on port %d", pod, e.Endpoint, c.Endpoint.Port())
 	}
 	return e
+}
+
+// dropBlame blames a drop by where the kernel placed it: in conntrack
+// itself, at its confirmation, or in a bridge sending a Pod's packet back to
+// it; "" if none of these. to is where the packet was going.
+func (x *Explainer) dropBlame(c *flow.Conn, d *flow.Drop, to netip.AddrPort) string {
+	switch {
+	case d == nil:
+		return ""
+	case d.InNode && d.Placed && d.Gap.After == tracer.StagePreConntrack:
+		return x.conntrackDrop(c, d)
+	case d.AtConfirm():
+		return x.insertClash(c, d)
+	}
+	return x.hairpin(c, to)
+}
+
+// retried blames the drops an answered connection's first tries met: what
+// dropped them, or, when svctrace cannot tell, where the kernel did.
+func (x *Explainer) retried(c *flow.Conn, tries []*flow.Drop) string {
+	d := tries[0]
+	what := fmt.Sprintf("the %s was dropped before a retransmission got through", c.PacketName(d.Packet))
+	if len(tries) > 1 {
+		what = fmt.Sprintf("%d %ss were dropped before a retransmission got through", len(tries), c.PacketName(d.Packet))
+	}
+	if d.Endpoint.IsValid() && d.Endpoint != c.Endpoint {
+		what += " to another endpoint"
+	}
+	if b := x.dropBlame(c, d, d.Endpoint); b != "" {
+		return what + ": " + b
+	}
+	if rule, ok := x.ruleAt(c, d); ok {
+		return fmt.Sprintf("%s: a rule %s dropped them", what, rule)
+	}
+	return fmt.Sprintf("%s; the kernel dropped them %s, where no rule svctrace read sits: look at what runs there (%s)",
+		what, strings.TrimPrefix(d.String(), "dropped "), d.Location)
 }
 
 // samePodIPv4 is the IPv4 endpoint of the Pod behind the IPv6 endpoint a
@@ -323,12 +357,12 @@ func (x *Explainer) affinity(c *flow.Conn, port *resolve.Port) string {
 // hairpin explains a dropped connection of a Pod to itself through its
 // Service: the DNAT sends the packet back to the bridge port it came in
 // on, which the bridge does only with that port's hairpin_mode on.
-func (x *Explainer) hairpin(c *flow.Conn) string {
-	if !c.Endpoint.IsValid() || c.Endpoint.Addr() != c.Client.Addr() {
+func (x *Explainer) hairpin(c *flow.Conn, to netip.AddrPort) string {
+	if !to.IsValid() || to.Addr() != c.Client.Addr() {
 		return ""
 	}
 	pod := "the endpoint " + c.Client.Addr().String()
-	if ep, ok := x.eps[c.Endpoint]; ok && ep.ep.Pod.Name != "" {
+	if ep, ok := x.eps[to]; ok && ep.ep.Pod.Name != "" {
 		pod = "Pod " + ep.ep.Pod.String()
 	}
 	s := "hairpin: " + pod + " reached itself through the Service"
@@ -384,12 +418,19 @@ func (x *Explainer) rule(c *flow.Conn, port *resolve.Port) (rule string, ownRule
 			}
 		}
 	}
-	d := c.Drop
 	if rd := r.RangeDrop(c.VIP.Addr()); rd != nil && c.Verdict == flow.Dropped && !c.Endpoint.IsValid() {
 		return fmt.Sprintf("DROP: %s is in the service range %s, but kube-proxy has no ClusterIP %s (kube-proxy, %s: %q)",
 			c.VIP, rd.Prefix, c.VIP.Addr(), rd.Where, rd.Why), true
 	}
-	if !d.InNode || !d.Placed {
+	rule, _ = x.ruleAt(c, c.Drop)
+	return rule, false
+}
+
+// ruleAt names the base chains registered where drop d happened: "in
+// table ip filter, chain FORWARD (…)"; false if none is known there.
+func (x *Explainer) ruleAt(c *flow.Conn, d *flow.Drop) (string, bool) {
+	r := x.in.Rules
+	if r == nil || !d.InNode || !d.Placed {
 		return "", false
 	}
 	lo, hi := d.Gap.Bounds()
@@ -409,9 +450,9 @@ func (x *Explainer) rule(c *flow.Conn, port *resolve.Port) (rule string, ownRule
 		// A legacy table's stage (the gap between the observers around it)
 		// names it; a drop elsewhere (the bridge's) is not the tables'.
 		if r.Mode == kubeproxy.ModeIPTablesLegacy && len(d.Gap.Pieces) > 0 {
-			return fmt.Sprintf("in iptables-legacy's %s on %s", d.Gap.What(), d.Gap.Hook), false
+			return fmt.Sprintf("in iptables-legacy's %s on %s", d.Gap.What(), d.Gap.Hook), true
 		}
 		return "", false
 	}
-	return "in " + strings.Join(chains, " or "), false
+	return "in " + strings.Join(chains, " or "), true
 }

@@ -341,6 +341,16 @@ func (a *Assembler) observe(c *Conn, ev tracer.Event, d Dir) {
 	if c.invalid(pk, ev) {
 		note = strings.TrimPrefix(note+", no conntrack entry: INVALID, so no NAT applies", ", ")
 	}
+	if to, ok := dnat(pk, pk.last, ev); ok && !fresh {
+		// A retransmission translated to another endpoint than the steps
+		// show is shown in full from here on.
+		if to != c.st.shownDNAT && pk.brief {
+			pk.detail = true
+		}
+		if pk.detail {
+			c.st.shownDNAT = to
+		}
+	}
 	a.learnPath(c, pk, ev)
 	if pk.detail || (pk.brief && fresh) {
 		a.step(c, pk, ev, note, nil)
@@ -391,6 +401,9 @@ func (a *Assembler) learnNAT(c *Conn, ct tracer.Conntrack) {
 	}
 	if ct.Reply.Src != ct.Orig.Dst {
 		c.Endpoint = ct.Reply.Src
+		if n := len(c.Endpoints); n == 0 || c.Endpoints[n-1] != c.Endpoint {
+			c.Endpoints = append(c.Endpoints, c.Endpoint)
+		}
 	}
 	if ct.Reply.Dst != ct.Orig.Src {
 		c.SNAT = ct.Reply.Dst
@@ -469,6 +482,7 @@ func (a *Assembler) classify(c *Conn, pk *packet, ev tracer.Event) {
 	}
 	if c.st.reply == nil {
 		c.st.reply = pk
+		c.Answer = ev.Time
 	}
 }
 
@@ -533,6 +547,9 @@ func (a *Assembler) drop(c *Conn, ev tracer.Event, d Dir) {
 		InNode: ev.NetNS == a.opts.NodeNetNS}
 	if pk != nil {
 		dr.Packet, dr.Dir, dr.Invalid = pk.n, pk.dir, pk.invalid
+		if pk.dir == Original && pk.last.Kind == tracer.KindHook && pk.last.Tuple.IsValid() && pk.last.Tuple.Dst != c.VIP {
+			dr.Endpoint = pk.last.Tuple.Dst
+		}
 	}
 	if dr.InNode && pk != nil && pk.last.Kind == tracer.KindHook {
 		dr.Gap, dr.Placed = tracer.GapAfter(pk.last.Hook, pk.last.Stage), true
@@ -634,6 +651,15 @@ func packetWhat(ev tracer.Event) string {
 		return f
 	}
 	return strings.ToUpper(ev.Tuple.Proto.String())
+}
+
+// dnat returns where the client's packet was translated to between two
+// observers, if it was.
+func dnat(pk *packet, prev, ev tracer.Event) (netip.AddrPort, bool) {
+	if pk.dir != Original || !prev.Tuple.IsValid() || !ev.Tuple.IsValid() || prev.Tuple.Dst == ev.Tuple.Dst {
+		return netip.AddrPort{}, false
+	}
+	return ev.Tuple.Dst, true
 }
 
 // changes says what happened to a packet between two observers.

@@ -38,9 +38,15 @@ type Conn struct {
 	Client    netip.AddrPort // original source
 	VIP       netip.AddrPort // original destination: what the client asked for
 	Endpoint  netip.AddrPort // destination after DNAT; invalid: not translated
+	// Endpoints are the destinations after DNAT, in the order the
+	// connection's packets went there: more than one when a retransmission
+	// was translated anew (its first try's conntrack entry was dropped
+	// before confirmation) and went elsewhere. The last is Endpoint.
+	Endpoints []netip.AddrPort
 	SNAT      netip.AddrPort // source after SNAT; invalid: not translated
 	Start     uint64         // CLOCK_MONOTONIC ns of the first event
 	End       uint64         // ... of the last event
+	Answer    uint64         // ... of the first answer from the destination; 0: none
 	Verdict   Verdict
 	Why       string // the verdict in one sentence
 	// Drop is where a packet of the connection died: for dropped, the drop;
@@ -109,6 +115,9 @@ type Drop struct {
 	// Invalid: the packet had passed conntrack without an entry (see
 	// Conn.Invalid).
 	Invalid bool `json:",omitempty"`
+	// Endpoint is where the packet was going when it died, after DNAT
+	// (invalid: not translated, or not known).
+	Endpoint netip.AddrPort `json:",omitzero"`
 }
 
 // String: "dropped in FORWARD between priority -1 and 1: filter table (0)
@@ -175,6 +184,9 @@ type state struct {
 	troubled    uint64
 	broke       int     // 1 + the index in Drops of the first such drop; 0: none
 	strayed     *packet // the first INVALID packet that left untranslated
+	// shownDNAT is the destination of the last DNAT the steps show: a
+	// retransmission translated elsewhere is shown in full.
+	shownDNAT netip.AddrPort
 }
 
 func (c *Conn) findPacket(id uint64) *packet {
@@ -191,6 +203,21 @@ func (c *Conn) findPacket(id uint64) *packet {
 func (c *Conn) remember(pk *packet) {
 	c.st.recent[c.st.next] = pk
 	c.st.next = (c.st.next + 1) % len(c.st.recent)
+}
+
+// Retried returns the drops of the client's packets before the answer: the
+// tries an answered connection needed.
+func (c *Conn) Retried() []*Drop {
+	if c.Verdict != Answered {
+		return nil
+	}
+	var ds []*Drop
+	for i := range c.Drops {
+		if d := &c.Drops[i]; d.Dir == Original && d.InNode && d.Time < c.Answer {
+			ds = append(ds, d)
+		}
+	}
+	return ds
 }
 
 // target is where the client's packets are delivered: the endpoint after

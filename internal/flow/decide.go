@@ -41,6 +41,9 @@ func (a *Assembler) decide(c *Conn, now uint64) {
 		c.Verdict = Answered
 		c.Why = fmt.Sprintf("%s answered (%s) and the reply was translated back to %s",
 			st.reply.first.Tuple.Src, packetWhat(st.reply.first), c.Client)
+		if ds := c.Retried(); len(ds) > 0 {
+			c.Why += ", " + c.retries(ds)
+		}
 
 	case st.reply != nil:
 		c.Verdict = Dropped
@@ -96,6 +99,27 @@ func (a *Assembler) broken(c *Conn) {
 	c.Verdict = NotTranslated
 	c.Why += fmt.Sprintf("but then %s had no conntrack entry (INVALID), so no NAT applied: it left the node via %s still addressed to %s",
 		c.Whose(pk.n), a.ifName(pk.last.OutIf), c.VIP)
+}
+
+// retries says what the tries before the answer met: "after 3 SYNs were
+// dropped in PREROUTING … (NOT_SPECIFIED at br_handle_frame_finish+0x392);
+// they had gone to 10.244.0.12:8080, the answer came from 10.244.0.11:8080".
+func (c *Conn) retries(ds []*Drop) string {
+	what := "the " + c.PacketName(ds[0].Packet) + " was"
+	if len(ds) > 1 {
+		what = fmt.Sprintf("%d %ss were", len(ds), c.PacketName(ds[0].Packet))
+	}
+	s := fmt.Sprintf("after %s dropped %s", what, ds[0].place())
+	for _, d := range ds[1:] {
+		if d.place() != ds[0].place() {
+			s += fmt.Sprintf(", then %s", d.place())
+			break
+		}
+	}
+	if to := ds[0].Endpoint; to.IsValid() && to != c.Endpoint {
+		s += fmt.Sprintf("; the dropped packets went to %s, the retransmission that got through to %s", to, c.Endpoint)
+	}
+	return s
 }
 
 // Whose names packet n with its sender: "the client's PSH,ACK".

@@ -1,6 +1,7 @@
 package flow
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -395,5 +396,74 @@ func TestConntrackZoneAndMark(t *testing.T) {
 	if len(c.Steps) != 2 || c.Steps[0].CTZone != 3 || c.Steps[0].CTMark != 0x20 ||
 		!strings.HasSuffix(c.Steps[0].Note, "conntrack NEW, zone 3, ct mark 0x20") || !strings.Contains(c.Steps[1].Note, "ct mark 0x20 → 0x21") {
 		t.Errorf("steps %+v", c.Steps)
+	}
+}
+
+// A Pod calls its own Service through a bridge without hairpin mode: its SYN,
+// translated back to itself, dies in the bridge; the retransmission finds no
+// entry (the first was never confirmed), is translated to the other
+// endpoint, and is answered. The answer does not hide the drop, nor the
+// second translation.
+func TestAnsweredAfterDroppedTries(t *testing.T) {
+	client, self, other := "10.244.0.12:39934", "10.244.0.12:8080", "10.244.0.11:8080"
+	orig := tup(client, "10.96.0.10:80", tracer.TCP)
+	s := &seq{}
+	try := func(pkt uint64, id uint64, to string) tracer.Conntrack {
+		fresh := tracer.Conntrack{ID: id, Info: tracer.CTNew, Orig: orig, Reply: orig.Reverse()}
+		nat := tracer.Conntrack{ID: id, Info: tracer.CTNew, Orig: orig, Reply: tup(to, client, tracer.TCP)}
+		s.hook(pkt, tracer.PreRouting, tracer.StagePreConntrack, orig, tracer.SYN, tracer.Conntrack{})
+		s.hook(pkt, tracer.PreRouting, tracer.StagePostConntrack, orig, tracer.SYN, fresh)
+		s.hook(pkt, tracer.PreRouting, tracer.StagePreDNAT, orig, tracer.SYN, fresh)
+		s.hook(pkt, tracer.PreRouting, tracer.StagePostDNAT, tup(client, to, tracer.TCP), tracer.SYN, nat)
+		s.hook(pkt, tracer.PreRouting, tracer.StageLast, tup(client, to, tracer.TCP), tracer.SYN, nat)
+		return nat
+	}
+	try(1, 1, self)
+	s.drop(1, tup(client, self, tracer.TCP), tracer.Conntrack{})
+	s.last().Drop = tracer.Drop{Reason: "NOT_SPECIFIED", Location: "br_handle_frame_finish+0x392"}
+	s.at(time.Second)
+	try(2, 2, self)
+	s.drop(2, tup(client, self, tracer.TCP), tracer.Conntrack{})
+	s.last().Drop = tracer.Drop{Reason: "NOT_SPECIFIED", Location: "br_handle_frame_finish+0x392"}
+	s.at(time.Second)
+	nat := try(3, 3, other)
+	s.hook(3, tracer.Forward, tracer.StagePreFilter, tup(client, other, tracer.TCP), tracer.SYN, nat)
+	s.hook(3, tracer.PostRouting, tracer.StageLast, tup(client, other, tracer.TCP), tracer.SYN, nat)
+	est := nat
+	est.Info = tracer.CTEstablishedReply
+	s.hook(4, tracer.PreRouting, tracer.StagePostConntrack, tup(other, client, tracer.TCP), tracer.SYN|tracer.ACK, est)
+	s.hook(4, tracer.PostRouting, tracer.StageLast, tup("10.96.0.10:80", client, tracer.TCP), tracer.SYN|tracer.ACK, est)
+	c := only(t, mustRun(s))
+	if c.Verdict != Answered || c.Endpoint.String() != other || c.SYNs != 3 {
+		t.Fatalf("%s (%s) by %s after %d SYNs, want answered by %s after 3", c.Verdict, c.Why, c.Endpoint, c.SYNs, other)
+	}
+	if got := fmt.Sprint(c.Endpoints); got != "["+self+" "+other+"]" {
+		t.Errorf("endpoints %s, want %s then %s", got, self, other)
+	}
+	tries := c.Retried()
+	if len(tries) != 2 || tries[0].Endpoint.String() != self || tries[0].Reason != "NOT_SPECIFIED" || !tries[0].Placed || tries[0].Gap.Hook != tracer.PreRouting {
+		t.Fatalf("tries %+v, want the 2 SYNs to %s dropped in PREROUTING", tries, self)
+	}
+	want := "answered (SYN,ACK) and the reply was translated back to " + client + ", after 2 SYNs were dropped in PREROUTING after priority INT_MAX-1 (NOT_SPECIFIED at br_handle_frame_finish+0x392); the dropped packets went to " + self + ", the retransmission that got through to " + other
+	if !strings.HasSuffix(c.Why, want) {
+		t.Errorf("why %q\nwant …%q", c.Why, want)
+	}
+	var notes []string
+	for _, st := range c.Steps {
+		if st.Packet == 3 && st.Note != "" {
+			notes = append(notes, st.Note)
+		}
+	}
+	if !slices.Contains(notes, "DNAT 10.96.0.10:80 → "+other) || !slices.Contains(notes, "leaves the node via ifindex 0") {
+		t.Errorf("the third SYN's steps %q, want its DNAT to %s and its way out", notes, other)
+	}
+	drops := 0
+	for _, st := range c.Steps {
+		if st.Drop != nil {
+			drops++
+		}
+	}
+	if drops != 2 {
+		t.Errorf("%d drops in the timeline, want 2", drops)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -433,5 +434,82 @@ func TestIPv4OnlyMachine(t *testing.T) {
 		} else if r.Verdict() != r.Scenario.Expect {
 			t.Errorf("%s: verdict %q, want %s", r.Scenario.Name, r.Verdict(), r.Scenario.Expect)
 		}
+	}
+}
+
+// A Pod calling its own Service's two endpoints: a SYN the DNAT sends back
+// to the Pod itself dies in the bridge (hairpin_mode off), and its
+// retransmission, translated anew, is answered by the other Pod. The answer
+// hides neither: the drops, the change of endpoint and the blame are there.
+func TestAnsweredAfterHairpinDrops(t *testing.T) {
+	l := up(t)
+	if !bridgeNetfilter(l.Node) {
+		t.Skip("br_netfilter is not loaded: the bridge delivers the hairpin packet without netfilter")
+	}
+	healthy := l.Scenarios[0]
+	vip := healthy.VIP()
+	self, other := l.Pod("web-2"), l.Pod("web-1")
+	tr, err := tracer.Open(tracer.Options{NetNS: l.Node.Path, Targets: l.Targets()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var retried *flow.Conn
+	var seen []string
+	var found atomic.Bool
+	_, _, err = live.Collect(ctx, tr, live.Options{Flow: l.FlowOptions(2 * time.Second), Conn: func(c *flow.Conn, _ uint64) {
+		seen = append(seen, fmt.Sprintf("%s after %d SYNs to %v", c.Verdict, c.SYNs, c.Endpoints))
+		if c.Verdict == flow.Answered && len(c.Retried()) > 0 && retried == nil {
+			retried = c
+			found.Store(true)
+		}
+	}}, func() {
+		// Each SYN goes to either endpoint: within 16 requests one is all
+		// but certain (1 - 2^-16) to go to the Pod itself first. A request
+		// whose every SYN went there times out: that is the hairpin.
+		for i := 0; i < 16 && !found.Load(); i++ {
+			HTTPGet(ctx, self.NS, vip, "/", 4*time.Second)
+			time.Sleep(100 * time.Millisecond) // the connection is reported
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if retried == nil {
+		t.Fatalf("no connection answered after a dropped SYN: %q", seen)
+	}
+	c := retried
+	selfEP, otherEP := netip.AddrPortFrom(self.IP, 8080), netip.AddrPortFrom(other.IP, 8080)
+	if c.Endpoint != otherEP || len(c.Endpoints) != 2 || c.Endpoints[0] != selfEP || c.Endpoints[1] != otherEP {
+		t.Errorf("endpoints %v (last %s), want %s then %s", c.Endpoints, c.Endpoint, selfEP, otherEP)
+	}
+	d := c.Retried()[0]
+	if !d.InNode || !d.Placed || d.Gap.Hook != tracer.PreRouting || d.Endpoint != selfEP || !strings.HasPrefix(d.Location, "br_") {
+		t.Errorf("the first try's drop %+v, want in PREROUTING's bridge, on its way to %s", d, selfEP)
+	}
+	if !strings.Contains(c.Why, "answered (SYN,ACK) and the reply was translated back") || !strings.Contains(c.Why, "dropped in PREROUTING") ||
+		!strings.Contains(c.Why, "the retransmission that got through to "+otherEP.String()) {
+		t.Errorf("why %q", c.Why)
+	}
+	shown := false
+	for _, s := range c.Steps {
+		shown = shown || (s.Note == "DNAT "+vip.String()+" → "+otherEP.String())
+	}
+	if !shown {
+		t.Errorf("the retransmission's DNAT to %s is not in the timeline", otherEP)
+	}
+	as, _, err := l.Assess(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := as[healthy.Name].Explainer.Explain(c)
+	want := "the SYN was dropped before a retransmission got through to another endpoint: hairpin: Pod lab/web-2 reached itself through the Service; "
+	if n := len(c.Retried()); n > 1 {
+		want = fmt.Sprintf("%d SYNs were dropped before a retransmission got through to another endpoint: hairpin: Pod lab/web-2 reached itself through the Service; ", n)
+	}
+	if !strings.HasPrefix(e.Blame, want) || !strings.Contains(e.Blame, "hairpin_mode is off") {
+		t.Errorf("blame %q\nwant %q…", e.Blame, want)
 	}
 }

@@ -20,35 +20,37 @@ type JSON struct {
 }
 
 type jsonConn struct {
-	Kind         string          `json:"kind"` // "connection"
-	ID           int             `json:"id"`
-	Continues    int             `json:"continues,omitzero"`
-	Scenario     string          `json:"scenario,omitempty"`
-	Verdict      flow.Verdict    `json:"verdict"`
-	Reason       string          `json:"reason"`
-	Proto        tracer.Proto    `json:"proto"`
-	Client       netip.AddrPort  `json:"client"`
-	VIP          netip.AddrPort  `json:"vip"`
-	VIPName      string          `json:"vip_name,omitempty"`
-	Endpoint     *netip.AddrPort `json:"endpoint,omitempty"`
-	EndpointName string          `json:"endpoint_name,omitempty"`
-	Service      string          `json:"service,omitempty"`
-	Pod          string          `json:"pod,omitempty"`
-	Node         string          `json:"node,omitempty"`
-	EndpointCond string          `json:"endpoint_state,omitempty"`
-	Rule         string          `json:"rule,omitempty"`
-	Blame        string          `json:"blame,omitempty"`
-	Notes        []string        `json:"notes,omitempty"`
-	SNAT         *netip.AddrPort `json:"snat,omitempty"`
-	Start        *time.Time      `json:"start,omitempty"`
-	DurationUS   int64           `json:"duration_us"`
-	Packets      jsonPackets     `json:"packets"`
-	SYNs         int             `json:"syns,omitzero"`
-	Closed       string          `json:"closed,omitempty"`
-	Drop         *jsonDrop       `json:"drop,omitempty"`
-	Events       []jsonEvent     `json:"events"`
-	Truncated    bool            `json:"events_truncated,omitzero"`
-	LostEvents   uint64          `json:"lost_events,omitzero"`
+	Kind         string           `json:"kind"` // "connection"
+	ID           int              `json:"id"`
+	Continues    int              `json:"continues,omitzero"`
+	Scenario     string           `json:"scenario,omitempty"`
+	Verdict      flow.Verdict     `json:"verdict"`
+	Reason       string           `json:"reason"`
+	Proto        tracer.Proto     `json:"proto"`
+	Client       netip.AddrPort   `json:"client"`
+	VIP          netip.AddrPort   `json:"vip"`
+	VIPName      string           `json:"vip_name,omitempty"`
+	Endpoint     *netip.AddrPort  `json:"endpoint,omitempty"`
+	EndpointName string           `json:"endpoint_name,omitempty"`
+	Endpoints    []netip.AddrPort `json:"endpoints,omitempty"`
+	Service      string           `json:"service,omitempty"`
+	Pod          string           `json:"pod,omitempty"`
+	Node         string           `json:"node,omitempty"`
+	EndpointCond string           `json:"endpoint_state,omitempty"`
+	Rule         string           `json:"rule,omitempty"`
+	Blame        string           `json:"blame,omitempty"`
+	Notes        []string         `json:"notes,omitempty"`
+	SNAT         *netip.AddrPort  `json:"snat,omitempty"`
+	Start        *time.Time       `json:"start,omitempty"`
+	DurationUS   int64            `json:"duration_us"`
+	Packets      jsonPackets      `json:"packets"`
+	SYNs         int              `json:"syns,omitzero"`
+	Closed       string           `json:"closed,omitempty"`
+	Drop         *jsonDrop        `json:"drop,omitempty"`
+	Drops        []*jsonDrop      `json:"drops,omitempty"`
+	Events       []jsonEvent      `json:"events"`
+	Truncated    bool             `json:"events_truncated,omitzero"`
+	LostEvents   uint64           `json:"lost_events,omitzero"`
 }
 
 type jsonPackets struct {
@@ -63,17 +65,18 @@ type jsonBytes struct {
 }
 
 type jsonDrop struct {
-	Hook       string   `json:"hook,omitempty"`       // netfilter hook (iptables chain name)
-	Stage      string   `json:"stage"`                // what runs there: "filter table (0)"
-	Between    []string `json:"between,omitempty"`    // the observers around it
-	Priorities []int64  `json:"priorities,omitempty"` // their priorities
-	Reason     string   `json:"reason"`
-	Location   string   `json:"location"`
-	NetNS      uint32   `json:"netns"`
-	InNode     bool     `json:"in_node_netns"`
-	Packet     int      `json:"packet,omitzero"`
-	Dir        flow.Dir `json:"dir"`
-	Invalid    bool     `json:"invalid,omitempty"`
+	Hook       string          `json:"hook,omitempty"`       // netfilter hook (iptables chain name)
+	Stage      string          `json:"stage"`                // what runs there: "filter table (0)"
+	Between    []string        `json:"between,omitempty"`    // the observers around it
+	Priorities []int64         `json:"priorities,omitempty"` // their priorities
+	Reason     string          `json:"reason"`
+	Location   string          `json:"location"`
+	NetNS      uint32          `json:"netns"`
+	InNode     bool            `json:"in_node_netns"`
+	Packet     int             `json:"packet,omitzero"`
+	Dir        flow.Dir        `json:"dir"`
+	Invalid    bool            `json:"invalid,omitempty"`
+	Endpoint   *netip.AddrPort `json:"endpoint,omitempty"`
 }
 
 type jsonEvent struct {
@@ -120,6 +123,12 @@ func (p *JSON) Conn(c *flow.Conn, lost uint64) {
 	if c.Drop != nil {
 		j.Drop = drop(c.Drop)
 	}
+	for i := range c.Drops {
+		j.Drops = append(j.Drops, drop(&c.Drops[i]))
+	}
+	if len(c.Endpoints) > 1 {
+		j.Endpoints = c.Endpoints
+	}
 	if p.opts.Explain != nil {
 		e := p.opts.Explain(c)
 		j.Service, j.Pod, j.Node, j.EndpointCond, j.Rule, j.Blame = e.Service, e.Pod, e.Node, e.Endpoint, e.Rule, e.Blame
@@ -143,6 +152,10 @@ func (p *JSON) Conn(c *flow.Conn, lost uint64) {
 
 func drop(d *flow.Drop) *jsonDrop {
 	j := &jsonDrop{Reason: d.Reason, Location: d.Location, NetNS: d.NetNS, InNode: d.InNode, Packet: d.Packet, Dir: d.Dir, Invalid: d.Invalid}
+	if d.Endpoint.IsValid() {
+		ep := d.Endpoint
+		j.Endpoint = &ep
+	}
 	switch {
 	case !d.InNode:
 		j.Stage = "outside the node's network namespace"

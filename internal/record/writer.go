@@ -88,7 +88,11 @@ func Create(path string, maxSize int64) (*Writer, error) {
 	}
 	f, tmp, err := createBeside(target)
 	if err != nil {
-		return nil, fmt.Errorf("creating the recording: %w", err)
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the name is the temporary file's
+		}
+		return nil, fmt.Errorf("creating the recording %s: %w", path, err)
 	}
 	return newWriter(f, target, tmp, maxSize), nil
 }

@@ -239,7 +239,7 @@ func Candidates(opts ConnectOptions) ([]Candidate, error) {
 		}
 		out = append(out, Candidate{Describe: fmt.Sprintf("kubeconfig %s (context %q)", existing(files), ctxName), Config: cfg})
 	case opts.Kubeconfig != "" || opts.Context != "" || !clientcmd.IsEmptyConfig(err):
-		return nil, fmt.Errorf("kubeconfig: %s", oneLine(err))
+		return nil, kubeconfigError(err)
 	}
 	if opts.Kubeconfig != "" || opts.Context != "" {
 		return out, nil
@@ -283,6 +283,18 @@ func existing(files []string) string {
 		return strings.Join(files, ":")
 	}
 	return strings.Join(ok, ":")
+}
+
+// kubeconfigError says in one line why the kubeconfig could not be used; a
+// file that is not a kubeconfig at all is said so, not with the parser's
+// words about Go types.
+func kubeconfigError(err error) error {
+	msg := oneLine(err)
+	if file, _, ok := strings.Cut(strings.TrimPrefix(msg, `error loading config file "`), `": `); ok && strings.HasPrefix(msg, "error loading config file") &&
+		(strings.Contains(msg, "couldn't get version/kind") || strings.Contains(msg, "yaml:") || strings.Contains(msg, "json")) {
+		return fmt.Errorf("kubeconfig %s is not a kubeconfig file (YAML with apiVersion: v1 and kind: Config, as kubectl config view shows): pass another with --kubeconfig", file)
+	}
+	return fmt.Errorf("kubeconfig: %s", msg)
 }
 
 // kubeletConfig loads a kubelet kubeconfig found under root: the absolute
