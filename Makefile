@@ -1,7 +1,8 @@
 # svctrace - see README.md. Targets:
 #   build            bin/svctrace, pure Go with the BPF objects embedded
 #   man              man pages of every command into build/man (man -l build/man/svctrace.1)
-#   generate         rebuild the committed bpf2go outputs from bpf/ (clang, bpftool, libbpf-dev)
+#   generate         rebuild the committed bpf2go outputs from bpf/ (clang, libbpf-dev)
+#   vmlinux          refresh bpf/vmlinux.h from this machine's kernel BTF (bpftool)
 #   check-generated  fail if the committed bpf2go outputs differ from bpf/
 #   test             all tests; the privileged ones (root) skip when not root
 #   test-privileged  only the packages with privileged tests, failing if not root
@@ -33,7 +34,7 @@ K8S_LDFLAGS  := -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
 	-X k8s.io/client-go/pkg/version.gitVersion=$(K8S_VERSION)
 E2E_ENV      := SVCTRACE_K8S_BIN=$(K8S_BIN) SVCTRACE_REQUIRE_E2E=1 SVCTRACE_REQUIRE_ROOT=1
 
-.PHONY: build man generate check-generated test test-privileged lint bench fixtures k8s-bins e2e k8s-fixtures test-kernels clean
+.PHONY: build man vmlinux generate check-generated test test-privileged lint bench fixtures k8s-bins e2e k8s-fixtures test-kernels clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/svctrace
@@ -41,13 +42,14 @@ build:
 man: build
 	$(BIN) man build/man
 
-# vmlinux.h comes from the BTF of the machine that runs `make generate`; it is
-# not committed. CO-RE relocates the objects to whatever kernel loads them.
-build/vmlinux.h:
-	@mkdir -p build
-	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@
+# bpf/vmlinux.h (the kernel's types, from one kernel's BTF) is committed, so
+# the generated objects do not depend on the kernel of the machine that runs
+# `make generate`: CO-RE relocates them to whatever kernel loads them.
+# `make vmlinux` refreshes it from this machine's BTF, on purpose only.
+vmlinux:
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/vmlinux.h
 
-generate: build/vmlinux.h
+generate:
 	$(GO) generate ./internal/tracer
 
 check-generated: generate
