@@ -441,10 +441,10 @@ func (l *Lab) Down() error {
 	}
 	l.servers = nil
 	_, err := remove(l.ID)
+	if err == nil {
+		os.Remove(lockPath(l.ID))
+	}
 	if l.owner != nil {
-		if err == nil {
-			os.Remove(l.owner.Name())
-		}
 		l.owner.Close()
 		l.owner = nil
 	}
