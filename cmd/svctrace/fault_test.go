@@ -281,14 +281,18 @@ func TestFaultBattery(t *testing.T) {
 	}
 }
 
-// tcpServer listens on addr inside ns and answers every connection with a
-// line; it stops when the test ends.
-func tcpServer(t *testing.T, ns tracer.NetNS, addr string) {
+// serving is a new network namespace in which a server on 127.0.0.1:7777
+// answers every connection with a line; both go when the test ends.
+func serving(t *testing.T) tracer.NetNS {
 	t.Helper()
+	ns, err := tracer.ResolveNetNS(testutil.NewNetNS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
 	var ln net.Listener
-	err := tracer.InNetNS(ns, func() error {
+	err = tracer.InNetNS(ns, func() error {
 		var err error
-		ln, err = net.Listen("tcp", addr)
+		ln, err = net.Listen("tcp", "127.0.0.1:7777")
 		return err
 	})
 	if err != nil {
@@ -305,6 +309,7 @@ func tcpServer(t *testing.T, ns tracer.NetNS, addr string) {
 			c.Close()
 		}
 	}()
+	return ns
 }
 
 // dial connects to addr from inside ns, reads the answer and closes.
@@ -344,12 +349,7 @@ func tracing(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer, *syncBuffer)
 // every time (the ring buffer and the reader's batch are read before the
 // end). 20 rounds.
 func TestSIGINTReportsEverything(t *testing.T) {
-	testutil.RequireRoot(t)
-	ns, err := tracer.ResolveNetNS(testutil.NewNetNS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tcpServer(t, ns, "127.0.0.1:7777")
+	ns := serving(t)
 	dir := t.TempDir()
 	for round := range 20 {
 		file := filepath.Join(dir, fmt.Sprintf("r%d.svctrace", round))
@@ -389,12 +389,7 @@ func TestSIGINTReportsEverything(t *testing.T) {
 // svctrace … | head -n1: once the reader is gone, tracing stops at once,
 // everything is detached, and the exit status says so without a word.
 func TestClosedStdoutStopsTracing(t *testing.T) {
-	testutil.RequireRoot(t)
-	ns, err := tracer.ResolveNetNS(testutil.NewNetNS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tcpServer(t, ns, "127.0.0.1:7777")
+	ns := serving(t)
 	before := snapshot(t)
 	for _, quiet := range []bool{false, true} {
 		pr, pw, err := os.Pipe()

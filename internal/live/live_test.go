@@ -39,12 +39,15 @@ func (s *lagging) Read() (tracer.Event, error) {
 // any more; events the reader has not handed over yet still count. On the
 // 6.12 kernel under emulation the reader lagged, and the lab reported no
 // connection at all.
-func TestCollectWaitsForLaggingReader(t *testing.T) {
+// recentLabEvents are the lab's recorded events, moved in time so that
+// they happened just before now, the assembler options for them, and the
+// connections they hold.
+func recentLabEvents(t *testing.T) ([]tracer.Event, flow.Options, []*flow.Conn) {
+	t.Helper()
 	evs, err := tracer.ReadEvents(filepath.Join("..", "flow", "testdata", "lab.jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The recording happened before the traffic "ends" now.
 	now := tracer.Now()
 	for i := range evs {
 		evs[i].Time = now - 100*uint64(time.Millisecond) + (evs[i].Time - evs[0].Time)
@@ -54,6 +57,12 @@ func TestCollectWaitsForLaggingReader(t *testing.T) {
 	if len(want) == 0 {
 		t.Fatal("the recording holds no connection")
 	}
+	return evs, opts, want
+}
+
+func TestCollectWaitsForLaggingReader(t *testing.T) {
+	// The recording happened before the traffic "ends" now.
+	evs, opts, want := recentLabEvents(t)
 	src := &lagging{evs: evs, ready: time.Now().Add(300 * time.Millisecond)}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -70,16 +79,7 @@ func TestCollectWaitsForLaggingReader(t *testing.T) {
 // (Alive) — what the kernel reported before is read and every connection
 // it holds reported, even from a reader that has handed over nothing yet.
 func TestStopReadsWhatWasReported(t *testing.T) {
-	evs, err := tracer.ReadEvents(filepath.Join("..", "flow", "testdata", "lab.jsonl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := tracer.Now()
-	for i := range evs {
-		evs[i].Time = now - 100*uint64(time.Millisecond) + (evs[i].Time - evs[0].Time)
-	}
-	opts := flow.Options{NodeNetNS: evs[0].NetNS, Timeout: 1500 * time.Millisecond}
-	want, _ := flow.Replay(evs, opts)
+	evs, opts, want := recentLabEvents(t)
 	gone := errors.New("the traced network namespace was deleted")
 	for _, tc := range []struct {
 		name    string
