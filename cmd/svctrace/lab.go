@@ -77,10 +77,7 @@ every lab not in use is removed.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := ""
 			if len(args) == 1 {
-				var err error
-				if id, err = lab.ParseID(args[0]); err != nil {
-					return err
-				}
+				id = args[0] // Cleanup checks it is a lab id
 			}
 			removed, err := lab.Cleanup(id)
 			for _, n := range removed {

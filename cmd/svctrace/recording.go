@@ -20,6 +20,7 @@ type recordFlags struct {
 	maxSize     string
 	snaplen     int
 	everyPacket bool
+	max         int64 // --max-size in bytes, once validated
 }
 
 func (r *recordFlags) add(f *pflag.FlagSet) {
@@ -41,11 +42,11 @@ func (r *recordFlags) validate(reads ...string) error {
 	if r.snaplen < 0 || r.snaplen > tracer.MaxSnaplen {
 		return fmt.Errorf("invalid --snaplen %d: want 1 to %d bytes (0: headers only)", r.snaplen, tracer.MaxSnaplen)
 	}
-	max, err := parseSize(r.maxSize)
-	if err != nil {
+	var err error
+	if r.max, err = parseSize(r.maxSize); err != nil {
 		return err
 	}
-	if err := record.CheckMaxSize(max); err != nil {
+	if err := record.CheckMaxSize(r.max); err != nil {
 		return err
 	}
 	for _, in := range reads {
@@ -73,17 +74,14 @@ func readsInto(in, path string) bool {
 	return err == nil && os.SameFile(inSt, dir)
 }
 
-// create prepares the recording, or returns nil without -w. Nothing at the
-// path changes until the recording begins (record.Writer.Begin).
+// create prepares the recording, or returns nil without -w; validate
+// comes first. Nothing at the path changes until the recording begins
+// (record.Writer.Begin).
 func (r *recordFlags) create() (*record.Writer, error) {
 	if r.path == "" {
 		return nil, nil
 	}
-	max, err := parseSize(r.maxSize)
-	if err != nil {
-		return nil, err
-	}
-	return record.Create(r.path, max)
+	return record.Create(r.path, r.max)
 }
 
 // watch reports, on stderr as they happen, the recording's size bound and

@@ -153,8 +153,9 @@ func frame(t Type, payload []byte) []byte {
 	b := make([]byte, frameSize, frameSize+len(payload))
 	b[0] = byte(t)
 	binary.LittleEndian.PutUint32(b[1:], uint32(len(payload)))
-	binary.LittleEndian.PutUint32(b[5:], crc32.ChecksumIEEE(b[:5]))
-	binary.LittleEndian.PutUint32(b[9:], crc32.Update(crc32.ChecksumIEEE(b[:5]), crc32.IEEETable, payload))
+	head := crc32.ChecksumIEEE(b[:5])
+	binary.LittleEndian.PutUint32(b[5:], head)
+	binary.LittleEndian.PutUint32(b[9:], crc32.Update(head, crc32.IEEETable, payload))
 	return append(b, payload...)
 }
 

@@ -149,11 +149,14 @@ func (rd *Reader) frame() (Type, []byte, error) {
 	}
 	t := Type(fr[0])
 	length := int64(binary.LittleEndian.Uint32(fr[1:]))
-	var sum uint32
+	// The payload's checksum starts from the frame's (version 2), or from
+	// nothing (version 1, which checked the payload only).
+	var seed, sum uint32
 	if rd.version == 1 {
 		sum = binary.LittleEndian.Uint32(fr[5:])
 	} else {
-		if crc32.ChecksumIEEE(fr[:5]) != binary.LittleEndian.Uint32(fr[5:]) {
+		seed = crc32.ChecksumIEEE(fr[:5])
+		if seed != binary.LittleEndian.Uint32(fr[5:]) {
 			if rd.zeroTail(fr) {
 				rd.notes = append(rd.notes, fmt.Sprintf("the recording is zero bytes from byte %d on (the machine stopped before the file's data reached the disk): cut short there", off))
 				return 0, nil, io.EOF
@@ -176,11 +179,7 @@ func (rd *Reader) frame() (Type, []byte, error) {
 		return 0, nil, io.EOF
 	}
 	payload := buf.Bytes()
-	got := crc32.ChecksumIEEE(payload)
-	if rd.version != 1 {
-		got = crc32.Update(crc32.ChecksumIEEE(fr[:5]), crc32.IEEETable, payload)
-	}
-	if got != sum {
+	if crc32.Update(seed, crc32.IEEETable, payload) != sum {
 		return 0, nil, &FormatError{off, fmt.Errorf("%s record: checksum mismatch: corrupt", t)}
 	}
 	rd.off += int64(size) + length

@@ -285,9 +285,7 @@ func (w *Writer) Close(end End) error {
 		w.stopped = true
 	}
 	w.flush()
-	if err := w.f.Close(); err != nil {
-		w.fail(err)
-	}
+	w.fail(w.f.Close())
 	if w.err != nil {
 		return fmt.Errorf("the recording %s is incomplete: writing it failed: %w", w.path, w.err)
 	}
