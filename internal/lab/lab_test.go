@@ -391,8 +391,16 @@ func TestConntrackTableFull(t *testing.T) {
 	if len(results[0].Conns) == 0 {
 		t.Fatalf("no connection traced (client: %s)", results[0].Client)
 	}
+	// The table stays full only as long as nothing in the node's own
+	// table expires: when an entry goes (a lab connection's TIME_WAIT, an
+	// early drop), a retransmission gets the slot, as on a real node whose
+	// table hovers at its limit. Either way the first SYN died in conntrack
+	// and the blame must say the table is full.
 	c := results[0].Conns[0]
-	if c.Verdict != flow.Dropped || c.Drop == nil || !c.Drop.Placed || c.Drop.Gap.Hook != tracer.PreRouting || c.Drop.Gap.After != tracer.StagePreConntrack {
+	if len(c.Drops) == 0 || (c.Verdict != flow.Dropped && c.Verdict != flow.Answered) {
+		t.Fatalf("verdict %s (%s), want the SYN dropped by conntrack in PREROUTING", c.Verdict, c.Why)
+	}
+	if d := c.Drops[0]; !d.Placed || d.Gap.Hook != tracer.PreRouting || d.Gap.After != tracer.StagePreConntrack {
 		t.Fatalf("verdict %s (%s), want the SYN dropped by conntrack in PREROUTING", c.Verdict, c.Why)
 	}
 	as, facts, err := l.Assess(context.Background())
@@ -408,6 +416,9 @@ func TestConntrackTableFull(t *testing.T) {
 	}
 	want := "conntrack dropped the SYN before any rule saw it: the node's conntrack table is full"
 	e := a.Explainer.Explain(c)
+	if c.Verdict == flow.Answered {
+		want = "the SYN was dropped before a retransmission got through: " + want
+	}
 	if !strings.HasPrefix(e.Blame, want) {
 		t.Errorf("blame %q, want %q…", e.Blame, want)
 	}

@@ -13,12 +13,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// FillConntrack fills ns's conntrack table with assured UDP entries, as if
-// clients of 198.18.0.0/15 had talked to 198.19.255.254:9, until the
+// FillConntrack replaces ns's conntrack entries with assured UDP entries,
+// as if clients of 198.18.0.0/15 had talked to 198.19.255.254:9, until the
 // kernel refuses more (the limit, nf_conntrack_max, is the same in every
-// namespace; the count is the namespace's own) or n were added. Assured
-// entries are never evicted early to make room. The entries go in batches
-// over one netlink socket.
+// namespace; the count is the namespace's own) or n were added. The table
+// is flushed first: a TCP entry closing (TIME_WAIT, CLOSE) may be evicted
+// early to make room or expire within seconds, and would let a new
+// connection in; assured UDP entries of an hour are never evicted early.
+// The entries go in batches over one netlink socket.
 func FillConntrack(ns tracer.NetNS, n int) error {
 	return tracer.InNetNS(ns, func() error {
 		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
@@ -28,6 +30,12 @@ func FillConntrack(ns tracer.NetNS, n int) error {
 		defer unix.Close(fd)
 		if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 			return err
+		}
+		// conntrack -F: a delete without a tuple, of both families.
+		flush := nl.NewNetlinkRequest(int(netlink.ConntrackTable)<<8|nl.IPCTNL_MSG_CT_DELETE, 0)
+		flush.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_UNSPEC, Version: nl.NFNETLINK_V0})
+		if err := unix.Sendto(fd, flush.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			return fmt.Errorf("flushing the conntrack table: %w", err)
 		}
 		server := netip.MustParseAddrPort("198.19.255.254:9")
 		const batch = 128
