@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/svctrace/svctrace/internal/conntrack"
+	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
@@ -162,7 +163,7 @@ func (x *Explainer) invalid(c *flow.Conn) (rule, blame string) {
 	}
 	loose, known := sysctls["nf_conntrack_tcp_loose"]
 	strict := known && loose == 0
-	blame = "conntrack found " + c.Whose(n) + " INVALID"
+	blame = "conntrack found " + describe.Whose(c, n) + " INVALID"
 	if strict {
 		blame += ": it had no entry, as its connection's entry was gone (deleted, e.g. by conntrack -D or -F, or expired) and net.netfilter.nf_conntrack_tcp_loose=0 here keeps conntrack from taking up a connection mid-stream"
 	} else {
@@ -186,7 +187,7 @@ func (x *Explainer) invalid(c *flow.Conn) (rule, blame string) {
 // insertClash explains a packet conntrack dropped at confirmation: another
 // packet of the same new flow had confirmed its entry first.
 func (x *Explainer) insertClash(c *flow.Conn, d *flow.Drop) string {
-	s := fmt.Sprintf("conntrack dropped %s when confirming its new entry: another packet of the same flow (same addresses and ports) had made the entry first, an insert clash", c.Whose(d.Packet))
+	s := fmt.Sprintf("conntrack dropped %s when confirming its new entry: another packet of the same flow (same addresses and ports) had made the entry first, an insert clash", describe.Whose(c, d.Packet))
 	if t := x.in.Conntrack; t != nil {
 		if n := counters(t, "insert_failed", "clashres"); n != "" {
 			s += " (conntrack -S: " + n + ")"

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/resolve"
@@ -267,7 +268,7 @@ func (x *Explainer) retried(c *flow.Conn, tries []*flow.Drop) string {
 		return fmt.Sprintf("%s: a rule %s dropped them", what, rule)
 	}
 	return fmt.Sprintf("%s; the kernel dropped them %s, where no rule svctrace read sits: look at what runs there (%s)",
-		what, strings.TrimPrefix(d.String(), "dropped "), d.Location)
+		what, describe.Place(*d), d.Location)
 }
 
 // samePodIPv4 is the IPv4 endpoint of the Pod behind the IPv6 endpoint a

@@ -331,29 +331,32 @@ func (a *Assembler) observe(c *Conn, ev tracer.Event, d Dir) {
 	}
 
 	pk, fresh := c.packetFor(ev, d)
-	var note string
+	var changes []Change
 	if fresh {
 		a.classify(c, pk, ev)
-		note = a.describe(c, pk, ev)
+		changes = a.describe(c, pk, ev)
 	} else {
-		note = a.changes(c, pk, pk.last, ev)
+		changes = a.changes(pk, pk.last, ev)
 	}
 	if c.invalid(pk, ev) {
-		note = strings.TrimPrefix(note+", no conntrack entry: INVALID, so no NAT applies", ", ")
+		changes = append(changes, Change{Kind: Invalid})
 	}
-	if to, ok := dnat(pk, pk.last, ev); ok && !fresh {
+	for _, ch := range changes {
+		if ch.Kind != DNAT {
+			continue
+		}
 		// A retransmission translated to another endpoint than the steps
 		// show is shown in full from here on.
-		if to != c.st.shownDNAT && pk.brief {
+		if ch.To != c.st.shownDNAT && pk.brief {
 			pk.detail = true
 		}
 		if pk.detail {
-			c.st.shownDNAT = to
+			c.st.shownDNAT = ch.To
 		}
 	}
 	a.learnPath(c, pk, ev)
 	if pk.detail || (pk.brief && fresh) {
-		a.step(c, pk, ev, note, nil)
+		a.step(c, pk, ev, changes, nil)
 	}
 	pk.last = ev
 }
@@ -564,16 +567,16 @@ func (a *Assembler) drop(c *Conn, ev tracer.Event, d Dir) {
 	if dr.Placed {
 		ev.Hook, ev.Stage = dr.Gap.Hook, dr.Gap.After
 	}
-	a.step(c, pk, ev, dr.String(), &c.Drops[len(c.Drops)-1])
+	a.step(c, pk, ev, nil, &c.Drops[len(c.Drops)-1])
 }
 
-func (a *Assembler) step(c *Conn, pk *packet, ev tracer.Event, note string, dr *Drop) {
+func (a *Assembler) step(c *Conn, pk *packet, ev tracer.Event, changes []Change, dr *Drop) {
 	if len(c.Steps) >= a.opts.MaxSteps {
 		c.Truncated = true
 		return
 	}
 	s := Step{Time: ev.Time, Packet: pk.n, Dir: pk.dir, Kind: ev.Kind, Hook: ev.Hook, Stage: ev.Stage,
-		NetNS: ev.NetNS, Tuple: ev.Tuple, Mark: ev.Mark, Note: note, Drop: dr, Flags: flags(ev), Data: ev.Data}
+		NetNS: ev.NetNS, Tuple: ev.Tuple, Mark: ev.Mark, Changes: changes, Drop: dr, Flags: flags(ev), Data: ev.Data}
 	switch {
 	case ev.CT.ID != 0:
 		s.CT, s.CTMark, s.CTZone = ev.CT.Info.String(), ev.CT.Mark, ev.CT.Zone
@@ -601,49 +604,32 @@ func flags(ev tracer.Event) string {
 }
 
 // describe says what a new packet is.
-func (a *Assembler) describe(c *Conn, pk *packet, ev tracer.Event) string {
-	var s string
+func (a *Assembler) describe(c *Conn, pk *packet, ev tracer.Event) []Change {
+	var ch Change
 	switch {
 	case ev.ICMP.IsError():
-		s = fmt.Sprintf("ICMP %s %s → %s about %s", ev.ICMP.Describe(ev.Tuple.Proto),
-			ev.Tuple.Src.Addr(), ev.Tuple.Dst.Addr(), ev.ICMP.Inner)
-		if c.st.reject == pk {
-			s = "the node sends " + s
-		}
+		ch = Change{Kind: ICMPError, Inner: ev.ICMP.Inner, ByNode: c.st.reject == pk}
 	case pk.dir == Original && c.SYNs > 1:
-		s = fmt.Sprintf("%s retransmitted (%d)", flags(ev), c.SYNs-1)
+		ch = Change{Kind: Retransmitted, N: c.SYNs - 1}
 	case pk.dir == Original:
-		s = fmt.Sprintf("%s %s → %s", packetWhat(ev), ev.Tuple.Src, ev.Tuple.Dst)
+		ch = Change{Kind: Sent}
 	case c.st.reject == pk:
-		s = fmt.Sprintf("the node sends %s %s → %s", packetWhat(ev), ev.Tuple.Src, ev.Tuple.Dst)
+		ch = Change{Kind: NodeSent}
 	default:
-		s = fmt.Sprintf("reply %s %s → %s", packetWhat(ev), ev.Tuple.Src, ev.Tuple.Dst)
+		ch = Change{Kind: Replied}
 	}
+	changes := []Change{ch}
 	if ev.CT.ID != 0 {
-		s += ", " + ctNote(ev.CT)
+		changes = append(changes, tracked(ev.CT))
 	}
-	return s
+	return changes
 }
 
-// ctNote: "conntrack NEW", with the entry's zone and mark where set.
-func ctNote(ct tracer.Conntrack) string {
-	s := "conntrack " + ct.Info.String() + priorEntry(ct)
-	if ct.Zone != 0 {
-		s += fmt.Sprintf(", zone %d", ct.Zone)
-	}
-	if ct.Mark != 0 {
-		s += fmt.Sprintf(", ct mark %#x", ct.Mark)
-	}
-	return s
-}
-
-// priorEntry notes a new packet that found an entry made before: an
-// unanswered flow that began earlier, whose NAT was decided then.
-func priorEntry(ct tracer.Conntrack) string {
-	if ct.Info == tracer.CTNew && ct.Status&tracer.CTConfirmed != 0 {
-		return " (an existing entry)"
-	}
-	return ""
+// tracked notes the packet's conntrack entry; Prior if a new packet found
+// an entry made before: an unanswered flow that began earlier, whose NAT
+// was decided then.
+func tracked(ct tracer.Conntrack) Change {
+	return Change{Kind: Tracked, Prior: ct.Info == tracer.CTNew && ct.Status&tracer.CTConfirmed != 0}
 }
 
 func packetWhat(ev tracer.Event) string {
@@ -653,56 +639,45 @@ func packetWhat(ev tracer.Event) string {
 	return strings.ToUpper(ev.Tuple.Proto.String())
 }
 
-// dnat returns where the client's packet was translated to between two
-// observers, if it was.
-func dnat(pk *packet, prev, ev tracer.Event) (netip.AddrPort, bool) {
-	if pk.dir != Original || !prev.Tuple.IsValid() || !ev.Tuple.IsValid() || prev.Tuple.Dst == ev.Tuple.Dst {
-		return netip.AddrPort{}, false
-	}
-	return ev.Tuple.Dst, true
-}
-
 // changes says what happened to a packet between two observers.
-func (a *Assembler) changes(c *Conn, pk *packet, prev, ev tracer.Event) string {
-	var parts []string
+func (a *Assembler) changes(pk *packet, prev, ev tracer.Event) []Change {
+	var cs []Change
 	switch {
 	case prev.CT.ID == 0 && ev.CT.ID != 0:
-		parts = append(parts, ctNote(ev.CT))
+		cs = append(cs, tracked(ev.CT))
 	case ev.CT.ID != 0 && ev.CT.Mark != prev.CT.Mark:
-		parts = append(parts, fmt.Sprintf("ct mark %#x → %#x", prev.CT.Mark, ev.CT.Mark))
+		cs = append(cs, Change{Kind: CTMarked, OldMark: prev.CT.Mark})
 	}
-	if prev.Tuple.Dst != ev.Tuple.Dst && ev.Tuple.IsValid() && prev.Tuple.IsValid() {
-		if pk.dir == Original {
-			parts = append(parts, fmt.Sprintf("DNAT %s → %s", prev.Tuple.Dst, ev.Tuple.Dst))
-		} else {
-			parts = append(parts, fmt.Sprintf("un-SNAT dst %s → %s", prev.Tuple.Dst, ev.Tuple.Dst))
+	if ev.Tuple.IsValid() && prev.Tuple.IsValid() {
+		if prev.Tuple.Dst != ev.Tuple.Dst {
+			k := DNAT
+			if pk.dir == Reply {
+				k = UnSNAT
+			}
+			cs = append(cs, Change{Kind: k, From: prev.Tuple.Dst, To: ev.Tuple.Dst})
 		}
-	}
-	if prev.Tuple.Src != ev.Tuple.Src && ev.Tuple.IsValid() && prev.Tuple.IsValid() {
-		if pk.dir == Original {
-			p := fmt.Sprintf("SNAT src %s → %s", prev.Tuple.Src, ev.Tuple.Src)
+		if prev.Tuple.Src != ev.Tuple.Src {
 			// The mark as the nat table saw it: kube-proxy clears its
 			// masquerade bit right before MASQUERADE.
-			if prev.Mark != 0 {
-				p += fmt.Sprintf(" (packet mark %#x)", prev.Mark)
+			ch := Change{Kind: SNAT, From: prev.Tuple.Src, To: ev.Tuple.Src, OldMark: prev.Mark}
+			if pk.dir == Reply {
+				ch = Change{Kind: UnDNAT, From: prev.Tuple.Src, To: ev.Tuple.Src}
 			}
-			parts = append(parts, p)
-		} else {
-			parts = append(parts, fmt.Sprintf("un-DNAT src %s → %s", prev.Tuple.Src, ev.Tuple.Src))
+			cs = append(cs, ch)
 		}
 	}
 	if ev.Stage == tracer.StagePostFilter && prev.Hook == ev.Hook && prev.Stage == tracer.StagePreFilter {
-		parts = append(parts, "accepted by the filter table")
+		cs = append(cs, Change{Kind: Accepted})
 	}
 	if ev.Stage == tracer.StageLast {
 		switch ev.Hook {
 		case tracer.PostRouting:
-			parts = append(parts, "leaves the node via "+a.ifName(ev.OutIf))
+			cs = append(cs, Change{Kind: Left, Iface: a.ifName(ev.OutIf)})
 		case tracer.LocalIn:
-			parts = append(parts, "delivered to a local socket")
+			cs = append(cs, Change{Kind: Delivered})
 		}
 	}
-	return strings.Join(parts, ", ")
+	return cs
 }
 
 func (a *Assembler) ifName(ifindex uint32) string {

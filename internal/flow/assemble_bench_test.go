@@ -1,6 +1,7 @@
-package flow
+package flow_test
 
 import (
+	. "github.com/svctrace/svctrace/internal/flow"
 	"net/netip"
 	"testing"
 

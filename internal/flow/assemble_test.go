@@ -1,7 +1,9 @@
-package flow
+package flow_test
 
 import (
 	"flag"
+	"github.com/svctrace/svctrace/internal/describe"
+	. "github.com/svctrace/svctrace/internal/flow"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -62,7 +64,7 @@ func only(t *testing.T, conns []*Conn) *Conn {
 	t.Helper()
 	if len(conns) != 1 {
 		for _, c := range conns {
-			t.Logf("#%d %s→%s %s: %s", c.ID, c.Client, c.VIP, c.Verdict, c.Why)
+			t.Logf("#%d %s→%s %s: %s", c.ID, c.Client, c.VIP, c.Verdict, describe.Reason(c))
 		}
 		t.Fatalf("got %d connections, want 1", len(conns))
 	}
@@ -75,16 +77,16 @@ func only(t *testing.T, conns []*Conn) *Conn {
 func show(t *testing.T, c *Conn) {
 	t.Logf("#%d %s → %s %s endpoint=%s snat=%s", c.ID, c.Client, c.VIP, c.Proto, c.Endpoint, c.SNAT)
 	for _, s := range c.Steps {
-		if s.Note != "" {
-			t.Logf("  +%-10s %-11s %-14s %s", time.Duration(s.Time-c.Start), s.Hook, s.Stage, s.Note)
+		if s.Shown() {
+			t.Logf("  +%-10s %-11s %-14s %s", time.Duration(s.Time-c.Start), s.Hook, s.Stage, describe.Step(s))
 		}
 	}
-	t.Logf("  %s: %s", c.Verdict, c.Why)
+	t.Logf("  %s: %s", c.Verdict, describe.Reason(c))
 }
 
 func hasNote(c *Conn, sub string) bool {
 	for _, s := range c.Steps {
-		if strings.Contains(s.Note, sub) {
+		if strings.Contains(describe.Step(s), sub) {
 			return true
 		}
 	}
@@ -99,7 +101,7 @@ var (
 func TestHealthyIsAnsweredThroughDNATAndMasquerade(t *testing.T) {
 	c := only(t, scenario(t, "10.96.0.10:80", Options{}))
 	if c.Verdict != Answered {
-		t.Fatalf("verdict %s (%s), want answered", c.Verdict, c.Why)
+		t.Fatalf("verdict %s (%s), want answered", c.Verdict, describe.Reason(c))
 	}
 	if c.VIP != netip.MustParseAddrPort("10.96.0.10:80") || c.Client.Addr() != client {
 		t.Errorf("client %s vip %s", c.Client, c.VIP)
@@ -129,7 +131,7 @@ func TestHealthyIsAnsweredThroughDNATAndMasquerade(t *testing.T) {
 func TestNoEndpointsIsRejectedInForward(t *testing.T) {
 	c := only(t, scenario(t, "10.96.0.20:80", Options{}))
 	if c.Verdict != Rejected {
-		t.Fatalf("verdict %s (%s), want rejected", c.Verdict, c.Why)
+		t.Fatalf("verdict %s (%s), want rejected", c.Verdict, describe.Reason(c))
 	}
 	if c.Endpoint.IsValid() {
 		t.Errorf("endpoint %s, want none (no DNAT)", c.Endpoint)
@@ -140,28 +142,28 @@ func TestNoEndpointsIsRejectedInForward(t *testing.T) {
 	if c.Drop.Reason != "NETFILTER_DROP" {
 		t.Errorf("drop reason %q", c.Drop.Reason)
 	}
-	if !strings.Contains(c.Why, "ICMP port-unreachable") || !strings.Contains(c.Why, "filter table (0)") {
-		t.Errorf("why %q", c.Why)
+	if !strings.Contains(describe.Reason(c), "ICMP port-unreachable") || !strings.Contains(describe.Reason(c), "filter table (0)") {
+		t.Errorf("why %q", describe.Reason(c))
 	}
 }
 
 func TestWrongTargetPortIsReset(t *testing.T) {
 	c := only(t, scenario(t, "10.96.0.30:80", Options{}))
 	if c.Verdict != Reset {
-		t.Fatalf("verdict %s (%s), want reset", c.Verdict, c.Why)
+		t.Fatalf("verdict %s (%s), want reset", c.Verdict, describe.Reason(c))
 	}
 	if c.Endpoint != netip.MustParseAddrPort("10.244.0.11:9090") {
 		t.Errorf("endpoint %s", c.Endpoint)
 	}
-	if !strings.Contains(c.Why, "nothing listens on port 9090") {
-		t.Errorf("why %q", c.Why)
+	if !strings.Contains(describe.Reason(c), "nothing listens on port 9090") {
+		t.Errorf("why %q", describe.Reason(c))
 	}
 }
 
 func TestHungPodIsNoReply(t *testing.T) {
 	c := only(t, scenario(t, "10.96.0.40:80", Options{}))
 	if c.Verdict != NoReply {
-		t.Fatalf("verdict %s (%s), want no-reply", c.Verdict, c.Why)
+		t.Fatalf("verdict %s (%s), want no-reply", c.Verdict, describe.Reason(c))
 	}
 	if c.Endpoint != netip.MustParseAddrPort("10.244.0.13:8080") {
 		t.Errorf("endpoint %s", c.Endpoint)
@@ -174,7 +176,7 @@ func TestHungPodIsNoReply(t *testing.T) {
 func TestPolicyDropIsDroppedInForwardFilter(t *testing.T) {
 	c := only(t, scenario(t, "10.96.0.50:80", Options{}))
 	if c.Verdict != Dropped {
-		t.Fatalf("verdict %s (%s), want dropped", c.Verdict, c.Why)
+		t.Fatalf("verdict %s (%s), want dropped", c.Verdict, describe.Reason(c))
 	}
 	if c.Endpoint != netip.MustParseAddrPort("10.244.0.14:8080") {
 		t.Errorf("endpoint %s", c.Endpoint)
@@ -184,7 +186,7 @@ func TestPolicyDropIsDroppedInForwardFilter(t *testing.T) {
 		t.Fatalf("drop %+v, want FORWARD between pre-filter and post-filter", d)
 	}
 	if d.Gap.What() != "filter table (0)" || d.Reason != "NETFILTER_DROP" || !strings.HasPrefix(d.Location, "nft_do_chain+") {
-		t.Errorf("drop %s", d)
+		t.Errorf("drop %s", describe.Drop(*d))
 	}
 	if len(c.Drops) != 2 {
 		t.Errorf("%d drops, want both SYNs dropped", len(c.Drops))
@@ -194,7 +196,7 @@ func TestPolicyDropIsDroppedInForwardFilter(t *testing.T) {
 func TestNoProxyRulesIsNotTranslated(t *testing.T) {
 	c := only(t, scenario(t, "10.96.0.60:80", Options{}))
 	if c.Verdict != NotTranslated {
-		t.Fatalf("verdict %s (%s), want not-translated", c.Verdict, c.Why)
+		t.Fatalf("verdict %s (%s), want not-translated", c.Verdict, describe.Reason(c))
 	}
 	if c.Endpoint.IsValid() {
 		t.Errorf("endpoint %s, want none", c.Endpoint)

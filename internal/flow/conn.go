@@ -1,7 +1,6 @@
 package flow
 
 import (
-	"fmt"
 	"net/netip"
 
 	"github.com/svctrace/svctrace/internal/tracer"
@@ -48,7 +47,7 @@ type Conn struct {
 	End       uint64         // ... of the last event
 	Answer    uint64         // ... of the first answer from the destination; 0: none
 	Verdict   Verdict
-	Why       string // the verdict in one sentence
+	Outcome   Outcome // why: the case that decided the verdict
 	// Drop is where a packet of the connection died: for dropped, the drop;
 	// for rejected, where the rejected packet was discarded.
 	Drop *Drop
@@ -96,9 +95,11 @@ type Step struct {
 	// CTMark and CTZone are the entry's mark and zone, where set.
 	CTMark uint32 `json:",omitempty"`
 	CTZone uint16 `json:",omitempty"`
-	Note   string // what happened here, in words; "" if nothing changed
-	Drop   *Drop  // set on a drop
-	Data   []byte // the packet's first bytes here, from its IP header (pcapng)
+	// Changes are what the packet is (its first step) and what the stage
+	// did to it; none if nothing changed.
+	Changes []Change
+	Drop    *Drop  // set on a drop
+	Data    []byte // the packet's first bytes here, from its IP header (pcapng)
 }
 
 // Drop locates a drop.
@@ -120,32 +121,10 @@ type Drop struct {
 	Endpoint netip.AddrPort `json:",omitzero"`
 }
 
-// String: "dropped in FORWARD between priority -1 and 1: filter table (0)
-// (NETFILTER_DROP at nft_do_chain+0x3e8)".
-func (d Drop) String() string { return "dropped " + d.place() }
-
-// place: "in FORWARD between … (NETFILTER_DROP at nft_do_chain+0x3e8)".
-func (d Drop) place() string {
-	if d.Reason == "" {
-		return fmt.Sprintf("%s (at %s)", d.in(), d.Location)
-	}
-	return fmt.Sprintf("%s (%s at %s)", d.in(), d.Reason, d.Location)
-}
-
 // AtConfirm reports whether conntrack's confirmation dropped the packet
 // (tracer.Gap.HasConfirm): an insert clash.
 func (d Drop) AtConfirm() bool {
 	return d.InNode && d.Placed && d.Reason == "NETFILTER_DROP" && d.Gap.HasConfirm()
-}
-
-func (d Drop) in() string {
-	switch {
-	case !d.InNode:
-		return fmt.Sprintf("outside the node's network namespace, in net:[%d]", d.NetNS)
-	case !d.Placed:
-		return "in the node's network namespace before any observer saw it (raw table, defrag or routing)"
-	}
-	return "in " + d.Gap.String()
 }
 
 // packet is one traversal of the node by one packet.

@@ -1,7 +1,9 @@
-package flow
+package flow_test
 
 import (
 	"fmt"
+	"github.com/svctrace/svctrace/internal/describe"
+	. "github.com/svctrace/svctrace/internal/flow"
 	"net/netip"
 	"slices"
 	"strings"
@@ -72,8 +74,8 @@ func TestUDPPortUnreachableFromEndpointIsReset(t *testing.T) {
 	s.last().ICMP = tracer.ICMPInfo{Type: 3, Code: 3, Inner: tup("10.0.0.2:5000", "10.244.0.5:53", tracer.UDP)}
 	conns, _ := run(s, Options{})
 	c := only(t, conns)
-	if c.Verdict != Reset || !strings.Contains(c.Why, "ICMP port-unreachable") {
-		t.Fatalf("%s: %s, want reset by ICMP port-unreachable", c.Verdict, c.Why)
+	if c.Verdict != Reset || !strings.Contains(describe.Reason(c), "ICMP port-unreachable") {
+		t.Fatalf("%s: %s, want reset by ICMP port-unreachable", c.Verdict, describe.Reason(c))
 	}
 }
 
@@ -88,8 +90,8 @@ func TestTCPResetFromTheNodeIsRejected(t *testing.T) {
 		ct(tracer.CTRelatedReply, synOrig, synOrig.Reverse()))
 	s.drop(1, synOrig, entry)
 	c := only(t, mustRun(s))
-	if c.Verdict != Rejected || !strings.Contains(c.Why, "a TCP RST") {
-		t.Fatalf("%s: %s, want rejected with a TCP RST", c.Verdict, c.Why)
+	if c.Verdict != Rejected || !strings.Contains(describe.Reason(c), "a TCP RST") {
+		t.Fatalf("%s: %s, want rejected with a TCP RST", c.Verdict, describe.Reason(c))
 	}
 	if c.Drop == nil || c.Drop.Gap.Hook != tracer.Forward {
 		t.Errorf("drop %+v, want the SYN's drop in FORWARD", c.Drop)
@@ -110,10 +112,10 @@ func TestDroppedReplyIsDropped(t *testing.T) {
 	s.drop(2, tup("10.244.0.5:8080", "10.0.0.2:40000", tracer.TCP), est)
 	c := only(t, mustRun(s))
 	if c.Verdict != Dropped || c.Drop == nil || c.Drop.Dir != Reply || c.Drop.Gap.Hook != tracer.Forward {
-		t.Fatalf("%s (%s), drop %+v: want the reply dropped in FORWARD", c.Verdict, c.Why, c.Drop)
+		t.Fatalf("%s (%s), drop %+v: want the reply dropped in FORWARD", c.Verdict, describe.Reason(c), c.Drop)
 	}
-	if !strings.Contains(c.Why, "answered, but the reply was discarded in FORWARD") {
-		t.Errorf("why %q", c.Why)
+	if !strings.Contains(describe.Reason(c), "answered, but the reply was discarded in FORWARD") {
+		t.Errorf("why %q", describe.Reason(c))
 	}
 }
 
@@ -204,11 +206,11 @@ func TestFloodStaysWithinMaxConns(t *testing.T) {
 		next++
 	}
 	// A SYN before conntrack is indexed both ways.
-	if a.Active() != max || len(a.byOrig) != max || len(a.byAny) != 2*max || len(a.ended) > max {
-		t.Errorf("active %d, indexed %d/%d, ended %d; want %d", a.Active(), len(a.byOrig), len(a.byAny), len(a.ended), max)
+	if z := a.Sizes(); a.Active() != max || z.ByOrig != max || z.ByAny != 2*max || z.Ended > max {
+		t.Errorf("active %d, indexed %d/%d, ended %d; want %d", a.Active(), z.ByOrig, z.ByAny, z.Ended, max)
 	}
-	if n := len(a.Tick(flood + 1)); n != 0 || len(a.conns) != max {
-		t.Errorf("tick reported %d, kept %d; want 0 and %d", n, len(a.conns), max)
+	if n := len(a.Tick(flood + 1)); n != 0 || a.Sizes().Conns != max {
+		t.Errorf("tick reported %d, kept %d; want 0 and %d", n, a.Sizes().Conns, max)
 	}
 }
 
@@ -225,8 +227,8 @@ func TestStepsHeldStayWithinMaxHeld(t *testing.T) {
 			reported += len(a.Add(tracer.Event{Time: uint64(i*perConn + j + 1), Kind: tracer.KindHook, Hook: tracer.PreRouting,
 				Stage: tracer.Stage(j % 3), NetNS: nodeNS, Packet: uint64(i + 1), Tuple: tu, TCPFlags: tracer.SYN}))
 		}
-		if a.held > held+perConn { // the newest may go past it until it is no longer the newest
-			t.Fatalf("after connection %d: %d steps held by %d connections; want at most %d", i+1, a.held, a.Active(), held)
+		if a.Sizes().Held > held+perConn { // the newest may go past it until it is no longer the newest
+			t.Fatalf("after connection %d: %d steps held by %d connections; want at most %d", i+1, a.Sizes().Held, a.Active(), held)
 		}
 	}
 	if reported+a.Active() != 1000 || a.Active() > held/2 {
@@ -244,7 +246,7 @@ func TestDropWithoutNamespaceIsPlacedWhereLastSeen(t *testing.T) {
 	s.last().NetNS = 0
 	c := only(t, mustRun(s))
 	if c.Verdict != Dropped || c.Drop == nil || !c.Drop.InNode || !c.Drop.Placed || c.Drop.Gap.Hook != tracer.LocalOut {
-		t.Fatalf("%s (%s), drop %+v: want dropped in OUTPUT", c.Verdict, c.Why, c.Drop)
+		t.Fatalf("%s (%s), drop %+v: want dropped in OUTPUT", c.Verdict, describe.Reason(c), c.Drop)
 	}
 }
 
@@ -303,17 +305,17 @@ func TestInvalidAfterTheAnswerIsDropped(t *testing.T) {
 	}
 	c := only(t, mustRun(s))
 	if c.Verdict != Dropped || c.Drop == nil || !c.Drop.Invalid || c.Drop.Gap.Hook != tracer.Forward || c.Drop.Packet != 3 {
-		t.Fatalf("%s (%s), drop %+v: want the first INVALID packet dropped in FORWARD", c.Verdict, c.Why, c.Drop)
+		t.Fatalf("%s (%s), drop %+v: want the first INVALID packet dropped in FORWARD", c.Verdict, describe.Reason(c), c.Drop)
 	}
 	want := "10.244.0.5:8080 answered (SYN,ACK), but then the client's PSH,ACK was discarded in FORWARD"
-	if !strings.HasPrefix(c.Why, want) || !strings.Contains(c.Why, "conntrack had no entry for it (INVALID)") {
-		t.Errorf("why %q, want %q… INVALID", c.Why, want)
+	if !strings.HasPrefix(describe.Reason(c), want) || !strings.Contains(describe.Reason(c), "conntrack had no entry for it (INVALID)") {
+		t.Errorf("why %q, want %q… INVALID", describe.Reason(c), want)
 	}
 	if c.Invalid != 3 || c.Endpoint != synReply.Src {
 		t.Errorf("first INVALID packet %d, endpoint %s: want 3, the endpoint of the entry", c.Invalid, c.Endpoint)
 	}
 	if !slices.ContainsFunc(c.Steps, func(st Step) bool {
-		return st.Packet == 3 && st.CT == "INVALID" && strings.Contains(st.Note, "no conntrack entry: INVALID")
+		return st.Packet == 3 && st.CT == "INVALID" && strings.Contains(describe.Step(st), "no conntrack entry: INVALID")
 	}) {
 		t.Errorf("no step says packet 3 was INVALID: %+v", c.Steps)
 	}
@@ -328,8 +330,8 @@ func TestInvalidAfterTheAnswerLeavesUntranslated(t *testing.T) {
 	s.last().OutIf = 9
 	c := only(t, mustRun(s))
 	want := "10.244.0.5:8080 answered (SYN,ACK), but then the client's PSH,ACK had no conntrack entry (INVALID), so no NAT applied: it left the node via ifindex 9 still addressed to 10.96.0.10:80"
-	if c.Verdict != NotTranslated || c.Why != want {
-		t.Fatalf("%s (%s), want not-translated: %s", c.Verdict, c.Why, want)
+	if c.Verdict != NotTranslated || describe.Reason(c) != want {
+		t.Fatalf("%s (%s), want not-translated: %s", c.Verdict, describe.Reason(c), want)
 	}
 }
 
@@ -345,12 +347,12 @@ func TestDropAfterTheAnswerThenRepliesIsAnswered(t *testing.T) {
 		Counted: tracer.Counted{Packets: [2]uint32{1, 1}}})
 	c := only(t, mustRun(s))
 	if c.Verdict != Answered {
-		t.Fatalf("%s (%s), want answered", c.Verdict, c.Why)
+		t.Fatalf("%s (%s), want answered", c.Verdict, describe.Reason(c))
 	}
 	// Without the counted reply, it broke.
 	s.evs = s.evs[:len(s.evs)-1]
 	if c := only(t, mustRun(s)); c.Verdict != Dropped || c.Drop.Invalid {
-		t.Fatalf("%s (%s), drop %+v: want dropped, not for INVALID", c.Verdict, c.Why, c.Drop)
+		t.Fatalf("%s (%s), drop %+v: want dropped, not for INVALID", c.Verdict, describe.Reason(c), c.Drop)
 	}
 }
 
@@ -373,13 +375,13 @@ func TestInsertClashDropAtConfirm(t *testing.T) {
 	s.hook(3, tracer.PostRouting, tracer.StageLast, udpOrig.Reverse(), 0, ct(tracer.CTEstablishedReply, udpOrig, udpReply))
 	c := only(t, mustRun(s))
 	if c.Verdict != Answered || len(c.Drops) != 1 || !c.Drops[0].AtConfirm() || c.Drops[0].Packet != 2 {
-		t.Fatalf("%s (%s), drops %+v: want answered, with the second datagram dropped at confirmation", c.Verdict, c.Why, c.Drops)
+		t.Fatalf("%s (%s), drops %+v: want answered, with the second datagram dropped at confirmation", c.Verdict, describe.Reason(c), c.Drops)
 	}
 	// Unanswered, the datagram's drop is the verdict.
 	s.evs = s.evs[:clash]
 	c = only(t, mustRun(s))
-	if c.Verdict != Dropped || c.Drop == nil || !c.Drop.AtConfirm() || !strings.Contains(c.Why, "conntrack confirm") {
-		t.Fatalf("%s (%s): want dropped at conntrack confirm", c.Verdict, c.Why)
+	if c.Verdict != Dropped || c.Drop == nil || !c.Drop.AtConfirm() || !strings.Contains(describe.Reason(c), "conntrack confirm") {
+		t.Fatalf("%s (%s): want dropped at conntrack confirm", c.Verdict, describe.Reason(c))
 	}
 }
 
@@ -394,7 +396,7 @@ func TestConntrackZoneAndMark(t *testing.T) {
 	s.hook(1, tracer.PreRouting, tracer.StagePostDNAT, tup("10.0.0.2:40000", "10.244.0.5:8080", tracer.TCP), tracer.SYN, entry)
 	c := only(t, mustRun(s))
 	if len(c.Steps) != 2 || c.Steps[0].CTZone != 3 || c.Steps[0].CTMark != 0x20 ||
-		!strings.HasSuffix(c.Steps[0].Note, "conntrack NEW, zone 3, ct mark 0x20") || !strings.Contains(c.Steps[1].Note, "ct mark 0x20 → 0x21") {
+		!strings.HasSuffix(describe.Step(c.Steps[0]), "conntrack NEW, zone 3, ct mark 0x20") || !strings.Contains(describe.Step(c.Steps[1]), "ct mark 0x20 → 0x21") {
 		t.Errorf("steps %+v", c.Steps)
 	}
 }
@@ -435,7 +437,7 @@ func TestAnsweredAfterDroppedTries(t *testing.T) {
 	s.hook(4, tracer.PostRouting, tracer.StageLast, tup("10.96.0.10:80", client, tracer.TCP), tracer.SYN|tracer.ACK, est)
 	c := only(t, mustRun(s))
 	if c.Verdict != Answered || c.Endpoint.String() != other || c.SYNs != 3 {
-		t.Fatalf("%s (%s) by %s after %d SYNs, want answered by %s after 3", c.Verdict, c.Why, c.Endpoint, c.SYNs, other)
+		t.Fatalf("%s (%s) by %s after %d SYNs, want answered by %s after 3", c.Verdict, describe.Reason(c), c.Endpoint, c.SYNs, other)
 	}
 	if got := fmt.Sprint(c.Endpoints); got != "["+self+" "+other+"]" {
 		t.Errorf("endpoints %s, want %s then %s", got, self, other)
@@ -445,13 +447,13 @@ func TestAnsweredAfterDroppedTries(t *testing.T) {
 		t.Fatalf("tries %+v, want the 2 SYNs to %s dropped in PREROUTING", tries, self)
 	}
 	want := "answered (SYN,ACK) and the reply was translated back to " + client + ", after 2 SYNs were dropped in PREROUTING after priority INT_MAX-1 (NOT_SPECIFIED at br_handle_frame_finish+0x392); the dropped packets went to " + self + ", the retransmission that got through to " + other
-	if !strings.HasSuffix(c.Why, want) {
-		t.Errorf("why %q\nwant …%q", c.Why, want)
+	if !strings.HasSuffix(describe.Reason(c), want) {
+		t.Errorf("why %q\nwant …%q", describe.Reason(c), want)
 	}
 	var notes []string
 	for _, st := range c.Steps {
-		if st.Packet == 3 && st.Note != "" {
-			notes = append(notes, st.Note)
+		if st.Packet == 3 && describe.Step(st) != "" {
+			notes = append(notes, describe.Step(st))
 		}
 	}
 	if !slices.Contains(notes, "DNAT 10.96.0.10:80 → "+other) || !slices.Contains(notes, "leaves the node via ifindex 0") {

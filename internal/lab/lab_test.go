@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/conntrack"
+	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
@@ -111,7 +112,7 @@ func TestScenarios(t *testing.T) {
 			}
 			c := r.Conns[0]
 			if c.Verdict != s.Expect {
-				t.Fatalf("verdict %s (%s), want %s", c.Verdict, c.Why, s.Expect)
+				t.Fatalf("verdict %s (%s), want %s", c.Verdict, describe.Reason(c), s.Expect)
 			}
 			if c.VIP != s.VIP() || c.Client.Addr() != l.ClientIP(s) {
 				t.Errorf("connection %s → %s, want %s → %s", c.Client, c.VIP, l.ClientIP(s), s.VIP())
@@ -139,7 +140,7 @@ func TestScenarios(t *testing.T) {
 				if c.Drop == nil || !c.Drop.Placed || c.Drop.Gap.Hook != s.ExpectHook {
 					var steps []string
 					for _, st := range c.Steps {
-						steps = append(steps, fmt.Sprintf("%s %s %s", st.Hook, st.Stage, st.Note))
+						steps = append(steps, fmt.Sprintf("%s %s %s", st.Hook, st.Stage, describe.Step(st)))
 					}
 					for _, ev := range events {
 						if ev.Kind == tracer.KindDrop || ev.Tuple.Dst == s.VIP() {
@@ -147,22 +148,22 @@ func TestScenarios(t *testing.T) {
 							steps = append(steps, string(b))
 						}
 					}
-					t.Fatalf("drop %+v, want one in %s (%s; drops %+v; steps and events:\n%s)", c.Drop, s.ExpectHook, c.Why, c.Drops, strings.Join(steps, "\n"))
+					t.Fatalf("drop %+v, want one in %s (%s; drops %+v; steps and events:\n%s)", c.Drop, s.ExpectHook, describe.Reason(c), c.Drops, strings.Join(steps, "\n"))
 				}
 				switch {
 				case s.Name == "stale-conntrack":
 					// The node's routing discards it: the address is gone.
 					if c.Drop.Gap.After != tracer.StageLast {
-						t.Errorf("drop %s, want one after PREROUTING (routing)", c.Drop)
+						t.Errorf("drop %s, want one after PREROUTING (routing)", describe.Drop(*c.Drop))
 					}
 				case s.Name == "hairpin":
 					// The bridge drops it, after the DNAT, refusing to send it
 					// back out the port it came in on.
 					if !strings.HasPrefix(c.Drop.Location, "br_") {
-						t.Errorf("drop %s, want one by the bridge", c.Drop)
+						t.Errorf("drop %s, want one by the bridge", describe.Drop(*c.Drop))
 					}
 				case c.Drop.Gap.What() != "filter table (0)" || c.Drop.Reason != "NETFILTER_DROP":
-					t.Errorf("drop %s, want NETFILTER_DROP in the filter table", c.Drop)
+					t.Errorf("drop %s, want NETFILTER_DROP in the filter table", describe.Drop(*c.Drop))
 				}
 			}
 			// The Kubernetes explanation: the diagnosis, and what to blame.
@@ -249,7 +250,7 @@ func TestTracingChangesNothing(t *testing.T) {
 		if c.Verdict == flow.Answered {
 			answered++
 		} else {
-			others = append(others, fmt.Sprintf("%s: %s", c.Verdict, c.Why))
+			others = append(others, fmt.Sprintf("%s: %s", c.Verdict, describe.Reason(c)))
 		}
 	}
 	if want := rounds * len(sizes); answered != want || res.Lost != 0 {
@@ -398,10 +399,10 @@ func TestConntrackTableFull(t *testing.T) {
 	// and the blame must say the table is full.
 	c := results[0].Conns[0]
 	if len(c.Drops) == 0 || (c.Verdict != flow.Dropped && c.Verdict != flow.Answered) {
-		t.Fatalf("verdict %s (%s), want the SYN dropped by conntrack in PREROUTING", c.Verdict, c.Why)
+		t.Fatalf("verdict %s (%s), want the SYN dropped by conntrack in PREROUTING", c.Verdict, describe.Reason(c))
 	}
 	if d := c.Drops[0]; !d.Placed || d.Gap.Hook != tracer.PreRouting || d.Gap.After != tracer.StagePreConntrack {
-		t.Fatalf("verdict %s (%s), want the SYN dropped by conntrack in PREROUTING", c.Verdict, c.Why)
+		t.Fatalf("verdict %s (%s), want the SYN dropped by conntrack in PREROUTING", c.Verdict, describe.Reason(c))
 	}
 	as, facts, err := l.Assess(context.Background())
 	if err != nil {
@@ -500,13 +501,14 @@ func TestAnsweredAfterHairpinDrops(t *testing.T) {
 	if !d.InNode || !d.Placed || d.Gap.Hook != tracer.PreRouting || d.Endpoint != selfEP || !strings.HasPrefix(d.Location, "br_") {
 		t.Errorf("the first try's drop %+v, want in PREROUTING's bridge, on its way to %s", d, selfEP)
 	}
-	if !strings.Contains(c.Why, "answered (SYN,ACK) and the reply was translated back") || !strings.Contains(c.Why, "dropped in PREROUTING") ||
-		!strings.Contains(c.Why, "the retransmission that got through to "+otherEP.String()) {
-		t.Errorf("why %q", c.Why)
+	if !strings.Contains(describe.Reason(c), "answered (SYN,ACK) and the reply was translated back") || !strings.Contains(describe.Reason(c), "dropped in PREROUTING") ||
+		!strings.Contains(describe.Reason(c), "the retransmission that got through to "+otherEP.String()) {
+		t.Errorf("why %q", describe.Reason(c))
 	}
 	shown := false
 	for _, s := range c.Steps {
-		shown = shown || (s.Note == "DNAT "+vip.String()+" → "+otherEP.String())
+		ch, ok := s.Has(flow.DNAT)
+		shown = shown || (ok && ch.From == vip && ch.To == otherEP)
 	}
 	if !shown {
 		t.Errorf("the retransmission's DNAT to %s is not in the timeline", otherEP)

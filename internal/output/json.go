@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/tracer"
@@ -100,7 +101,7 @@ type jsonEvent struct {
 func (p *JSON) Conn(c *flow.Conn, lost uint64) {
 	j := jsonConn{
 		Kind: "connection", ID: c.ID, Continues: c.Continues, Scenario: c.Scenario,
-		Verdict: c.Verdict, Reason: c.Why, Proto: c.Proto, Client: c.Client, VIP: c.VIP,
+		Verdict: c.Verdict, Reason: describe.Reason(c), Proto: c.Proto, Client: c.Client, VIP: c.VIP,
 		VIPName:    name(p.opts, c.VIP),
 		DurationUS: time.Duration(c.End - c.Start).Microseconds(),
 		Packets: jsonPackets{c.Packets[flow.Original], c.Packets[flow.Reply],
@@ -137,7 +138,7 @@ func (p *JSON) Conn(c *flow.Conn, lost uint64) {
 	for _, s := range c.Steps {
 		e := jsonEvent{TimeUS: time.Duration(s.Time - c.Start).Microseconds(), Packet: s.Packet, Dir: s.Dir,
 			Kind: s.Kind, Stage: s.Stage, Src: s.Tuple.Src, Dst: s.Tuple.Dst, Flags: s.Flags, CT: s.CT,
-			CTMark: s.CTMark, CTZone: s.CTZone, Mark: s.Mark, Note: s.Note}
+			CTMark: s.CTMark, CTZone: s.CTZone, Mark: s.Mark, Note: describe.Step(s)}
 		if s.Kind == tracer.KindHook || (s.Drop != nil && s.Drop.Placed) {
 			e.Hook = s.Hook.String()
 		}

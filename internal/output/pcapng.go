@@ -4,11 +4,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"strings"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
@@ -65,12 +65,14 @@ func (p *PcapNG) Conn(c *flow.Conn, _ uint64) {
 			point, desc = "drop", "packets as the kernel freed them (dropped)"
 		}
 		id := p.iface(point, desc)
-		what := s.Note
+		what := describe.Step(s)
 		if what == "" {
 			what = fmt.Sprintf("%s %s", s.Flags, s.Tuple)
 		}
-		if n := name(p.opts, s.Tuple.Dst); n != "" && strings.HasPrefix(what, "DNAT") {
-			what += " (" + n + ")"
+		if ch, ok := s.Has(flow.DNAT); ok {
+			if n := name(p.opts, ch.To); n != "" {
+				what += " (" + n + ")"
+			}
 		}
 		ci := gopacket.CaptureInfo{CaptureLength: len(s.Data), Length: ipLength(s.Data), InterfaceIndex: id}
 		if p.opts.Wall != nil {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
 )
@@ -32,13 +33,15 @@ func (p *Text) Conn(c *flow.Conn, lost uint64) {
 
 	shownPackets := map[int]bool{}
 	for _, s := range c.Steps {
-		if s.Note == "" {
+		if !s.Shown() {
 			continue
 		}
 		shownPackets[s.Packet] = true
-		note := s.Note
-		if n := name(p.opts, s.Tuple.Dst); n != "" && strings.HasPrefix(note, "DNAT") {
-			note += " (" + n + ")"
+		note := describe.Step(s)
+		if ch, ok := s.Has(flow.DNAT); ok {
+			if n := name(p.opts, ch.To); n != "" {
+				note += " (" + n + ")"
+			}
 		}
 		fmt.Fprintf(&b, "   %-9s %-12s %s\n", since(time.Duration(s.Time-c.Start)), s.Hook, note)
 	}
@@ -53,7 +56,7 @@ func (p *Text) Conn(c *flow.Conn, lost uint64) {
 	if c.Verdict == flow.Answered {
 		mark, color = "✓", green
 	}
-	fmt.Fprintf(&b, "   %s: %s\n", p.paint(color, mark+" "+string(c.Verdict)), c.Why)
+	fmt.Fprintf(&b, "   %s: %s\n", p.paint(color, mark+" "+string(c.Verdict)), describe.Reason(c))
 	if c.Endpoint.IsValid() {
 		if n := name(p.opts, c.Endpoint); n != "" {
 			fmt.Fprintf(&b, "     endpoint %s is %s\n", c.Endpoint, n)

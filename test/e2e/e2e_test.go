@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/live"
@@ -489,7 +490,7 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 			}
 			conn := got[0]
 			if conn.Verdict != s.expect {
-				t.Fatalf("verdict %s (%s), want %s", conn.Verdict, conn.Why, s.expect)
+				t.Fatalf("verdict %s (%s), want %s", conn.Verdict, describe.Reason(conn), s.expect)
 			}
 			eps := ready[s]
 			// kube-proxy DNATs to a ready endpoint: the bridge drops a
@@ -514,11 +515,11 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 			switch {
 			case s.hairpin:
 				if d := conn.Drop; d == nil || !d.Placed || d.Gap.Hook != tracer.PreRouting || !strings.HasPrefix(d.Location, "br_") {
-					t.Errorf("packet %s, want dropped by the bridge in PREROUTING", d)
+					t.Errorf("packet %+v, want dropped by the bridge in PREROUTING", d)
 				}
 			case s.rejected || s.expect == flow.Dropped:
 				if d := conn.Drop; d == nil || !d.Placed || d.Gap.Hook != hook || d.Gap.What() != "filter table (0)" {
-					t.Errorf("packet %s, want dropped in %s's filter stage", d, hook)
+					t.Errorf("packet %+v, want dropped in %s's filter stage", d, hook)
 				}
 			}
 			explainStory(t, c, s, conn)

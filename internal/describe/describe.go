@@ -1,0 +1,219 @@
+// Package describe puts flow's connections in words: what each step did,
+// where a packet died and why a connection got its verdict. flow records
+// these as data; the explanation and the printers say them with this
+// package, the same way everywhere.
+package describe
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/svctrace/svctrace/internal/flow"
+)
+
+// Step says what happened to a packet at one step: "SYN 10.0.0.1:4000 →
+// 10.96.0.10:80, conntrack NEW", "DNAT 10.96.0.10:80 → 10.244.0.11:8080",
+// "dropped in FORWARD …"; "" if nothing changed.
+func Step(s flow.Step) string {
+	if s.Drop != nil {
+		return Drop(*s.Drop)
+	}
+	parts := make([]string, 0, len(s.Changes))
+	for _, ch := range s.Changes {
+		parts = append(parts, change(s, ch))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func change(s flow.Step, ch flow.Change) string {
+	what := s.Flags
+	if what == "" {
+		what = strings.ToUpper(s.Tuple.Proto.String())
+	}
+	switch ch.Kind {
+	case flow.Sent:
+		return fmt.Sprintf("%s %s → %s", what, s.Tuple.Src, s.Tuple.Dst)
+	case flow.Retransmitted:
+		return fmt.Sprintf("%s retransmitted (%d)", s.Flags, ch.N)
+	case flow.Replied:
+		return fmt.Sprintf("reply %s %s → %s", what, s.Tuple.Src, s.Tuple.Dst)
+	case flow.NodeSent:
+		return fmt.Sprintf("the node sends %s %s → %s", what, s.Tuple.Src, s.Tuple.Dst)
+	case flow.ICMPError:
+		m := fmt.Sprintf("ICMP %s %s → %s about %s", s.Flags, s.Tuple.Src.Addr(), s.Tuple.Dst.Addr(), ch.Inner)
+		if ch.ByNode {
+			m = "the node sends " + m
+		}
+		return m
+	case flow.Tracked:
+		m := "conntrack " + s.CT
+		if ch.Prior {
+			m += " (an existing entry)"
+		}
+		if s.CTZone != 0 {
+			m += fmt.Sprintf(", zone %d", s.CTZone)
+		}
+		if s.CTMark != 0 {
+			m += fmt.Sprintf(", ct mark %#x", s.CTMark)
+		}
+		return m
+	case flow.CTMarked:
+		return fmt.Sprintf("ct mark %#x → %#x", ch.OldMark, s.CTMark)
+	case flow.DNAT:
+		return fmt.Sprintf("DNAT %s → %s", ch.From, ch.To)
+	case flow.UnSNAT:
+		return fmt.Sprintf("un-SNAT dst %s → %s", ch.From, ch.To)
+	case flow.SNAT:
+		m := fmt.Sprintf("SNAT src %s → %s", ch.From, ch.To)
+		if ch.OldMark != 0 {
+			m += fmt.Sprintf(" (packet mark %#x)", ch.OldMark)
+		}
+		return m
+	case flow.UnDNAT:
+		return fmt.Sprintf("un-DNAT src %s → %s", ch.From, ch.To)
+	case flow.Accepted:
+		return "accepted by the filter table"
+	case flow.Left:
+		return "leaves the node via " + ch.Iface
+	case flow.Delivered:
+		return "delivered to a local socket"
+	case flow.Invalid:
+		return "no conntrack entry: INVALID, so no NAT applies"
+	}
+	return fmt.Sprintf("change %d", ch.Kind)
+}
+
+// Drop: "dropped in FORWARD between priority -1 and 1: filter table (0)
+// (NETFILTER_DROP at nft_do_chain+0x3e8)".
+func Drop(d flow.Drop) string { return "dropped " + Place(d) }
+
+// Place: "in FORWARD between … (NETFILTER_DROP at nft_do_chain+0x3e8)".
+func Place(d flow.Drop) string {
+	if d.Reason == "" {
+		return fmt.Sprintf("%s (at %s)", In(d), d.Location)
+	}
+	return fmt.Sprintf("%s (%s at %s)", In(d), d.Reason, d.Location)
+}
+
+// In says where the packet died, without how: "in FORWARD between …".
+func In(d flow.Drop) string {
+	switch {
+	case !d.InNode:
+		return fmt.Sprintf("outside the node's network namespace, in net:[%d]", d.NetNS)
+	case !d.Placed:
+		return "in the node's network namespace before any observer saw it (raw table, defrag or routing)"
+	}
+	return "in " + d.Gap.String()
+}
+
+// Whose names packet n with its sender: "the client's PSH,ACK".
+func Whose(c *flow.Conn, n int) string {
+	if c.PacketDir(n) == flow.Reply {
+		return "the endpoint's " + c.PacketName(n)
+	}
+	return "the client's " + c.PacketName(n)
+}
+
+// Answer names an answer that refused: "ICMP port-unreachable", "a TCP
+// RST", else what it was.
+func Answer(a flow.Answer) string {
+	switch {
+	case a.Error:
+		return "ICMP " + a.What
+	case a.RST:
+		return "a TCP RST"
+	}
+	return a.What
+}
+
+// Reason is the verdict in one sentence.
+func Reason(c *flow.Conn) string {
+	o := c.Outcome
+	switch o.Kind {
+	case flow.NodeRejected:
+		s := "the node itself answered with " + Answer(o.Answer)
+		if d := c.Drop; d != nil {
+			s += fmt.Sprintf("; the %s was rejected %s", c.PacketName(d.Packet), In(*d))
+		}
+		return s
+	case flow.Refused:
+		if o.Answer.RST {
+			return fmt.Sprintf("%s answered with a TCP RST: nothing listens on port %d there", o.Answer.From, o.Answer.From.Port())
+		}
+		return fmt.Sprintf("%s answered %s", o.Answer.From.Addr(), Answer(o.Answer))
+	case flow.BrokeDropped:
+		s := fmt.Sprintf("%s answered (%s), but then %s was discarded %s", o.Answer.From, o.Answer.What, Whose(c, o.Packet), Place(*c.Drop))
+		if c.Drop.Invalid {
+			s += ": conntrack had no entry for it (INVALID), so no NAT applied"
+		}
+		return s + "; nothing came back after it"
+	case flow.BrokeUntranslated:
+		return fmt.Sprintf("%s answered (%s), but then %s had no conntrack entry (INVALID), so no NAT applied: it left the node via %s still addressed to %s",
+			o.Answer.From, o.Answer.What, Whose(c, o.Packet), o.Iface, c.VIP)
+	case flow.Translated:
+		s := fmt.Sprintf("%s answered (%s) and the reply was translated back to %s", o.Answer.From, o.Answer.What, c.Client)
+		if ds := c.Retried(); len(ds) > 0 {
+			s += ", " + retries(c, ds)
+		}
+		return s
+	case flow.ReplyDropped:
+		return fmt.Sprintf("%s answered, but the reply was discarded %s", o.Answer.From, Place(*c.Drop))
+	case flow.Discarded:
+		d := c.Drop
+		s := fmt.Sprintf("the %s was discarded %s", c.PacketName(d.Packet), Place(*d))
+		if c.SYNs > 1 {
+			s += fmt.Sprintf("; %d SYNs sent, %d drops seen", c.SYNs, len(c.Drops))
+		}
+		return s
+	case flow.Untranslated:
+		return fmt.Sprintf("the packet left the node via %s still addressed to %s: no DNAT translated the Service address", o.Iface, c.VIP)
+	case flow.Unanswered:
+		to := "forwarded to "
+		if o.Local {
+			to = "delivered locally to "
+		}
+		s := fmt.Sprintf("%s%s, no reply within %s", to, target(c), o.Waited)
+		if c.SYNs > 1 {
+			s += fmt.Sprintf(" (%d SYNs sent)", c.SYNs)
+		}
+		return s
+	case flow.Vanished:
+		s := "the packet vanished on the node without a reported drop"
+		if o.Seen {
+			s += " after " + o.Last.String()
+		}
+		return s
+	}
+	return string(c.Verdict)
+}
+
+// retries says what the tries before the answer met: "after 3 SYNs were
+// dropped in PREROUTING … (NOT_SPECIFIED at br_handle_frame_finish+0x392);
+// the dropped packets went to 10.244.0.12:8080, the retransmission that got
+// through to 10.244.0.11:8080".
+func retries(c *flow.Conn, ds []*flow.Drop) string {
+	what := "the " + c.PacketName(ds[0].Packet) + " was"
+	if len(ds) > 1 {
+		what = fmt.Sprintf("%d %ss were", len(ds), c.PacketName(ds[0].Packet))
+	}
+	s := fmt.Sprintf("after %s dropped %s", what, Place(*ds[0]))
+	for _, d := range ds[1:] {
+		if Place(*d) != Place(*ds[0]) {
+			s += fmt.Sprintf(", then %s", Place(*d))
+			break
+		}
+	}
+	if to := ds[0].Endpoint; to.IsValid() && to != c.Endpoint {
+		s += fmt.Sprintf("; the dropped packets went to %s, the retransmission that got through to %s", to, c.Endpoint)
+	}
+	return s
+}
+
+// target is where the client's packets are delivered: the endpoint after
+// DNAT, else the address asked for.
+func target(c *flow.Conn) string {
+	if c.Endpoint.IsValid() {
+		return c.Endpoint.String()
+	}
+	return c.VIP.String()
+}
