@@ -17,6 +17,7 @@ import (
 	"github.com/svctrace/svctrace/internal/live"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/record"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
@@ -172,40 +173,26 @@ func (o *analyzeOptions) analyze(path string, rec *record.Recording, keep func(*
 	}
 	services := map[tracer.Target]bool{}
 	var cur *diagnose.Assessment
-	opts := output.Options{Wall: m.WallClock()}
+	// x explains the connections and names their addresses, as the
+	// recording knows them; nil: addresses only.
+	var x report.Explainer
 	var lr *labRecord
 	var labAs map[string]*diagnose.Assessment
-	switch m.Mode {
-	case "service":
-		// Without the Service's objects (a recording cut right after its
-		// first record), connections go unnamed.
-		opts.Name = func(a netip.AddrPort) string {
-			if cur == nil {
-				return ""
-			}
-			return cur.Explainer.Name(a)
-		}
-		opts.Explain = func(c *flow.Conn) diagnose.Explanation {
-			if cur == nil {
-				return diagnose.Explanation{}
-			}
-			return cur.Explainer.Explain(c)
-		}
-	case "lab":
+	if m.Mode == "lab" {
 		if lr, labAs, err = readLab(rec, names); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		if lr == nil {
 			fmt.Fprintln(o.stderr, "svctrace: note: the recording ends before the lab's scenarios: its connections are shown without them")
-			break
+		} else {
+			var ss []lab.Scenario
+			for _, r := range lr.Results {
+				ss = append(ss, r.Scenario)
+			}
+			x = labExplainer{ss, labAs}
 		}
-		var ss []lab.Scenario
-		for _, r := range lr.Results {
-			ss = append(ss, r.Scenario)
-		}
-		opts.Name, opts.Explain = labNames(ss, labAs)
 	}
-	p, err := o.printer(opts)
+	p, err := o.printer(output.Options{Wall: m.WallClock()})
 	if err != nil {
 		return err
 	}
@@ -229,9 +216,11 @@ func (o *analyzeOptions) analyze(path string, rec *record.Recording, keep func(*
 			first := cur == nil
 			cur = assessRecorded(view, e.Rules, m)
 			cur.Explainer.Lookup = func(a netip.Addr) string { return names[a] }
+			// Without the Service's objects (a recording cut right after
+			// its first record), connections go unexplained.
+			x = cur.Explainer
 			if first {
-				p.Diagnosis(output.Diagnosis{Service: cur.Service.Summary(), Source: cur.Source, Node: cur.View.LocalNode,
-					Proxy: cur.Proxy, Findings: cur.Findings})
+				p.Diagnosis(cur.Diagnosis())
 			}
 		case record.TypeEvent:
 			return live.Input{Event: &e.Event}, true
@@ -289,9 +278,10 @@ func (o *analyzeOptions) analyze(path string, rec *record.Recording, keep func(*
 				return
 			}
 			if keep(c) {
+				r := report.Of(c, x, lost)
 				sum.Count(c)
-				an.Count(c)
-				p.Conn(c, lost)
+				an.Count(r)
+				p.Conn(r)
 			}
 		},
 		Lost: p.Lost,
@@ -305,12 +295,12 @@ func (o *analyzeOptions) analyze(path string, rec *record.Recording, keep func(*
 		for i := range results {
 			results[i].Conns = slices.DeleteFunc(results[i].Conns, func(c *flow.Conn) bool { return !keep(c) })
 			for _, c := range results[i].Conns {
-				an.Count(c)
+				an.Count(report.Of(c, x, 0))
 			}
 		}
 		// A scenario whose verdict differed was reported live; here it is
 		// only what the recording holds.
-		if err := printLab(o.globals, p, lr.Run, results, labAs, res, true); err != nil && !errors.Is(err, errSilent) {
+		if err := printLab(o.globals, p, x.(labExplainer), lr.Run, results, res, true); err != nil && !errors.Is(err, errSilent) {
 			return err
 		}
 		output.WriteAnalysis(p, &an)

@@ -16,6 +16,7 @@ import (
 	"github.com/svctrace/svctrace/internal/live"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/record"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
@@ -134,9 +135,8 @@ func (o *labOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	name, explain := labNames(l.Scenarios, as)
 	clock := tracer.NewClock()
-	p, err := o.printer(output.Options{Name: name, Explain: explain, Wall: clock.Time})
+	p, err := o.printer(output.Options{Wall: clock.Time})
 	if err != nil {
 		return err
 	}
@@ -175,7 +175,7 @@ func (o *labOptions) run(ctx context.Context) error {
 			}
 		}
 	}
-	err = printLab(o.globals, p, run, results, as, res, !interrupted)
+	err = printLab(o.globals, p, labExplainer{l.Scenarios, as}, run, results, res, !interrupted)
 	if w != nil {
 		if cerr := w.Close(record.End{Conns: res.Conns}); cerr != nil && err == nil {
 			err = cerr
@@ -242,26 +242,31 @@ func newLabRun(l *lab.Lab, info tracer.Info) labRun {
 	return labRun{ID: l.ID, Node: l.Node.Spec, Backend: info.Backend, Links: info.Links, Drops: info.Drops}
 }
 
-// labNames names addresses and explains connections from the scenarios'
-// assessments: an address by the scenario whose Service it belongs to,
-// else by any (a Pod is known to all).
-func labNames(ss []lab.Scenario, as map[string]*diagnose.Assessment) (func(netip.AddrPort) string, func(*flow.Conn) diagnose.Explanation) {
-	name := func(a netip.AddrPort) string {
-		for _, s := range ss {
-			if x := as[s.Name].Explainer; x.Knows(a) {
-				return x.Name(a)
-			}
+// labExplainer explains a connection by its scenario's assessment, and
+// names an address by the scenario whose Service it belongs to, else by any
+// (a Pod is known to all).
+type labExplainer struct {
+	ss []lab.Scenario
+	as map[string]*diagnose.Assessment
+}
+
+func (x labExplainer) Explain(c *flow.Conn) report.Explanation {
+	return x.as[c.Scenario].Explainer.Explain(c)
+}
+
+func (x labExplainer) Name(a netip.AddrPort) string {
+	for _, s := range x.ss {
+		if e := x.as[s.Name].Explainer; e.Knows(a) {
+			return e.Name(a)
 		}
-		return as[ss[0].Name].Explainer.Name(a)
 	}
-	explain := func(c *flow.Conn) diagnose.Explanation { return as[c.Scenario].Explainer.Explain(c) }
-	return name, explain
+	return x.as[x.ss[0].Name].Explainer.Name(a)
 }
 
 // printLab prints a lab run, scenario by scenario: its header (text), its
 // Service's diagnosis and its connections; then the summary. With check,
 // a scenario whose verdict is not the expected one is an error.
-func printLab(g *globals, p output.Printer, run labRun, results []lab.Result, as map[string]*diagnose.Assessment, res live.Result, check bool) error {
+func printLab(g *globals, p output.Printer, x labExplainer, run labRun, results []lab.Result, res live.Result, check bool) error {
 	if g.output == "text" {
 		fmt.Fprintf(g.stdout, "lab %s: node %s, traced with %s (%d %s, drops: %s)\n\n",
 			run.ID, run.Node, run.Backend, run.Links, probesWord(run.Backend), orNone(run.Drops))
@@ -272,11 +277,12 @@ func printLab(g *globals, p output.Printer, run labRun, results []lab.Result, as
 		if g.output == "text" {
 			scenarioHeader(g, r)
 		}
-		a := as[r.Scenario.Name]
-		p.Diagnosis(output.Diagnosis{Scenario: r.Scenario.Name, Service: a.Service.Summary(), Source: a.Source, Node: a.View.LocalNode, Proxy: a.Proxy, Findings: a.Findings})
+		d := x.as[r.Scenario.Name].Diagnosis()
+		d.Scenario = r.Scenario.Name
+		p.Diagnosis(d)
 		for _, c := range r.Conns {
 			sum.Count(c)
-			p.Conn(c, res.Lost)
+			p.Conn(report.Of(c, x, res.Lost))
 		}
 		if got := r.Verdict(); check && got != r.Scenario.Expect {
 			wrong = append(wrong, fmt.Sprintf("%s: expected %s, got %s", r.Scenario.Name, r.Scenario.Expect, orNone(string(got))))

@@ -18,6 +18,7 @@ import (
 
 	"github.com/cilium/ebpf/link"
 	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/tracer"
 	"github.com/vishvananda/netns"
@@ -150,7 +151,7 @@ type jsonLine struct {
 	Conns    int    `json:"connections"`
 	Blame    string `json:"blame"`
 	Findings []struct {
-		Code string `json:"code"`
+		Code report.Code `json:"code"`
 	} `json:"findings"`
 }
 

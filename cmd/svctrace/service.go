@@ -14,10 +14,10 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/svctrace/svctrace/internal/diagnose"
-	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/probe"
 	"github.com/svctrace/svctrace/internal/record"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
 	"k8s.io/client-go/tools/clientcmd"
@@ -184,9 +184,9 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 	if err != nil {
 		return err
 	}
-	p.Diagnosis(output.Diagnosis{Service: st.Service.Summary(), Source: st.Source, Node: st.View.LocalNode, Proxy: st.Proxy, Findings: st.Findings})
+	p.Diagnosis(st.Diagnosis())
 	if !tracing {
-		if len(st.Findings) > 0 && st.Findings[0].Severity == diagnose.Problem {
+		if len(st.Findings) > 0 && st.Findings[0].Severity == report.Problem {
 			return errProblems
 		}
 		return nil
@@ -222,10 +222,7 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 		isService: func(pr tracer.Proto, a netip.AddrPort) bool {
 			return cur.Load().services[tracer.Target{Addr: a, Proto: pr}]
 		},
-		print: output.Options{
-			Name:    func(a netip.AddrPort) string { return cur.Load().Explainer.Name(a) },
-			Explain: func(c *flow.Conn) diagnose.Explanation { return cur.Load().Explainer.Explain(c) },
-		},
+		explainer: func() report.Explainer { return cur.Load().Explainer },
 		started: func(ctx context.Context, tr *tracer.Tracer) {
 			if probes != nil {
 				go probes.run(ctx)

@@ -13,6 +13,7 @@ import (
 	"github.com/svctrace/svctrace/internal/live"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/record"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -138,8 +139,9 @@ type session struct {
 	count     int
 	timeout   time.Duration
 	isService func(tracer.Proto, netip.AddrPort) bool
-	// printer options (names, explanations); Wall is set by trace.
-	print output.Options
+	// explainer explains the connections and names their addresses, as
+	// known when each completes; nil: addresses only.
+	explainer func() report.Explainer
 	// started runs once the observers are attached (watches that re-feed
 	// the targets).
 	started func(ctx context.Context, tr *tracer.Tracer)
@@ -182,8 +184,7 @@ func (g *globals) trace(ctx context.Context, s session) error {
 		targetList(s.targets), info.NetNS, info.Backend, info.Links, probesWord(info.Backend), orNone(info.Drops))
 
 	clock := tracer.NewClock()
-	s.print.Wall = clock.Time
-	p, err := g.printer(s.print)
+	p, err := g.printer(output.Options{Wall: clock.Time})
 	if err != nil {
 		return err
 	}
@@ -223,9 +224,14 @@ func (g *globals) trace(ctx context.Context, s session) error {
 		Flow:  flowOpts,
 		Count: s.count,
 		Conn: func(c *flow.Conn, lost uint64) {
+			var x report.Explainer
+			if s.explainer != nil {
+				x = s.explainer()
+			}
+			r := report.Of(c, x, lost)
 			st.around(func() {
 				sum.Count(c)
-				p.Conn(c, lost)
+				p.Conn(r)
 			})
 		},
 		Lost:    func(total uint64) { st.around(func() { p.Lost(total) }) },

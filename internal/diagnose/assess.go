@@ -10,6 +10,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
@@ -52,7 +53,7 @@ type Assessment struct {
 	Source    string // where the objects came from (resolve.Source.Describe)
 	View      *resolve.View
 	Service   *resolve.Service
-	Findings  []Finding
+	Findings  []report.Finding
 	Explainer *Explainer
 	// Proxy is kube-proxy's mode on the node, or why it is unknown.
 	Proxy string
@@ -98,4 +99,9 @@ func AssessView(view *resolve.View, node NodeFacts) *Assessment {
 	}
 	a.Explainer = NewExplainer(in, a.Findings, a.NodeAddrs)
 	return a
+}
+
+// Diagnosis is what the assessment shows before any packet.
+func (a *Assessment) Diagnosis() report.Diagnosis {
+	return report.Diagnosis{Service: a.Service.Summary(), Source: a.Source, Node: a.View.LocalNode, Proxy: a.Proxy, Findings: a.Findings}
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
@@ -20,10 +21,10 @@ func (c *checker) conntrackFull() {
 	if t == nil || t.Max == 0 || t.Count*10 < t.Max*9 {
 		return
 	}
-	f := Finding{Severity: Warning, Code: "conntrack-full", Object: "conntrack on " + c.nodeName(),
+	f := report.Finding{Severity: report.Warning, Code: report.ConntrackFull, Object: "conntrack on " + c.nodeName(),
 		Summary: fmt.Sprintf("the node's conntrack table is nearly full (%d of %d entries): at the limit, new connections are dropped", t.Count, t.Max)}
 	if t.Full() {
-		f.Severity = Problem
+		f.Severity = report.Problem
 		f.Summary = fmt.Sprintf("the node's conntrack table is full (%d of %d entries): the kernel drops the first packet of every new connection it cannot evict an unassured entry for", t.Count, t.Max)
 	}
 	f.Evidence = []string{fmt.Sprintf("nf_conntrack_count %d, nf_conntrack_max %d", t.Count, t.Max)}
@@ -62,7 +63,7 @@ func (c *checker) staleConntrack() {
 			continue
 		}
 		if c.Conntrack.Unlisted != "" {
-			c.add(Finding{Severity: Info, Code: "conntrack-unlisted", Object: "conntrack on " + c.nodeName(),
+			c.add(report.Finding{Severity: report.Info, Code: report.ConntrackUnlisted, Object: "conntrack on " + c.nodeName(),
 				Summary:  "the node's conntrack entries were not read, so stale UDP entries to the Service were not looked for",
 				Evidence: []string{c.Conntrack.Unlisted},
 				Next:     []string{fmt.Sprintf("conntrack -L -p udp -d %s  (the entries to the Service; a reply source that is not an endpoint is stale)", ad.Addr.Addr())}})
@@ -81,7 +82,7 @@ func (c *checker) staleConntrack() {
 		}
 		for _, to := range targets {
 			es := byTarget[to]
-			f := Finding{Severity: Warning, Code: "conntrack-stale", Object: c.object, Port: ad.Port.String(),
+			f := report.Finding{Severity: report.Warning, Code: report.ConntrackStale, Object: c.object, Port: ad.Port.String(),
 				Summary: fmt.Sprintf("%d conntrack entr%s still send%s UDP to %s (%s) on to %s, which is not a serving endpoint of %s: those clients get no answer while they keep sending",
 					len(es), plural(len(es), "y", "ies"), plural(len(es), "s", ""), ad.Addr, ad.Kind, to, ad.Port.String()),
 				Next: []string{fmt.Sprintf("conntrack -D -p udp -d %s --dport %d -r %s  (deletes them; kube-proxy does so when an endpoint goes: if they survive, look in its log for conntrack errors)",

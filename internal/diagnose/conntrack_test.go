@@ -8,6 +8,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
 	corev1 "k8s.io/api/core/v1"
@@ -15,8 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
-func findingCodes(fs []Finding) []string {
-	var out []string
+func findingCodes(fs []report.Finding) []report.Code {
+	var out []report.Code
 	for _, f := range fs {
 		out = append(out, f.Code)
 	}
@@ -31,11 +32,11 @@ func TestConntrackFull(t *testing.T) {
 	for _, c := range []struct {
 		name     string
 		count    uint64
-		severity Severity // "": no finding
+		severity report.Severity // "": no finding
 	}{
 		{"roomy", 1000, ""},
-		{"nearly full", 950, Warning},
-		{"full", 1000 * 1000, Problem},
+		{"nearly full", 950, report.Warning},
+		{"full", 1000 * 1000, report.Problem},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			max := uint64(1000)
@@ -44,7 +45,7 @@ func TestConntrackFull(t *testing.T) {
 			}
 			in.Conntrack = &conntrack.Table{Count: c.count, Max: max, Stats: map[string]uint64{"drop": 7, "early_drop": 2}}
 			fs := Check(in)
-			i := slices.IndexFunc(fs, func(f Finding) bool { return f.Code == "conntrack-full" })
+			i := slices.IndexFunc(fs, func(f report.Finding) bool { return f.Code == "conntrack-full" })
 			switch {
 			case c.severity == "" && i >= 0:
 				t.Errorf("finding %+v, want none", fs[i])
@@ -54,7 +55,7 @@ func TestConntrackFull(t *testing.T) {
 			case fs[i].Severity != c.severity || !slices.Contains(fs[i].Evidence, "conntrack statistics of the node's namespace: drop 7, early_drop 2"):
 				t.Errorf("finding %+v, want severity %s and the drop counters", fs[i], c.severity)
 			}
-			if c.severity == Problem && fs[0].Code != "conntrack-full" {
+			if c.severity == report.Problem && fs[0].Code != "conntrack-full" {
 				t.Errorf("first finding %s, want conntrack-full", fs[0].Code)
 			}
 		})
@@ -88,7 +89,7 @@ func TestStaleConntrack(t *testing.T) {
 		entry("10.99.0.4:40055", "10.244.0.12:8080"), // dns-2: fine
 	}}
 	fs := Check(in)
-	i := slices.IndexFunc(fs, func(f Finding) bool { return f.Code == "conntrack-stale" })
+	i := slices.IndexFunc(fs, func(f report.Finding) bool { return f.Code == "conntrack-stale" })
 	if i < 0 {
 		t.Fatalf("no conntrack-stale finding in %v", findingCodes(fs))
 	}
@@ -116,8 +117,8 @@ func TestStaleConntrack(t *testing.T) {
 	// Entries that could not be read are said to be unread, not clean.
 	in.Conntrack = &conntrack.Table{Count: 3, Max: 1 << 18, Unlisted: "listing conntrack entries: protocol not supported"}
 	fs = Check(in)
-	if i := slices.IndexFunc(fs, func(f Finding) bool { return f.Code == "conntrack-unlisted" }); i < 0 || fs[i].Severity != Info ||
-		!strings.Contains(fs[i].Next[0], "conntrack -L -p udp -d 10.96.1.53") || slices.ContainsFunc(fs, func(f Finding) bool { return f.Code == "conntrack-stale" }) {
+	if i := slices.IndexFunc(fs, func(f report.Finding) bool { return f.Code == "conntrack-unlisted" }); i < 0 || fs[i].Severity != report.Info ||
+		!strings.Contains(fs[i].Next[0], "conntrack -L -p udp -d 10.96.1.53") || slices.ContainsFunc(fs, func(f report.Finding) bool { return f.Code == "conntrack-stale" }) {
 		t.Errorf("unlisted table: findings %v", findingCodes(fs))
 	}
 }

@@ -14,35 +14,12 @@ import (
 
 	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
-
-// Severity ranks findings.
-type Severity string
-
-const (
-	Problem Severity = "problem" // traffic fails because of this
-	Warning Severity = "warning" // may fail, or fails for some
-	Info    Severity = "info"    // worth knowing
-	OK      Severity = "ok"
-)
-
-// Finding is one thing found, with its evidence and the next command to
-// run.
-type Finding struct {
-	Severity Severity `json:"severity"`
-	Code     string   `json:"code"`
-	// Object is what to blame: "Service shop/web", "Pod shop/web-1",
-	// "kube-proxy on node-1".
-	Object   string   `json:"object,omitempty"`
-	Port     string   `json:"port,omitempty"` // the Service port, "shop/web:http"
-	Summary  string   `json:"summary"`
-	Evidence []string `json:"evidence,omitempty"`
-	Next     []string `json:"next,omitempty"`
-}
 
 // Input is what Check looks at.
 type Input struct {
@@ -67,17 +44,17 @@ type Input struct {
 
 // Check diagnoses the Service: the classic reasons a Service does not work,
 // most important first.
-func Check(in Input) []Finding {
+func Check(in Input) []report.Finding {
 	c := &checker{Input: in, svc: in.Service, ns: in.Service.Namespace}
 	c.object = "Service " + c.ns + "/" + c.svc.Name
 	switch {
 	case c.svc.ExternalName != "":
-		c.add(Finding{Severity: Info, Code: "externalname", Object: c.object,
+		c.add(report.Finding{Severity: report.Info, Code: report.ExternalName, Object: c.object,
 			Summary: fmt.Sprintf("ExternalName Service: DNS answers with a CNAME to %s; no netfilter path on the node translates it, so there is nothing to trace here", c.svc.ExternalName),
 			Next:    []string{"dig " + c.svc.ExternalName, "svctrace trace --addr <address of " + c.svc.ExternalName + ">:PORT"}})
 		return c.out
 	case c.svc.Headless:
-		c.add(Finding{Severity: Info, Code: "headless", Object: c.object,
+		c.add(report.Finding{Severity: report.Info, Code: report.Headless, Object: c.object,
 			Summary: "headless Service (clusterIP: None): no virtual IP and no kube-proxy rules; clients get the Pod IPs from DNS and connect to them directly, so svctrace traces the endpoints themselves",
 			Next:    []string{fmt.Sprintf("kubectl get endpointslices -n %s -l kubernetes.io/service-name=%s", c.ns, c.svc.Name)}})
 	}
@@ -89,7 +66,7 @@ func Check(in Input) []Finding {
 	c.staleConntrack()
 	sort.SliceStable(c.out, func(i, j int) bool { return rank(c.out[i].Severity) < rank(c.out[j].Severity) })
 	// Healthy only when nothing needs a look: a warning is not healthy.
-	if len(c.out) == 0 || (c.out[0].Severity != Problem && c.out[0].Severity != Warning) {
+	if len(c.out) == 0 || (c.out[0].Severity != report.Problem && c.out[0].Severity != report.Warning) {
 		c.healthy()
 	}
 	// Notes on how the Service is reached come after the verdict on it.
@@ -98,17 +75,19 @@ func Check(in Input) []Finding {
 	return c.out
 }
 
-func rank(s Severity) int { return slices.Index([]Severity{Problem, Warning, Info, OK}, s) }
+func rank(s report.Severity) int {
+	return slices.Index([]report.Severity{report.Problem, report.Warning, report.Info, report.OK}, s)
+}
 
 type checker struct {
 	Input
 	svc    *resolve.Service
 	ns     string
 	object string
-	out    []Finding
+	out    []report.Finding
 }
 
-func (c *checker) add(f Finding) { c.out = append(c.out, f) }
+func (c *checker) add(f report.Finding) { c.out = append(c.out, f) }
 
 func selectorString(sel map[string]string) string { return labels.SelectorFromSet(sel).String() }
 
@@ -117,18 +96,18 @@ func (c *checker) pods() {
 	sel := selectorString(c.svc.Selector)
 	if len(c.svc.Selector) == 0 {
 		if len(v.Slices) == 0 {
-			c.add(Finding{Severity: Problem, Code: "no-selector-no-endpointslices", Object: c.object,
+			c.add(report.Finding{Severity: report.Problem, Code: report.NoSelectorNoEndpointSlices, Object: c.object,
 				Summary: "the Service has no selector and no EndpointSlice: nothing tells kube-proxy where to send its traffic",
 				Next: []string{fmt.Sprintf("create an EndpointSlice labelled kubernetes.io/service-name=%s in namespace %s", c.svc.Name, c.ns),
 					fmt.Sprintf("kubectl get endpointslices -n %s -l kubernetes.io/service-name=%s", c.ns, c.svc.Name)}})
 		} else {
-			c.add(Finding{Severity: Info, Code: "manual-endpoints", Object: c.object,
+			c.add(report.Finding{Severity: report.Info, Code: report.ManualEndpoints, Object: c.object,
 				Summary: fmt.Sprintf("the Service has no selector: its endpoints come from %d EndpointSlice(s) managed by someone else", len(v.Slices))})
 		}
 		return
 	}
 	if len(v.Pods) == 0 {
-		f := Finding{Severity: Problem, Code: "selector-matches-no-pod", Object: c.object,
+		f := report.Finding{Severity: report.Problem, Code: report.SelectorMatchesNoPod, Object: c.object,
 			Summary: fmt.Sprintf("the selector %s matches no Pod in namespace %s", sel, c.ns),
 			Next:    []string{fmt.Sprintf("kubectl get pods -n %s --show-labels", c.ns)}}
 		for _, m := range v.NearMisses {
@@ -147,7 +126,7 @@ func (c *checker) pods() {
 				}
 				ev = append(ev, fmt.Sprintf("pod %s/%s matches the selector", p.Namespace, p.Name))
 			}
-			c.add(Finding{Severity: Problem, Code: "pods-in-other-namespace", Object: c.object,
+			c.add(report.Finding{Severity: report.Problem, Code: report.PodsInOtherNamespace, Object: c.object,
 				Summary: fmt.Sprintf("Pods matching %s run in namespace %s, but a Service only selects Pods in its own namespace %s",
 					sel, strings.Join(where, ", "), c.ns),
 				Evidence: ev,
@@ -165,10 +144,10 @@ func (c *checker) pods() {
 	if len(notReady) == 0 {
 		return
 	}
-	f := Finding{Severity: Warning, Code: "some-pods-not-ready", Object: c.object,
+	f := report.Finding{Severity: report.Warning, Code: report.SomePodsNotReady, Object: c.object,
 		Summary: fmt.Sprintf("%d of %d Pods matching %s are not Ready: kube-proxy does not send new connections to them", len(notReady), len(v.Pods), sel)}
 	if len(notReady) == len(v.Pods) {
-		f.Severity, f.Code = Problem, "no-ready-pods"
+		f.Severity, f.Code = report.Problem, report.NoReadyPods
 		f.Summary = fmt.Sprintf("the selector %s matches %d Pod(s), but none is Ready: the Service has no endpoint to send traffic to", sel, len(v.Pods))
 		f.Object = "Pod " + c.ns + "/" + notReady[0].Name
 	}
@@ -297,27 +276,27 @@ func (c *checker) targetPorts() {
 		if len(missing) == 0 {
 			continue
 		}
-		f := Finding{Object: c.object, Port: p.String(),
+		f := report.Finding{Object: c.object, Port: p.String(),
 			Evidence: []string{"the selected Pods' containers declare " + orNone(declared)},
 			Next: []string{fmt.Sprintf("kubectl get pods -n %s -l %s -o jsonpath='{..containerPort}'", c.ns, selectorString(c.svc.Selector)),
 				fmt.Sprintf("kubectl edit service -n %s %s   # spec.ports[].targetPort", c.ns, c.svc.Name)}}
 		switch {
 		case p.TargetPort.Type == intstr.String:
-			f.Severity, f.Code = Problem, "targetport-name-unknown"
+			f.Severity, f.Code = report.Problem, report.TargetPortNameUnknown
 			f.Summary = fmt.Sprintf("targetPort %q of %s is not the name of a container port in %s: those Pods get no endpoint for this port",
 				p.TargetPort.StrVal, p.String(), strings.Join(missing, ", "))
 		case wrongProto > 0:
-			f.Severity, f.Code = Problem, "targetport-wrong-protocol"
+			f.Severity, f.Code = report.Problem, report.TargetPortWrongProtocol
 			f.Summary = fmt.Sprintf("targetPort %d of %s is declared by the Pods with another protocol than %s", p.TargetPort.IntVal, p.String(), proto)
 		case len(declared) == 0:
-			f.Severity, f.Code = Info, "targetport-not-declared"
+			f.Severity, f.Code = report.Info, report.TargetPortNotDeclared
 			f.Summary = fmt.Sprintf("the Pods declare no container ports; make sure they listen on targetPort %d of %s", p.TargetPort.IntVal, p.String())
 		default:
-			f.Severity, f.Code = Problem, "targetport-not-exposed"
+			f.Severity, f.Code = report.Problem, report.TargetPortNotExposed
 			f.Summary = fmt.Sprintf("targetPort %d of %s is not a port the Pods' containers declare: connections will likely be reset", p.TargetPort.IntVal, p.String())
 		}
-		if matched > 0 && f.Severity == Problem {
-			f.Severity = Warning
+		if matched > 0 && f.Severity == report.Problem {
+			f.Severity = report.Warning
 		}
 		c.add(f)
 	}
@@ -341,18 +320,18 @@ func (c *checker) rules() {
 		if c.RulesErr != nil {
 			why = c.RulesErr.Error()
 		}
-		c.add(Finding{Severity: Warning, Code: "ruleset-unreadable", Object: proxy,
+		c.add(report.Finding{Severity: report.Warning, Code: report.RulesetUnreadable, Object: proxy,
 			Summary: "kube-proxy's rules on this node could not be read: " + why})
 		return
 	}
 	r := c.Rules
 	switch r.Mode {
 	case kubeproxy.ModeIPVS:
-		c.add(Finding{Severity: Info, Code: "ipvs", Object: proxy, Summary: "kube-proxy runs in ipvs mode: " + r.Note,
+		c.add(report.Finding{Severity: report.Info, Code: report.IPVS, Object: proxy, Summary: "kube-proxy runs in ipvs mode: " + r.Note,
 			Next: []string{"ipvsadm -Ln"}})
 		return
 	case kubeproxy.ModeNone:
-		f := Finding{Severity: Problem, Code: "no-kube-proxy-rules", Object: proxy,
+		f := report.Finding{Severity: report.Problem, Code: report.NoKubeProxyRules, Object: proxy,
 			Summary:  "kube-proxy has programmed no Service rules on this node",
 			Evidence: []string{r.Note},
 			Next:     []string{"kubectl -n kube-system get pods -l k8s-app=kube-proxy -o wide" + c.onThisNode()}}
@@ -369,12 +348,12 @@ func (c *checker) rules() {
 			continue
 		}
 		for _, rj := range pr.Rejects {
-			sev := Problem
+			sev := report.Problem
 			if len(p.Ready()) > 0 {
 				// kube-proxy is behind, or only some addresses reject.
-				sev = Warning
+				sev = report.Warning
 			}
-			c.add(Finding{Severity: sev, Code: "kube-proxy-rejects", Object: c.object, Port: p.String(),
+			c.add(report.Finding{Severity: sev, Code: report.KubeProxyRejects, Object: c.object, Port: p.String(),
 				Summary:  fmt.Sprintf("kube-proxy %ss traffic to %s: %s %s", strings.ToLower(rj.Verdict), rj.Dest, p.String(), rj.Why),
 				Evidence: []string{rj.Where + ": " + rj.Rule}})
 		}
@@ -390,7 +369,7 @@ func (c *checker) rules() {
 			programmed = append(programmed, e.Addr.String())
 		}
 		if len(stale) > 0 {
-			c.add(Finding{Severity: Problem, Code: "stale-dnat", Object: proxy, Port: p.String(),
+			c.add(report.Finding{Severity: report.Problem, Code: report.StaleDNAT, Object: proxy, Port: p.String(),
 				Summary:  fmt.Sprintf("kube-proxy still DNATs %s to addresses that are not ready endpoints: %s", p.String(), strings.Join(stale, ", ")),
 				Evidence: []string{"ready endpoints: " + strings.Join(addrs(p.Ready()), ", ")},
 				Next:     c.proxyNext()})
@@ -403,13 +382,13 @@ func (c *checker) rules() {
 		}
 		sort.Strings(unprogrammed)
 		if len(unprogrammed) > 0 && (r.Mode != kubeproxy.ModeNFTables || len(pr.Endpoints) > 0 || len(pr.Rejects) > 0) {
-			c.add(Finding{Severity: Warning, Code: "endpoints-not-programmed", Object: proxy, Port: p.String(),
+			c.add(report.Finding{Severity: report.Warning, Code: report.EndpointsNotProgrammed, Object: proxy, Port: p.String(),
 				Summary: fmt.Sprintf("ready endpoints of %s have no DNAT rule on this node yet: %s", p.String(), strings.Join(unprogrammed, ", ")),
 				Next:    c.proxyNext()})
 		}
 	}
 	if len(missingPorts) > 0 {
-		f := Finding{Severity: Problem, Code: "no-rules-for-service", Object: proxy,
+		f := report.Finding{Severity: report.Problem, Code: report.NoRulesForService, Object: proxy,
 			Summary:  fmt.Sprintf("kube-proxy (%s mode) has no rules for %s on this node: its ClusterIP is not translated here", r.Mode, strings.Join(missingPorts, ", ")),
 			Evidence: []string{r.Note},
 			Next:     c.proxyNext()}
@@ -452,7 +431,7 @@ func addrs(eps []resolve.Endpoint) []string {
 	return s
 }
 
-func (c *checker) proxyEvidence(f *Finding) {
+func (c *checker) proxyEvidence(f *report.Finding) {
 	if !c.KubeProxyKnown {
 		return
 	}
@@ -513,14 +492,14 @@ func (c *checker) localPolicy() {
 			}
 		}
 		if c.svc.ExternalLocal && (p.NodePort != 0 || len(c.svc.LoadBalancerIPs) > 0 || len(c.svc.ExternalIPs) > 0) {
-			c.add(Finding{Severity: Problem, Code: "external-local-no-endpoint", Object: c.object, Port: p.String(),
+			c.add(report.Finding{Severity: report.Problem, Code: report.ExternalLocalNoEndpoint, Object: c.object, Port: p.String(),
 				Summary:  fmt.Sprintf("externalTrafficPolicy: Local, and no ready endpoint of %s runs on node %s: kube-proxy drops NodePort, external and load-balancer traffic arriving here", p.String(), node),
 				Evidence: []string{"ready endpoints run on: " + orNone(nodes)},
 				Next: []string{"send the traffic to a node that runs an endpoint, or set externalTrafficPolicy: Cluster",
 					fmt.Sprintf("kubectl get pods -n %s -l %s -o wide", c.ns, selectorString(c.svc.Selector))}})
 		}
 		if c.svc.InternalLocal {
-			c.add(Finding{Severity: Problem, Code: "internal-local-no-endpoint", Object: c.object, Port: p.String(),
+			c.add(report.Finding{Severity: report.Problem, Code: report.InternalLocalNoEndpoint, Object: c.object, Port: p.String(),
 				Summary:  fmt.Sprintf("internalTrafficPolicy: Local, and no ready endpoint of %s runs on node %s: connections from this node's Pods to the ClusterIP are dropped", p.String(), node),
 				Evidence: []string{"ready endpoints run on: " + orNone(nodes)},
 				Next:     []string{"run an endpoint on every node that has clients (e.g. a DaemonSet), or set internalTrafficPolicy: Cluster"}})
@@ -552,7 +531,7 @@ func (c *checker) nodePortAddrs() {
 	if len(ports) == 0 || len(refused) == 0 {
 		return
 	}
-	c.add(Finding{Severity: Info, Code: "nodeport-addresses", Object: "kube-proxy on " + c.nodeName(),
+	c.add(report.Finding{Severity: report.Info, Code: report.NodePortAddresses, Object: "kube-proxy on " + c.nodeName(),
 		Summary: fmt.Sprintf("kube-proxy accepts NodePort %s only on %s; on this node's other addresses (%s) nothing translates it",
 			strings.Join(ports, ", "), orNone(accepted), strings.Join(refused, ", ")),
 		Evidence: []string{nodePortRule(c.Rules)},
@@ -571,7 +550,7 @@ func (c *checker) affinity() {
 		if pr == nil || pr.AffinityTimeout == 0 {
 			continue
 		}
-		f := Finding{Severity: Info, Code: "session-affinity", Object: c.object, Port: p.String(),
+		f := report.Finding{Severity: report.Info, Code: report.SessionAffinity, Object: c.object, Port: p.String(),
 			Summary: fmt.Sprintf("sessionAffinity: ClientIP: kube-proxy sends each client's new connections to %s to the endpoint its last one went to, until the client has been idle for %s; it remembers %d client(s)",
 				p.String(), duration(pr.AffinityTimeout), len(pr.Affinity))}
 		for i, a := range pr.Affinity {
@@ -660,5 +639,5 @@ func (c *checker) healthy() {
 	if c.Rules != nil && c.Rules.Mode != kubeproxy.ModeNone {
 		summary += " or in kube-proxy's " + string(c.Rules.Mode) + " rules"
 	}
-	c.add(Finding{Severity: OK, Code: "healthy", Object: c.object, Summary: summary + "; " + strings.Join(parts, ", ")})
+	c.add(report.Finding{Severity: report.OK, Code: report.Healthy, Object: c.object, Summary: summary + "; " + strings.Join(parts, ", ")})
 }

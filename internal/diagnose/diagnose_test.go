@@ -10,6 +10,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
 	corev1 "k8s.io/api/core/v1"
@@ -70,8 +71,8 @@ type story struct {
 	objs     resolve.Objects
 	rules    *kubeproxy.Ruleset // nil: a ruleset with correct rules for the Service
 	noProxy  bool               // no kube-proxy process
-	want     string             // the first finding's code
-	severity Severity
+	want     report.Code        // the first finding's code
+	severity report.Severity
 	evidence string // must appear in the first finding's summary or evidence
 }
 
@@ -94,42 +95,42 @@ func stories() []story {
 	typo := pod(shop, "typo-1", "web", "10.244.0.31", "node-1", true)
 	typo.Labels = map[string]string{"apps": "cart"}
 	return []story{
-		{name: "healthy", want: "healthy", severity: OK,
+		{name: "healthy", want: "healthy", severity: report.OK,
 			objs: resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.10", map[string]string{"app": "web"}, byName)},
 				Pods: []corev1.Pod{web1, web2}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1, web2)}, Nodes: nodes}},
-		{name: "selector-matches-no-pod", want: "selector-matches-no-pod", severity: Problem, evidence: "pod shop/typo-1 has apps=cart, the selector wants app=cart",
+		{name: "selector-matches-no-pod", want: "selector-matches-no-pod", severity: report.Problem, evidence: "pod shop/typo-1 has apps=cart, the selector wants app=cart",
 			objs: resolve.Objects{Services: []corev1.Service{svc("cart", "10.96.1.20", map[string]string{"app": "cart"}, byName)},
 				Pods: []corev1.Pod{web1, typo}, Nodes: nodes}},
-		{name: "only-pod-not-ready", want: "no-ready-pods", severity: Problem, evidence: "container app not ready (readiness probe HTTP GET :8080/healthz), 3 restarts",
+		{name: "only-pod-not-ready", want: "no-ready-pods", severity: report.Problem, evidence: "container app not ready (readiness probe HTTP GET :8080/healthz), 3 restarts",
 			objs: resolve.Objects{Services: []corev1.Service{svc("slow", "10.96.1.30", map[string]string{"app": "slow"}, byName)},
 				Pods: []corev1.Pod{notReady}, Slices: []discoveryv1.EndpointSlice{slice("slow", 8080, notReady)}, Nodes: nodes}},
-		{name: "wrong-targetport", want: "targetport-not-exposed", severity: Problem, evidence: "8080/TCP (http)",
+		{name: "wrong-targetport", want: "targetport-not-exposed", severity: report.Problem, evidence: "8080/TCP (http)",
 			objs: resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.40", map[string]string{"app": "web"}, intstr.FromInt32(9090))},
 				Pods: []corev1.Pod{web1}, Slices: []discoveryv1.EndpointSlice{slice("web", 9090, web1)}, Nodes: nodes}},
-		{name: "unknown-targetport-name", want: "targetport-name-unknown", severity: Problem, evidence: `targetPort "web"`,
+		{name: "unknown-targetport-name", want: "targetport-name-unknown", severity: report.Problem, evidence: `targetPort "web"`,
 			objs: resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.41", map[string]string{"app": "web"}, intstr.FromString("web"))},
 				Pods: []corev1.Pod{web1}, Nodes: nodes}},
-		{name: "pods-in-other-namespace", want: "selector-matches-no-pod", severity: Problem,
+		{name: "pods-in-other-namespace", want: "selector-matches-no-pod", severity: report.Problem,
 			objs: resolve.Objects{Services: []corev1.Service{svc("api", "10.96.1.50", map[string]string{"app": "api"}, byName)},
 				Pods: []corev1.Pod{pod("default", "api-1", "api", "10.244.0.41", "node-1", true)}, Nodes: nodes}},
-		{name: "no-kube-proxy", want: "no-rules-for-service", severity: Problem, noProxy: true, evidence: "kube-proxy is not running here",
+		{name: "no-kube-proxy", want: "no-rules-for-service", severity: report.Problem, noProxy: true, evidence: "kube-proxy is not running here",
 			rules: &kubeproxy.Ruleset{Mode: kubeproxy.ModeIPTables},
 			objs: resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.10", map[string]string{"app": "web"}, byName)},
 				Pods: []corev1.Pod{web1}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1)}, Nodes: nodes}},
-		{name: "stale-dnat", want: "stale-dnat", severity: Problem, evidence: "10.244.0.99:8080",
+		{name: "stale-dnat", want: "stale-dnat", severity: report.Problem, evidence: "10.244.0.99:8080",
 			rules: &kubeproxy.Ruleset{Mode: kubeproxy.ModeIPTables, Ports: map[kubeproxy.PortKey]*kubeproxy.PortRules{
 				{Name: "shop/web:http", Proto: "tcp"}: {Endpoints: []kubeproxy.EndpointRule{{Addr: netip.MustParseAddrPort("10.244.0.11:8080")}, {Addr: netip.MustParseAddrPort("10.244.0.99:8080")}}}}},
 			objs: resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.10", map[string]string{"app": "web"}, byName)},
 				Pods: []corev1.Pod{web1}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1)}, Nodes: nodes}},
-		{name: "external-traffic-policy-local", want: "external-local-no-endpoint", severity: Problem, evidence: "run on: node-2",
+		{name: "external-traffic-policy-local", want: "external-local-no-endpoint", severity: report.Problem, evidence: "run on: node-2",
 			objs: resolve.Objects{Services: []corev1.Service{local}, Pods: []corev1.Pod{remote},
 				Slices: []discoveryv1.EndpointSlice{slice("far", 8080, remote)}, Nodes: nodes}},
-		{name: "selector-less-without-slices", want: "no-selector-no-endpointslices", severity: Problem,
+		{name: "selector-less-without-slices", want: "no-selector-no-endpointslices", severity: report.Problem,
 			objs: resolve.Objects{Services: []corev1.Service{svc("manual", "10.96.1.80", nil, byName)}, Nodes: nodes}},
-		{name: "headless", want: "headless", severity: Info,
+		{name: "headless", want: "headless", severity: report.Info,
 			objs: resolve.Objects{Services: []corev1.Service{headless}, Pods: []corev1.Pod{web1},
 				Slices: []discoveryv1.EndpointSlice{slice("db", 8080, web1)}, Nodes: nodes}},
-		{name: "externalname", want: "externalname", severity: Info, evidence: "db.example.com",
+		{name: "externalname", want: "externalname", severity: report.Info, evidence: "db.example.com",
 			objs: resolve.Objects{Services: []corev1.Service{external}, Nodes: nodes}},
 	}
 }
@@ -151,7 +152,7 @@ func rulesFor(s *resolve.Service) *kubeproxy.Ruleset {
 	return r
 }
 
-func check(t *testing.T, s story) (Input, []Finding) {
+func check(t *testing.T, s story) (Input, []report.Finding) {
 	t.Helper()
 	src := resolve.FileSource{Objects: &s.objs, Path: "test"}
 	name := s.objs.Services[0].Name
@@ -184,7 +185,7 @@ func TestStories(t *testing.T) {
 			if s.evidence != "" && !strings.Contains(text, s.evidence) {
 				t.Errorf("finding does not say %q:\n%s", s.evidence, text)
 			}
-			if f.Severity == Problem && len(f.Next) == 0 {
+			if f.Severity == report.Problem && len(f.Next) == 0 {
 				t.Errorf("problem %s has no next step", f.Code)
 			}
 		})
@@ -198,7 +199,7 @@ func TestPodsInOtherNamespace(t *testing.T) {
 			continue
 		}
 		_, fs := check(t, s)
-		i := slices.IndexFunc(fs, func(f Finding) bool { return f.Code == "pods-in-other-namespace" })
+		i := slices.IndexFunc(fs, func(f report.Finding) bool { return f.Code == "pods-in-other-namespace" })
 		if i < 0 || !strings.Contains(fs[i].Summary, "run in namespace default") || !strings.Contains(fs[i].Summary, "own namespace shop") {
 			t.Fatalf("findings %+v", fs)
 		}
@@ -278,11 +279,7 @@ func TestInternalLocalProgramsLocalEndpointsOnly(t *testing.T) {
 	objs := resolve.Objects{Services: []corev1.Service{s}, Pods: []corev1.Pod{remote},
 		Slices: []discoveryv1.EndpointSlice{slice("far", 8080, remote)}, Nodes: []corev1.Node{node("node-1", "10.99.0.1"), node("node-2", "10.99.0.2")}}
 	_, fs := check(t, story{objs: objs, rules: rules})
-	var codes []string
-	for _, f := range fs {
-		codes = append(codes, f.Code)
-	}
-	if !slices.Equal(codes, []string{"internal-local-no-endpoint", "kube-proxy-rejects"}) {
+	if codes := findingCodes(fs); !slices.Equal(codes, []report.Code{report.InternalLocalNoEndpoint, report.KubeProxyRejects}) {
 		t.Errorf("findings %v, want internal-local-no-endpoint and kube-proxy-rejects only", codes)
 	}
 }
@@ -304,7 +301,7 @@ func TestNodePortOnAnAddressKubeProxyIgnores(t *testing.T) {
 	// served on the IPv6 addresses at all, accepted or not.
 	in.NodeAddrs = []netip.Addr{netip.MustParseAddr("10.99.0.1"), second, netip.MustParseAddr("fd00:10:99::1"), netip.MustParseAddr("fd00:10:98::1")}
 	fs := Check(in)
-	i := slices.IndexFunc(fs, func(f Finding) bool { return f.Code == "nodeport-addresses" })
+	i := slices.IndexFunc(fs, func(f report.Finding) bool { return f.Code == "nodeport-addresses" })
 	if i < 0 || !strings.Contains(fs[i].Summary, "accepts NodePort 30090 only on 10.99.0.1; on this node's other addresses (10.98.0.1)") {
 		t.Fatalf("findings %+v", fs)
 	}
@@ -343,7 +340,7 @@ func TestSessionAffinity(t *testing.T) {
 	pr.AffinityTimeout = 3 * time.Hour
 	pr.Affinity = []kubeproxy.Affinity{{Client: netip.MustParseAddr("10.99.0.2"), Endpoint: ep1, Idle: 5 * time.Second, Where: "recent list KUBE-SEP-A"}}
 	fs := Check(in)
-	i := slices.IndexFunc(fs, func(f Finding) bool { return f.Code == "session-affinity" })
+	i := slices.IndexFunc(fs, func(f report.Finding) bool { return f.Code == "session-affinity" })
 	if i < 0 || !strings.Contains(fs[i].Summary, "until the client has been idle for 3h; it remembers 1 client(s)") ||
 		!slices.Equal(fs[i].Evidence, []string{"10.99.0.2 → 10.244.0.11:8080 (pod shop/web-1), last connected 5s before svctrace read it (recent list KUBE-SEP-A)"}) {
 		t.Fatalf("findings %+v", fs)

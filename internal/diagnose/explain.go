@@ -9,33 +9,25 @@ import (
 	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
-// Explanation names the Kubernetes objects behind a traced connection.
-type Explanation struct {
-	Service  string // the Service port and how it was reached: "shop/web:http (ClusterIP)"
-	Pod      string // the endpoint's Pod, "shop/web-1"
-	Node     string // the endpoint's node
-	Endpoint string // the endpoint's state: "ready", "not ready", …
-	Rule     string // the rule that rejected or dropped, with its table and chain
-	Blame    string // the object to blame and why, one line
-	// Notes say how the Service's settings shaped the connection: the
-	// traffic policy's effect on the client address, session affinity.
-	Notes []string
-}
-
 // Explainer explains connections of one Service with what Check knows.
 type Explainer struct {
 	in       Input
-	findings []Finding
+	findings []report.Finding
 	addrs    map[netip.AddrPort]resolve.Address
 	eps      map[netip.AddrPort]endpointOf
 	ips      map[netip.Addr]string
 	// Lookup names an address nothing else knows (a client Pod, a Node);
-	// may be nil.
+	// may be nil. Called for the addresses a report shows, at most once
+	// each while they stay in looked.
 	Lookup func(netip.Addr) string
+	// looked are the names Lookup gave, at most maxLooked; then it starts
+	// over: a node that sees many clients does not grow it without bound.
+	looked map[netip.Addr]string
 	// sticky are the endpoints explained connections of a Service port
 	// with session affinity went to, by client: kube-proxy's memory as it
 	// grew since its rules were read.
@@ -44,6 +36,9 @@ type Explainer struct {
 
 // maxSticky bounds the clients remembered for affinity notes.
 const maxSticky = 4096
+
+// maxLooked bounds the names of addresses looked up.
+const maxLooked = 4096
 
 type stickyKey struct {
 	port   *resolve.Port
@@ -62,7 +57,7 @@ type endpointOf struct {
 
 // NewExplainer prepares explanations; nodeAddrs are the addresses
 // NodePorts were watched on.
-func NewExplainer(in Input, findings []Finding, nodeAddrs []netip.Addr) *Explainer {
+func NewExplainer(in Input, findings []report.Finding, nodeAddrs []netip.Addr) *Explainer {
 	x := &Explainer{in: in, findings: findings, addrs: map[netip.AddrPort]resolve.Address{},
 		eps: map[netip.AddrPort]endpointOf{}, ips: map[netip.Addr]string{}, sticky: map[stickyKey][]stuck{}}
 	for _, a := range in.Service.Addresses(nodeAddrs) {
@@ -116,12 +111,15 @@ func (x *Explainer) Name(a netip.AddrPort) string {
 	if n, ok := x.ips[a.Addr()]; ok {
 		return n
 	}
-	if x.Lookup != nil {
-		n := x.Lookup(a.Addr())
-		x.ips[a.Addr()] = n
+	if n, ok := x.looked[a.Addr()]; ok || x.Lookup == nil {
 		return n
 	}
-	return ""
+	if len(x.looked) >= maxLooked || x.looked == nil {
+		x.looked = map[netip.Addr]string{}
+	}
+	n := x.Lookup(a.Addr())
+	x.looked[a.Addr()] = n
+	return n
 }
 
 // Knows reports whether a is one of the Service's own addresses or
@@ -133,8 +131,8 @@ func (x *Explainer) Knows(a netip.AddrPort) bool {
 }
 
 // Explain names what a connection went through and what to blame.
-func (x *Explainer) Explain(c *flow.Conn) Explanation {
-	var e Explanation
+func (x *Explainer) Explain(c *flow.Conn) report.Explanation {
+	var e report.Explanation
 	ad, viaService := x.addrs[c.VIP]
 	var port *resolve.Port
 	if viaService {
@@ -223,7 +221,7 @@ func (x *Explainer) Explain(c *flow.Conn) Explanation {
 		}
 	case flow.Reset:
 		e.Blame = fmt.Sprintf("%s (%s): nothing listens on port %d", pod, e.Endpoint, c.Endpoint.Port())
-		if f := x.code(port, "targetport-not-exposed", "targetport-wrong-protocol"); f != nil {
+		if f := x.code(port, report.TargetPortNotExposed, report.TargetPortWrongProtocol); f != nil {
 			e.Blame += "; " + f.Summary
 		} else if v4 := x.samePodIPv4(c.Endpoint); v4.IsValid() {
 			e.Blame = fmt.Sprintf("%s (%s): nothing listens on port %d over IPv6; the Pod's IPv4 endpoint is %s: if that answers, its server is bound to 0.0.0.0 (IPv4 only): have it listen on [::] (both families)",
@@ -382,16 +380,16 @@ func (x *Explainer) hairpin(c *flow.Conn, to netip.AddrPort) string {
 }
 
 // problem is the first Problem finding about port (or the whole Service).
-func (x *Explainer) problem(port *resolve.Port) *Finding {
+func (x *Explainer) problem(port *resolve.Port) *report.Finding {
 	for i, f := range x.findings {
-		if f.Severity == Problem && (f.Port == "" || port == nil || f.Port == port.String()) {
+		if f.Severity == report.Problem && (f.Port == "" || port == nil || f.Port == port.String()) {
 			return &x.findings[i]
 		}
 	}
 	return nil
 }
 
-func (x *Explainer) code(port *resolve.Port, codes ...string) *Finding {
+func (x *Explainer) code(port *resolve.Port, codes ...report.Code) *report.Finding {
 	for i, f := range x.findings {
 		for _, c := range codes {
 			if f.Code == c && (port == nil || f.Port == port.String()) {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/internal/tracer"
 	"k8s.io/apimachinery/pkg/labels"
@@ -57,7 +58,7 @@ type Scenario struct {
 	// Programmed is false when kube-proxy wrote no rule for the Service.
 	Programmed bool
 	// Finding is the first finding svctrace's diagnosis gives.
-	Finding string
+	Finding report.Code
 	Expect  flow.Verdict
 	// ExpectHook is where the first packet dies for rejected and dropped.
 	ExpectHook tracer.Hook

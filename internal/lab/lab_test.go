@@ -18,10 +18,10 @@ import (
 
 	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/describe"
-	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/topo"
@@ -412,7 +412,7 @@ func TestConntrackTableFull(t *testing.T) {
 		t.Errorf("conntrack %d of %d entries, drop counter %d: want full, with drops", facts.Conntrack.Count, facts.Conntrack.Max, facts.Conntrack.Stats["drop"])
 	}
 	a := as["healthy"]
-	if f := a.Findings[0]; f.Code != "conntrack-full" || f.Severity != diagnose.Problem {
+	if f := a.Findings[0]; f.Code != "conntrack-full" || f.Severity != report.Problem {
 		t.Errorf("first finding %s %s (%s), want the problem conntrack-full", f.Severity, f.Code, f.Summary)
 	}
 	want := "conntrack dropped the SYN before any rule saw it: the node's conntrack table is full"

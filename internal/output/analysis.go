@@ -9,8 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/flow"
-	"github.com/svctrace/svctrace/internal/record"
+	"github.com/svctrace/svctrace/internal/report"
 )
 
 // Analysis adds up the connections of a recording (svctrace analyze):
@@ -18,6 +19,7 @@ import (
 type Analysis struct {
 	endpoints map[netip.AddrPort]map[flow.Verdict]int
 	clients   map[netip.Addr]bool
+	names     map[netip.AddrPort]string // the endpoints', as the reports gave them
 	latencies []time.Duration
 	// Conntrack are the traced addresses' conntrack entries the recording
 	// holds: at the start and at the end of the trace.
@@ -26,14 +28,18 @@ type Analysis struct {
 
 // ConntrackSnapshot is the conntrack table's entries at one moment.
 type ConntrackSnapshot struct {
-	When    string             `json:"when"` // "start", "end"
-	Entries []record.Conntrack `json:"entries"`
+	When    string            `json:"when"` // "start", "end"
+	Entries []conntrack.Entry `json:"entries"`
 }
 
 // Count adds a connection.
-func (a *Analysis) Count(c *flow.Conn) {
+func (a *Analysis) Count(r report.Conn) {
+	c := r.Conn
 	if a.endpoints == nil {
-		a.endpoints, a.clients = map[netip.AddrPort]map[flow.Verdict]int{}, map[netip.Addr]bool{}
+		a.endpoints, a.clients, a.names = map[netip.AddrPort]map[flow.Verdict]int{}, map[netip.Addr]bool{}, map[netip.AddrPort]string{}
+	}
+	if n := r.Name(c.Endpoint); n != "" {
+		a.names[c.Endpoint] = n
 	}
 	if a.endpoints[c.Endpoint] == nil {
 		a.endpoints[c.Endpoint] = map[flow.Verdict]int{}
@@ -74,15 +80,12 @@ type endpointRow struct {
 	Verdicts map[flow.Verdict]int `json:"verdicts"`
 }
 
-func (a *Analysis) rows(name func(netip.AddrPort) string) []endpointRow {
+func (a *Analysis) rows() []endpointRow {
 	var rows []endpointRow
 	for ep, vs := range a.endpoints {
 		r := endpointRow{Verdicts: vs}
 		if ep.IsValid() {
-			r.Endpoint = ep.String()
-			if name != nil {
-				r.Name = name(ep)
-			}
+			r.Endpoint, r.Name = ep.String(), a.names[ep]
 		}
 		for _, n := range vs {
 			r.Conns += n
@@ -119,7 +122,7 @@ func verdictList(vs map[flow.Verdict]int) string {
 func WriteAnalysis(p Printer, a *Analysis) {
 	switch p := p.(type) {
 	case *Text:
-		a.text(p.w, p.opts.Name)
+		a.text(p.w)
 	case *JSON:
 		n, p50, p99 := a.latency()
 		p.write(struct {
@@ -130,16 +133,16 @@ func WriteAnalysis(p Printer, a *Analysis) {
 			P50       float64             `json:"connect_latency_p50_us"`
 			P99       float64             `json:"connect_latency_p99_us"`
 			Conntrack []ConntrackSnapshot `json:"conntrack,omitempty"`
-		}{"analysis", len(a.clients), a.rows(p.opts.Name), n, us(p50), us(p99), a.Conntrack})
+		}{"analysis", len(a.clients), a.rows(), n, us(p50), us(p99), a.Conntrack})
 	}
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
-func (a *Analysis) text(w io.Writer, name func(netip.AddrPort) string) {
+func (a *Analysis) text(w io.Writer) {
 	fmt.Fprintf(w, "\nanalysis: %d client(s)\n", len(a.clients))
 	fmt.Fprintf(w, "  %-22s %5s  %s\n", "endpoint", "conns", "verdicts")
-	for _, r := range a.rows(name) {
+	for _, r := range a.rows() {
 		ep := r.Endpoint
 		if ep == "" {
 			ep = "(none)"

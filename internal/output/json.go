@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/describe"
-	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -98,20 +98,21 @@ type jsonEvent struct {
 	Note     string         `json:"note,omitempty"`
 }
 
-func (p *JSON) Conn(c *flow.Conn, lost uint64) {
+func (p *JSON) Conn(r report.Conn) {
+	c := r.Conn
 	j := jsonConn{
 		Kind: "connection", ID: c.ID, Continues: c.Continues, Scenario: c.Scenario,
 		Verdict: c.Verdict, Reason: describe.Reason(c), Proto: c.Proto, Client: c.Client, VIP: c.VIP,
-		VIPName:    name(p.opts, c.VIP),
+		VIPName:    r.Name(c.VIP),
 		DurationUS: time.Duration(c.End - c.Start).Microseconds(),
 		Packets: jsonPackets{c.Packets[flow.Original], c.Packets[flow.Reply],
 			jsonBytes{c.Bytes[flow.Original], c.Bytes[flow.Reply]}},
-		SYNs: c.SYNs, Closed: c.Closed, Truncated: c.Truncated, LostEvents: lost,
+		SYNs: c.SYNs, Closed: c.Closed, Truncated: c.Truncated, LostEvents: r.Lost,
 		Events: make([]jsonEvent, 0, len(c.Steps)),
 	}
 	if c.Endpoint.IsValid() {
 		ep := c.Endpoint
-		j.Endpoint, j.EndpointName = &ep, name(p.opts, ep)
+		j.Endpoint, j.EndpointName = &ep, r.Name(ep)
 	}
 	if c.SNAT.IsValid() {
 		s := c.SNAT
@@ -130,8 +131,7 @@ func (p *JSON) Conn(c *flow.Conn, lost uint64) {
 	if len(c.Endpoints) > 1 {
 		j.Endpoints = c.Endpoints
 	}
-	if p.opts.Explain != nil {
-		e := p.opts.Explain(c)
+	if e := r.Explanation; e != nil {
 		j.Service, j.Pod, j.Node, j.EndpointCond, j.Rule, j.Blame = e.Service, e.Pod, e.Node, e.Endpoint, e.Rule, e.Blame
 		j.Notes = e.Notes
 	}
@@ -202,14 +202,14 @@ func (p *JSON) write(v any) {
 	p.w.Write(append(b, '\n'))
 }
 
-func (p *JSON) Diagnosis(d Diagnosis) {
+func (p *JSON) Diagnosis(d report.Diagnosis) {
 	p.write(struct {
-		Kind     string             `json:"kind"`
-		Scenario string             `json:"scenario,omitempty"`
-		Service  string             `json:"service"`
-		Source   string             `json:"source"`
-		Node     string             `json:"node,omitempty"`
-		Proxy    string             `json:"kube_proxy"`
-		Findings []diagnose.Finding `json:"findings"`
+		Kind     string           `json:"kind"`
+		Scenario string           `json:"scenario,omitempty"`
+		Service  string           `json:"service"`
+		Source   string           `json:"source"`
+		Node     string           `json:"node,omitempty"`
+		Proxy    string           `json:"kube_proxy"`
+		Findings []report.Finding `json:"findings"`
 	}{"diagnosis", d.Scenario, d.Service, d.Source, d.Node, d.Proxy, d.Findings})
 }

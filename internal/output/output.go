@@ -6,45 +6,29 @@ package output
 import (
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"strings"
 	"time"
 
-	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/report"
 )
 
-// Printer shows connections as they complete.
+// Printer shows connections as they complete. Printers only format: the
+// report holds every name and explanation they show.
 type Printer interface {
-	// Conn prints one finished connection. lost is the number of events lost
-	// so far: non-zero means the timeline may have gaps.
-	Conn(c *flow.Conn, lost uint64)
+	// Conn prints one finished connection.
+	Conn(c report.Conn)
 	// Lost reports that the lost-event count grew to total.
 	Lost(total uint64)
 	// Summary closes the output.
 	Summary(s Summary)
 	// Diagnosis prints what was found before tracing.
-	Diagnosis(d Diagnosis)
-}
-
-// Diagnosis is what svctrace found about a Service before any packet.
-type Diagnosis struct {
-	Scenario string             // the lab scenario, "" elsewhere
-	Service  string             // the Service in one line (resolve.Service.Summary)
-	Source   string             // where the objects came from
-	Node     string             // this node's name, "" if unknown
-	Proxy    string             // kube-proxy's mode on this node and how it was read
-	Findings []diagnose.Finding // most important first
+	Diagnosis(d report.Diagnosis)
 }
 
 // Options shared by the printers.
 type Options struct {
-	// Name describes an address in Kubernetes terms ("pod lab/web-1"); may
-	// be nil or return "".
-	Name func(netip.AddrPort) string
-	// Explain names the Kubernetes objects behind a connection; may be nil.
-	Explain func(*flow.Conn) diagnose.Explanation
 	// Wall converts CLOCK_MONOTONIC ns to wall-clock time; nil: times are
 	// shown relative only.
 	Wall func(uint64) time.Time
@@ -106,13 +90,6 @@ func (s Summary) VerdictCounts() string {
 		}
 	}
 	return strings.Join(parts, ", ")
-}
-
-func name(opts Options, a netip.AddrPort) string {
-	if opts.Name == nil || !a.IsValid() {
-		return ""
-	}
-	return opts.Name(a)
 }
 
 // since formats a duration for a timeline: +78µs, +1.2ms, +1.02s.

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/flow"
-	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -29,10 +29,21 @@ func labConns(t *testing.T) []*flow.Conn {
 	return conns
 }
 
-var names = resolve.Names{
+var names = map[netip.Addr]string{
 	netip.MustParseAddr("10.96.0.10"):  "service lab/web",
 	netip.MustParseAddr("10.244.0.11"): "pod lab/web-1",
 	netip.MustParseAddr("10.244.0.12"): "pod lab/web-2",
+}
+
+// named is the report of c with the names above, unexplained.
+func named(c *flow.Conn, lost uint64) report.Conn {
+	r := report.Conn{Conn: c, Lost: lost, Names: map[netip.AddrPort]string{}}
+	for _, a := range report.Shown(c) {
+		if n := names[a.Addr()]; n != "" {
+			r.Names[a] = n
+		}
+	}
+	return r
 }
 
 func golden(t *testing.T, name string, got []byte) {
@@ -54,14 +65,14 @@ func golden(t *testing.T, name string, got []byte) {
 
 func print(t *testing.T, format string) []byte {
 	var b bytes.Buffer
-	p, err := New(format, &b, Options{Name: names.Name})
+	p, err := New(format, &b, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var s Summary
 	for _, c := range labConns(t) {
 		s.Count(c)
-		p.Conn(c, 0)
+		p.Conn(named(c, 0))
 	}
 	p.Lost(3)
 	s.Lost = 3
@@ -114,9 +125,9 @@ func TestColor(t *testing.T) {
 		w     *bytes.Buffer
 		color bool
 	}{{&plain, false}, {&colored, true}} {
-		p, _ := New("text", c.w, Options{Name: names.Name, Color: c.color})
+		p, _ := New("text", c.w, Options{Color: c.color})
 		for _, conn := range conns {
-			p.Conn(conn, 0)
+			p.Conn(named(conn, 0))
 		}
 	}
 	if strings.Contains(plain.String(), "\x1b[") {

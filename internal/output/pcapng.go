@@ -10,6 +10,7 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -46,10 +47,10 @@ func (p *PcapNG) iface(name, desc string) int {
 	return id
 }
 
-func (p *PcapNG) Conn(c *flow.Conn, _ uint64) {
+func (p *PcapNG) Conn(r report.Conn) {
+	c := r.Conn
 	verdict := fmt.Sprintf("connection #%d %s → %s: %s", c.ID, c.Client, c.VIP, c.Verdict)
-	if p.opts.Explain != nil {
-		e := p.opts.Explain(c)
+	if e := r.Explanation; e != nil {
 		for _, x := range []string{e.Service, e.Blame} {
 			if x != "" {
 				verdict += "; " + x
@@ -70,7 +71,7 @@ func (p *PcapNG) Conn(c *flow.Conn, _ uint64) {
 			what = fmt.Sprintf("%s %s", s.Flags, s.Tuple)
 		}
 		if ch, ok := s.Has(flow.DNAT); ok {
-			if n := name(p.opts, ch.To); n != "" {
+			if n := r.Name(ch.To); n != "" {
 				what += " (" + n + ")"
 			}
 		}
@@ -100,8 +101,8 @@ func ipLength(data []byte) int {
 	return max(n, len(data))
 }
 
-func (p *PcapNG) Lost(uint64)         {}
-func (p *PcapNG) Diagnosis(Diagnosis) {}
+func (p *PcapNG) Lost(uint64)                {}
+func (p *PcapNG) Diagnosis(report.Diagnosis) {}
 
 // Summary ends the file; a trace without packets still gets a valid one.
 func (p *PcapNG) Summary(Summary) {

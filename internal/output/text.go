@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/describe"
-	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/report"
 )
 
 // Text prints a timeline per connection.
@@ -17,10 +17,10 @@ type Text struct {
 	opts Options
 }
 
-func (p *Text) Conn(c *flow.Conn, lost uint64) {
+func (p *Text) Conn(c report.Conn) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "#%d %s → %s %s", c.ID, c.Client, c.VIP, c.Proto)
-	if n := name(p.opts, c.VIP); n != "" {
+	if n := c.Name(c.VIP); n != "" {
 		fmt.Fprintf(&b, " (%s)", n)
 	}
 	if c.Continues != 0 {
@@ -39,7 +39,7 @@ func (p *Text) Conn(c *flow.Conn, lost uint64) {
 		shownPackets[s.Packet] = true
 		note := describe.Step(s)
 		if ch, ok := s.Has(flow.DNAT); ok {
-			if n := name(p.opts, ch.To); n != "" {
+			if n := c.Name(ch.To); n != "" {
 				note += " (" + n + ")"
 			}
 		}
@@ -50,20 +50,19 @@ func (p *Text) Conn(c *flow.Conn, lost uint64) {
 	}
 	if rest := c.Packets[flow.Original] + c.Packets[flow.Reply] - len(shownPackets); rest > 0 {
 		fmt.Fprintf(&b, "             … %d more packets (%d →, %d ← in all, %s)%s\n", rest,
-			c.Packets[flow.Original], c.Packets[flow.Reply], byteSize(c.Bytes[flow.Original]+c.Bytes[flow.Reply]), closed(c))
+			c.Packets[flow.Original], c.Packets[flow.Reply], byteSize(c.Bytes[flow.Original]+c.Bytes[flow.Reply]), closed(c.Conn))
 	}
 	mark, color := "✗", red
 	if c.Verdict == flow.Answered {
 		mark, color = "✓", green
 	}
-	fmt.Fprintf(&b, "   %s: %s\n", p.paint(color, mark+" "+string(c.Verdict)), describe.Reason(c))
+	fmt.Fprintf(&b, "   %s: %s\n", p.paint(color, mark+" "+string(c.Verdict)), describe.Reason(c.Conn))
 	if c.Endpoint.IsValid() {
-		if n := name(p.opts, c.Endpoint); n != "" {
+		if n := c.Name(c.Endpoint); n != "" {
 			fmt.Fprintf(&b, "     endpoint %s is %s\n", c.Endpoint, n)
 		}
 	}
-	if p.opts.Explain != nil {
-		e := p.opts.Explain(c)
+	if e := c.Explanation; e != nil {
 		lines := [][2]string{{"service", e.Service}, {"rule", e.Rule}, {"blame", e.Blame}}
 		for _, n := range e.Notes {
 			lines = append(lines, [2]string{"note", n})
@@ -79,8 +78,8 @@ func (p *Text) Conn(c *flow.Conn, lost uint64) {
 			fmt.Fprintf(&b, "     %s %s\n", label, l[1])
 		}
 	}
-	if lost > 0 {
-		fmt.Fprintf(&b, "   ! %d events lost so far: this timeline may be incomplete\n", lost)
+	if c.Lost > 0 {
+		fmt.Fprintf(&b, "   ! %d events lost so far: this timeline may be incomplete\n", c.Lost)
 	}
 	io.WriteString(p.w, b.String())
 }
@@ -118,8 +117,8 @@ func (p *Text) Summary(s Summary) {
 }
 
 // marks of the findings, and their colors.
-var marks = map[diagnose.Severity]struct{ text, color string }{
-	diagnose.Problem: {"✗", red}, diagnose.Warning: {"!", yellow}, diagnose.Info: {"i", blue}, diagnose.OK: {"✓", green}}
+var marks = map[report.Severity]struct{ text, color string }{
+	report.Problem: {"✗", red}, report.Warning: {"!", yellow}, report.Info: {"i", blue}, report.OK: {"✓", green}}
 
 // ANSI colors of the marks.
 const (
@@ -138,7 +137,7 @@ func (p *Text) paint(color, s string) string {
 	return "\x1b[" + color + "m" + s + "\x1b[0m"
 }
 
-func (p *Text) Diagnosis(d Diagnosis) {
+func (p *Text) Diagnosis(d report.Diagnosis) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\n", d.Service)
 	node := d.Node
@@ -147,7 +146,7 @@ func (p *Text) Diagnosis(d Diagnosis) {
 	}
 	fmt.Fprintf(&b, "  objects: %s; node: %s\n  kube-proxy: %s\n", d.Source, node, d.Proxy)
 	for _, f := range d.Findings {
-		fmt.Fprintf(&b, "%s: %s\n", p.paint(marks[f.Severity].color, marks[f.Severity].text+" "+f.Code), f.Summary)
+		fmt.Fprintf(&b, "%s: %s\n", p.paint(marks[f.Severity].color, marks[f.Severity].text+" "+string(f.Code)), f.Summary)
 		for _, e := range f.Evidence {
 			fmt.Fprintf(&b, "    %s\n", e)
 		}

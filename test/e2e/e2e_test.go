@@ -16,6 +16,7 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/internal/tracer"
 	"github.com/svctrace/svctrace/test/cluster"
@@ -74,7 +75,8 @@ type story struct {
 	await func(ctx context.Context, c *cluster.Cluster, s *story, ready []netip.AddrPort) error
 	// finding is the first finding svctrace check must report, and
 	// summary a part of its summary ("" : any).
-	finding, summary string
+	finding report.Code
+	summary string
 	// rule must start the rule that turned the connection away ("" : none
 	// expected; a rejected story expects kube-proxy's "has no endpoints").
 	rule string

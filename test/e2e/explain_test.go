@@ -16,6 +16,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/test/cluster"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -110,7 +111,7 @@ func checkStories(t *testing.T, c *cluster.Cluster, ss []*story) {
 			var d struct {
 				Node     string
 				Proxy    string `json:"kube_proxy"`
-				Findings []diagnose.Finding
+				Findings []report.Finding
 			}
 			if err := json.Unmarshal(out, &d); err != nil {
 				t.Fatalf("%s %s: %v\n%s", s.name, src[0], err, out)
@@ -216,7 +217,7 @@ func traceStories(t *testing.T, c *cluster.Cluster, ss []*story, dump string) {
 		if s.expect == "" && s.finding != "headless" {
 			continue // nothing to trace
 		}
-		want := []string{"\n" + mark(s.finding) + " " + s.finding + ":"}
+		want := []string{"\n" + mark(s.finding) + " " + string(s.finding) + ":"}
 		var addr netip.AddrPort
 		switch s.expect {
 		case "":
@@ -275,7 +276,7 @@ func (s *story) kind() string {
 }
 
 // mark is the text output's mark of a story's first finding.
-func mark(finding string) string {
+func mark(finding report.Code) string {
 	switch finding {
 	case "healthy":
 		return "✓"

@@ -1,0 +1,50 @@
+package report
+
+// Code names a kind of finding. docs/json.md lists every code; a test keeps
+// the two in step.
+type Code string
+
+// The findings' codes.
+const (
+	// The Service's selector and its Pods.
+	SelectorMatchesNoPod       Code = "selector-matches-no-pod"       // no Pod in the namespace has the selector's labels
+	PodsInOtherNamespace       Code = "pods-in-other-namespace"       // Pods with those labels exist, in another namespace
+	NoReadyPods                Code = "no-ready-pods"                 // every endpoint is not ready
+	SomePodsNotReady           Code = "some-pods-not-ready"           // some endpoints are not ready
+	NoSelectorNoEndpointSlices Code = "no-selector-no-endpointslices" // no selector and no EndpointSlice of one's own
+	ManualEndpoints            Code = "manual-endpoints"              // no selector: EndpointSlices written by hand
+	Headless                   Code = "headless"                      // clusterIP: None, nothing to translate
+	ExternalName               Code = "externalname"                  // a DNS alias, no address
+	SessionAffinity            Code = "session-affinity"              // ClientIP affinity keeps a client on one endpoint
+	ExternalLocalNoEndpoint    Code = "external-local-no-endpoint"    // externalTrafficPolicy: Local, no ready endpoint here
+	InternalLocalNoEndpoint    Code = "internal-local-no-endpoint"    // internalTrafficPolicy: Local, no ready endpoint here
+	TargetPortNotExposed       Code = "targetport-not-exposed"        // a numeric targetPort no container declares
+	TargetPortNameUnknown      Code = "targetport-name-unknown"       // a named targetPort no container declares
+	TargetPortWrongProtocol    Code = "targetport-wrong-protocol"     // the targetPort is declared with another protocol
+	TargetPortNotDeclared      Code = "targetport-not-declared"       // the Pods declare no container port at all
+	// kube-proxy's rules on this node.
+	NoKubeProxyRules       Code = "no-kube-proxy-rules"      // no kube-proxy rules at all
+	NoRulesForService      Code = "no-rules-for-service"     // rules, but none for this Service
+	KubeProxyRejects       Code = "kube-proxy-rejects"       // kube-proxy rejects or drops the Service's traffic
+	StaleDNAT              Code = "stale-dnat"               // a rule translates to an address that is no endpoint
+	EndpointsNotProgrammed Code = "endpoints-not-programmed" // an endpoint has no rule yet
+	RulesetUnreadable      Code = "ruleset-unreadable"       // the rules could not be read
+	IPVS                   Code = "ipvs"                     // kube-proxy's ipvs mode, not read
+	NodePortAddresses      Code = "nodeport-addresses"       // NodePorts accepted on some addresses only
+	// conntrack on this node.
+	ConntrackFull     Code = "conntrack-full"     // the table is at its limit
+	ConntrackStale    Code = "conntrack-stale"    // UDP entries still send to an address that is no serving endpoint
+	ConntrackUnlisted Code = "conntrack-unlisted" // the table could not be listed
+	// Nothing wrong.
+	Healthy Code = "healthy"
+)
+
+// Codes are all the codes, in the order docs/json.md lists them.
+var Codes = []Code{
+	SelectorMatchesNoPod, PodsInOtherNamespace, NoReadyPods, SomePodsNotReady,
+	TargetPortNotExposed, TargetPortNameUnknown, TargetPortWrongProtocol, TargetPortNotDeclared,
+	NoKubeProxyRules, NoRulesForService, KubeProxyRejects, StaleDNAT, EndpointsNotProgrammed,
+	ExternalLocalNoEndpoint, InternalLocalNoEndpoint, NoSelectorNoEndpointSlices,
+	ManualEndpoints, Headless, ExternalName, IPVS, RulesetUnreadable, Healthy,
+	NodePortAddresses, SessionAffinity, ConntrackFull, ConntrackStale, ConntrackUnlisted,
+}
