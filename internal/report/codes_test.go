@@ -5,9 +5,9 @@ import (
 	"go/parser"
 	"go/token"
 	"os"
-	"strconv"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
