@@ -209,6 +209,8 @@ func TestFaultBattery(t *testing.T) {
 		{args: []string{"check", "web", "--objects", "empty.yaml"}, code: 1, want: "empty: no object in it"},
 		{args: []string{"check", "web", "--objects", "/dev/zero"}, code: 1, want: "not YAML or JSON: binary data at byte 0"},
 		{args: []string{"check", "web", "--objects", "/nonexistent.yaml"}, code: 1, want: "--objects"},
+		{args: []string{"check", "web", "-n", "lab", "--objects", "dump.yaml", "--as", "alice"}, code: 1, want: "--objects reads saved objects: it does not go with --as"},
+		{args: []string{"check", "web", "--server", "https://127.0.0.1:1", "--request-timeout", "soon"}, code: 1, want: `--request-timeout "soon": want a duration`},
 		// Flags.
 		{args: []string{"trace", "--addr", "web:80"}, code: 1, want: "want IP:PORT"},
 		{args: []string{"trace", "--addr", "10.96.0.10:80", "--netns", "no-such-ns"}, code: 1, want: `network namespace "no-such-ns" not found`},

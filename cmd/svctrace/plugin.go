@@ -41,9 +41,8 @@ const maxNodes = 5
 // pluginOptions are the flags of kubectl svctrace.
 type pluginOptions struct {
 	*globals
-	namespace    string
-	kubeconfig   string
-	context      string
+	kube         *kubeFlags
+	namespace    string // -n, or the kubeconfig context's, once run began
 	nodes        []string
 	from         string
 	image        string
@@ -115,9 +114,8 @@ The image: $SVCTRACE_IMAGE or --image, built from svctrace's Dockerfile.`,
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "say what the plugin does, and run svctrace with --verbose")
 	pf.BoolVar(&g.noColor, "no-color", false, "no colors in text output (also: NO_COLOR; never when not a terminal)")
 	pf.StringVar(&g.backend, "backend", "", "force svctrace's kernel backend: netfilter-link, fentry or kprobe")
-	pf.StringVarP(&o.namespace, "namespace", "n", "", "the Service's namespace (default: the kubeconfig context's, else \"default\")")
-	pf.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
-	pf.StringVar(&o.context, "context", "", "kubeconfig context to use")
+	o.kube = addKubeFlags(pf, "the Service's namespace (default: the kubeconfig context's, else \"default\")")
+	pf.Lookup("kubeconfig").Usage = "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)"
 	pf.StringSliceVar(&o.nodes, "node", nil, "run on these nodes (comma-separated or repeated)")
 	pf.StringVar(&o.from, "from", "", "pod/NAME (pod/NAMESPACE/NAME outside -n): run on the node this client Pod runs on; with --probe, connect from it")
 	pf.StringVar(&o.image, "image", "", "the svctrace image (default: $SVCTRACE_IMAGE, else "+defaultImage()+")")
@@ -164,15 +162,15 @@ func (o *pluginOptions) run(ctx context.Context, name string, check bool) error 
 	if o.from != "" && !strings.HasPrefix(o.from, "pod/") {
 		return fmt.Errorf("invalid --from %q: use pod/NAME or pod/NAMESPACE/NAME", o.from)
 	}
-	if o.namespace == "" {
-		o.namespace = defaultNamespace(o.kubeconfig, o.context)
+	if o.namespace = *o.kube.Namespace; o.namespace == "" {
+		o.namespace = o.kube.namespace()
 	}
-	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	api, err := resolve.Connect(cctx, resolve.ConnectOptions{Kubeconfig: o.kubeconfig, Context: o.context}, o.namespace, o.logf)
+	api, err := o.kube.connect(ctx, o.namespace, "", o.logf)
 	if err != nil {
 		return err
 	}
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
 	o.logf("objects from %s", api.Describe())
 	v, err := resolve.Gather(cctx, api, o.namespace, name, resolve.LocalNode{})
 	if err != nil {

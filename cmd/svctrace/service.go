@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -20,25 +18,23 @@ import (
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // serviceOptions are the flags of `svctrace SERVICE` and `svctrace check`.
 type serviceOptions struct {
 	*globals
-	namespace  string
-	kubeconfig string
-	context    string
-	objects    string
-	node       string
-	netns      string
-	hostRoot   string
-	duration   time.Duration
-	count      int
-	timeout    time.Duration
-	rec        recordFlags
-	probe      string // --probe: "", connect or http
-	from       string // --probe's source: node or pod/[NAMESPACE/]NAME
+	kube      *kubeFlags
+	namespace string // -n, or the kubeconfig context's, once source ran
+	objects   string
+	node      string
+	netns     string
+	hostRoot  string
+	duration  time.Duration
+	count     int
+	timeout   time.Duration
+	rec       recordFlags
+	probe     string // --probe: "", connect or http
+	from      string // --probe's source: node or pod/[NAMESPACE/]NAME
 }
 
 const serviceExamples = `  # on a node: diagnose Service web in namespace shop, then trace its connections
@@ -56,9 +52,7 @@ const serviceExamples = `  # on a node: diagnose Service web in namespace shop, 
 
 func (o *serviceOptions) addFlags(cmd *cobra.Command, tracing bool) {
 	f := cmd.Flags()
-	f.StringVarP(&o.namespace, "namespace", "n", "", "the Service's namespace (default: the kubeconfig context's, else \"default\")")
-	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster, then the node's kubelet credentials)")
-	f.StringVar(&o.context, "context", "", "kubeconfig context to use")
+	o.kube = addKubeFlags(f, "the Service's namespace (default: the kubeconfig context's, else \"default\")")
 	f.StringVar(&o.objects, "objects", "", "read objects from this file or directory (kubectl get … -o yaml|json) instead of the API")
 	f.StringVar(&o.node, "node", "", "this node's name (default: $NODE_NAME, else the host name, else the Node with one of this host's addresses)")
 	f.StringVar(&o.netns, "netns", "", "the node's network namespace: name, path or PID (default: svctrace's own)")
@@ -264,9 +258,10 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 // source opens the objects: --objects, else the API with the first
 // credentials that work.
 func (o *serviceOptions) source(ctx context.Context) (resolve.Source, error) {
+	o.namespace = *o.kube.Namespace
 	if o.objects != "" {
-		if o.kubeconfig != "" || o.context != "" {
-			return nil, errors.New("--objects reads saved objects: it does not go with --kubeconfig or --context")
+		if given := o.kube.given(); len(given) > 0 {
+			return nil, fmt.Errorf("--objects reads saved objects: it does not go with %s", strings.Join(given, ", "))
 		}
 		objs, err := resolve.ReadObjects(o.objects)
 		if err != nil {
@@ -278,15 +273,13 @@ func (o *serviceOptions) source(ctx context.Context) (resolve.Source, error) {
 		return resolve.FileSource{Objects: objs, Path: o.objects}, nil
 	}
 	if o.namespace == "" {
-		o.namespace = defaultNamespace(o.kubeconfig, o.context)
+		o.namespace = o.kube.namespace()
 	}
 	hostRoot := o.hostRoot
 	if _, err := os.Stat(hostRoot); err != nil {
 		hostRoot = ""
 	}
-	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	api, err := resolve.Connect(cctx, resolve.ConnectOptions{Kubeconfig: o.kubeconfig, Context: o.context, HostRoot: hostRoot}, o.namespace, o.logf)
+	api, err := o.kube.connect(ctx, o.namespace, hostRoot, o.logf)
 	if err != nil {
 		return nil, err
 	}
@@ -299,21 +292,7 @@ func (o *serviceOptions) reads() []string {
 	if o.objects != "" {
 		return []string{o.objects}
 	}
-	if o.kubeconfig != "" {
-		return []string{o.kubeconfig}
-	}
-	return append(filepath.SplitList(os.Getenv(clientcmd.RecommendedConfigPathEnvVar)), clientcmd.RecommendedHomeFile)
-}
-
-// defaultNamespace is the kubeconfig context's namespace, like kubectl.
-func defaultNamespace(kubeconfig, context string) string {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = kubeconfig
-	ns, _, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: context}).Namespace()
-	if err != nil || ns == "" {
-		return "default"
-	}
-	return ns
+	return o.kube.files()
 }
 
 func (o *serviceOptions) nodeName() string {

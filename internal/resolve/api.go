@@ -191,7 +191,7 @@ func (a *API) explain(err error, verb, resource, ns string) error {
 	msg := oneLine(err)
 	var se apierrors.APIStatus
 	if !errors.As(err, &se) {
-		return &APIError{Err: err, msg: fmt.Sprintf("cannot reach the Kubernetes API at %s (%s): %s; check --kubeconfig and --context, %s",
+		return &APIError{Err: err, msg: fmt.Sprintf("cannot reach the Kubernetes API at %s (%s): %s; check --kubeconfig, --context or --server, %s",
 			a.Host, a.Credentials, msg, offlineHint)}
 	}
 	return &APIError{Err: err, msg: fmt.Sprintf("%s %s%s: %s", verb, resource, where, msg)}
@@ -199,13 +199,22 @@ func (a *API) explain(err error, verb, resource, ns string) error {
 
 // ConnectOptions say which credentials to use.
 type ConnectOptions struct {
-	Kubeconfig string // --kubeconfig
-	Context    string // --context
+	// Config is the kubeconfig as kubectl's flags shape it
+	// (genericclioptions.ConfigFlags.ToRawKubeConfigLoader); nil: the
+	// default loading rules alone.
+	Config clientcmd.ClientConfig
+	// Explicit: the flags named the credentials (--kubeconfig, --context,
+	// --server, --token, …): they are the only candidate.
+	Explicit bool
+	// Context is --context, to say which context was used.
+	Context string
+	// Impersonate applies to every candidate (--as, --as-group, --as-uid).
+	Impersonate rest.ImpersonationConfig
 	// HostRoot is where the node's root filesystem is mounted ("/host" in
 	// kubectl debug node/…); kubelet credentials are looked for under it and
 	// under /.
 	HostRoot string
-	// Timeout bounds each API request.
+	// Timeout bounds each API request (--request-timeout); 0: 15 s.
 	Timeout time.Duration
 }
 
@@ -221,31 +230,39 @@ type Candidate struct {
 // An explicit --kubeconfig or --context is the only candidate.
 func Candidates(opts ConnectOptions) ([]Candidate, error) {
 	var out []Candidate
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = opts.Kubeconfig
-	overrides := &clientcmd.ConfigOverrides{CurrentContext: opts.Context}
-	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides)
-	cfg, err := cc.ClientConfig()
-	switch {
-	case err == nil:
-		raw, _ := cc.RawConfig()
-		ctxName := opts.Context
-		if ctxName == "" {
-			ctxName = raw.CurrentContext
-		}
-		files := rules.GetLoadingPrecedence()
-		if opts.Kubeconfig != "" {
-			files = []string{opts.Kubeconfig}
-		}
-		out = append(out, Candidate{Describe: fmt.Sprintf("kubeconfig %s (context %q)", existing(files), ctxName), Config: cfg})
-	case opts.Kubeconfig != "" || opts.Context != "" || !clientcmd.IsEmptyConfig(err):
-		return nil, kubeconfigError(err)
+	cc := opts.Config
+	if cc == nil {
+		cc = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(clientcmd.NewDefaultClientConfigLoadingRules(), &clientcmd.ConfigOverrides{})
 	}
-	if opts.Kubeconfig != "" || opts.Context != "" {
+	files := cc.ConfigAccess().GetLoadingPrecedence()
+	if f := cc.ConfigAccess().GetExplicitFile(); f != "" {
+		files = []string{f}
+	}
+	found := existing(files)
+	if found != "" || opts.Explicit {
+		cfg, err := cc.ClientConfig()
+		switch {
+		case err == nil:
+			raw, _ := cc.RawConfig()
+			ctxName := opts.Context
+			if ctxName == "" {
+				ctxName = raw.CurrentContext
+			}
+			what := fmt.Sprintf("kubeconfig %s (context %q)", found, ctxName)
+			if found == "" {
+				what = "the credentials given on the command line, for " + cfg.Host
+			}
+			out = append(out, Candidate{Describe: what + impersonating(cfg.Impersonate), Config: cfg})
+		case opts.Explicit || !clientcmd.IsEmptyConfig(err):
+			return nil, kubeconfigError(err)
+		}
+	}
+	if opts.Explicit {
 		return out, nil
 	}
 	if cfg, err := rest.InClusterConfig(); err == nil {
-		out = append(out, Candidate{Describe: "the pod's service account (in-cluster)", Config: cfg})
+		cfg.Impersonate = opts.Impersonate
+		out = append(out, Candidate{Describe: "the pod's service account (in-cluster)" + impersonating(cfg.Impersonate), Config: cfg})
 	}
 	for _, root := range []string{opts.HostRoot, "/"} {
 		if root == "" {
@@ -254,7 +271,8 @@ func Candidates(opts ConnectOptions) ([]Candidate, error) {
 		for _, p := range []string{"etc/kubernetes/kubelet.conf", "var/lib/kubelet/kubeconfig"} {
 			path := filepath.Join(root, p)
 			if cfg, err := kubeletConfig(path, root); err == nil {
-				out = append(out, Candidate{Describe: "the node's kubelet credentials " + path, Config: cfg})
+				cfg.Impersonate = opts.Impersonate
+				out = append(out, Candidate{Describe: "the node's kubelet credentials " + path + impersonating(cfg.Impersonate), Config: cfg})
 			}
 		}
 	}
@@ -263,6 +281,19 @@ func Candidates(opts ConnectOptions) ([]Candidate, error) {
 			orRoot(opts.HostRoot), offlineHint)
 	}
 	return out, nil
+}
+
+// impersonating says whom requests impersonate: " as alice (groups
+// dev)", or "".
+func impersonating(im rest.ImpersonationConfig) string {
+	s := ""
+	if im.UserName != "" {
+		s = " as " + im.UserName
+	}
+	if len(im.Groups) > 0 {
+		s += " (groups " + strings.Join(im.Groups, ", ") + ")"
+	}
+	return s
 }
 
 func orRoot(r string) string {
@@ -278,9 +309,6 @@ func existing(files []string) string {
 		if _, err := os.Stat(f); err == nil {
 			ok = append(ok, f)
 		}
-	}
-	if len(ok) == 0 {
-		return strings.Join(files, ":")
 	}
 	return strings.Join(ok, ":")
 }

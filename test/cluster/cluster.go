@@ -38,7 +38,8 @@ import (
 const Prefix = "svctrace-k8s-"
 
 const (
-	apiserverPort = 6443
+	// APIServerPort is where the API server listens, on the node.
+	APIServerPort = 6443
 	// ServiceCIDR is where the apiserver allocates ClusterIPs.
 	ServiceCIDR = "10.96.0.0/16"
 	// ClusterCIDR holds every cluster's pod addresses (kube-proxy
@@ -257,7 +258,7 @@ func (c *Cluster) startControlPlane(p *pki) error {
 		return err
 	}
 	api, err := start(c.Node, c.Dir, "kube-apiserver", c.bin("kube-apiserver"), nil,
-		"--etcd-servers=http://127.0.0.1:2379", fmt.Sprintf("--secure-port=%d", apiserverPort),
+		"--etcd-servers=http://127.0.0.1:2379", fmt.Sprintf("--secure-port=%d", APIServerPort),
 		"--advertise-address="+c.NodeIP.String(),
 		"--tls-cert-file="+p.path("apiserver.crt"), "--tls-private-key-file="+p.path("apiserver.key"),
 		"--client-ca-file="+p.path("ca.crt"),
@@ -271,7 +272,7 @@ func (c *Cluster) startControlPlane(p *pki) error {
 		return err
 	}
 	c.procs = append(c.procs, api)
-	if err := waitTCP(c.Node, fmt.Sprintf("127.0.0.1:%d", apiserverPort), api, time.Minute); err != nil {
+	if err := waitTCP(c.Node, fmt.Sprintf("127.0.0.1:%d", APIServerPort), api, time.Minute); err != nil {
 		return err
 	}
 	kcm, err := start(c.Node, c.Dir, "kube-controller-manager", c.bin("kube-controller-manager"), nil,
@@ -416,7 +417,7 @@ func (c *Cluster) startKubeProxy(ctx context.Context, p *pki) error {
 	c.procs = append(c.procs, kp)
 	// kube-proxy has synced once the default/kubernetes Service's rules exist.
 	return c.WaitRules(ctx, "the kubernetes Service", func(rules string) bool {
-		return strings.Contains(rules, c.NodeIP.String()+":"+fmt.Sprint(apiserverPort))
+		return strings.Contains(rules, c.NodeIP.String()+":"+fmt.Sprint(APIServerPort))
 	})
 }
 

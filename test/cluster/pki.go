@@ -137,6 +137,6 @@ contexts:
 - name: svctrace-test
   context: {cluster: svctrace-test, user: %s}
 current-context: svctrace-test
-`, apiserverPort, p.path("ca.crt"), name, p.path(name+".crt"), p.path(name+".key"), name)
+`, APIServerPort, p.path("ca.crt"), name, p.path(name+".crt"), p.path(name+".key"), name)
 	return os.WriteFile(p.path(name+".kubeconfig"), []byte(cfg), 0o600)
 }

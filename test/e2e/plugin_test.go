@@ -18,6 +18,7 @@ import (
 	"github.com/svctrace/svctrace/internal/debugpod"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/test/cluster"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -197,6 +198,54 @@ func TestPlugin(t *testing.T) {
 			t.Errorf("debug pods %v, want one running svctrace check", podNodes(pods))
 		}
 		waitGone(ctx, t, c)
+	})
+
+	// kubectl's own flags reach the API server: --as impersonates (the
+	// admin may; oncall is bound by deploy/rbac.yaml, alice by nothing),
+	// --request-timeout is taken, and --server with --token needs no
+	// kubeconfig at all.
+	t.Run("kubectl's flags", func(t *testing.T) {
+		out, err := run("check", "web", "-n", shop, "--node", cluster.NodeName, "--image", imageOK, "--as", "oncall", "--request-timeout", "5s", "-v").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "svctrace: shop/web on node node-1") {
+			t.Errorf("--as oncall: %v, want the plugin to run as oncall:\n%s", err, out)
+		}
+		if pods := created(); len(pods) != 1 {
+			t.Errorf("--as oncall: debug pods %v, want one", podNodes(pods))
+		}
+		waitGone(ctx, t, c)
+		out, err = run("web", "-n", shop, "--as", "alice", "--request-timeout", "5s").CombinedOutput()
+		want := `as alice: not allowed to list services in namespace "shop"`
+		if err == nil || !strings.Contains(string(out), want) || strings.Count(strings.TrimSpace(string(out)), "\n") > 0 {
+			t.Errorf("--as alice: %v, want exit status 1 and one line saying %q:\n%s", err, want, out)
+		}
+		if pods := created(); len(pods) > 0 {
+			t.Errorf("--as alice: created debug pods %v", podNodes(pods))
+		}
+
+		tok, err := c.Client.CoreV1().ServiceAccounts("svctrace").CreateToken(ctx, "default", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		server := fmt.Sprintf("https://127.0.0.1:%d", cluster.APIServerPort)
+		ca := filepath.Join(filepath.Dir(c.Kubeconfig), "ca.crt")
+		bare := func(token string) *exec.Cmd {
+			cmd := exec.Command("ip", "netns", "exec", filepath.Base(c.Node.Path), svctrace(t), "check", "web", "-n", shop, "--node", cluster.NodeName,
+				"--host-root", t.TempDir(), "--server", server, "--token", token, "--certificate-authority", ca, "-o", "json", "-v")
+			cmd.Env = append(slices.DeleteFunc(os.Environ(), func(e string) bool { return strings.HasPrefix(e, "KUBECONFIG=") }), "HOME="+t.TempDir())
+			return cmd
+		}
+		cmd := bare(tok.Status.Token)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err = cmd.Output()
+		if err != nil || !strings.Contains(string(out), `"kind":"diagnosis"`) ||
+			!strings.Contains(stderr.String(), "objects from the credentials given on the command line, for "+server) {
+			t.Errorf("--server --token: %v, want the diagnosis read with the token:\n%s%s", err, out, &stderr)
+		}
+		out, err = bare("not-a-token").CombinedOutput()
+		if want := "the credentials given on the command line, for " + server + ": the API server at " + server + " rejected these credentials"; err == nil || !strings.Contains(string(out), want) {
+			t.Errorf("--token not-a-token: %v, want %q:\n%s", err, want, out)
+		}
 	})
 
 	t.Run("refused", func(t *testing.T) {
