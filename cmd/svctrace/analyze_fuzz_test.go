@@ -12,6 +12,7 @@ import (
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/session"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -32,12 +33,12 @@ func fuzzSeeds(f testing.TB) [][]byte {
 		return v
 	}
 	var targets []tracer.Target
-	var results []labResult
+	var results []session.LabResult
 	views := map[string]*resolve.View{}
 	for _, s := range lab.Scenarios() {
 		proto, _ := tracer.ParseProto(s.Service.Protocol)
 		targets = append(targets, tracer.Target{Addr: s.VIP(), Proto: proto})
-		results = append(results, labResult{Scenario: s, Client: "HTTP 200"})
+		results = append(results, session.LabResult{Scenario: s, Client: "HTTP 200"})
 		views[s.Name] = view(s.Service.Name)
 	}
 	seed := func(mode string, state func(w *record.Writer)) []byte {
@@ -77,8 +78,8 @@ func fuzzSeeds(f testing.TB) [][]byte {
 			w.Name(record.Name{Addr: evs[0].Tuple.Src.Addr(), Name: "the lab's client"})
 		}),
 		seed("lab", func(w *record.Writer) {
-			w.Lab(labRecord{Run: labRun{ID: "abcdef", Backend: "netfilter-link"}, Results: results, Views: views})
-			w.Lab(labClients{Results: results})
+			w.Lab(session.LabRecord{Run: session.LabRun{ID: "abcdef", Backend: "netfilter-link"}, Results: results, Views: views})
+			w.Lab(session.LabClients{Results: results})
 		}),
 	}
 }

@@ -8,10 +8,11 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"github.com/svctrace/svctrace/internal/resolve"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/svctrace/svctrace/internal/resolve"
 )
 
 // kubeFlags are kubectl's own flags for reaching the API server

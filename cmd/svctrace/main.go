@@ -14,22 +14,23 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"github.com/svctrace/svctrace/internal/lab"
-	"github.com/svctrace/svctrace/internal/output"
-	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 	"k8s.io/klog/v2"
+
+	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/output"
+	"github.com/svctrace/svctrace/internal/outstream"
+	"github.com/svctrace/svctrace/internal/session"
 )
 
 // Set with -ldflags "-X main.version=…".
 var version = "dev"
 
 // errSilent is returned by commands that already said what went wrong.
-var errSilent = errors.New("")
+var errSilent = session.ErrReported
 
 // exitBrokenPipe is the exit status when standard output was closed (svctrace
 // … | head): what the shell reports for a process SIGPIPE killed, only
@@ -50,8 +51,7 @@ func main() {
 	klog.LogToStderr(false)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithCancel(ctx)
-	out := &stdout{w: os.Stdout, broken: cancel}
-	go out.watch(os.Stdout)
+	out := outstream.New(os.Stdout, cancel)
 	root := newRoot(out, os.Stderr)
 	if isPlugin(os.Args[0]) {
 		root = newPlugin(out, os.Stderr)
@@ -71,67 +71,6 @@ func main() {
 			fmt.Fprintf(os.Stderr, "svctrace: %v\n", err)
 		}
 		os.Exit(1)
-	}
-}
-
-// stdout is standard output as the commands write to it: the first write
-// that fails (the reader of a pipe went away, a full disk) stops the run,
-// as Ctrl-C does, and every write after it fails at once.
-type stdout struct {
-	w      io.Writer
-	broken context.CancelFunc
-	mu     sync.Mutex
-	err    error
-}
-
-func (o *stdout) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.err != nil {
-		return 0, o.err
-	}
-	n, err := o.w.Write(p)
-	if err != nil {
-		o.fail(err)
-	}
-	return n, err
-}
-
-// fail keeps the first error and stops the run; o.mu is held.
-func (o *stdout) fail(err error) {
-	if o.err == nil {
-		o.err = err
-		o.broken()
-	}
-}
-
-// Err is the first write error, if any.
-func (o *stdout) Err() error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.err
-}
-
-// watch notices a pipe whose reader went away while nothing is written to
-// it (a quiet trace piped into head), and stops the run: the kernel reports
-// POLLERR on the pipe's writing end. Whatever is written after that fails.
-func (o *stdout) watch(f *os.File) {
-	if st, err := f.Stat(); err != nil || st.Mode()&os.ModeNamedPipe == 0 {
-		return
-	}
-	fds := []unix.PollFd{{Fd: int32(f.Fd())}} // no events: errors only
-	for {
-		n, err := unix.Poll(fds, -1)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil || n == 0 {
-			return
-		}
-		if fds[0].Revents&(unix.POLLERR|unix.POLLHUP) != 0 {
-			o.broken()
-		}
-		return
 	}
 }
 
@@ -175,6 +114,12 @@ func (g *globals) printer(opts output.Options) (output.Printer, error) {
 	return output.New(g.output, g.stdout, opts)
 }
 
+// io is where a session writes, and how it prints.
+func (g *globals) io() session.IO {
+	return session.IO{Stdout: g.stdout, Stderr: g.stderr, Printer: g.printer, Text: g.output == "text",
+		Status: isTerminal(g.stderr), Logf: g.logf}
+}
+
 // isTerminal reports whether w is a terminal.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
@@ -197,20 +142,20 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 conntrack, the DNAT from the Service address to a Pod, the filter table, SNAT/MASQUERADE,
 and the reply's way back. For every connection it prints a timeline and one verdict:
 
-  answered        the destination replied and the reply was translated back
-  rejected        the node answered itself (ICMP unreachable or TCP RST), e.g. no endpoints
-  dropped         the node discarded a packet: hook, netfilter stage, reason, location
-  reset           the endpoint answered with a TCP RST: nothing listens on the target port
-  no-reply        forwarded to the endpoint, nothing came back
-  not-translated  a packet to a Service address left the node without DNAT
+    answered        the destination replied and the reply was translated back
+    rejected        the node answered itself (ICMP unreachable or TCP RST), e.g. no endpoints
+    dropped         the node discarded a packet: hook, netfilter stage, reason, location
+    reset           the endpoint answered with a TCP RST: nothing listens on the target port
+    no-reply        forwarded to the endpoint, nothing came back
+    not-translated  a packet to a Service address left the node without DNAT
 
 First it diagnoses the Service from its objects (API or --objects) and kube-proxy's rules
 on this node, then it traces, naming the Service port, Pod, Node and rule behind each step.
 
-Try it without a cluster:  sudo svctrace lab
-Only the diagnosis:        svctrace check SERVICE -n NAMESPACE
-Trace addresses yourself:  sudo svctrace trace --addr 10.96.0.10:80
-From your own machine:     kubectl svctrace SERVICE -n NAMESPACE (this binary named kubectl-svctrace)`,
+    Try it without a cluster:  sudo svctrace lab
+    Only the diagnosis:        svctrace check SERVICE -n NAMESPACE
+    Trace addresses yourself:  sudo svctrace trace --addr 10.96.0.10:80
+    From your own machine:     kubectl svctrace SERVICE -n NAMESPACE (this binary named kubectl-svctrace)`,
 		Example:       serviceExamples,
 		SilenceUsage:  true,
 		SilenceErrors: true,

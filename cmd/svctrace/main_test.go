@@ -17,11 +17,12 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netns"
+
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/tracer"
-	"github.com/vishvananda/netns"
 )
 
 func TestMain(m *testing.M) {
@@ -58,27 +59,6 @@ func run(ctx context.Context, args ...string) (stdout, stderr string, err error)
 	root.SetArgs(args)
 	err = root.ExecuteContext(ctx)
 	return out.String(), errb.String(), err
-}
-
-func TestParseTarget(t *testing.T) {
-	for in, want := range map[string]string{
-		"10.96.0.10:80":        "10.96.0.10:80/tcp",
-		"10.96.0.10:53/udp":    "10.96.0.10:53/udp",
-		"10.96.0.10:53/UDP":    "10.96.0.10:53/udp",
-		"[fd00::10]:443":       "[fd00::10]:443/tcp",
-		"[::ffff:10.0.0.1]:80": "10.0.0.1:80/tcp",
-		"10.96.0.10:9999/sctp": "10.96.0.10:9999/sctp",
-	} {
-		got, err := parseTarget(in)
-		if err != nil || got.String() != want {
-			t.Errorf("%q: %v %v, want %s", in, got, err, want)
-		}
-	}
-	for _, bad := range []string{"10.96.0.10", "10.96.0.10:0", "10.96.0.10:80/icmp", "web:80", "fd00::10:80", ""} {
-		if _, err := parseTarget(bad); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
-	}
 }
 
 // Bad input gets one line saying what to do, and no trace is started.

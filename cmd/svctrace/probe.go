@@ -1,35 +1,12 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"strings"
-	"sync/atomic"
-	"time"
-
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/svctrace/svctrace/internal/probe"
-	"github.com/svctrace/svctrace/internal/resolve"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
-
-// prober opens svctrace's own test connections (--probe) once tracing has
-// begun, says how each went, and ends the trace when their connections
-// have had time to complete.
-type prober struct {
-	kind    probe.Kind
-	from    tracer.NetNS
-	where   string // "node", "pod shop/frontend-x"
-	to      []resolve.Address
-	timeout time.Duration
-	say     func(format string, args ...any)
-	done    func() // ends the trace
-	failed  atomic.Bool
-}
 
 // checkProbeFlags: --from goes with --probe, and --probe takes a known kind.
 func (o *serviceOptions) checkProbeFlags() error {
@@ -46,96 +23,4 @@ func (o *serviceOptions) checkProbeFlags() error {
 		return fmt.Errorf("invalid --from %q: use node or pod/NAME", o.from)
 	}
 	return nil
-}
-
-// prober prepares the probes: the Service's ClusterIP ports, and the
-// network namespace to connect from.
-func (o *serviceOptions) prober(ctx context.Context, src resolve.Source, node tracer.NetNS, st *state) (*prober, error) {
-	kind, _ := probe.ParseKind(o.probe)
-	p := &prober{kind: kind, from: node, where: "node", timeout: o.timeout,
-		say: func(format string, args ...any) { fmt.Fprintf(o.stderr, "svctrace: probe "+format+"\n", args...) }}
-	for _, a := range st.Service.Addresses(st.NodeAddrs) {
-		if a.Kind == "ClusterIP" && (a.Port.Protocol == tracer.TCP || a.Port.Protocol == tracer.UDP) {
-			p.to = append(p.to, a)
-		}
-	}
-	svc := st.Service.Namespace + "/" + st.Service.Name
-	if len(p.to) == 0 {
-		return nil, fmt.Errorf("%s has no ClusterIP with a TCP or UDP port to probe (headless or ExternalName): trace its clients' traffic instead, without --probe", svc)
-	}
-	if ns, name, ok := fromPod(o.from, o.namespace); ok {
-		pod, err := findPod(ctx, src, ns, name)
-		if err != nil {
-			return nil, err
-		}
-		if local := st.View.LocalNode; pod.Spec.NodeName != local {
-			return nil, fmt.Errorf("pod %s/%s runs on node %q, not on this node (%s): run svctrace on that node to probe from it", ns, name, pod.Spec.NodeName, local)
-		}
-		ip, err := netip.ParseAddr(pod.Status.PodIP)
-		if err != nil {
-			return nil, fmt.Errorf("pod %s/%s has no IP yet (phase %s): probe from it once it runs", ns, name, pod.Status.Phase)
-		}
-		p.where = fmt.Sprintf("pod %s/%s", ns, name)
-		if !pod.Spec.HostNetwork {
-			if p.from, err = probe.PodNetNS(ip, node, ""); err != nil {
-				return nil, fmt.Errorf("pod %s/%s: %w", ns, name, err)
-			}
-		}
-	}
-	return p, nil
-}
-
-// fromPod reads --from pod/NAME (in namespace ns) or pod/NAMESPACE/NAME;
-// ok is false for anything else.
-func fromPod(from, ns string) (podNS, name string, ok bool) {
-	name, ok = strings.CutPrefix(from, "pod/")
-	if n, rest, found := strings.Cut(name, "/"); found {
-		return n, rest, ok
-	}
-	return ns, name, ok
-}
-
-// podNotFound says so, with the next step.
-func podNotFound(ns, name string) error {
-	return fmt.Errorf("pod %s/%s not found: check the name and -n (kubectl get pods -n %s)", ns, name, ns)
-}
-
-// findPod finds one Pod by name.
-func findPod(ctx context.Context, src resolve.Source, ns, name string) (*corev1.Pod, error) {
-	var found *corev1.Pod
-	err := src.Pods(ctx, ns, labels.Everything(), func(p *corev1.Pod) {
-		if p.Name == name {
-			found = p.DeepCopy()
-		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("looking for pod %s/%s: %w", ns, name, err)
-	}
-	if found == nil {
-		return nil, podNotFound(ns, name)
-	}
-	return found, nil
-}
-
-// settle is how long the trace goes on after the last probe: long enough
-// for a closed connection's last packets to be seen.
-const settle = 500 * time.Millisecond
-
-// run probes each address in turn, then ends the trace.
-func (p *prober) run(ctx context.Context) {
-	defer p.done()
-	for _, a := range p.to {
-		r := probe.Run(ctx, p.from, p.kind, a.Port.Protocol, a.Addr, p.timeout)
-		if ctx.Err() != nil {
-			return
-		}
-		p.say("from %s: %s", p.where, r)
-		if !r.OK {
-			p.failed.Store(true)
-		}
-	}
-	select {
-	case <-time.After(settle):
-	case <-ctx.Done():
-	}
 }

@@ -2,16 +2,11 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
-	"time"
 
 	"github.com/spf13/pflag"
+
 	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/tracer"
-	"golang.org/x/sys/unix"
 )
 
 // recordFlags are -w and --max-size, on every command that traces.
@@ -43,35 +38,18 @@ func (r *recordFlags) validate(reads ...string) error {
 		return fmt.Errorf("invalid --snaplen %d: want 1 to %d bytes (0: headers only)", r.snaplen, tracer.MaxSnaplen)
 	}
 	var err error
-	if r.max, err = parseSize(r.maxSize); err != nil {
+	if r.max, err = record.ParseSize(r.maxSize); err != nil {
 		return err
 	}
 	if err := record.CheckMaxSize(r.max); err != nil {
 		return err
 	}
 	for _, in := range reads {
-		if in != "" && readsInto(in, r.path) {
+		if in != "" && record.ReadsInto(in, r.path) {
 			return fmt.Errorf("-w %s would overwrite %s, which this run reads: record to another file, e.g. -w trace.svctrace", r.path, in)
 		}
 	}
 	return nil
-}
-
-// readsInto reports whether writing path would change what reading in
-// reads: the same file, or a file in that directory.
-func readsInto(in, path string) bool {
-	inSt, err := os.Stat(in)
-	if err != nil {
-		return false
-	}
-	if st, err := os.Stat(path); err == nil && os.SameFile(inSt, st) {
-		return true
-	}
-	if !inSt.IsDir() {
-		return false
-	}
-	dir, err := os.Stat(filepath.Dir(path))
-	return err == nil && os.SameFile(inSt, dir)
 }
 
 // create prepares the recording, or returns nil without -w; validate
@@ -82,72 +60,4 @@ func (r *recordFlags) create() (*record.Writer, error) {
 		return nil, nil
 	}
 	return record.Create(r.path, r.max)
-}
-
-// watch reports, on stderr as they happen, the recording's size bound and
-// its first failed write.
-func (g *globals) watch(w *record.Writer) {
-	w.Truncated = func(why string) {
-		fmt.Fprintf(g.stderr, "svctrace: warning: %s; recording stopped, tracing goes on\n", why)
-	}
-	w.Failed = func(err error) {
-		fmt.Fprintf(g.stderr, "svctrace: error: %v; tracing goes on, the recording ends here\n", err)
-	}
-}
-
-// parseSize reads 1048576, 512K, 100M or 2G (powers of 1024).
-func parseSize(s string) (int64, error) {
-	if s == "" {
-		return 0, nil
-	}
-	arg := s
-	s = strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(s), "B"), "I") // 100MB, 100MiB
-	if s == "" {
-		return 0, fmt.Errorf("invalid --max-size %q: want a size such as 100M or 2G", arg)
-	}
-	mult := int64(1)
-	switch s[len(s)-1:] {
-	case "K":
-		mult = 1 << 10
-	case "M":
-		mult = 1 << 20
-	case "G":
-		mult = 1 << 30
-	}
-	if mult > 1 {
-		s = s[:len(s)-1]
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("invalid --max-size %q: want a size such as 100M or 2G", arg)
-	}
-	return n * mult, nil
-}
-
-// startMeta is what a recording says of the trace before its records;
-// clock is the one the live run prints times with.
-func startMeta(mode string, info tracer.Info, targets []tracer.Target, timeout time.Duration, count int, clock tracer.Clock) record.Meta {
-	m := record.Meta{Command: os.Args[1:], Mode: mode, Backend: info.Backend, Links: info.Links, Drops: info.Drops,
-		NetNS: info.NetNS.Inode, Targets: targets, Timeout: timeout, Count: count, Wall: clock.Wall, Mono: clock.Mono}
-	m.Host, _ = os.Hostname()
-	var uts unix.Utsname
-	if unix.Uname(&uts) == nil {
-		m.Kernel = unix.ByteSliceToString(uts.Release[:])
-	}
-	return m
-}
-
-// recordingIfNames names the node's interfaces and records each name the
-// first time it is asked for.
-func recordingIfNames(ns tracer.NetNS, w *record.Writer) func(uint32) string {
-	names := tracer.NewIfNames(ns)
-	seen := map[uint32]bool{}
-	return func(i uint32) string {
-		n := names.Name(i)
-		if n != "" && !seen[i] {
-			seen[i] = true
-			w.IfName(record.IfName{Index: i, Name: n})
-		}
-		return n
-	}
 }

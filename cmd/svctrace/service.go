@@ -3,20 +3,15 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"os"
-	"sort"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/svctrace/svctrace/internal/diagnose"
-	"github.com/svctrace/svctrace/internal/output"
+
 	"github.com/svctrace/svctrace/internal/probe"
-	"github.com/svctrace/svctrace/internal/record"
-	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/session"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -98,30 +93,6 @@ func exactlyOneService(_ *cobra.Command, args []string) error {
 	return nil
 }
 
-// errProblems: check found a problem (exit status 1, nothing more to say).
-var errProblems = fmt.Errorf("%w", errSilent)
-
-// state is what svctrace knows about the Service at one moment.
-type state struct {
-	*diagnose.Assessment
-	facts    diagnose.NodeFacts
-	targets  []tracer.Target
-	services map[tracer.Target]bool
-}
-
-// record writes the state into a recording: the objects, the node's rules,
-// the Service addresses.
-func (st *state) record(w *record.Writer) {
-	w.View(st.View)
-	w.Rules(recordedFacts(st.facts))
-	services := make([]tracer.Target, 0, len(st.services))
-	for t := range st.services {
-		services = append(services, t)
-	}
-	sort.Slice(services, func(i, j int) bool { return services[i].String() < services[j].String() })
-	w.Services(services)
-}
-
 func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) error {
 	if err := o.checkProbeFlags(); err != nil {
 		return err
@@ -142,117 +113,20 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 	if err != nil {
 		return err
 	}
-	local := resolve.LocalNode{Name: o.nodeName(), Addrs: resolve.LocalAddrs(ns)}
-	// The recording (-w), once tracing starts; recording is true once its
-	// first record is written.
-	var w *record.Writer
-	var recording atomic.Bool
-	// gather reads the objects and the node's rules again: at the start and
-	// after every change of the objects.
-	gather := func(ctx context.Context) (*state, error) {
-		facts := diagnose.ReadNode(ns, local, o.namespace+"/"+name)
-		a, err := diagnose.Assess(ctx, src, o.namespace, name, facts)
-		if err != nil {
-			return nil, err
-		}
-		st := &state{Assessment: a, facts: facts, targets: a.Service.Targets(a.NodeAddrs), services: map[tracer.Target]bool{}}
-		for _, ad := range a.Service.Addresses(a.NodeAddrs) {
-			st.services[tracer.Target{Addr: ad.Addr, Proto: ad.Port.Protocol}] = true
-		}
-		// Names the API gave by IP go into the recording: analysis has no API.
-		lookup := a.Explainer.Lookup
-		a.Explainer.Lookup = func(ip netip.Addr) string {
-			n := lookup(ip)
-			if recording.Load() {
-				w.Name(record.Name{Addr: ip, Name: n})
-			}
-			return n
-		}
-		return st, nil
-	}
-	st, err := gather(ctx)
-	if err != nil {
-		return err
-	}
-	p, err := o.printer(output.Options{})
-	if err != nil {
-		return err
-	}
-	p.Diagnosis(st.Diagnosis())
-	if !tracing {
-		if len(st.Findings) > 0 && st.Findings[0].Severity == report.Problem {
-			return errProblems
-		}
-		return nil
-	}
-	if len(st.targets) == 0 {
-		fmt.Fprintf(o.stderr, "nothing to trace: %s has no address and no endpoint on this node's path\n", st.Service.Namespace+"/"+st.Service.Name)
-		return nil
-	}
-	var probes *prober
+	s := session.Service{Namespace: o.namespace, Name: name, Source: src, Node: ns, Tracing: tracing,
+		Local: resolve.LocalNode{Name: o.nodeName(), Addrs: resolve.LocalAddrs(ns)},
+		Trace: session.Trace{IO: o.io(), NetNS: o.netns, Backend: o.backend, Duration: o.duration, Count: o.count, Timeout: o.timeout,
+			Snaplen: o.rec.snaplen, EveryPacket: o.rec.everyPacket}}
 	if o.probe != "" {
-		if probes, err = o.prober(ctx, src, ns, st); err != nil {
+		kind, _ := probe.ParseKind(o.probe)
+		s.Probe = &session.Probe{Kind: kind, From: o.from}
+	}
+	if tracing {
+		if s.Rec, err = o.rec.create(); err != nil {
 			return err
 		}
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
-		defer cancel()
-		probes.done = cancel
 	}
-	var cur atomic.Pointer[state]
-	cur.Store(st)
-	if w, err = o.rec.create(); err != nil {
-		return err
-	}
-	err = o.trace(ctx, session{netns: o.netns, targets: st.targets, duration: o.duration, count: o.count, timeout: o.timeout,
-		rec: w, snaplen: o.rec.snaplen, everyPacket: o.rec.everyPacket, mode: "service",
-		meta: func(m *record.Meta) {
-			m.Namespace, m.Service, m.Node, m.Addrs = o.namespace, name, local.Name, local.Addrs
-		},
-		recordState: func() {
-			cur.Load().record(w)
-			recording.Store(true)
-		},
-		isService: func(pr tracer.Proto, a netip.AddrPort) bool {
-			return cur.Load().services[tracer.Target{Addr: a, Proto: pr}]
-		},
-		explainer: func() report.Explainer { return cur.Load().Explainer },
-		started: func(ctx context.Context, tr *tracer.Tracer) {
-			if probes != nil {
-				go probes.run(ctx)
-			}
-			api, ok := src.(*resolve.API)
-			if !ok {
-				return
-			}
-			var known atomic.Int64 // when the objects were last read, for the warning
-			known.Store(time.Now().UnixNano())
-			go api.Watch(ctx, o.namespace, name, func() map[string]string { return cur.Load().Service.Selector }, func() {
-				st, err := gather(ctx)
-				if err != nil {
-					fmt.Fprintf(o.stderr, "svctrace: warning: %v (tracing goes on with what was known before)\n", err)
-					return
-				}
-				if err := tr.SetTargets(st.targets); err != nil {
-					fmt.Fprintf(o.stderr, "svctrace: warning: updating the traced addresses: %v\n", err)
-					return
-				}
-				cur.Store(st)
-				known.Store(time.Now().UnixNano())
-				if recording.Load() {
-					st.record(w)
-				}
-				o.logf("objects changed: now %s", st.Service.Summary())
-			}, func(err error) {
-				fmt.Fprintf(o.stderr, "svctrace: warning: watching the API server failed (%s); tracing goes on with the objects as they were at %s\n",
-					firstLine(err.Error()), time.Unix(0, known.Load()).Format("15:04:05"))
-			})
-		},
-	})
-	if err == nil && probes != nil && probes.failed.Load() {
-		return errProblems
-	}
-	return err
+	return session.Serve(ctx, s)
 }
 
 // source opens the objects: --objects, else the API with the first
@@ -307,9 +181,4 @@ func (o *serviceOptions) nodeName() string {
 	}
 	h, _ := os.Hostname()
 	return h
-}
-
-func firstLine(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	return s
 }

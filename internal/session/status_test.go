@@ -1,4 +1,4 @@
-package main
+package session
 
 import (
 	"bytes"
@@ -17,7 +17,7 @@ import (
 func TestStatusLine(t *testing.T) {
 	var sum output.Summary
 	var b bytes.Buffer
-	if s := newStatus(&b, &sum); s.w != nil {
+	if s := newStatus(IO{Stderr: &b}, &sum); s.w != nil {
 		t.Fatal("a status line on a buffer, not a terminal")
 	}
 	s := &status{w: &b, start: time.Now(), sum: &sum}

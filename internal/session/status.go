@@ -1,4 +1,4 @@
-package main
+package session
 
 import (
 	"context"
@@ -21,12 +21,12 @@ type status struct {
 	shown bool
 }
 
-// newStatus returns the status line for sum, drawn on stderr if that is a
-// terminal.
-func newStatus(stderr io.Writer, sum *output.Summary) *status {
+// newStatus returns the status line for sum, drawn on o.Stderr if o.Status
+// says it is a terminal.
+func newStatus(o IO, sum *output.Summary) *status {
 	s := &status{start: time.Now(), sum: sum}
-	if isTerminal(stderr) {
-		s.w = stderr
+	if o.Status {
+		s.w = o.Stderr
 	}
 	return s
 }

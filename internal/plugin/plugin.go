@@ -1,0 +1,194 @@
+// Package plugin is kubectl svctrace's work beyond its flags: which nodes
+// to trace on, and running svctrace in a debug Pod on each at once, with
+// their output merged.
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/svctrace/svctrace/internal/debugpod"
+	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/session"
+)
+
+// MaxNodes is how many nodes the plugin traces on without being told which:
+// each gets a privileged Pod.
+const MaxNodes = 5
+
+// Nodes chooses the nodes to trace v's Service on, and says why: asked
+// (nodes), the node a client Pod runs on (from, pod/[NAMESPACE/]NAME in
+// namespace), or where its endpoints run.
+func Nodes(ctx context.Context, api *resolve.API, v *resolve.View, nodes []string, from, namespace string) ([]string, string, error) {
+	svc := v.Service.Namespace + "/" + v.Service.Name
+	if len(nodes) > 0 {
+		for _, n := range nodes {
+			if _, err := api.Client.CoreV1().Nodes().Get(ctx, n, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+				return nil, "", fmt.Errorf("node %q not found: kubectl get nodes", n)
+			} else if err != nil {
+				return nil, "", fmt.Errorf("node %q: %s", n, firstLine(err.Error()))
+			}
+		}
+		return slices.Compact(slices.Sorted(slices.Values(nodes))), "as asked", nil
+	}
+	if ns, name, ok := session.FromPod(from, namespace); ok {
+		pod, err := api.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil, "", session.PodNotFound(ns, name)
+		}
+		if err != nil {
+			return nil, "", fmt.Errorf("pod %s/%s: %s", ns, name, firstLine(err.Error()))
+		}
+		if pod.Spec.NodeName == "" {
+			return nil, "", fmt.Errorf("pod %s/%s is not scheduled to a node yet: nothing of its traffic passes a node", ns, name)
+		}
+		return []string{pod.Spec.NodeName}, fmt.Sprintf("where pod %s/%s runs", ns, name), nil
+	}
+	nodes = slices.Sorted(slices.Values(v.EndpointNodes()))
+	switch {
+	case len(nodes) > MaxNodes:
+		return nil, "", fmt.Errorf("the endpoints of %s run on %d nodes: rather than a privileged Pod on each, pick with --node (comma-separated), or follow one client with --from pod/NAME",
+			svc, len(nodes))
+	case len(nodes) > 0:
+		return nodes, "where its endpoints run", nil
+	}
+	// No endpoint on a node: a client's packets are translated (or turned
+	// away) on its own node, and every node does it alike.
+	l, err := api.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{Limit: 100})
+	if err != nil {
+		return nil, "", fmt.Errorf("listing nodes: %s; name one with --node", firstLine(err.Error()))
+	}
+	node := readyNode(l.Items)
+	if node == "" {
+		return nil, "", fmt.Errorf("%s has no endpoints and no node is Ready: name a node with --node", svc)
+	}
+	why := "it has no endpoints, and every node turns clients away alike"
+	if hasEndpoints(v) {
+		why = "its endpoints are on no node, and every node sends clients to them alike"
+	}
+	return []string{node}, why + ": name the node of a failing client with --from pod/NAME or --node", nil
+}
+
+func hasEndpoints(v *resolve.View) bool {
+	return slices.ContainsFunc(v.Slices, func(sl discoveryv1.EndpointSlice) bool { return len(sl.Endpoints) > 0 })
+}
+
+// readyNode is the first Ready, schedulable node by name, or "".
+func readyNode(nodes []corev1.Node) string {
+	slices.SortFunc(nodes, func(a, b corev1.Node) int { return strings.Compare(a.Name, b.Name) })
+	for _, n := range nodes {
+		if n.Spec.Unschedulable {
+			continue
+		}
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+				return n.Name
+			}
+		}
+	}
+	return ""
+}
+
+// Run runs svctrace in a debug Pod on each node at once, with their output
+// merged onto stdout and stderr (JSON objects when asJSON), and deletes the
+// Pods. It returns session.ErrReported when a Pod's svctrace failed or
+// found a problem, or what went wrong was said.
+func Run(ctx context.Context, api *resolve.API, nodes []string, spec debugpod.Spec, startTimeout time.Duration, intro string, stdout, stderr io.Writer, asJSON bool) error {
+	r := &debugpod.Runner{Client: api.Client, Stream: api.Streaming(), StartTimeout: startTimeout, Drain: 15 * time.Second,
+		Created: func(p *corev1.Pod) {
+			fmt.Fprintf(stderr, "svctrace: debug pod %s/%s on node %s, image %s\n", p.Namespace, p.Name, p.Spec.NodeName, p.Spec.Containers[0].Image)
+		}}
+	on := func(node string) debugpod.Spec {
+		s := spec
+		s.Node = node
+		return s
+	}
+	if err := r.Admit(ctx, on(nodes[0])); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "svctrace: %s\n", intro)
+	m := &merger{stdout: stdout, stderr: stderr, json: asJSON, prefix: len(nodes) > 1}
+	var wg sync.WaitGroup
+	errs := make([]error, len(nodes))
+	for i, node := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := r.Run(ctx, on(node), m.sink(node))
+			switch {
+			case err != nil:
+				errs[i] = err
+			case res.ExitCode > 0:
+				errs[i] = session.ErrReported // svctrace said why, or found a problem
+			}
+		}()
+	}
+	wg.Wait()
+	failed := false
+	for _, err := range errs {
+		if err != nil && !errors.Is(err, session.ErrReported) {
+			fmt.Fprintf(stderr, "svctrace: %v\n", err)
+		}
+		failed = failed || err != nil
+	}
+	if failed {
+		return session.ErrReported
+	}
+	return nil
+}
+
+// merger writes the debug Pods' output: svctrace's messages to stderr, the
+// rest to stdout, each line whole. With several nodes, text lines start
+// with the node's name; JSON objects always name it in "traced_on".
+type merger struct {
+	mu             sync.Mutex
+	stdout, stderr io.Writer
+	json, prefix   bool
+}
+
+func (m *merger) sink(node string) func(string) {
+	return func(line string) {
+		w := m.stdout
+		isObject := strings.HasPrefix(line, "{")
+		switch {
+		case strings.HasPrefix(line, "svctrace: "), m.json && !isObject:
+			w = m.stderr
+		case m.json:
+			if rest := strings.TrimPrefix(line, "{"); strings.HasPrefix(strings.TrimSpace(rest), "}") {
+				line = fmt.Sprintf("{\"traced_on\":%q}", node)
+			} else {
+				line = fmt.Sprintf("{\"traced_on\":%q,%s", node, rest)
+			}
+		}
+		if m.prefix && (w == m.stderr || !m.json) {
+			line = "[" + node + "] " + line
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		fmt.Fprintln(w, line)
+	}
+}
+
+// Plural is what, or whats when n is not 1.
+func Plural(n int, what string) string {
+	if n == 1 {
+		return what
+	}
+	return what + "s"
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}

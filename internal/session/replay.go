@@ -1,0 +1,228 @@
+package session
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/svctrace/svctrace/internal/diagnose"
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/output"
+	"github.com/svctrace/svctrace/internal/record"
+	"github.com/svctrace/svctrace/internal/report"
+	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+// Replay prints what the live run that made rec printed, for the
+// connections keep keeps, then the analysis (svctrace analyze); path names
+// the recording in messages, corrupt says it was read up to a corruption.
+func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool, corrupt bool) error {
+	var err error
+	for _, n := range rec.Notes {
+		fmt.Fprintf(o.Stderr, "svctrace: note: %s\n", n)
+	}
+	switch {
+	case corrupt:
+	case rec.End == nil:
+		fmt.Fprintln(o.Stderr, "svctrace: note: the recording ends abruptly (the trace was killed or crashed): analysing what it holds")
+	case rec.End.Truncated != "":
+		fmt.Fprintf(o.Stderr, "svctrace: note: %s: events after that were not recorded\n", rec.End.Truncated)
+	}
+	m := rec.Meta
+	if m.Mode != "trace" && m.Mode != "service" && m.Mode != "lab" {
+		return fmt.Errorf("%s: a recording of svctrace %s, which this svctrace cannot analyse", path, m.Mode)
+	}
+
+	// What the live run looked up as it went, known up front here.
+	ifNames, names := map[uint32]string{}, map[netip.Addr]string{}
+	for _, e := range rec.Entries {
+		switch e.Type {
+		case record.TypeIfName:
+			ifNames[e.IfName.Index] = e.IfName.Name
+		case record.TypeName:
+			names[e.Name.Addr] = e.Name.Name
+		}
+	}
+	services := map[tracer.Target]bool{}
+	var cur *diagnose.Assessment
+	// x explains the connections and names their addresses, as the
+	// recording knows them; nil: addresses only.
+	var x report.Explainer
+	var lr *LabRecord
+	var labAs map[string]*diagnose.Assessment
+	if m.Mode == "lab" {
+		if lr, labAs, err = readLab(rec, names); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if lr == nil {
+			fmt.Fprintln(o.Stderr, "svctrace: note: the recording ends before the lab's scenarios: its connections are shown without them")
+		} else {
+			var ss []lab.Scenario
+			for _, r := range lr.Results {
+				ss = append(ss, r.Scenario)
+			}
+			x = labExplainer{ss, labAs}
+		}
+	}
+	p, err := o.Printer(output.Options{Wall: m.WallClock()})
+	if err != nil {
+		return err
+	}
+
+	var view *resolve.View
+	// apply takes in one record: the assembler's inputs are returned, the
+	// rest changes what names and explains.
+	apply := func(e *record.Entry) (live.Input, bool) {
+		switch e.Type {
+		case record.TypeServices:
+			clear(services)
+			for _, t := range e.Services {
+				services[t] = true
+			}
+		case record.TypeView:
+			view = e.View
+		case record.TypeRules:
+			if view == nil {
+				break
+			}
+			first := cur == nil
+			cur = assessRecorded(view, e.Rules, m)
+			cur.Explainer.Lookup = func(a netip.Addr) string { return names[a] }
+			// Without the Service's objects (a recording cut right after
+			// its first record), connections go unexplained.
+			x = cur.Explainer
+			if first {
+				p.Diagnosis(cur.Diagnosis())
+			}
+		case record.TypeEvent:
+			return live.Input{Event: &e.Event}, true
+		case record.TypeTick:
+			return live.Input{Tick: e.Time}, true
+		case record.TypeLost:
+			return live.Input{Lost: e.Lost}, true
+		case record.TypeFlush:
+			return live.Input{Flush: e.Time}, true
+		}
+		return live.Input{}, false
+	}
+	i := 0
+	next := func() (live.Input, bool) {
+		for i < len(rec.Entries) {
+			i++
+			if in, ok := apply(&rec.Entries[i-1]); ok {
+				return in, true
+			}
+		}
+		return live.Input{}, false
+	}
+	if m.Mode == "service" {
+		// The Service's objects and diagnosis come before any packet, as
+		// they did live.
+		for i < len(rec.Entries) && cur == nil && !isInput(rec.Entries[i].Type) {
+			apply(&rec.Entries[i])
+			i++
+		}
+		if cur == nil {
+			fmt.Fprintln(o.Stderr, "svctrace: note: the recording ends before the Service's objects: its connections are shown without names")
+		}
+	}
+
+	var sum output.Summary
+	var an output.Analysis
+	var conns []*flow.Conn
+	for _, e := range rec.Entries {
+		if e.Type == record.TypeConntrack {
+			when := "start"
+			if len(an.Conntrack) > 0 {
+				when = "end"
+			}
+			an.Conntrack = append(an.Conntrack, output.ConntrackSnapshot{When: when, Entries: e.Conntrack})
+		}
+	}
+	res := live.Replay(live.Options{
+		Flow: flow.Options{NodeNetNS: m.NetNS, Timeout: m.Timeout,
+			IsService: func(pr tracer.Proto, a netip.AddrPort) bool { return services[tracer.Target{Addr: a, Proto: pr}] },
+			IfName:    func(i uint32) string { return ifNames[i] }},
+		Count: m.Count,
+		Conn: func(c *flow.Conn, lost uint64) {
+			if lr != nil {
+				conns = append(conns, c) // printed by scenario at the end, as live
+				return
+			}
+			if keep(c) {
+				r := report.Of(c, x, lost)
+				sum.Count(c)
+				an.Count(r)
+				p.Conn(r)
+			}
+		},
+		Lost: p.Lost,
+	}, next)
+	if lr != nil {
+		results := make([]lab.Result, len(lr.Results))
+		for i, r := range lr.Results {
+			results[i] = lab.Result{Scenario: r.Scenario, Client: r.Client}
+		}
+		lab.Assign(results, conns)
+		for i := range results {
+			results[i].Conns = slices.DeleteFunc(results[i].Conns, func(c *flow.Conn) bool { return !keep(c) })
+			for _, c := range results[i].Conns {
+				an.Count(report.Of(c, x, 0))
+			}
+		}
+		// A scenario whose verdict differed was reported live; here it is
+		// only what the recording holds.
+		if err := printLab(o, p, x.(labExplainer), lr.Run, results, res, true); err != nil && err != ErrReported {
+			return err
+		}
+		output.WriteAnalysis(p, &an)
+		return nil
+	}
+	sum.Lost, sum.Orphans = res.Lost, res.Orphans
+	p.Summary(sum)
+	output.WriteAnalysis(p, &an)
+	if pc, ok := p.(*output.PcapNG); ok && pc.Err() != nil {
+		return fmt.Errorf("writing pcapng: %w", pc.Err())
+	}
+	return nil
+}
+
+func isInput(t record.Type) bool {
+	return t == record.TypeEvent || t == record.TypeTick || t == record.TypeLost || t == record.TypeFlush
+}
+
+// readLab reads a lab recording's scenarios and objects, and diagnoses
+// each scenario's Service as the live run did; nil if the recording ends
+// before them. Its lab records come in two: what the lab is, when tracing
+// began, and what its clients saw, at the end.
+func readLab(rec *record.Recording, names map[netip.Addr]string) (*LabRecord, map[string]*diagnose.Assessment, error) {
+	var lr *LabRecord
+	for _, e := range rec.Entries {
+		if e.Type == record.TypeLab {
+			if lr == nil {
+				lr = &LabRecord{}
+			}
+			if err := json.Unmarshal(e.Lab, lr); err != nil {
+				return nil, nil, fmt.Errorf("byte %d: lab record: %w", e.Offset, err)
+			}
+		}
+	}
+	if lr == nil {
+		return nil, nil, nil
+	}
+	as := map[string]*diagnose.Assessment{}
+	for _, r := range lr.Results {
+		v := lr.Views[r.Scenario.Name]
+		if v == nil || v.Service == nil {
+			return nil, nil, fmt.Errorf("lab record: no objects for scenario %s", r.Scenario.Name)
+		}
+		a := assessRecorded(v, lr.Rules, rec.Meta)
+		a.Explainer.Lookup = func(ip netip.Addr) string { return names[ip] }
+		as[r.Scenario.Name] = a
+	}
+	return lr, as, nil
+}

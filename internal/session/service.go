@@ -1,0 +1,205 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/diagnose"
+	"github.com/svctrace/svctrace/internal/output"
+	"github.com/svctrace/svctrace/internal/probe"
+	"github.com/svctrace/svctrace/internal/record"
+	"github.com/svctrace/svctrace/internal/report"
+	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+// Service is svctrace SERVICE (and svctrace check): diagnose a Service
+// from its objects and the node's facts, then trace it, re-assessing when
+// the objects change.
+type Service struct {
+	// Trace holds the trace's settings; Serve fills in the targets, names
+	// and what to record.
+	Trace
+	Namespace, Name string
+	Source          resolve.Source
+	Node            tracer.NetNS // resolved Trace.NetNS
+	Local           resolve.LocalNode
+	// Tracing: trace after the diagnosis (svctrace SERVICE), not only
+	// diagnose (svctrace check).
+	Tracing bool
+	// Probe, if set, opens svctrace's own test connections once tracing
+	// has begun, and ends the trace after them.
+	Probe *Probe
+}
+
+// Probe is --probe: what to open, and from where.
+type Probe struct {
+	Kind probe.Kind
+	From string // "node", or pod/NAME or pod/NAMESPACE/NAME
+}
+
+// state is what svctrace knows about the Service at one moment.
+type state struct {
+	*diagnose.Assessment
+	facts    diagnose.NodeFacts
+	targets  []tracer.Target
+	services map[tracer.Target]bool
+}
+
+// record writes the state into a recording: the objects, the node's rules,
+// the Service addresses.
+func (st *state) record(w *record.Writer) {
+	w.View(st.View)
+	w.Rules(RecordedFacts(st.facts))
+	services := make([]tracer.Target, 0, len(st.services))
+	for t := range st.services {
+		services = append(services, t)
+	}
+	sort.Slice(services, func(i, j int) bool { return services[i].String() < services[j].String() })
+	w.Services(services)
+}
+
+// Serve diagnoses the Service, prints the diagnosis and, when tracing,
+// traces it. It returns ErrReported when the diagnosis (check) or a probe
+// found a problem.
+func Serve(ctx context.Context, s Service) error {
+	// The recording (-w), once tracing starts; recording is true once its
+	// first record is written.
+	w := s.Rec
+	var recording atomic.Bool
+	// gather reads the objects and the node's rules again: at the start and
+	// after every change of the objects.
+	gather := func(ctx context.Context) (*state, error) {
+		facts := diagnose.ReadNode(s.Node, s.Local, s.Namespace+"/"+s.Name)
+		a, err := diagnose.Assess(ctx, s.Source, s.Namespace, s.Name, facts)
+		if err != nil {
+			return nil, err
+		}
+		st := &state{Assessment: a, facts: facts, targets: a.Service.Targets(a.NodeAddrs), services: map[tracer.Target]bool{}}
+		for _, ad := range a.Service.Addresses(a.NodeAddrs) {
+			st.services[tracer.Target{Addr: ad.Addr, Proto: ad.Port.Protocol}] = true
+		}
+		// Names the API gave by IP go into the recording: analysis has no API.
+		lookup := a.Explainer.Lookup
+		a.Explainer.Lookup = func(ip netip.Addr) string {
+			n := lookup(ip)
+			if recording.Load() {
+				w.Name(record.Name{Addr: ip, Name: n})
+			}
+			return n
+		}
+		return st, nil
+	}
+	st, err := gather(ctx)
+	if err != nil {
+		return err
+	}
+	p, err := s.Printer(output.Options{})
+	if err != nil {
+		return err
+	}
+	p.Diagnosis(st.Diagnosis())
+	if !s.Tracing {
+		if len(st.Findings) > 0 && st.Findings[0].Severity == report.Problem {
+			return ErrReported
+		}
+		return nil
+	}
+	if len(st.targets) == 0 {
+		fmt.Fprintf(s.Stderr, "nothing to trace: %s has no address and no endpoint on this node's path\n", s.Namespace+"/"+s.Name)
+		return nil
+	}
+	var probes *prober
+	if s.Probe != nil {
+		if probes, err = s.prober(ctx, st); err != nil {
+			return err
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		probes.done = cancel
+	}
+	var cur atomic.Pointer[state]
+	cur.Store(st)
+	t := s.Trace
+	t.Targets, t.Mode = st.targets, "service"
+	t.Meta = func(m *record.Meta) {
+		m.Namespace, m.Service, m.Node, m.Addrs = s.Namespace, s.Name, s.Local.Name, s.Local.Addrs
+	}
+	t.RecordState = func() {
+		cur.Load().record(w)
+		recording.Store(true)
+	}
+	t.IsService = func(pr tracer.Proto, a netip.AddrPort) bool {
+		return cur.Load().services[tracer.Target{Addr: a, Proto: pr}]
+	}
+	t.Explainer = func() report.Explainer { return cur.Load().Explainer }
+	t.Started = func(ctx context.Context, tr *tracer.Tracer) {
+		if probes != nil {
+			go probes.run(ctx)
+		}
+		api, ok := s.Source.(*resolve.API)
+		if !ok {
+			return
+		}
+		var known atomic.Int64 // when the objects were last read, for the warning
+		known.Store(time.Now().UnixNano())
+		go api.Watch(ctx, s.Namespace, s.Name, func() map[string]string { return cur.Load().Service.Selector }, func() {
+			st, err := gather(ctx)
+			if err != nil {
+				s.warn("%v (tracing goes on with what was known before)", err)
+				return
+			}
+			if err := tr.SetTargets(st.targets); err != nil {
+				s.warn("updating the traced addresses: %v", err)
+				return
+			}
+			cur.Store(st)
+			known.Store(time.Now().UnixNano())
+			if recording.Load() {
+				st.record(w)
+			}
+			s.Logf("objects changed: now %s", st.Service.Summary())
+		}, func(err error) {
+			s.warn("watching the API server failed (%s); tracing goes on with the objects as they were at %s",
+				firstLine(err.Error()), time.Unix(0, known.Load()).Format("15:04:05"))
+		})
+	}
+	err = Run(ctx, t)
+	if err == nil && probes != nil && probes.failed.Load() {
+		return ErrReported
+	}
+	return err
+}
+
+// RecordedFacts is what a recording keeps of the node's facts, for
+// assessRecorded.
+func RecordedFacts(f diagnose.NodeFacts) record.Rules {
+	r := record.Rules{Rules: f.Rules, KubeProxy: f.KubeProxy, KubeProxyKnown: f.KubeProxyKnown, Bridges: f.Bridges, Conntrack: f.Conntrack}
+	if f.RulesErr != nil {
+		r.Err = f.RulesErr.Error()
+	}
+	return r
+}
+
+// assessRecorded diagnoses recorded objects with the node's recorded rules,
+// as the live run did.
+func assessRecorded(v *resolve.View, r record.Rules, m record.Meta) *diagnose.Assessment {
+	facts := diagnose.NodeFacts{Local: resolve.LocalNode{Name: m.Node, Addrs: m.Addrs},
+		Rules: r.Rules, KubeProxy: r.KubeProxy, KubeProxyKnown: r.KubeProxyKnown, Bridges: r.Bridges, Conntrack: r.Conntrack}
+	if r.Err != "" {
+		facts.RulesErr = errors.New(r.Err)
+	}
+	return diagnose.AssessView(v, facts)
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}

@@ -1,0 +1,234 @@
+// Package session runs what the commands share: a live trace (attach,
+// record, the live loop, reports to a printer, the status line), the
+// svctrace SERVICE session around it (objects, diagnosis, watch,
+// re-assessment, probes), and the replay of a recording (svctrace
+// analyze). The commands only turn flags into a Config.
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/output"
+	"github.com/svctrace/svctrace/internal/record"
+	"github.com/svctrace/svctrace/internal/report"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+// ErrReported is returned when what went wrong was already said (on
+// stderr, or as findings): the exit status is 1, with nothing more to say.
+var ErrReported = errors.New("")
+
+// IO is where a session writes and how it prints.
+type IO struct {
+	Stdout, Stderr io.Writer
+	// Printer makes the -o printer on Stdout with opts (Color is the
+	// caller's to set).
+	Printer func(opts output.Options) (output.Printer, error)
+	// Text: -o text, where the lab prints its headers.
+	Text bool
+	// Status draws a status line on Stderr (a terminal) while tracing.
+	Status bool
+	Logf   func(format string, args ...any)
+}
+
+func (o IO) warn(format string, args ...any) {
+	fmt.Fprintf(o.Stderr, "svctrace: warning: "+format+"\n", args...)
+}
+
+// Trace is one live trace: where, what, and how to name what is seen.
+type Trace struct {
+	IO
+	NetNS    string
+	Targets  []tracer.Target
+	Backend  string
+	Duration time.Duration
+	Count    int
+	Timeout  time.Duration
+	// IsService reports whether an address is one the node should
+	// translate; nil: every target is.
+	IsService func(tracer.Proto, netip.AddrPort) bool
+	// Explainer explains the connections and names their addresses, as
+	// known when each completes; nil: addresses only.
+	Explainer func() report.Explainer
+	// Started runs once the observers are attached (watches that re-feed
+	// the targets, probes).
+	Started func(ctx context.Context, tr *tracer.Tracer)
+	// Rec, if set, records the trace (-w): it begins once the observers
+	// are attached, and is closed (removed if it never began) when Run
+	// returns. Mode and Meta say what to put in its first record,
+	// RecordState what follows it (the Service's objects and the node's
+	// rules).
+	Rec         *record.Writer
+	Snaplen     int
+	EveryPacket bool
+	Mode        string
+	Meta        func(*record.Meta)
+	RecordState func()
+}
+
+// Run attaches, prints each connection as it completes and a summary at
+// the end.
+func Run(ctx context.Context, s Trace) error {
+	if s.Rec != nil {
+		defer s.Rec.Close(record.End{}) // on an error; a clean end closes first
+	}
+	start := time.Now()
+	tr, err := tracer.Open(tracer.Options{NetNS: s.NetNS, Targets: s.Targets, Backend: s.Backend, Snaplen: s.Snaplen,
+		EveryPacket: s.EveryPacket, CountEvery: tracer.CountEveryFor(s.Timeout), Logf: s.Logf})
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	info := tr.Info()
+	s.Logf("attached in %s", time.Since(start).Round(time.Millisecond))
+	// Loading decoded the kernel's BTF (tens of MB of heap, and the mapped
+	// vmlinux file); none of it is needed while tracing. Give it back now
+	// rather than hold it for the whole run.
+	debug.FreeOSMemory()
+	for _, sk := range info.Skipped {
+		s.warn("not probed: %s", sk)
+	}
+	fmt.Fprintf(s.Stderr, "tracing %s in %s with %s (%d %s, drops: %s); Ctrl-C to stop\n",
+		targetList(s.Targets), info.NetNS, info.Backend, info.Links, ProbesWord(info.Backend), OrNone(info.Drops))
+
+	clock := tracer.NewClock()
+	p, err := s.Printer(output.Options{Wall: clock.Time})
+	if err != nil {
+		return err
+	}
+	flowOpts := flow.Options{
+		NodeNetNS: info.NetNS.Inode,
+		IsService: s.IsService,
+		Timeout:   s.Timeout,
+		IfName:    tracer.NewIfNames(info.NetNS).Name,
+	}
+	var journal live.Journal
+	if s.Rec != nil {
+		m := StartMeta(s.Mode, info, s.Targets, s.Timeout, s.Count, clock)
+		if s.Meta != nil {
+			s.Meta(&m)
+		}
+		s.Watch(s.Rec)
+		s.Rec.Begin(m)
+		if s.RecordState != nil {
+			s.RecordState()
+		}
+		s.Rec.Conntrack(record.ConntrackSnapshot(info.NetNS, s.Targets))
+		flowOpts.IfName = recordingIfNames(info.NetNS, s.Rec)
+		journal = s.Rec
+	}
+	if s.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.Duration)
+		defer cancel()
+	}
+	if s.Started != nil {
+		s.Started(ctx, tr)
+	}
+	var sum output.Summary
+	st := newStatus(s.IO, &sum)
+	stopStatus := st.show(ctx)
+	res, err := live.Run(ctx, tr, live.Options{
+		Flow:  flowOpts,
+		Count: s.Count,
+		Conn: func(c *flow.Conn, lost uint64) {
+			var x report.Explainer
+			if s.Explainer != nil {
+				x = s.Explainer()
+			}
+			r := report.Of(c, x, lost)
+			st.around(func() {
+				sum.Count(c)
+				p.Conn(r)
+			})
+		},
+		Lost:    func(total uint64) { st.around(func() { p.Lost(total) }) },
+		Journal: journal,
+		Alive:   info.NetNS.Check,
+	})
+	stopStatus()
+	sum.Lost, sum.Orphans = res.Lost, res.Orphans
+	p.Summary(sum)
+	if s.Rec != nil {
+		s.Rec.Conntrack(record.ConntrackSnapshot(info.NetNS, s.Targets))
+		if cerr := s.Rec.Close(record.End{Conns: res.Conns}); cerr != nil && err == nil {
+			err = cerr
+		}
+	}
+	return err
+}
+
+// Watch reports, on stderr as they happen, the recording's size bound and
+// its first failed write.
+func (o IO) Watch(w *record.Writer) {
+	w.Truncated = func(why string) {
+		o.warn("%s; recording stopped, tracing goes on", why)
+	}
+	w.Failed = func(err error) {
+		fmt.Fprintf(o.Stderr, "svctrace: error: %v; tracing goes on, the recording ends here\n", err)
+	}
+}
+
+// ProbesWord is what a backend attaches.
+func ProbesWord(backend string) string {
+	if backend == tracer.BackendNetfilter {
+		return "observers"
+	}
+	return "probes"
+}
+
+// OrNone is s, or "not observed".
+func OrNone(s string) string {
+	if s == "" {
+		return "not observed"
+	}
+	return s
+}
+
+func targetList(ts []tracer.Target) string {
+	var s []string
+	for _, t := range ts {
+		s = append(s, t.String())
+	}
+	return strings.Join(s, ", ")
+}
+
+// StartMeta is what a recording says of the trace before its records;
+// clock is the one the live run prints times with.
+func StartMeta(mode string, info tracer.Info, targets []tracer.Target, timeout time.Duration, count int, clock tracer.Clock) record.Meta {
+	m := record.Meta{Command: os.Args[1:], Mode: mode, Backend: info.Backend, Links: info.Links, Drops: info.Drops,
+		NetNS: info.NetNS.Inode, Targets: targets, Timeout: timeout, Count: count, Wall: clock.Wall, Mono: clock.Mono}
+	m.Host, _ = os.Hostname()
+	var uts unix.Utsname
+	if unix.Uname(&uts) == nil {
+		m.Kernel = unix.ByteSliceToString(uts.Release[:])
+	}
+	return m
+}
+
+// recordingIfNames names the node's interfaces and records each name the
+// first time it is asked for.
+func recordingIfNames(ns tracer.NetNS, w *record.Writer) func(uint32) string {
+	names := tracer.NewIfNames(ns)
+	seen := map[uint32]bool{}
+	return func(i uint32) string {
+		n := names.Name(i)
+		if n != "" && !seen[i] {
+			seen[i] = true
+			w.IfName(record.IfName{Index: i, Name: n})
+		}
+		return n
+	}
+}
