@@ -13,6 +13,7 @@ import (
 	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/session"
+	"github.com/svctrace/svctrace/internal/testutil/tracetest"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -20,7 +21,7 @@ import (
 // recorded kernel events and objects.
 func fuzzSeeds(f testing.TB) [][]byte {
 	f.Helper()
-	evs, err := tracer.ReadEvents(filepath.Join("..", "..", "internal", "flow", "testdata", "lab.jsonl"))
+	evs, err := tracetest.ReadEvents(tracetest.LabEvents())
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -76,13 +76,16 @@ type indexed struct {
 	dir Dir
 }
 
+// DefaultTimeout is Options.Timeout's default.
+const DefaultTimeout = 3 * time.Second
+
 // New returns an Assembler.
 func New(opts Options) *Assembler {
 	if opts.Settle == 0 {
 		opts.Settle = 200 * time.Millisecond
 	}
 	if opts.Timeout == 0 {
-		opts.Timeout = 3 * time.Second
+		opts.Timeout = DefaultTimeout
 	}
 	if opts.MaxConns == 0 {
 		opts.MaxConns = 65536
@@ -687,21 +690,4 @@ func (a *Assembler) ifName(ifindex uint32) string {
 		}
 	}
 	return fmt.Sprintf("ifindex %d", ifindex)
-}
-
-// Replay assembles a recorded sequence of events: the clock advances with
-// the events' own times, and the trace ends one timeout after the last event.
-// The offline counterpart of a live trace.
-func Replay(evs []tracer.Event, opts Options) ([]*Conn, *Assembler) {
-	a := New(opts)
-	var out []*Conn
-	var last uint64
-	for _, ev := range evs {
-		out = append(out, a.Tick(ev.Time)...)
-		out = append(out, a.Add(ev)...)
-		last = max(last, ev.Time)
-	}
-	end := last + uint64(a.opts.Timeout)
-	out = append(out, a.Tick(end)...)
-	return append(out, a.Flush(end)...), a
 }

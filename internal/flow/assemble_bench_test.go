@@ -1,9 +1,10 @@
 package flow_test
 
 import (
-	. "github.com/svctrace/svctrace/internal/flow"
 	"net/netip"
 	"testing"
+
+	. "github.com/svctrace/svctrace/internal/flow"
 
 	"github.com/svctrace/svctrace/internal/tracer"
 )

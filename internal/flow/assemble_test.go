@@ -2,13 +2,16 @@ package flow_test
 
 import (
 	"flag"
-	"github.com/svctrace/svctrace/internal/describe"
-	. "github.com/svctrace/svctrace/internal/flow"
 	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/svctrace/svctrace/internal/describe"
+	. "github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/testutil/tracetest"
 
 	"github.com/svctrace/svctrace/internal/tracer"
 )
@@ -19,7 +22,7 @@ var verbose = flag.Bool("show", false, "print the assembled connections")
 // once, recorded on kernel 6.18 (regenerate with
 // sudo go test ./internal/lab -run TestScenarios -update-fixtures).
 func loadEvents(t testing.TB, name string) []tracer.Event {
-	evs, err := tracer.ReadEvents(filepath.Join("testdata", name+".jsonl"))
+	evs, err := tracetest.ReadEvents(filepath.Join("testdata", name+".jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +47,7 @@ func assemble(evs []tracer.Event, opts Options) []*Conn {
 	if opts.Timeout == 0 {
 		opts.Timeout = 1500 * time.Millisecond // as the lab
 	}
-	conns, _ := Replay(evs, opts)
+	conns, _ := tracetest.Replay(evs, opts)
 	return conns
 }
 
@@ -210,5 +213,19 @@ func TestUntranslatedNonServiceIsNoReply(t *testing.T) {
 		IsService: func(tracer.Proto, netip.AddrPort) bool { return false }}))
 	if c.Verdict == NotTranslated {
 		t.Fatalf("verdict %s for an address that is no Service", c.Verdict)
+	}
+}
+
+// The recorded fixture holds a connection of every lab scenario: a
+// scenario added to the lab without re-recording (make fixtures) fails here.
+func TestFixtureHoldsEveryScenario(t *testing.T) {
+	seen := map[netip.AddrPort]bool{}
+	for _, c := range assemble(loadEvents(t, "lab"), Options{}) {
+		seen[c.VIP] = true
+	}
+	for _, s := range lab.Scenarios() {
+		if !seen[s.VIP()] {
+			t.Errorf("testdata/lab.jsonl has no connection of scenario %s (to %s): re-record it with make fixtures", s.Name, s.VIP())
+		}
 	}
 }

@@ -2,13 +2,15 @@ package flow_test
 
 import (
 	"fmt"
-	"github.com/svctrace/svctrace/internal/describe"
-	. "github.com/svctrace/svctrace/internal/flow"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/svctrace/svctrace/internal/describe"
+	. "github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/testutil/tracetest"
 
 	"github.com/svctrace/svctrace/internal/tracer"
 )
@@ -51,7 +53,7 @@ func ct(info tracer.CTInfo, orig, reply tracer.Tuple) tracer.Conntrack {
 
 func run(s *seq, opts Options) ([]*Conn, *Assembler) {
 	opts.NodeNetNS = nodeNS
-	return Replay(s.evs, opts)
+	return tracetest.Replay(s.evs, opts)
 }
 
 var (

@@ -24,6 +24,7 @@ import (
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/testutil"
+	"github.com/svctrace/svctrace/internal/testutil/tracetest"
 	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
@@ -381,7 +382,7 @@ func TestConntrackTableFull(t *testing.T) {
 	if before.Max > 1<<21 {
 		t.Skipf("nf_conntrack_max is %d: too many entries to fill here", before.Max)
 	}
-	if err := topo.FillConntrack(l.Node, int(before.Max)); err != nil {
+	if err := tracetest.FillConntrack(l.Node, int(before.Max)); err != nil {
 		t.Fatal(err)
 	}
 	l.Scenarios = l.Scenarios[:1] // healthy

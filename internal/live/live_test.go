@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/testutil/tracetest"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -44,7 +44,7 @@ func (s *lagging) Read() (tracer.Event, error) {
 // connections they hold.
 func recentLabEvents(t *testing.T) ([]tracer.Event, flow.Options, []*flow.Conn) {
 	t.Helper()
-	evs, err := tracer.ReadEvents(filepath.Join("..", "flow", "testdata", "lab.jsonl"))
+	evs, err := tracetest.ReadEvents(tracetest.LabEvents())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func recentLabEvents(t *testing.T) ([]tracer.Event, flow.Options, []*flow.Conn) 
 		evs[i].Time = now - 100*uint64(time.Millisecond) + (evs[i].Time - evs[0].Time)
 	}
 	opts := flow.Options{NodeNetNS: evs[0].NetNS, Timeout: 1500 * time.Millisecond}
-	want, _ := flow.Replay(evs, opts)
+	want, _ := tracetest.Replay(evs, opts)
 	if len(want) == 0 {
 		t.Fatal("the recording holds no connection")
 	}

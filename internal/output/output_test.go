@@ -13,7 +13,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/report"
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/testutil/tracetest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -21,11 +21,11 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 // labConns assembles the lab recording of internal/flow.
 func labConns(t *testing.T) []*flow.Conn {
 	t.Helper()
-	evs, err := tracer.ReadEvents(filepath.Join("..", "flow", "testdata", "lab.jsonl"))
+	evs, err := tracetest.ReadEvents(tracetest.LabEvents())
 	if err != nil {
 		t.Fatal(err)
 	}
-	conns, _ := flow.Replay(evs, flow.Options{NodeNetNS: evs[0].NetNS, Timeout: 1500 * time.Millisecond})
+	conns, _ := tracetest.Replay(evs, flow.Options{NodeNetNS: evs[0].NetNS, Timeout: 1500 * time.Millisecond})
 	return conns
 }
 

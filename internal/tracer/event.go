@@ -1,10 +1,8 @@
 package tracer
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 )
 
@@ -305,23 +303,4 @@ type Drop struct {
 	Reason     string `json:"reason"` // kernel drop reason without the SKB_DROP_REASON_ prefix
 	ReasonCode uint32 `json:"reason_code"`
 	Location   string `json:"location"` // symbolised, e.g. "nf_hook_slow+0x9c"
-}
-
-// ReadEvents reads a file of events as JSON, one after the other (the lab
-// test's recordings in internal/flow/testdata).
-func ReadEvents(path string) ([]Event, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var evs []Event
-	for dec := json.NewDecoder(f); dec.More(); {
-		var ev Event
-		if err := dec.Decode(&ev); err != nil {
-			return evs, fmt.Errorf("%s, event %d: %w", path, len(evs)+1, err)
-		}
-		evs = append(evs, ev)
-	}
-	return evs, nil
 }
