@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/session"
 )
@@ -65,7 +66,7 @@ func (o *analyzeOptions) run(path string) error {
 	if err != nil {
 		return err
 	}
-	if o.output == "pcapng" && isTerminal(o.stdout) {
+	if o.format == output.FormatPcapNG && isTerminal(o.stdout) {
 		return errors.New("pcapng is binary: send it to a file, e.g. svctrace analyze " + path + " -o pcapng > trace.pcapng")
 	}
 	if st, err := os.Stat(path); err == nil && st.IsDir() {

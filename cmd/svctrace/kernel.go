@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
@@ -21,7 +22,7 @@ svctrace can use, and say which backend would be chosen. Needs root, like tracin
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s := tracer.Probe()
-			if g.output == "json" {
+			if g.format == output.FormatJSON {
 				b, _ := json.MarshalIndent(s, "", "  ")
 				fmt.Fprintln(g.stdout, string(b))
 			} else {

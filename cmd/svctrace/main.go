@@ -76,7 +76,8 @@ func main() {
 
 // globals are the flags every command has.
 type globals struct {
-	output  string
+	output  string        // -o as given
+	format  output.Format // -o, once checkOutput parsed it
 	verbose bool
 	backend string
 	noColor bool
@@ -88,8 +89,8 @@ type globals struct {
 // without it, text and json.
 const outputsKey = "svctrace/outputs"
 
-// checkOutput refuses an -o format the command does not write, before it
-// starts: the one place -o is checked.
+// checkOutput parses -o into format, refusing a format the command does
+// not write, before it starts: the one place -o is checked.
 func (g *globals) checkOutput(cmd *cobra.Command, _ []string) error {
 	formats := "text,json"
 	if f, ok := cmd.Annotations[outputsKey]; ok {
@@ -97,6 +98,7 @@ func (g *globals) checkOutput(cmd *cobra.Command, _ []string) error {
 	}
 	list := strings.Split(formats, ",")
 	if slices.Contains(list, g.output) {
+		g.format = output.Format(g.output)
 		return nil
 	}
 	if len(list) == 1 {
@@ -111,12 +113,12 @@ func (g *globals) checkOutput(cmd *cobra.Command, _ []string) error {
 // printer is the -o printer on stdout; text in color on a terminal.
 func (g *globals) printer(opts output.Options) (output.Printer, error) {
 	opts.Color = output.UseColor(g.noColor, isTerminal(g.stdout))
-	return output.New(g.output, g.stdout, opts)
+	return output.New(g.format, g.stdout, opts)
 }
 
 // io is where a session writes, and how it prints.
 func (g *globals) io() session.IO {
-	return session.IO{Stdout: g.stdout, Stderr: g.stderr, Printer: g.printer, Text: g.output == "text",
+	return session.IO{Stdout: g.stdout, Stderr: g.stderr, Printer: g.printer, Text: g.format == output.FormatText,
 		Status: isTerminal(g.stderr), Logf: g.logf}
 }
 
@@ -187,7 +189,7 @@ func newVersion(g *globals) *cobra.Command {
 		Example: "  svctrace version\n  svctrace version -o json",
 		Args:    cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
-			if g.output == "json" {
+			if g.format == output.FormatJSON {
 				b, _ := json.Marshal(map[string]string{"version": version, "go": runtime.Version(), "platform": runtime.GOOS + "/" + runtime.GOARCH})
 				fmt.Fprintln(g.stdout, string(b))
 				return

@@ -172,7 +172,7 @@ func (o *pluginOptions) run(ctx context.Context, name string, check bool) error 
 		return err
 	}
 	intro := fmt.Sprintf("%s/%s on %s %s (%s)", o.namespace, name, plugin.Plural(len(nodes), "node"), strings.Join(nodes, ", "), why)
-	return plugin.Run(ctx, api, nodes, o.podSpec(name, check), o.startTimeout, intro, o.stdout, o.stderr, o.output == "json")
+	return plugin.Run(ctx, api, nodes, o.podSpec(name, check), o.startTimeout, intro, o.stdout, o.stderr, o.format == output.FormatJSON)
 }
 
 // podSpec is the debug Pods' spec, but for the node.
@@ -191,7 +191,7 @@ func (o *pluginOptions) podSpec(name string, check bool) debugpod.Spec {
 	case o.duration > 0:
 		s.Deadline = o.duration + o.startTimeout + 2*time.Minute
 	}
-	if o.output == "text" && output.UseColor(o.noColor, isTerminal(o.stdout)) {
+	if o.format == output.FormatText && output.UseColor(o.noColor, isTerminal(o.stdout)) {
 		s.Env[output.ForceColor] = "1"
 	}
 	return s
@@ -199,7 +199,7 @@ func (o *pluginOptions) podSpec(name string, check bool) debugpod.Spec {
 
 // podArgs is svctrace's command line in the debug Pods.
 func (o *pluginOptions) podArgs(name string, check bool) []string {
-	args := []string{name, "-n", o.namespace, "-o", o.output}
+	args := []string{name, "-n", o.namespace, "-o", string(o.format)}
 	if check {
 		args = append([]string{"check"}, args...)
 	} else {

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/svctrace/svctrace/internal/output"
 )
 
 func TestPluginByName(t *testing.T) {
@@ -19,7 +21,7 @@ func TestPluginByName(t *testing.T) {
 }
 
 func TestPluginPodArgs(t *testing.T) {
-	o := &pluginOptions{globals: &globals{output: "json", backend: "fentry"}, namespace: "shop",
+	o := &pluginOptions{globals: &globals{format: output.FormatJSON, backend: "fentry"}, namespace: "shop",
 		timeout: 2 * time.Second, duration: time.Hour, count: 3, probe: "http", from: "pod/client"}
 	want := []string{"web", "-n", "shop", "-o", "json", "--timeout", "2s", "--duration", "1h0m0s", "--count", "3",
 		"--probe=http", "--from", "pod/client", "--backend", "fentry"}
@@ -39,7 +41,7 @@ func TestPluginPodArgs(t *testing.T) {
 }
 
 func TestPluginPodSpec(t *testing.T) {
-	o := &pluginOptions{globals: &globals{output: "text", stdout: &bytes.Buffer{}}, namespace: "shop", podNamespace: "svctrace",
+	o := &pluginOptions{globals: &globals{format: output.FormatText, stdout: &bytes.Buffer{}}, namespace: "shop", podNamespace: "svctrace",
 		account: "default", startTimeout: 2 * time.Minute, timeout: 5 * time.Second}
 	t.Setenv("SVCTRACE_IMAGE", "registry.example/svctrace:v2")
 	for _, tc := range []struct {

@@ -51,17 +51,26 @@ func UseColor(noColor bool, isTerminal bool) bool {
 // kubectl svctrace sets it in its debug Pods when it writes to one.
 const ForceColor = "CLICOLOR_FORCE"
 
-// New returns the printer for format "text" or "json".
-func New(format string, w io.Writer, opts Options) (Printer, error) {
+// Format is an output format (-o).
+type Format string
+
+const (
+	FormatText   Format = "text"
+	FormatJSON   Format = "json"
+	FormatPcapNG Format = "pcapng"
+)
+
+// New returns the printer for format.
+func New(format Format, w io.Writer, opts Options) (Printer, error) {
 	switch format {
-	case "text", "":
+	case FormatText, "":
 		return &Text{w: w, opts: opts}, nil
-	case "json":
+	case FormatJSON:
 		return &JSON{w: w, opts: opts}, nil
-	case "pcapng":
+	case FormatPcapNG:
 		return newPcapNG(w, opts), nil
 	}
-	return nil, fmt.Errorf("unknown output format %q (want text or json)", format)
+	return nil, fmt.Errorf("unknown output format %q", format)
 }
 
 // Summary counts what a trace saw.

@@ -63,7 +63,7 @@ func golden(t *testing.T, name string, got []byte) {
 	}
 }
 
-func print(t *testing.T, format string) []byte {
+func print(t *testing.T, format Format) []byte {
 	var b bytes.Buffer
 	p, err := New(format, &b, Options{})
 	if err != nil {
