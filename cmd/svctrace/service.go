@@ -114,7 +114,7 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 		return err
 	}
 	s := session.Service{Namespace: o.namespace, Name: name, Source: src, Node: ns, Tracing: tracing,
-		Local: resolve.LocalNode{Name: o.nodeName(), Addrs: resolve.LocalAddrs(ns)},
+		Local: resolve.LocalNode{Name: resolve.NodeName(o.node, o.hostRoot), Addrs: resolve.LocalAddrs(ns)},
 		Trace: session.Trace{IO: o.io(), NetNS: o.netns, Backend: o.backend, Duration: o.duration, Count: o.count, Timeout: o.timeout,
 			Snaplen: o.rec.snaplen, EveryPacket: o.rec.everyPacket}}
 	if o.probe != "" {
@@ -167,18 +167,4 @@ func (o *serviceOptions) reads() []string {
 		return []string{o.objects}
 	}
 	return o.kube.files()
-}
-
-func (o *serviceOptions) nodeName() string {
-	if o.node != "" {
-		return o.node
-	}
-	if n := os.Getenv("NODE_NAME"); n != "" {
-		return n
-	}
-	if b, err := os.ReadFile(o.hostRoot + "/etc/hostname"); err == nil {
-		return strings.TrimSpace(string(b))
-	}
-	h, _ := os.Hostname()
-	return h
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -54,6 +55,23 @@ func (m NearMiss) String() string {
 type LocalNode struct {
 	Name  string
 	Addrs []netip.Addr
+}
+
+// NodeName is this node's name: flag (--node), else $NODE_NAME, else the
+// host name in hostRoot's /etc/hostname (the node's own, inside kubectl
+// debug node/…), else this host's.
+func NodeName(flag, hostRoot string) string {
+	if flag != "" {
+		return flag
+	}
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		return n
+	}
+	if b, err := os.ReadFile(hostRoot + "/etc/hostname"); err == nil {
+		return strings.TrimSpace(string(b))
+	}
+	h, _ := os.Hostname()
+	return h
 }
 
 // NotFoundError is a Service that does not exist, with the names the user
