@@ -174,8 +174,11 @@ func (r *Runner) until(ctx context.Context, pod *corev1.Pod, cond func(*corev1.P
 	pods := r.Client.CoreV1().Pods(pod.Namespace)
 	watching := r.Stream.CoreV1().Pods(pod.Namespace)
 	lw := &cache.ListWatch{
-		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) { byName(&o); return pods.List(ctx, o) },
-		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			byName(&o)
+			return pods.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			byName(&o)
 			return watching.Watch(ctx, o)
 		},

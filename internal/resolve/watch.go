@@ -30,12 +30,18 @@ const debounce = 300 * time.Millisecond
 func (a *API) Watch(ctx context.Context, ns, name string, selector func() map[string]string, changed func(), failing func(error)) {
 	poke := make(chan struct{}, 1)
 	var down atomic.Bool // an outage was reported; cleared by the next change
-	h := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { signal(poke) },
+	// The informers' first lists report every object once: that is the
+	// state already gathered, not a change.
+	h := cache.ResourceEventHandlerDetailedFuncs{
+		AddFunc: func(_ any, initial bool) {
+			if !initial {
+				signal(poke)
+			}
+		},
 		UpdateFunc: func(any, any) { signal(poke) },
 		DeleteFunc: func(any) { signal(poke) },
 	}
-	run := func(ctx context.Context, obj runtime.Object, list func(metav1.ListOptions) (runtime.Object, error), w func(metav1.ListOptions) (watch.Interface, error)) {
+	run := func(ctx context.Context, obj runtime.Object, list cache.ListWithContextFunc, w cache.WatchFuncWithContext) {
 		report := func(err error) {
 			if err != nil && ctx.Err() == nil && failing != nil && down.CompareAndSwap(false, true) {
 				failing(err)
@@ -48,21 +54,21 @@ func (a *API) Watch(ctx context.Context, ns, name string, selector func() map[st
 		// with backoff for as long as it is refused, and never tells the
 		// handler.
 		lw := &cache.ListWatch{
-			ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
-				obj, err := list(o)
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				obj, err := list(ctx, o)
 				report(err)
 				return obj, err
 			},
-			WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
-				wi, err := w(o)
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				wi, err := w(ctx, o)
 				report(err)
 				return wi, err
 			},
 		}
 		inf := cache.NewSharedIndexInformer(lw, obj, 0, cache.Indexers{})
 		inf.AddEventHandler(h)
-		inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) { report(err) })
-		go inf.Run(ctx.Done())
+		inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) { report(err) })
+		go inf.RunWithContext(ctx)
 	}
 	byName := func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
@@ -70,15 +76,15 @@ func (a *API) Watch(ctx context.Context, ns, name string, selector func() map[st
 	// Lists end after the request timeout; watches last (Streaming).
 	services, watchServices := a.Client.CoreV1().Services(ns), a.Streaming().CoreV1().Services(ns)
 	run(ctx, &corev1.Service{},
-		func(o metav1.ListOptions) (runtime.Object, error) { byName(&o); return services.List(ctx, o) },
-		func(o metav1.ListOptions) (watch.Interface, error) { byName(&o); return watchServices.Watch(ctx, o) })
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { byName(&o); return services.List(ctx, o) },
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { byName(&o); return watchServices.Watch(ctx, o) })
 	ofService := func(o *metav1.ListOptions) {
 		o.LabelSelector = labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: name}).String()
 	}
 	slices, watchSlices := a.Client.DiscoveryV1().EndpointSlices(ns), a.Streaming().DiscoveryV1().EndpointSlices(ns)
 	run(ctx, &discoveryv1.EndpointSlice{},
-		func(o metav1.ListOptions) (runtime.Object, error) { ofService(&o); return slices.List(ctx, o) },
-		func(o metav1.ListOptions) (watch.Interface, error) { ofService(&o); return watchSlices.Watch(ctx, o) })
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { ofService(&o); return slices.List(ctx, o) },
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { ofService(&o); return watchSlices.Watch(ctx, o) })
 
 	pods, watchPodsIn := a.Client.CoreV1().Pods(ns), a.Streaming().CoreV1().Pods(ns)
 	var stopPods context.CancelFunc = func() {}
@@ -98,17 +104,16 @@ func (a *API) Watch(ctx context.Context, ns, name string, selector func() map[st
 		pctx, stopPods = context.WithCancel(ctx)
 		s := labels.SelectorFromSet(sel).String()
 		run(pctx, &corev1.Pod{},
-			func(o metav1.ListOptions) (runtime.Object, error) { o.LabelSelector = s; return pods.List(pctx, o) },
-			func(o metav1.ListOptions) (watch.Interface, error) {
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 				o.LabelSelector = s
-				return watchPodsIn.Watch(pctx, o)
+				return pods.List(ctx, o)
+			},
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				o.LabelSelector = s
+				return watchPodsIn.Watch(ctx, o)
 			})
 	}
 	watchPods()
-	// The informers' first lists report every object once: that is the
-	// state already gathered, not a change.
-	time.Sleep(debounce)
-	drain(poke)
 	for {
 		select {
 		case <-ctx.Done():

@@ -78,3 +78,40 @@ func TestWatchReportsAPIServerGone(t *testing.T) {
 		t.Errorf("%d more reports of one outage, want none", n)
 	}
 }
+
+// The informers' first lists are the state already gathered: no change is
+// reported for them, with no wait for them either; a change after is
+// reported once, a burst of them too.
+func TestWatchReportsChangesNotTheFirstLists(t *testing.T) {
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}}}
+	pod := func(name string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name, Labels: map[string]string{"app": "web"}}}
+	}
+	cs := fake.NewClientset(svc, pod("web-1"), pod("web-2"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changes := make(chan struct{}, 10)
+	a := &API{Client: cs, Credentials: "test", Host: "https://test"}
+	go a.Watch(ctx, "shop", "web", func() map[string]string { return svc.Spec.Selector }, func() { changes <- struct{}{} }, nil)
+	select {
+	case <-changes:
+		t.Fatal("the first lists were reported as a change")
+	case <-time.After(time.Second):
+	}
+	for _, name := range []string{"web-3", "web-4"} {
+		if _, err := cs.CoreV1().Pods("shop").Create(ctx, pod(name), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-changes:
+	case <-time.After(5 * time.Second):
+		t.Fatal("two new Pods were not reported")
+	}
+	select {
+	case <-changes:
+		t.Error("a burst of two changes was reported twice")
+	case <-time.After(time.Second):
+	}
+}
