@@ -76,15 +76,27 @@ func (a *API) Watch(ctx context.Context, ns, name string, selector func() map[st
 	// Lists end after the request timeout; watches last (Streaming).
 	services, watchServices := a.Client.CoreV1().Services(ns), a.Streaming().CoreV1().Services(ns)
 	run(ctx, &corev1.Service{},
-		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { byName(&o); return services.List(ctx, o) },
-		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { byName(&o); return watchServices.Watch(ctx, o) })
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			byName(&o)
+			return services.List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			byName(&o)
+			return watchServices.Watch(ctx, o)
+		})
 	ofService := func(o *metav1.ListOptions) {
 		o.LabelSelector = labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: name}).String()
 	}
 	slices, watchSlices := a.Client.DiscoveryV1().EndpointSlices(ns), a.Streaming().DiscoveryV1().EndpointSlices(ns)
 	run(ctx, &discoveryv1.EndpointSlice{},
-		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { ofService(&o); return slices.List(ctx, o) },
-		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { ofService(&o); return watchSlices.Watch(ctx, o) })
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			ofService(&o)
+			return slices.List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			ofService(&o)
+			return watchSlices.Watch(ctx, o)
+		})
 
 	pods, watchPodsIn := a.Client.CoreV1().Pods(ns), a.Streaming().CoreV1().Pods(ns)
 	var stopPods context.CancelFunc = func() {}
