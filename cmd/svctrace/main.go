@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
@@ -21,6 +22,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/logging"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/outstream"
 	"github.com/svctrace/svctrace/internal/session"
@@ -63,12 +65,12 @@ func main() {
 		if errors.Is(werr, syscall.EPIPE) {
 			os.Exit(exitBrokenPipe) // the reader is gone: nobody to tell
 		}
-		fmt.Fprintf(os.Stderr, "svctrace: writing the output: %v\n", werr)
+		fmt.Fprintf(os.Stderr, logging.Prefix+"writing the output: %v\n", werr)
 		os.Exit(1)
 	}
 	if err != nil {
 		if !errors.Is(err, errSilent) {
-			fmt.Fprintf(os.Stderr, "svctrace: %v\n", err)
+			fmt.Fprintf(os.Stderr, logging.Prefix+"%v\n", err)
 		}
 		os.Exit(1)
 	}
@@ -78,6 +80,7 @@ func main() {
 type globals struct {
 	output  string        // -o as given
 	format  output.Format // -o, once checkOutput parsed it
+	log     *slog.Logger  // see logger
 	verbose bool
 	backend string
 	noColor bool
@@ -119,7 +122,7 @@ func (g *globals) printer(opts output.Options) (output.Printer, error) {
 // io is where a session writes, and how it prints.
 func (g *globals) io() session.IO {
 	return session.IO{Stdout: g.stdout, Stderr: g.stderr, Printer: g.printer, Text: g.format == output.FormatText,
-		Status: isTerminal(g.stderr), Logf: g.logf}
+		Status: isTerminal(g.stderr), Log: g.logger()}
 }
 
 // isTerminal reports whether w is a terminal.
@@ -128,12 +131,17 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// logf prints progress and details with --verbose.
-func (g *globals) logf(format string, args ...any) {
-	if g.verbose {
-		fmt.Fprintf(g.stderr, format+"\n", args...)
+// logger is where messages go: stderr, each line "svctrace: …"; details
+// with --verbose.
+func (g *globals) logger() *slog.Logger {
+	if g.log == nil {
+		g.log = logging.New(g.stderr, g.verbose)
 	}
+	return g.log
 }
+
+// logf prints progress and details with --verbose.
+func (g *globals) logf(format string, args ...any) { logging.Printf(g.logger())(format, args...) }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	g := &globals{stdout: stdout, stderr: stderr}

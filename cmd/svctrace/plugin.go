@@ -172,7 +172,7 @@ func (o *pluginOptions) run(ctx context.Context, name string, check bool) error 
 		return err
 	}
 	intro := fmt.Sprintf("%s/%s on %s %s (%s)", o.namespace, name, plugin.Plural(len(nodes), "node"), strings.Join(nodes, ", "), why)
-	return plugin.Run(ctx, api, nodes, o.podSpec(name, check), o.startTimeout, intro, o.stdout, o.stderr, o.format == output.FormatJSON)
+	return plugin.Run(ctx, api, nodes, o.podSpec(name, check), o.startTimeout, intro, o.logger(), o.stdout, o.stderr, o.format == output.FormatJSON)
 }
 
 // podSpec is the debug Pods' spec, but for the node.

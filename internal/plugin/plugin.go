@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/svctrace/svctrace/internal/debugpod"
+	"github.com/svctrace/svctrace/internal/logging"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/session"
 )
@@ -102,12 +104,12 @@ func readyNode(nodes []corev1.Node) string {
 
 // Run runs svctrace in a debug Pod on each node at once, with their output
 // merged onto stdout and stderr (JSON objects when asJSON), and deletes the
-// Pods. It returns session.ErrReported when a Pod's svctrace failed or
+// Pods; its own messages go to log. It returns session.ErrReported when a Pod's svctrace failed or
 // found a problem, or what went wrong was said.
-func Run(ctx context.Context, api *resolve.API, nodes []string, spec debugpod.Spec, startTimeout time.Duration, intro string, stdout, stderr io.Writer, asJSON bool) error {
+func Run(ctx context.Context, api *resolve.API, nodes []string, spec debugpod.Spec, startTimeout time.Duration, intro string, log *slog.Logger, stdout, stderr io.Writer, asJSON bool) error {
 	r := &debugpod.Runner{Client: api.Client, Stream: api.Streaming(), StartTimeout: startTimeout, Drain: 15 * time.Second,
 		Created: func(p *corev1.Pod) {
-			fmt.Fprintf(stderr, "svctrace: debug pod %s/%s on node %s, image %s\n", p.Namespace, p.Name, p.Spec.NodeName, p.Spec.Containers[0].Image)
+			log.Info(fmt.Sprintf("debug pod %s/%s on node %s, image %s", p.Namespace, p.Name, p.Spec.NodeName, p.Spec.Containers[0].Image))
 		}}
 	on := func(node string) debugpod.Spec {
 		s := spec
@@ -117,7 +119,7 @@ func Run(ctx context.Context, api *resolve.API, nodes []string, spec debugpod.Sp
 	if err := r.Admit(ctx, on(nodes[0])); err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "svctrace: %s\n", intro)
+	log.Info(intro)
 	m := &merger{stdout: stdout, stderr: stderr, json: asJSON, prefix: len(nodes) > 1}
 	var wg sync.WaitGroup
 	errs := make([]error, len(nodes))
@@ -138,7 +140,7 @@ func Run(ctx context.Context, api *resolve.API, nodes []string, spec debugpod.Sp
 	failed := false
 	for _, err := range errs {
 		if err != nil && !errors.Is(err, session.ErrReported) {
-			fmt.Fprintf(stderr, "svctrace: %v\n", err)
+			log.Error(err.Error())
 		}
 		failed = failed || err != nil
 	}
@@ -162,7 +164,7 @@ func (m *merger) sink(node string) func(string) {
 		w := m.stdout
 		isObject := strings.HasPrefix(line, "{")
 		switch {
-		case strings.HasPrefix(line, "svctrace: "), m.json && !isObject:
+		case strings.HasPrefix(line, logging.Prefix), m.json && !isObject:
 			w = m.stderr
 		case m.json:
 			if rest := strings.TrimPrefix(line, "{"); strings.HasPrefix(strings.TrimSpace(rest), "}") {

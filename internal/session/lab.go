@@ -40,7 +40,7 @@ func RunLab(ctx context.Context, o Lab) error {
 		return err
 	}
 	if old := lab.List(); len(old) > 0 {
-		fmt.Fprintf(o.Stderr, "note: %s; `svctrace lab cleanup` removes those not in use\n", lab.Describe(old))
+		o.say("note: %s; `svctrace lab cleanup` removes those not in use", lab.Describe(old))
 	}
 	start := time.Now()
 	l, err := lab.Up(lab.Options{Keep: o.Keep})
@@ -52,9 +52,9 @@ func RunLab(ctx context.Context, o Lab) error {
 	} else {
 		defer l.Down()
 	}
-	o.Logf("lab %s up in %s", l.ID, time.Since(start).Round(time.Millisecond))
+	o.logf("lab %s up in %s", l.ID, time.Since(start).Round(time.Millisecond))
 	for _, left := range l.Left {
-		fmt.Fprintf(o.Stderr, "svctrace: scenario left out on this machine: %s\n", left)
+		o.say("scenario left out on this machine: %s", left)
 	}
 
 	// Each scenario's Service is diagnosed, and its connections explained,
@@ -70,7 +70,7 @@ func RunLab(ctx context.Context, o Lab) error {
 		return err
 	}
 	ropts := lab.RunOptions{Timeout: o.Timeout, Backend: o.Backend, Snaplen: o.Snaplen, EveryPacket: o.EveryPacket,
-		Logf: o.Logf, Lost: p.Lost}
+		Logf: o.logf, Lost: p.Lost}
 	if w != nil {
 		defer w.Close(record.End{}) // on an error; a clean end closes first
 		o.Watch(w)
@@ -224,7 +224,7 @@ func printLab(g IO, p output.Printer, x labExplainer, run LabRun, results []lab.
 	p.Summary(sum)
 
 	if len(wrong) > 0 {
-		fmt.Fprintf(g.Stderr, "svctrace: %d scenario(s) did not give the expected verdict: %s\n", len(wrong), strings.Join(wrong, "; "))
+		g.Log.Error(fmt.Sprintf("%d scenario(s) did not give the expected verdict: %s", len(wrong), strings.Join(wrong, "; ")))
 		return ErrReported
 	}
 	if g.Text && check {

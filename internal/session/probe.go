@@ -35,7 +35,7 @@ type prober struct {
 func (s Service) prober(ctx context.Context, st *state) (*prober, error) {
 	node := s.Node
 	p := &prober{kind: s.Probe.Kind, from: node, where: "node", timeout: s.Timeout,
-		say: func(format string, args ...any) { fmt.Fprintf(s.Stderr, "svctrace: probe "+format+"\n", args...) }}
+		say: func(format string, args ...any) { s.say("probe "+format, args...) }}
 	for _, a := range st.Service.Addresses(st.NodeAddrs) {
 		if a.Kind == "ClusterIP" && (a.Port.Protocol == tracer.TCP || a.Port.Protocol == tracer.UDP) {
 			p.to = append(p.to, a)

@@ -23,14 +23,14 @@ import (
 func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool, corrupt bool) error {
 	var err error
 	for _, n := range rec.Notes {
-		fmt.Fprintf(o.Stderr, "svctrace: note: %s\n", n)
+		o.say("note: %s", n)
 	}
 	switch {
 	case corrupt:
 	case rec.End == nil:
-		fmt.Fprintln(o.Stderr, "svctrace: note: the recording ends abruptly (the trace was killed or crashed): analysing what it holds")
+		o.say("note: the recording ends abruptly (the trace was killed or crashed): analysing what it holds")
 	case rec.End.Truncated != "":
-		fmt.Fprintf(o.Stderr, "svctrace: note: %s: events after that were not recorded\n", rec.End.Truncated)
+		o.say("note: %s: events after that were not recorded", rec.End.Truncated)
 	}
 	m := rec.Meta
 	if m.Mode != "trace" && m.Mode != "service" && m.Mode != "lab" {
@@ -59,7 +59,7 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		if lr == nil {
-			fmt.Fprintln(o.Stderr, "svctrace: note: the recording ends before the lab's scenarios: its connections are shown without them")
+			o.say("note: the recording ends before the lab's scenarios: its connections are shown without them")
 		} else {
 			var ss []lab.Scenario
 			for _, r := range lr.Results {
@@ -127,7 +127,7 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			i++
 		}
 		if cur == nil {
-			fmt.Fprintln(o.Stderr, "svctrace: note: the recording ends before the Service's objects: its connections are shown without names")
+			o.say("note: the recording ends before the Service's objects: its connections are shown without names")
 		}
 	}
 

@@ -3,7 +3,6 @@ package session
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
@@ -112,7 +111,7 @@ func Serve(ctx context.Context, s Service) error {
 		return nil
 	}
 	if len(st.targets) == 0 {
-		fmt.Fprintf(s.Stderr, "nothing to trace: %s has no address and no endpoint on this node's path\n", s.Namespace+"/"+s.Name)
+		s.say("nothing to trace: %s has no address and no endpoint on this node's path", s.Namespace+"/"+s.Name)
 		return nil
 	}
 	var probes *prober
@@ -165,7 +164,7 @@ func Serve(ctx context.Context, s Service) error {
 			if recording.Load() {
 				st.record(w)
 			}
-			s.Logf("objects changed: now %s", st.Service.Summary())
+			s.logf("objects changed: now %s", st.Service.Summary())
 		}, func(err error) {
 			s.warn("watching the API server failed (%s); tracing goes on with the objects as they were at %s",
 				firstLine(err.Error()), time.Unix(0, known.Load()).Format("15:04:05"))

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"runtime/debug"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/logging"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/report"
@@ -40,12 +42,13 @@ type IO struct {
 	Text bool
 	// Status draws a status line on Stderr (a terminal) while tracing.
 	Status bool
-	Logf   func(format string, args ...any)
+	// Log is where messages go (internal/logging): stderr, one prefix.
+	Log *slog.Logger
 }
 
-func (o IO) warn(format string, args ...any) {
-	fmt.Fprintf(o.Stderr, "svctrace: warning: "+format+"\n", args...)
-}
+func (o IO) say(format string, args ...any)  { o.Log.Info(fmt.Sprintf(format, args...)) }
+func (o IO) warn(format string, args ...any) { o.Log.Warn(fmt.Sprintf(format, args...)) }
+func (o IO) logf(format string, args ...any) { logging.Printf(o.Log)(format, args...) }
 
 // Trace is one live trace: where, what, and how to name what is seen.
 type Trace struct {
@@ -86,13 +89,13 @@ func Run(ctx context.Context, s Trace) error {
 	}
 	start := time.Now()
 	tr, err := tracer.Open(tracer.Options{NetNS: s.NetNS, Targets: s.Targets, Backend: s.Backend, Snaplen: s.Snaplen,
-		EveryPacket: s.EveryPacket, CountEvery: tracer.CountEveryFor(s.Timeout), Logf: s.Logf})
+		EveryPacket: s.EveryPacket, CountEvery: tracer.CountEveryFor(s.Timeout), Logf: s.logf})
 	if err != nil {
 		return err
 	}
 	defer tr.Close()
 	info := tr.Info()
-	s.Logf("attached in %s", time.Since(start).Round(time.Millisecond))
+	s.logf("attached in %s", time.Since(start).Round(time.Millisecond))
 	// Loading decoded the kernel's BTF (tens of MB of heap, and the mapped
 	// vmlinux file); none of it is needed while tracing. Give it back now
 	// rather than hold it for the whole run.
@@ -100,7 +103,7 @@ func Run(ctx context.Context, s Trace) error {
 	for _, sk := range info.Skipped {
 		s.warn("not probed: %s", sk)
 	}
-	fmt.Fprintf(s.Stderr, "tracing %s in %s with %s (%d %s, drops: %s); Ctrl-C to stop\n",
+	s.say("tracing %s in %s with %s (%d %s, drops: %s); Ctrl-C to stop",
 		targetList(s.Targets), info.NetNS, info.Backend, info.Links, ProbesWord(info.Backend), OrNone(info.Drops))
 
 	clock := tracer.NewClock()
@@ -177,7 +180,7 @@ func (o IO) Watch(w *record.Writer) {
 		o.warn("%s; recording stopped, tracing goes on", why)
 	}
 	w.Failed = func(err error) {
-		fmt.Fprintf(o.Stderr, "svctrace: error: %v; tracing goes on, the recording ends here\n", err)
+		o.Log.Error(fmt.Sprintf("error: %v; tracing goes on, the recording ends here", err))
 	}
 }
 
