@@ -10,11 +10,11 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/session"
 	"github.com/svctrace/svctrace/internal/testutil/tracetest"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // fuzzSeeds are recordings of each mode, made without root from the lab's
@@ -33,12 +33,12 @@ func fuzzSeeds(f testing.TB) [][]byte {
 		}
 		return v
 	}
-	var targets []tracer.Target
+	var targets []nf.Target
 	var results []session.LabResult
 	views := map[string]*resolve.View{}
 	for _, s := range lab.Scenarios() {
-		proto, _ := tracer.ParseProto(s.Service.Protocol)
-		targets = append(targets, tracer.Target{Addr: s.VIP(), Proto: proto})
+		proto, _ := nf.ParseProto(s.Service.Protocol)
+		targets = append(targets, nf.Target{Addr: s.VIP(), Proto: proto})
 		results = append(results, session.LabResult{Scenario: s, Client: "HTTP 200"})
 		views[s.Name] = view(s.Service.Name)
 	}

@@ -19,9 +19,9 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/testutil"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // ran is how svctrace, run as its own process, ended.
@@ -160,7 +160,7 @@ users: [{name: u, user: {token: x}}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.Begin(record.Meta{Mode: "trace", Timeout: time.Second, Targets: []tracer.Target{{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: tracer.TCP}}})
+	w.Begin(record.Meta{Mode: "trace", Timeout: time.Second, Targets: []nf.Target{{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: nf.TCP}}})
 	for i := range 20 {
 		w.Tick(uint64(i + 1))
 	}
@@ -285,14 +285,14 @@ func TestFaultBattery(t *testing.T) {
 
 // serving is a new network namespace in which a server on 127.0.0.1:7777
 // answers every connection with a line; both go when the test ends.
-func serving(t *testing.T) tracer.NetNS {
+func serving(t *testing.T) nf.NetNS {
 	t.Helper()
-	ns, err := tracer.ResolveNetNS(testutil.NewNetNS(t))
+	ns, err := nf.ResolveNetNS(testutil.NewNetNS(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var ln net.Listener
-	err = tracer.InNetNS(ns, func() error {
+	err = nf.InNetNS(ns, func() error {
 		var err error
 		ln, err = net.Listen("tcp", "127.0.0.1:7777")
 		return err
@@ -315,9 +315,9 @@ func serving(t *testing.T) tracer.NetNS {
 }
 
 // dial connects to addr from inside ns, reads the answer and closes.
-func dial(t *testing.T, ns tracer.NetNS, addr string) {
+func dial(t *testing.T, ns nf.NetNS, addr string) {
 	t.Helper()
-	err := tracer.InNetNS(ns, func() error {
+	err := nf.InNetNS(ns, func() error {
 		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
 		if err != nil {
 			return err
@@ -491,7 +491,7 @@ func TestLabKeepThenTraceByHand(t *testing.T) {
 	// Every Pod server outlives the lab's process, the hung one too.
 	time.Sleep(500 * time.Millisecond)
 	for _, p := range []string{"web-1", "web-2", "hung", "guarded"} {
-		ns, err := tracer.ResolveNetNS(lab.Prefix + id + "-" + p)
+		ns, err := nf.ResolveNetNS(lab.Prefix + id + "-" + p)
 		if err != nil || !processIn(ns.Inode) {
 			t.Errorf("no server runs in pod %s of the kept lab (%v)", p, err)
 		}

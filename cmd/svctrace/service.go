@@ -9,10 +9,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/probe"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/session"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // serviceOptions are the flags of `svctrace SERVICE` and `svctrace check`.
@@ -105,7 +105,7 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 			return err
 		}
 	}
-	ns, err := tracer.ResolveNetNS(o.netns)
+	ns, err := nf.ResolveNetNS(o.netns)
 	if err != nil {
 		return err
 	}

@@ -8,8 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/session"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 type traceOptions struct {
@@ -21,7 +21,7 @@ type traceOptions struct {
 	timeout  time.Duration
 	rec      recordFlags
 
-	targets []tracer.Target
+	targets []nf.Target
 }
 
 func newTrace(g *globals) *cobra.Command {
@@ -66,7 +66,7 @@ func (o *traceOptions) validate() error {
 		return fmt.Errorf("nothing to trace: give at least one --addr IP:PORT, e.g. --addr 10.96.0.10:80")
 	}
 	for _, a := range o.addrs {
-		t, err := tracer.ParseTarget(a)
+		t, err := nf.ParseTarget(a)
 		if err != nil {
 			return err
 		}
@@ -87,7 +87,7 @@ func checkStops(count int, duration, timeout time.Duration) error {
 }
 
 func (o *traceOptions) run(ctx context.Context) error {
-	services := map[tracer.Target]bool{}
+	services := map[nf.Target]bool{}
 	for _, t := range o.targets {
 		services[t] = true
 	}
@@ -97,7 +97,7 @@ func (o *traceOptions) run(ctx context.Context) error {
 	}
 	return session.Run(ctx, session.Trace{IO: o.io(), NetNS: o.netns, Targets: o.targets, Backend: o.backend,
 		Duration: o.duration, Count: o.count, Timeout: o.timeout,
-		IsService: func(p tracer.Proto, a netip.AddrPort) bool { return services[tracer.Target{Addr: a, Proto: p}] },
+		IsService: func(p nf.Proto, a netip.AddrPort) bool { return services[nf.Target{Addr: a, Proto: p}] },
 		Rec:       w, Snaplen: o.rec.snaplen, EveryPacket: o.rec.everyPacket, Mode: "trace",
 		RecordState: func() { w.Services(o.targets) }})
 }

@@ -14,7 +14,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -81,9 +81,9 @@ func (t *Table) Full() bool { return t != nil && t.Max > 0 && t.Count >= t.Max }
 
 // Read reads ns's table: its size, limit, counters and translated UDP
 // entries.
-func Read(ns tracer.NetNS) (*Table, error) {
+func Read(ns nf.NetNS) (*Table, error) {
 	t := &Table{}
-	err := tracer.InNetNS(ns, func() error {
+	err := nf.InNetNS(ns, func() error {
 		var err error
 		if t.Count, err = readUint("/proc/sys/net/netfilter/nf_conntrack_count"); err != nil {
 			return err
@@ -167,7 +167,7 @@ func ParseStats(r io.Reader) (map[string]uint64, error) {
 
 // List returns ns's entries that keep accepts (over netlink, as conntrack
 // -L would).
-func List(ns tracer.NetNS, keep func(Entry) bool) ([]Entry, error) {
+func List(ns nf.NetNS, keep func(Entry) bool) ([]Entry, error) {
 	fd, err := netns.GetFromPath(ns.Path)
 	if err != nil {
 		return nil, err
@@ -185,7 +185,7 @@ func List(ns tracer.NetNS, keep func(Entry) bool) ([]Entry, error) {
 			return out, fmt.Errorf("listing conntrack entries in %s: %w", ns, err)
 		}
 		for _, f := range flows {
-			e := Entry{Proto: tracer.Proto(f.Forward.Protocol).String(), Mark: f.Mark, Zone: f.Zone, Timeout: f.TimeOut,
+			e := Entry{Proto: nf.Proto(f.Forward.Protocol).String(), Mark: f.Mark, Zone: f.Zone, Timeout: f.TimeOut,
 				Orig:  [2]netip.AddrPort{addrPort(f.Forward.SrcIP, f.Forward.SrcPort), addrPort(f.Forward.DstIP, f.Forward.DstPort)},
 				Reply: [2]netip.AddrPort{addrPort(f.Reverse.SrcIP, f.Reverse.SrcPort), addrPort(f.Reverse.DstIP, f.Reverse.DstPort)}}
 			if keep(e) {

@@ -10,9 +10,9 @@ import (
 
 	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // NodeFacts are what svctrace found on the node it runs on.
@@ -35,7 +35,7 @@ type NodeFacts struct {
 // rules (those of services in detail, see kubeproxy.Read) and processes, its
 // bridges, its conntrack table. What needs root and cannot be read says so
 // in RulesErr, or is left out.
-func ReadNode(ns tracer.NetNS, local resolve.LocalNode, services ...string) NodeFacts {
+func ReadNode(ns nf.NetNS, local resolve.LocalNode, services ...string) NodeFacts {
 	facts := NodeFacts{Local: local, Bridges: resolve.Bridges(ns)}
 	if os.Geteuid() != 0 {
 		facts.RulesErr = errors.New("reading kube-proxy's rules needs root (run with sudo)")

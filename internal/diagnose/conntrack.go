@@ -8,9 +8,9 @@ import (
 	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // conntrackFull: a table at its limit drops the first packet of every new
@@ -59,7 +59,7 @@ func (c *checker) staleConntrack() {
 		return
 	}
 	for _, ad := range c.svc.Addresses(c.NodeAddrs) {
-		if ad.Port.Protocol != tracer.UDP {
+		if ad.Port.Protocol != nf.UDP {
 			continue
 		}
 		if c.Conntrack.Unlisted != "" {
@@ -119,7 +119,7 @@ func plural(n int, one, many string) string {
 // staleEntry blames a UDP flow that an entry from before the trace sent to
 // an address that is not a serving endpoint now.
 func staleEntry(c *flow.Conn, port *resolve.Port) string {
-	if c.Proto != tracer.UDP || !c.Prior || port == nil || !c.Endpoint.IsValid() || serving(port, c.Endpoint) {
+	if c.Proto != nf.UDP || !c.Prior || port == nil || !c.Endpoint.IsValid() || serving(port, c.Endpoint) {
 		return ""
 	}
 	e := conntrack.Entry{Proto: "udp", Orig: [2]netip.AddrPort{c.Client, c.VIP}}
@@ -173,7 +173,7 @@ func (x *Explainer) invalid(c *flow.Conn) (rule, blame string) {
 			blame += fmt.Sprintf(" (conntrack -S: invalid=%d so far)", v)
 		}
 	}
-	if r := x.in.Rules; c.Verdict == flow.Dropped && r != nil && r.InvalidDrop != "" && c.Drop.Placed && c.Drop.Gap.Hook == tracer.Forward {
+	if r := x.in.Rules; c.Verdict == flow.Dropped && r != nil && r.InvalidDrop != "" && c.Drop.Placed && c.Drop.Gap.Hook == nf.Forward {
 		rule = fmt.Sprintf("DROP: conntrack state INVALID (kube-proxy, %s)", r.InvalidDrop)
 		blame += "; kube-proxy drops INVALID packets (" + r.InvalidDrop + ")"
 	} else if c.Verdict == flow.NotTranslated {
@@ -195,7 +195,7 @@ func (x *Explainer) insertClash(c *flow.Conn, d *flow.Drop) string {
 		}
 	}
 	s += "; the usual cause is a client sending two packets of a new UDP flow at once, like a resolver's parallel A and AAAA queries on one socket"
-	if c.Proto == tracer.UDP {
+	if c.Proto == nf.UDP {
 		s += ": kernels from 5.7 resolve most UDP clashes; else have the client send them one after the other (resolv.conf: options single-request-reopen) or use NodeLocal DNSCache"
 	}
 	return s

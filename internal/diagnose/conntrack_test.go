@@ -8,9 +8,9 @@ import (
 
 	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
-	"github.com/svctrace/svctrace/internal/tracer"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -100,7 +100,7 @@ func TestStaleConntrack(t *testing.T) {
 	}
 
 	x := NewExplainer(in, fs, nil)
-	c := &flow.Conn{Proto: tracer.UDP, Client: ap("10.99.0.2:40053"), VIP: ap("10.96.1.53:53"), Endpoint: ap("10.244.0.19:8080"),
+	c := &flow.Conn{Proto: nf.UDP, Client: ap("10.99.0.2:40053"), VIP: ap("10.96.1.53:53"), Endpoint: ap("10.244.0.19:8080"),
 		Verdict: flow.NoReply, Prior: true}
 	want := "a conntrack entry made before this trace sends the flow to 10.244.0.19:8080, which is not a serving endpoint of shop/dns:dns now"
 	del := "conntrack -D -p udp -s 10.99.0.2 --sport 40053 -d 10.96.1.53 --dport 53"
@@ -137,10 +137,10 @@ func TestInvalidPacketAfterTheAnswer(t *testing.T) {
 	in.Conntrack = &conntrack.Table{Count: 10, Max: 1 << 18, Stats: map[string]uint64{"invalid": 4},
 		Sysctls: map[string]uint64{"nf_conntrack_tcp_loose": 0, "nf_conntrack_tcp_be_liberal": 0}}
 	dropped := func() *flow.Conn {
-		return &flow.Conn{Proto: tracer.TCP, Client: ap("10.99.0.2:40000"), VIP: ap("10.96.1.10:80"), Endpoint: ap("10.244.0.11:8080"),
+		return &flow.Conn{Proto: nf.TCP, Client: ap("10.99.0.2:40000"), VIP: ap("10.96.1.10:80"), Endpoint: ap("10.244.0.11:8080"),
 			Verdict: flow.Dropped, Invalid: 6,
-			Drop:  &flow.Drop{Packet: 6, InNode: true, Placed: true, Invalid: true, Gap: tracer.GapAfter(tracer.Forward, tracer.StagePreFilter)},
-			Steps: []flow.Step{{Packet: 6, Kind: tracer.KindHook, Flags: "PSH,ACK"}}}
+			Drop:  &flow.Drop{Packet: 6, InNode: true, Placed: true, Invalid: true, Gap: nf.GapAfter(nf.Forward, nf.StagePreFilter)},
+			Steps: []flow.Step{{Packet: 6, Kind: nf.KindHook, Flags: "PSH,ACK"}}}
 	}
 	x := NewExplainer(in, Check(in), nil)
 	e := x.Explain(dropped())
@@ -181,8 +181,8 @@ func TestInsertClash(t *testing.T) {
 	in.Conntrack = &conntrack.Table{Count: 3, Max: 1 << 18, Stats: map[string]uint64{"insert_failed": 2, "clashres": 9}}
 	ap := netip.MustParseAddrPort
 	confirm := flow.Drop{Packet: 2, InNode: true, Placed: true, Reason: "NETFILTER_DROP", Location: "nf_hook_slow+0x4a",
-		Gap: tracer.GapAfter(tracer.PostRouting, tracer.StageLast)}
-	c := &flow.Conn{Proto: tracer.UDP, Client: ap("10.99.0.2:5000"), VIP: ap("10.96.1.53:53"), Endpoint: ap("10.244.0.12:8080"),
+		Gap: nf.GapAfter(nf.PostRouting, nf.StageLast)}
+	c := &flow.Conn{Proto: nf.UDP, Client: ap("10.99.0.2:5000"), VIP: ap("10.96.1.53:53"), Endpoint: ap("10.244.0.12:8080"),
 		Verdict: flow.Dropped, Drops: []flow.Drop{confirm}}
 	c.Drop = &c.Drops[0]
 	x := NewExplainer(in, Check(in), nil)
@@ -197,7 +197,7 @@ func TestInsertClash(t *testing.T) {
 		t.Errorf("answered: blame %q, notes %q: want the clash as a note", e.Blame, e.Notes)
 	}
 	// A drop in a rule after the filter stage is not a clash.
-	c.Verdict, c.Drops[0].Gap = flow.Dropped, tracer.GapAfter(tracer.Forward, tracer.StagePreFilter)
+	c.Verdict, c.Drops[0].Gap = flow.Dropped, nf.GapAfter(nf.Forward, nf.StagePreFilter)
 	c.Drop = &c.Drops[0]
 	if e := x.Explain(c); strings.Contains(e.Blame, "insert clash") {
 		t.Errorf("blame %q for a drop in FORWARD", e.Blame)

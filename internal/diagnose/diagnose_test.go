@@ -10,9 +10,9 @@ import (
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
-	"github.com/svctrace/svctrace/internal/tracer"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -217,7 +217,7 @@ func TestExplain(t *testing.T) {
 	in, fs := check(t, healthy)
 	x := NewExplainer(in, fs, nil)
 	x.Lookup = resolve.Lookup(resolve.FileSource{Objects: &healthy.objs})
-	c := &flow.Conn{Proto: tracer.TCP, Client: client, VIP: vip, Endpoint: netip.MustParseAddrPort("10.244.0.12:8080"), Verdict: flow.Answered}
+	c := &flow.Conn{Proto: nf.TCP, Client: client, VIP: vip, Endpoint: netip.MustParseAddrPort("10.244.0.12:8080"), Verdict: flow.Answered}
 	e := x.Explain(c)
 	if e.Service != "shop/web:http (ClusterIP)" || e.Pod != "shop/web-2" || e.Node != "node-1" || e.Endpoint != "ready" || e.Blame != "" {
 		t.Errorf("answered: %+v", e)
@@ -232,7 +232,7 @@ func TestExplain(t *testing.T) {
 	wrong := ss[3]
 	in, fs = check(t, wrong)
 	x = NewExplainer(in, fs, nil)
-	c = &flow.Conn{Proto: tracer.TCP, Client: client, VIP: netip.MustParseAddrPort("10.96.1.40:80"), Endpoint: netip.MustParseAddrPort("10.244.0.11:9090"), Verdict: flow.Reset}
+	c = &flow.Conn{Proto: nf.TCP, Client: client, VIP: netip.MustParseAddrPort("10.96.1.40:80"), Endpoint: netip.MustParseAddrPort("10.244.0.11:9090"), Verdict: flow.Reset}
 	if e := x.Explain(c); !strings.Contains(e.Blame, "Pod shop/web-1 on node-1 (ready): nothing listens on port 9090; targetPort 9090") {
 		t.Errorf("reset blame %q", e.Blame)
 	}
@@ -240,8 +240,8 @@ func TestExplain(t *testing.T) {
 	none := ss[1]
 	in, fs = check(t, none)
 	x = NewExplainer(in, fs, nil)
-	d := &flow.Drop{InNode: true, Placed: true, Gap: tracer.GapAfter(tracer.Forward, tracer.StagePreFilter)}
-	c = &flow.Conn{Proto: tracer.TCP, Client: client, VIP: netip.MustParseAddrPort("10.96.1.20:80"), Verdict: flow.Rejected, Drop: d}
+	d := &flow.Drop{InNode: true, Placed: true, Gap: nf.GapAfter(nf.Forward, nf.StagePreFilter)}
+	c = &flow.Conn{Proto: nf.TCP, Client: client, VIP: netip.MustParseAddrPort("10.96.1.20:80"), Verdict: flow.Rejected, Drop: d}
 	e = x.Explain(c)
 	if e.Rule != "REJECT: shop/cart:http has no endpoints (kube-proxy, filter table, chain KUBE-SERVICES)" {
 		t.Errorf("rule %q", e.Rule)
@@ -310,7 +310,7 @@ func TestNodePortOnAnAddressKubeProxyIgnores(t *testing.T) {
 	}
 
 	x := NewExplainer(in, fs, in.NodeAddrs)
-	c := &flow.Conn{Proto: tracer.TCP, Client: netip.MustParseAddrPort("10.99.0.2:40000"),
+	c := &flow.Conn{Proto: nf.TCP, Client: netip.MustParseAddrPort("10.99.0.2:40000"),
 		VIP: netip.AddrPortFrom(second, 30090), Verdict: flow.Reset}
 	e := x.Explain(c)
 	if e.Service != "shop/np:http (NodePort)" ||
@@ -318,7 +318,7 @@ func TestNodePortOnAnAddressKubeProxyIgnores(t *testing.T) {
 		t.Errorf("%+v", e)
 	}
 	// On the accepted address the NodePort is explained as usual.
-	c = &flow.Conn{Proto: tracer.TCP, Client: c.Client, VIP: netip.MustParseAddrPort("10.99.0.1:30090"),
+	c = &flow.Conn{Proto: nf.TCP, Client: c.Client, VIP: netip.MustParseAddrPort("10.99.0.1:30090"),
 		Endpoint: netip.MustParseAddrPort("10.244.0.11:8080"), Verdict: flow.Answered}
 	if e := x.Explain(c); e.Blame != "" || e.Pod != "shop/web-1" {
 		t.Errorf("%+v", e)
@@ -349,7 +349,7 @@ func TestSessionAffinity(t *testing.T) {
 	x := NewExplainer(in, fs, nil)
 	vip := netip.MustParseAddrPort("10.96.1.60:80")
 	conn := func(id int, client string, ep netip.AddrPort) *flow.Conn {
-		return &flow.Conn{ID: id, Proto: tracer.TCP, Client: netip.MustParseAddrPort(client), VIP: vip, Endpoint: ep, Verdict: flow.Answered}
+		return &flow.Conn{ID: id, Proto: nf.TCP, Client: netip.MustParseAddrPort(client), VIP: vip, Endpoint: ep, Verdict: flow.Answered}
 	}
 	const head = "sessionAffinity: ClientIP (3h): "
 	for _, c := range []struct {
@@ -380,7 +380,7 @@ func TestHairpin(t *testing.T) {
 		Pods: []corev1.Pod{web}, Slices: []discoveryv1.EndpointSlice{slice("self", 8080, web)}, Nodes: []corev1.Node{node("node-1", "10.99.0.1")}}
 	in, _ := check(t, story{objs: objs})
 	ep := netip.MustParseAddrPort("10.244.0.12:8080")
-	self := &flow.Conn{Proto: tracer.TCP, Client: netip.MustParseAddrPort("10.244.0.12:41000"), VIP: netip.MustParseAddrPort("10.96.1.70:80"),
+	self := &flow.Conn{Proto: nf.TCP, Client: netip.MustParseAddrPort("10.244.0.12:41000"), VIP: netip.MustParseAddrPort("10.96.1.70:80"),
 		Endpoint: ep, Verdict: flow.Dropped, Drop: &flow.Drop{InNode: true, Placed: true, Reason: "NOT_SPECIFIED", Location: "br_handle_frame_finish+0x380"}}
 	cbr0 := func(ports ...resolve.BridgePort) []resolve.Bridge {
 		return []resolve.Bridge{{Name: "cbr0", Prefixes: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24")}, Ports: ports}}

@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/resolve"
-	"github.com/svctrace/svctrace/internal/tracer"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -32,7 +32,7 @@ func TestDualStack(t *testing.T) {
 	}
 	x := NewExplainer(in, fs, nil)
 	ap := netip.MustParseAddrPort
-	c := &flow.Conn{Proto: tracer.TCP, Client: ap("[fd00:10:99::2]:40000"), VIP: ap("[fd00:10:96::10]:80"),
+	c := &flow.Conn{Proto: nf.TCP, Client: ap("[fd00:10:99::2]:40000"), VIP: ap("[fd00:10:96::10]:80"),
 		Endpoint: ap("[fd00:10:244::11]:8080"), Verdict: flow.Answered}
 	if e := x.Explain(c); e.Service != "shop/web:http (ClusterIP)" || e.Pod != "shop/web-1" || e.Blame != "" {
 		t.Errorf("answered over IPv6: %+v", e)
@@ -42,7 +42,7 @@ func TestDualStack(t *testing.T) {
 	if e := x.Explain(c); !strings.HasPrefix(e.Blame, want) {
 		t.Errorf("reset over IPv6: blame %q, want %q…", e.Blame, want)
 	}
-	c = &flow.Conn{Proto: tracer.TCP, Client: ap("10.99.0.2:40000"), VIP: ap("10.96.1.10:80"), Endpoint: ap("10.244.0.11:8080"), Verdict: flow.Reset}
+	c = &flow.Conn{Proto: nf.TCP, Client: ap("10.99.0.2:40000"), VIP: ap("10.96.1.10:80"), Endpoint: ap("10.244.0.11:8080"), Verdict: flow.Reset}
 	if e := x.Explain(c); strings.Contains(e.Blame, "IPv6") {
 		t.Errorf("reset over IPv4: blame %q", e.Blame)
 	}

@@ -9,9 +9,9 @@ import (
 	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // Explainer explains connections of one Service with what Check knows.
@@ -240,7 +240,7 @@ func (x *Explainer) dropBlame(c *flow.Conn, d *flow.Drop, to netip.AddrPort) str
 	switch {
 	case d == nil:
 		return ""
-	case d.InNode && d.Placed && d.Gap.After == tracer.StagePreConntrack:
+	case d.InNode && d.Placed && d.Gap.After == nf.StagePreConntrack:
 		return x.conntrackDrop(c, d)
 	case d.AtConfirm():
 		return x.insertClash(c, d)

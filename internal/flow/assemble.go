@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 )
 
 // Options configure an Assembler.
@@ -19,7 +19,7 @@ type Options struct {
 	NodeNetNS uint32
 	// IsService reports whether an address is a Service address that the
 	// node is expected to translate. nil: every watched address is.
-	IsService func(proto tracer.Proto, addr netip.AddrPort) bool
+	IsService func(proto nf.Proto, addr netip.AddrPort) bool
 	// Settle is how long a connection whose outcome is final (rejected,
 	// reset, closed) stays open for its last events. Default 200ms.
 	Settle time.Duration
@@ -50,12 +50,12 @@ type Assembler struct {
 	evicted int
 	active  int
 	held    int // steps held by the connections followed
-	byOrig  map[tracer.Tuple]*Conn
-	byAny   map[tracer.Tuple]indexed
+	byOrig  map[nf.Tuple]*Conn
+	byAny   map[nf.Tuple]indexed
 	nextID  int
 	// ended remembers recently reported connections that got no answer, so
 	// a retransmission arriving later is shown as their continuation.
-	ended map[tracer.Tuple]ended
+	ended map[nf.Tuple]ended
 	// Orphans counts events that belonged to no connection (e.g. the middle
 	// of a TCP connection that started before tracing).
 	Orphans int
@@ -96,8 +96,8 @@ func New(opts Options) *Assembler {
 	if opts.MaxHeld == 0 {
 		opts.MaxHeld = 1 << 17
 	}
-	return &Assembler{opts: opts, byOrig: map[tracer.Tuple]*Conn{}, byAny: map[tracer.Tuple]indexed{},
-		ended: map[tracer.Tuple]ended{}}
+	return &Assembler{opts: opts, byOrig: map[nf.Tuple]*Conn{}, byAny: map[nf.Tuple]indexed{},
+		ended: map[nf.Tuple]ended{}}
 }
 
 // Active is the number of connections being followed.
@@ -106,8 +106,8 @@ func (a *Assembler) Active() int { return a.active }
 // Add takes one event. It returns connections that became complete because
 // of it (a new connection reusing a finished one's addresses, or one evicted
 // to stay within MaxConns).
-func (a *Assembler) Add(ev tracer.Event) []*Conn {
-	if ev.Kind == tracer.KindCount {
+func (a *Assembler) Add(ev nf.Event) []*Conn {
+	if ev.Kind == nf.KindCount {
 		a.count(ev)
 		return nil
 	}
@@ -141,7 +141,7 @@ func (a *Assembler) Add(ev tracer.Event) []*Conn {
 
 // count adds the packets the kernel counted instead of reporting them (the
 // event budget) to their connection, which they keep alive.
-func (a *Assembler) count(ev tracer.Event) {
+func (a *Assembler) count(ev nf.Event) {
 	c := a.byOrig[ev.CT.Orig]
 	if c == nil {
 		return // it started before tracing, or was already reported
@@ -215,7 +215,7 @@ func (c *Conn) final() bool {
 		(c.st.reply != nil && c.st.reply.isRefusal())
 }
 
-func (a *Assembler) newConn(orig tracer.Tuple, t uint64) *Conn {
+func (a *Assembler) newConn(orig nf.Tuple, t uint64) *Conn {
 	a.nextID++
 	c := &Conn{ID: a.nextID, Proto: orig.Proto, Client: orig.Src, VIP: orig.Dst, Start: t, End: t}
 	if e, ok := a.ended[orig]; ok && t-e.end < continuationWindow {
@@ -230,7 +230,7 @@ func (a *Assembler) newConn(orig tracer.Tuple, t uint64) *Conn {
 	return c
 }
 
-func (a *Assembler) index(c *Conn, t tracer.Tuple, d Dir) {
+func (a *Assembler) index(c *Conn, t nf.Tuple, d Dir) {
 	if _, ok := a.byAny[t]; ok || !t.IsValid() {
 		return
 	}
@@ -242,7 +242,7 @@ func (a *Assembler) finish(c *Conn, now uint64) *Conn {
 	c.done = true
 	a.active--
 	a.held -= len(c.Steps)
-	orig := tracer.Tuple{Src: c.Client, Dst: c.VIP, Proto: c.Proto}
+	orig := nf.Tuple{Src: c.Client, Dst: c.VIP, Proto: c.Proto}
 	if a.byOrig[orig] == c {
 		delete(a.byOrig, orig)
 	}
@@ -260,7 +260,7 @@ func (a *Assembler) finish(c *Conn, now uint64) *Conn {
 }
 
 // lookup finds the connection an event belongs to, and its direction.
-func (a *Assembler) lookup(ev tracer.Event) (*Conn, Dir, bool) {
+func (a *Assembler) lookup(ev nf.Event) (*Conn, Dir, bool) {
 	if ev.CT.ID != 0 {
 		c := a.byOrig[ev.CT.Orig]
 		if c == nil {
@@ -285,50 +285,50 @@ func (a *Assembler) lookup(ev tracer.Event) (*Conn, Dir, bool) {
 
 // startsConn reports whether ev opens a connection, and its original tuple:
 // a TCP SYN or any other non-error packet, in the original direction.
-func startsConn(ev tracer.Event) (tracer.Tuple, bool) {
-	if ev.Kind != tracer.KindHook || ev.ICMP.IsError() {
-		return tracer.Tuple{}, false
+func startsConn(ev nf.Event) (nf.Tuple, bool) {
+	if ev.Kind != nf.KindHook || ev.ICMP.IsError() {
+		return nf.Tuple{}, false
 	}
 	t := ev.Tuple
 	if ev.CT.ID != 0 {
-		if ev.CT.Info.IsReply() || ev.CT.Info == tracer.CTRelated {
-			return tracer.Tuple{}, false
+		if ev.CT.Info.IsReply() || ev.CT.Info == nf.CTRelated {
+			return nf.Tuple{}, false
 		}
 		t = ev.CT.Orig
 	}
 	if !t.IsValid() {
-		return tracer.Tuple{}, false
+		return nf.Tuple{}, false
 	}
-	if t.Proto == tracer.TCP && !(ev.TCPFlags.Has(tracer.SYN) && !ev.TCPFlags.Has(tracer.ACK)) {
-		return tracer.Tuple{}, false
+	if t.Proto == nf.TCP && !(ev.TCPFlags.Has(nf.SYN) && !ev.TCPFlags.Has(nf.ACK)) {
+		return nf.Tuple{}, false
 	}
 	return t, true
 }
 
 // reuses reports whether ev opens a new connection on the addresses of c,
 // which is over: a fresh SYN after c was answered, refused or closed.
-func (a *Assembler) reuses(c *Conn, ev tracer.Event, d Dir) bool {
-	if d != Original || ev.Kind != tracer.KindHook || c.Proto != tracer.TCP {
+func (a *Assembler) reuses(c *Conn, ev nf.Event, d Dir) bool {
+	if d != Original || ev.Kind != nf.KindHook || c.Proto != nf.TCP {
 		return false
 	}
-	if !ev.TCPFlags.Has(tracer.SYN) || ev.TCPFlags.Has(tracer.ACK) || c.findPacket(ev.Packet) != nil {
+	if !ev.TCPFlags.Has(nf.SYN) || ev.TCPFlags.Has(nf.ACK) || c.findPacket(ev.Packet) != nil {
 		return false
 	}
 	return c.st.reply != nil || c.st.reject != nil || c.Closed != ""
 }
 
-func (a *Assembler) observe(c *Conn, ev tracer.Event, d Dir) {
+func (a *Assembler) observe(c *Conn, ev nf.Event, d Dir) {
 	if ev.Time > c.End {
 		c.End = ev.Time
 	}
 	if ev.CT.ID != 0 {
 		if !c.st.ctSeen {
 			c.st.ctSeen = true
-			c.Prior = ev.CT.Status&tracer.CTConfirmed != 0
+			c.Prior = ev.CT.Status&nf.CTConfirmed != 0
 		}
 		a.learnNAT(c, ev.CT)
 	}
-	if ev.Kind == tracer.KindDrop {
+	if ev.Kind == nf.KindDrop {
 		a.drop(c, ev, d)
 		return
 	}
@@ -367,8 +367,8 @@ func (a *Assembler) observe(c *Conn, ev tracer.Event, d Dir) {
 // invalid marks a packet seen past conntrack without an entry, in a
 // connection that has one: conntrack found it INVALID. It reports whether
 // that is news.
-func (c *Conn) invalid(pk *packet, ev tracer.Event) bool {
-	if pk.invalid || !c.st.ctSeen || ev.CT.ID != 0 || ev.CT.Info == tracer.CTUntracked || !pastConntrack(ev) {
+func (c *Conn) invalid(pk *packet, ev nf.Event) bool {
+	if pk.invalid || !c.st.ctSeen || ev.CT.ID != 0 || ev.CT.Info == nf.CTUntracked || !pastConntrack(ev) {
 		return false
 	}
 	pk.invalid, pk.detail = true, true
@@ -380,11 +380,11 @@ func (c *Conn) invalid(pk *packet, ev tracer.Event) bool {
 
 // pastConntrack reports whether an observation comes after conntrack has
 // given the packet its entry, if it has one.
-func pastConntrack(ev tracer.Event) bool {
-	if ev.Kind != tracer.KindHook || ev.Stage == tracer.StageNone {
+func pastConntrack(ev nf.Event) bool {
+	if ev.Kind != nf.KindHook || ev.Stage == nf.StageNone {
 		return false
 	}
-	return !((ev.Hook == tracer.PreRouting || ev.Hook == tracer.LocalOut) && ev.Stage == tracer.StagePreConntrack)
+	return !((ev.Hook == nf.PreRouting || ev.Hook == nf.LocalOut) && ev.Stage == nf.StagePreConntrack)
 }
 
 // trouble notes, at time t, a packet that came to grief after the
@@ -401,7 +401,7 @@ func (c *Conn) trouble(t uint64) bool {
 
 // learnNAT reads the translation from the conntrack entry: its reply tuple
 // is where replies come from (the endpoint) and go to (the SNAT address).
-func (a *Assembler) learnNAT(c *Conn, ct tracer.Conntrack) {
+func (a *Assembler) learnNAT(c *Conn, ct nf.Conntrack) {
 	if !ct.Reply.IsValid() {
 		return
 	}
@@ -415,37 +415,37 @@ func (a *Assembler) learnNAT(c *Conn, ct tracer.Conntrack) {
 		c.SNAT = ct.Reply.Dst
 	}
 	// Index every form the connection's packets take along the way.
-	a.index(c, ct.Reply.Reverse(), Original)                                                // after DNAT and SNAT
-	a.index(c, tracer.Tuple{Src: ct.Orig.Src, Dst: ct.Reply.Src, Proto: c.Proto}, Original) // after DNAT
+	a.index(c, ct.Reply.Reverse(), Original)                                            // after DNAT and SNAT
+	a.index(c, nf.Tuple{Src: ct.Orig.Src, Dst: ct.Reply.Src, Proto: c.Proto}, Original) // after DNAT
 	a.index(c, ct.Reply, Reply)
-	a.index(c, tracer.Tuple{Src: ct.Reply.Src, Dst: ct.Orig.Src, Proto: c.Proto}, Reply) // after un-SNAT
+	a.index(c, nf.Tuple{Src: ct.Reply.Src, Dst: ct.Orig.Src, Proto: c.Proto}, Reply) // after un-SNAT
 }
 
 // packetFor returns the packet ev is an observation of: the one seen last
 // with the same identity if ev comes later along the path, else a new one.
-func (c *Conn) packetFor(ev tracer.Event, d Dir) (*packet, bool) {
+func (c *Conn) packetFor(ev nf.Event, d Dir) (*packet, bool) {
 	if pk := c.findPacket(ev.Packet); pk != nil && follows(pk.last, ev) {
 		return pk, false
 	}
 	c.Packets[d]++
 	c.Bytes[d] += uint64(ev.Len)
 	pk := &packet{id: ev.Packet, n: c.Packets[Original] + c.Packets[Reply], dir: d, first: ev, last: ev,
-		local: ev.Hook == tracer.LocalOut}
+		local: ev.Hook == nf.LocalOut}
 	c.remember(pk)
 	return pk, true
 }
 
 // follows reports whether ev can be the same packet as prev, further along
 // the netfilter path.
-func follows(prev, ev tracer.Event) bool {
-	if prev.Kind != tracer.KindHook || ev.Time < prev.Time || ev.Time-prev.Time > uint64(time.Second) {
+func follows(prev, ev nf.Event) bool {
+	if prev.Kind != nf.KindHook || ev.Time < prev.Time || ev.Time-prev.Time > uint64(time.Second) {
 		return false
 	}
 	return order(prev) < order(ev)
 }
 
-func order(ev tracer.Event) int {
-	for i, s := range tracer.Plan[ev.Hook] {
+func order(ev nf.Event) int {
+	for i, s := range nf.Plan[ev.Hook] {
 		if s == ev.Stage {
 			return ev.Hook.Rank()*16 + i
 		}
@@ -455,23 +455,23 @@ func order(ev tracer.Event) int {
 
 // classify decides what a new packet means for the connection and how much
 // of it to keep.
-func (a *Assembler) classify(c *Conn, pk *packet, ev tracer.Event) {
+func (a *Assembler) classify(c *Conn, pk *packet, ev nf.Event) {
 	first := c.Packets[pk.dir] == 1
 	switch {
-	case pk.dir == Original && ev.TCPFlags.Has(tracer.SYN) && !ev.TCPFlags.Has(tracer.ACK):
+	case pk.dir == Original && ev.TCPFlags.Has(nf.SYN) && !ev.TCPFlags.Has(nf.ACK):
 		c.SYNs++
 		pk.detail = c.SYNs == 1 || (first && c.Continues != 0)
 		pk.brief = !pk.detail
 	case first, ev.ICMP.IsError():
 		pk.detail = true
-	case ev.TCPFlags.Has(tracer.RST) && !c.st.rst:
+	case ev.TCPFlags.Has(nf.RST) && !c.st.rst:
 		pk.detail = true
 	}
-	if ev.TCPFlags.Has(tracer.RST) {
+	if ev.TCPFlags.Has(nf.RST) {
 		c.st.rst = true
 		c.Closed = "RST"
 	}
-	if ev.TCPFlags.Has(tracer.FIN) {
+	if ev.TCPFlags.Has(nf.FIN) {
 		c.st.fin[pk.dir] = true
 		if c.st.fin[Original] && c.st.fin[Reply] && c.Closed == "" {
 			c.Closed = "FIN"
@@ -496,25 +496,25 @@ func (a *Assembler) classify(c *Conn, pk *packet, ev tracer.Event) {
 // itself rather than by the destination: an ICMP error from another address
 // (kube-proxy's REJECT), or a TCP RST tied to the entry as RELATED (what the
 // REJECT target's tcp-reset attaches).
-func (a *Assembler) byNode(c *Conn, pk *packet, ev tracer.Event) bool {
+func (a *Assembler) byNode(c *Conn, pk *packet, ev nf.Event) bool {
 	if ev.ICMP.IsError() {
 		return ev.Tuple.Src.Addr() != c.target().Addr() && ev.Tuple.Src.Addr() != c.VIP.Addr()
 	}
-	return ev.TCPFlags.Has(tracer.RST) && pk.local &&
-		(ev.CT.Info == tracer.CTRelated || ev.CT.Info == tracer.CTRelatedReply)
+	return ev.TCPFlags.Has(nf.RST) && pk.local &&
+		(ev.CT.Info == nf.CTRelated || ev.CT.Info == nf.CTRelatedReply)
 }
 
 func (p *packet) isRefusal() bool {
-	return p.first.TCPFlags.Has(tracer.RST) || p.first.ICMP.IsError()
+	return p.first.TCPFlags.Has(nf.RST) || p.first.ICMP.IsError()
 }
 
 // learnPath records where packets went.
-func (a *Assembler) learnPath(c *Conn, pk *packet, ev tracer.Event) {
-	if ev.Stage != tracer.StageLast {
+func (a *Assembler) learnPath(c *Conn, pk *packet, ev nf.Event) {
+	if ev.Stage != nf.StageLast {
 		return
 	}
 	switch {
-	case pk.dir == Original && ev.Hook == tracer.PostRouting:
+	case pk.dir == Original && ev.Hook == nf.PostRouting:
 		c.st.leftOut = true
 		c.st.outIf = ev.OutIf
 		if ev.Tuple.Dst == c.VIP && a.isService(c) {
@@ -523,9 +523,9 @@ func (a *Assembler) learnPath(c *Conn, pk *packet, ev tracer.Event) {
 				c.st.strayed = pk
 			}
 		}
-	case pk.dir == Original && ev.Hook == tracer.LocalIn:
+	case pk.dir == Original && ev.Hook == nf.LocalIn:
 		c.st.delivered = true
-	case pk.dir == Reply && (ev.Hook == tracer.PostRouting || ev.Hook == tracer.LocalIn):
+	case pk.dir == Reply && (ev.Hook == nf.PostRouting || ev.Hook == nf.LocalIn):
 		c.st.replyOut = true
 		c.st.replyPassed = ev.Time
 	}
@@ -535,7 +535,7 @@ func (a *Assembler) isService(c *Conn) bool {
 	return a.opts.IsService == nil || a.opts.IsService(c.Proto, c.VIP)
 }
 
-func (a *Assembler) drop(c *Conn, ev tracer.Event, d Dir) {
+func (a *Assembler) drop(c *Conn, ev nf.Event, d Dir) {
 	// A socket's queue purged on close is not a packet in flight.
 	if ev.Drop.Reason == "QUEUE_PURGE" {
 		return
@@ -553,12 +553,12 @@ func (a *Assembler) drop(c *Conn, ev tracer.Event, d Dir) {
 		InNode: ev.NetNS == a.opts.NodeNetNS}
 	if pk != nil {
 		dr.Packet, dr.Dir, dr.Invalid = pk.n, pk.dir, pk.invalid
-		if pk.dir == Original && pk.last.Kind == tracer.KindHook && pk.last.Tuple.IsValid() && pk.last.Tuple.Dst != c.VIP {
+		if pk.dir == Original && pk.last.Kind == nf.KindHook && pk.last.Tuple.IsValid() && pk.last.Tuple.Dst != c.VIP {
 			dr.Endpoint = pk.last.Tuple.Dst
 		}
 	}
-	if dr.InNode && pk != nil && pk.last.Kind == tracer.KindHook {
-		dr.Gap, dr.Placed = tracer.GapAfter(pk.last.Hook, pk.last.Stage), true
+	if dr.InNode && pk != nil && pk.last.Kind == nf.KindHook {
+		dr.Gap, dr.Placed = nf.GapAfter(pk.last.Hook, pk.last.Stage), true
 	}
 	c.Drops = append(c.Drops, dr)
 	if dr.InNode && c.trouble(ev.Time) && c.st.broke == 0 {
@@ -573,7 +573,7 @@ func (a *Assembler) drop(c *Conn, ev tracer.Event, d Dir) {
 	a.step(c, pk, ev, nil, &c.Drops[len(c.Drops)-1])
 }
 
-func (a *Assembler) step(c *Conn, pk *packet, ev tracer.Event, changes []Change, dr *Drop) {
+func (a *Assembler) step(c *Conn, pk *packet, ev nf.Event, changes []Change, dr *Drop) {
 	if len(c.Steps) >= a.opts.MaxSteps {
 		c.Truncated = true
 		return
@@ -585,7 +585,7 @@ func (a *Assembler) step(c *Conn, pk *packet, ev tracer.Event, changes []Change,
 		s.CT, s.CTMark, s.CTZone = ev.CT.Info.String(), ev.CT.Mark, ev.CT.Zone
 	case pk.invalid:
 		s.CT = "INVALID"
-	case ev.CT.Info == tracer.CTUntracked:
+	case ev.CT.Info == nf.CTUntracked:
 		s.CT = ev.CT.Info.String()
 	}
 	if dr != nil {
@@ -596,18 +596,18 @@ func (a *Assembler) step(c *Conn, pk *packet, ev tracer.Event, changes []Change,
 	a.held++
 }
 
-func flags(ev tracer.Event) string {
+func flags(ev nf.Event) string {
 	switch ev.Tuple.Proto {
-	case tracer.TCP:
+	case nf.TCP:
 		return ev.TCPFlags.String()
-	case tracer.ICMP, tracer.ICMPv6:
+	case nf.ICMP, nf.ICMPv6:
 		return ev.ICMP.Describe(ev.Tuple.Proto)
 	}
 	return ""
 }
 
 // describe says what a new packet is.
-func (a *Assembler) describe(c *Conn, pk *packet, ev tracer.Event) []Change {
+func (a *Assembler) describe(c *Conn, pk *packet, ev nf.Event) []Change {
 	var ch Change
 	switch {
 	case ev.ICMP.IsError():
@@ -631,11 +631,11 @@ func (a *Assembler) describe(c *Conn, pk *packet, ev tracer.Event) []Change {
 // tracked notes the packet's conntrack entry; Prior if a new packet found
 // an entry made before: an unanswered flow that began earlier, whose NAT
 // was decided then.
-func tracked(ct tracer.Conntrack) Change {
-	return Change{Kind: Tracked, Prior: ct.Info == tracer.CTNew && ct.Status&tracer.CTConfirmed != 0}
+func tracked(ct nf.Conntrack) Change {
+	return Change{Kind: Tracked, Prior: ct.Info == nf.CTNew && ct.Status&nf.CTConfirmed != 0}
 }
 
-func packetWhat(ev tracer.Event) string {
+func packetWhat(ev nf.Event) string {
 	if f := flags(ev); f != "" {
 		return f
 	}
@@ -643,7 +643,7 @@ func packetWhat(ev tracer.Event) string {
 }
 
 // changes says what happened to a packet between two observers.
-func (a *Assembler) changes(pk *packet, prev, ev tracer.Event) []Change {
+func (a *Assembler) changes(pk *packet, prev, ev nf.Event) []Change {
 	var cs []Change
 	switch {
 	case prev.CT.ID == 0 && ev.CT.ID != 0:
@@ -669,14 +669,14 @@ func (a *Assembler) changes(pk *packet, prev, ev tracer.Event) []Change {
 			cs = append(cs, ch)
 		}
 	}
-	if ev.Stage == tracer.StagePostFilter && prev.Hook == ev.Hook && prev.Stage == tracer.StagePreFilter {
+	if ev.Stage == nf.StagePostFilter && prev.Hook == ev.Hook && prev.Stage == nf.StagePreFilter {
 		cs = append(cs, Change{Kind: Accepted})
 	}
-	if ev.Stage == tracer.StageLast {
+	if ev.Stage == nf.StageLast {
 		switch ev.Hook {
-		case tracer.PostRouting:
+		case nf.PostRouting:
 			cs = append(cs, Change{Kind: Left, Iface: a.ifName(ev.OutIf)})
-		case tracer.LocalIn:
+		case nf.LocalIn:
 			cs = append(cs, Change{Kind: Delivered})
 		}
 	}

@@ -5,8 +5,7 @@ import (
 	"testing"
 
 	. "github.com/svctrace/svctrace/internal/flow"
-
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 )
 
 // BenchmarkAssemble replays the lab recording over and over, each round on
@@ -27,7 +26,7 @@ func BenchmarkAssemble(b *testing.B) {
 	for round := 0; b.Loop(); round++ {
 		for _, ev := range evs {
 			ev.Time += uint64(round) * span
-			for _, t := range []*tracer.Tuple{&ev.Tuple, &ev.CT.Orig, &ev.CT.Reply, &ev.ICMP.Inner} {
+			for _, t := range []*nf.Tuple{&ev.Tuple, &ev.CT.Orig, &ev.CT.Reply, &ev.ICMP.Inner} {
 				t.Src, t.Dst = shift(t.Src, round), shift(t.Dst, round)
 			}
 			a.Add(ev)

@@ -11,9 +11,8 @@ import (
 	"github.com/svctrace/svctrace/internal/describe"
 	. "github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/testutil/tracetest"
-
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 var verbose = flag.Bool("show", false, "print the assembled connections")
@@ -21,7 +20,7 @@ var verbose = flag.Bool("show", false, "print the assembled connections")
 // testdata/lab.jsonl holds the events of one run of every lab scenario at
 // once, recorded on kernel 6.18 (regenerate with
 // sudo go test ./internal/lab -run TestScenarios -update-fixtures).
-func loadEvents(t testing.TB, name string) []tracer.Event {
+func loadEvents(t testing.TB, name string) []nf.Event {
 	evs, err := tracetest.ReadEvents(filepath.Join("testdata", name+".jsonl"))
 	if err != nil {
 		t.Fatal(err)
@@ -30,9 +29,9 @@ func loadEvents(t testing.TB, name string) []tracer.Event {
 }
 
 // nodeNetNS is the namespace of the first observer event.
-func nodeNetNS(evs []tracer.Event) uint32 {
+func nodeNetNS(evs []nf.Event) uint32 {
 	for _, ev := range evs {
-		if ev.Kind == tracer.KindHook {
+		if ev.Kind == nf.KindHook {
 			return ev.NetNS
 		}
 	}
@@ -40,7 +39,7 @@ func nodeNetNS(evs []tracer.Event) uint32 {
 }
 
 // assemble replays events as the lab traced them.
-func assemble(evs []tracer.Event, opts Options) []*Conn {
+func assemble(evs []nf.Event, opts Options) []*Conn {
 	if opts.NodeNetNS == 0 {
 		opts.NodeNetNS = nodeNetNS(evs)
 	}
@@ -139,7 +138,7 @@ func TestNoEndpointsIsRejectedInForward(t *testing.T) {
 	if c.Endpoint.IsValid() {
 		t.Errorf("endpoint %s, want none (no DNAT)", c.Endpoint)
 	}
-	if c.Drop == nil || c.Drop.Gap.Hook != tracer.Forward || c.Drop.Gap.After != tracer.StagePreFilter {
+	if c.Drop == nil || c.Drop.Gap.Hook != nf.Forward || c.Drop.Gap.After != nf.StagePreFilter {
 		t.Fatalf("drop %+v, want FORWARD after pre-filter", c.Drop)
 	}
 	if c.Drop.Reason != "NETFILTER_DROP" {
@@ -185,7 +184,7 @@ func TestPolicyDropIsDroppedInForwardFilter(t *testing.T) {
 		t.Errorf("endpoint %s", c.Endpoint)
 	}
 	d := c.Drop
-	if d == nil || !d.InNode || d.Gap.Hook != tracer.Forward || d.Gap.After != tracer.StagePreFilter || d.Gap.Before != tracer.StagePostFilter {
+	if d == nil || !d.InNode || d.Gap.Hook != nf.Forward || d.Gap.After != nf.StagePreFilter || d.Gap.Before != nf.StagePostFilter {
 		t.Fatalf("drop %+v, want FORWARD between pre-filter and post-filter", d)
 	}
 	if d.Gap.What() != "filter table (0)" || d.Reason != "NETFILTER_DROP" || !strings.HasPrefix(d.Location, "nft_do_chain+") {
@@ -210,7 +209,7 @@ func TestNoProxyRulesIsNotTranslated(t *testing.T) {
 // leaving untranslated is just forwarded: no-reply, not not-translated.
 func TestUntranslatedNonServiceIsNoReply(t *testing.T) {
 	c := only(t, scenario(t, "10.96.0.60:80", Options{
-		IsService: func(tracer.Proto, netip.AddrPort) bool { return false }}))
+		IsService: func(nf.Proto, netip.AddrPort) bool { return false }}))
 	if c.Verdict == NotTranslated {
 		t.Fatalf("verdict %s for an address that is no Service", c.Verdict)
 	}

@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 )
 
 // ChangeKind is what a Change records.
@@ -57,7 +57,7 @@ type Change struct {
 	N        int            // Retransmitted
 	Prior    bool           // Tracked
 	ByNode   bool           // ICMPError
-	Inner    tracer.Tuple   // ICMPError
+	Inner    nf.Tuple       // ICMPError
 	Iface    string         // Left
 }
 
@@ -104,7 +104,7 @@ type Outcome struct {
 	Iface  string        // Untranslated, BrokeUntranslated
 	Waited time.Duration // Unanswered
 	Local  bool          // Unanswered
-	Last   tracer.Gap    // Vanished
+	Last   nf.Gap        // Vanished
 	Seen   bool          // Vanished: Last is valid
 }
 
@@ -118,8 +118,8 @@ type Answer struct {
 	RST   bool // a TCP reset
 }
 
-func answerOf(ev tracer.Event) Answer {
-	return Answer{From: ev.Tuple.Src, What: packetWhat(ev), Error: ev.ICMP.IsError(), RST: ev.TCPFlags.Has(tracer.RST)}
+func answerOf(ev nf.Event) Answer {
+	return Answer{From: ev.Tuple.Src, What: packetWhat(ev), Error: ev.ICMP.IsError(), RST: ev.TCPFlags.Has(nf.RST)}
 }
 
 // Shown reports whether the step is worth a line: something changed, or

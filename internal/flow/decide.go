@@ -3,7 +3,7 @@ package flow
 import (
 	"time"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 )
 
 // decide gives a finished connection its verdict and the outcome that
@@ -55,8 +55,8 @@ func (a *Assembler) decide(c *Conn, now uint64) {
 	default:
 		c.Verdict, o.Kind = Dropped, Vanished
 		for i := len(c.Steps) - 1; i >= 0; i-- {
-			if s := c.Steps[i]; s.Kind == tracer.KindHook {
-				o.Last, o.Seen = tracer.GapAfter(s.Hook, s.Stage), true
+			if s := c.Steps[i]; s.Kind == nf.KindHook {
+				o.Last, o.Seen = nf.GapAfter(s.Hook, s.Stage), true
 				break
 			}
 		}
@@ -67,7 +67,7 @@ func (a *Assembler) decide(c *Conn, now uint64) {
 // its first step, or "packet".
 func (c *Conn) PacketName(n int) string {
 	for _, s := range c.Steps {
-		if s.Packet == n && s.Kind == tracer.KindHook && s.Flags != "" {
+		if s.Packet == n && s.Kind == nf.KindHook && s.Flags != "" {
 			return s.Flags
 		}
 	}

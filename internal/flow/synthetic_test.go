@@ -10,45 +10,44 @@ import (
 
 	"github.com/svctrace/svctrace/internal/describe"
 	. "github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/testutil/tracetest"
-
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // Hand-built event sequences for paths the lab does not record.
 
 const nodeNS = 4026531999
 
-func tup(src, dst string, p tracer.Proto) tracer.Tuple {
-	return tracer.Tuple{Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst), Proto: p}
+func tup(src, dst string, p nf.Proto) nf.Tuple {
+	return nf.Tuple{Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst), Proto: p}
 }
 
 // seq builds events with increasing times.
 type seq struct {
 	t   uint64
-	evs []tracer.Event
+	evs []nf.Event
 }
 
 func (s *seq) at(d time.Duration) *seq { s.t += uint64(d); return s }
 
-func (s *seq) hook(pkt uint64, h tracer.Hook, st tracer.Stage, t tracer.Tuple, f tracer.TCPFlags, ct tracer.Conntrack) *seq {
+func (s *seq) hook(pkt uint64, h nf.Hook, st nf.Stage, t nf.Tuple, f nf.TCPFlags, ct nf.Conntrack) *seq {
 	s.t += 1000
-	s.evs = append(s.evs, tracer.Event{Time: s.t, Kind: tracer.KindHook, Hook: h, Stage: st, NetNS: nodeNS,
+	s.evs = append(s.evs, nf.Event{Time: s.t, Kind: nf.KindHook, Hook: h, Stage: st, NetNS: nodeNS,
 		Packet: pkt, Tuple: t, TCPFlags: f, CT: ct})
 	return s
 }
 
-func (s *seq) drop(pkt uint64, t tracer.Tuple, ct tracer.Conntrack) *seq {
+func (s *seq) drop(pkt uint64, t nf.Tuple, ct nf.Conntrack) *seq {
 	s.t += 1000
-	s.evs = append(s.evs, tracer.Event{Time: s.t, Kind: tracer.KindDrop, NetNS: nodeNS, Packet: pkt, Tuple: t, CT: ct,
-		Drop: tracer.Drop{Reason: "NETFILTER_DROP", Location: "nft_do_chain+0x3e8"}})
+	s.evs = append(s.evs, nf.Event{Time: s.t, Kind: nf.KindDrop, NetNS: nodeNS, Packet: pkt, Tuple: t, CT: ct,
+		Drop: nf.Drop{Reason: "NETFILTER_DROP", Location: "nft_do_chain+0x3e8"}})
 	return s
 }
 
-func (s *seq) last() *tracer.Event { return &s.evs[len(s.evs)-1] }
+func (s *seq) last() *nf.Event { return &s.evs[len(s.evs)-1] }
 
-func ct(info tracer.CTInfo, orig, reply tracer.Tuple) tracer.Conntrack {
-	return tracer.Conntrack{ID: 77, Info: info, Orig: orig, Reply: reply}
+func ct(info nf.CTInfo, orig, reply nf.Tuple) nf.Conntrack {
+	return nf.Conntrack{ID: 77, Info: info, Orig: orig, Reply: reply}
 }
 
 func run(s *seq, opts Options) ([]*Conn, *Assembler) {
@@ -57,23 +56,23 @@ func run(s *seq, opts Options) ([]*Conn, *Assembler) {
 }
 
 var (
-	udpOrig  = tup("10.0.0.2:5000", "10.96.0.10:53", tracer.UDP)
-	udpReply = tup("10.244.0.5:53", "10.0.0.2:5000", tracer.UDP)
-	synOrig  = tup("10.0.0.2:40000", "10.96.0.10:80", tracer.TCP)
-	synReply = tup("10.244.0.5:8080", "10.0.0.2:40000", tracer.TCP)
+	udpOrig  = tup("10.0.0.2:5000", "10.96.0.10:53", nf.UDP)
+	udpReply = tup("10.244.0.5:53", "10.0.0.2:5000", nf.UDP)
+	synOrig  = tup("10.0.0.2:40000", "10.96.0.10:80", nf.TCP)
+	synReply = tup("10.244.0.5:8080", "10.0.0.2:40000", nf.TCP)
 )
 
 // UDP to a port nobody listens on: the endpoint answers ICMP port
 // unreachable, which is the UDP form of a reset.
 func TestUDPPortUnreachableFromEndpointIsReset(t *testing.T) {
 	s := &seq{}
-	nat := ct(tracer.CTNew, udpOrig, udpReply)
-	s.hook(1, tracer.PreRouting, tracer.StagePostConntrack, udpOrig, 0, nat)
-	s.hook(1, tracer.PreRouting, tracer.StagePostDNAT, tup("10.0.0.2:5000", "10.244.0.5:53", tracer.UDP), 0, nat)
-	s.hook(1, tracer.PostRouting, tracer.StageLast, tup("10.0.0.2:5000", "10.244.0.5:53", tracer.UDP), 0, nat)
-	s.hook(2, tracer.PreRouting, tracer.StagePostConntrack, tup("10.244.0.5:0", "10.0.0.2:0", tracer.ICMP), 0,
-		ct(tracer.CTRelatedReply, udpOrig, udpReply))
-	s.last().ICMP = tracer.ICMPInfo{Type: 3, Code: 3, Inner: tup("10.0.0.2:5000", "10.244.0.5:53", tracer.UDP)}
+	nat := ct(nf.CTNew, udpOrig, udpReply)
+	s.hook(1, nf.PreRouting, nf.StagePostConntrack, udpOrig, 0, nat)
+	s.hook(1, nf.PreRouting, nf.StagePostDNAT, tup("10.0.0.2:5000", "10.244.0.5:53", nf.UDP), 0, nat)
+	s.hook(1, nf.PostRouting, nf.StageLast, tup("10.0.0.2:5000", "10.244.0.5:53", nf.UDP), 0, nat)
+	s.hook(2, nf.PreRouting, nf.StagePostConntrack, tup("10.244.0.5:0", "10.0.0.2:0", nf.ICMP), 0,
+		ct(nf.CTRelatedReply, udpOrig, udpReply))
+	s.last().ICMP = nf.ICMPInfo{Type: 3, Code: 3, Inner: tup("10.0.0.2:5000", "10.244.0.5:53", nf.UDP)}
 	conns, _ := run(s, Options{})
 	c := only(t, conns)
 	if c.Verdict != Reset || !strings.Contains(describe.Reason(c), "ICMP port-unreachable") {
@@ -85,17 +84,17 @@ func TestUDPPortUnreachableFromEndpointIsReset(t *testing.T) {
 // tied to the entry as RELATED.
 func TestTCPResetFromTheNodeIsRejected(t *testing.T) {
 	s := &seq{}
-	entry := ct(tracer.CTNew, synOrig, synOrig.Reverse())
-	s.hook(1, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.SYN, entry)
-	s.hook(1, tracer.Forward, tracer.StagePreFilter, synOrig, tracer.SYN, entry)
-	s.hook(2, tracer.LocalOut, tracer.StagePreConntrack, synOrig.Reverse(), tracer.RST|tracer.ACK,
-		ct(tracer.CTRelatedReply, synOrig, synOrig.Reverse()))
+	entry := ct(nf.CTNew, synOrig, synOrig.Reverse())
+	s.hook(1, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.SYN, entry)
+	s.hook(1, nf.Forward, nf.StagePreFilter, synOrig, nf.SYN, entry)
+	s.hook(2, nf.LocalOut, nf.StagePreConntrack, synOrig.Reverse(), nf.RST|nf.ACK,
+		ct(nf.CTRelatedReply, synOrig, synOrig.Reverse()))
 	s.drop(1, synOrig, entry)
 	c := only(t, mustRun(s))
 	if c.Verdict != Rejected || !strings.Contains(describe.Reason(c), "a TCP RST") {
 		t.Fatalf("%s: %s, want rejected with a TCP RST", c.Verdict, describe.Reason(c))
 	}
-	if c.Drop == nil || c.Drop.Gap.Hook != tracer.Forward {
+	if c.Drop == nil || c.Drop.Gap.Hook != nf.Forward {
 		t.Errorf("drop %+v, want the SYN's drop in FORWARD", c.Drop)
 	}
 }
@@ -105,15 +104,15 @@ func mustRun(s *seq) []*Conn { c, _ := run(s, Options{}); return c }
 // The endpoint answers but the answer dies on the node.
 func TestDroppedReplyIsDropped(t *testing.T) {
 	s := &seq{}
-	nat := ct(tracer.CTNew, synOrig, synReply)
-	s.hook(1, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.SYN, nat)
-	s.hook(1, tracer.PostRouting, tracer.StageLast, tup("10.0.0.2:40000", "10.244.0.5:8080", tracer.TCP), tracer.SYN, nat)
-	est := ct(tracer.CTEstablishedReply, synOrig, synReply)
-	s.hook(2, tracer.PreRouting, tracer.StagePostConntrack, synReply, tracer.SYN|tracer.ACK, est)
-	s.hook(2, tracer.Forward, tracer.StagePreFilter, tup("10.244.0.5:8080", "10.0.0.2:40000", tracer.TCP), tracer.SYN|tracer.ACK, est)
-	s.drop(2, tup("10.244.0.5:8080", "10.0.0.2:40000", tracer.TCP), est)
+	nat := ct(nf.CTNew, synOrig, synReply)
+	s.hook(1, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.SYN, nat)
+	s.hook(1, nf.PostRouting, nf.StageLast, tup("10.0.0.2:40000", "10.244.0.5:8080", nf.TCP), nf.SYN, nat)
+	est := ct(nf.CTEstablishedReply, synOrig, synReply)
+	s.hook(2, nf.PreRouting, nf.StagePostConntrack, synReply, nf.SYN|nf.ACK, est)
+	s.hook(2, nf.Forward, nf.StagePreFilter, tup("10.244.0.5:8080", "10.0.0.2:40000", nf.TCP), nf.SYN|nf.ACK, est)
+	s.drop(2, tup("10.244.0.5:8080", "10.0.0.2:40000", nf.TCP), est)
 	c := only(t, mustRun(s))
-	if c.Verdict != Dropped || c.Drop == nil || c.Drop.Dir != Reply || c.Drop.Gap.Hook != tracer.Forward {
+	if c.Verdict != Dropped || c.Drop == nil || c.Drop.Dir != Reply || c.Drop.Gap.Hook != nf.Forward {
 		t.Fatalf("%s (%s), drop %+v: want the reply dropped in FORWARD", c.Verdict, describe.Reason(c), c.Drop)
 	}
 	if !strings.Contains(describe.Reason(c), "answered, but the reply was discarded in FORWARD") {
@@ -124,8 +123,8 @@ func TestDroppedReplyIsDropped(t *testing.T) {
 // The middle of a TCP connection that began before tracing opens nothing.
 func TestMidStreamPacketsAreOrphans(t *testing.T) {
 	s := &seq{}
-	s.hook(1, tracer.PreRouting, tracer.StagePreConntrack, synOrig, tracer.ACK|tracer.PSH, tracer.Conntrack{})
-	s.hook(2, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.ACK, ct(tracer.CTEstablished, synOrig, synReply))
+	s.hook(1, nf.PreRouting, nf.StagePreConntrack, synOrig, nf.ACK|nf.PSH, nf.Conntrack{})
+	s.hook(2, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.ACK, ct(nf.CTEstablished, synOrig, synReply))
 	conns, a := run(s, Options{})
 	if len(conns) != 0 || a.Orphans != 2 {
 		t.Errorf("%d connections, %d orphans; want 0 and 2", len(conns), a.Orphans)
@@ -136,14 +135,14 @@ func TestMidStreamPacketsAreOrphans(t *testing.T) {
 // is a new connection.
 func TestPortReuseStartsANewConnection(t *testing.T) {
 	s := &seq{}
-	est := ct(tracer.CTNew, synOrig, synReply)
-	s.hook(1, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.SYN, est)
-	s.hook(2, tracer.PreRouting, tracer.StagePostConntrack, synReply, tracer.SYN|tracer.ACK, ct(tracer.CTEstablishedReply, synOrig, synReply))
-	s.hook(2, tracer.PostRouting, tracer.StageLast, synOrig.Reverse(), tracer.SYN|tracer.ACK, ct(tracer.CTEstablishedReply, synOrig, synReply))
-	s.hook(3, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.FIN|tracer.ACK, ct(tracer.CTEstablished, synOrig, synReply))
-	s.hook(4, tracer.PreRouting, tracer.StagePostConntrack, synReply, tracer.FIN|tracer.ACK, ct(tracer.CTEstablishedReply, synOrig, synReply))
+	est := ct(nf.CTNew, synOrig, synReply)
+	s.hook(1, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.SYN, est)
+	s.hook(2, nf.PreRouting, nf.StagePostConntrack, synReply, nf.SYN|nf.ACK, ct(nf.CTEstablishedReply, synOrig, synReply))
+	s.hook(2, nf.PostRouting, nf.StageLast, synOrig.Reverse(), nf.SYN|nf.ACK, ct(nf.CTEstablishedReply, synOrig, synReply))
+	s.hook(3, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.FIN|nf.ACK, ct(nf.CTEstablished, synOrig, synReply))
+	s.hook(4, nf.PreRouting, nf.StagePostConntrack, synReply, nf.FIN|nf.ACK, ct(nf.CTEstablishedReply, synOrig, synReply))
 	s.at(time.Second)
-	s.hook(5, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.SYN, est)
+	s.hook(5, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.SYN, est)
 	conns := mustRun(s)
 	if len(conns) != 2 || conns[0].Verdict != Answered || conns[0].Closed != "FIN" || conns[1].ID != 2 {
 		t.Fatalf("got %d connections: %+v", len(conns), conns)
@@ -154,8 +153,8 @@ func TestPortReuseStartsANewConnection(t *testing.T) {
 func TestLateRetransmissionContinuesTheConnection(t *testing.T) {
 	a := New(Options{NodeNetNS: nodeNS, Timeout: time.Second})
 	s := &seq{}
-	s.hook(1, tracer.PreRouting, tracer.StagePreConntrack, synOrig, tracer.SYN, tracer.Conntrack{})
-	s.hook(1, tracer.PostRouting, tracer.StageLast, synOrig, tracer.SYN, tracer.Conntrack{})
+	s.hook(1, nf.PreRouting, nf.StagePreConntrack, synOrig, nf.SYN, nf.Conntrack{})
+	s.hook(1, nf.PostRouting, nf.StageLast, synOrig, nf.SYN, nf.Conntrack{})
 	for _, ev := range s.evs {
 		a.Add(ev)
 	}
@@ -163,8 +162,8 @@ func TestLateRetransmissionContinuesTheConnection(t *testing.T) {
 	if len(first) != 1 || first[0].Verdict != NotTranslated {
 		t.Fatalf("first report %+v", first)
 	}
-	a.Add(tracer.Event{Time: s.t + uint64(3*time.Second), Kind: tracer.KindHook, Hook: tracer.PreRouting,
-		Stage: tracer.StagePreConntrack, NetNS: nodeNS, Packet: 2, Tuple: synOrig, TCPFlags: tracer.SYN})
+	a.Add(nf.Event{Time: s.t + uint64(3*time.Second), Kind: nf.KindHook, Hook: nf.PreRouting,
+		Stage: nf.StagePreConntrack, NetNS: nodeNS, Packet: 2, Tuple: synOrig, TCPFlags: nf.SYN})
 	c := only(t, a.Flush(s.t+uint64(5*time.Second)))
 	if c.Continues != first[0].ID || c.SYNs != 2 || !hasNote(c, "SYN retransmitted (1)") {
 		t.Errorf("continues %d, SYNs %d, steps %+v", c.Continues, c.SYNs, c.Steps)
@@ -175,9 +174,9 @@ func TestMaxConnsReportsTheOldestEarly(t *testing.T) {
 	a := New(Options{NodeNetNS: nodeNS, MaxConns: 2})
 	var reported []*Conn
 	for i := 1; i <= 3; i++ {
-		t := tup("10.0.0.2:4000"+string(rune('0'+i)), "10.96.0.10:80", tracer.TCP)
-		reported = append(reported, a.Add(tracer.Event{Time: uint64(i), Kind: tracer.KindHook, Hook: tracer.PreRouting,
-			Stage: tracer.StagePreConntrack, NetNS: nodeNS, Packet: uint64(i), Tuple: t, TCPFlags: tracer.SYN})...)
+		t := tup("10.0.0.2:4000"+string(rune('0'+i)), "10.96.0.10:80", nf.TCP)
+		reported = append(reported, a.Add(nf.Event{Time: uint64(i), Kind: nf.KindHook, Hook: nf.PreRouting,
+			Stage: nf.StagePreConntrack, NetNS: nodeNS, Packet: uint64(i), Tuple: t, TCPFlags: nf.SYN})...)
 	}
 	if len(reported) != 1 || reported[0].ID != 1 || a.Active() != 2 {
 		t.Errorf("reported %d (first id %v), active %d; want #1 reported, 2 active", len(reported), reported, a.Active())
@@ -193,9 +192,9 @@ func TestFloodStaysWithinMaxConns(t *testing.T) {
 	next := 1
 	for i := range flood {
 		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 16), byte(i >> 8)}), uint16(i))
-		done := a.Add(tracer.Event{Time: uint64(i + 1), Kind: tracer.KindHook, Hook: tracer.PreRouting,
-			Stage: tracer.StagePreConntrack, NetNS: nodeNS, Packet: uint64(i + 1),
-			Tuple: tracer.Tuple{Src: src, Dst: netip.MustParseAddrPort("10.96.0.10:80"), Proto: tracer.TCP}, TCPFlags: tracer.SYN})
+		done := a.Add(nf.Event{Time: uint64(i + 1), Kind: nf.KindHook, Hook: nf.PreRouting,
+			Stage: nf.StagePreConntrack, NetNS: nodeNS, Packet: uint64(i + 1),
+			Tuple: nf.Tuple{Src: src, Dst: netip.MustParseAddrPort("10.96.0.10:80"), Proto: nf.TCP}, TCPFlags: nf.SYN})
 		if i < max {
 			if len(done) != 0 {
 				t.Fatalf("connection %d: %d reported early", i+1, len(done))
@@ -223,11 +222,11 @@ func TestStepsHeldStayWithinMaxHeld(t *testing.T) {
 	a := New(Options{NodeNetNS: nodeNS, MaxHeld: held})
 	reported := 0
 	for i := range 1000 {
-		tu := tracer.Tuple{Src: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.1"), uint16(1000+i)),
-			Dst: netip.MustParseAddrPort("10.96.0.10:80"), Proto: tracer.TCP}
+		tu := nf.Tuple{Src: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.1"), uint16(1000+i)),
+			Dst: netip.MustParseAddrPort("10.96.0.10:80"), Proto: nf.TCP}
 		for j := range perConn { // a SYN seen at one observer after another
-			reported += len(a.Add(tracer.Event{Time: uint64(i*perConn + j + 1), Kind: tracer.KindHook, Hook: tracer.PreRouting,
-				Stage: tracer.Stage(j % 3), NetNS: nodeNS, Packet: uint64(i + 1), Tuple: tu, TCPFlags: tracer.SYN}))
+			reported += len(a.Add(nf.Event{Time: uint64(i*perConn + j + 1), Kind: nf.KindHook, Hook: nf.PreRouting,
+				Stage: nf.Stage(j % 3), NetNS: nodeNS, Packet: uint64(i + 1), Tuple: tu, TCPFlags: nf.SYN}))
 		}
 		if a.Sizes().Held > held+perConn { // the newest may go past it until it is no longer the newest
 			t.Fatalf("after connection %d: %d steps held by %d connections; want at most %d", i+1, a.Sizes().Held, a.Active(), held)
@@ -242,12 +241,12 @@ func TestStepsHeldStayWithinMaxHeld(t *testing.T) {
 // was last seen: here the node's own connection, dropped in OUTPUT.
 func TestDropWithoutNamespaceIsPlacedWhereLastSeen(t *testing.T) {
 	s := &seq{}
-	local := tup("10.99.0.1:40000", "10.96.0.10:80", tracer.TCP)
-	s.hook(1, tracer.LocalOut, tracer.StagePreFilter, local, tracer.SYN, tracer.Conntrack{})
-	s.drop(1, local, tracer.Conntrack{})
+	local := tup("10.99.0.1:40000", "10.96.0.10:80", nf.TCP)
+	s.hook(1, nf.LocalOut, nf.StagePreFilter, local, nf.SYN, nf.Conntrack{})
+	s.drop(1, local, nf.Conntrack{})
 	s.last().NetNS = 0
 	c := only(t, mustRun(s))
-	if c.Verdict != Dropped || c.Drop == nil || !c.Drop.InNode || !c.Drop.Placed || c.Drop.Gap.Hook != tracer.LocalOut {
+	if c.Verdict != Dropped || c.Drop == nil || !c.Drop.InNode || !c.Drop.Placed || c.Drop.Gap.Hook != nf.LocalOut {
 		t.Fatalf("%s (%s), drop %+v: want dropped in OUTPUT", c.Verdict, describe.Reason(c), c.Drop)
 	}
 }
@@ -256,15 +255,15 @@ func TestDropWithoutNamespaceIsPlacedWhereLastSeen(t *testing.T) {
 // it open past the no-reply timeout while they come; the close ends it.
 func TestCountsKeepABusyConnectionOpen(t *testing.T) {
 	s := &seq{}
-	s.hook(1, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.SYN, ct(tracer.CTNew, synOrig, synReply))
-	s.hook(2, tracer.PreRouting, tracer.StagePostConntrack, synReply, tracer.SYN|tracer.ACK, ct(tracer.CTEstablishedReply, synOrig, synReply))
+	s.hook(1, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.SYN, ct(nf.CTNew, synOrig, synReply))
+	s.hook(2, nf.PreRouting, nf.StagePostConntrack, synReply, nf.SYN|nf.ACK, ct(nf.CTEstablishedReply, synOrig, synReply))
 	for range 8 { // 4s of traffic, past the 3s timeout, counted every 500ms
 		s.at(500 * time.Millisecond)
-		s.evs = append(s.evs, tracer.Event{Time: s.t, Kind: tracer.KindCount, CT: ct(tracer.CTEstablished, synOrig, synReply),
-			Counted: tracer.Counted{Packets: [2]uint32{10, 20}, Bytes: [2]uint64{1000, 30000}}})
+		s.evs = append(s.evs, nf.Event{Time: s.t, Kind: nf.KindCount, CT: ct(nf.CTEstablished, synOrig, synReply),
+			Counted: nf.Counted{Packets: [2]uint32{10, 20}, Bytes: [2]uint64{1000, 30000}}})
 	}
-	s.hook(3, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.FIN|tracer.ACK, ct(tracer.CTEstablished, synOrig, synReply))
-	s.hook(4, tracer.PreRouting, tracer.StagePostConntrack, synReply, tracer.FIN|tracer.ACK, ct(tracer.CTEstablishedReply, synOrig, synReply))
+	s.hook(3, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.FIN|nf.ACK, ct(nf.CTEstablished, synOrig, synReply))
+	s.hook(4, nf.PreRouting, nf.StagePostConntrack, synReply, nf.FIN|nf.ACK, ct(nf.CTEstablishedReply, synOrig, synReply))
 	conns, a := run(s, Options{Timeout: 3 * time.Second})
 	c := only(t, conns)
 	if c.Verdict != Answered || c.Closed != "FIN" {
@@ -282,14 +281,14 @@ func TestCountsKeepABusyConnectionOpen(t *testing.T) {
 // endpoint and out, the SYN ACK un-DNAT'ed and out to the client.
 func answered() *seq {
 	s := &seq{}
-	nat := ct(tracer.CTNew, synOrig, synReply)
-	toPod := tup("10.0.0.2:40000", "10.244.0.5:8080", tracer.TCP)
-	s.hook(1, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.SYN, nat)
-	s.hook(1, tracer.PreRouting, tracer.StagePostDNAT, toPod, tracer.SYN, nat)
-	s.hook(1, tracer.PostRouting, tracer.StageLast, toPod, tracer.SYN, nat)
-	est := ct(tracer.CTEstablishedReply, synOrig, synReply)
-	s.hook(2, tracer.PreRouting, tracer.StagePostConntrack, synReply, tracer.SYN|tracer.ACK, est)
-	s.hook(2, tracer.PostRouting, tracer.StageLast, synOrig.Reverse(), tracer.SYN|tracer.ACK, est)
+	nat := ct(nf.CTNew, synOrig, synReply)
+	toPod := tup("10.0.0.2:40000", "10.244.0.5:8080", nf.TCP)
+	s.hook(1, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.SYN, nat)
+	s.hook(1, nf.PreRouting, nf.StagePostDNAT, toPod, nf.SYN, nat)
+	s.hook(1, nf.PostRouting, nf.StageLast, toPod, nf.SYN, nat)
+	est := ct(nf.CTEstablishedReply, synOrig, synReply)
+	s.hook(2, nf.PreRouting, nf.StagePostConntrack, synReply, nf.SYN|nf.ACK, est)
+	s.hook(2, nf.PostRouting, nf.StageLast, synOrig.Reverse(), nf.SYN|nf.ACK, est)
 	return s
 }
 
@@ -300,13 +299,13 @@ func answered() *seq {
 func TestInvalidAfterTheAnswerIsDropped(t *testing.T) {
 	s := answered().at(time.Second)
 	for pkt := uint64(3); pkt <= 5; pkt++ {
-		s.hook(pkt, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.PSH|tracer.ACK, tracer.Conntrack{})
-		s.hook(pkt, tracer.Forward, tracer.StagePreFilter, synOrig, tracer.PSH|tracer.ACK, tracer.Conntrack{})
-		s.drop(pkt, synOrig, tracer.Conntrack{})
+		s.hook(pkt, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.PSH|nf.ACK, nf.Conntrack{})
+		s.hook(pkt, nf.Forward, nf.StagePreFilter, synOrig, nf.PSH|nf.ACK, nf.Conntrack{})
+		s.drop(pkt, synOrig, nf.Conntrack{})
 		s.at(200 * time.Millisecond)
 	}
 	c := only(t, mustRun(s))
-	if c.Verdict != Dropped || c.Drop == nil || !c.Drop.Invalid || c.Drop.Gap.Hook != tracer.Forward || c.Drop.Packet != 3 {
+	if c.Verdict != Dropped || c.Drop == nil || !c.Drop.Invalid || c.Drop.Gap.Hook != nf.Forward || c.Drop.Packet != 3 {
 		t.Fatalf("%s (%s), drop %+v: want the first INVALID packet dropped in FORWARD", c.Verdict, describe.Reason(c), c.Drop)
 	}
 	want := "10.244.0.5:8080 answered (SYN,ACK), but then the client's PSH,ACK was discarded in FORWARD"
@@ -327,8 +326,8 @@ func TestInvalidAfterTheAnswerIsDropped(t *testing.T) {
 // packet is routed on as it is: still addressed to the Service.
 func TestInvalidAfterTheAnswerLeavesUntranslated(t *testing.T) {
 	s := answered().at(time.Second)
-	s.hook(3, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.PSH|tracer.ACK, tracer.Conntrack{})
-	s.hook(3, tracer.PostRouting, tracer.StageLast, synOrig, tracer.PSH|tracer.ACK, tracer.Conntrack{})
+	s.hook(3, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.PSH|nf.ACK, nf.Conntrack{})
+	s.hook(3, nf.PostRouting, nf.StageLast, synOrig, nf.PSH|nf.ACK, nf.Conntrack{})
 	s.last().OutIf = 9
 	c := only(t, mustRun(s))
 	want := "10.244.0.5:8080 answered (SYN,ACK), but then the client's PSH,ACK had no conntrack entry (INVALID), so no NAT applied: it left the node via ifindex 9 still addressed to 10.96.0.10:80"
@@ -341,12 +340,12 @@ func TestInvalidAfterTheAnswerLeavesUntranslated(t *testing.T) {
 // after it (a retransmission got through): the connection recovered.
 func TestDropAfterTheAnswerThenRepliesIsAnswered(t *testing.T) {
 	s := answered().at(time.Second)
-	est := ct(tracer.CTEstablished, synOrig, synReply)
-	s.hook(3, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.PSH|tracer.ACK, est)
+	est := ct(nf.CTEstablished, synOrig, synReply)
+	s.hook(3, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.PSH|nf.ACK, est)
 	s.drop(3, synOrig, est)
 	s.at(200 * time.Millisecond)
-	s.evs = append(s.evs, tracer.Event{Time: s.t, Kind: tracer.KindCount, CT: est,
-		Counted: tracer.Counted{Packets: [2]uint32{1, 1}}})
+	s.evs = append(s.evs, nf.Event{Time: s.t, Kind: nf.KindCount, CT: est,
+		Counted: nf.Counted{Packets: [2]uint32{1, 1}}})
 	c := only(t, mustRun(s))
 	if c.Verdict != Answered {
 		t.Fatalf("%s (%s), want answered", c.Verdict, describe.Reason(c))
@@ -363,18 +362,18 @@ func TestDropAfterTheAnswerThenRepliesIsAnswered(t *testing.T) {
 // The first is answered.
 func TestInsertClashDropAtConfirm(t *testing.T) {
 	s := &seq{}
-	toPod := tup("10.0.0.2:5000", "10.244.0.5:53", tracer.UDP)
+	toPod := tup("10.0.0.2:5000", "10.244.0.5:53", nf.UDP)
 	for pkt := uint64(1); pkt <= 2; pkt++ {
-		nat := ct(tracer.CTNew, udpOrig, udpReply)
+		nat := ct(nf.CTNew, udpOrig, udpReply)
 		nat.ID = 76 + pkt
-		s.hook(pkt, tracer.PreRouting, tracer.StagePostConntrack, udpOrig, 0, nat)
-		s.hook(pkt, tracer.PostRouting, tracer.StageLast, toPod, 0, nat)
+		s.hook(pkt, nf.PreRouting, nf.StagePostConntrack, udpOrig, 0, nat)
+		s.hook(pkt, nf.PostRouting, nf.StageLast, toPod, 0, nat)
 	}
-	s.drop(2, toPod, tracer.Conntrack{})
+	s.drop(2, toPod, nf.Conntrack{})
 	s.last().Drop.Location = "nf_hook_slow+0x4a"
 	clash := len(s.evs)
-	s.hook(3, tracer.PreRouting, tracer.StagePostConntrack, udpReply, 0, ct(tracer.CTEstablishedReply, udpOrig, udpReply))
-	s.hook(3, tracer.PostRouting, tracer.StageLast, udpOrig.Reverse(), 0, ct(tracer.CTEstablishedReply, udpOrig, udpReply))
+	s.hook(3, nf.PreRouting, nf.StagePostConntrack, udpReply, 0, ct(nf.CTEstablishedReply, udpOrig, udpReply))
+	s.hook(3, nf.PostRouting, nf.StageLast, udpOrig.Reverse(), 0, ct(nf.CTEstablishedReply, udpOrig, udpReply))
 	c := only(t, mustRun(s))
 	if c.Verdict != Answered || len(c.Drops) != 1 || !c.Drops[0].AtConfirm() || c.Drops[0].Packet != 2 {
 		t.Fatalf("%s (%s), drops %+v: want answered, with the second datagram dropped at confirmation", c.Verdict, describe.Reason(c), c.Drops)
@@ -391,11 +390,11 @@ func TestInsertClashDropAtConfirm(t *testing.T) {
 // a rule changes on the way.
 func TestConntrackZoneAndMark(t *testing.T) {
 	s := &seq{}
-	entry := ct(tracer.CTNew, synOrig, synReply)
+	entry := ct(nf.CTNew, synOrig, synReply)
 	entry.Zone, entry.Mark = 3, 0x20
-	s.hook(1, tracer.PreRouting, tracer.StagePostConntrack, synOrig, tracer.SYN, entry)
+	s.hook(1, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.SYN, entry)
 	entry.Mark = 0x21
-	s.hook(1, tracer.PreRouting, tracer.StagePostDNAT, tup("10.0.0.2:40000", "10.244.0.5:8080", tracer.TCP), tracer.SYN, entry)
+	s.hook(1, nf.PreRouting, nf.StagePostDNAT, tup("10.0.0.2:40000", "10.244.0.5:8080", nf.TCP), nf.SYN, entry)
 	c := only(t, mustRun(s))
 	if len(c.Steps) != 2 || c.Steps[0].CTZone != 3 || c.Steps[0].CTMark != 0x20 ||
 		!strings.HasSuffix(describe.Step(c.Steps[0]), "conntrack NEW, zone 3, ct mark 0x20") || !strings.Contains(describe.Step(c.Steps[1]), "ct mark 0x20 → 0x21") {
@@ -410,33 +409,33 @@ func TestConntrackZoneAndMark(t *testing.T) {
 // second translation.
 func TestAnsweredAfterDroppedTries(t *testing.T) {
 	client, self, other := "10.244.0.12:39934", "10.244.0.12:8080", "10.244.0.11:8080"
-	orig := tup(client, "10.96.0.10:80", tracer.TCP)
+	orig := tup(client, "10.96.0.10:80", nf.TCP)
 	s := &seq{}
-	try := func(pkt uint64, id uint64, to string) tracer.Conntrack {
-		fresh := tracer.Conntrack{ID: id, Info: tracer.CTNew, Orig: orig, Reply: orig.Reverse()}
-		nat := tracer.Conntrack{ID: id, Info: tracer.CTNew, Orig: orig, Reply: tup(to, client, tracer.TCP)}
-		s.hook(pkt, tracer.PreRouting, tracer.StagePreConntrack, orig, tracer.SYN, tracer.Conntrack{})
-		s.hook(pkt, tracer.PreRouting, tracer.StagePostConntrack, orig, tracer.SYN, fresh)
-		s.hook(pkt, tracer.PreRouting, tracer.StagePreDNAT, orig, tracer.SYN, fresh)
-		s.hook(pkt, tracer.PreRouting, tracer.StagePostDNAT, tup(client, to, tracer.TCP), tracer.SYN, nat)
-		s.hook(pkt, tracer.PreRouting, tracer.StageLast, tup(client, to, tracer.TCP), tracer.SYN, nat)
+	try := func(pkt uint64, id uint64, to string) nf.Conntrack {
+		fresh := nf.Conntrack{ID: id, Info: nf.CTNew, Orig: orig, Reply: orig.Reverse()}
+		nat := nf.Conntrack{ID: id, Info: nf.CTNew, Orig: orig, Reply: tup(to, client, nf.TCP)}
+		s.hook(pkt, nf.PreRouting, nf.StagePreConntrack, orig, nf.SYN, nf.Conntrack{})
+		s.hook(pkt, nf.PreRouting, nf.StagePostConntrack, orig, nf.SYN, fresh)
+		s.hook(pkt, nf.PreRouting, nf.StagePreDNAT, orig, nf.SYN, fresh)
+		s.hook(pkt, nf.PreRouting, nf.StagePostDNAT, tup(client, to, nf.TCP), nf.SYN, nat)
+		s.hook(pkt, nf.PreRouting, nf.StageLast, tup(client, to, nf.TCP), nf.SYN, nat)
 		return nat
 	}
 	try(1, 1, self)
-	s.drop(1, tup(client, self, tracer.TCP), tracer.Conntrack{})
-	s.last().Drop = tracer.Drop{Reason: "NOT_SPECIFIED", Location: "br_handle_frame_finish+0x392"}
+	s.drop(1, tup(client, self, nf.TCP), nf.Conntrack{})
+	s.last().Drop = nf.Drop{Reason: "NOT_SPECIFIED", Location: "br_handle_frame_finish+0x392"}
 	s.at(time.Second)
 	try(2, 2, self)
-	s.drop(2, tup(client, self, tracer.TCP), tracer.Conntrack{})
-	s.last().Drop = tracer.Drop{Reason: "NOT_SPECIFIED", Location: "br_handle_frame_finish+0x392"}
+	s.drop(2, tup(client, self, nf.TCP), nf.Conntrack{})
+	s.last().Drop = nf.Drop{Reason: "NOT_SPECIFIED", Location: "br_handle_frame_finish+0x392"}
 	s.at(time.Second)
 	nat := try(3, 3, other)
-	s.hook(3, tracer.Forward, tracer.StagePreFilter, tup(client, other, tracer.TCP), tracer.SYN, nat)
-	s.hook(3, tracer.PostRouting, tracer.StageLast, tup(client, other, tracer.TCP), tracer.SYN, nat)
+	s.hook(3, nf.Forward, nf.StagePreFilter, tup(client, other, nf.TCP), nf.SYN, nat)
+	s.hook(3, nf.PostRouting, nf.StageLast, tup(client, other, nf.TCP), nf.SYN, nat)
 	est := nat
-	est.Info = tracer.CTEstablishedReply
-	s.hook(4, tracer.PreRouting, tracer.StagePostConntrack, tup(other, client, tracer.TCP), tracer.SYN|tracer.ACK, est)
-	s.hook(4, tracer.PostRouting, tracer.StageLast, tup("10.96.0.10:80", client, tracer.TCP), tracer.SYN|tracer.ACK, est)
+	est.Info = nf.CTEstablishedReply
+	s.hook(4, nf.PreRouting, nf.StagePostConntrack, tup(other, client, nf.TCP), nf.SYN|nf.ACK, est)
+	s.hook(4, nf.PostRouting, nf.StageLast, tup("10.96.0.10:80", client, nf.TCP), nf.SYN|nf.ACK, est)
 	c := only(t, mustRun(s))
 	if c.Verdict != Answered || c.Endpoint.String() != other || c.SYNs != 3 {
 		t.Fatalf("%s (%s) by %s after %d SYNs, want answered by %s after 3", c.Verdict, describe.Reason(c), c.Endpoint, c.SYNs, other)
@@ -445,7 +444,7 @@ func TestAnsweredAfterDroppedTries(t *testing.T) {
 		t.Errorf("endpoints %s, want %s then %s", got, self, other)
 	}
 	tries := c.Retried()
-	if len(tries) != 2 || tries[0].Endpoint.String() != self || tries[0].Reason != "NOT_SPECIFIED" || !tries[0].Placed || tries[0].Gap.Hook != tracer.PreRouting {
+	if len(tries) != 2 || tries[0].Endpoint.String() != self || tries[0].Reason != "NOT_SPECIFIED" || !tries[0].Placed || tries[0].Gap.Hook != nf.PreRouting {
 		t.Fatalf("tries %+v, want the 2 SYNs to %s dropped in PREROUTING", tries, self)
 	}
 	want := "answered (SYN,ACK) and the reply was translated back to " + client + ", after 2 SYNs were dropped in PREROUTING after priority INT_MAX-1 (NOT_SPECIFIED at br_handle_frame_finish+0x392); the dropped packets went to " + self + ", the retransmission that got through to " + other

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/vishvananda/netlink"
 )
 
@@ -23,14 +23,14 @@ import (
 // services ("namespace/name") limit which Services' nftables chains are
 // read rule by rule, for the endpoints each one really picks from (one
 // netlink dump per chain); none reads them all.
-func Read(ns tracer.NetNS, services ...string) (*Ruleset, error) {
+func Read(ns nf.NetNS, services ...string) (*Ruleset, error) {
 	r := &Ruleset{Mode: ModeNone}
 	rulesFor := func(k PortKey) bool {
 		return len(services) == 0 || slices.ContainsFunc(services, func(s string) bool {
 			return k.Name == s || strings.HasPrefix(k.Name, s+":")
 		})
 	}
-	err := tracer.InNetNS(ns, func() error {
+	err := nf.InNetNS(ns, func() error {
 		dump, nftErr := readNFT(-1, rulesFor)
 		if dump != nil {
 			r.fromNFT(dump)
@@ -121,7 +121,7 @@ func cilium() string {
 
 // KubeProxyPIDs are the kube-proxy processes whose network namespace is ns
 // (from /proc; empty when svctrace cannot see the node's processes).
-func KubeProxyPIDs(ns tracer.NetNS) []int {
+func KubeProxyPIDs(ns nf.NetNS) []int {
 	entries, _ := os.ReadDir("/proc")
 	var out []int
 	for _, e := range entries {

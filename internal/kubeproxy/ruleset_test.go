@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/testutil"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // checkRuleset holds a parsed ruleset against the objects kube-proxy saw:
@@ -214,8 +214,8 @@ func TestParseNFTChain(t *testing.T) {
 	}
 }
 
-func newNetNS(t *testing.T) tracer.NetNS {
-	ns, err := tracer.ResolveNetNS(testutil.NewNetNS(t))
+func newNetNS(t *testing.T) nf.NetNS {
+	ns, err := nf.ResolveNetNS(testutil.NewNetNS(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 )
 
 // Get fetches http://addr/path from the client namespace over a fresh
@@ -21,14 +21,14 @@ func (l *Lab) Get(ctx context.Context, addr netip.AddrPort, path string, timeout
 
 // HTTPGet fetches http://addr/path over a fresh TCP connection opened inside
 // ns and closed afterwards.
-func HTTPGet(ctx context.Context, ns tracer.NetNS, addr netip.AddrPort, path string, timeout time.Duration) ([]byte, error) {
+func HTTPGet(ctx context.Context, ns nf.NetNS, addr netip.AddrPort, path string, timeout time.Duration) ([]byte, error) {
 	client := &http.Client{
 		Timeout: timeout,
 		Transport: &http.Transport{
 			DisableKeepAlives: true,
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				var c net.Conn
-				err := tracer.InNetNS(ns, func() (err error) {
+				err := nf.InNetNS(ns, func() (err error) {
 					c, err = net.DialTimeout("tcp", addr.String(), timeout)
 					return err
 				})
@@ -60,9 +60,9 @@ func HTTPGet(ctx context.Context, ns tracer.NetNS, addr netip.AddrPort, path str
 // the first is answered. It returns the second answer. It closes the
 // connection with a reset (SO_LINGER 0): nothing of it outlives the call,
 // not even retransmissions of a request nobody answered.
-func KeptAlive(ctx context.Context, ns tracer.NetNS, addr netip.AddrPort, timeout time.Duration, between func(local netip.AddrPort) error) ([]byte, error) {
+func KeptAlive(ctx context.Context, ns nf.NetNS, addr netip.AddrPort, timeout time.Duration, between func(local netip.AddrPort) error) ([]byte, error) {
 	var c *net.TCPConn
-	err := tracer.InNetNS(ns, func() error {
+	err := nf.InNetNS(ns, func() error {
 		conn, err := net.DialTimeout("tcp", addr.String(), timeout)
 		if err == nil {
 			c = conn.(*net.TCPConn)
@@ -105,9 +105,9 @@ func KeptAlive(ctx context.Context, ns tracer.NetNS, addr netip.AddrPort, timeou
 
 // UDPExchange sends one datagram to addr from port (0: any) inside ns and
 // waits for the answer.
-func UDPExchange(ctx context.Context, ns tracer.NetNS, port uint16, addr netip.AddrPort, timeout time.Duration) ([]byte, error) {
+func UDPExchange(ctx context.Context, ns nf.NetNS, port uint16, addr netip.AddrPort, timeout time.Duration) ([]byte, error) {
 	var c *net.UDPConn
-	err := tracer.InNetNS(ns, func() (err error) {
+	err := nf.InNetNS(ns, func() (err error) {
 		c, err = net.DialUDP("udp", &net.UDPAddr{Port: int(port)}, net.UDPAddrFromAddrPort(addr))
 		return err
 	})

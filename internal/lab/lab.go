@@ -17,9 +17,9 @@ import (
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/topo"
-	"github.com/svctrace/svctrace/internal/tracer"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
@@ -33,7 +33,7 @@ type Pod struct {
 	IP     netip.Addr
 	IP6    netip.Addr
 	Labels map[string]string
-	NS     tracer.NetNS
+	NS     nf.NetNS
 	mode   string
 	ports  []int
 }
@@ -61,7 +61,7 @@ type Scenario struct {
 	Finding report.Code
 	Expect  flow.Verdict
 	// ExpectHook is where the first packet dies for rejected and dropped.
-	ExpectHook tracer.Hook
+	ExpectHook nf.Hook
 	// From is the pod the connection comes from; "" : the client outside.
 	From string
 	// Stale is a Pod address that was the Service's endpoint before the
@@ -175,7 +175,7 @@ func Scenarios() []Scenario {
 			Programmed: true, Finding: "healthy", Expect: flow.Answered},
 			"web", "10.96.0.10", map[string]string{"app": "web"}, http),
 		scenario(Scenario{Name: "no-endpoints", Title: "the selector has a typo (app=wbe) and matches no Pod: kube-proxy REJECTs",
-			Programmed: true, Finding: "selector-matches-no-pod", Expect: flow.Rejected, ExpectHook: tracer.Forward},
+			Programmed: true, Finding: "selector-matches-no-pod", Expect: flow.Rejected, ExpectHook: nf.Forward},
 			"empty", "10.96.0.20", map[string]string{"app": "wbe"}, intstr.FromInt32(podPort)),
 		scenario(Scenario{Name: "wrong-targetport", Title: "targetPort 9090, but the Pod listens on 8080",
 			Programmed: true, Finding: "targetport-not-exposed", Expect: flow.Reset},
@@ -184,17 +184,17 @@ func Scenarios() []Scenario {
 			Programmed: true, Finding: "healthy", Expect: flow.NoReply},
 			"hung", "10.96.0.40", map[string]string{"app": "hung"}, http),
 		scenario(Scenario{Name: "policy-drop", Title: "a FORWARD DROP rule (standing in for a NetworkPolicy) blocks the Pod",
-			Programmed: true, Finding: "healthy", Expect: flow.Dropped, ExpectHook: tracer.Forward},
+			Programmed: true, Finding: "healthy", Expect: flow.Dropped, ExpectHook: nf.Forward},
 			"guarded", "10.96.0.50", map[string]string{"app": "guarded"}, http),
 		scenario(Scenario{Name: "hairpin", Title: "the only Pod calls its own Service; the bridge's hairpin_mode is off",
-			Programmed: true, Finding: "healthy", Expect: flow.Dropped, ExpectHook: tracer.PreRouting, From: "web-2"},
+			Programmed: true, Finding: "healthy", Expect: flow.Dropped, ExpectHook: nf.PreRouting, From: "web-2"},
 			"self", "10.96.0.70", map[string]string{"app": "web", "track": "canary"}, http),
 		udp(scenario(Scenario{Name: "stale-conntrack", Title: "a UDP client keeps sending to a Pod that left: its conntrack entry outlived the endpoint",
-			Programmed: true, Finding: "conntrack-stale", Expect: flow.Dropped, ExpectHook: tracer.PreRouting,
+			Programmed: true, Finding: "conntrack-stale", Expect: flow.Dropped, ExpectHook: nf.PreRouting,
 			Stale: netip.AddrPortFrom(gone, podPort), ClientPort: 40053},
 			"dns", "10.96.0.80", map[string]string{"app": "web", "track": "stable"}, intstr.FromInt32(podPort))),
 		scenario(Scenario{Name: "conntrack-invalid", Title: "an open connection's conntrack entry is deleted: its next packet is INVALID, and kube-proxy's KUBE-FORWARD drops it",
-			Programmed: true, Finding: "healthy", Expect: flow.Dropped, ExpectHook: tracer.Forward, Forget: true},
+			Programmed: true, Finding: "healthy", Expect: flow.Dropped, ExpectHook: nf.Forward, Forget: true},
 			"kept", "10.96.0.100", map[string]string{"app": "web", "track": "stable"}, http),
 		dualStack(scenario(Scenario{Name: "ipv6", Title: "a dual-stack Service, reached over IPv6",
 			Programmed: true, Finding: "healthy", Expect: flow.Answered},
@@ -215,9 +215,9 @@ var policyRule = fmt.Sprintf(`-A FORWARD -d %s/32 -p tcp -m tcp --dport 8080 -m 
 // Lab is a running lab.
 type Lab struct {
 	ID        string
-	Node      tracer.NetNS
-	Client    tracer.NetNS
-	Upstream  tracer.NetNS // "the rest of the network": silently discards
+	Node      nf.NetNS
+	Client    nf.NetNS
+	Upstream  nf.NetNS // "the rest of the network": silently discards
 	Pods      []Pod
 	Scenarios []Scenario
 	// Rules and Rules6 are the iptables-restore and ip6tables-restore
@@ -429,7 +429,7 @@ func (l *Lab) programWith(endpoints map[string][]netip.AddrPort) error {
 
 // bridgeNetfilter reports whether bridged IPv4 traffic in ns goes through
 // iptables (br_netfilter loaded; its sysctl is per namespace).
-func bridgeNetfilter(ns tracer.NetNS) bool {
+func bridgeNetfilter(ns nf.NetNS) bool {
 	v, err := topo.ReadSysctl(ns, "net.bridge.bridge-nf-call-iptables")
 	return err == nil && v == "1"
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/testutil"
@@ -83,9 +84,9 @@ func blames(mode kubeproxy.Mode) map[string]string {
 // tracer's backend (make test-kernels runs every one a kernel has).
 func TestScenarios(t *testing.T) {
 	l := up(t)
-	var events []tracer.Event
+	var events []nf.Event
 	backend := os.Getenv("SVCTRACE_BACKEND")
-	results, info, res, err := l.Run(context.Background(), RunOptions{Backend: backend, Record: func(ev tracer.Event) { events = append(events, ev) }})
+	results, info, res, err := l.Run(context.Background(), RunOptions{Backend: backend, Record: func(ev nf.Event) { events = append(events, ev) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +145,7 @@ func TestScenarios(t *testing.T) {
 						steps = append(steps, fmt.Sprintf("%s %s %s", st.Hook, st.Stage, describe.Step(st)))
 					}
 					for _, ev := range events {
-						if ev.Kind == tracer.KindDrop || ev.Tuple.Dst == s.VIP() {
+						if ev.Kind == nf.KindDrop || ev.Tuple.Dst == s.VIP() {
 							b, _ := json.Marshal(ev)
 							steps = append(steps, string(b))
 						}
@@ -154,7 +155,7 @@ func TestScenarios(t *testing.T) {
 				switch {
 				case s.Name == "stale-conntrack":
 					// The node's routing discards it: the address is gone.
-					if c.Drop.Gap.After != tracer.StageLast {
+					if c.Drop.Gap.After != nf.StageLast {
 						t.Errorf("drop %s, want one after PREROUTING (routing)", describe.Drop(*c.Drop))
 					}
 				case s.Name == "hairpin":
@@ -189,7 +190,7 @@ func TestScenarios(t *testing.T) {
 	}
 }
 
-func writeFixture(t *testing.T, events []tracer.Event) {
+func writeFixture(t *testing.T, events []nf.Event) {
 	path := filepath.Join("..", "flow", "testdata", "lab.jsonl")
 	f, err := os.Create(path)
 	if err != nil {
@@ -402,7 +403,7 @@ func TestConntrackTableFull(t *testing.T) {
 	if len(c.Drops) == 0 || (c.Verdict != flow.Dropped && c.Verdict != flow.Answered) {
 		t.Fatalf("verdict %s (%s), want the SYN dropped by conntrack in PREROUTING", c.Verdict, describe.Reason(c))
 	}
-	if d := c.Drops[0]; !d.Placed || d.Gap.Hook != tracer.PreRouting || d.Gap.After != tracer.StagePreConntrack {
+	if d := c.Drops[0]; !d.Placed || d.Gap.Hook != nf.PreRouting || d.Gap.After != nf.StagePreConntrack {
 		t.Fatalf("verdict %s (%s), want the SYN dropped by conntrack in PREROUTING", c.Verdict, describe.Reason(c))
 	}
 	as, facts, err := l.Assess(context.Background())
@@ -499,7 +500,7 @@ func TestAnsweredAfterHairpinDrops(t *testing.T) {
 		t.Errorf("endpoints %v (last %s), want %s then %s", c.Endpoints, c.Endpoint, selfEP, otherEP)
 	}
 	d := c.Retried()[0]
-	if !d.InNode || !d.Placed || d.Gap.Hook != tracer.PreRouting || d.Endpoint != selfEP || !strings.HasPrefix(d.Location, "br_") {
+	if !d.InNode || !d.Placed || d.Gap.Hook != nf.PreRouting || d.Endpoint != selfEP || !strings.HasPrefix(d.Location, "br_") {
 		t.Errorf("the first try's drop %+v, want in PREROUTING's bridge, on its way to %s", d, selfEP)
 	}
 	if !strings.Contains(describe.Reason(c), "answered (SYN,ACK) and the reply was translated back") || !strings.Contains(describe.Reason(c), "dropped in PREROUTING") ||

@@ -9,6 +9,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
@@ -43,7 +44,7 @@ type RunOptions struct {
 	// Lost is called when the tracer loses events.
 	Lost func(total uint64)
 	// Record, if set, receives every raw event (test fixtures).
-	Record func(tracer.Event)
+	Record func(nf.Event)
 	// Journal, if set, keeps the assembler's inputs (svctrace lab -w).
 	Journal live.Journal
 	// Started, if set, is called once the tracer is attached, before any
@@ -52,11 +53,11 @@ type RunOptions struct {
 }
 
 // Targets are the Service addresses the lab's scenarios use.
-func (l *Lab) Targets() []tracer.Target {
-	var ts []tracer.Target
+func (l *Lab) Targets() []nf.Target {
+	var ts []nf.Target
 	for _, s := range l.Scenarios {
-		proto, _ := tracer.ParseProto(s.Service.Protocol)
-		ts = append(ts, tracer.Target{Addr: s.VIP(), Proto: proto})
+		proto, _ := nf.ParseProto(s.Service.Protocol)
+		ts = append(ts, nf.Target{Addr: s.VIP(), Proto: proto})
 	}
 	return ts
 }
@@ -69,9 +70,9 @@ func (l *Lab) FlowOptions(timeout time.Duration) flow.Options {
 	}
 	return flow.Options{
 		NodeNetNS: l.Node.Inode,
-		IsService: func(_ tracer.Proto, a netip.AddrPort) bool { return vips[a] },
+		IsService: func(_ nf.Proto, a netip.AddrPort) bool { return vips[a] },
 		Timeout:   timeout,
-		IfName:    tracer.NewIfNames(l.Node).Name,
+		IfName:    nf.NewIfNames(l.Node).Name,
 	}
 }
 

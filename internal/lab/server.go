@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -197,7 +197,7 @@ func (s *Server) Stop() {
 // StartServer starts a server in ns that serves mode on ports, and waits
 // until it listens. name is what its HTTP answers say. It stops by itself when
 // this process exits.
-func StartServer(ns tracer.NetNS, name, mode string, ports []int) (*Server, error) {
+func StartServer(ns nf.NetNS, name, mode string, ports []int) (*Server, error) {
 	return startServer(serverSpec{NetNS: ns.Path, Name: name, Mode: mode, Ports: ports, WatchStdin: true})
 }
 

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/flow"
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 )
 
 // Options configure Run.
@@ -25,7 +25,7 @@ type Options struct {
 	// Lost is called when the lost-event count grows.
 	Lost func(total uint64)
 	// Record, if set, receives every event before it is assembled.
-	Record func(tracer.Event)
+	Record func(nf.Event)
 	// Journal, if set, receives everything the assembler is given, in
 	// order: Replay of what it kept prints what Run printed.
 	Journal Journal
@@ -37,7 +37,7 @@ type Options struct {
 
 // Journal keeps the assembler's inputs (svctrace -w).
 type Journal interface {
-	Event(tracer.Event)
+	Event(nf.Event)
 	Tick(now uint64)
 	Lost(total uint64)
 	Flush(now uint64)
@@ -45,7 +45,7 @@ type Journal interface {
 
 // Source is where Run reads events: a *tracer.Tracer.
 type Source interface {
-	Read() (tracer.Event, error)
+	Read() (nf.Event, error)
 	SetDeadline(time.Time)
 	Lost() uint64
 }
@@ -71,7 +71,7 @@ const readBatch = 256
 // item is what the reader hands over: an event, or (ev unset) the news
 // that the ring buffer was empty at time drained.
 type item struct {
-	ev      tracer.Event
+	ev      nf.Event
 	drained uint64
 }
 
@@ -102,7 +102,7 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 	go func() {
 		batch := make([]item, 0, readBatch)
 		for {
-			before := tracer.Now()
+			before := nf.Now()
 			tr.SetDeadline(time.Now().Add(drainEvery))
 			ev, err := tr.Read()
 			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -166,13 +166,13 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 	done := ctx.Done()
 	halt := func(err error) {
 		if stopAt == 0 {
-			stopAt, stopErr, done = tracer.Now(), err, nil
+			stopAt, stopErr, done = nf.Now(), err, nil
 			drained = time.After(maxDrain)
 		}
 	}
 	finish := func() (Result, error) {
 		checkLost()
-		now := max(tracer.Now(), seen)
+		now := max(nf.Now(), seen)
 		j.Flush(now)
 		emit(a.Flush(now))
 		res.Orphans = a.Orphans
@@ -225,9 +225,9 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 				return finish()
 			}
 		case <-quiesce:
-			quiesced, quiesce = tracer.Now(), nil
+			quiesced, quiesce = nf.Now(), nil
 		case err := <-readErr:
-			if errors.Is(err, tracer.ErrClosed) {
+			if errors.Is(err, nf.ErrClosed) {
 				return finish()
 			}
 			res.Orphans = a.Orphans
@@ -271,14 +271,14 @@ func Collect(ctx context.Context, tr Source, opts Options, traffic func()) ([]*f
 
 type noJournal struct{}
 
-func (noJournal) Event(tracer.Event) {}
-func (noJournal) Tick(uint64)        {}
-func (noJournal) Lost(uint64)        {}
-func (noJournal) Flush(uint64)       {}
+func (noJournal) Event(nf.Event) {}
+func (noJournal) Tick(uint64)    {}
+func (noJournal) Lost(uint64)    {}
+func (noJournal) Flush(uint64)   {}
 
 // Input is one thing a journal kept.
 type Input struct {
-	Event *tracer.Event
+	Event *nf.Event
 	Tick  uint64 // set for a tick
 	Lost  uint64 // set when the lost count grew
 	Flush uint64 // set for the end

@@ -9,14 +9,14 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/testutil/tracetest"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // lagging hands over recorded events as a tracer whose reader falls behind
 // the kernel would: its first read returns only at ready.
 type lagging struct {
-	evs      []tracer.Event
+	evs      []nf.Event
 	ready    time.Time
 	deadline time.Time
 }
@@ -24,11 +24,11 @@ type lagging struct {
 func (s *lagging) SetDeadline(d time.Time) { s.deadline = d }
 func (s *lagging) Lost() uint64            { return 0 }
 
-func (s *lagging) Read() (tracer.Event, error) {
+func (s *lagging) Read() (nf.Event, error) {
 	time.Sleep(time.Until(s.ready)) // the reader's goroutine was not scheduled
 	if len(s.evs) == 0 {
 		time.Sleep(time.Until(s.deadline))
-		return tracer.Event{}, os.ErrDeadlineExceeded
+		return nf.Event{}, os.ErrDeadlineExceeded
 	}
 	ev := s.evs[0]
 	s.evs = s.evs[1:]
@@ -42,13 +42,13 @@ func (s *lagging) Read() (tracer.Event, error) {
 // recentLabEvents are the lab's recorded events, moved in time so that
 // they happened just before now, the assembler options for them, and the
 // connections they hold.
-func recentLabEvents(t *testing.T) ([]tracer.Event, flow.Options, []*flow.Conn) {
+func recentLabEvents(t *testing.T) ([]nf.Event, flow.Options, []*flow.Conn) {
 	t.Helper()
 	evs, err := tracetest.ReadEvents(tracetest.LabEvents())
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := tracer.Now()
+	now := nf.Now()
 	for i := range evs {
 		evs[i].Time = now - 100*uint64(time.Millisecond) + (evs[i].Time - evs[0].Time)
 	}

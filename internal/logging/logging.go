@@ -6,12 +6,17 @@ package logging
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
 	"sync"
 )
+
+// ErrReported is returned when what went wrong was already said (logged,
+// or shown as findings): the exit status is 1, with nothing more to say.
+var ErrReported = errors.New("")
 
 // Prefix starts every line.
 const Prefix = "svctrace: "

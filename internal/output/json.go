@@ -8,8 +8,8 @@ import (
 
 	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // JSON prints one object per line: "connection" objects as connections
@@ -27,7 +27,7 @@ type jsonConn struct {
 	Scenario     string           `json:"scenario,omitempty"`
 	Verdict      flow.Verdict     `json:"verdict"`
 	Reason       string           `json:"reason"`
-	Proto        tracer.Proto     `json:"proto"`
+	Proto        nf.Proto         `json:"proto"`
 	Client       netip.AddrPort   `json:"client"`
 	VIP          netip.AddrPort   `json:"vip"`
 	VIPName      string           `json:"vip_name,omitempty"`
@@ -84,9 +84,9 @@ type jsonEvent struct {
 	TimeUS   int64          `json:"t_us"`
 	Packet   int            `json:"packet"`
 	Dir      flow.Dir       `json:"dir"`
-	Kind     tracer.Kind    `json:"kind"`
+	Kind     nf.Kind        `json:"kind"`
 	Hook     string         `json:"hook,omitempty"`
-	Stage    tracer.Stage   `json:"stage,omitzero"`
+	Stage    nf.Stage       `json:"stage,omitzero"`
 	Priority *int32         `json:"priority,omitempty"`
 	Src      netip.AddrPort `json:"src"`
 	Dst      netip.AddrPort `json:"dst"`
@@ -139,10 +139,10 @@ func (p *JSON) Conn(r report.Conn) {
 		e := jsonEvent{TimeUS: time.Duration(s.Time - c.Start).Microseconds(), Packet: s.Packet, Dir: s.Dir,
 			Kind: s.Kind, Stage: s.Stage, Src: s.Tuple.Src, Dst: s.Tuple.Dst, Flags: s.Flags, CT: s.CT,
 			CTMark: s.CTMark, CTZone: s.CTZone, Mark: s.Mark, Note: describe.Step(s)}
-		if s.Kind == tracer.KindHook || (s.Drop != nil && s.Drop.Placed) {
+		if s.Kind == nf.KindHook || (s.Drop != nil && s.Drop.Placed) {
 			e.Hook = s.Hook.String()
 		}
-		if s.Stage != tracer.StageNone {
+		if s.Stage != nf.StageNone {
 			prio := s.Stage.Priority()
 			e.Priority = &prio
 		}
@@ -167,8 +167,8 @@ func drop(d *flow.Drop) *jsonDrop {
 	}
 	j.Hook = d.Gap.Hook.String()
 	j.Stage = d.Gap.What()
-	for _, s := range []tracer.Stage{d.Gap.After, d.Gap.Before} {
-		if s != tracer.StageNone {
+	for _, s := range []nf.Stage{d.Gap.After, d.Gap.Before} {
+		if s != nf.StageNone {
 			j.Between = append(j.Between, s.String())
 			j.Priorities = append(j.Priorities, int64(s.Priority()))
 		}

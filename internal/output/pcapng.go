@@ -10,8 +10,8 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // PcapNG writes the packets of each connection for Wireshark: one record
@@ -35,7 +35,7 @@ func (p *PcapNG) iface(name, desc string) int {
 		return id
 	}
 	intf := pcapgo.NgInterface{Name: name, Description: desc, LinkType: layers.LinkTypeRaw,
-		SnapLength: uint32(tracer.MaxSnaplen), TimestampResolution: 9}
+		SnapLength: uint32(nf.MaxSnaplen), TimestampResolution: 9}
 	var id int
 	if p.w == nil {
 		p.w, p.err = pcapgo.NewNgWriterInterface(p.out, intf, pcapgo.NgWriterOptions{
@@ -62,7 +62,7 @@ func (p *PcapNG) Conn(r report.Conn) {
 			continue
 		}
 		point, desc := fmt.Sprintf("%s %s", s.Hook, s.Stage), fmt.Sprintf("netfilter %s hook, %s (priority %d)", s.Hook, s.Stage, s.Stage.Priority())
-		if s.Kind == tracer.KindDrop {
+		if s.Kind == nf.KindDrop {
 			point, desc = "drop", "packets as the kernel freed them (dropped)"
 		}
 		id := p.iface(point, desc)

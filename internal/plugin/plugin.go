@@ -22,7 +22,6 @@ import (
 	"github.com/svctrace/svctrace/internal/debugpod"
 	"github.com/svctrace/svctrace/internal/logging"
 	"github.com/svctrace/svctrace/internal/resolve"
-	"github.com/svctrace/svctrace/internal/session"
 )
 
 // MaxNodes is how many nodes the plugin traces on without being told which:
@@ -44,10 +43,10 @@ func Nodes(ctx context.Context, api *resolve.API, v *resolve.View, nodes []strin
 		}
 		return slices.Compact(slices.Sorted(slices.Values(nodes))), "as asked", nil
 	}
-	if ns, name, ok := session.FromPod(from, namespace); ok {
+	if ns, name, ok := resolve.FromPod(from, namespace); ok {
 		pod, err := api.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
-			return nil, "", session.PodNotFound(ns, name)
+			return nil, "", resolve.PodNotFound(ns, name)
 		}
 		if err != nil {
 			return nil, "", fmt.Errorf("pod %s/%s: %s", ns, name, firstLine(err.Error()))
@@ -104,7 +103,7 @@ func readyNode(nodes []corev1.Node) string {
 
 // Run runs svctrace in a debug Pod on each node at once, with their output
 // merged onto stdout and stderr (JSON objects when asJSON), and deletes the
-// Pods; its own messages go to log. It returns session.ErrReported when a Pod's svctrace failed or
+// Pods; its own messages go to log. It returns logging.ErrReported when a Pod's svctrace failed or
 // found a problem, or what went wrong was said.
 func Run(ctx context.Context, api *resolve.API, nodes []string, spec debugpod.Spec, startTimeout time.Duration, intro string, log *slog.Logger, stdout, stderr io.Writer, asJSON bool) error {
 	r := &debugpod.Runner{Client: api.Client, Stream: api.Streaming(), StartTimeout: startTimeout, Drain: 15 * time.Second,
@@ -132,20 +131,20 @@ func Run(ctx context.Context, api *resolve.API, nodes []string, spec debugpod.Sp
 			case err != nil:
 				errs[i] = err
 			case res.ExitCode > 0:
-				errs[i] = session.ErrReported // svctrace said why, or found a problem
+				errs[i] = logging.ErrReported // svctrace said why, or found a problem
 			}
 		}()
 	}
 	wg.Wait()
 	failed := false
 	for _, err := range errs {
-		if err != nil && !errors.Is(err, session.ErrReported) {
+		if err != nil && !errors.Is(err, logging.ErrReported) {
 			log.Error(err.Error())
 		}
 		failed = failed || err != nil
 	}
 	if failed {
-		return session.ErrReported
+		return logging.ErrReported
 	}
 	return nil
 }

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/vishvananda/netlink"
 )
 
@@ -17,21 +17,21 @@ import (
 // process found in it names it. Where several hold the address (nested
 // nodes, test beds), the one whose interface with it is wired to the node
 // namespace node (a veth peer there) is the Pod's.
-func PodNetNS(ip netip.Addr, node tracer.NetNS, procRoot string) (tracer.NetNS, error) {
+func PodNetNS(ip netip.Addr, node nf.NetNS, procRoot string) (nf.NetNS, error) {
 	if procRoot == "" {
 		procRoot = "/proc"
 	}
 	entries, err := os.ReadDir(procRoot)
 	if err != nil {
-		return tracer.NetNS{}, err
+		return nf.NetNS{}, err
 	}
 	seen := map[uint32]bool{}
-	var first *tracer.NetNS
+	var first *nf.NetNS
 	for _, e := range entries {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
 		}
-		ns, err := tracer.ResolveNetNS(filepath.Join(procRoot, e.Name(), "ns", "net"))
+		ns, err := nf.ResolveNetNS(filepath.Join(procRoot, e.Name(), "ns", "net"))
 		if err != nil || seen[ns.Inode] || ns.Inode == node.Inode {
 			continue // gone, not ours to see, looked at, or the node itself
 		}
@@ -47,12 +47,12 @@ func PodNetNS(ip netip.Addr, node tracer.NetNS, procRoot string) (tracer.NetNS, 
 	if first != nil {
 		return *first, nil
 	}
-	return tracer.NetNS{}, fmt.Errorf("no network namespace on this node holds %s (%d looked at): is the Pod running on this node?", ip, len(seen))
+	return nf.NetNS{}, fmt.Errorf("no network namespace on this node holds %s (%d looked at): is the Pod running on this node?", ip, len(seen))
 }
 
 // holds reports whether ns has address ip, and whether the interface with
 // it is wired to the node namespace (its link's peer lives there).
-func holds(ns tracer.NetNS, ip netip.Addr, node tracer.NetNS) (held, wired bool) {
+func holds(ns nf.NetNS, ip netip.Addr, node nf.NetNS) (held, wired bool) {
 	nodeFd := -1
 	if node.Path != "" {
 		if f, err := os.Open(node.Path); err == nil {
@@ -60,7 +60,7 @@ func holds(ns tracer.NetNS, ip netip.Addr, node tracer.NetNS) (held, wired bool)
 			nodeFd = int(f.Fd())
 		}
 	}
-	tracer.InNetNS(ns, func() error {
+	nf.InNetNS(ns, func() error {
 		addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 		for _, a := range addrs {
 			if got, ok := netip.AddrFromSlice(a.IP); !ok || got.Unmap() != ip {

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/topo"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // Two nodes each with a Pod of the same IP (nested nodes, two test beds at
@@ -21,7 +21,7 @@ func TestPodNetNSPicksThePodOfThisNode(t *testing.T) {
 	prefix := fmt.Sprintf("svctrace-probetest-%d-", os.Getpid())
 	var names []string
 	t.Cleanup(func() { topo.Remove(names) })
-	create := func(name string) tracer.NetNS {
+	create := func(name string) nf.NetNS {
 		names = append(names, prefix+name)
 		ns, err := topo.CreateNetNS(prefix + name)
 		if err != nil {
@@ -29,7 +29,7 @@ func TestPodNetNSPicksThePodOfThisNode(t *testing.T) {
 		}
 		return ns
 	}
-	var nodes, pods []tracer.NetNS
+	var nodes, pods []nf.NetNS
 	for i := range 2 {
 		node, pod := create(fmt.Sprint("node", i)), create(fmt.Sprint("pod", i))
 		if err := topo.Veth(node, "veth0", pod, "eth0", ""); err != nil {
@@ -46,7 +46,7 @@ func TestPodNetNSPicksThePodOfThisNode(t *testing.T) {
 		t.Cleanup(func() { sleep.Process.Kill(); sleep.Wait() })
 		// ip netns exec enters the namespace after it started.
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			ns, err := tracer.ResolveNetNS(fmt.Sprintf("/proc/%d/ns/net", sleep.Process.Pid))
+			ns, err := nf.ResolveNetNS(fmt.Sprintf("/proc/%d/ns/net", sleep.Process.Pid))
 			if err == nil && ns.Inode == pod.Inode {
 				break
 			}

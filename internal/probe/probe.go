@@ -17,7 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 	"golang.org/x/sys/unix"
 )
 
@@ -44,7 +44,7 @@ func ParseKind(s string) (Kind, error) {
 // Result is what one probe saw.
 type Result struct {
 	To    netip.AddrPort
-	Proto tracer.Proto
+	Proto nf.Proto
 	// From is the probe's own address once the kernel chose it (the
 	// source port is known before the first packet leaves).
 	From netip.AddrPort
@@ -64,12 +64,12 @@ func (r Result) String() string {
 const payload = "svctrace probe\n"
 
 // Run probes to once from network namespace ns, within timeout.
-func Run(ctx context.Context, ns tracer.NetNS, kind Kind, proto tracer.Proto, to netip.AddrPort, timeout time.Duration) Result {
+func Run(ctx context.Context, ns nf.NetNS, kind Kind, proto nf.Proto, to netip.AddrPort, timeout time.Duration) Result {
 	r := Result{To: to, Proto: proto}
 	network := "tcp"
-	if proto == tracer.UDP {
+	if proto == nf.UDP {
 		network = "udp"
-	} else if proto != tracer.TCP {
+	} else if proto != nf.TCP {
 		r.Outcome = fmt.Sprintf("%s is not probed (TCP and UDP only)", proto)
 		return r
 	}
@@ -99,7 +99,7 @@ func Run(ctx context.Context, ns tracer.NetNS, kind Kind, proto tracer.Proto, to
 	start := time.Now()
 	var conn net.Conn
 	var src netip.Addr
-	err := tracer.InNetNS(ns, func() (err error) {
+	err := nf.InNetNS(ns, func() (err error) {
 		src = routeSource(to)
 		conn, err = d.DialContext(ctx, network, to.String())
 		return err
@@ -113,7 +113,7 @@ func Run(ctx context.Context, ns tracer.NetNS, kind Kind, proto tracer.Proto, to
 	}
 	defer conn.Close()
 	switch {
-	case proto == tracer.UDP:
+	case proto == nf.UDP:
 		r.OK, r.Outcome = udpExchange(ctx, conn, start, timeout)
 	case kind == HTTP:
 		r.OK, r.Outcome = httpGet(ctx, conn, to, start, timeout)

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 )
 
 // Probes on loopback, in the test's own network namespace: each kind of
@@ -48,19 +48,19 @@ func TestRun(t *testing.T) {
 
 	for _, tc := range []struct {
 		kind    Kind
-		proto   tracer.Proto
+		proto   nf.Proto
 		to      string
 		ok      bool
 		outcome string
 	}{
-		{Connect, tracer.TCP, tcp.Addr().String(), true, "connected in "},
-		{HTTP, tracer.TCP, tcp.Addr().String(), true, "HTTP 200 OK in "},
-		{Connect, tracer.TCP, closedAddr, false, "connection refused"},
-		{Connect, tracer.UDP, udp.LocalAddr().String(), true, "answered (15 bytes) in "},
-		{Connect, tracer.UDP, silent.LocalAddr().String(), false, "sent; no answer in 300ms"},
+		{Connect, nf.TCP, tcp.Addr().String(), true, "connected in "},
+		{HTTP, nf.TCP, tcp.Addr().String(), true, "HTTP 200 OK in "},
+		{Connect, nf.TCP, closedAddr, false, "connection refused"},
+		{Connect, nf.UDP, udp.LocalAddr().String(), true, "answered (15 bytes) in "},
+		{Connect, nf.UDP, silent.LocalAddr().String(), false, "sent; no answer in 300ms"},
 	} {
 		to := netip.MustParseAddrPort(tc.to)
-		r := Run(context.Background(), tracer.NetNS{}, tc.kind, tc.proto, to, 300*time.Millisecond)
+		r := Run(context.Background(), nf.NetNS{}, tc.kind, tc.proto, to, 300*time.Millisecond)
 		if r.OK != tc.ok || !strings.HasPrefix(r.Outcome, tc.outcome) {
 			t.Errorf("%s %s %s: ok %v, %q; want %v, %q", tc.kind, tc.proto, to, r.OK, r.Outcome, tc.ok, tc.outcome)
 		}

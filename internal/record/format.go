@@ -27,8 +27,8 @@ import (
 
 	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/resolve"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // Magic starts every recording.
@@ -55,9 +55,9 @@ const (
 	TypeName      Type = 7  // an address named by a lookup (JSON Name)
 	TypeLab       Type = 8  // svctrace lab's scenarios, clients and objects (JSON, the lab's own)
 	TypeConntrack Type = 4  // conntrack entries of the traced addresses (JSON []Conntrack)
-	TypeServices  Type = 5  // the addresses the node should translate (JSON []tracer.Target)
+	TypeServices  Type = 5  // the addresses the node should translate (JSON []nf.Target)
 	TypeIfName    Type = 6  // an interface of the node (JSON IfName)
-	TypeEvent     Type = 10 // a kernel event (JSON tracer.Event)
+	TypeEvent     Type = 10 // a kernel event (JSON nf.Event)
 	TypeTick      Type = 11 // the assembler's clock advanced (uint64 ns)
 	TypeLost      Type = 12 // events lost so far (uint64)
 	TypeFlush     Type = 13 // the trace ended at this time (uint64 ns)
@@ -78,17 +78,17 @@ var typeNames = map[Type]string{TypeMeta: "meta", TypeView: "view", TypeRules: "
 // Meta describes the trace: what ran, where, and how the live run
 // assembled and printed.
 type Meta struct {
-	Command []string        `json:"command"` // svctrace's arguments
-	Mode    string          `json:"mode"`    // "trace", "service" or "lab"
-	Host    string          `json:"host"`
-	Kernel  string          `json:"kernel"`
-	Backend string          `json:"backend"`
-	Links   int             `json:"links"`
-	Drops   string          `json:"drops"`
-	NetNS   uint32          `json:"netns"` // the traced namespace's inode
-	Node    string          `json:"node,omitempty"`
-	Addrs   []netip.Addr    `json:"node_addrs,omitempty"`
-	Targets []tracer.Target `json:"targets"`
+	Command []string     `json:"command"` // svctrace's arguments
+	Mode    string       `json:"mode"`    // "trace", "service" or "lab"
+	Host    string       `json:"host"`
+	Kernel  string       `json:"kernel"`
+	Backend string       `json:"backend"`
+	Links   int          `json:"links"`
+	Drops   string       `json:"drops"`
+	NetNS   uint32       `json:"netns"` // the traced namespace's inode
+	Node    string       `json:"node,omitempty"`
+	Addrs   []netip.Addr `json:"node_addrs,omitempty"`
+	Targets []nf.Target  `json:"targets"`
 	// The live run's clock: monotonic time Mono was wall time Wall.
 	Wall time.Time `json:"wall"`
 	Mono uint64    `json:"mono"`
@@ -108,7 +108,7 @@ type Name struct {
 
 // WallClock is the live run's monotonic-to-wall mapping.
 func (m *Meta) WallClock() func(uint64) time.Time {
-	return tracer.Clock{Wall: m.Wall, Mono: m.Mono}.Time
+	return nf.Clock{Wall: m.Wall, Mono: m.Mono}.Time
 }
 
 // IfName names one interface of the node.

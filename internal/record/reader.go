@@ -11,8 +11,8 @@ import (
 	"io"
 	"os"
 
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/resolve"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // Entry is one record as read.
@@ -20,7 +20,7 @@ type Entry struct {
 	Type   Type
 	Offset int64 // where its frame starts
 	// One of these, by Type.
-	Event     tracer.Event
+	Event     nf.Event
 	Time      uint64 // tick and flush
 	Lost      uint64
 	View      *resolve.View
@@ -28,7 +28,7 @@ type Entry struct {
 	Lab       json.RawMessage
 	Rules     Rules
 	Conntrack []Conntrack
-	Services  []tracer.Target
+	Services  []nf.Target
 	IfName    IfName
 }
 

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 )
 
 type buffer struct{ bytes.Buffer }
@@ -21,13 +21,13 @@ type buffer struct{ bytes.Buffer }
 func (*buffer) Close() error { return nil }
 
 var meta = Meta{Command: []string{"trace", "--addr", "10.96.0.10:80"}, Mode: "trace", Backend: "netfilter-link",
-	NetNS: 4026531840, Targets: []tracer.Target{{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: tracer.TCP}},
+	NetNS: 4026531840, Targets: []nf.Target{{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: nf.TCP}},
 	Wall: time.Date(2026, 11, 21, 6, 0, 0, 0, time.UTC), Mono: 1_000_000_000, Timeout: 1500 * time.Millisecond}
 
-func event(t uint64) tracer.Event {
-	return tracer.Event{Time: t, Kind: tracer.KindHook, Hook: tracer.PreRouting, Stage: tracer.StagePreConntrack, Family: tracer.IPv4,
-		Packet: 42, Tuple: tracer.Tuple{Src: netip.MustParseAddrPort("10.99.0.2:40000"), Dst: netip.MustParseAddrPort("10.96.0.10:80"), Proto: tracer.TCP},
-		TCPFlags: tracer.SYN}
+func event(t uint64) nf.Event {
+	return nf.Event{Time: t, Kind: nf.KindHook, Hook: nf.PreRouting, Stage: nf.StagePreConntrack, Family: nf.IPv4,
+		Packet: 42, Tuple: nf.Tuple{Src: netip.MustParseAddrPort("10.99.0.2:40000"), Dst: netip.MustParseAddrPort("10.96.0.10:80"), Proto: nf.TCP},
+		TCPFlags: nf.SYN}
 }
 
 // sample is a small recording: meta, an interface, two events, a tick, a
@@ -70,7 +70,7 @@ func TestRoundTrip(t *testing.T) {
 			t.Fatalf("entries %v, want %v", types, want)
 		}
 	}
-	if ev := rec.Entries[1].Event; ev.Tuple != event(0).Tuple || ev.Time != 1_000_000_100 || ev.TCPFlags != tracer.SYN {
+	if ev := rec.Entries[1].Event; ev.Tuple != event(0).Tuple || ev.Time != 1_000_000_100 || ev.TCPFlags != nf.SYN {
 		t.Errorf("event %+v", ev)
 	}
 	if rec.Entries[2].Time != 1_000_000_200 || rec.Entries[3].Lost != 3 || rec.Entries[0].IfName.Name != "client0" {

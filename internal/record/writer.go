@@ -13,8 +13,8 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/resolve"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // Writer appends records to a recording. Safe for concurrent use.
@@ -224,17 +224,17 @@ func (w *Writer) stopLocked(why string) {
 	}
 }
 
-func (w *Writer) View(v *resolve.View)             { w.addJSON(TypeView, v) }
-func (w *Writer) Name(n Name)                      { w.addJSON(TypeName, n) }
-func (w *Writer) Rules(r Rules)                    { w.addJSON(TypeRules, r) }
-func (w *Writer) Conntrack(entries []Conntrack)    { w.addJSON(TypeConntrack, entries) }
-func (w *Writer) Services(targets []tracer.Target) { w.addJSON(TypeServices, targets) }
-func (w *Writer) IfName(n IfName)                  { w.addJSON(TypeIfName, n) }
-func (w *Writer) Lab(v any)                        { w.addJSON(TypeLab, v) }
-func (w *Writer) Lost(total uint64)                { w.add(TypeLost, u64(total)) }
+func (w *Writer) View(v *resolve.View)          { w.addJSON(TypeView, v) }
+func (w *Writer) Name(n Name)                   { w.addJSON(TypeName, n) }
+func (w *Writer) Rules(r Rules)                 { w.addJSON(TypeRules, r) }
+func (w *Writer) Conntrack(entries []Conntrack) { w.addJSON(TypeConntrack, entries) }
+func (w *Writer) Services(targets []nf.Target)  { w.addJSON(TypeServices, targets) }
+func (w *Writer) IfName(n IfName)               { w.addJSON(TypeIfName, n) }
+func (w *Writer) Lab(v any)                     { w.addJSON(TypeLab, v) }
+func (w *Writer) Lost(total uint64)             { w.add(TypeLost, u64(total)) }
 
 // Event records an event handed to the assembler.
-func (w *Writer) Event(ev tracer.Event) {
+func (w *Writer) Event(ev nf.Event) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	b, err := json.Marshal(ev)

@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -51,9 +51,9 @@ func (b *Bridge) Port(a netip.Addr) *BridgePort {
 
 // Bridges reads the bridges in the node's namespace ns: their addresses,
 // their ports' hairpin mode, and which addresses sit behind each port.
-func Bridges(ns tracer.NetNS) []Bridge {
+func Bridges(ns nf.NetNS) []Bridge {
 	var out []Bridge
-	tracer.InNetNS(ns, func() error {
+	nf.InNetNS(ns, func() error {
 		links, err := netlink.LinkList()
 		if err != nil {
 			return err

@@ -3,16 +3,16 @@ package resolve
 import (
 	"net/netip"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/vishvananda/netlink"
 )
 
 // LocalAddrs are the global unicast addresses in the node's namespace:
 // where NodePorts are reached, and how the Node object is found when its
 // name is not the host name.
-func LocalAddrs(ns tracer.NetNS) []netip.Addr {
+func LocalAddrs(ns nf.NetNS) []netip.Addr {
 	var out []netip.Addr
-	tracer.InNetNS(ns, func() error {
+	nf.InNetNS(ns, func() error {
 		addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 		if err != nil {
 			return err

@@ -6,7 +6,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -33,7 +33,7 @@ type Service struct {
 type Port struct {
 	Service    *Service
 	Name       string
-	Protocol   tracer.Proto
+	Protocol   nf.Proto
 	Port       uint16
 	TargetPort intstr.IntOrString
 	NodePort   uint16
@@ -107,9 +107,9 @@ func NewService(v *View) *Service {
 		}
 	}
 	for _, sp := range spec.Ports {
-		proto, err := tracer.ParseProto(strings.ToLower(string(sp.Protocol)))
+		proto, err := nf.ParseProto(strings.ToLower(string(sp.Protocol)))
 		if err != nil {
-			proto = tracer.TCP
+			proto = nf.TCP
 		}
 		p := Port{Service: s, Name: sp.Name, Protocol: proto, Port: uint16(sp.Port), TargetPort: sp.TargetPort, NodePort: uint16(sp.NodePort)}
 		if p.TargetPort.Type == intstr.Int && p.TargetPort.IntVal == 0 {
@@ -227,10 +227,10 @@ func (s *Service) NodePortAddrs(addrs []netip.Addr) []netip.Addr {
 
 // Targets are what the tracer must watch for this Service: every address
 // of Addresses and every endpoint (a headless Service has only those).
-func (s *Service) Targets(nodeAddrs []netip.Addr) []tracer.Target {
-	var out []tracer.Target
-	add := func(a netip.AddrPort, p tracer.Proto) {
-		t := tracer.Target{Addr: a, Proto: p}
+func (s *Service) Targets(nodeAddrs []netip.Addr) []nf.Target {
+	var out []nf.Target
+	add := func(a netip.AddrPort, p nf.Proto) {
+		t := nf.Target{Addr: a, Proto: p}
 		if !slices.Contains(out, t) {
 			out = append(out, t)
 		}

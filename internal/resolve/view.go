@@ -294,3 +294,18 @@ func editDistance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// FromPod reads --from pod/NAME (in namespace ns) or pod/NAMESPACE/NAME;
+// ok is false for anything else.
+func FromPod(from, ns string) (podNS, name string, ok bool) {
+	name, ok = strings.CutPrefix(from, "pod/")
+	if n, rest, found := strings.Cut(name, "/"); found {
+		return n, rest, ok
+	}
+	return ns, name, ok
+}
+
+// PodNotFound says so, with the next step.
+func PodNotFound(ns, name string) error {
+	return fmt.Errorf("pod %s/%s not found: check the name and -n (kubectl get pods -n %s)", ns, name, ns)
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/report"
@@ -64,7 +65,7 @@ func RunLab(ctx context.Context, o Lab) error {
 		return err
 	}
 	w := o.Rec
-	clock := tracer.NewClock()
+	clock := nf.NewClock()
 	p, err := o.Printer(output.Options{Wall: clock.Time})
 	if err != nil {
 		return err
@@ -152,7 +153,7 @@ func recordLab(w *record.Writer, l *lab.Lab, run LabRun, facts diagnose.NodeFact
 		lr.Views[s.Name] = as[s.Name].View
 	}
 	w.Lab(lr)
-	tracer.InNetNS(l.Node, func() error {
+	nf.InNetNS(l.Node, func() error {
 		ifs, err := net.Interfaces()
 		for _, i := range ifs {
 			w.IfName(record.IfName{Index: uint32(i.Index), Name: i.Name})

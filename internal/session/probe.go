@@ -4,16 +4,15 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/probe"
 	"github.com/svctrace/svctrace/internal/resolve"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // prober opens svctrace's own test connections (--probe) once tracing has
@@ -21,7 +20,7 @@ import (
 // have had time to complete.
 type prober struct {
 	kind    probe.Kind
-	from    tracer.NetNS
+	from    nf.NetNS
 	where   string // "node", "pod shop/frontend-x"
 	to      []resolve.Address
 	timeout time.Duration
@@ -37,7 +36,7 @@ func (s Service) prober(ctx context.Context, st *state) (*prober, error) {
 	p := &prober{kind: s.Probe.Kind, from: node, where: "node", timeout: s.Timeout,
 		say: func(format string, args ...any) { s.say("probe "+format, args...) }}
 	for _, a := range st.Service.Addresses(st.NodeAddrs) {
-		if a.Kind == "ClusterIP" && (a.Port.Protocol == tracer.TCP || a.Port.Protocol == tracer.UDP) {
+		if a.Kind == "ClusterIP" && (a.Port.Protocol == nf.TCP || a.Port.Protocol == nf.UDP) {
 			p.to = append(p.to, a)
 		}
 	}
@@ -45,7 +44,7 @@ func (s Service) prober(ctx context.Context, st *state) (*prober, error) {
 	if len(p.to) == 0 {
 		return nil, fmt.Errorf("%s has no ClusterIP with a TCP or UDP port to probe (headless or ExternalName): trace its clients' traffic instead, without --probe", svc)
 	}
-	if ns, name, ok := FromPod(s.Probe.From, s.Namespace); ok {
+	if ns, name, ok := resolve.FromPod(s.Probe.From, s.Namespace); ok {
 		pod, err := findPod(ctx, s.Source, ns, name)
 		if err != nil {
 			return nil, err
@@ -67,21 +66,6 @@ func (s Service) prober(ctx context.Context, st *state) (*prober, error) {
 	return p, nil
 }
 
-// FromPod reads --from pod/NAME (in namespace ns) or pod/NAMESPACE/NAME;
-// ok is false for anything else.
-func FromPod(from, ns string) (podNS, name string, ok bool) {
-	name, ok = strings.CutPrefix(from, "pod/")
-	if n, rest, found := strings.Cut(name, "/"); found {
-		return n, rest, ok
-	}
-	return ns, name, ok
-}
-
-// PodNotFound says so, with the next step.
-func PodNotFound(ns, name string) error {
-	return fmt.Errorf("pod %s/%s not found: check the name and -n (kubectl get pods -n %s)", ns, name, ns)
-}
-
 // findPod finds one Pod by name.
 func findPod(ctx context.Context, src resolve.Source, ns, name string) (*corev1.Pod, error) {
 	var found *corev1.Pod
@@ -94,7 +78,7 @@ func findPod(ctx context.Context, src resolve.Source, ns, name string) (*corev1.
 		return nil, fmt.Errorf("looking for pod %s/%s: %w", ns, name, err)
 	}
 	if found == nil {
-		return nil, PodNotFound(ns, name)
+		return nil, resolve.PodNotFound(ns, name)
 	}
 	return found, nil
 }

@@ -10,11 +10,11 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // Replay prints what the live run that made rec printed, for the
@@ -47,7 +47,7 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			names[e.Name.Addr] = e.Name.Name
 		}
 	}
-	services := map[tracer.Target]bool{}
+	services := map[nf.Target]bool{}
 	var cur *diagnose.Assessment
 	// x explains the connections and names their addresses, as the
 	// recording knows them; nil: addresses only.
@@ -145,7 +145,7 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 	}
 	res := live.Replay(live.Options{
 		Flow: flow.Options{NodeNetNS: m.NetNS, Timeout: m.Timeout,
-			IsService: func(pr tracer.Proto, a netip.AddrPort) bool { return services[tracer.Target{Addr: a, Proto: pr}] },
+			IsService: func(pr nf.Proto, a netip.AddrPort) bool { return services[nf.Target{Addr: a, Proto: pr}] },
 			IfName:    func(i uint32) string { return ifNames[i] }},
 		Count: m.Count,
 		Conn: func(c *flow.Conn, lost uint64) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/diagnose"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/probe"
 	"github.com/svctrace/svctrace/internal/record"
@@ -27,7 +28,7 @@ type Service struct {
 	Trace
 	Namespace, Name string
 	Source          resolve.Source
-	Node            tracer.NetNS // resolved Trace.NetNS
+	Node            nf.NetNS // resolved Trace.NetNS
 	Local           resolve.LocalNode
 	// Tracing: trace after the diagnosis (svctrace SERVICE), not only
 	// diagnose (svctrace check).
@@ -47,8 +48,8 @@ type Probe struct {
 type state struct {
 	*diagnose.Assessment
 	facts    diagnose.NodeFacts
-	targets  []tracer.Target
-	services map[tracer.Target]bool
+	targets  []nf.Target
+	services map[nf.Target]bool
 }
 
 // record writes the state into a recording: the objects, the node's rules,
@@ -56,7 +57,7 @@ type state struct {
 func (st *state) record(w *record.Writer) {
 	w.View(st.View)
 	w.Rules(RecordedFacts(st.facts))
-	services := make([]tracer.Target, 0, len(st.services))
+	services := make([]nf.Target, 0, len(st.services))
 	for t := range st.services {
 		services = append(services, t)
 	}
@@ -80,9 +81,9 @@ func Serve(ctx context.Context, s Service) error {
 		if err != nil {
 			return nil, err
 		}
-		st := &state{Assessment: a, facts: facts, targets: a.Service.Targets(a.NodeAddrs), services: map[tracer.Target]bool{}}
+		st := &state{Assessment: a, facts: facts, targets: a.Service.Targets(a.NodeAddrs), services: map[nf.Target]bool{}}
 		for _, ad := range a.Service.Addresses(a.NodeAddrs) {
-			st.services[tracer.Target{Addr: ad.Addr, Proto: ad.Port.Protocol}] = true
+			st.services[nf.Target{Addr: ad.Addr, Proto: ad.Port.Protocol}] = true
 		}
 		// Names the API gave by IP go into the recording: analysis has no API.
 		lookup := a.Explainer.Lookup
@@ -135,8 +136,8 @@ func Serve(ctx context.Context, s Service) error {
 		cur.Load().record(w)
 		recording.Store(true)
 	}
-	t.IsService = func(pr tracer.Proto, a netip.AddrPort) bool {
-		return cur.Load().services[tracer.Target{Addr: a, Proto: pr}]
+	t.IsService = func(pr nf.Proto, a netip.AddrPort) bool {
+		return cur.Load().services[nf.Target{Addr: a, Proto: pr}]
 	}
 	t.Explainer = func() report.Explainer { return cur.Load().Explainer }
 	t.Started = func(ctx context.Context, tr *tracer.Tracer) {

@@ -7,7 +7,6 @@ package session
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,15 +21,15 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/live"
 	"github.com/svctrace/svctrace/internal/logging"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/tracer"
 )
 
-// ErrReported is returned when what went wrong was already said (on
-// stderr, or as findings): the exit status is 1, with nothing more to say.
-var ErrReported = errors.New("")
+// ErrReported is logging.ErrReported: what went wrong was already said.
+var ErrReported = logging.ErrReported
 
 // IO is where a session writes and how it prints.
 type IO struct {
@@ -54,14 +53,14 @@ func (o IO) logf(format string, args ...any) { logging.Printf(o.Log)(format, arg
 type Trace struct {
 	IO
 	NetNS    string
-	Targets  []tracer.Target
+	Targets  []nf.Target
 	Backend  string
 	Duration time.Duration
 	Count    int
 	Timeout  time.Duration
 	// IsService reports whether an address is one the node should
 	// translate; nil: every target is.
-	IsService func(tracer.Proto, netip.AddrPort) bool
+	IsService func(nf.Proto, netip.AddrPort) bool
 	// Explainer explains the connections and names their addresses, as
 	// known when each completes; nil: addresses only.
 	Explainer func() report.Explainer
@@ -106,7 +105,7 @@ func Run(ctx context.Context, s Trace) error {
 	s.say("tracing %s in %s with %s (%d %s, drops: %s); Ctrl-C to stop",
 		targetList(s.Targets), info.NetNS, info.Backend, info.Links, ProbesWord(info.Backend), OrNone(info.Drops))
 
-	clock := tracer.NewClock()
+	clock := nf.NewClock()
 	p, err := s.Printer(output.Options{Wall: clock.Time})
 	if err != nil {
 		return err
@@ -115,7 +114,7 @@ func Run(ctx context.Context, s Trace) error {
 		NodeNetNS: info.NetNS.Inode,
 		IsService: s.IsService,
 		Timeout:   s.Timeout,
-		IfName:    tracer.NewIfNames(info.NetNS).Name,
+		IfName:    nf.NewIfNames(info.NetNS).Name,
 	}
 	var journal live.Journal
 	if s.Rec != nil {
@@ -200,7 +199,7 @@ func OrNone(s string) string {
 	return s
 }
 
-func targetList(ts []tracer.Target) string {
+func targetList(ts []nf.Target) string {
 	var s []string
 	for _, t := range ts {
 		s = append(s, t.String())
@@ -210,7 +209,7 @@ func targetList(ts []tracer.Target) string {
 
 // StartMeta is what a recording says of the trace before its records;
 // clock is the one the live run prints times with.
-func StartMeta(mode string, info tracer.Info, targets []tracer.Target, timeout time.Duration, count int, clock tracer.Clock) record.Meta {
+func StartMeta(mode string, info tracer.Info, targets []nf.Target, timeout time.Duration, count int, clock nf.Clock) record.Meta {
 	m := record.Meta{Command: os.Args[1:], Mode: mode, Backend: info.Backend, Links: info.Links, Drops: info.Drops,
 		NetNS: info.NetNS.Inode, Targets: targets, Timeout: timeout, Count: count, Wall: clock.Wall, Mono: clock.Mono}
 	m.Host, _ = os.Hostname()
@@ -223,8 +222,8 @@ func StartMeta(mode string, info tracer.Info, targets []tracer.Target, timeout t
 
 // recordingIfNames names the node's interfaces and records each name the
 // first time it is asked for.
-func recordingIfNames(ns tracer.NetNS, w *record.Writer) func(uint32) string {
-	names := tracer.NewIfNames(ns)
+func recordingIfNames(ns nf.NetNS, w *record.Writer) func(uint32) string {
+	names := nf.NewIfNames(ns)
 	seen := map[uint32]bool{}
 	return func(i uint32) string {
 		n := names.Name(i)

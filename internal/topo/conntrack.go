@@ -5,14 +5,14 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
 // ForgetConnection deletes ns's conntrack entry of the TCP connection from
 // client to server (its original direction), as conntrack -D would.
-func ForgetConnection(ns tracer.NetNS, client, server netip.AddrPort) error {
+func ForgetConnection(ns nf.NetNS, client, server netip.AddrPort) error {
 	f := &netlink.ConntrackFilter{}
 	for _, err := range []error{
 		f.AddProtocol(unix.IPPROTO_TCP),

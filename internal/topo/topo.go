@@ -15,7 +15,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -23,25 +23,25 @@ import (
 
 // CreateNetNS creates a named network namespace (bind-mounted under
 // /run/netns like `ip netns add`) without moving the caller into it.
-func CreateNetNS(name string) (tracer.NetNS, error) {
+func CreateNetNS(name string) (nf.NetNS, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
-		return tracer.NetNS{}, err
+		return nf.NetNS{}, err
 	}
 	defer orig.Close()
 	h, err := netns.NewNamed(name)
 	if err != nil {
-		return tracer.NetNS{}, fmt.Errorf("creating network namespace %s: %w", name, err)
+		return nf.NetNS{}, fmt.Errorf("creating network namespace %s: %w", name, err)
 	}
 	h.Close()
 	if err := netns.Set(orig); err != nil {
 		// Keep the thread locked: it must not be reused in the wrong namespace.
 		runtime.LockOSThread()
-		return tracer.NetNS{}, fmt.Errorf("leaving network namespace %s: %w", name, err)
+		return nf.NetNS{}, fmt.Errorf("leaving network namespace %s: %w", name, err)
 	}
-	return tracer.ResolveNetNS(name)
+	return nf.ResolveNetNS(name)
 }
 
 // DeleteNetNS unmounts and removes a named namespace. Interfaces in it go
@@ -57,7 +57,7 @@ func DeleteNetNS(name string) error {
 // Iface configures one end of a link: loopback and the link up, addresses,
 // default routes.
 type Iface struct {
-	NS    tracer.NetNS
+	NS    nf.NetNS
 	Name  string
 	Addrs []netip.Prefix
 	// Gateways: a default route via each (one per family); none: no route.
@@ -102,7 +102,7 @@ func ipnet(p netip.Prefix) *net.IPNet {
 }
 
 // Veth creates a veth pair with one end in each namespace.
-func Veth(a tracer.NetNS, aName string, b tracer.NetNS, bName string, master string) error {
+func Veth(a nf.NetNS, aName string, b nf.NetNS, bName string, master string) error {
 	peer, err := netns.GetFromPath(b.Path)
 	if err != nil {
 		return err
@@ -130,13 +130,13 @@ func Veth(a tracer.NetNS, aName string, b tracer.NetNS, bName string, master str
 }
 
 // withHandle runs f with a netlink handle in ns.
-func withHandle(ns tracer.NetNS, f func(h *netlink.Handle) error) error {
+func withHandle(ns nf.NetNS, f func(h *netlink.Handle) error) error {
 	return withHandleFor(ns, unix.NETLINK_ROUTE, f)
 }
 
 // withHandleFor is withHandle for another netlink family (conntrack's:
 // NETLINK_NETFILTER).
-func withHandleFor(ns tracer.NetNS, family int, f func(h *netlink.Handle) error) error {
+func withHandleFor(ns nf.NetNS, family int, f func(h *netlink.Handle) error) error {
 	fd, err := netns.GetFromPath(ns.Path)
 	if err != nil {
 		return err
@@ -151,7 +151,7 @@ func withHandleFor(ns tracer.NetNS, family int, f func(h *netlink.Handle) error)
 }
 
 // AddLink creates a link (a bridge) in ns.
-func AddLink(ns tracer.NetNS, l netlink.Link) error {
+func AddLink(ns nf.NetNS, l netlink.Link) error {
 	return withHandle(ns, func(h *netlink.Handle) error {
 		if err := h.LinkAdd(l); err != nil {
 			return fmt.Errorf("creating %s %s: %w", l.Type(), l.Attrs().Name, err)
@@ -164,7 +164,7 @@ func AddLink(ns tracer.NetNS, l netlink.Link) error {
 // host with that MAC address answered there, and returns its removal. It is
 // netlink rather than `ip neigh`: the kernel VMs have busybox's ip, which
 // cannot.
-func Neighbour(ns tracer.NetNS, dev string, addr netip.Addr, mac net.HardwareAddr) (remove func() error, err error) {
+func Neighbour(ns nf.NetNS, dev string, addr netip.Addr, mac net.HardwareAddr) (remove func() error, err error) {
 	var n netlink.Neigh
 	err = withHandle(ns, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(dev)
@@ -188,7 +188,7 @@ func Neighbour(ns tracer.NetNS, dev string, addr netip.Addr, mac net.HardwareAdd
 
 // Blackhole adds a blackhole route to addr alone in ns: what Calico leaves
 // behind for an address it has released.
-func Blackhole(ns tracer.NetNS, addr netip.Addr) error {
+func Blackhole(ns nf.NetNS, addr netip.Addr) error {
 	return withHandle(ns, func(h *netlink.Handle) error {
 		r := netlink.Route{Dst: ipnet(netip.PrefixFrom(addr, addr.BitLen())), Type: unix.RTN_BLACKHOLE}
 		if err := h.RouteAdd(&r); err != nil {
@@ -206,8 +206,8 @@ func family(a netip.Addr) int {
 }
 
 // Sysctl writes /proc/sys/<key> inside ns.
-func Sysctl(ns tracer.NetNS, key, value string) error {
-	return tracer.InNetNS(ns, func() error {
+func Sysctl(ns nf.NetNS, key, value string) error {
+	return nf.InNetNS(ns, func() error {
 		path := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
 		if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
 			return fmt.Errorf("setting %s=%s in %s: %w", key, value, ns.Spec, err)
@@ -217,9 +217,9 @@ func Sysctl(ns tracer.NetNS, key, value string) error {
 }
 
 // ReadSysctl reads /proc/sys/<key> inside ns.
-func ReadSysctl(ns tracer.NetNS, key string) (string, error) {
+func ReadSysctl(ns nf.NetNS, key string) (string, error) {
 	var out []byte
-	err := tracer.InNetNS(ns, func() (err error) {
+	err := nf.InNetNS(ns, func() (err error) {
 		out, err = os.ReadFile(filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/")))
 		return err
 	})
@@ -290,7 +290,7 @@ const BridgeName = "cbr0"
 // with forwarding off the kernel discards packets for other hosts without
 // answering: whatever the node sends there vanishes and nothing leaves.
 type NodeNet struct {
-	Node, Client, Upstream tracer.NetNS
+	Node, Client, Upstream nf.NetNS
 	Bridge                 netip.Prefix // cbr0's address: the pods' gateway
 	NodeAddr, ClientAddr   netip.Prefix // the two ends of the client link
 	Uplink                 netip.Prefix // the node's end of the upstream link; upstream has the next address
@@ -350,7 +350,7 @@ func (n NodeNet) Wire() error {
 // AttachPod connects pod to the bridge as veth<i> on the node and eth0 in
 // the pod, with addrs in the bridge's subnets (one per family) and a
 // default route via the bridge for each.
-func (n NodeNet) AttachPod(pod tracer.NetNS, i int, addrs ...netip.Addr) error {
+func (n NodeNet) AttachPod(pod nf.NetNS, i int, addrs ...netip.Addr) error {
 	if err := Veth(n.Node, fmt.Sprintf("veth%d", i), pod, "eth0", BridgeName); err != nil {
 		return err
 	}
@@ -371,9 +371,9 @@ func (n NodeNet) AttachPod(pod tracer.NetNS, i int, addrs ...netip.Addr) error {
 
 // Run runs a command inside ns, with stdin as its input, and returns its
 // combined output; a failure's error carries the output.
-func Run(ns tracer.NetNS, stdin string, args ...string) (string, error) {
+func Run(ns nf.NetNS, stdin string, args ...string) (string, error) {
 	var out []byte
-	err := tracer.InNetNS(ns, func() (err error) {
+	err := nf.InNetNS(ns, func() (err error) {
 		cmd := exec.Command(args[0], args[1:]...)
 		cmd.Stdin = strings.NewReader(stdin)
 		// The child starts in the namespace of this (locked) thread.

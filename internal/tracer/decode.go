@@ -7,6 +7,8 @@ import (
 	"math/bits"
 	"net/netip"
 	"unsafe"
+
+	"github.com/svctrace/svctrace/internal/nf"
 )
 
 // rawEventSize is the size of one ring buffer record.
@@ -36,22 +38,22 @@ type Symbolizer interface {
 	Symbolize(addr uint64) string
 }
 
-func (d *decoder) decode(raw []byte) (Event, error) {
+func (d *decoder) decode(raw []byte) (nf.Event, error) {
 	if len(raw) < rawEventSize {
-		return Event{}, fmt.Errorf("%w: %d bytes, want %d", errShortRecord, len(raw), rawEventSize)
+		return nf.Event{}, fmt.Errorf("%w: %d bytes, want %d", errShortRecord, len(raw), rawEventSize)
 	}
 	var r bpfEvent
 	copy(unsafe.Slice((*byte)(unsafe.Pointer(&r)), rawEventSize), raw)
 	return d.event(&r), nil
 }
 
-func (d *decoder) event(r *bpfEvent) Event {
-	fam := Family(r.Family)
-	ev := Event{
+func (d *decoder) event(r *bpfEvent) nf.Event {
+	fam := nf.Family(r.Family)
+	ev := nf.Event{
 		Time:     r.Ts,
-		Kind:     Kind(r.Kind),
-		Hook:     Hook(r.Hook),
-		Stage:    Stage(r.Stage),
+		Kind:     nf.Kind(r.Kind),
+		Hook:     nf.Hook(r.Hook),
+		Stage:    nf.Stage(r.Stage),
 		Family:   fam,
 		NetNS:    r.Netns,
 		InIf:     r.IfindexIn,
@@ -63,37 +65,37 @@ func (d *decoder) event(r *bpfEvent) Event {
 	}
 	if r.Flags&flagPacket != 0 {
 		ev.Tuple = tuple(&r.Pkt, fam)
-		ev.TCPFlags = TCPFlags(r.TcpFlags)
-		if p := ev.Tuple.Proto; p == ICMP || p == ICMPv6 {
-			ev.ICMP = ICMPInfo{Type: r.IcmpType, Code: r.IcmpCode}
+		ev.TCPFlags = nf.TCPFlags(r.TcpFlags)
+		if p := ev.Tuple.Proto; p == nf.ICMP || p == nf.ICMPv6 {
+			ev.ICMP = nf.ICMPInfo{Type: r.IcmpType, Code: r.IcmpCode}
 			if r.Flags&flagInner != 0 {
 				ev.ICMP.Inner = tuple(&r.Inner, fam)
 			}
 		}
 	}
 	if r.Flags&flagCT != 0 {
-		ev.CT = Conntrack{
+		ev.CT = nf.Conntrack{
 			ID:     d.scramble(r.Ct),
-			Info:   CTInfo(r.Ctinfo),
-			Status: CTStatus(r.CtStatus),
+			Info:   nf.CTInfo(r.Ctinfo),
+			Status: nf.CTStatus(r.CtStatus),
 			Mark:   r.CtMark,
 			Zone:   r.CtZone,
 			Orig:   tuple(&r.Orig, fam),
 			Reply:  tuple(&r.Reply, fam),
 		}
-	} else if CTInfo(r.Ctinfo) == CTUntracked {
+	} else if nf.CTInfo(r.Ctinfo) == nf.CTUntracked {
 		// The raw table's NOTRACK: no entry on purpose. Without it, a
 		// packet past conntrack with no entry is INVALID.
-		ev.CT.Info = CTUntracked
+		ev.CT.Info = nf.CTUntracked
 	}
 	if n := min(int(r.CapLen), len(r.Data)); n > 0 {
 		ev.Data = bytes.Clone(r.Data[:n])
 	}
-	if ev.Kind == KindCount {
-		ev.Counted = Counted{Packets: r.Packets, Bytes: r.Bytes}
+	if ev.Kind == nf.KindCount {
+		ev.Counted = nf.Counted{Packets: r.Packets, Bytes: r.Bytes}
 	}
-	if ev.Kind == KindDrop {
-		ev.Drop = Drop{ReasonCode: r.DropReason, Reason: d.reason(r.DropReason)}
+	if ev.Kind == nf.KindDrop {
+		ev.Drop = nf.Drop{ReasonCode: r.DropReason, Reason: d.reason(r.DropReason)}
 		if d.symbols != nil {
 			ev.Drop.Location = d.symbols.Symbolize(r.Location)
 		} else {
@@ -124,16 +126,16 @@ func (d *decoder) reason(code uint32) string {
 	return fmt.Sprintf("reason-%d", code)
 }
 
-func tuple(t *bpfTuple, fam Family) Tuple {
-	return Tuple{
+func tuple(t *bpfTuple, fam nf.Family) nf.Tuple {
+	return nf.Tuple{
 		Src:   netip.AddrPortFrom(addr(t.Saddr, fam), ntohs(t.Sport)),
 		Dst:   netip.AddrPortFrom(addr(t.Daddr, fam), ntohs(t.Dport)),
-		Proto: Proto(t.Proto),
+		Proto: nf.Proto(t.Proto),
 	}
 }
 
-func addr(b [16]byte, fam Family) netip.Addr {
-	if fam == IPv4 {
+func addr(b [16]byte, fam nf.Family) netip.Addr {
+	if fam == nf.IPv4 {
 		return netip.AddrFrom4([4]byte(b[12:16]))
 	}
 	return netip.AddrFrom16(b)
@@ -144,6 +146,6 @@ func addr(b [16]byte, fam Family) netip.Addr {
 func ntohs(v uint16) uint16 { return bits.ReverseBytes16(v) }
 
 // targetKey encodes a watched address the way the kernel side compares it.
-func targetKey(t Target) bpfTargetKey {
+func targetKey(t nf.Target) bpfTargetKey {
 	return bpfTargetKey{Addr: t.Addr.Addr().As16(), Port: bits.ReverseBytes16(t.Addr.Port()), Proto: uint8(t.Proto)}
 }

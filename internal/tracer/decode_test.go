@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"unsafe"
+
+	"github.com/svctrace/svctrace/internal/nf"
 )
 
 func raw(e bpfEvent) []byte {
@@ -27,17 +29,17 @@ func TestDecodeObserverEventWithConntrack(t *testing.T) {
 	d := decoder{key: 42}
 	ev, err := d.decode(raw(bpfEvent{
 		Ts: 123, Skb: 0xffff888001234500, Ct: 0xffff888009876500, Netns: 4026532177, IfindexIn: 4,
-		Kind: uint8(KindHook), Hook: uint8(PreRouting), Family: uint8(IPv4), Stage: uint8(StagePostDNAT),
-		Ctinfo: uint8(CTNew), CtStatus: uint32(CTDstNAT | CTDstNATDone), CtMark: 7, CtZone: 3, SkbMark: 0x4000,
-		TcpFlags: uint8(SYN), Flags: flagPacket | flagCT, Len: 60,
-		Pkt:   bpfTuple{Saddr: v4("10.99.0.2"), Daddr: v4("10.244.0.11"), Sport: port(41162), Dport: port(8080), Proto: uint8(TCP)},
-		Orig:  bpfTuple{Saddr: v4("10.99.0.2"), Daddr: v4("10.96.0.10"), Sport: port(41162), Dport: port(80), Proto: uint8(TCP)},
-		Reply: bpfTuple{Saddr: v4("10.244.0.11"), Daddr: v4("10.99.0.2"), Sport: port(8080), Dport: port(41162), Proto: uint8(TCP)},
+		Kind: uint8(nf.KindHook), Hook: uint8(nf.PreRouting), Family: uint8(nf.IPv4), Stage: uint8(nf.StagePostDNAT),
+		Ctinfo: uint8(nf.CTNew), CtStatus: uint32(nf.CTDstNAT | nf.CTDstNATDone), CtMark: 7, CtZone: 3, SkbMark: 0x4000,
+		TcpFlags: uint8(nf.SYN), Flags: flagPacket | flagCT, Len: 60,
+		Pkt:   bpfTuple{Saddr: v4("10.99.0.2"), Daddr: v4("10.244.0.11"), Sport: port(41162), Dport: port(8080), Proto: uint8(nf.TCP)},
+		Orig:  bpfTuple{Saddr: v4("10.99.0.2"), Daddr: v4("10.96.0.10"), Sport: port(41162), Dport: port(80), Proto: uint8(nf.TCP)},
+		Reply: bpfTuple{Saddr: v4("10.244.0.11"), Daddr: v4("10.99.0.2"), Sport: port(8080), Dport: port(41162), Proto: uint8(nf.TCP)},
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Tuple{Src: netip.MustParseAddrPort("10.99.0.2:41162"), Dst: netip.MustParseAddrPort("10.244.0.11:8080"), Proto: TCP}
+	want := nf.Tuple{Src: netip.MustParseAddrPort("10.99.0.2:41162"), Dst: netip.MustParseAddrPort("10.244.0.11:8080"), Proto: nf.TCP}
 	if ev.Tuple != want {
 		t.Errorf("tuple %v, want %v", ev.Tuple, want)
 	}
@@ -47,10 +49,10 @@ func TestDecodeObserverEventWithConntrack(t *testing.T) {
 	if ev.CT.Orig.Dst != netip.MustParseAddrPort("10.96.0.10:80") || ev.CT.Reply.Src != netip.MustParseAddrPort("10.244.0.11:8080") {
 		t.Errorf("conntrack tuples %v / %v", ev.CT.Orig, ev.CT.Reply)
 	}
-	if ev.CT.Info != CTNew || ev.CT.Status != CTDstNAT|CTDstNATDone || ev.CT.Mark != 7 || ev.CT.Zone != 3 {
+	if ev.CT.Info != nf.CTNew || ev.CT.Status != nf.CTDstNAT|nf.CTDstNATDone || ev.CT.Mark != 7 || ev.CT.Zone != 3 {
 		t.Errorf("conntrack %+v", ev.CT)
 	}
-	if ev.Hook != PreRouting || ev.Stage != StagePostDNAT || ev.TCPFlags != SYN || ev.Mark != 0x4000 || ev.NetNS != 4026532177 {
+	if ev.Hook != nf.PreRouting || ev.Stage != nf.StagePostDNAT || ev.TCPFlags != nf.SYN || ev.Mark != 0x4000 || ev.NetNS != 4026532177 {
 		t.Errorf("event %+v", ev)
 	}
 	// Identities are stable but are not the kernel's addresses.
@@ -65,14 +67,14 @@ func TestDecodeObserverEventWithConntrack(t *testing.T) {
 
 func TestDecodeWithoutConntrackHasNoEntry(t *testing.T) {
 	d := decoder{}
-	ev, _ := d.decode(raw(bpfEvent{Kind: uint8(KindHook), Family: uint8(IPv4), Flags: flagPacket, Ctinfo: 0,
-		Pkt: bpfTuple{Saddr: v4("10.0.0.1"), Daddr: v4("10.0.0.2"), Sport: port(1), Dport: port(2), Proto: uint8(UDP)}}))
-	if ev.CT != (Conntrack{}) {
+	ev, _ := d.decode(raw(bpfEvent{Kind: uint8(nf.KindHook), Family: uint8(nf.IPv4), Flags: flagPacket, Ctinfo: 0,
+		Pkt: bpfTuple{Saddr: v4("10.0.0.1"), Daddr: v4("10.0.0.2"), Sport: port(1), Dport: port(2), Proto: uint8(nf.UDP)}}))
+	if ev.CT != (nf.Conntrack{}) {
 		t.Errorf("conntrack %+v, want none", ev.CT)
 	}
 	// NOTRACK leaves the packet untracked on purpose: ctinfo 7, no entry.
-	ev, _ = d.decode(raw(bpfEvent{Kind: uint8(KindHook), Family: uint8(IPv4), Flags: flagPacket, Ctinfo: uint8(CTUntracked)}))
-	if ev.CT.ID != 0 || ev.CT.Info != CTUntracked {
+	ev, _ = d.decode(raw(bpfEvent{Kind: uint8(nf.KindHook), Family: uint8(nf.IPv4), Flags: flagPacket, Ctinfo: uint8(nf.CTUntracked)}))
+	if ev.CT.ID != 0 || ev.CT.Info != nf.CTUntracked {
 		t.Errorf("conntrack %+v, want untracked", ev.CT)
 	}
 }
@@ -80,10 +82,10 @@ func TestDecodeWithoutConntrackHasNoEntry(t *testing.T) {
 func TestDecodeICMPErrorAndIPv6(t *testing.T) {
 	d := decoder{}
 	a, b := netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2")
-	ev, _ := d.decode(raw(bpfEvent{Kind: uint8(KindHook), Family: uint8(IPv6), Flags: flagPacket | flagInner,
+	ev, _ := d.decode(raw(bpfEvent{Kind: uint8(nf.KindHook), Family: uint8(nf.IPv6), Flags: flagPacket | flagInner,
 		IcmpType: 1, IcmpCode: 4,
-		Pkt:   bpfTuple{Saddr: b.As16(), Daddr: a.As16(), Proto: uint8(ICMPv6)},
-		Inner: bpfTuple{Saddr: a.As16(), Daddr: b.As16(), Sport: port(5353), Dport: port(53), Proto: uint8(UDP)}}))
+		Pkt:   bpfTuple{Saddr: b.As16(), Daddr: a.As16(), Proto: uint8(nf.ICMPv6)},
+		Inner: bpfTuple{Saddr: a.As16(), Daddr: b.As16(), Sport: port(5353), Dport: port(53), Proto: uint8(nf.UDP)}}))
 	if !ev.ICMP.IsError() || ev.ICMP.Inner.Dst != netip.AddrPortFrom(b, 53) {
 		t.Fatalf("ICMP %+v", ev.ICMP)
 	}
@@ -97,17 +99,17 @@ func TestDecodeICMPErrorAndIPv6(t *testing.T) {
 
 func TestDecodeDrop(t *testing.T) {
 	d := decoder{reasons: map[uint32]string{12: "NETFILTER_DROP"}, symbols: fixedSymbols{0xffffffff81a00000: "nf_hook_slow+0x9c"}}
-	ev, _ := d.decode(raw(bpfEvent{Kind: uint8(KindDrop), DropReason: 12, Location: 0xffffffff81a00000}))
+	ev, _ := d.decode(raw(bpfEvent{Kind: uint8(nf.KindDrop), DropReason: 12, Location: 0xffffffff81a00000}))
 	if ev.Drop.Reason != "NETFILTER_DROP" || ev.Drop.Location != "nf_hook_slow+0x9c" {
 		t.Errorf("drop %+v", ev.Drop)
 	}
-	ev, _ = d.decode(raw(bpfEvent{Kind: uint8(KindDrop), DropReason: 99}))
+	ev, _ = d.decode(raw(bpfEvent{Kind: uint8(nf.KindDrop), DropReason: 99}))
 	if ev.Drop.Reason != "reason-99" {
 		t.Errorf("unknown reason decoded as %q", ev.Drop.Reason)
 	}
 	// Before 5.17 kernels have no drop reasons at all.
 	d.reasons = map[uint32]string{}
-	if ev, _ = d.decode(raw(bpfEvent{Kind: uint8(KindDrop), Location: 0xffffffff81a00000})); ev.Drop.Reason != "" {
+	if ev, _ = d.decode(raw(bpfEvent{Kind: uint8(nf.KindDrop), Location: 0xffffffff81a00000})); ev.Drop.Reason != "" {
 		t.Errorf("no reason decoded as %q", ev.Drop.Reason)
 	}
 }
@@ -120,7 +122,7 @@ func TestDecodeShortRecord(t *testing.T) {
 }
 
 func TestTargetKeyMatchesKernelLayout(t *testing.T) {
-	k := targetKey(Target{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: TCP})
+	k := targetKey(nf.Target{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: nf.TCP})
 	if k.Addr != v4("10.96.0.10") || k.Port != port(80) || k.Proto != 6 {
 		t.Errorf("key %+v", k)
 	}
@@ -130,11 +132,11 @@ func TestTargetKeyMatchesKernelLayout(t *testing.T) {
 }
 
 func TestEventJSONRoundTrip(t *testing.T) {
-	ev := Event{Time: 5, Kind: KindHook, Hook: Forward, Stage: StagePreFilter, Family: IPv4, Packet: 9,
-		Tuple:    Tuple{Src: netip.MustParseAddrPort("10.0.0.1:1"), Dst: netip.MustParseAddrPort("10.0.0.2:2"), Proto: TCP},
-		TCPFlags: SYN | ACK,
-		CT: Conntrack{ID: 3, Info: CTEstablishedReply, Status: CTSeenReply | CTConfirmed,
-			Orig: Tuple{Src: netip.MustParseAddrPort("10.0.0.1:1"), Dst: netip.MustParseAddrPort("10.0.0.2:2"), Proto: TCP}}}
+	ev := nf.Event{Time: 5, Kind: nf.KindHook, Hook: nf.Forward, Stage: nf.StagePreFilter, Family: nf.IPv4, Packet: 9,
+		Tuple:    nf.Tuple{Src: netip.MustParseAddrPort("10.0.0.1:1"), Dst: netip.MustParseAddrPort("10.0.0.2:2"), Proto: nf.TCP},
+		TCPFlags: nf.SYN | nf.ACK,
+		CT: nf.Conntrack{ID: 3, Info: nf.CTEstablishedReply, Status: nf.CTSeenReply | nf.CTConfirmed,
+			Orig: nf.Tuple{Src: netip.MustParseAddrPort("10.0.0.1:1"), Dst: netip.MustParseAddrPort("10.0.0.2:2"), Proto: nf.TCP}}}
 	b, err := json.Marshal(ev)
 	if err != nil {
 		t.Fatal(err)
@@ -144,7 +146,7 @@ func TestEventJSONRoundTrip(t *testing.T) {
 			t.Errorf("%s lacks %s", b, want)
 		}
 	}
-	var back Event
+	var back nf.Event
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatal(err)
 	}
@@ -186,20 +188,20 @@ func TestReasonsFromFormat(t *testing.T) {
 
 func TestGaps(t *testing.T) {
 	for _, tc := range []struct {
-		hook  Hook
-		after Stage
+		hook  nf.Hook
+		after nf.Stage
 		want  string
 	}{
-		{Forward, StagePreFilter, "FORWARD between priority -1 and 1: filter table (0)"},
-		{PreRouting, StagePreDNAT, "PREROUTING between priority -101 and -99: DNAT (nat table) (-100)"},
-		{PreRouting, StagePreConntrack, "PREROUTING between priority -201 and -199: conntrack (-200)"},
-		{PostRouting, StagePreSNAT, "POSTROUTING between priority 99 and 101: SNAT (nat table) (100)"},
-		{PostRouting, StageLast, "POSTROUTING after priority INT_MAX-1: conntrack confirm (INT_MAX)"},
-		{PreRouting, StageNone, "PREROUTING before priority -201: raw table (-300)"},
-		{Forward, StagePostFilter, "FORWARD after priority 1: security table (50)"},
-		{PreRouting, StageLast, "PREROUTING after priority INT_MAX-1"},
+		{nf.Forward, nf.StagePreFilter, "FORWARD between priority -1 and 1: filter table (0)"},
+		{nf.PreRouting, nf.StagePreDNAT, "PREROUTING between priority -101 and -99: DNAT (nat table) (-100)"},
+		{nf.PreRouting, nf.StagePreConntrack, "PREROUTING between priority -201 and -199: conntrack (-200)"},
+		{nf.PostRouting, nf.StagePreSNAT, "POSTROUTING between priority 99 and 101: SNAT (nat table) (100)"},
+		{nf.PostRouting, nf.StageLast, "POSTROUTING after priority INT_MAX-1: conntrack confirm (INT_MAX)"},
+		{nf.PreRouting, nf.StageNone, "PREROUTING before priority -201: raw table (-300)"},
+		{nf.Forward, nf.StagePostFilter, "FORWARD after priority 1: security table (50)"},
+		{nf.PreRouting, nf.StageLast, "PREROUTING after priority INT_MAX-1"},
 	} {
-		if got := GapAfter(tc.hook, tc.after).String(); got != tc.want {
+		if got := nf.GapAfter(tc.hook, tc.after).String(); got != tc.want {
 			t.Errorf("%s after %s: %q, want %q", tc.hook, tc.after, got, tc.want)
 		}
 	}
@@ -212,11 +214,11 @@ func TestPlanMatchesObject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for h, plan := range Plan {
+	for h, plan := range nf.Plan {
 		for i, s := range plan {
-			p := spec.Programs[stages[s].program]
+			p := spec.Programs[programs[s]]
 			if p == nil || p.SectionName != "netfilter" {
-				t.Errorf("%s %s: no netfilter program %q", h, s, stages[s].program)
+				t.Errorf("%s %s: no netfilter program %q", h, s, programs[s])
 			}
 			if i > 0 && plan[i-1].Priority() >= s.Priority() {
 				t.Errorf("%s: %s (%d) after %s (%d)", h, s, s.Priority(), plan[i-1], plan[i-1].Priority())
@@ -225,5 +227,30 @@ func TestPlanMatchesObject(t *testing.T) {
 	}
 	if rawEventSize != 400 {
 		t.Errorf("event is %d bytes; a change of struct event needs its readers checked", rawEventSize)
+	}
+}
+
+// internal/nf's enums have bpf/svctrace.h's values.
+func TestEnumsMatchTheKernelSide(t *testing.T) {
+	for got, want := range map[nf.Kind]bpfEventKind{nf.KindHook: bpfEventKindEVENT_HOOK, nf.KindDrop: bpfEventKindEVENT_DROP, nf.KindCount: bpfEventKindEVENT_COUNT} {
+		if uint32(got) != uint32(want) {
+			t.Errorf("kind %s is %d in nf, %d in bpf", got, got, want)
+		}
+	}
+	for got, want := range map[nf.Stage]bpfStage{
+		nf.StageNone: bpfStageSTAGE_NONE, nf.StagePreConntrack: bpfStageSTAGE_PRE_CONNTRACK, nf.StagePostConntrack: bpfStageSTAGE_POST_CONNTRACK,
+		nf.StagePreDNAT: bpfStageSTAGE_PRE_DNAT, nf.StagePostDNAT: bpfStageSTAGE_POST_DNAT, nf.StagePreFilter: bpfStageSTAGE_PRE_FILTER,
+		nf.StagePostFilter: bpfStageSTAGE_POST_FILTER, nf.StagePreSNAT: bpfStageSTAGE_PRE_SNAT, nf.StagePostSNAT: bpfStageSTAGE_POST_SNAT,
+		nf.StageLast: bpfStageSTAGE_LAST,
+	} {
+		if uint32(got) != uint32(want) {
+			t.Errorf("stage %s is %d in nf, %d in bpf", got, got, want)
+		}
+	}
+}
+
+func TestSnaplenMatchesTheKernelSide(t *testing.T) {
+	if n := len(bpfEvent{}.Data); n != nf.MaxSnaplen {
+		t.Errorf("events carry %d bytes of a packet, nf.MaxSnaplen says %d", n, nf.MaxSnaplen)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/rlimit"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/testutil"
 )
 
@@ -71,12 +72,12 @@ func TestFunctionBackendsObserveLikeTheObservers(t *testing.T) {
 				t.Skipf("%s: %v", backend, explain(err))
 			}
 			a, b := newNetNS(t), newNetNS(t)
-			for _, ns := range []NetNS{a, b} {
+			for _, ns := range []nf.NetNS{a, b} {
 				iptables(t, ns, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "7790", "-j", "DNAT", "--to-destination", "127.0.0.1:7791")
 				iptables(t, ns, "-A", "OUTPUT", "-p", "tcp", "-j", "ACCEPT")
 			}
 			vip := netip.MustParseAddrPort("127.0.0.1:7790")
-			tr, err := Open(Options{NetNS: a.Spec, Backend: backend, Targets: []Target{{Addr: vip, Proto: TCP}}, Logf: t.Logf})
+			tr, err := Open(Options{NetNS: a.Spec, Backend: backend, Targets: []nf.Target{{Addr: vip, Proto: nf.TCP}}, Logf: t.Logf})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -90,27 +91,27 @@ func TestFunctionBackendsObserveLikeTheObservers(t *testing.T) {
 			dnatExchange(t, b) // the same traffic in another namespace
 			dnatExchange(t, a)
 			type point struct {
-				hook  Hook
-				stage Stage
+				hook  nf.Hook
+				stage nf.Stage
 				dport uint16
 			}
 			seen := map[point]bool{}
 			for _, ev := range drain(t, tr) {
-				if ev.Kind != KindHook {
+				if ev.Kind != nf.KindHook {
 					continue
 				}
 				if ev.NetNS != a.Inode {
 					t.Fatalf("event from net:[%d], want only %s: %+v", ev.NetNS, a, ev)
 				}
-				if ev.TCPFlags == SYN {
+				if ev.TCPFlags == nf.SYN {
 					seen[point{ev.Hook, ev.Stage, ev.Tuple.Dst.Port()}] = true
 				}
 			}
 			for _, p := range []point{
-				{LocalOut, StagePreConntrack, 7790}, {LocalOut, StagePostConntrack, 7790},
-				{LocalOut, StagePreDNAT, 7790}, {LocalOut, StagePostDNAT, 7791},
-				{LocalOut, StagePreFilter, 7791}, {LocalOut, StagePostFilter, 7791},
-				{PostRouting, StageLast, 7791},
+				{nf.LocalOut, nf.StagePreConntrack, 7790}, {nf.LocalOut, nf.StagePostConntrack, 7790},
+				{nf.LocalOut, nf.StagePreDNAT, 7790}, {nf.LocalOut, nf.StagePostDNAT, 7791},
+				{nf.LocalOut, nf.StagePreFilter, 7791}, {nf.LocalOut, nf.StagePostFilter, 7791},
+				{nf.PostRouting, nf.StageLast, 7791},
 			} {
 				if !seen[p] {
 					t.Errorf("the SYN was not seen at %s %s with destination port %d (seen: %v)", p.hook, p.stage, p.dport, seen)
@@ -122,7 +123,7 @@ func TestFunctionBackendsObserveLikeTheObservers(t *testing.T) {
 
 // dnatExchange connects to 127.0.0.1:7790 inside ns, which the nat table
 // sends to a listener on 7791.
-func dnatExchange(t *testing.T, ns NetNS) {
+func dnatExchange(t *testing.T, ns nf.NetNS) {
 	t.Helper()
 	exchangeVia(t, ns, "127.0.0.1:7791", "127.0.0.1:7790")
 }

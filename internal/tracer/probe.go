@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+	"github.com/svctrace/svctrace/internal/nf"
 	"golang.org/x/sys/unix"
 )
 
@@ -111,7 +112,7 @@ func try(typ ebpf.ProgramType, at ebpf.AttachType, attachTo string, ret int32, a
 func probeNetfilter() error {
 	err := try(ebpf.Netfilter, ebpf.AttachNetfilter, "", 1 /* NF_ACCEPT */, func(p *ebpf.Program) (link.Link, error) {
 		return link.AttachNetfilter(link.NetfilterOptions{Program: p, ProtocolFamily: link.NetfilterProtoIPv4,
-			Hook: link.NetfilterInetLocalOut, Priority: priorityLast - 1})
+			Hook: link.NetfilterInetLocalOut, Priority: nf.StageLast.Priority() - 1})
 	})
 	if errors.Is(err, unix.EINVAL) {
 		// Kernels before 6.4 do not know the program type.

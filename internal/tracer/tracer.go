@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net/netip"
 	"os"
 	"sort"
 	"sync"
@@ -22,23 +21,16 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
+	"github.com/svctrace/svctrace/internal/nf"
 	"golang.org/x/sys/unix"
 )
-
-// Target is an address the kernel side watches.
-type Target struct {
-	Addr  netip.AddrPort
-	Proto Proto
-}
-
-func (t Target) String() string { return fmt.Sprintf("%s/%s", t.Addr, t.Proto) }
 
 // Options configure Open.
 type Options struct {
 	// NetNS is where the netfilter observers are attached: a name under
 	// /run/netns, a path, or a PID. Empty: svctrace's own namespace.
 	NetNS   string
-	Targets []Target
+	Targets []nf.Target
 	// Backend forces a backend (BackendNetfilter, BackendFentry,
 	// BackendKprobe); empty: the first that works here.
 	Backend string
@@ -67,7 +59,7 @@ type Options struct {
 // Info describes what Open set up.
 type Info struct {
 	Backend string // one of Backends
-	NetNS   NetNS
+	NetNS   nf.NetNS
 	Links   int    // netfilter observers, or function probes, attached
 	Drops   string // program watching drops, "" if none could be attached
 	// Functions are the kernel functions probed (function backends), and
@@ -92,11 +84,12 @@ const defaultCountEvery = 250 * time.Millisecond
 // in full before the event budget applies (Options.EveryPacket).
 const QuietAfter = 2
 
-// MaxSnaplen is the most of each packet an event carries.
-const MaxSnaplen = len(bpfEvent{}.Data)
+// MaxSnaplen is the most of each packet an event carries (nf.MaxSnaplen,
+// which the tests hold to the kernel side's).
+const MaxSnaplen = nf.MaxSnaplen
 
 // ErrClosed is returned by Read after Close.
-var ErrClosed = errors.New("tracer closed")
+var ErrClosed = nf.ErrClosed
 
 // ErrNoBTF: the kernel has no BTF, which every backend needs (the programs
 // adapt to the running kernel's structures through it: CO-RE).
@@ -112,7 +105,7 @@ type Tracer struct {
 	links   []link.Link
 	reader  *ringbuf.Reader
 	dec     decoder
-	targets map[Target]bool
+	targets map[nf.Target]bool
 	gen     uint32 // of targets: bpf's targets_gen
 	bad     atomic.Uint64
 	close   sync.Once
@@ -127,7 +120,7 @@ func Open(opts Options) (_ *Tracer, err error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	ns, err := ResolveNetNS(opts.NetNS)
+	ns, err := nf.ResolveNetNS(opts.NetNS)
 	if err != nil {
 		return nil, err
 	}
@@ -160,8 +153,8 @@ func Open(opts Options) (_ *Tracer, err error) {
 	return nil, errors.New("no backend to try") // candidates never returns none
 }
 
-func open(backend string, ns NetNS, spec *ebpf.CollectionSpec, cache *btf.Cache, opts Options, logf func(string, ...any)) (_ *Tracer, err error) {
-	t := &Tracer{info: Info{Backend: backend, NetNS: ns}, targets: map[Target]bool{}}
+func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cache, opts Options, logf func(string, ...any)) (_ *Tracer, err error) {
+	t := &Tracer{info: Info{Backend: backend, NetNS: ns}, targets: map[nf.Target]bool{}}
 	defer func() {
 		if err != nil {
 			t.Close()
@@ -204,7 +197,7 @@ func open(backend string, ns NetNS, spec *ebpf.CollectionSpec, cache *btf.Cache,
 	}
 
 	if backend == BackendNetfilter {
-		if err := InNetNS(ns, t.attachObservers); err != nil {
+		if err := nf.InNetNS(ns, t.attachObservers); err != nil {
 			return nil, err
 		}
 		logf("attached %d netfilter observers in %s", t.info.Links, ns)
@@ -251,9 +244,9 @@ func newCollection(spec *ebpf.CollectionSpec, maps map[string]*ebpf.Map, cache *
 
 func (t *Tracer) attachObservers() error {
 	for _, fam := range []link.NetfilterProtocolFamily{link.NetfilterProtoIPv4, link.NetfilterProtoIPv6} {
-		for _, h := range Hooks {
-			for _, s := range Plan[h] {
-				l, prio, err := attachObserver(t.coll.Programs[stages[s].program], fam, h, s)
+		for _, h := range nf.Hooks {
+			for _, s := range nf.Plan[h] {
+				l, prio, err := attachObserver(t.coll.Programs[programs[s]], fam, h, s)
 				if err != nil {
 					return permissionHint(fmt.Errorf("attaching netfilter observer %s %s/%s (priority %d): %w",
 						famName(fam), h, s, s.Priority(), err))
@@ -269,9 +262,28 @@ func (t *Tracer) attachObservers() error {
 	return nil
 }
 
+// programs are the observer programs, by the stage they observe.
+var programs = map[nf.Stage]string{
+	nf.StagePreConntrack:  bpfProgNfPreConntrack,
+	nf.StagePostConntrack: bpfProgNfPostConntrack,
+	nf.StagePreDNAT:       bpfProgNfPreDnat,
+	nf.StagePostDNAT:      bpfProgNfPostDnat,
+	nf.StagePreFilter:     bpfProgNfPreFilter,
+	nf.StagePostFilter:    bpfProgNfPostFilter,
+	nf.StagePreSNAT:       bpfProgNfPreSnat,
+	nf.StagePostSNAT:      bpfProgNfPostSnat,
+	nf.StageLast:          bpfProgNfLast,
+}
+
+// maxShift bounds how far an observer moves from its priority when another
+// hook holds it (the kernel allows a BPF hook only at a priority no other
+// hook of that family and hook uses). IPv6 conntrack, for one, confirms in
+// INPUT at INT_MAX-1.
+const maxShift = 8
+
 // attachObserver attaches at the stage's priority or, if another hook holds
 // it (EBUSY), at the nearest free one away from what the stage brackets.
-func attachObserver(p *ebpf.Program, fam link.NetfilterProtocolFamily, h Hook, s Stage) (link.Link, int32, error) {
+func attachObserver(p *ebpf.Program, fam link.NetfilterProtocolFamily, h nf.Hook, s nf.Stage) (link.Link, int32, error) {
 	prio := s.Priority()
 	for shift := int32(0); ; shift++ {
 		l, err := link.AttachNetfilter(link.NetfilterOptions{
@@ -280,7 +292,7 @@ func attachObserver(p *ebpf.Program, fam link.NetfilterProtocolFamily, h Hook, s
 		if err == nil || !errors.Is(err, unix.EBUSY) || shift == maxShift {
 			return l, prio, err
 		}
-		prio += stages[s].away
+		prio += s.Away()
 	}
 }
 
@@ -321,7 +333,7 @@ func (t *Tracer) Info() Info { return t.info }
 
 // SetTargets replaces the set of watched addresses. Connections already being
 // followed stay followed.
-func (t *Tracer) SetTargets(targets []Target) error {
+func (t *Tracer) SetTargets(targets []nf.Target) error {
 	changed := false
 	// The observers remember their last decision per CPU, for the
 	// generation of targets it was made with: a new one makes them decide
@@ -332,7 +344,7 @@ func (t *Tracer) SetTargets(targets []Target) error {
 			v.Set(t.gen) // fails only without BPF_F_MMAPABLE (before 5.5): no netfilter links there
 		}
 	}()
-	want := map[Target]bool{}
+	want := map[nf.Target]bool{}
 	for _, tg := range targets {
 		want[tg] = true
 	}
@@ -362,8 +374,8 @@ func (t *Tracer) SetTargets(targets []Target) error {
 }
 
 // Targets returns the watched addresses, sorted.
-func (t *Tracer) Targets() []Target {
-	out := make([]Target, 0, len(t.targets))
+func (t *Tracer) Targets() []nf.Target {
+	out := make([]nf.Target, 0, len(t.targets))
 	for tg := range t.targets {
 		out = append(out, tg)
 	}
@@ -374,14 +386,14 @@ func (t *Tracer) Targets() []Target {
 // Read blocks until the kernel reports an event, the deadline set with
 // SetDeadline passes (os.ErrDeadlineExceeded) or the tracer is closed
 // (ErrClosed). Records that cannot be decoded are counted and skipped.
-func (t *Tracer) Read() (Event, error) {
+func (t *Tracer) Read() (nf.Event, error) {
 	var rec ringbuf.Record
 	for {
 		if err := t.reader.ReadInto(&rec); err != nil {
 			if errors.Is(err, ringbuf.ErrClosed) {
-				return Event{}, ErrClosed
+				return nf.Event{}, ErrClosed
 			}
-			return Event{}, err
+			return nf.Event{}, err
 		}
 		ev, err := t.dec.decode(rec.RawSample)
 		if err != nil {

@@ -14,28 +14,29 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/testutil"
 )
 
 // exchange makes one TCP connection to 127.0.0.1:port inside ns and passes a
 // few bytes each way.
-func exchange(t *testing.T, ns NetNS, port int) {
+func exchange(t *testing.T, ns nf.NetNS, port int) {
 	t.Helper()
 	exchangeAt(t, ns, fmt.Sprintf("127.0.0.1:%d", port))
 }
 
-func exchangeAt(t *testing.T, ns NetNS, addr string) {
+func exchangeAt(t *testing.T, ns nf.NetNS, addr string) {
 	t.Helper()
 	exchangeVia(t, ns, addr, "")
 }
 
 // exchangeVia listens on listen and connects to dial (the listener's own
 // address if empty) inside ns.
-func exchangeVia(t *testing.T, ns NetNS, listen, dial string) {
+func exchangeVia(t *testing.T, ns nf.NetNS, listen, dial string) {
 	t.Helper()
 	var ln net.Listener
 	var c net.Conn
-	err := InNetNS(ns, func() (err error) {
+	err := nf.InNetNS(ns, func() (err error) {
 		if ln, err = net.Listen("tcp", listen); err != nil {
 			return err
 		}
@@ -60,9 +61,9 @@ func exchangeVia(t *testing.T, ns NetNS, listen, dial string) {
 }
 
 // drain reads events until none arrive for a while.
-func drain(t *testing.T, tr *Tracer) []Event {
+func drain(t *testing.T, tr *Tracer) []nf.Event {
 	t.Helper()
-	var evs []Event
+	var evs []nf.Event
 	for {
 		tr.SetDeadline(time.Now().Add(300 * time.Millisecond))
 		ev, err := tr.Read()
@@ -76,7 +77,7 @@ func drain(t *testing.T, tr *Tracer) []Event {
 	}
 }
 
-func involves(evs []Event, port uint16) int {
+func involves(evs []nf.Event, port uint16) int {
 	n := 0
 	for _, ev := range evs {
 		if ev.Tuple.Dst.Port() == port || ev.Tuple.Src.Port() == port {
@@ -96,8 +97,8 @@ func requireNetfilterLink(t *testing.T) {
 	}
 }
 
-func newNetNS(t *testing.T) NetNS {
-	ns, err := ResolveNetNS(testutil.NewNetNS(t))
+func newNetNS(t *testing.T) nf.NetNS {
+	ns, err := nf.ResolveNetNS(testutil.NewNetNS(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,8 +110,8 @@ func newNetNS(t *testing.T) NetNS {
 func TestObserversAttachInTheGivenNamespaceAndFilter(t *testing.T) {
 	requireNetfilterLink(t)
 	a, b := newNetNS(t), newNetNS(t)
-	watched := Target{Addr: netip.MustParseAddrPort("127.0.0.1:7777"), Proto: TCP}
-	tr, err := Open(Options{NetNS: a.Spec, Targets: []Target{watched}, Backend: BackendNetfilter})
+	watched := nf.Target{Addr: netip.MustParseAddrPort("127.0.0.1:7777"), Proto: nf.TCP}
+	tr, err := Open(Options{NetNS: a.Spec, Targets: []nf.Target{watched}, Backend: BackendNetfilter})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,22 +130,22 @@ func TestObserversAttachInTheGivenNamespaceAndFilter(t *testing.T) {
 	if n := involves(evs, 7778); n != 0 {
 		t.Errorf("%d events for an address that is not watched", n)
 	}
-	hooks := map[Hook]bool{}
+	hooks := map[nf.Hook]bool{}
 	for _, ev := range evs {
-		if ev.Kind == KindHook && ev.NetNS != a.Inode {
+		if ev.Kind == nf.KindHook && ev.NetNS != a.Inode {
 			t.Fatalf("event from net:[%d], want only %s: %+v", ev.NetNS, a, ev)
 		}
 		hooks[ev.Hook] = true
 	}
 	// Loopback traffic crosses OUTPUT, POSTROUTING, PREROUTING and INPUT.
-	for _, h := range []Hook{LocalOut, PostRouting, PreRouting, LocalIn} {
+	for _, h := range []nf.Hook{nf.LocalOut, nf.PostRouting, nf.PreRouting, nf.LocalIn} {
 		if !hooks[h] {
 			t.Errorf("no event from %s", h)
 		}
 	}
 
-	other := Target{Addr: netip.MustParseAddrPort("127.0.0.1:7778"), Proto: TCP}
-	if err := tr.SetTargets([]Target{other}); err != nil {
+	other := nf.Target{Addr: netip.MustParseAddrPort("127.0.0.1:7778"), Proto: nf.TCP}
+	if err := tr.SetTargets([]nf.Target{other}); err != nil {
 		t.Fatal(err)
 	}
 	exchange(t, a, 7778)
@@ -200,8 +201,8 @@ func TestOpenUnknownNamespace(t *testing.T) {
 func TestIPv6(t *testing.T) {
 	requireNetfilterLink(t)
 	ns := newNetNS(t)
-	target := Target{Addr: netip.MustParseAddrPort("[::1]:7780"), Proto: TCP}
-	tr, err := Open(Options{NetNS: ns.Spec, Targets: []Target{target}, Backend: BackendNetfilter})
+	target := nf.Target{Addr: netip.MustParseAddrPort("[::1]:7780"), Proto: nf.TCP}
+	tr, err := Open(Options{NetNS: ns.Spec, Targets: []nf.Target{target}, Backend: BackendNetfilter})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,10 +214,10 @@ func TestIPv6(t *testing.T) {
 	}
 	syn := false
 	for _, ev := range evs {
-		if ev.Family != IPv6 || !ev.Tuple.Src.Addr().Is6() {
+		if ev.Family != nf.IPv6 || !ev.Tuple.Src.Addr().Is6() {
 			t.Fatalf("event %+v, want IPv6", ev)
 		}
-		syn = syn || (ev.Tuple.Dst == target.Addr && ev.TCPFlags == SYN)
+		syn = syn || (ev.Tuple.Dst == target.Addr && ev.TCPFlags == nf.SYN)
 	}
 	if !syn {
 		t.Error("the SYN to [::1]:7780 was not seen")
@@ -224,9 +225,9 @@ func TestIPv6(t *testing.T) {
 }
 
 // iptables runs iptables inside ns.
-func iptables(t *testing.T, ns NetNS, args ...string) {
+func iptables(t *testing.T, ns nf.NetNS, args ...string) {
 	t.Helper()
-	err := InNetNS(ns, func() error {
+	err := nf.InNetNS(ns, func() error {
 		out, err := exec.Command("iptables", args...).CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("iptables %v: %v: %s", args, err, out)
@@ -253,7 +254,7 @@ func TestDropsThroughEitherTracepoint(t *testing.T) {
 			ns := newNetNS(t)
 			iptables(t, ns, "-A", "OUTPUT", "-p", "tcp", "--dport", "7779", "-j", "DROP")
 			tr, err := Open(Options{NetNS: ns.Spec, dropPrograms: []string{prog}, Backend: BackendNetfilter,
-				Targets: []Target{{Addr: netip.MustParseAddrPort("127.0.0.1:7779"), Proto: TCP}}})
+				Targets: []nf.Target{{Addr: netip.MustParseAddrPort("127.0.0.1:7779"), Proto: nf.TCP}}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -261,13 +262,13 @@ func TestDropsThroughEitherTracepoint(t *testing.T) {
 			if want := map[string]string{bpfProgKfreeSkbBtf: "tp_btf/kfree_skb", bpfProgKfreeSkbTp: "tracepoint/skb/kfree_skb"}[prog]; tr.Info().Drops != want {
 				t.Fatalf("drops observed by %q, want %q", tr.Info().Drops, want)
 			}
-			InNetNS(ns, func() error {
+			nf.InNetNS(ns, func() error {
 				net.DialTimeout("tcp", "127.0.0.1:7779", 100*time.Millisecond)
 				return nil
 			})
-			var drop *Event
+			var drop *nf.Event
 			for _, ev := range drain(t, tr) {
-				if ev.Kind == KindDrop {
+				if ev.Kind == nf.KindDrop {
 					drop = &ev
 					break
 				}
@@ -278,7 +279,7 @@ func TestDropsThroughEitherTracepoint(t *testing.T) {
 			if drop.Drop.Reason != "NETFILTER_DROP" || !strings.HasPrefix(drop.Drop.Location, "nf") || drop.NetNS != ns.Inode {
 				t.Errorf("drop %+v in net:[%d], want NETFILTER_DROP at a netfilter function in %s", drop.Drop, drop.NetNS, ns)
 			}
-			if drop.Tuple.Dst != netip.MustParseAddrPort("127.0.0.1:7779") || drop.TCPFlags != SYN {
+			if drop.Tuple.Dst != netip.MustParseAddrPort("127.0.0.1:7779") || drop.TCPFlags != nf.SYN {
 				t.Errorf("dropped packet %v %s, want the SYN to 127.0.0.1:7779", drop.Tuple, drop.TCPFlags)
 			}
 		})
@@ -323,7 +324,7 @@ func TestObserverMovesOffATakenPriority(t *testing.T) {
 	requireNetfilterLink(t)
 	ns := newNetNS(t)
 	var held link.Link
-	err := InNetNS(ns, func() error {
+	err := nf.InNetNS(ns, func() error {
 		return try(ebpf.Netfilter, ebpf.AttachNetfilter, "", 1, func(p *ebpf.Program) (link.Link, error) {
 			l, err := link.AttachNetfilter(link.NetfilterOptions{Program: p, ProtocolFamily: link.NetfilterProtoIPv4,
 				Hook: link.NetfilterInetForward, Priority: -1})
@@ -355,10 +356,10 @@ func (noClose) Close() error { return nil }
 // unanswered datagram. A packet coming after a pause longer than the
 // counts' period makes the kernel report what it counted: n+2 packets went
 // one way, n+1 the other, and the kernel has reported all of them.
-func udpRounds(t *testing.T, ns NetNS, addr string, n int) {
+func udpRounds(t *testing.T, ns nf.NetNS, addr string, n int) {
 	t.Helper()
 	var srv, cli *net.UDPConn
-	err := InNetNS(ns, func() (err error) {
+	err := nf.InNetNS(ns, func() (err error) {
 		if srv, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr))); err != nil {
 			return err
 		}
@@ -406,8 +407,8 @@ func TestEventBudget(t *testing.T) {
 			ns := newNetNS(t)
 			// A rule that needs conntrack turns it on in the namespace.
 			iptables(t, ns, "-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
-			watched := Target{Addr: netip.MustParseAddrPort("127.0.0.1:7799"), Proto: UDP}
-			tr, err := Open(Options{NetNS: ns.Spec, Targets: []Target{watched}, Backend: BackendNetfilter, EveryPacket: every})
+			watched := nf.Target{Addr: netip.MustParseAddrPort("127.0.0.1:7799"), Proto: nf.UDP}
+			tr, err := Open(Options{NetNS: ns.Spec, Targets: []nf.Target{watched}, Backend: BackendNetfilter, EveryPacket: every})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -421,14 +422,14 @@ func TestEventBudget(t *testing.T) {
 					dir = 1
 				}
 				switch {
-				case ev.Kind == KindCount:
+				case ev.Kind == nf.KindCount:
 					for d := range 2 {
 						counted[d] += int(ev.Counted.Packets[d])
 						countedBytes[d] += ev.Counted.Bytes[d]
 					}
-				case ev.Kind == KindHook && ev.Hook == LocalOut && ev.Stage == StagePostConntrack:
+				case ev.Kind == nf.KindHook && ev.Hook == nf.LocalOut && ev.Stage == nf.StagePostConntrack:
 					reported[dir]++ // every packet passes here once
-				case ev.Kind == KindHook && ev.Hook == LocalOut && ev.Stage == StagePreConntrack && ev.Tuple.Src.Port() != 7799:
+				case ev.Kind == nf.KindHook && ev.Hook == nf.LocalOut && ev.Stage == nf.StagePreConntrack && ev.Tuple.Src.Port() != 7799:
 					arriving[0]++ // before conntrack, known only by its tuple
 				}
 			}

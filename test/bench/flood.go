@@ -13,8 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/topo"
-	"github.com/svctrace/svctrace/internal/tracer"
 )
 
 // floodSources are the client addresses the flood comes from: each gives
@@ -108,9 +108,9 @@ func flood(bin string, total int) (section, error) {
 
 // rawSocket opens a raw IPv4 socket in ns, for packets whose headers the
 // caller writes (IPPROTO_RAW implies IP_HDRINCL).
-func rawSocket(ns tracer.NetNS) (int, error) {
+func rawSocket(ns nf.NetNS) (int, error) {
 	fd := -1
-	err := tracer.InNetNS(ns, func() (err error) {
+	err := nf.InNetNS(ns, func() (err error) {
 		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
 		return err
 	})

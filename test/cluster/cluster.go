@@ -23,9 +23,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/topo"
-	"github.com/svctrace/svctrace/internal/tracer"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -72,11 +72,11 @@ type Options struct {
 type Cluster struct {
 	ID       string
 	Mode     Mode
-	Node     tracer.NetNS // the node: control plane, kube-proxy, bridge
-	ClientNS tracer.NetNS // a client outside the cluster, routed via the node
+	Node     nf.NetNS // the node: control plane, kube-proxy, bridge
+	ClientNS nf.NetNS // a client outside the cluster, routed via the node
 	// Upstream is where the node's default route leads, as on a real node;
 	// it forwards nothing, so nothing leaves.
-	Upstream tracer.NetNS
+	Upstream nf.NetNS
 	NodeIP   netip.Addr // the node's address, on the client's network
 	ClientIP netip.Addr
 	PodNet   netip.Prefix // this cluster's pod subnet (a /24 of ClusterCIDR)
@@ -316,7 +316,7 @@ func (c *Cluster) connect() error {
 // DialContext dials from inside the node's network namespace.
 func (c *Cluster) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	var conn net.Conn
-	err := tracer.InNetNS(c.Node, func() (err error) {
+	err := nf.InNetNS(c.Node, func() (err error) {
 		conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 		return err
 	})
@@ -491,8 +491,8 @@ func Cleanup() error {
 	return topo.Remove(stale)
 }
 
-func tcpOpen(ns tracer.NetNS, addr string) bool {
-	err := tracer.InNetNS(ns, func() error {
+func tcpOpen(ns nf.NetNS, addr string) bool {
+	err := nf.InNetNS(ns, func() error {
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 		if err == nil {
 			c.Close()

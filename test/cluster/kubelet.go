@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/topo"
-	"github.com/svctrace/svctrace/internal/tracer"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -72,7 +72,7 @@ func (c *Cluster) StartKubelet(t testing.TB, selector string, run func(*corev1.P
 		}
 	}
 	var l net.Listener
-	err := tracer.InNetNS(c.Node, func() (err error) {
+	err := nf.InNetNS(c.Node, func() (err error) {
 		l, err = net.Listen("tcp", ":10250")
 		return err
 	})

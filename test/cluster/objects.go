@@ -11,8 +11,8 @@ import (
 
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/topo"
-	"github.com/svctrace/svctrace/internal/tracer"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -27,7 +27,7 @@ type Pod struct {
 	IP              netip.Addr
 	IP6             netip.Addr // invalid on other nodes
 	HostIP          netip.Addr // its node's address
-	NS              tracer.NetNS
+	NS              nf.NetNS
 	server          *lab.Server
 }
 

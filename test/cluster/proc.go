@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 )
 
 // proc is a control-plane process running in the node's network namespace.
@@ -24,7 +24,7 @@ type proc struct {
 // start runs bin with args inside ns, its output going to dir/<name>.log.
 // The process dies with the test binary (SIGKILL on parent death) if nothing
 // stops it first.
-func start(ns tracer.NetNS, dir, name, bin string, env []string, args ...string) (*proc, error) {
+func start(ns nf.NetNS, dir, name, bin string, env []string, args ...string) (*proc, error) {
 	p := &proc{name: name, log: filepath.Join(dir, name+".log"), done: make(chan struct{})}
 	out, err := os.Create(p.log)
 	if err != nil {
@@ -35,7 +35,7 @@ func start(ns tracer.NetNS, dir, name, bin string, env []string, args ...string)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	// A child starts in the network namespace of the thread that forks it.
-	err = tracer.InNetNS(ns, p.cmd.Start)
+	err = nf.InNetNS(ns, p.cmd.Start)
 	out.Close()
 	if err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
@@ -82,7 +82,7 @@ func (p *proc) tail(n int) string {
 
 // waitTCP waits until something listens on addr inside ns, or the process
 // exits.
-func waitTCP(ns tracer.NetNS, addr string, p *proc, timeout time.Duration) error {
+func waitTCP(ns nf.NetNS, addr string, p *proc, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if p.exited() {

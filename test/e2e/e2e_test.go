@@ -16,6 +16,7 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/internal/tracer"
@@ -45,7 +46,7 @@ type story struct {
 	rejected bool
 	// droppedIn: for a Dropped story, the hook in whose filter stage
 	// kube-proxy drops the client's packet.
-	droppedIn tracer.Hook
+	droppedIn nf.Hook
 	svc       *corev1.Service
 	pods      []cluster.PodSpec
 	// to is where the client connects (nil: the ClusterIP), and via the
@@ -270,11 +271,11 @@ func stories() []*story {
 		{name: "selector-less-without-endpointslices", expect: flow.Rejected, rejected: true, finding: "no-selector-no-endpointslices",
 			blame: "Service shop/manual: the Service has no selector and no EndpointSlice",
 			svc:   service("manual", "10.96.1.70", nil, intstr.FromInt32(8080))},
-		{name: "internal-traffic-policy-local", expect: flow.Dropped, droppedIn: tracer.Forward, finding: "internal-local-no-endpoint",
+		{name: "internal-traffic-policy-local", expect: flow.Dropped, droppedIn: nf.Forward, finding: "internal-local-no-endpoint",
 			rule:  "DROP: shop/itp:http has no local endpoints (kube-proxy",
 			blame: "Service shop/itp: internalTrafficPolicy: Local, and no ready endpoint of shop/itp:http runs on node node-1",
 			svc:   itp, pods: []cluster.PodSpec{onOtherNode(pod(shop, "itp-1", "itp", "", true))}, await: waitLocalDrop},
-		{name: "external-traffic-policy-local", expect: flow.Dropped, droppedIn: tracer.LocalIn, finding: "external-local-no-endpoint",
+		{name: "external-traffic-policy-local", expect: flow.Dropped, droppedIn: nf.LocalIn, finding: "external-local-no-endpoint",
 			rule:  "DROP: shop/etp:http has no local endpoints (kube-proxy",
 			blame: "Service shop/etp: externalTrafficPolicy: Local, and no ready endpoint of shop/etp:http runs on node node-1",
 			svc:   etp, to: toNodePort, via: "NodePort", pods: []cluster.PodSpec{onOtherNode(pod(shop, "etp-1", "etp", "", true))}, await: waitLocalDrop},
@@ -301,7 +302,7 @@ func afterKubeProxyDies(mode cluster.Mode) []*story {
 		svc:   service("late", "10.96.1.100", map[string]string{"app": "late"}, intstr.FromString("http")),
 		pods:  []cluster.PodSpec{pod(shop, "late-1", "late", lab.ModeHTTP, true)}, await: waitSlices}
 	if mode == cluster.NFTables {
-		s.expect, s.droppedIn = flow.Dropped, tracer.Forward
+		s.expect, s.droppedIn = flow.Dropped, nf.Forward
 		s.rule = "DROP: 10.96.1.100:80 is in the service range 10.96.0.0/16, but kube-proxy has no ClusterIP 10.96.1.100 (kube-proxy, table ip kube-proxy, chain cluster-ips-check"
 	}
 	return []*story{s}
@@ -312,7 +313,7 @@ func afterKubeProxyDies(mode cluster.Mode) []*story {
 // follows in KUBE-FORWARD; nftables mode has no such rule, and the packet
 // leaves the node untranslated.
 func conntrackInvalid(mode cluster.Mode) *story {
-	s := &story{name: "conntrack-invalid", expect: flow.Dropped, droppedIn: tracer.Forward, finding: "healthy", forget: true,
+	s := &story{name: "conntrack-invalid", expect: flow.Dropped, droppedIn: nf.Forward, finding: "healthy", forget: true,
 		svc:   service("kept", "10.96.1.200", map[string]string{"app": "kept"}, intstr.FromString("http")),
 		pods:  []cluster.PodSpec{pod(shop, "kept-1", "kept", lab.ModeHTTP, true)},
 		rule:  "DROP: conntrack state INVALID (kube-proxy, filter table, chain KUBE-FORWARD)",
@@ -441,7 +442,7 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 		}
 	}
 
-	var targets []tracer.Target
+	var targets []nf.Target
 	dests := map[netip.AddrPort]bool{}
 	var traced []*story
 	for _, s := range ss {
@@ -449,7 +450,7 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 			continue
 		}
 		traced = append(traced, s)
-		targets = append(targets, tracer.Target{Addr: dest(c, s), Proto: tracer.TCP})
+		targets = append(targets, nf.Target{Addr: dest(c, s), Proto: nf.TCP})
 		dests[dest(c, s)] = true
 	}
 	tr, err := tracer.Open(tracer.Options{NetNS: c.Node.Path, Targets: targets})
@@ -460,7 +461,7 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 	const timeout = 1500 * time.Millisecond
 	conns, res, err := live.Collect(ctx, tr, live.Options{Flow: flow.Options{
 		NodeNetNS: c.Node.Inode, Timeout: timeout,
-		IsService: func(_ tracer.Proto, a netip.AddrPort) bool { return dests[a] },
+		IsService: func(_ nf.Proto, a netip.AddrPort) bool { return dests[a] },
 	}}, func() {
 		var wg sync.WaitGroup
 		for _, s := range traced {
@@ -512,11 +513,11 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 			// FORWARD), nftables' filter-forward chain at priority 0.
 			hook := s.droppedIn
 			if s.rejected {
-				hook = tracer.Forward
+				hook = nf.Forward
 			}
 			switch {
 			case s.hairpin:
-				if d := conn.Drop; d == nil || !d.Placed || d.Gap.Hook != tracer.PreRouting || !strings.HasPrefix(d.Location, "br_") {
+				if d := conn.Drop; d == nil || !d.Placed || d.Gap.Hook != nf.PreRouting || !strings.HasPrefix(d.Location, "br_") {
 					t.Errorf("packet %+v, want dropped by the bridge in PREROUTING", d)
 				}
 			case s.rejected || s.expect == flow.Dropped:

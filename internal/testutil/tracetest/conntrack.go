@@ -7,7 +7,7 @@ import (
 	"net/netip"
 	"syscall"
 
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -21,8 +21,8 @@ import (
 // early to make room or expire within seconds, and would let a new
 // connection in; assured UDP entries of an hour are never evicted early.
 // The entries go in batches over one netlink socket.
-func FillConntrack(ns tracer.NetNS, n int) error {
-	return tracer.InNetNS(ns, func() error {
+func FillConntrack(ns nf.NetNS, n int) error {
+	return nf.InNetNS(ns, func() error {
 		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 		if err != nil {
 			return err

@@ -10,7 +10,7 @@ import (
 	"runtime"
 
 	"github.com/svctrace/svctrace/internal/flow"
-	"github.com/svctrace/svctrace/internal/tracer"
+	"github.com/svctrace/svctrace/internal/nf"
 )
 
 // LabEvents is the path of internal/flow/testdata/lab.jsonl: the events of
@@ -22,15 +22,15 @@ func LabEvents() string {
 
 // ReadEvents reads a file of events as JSON, one after the other: the lab
 // test's recording, LabEvents.
-func ReadEvents(path string) ([]tracer.Event, error) {
+func ReadEvents(path string) ([]nf.Event, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var evs []tracer.Event
+	var evs []nf.Event
 	for dec := json.NewDecoder(f); dec.More(); {
-		var ev tracer.Event
+		var ev nf.Event
 		if err := dec.Decode(&ev); err != nil {
 			return evs, fmt.Errorf("%s, event %d: %w", path, len(evs)+1, err)
 		}
@@ -42,7 +42,7 @@ func ReadEvents(path string) ([]tracer.Event, error) {
 // Replay assembles a recorded sequence of events: the clock advances with
 // the events' own times, and the trace ends one timeout after the last event.
 // The offline counterpart of a live trace.
-func Replay(evs []tracer.Event, opts flow.Options) ([]*flow.Conn, *flow.Assembler) {
+func Replay(evs []nf.Event, opts flow.Options) ([]*flow.Conn, *flow.Assembler) {
 	a := flow.New(opts)
 	var out []*flow.Conn
 	var last uint64

@@ -1,4 +1,4 @@
-package tracer
+package nf
 
 import "testing"
 

@@ -1,6 +1,12 @@
-package tracer
+// Package nf is what svctrace knows of a node's packet path, apart from how
+// it observes it: network namespaces, protocols and tuples, the netfilter
+// hooks and the stages observed on them, and the events the tracer reports
+// (Event). Everything past the tracer (flow, record, resolve, …) speaks
+// these; only internal/tracer loads BPF.
+package nf
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -37,15 +43,24 @@ type Event struct {
 	Data []byte `json:"data,omitempty"`
 }
 
+// MaxSnaplen is the most of each packet an event carries (Event.Data):
+// bpf/svctrace.h's CAP_MAX.
+const MaxSnaplen = 128
+
+// ErrClosed is what an event source's Read returns once it is closed.
+var ErrClosed = errors.New("tracer closed")
+
 // Kind says what produced an event.
 type Kind uint8
 
+// The values are bpf/svctrace.h's enum event_kind (the tracer's tests
+// hold the two together).
 const (
-	KindHook Kind = Kind(bpfEventKindEVENT_HOOK)
-	KindDrop Kind = Kind(bpfEventKindEVENT_DROP)
+	KindHook Kind = 1
+	KindDrop Kind = 2
 	// KindCount carries counts of a followed connection's packets (its
 	// conntrack entry in CT) that were not reported one by one.
-	KindCount Kind = Kind(bpfEventKindEVENT_COUNT)
+	KindCount Kind = 3
 )
 
 // Counted are packets and their IP bytes, by direction: [0] original,

@@ -1,10 +1,18 @@
-package tracer
+package nf
 
 import (
 	"fmt"
 	"net/netip"
 	"strings"
 )
+
+// Target is an address the kernel side watches.
+type Target struct {
+	Addr  netip.AddrPort
+	Proto Proto
+}
+
+func (t Target) String() string { return fmt.Sprintf("%s/%s", t.Addr, t.Proto) }
 
 // ParseTarget reads IP:PORT[/proto] ([IPv6]:PORT for IPv6).
 func ParseTarget(s string) (Target, error) {

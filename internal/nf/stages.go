@@ -1,4 +1,4 @@
-package tracer
+package nf
 
 import (
 	"fmt"
@@ -53,46 +53,42 @@ func (h Hook) Rank() int {
 // attached on every hook where that point means something.
 type Stage uint8
 
+// The values are bpf/svctrace.h's enum stage (the tracer's tests hold the
+// two together).
 const (
-	StageNone                = Stage(bpfStageSTAGE_NONE)
-	StagePreConntrack        = Stage(bpfStageSTAGE_PRE_CONNTRACK)
-	StagePostConntrack       = Stage(bpfStageSTAGE_POST_CONNTRACK)
-	StagePreDNAT             = Stage(bpfStageSTAGE_PRE_DNAT)
-	StagePostDNAT            = Stage(bpfStageSTAGE_POST_DNAT)
-	StagePreFilter           = Stage(bpfStageSTAGE_PRE_FILTER)
-	StagePostFilter          = Stage(bpfStageSTAGE_POST_FILTER)
-	StagePreSNAT             = Stage(bpfStageSTAGE_PRE_SNAT)
-	StagePostSNAT            = Stage(bpfStageSTAGE_POST_SNAT)
-	StageLast                = Stage(bpfStageSTAGE_LAST)
-	priorityLast       int32 = math.MaxInt32 - 1 // the netfilter link refuses INT_MAX itself
+	StageNone          Stage = 0
+	StagePreConntrack  Stage = 1
+	StagePostConntrack Stage = 2
+	StagePreDNAT       Stage = 3
+	StagePostDNAT      Stage = 4
+	StagePreFilter     Stage = 5
+	StagePostFilter    Stage = 6
+	StagePreSNAT       Stage = 7
+	StagePostSNAT      Stage = 8
+	StageLast          Stage = 9
 )
+
+const priorityLast int32 = math.MaxInt32 - 1 // the netfilter link refuses INT_MAX itself
 
 type stageInfo struct {
 	name     string
 	priority int32
-	program  string
 	// away is the direction to move when the priority is taken: away from
 	// the piece of netfilter the observer brackets (-1: earlier, +1: later).
 	away int32
 }
 
 var stages = map[Stage]stageInfo{
-	StagePreConntrack:  {"pre-conntrack", -201, bpfProgNfPreConntrack, -1},
-	StagePostConntrack: {"post-conntrack", -199, bpfProgNfPostConntrack, +1},
-	StagePreDNAT:       {"pre-dnat", -101, bpfProgNfPreDnat, -1},
-	StagePostDNAT:      {"post-dnat", -99, bpfProgNfPostDnat, +1},
-	StagePreFilter:     {"pre-filter", -1, bpfProgNfPreFilter, -1},
-	StagePostFilter:    {"post-filter", 1, bpfProgNfPostFilter, +1},
-	StagePreSNAT:       {"pre-snat", 99, bpfProgNfPreSnat, -1},
-	StagePostSNAT:      {"post-snat", 101, bpfProgNfPostSnat, +1},
-	StageLast:          {"last", priorityLast, bpfProgNfLast, -1},
+	StagePreConntrack:  {"pre-conntrack", -201, -1},
+	StagePostConntrack: {"post-conntrack", -199, +1},
+	StagePreDNAT:       {"pre-dnat", -101, -1},
+	StagePostDNAT:      {"post-dnat", -99, +1},
+	StagePreFilter:     {"pre-filter", -1, -1},
+	StagePostFilter:    {"post-filter", 1, +1},
+	StagePreSNAT:       {"pre-snat", 99, -1},
+	StagePostSNAT:      {"post-snat", 101, +1},
+	StageLast:          {"last", priorityLast, -1},
 }
-
-// maxShift bounds how far an observer moves from its priority when another
-// hook holds it (the kernel allows a BPF hook only at a priority no other
-// hook of that family and hook uses). IPv6 conntrack, for one, confirms in
-// INPUT at INT_MAX-1.
-const maxShift = 8
 
 func (s Stage) String() string {
 	if i, ok := stages[s]; ok {
@@ -104,6 +100,10 @@ func (s Stage) String() string {
 // Priority is the netfilter priority the stage's observer is attached at
 // (unless another hook holds it: see Info.Shifted).
 func (s Stage) Priority() int32 { return stages[s].priority }
+
+// Away is the direction an observer moves when its priority is taken: away
+// from the piece of netfilter it brackets (-1: earlier, +1: later).
+func (s Stage) Away() int32 { return stages[s].away }
 
 // Plan lists, per hook, the stages observed there in priority order: the
 // pieces of netfilter that act on that hook, each bracketed. FORWARD has only
