@@ -69,7 +69,7 @@ func Assess(ctx context.Context, src resolve.Source, namespace, name string, nod
 		return nil, err
 	}
 	a := AssessView(view, node)
-	a.Explainer.Lookup = resolve.Lookup(src)
+	a.Explainer.Lookup = resolve.Memo(resolve.Lookup(src), nil)
 	return a, nil
 }
 

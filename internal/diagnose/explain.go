@@ -22,12 +22,10 @@ type Explainer struct {
 	eps      map[netip.AddrPort]endpointOf
 	ips      map[netip.Addr]string
 	// Lookup names an address nothing else knows (a client Pod, a Node);
-	// may be nil. Called for the addresses a report shows, at most once
-	// each while they stay in looked.
+	// may be nil. It is called for every address a report shows and must
+	// not wait on the API server: a resolve.Namer's Name, or a
+	// resolve.Memo of saved objects.
 	Lookup func(netip.Addr) string
-	// looked are the names Lookup gave, at most maxLooked; then it starts
-	// over: a node that sees many clients does not grow it without bound.
-	looked map[netip.Addr]string
 	// sticky are the endpoints explained connections of a Service port
 	// with session affinity went to, by client: kube-proxy's memory as it
 	// grew since its rules were read.
@@ -36,9 +34,6 @@ type Explainer struct {
 
 // maxSticky bounds the clients remembered for affinity notes.
 const maxSticky = 4096
-
-// maxLooked bounds the names of addresses looked up.
-const maxLooked = 4096
 
 type stickyKey struct {
 	port   *resolve.Port
@@ -111,15 +106,10 @@ func (x *Explainer) Name(a netip.AddrPort) string {
 	if n, ok := x.ips[a.Addr()]; ok {
 		return n
 	}
-	if n, ok := x.looked[a.Addr()]; ok || x.Lookup == nil {
-		return n
+	if x.Lookup != nil {
+		return x.Lookup(a.Addr())
 	}
-	if len(x.looked) >= maxLooked || x.looked == nil {
-		x.looked = map[netip.Addr]string{}
-	}
-	n := x.Lookup(a.Addr())
-	x.looked[a.Addr()] = n
-	return n
+	return ""
 }
 
 // Knows reports whether a is one of the Service's own addresses or

@@ -95,14 +95,12 @@ func RunLab(ctx context.Context, o Lab) error {
 	if w != nil {
 		w.Lab(LabClients{Results: labResults(results)})
 		w.Conntrack(record.ConntrackSnapshot(l.Node, l.Targets()))
-		// Names looked up while printing go into the recording too.
+		// Names looked up while printing go into the recording too, as
+		// each is first used.
 		for _, a := range as {
-			lookup := a.Explainer.Lookup
-			a.Explainer.Lookup = func(ip netip.Addr) string {
-				n := lookup(ip)
-				w.Name(record.Name{Addr: ip, Name: n})
-				return n
-			}
+			a.Explainer.Lookup = resolve.Memo(a.Explainer.Lookup, func(ip netip.Addr, name string) {
+				w.Name(record.Name{Addr: ip, Name: name})
+			})
 		}
 	}
 	err = printLab(o.IO, p, labExplainer{l.Scenarios, as}, run, results, res, !interrupted)

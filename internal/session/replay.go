@@ -37,14 +37,13 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 		return fmt.Errorf("%s: a recording of svctrace %s, which this svctrace cannot analyse", path, m.Mode)
 	}
 
-	// What the live run looked up as it went, known up front here.
+	// The interfaces the live run named as it went, known up front here.
+	// The names of addresses are taken in where the live run first used
+	// them (apply, and Conn below): a connection is named as it was live.
 	ifNames, names := map[uint32]string{}, map[netip.Addr]string{}
 	for _, e := range rec.Entries {
-		switch e.Type {
-		case record.TypeIfName:
+		if e.Type == record.TypeIfName {
 			ifNames[e.IfName.Index] = e.IfName.Name
-		case record.TypeName:
-			names[e.Name.Addr] = e.Name.Name
 		}
 	}
 	services := map[nf.Target]bool{}
@@ -85,6 +84,8 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			}
 		case record.TypeView:
 			view = e.View
+		case record.TypeName:
+			names[e.Name.Addr] = e.Name.Name
 		case record.TypeRules:
 			if view == nil {
 				break
@@ -152,6 +153,12 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			if lr != nil {
 				conns = append(conns, c) // printed by scenario at the end, as live
 				return
+			}
+			// The names the live run learned as it reported this
+			// connection follow the input that completed it.
+			for i < len(rec.Entries) && rec.Entries[i].Type == record.TypeName {
+				apply(&rec.Entries[i])
+				i++
 			}
 			if keep(c) {
 				r := report.Of(c, x, lost)

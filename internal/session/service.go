@@ -73,6 +73,22 @@ func Serve(ctx context.Context, s Service) error {
 	// first record is written.
 	w := s.Rec
 	var recording atomic.Bool
+	// Names the objects do not give (client Pods, Nodes) go into the
+	// recording as the reports first use them: analysis has no API.
+	learned := func(ip netip.Addr, name string) {
+		if recording.Load() {
+			w.Name(record.Name{Addr: ip, Name: name})
+		}
+	}
+	// From the API they are looked up in the background, never while a
+	// connection waits to be reported; saved objects answer at once.
+	lookup := resolve.Memo(resolve.Lookup(s.Source), learned)
+	var namer *resolve.Namer
+	if _, ok := s.Source.(*resolve.API); ok && s.Tracing {
+		namer = resolve.NewNamer(resolve.Lookup(s.Source))
+		namer.Learned = learned
+		lookup = namer.Name
+	}
 	// gather reads the objects and the node's rules again: at the start and
 	// after every change of the objects.
 	gather := func(ctx context.Context) (*state, error) {
@@ -85,15 +101,7 @@ func Serve(ctx context.Context, s Service) error {
 		for _, ad := range a.Service.Addresses(a.NodeAddrs) {
 			st.services[nf.Target{Addr: ad.Addr, Proto: ad.Port.Protocol}] = true
 		}
-		// Names the API gave by IP go into the recording: analysis has no API.
-		lookup := a.Explainer.Lookup
-		a.Explainer.Lookup = func(ip netip.Addr) string {
-			n := lookup(ip)
-			if recording.Load() {
-				w.Name(record.Name{Addr: ip, Name: n})
-			}
-			return n
-		}
+		a.Explainer.Lookup = lookup
 		return st, nil
 	}
 	st, err := gather(ctx)
@@ -143,6 +151,9 @@ func Serve(ctx context.Context, s Service) error {
 	t.Started = func(ctx context.Context, tr *tracer.Tracer) {
 		if probes != nil {
 			go probes.run(ctx)
+		}
+		if namer != nil {
+			go namer.Run(ctx)
 		}
 		api, ok := s.Source.(*resolve.API)
 		if !ok {
