@@ -1,6 +1,7 @@
 package live
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"os"
@@ -48,9 +49,13 @@ func recentLabEvents(t *testing.T) ([]nf.Event, flow.Options, []*flow.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := nf.Now()
+	// In time order, as a ring buffer hands them over (the recording
+	// interleaves the lab's scenarios), all reported before now: the last
+	// 100 ms ago.
+	slices.SortStableFunc(evs, func(a, b nf.Event) int { return cmp.Compare(a.Time, b.Time) })
+	last, now := evs[len(evs)-1].Time, nf.Now()
 	for i := range evs {
-		evs[i].Time = now - 100*uint64(time.Millisecond) + (evs[i].Time - evs[0].Time)
+		evs[i].Time = now - 100*uint64(time.Millisecond) - (last - evs[i].Time)
 	}
 	opts := flow.Options{NodeNetNS: evs[0].NetNS, Timeout: 1500 * time.Millisecond}
 	want, _ := tracetest.Replay(evs, opts)
