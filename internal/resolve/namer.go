@@ -36,9 +36,11 @@ func NewNamer(lookup func(netip.Addr) string) *Namer {
 
 // Name is a's name if known, else "" while it is looked up.
 func (n *Namer) Name(a netip.Addr) string {
+	var fresh map[netip.Addr]string
 	n.mu.Lock()
-	fresh := n.fresh
-	n.fresh = map[netip.Addr]string{}
+	if len(n.fresh) > 0 { // most calls: nothing new, nothing to allocate
+		fresh, n.fresh = n.fresh, map[netip.Addr]string{}
+	}
 	n.mu.Unlock()
 	for ip, name := range fresh {
 		if len(n.known) >= maxNamed {

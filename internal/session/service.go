@@ -82,12 +82,14 @@ func Serve(ctx context.Context, s Service) error {
 	}
 	// From the API they are looked up in the background, never while a
 	// connection waits to be reported; saved objects answer at once.
-	lookup := resolve.Memo(resolve.Lookup(s.Source), learned)
+	var lookup func(netip.Addr) string
 	var namer *resolve.Namer
 	if _, ok := s.Source.(*resolve.API); ok && s.Tracing {
 		namer = resolve.NewNamer(resolve.Lookup(s.Source))
 		namer.Learned = learned
 		lookup = namer.Name
+	} else {
+		lookup = resolve.Memo(resolve.Lookup(s.Source), learned)
 	}
 	// gather reads the objects and the node's rules again: at the start and
 	// after every change of the objects.
