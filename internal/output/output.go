@@ -101,6 +101,17 @@ func (s Summary) VerdictCounts() string {
 	return strings.Join(parts, ", ")
 }
 
+// dnatName is " (pod shop/web-1 …)": the name of where the step's DNAT
+// sent the packet, for a line that says so; "" if none.
+func dnatName(r report.Conn, s flow.Step) string {
+	if ch, ok := s.Has(flow.DNAT); ok {
+		if n := r.Name(ch.To); n != "" {
+			return " (" + n + ")"
+		}
+	}
+	return ""
+}
+
 // since formats a duration for a timeline: +78µs, +1.2ms, +1.02s.
 func since(d time.Duration) string {
 	switch {

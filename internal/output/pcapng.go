@@ -9,7 +9,6 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/svctrace/svctrace/internal/describe"
-	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
 )
@@ -70,11 +69,7 @@ func (p *PcapNG) Conn(r report.Conn) {
 		if what == "" {
 			what = fmt.Sprintf("%s %s", s.Flags, s.Tuple)
 		}
-		if ch, ok := s.Has(flow.DNAT); ok {
-			if n := r.Name(ch.To); n != "" {
-				what += " (" + n + ")"
-			}
-		}
+		what += dnatName(r, s)
 		ci := gopacket.CaptureInfo{CaptureLength: len(s.Data), Length: ipLength(s.Data), InterfaceIndex: id}
 		if p.opts.Wall != nil {
 			ci.Timestamp = p.opts.Wall(s.Time)

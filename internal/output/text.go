@@ -37,12 +37,7 @@ func (p *Text) Conn(c report.Conn) {
 			continue
 		}
 		shownPackets[s.Packet] = true
-		note := describe.Step(s)
-		if ch, ok := s.Has(flow.DNAT); ok {
-			if n := c.Name(ch.To); n != "" {
-				note += " (" + n + ")"
-			}
-		}
+		note := describe.Step(s) + dnatName(c, s)
 		fmt.Fprintf(&b, "   %-9s %-12s %s\n", since(time.Duration(s.Time-c.Start)), s.Hook, note)
 	}
 	if c.Truncated {
