@@ -198,6 +198,9 @@ func TestFaultBattery(t *testing.T) {
 		{args: []string{"web", "-n", "lab", "--objects", ".", "-w", "p.txt"}, code: 1, want: "which this run reads"},
 		{args: []string{"web", "-n", "lab", "--kubeconfig", "p.txt", "-w", "p.txt"}, code: 1, want: "which this run reads"},
 		{args: []string{"trace", "--addr", "10.96.0.10:80", "-w", "a-directory"}, code: 1, want: "-w a-directory is a directory"},
+		// Failing after the recording was prepared, before tracing: its
+		// temporary file goes too.
+		{args: []string{"web", "-n", "lab", "--objects", "dump.yaml", "--probe", "--from", "pod/nobody", "-w", "p.txt"}, code: 1, want: "pod lab/nobody not found"},
 		{args: []string{"trace", "--addr", "10.96.0.10:80", "--snaplen", "9"}, code: 1, want: "give one with -w FILE"},
 		// Objects and credentials.
 		{args: []string{"check", "nosuch", "-n", "lab", "--objects", "dump.yaml"}, code: 1, want: `service "nosuch" not found in namespace "lab"`},

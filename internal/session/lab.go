@@ -28,7 +28,7 @@ type Lab struct {
 	Keep    bool
 	Timeout time.Duration
 	Backend string
-	// Rec, if set, records the run (see Trace.Rec).
+	// Rec, if set, records the run (see Trace.Rec); RunLab closes it.
 	Rec         *record.Writer
 	Snaplen     int
 	EveryPacket bool
@@ -37,6 +37,9 @@ type Lab struct {
 // RunLab runs the lab. It returns ErrReported when a scenario did not give
 // its expected verdict (said on stderr).
 func RunLab(ctx context.Context, o Lab) error {
+	if o.Rec != nil {
+		defer o.Rec.Close(record.End{}) // on an error; a clean end closes first
+	}
 	if err := lab.Preflight(); err != nil {
 		return err
 	}
@@ -73,7 +76,6 @@ func RunLab(ctx context.Context, o Lab) error {
 	ropts := lab.RunOptions{Timeout: o.Timeout, Backend: o.Backend, Snaplen: o.Snaplen, EveryPacket: o.EveryPacket,
 		Logf: o.logf, Lost: p.Lost}
 	if w != nil {
-		defer w.Close(record.End{}) // on an error; a clean end closes first
 		o.Watch(w)
 		ropts.Journal = w
 		// What the lab is goes first, so that a recording cut anywhere

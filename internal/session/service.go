@@ -24,7 +24,7 @@ import (
 // the objects change.
 type Service struct {
 	// Trace holds the trace's settings; Serve fills in the targets, names
-	// and what to record.
+	// and what to record, and closes Rec however it ends.
 	Trace
 	Namespace, Name string
 	Source          resolve.Source
@@ -72,6 +72,11 @@ func Serve(ctx context.Context, s Service) error {
 	// The recording (-w), once tracing starts; recording is true once its
 	// first record is written.
 	w := s.Rec
+	if w != nil {
+		// On an error or an early end (nothing to trace); Run closes it
+		// first when it traced. Closed before it began, it leaves nothing.
+		defer w.Close(record.End{})
+	}
 	var recording atomic.Bool
 	// Names the objects do not give (client Pods, Nodes) go into the
 	// recording as the reports first use them: analysis has no API.
