@@ -11,6 +11,7 @@ import (
 	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 )
@@ -29,6 +30,12 @@ type NodeFacts struct {
 	Bridges []resolve.Bridge
 	// Conntrack is the node's connection tracking table (nil: unread).
 	Conntrack *conntrack.Table
+	// Net is the node's network as far as the Service's endpoints need
+	// it (routes, neighbours, sysctls, the endpoint Pods' sockets); nil
+	// until read. ReadNet, if set, reads it for the endpoints' addresses
+	// and this node's endpoint Pods.
+	Net     *node.Facts
+	ReadNet func(addrs []netip.Addr, pods []node.Pod) *node.Facts
 }
 
 // ReadNode reads the node's facts from its network namespace ns: kube-proxy's
@@ -39,8 +46,10 @@ func ReadNode(ns nf.NetNS, local resolve.LocalNode, services ...string) NodeFact
 	facts := NodeFacts{Local: local, Bridges: resolve.Bridges(ns)}
 	if os.Geteuid() != 0 {
 		facts.RulesErr = errors.New("reading kube-proxy's rules needs root (run with sudo)")
+		facts.Net = &node.Facts{Unread: []string{"the node's routes, neighbours and the endpoint Pods' sockets: reading them needs root (run with sudo)"}}
 		return facts
 	}
+	facts.ReadNet = func(addrs []netip.Addr, pods []node.Pod) *node.Facts { return node.Read(ns, addrs, pods) }
 	facts.Rules, facts.RulesErr = kubeproxy.Read(ns, services...)
 	facts.KubeProxy, facts.KubeProxyKnown = kubeproxy.KubeProxyPIDs(ns), true
 	facts.Conntrack, _ = conntrack.Read(ns)
@@ -59,6 +68,9 @@ type Assessment struct {
 	Proxy string
 	// NodeAddrs are the node's addresses: where its NodePorts are reached.
 	NodeAddrs []netip.Addr
+	// Node are the node's facts the assessment used, its network's
+	// included.
+	Node NodeFacts
 }
 
 // Assess gathers the Service's objects from src and diagnoses them with
@@ -87,10 +99,14 @@ func AssessView(view *resolve.View, node NodeFacts) *Assessment {
 			addrs = append(addrs, a)
 		}
 	}
-	in := Input{View: view, Service: resolve.NewService(view), Rules: node.Rules, RulesErr: node.RulesErr,
+	svc := resolve.NewService(view)
+	if node.Net == nil && node.ReadNet != nil {
+		node.Net = node.ReadNet(netTargets(svc, view.LocalNode))
+	}
+	in := Input{View: view, Service: svc, Rules: node.Rules, RulesErr: node.RulesErr,
 		KubeProxy: node.KubeProxy, KubeProxyKnown: node.KubeProxyKnown, NodeAddrs: addrs, Bridges: node.Bridges,
-		Conntrack: node.Conntrack}
-	a := &Assessment{Source: view.Source, View: view, Service: in.Service, Findings: Check(in), Proxy: "not read", NodeAddrs: addrs}
+		Conntrack: node.Conntrack, Net: node.Net}
+	a := &Assessment{Source: view.Source, View: view, Service: in.Service, Findings: Check(in), Proxy: "not read", NodeAddrs: addrs, Node: node}
 	switch {
 	case node.Rules != nil:
 		a.Proxy = fmt.Sprintf("%s mode (%s)", node.Rules.Mode, node.Rules.Note)
@@ -99,6 +115,31 @@ func AssessView(view *resolve.View, node NodeFacts) *Assessment {
 	}
 	a.Explainer = NewExplainer(in, a.Findings, a.NodeAddrs)
 	return a
+}
+
+// netTargets are what the node's network is read for: the addresses of
+// the Service's endpoints, and the endpoint Pods on this node (local)
+// whose sockets to read.
+func netTargets(s *resolve.Service, local string) ([]netip.Addr, []node.Pod) {
+	var addrs []netip.Addr
+	var pods []node.Pod
+	for _, p := range s.Ports {
+		for _, e := range p.Endpoints {
+			a := e.Addr.Addr()
+			if slices.Contains(addrs, a) {
+				continue
+			}
+			addrs = append(addrs, a)
+			if e.Node == local || e.Node == "" {
+				name := e.Pod.String()
+				if e.Pod.Name == "" {
+					name = "the endpoint " + a.String()
+				}
+				pods = append(pods, node.Pod{Name: name, Addr: a})
+			}
+		}
+	}
+	return addrs, pods
 }
 
 // Diagnosis is what the assessment shows before any packet.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	corev1 "k8s.io/api/core/v1"
@@ -40,6 +41,9 @@ type Input struct {
 	Bridges []resolve.Bridge
 	// Conntrack is the node's conntrack table (nil: unread).
 	Conntrack *conntrack.Table
+	// Net is the node's network: routes, neighbours, sysctls, the
+	// endpoint Pods' sockets (nil: unread).
+	Net *node.Facts
 }
 
 // Check diagnoses the Service: the classic reasons a Service does not work,
@@ -60,6 +64,8 @@ func Check(in Input) []report.Finding {
 	}
 	c.pods()
 	c.targetPorts()
+	c.namedPorts()
+	c.endpoints()
 	c.rules()
 	c.localPolicy()
 	c.conntrackFull()
@@ -145,8 +151,9 @@ func (c *checker) pods() {
 		return
 	}
 	f := report.Finding{Severity: report.Warning, Code: report.SomePodsNotReady, Object: c.object,
-		Summary: fmt.Sprintf("%d of %d Pods matching %s are not Ready: kube-proxy does not send new connections to them", len(notReady), len(v.Pods), sel)}
-	if len(notReady) == len(v.Pods) {
+		Summary: fmt.Sprintf("%d of %d Pods matching %s are not Ready: the EndpointSlice controller marks their endpoints not ready, and kube-proxy sends new connections only to ready ones", len(notReady), len(v.Pods), sel)}
+	anyReady := slices.ContainsFunc(c.svc.Ports, func(p resolve.Port) bool { return len(p.Ready()) > 0 })
+	if len(notReady) == len(v.Pods) && !anyReady {
 		f.Severity, f.Code = report.Problem, report.NoReadyPods
 		f.Summary = fmt.Sprintf("the selector %s matches %d Pod(s), but none is Ready: the Service has no endpoint to send traffic to", sel, len(v.Pods))
 		f.Object = "Pod " + c.ns + "/" + notReady[0].Name

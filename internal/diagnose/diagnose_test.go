@@ -11,6 +11,7 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	corev1 "k8s.io/api/core/v1"
@@ -61,7 +62,7 @@ func slice(name string, port int32, pods ...corev1.Pod) discoveryv1.EndpointSlic
 	return sl
 }
 
-func node(name, ip string) corev1.Node {
+func nodeObj(name, ip string) corev1.Node {
 	return corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name},
 		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}}}
 }
@@ -74,6 +75,7 @@ type story struct {
 	want     report.Code        // the first finding's code
 	severity report.Severity
 	evidence string // must appear in the first finding's summary or evidence
+	net      *node.Facts
 }
 
 var (
@@ -83,7 +85,7 @@ var (
 
 func stories() []story {
 	byName := intstr.FromString("http")
-	nodes := []corev1.Node{node("node-1", "10.99.0.1"), node("node-2", "10.99.0.2")}
+	nodes := []corev1.Node{nodeObj("node-1", "10.99.0.1"), nodeObj("node-2", "10.99.0.2")}
 	notReady := pod(shop, "slow-1", "slow", "10.244.0.21", "node-1", false)
 	remote := pod(shop, "far-1", "far", "10.244.1.5", "node-2", true)
 	local := svc("far", "10.96.1.70", map[string]string{"app": "far"}, byName)
@@ -94,7 +96,7 @@ func stories() []story {
 		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "db.example.com"}}
 	typo := pod(shop, "typo-1", "web", "10.244.0.31", "node-1", true)
 	typo.Labels = map[string]string{"apps": "cart"}
-	return []story{
+	ss := []story{
 		{name: "healthy", want: "healthy", severity: report.OK,
 			objs: resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.10", map[string]string{"app": "web"}, byName)},
 				Pods: []corev1.Pod{web1, web2}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1, web2)}, Nodes: nodes}},
@@ -133,6 +135,63 @@ func stories() []story {
 		{name: "externalname", want: "externalname", severity: report.Info, evidence: "db.example.com",
 			objs: resolve.Objects{Services: []corev1.Service{external}, Nodes: nodes}},
 	}
+	return append(ss, nodeStories(nodes)...)
+}
+
+// nodeStories are stories the node's facts tell, and the endpoints'
+// slices against their Pods.
+func nodeStories(nodes []corev1.Node) []story {
+	web := svc("web", "10.96.1.10", map[string]string{"app": "web"}, intstr.FromString("http"))
+	objs := resolve.Objects{Services: []corev1.Service{web}, Pods: []corev1.Pod{web1}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1)}, Nodes: nodes}
+	pod1 := netip.MustParseAddr("10.244.0.11")
+	toPod := node.Route{To: pod1, Type: "unicast", Dev: "cbr0", Src: netip.MustParseAddr("10.244.0.1")}
+	listening := func(ss ...node.Socket) *node.Facts {
+		return &node.Facts{Routes: []node.Route{toPod}, Sysctls: map[string]string{"net.ipv4.ip_forward": "1"},
+			Listeners: []node.Listeners{{Pod: "shop/web-1", Addr: pod1, Sockets: ss}}}
+	}
+	tcp := func(a string, queue, backlog uint32) node.Socket {
+		return node.Socket{Proto: nf.TCP, Local: netip.MustParseAddrPort(a), Queue: queue, Backlog: backlog}
+	}
+	notServing := slice("web", 8080, web1)
+	no := false
+	notServing.Endpoints[0].Conditions.Serving = &no
+	slow := pod(shop, "web-3", "web", "10.244.0.13", "node-1", false)
+	handMade := slice("web", 8080, slow)
+	yes := true
+	handMade.Labels[discoveryv1.LabelManagedBy] = "someone"
+	handMade.Endpoints[0].Conditions.Ready = &yes
+	orphan := slice("manual", 8080)
+	orphan.Labels[discoveryv1.LabelManagedBy] = "someone"
+	orphan.Endpoints = []discoveryv1.Endpoint{{Addresses: []string{"10.244.0.99"}}}
+	other := web2
+	other.Spec.Containers = []corev1.Container{{Name: "app", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8081}}}}
+	return []story{
+		{name: "healthy-listening-on-both-families", want: "healthy", severity: report.OK, objs: objs, net: listening(tcp("[::]:8080", 0, 4096))},
+		{name: "listens-on-loopback", want: "listens-elsewhere", severity: report.Problem, evidence: "tcp 127.0.0.1:8080 (accept queue 0 of 4096)",
+			objs: objs, net: listening(tcp("127.0.0.1:8080", 0, 4096))},
+		{name: "listens-on-another-port", want: "not-listening", severity: report.Problem, evidence: "it listens on 0.0.0.0:9000",
+			objs: objs, net: listening(tcp("0.0.0.0:9000", 0, 4096))},
+		{name: "udp-only", want: "not-listening", severity: report.Problem, evidence: "udp 0.0.0.0:8080",
+			objs: objs, net: listening(node.Socket{Proto: nf.UDP, Local: netip.MustParseAddrPort("0.0.0.0:8080")})},
+		{name: "backlog-full", want: "backlog-full", severity: report.Problem, evidence: "(2 waiting, backlog 1)",
+			objs: objs, net: listening(tcp("0.0.0.0:8080", 2, 1))},
+		{name: "no-route", want: "no-route-to-endpoint", severity: report.Problem, evidence: "ip route get 10.244.0.11: no route to host (a unreachable route)",
+			objs: objs, net: &node.Facts{Routes: []node.Route{{To: pod1, Type: "unreachable", Err: "no route to host"}}}},
+		{name: "neighbour-failed", want: "endpoint-unanswered", severity: report.Problem, evidence: "ip neigh: 10.244.0.11 dev cbr0 FAILED",
+			objs: objs, net: &node.Facts{Routes: []node.Route{toPod}, Neighbours: []node.Neighbour{{Addr: pod1, Dev: "cbr0", State: "FAILED"}}}},
+		{name: "forwarding-off", want: "forwarding-off", severity: report.Problem, evidence: "net.ipv4.ip_forward = 0",
+			objs: objs, net: &node.Facts{Routes: []node.Route{toPod}, Sysctls: map[string]string{"net.ipv4.ip_forward": "0"}}},
+		{name: "sockets-unread", want: "node-facts-unread", severity: report.Info, evidence: "the sockets of shop/web-1 (10.244.0.11): no network namespace",
+			objs: objs, net: &node.Facts{Routes: []node.Route{toPod}, Listeners: []node.Listeners{{Pod: "shop/web-1", Addr: pod1, Err: "no network namespace on this node holds 10.244.0.11"}}}},
+		{name: "ready-but-not-serving", want: "endpoint-conditions", severity: report.Problem, evidence: "ready=true serving=false",
+			objs: resolve.Objects{Services: []corev1.Service{web}, Pods: []corev1.Pod{web1}, Slices: []discoveryv1.EndpointSlice{notServing}, Nodes: nodes}},
+		{name: "hand-made-slice-calls-a-not-ready-pod-ready", want: "endpoint-conditions", severity: report.Problem, evidence: "managed by someone",
+			objs: resolve.Objects{Services: []corev1.Service{web}, Pods: []corev1.Pod{slow}, Slices: []discoveryv1.EndpointSlice{handMade}, Nodes: nodes}},
+		{name: "address-of-no-pod", want: "endpoint-not-a-pod", severity: report.Problem, evidence: "no Pod has status.podIP 10.244.0.99",
+			objs: resolve.Objects{Services: []corev1.Service{svc("manual", "10.96.1.80", nil, intstr.FromInt32(8080))}, Slices: []discoveryv1.EndpointSlice{orphan}, Nodes: nodes}},
+		{name: "named-port-differs", want: "named-port-differs", severity: report.Warning, evidence: "http = 8081 in web-2",
+			objs: resolve.Objects{Services: []corev1.Service{web}, Pods: []corev1.Pod{web1, other}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1)}, Nodes: nodes}},
+	}
 }
 
 // rulesFor is what a healthy kube-proxy writes for the Service.
@@ -160,7 +219,7 @@ func check(t *testing.T, s story) (Input, []report.Finding) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := Input{View: v, Service: resolve.NewService(v), Rules: s.rules, KubeProxyKnown: true, KubeProxy: []int{42}}
+	in := Input{View: v, Service: resolve.NewService(v), Rules: s.rules, KubeProxyKnown: true, KubeProxy: []int{42}, Net: s.net}
 	if s.rules == nil {
 		in.Rules = rulesFor(in.Service)
 	}
@@ -277,7 +336,7 @@ func TestInternalLocalProgramsLocalEndpointsOnly(t *testing.T) {
 	rules := &kubeproxy.Ruleset{Mode: kubeproxy.ModeIPTables, Ports: map[kubeproxy.PortKey]*kubeproxy.PortRules{
 		{Name: "shop/far:http", Proto: "tcp"}: {Rejects: []kubeproxy.Reject{{Why: "has no local endpoints", Verdict: "DROP"}}}}}
 	objs := resolve.Objects{Services: []corev1.Service{s}, Pods: []corev1.Pod{remote},
-		Slices: []discoveryv1.EndpointSlice{slice("far", 8080, remote)}, Nodes: []corev1.Node{node("node-1", "10.99.0.1"), node("node-2", "10.99.0.2")}}
+		Slices: []discoveryv1.EndpointSlice{slice("far", 8080, remote)}, Nodes: []corev1.Node{nodeObj("node-1", "10.99.0.1"), nodeObj("node-2", "10.99.0.2")}}
 	_, fs := check(t, story{objs: objs, rules: rules})
 	if codes := findingCodes(fs); !slices.Equal(codes, []report.Code{report.InternalLocalNoEndpoint, report.KubeProxyRejects}) {
 		t.Errorf("findings %v, want internal-local-no-endpoint and kube-proxy-rejects only", codes)
@@ -292,7 +351,7 @@ func TestNodePortOnAnAddressKubeProxyIgnores(t *testing.T) {
 	s := svc("np", "10.96.1.90", map[string]string{"app": "web"}, intstr.FromString("http"))
 	s.Spec.Type, s.Spec.Ports[0].NodePort = corev1.ServiceTypeNodePort, 30090
 	objs := resolve.Objects{Services: []corev1.Service{s}, Pods: []corev1.Pod{web},
-		Slices: []discoveryv1.EndpointSlice{slice("np", 8080, web)}, Nodes: []corev1.Node{node("node-1", "10.99.0.1")}}
+		Slices: []discoveryv1.EndpointSlice{slice("np", 8080, web)}, Nodes: []corev1.Node{nodeObj("node-1", "10.99.0.1")}}
 	in, _ := check(t, story{objs: objs})
 	in.Rules.Mode, in.Rules.NodePortWhere = kubeproxy.ModeNFTables, "table ip kube-proxy, set nodeport-ips"
 	in.Rules.NodePortAddrs = []netip.Prefix{netip.MustParsePrefix("10.99.0.1/32"), netip.MustParsePrefix("fd00:10:99::1/128")}
@@ -333,7 +392,7 @@ func TestSessionAffinity(t *testing.T) {
 	s := svc("sticky", "10.96.1.60", map[string]string{"app": "web"}, intstr.FromString("http"))
 	s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
 	objs := resolve.Objects{Services: []corev1.Service{s}, Pods: []corev1.Pod{web1, web2},
-		Slices: []discoveryv1.EndpointSlice{slice("sticky", 8080, web1, web2)}, Nodes: []corev1.Node{node("node-1", "10.99.0.1")}}
+		Slices: []discoveryv1.EndpointSlice{slice("sticky", 8080, web1, web2)}, Nodes: []corev1.Node{nodeObj("node-1", "10.99.0.1")}}
 	in, _ := check(t, story{objs: objs})
 	ep1, ep2 := netip.MustParseAddrPort("10.244.0.11:8080"), netip.MustParseAddrPort("10.244.0.12:8080")
 	pr := in.Rules.Port("shop/sticky:http", "tcp")
@@ -377,7 +436,7 @@ func TestSessionAffinity(t *testing.T) {
 func TestHairpin(t *testing.T) {
 	web := pod(shop, "web-2", "web", "10.244.0.12", "node-1", true)
 	objs := resolve.Objects{Services: []corev1.Service{svc("self", "10.96.1.70", map[string]string{"app": "web"}, intstr.FromString("http"))},
-		Pods: []corev1.Pod{web}, Slices: []discoveryv1.EndpointSlice{slice("self", 8080, web)}, Nodes: []corev1.Node{node("node-1", "10.99.0.1")}}
+		Pods: []corev1.Pod{web}, Slices: []discoveryv1.EndpointSlice{slice("self", 8080, web)}, Nodes: []corev1.Node{nodeObj("node-1", "10.99.0.1")}}
 	in, _ := check(t, story{objs: objs})
 	ep := netip.MustParseAddrPort("10.244.0.12:8080")
 	self := &flow.Conn{Proto: nf.TCP, Client: netip.MustParseAddrPort("10.244.0.12:41000"), VIP: netip.MustParseAddrPort("10.96.1.70:80"),

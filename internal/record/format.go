@@ -28,6 +28,7 @@ import (
 	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/resolve"
 )
 
@@ -138,6 +139,9 @@ type Rules struct {
 	// Conntrack is the node's conntrack table: size, counters, translated
 	// UDP entries.
 	Conntrack *conntrack.Table `json:"conntrack,omitempty"`
+	// Net is the node's network as the Service's endpoints needed it:
+	// routes, neighbours, sysctls, the endpoint Pods' sockets.
+	Net *node.Facts `json:"net,omitempty"`
 }
 
 func header() []byte {

@@ -35,6 +35,17 @@ const (
 	ConntrackFull     Code = "conntrack-full"     // the table is at its limit
 	ConntrackStale    Code = "conntrack-stale"    // UDP entries still send to an address that is no serving endpoint
 	ConntrackUnlisted Code = "conntrack-unlisted" // the table could not be listed
+	// The endpoints: their slices, their Pods, the node's way to them.
+	EndpointConditions Code = "endpoint-conditions"  // an endpoint's conditions contradict each other or its Pod
+	EndpointNotAPod    Code = "endpoint-not-a-pod"   // an endpoint address no Pod (or another Pod) holds
+	NamedPortDiffers   Code = "named-port-differs"   // a named targetPort is different numbers in different Pods
+	NoRouteToEndpoint  Code = "no-route-to-endpoint" // the node has no usable route to an endpoint
+	EndpointUnanswered Code = "endpoint-unanswered"  // nothing answers ARP/NDP for an endpoint on the node's link
+	NotListening       Code = "not-listening"        // the endpoint's Pod listens on no socket that takes the Service's traffic
+	ListensElsewhere   Code = "listens-elsewhere"    // it listens on the port, but on another address (loopback)
+	BacklogFull        Code = "backlog-full"         // its listener's accept queue is full
+	ForwardingOff      Code = "forwarding-off"       // net.ipv4.ip_forward is 0
+	NodeFactsUnread    Code = "node-facts-unread"    // some of the node's facts could not be read
 	// Nothing wrong.
 	Healthy Code = "healthy"
 )
@@ -47,4 +58,6 @@ var Codes = []Code{
 	ExternalLocalNoEndpoint, InternalLocalNoEndpoint, NoSelectorNoEndpointSlices,
 	ManualEndpoints, Headless, ExternalName, IPVS, RulesetUnreadable, Healthy,
 	NodePortAddresses, SessionAffinity, ConntrackFull, ConntrackStale, ConntrackUnlisted,
+	EndpointConditions, EndpointNotAPod, NamedPortDiffers, NoRouteToEndpoint, EndpointUnanswered,
+	NotListening, ListensElsewhere, BacklogFull, ForwardingOff, NodeFactsUnread,
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/nf"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
@@ -26,6 +27,9 @@ type Service struct {
 	ExternalLocal   bool // externalTrafficPolicy: Local
 	InternalLocal   bool // internalTrafficPolicy: Local
 	Selector        map[string]string
+	// PublishNotReady: publishNotReadyAddresses, so the EndpointSlice
+	// controller calls every selected Pod's address ready.
+	PublishNotReady bool
 	Ports           []Port
 }
 
@@ -57,7 +61,18 @@ type Endpoint struct {
 	Node                        string
 	Pod                         types.NamespacedName // zero without a Pod targetRef
 	Slice                       string
+	// Manager is the slice's endpointslice.kubernetes.io/managed-by label:
+	// "endpointslice-controller.k8s.io" for the Service's own, else
+	// whoever wrote it ("" : nobody said).
+	Manager string
 }
+
+// Controller is the EndpointSlice controller's manager label.
+const Controller = "endpointslice-controller.k8s.io"
+
+// HandMade reports whether the endpoint's slice was written by someone
+// other than the EndpointSlice controller.
+func (e Endpoint) HandMade() bool { return e.Manager != Controller }
 
 // State is the endpoint's conditions in words: "ready", "not ready",
 // "terminating (still serving)", …
@@ -67,8 +82,12 @@ func (e Endpoint) State() string {
 		return "terminating, still serving"
 	case e.Terminating:
 		return "terminating"
+	case e.Ready && !e.Serving:
+		return "ready but not serving (contradictory conditions)"
 	case e.Ready:
 		return "ready"
+	case e.Serving:
+		return "not ready, serving"
 	}
 	return "not ready"
 }
@@ -81,7 +100,7 @@ func NewService(v *View) *Service {
 		ClientAffinity: spec.SessionAffinity == corev1.ServiceAffinityClientIP,
 		ExternalLocal:  spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
 		InternalLocal:  spec.InternalTrafficPolicy != nil && *spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal,
-		Selector:       spec.Selector}
+		Selector:       spec.Selector, PublishNotReady: spec.PublishNotReadyAddresses}
 	if s.Type == "" {
 		s.Type = corev1.ServiceTypeClusterIP
 	}
@@ -138,7 +157,7 @@ func endpoints(v *View, sp corev1.ServicePort) []Endpoint {
 				continue
 			}
 			for _, ep := range sl.Endpoints {
-				e := Endpoint{Slice: sl.Name,
+				e := Endpoint{Slice: sl.Name, Manager: sl.Labels[discoveryv1.LabelManagedBy],
 					Ready:       ep.Conditions.Ready == nil || *ep.Conditions.Ready,
 					Serving:     ep.Conditions.Serving == nil || *ep.Conditions.Serving,
 					Terminating: ep.Conditions.Terminating != nil && *ep.Conditions.Terminating}

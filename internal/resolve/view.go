@@ -30,6 +30,11 @@ type View struct {
 	// NearMisses, when the selector matches no Pod, are Pods in the
 	// Service's namespace one label away from matching.
 	NearMisses []NearMiss
+	// Holders are Pods the selector does not match that hold an
+	// endpoint's address (a hand-made or stale slice's), and Orphans the
+	// endpoint addresses no Pod holds: both looked up by IP.
+	Holders []corev1.Pod   `json:",omitempty"`
+	Orphans []netip.Addr `json:",omitempty"`
 	// Nodes are the endpoints' Nodes and this node, by name.
 	Nodes map[string]*corev1.Node
 	// LocalNode is this node's name, "" when no Node object matches it.
@@ -169,6 +174,9 @@ func Gather(ctx context.Context, src Source, ns, name string, local LocalNode) (
 			}
 		}
 	}
+	if err := v.lookUpHolders(ctx, src); err != nil {
+		return nil, err
+	}
 	nodes := v.EndpointNodes()
 	if local.Name != "" {
 		nodes = append(nodes, local.Name)
@@ -201,6 +209,65 @@ func Gather(ctx context.Context, src Source, ns, name string, local LocalNode) (
 		}
 	}
 	return v, nil
+}
+
+// lookUpHolders finds who holds the endpoints' addresses that no selected
+// Pod holds.
+func (v *View) lookUpHolders(ctx context.Context, src Source) error {
+	n := 0
+	for _, a := range v.EndpointAddrs() {
+		if v.Holder(a) != nil {
+			continue
+		}
+		if n++; n > maxLookups {
+			return nil
+		}
+		pods, err := src.PodsByIP(ctx, a)
+		if denied(err) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if len(pods) == 0 {
+			v.Orphans = append(v.Orphans, a)
+		}
+		v.Holders = append(v.Holders, pods...)
+	}
+	return nil
+}
+
+// EndpointAddrs are the addresses in the Service's EndpointSlices.
+func (v *View) EndpointAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, sl := range v.Slices {
+		for _, ep := range sl.Endpoints {
+			for _, s := range ep.Addresses {
+				if a := parseAddr(s); a.IsValid() && !slices.Contains(out, a) {
+					out = append(out, a)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// Holder is the Pod, selected or looked up, whose addresses include a;
+// nil if none is known.
+func (v *View) Holder(a netip.Addr) *corev1.Pod {
+	for _, pods := range [][]corev1.Pod{v.Pods, v.Holders} {
+		for i := range pods {
+			for _, ip := range pods[i].Status.PodIPs {
+				if parseAddr(ip.IP) == a {
+					return &pods[i]
+				}
+			}
+			if parseAddr(pods[i].Status.PodIP) == a {
+				return &pods[i]
+			}
+		}
+	}
+	return nil
 }
 
 func denied(err error) bool {

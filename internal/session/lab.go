@@ -14,6 +14,7 @@ import (
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/live"
 	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/record"
 	"github.com/svctrace/svctrace/internal/report"
@@ -147,6 +148,13 @@ func labResults(results []lab.Result) []LabResult {
 }
 
 func recordLab(w *record.Writer, l *lab.Lab, run LabRun, facts diagnose.NodeFacts, as map[string]*diagnose.Assessment) {
+	// One record of the node's facts serves every scenario: their
+	// networks' facts, read for each Service's endpoints, together.
+	var nets []*node.Facts
+	for _, s := range l.Scenarios {
+		nets = append(nets, as[s.Name].Node.Net)
+	}
+	facts.Net = node.Merge(nets...)
 	lr := LabRecord{Run: run, Views: map[string]*resolve.View{}, Rules: RecordedFacts(facts)}
 	for _, s := range l.Scenarios {
 		lr.Results = append(lr.Results, LabResult{Scenario: s})

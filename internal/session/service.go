@@ -47,7 +47,6 @@ type Probe struct {
 // state is what svctrace knows about the Service at one moment.
 type state struct {
 	*diagnose.Assessment
-	facts    diagnose.NodeFacts
 	targets  []nf.Target
 	services map[nf.Target]bool
 }
@@ -56,7 +55,7 @@ type state struct {
 // the Service addresses.
 func (st *state) record(w *record.Writer) {
 	w.View(st.View)
-	w.Rules(RecordedFacts(st.facts))
+	w.Rules(RecordedFacts(st.Node))
 	services := make([]nf.Target, 0, len(st.services))
 	for t := range st.services {
 		services = append(services, t)
@@ -104,7 +103,7 @@ func Serve(ctx context.Context, s Service) error {
 		if err != nil {
 			return nil, err
 		}
-		st := &state{Assessment: a, facts: facts, targets: a.Service.Targets(a.NodeAddrs), services: map[nf.Target]bool{}}
+		st := &state{Assessment: a, targets: a.Service.Targets(a.NodeAddrs), services: map[nf.Target]bool{}}
 		for _, ad := range a.Service.Addresses(a.NodeAddrs) {
 			st.services[nf.Target{Addr: ad.Addr, Proto: ad.Port.Protocol}] = true
 		}
@@ -199,7 +198,7 @@ func Serve(ctx context.Context, s Service) error {
 // RecordedFacts is what a recording keeps of the node's facts, for
 // assessRecorded.
 func RecordedFacts(f diagnose.NodeFacts) record.Rules {
-	r := record.Rules{Rules: f.Rules, KubeProxy: f.KubeProxy, KubeProxyKnown: f.KubeProxyKnown, Bridges: f.Bridges, Conntrack: f.Conntrack}
+	r := record.Rules{Rules: f.Rules, KubeProxy: f.KubeProxy, KubeProxyKnown: f.KubeProxyKnown, Bridges: f.Bridges, Conntrack: f.Conntrack, Net: f.Net}
 	if f.RulesErr != nil {
 		r.Err = f.RulesErr.Error()
 	}
@@ -210,7 +209,7 @@ func RecordedFacts(f diagnose.NodeFacts) record.Rules {
 // as the live run did.
 func assessRecorded(v *resolve.View, r record.Rules, m record.Meta) *diagnose.Assessment {
 	facts := diagnose.NodeFacts{Local: resolve.LocalNode{Name: m.Node, Addrs: m.Addrs},
-		Rules: r.Rules, KubeProxy: r.KubeProxy, KubeProxyKnown: r.KubeProxyKnown, Bridges: r.Bridges, Conntrack: r.Conntrack}
+		Rules: r.Rules, KubeProxy: r.KubeProxy, KubeProxyKnown: r.KubeProxyKnown, Bridges: r.Bridges, Conntrack: r.Conntrack, Net: r.Net}
 	if r.Err != "" {
 		facts.RulesErr = errors.New(r.Err)
 	}

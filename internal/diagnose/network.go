@@ -1,0 +1,295 @@
+package diagnose
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/svctrace/svctrace/internal/cause"
+	"github.com/svctrace/svctrace/internal/node"
+	"github.com/svctrace/svctrace/internal/report"
+	"github.com/svctrace/svctrace/internal/resolve"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// endpoints checks each endpoint against what its EndpointSlice says of it
+// and what the Pods and the node hold: its conditions, whose address it
+// is, the route and neighbour to it, and the sockets its Pod listens on.
+func (c *checker) endpoints() {
+	seen := map[netip.AddrPort]bool{}
+	for i := range c.svc.Ports {
+		p := &c.svc.Ports[i]
+		for _, e := range p.Endpoints {
+			if seen[e.Addr] {
+				continue
+			}
+			seen[e.Addr] = true
+			c.conditions(p, e)
+			c.holder(p, e)
+			if c.Net != nil {
+				c.path(p, e)
+			}
+		}
+	}
+	if c.Net != nil && len(seen) > 0 {
+		c.forwarding()
+		c.unread()
+	}
+}
+
+// endpointObject names the endpoint's Pod, else its slice.
+func endpointObject(e resolve.Endpoint) string {
+	if e.Pod.Name != "" {
+		return "Pod " + e.Pod.String()
+	}
+	return "EndpointSlice " + e.Slice
+}
+
+// sliceSays quotes the endpoint's conditions as its slice has them.
+func sliceSays(e resolve.Endpoint) string {
+	by := e.Manager
+	if by == "" {
+		by = "no endpointslice.kubernetes.io/managed-by label"
+	}
+	return fmt.Sprintf("EndpointSlice %s (managed by %s): %s ready=%t serving=%t terminating=%t",
+		e.Slice, by, e.Addr, e.Ready, e.Serving, e.Terminating)
+}
+
+// conditions: contradictions between an endpoint's conditions, and
+// between them and its Pod's readiness.
+func (c *checker) conditions(p *resolve.Port, e resolve.Endpoint) {
+	f := report.Finding{Code: report.EndpointConditions, Object: endpointObject(e), Port: p.String(), Evidence: []string{sliceSays(e)}}
+	pod := c.View.Holder(e.Addr.Addr())
+	switch {
+	case e.Ready && (!e.Serving || e.Terminating):
+		f.Severity = report.Problem
+		f.Summary = fmt.Sprintf("the endpoint %s is ready yet says it is not serving or is terminating: kube-proxy goes by ready and sends new connections to it", e.Addr)
+	case e.Ready && pod != nil && !podReady(pod) && c.svc.PublishNotReady:
+		f.Severity = report.Info
+		f.Summary = fmt.Sprintf("Pod %s/%s is not Ready, but the Service publishes not-ready addresses (publishNotReadyAddresses: true), so its endpoint %s is ready and kube-proxy sends it connections", pod.Namespace, pod.Name, e.Addr)
+	case e.Ready && pod != nil && !podReady(pod):
+		f.Severity = report.Problem
+		f.Summary = fmt.Sprintf("the endpoint %s is ready, but Pod %s/%s, which holds that address, is not Ready: kube-proxy sends it connections", e.Addr, pod.Namespace, pod.Name)
+		f.Evidence = append(f.Evidence, whyNotReady(pod))
+	case !e.Ready && e.Serving && !e.Terminating:
+		f.Severity = report.Info
+		f.Summary = fmt.Sprintf("the endpoint %s is serving but not ready: kube-proxy sends it no connections (only terminating endpoints that serve are used, when no endpoint is ready)", e.Addr)
+	default:
+		return
+	}
+	if e.HandMade() {
+		f.Next = append(f.Next, fmt.Sprintf("the slice is not the EndpointSlice controller's: fix its conditions where it is written (kubectl get endpointslice -n %s %s -o yaml)", c.ns, e.Slice))
+	} else if pod != nil {
+		f.Next = append(f.Next, fmt.Sprintf("kubectl describe pod -n %s %s", pod.Namespace, pod.Name))
+	}
+	c.add(f)
+}
+
+// holder: an endpoint whose address belongs to no Pod, or to another Pod
+// than the one its slice names.
+func (c *checker) holder(p *resolve.Port, e resolve.Endpoint) {
+	a := e.Addr.Addr()
+	pod := c.View.Holder(a)
+	f := report.Finding{Severity: report.Problem, Code: report.EndpointNotAPod, Object: "EndpointSlice " + e.Slice, Port: p.String(), Evidence: []string{sliceSays(e)}}
+	switch {
+	case pod == nil && slices.Contains(c.View.Orphans, a):
+		f.Summary = fmt.Sprintf("the endpoint %s is an address no Pod holds", a)
+		f.Evidence = append(f.Evidence, fmt.Sprintf("no Pod has status.podIP %s (looked up by IP)", a))
+		if e.Pod.Name != "" {
+			f.Summary += fmt.Sprintf(", though the slice names Pod %s", e.Pod)
+		}
+	case pod != nil && e.Pod.Name != "" && (pod.Namespace != e.Pod.Namespace || pod.Name != e.Pod.Name):
+		f.Summary = fmt.Sprintf("the endpoint %s is Pod %s/%s's address, but the slice names Pod %s", a, pod.Namespace, pod.Name, e.Pod)
+	default:
+		return
+	}
+	if e.HandMade() {
+		f.Next = []string{fmt.Sprintf("kubectl get endpointslice -n %s %s -o yaml   # written by %s, not by the EndpointSlice controller", c.ns, e.Slice, orUnknown(e.Manager))}
+	}
+	c.add(f)
+}
+
+// path: can the node send to the endpoint, does anything on its link
+// answer for it, and does its Pod listen where the Service sends.
+func (c *checker) path(p *resolve.Port, e resolve.Endpoint) {
+	a := e.Addr.Addr()
+	obj := endpointObject(e)
+	r, ok := c.Net.Route(a)
+	if ok && !r.Usable() {
+		f := report.Finding{Severity: report.Problem, Code: report.NoRouteToEndpoint, Object: obj, Port: p.String(),
+			Summary:  fmt.Sprintf("this node has no usable route to the endpoint %s: packets to it are dropped (or refused) here", a),
+			Evidence: []string{"ip route get " + a.String() + ": " + routeSays(r)},
+			Next:     []string{"ip route get " + a.String(), "ip route show table all | grep -w unreachable"}}
+		if e.Node != "" && e.Node != c.View.LocalNode {
+			f.Summary += fmt.Sprintf("; the endpoint runs on node %s, whose Pod range this node must route to (the CNI's job)", e.Node)
+			if n := c.View.Nodes[e.Node]; n != nil && len(n.Spec.PodCIDRs) > 0 {
+				f.Evidence = append(f.Evidence, fmt.Sprintf("node %s's podCIDRs: %s", e.Node, strings.Join(n.Spec.PodCIDRs, ", ")))
+			}
+		}
+		c.add(f)
+		return
+	}
+	if ok && r.Type == "unicast" {
+		if n, found := c.Net.Neighbour(r.NextHop()); found && !n.Answered() {
+			f := report.Finding{Severity: report.Problem, Code: report.EndpointUnanswered, Object: obj, Port: p.String(),
+				Summary:  fmt.Sprintf("nothing on %s answers ARP/NDP for %s: the node cannot deliver to the endpoint %s", n.Dev, r.NextHop(), a),
+				Evidence: []string{"ip route get " + a.String() + ": " + r.String(), "ip neigh: " + n.String()},
+				Next:     []string{"ip neigh show " + r.NextHop().String(), "is a Pod running with that address? kubectl get pods -A -o wide | grep -w " + a.String()}}
+			c.add(f)
+			return
+		}
+	}
+	l, ok := c.Net.ListenersOf(a)
+	if !ok || l.Err != "" {
+		return
+	}
+	c.listening(p, e, l)
+}
+
+func routeSays(r node.Route) string {
+	if r.Err != "" {
+		s := r.Err
+		if r.Type != "" {
+			s += " (a " + r.Type + " route)"
+		}
+		return s
+	}
+	return r.String()
+}
+
+// listening holds the endpoint's Pod's sockets against where the Service
+// sends: that port and protocol, on the endpoint's address.
+func (c *checker) listening(p *resolve.Port, e resolve.Endpoint, l node.Listeners) {
+	var takes *node.Socket
+	var samePort, sameProto []string
+	for i, s := range l.Sockets {
+		switch {
+		case s.Takes(p.Protocol, e.Addr):
+			takes = &l.Sockets[i]
+		case s.Proto == p.Protocol && s.Local.Port() == e.Addr.Port():
+			samePort = append(samePort, s.Local.String())
+		case s.Proto == p.Protocol:
+			sameProto = append(sameProto, s.Local.String())
+		}
+	}
+	quote := fmt.Sprintf("sockets listening in %s's network namespace (sock_diag): %s", l.Pod, socketList(l.Sockets))
+	f := report.Finding{Severity: report.Problem, Object: endpointObject(e), Port: p.String(), Evidence: []string{quote},
+		Next: []string{"nsenter -n -t <pid of a process of the Pod> ss -ltnup   # the Pod's sockets"}}
+	switch {
+	case takes != nil && takes.Proto.String() == "tcp" && takes.Queue > takes.Backlog:
+		f.Code = report.BacklogFull
+		f.Summary = fmt.Sprintf("the server listening on %s in %s does not accept connections: its accept queue is full (%d waiting, backlog %d), so the kernel drops new SYNs", takes.Local, l.Pod, takes.Queue, takes.Backlog)
+	case takes != nil:
+		return
+	case len(samePort) > 0:
+		f.Code = report.ListensElsewhere
+		f.Summary = fmt.Sprintf("nothing listens on %s/%s in %s: its server listens on port %d only on %s, not on the Pod's address",
+			e.Addr, p.Protocol, l.Pod, e.Addr.Port(), strings.Join(samePort, ", "))
+		f.Next = append(f.Next, "have the server listen on 0.0.0.0 (or [::]), not on a loopback or other address")
+	default:
+		f.Code = report.NotListening
+		f.Summary = fmt.Sprintf("nothing listens on %s/%s in %s, where the Service sends", e.Addr, p.Protocol, l.Pod)
+		if len(sameProto) > 0 {
+			f.Summary += fmt.Sprintf("; it listens on %s", strings.Join(sameProto, ", "))
+		}
+		f.Next = append(f.Next, fmt.Sprintf("set targetPort of %s to the port the server listens on, or fix the server", p.String()))
+	}
+	c.add(f)
+}
+
+func socketList(ss []node.Socket) string {
+	if len(ss) == 0 {
+		return "none"
+	}
+	var out []string
+	for _, s := range ss {
+		out = append(out, s.String())
+	}
+	return strings.Join(out, ", ")
+}
+
+// forwarding: a node that does not forward IPv4 sends no Service traffic
+// on to another Pod or node.
+func (c *checker) forwarding() {
+	v, ok := c.Net.Sysctl("net.ipv4.ip_forward")
+	if !ok || v != "0" || !slices.ContainsFunc(c.svc.ClusterIPs, netip.Addr.Is4) {
+		return
+	}
+	c.add(report.Finding{Severity: report.Problem, Code: report.ForwardingOff, Object: "node " + c.nodeName(),
+		Summary:  "the node does not forward IPv4 (net.ipv4.ip_forward=0): it drops Service traffic that must go on to a Pod",
+		Evidence: []string{"net.ipv4.ip_forward = 0"},
+		Next:     []string{"sysctl -w net.ipv4.ip_forward=1 (kubelet and the CNI expect it on)"}})
+}
+
+// unread says which of the node's facts could not be read, and what
+// svctrace would have checked with them.
+func (c *checker) unread() {
+	var ev []string
+	ev = append(ev, c.Net.Unread...)
+	for _, l := range c.Net.Listeners {
+		if l.Err != "" {
+			ev = append(ev, fmt.Sprintf("the sockets of %s (%s): %s", l.Pod, l.Addr, l.Err))
+		}
+	}
+	if len(ev) == 0 {
+		return
+	}
+	c.add(report.Finding{Severity: report.Info, Code: report.NodeFactsUnread, Object: "node " + c.nodeName(),
+		Summary:  "some of the node's facts could not be read: svctrace did not check whether the endpoints' Pods listen where the Service sends, or what is not read below",
+		Evidence: ev,
+		Next:     []string{cause.Sockets.Check(), cause.Route.Check(), cause.Neighbours.Check()}})
+}
+
+// namedPorts: a targetPort by name that resolves to different numbers in
+// different Pods (a rolling update, or a Pod spec that drifted).
+func (c *checker) namedPorts() {
+	for i := range c.svc.Ports {
+		p := &c.svc.Ports[i]
+		if p.TargetPort.Type != intstr.String || len(c.View.Pods) < 2 {
+			continue
+		}
+		byNumber := map[int32][]string{}
+		var numbers []int32
+		for _, pod := range c.View.Pods {
+			if n, ok := namedPort(&pod, p.TargetPort.StrVal); ok {
+				if byNumber[n] == nil {
+					numbers = append(numbers, n)
+				}
+				byNumber[n] = append(byNumber[n], pod.Name)
+			}
+		}
+		if len(numbers) < 2 {
+			continue
+		}
+		slices.Sort(numbers)
+		f := report.Finding{Severity: report.Warning, Code: report.NamedPortDiffers, Object: c.object, Port: p.String(),
+			Summary: fmt.Sprintf("targetPort %q of %s is port %s depending on the Pod: each Pod's endpoint uses its own number, so a server listening on another one refuses",
+				p.TargetPort.StrVal, p.String(), joinInts(numbers))}
+		for _, n := range numbers {
+			f.Evidence = append(f.Evidence, fmt.Sprintf("%s = %d in %s", p.TargetPort.StrVal, n, strings.Join(byNumber[n], ", ")))
+		}
+		f.Next = []string{fmt.Sprintf("kubectl get pods -n %s -l %s -o custom-columns=NAME:.metadata.name,PORTS:.spec.containers[*].ports", c.ns, selectorString(c.svc.Selector))}
+		c.add(f)
+	}
+}
+
+func namedPort(p *corev1.Pod, name string) (int32, bool) {
+	for _, ctr := range p.Spec.Containers {
+		for _, cp := range ctr.Ports {
+			if cp.Name == name {
+				return cp.ContainerPort, true
+			}
+		}
+	}
+	return 0, false
+}
+
+func joinInts(ns []int32) string {
+	var s []string
+	for _, n := range ns {
+		s = append(s, fmt.Sprint(n))
+	}
+	return strings.Join(s, " or ")
+}

@@ -1,0 +1,233 @@
+// Package node holds the facts of the node's network that decide where a
+// packet goes and whether something takes it: the route the kernel picks
+// to each endpoint, the neighbour entries on the way, the sysctls that
+// decide forwarding and reverse-path filtering, and the sockets each
+// endpoint Pod on this node listens on. Read reads them through netlink in
+// the node's (and the Pods') network namespaces; the rest are plain
+// functions over the values, which recordings keep.
+package node
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/svctrace/svctrace/internal/nf"
+)
+
+// Facts are what Read found. What it could not read is in Unread, so that
+// nothing is stated as fact that was not.
+type Facts struct {
+	Routes     []Route     `json:"routes,omitempty"`
+	Neighbours []Neighbour `json:"neighbours,omitempty"`
+	// Sysctls by name ("net.ipv4.ip_forward"); a missing name was not
+	// readable (no bridge netfilter module, say).
+	Sysctls map[string]string `json:"sysctls,omitempty"`
+	// Links are the node's interfaces by name: their MTU and state.
+	Links map[string]Link `json:"links,omitempty"`
+	// Listeners are the sockets the endpoint Pods on this node listen
+	// on, one entry per Pod address asked about.
+	Listeners []Listeners `json:"listeners,omitempty"`
+	// Unread says what could not be read, and why.
+	Unread []string `json:"unread,omitempty"`
+}
+
+// Route is the route the kernel picks to one address, as ip route get
+// shows it.
+type Route struct {
+	To netip.Addr `json:"to"`
+	// Type is the route's type: "unicast", "local", "unreachable",
+	// "blackhole", "prohibit", "throw"; "" when the kernel found none
+	// (Err says what it answered).
+	Type string     `json:"type,omitempty"`
+	Dev  string     `json:"dev,omitempty"`
+	Via  netip.Addr `json:"via,omitzero"`
+	Src  netip.Addr `json:"src,omitzero"`
+	Err  string     `json:"error,omitempty"`
+}
+
+// Usable reports whether the kernel can send a packet to r.To: a route
+// that is neither missing nor of a refusing type.
+func (r Route) Usable() bool {
+	return r.Err == "" && (r.Type == "unicast" || r.Type == "local")
+}
+
+// NextHop is the address whose neighbour entry the packet needs: the
+// gateway, else the destination itself (on a local link).
+func (r Route) NextHop() netip.Addr {
+	if r.Via.IsValid() {
+		return r.Via
+	}
+	return r.To
+}
+
+// String says the route as ip route get does: "10.244.0.12 dev br0 src
+// 10.244.0.1", "unreachable 10.244.7.2", or the kernel's answer.
+func (r Route) String() string {
+	if r.Err != "" {
+		return fmt.Sprintf("ip route get %s: %s", r.To, r.Err)
+	}
+	var b strings.Builder
+	if r.Type != "unicast" {
+		b.WriteString(r.Type + " ")
+	}
+	b.WriteString(r.To.String())
+	if r.Via.IsValid() {
+		b.WriteString(" via " + r.Via.String())
+	}
+	if r.Dev != "" {
+		b.WriteString(" dev " + r.Dev)
+	}
+	if r.Src.IsValid() {
+		b.WriteString(" src " + r.Src.String())
+	}
+	return b.String()
+}
+
+// Neighbour is one entry of the neighbour table (ARP, NDP).
+type Neighbour struct {
+	Addr netip.Addr `json:"addr"`
+	Dev  string     `json:"dev"`
+	// State as ip neigh shows it: "REACHABLE", "STALE", "DELAY",
+	// "PROBE", "INCOMPLETE", "FAILED", "PERMANENT", "NOARP".
+	State string `json:"state"`
+	MAC   string `json:"mac,omitempty"`
+}
+
+// Answered reports whether the neighbour answered ARP or NDP at some
+// point (or needs not).
+func (n Neighbour) Answered() bool {
+	return n.State != "INCOMPLETE" && n.State != "FAILED" && n.State != "NONE"
+}
+
+func (n Neighbour) String() string {
+	s := fmt.Sprintf("%s dev %s", n.Addr, n.Dev)
+	if n.MAC != "" {
+		s += " lladdr " + n.MAC
+	}
+	return s + " " + n.State
+}
+
+// Link is one interface of the node.
+type Link struct {
+	MTU int  `json:"mtu"`
+	Up  bool `json:"up"`
+}
+
+// Listeners are the sockets listening in one Pod's network namespace.
+type Listeners struct {
+	Pod  string     `json:"pod"` // "shop/web-1"
+	Addr netip.Addr `json:"addr"`
+	// Sockets are its listening TCP sockets and bound UDP sockets; nil
+	// with Err set when its namespace could not be read.
+	Sockets []Socket `json:"sockets,omitempty"`
+	Err     string   `json:"error,omitempty"`
+}
+
+// Socket is one listening socket.
+type Socket struct {
+	Proto nf.Proto       `json:"proto"`
+	Local netip.AddrPort `json:"local"`
+	// Queue and Backlog: for a TCP listener, the connections waiting to
+	// be accepted and how many may.
+	Queue   uint32 `json:"queue,omitempty"`
+	Backlog uint32 `json:"backlog,omitempty"`
+}
+
+func (s Socket) String() string {
+	str := fmt.Sprintf("%s %s", s.Proto, s.Local)
+	if s.Proto == nf.TCP {
+		str += fmt.Sprintf(" (accept queue %d of %d)", s.Queue, s.Backlog)
+	}
+	return str
+}
+
+// Takes reports whether the socket takes connections to a: the same
+// protocol and port, and its address a's or a wildcard of a's family (an
+// IPv6 wildcard takes IPv4 too unless it is v6only, which sock_diag does
+// not say: svctrace assumes the default, dual-stack).
+func (s Socket) Takes(p nf.Proto, a netip.AddrPort) bool {
+	if s.Proto != p || s.Local.Port() != a.Port() {
+		return false
+	}
+	l := s.Local.Addr()
+	return l == a.Addr() || (l.IsUnspecified() && (l.Is6() || a.Addr().Is4()))
+}
+
+// Route is the route read to a, if any.
+func (f *Facts) Route(a netip.Addr) (Route, bool) {
+	for _, r := range f.Routes {
+		if r.To == a {
+			return r, true
+		}
+	}
+	return Route{}, false
+}
+
+// Neighbour is the neighbour entry of a, if any.
+func (f *Facts) Neighbour(a netip.Addr) (Neighbour, bool) {
+	for _, n := range f.Neighbours {
+		if n.Addr == a {
+			return n, true
+		}
+	}
+	return Neighbour{}, false
+}
+
+// ListenersOf are the listeners read for the Pod address a, if any.
+func (f *Facts) ListenersOf(a netip.Addr) (Listeners, bool) {
+	for _, l := range f.Listeners {
+		if l.Addr == a {
+			return l, true
+		}
+	}
+	return Listeners{}, false
+}
+
+// Sysctl is the value of sysctl name, and whether it was read.
+func (f *Facts) Sysctl(name string) (string, bool) {
+	v, ok := f.Sysctls[name]
+	return v, ok
+}
+
+// Merge is the facts of fs together (nil ones skipped), each address's
+// first; nil if there are none.
+func Merge(fs ...*Facts) *Facts {
+	var out *Facts
+	for _, f := range fs {
+		if f == nil {
+			continue
+		}
+		if out == nil {
+			out = &Facts{Sysctls: map[string]string{}, Links: map[string]Link{}}
+		}
+		for _, r := range f.Routes {
+			if _, ok := out.Route(r.To); !ok {
+				out.Routes = append(out.Routes, r)
+			}
+		}
+		for _, n := range f.Neighbours {
+			if _, ok := out.Neighbour(n.Addr); !ok {
+				out.Neighbours = append(out.Neighbours, n)
+			}
+		}
+		for _, l := range f.Listeners {
+			if _, ok := out.ListenersOf(l.Addr); !ok {
+				out.Listeners = append(out.Listeners, l)
+			}
+		}
+		for k, v := range f.Sysctls {
+			out.Sysctls[k] = v
+		}
+		for k, v := range f.Links {
+			out.Links[k] = v
+		}
+		for _, u := range f.Unread {
+			if !slices.Contains(out.Unread, u) {
+				out.Unread = append(out.Unread, u)
+			}
+		}
+	}
+	return out
+}

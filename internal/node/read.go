@@ -1,0 +1,243 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/probe"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Pod is an endpoint Pod on this node whose listening sockets to read.
+type Pod struct {
+	Name string // "shop/web-1"
+	Addr netip.Addr
+}
+
+// MaxPods bounds the Pods whose sockets one Read looks at.
+const MaxPods = 32
+
+// Read reads the node's facts in its network namespace ns: the routes to
+// addrs (the endpoints, the clients) and the neighbour entries of their
+// next hops, the interfaces, the sysctls that decide forwarding, and the
+// listening sockets of pods, each found as --from pod/NAME finds it (the
+// namespace of a process of this node that holds the Pod's address).
+func Read(ns nf.NetNS, addrs []netip.Addr, pods []Pod) *Facts {
+	f := &Facts{Sysctls: map[string]string{}, Links: map[string]Link{}}
+	err := nf.InNetNS(ns, func() error {
+		f.readLinks()
+		for _, a := range addrs {
+			f.readRoute(a)
+		}
+		f.readNeighbours()
+		f.readSysctls()
+		return nil
+	})
+	if err != nil {
+		f.Unread = append(f.Unread, "the node's routes, neighbours and sysctls: "+err.Error())
+	}
+	if len(pods) > MaxPods {
+		f.Unread = append(f.Unread, fmt.Sprintf("the sockets of %d more endpoint Pods on this node (svctrace reads %d)", len(pods)-MaxPods, MaxPods))
+		pods = pods[:MaxPods]
+	}
+	for _, p := range pods {
+		f.Listeners = append(f.Listeners, listeners(ns, p))
+	}
+	return f
+}
+
+func (f *Facts) readLinks() {
+	links, err := netlink.LinkList()
+	if err != nil {
+		f.Unread = append(f.Unread, "the node's interfaces: "+err.Error())
+		return
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		f.Links[a.Name] = Link{MTU: a.MTU, Up: a.OperState == netlink.OperUp || a.Flags&net.FlagUp != 0 && a.OperState == netlink.OperUnknown}
+	}
+}
+
+// routeErrors: what the kernel answers a route lookup that meets no
+// usable route, as the route's type.
+var routeErrors = map[syscall.Errno]string{
+	unix.ENETUNREACH: "", unix.EHOSTUNREACH: "unreachable", unix.EACCES: "prohibit", unix.EINVAL: "blackhole",
+}
+
+func (f *Facts) readRoute(a netip.Addr) {
+	if _, ok := f.Route(a); ok {
+		return
+	}
+	r := Route{To: a}
+	rs, err := netlink.RouteGet(a.AsSlice())
+	var errno syscall.Errno
+	switch {
+	case errors.As(err, &errno):
+		r.Type, r.Err = routeErrors[errno], errno.Error()
+	case err != nil:
+		r.Err = err.Error()
+	case len(rs) == 0:
+		r.Err = "no route"
+	default:
+		r.Type = routeType(rs[0].Type)
+		if l, err := netlink.LinkByIndex(rs[0].LinkIndex); err == nil {
+			r.Dev = l.Attrs().Name
+		}
+		if gw, ok := netip.AddrFromSlice(rs[0].Gw); ok {
+			r.Via = gw.Unmap()
+		}
+		if src, ok := netip.AddrFromSlice(rs[0].Src); ok {
+			r.Src = src.Unmap()
+		}
+	}
+	f.Routes = append(f.Routes, r)
+}
+
+func routeType(t int) string {
+	switch t {
+	case unix.RTN_UNICAST:
+		return "unicast"
+	case unix.RTN_LOCAL:
+		return "local"
+	case unix.RTN_UNREACHABLE:
+		return "unreachable"
+	case unix.RTN_BLACKHOLE:
+		return "blackhole"
+	case unix.RTN_PROHIBIT:
+		return "prohibit"
+	case unix.RTN_THROW:
+		return "throw"
+	case unix.RTN_BROADCAST:
+		return "broadcast"
+	}
+	return fmt.Sprintf("type %d", t)
+}
+
+// readNeighbours keeps the entries of the routes' next hops.
+func (f *Facts) readNeighbours() {
+	var hops []netip.Addr
+	for _, r := range f.Routes {
+		if r.Usable() && r.Type == "unicast" {
+			hops = append(hops, r.NextHop())
+		}
+	}
+	if len(hops) == 0 {
+		return
+	}
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		ns, err := netlink.NeighList(0, family)
+		if err != nil {
+			f.Unread = append(f.Unread, "the neighbour table: "+err.Error())
+			return
+		}
+		for _, n := range ns {
+			a, ok := netip.AddrFromSlice(n.IP)
+			if !ok || !slices.Contains(hops, a.Unmap()) {
+				continue
+			}
+			e := Neighbour{Addr: a.Unmap(), State: neighState(n.State)}
+			if l, err := netlink.LinkByIndex(n.LinkIndex); err == nil {
+				e.Dev = l.Attrs().Name
+			}
+			if len(n.HardwareAddr) > 0 {
+				e.MAC = n.HardwareAddr.String()
+			}
+			f.Neighbours = append(f.Neighbours, e)
+		}
+	}
+}
+
+func neighState(s int) string {
+	for _, st := range []struct {
+		bit  int
+		name string
+	}{{netlink.NUD_FAILED, "FAILED"}, {netlink.NUD_INCOMPLETE, "INCOMPLETE"}, {netlink.NUD_REACHABLE, "REACHABLE"},
+		{netlink.NUD_STALE, "STALE"}, {netlink.NUD_DELAY, "DELAY"}, {netlink.NUD_PROBE, "PROBE"},
+		{netlink.NUD_PERMANENT, "PERMANENT"}, {netlink.NUD_NOARP, "NOARP"}} {
+		if s&st.bit != 0 {
+			return st.name
+		}
+	}
+	return "NONE"
+}
+
+// Sysctls read, with the interfaces' rp_filter added for the devices on
+// the routes and the bridges.
+var sysctls = []string{
+	"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding",
+	"net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter",
+	"net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables",
+	"net.netfilter.nf_conntrack_tcp_be_liberal", "net.netfilter.nf_conntrack_tcp_loose",
+}
+
+func (f *Facts) readSysctls() {
+	names := slices.Clone(sysctls)
+	for _, r := range f.Routes {
+		if r.Dev != "" && r.To.Is4() {
+			names = append(names, "net.ipv4.conf."+r.Dev+".rp_filter")
+		}
+	}
+	for _, n := range names {
+		if _, ok := f.Sysctls[n]; ok {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc/sys", strings.ReplaceAll(n, ".", "/")))
+		if err == nil {
+			f.Sysctls[n] = strings.TrimSpace(string(b))
+		}
+	}
+}
+
+// listeners reads the sockets listening in Pod p's network namespace.
+func listeners(node nf.NetNS, p Pod) Listeners {
+	l := Listeners{Pod: p.Name, Addr: p.Addr}
+	ns, err := probe.PodNetNS(p.Addr, node, "")
+	if err != nil {
+		l.Err = err.Error()
+		return l
+	}
+	err = nf.InNetNS(ns, func() error {
+		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+			tcp, err := netlink.SocketDiagTCP(family)
+			if err != nil {
+				return fmt.Errorf("sock_diag: %w", err)
+			}
+			for _, s := range tcp {
+				if s.State == 10 { // TCP_LISTEN
+					l.Sockets = append(l.Sockets, Socket{Proto: nf.TCP, Local: sockAddr(family, s.ID.Source, s.ID.SourcePort), Queue: s.RQueue, Backlog: s.WQueue})
+				}
+			}
+			udp, err := netlink.SocketDiagUDP(family)
+			if err != nil {
+				return fmt.Errorf("sock_diag: %w", err)
+			}
+			for _, s := range udp {
+				if s.ID.DestinationPort == 0 {
+					l.Sockets = append(l.Sockets, Socket{Proto: nf.UDP, Local: sockAddr(family, s.ID.Source, s.ID.SourcePort)})
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		l.Sockets, l.Err = nil, err.Error()
+	}
+	return l
+}
+
+func sockAddr(family uint8, ip net.IP, port uint16) netip.AddrPort {
+	a, _ := netip.AddrFromSlice(ip)
+	if family == unix.AF_INET {
+		a = a.Unmap()
+	}
+	return netip.AddrPortFrom(a, port)
+}

@@ -1,0 +1,99 @@
+package node_test
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/node"
+	"github.com/svctrace/svctrace/internal/testutil"
+	"github.com/svctrace/svctrace/internal/topo"
+)
+
+func TestMain(m *testing.M) {
+	lab.ServeIfChild()
+	os.Exit(m.Run())
+}
+
+func netNS(t *testing.T) nf.NetNS {
+	ns, err := nf.ResolveNetNS(testutil.NewNetNS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+// Read finds, on a node wired like the lab's: the route to a Pod through
+// the bridge, an unreachable route, a neighbour that never answered, the
+// forwarding sysctl, and a Pod's listener with its full accept queue.
+func TestRead(t *testing.T) {
+	testutil.RequireRoot(t)
+	n := topo.NodeNet{Node: netNS(t), Client: netNS(t), Upstream: netNS(t),
+		Bridge: netip.MustParsePrefix("10.250.0.1/24"), NodeAddr: netip.MustParsePrefix("10.250.1.1/24"),
+		ClientAddr: netip.MustParsePrefix("10.250.1.2/24"), Uplink: netip.MustParsePrefix("10.250.2.1/30")}
+	if err := n.Wire(); err != nil {
+		t.Fatal(err)
+	}
+	pod := netNS(t)
+	podIP, nobody, far := netip.MustParseAddr("10.250.0.11"), netip.MustParseAddr("10.250.0.99"), netip.MustParseAddr("10.250.9.5")
+	if err := n.AttachPod(pod, 1, podIP); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := lab.StartServer(pod, "p", lab.ModeHung, []int{8080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	if _, err := topo.Run(n.Node, "", "ip", "route", "add", "unreachable", "10.250.9.0/24"); err != nil {
+		t.Fatal(err)
+	}
+	// Ask the bridge's link for an address nobody holds.
+	nf.InNetNS(n.Node, func() error {
+		c, err := net.Dial("udp", netip.AddrPortFrom(nobody, 9).String())
+		if err == nil {
+			c.Write([]byte("x"))
+			c.Close()
+		}
+		return err
+	})
+	time.Sleep(100 * time.Millisecond)
+
+	f := node.Read(n.Node, []netip.Addr{podIP, nobody, far}, []node.Pod{{Name: "shop/p", Addr: podIP}, {Name: "shop/gone", Addr: netip.MustParseAddr("10.250.0.77")}})
+	if len(f.Unread) > 0 {
+		t.Errorf("unread: %q", f.Unread)
+	}
+	if r, ok := f.Route(podIP); !ok || !r.Usable() || r.Dev != topo.BridgeName || r.String() != "10.250.0.11 dev cbr0 src 10.250.0.1" {
+		t.Errorf("route to the Pod: %+v (%s)", r, r)
+	}
+	if r, ok := f.Route(far); !ok || r.Usable() || r.Type != "unreachable" {
+		t.Errorf("route to %s: %+v, want unreachable", far, r)
+	}
+	if nb, ok := f.Neighbour(nobody); !ok || nb.Answered() || nb.Dev != topo.BridgeName {
+		t.Errorf("neighbour %s: %+v %v, want one that never answered", nobody, nb, ok)
+	}
+	if v, ok := f.Sysctl("net.ipv4.ip_forward"); v != "1" || !ok {
+		t.Errorf("ip_forward %q", v)
+	}
+	if v, ok := f.Sysctl("net.ipv4.conf.cbr0.rp_filter"); !ok || v == "" {
+		t.Errorf("cbr0's rp_filter not read: %v", f.Sysctls)
+	}
+	if l := f.Links[topo.BridgeName]; l.MTU != 1500 {
+		t.Errorf("cbr0: %+v", l)
+	}
+	l, ok := f.ListenersOf(podIP)
+	want := node.Socket{Proto: nf.TCP, Local: netip.MustParseAddrPort("0.0.0.0:8080"), Queue: 2, Backlog: 1}
+	if !ok || l.Err != "" || !slices.Contains(l.Sockets, want) {
+		t.Errorf("listeners of the Pod: %+v, want %+v", l, want)
+	}
+	if !want.Takes(nf.TCP, netip.AddrPortFrom(podIP, 8080)) || want.Takes(nf.TCP, netip.AddrPortFrom(podIP, 9090)) || want.Takes(nf.UDP, netip.AddrPortFrom(podIP, 8080)) {
+		t.Error("Takes")
+	}
+	if l, _ := f.ListenersOf(netip.MustParseAddr("10.250.0.77")); l.Err == "" || l.Sockets != nil {
+		t.Errorf("a Pod with no namespace here: %+v", l)
+	}
+}
