@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/svctrace/svctrace/internal/cause"
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/nf"
 )
 
 // Step says what happened to a packet at one step: "SYN 10.0.0.1:4000 →
@@ -103,7 +105,25 @@ func In(d flow.Drop) string {
 	case !d.Placed:
 		return "in the node's network namespace before any observer saw it (raw table, defrag or routing)"
 	}
+	// Past the last hook the packet crossed, the kernel's reason places
+	// the drop better than the gap after the last observer.
+	if r, ok := cause.Drop(d.Reason); ok && d.Gap.Hook == nf.PostRouting && d.Gap.Before == nf.StageNone {
+		if where, ok := pastNetfilter[r.Class]; ok {
+			return "after POSTROUTING, " + where
+		}
+	}
 	return "in " + d.Gap.String()
+}
+
+// pastNetfilter: where the kernel drops, by the class of its reason, once
+// a packet has left netfilter's hooks.
+var pastNetfilter = map[cause.Class]string{
+	cause.Neighbour: "in the neighbour layer (the next hop's ARP/NDP)",
+	cause.Qdisc:     "in the egress queueing discipline",
+	cause.Device:    "at the egress device",
+	cause.Resources: "at the egress device",
+	cause.Size:      "when fragmenting or sending it (MTU)",
+	cause.Tunnel:    "in the tunnel's encapsulation",
 }
 
 // Whose names packet n with its sender: "the client's PSH,ACK".

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/svctrace/svctrace/internal/cause"
 	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
@@ -162,85 +163,151 @@ func (x *Explainer) Explain(c *flow.Conn) report.Explanation {
 			pod += " on " + e.Node
 		}
 	}
+	x.blame(c, port, ad, viaService, ownRule, pod, &e).into(&e)
+	return e
+}
+
+// blame finds what to blame for the connection, from the evidence in
+// order of how directly it shows the cause: what the Service's addresses
+// and conntrack's entries did to it, then the kernel's own word (its drop
+// reason, the answer that refused), then the node's and the objects'
+// facts about the endpoint, then the rules where it died.
+func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, viaService, ownRule bool, pod string, e *report.Explanation) blamed {
 	if viaService && ad.Kind == "NodePort" && !c.Endpoint.IsValid() && x.in.Rules != nil && !x.in.Rules.AcceptsNodePort(c.VIP.Addr()) {
-		e.Blame = fmt.Sprintf("kube-proxy does not accept NodePorts on %s, so nothing translated %s; use one of its NodePort addresses (%s)",
-			c.VIP.Addr(), c.VIP, nodePortRule(x.in.Rules))
-		return e
+		return blamed{code: report.NodePortAddr, class: cause.Netfilter,
+			text: fmt.Sprintf("kube-proxy does not accept NodePorts on %s, so nothing translated %s; use one of its NodePort addresses (%s)",
+				c.VIP.Addr(), c.VIP, nodePortRule(x.in.Rules)),
+			evidence: []string{nodePortRule(x.in.Rules)}}
 	}
 	if s := staleEntry(c, port); s != "" && c.Verdict != flow.Answered {
-		e.Blame = s
-		return e
+		return blamed{code: report.StaleEntry, class: cause.Netfilter, text: s}
 	}
-	if rule, blame := x.invalid(c); blame != "" {
+	if rule, b := x.invalid(c); b != "" {
 		if rule != "" {
 			e.Rule = rule
 		}
-		e.Blame = blame
-		return e
+		return blamed{code: report.CTInvalid, class: cause.Netfilter, text: b, evidence: x.facts(cause.Conntrack, c.Client.Addr())}
 	}
+	proto := c.Proto
 	switch c.Verdict {
 	case flow.Rejected, flow.NotTranslated:
+		// The node's own ICMP error about the endpoint (a neighbour that
+		// never answered, no route) is about the endpoint, not the rules.
+		if c.Verdict == flow.Rejected && c.Endpoint.IsValid() && c.Outcome.Answer.Error {
+			if b := x.refusal(c, pod); b.class != cause.Netfilter {
+				if f, ok := x.endpointFacts(c, pod, c.Endpoint.Port(), proto); ok {
+					f.text += " (the node answered " + describe.Answer(c.Outcome.Answer) + ")"
+					return f
+				}
+				return b
+			}
+		}
 		if f := x.problem(port); f != nil {
-			e.Blame = f.Object + ": " + f.Summary
+			return fromFinding(f)
 		} else if e.Rule != "" {
-			e.Blame = e.Rule
+			return blamed{code: report.RuleDrop, class: cause.Netfilter, text: e.Rule}
 		}
 	case flow.Answered:
-		if len(tries) > 0 {
-			e.Blame = x.retried(c, tries)
+		if tries := c.Retried(); len(tries) > 0 {
+			return x.retried(c, tries)
 		}
 	case flow.Dropped:
-		if b := x.dropBlame(c, c.Drop, c.Endpoint); b != "" {
-			e.Blame = b
-			break
+		if b, ok := x.dropBlame(c, c.Drop, c.Endpoint, pod); ok {
+			return b
 		}
 		// kube-proxy's own drop ("has no local endpoints") is a symptom:
 		// blame what the Service's objects say. Someone else's rule is to
 		// blame itself.
 		if f := x.problem(port); ownRule && f != nil {
-			e.Blame = f.Object + ": " + f.Summary
+			return fromFinding(f)
 		} else if ownRule {
-			e.Blame = e.Rule
+			return blamed{code: report.KubeProxyRejects, class: cause.Netfilter, text: e.Rule}
 		} else if e.Rule != "" {
 			to := ""
 			if c.Endpoint.IsValid() {
 				to = " to " + pod
 			}
-			e.Blame = fmt.Sprintf("a rule %s, not kube-proxy's, dropped the %s%s: look for a NetworkPolicy or a firewall rule there",
-				e.Rule, c.PacketName(c.Drop.Packet), to)
+			return blamed{code: report.RuleDrop, class: cause.Netfilter,
+				text: fmt.Sprintf("a rule %s, not kube-proxy's, dropped the %s%s: look for a NetworkPolicy or a firewall rule there",
+					e.Rule, c.PacketName(c.Drop.Packet), to)}
+		}
+		if d := c.Drop; d != nil {
+			r, _ := cause.Drop(d.Reason)
+			return blamed{code: report.UnplacedDrop, class: r.Class,
+				text:     fmt.Sprintf("the kernel dropped the %s %s, where no rule svctrace read sits: look at what runs there", c.PacketName(d.Packet), describe.In(*d)),
+				evidence: []string{fmt.Sprintf("the kernel's drop reason and location: %s at %s", orUnknown(d.Reason), d.Location)}}
 		}
 	case flow.Reset:
-		e.Blame = fmt.Sprintf("%s (%s): nothing listens on port %d", pod, e.Endpoint, c.Endpoint.Port())
-		if f := x.code(port, report.TargetPortNotExposed, report.TargetPortWrongProtocol); f != nil {
-			e.Blame += "; " + f.Summary
-		} else if v4 := x.samePodIPv4(c.Endpoint); v4.IsValid() {
-			e.Blame = fmt.Sprintf("%s (%s): nothing listens on port %d over IPv6; the Pod's IPv4 endpoint is %s: if that answers, its server is bound to 0.0.0.0 (IPv4 only): have it listen on [::] (both families)",
-				pod, e.Endpoint, c.Endpoint.Port(), v4)
+		if c.Outcome.Answer.Error {
+			return x.refusal(c, pod+" ("+e.Endpoint+")")
 		}
+		b := blamed{code: report.Refused, class: cause.Socket,
+			text: fmt.Sprintf("%s (%s): nothing listens on port %d", pod, e.Endpoint, c.Endpoint.Port())}
+		ev := x.facts(cause.Sockets, c.Endpoint.Addr())
+		code, says := listenerSays(x.in.Net, c.Endpoint, proto)
+		if code != "" {
+			b.code = code
+		}
+		switch v4 := x.samePodIPv4(c.Endpoint); {
+		case strings.HasPrefix(says, "yet "):
+			b.text = fmt.Sprintf("%s (%s) reset the connection on port %d, %s", pod, e.Endpoint, c.Endpoint.Port(), says)
+		case x.code(port, report.TargetPortNotExposed, report.TargetPortWrongProtocol) != nil:
+			f := x.code(port, report.TargetPortNotExposed, report.TargetPortWrongProtocol)
+			b.code = f.Code
+			b.text += "; " + f.Summary
+			if says != "" {
+				b.text += "; " + says
+			}
+		case v4.IsValid():
+			b.text = fmt.Sprintf("%s (%s): nothing listens on port %d over IPv6; the Pod's IPv4 endpoint is %s: ", pod, e.Endpoint, c.Endpoint.Port(), v4)
+			if says != "" {
+				b.text += says + ": have it listen on [::] (both families)"
+			} else {
+				b.text += "if that answers, its server is bound to 0.0.0.0 (IPv4 only): have it listen on [::] (both families)"
+			}
+		case says != "":
+			b.text += "; " + says
+		}
+		b.evidence = ev
+		return b
 	case flow.NoReply:
-		e.Blame = fmt.Sprintf("%s (%s) did not answer on port %d", pod, e.Endpoint, c.Endpoint.Port())
+		b := blamed{code: report.NoAnswer, text: fmt.Sprintf("%s (%s) did not answer on port %d", pod, e.Endpoint, c.Endpoint.Port())}
+		if f, ok := x.endpointFacts(c, pod+" ("+e.Endpoint+")", c.Endpoint.Port(), proto); ok {
+			return f
+		} else if f.evidence != nil {
+			b.evidence = f.evidence
+		}
+		return b
 	}
-	return e
+	return blamed{}
 }
 
-// dropBlame blames a drop by where the kernel placed it: in conntrack
-// itself, at its confirmation, or in a bridge sending a Pod's packet back to
-// it; "" if none of these. to is where the packet was going.
-func (x *Explainer) dropBlame(c *flow.Conn, d *flow.Drop, to netip.AddrPort) string {
-	switch {
-	case d == nil:
-		return ""
-	case d.InNode && d.Placed && d.Gap.After == nf.StagePreConntrack:
-		return x.conntrackDrop(c, d)
-	case d.AtConfirm():
-		return x.insertClash(c, d)
+// dropBlame blames a drop by the kernel's reason for it, else by where
+// the kernel placed it: in conntrack itself, at its confirmation, or in a
+// bridge sending a Pod's packet back to it; false if none of these. to is
+// where the packet was going, who names it.
+func (x *Explainer) dropBlame(c *flow.Conn, d *flow.Drop, to netip.AddrPort, who string) (blamed, bool) {
+	if d == nil {
+		return blamed{}, false
 	}
-	return x.hairpin(c, to)
+	if b, ok := x.kernelDrop(c, d, to, who); ok {
+		return b, true
+	}
+	switch {
+	case d.InNode && d.Placed && d.Gap.After == nf.StagePreConntrack:
+		return blamed{code: report.ConntrackDrop, class: cause.Netfilter, text: x.conntrackDrop(c, d), evidence: x.facts(cause.Conntrack, to.Addr())}, true
+	case d.AtConfirm():
+		return blamed{code: report.InsertClash, class: cause.Netfilter, text: x.insertClash(c, d), evidence: x.facts(cause.Conntrack, to.Addr())}, true
+	}
+	if h := x.hairpin(c, to); h != "" {
+		return blamed{code: report.Hairpin, class: cause.Link, text: h}, true
+	}
+	return blamed{}, false
 }
 
 // retried blames the drops an answered connection's first tries met: what
 // dropped them, or, when svctrace cannot tell, where the kernel did.
-func (x *Explainer) retried(c *flow.Conn, tries []*flow.Drop) string {
+func (x *Explainer) retried(c *flow.Conn, tries []*flow.Drop) blamed {
 	d := tries[0]
 	what := fmt.Sprintf("the %s was dropped before a retransmission got through", c.PacketName(d.Packet))
 	if len(tries) > 1 {
@@ -249,14 +316,15 @@ func (x *Explainer) retried(c *flow.Conn, tries []*flow.Drop) string {
 	if d.Endpoint.IsValid() && d.Endpoint != c.Endpoint {
 		what += " to another endpoint"
 	}
-	if b := x.dropBlame(c, d, d.Endpoint); b != "" {
-		return what + ": " + b
+	if b, ok := x.dropBlame(c, d, d.Endpoint, ""); ok {
+		b.text = what + ": " + b.text
+		return b
 	}
 	if rule, ok := x.ruleAt(c, d); ok {
-		return fmt.Sprintf("%s: a rule %s dropped them", what, rule)
+		return blamed{code: report.RuleDrop, class: cause.Netfilter, text: fmt.Sprintf("%s: a rule %s dropped them", what, rule)}
 	}
-	return fmt.Sprintf("%s; the kernel dropped them %s, where no rule svctrace read sits: look at what runs there (%s)",
-		what, describe.Place(*d), d.Location)
+	return blamed{code: report.UnplacedDrop, class: cause.Other,
+		text: fmt.Sprintf("%s; the kernel dropped them %s, where no rule svctrace read sits: look at what runs there (%s)", what, describe.Place(*d), d.Location)}
 }
 
 // samePodIPv4 is the IPv4 endpoint of the Pod behind the IPv6 endpoint a

@@ -183,6 +183,11 @@ func (c *checker) listening(p *resolve.Port, e resolve.Endpoint, l node.Listener
 		f.Summary = fmt.Sprintf("the server listening on %s in %s does not accept connections: its accept queue is full (%d waiting, backlog %d), so the kernel drops new SYNs", takes.Local, l.Pod, takes.Queue, takes.Backlog)
 	case takes != nil:
 		return
+	case len(samePort) > 0 && e.Addr.Addr().Is6() && slices.Contains(samePort, netip.AddrPortFrom(netip.IPv4Unspecified(), e.Addr.Port()).String()):
+		f.Code = report.ListensElsewhere
+		f.Summary = fmt.Sprintf("nothing listens on %s/%s in %s: its server listens on 0.0.0.0:%d, IPv4 only, so the Service's IPv6 endpoint is refused",
+			e.Addr, p.Protocol, l.Pod, e.Addr.Port())
+		f.Next = append(f.Next, "have the server listen on [::] (both families)")
 	case len(samePort) > 0:
 		f.Code = report.ListensElsewhere
 		f.Summary = fmt.Sprintf("nothing listens on %s/%s in %s: its server listens on port %d only on %s, not on the Pod's address",

@@ -116,10 +116,22 @@ type Answer struct {
 	What  string
 	Error bool // an ICMP error
 	RST   bool // a TCP reset
+	// ICMP is an ICMP error's protocol (ICMP or ICMPv6), type and code.
+	ICMP ICMPType `json:",omitzero"`
+}
+
+// ICMPType is an ICMP message's protocol, type and code.
+type ICMPType struct {
+	Proto      nf.Proto
+	Type, Code uint8
 }
 
 func answerOf(ev nf.Event) Answer {
-	return Answer{From: ev.Tuple.Src, What: packetWhat(ev), Error: ev.ICMP.IsError(), RST: ev.TCPFlags.Has(nf.RST)}
+	a := Answer{From: ev.Tuple.Src, What: packetWhat(ev), Error: ev.ICMP.IsError(), RST: ev.TCPFlags.Has(nf.RST)}
+	if a.Error {
+		a.ICMP = ICMPType{ev.Tuple.Proto, ev.ICMP.Type, ev.ICMP.Code}
+	}
+	return a
 }
 
 // Shown reports whether the step is worth a line: something changed, or

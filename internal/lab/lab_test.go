@@ -67,15 +67,15 @@ func blames(mode kubeproxy.Mode) map[string]string {
 	return map[string]string{
 		"healthy":           "",
 		"no-endpoints":      "Service lab/empty: the selector app=wbe matches no Pod in namespace lab",
-		"wrong-targetport":  "Pod lab/web-1 on lab-node (ready): nothing listens on port 9090",
-		"hung-pod":          "Pod lab/hung on lab-node (ready) did not answer on port 8080",
+		"wrong-targetport":  "Pod lab/web-1 on lab-node (ready): nothing listens on port 9090; targetPort 9090 of lab/wrongport:http is not a port the Pods' containers declare: connections will likely be reset; it listens on",
+		"hung-pod":          "Pod lab/hung on lab-node (ready) did not answer on port 8080: its server does not accept connections; the accept queue of 0.0.0.0:8080 is full",
 		"policy-drop":       policy,
 		"no-proxy-rules":    "kube-proxy on lab-node: kube-proxy (" + string(mode) + " mode) has no rules for lab/unproxied:http on this node",
 		"hairpin":           "hairpin: Pod lab/web-2 reached itself through the Service; the DNAT sent its packet back out port veth2 of bridge cbr0",
 		"stale-conntrack":   "a conntrack entry made before this trace sends the flow to 10.244.0.19:8080, which is not a serving endpoint of lab/dns:dns now",
 		"conntrack-invalid": "conntrack found the client's PSH,ACK INVALID: it had no entry, as its connection's entry was gone",
 		"ipv6":              "",
-		"ipv4-only-server":  "Pod lab/legacy on lab-node (ready): nothing listens on port 8080 over IPv6; the Pod's IPv4 endpoint is 10.244.0.15:8080",
+		"ipv4-only-server":  "Pod lab/legacy on lab-node (ready): nothing listens on port 8080 over IPv6; the Pod's IPv4 endpoint is 10.244.0.15:8080: its server listens on port 8080 only on 0.0.0.0:8080",
 	}
 }
 

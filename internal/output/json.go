@@ -40,6 +40,9 @@ type jsonConn struct {
 	EndpointCond string           `json:"endpoint_state,omitempty"`
 	Rule         string           `json:"rule,omitempty"`
 	Blame        string           `json:"blame,omitempty"`
+	Cause        report.Code      `json:"cause,omitempty"`
+	Class        string           `json:"class,omitempty"`
+	Evidence     []string         `json:"evidence,omitempty"`
 	Notes        []string         `json:"notes,omitempty"`
 	SNAT         *netip.AddrPort  `json:"snat,omitempty"`
 	Start        *time.Time       `json:"start,omitempty"`
@@ -133,7 +136,7 @@ func (p *JSON) Conn(r report.Conn) {
 	}
 	if e := r.Explanation; e != nil {
 		j.Service, j.Pod, j.Node, j.EndpointCond, j.Rule, j.Blame = e.Service, e.Pod, e.Node, e.Endpoint, e.Rule, e.Blame
-		j.Notes = e.Notes
+		j.Notes, j.Cause, j.Class, j.Evidence = e.Notes, e.Cause, e.Class, e.Evidence
 	}
 	for _, s := range c.Steps {
 		e := jsonEvent{TimeUS: time.Duration(s.Time - c.Start).Microseconds(), Packet: s.Packet, Dir: s.Dir,

@@ -141,3 +141,31 @@ func TestColor(t *testing.T) {
 		t.Error("colored text differs from the plain text by more than colors")
 	}
 }
+
+// An explanation's evidence is printed under its blame, one fact a line,
+// and in JSON with the cause's code and class.
+func TestExplanationEvidence(t *testing.T) {
+	c := labConns(t)[0]
+	r := named(c, 0)
+	r.Explanation = &report.Explanation{Blame: "Pod lab/web-1: nothing on cbr0 answers ARP/NDP for 10.244.0.11", Cause: report.EndpointUnanswered,
+		Class: "neighbour", Evidence: []string{"ip route get 10.244.0.11: 10.244.0.11 dev cbr0 src 10.244.0.1", "ip neigh: 10.244.0.11 dev cbr0 FAILED"}}
+	for _, f := range []struct {
+		format Format
+		want   []string
+	}{
+		{FormatText, []string{"     blame:  Pod lab/web-1: nothing", "     fact:   ip route get 10.244.0.11: 10.244.0.11 dev cbr0 src 10.244.0.1\n     fact:   ip neigh: 10.244.0.11 dev cbr0 FAILED\n"}},
+		{FormatJSON, []string{`"cause":"endpoint-unanswered","class":"neighbour","evidence":["ip route get 10.244.0.11: 10.244.0.11 dev cbr0 src 10.244.0.1","ip neigh: 10.244.0.11 dev cbr0 FAILED"]`}},
+	} {
+		var b bytes.Buffer
+		p, err := New(f.format, &b, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Conn(r)
+		for _, w := range f.want {
+			if !strings.Contains(b.String(), w) {
+				t.Errorf("%s output lacks %q:\n%s", f.format, w, b.String())
+			}
+		}
+	}
+}

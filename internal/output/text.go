@@ -59,6 +59,9 @@ func (p *Text) Conn(c report.Conn) {
 	}
 	if e := c.Explanation; e != nil {
 		lines := [][2]string{{"service", e.Service}, {"rule", e.Rule}, {"blame", e.Blame}}
+		for _, ev := range e.Evidence {
+			lines = append(lines, [2]string{"fact", ev})
+		}
 		for _, n := range e.Notes {
 			lines = append(lines, [2]string{"note", n})
 		}

@@ -50,6 +50,26 @@ const (
 	Healthy Code = "healthy"
 )
 
+// Causes only a connection's packets show (report.Explanation.Cause);
+// a connection that a finding explains has that finding's code.
+const (
+	KernelDrop    Code = "kernel-drop"    // the kernel dropped a packet, and its drop reason says why
+	RuleDrop      Code = "rule-drop"      // a netfilter rule not kube-proxy's dropped or rejected it
+	UnplacedDrop  Code = "unplaced-drop"  // dropped where no rule svctrace read sits, for no reason the kernel gave
+	Refused       Code = "refused"        // the endpoint, or a host on the way, answered with a reset or an ICMP error
+	NoAnswer      Code = "no-answer"      // the endpoint never answered
+	Hairpin       Code = "hairpin"        // a Pod reached itself through the Service, and the bridge sent it nowhere
+	ConntrackDrop Code = "conntrack-drop" // conntrack dropped the packet before any rule saw it
+	InsertClash   Code = "insert-clash"   // conntrack dropped a packet of a new flow whose entry another packet made
+	CTInvalid     Code = "ct-invalid"     // conntrack found a packet INVALID
+	StaleEntry    Code = "stale-entry"    // a conntrack entry from before sends the flow to a gone endpoint
+	NodePortAddr  Code = "nodeport-addr"  // a NodePort on an address kube-proxy does not accept NodePorts on
+)
+
+// TraceCodes are the causes only packets show, in the order docs/json.md
+// lists them.
+var TraceCodes = []Code{KernelDrop, RuleDrop, UnplacedDrop, Refused, NoAnswer, Hairpin, ConntrackDrop, InsertClash, CTInvalid, StaleEntry, NodePortAddr}
+
 // Codes are all the codes, in the order docs/json.md lists them.
 var Codes = []Code{
 	SelectorMatchesNoPod, PodsInOtherNamespace, NoReadyPods, SomePodsNotReady,

@@ -12,28 +12,34 @@ import (
 	"testing"
 )
 
-// docs/json.md lists every finding code, in Codes' order, and no other.
+// docs/json.md lists every code, in Codes' and TraceCodes' order, and no
+// other.
 func TestDocsListEveryCode(t *testing.T) {
 	doc, err := os.ReadFile("../../docs/json.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, list, ok := strings.Cut(string(doc), "Finding codes:")
-	if !ok {
-		t.Fatal(`docs/json.md has no "Finding codes:" paragraph`)
-	}
-	list, _, _ = strings.Cut(list, "\n\n")
-	var documented []Code
-	for _, m := range regexp.MustCompile("`([a-z0-9-]+)`").FindAllStringSubmatch(list, -1) {
-		documented = append(documented, Code(m[1]))
-	}
-	if !slices.Equal(documented, Codes) {
-		t.Errorf("docs/json.md lists %v,\nthe code has %v", documented, Codes)
+	for _, l := range []struct {
+		para  string
+		codes []Code
+	}{{"Finding codes:", Codes}, {"Causes only packets show:", TraceCodes}} {
+		_, list, ok := strings.Cut(string(doc), l.para)
+		if !ok {
+			t.Fatalf("docs/json.md has no %q paragraph", l.para)
+		}
+		list, _, _ = strings.Cut(list, "\n\n")
+		var documented []Code
+		for _, m := range regexp.MustCompile("`([a-z0-9-]+)`").FindAllStringSubmatch(list, -1) {
+			documented = append(documented, Code(m[1]))
+		}
+		if !slices.Equal(documented, l.codes) {
+			t.Errorf("docs/json.md's %q lists %v,\nthe code has %v", l.para, documented, l.codes)
+		}
 	}
 	seen := map[Code]bool{}
-	for _, c := range Codes {
+	for _, c := range append(slices.Clone(Codes), TraceCodes...) {
 		if seen[c] {
-			t.Errorf("%s twice in Codes", c)
+			t.Errorf("%s twice in Codes and TraceCodes", c)
 		}
 		seen[c] = true
 	}
@@ -56,8 +62,8 @@ func TestCodesHoldsEveryConstant(t *testing.T) {
 				continue
 			}
 			code, _ := strconv.Unquote(v.Values[0].(*ast.BasicLit).Value)
-			if !slices.Contains(Codes, Code(code)) {
-				t.Errorf("%s (%s) is not in Codes", v.Names[0].Name, code)
+			if !slices.Contains(Codes, Code(code)) && !slices.Contains(TraceCodes, Code(code)) {
+				t.Errorf("%s (%s) is neither in Codes nor in TraceCodes", v.Names[0].Name, code)
 			}
 		}
 	}

@@ -54,6 +54,15 @@ type Explanation struct {
 	Endpoint string // the endpoint's state: "ready", "not ready", …
 	Rule     string // the rule that rejected or dropped, with its table and chain
 	Blame    string // the object to blame and why, one line
+	// Cause is the blame as data: the code of the finding that explains
+	// the connection, or of what only its packets show (TraceCodes), and
+	// Class the part of the path that decided (the kernel's drop reason's,
+	// an ICMP error's, a reset's).
+	Cause Code
+	Class string
+	// Evidence are the facts svctrace read that show the blame, quoted,
+	// and what it would check where it could not read them.
+	Evidence []string
 	// Notes say how the Service's settings shaped the connection: the
 	// traffic policy's effect on the client address, session affinity.
 	Notes []string

@@ -1,0 +1,99 @@
+package diagnose
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/node"
+	"github.com/svctrace/svctrace/internal/report"
+	"github.com/svctrace/svctrace/internal/resolve"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// Connections are blamed from the kernel's evidence and the node's facts:
+// each case writes down the cause before svctrace explains it.
+func TestBlameFromEvidence(t *testing.T) {
+	web := svc("web", "10.96.1.10", map[string]string{"app": "web"}, intstr.FromString("http"))
+	objs := func() story {
+		return story{objs: resolve.Objects{Services: []corev1.Service{web}, Pods: []corev1.Pod{web1},
+			Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1)}, Nodes: []corev1.Node{nodeObj("node-1", "10.99.0.1")}}}
+	}
+	vip, client := netip.MustParseAddrPort("10.96.1.10:80"), netip.MustParseAddrPort("10.99.0.2:40000")
+	ep := netip.MustParseAddrPort("10.244.0.11:8080")
+	toPod := node.Route{To: ep.Addr(), Type: "unicast", Dev: "cbr0", Src: netip.MustParseAddr("10.244.0.1")}
+	pods := func(ss ...node.Socket) []node.Listeners {
+		return []node.Listeners{{Pod: "shop/web-1", Addr: ep.Addr(), Sockets: ss}}
+	}
+	tcp := func(a string, q, b uint32) node.Socket {
+		return node.Socket{Proto: nf.TCP, Local: netip.MustParseAddrPort(a), Queue: q, Backlog: b}
+	}
+	syn := []flow.Step{{Packet: 1, Kind: nf.KindHook, Flags: "SYN"}}
+	postrouting := nf.GapAfter(nf.PostRouting, nf.Next(nf.PostRouting, nf.StageNone))
+	for last := postrouting.After; last != nf.StageNone; last = nf.Next(nf.PostRouting, last) {
+		postrouting = nf.GapAfter(nf.PostRouting, last)
+	}
+	for _, c := range []struct {
+		name     string
+		net      *node.Facts
+		conn     flow.Conn
+		code     report.Code
+		class    string
+		blame    string // the blame starts with it
+		evidence string // one evidence line contains it
+	}{
+		{name: "neighbour never answered", net: &node.Facts{Routes: []node.Route{toPod}, Neighbours: []node.Neighbour{{Addr: ep.Addr(), Dev: "cbr0", State: "FAILED"}}},
+			conn: flow.Conn{Verdict: flow.Dropped, Steps: syn, Drop: &flow.Drop{Packet: 1, InNode: true, Placed: true, Gap: postrouting, Reason: "NEIGH_FAILED", Location: "__neigh_event_send+0x1a0"}},
+			code: report.KernelDrop, class: "neighbour",
+			blame:    "Pod shop/web-1 on node-1: the kernel dropped the client's SYN to it after POSTROUTING, in the neighbour layer (the next hop's ARP/NDP): the next hop never answered ARP or NDP",
+			evidence: "ip neigh: 10.244.0.11 dev cbr0 FAILED"},
+		{name: "no route", net: &node.Facts{Routes: []node.Route{{To: ep.Addr(), Type: "unreachable", Err: "no route to host"}}},
+			conn: flow.Conn{Verdict: flow.Dropped, Steps: syn, Drop: &flow.Drop{Packet: 1, InNode: true, Placed: true, Gap: nf.GapAfter(nf.Forward, nf.StageNone), Reason: "IP_INNOROUTES", Location: "ip_route_input_slow+0x9"}},
+			code: report.KernelDrop, class: "routing", blame: "Pod shop/web-1 on node-1: the kernel dropped the client's SYN to it in FORWARD", evidence: "ip route get 10.244.0.11: no route to host (a unreachable route)"},
+		{name: "rp_filter", net: &node.Facts{Routes: []node.Route{toPod}, Sysctls: map[string]string{"net.ipv4.conf.all.rp_filter": "1"}},
+			conn: flow.Conn{Verdict: flow.Dropped, Steps: syn, Drop: &flow.Drop{Packet: 1, InNode: true, Reason: "IP_RPFILTER", Location: "ip_rcv_finish_core+0x1"}},
+			code: report.KernelDrop, class: "routing", evidence: "net.ipv4.conf.all.rp_filter = 1"},
+		{name: "listens on loopback", net: &node.Facts{Routes: []node.Route{toPod}, Listeners: pods(tcp("127.0.0.1:8080", 0, 4096))},
+			conn: flow.Conn{Verdict: flow.Reset, Outcome: flow.Outcome{Kind: flow.Refused, Answer: flow.Answer{From: ep, RST: true}}},
+			code: report.ListensElsewhere, class: "socket",
+			blame:    "Pod shop/web-1 on node-1 (ready): nothing listens on port 8080; its server listens on port 8080 only on 127.0.0.1:8080, not on 10.244.0.11",
+			evidence: "sockets listening in shop/web-1's network namespace (sock_diag): tcp 127.0.0.1:8080"},
+		{name: "reset with sockets unread", net: &node.Facts{Listeners: []node.Listeners{{Pod: "shop/web-1", Addr: ep.Addr(), Err: "no network namespace on this node holds 10.244.0.11"}}},
+			conn: flow.Conn{Verdict: flow.Reset, Outcome: flow.Outcome{Kind: flow.Refused, Answer: flow.Answer{From: ep, RST: true}}},
+			code: report.Refused, class: "socket", blame: "Pod shop/web-1 on node-1 (ready): nothing listens on port 8080",
+			evidence: "not read: the sockets of shop/web-1: no network namespace on this node holds 10.244.0.11; would check: ss -ltnu"},
+		{name: "accept queue full", net: &node.Facts{Routes: []node.Route{toPod}, Listeners: pods(tcp("0.0.0.0:8080", 2, 1))},
+			conn: flow.Conn{Verdict: flow.NoReply},
+			code: report.BacklogFull, class: "socket",
+			blame: "Pod shop/web-1 on node-1 (ready) did not answer on port 8080: its server does not accept connections; the accept queue of 0.0.0.0:8080 is full (2 waiting, backlog 1)"},
+		{name: "no answer, listener fine", net: &node.Facts{Routes: []node.Route{toPod}, Listeners: pods(tcp("0.0.0.0:8080", 0, 4096))},
+			conn: flow.Conn{Verdict: flow.NoReply},
+			code: report.NoAnswer, blame: "Pod shop/web-1 on node-1 (ready) did not answer on port 8080", evidence: "tcp 0.0.0.0:8080 (accept queue 0 of 4096)"},
+		{name: "node's host-unreachable", net: &node.Facts{Routes: []node.Route{toPod}, Neighbours: []node.Neighbour{{Addr: ep.Addr(), Dev: "cbr0", State: "INCOMPLETE"}}},
+			conn: flow.Conn{Verdict: flow.Rejected, Outcome: flow.Outcome{Kind: flow.NodeRejected, Answer: flow.Answer{From: netip.MustParseAddrPort("10.99.0.1:0"), Error: true, What: "host-unreachable", ICMP: flow.ICMPType{Proto: nf.ICMP, Type: 3, Code: 1}}}},
+			code: report.EndpointUnanswered, class: "neighbour", blame: "Pod shop/web-1 on node-1: nothing on cbr0 answers ARP/NDP for 10.244.0.11", evidence: "ip neigh: 10.244.0.11 dev cbr0 INCOMPLETE"},
+		{name: "an unknown reason, verbatim", net: &node.Facts{},
+			conn: flow.Conn{Verdict: flow.Dropped, Steps: syn, Drop: &flow.Drop{Packet: 1, InNode: true, Placed: true, Gap: nf.GapAfter(nf.Forward, nf.StageNone), Reason: "SOMETHING_NEW", Location: "f+0x1"}},
+			code: report.UnplacedDrop, class: "other", blame: "the kernel dropped the SYN in FORWARD", evidence: "SOMETHING_NEW at f+0x1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			in, fs := check(t, objs())
+			in.Net = c.net
+			x := NewExplainer(in, fs, nil)
+			conn := c.conn
+			conn.Proto, conn.Client, conn.VIP, conn.Endpoint = nf.TCP, client, vip, ep
+			e := x.Explain(&conn)
+			if e.Cause != c.code || e.Class != c.class || !strings.HasPrefix(e.Blame, c.blame) {
+				t.Errorf("cause %s (%s): %q\nwant %s (%s): %q…", e.Cause, e.Class, e.Blame, c.code, c.class, c.blame)
+			}
+			if c.evidence != "" && !slices.ContainsFunc(e.Evidence, func(l string) bool { return strings.Contains(l, c.evidence) }) {
+				t.Errorf("evidence %q lacks %q", e.Evidence, c.evidence)
+			}
+		})
+	}
+}
