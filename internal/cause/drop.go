@@ -45,7 +45,7 @@ var drops = map[string]DropReason{
 	"IP_OUTNOROUTES":    {Class: Routing, Cause: "no route to the destination when sending it (the routing table has none, or an unreachable, prohibit or blackhole route)", Confirm: Route},
 	"IP_INNOROUTES":     {Class: Routing, Cause: "no route to forward it on (the routing table has none, or an unreachable, prohibit or blackhole route)", Confirm: Route},
 	"IP_RPFILTER":       {Class: Routing, Cause: "reverse-path filter: the route back to its source does not leave through the interface it came in on (rp_filter strict), or there is none", Confirm: RPFilter},
-	"IP_INADDRERRORS":   {Class: Routing, Cause: "its destination is not an address the node can route to (an invalid or unusable destination address)", Confirm: Route},
+	"IP_INADDRERRORS":   {Class: Routing, Cause: "no usable route to its destination: an unreachable route, or an address the node cannot route to (and it answers ICMP host-unreachable)", Confirm: Route},
 	"IP_INVALID_SOURCE": {Class: Routing, Cause: "its source address is not a valid one here (a martian source: multicast, broadcast or zero)", Confirm: Route},
 	"IP_LOCAL_SOURCE":   {Class: Routing, Cause: "its source is one of the node's own addresses, arriving from outside (a martian source)", Confirm: Route},
 	"IP_LOCALNET":       {Class: Routing, Cause: "its source or destination is a loopback address arriving on a device that does not allow it (route_localnet=0)", Confirm: Route},

@@ -175,7 +175,7 @@ func nodeStories(nodes []corev1.Node) []story {
 			objs: objs, net: listening(node.Socket{Proto: nf.UDP, Local: netip.MustParseAddrPort("0.0.0.0:8080")})},
 		{name: "backlog-full", want: "backlog-full", severity: report.Problem, evidence: "(2 waiting, backlog 1)",
 			objs: objs, net: listening(tcp("0.0.0.0:8080", 2, 1))},
-		{name: "no-route", want: "no-route-to-endpoint", severity: report.Problem, evidence: "ip route get 10.244.0.11: no route to host (a unreachable route)",
+		{name: "no-route", want: "no-route-to-endpoint", severity: report.Problem, evidence: "ip route get 10.244.0.11: no route to host (route type unreachable)",
 			objs: objs, net: &node.Facts{Routes: []node.Route{{To: pod1, Type: "unreachable", Err: "no route to host"}}}},
 		{name: "neighbour-failed", want: "endpoint-unanswered", severity: report.Problem, evidence: "ip neigh: 10.244.0.11 dev cbr0 FAILED",
 			objs: objs, net: &node.Facts{Routes: []node.Route{toPod}, Neighbours: []node.Neighbour{{Addr: pod1, Dev: "cbr0", State: "FAILED"}}}},

@@ -54,7 +54,7 @@ func TestBlameFromEvidence(t *testing.T) {
 			evidence: "ip neigh: 10.244.0.11 dev cbr0 FAILED"},
 		{name: "no route", net: &node.Facts{Routes: []node.Route{{To: ep.Addr(), Type: "unreachable", Err: "no route to host"}}},
 			conn: flow.Conn{Verdict: flow.Dropped, Steps: syn, Drop: &flow.Drop{Packet: 1, InNode: true, Placed: true, Gap: nf.GapAfter(nf.Forward, nf.StageNone), Reason: "IP_INNOROUTES", Location: "ip_route_input_slow+0x9"}},
-			code: report.KernelDrop, class: "routing", blame: "Pod shop/web-1 on node-1: the kernel dropped the client's SYN to it in FORWARD", evidence: "ip route get 10.244.0.11: no route to host (a unreachable route)"},
+			code: report.KernelDrop, class: "routing", blame: "Pod shop/web-1 on node-1: the kernel dropped the client's SYN to it in FORWARD", evidence: "ip route get 10.244.0.11: no route to host (route type unreachable)"},
 		{name: "rp_filter", net: &node.Facts{Routes: []node.Route{toPod}, Sysctls: map[string]string{"net.ipv4.conf.all.rp_filter": "1"}},
 			conn: flow.Conn{Verdict: flow.Dropped, Steps: syn, Drop: &flow.Drop{Packet: 1, InNode: true, Reason: "IP_RPFILTER", Location: "ip_rcv_finish_core+0x1"}},
 			code: report.KernelDrop, class: "routing", evidence: "net.ipv4.conf.all.rp_filter = 1"},
@@ -95,5 +95,33 @@ func TestBlameFromEvidence(t *testing.T) {
 				t.Errorf("evidence %q lacks %q", e.Evidence, c.evidence)
 			}
 		})
+	}
+}
+
+// A drop the kernel attributes to something other than a rule names no
+// rule, even where a legacy table's stage sits in the gap.
+func TestNoRuleForAReasonedDrop(t *testing.T) {
+	web := svc("web", "10.96.1.10", map[string]string{"app": "web"}, intstr.FromString("http"))
+	in, fs := check(t, story{objs: resolve.Objects{Services: []corev1.Service{web}, Pods: []corev1.Pod{web1},
+		Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1)}, Nodes: []corev1.Node{nodeObj("node-1", "10.99.0.1")}}})
+	in.Rules.Mode = "iptables-legacy"
+	x := NewExplainer(in, fs, nil)
+	gap := nf.GapAfter(nf.PostRouting, nf.StageNone)
+	for g := gap; g.Before != nf.StageNone; g = nf.GapAfter(nf.PostRouting, g.Before) {
+		gap = nf.GapAfter(nf.PostRouting, g.Before)
+	}
+	if len(gap.Pieces) == 0 {
+		t.Fatalf("no netfilter piece after the last observer of POSTROUTING: %+v", gap)
+	}
+	for _, c := range []struct {
+		reason string
+		rule   bool
+	}{{"NEIGH_FAILED", false}, {"NETFILTER_DROP", true}} {
+		d := &flow.Drop{Packet: 1, InNode: true, Placed: true, Gap: gap, Reason: c.reason, Location: "x+0x1"}
+		conn := &flow.Conn{Proto: nf.TCP, Client: netip.MustParseAddrPort("10.99.0.2:40000"), VIP: netip.MustParseAddrPort("10.96.1.10:80"),
+			Endpoint: netip.MustParseAddrPort("10.244.0.11:8080"), Verdict: flow.Dropped, Drop: d}
+		if e := x.Explain(conn); (e.Rule != "") != c.rule {
+			t.Errorf("%s: rule %q", c.reason, e.Rule)
+		}
 	}
 }

@@ -194,6 +194,10 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 		// The node's own ICMP error about the endpoint (a neighbour that
 		// never answered, no route) is about the endpoint, not the rules.
 		if c.Verdict == flow.Rejected && c.Endpoint.IsValid() && c.Outcome.Answer.Error {
+			if b, ok := x.dropBlame(c, c.Drop, c.Endpoint, pod); ok {
+				b.text += "; the node answered the client with " + describe.Answer(c.Outcome.Answer)
+				return x.withFindings(b, c.Endpoint)
+			}
 			if b := x.refusal(c, pod); b.class != cause.Netfilter {
 				if f, ok := x.endpointFacts(c, pod, c.Endpoint.Port(), proto); ok {
 					f.text += " (the node answered " + describe.Answer(c.Outcome.Answer) + ")"
@@ -213,7 +217,7 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 		}
 	case flow.Dropped:
 		if b, ok := x.dropBlame(c, c.Drop, c.Endpoint, pod); ok {
-			return b
+			return x.withFindings(b, c.Endpoint)
 		}
 		// kube-proxy's own drop ("has no local endpoints") is a symptom:
 		// blame what the Service's objects say. Someone else's rule is to
@@ -280,6 +284,21 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 		return b
 	}
 	return blamed{}
+}
+
+// withFindings adds to b what the findings say of the endpoint ep: the
+// object at fault behind what the packets showed.
+func (x *Explainer) withFindings(b blamed, ep netip.AddrPort) blamed {
+	if !ep.IsValid() {
+		return b
+	}
+	for _, f := range x.findings {
+		if f.Endpoint == ep.String() && (f.Severity == report.Problem || f.Severity == report.Warning) {
+			b.text += "; " + f.Object + ": " + f.Summary
+			b.evidence = append(b.evidence, f.Evidence...)
+		}
+	}
+	return b
 }
 
 // dropBlame blames a drop by the kernel's reason for it, else by where
@@ -488,6 +507,11 @@ func (x *Explainer) rule(c *flow.Conn, port *resolve.Port) (rule string, ownRule
 func (x *Explainer) ruleAt(c *flow.Conn, d *flow.Drop) (string, bool) {
 	r := x.in.Rules
 	if r == nil || !d.InNode || !d.Placed {
+		return "", false
+	}
+	// The kernel said why, and it was not a rule (a neighbour that never
+	// answered, a route): no table sits where it dropped.
+	if why, ok := cause.Drop(d.Reason); ok && !why.Unspecific() {
 		return "", false
 	}
 	lo, hi := d.Gap.Bounds()

@@ -60,7 +60,7 @@ func sliceSays(e resolve.Endpoint) string {
 // conditions: contradictions between an endpoint's conditions, and
 // between them and its Pod's readiness.
 func (c *checker) conditions(p *resolve.Port, e resolve.Endpoint) {
-	f := report.Finding{Code: report.EndpointConditions, Object: endpointObject(e), Port: p.String(), Evidence: []string{sliceSays(e)}}
+	f := report.Finding{Code: report.EndpointConditions, Object: endpointObject(e), Port: p.String(), Endpoint: e.Addr.String(), Evidence: []string{sliceSays(e)}}
 	pod := c.View.Holder(e.Addr.Addr())
 	switch {
 	case e.Ready && (!e.Serving || e.Terminating):
@@ -92,7 +92,7 @@ func (c *checker) conditions(p *resolve.Port, e resolve.Endpoint) {
 func (c *checker) holder(p *resolve.Port, e resolve.Endpoint) {
 	a := e.Addr.Addr()
 	pod := c.View.Holder(a)
-	f := report.Finding{Severity: report.Problem, Code: report.EndpointNotAPod, Object: "EndpointSlice " + e.Slice, Port: p.String(), Evidence: []string{sliceSays(e)}}
+	f := report.Finding{Severity: report.Problem, Code: report.EndpointNotAPod, Object: "EndpointSlice " + e.Slice, Port: p.String(), Endpoint: e.Addr.String(), Evidence: []string{sliceSays(e)}}
 	switch {
 	case pod == nil && slices.Contains(c.View.Orphans, a):
 		f.Summary = fmt.Sprintf("the endpoint %s is an address no Pod holds", a)
@@ -118,7 +118,7 @@ func (c *checker) path(p *resolve.Port, e resolve.Endpoint) {
 	obj := endpointObject(e)
 	r, ok := c.Net.Route(a)
 	if ok && !r.Usable() {
-		f := report.Finding{Severity: report.Problem, Code: report.NoRouteToEndpoint, Object: obj, Port: p.String(),
+		f := report.Finding{Severity: report.Problem, Code: report.NoRouteToEndpoint, Object: obj, Port: p.String(), Endpoint: e.Addr.String(),
 			Summary:  fmt.Sprintf("this node has no usable route to the endpoint %s: packets to it are dropped (or refused) here", a),
 			Evidence: []string{"ip route get " + a.String() + ": " + routeSays(r)},
 			Next:     []string{"ip route get " + a.String(), "ip route show table all | grep -w unreachable"}}
@@ -133,7 +133,7 @@ func (c *checker) path(p *resolve.Port, e resolve.Endpoint) {
 	}
 	if ok && r.Type == "unicast" {
 		if n, found := c.Net.Neighbour(r.NextHop()); found && !n.Answered() {
-			f := report.Finding{Severity: report.Problem, Code: report.EndpointUnanswered, Object: obj, Port: p.String(),
+			f := report.Finding{Severity: report.Problem, Code: report.EndpointUnanswered, Object: obj, Port: p.String(), Endpoint: e.Addr.String(),
 				Summary:  fmt.Sprintf("nothing on %s answers ARP/NDP for %s: the node cannot deliver to the endpoint %s", n.Dev, r.NextHop(), a),
 				Evidence: []string{"ip route get " + a.String() + ": " + r.String(), "ip neigh: " + n.String()},
 				Next:     []string{"ip neigh show " + r.NextHop().String(), "is a Pod running with that address? kubectl get pods -A -o wide | grep -w " + a.String()}}
@@ -152,7 +152,7 @@ func routeSays(r node.Route) string {
 	if r.Err != "" {
 		s := r.Err
 		if r.Type != "" {
-			s += " (a " + r.Type + " route)"
+			s += " (route type " + r.Type + ")"
 		}
 		return s
 	}
@@ -175,7 +175,7 @@ func (c *checker) listening(p *resolve.Port, e resolve.Endpoint, l node.Listener
 		}
 	}
 	quote := fmt.Sprintf("sockets listening in %s's network namespace (sock_diag): %s", l.Pod, socketList(l.Sockets))
-	f := report.Finding{Severity: report.Problem, Object: endpointObject(e), Port: p.String(), Evidence: []string{quote},
+	f := report.Finding{Severity: report.Problem, Object: endpointObject(e), Port: p.String(), Endpoint: e.Addr.String(), Evidence: []string{quote},
 		Next: []string{"nsenter -n -t <pid of a process of the Pod> ss -ltnup   # the Pod's sockets"}}
 	switch {
 	case takes != nil && takes.Proto.String() == "tcp" && takes.Queue > takes.Backlog:

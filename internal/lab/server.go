@@ -31,6 +31,9 @@ const (
 	// ModeHTTP4 is ModeHTTP on IPv4 only, as a server bound to 0.0.0.0.
 	ModeHTTP4 = "http4"
 	ModeHung  = "hung" // listens but never accepts; its accept queue is full
+	// ModeLoopback is ModeHTTP on 127.0.0.1 only: a server that listens,
+	// but not on the Pod's address.
+	ModeLoopback = "loopback"
 )
 
 type serverSpec struct {
@@ -74,19 +77,22 @@ func serve(spec serverSpec) error {
 		return fmt.Errorf("entering %s: %w", spec.NetNS, err)
 	}
 	switch spec.Mode {
-	case ModeHTTP, ModeHTTP4:
-		tcp, udp := "tcp", "udp"
-		if spec.Mode == ModeHTTP4 {
+	case ModeHTTP, ModeHTTP4, ModeLoopback:
+		tcp, udp, host := "tcp", "udp", ""
+		switch spec.Mode {
+		case ModeHTTP4:
 			tcp, udp = "tcp4", "udp4"
+		case ModeLoopback:
+			tcp, udp, host = "tcp4", "udp4", "127.0.0.1"
 		}
 		for _, port := range spec.Ports {
-			ln, err := net.Listen(tcp, fmt.Sprintf(":%d", port))
+			ln, err := net.Listen(tcp, fmt.Sprintf("%s:%d", host, port))
 			if err != nil {
 				return err
 			}
 			srv := &http.Server{Handler: handler(spec.Name), ReadHeaderTimeout: 5 * time.Second}
 			go srv.Serve(ln)
-			pc, err := net.ListenPacket(udp, fmt.Sprintf(":%d", port))
+			pc, err := net.ListenPacket(udp, fmt.Sprintf("%s:%d", host, port))
 			if err != nil {
 				return err
 			}

@@ -28,8 +28,10 @@ type Finding struct {
 	Code     Code     `json:"code"`
 	// Object is what to blame: "Service shop/web", "Pod shop/web-1",
 	// "kube-proxy on node-1".
-	Object   string   `json:"object,omitempty"`
-	Port     string   `json:"port,omitempty"` // the Service port, "shop/web:http"
+	Object string `json:"object,omitempty"`
+	Port   string `json:"port,omitempty"` // the Service port, "shop/web:http"
+	// Endpoint is the endpoint the finding is about, "10.244.0.11:8080".
+	Endpoint string   `json:"endpoint,omitempty"`
 	Summary  string   `json:"summary"`
 	Evidence []string `json:"evidence,omitempty"`
 	Next     []string `json:"next,omitempty"`

@@ -33,7 +33,7 @@ type View struct {
 	// Holders are Pods the selector does not match that hold an
 	// endpoint's address (a hand-made or stale slice's), and Orphans the
 	// endpoint addresses no Pod holds: both looked up by IP.
-	Holders []corev1.Pod   `json:",omitempty"`
+	Holders []corev1.Pod `json:",omitempty"`
 	Orphans []netip.Addr `json:",omitempty"`
 	// Nodes are the endpoints' Nodes and this node, by name.
 	Nodes map[string]*corev1.Node

@@ -14,6 +14,7 @@ import (
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/topo"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
@@ -380,4 +381,40 @@ func (c *Cluster) Apply(ctx context.Context, path string) error {
 		}
 	}
 	return nil
+}
+
+// PodRange is the Pod range of node name: this cluster's node's, or one
+// added with AddNode.
+func (c *Cluster) PodRange(name string) netip.Prefix {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r, ok := c.remote[name]; ok {
+		return r.podNet
+	}
+	return c.PodNet
+}
+
+// HandMadeSlice creates an EndpointSlice for the Service svc as someone
+// other than the EndpointSlice controller would (managed-by manager): one
+// endpoint per address, on port with svc's first port's name, with the
+// conditions given (nil: unset) and, if pod is set, a targetRef to it on
+// this node.
+func (c *Cluster) HandMadeSlice(ctx context.Context, svc *corev1.Service, manager string, port int32, addrs []netip.Addr, ready, serving *bool, pod string) error {
+	name, proto := svc.Spec.Ports[0].Name, corev1.ProtocolTCP
+	sl := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: svc.Name + "-" + manager, Namespace: svc.Namespace,
+			Labels: map[string]string{discoveryv1.LabelServiceName: svc.Name, discoveryv1.LabelManagedBy: manager}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+	}
+	for _, a := range addrs {
+		ep := discoveryv1.Endpoint{Addresses: []string{a.String()}, Conditions: discoveryv1.EndpointConditions{Ready: ready, Serving: serving}}
+		if pod != "" {
+			node := NodeName
+			ep.TargetRef, ep.NodeName = &corev1.ObjectReference{Kind: "Pod", Namespace: svc.Namespace, Name: pod}, &node
+		}
+		sl.Endpoints = append(sl.Endpoints, ep)
+	}
+	_, err := c.Client.DiscoveryV1().EndpointSlices(svc.Namespace).Create(ctx, sl, metav1.CreateOptions{})
+	return err
 }

@@ -83,6 +83,20 @@ type story struct {
 	rule string
 	// blame must start the traced connection's blame line ("" : no blame).
 	blame string
+	// cause is the blame's code ("" : not checked), and evidence a part of
+	// one of its evidence lines ("" : none needed).
+	cause    report.Code
+	evidence string
+	// setup, if set, changes the cluster once the story's objects exist
+	// (a hand-made EndpointSlice, a route, a sysctl).
+	setup func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error
+	// endpointNode is the node of the Pod behind the endpoint ("" : this
+	// node); noPod: the endpoint is an address no Pod holds.
+	endpointNode string
+	noPod        bool
+	// handMade are the endpoints of the story's hand-made EndpointSlice,
+	// set by its setup: kube-proxy's DNAT goes there.
+	handMade []netip.AddrPort
 }
 
 func service(name, vip string, selector map[string]string, target intstr.IntOrString) *corev1.Service {
@@ -223,8 +237,10 @@ func beyondClusterIP(mode cluster.Mode) []*story {
 		&story{name: "dual-stack-over-ipv6", expect: flow.Answered, finding: "healthy", svc: dualStack("dual", "10.96.1.180", "fd00:10:96::b4"),
 			pods: one("dual"), ipv6: true},
 		// The Pod's server is bound to 0.0.0.0: its IPv6 address refuses.
-		&story{name: "ipv4-only-server", expect: flow.Reset, finding: "healthy", svc: dualStack("legacy", "10.96.1.190", "fd00:10:96::be"),
+		&story{name: "ipv4-only-server", expect: flow.Reset, finding: "listens-elsewhere", summary: "its server listens on 0.0.0.0:8080, IPv4 only",
+			svc:  dualStack("legacy", "10.96.1.190", "fd00:10:96::be"),
 			pods: []cluster.PodSpec{pod(shop, "legacy-1", "legacy", lab.ModeHTTP4, true)}, ipv6: true,
+			cause: report.ListensElsewhere, evidence: "tcp 0.0.0.0:8080",
 			blame: "Pod shop/legacy-1 on node-1 (ready): nothing listens on port 8080 over IPv6; the Pod's IPv4 endpoint is 10.244."})
 	if mode == cluster.NFTables {
 		s := ss[1]
@@ -257,6 +273,7 @@ func stories() []*story {
 			svc:   service("notready", "10.96.1.30", map[string]string{"app": "notready"}, byName),
 			pods:  []cluster.PodSpec{pod(shop, "notready-1", "notready", lab.ModeHTTP, false)}},
 		{name: "wrong-targetport", expect: flow.Reset, finding: "targetport-not-exposed",
+			cause: report.TargetPortNotExposed, evidence: "tcp [::]:8080",
 			blame: "Pod shop/wrongport-1 on node-1 (ready): nothing listens on port 9090; targetPort 9090 of shop/wrongport:http is not a port",
 			svc:   service("wrongport", "10.96.1.40", map[string]string{"app": "wrongport"}, intstr.FromInt32(9090)),
 			pods:  []cluster.PodSpec{pod(shop, "wrongport-1", "wrongport", lab.ModeHTTP, true)}},
@@ -264,8 +281,9 @@ func stories() []*story {
 			blame: "Service shop/api: the selector app=api matches no Pod in namespace shop",
 			svc:   service("api", "10.96.1.50", map[string]string{"app": "api"}, byName),
 			pods:  []cluster.PodSpec{pod("default", "api-1", "api", lab.ModeHTTP, true)}},
-		{name: "pod-stops-answering", expect: flow.NoReply, finding: "healthy",
-			blame: "Pod shop/hung-1 on node-1 (ready) did not answer on port 8080",
+		{name: "pod-stops-answering", expect: flow.NoReply, finding: "backlog-full", summary: "its accept queue is full (2 waiting, backlog 1)",
+			cause: report.BacklogFull, evidence: "tcp 0.0.0.0:8080 (accept queue 2 of 1)",
+			blame: "Pod shop/hung-1 on node-1 (ready) did not answer on port 8080: its server does not accept connections; the accept queue of 0.0.0.0:8080 is full",
 			svc:   service("hung", "10.96.1.60", map[string]string{"app": "hung"}, byName),
 			pods:  []cluster.PodSpec{pod(shop, "hung-1", "hung", lab.ModeHung, true)}},
 		{name: "selector-less-without-endpointslices", expect: flow.Rejected, rejected: true, finding: "no-selector-no-endpointslices",
@@ -389,10 +407,12 @@ func TestStories(t *testing.T) {
 			c := cluster.Up(t, cluster.Options{Mode: mode})
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			if err := c.AddNode(ctx, otherNode); err != nil {
-				t.Fatal(err)
+			for _, n := range []string{otherNode, unroutedNode} {
+				if err := c.AddNode(ctx, n); err != nil {
+					t.Fatal(err)
+				}
 			}
-			play(t, c, append(append(stories(), beyondClusterIP(mode)...), conntrackInvalid(mode)))
+			play(t, c, append(append(append(stories(), beyondClusterIP(mode)...), conntrackInvalid(mode)), evidenceStories(mode)...))
 			c.StopKubeProxy()
 			play(t, c, afterKubeProxyDies(mode))
 		})
@@ -429,6 +449,14 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 			}
 		}
 		ready[s] = endpoints(s, pods)
+		if s.setup != nil {
+			if err := s.setup(ctx, c, s, pods); err != nil {
+				t.Fatalf("%s: %v", s.name, err)
+			}
+			if s.handMade != nil {
+				ready[s] = s.handMade
+			}
+		}
 	}
 	for _, s := range ss {
 		var err error
@@ -505,14 +533,14 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 			if (!translated || len(eps) == 0) && conn.Endpoint.IsValid() {
 				t.Errorf("DNAT to %s, but no ready endpoint is reachable from this node", conn.Endpoint)
 			}
-			if translated && len(eps) > 0 && s.expect != flow.Dropped && conn.SNAT.IsValid() == s.keepsClient {
+			if translated && len(eps) > 0 && s.expect != flow.Dropped && s.expect != flow.Rejected && conn.SNAT.IsValid() == s.keepsClient {
 				t.Errorf("SNAT to %s; want the client address kept: %v", conn.SNAT, s.keepsClient)
 			}
 			// For a forwarded client, kube-proxy rejects in the filter stage of
 			// FORWARD in every mode: iptables' filter table (KUBE-SERVICES from
 			// FORWARD), nftables' filter-forward chain at priority 0.
 			hook := s.droppedIn
-			if s.rejected {
+			if s.rejected && hook == 0 {
 				hook = nf.Forward
 			}
 			switch {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -45,13 +46,23 @@ func explainStory(t *testing.T, c *cluster.Cluster, s *story, conn *flow.Conn) {
 	if e.Service != shop+"/"+s.svc.Name+":http ("+s.kind()+")" {
 		t.Errorf("service %q", e.Service)
 	}
-	if conn.Endpoint.IsValid() {
-		if !strings.HasPrefix(e.Pod, shop+"/") || e.Node != cluster.NodeName {
+	node := cluster.NodeName
+	if s.endpointNode != "" {
+		node = s.endpointNode
+	}
+	if conn.Endpoint.IsValid() && !s.noPod {
+		if !strings.HasPrefix(e.Pod, shop+"/") || e.Node != node {
 			t.Errorf("DNAT to %s not named: pod %q node %q", conn.Endpoint, e.Pod, e.Node)
 		}
-		if n := x.Name(conn.Endpoint); !strings.HasPrefix(n, "pod "+e.Pod+" on "+cluster.NodeName) {
+		if n := x.Name(conn.Endpoint); !strings.HasPrefix(n, "pod "+e.Pod+" on "+node) {
 			t.Errorf("endpoint named %q", n)
 		}
+	}
+	if s.cause != "" && e.Cause != s.cause {
+		t.Errorf("cause %q, want %q (blame %q)", e.Cause, s.cause, e.Blame)
+	}
+	if s.evidence != "" && !slices.ContainsFunc(e.Evidence, func(l string) bool { return strings.Contains(l, s.evidence) }) {
+		t.Errorf("evidence %q, want a line with %q", e.Evidence, s.evidence)
 	}
 	if !strings.HasPrefix(e.Blame, s.blame) || (s.blame == "" && e.Blame != "") {
 		t.Errorf("blame %q, want it to start with %q", e.Blame, s.blame)
@@ -232,7 +243,7 @@ func traceStories(t *testing.T, c *cluster.Cluster, ss []*story, dump string) {
 		default:
 			want = append(want, "✗ "+string(s.expect))
 		}
-		if ((s.expect == flow.Answered || s.expect == flow.Reset || s.expect == flow.NoReply) && !s.untranslated) || s.hairpin || s.forget {
+		if ((s.expect == flow.Answered || s.expect == flow.Reset || s.expect == flow.NoReply) && !s.untranslated && s.handMade == nil) || s.hairpin || s.forget {
 			want = append(want, "(pod shop/"+s.svc.Name+"-", " on "+cluster.NodeName+", ready)")
 		}
 		if s.expect != "" {

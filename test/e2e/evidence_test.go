@@ -1,0 +1,101 @@
+package e2e
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/report"
+	"github.com/svctrace/svctrace/internal/topo"
+	"github.com/svctrace/svctrace/test/cluster"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// unroutedNode is a node whose Pod range this node has an unreachable
+// route to, as when the CNI never programmed it.
+const unroutedNode = "node-3"
+
+// ghost is the host part of an address on this node's Pod bridge that no
+// Pod holds.
+const ghost = 200
+
+// evidenceStories are failures whose cause only evidence shows: the node's
+// routes and neighbours, the Pods' sockets, the EndpointSlices'
+// conditions. Each story's blame was written down, and the fault checked
+// by hand, before svctrace explained it.
+func evidenceStories(mode cluster.Mode) []*story {
+	byName := intstr.FromString("http")
+	yes, no := true, false
+	named2 := pod(shop, "named-2", "named", lab.ModeHTTP, true)
+	named2.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 8081, Protocol: corev1.ProtocolTCP}}
+	return []*story{
+		// The node has an unreachable route to node-3's Pods: routing
+		// drops the DNAT'ed SYN and the node answers ICMP
+		// host-unreachable. The kernel gives no specific reason there
+		// (ip_error's NOT_SPECIFIED for EHOSTUNREACH): the route read on
+		// the node is the evidence.
+		{name: "no-route-to-endpoint", expect: flow.Rejected, finding: "no-route-to-endpoint", summary: "this node has no usable route to the endpoint",
+			svc: service("unrouted", "10.96.2.10", map[string]string{"app": "unrouted"}, byName), endpointNode: unroutedNode,
+			pods: []cluster.PodSpec{onNode(pod(shop, "unrouted-1", "unrouted", "", true), unroutedNode)},
+			setup: func(ctx context.Context, c *cluster.Cluster, s *story, _ []*cluster.Pod) error {
+				_, err := c.Exec("ip", "route", "add", "unreachable", c.PodRange(unroutedNode).String())
+				return err
+			},
+			cause: report.NoRouteToEndpoint, evidence: "no route to host (route type unreachable)",
+			blame: "Pod shop/unrouted-1 on node-3: this node has no usable route to 10.244."},
+		// A hand-made EndpointSlice lists an address on the Pod bridge
+		// that no Pod holds: ARP for it fails (NEIGH_FAILED) and the node
+		// answers ICMP host-unreachable.
+		{name: "endpoint-nobody-answers", expect: flow.Rejected, finding: "endpoint-not-a-pod", summary: "is an address no Pod holds",
+			svc: service("ghost", "10.96.2.20", nil, intstr.FromInt32(8080)), noPod: true,
+			setup: func(ctx context.Context, c *cluster.Cluster, s *story, _ []*cluster.Pod) error {
+				// Give up on ARP within the client's wait.
+				for k, v := range map[string]string{"net.ipv4.neigh.cbr0.retrans_time_ms": "100", "net.ipv4.neigh.cbr0.mcast_solicit": "2"} {
+					if err := topo.Sysctl(c.Node, k, v); err != nil {
+						return err
+					}
+				}
+				s.handMade = []netip.AddrPort{netip.AddrPortFrom(ghostAddr(c), 8080)}
+				return c.HandMadeSlice(ctx, s.svc, "e2e-test", 8080, []netip.Addr{ghostAddr(c)}, &yes, nil, "")
+			},
+			cause: report.KernelDrop, evidence: "no Pod has status.podIP",
+			blame: "the endpoint 10.244."},
+		// The Pod's server listens on 127.0.0.1:8080 only: its kernel
+		// resets the SYN to its own address.
+		{name: "server-listens-on-loopback", expect: flow.Reset, finding: "listens-elsewhere", summary: "only on 127.0.0.1:8080",
+			svc:   service("loopback", "10.96.2.30", map[string]string{"app": "loopback"}, byName),
+			pods:  []cluster.PodSpec{pod(shop, "loopback-1", "loopback", lab.ModeLoopback, true)},
+			cause: report.ListensElsewhere, evidence: "tcp 127.0.0.1:8080",
+			blame: "Pod shop/loopback-1 on node-1 (ready): nothing listens on port 8080; its server listens on port 8080 only on 127.0.0.1:8080"},
+		// named-2 calls port 8081 "http" (named-1 calls 8080 so), but its
+		// server listens on 8080; named-1 is not ready, so the connection
+		// goes to named-2:8081 and is reset.
+		{name: "named-port-differs", expect: flow.Reset, finding: "not-listening", summary: "nothing listens on",
+			svc:   service("named", "10.96.2.40", map[string]string{"app": "named"}, byName),
+			pods:  []cluster.PodSpec{pod(shop, "named-1", "named", lab.ModeHTTP, false), named2},
+			cause: report.NotListening, evidence: "tcp [::]:8080",
+			blame: "Pod shop/named-2 on node-1 (ready): nothing listens on port 8081; it listens on [::]:8080"},
+		// A hand-made slice says ready and not serving: kube-proxy goes by
+		// ready, and the connection is answered.
+		{name: "ready-but-not-serving", expect: flow.Answered, finding: "endpoint-conditions", summary: "is ready yet says it is not serving",
+			svc:  service("contrary", "10.96.2.50", nil, intstr.FromInt32(8080)),
+			pods: []cluster.PodSpec{pod(shop, "contrary-1", "contrary-pod", lab.ModeHTTP, true)},
+			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
+				s.handMade = []netip.AddrPort{netip.AddrPortFrom(pods[0].IP, 8080)}
+				return c.HandMadeSlice(ctx, s.svc, "e2e-test", 8080, []netip.Addr{pods[0].IP}, &yes, &no, pods[0].Name)
+			}},
+	}
+}
+
+func onNode(p cluster.PodSpec, node string) cluster.PodSpec {
+	p.Node, p.Serve, p.Listen = node, "", nil
+	return p
+}
+
+func ghostAddr(c *cluster.Cluster) netip.Addr {
+	a := c.PodRange("").Addr().As4()
+	a[3] = ghost
+	return netip.AddrFrom4(a)
+}
