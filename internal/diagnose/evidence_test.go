@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/report"
@@ -123,5 +124,41 @@ func TestNoRuleForAReasonedDrop(t *testing.T) {
 		if e := x.Explain(conn); (e.Rule != "") != c.rule {
 			t.Errorf("%s: rule %q", c.reason, e.Rule)
 		}
+	}
+}
+
+// A drop in FORWARD's filter stage is blamed on the rule the packet
+// reaches through the jumps, quoted with its path and comment.
+func TestBlameTheRuleThroughJumps(t *testing.T) {
+	const save = `*filter
+:FORWARD ACCEPT [0:0]
+:KUBE-FORWARD - [0:0]
+:NP - [0:0]
+-A FORWARD -j KUBE-FORWARD
+-A FORWARD -i client0 -j NP
+-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
+-A NP -d 10.244.0.11/32 -p tcp -m tcp --dport 8080 -m comment --comment "shop/deny-web" -j DROP
+COMMIT
+`
+	web := svc("web", "10.96.1.10", map[string]string{"app": "web"}, intstr.FromString("http"))
+	in, fs := check(t, story{objs: resolve.Objects{Services: []corev1.Service{web}, Pods: []corev1.Pod{web1},
+		Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1)}, Nodes: []corev1.Node{nodeObj("node-1", "10.99.0.1")}}})
+	in.Rules.Tables = kubeproxy.ParseTables("ip", "iptables-nft", save)
+	x := NewExplainer(in, fs, nil)
+	conn := &flow.Conn{Proto: nf.TCP, Client: netip.MustParseAddrPort("10.99.0.2:40000"), VIP: netip.MustParseAddrPort("10.96.1.10:80"),
+		Endpoint: netip.MustParseAddrPort("10.244.0.11:8080"), Verdict: flow.Dropped, Steps: []flow.Step{{Packet: 1, Kind: nf.KindHook, Flags: "SYN"}},
+		Drop: &flow.Drop{Packet: 1, InNode: true, Placed: true, In: "client0", Gap: nf.GapAfter(nf.Forward, nf.StagePreFilter), Reason: "NETFILTER_DROP", Location: "nft_do_chain+0x1"}}
+	e := x.Explain(conn)
+	const rule = `in table ip filter (iptables-nft), chain NP, rule 1: -d 10.244.0.11/32 -p tcp -m tcp --dport 8080 -m comment --comment "shop/deny-web" -j DROP`
+	if e.Rule != rule || e.Cause != report.RuleDrop || !strings.HasPrefix(e.Blame, "a rule "+rule+", not kube-proxy's, dropped the SYN to Pod shop/web-1") {
+		t.Errorf("rule %q\nblame %q (%s)", e.Rule, e.Blame, e.Cause)
+	}
+	if want := "ip filter: FORWARD 2 → NP (-i client0) → chain NP, rule 1"; len(e.Evidence) == 0 || !strings.HasPrefix(e.Evidence[0], want) {
+		t.Errorf("evidence %q, want %q…", e.Evidence, want)
+	}
+	// From elsewhere the jump is not taken: no rule of these drops it.
+	conn.Drop.In = "uplink0"
+	if e := x.Explain(conn); strings.Contains(e.Rule, "chain NP") {
+		t.Errorf("from uplink0: rule %q", e.Rule)
 	}
 }

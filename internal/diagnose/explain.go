@@ -231,9 +231,13 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 			if c.Endpoint.IsValid() {
 				to = " to " + pod
 			}
-			return blamed{code: report.RuleDrop, class: cause.Netfilter,
+			b := blamed{code: report.RuleDrop, class: cause.Netfilter,
 				text: fmt.Sprintf("a rule %s, not kube-proxy's, dropped the %s%s: look for a NetworkPolicy or a firewall rule there",
 					e.Rule, c.PacketName(c.Drop.Packet), to)}
+			if tr, ok := x.traceRule(c, c.Drop); ok {
+				b.evidence = tr.evidence()
+			}
+			return b
 		}
 		if d := c.Drop; d != nil {
 			r, _ := cause.Drop(d.Reason)
@@ -340,7 +344,11 @@ func (x *Explainer) retried(c *flow.Conn, tries []*flow.Drop) blamed {
 		return b
 	}
 	if rule, ok := x.ruleAt(c, d); ok {
-		return blamed{code: report.RuleDrop, class: cause.Netfilter, text: fmt.Sprintf("%s: a rule %s dropped them", what, rule)}
+		b := blamed{code: report.RuleDrop, class: cause.Netfilter, text: fmt.Sprintf("%s: a rule %s dropped them", what, rule)}
+		if tr, ok := x.traceRule(c, d); ok {
+			b.evidence = tr.evidence()
+		}
+		return b
 	}
 	return blamed{code: report.UnplacedDrop, class: cause.Other,
 		text: fmt.Sprintf("%s; the kernel dropped them %s, where no rule svctrace read sits: look at what runs there (%s)", what, describe.Place(*d), d.Location)}
@@ -499,7 +507,8 @@ func (x *Explainer) rule(c *flow.Conn, port *resolve.Port) (rule string, ownRule
 			c.VIP, rd.Prefix, c.VIP.Addr(), rd.Where, rd.Why), true
 	}
 	rule, _ = x.ruleAt(c, c.Drop)
-	return rule, false
+	tr, traced := x.traceRule(c, c.Drop)
+	return rule, traced && tr.kubeProxys() && strings.HasSuffix(rule, tr.v.String())
 }
 
 // ruleAt names the base chains registered where drop d happened: "in
@@ -513,6 +522,9 @@ func (x *Explainer) ruleAt(c *flow.Conn, d *flow.Drop) (string, bool) {
 	// answered, a route): no table sits where it dropped.
 	if why, ok := cause.Drop(d.Reason); ok && !why.Unspecific() {
 		return "", false
+	}
+	if tr, ok := x.traceRule(c, d); ok {
+		return "in " + tr.where(), true
 	}
 	lo, hi := d.Gap.Bounds()
 	var chains []string

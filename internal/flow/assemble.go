@@ -551,6 +551,9 @@ func (a *Assembler) drop(c *Conn, ev nf.Event, d Dir) {
 	}
 	dr := Drop{Time: ev.Time, Dir: d, NetNS: ev.NetNS, Reason: ev.Drop.Reason, Location: ev.Drop.Location,
 		InNode: ev.NetNS == a.opts.NodeNetNS}
+	if dr.InNode && ev.InIf != 0 {
+		dr.In = a.ifName(ev.InIf)
+	}
 	if pk != nil {
 		dr.Packet, dr.Dir, dr.Invalid = pk.n, pk.dir, pk.invalid
 		if pk.dir == Original && pk.last.Kind == nf.KindHook && pk.last.Tuple.IsValid() && pk.last.Tuple.Dst != c.VIP {

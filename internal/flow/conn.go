@@ -113,6 +113,9 @@ type Drop struct {
 	NetNS    uint32
 	Reason   string
 	Location string
+	// In is the interface the packet came in on ("" : sent by the node,
+	// or unknown).
+	In string `json:",omitempty"`
 	// Invalid: the packet had passed conntrack without an entry (see
 	// Conn.Invalid).
 	Invalid bool `json:",omitempty"`

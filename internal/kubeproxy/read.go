@@ -37,19 +37,23 @@ func Read(ns nf.NetNS, services ...string) (*Ruleset, error) {
 			for _, ch := range dump.Chains {
 				if ch.Table == nftTable {
 					r.Mode, r.Note = ModeNFTables, "kube-proxy's nftables table, read over netlink"
+					// Others' iptables rules (iptables-nft) may still
+					// drop Service traffic.
+					r.readTables([]string{"iptables-nft-save", "ip6tables-nft-save"}, "iptables-nft")
 					return nil
 				}
 			}
 			r.Ports = nil // other tables' chains are kept only as BaseChains
 		}
 		for _, b := range []struct {
-			mode  Mode
-			tools []string
+			mode    Mode
+			backend string
+			tools   []string
 		}{
-			{ModeIPTables, []string{"iptables-nft-save", "ip6tables-nft-save"}},
-			{ModeIPTablesLegacy, []string{"iptables-legacy-save", "ip6tables-legacy-save"}},
+			{ModeIPTables, "iptables-nft", []string{"iptables-nft-save", "ip6tables-nft-save"}},
+			{ModeIPTablesLegacy, "iptables-legacy", []string{"iptables-legacy-save", "ip6tables-legacy-save"}},
 		} {
-			found, used, err := readIPTables(r, b.tools)
+			found, used, err := readIPTables(r, b.tools, b.backend)
 			if err != nil {
 				return err
 			}
@@ -58,6 +62,7 @@ func Read(ns nf.NetNS, services ...string) (*Ruleset, error) {
 				if b.mode == ModeIPTablesLegacy {
 					r.BaseChains = nil // the nf_tables chains are not the ones in use
 				}
+
 				r.readRecent()
 				return nil
 			}
@@ -81,7 +86,7 @@ func Read(ns nf.NetNS, services ...string) (*Ruleset, error) {
 
 // readIPTables runs the save tools of one backend and parses their output
 // if it holds kube-proxy's chains.
-func readIPTables(r *Ruleset, tools []string) (found bool, used []string, err error) {
+func readIPTables(r *Ruleset, tools []string, backend string) (found bool, used []string, err error) {
 	for _, tool := range tools {
 		path, err := exec.LookPath(tool)
 		if err != nil {
@@ -101,9 +106,35 @@ func readIPTables(r *Ruleset, tools []string) (found bool, used []string, err er
 		if err := ParseIPTablesSave(r, string(out)); err != nil {
 			return false, nil, fmt.Errorf("%s output: %w", tool, err)
 		}
+		r.Tables = append(r.Tables, parseTables(toolFamily(tool), backend, string(out), traced...)...)
 		found, used = true, append(used, tool)
 	}
 	return found, used, nil
+}
+
+// traced are the iptables tables whose rules Table.Trace follows.
+var traced = []string{"raw", "mangle", "filter"}
+
+// toolFamily: ip6tables-… reads IPv6's tables.
+func toolFamily(tool string) string {
+	if strings.HasPrefix(tool, "ip6") {
+		return "ip6"
+	}
+	return "ip"
+}
+
+// readTables reads the iptables tables of a backend other than
+// kube-proxy's (best effort: a missing tool or backend reads nothing).
+func (r *Ruleset) readTables(tools []string, backend string) {
+	for _, tool := range tools {
+		path, err := exec.LookPath(tool)
+		if err != nil {
+			continue
+		}
+		if out, err := exec.Command(path).Output(); err == nil {
+			r.Tables = append(r.Tables, parseTables(toolFamily(tool), backend, string(out), traced...)...)
+		}
+	}
 }
 
 // cilium says whether Cilium (an eBPF kube-proxy replacement) looks present.

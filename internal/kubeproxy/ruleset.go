@@ -49,6 +49,24 @@ type Ruleset struct {
 	// INVALID (iptables mode, unless nf_conntrack_tcp_be_liberal is set:
 	// filter table, chain KUBE-FORWARD); "" : it does not.
 	InvalidDrop string
+	// Tables are the node's iptables filter, mangle and raw tables (every
+	// writer's rules) by family, from iptables-save: where Table.Trace
+	// finds the rule that dropped a packet. Empty where no iptables tool
+	// could read them.
+	Tables []*Table
+}
+
+// Table is the iptables table name of family ("ip", "ip6"), or nil.
+func (r *Ruleset) Table(family, name string) *Table {
+	if r == nil {
+		return nil
+	}
+	for _, t := range r.Tables {
+		if t.Family == family && t.Name == name {
+			return t
+		}
+	}
+	return nil
 }
 
 // AcceptsNodePort reports whether kube-proxy translates NodePorts arriving
@@ -105,11 +123,12 @@ type rulesetJSON struct {
 	NodePortAddrs []netip.Prefix `json:"nodeport_addrs,omitempty"`
 	NodePortWhere string         `json:"nodeport_where,omitempty"`
 	InvalidDrop   string         `json:"invalid_drop,omitempty"`
+	Tables        []*Table       `json:"tables,omitempty"`
 }
 
 func (r Ruleset) MarshalJSON() ([]byte, error) {
 	j := rulesetJSON{Mode: r.Mode, Note: r.Note, BaseChains: r.BaseChains, RangeDrops: r.RangeDrops,
-		NodePortAddrs: r.NodePortAddrs, NodePortWhere: r.NodePortWhere, InvalidDrop: r.InvalidDrop}
+		NodePortAddrs: r.NodePortAddrs, NodePortWhere: r.NodePortWhere, InvalidDrop: r.InvalidDrop, Tables: r.Tables}
 	for _, p := range r.Ports {
 		j.Ports = append(j.Ports, p)
 	}
@@ -123,7 +142,7 @@ func (r *Ruleset) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*r = Ruleset{Mode: j.Mode, Note: j.Note, BaseChains: j.BaseChains, RangeDrops: j.RangeDrops,
-		NodePortAddrs: j.NodePortAddrs, NodePortWhere: j.NodePortWhere, InvalidDrop: j.InvalidDrop, Ports: map[PortKey]*PortRules{}}
+		NodePortAddrs: j.NodePortAddrs, NodePortWhere: j.NodePortWhere, InvalidDrop: j.InvalidDrop, Tables: j.Tables, Ports: map[PortKey]*PortRules{}}
 	for _, p := range j.Ports {
 		r.Ports[p.PortKey] = p
 	}

@@ -208,9 +208,14 @@ func Scenarios() []Scenario {
 	}
 }
 
-// policyRule is the lab's stand-in for a NetworkPolicy denying ingress to
-// the guarded pod.
-var policyRule = fmt.Sprintf(`-A FORWARD -d %s/32 -p tcp -m tcp --dport 8080 -m comment --comment "lab: stands in for a NetworkPolicy denying ingress to %s/guarded" -j DROP`, guarded, Namespace)
+// policyRules are the lab's stand-in for a NetworkPolicy denying ingress
+// to the guarded pod: a chain of its own, reached through a jump from
+// FORWARD, as policy engines write them.
+var policyRules = []string{
+	":LAB-POLICY - [0:0]",
+	"-A FORWARD -j LAB-POLICY",
+	fmt.Sprintf(`-A LAB-POLICY -d %s/32 -p tcp -m tcp --dport 8080 -m comment --comment "%s/deny-guarded: stands in for a NetworkPolicy" -j DROP`, guarded, Namespace),
+}
 
 // Lab is a running lab.
 type Lab struct {
@@ -413,7 +418,7 @@ func (l *Lab) programWith(endpoints map[string][]netip.AddrPort) error {
 		}
 	}
 	// kube-proxy writes a ruleset per family.
-	l.Rules = kubeproxy.IPTablesRestore(v4, kubeproxy.Options{ClusterCIDR: ClusterCIDR, ExtraFilter: []string{policyRule}})
+	l.Rules = kubeproxy.IPTablesRestore(v4, kubeproxy.Options{ClusterCIDR: ClusterCIDR, ExtraFilter: policyRules})
 	if _, err := topo.Run(l.Node, l.Rules, "iptables-restore"); err != nil {
 		return fmt.Errorf("programming the node's iptables rules: %w", err)
 	}

@@ -60,10 +60,11 @@ func up(t *testing.T) *Lab {
 // node's rules in this kube-proxy mode (iptables' nf_tables or legacy
 // backend, whichever iptables-restore is).
 func blames(mode kubeproxy.Mode) map[string]string {
-	policy := "a rule in table ip filter, chain FORWARD (forward, priority 0), not kube-proxy's, dropped the SYN to Pod lab/guarded"
+	backend := "iptables-nft"
 	if mode == kubeproxy.ModeIPTablesLegacy {
-		policy = "a rule in iptables-legacy's filter table (0) on FORWARD, not kube-proxy's, dropped the SYN to Pod lab/guarded"
+		backend = "iptables-legacy"
 	}
+	policy := "a rule in table ip filter (" + backend + `), chain LAB-POLICY, rule 1: -d 10.244.0.14/32 -p tcp -m tcp --dport 8080 -m comment --comment "lab/deny-guarded: stands in for a NetworkPolicy" -j DROP, not kube-proxy's, dropped the SYN to Pod lab/guarded`
 	return map[string]string{
 		"healthy":           "",
 		"no-endpoints":      "Service lab/empty: the selector app=wbe matches no Pod in namespace lab",

@@ -6,6 +6,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/test/cluster"
@@ -30,7 +31,30 @@ func evidenceStories(mode cluster.Mode) []*story {
 	yes, no := true, false
 	named2 := pod(shop, "named-2", "named", lab.ModeHTTP, true)
 	named2.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 8081, Protocol: corev1.ProtocolTCP}}
+	iptables := "iptables-nft"
+	if mode == cluster.IPTablesLegacy {
+		iptables = "iptables-legacy"
+	}
 	return []*story{
+		// A policy engine's chain, reached through a jump from FORWARD,
+		// drops the Pod's ingress (with iptables-nft beside kube-proxy's
+		// nftables table in nftables mode): svctrace follows the jump to
+		// the rule and quotes it.
+		{name: "rule-in-a-user-chain", expect: flow.Dropped, droppedIn: nf.Forward, finding: "healthy",
+			svc:  service("fenced", "10.96.2.60", map[string]string{"app": "fenced"}, byName),
+			pods: []cluster.PodSpec{pod(shop, "fenced-1", "fenced", lab.ModeHTTP, true)},
+			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
+				for _, args := range [][]string{{"-N", "E2E-POLICY"}, {"-I", "FORWARD", "1", "-j", "E2E-POLICY"},
+					{"-A", "E2E-POLICY", "-d", pods[0].IP.String() + "/32", "-p", "tcp", "--dport", "8080", "-m", "comment", "--comment", "shop/deny-fenced", "-j", "DROP"}} {
+					if _, err := c.Exec(append([]string{iptables, "-w"}, args...)...); err != nil {
+						return err
+					}
+				}
+				return nil
+			},
+			rule:  "in table ip filter (" + iptables + "), chain E2E-POLICY, rule 1: -d 10.244.",
+			cause: report.RuleDrop, evidence: `the rule's comment: "shop/deny-fenced"`,
+			blame: "a rule in table ip filter (" + iptables + "), chain E2E-POLICY, rule 1: -d 10.244."},
 		// The node has an unreachable route to node-3's Pods: routing
 		// drops the DNAT'ed SYN and the node answers ICMP
 		// host-unreachable. The kernel gives no specific reason there

@@ -1,0 +1,125 @@
+package diagnose
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/nf"
+)
+
+// hookChains are iptables' built-in chains by hook.
+var hookChains = map[nf.Hook]string{nf.PreRouting: "PREROUTING", nf.LocalIn: "INPUT", nf.Forward: "FORWARD",
+	nf.LocalOut: "OUTPUT", nf.PostRouting: "POSTROUTING"}
+
+// tracedRule is the iptables rule that decided a dropped packet's fate,
+// found by following the packet from the built-in chain of the hook where
+// it died through the jumps of the table that sits in the drop's gap.
+type tracedRule struct {
+	table *kubeproxy.Table
+	v     kubeproxy.Verdict
+}
+
+// where: "table ip filter (iptables-nft), chain POLICY, rule 3: … -j DROP".
+func (r tracedRule) where() string {
+	return fmt.Sprintf("table %s %s (%s), %s", r.table.Family, r.table.Name, r.table.Backend, r.v)
+}
+
+// kubeProxys reports whether kube-proxy wrote the rule (its chains are
+// KUBE-…).
+func (r tracedRule) kubeProxys() bool { return strings.HasPrefix(r.v.Chain, "KUBE-") }
+
+// evidence: how the packet reached the rule, and what svctrace could not
+// evaluate on the way (any of which may have decided instead).
+func (r tracedRule) evidence() []string {
+	ev := []string{fmt.Sprintf("%s %s: %s", r.table.Family, r.table.Name, strings.Join(append(slicesOr(r.v.Path, "the built-in chain"), r.v.String()), " → "))}
+	if c := r.v.Comment(); c != "" {
+		ev = append(ev, fmt.Sprintf("the rule's comment: %q", c))
+	}
+	for _, u := range r.v.Unsure {
+		ev = append(ev, "not evaluated, assumed not to match (it may have decided instead): "+u)
+	}
+	return ev
+}
+
+func slicesOr(s []string, none string) []string {
+	if len(s) == 0 {
+		return []string{none}
+	}
+	return s
+}
+
+// traceRule follows drop d's packet through the iptables table in the
+// drop's gap; false when svctrace has no such table, or the rules do not
+// drop the packet (another writer's nftables chain, say).
+func (x *Explainer) traceRule(c *flow.Conn, d *flow.Drop) (tracedRule, bool) {
+	r := x.in.Rules
+	if r == nil || !d.InNode || !d.Placed || len(r.Tables) == 0 {
+		return tracedRule{}, false
+	}
+	base, ok := hookChains[d.Gap.Hook]
+	if !ok {
+		return tracedRule{}, false
+	}
+	family := "ip"
+	if c.Client.Addr().Is6() {
+		family = "ip6"
+	}
+	p := x.packetOf(c, d)
+	for _, piece := range d.Gap.Pieces {
+		// "filter table (0)"; "DNAT (nat table)" is not one to follow.
+		name, _, _ := strings.Cut(piece, " (")
+		name, isTable := strings.CutSuffix(name, " table")
+		if !isTable {
+			continue
+		}
+		t := r.Table(family, name)
+		if t == nil {
+			continue
+		}
+		if v, ok := t.Trace(base, p); ok && (v.Target == "DROP" || v.Target == "REJECT") {
+			return tracedRule{t, v}, true
+		}
+	}
+	return tracedRule{}, false
+}
+
+// packetOf is drop d's packet as the hook saw it: after DNAT, before SNAT,
+// coming in on the drop's interface and going out where the node routes
+// its destination.
+func (x *Explainer) packetOf(c *flow.Conn, d *flow.Drop) kubeproxy.Packet {
+	src, dst := c.Client, c.VIP
+	if d.Endpoint.IsValid() {
+		dst = d.Endpoint
+	} else if c.Endpoint.IsValid() {
+		dst = c.Endpoint
+	}
+	if c.PacketDir(d.Packet) == flow.Reply {
+		src, dst = dst, c.Client
+	}
+	p := kubeproxy.Packet{Src: src.Addr(), Dst: dst.Addr(), Proto: c.Proto, Sport: src.Port(), Dport: dst.Port(), CTState: "ESTABLISHED"}
+	if !strings.HasPrefix(d.In, "ifindex ") {
+		p.In = d.In
+	}
+	if d.Gap.Hook == nf.LocalOut || d.Gap.Hook == nf.PostRouting {
+		p.In = ""
+	}
+	if x.in.Net != nil && d.Gap.Hook != nf.LocalIn && d.Gap.Hook != nf.PreRouting {
+		if rt, ok := x.in.Net.Route(dst.Addr()); ok && rt.Usable() {
+			p.Out = rt.Dev
+		}
+	}
+	switch {
+	case d.Invalid:
+		p.CTState = "INVALID"
+	case d.Packet == 1 || c.PacketName(d.Packet) == "SYN":
+		p.CTState = "NEW"
+	}
+	for _, s := range c.Steps {
+		if s.Packet == d.Packet && s.Kind == nf.KindHook && s.Hook == d.Gap.Hook {
+			p.Mark, p.MarkSet = s.Mark, true
+		}
+	}
+	return p
+}
