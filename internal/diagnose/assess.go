@@ -144,5 +144,5 @@ func netTargets(s *resolve.Service, local string) ([]netip.Addr, []node.Pod) {
 
 // Diagnosis is what the assessment shows before any packet.
 func (a *Assessment) Diagnosis() report.Diagnosis {
-	return report.Diagnosis{Service: a.Service.Summary(), Source: a.Source, Node: a.View.LocalNode, Proxy: a.Proxy, Findings: a.Findings}
+	return report.Diagnosis{Service: a.Service.Summary(), Source: a.Source, Node: a.View.LocalNode, Proxy: a.Proxy, Read: a.Node.Net.Read(), Findings: a.Findings}
 }

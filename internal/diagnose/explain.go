@@ -219,6 +219,14 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 		if b, ok := x.dropBlame(c, c.Drop, c.Endpoint, pod); ok {
 			return x.withFindings(b, c.Endpoint)
 		}
+		// Dropped on the node on its way to an endpoint the node cannot
+		// reach (no route, no ARP answer), with no reason given.
+		if d := c.Drop; d != nil && d.InNode && d.Endpoint.IsValid() && c.PacketDir(d.Packet) == flow.Original {
+			if f, ok := x.endpointFacts(c, pod, c.Endpoint.Port(), proto); ok && (f.code == report.NoRouteToEndpoint || f.code == report.EndpointUnanswered) {
+				f.text += fmt.Sprintf(" (the kernel dropped the %s %s)", c.PacketName(d.Packet), describe.In(*d))
+				return f
+			}
+		}
 		// kube-proxy's own drop ("has no local endpoints") is a symptom:
 		// blame what the Service's objects say. Someone else's rule is to
 		// blame itself.

@@ -231,3 +231,42 @@ func Merge(fs ...*Facts) *Facts {
 	}
 	return out
 }
+
+// Read says which facts were read: "routes to 2 endpoints, 1 neighbour
+// entry, 5 sysctls, the listening sockets of 1 Pod (sock_diag)"; "" for
+// nil facts.
+func (f *Facts) Read() string {
+	if f == nil {
+		return ""
+	}
+	var parts []string
+	if n := len(f.Routes); n > 0 {
+		parts = append(parts, fmt.Sprintf("routes to %d endpoint address%s (ip route get)", n, plural(n, "", "es")))
+	}
+	if n := len(f.Neighbours); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d neighbour entr%s", n, plural(n, "y", "ies")))
+	}
+	if n := len(f.Sysctls); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d sysctls", n))
+	}
+	read := 0
+	for _, l := range f.Listeners {
+		if l.Err == "" {
+			read++
+		}
+	}
+	if read > 0 {
+		parts = append(parts, fmt.Sprintf("the listening sockets of %d Pod%s (sock_diag)", read, plural(read, "", "s")))
+	}
+	if len(parts) == 0 {
+		return "none read"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}

@@ -213,6 +213,7 @@ func (p *JSON) Diagnosis(d report.Diagnosis) {
 		Source   string           `json:"source"`
 		Node     string           `json:"node,omitempty"`
 		Proxy    string           `json:"kube_proxy"`
+		Read     string           `json:"node_facts,omitempty"`
 		Findings []report.Finding `json:"findings"`
-	}{"diagnosis", d.Scenario, d.Service, d.Source, d.Node, d.Proxy, d.Findings})
+	}{"diagnosis", d.Scenario, d.Service, d.Source, d.Node, d.Proxy, d.Read, d.Findings})
 }

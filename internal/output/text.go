@@ -143,6 +143,9 @@ func (p *Text) Diagnosis(d report.Diagnosis) {
 		node = "unknown (no Node object matches this host; use --node)"
 	}
 	fmt.Fprintf(&b, "  objects: %s; node: %s\n  kube-proxy: %s\n", d.Source, node, d.Proxy)
+	if d.Read != "" {
+		fmt.Fprintf(&b, "  node facts: %s\n", d.Read)
+	}
 	for _, f := range d.Findings {
 		fmt.Fprintf(&b, "%s: %s\n", p.paint(marks[f.Severity].color, marks[f.Severity].text+" "+string(f.Code)), f.Summary)
 		for _, e := range f.Evidence {

@@ -44,6 +44,7 @@ type Diagnosis struct {
 	Source   string    // where the objects came from
 	Node     string    // this node's name, "" if unknown
 	Proxy    string    // kube-proxy's mode on this node and how it was read
+	Read     string    // which of the node's facts were read ("" : none)
 	Findings []Finding // most important first
 }
 
