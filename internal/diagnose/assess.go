@@ -35,7 +35,7 @@ type NodeFacts struct {
 	// until read. ReadNet, if set, reads it for the endpoints' addresses
 	// and this node's endpoint Pods.
 	Net     *node.Facts
-	ReadNet func(addrs []netip.Addr, pods []node.Pod) *node.Facts
+	ReadNet func(node.Want) *node.Facts
 }
 
 // ReadNode reads the node's facts from its network namespace ns: kube-proxy's
@@ -49,7 +49,7 @@ func ReadNode(ns nf.NetNS, local resolve.LocalNode, services ...string) NodeFact
 		facts.Net = &node.Facts{Unread: []string{"the node's routes, neighbours and the endpoint Pods' sockets: reading them needs root (run with sudo)"}}
 		return facts
 	}
-	facts.ReadNet = func(addrs []netip.Addr, pods []node.Pod) *node.Facts { return node.Read(ns, addrs, pods) }
+	facts.ReadNet = func(w node.Want) *node.Facts { return node.Read(ns, w) }
 	facts.Rules, facts.RulesErr = kubeproxy.Read(ns, services...)
 	facts.KubeProxy, facts.KubeProxyKnown = kubeproxy.KubeProxyPIDs(ns), true
 	facts.Conntrack, _ = conntrack.Read(ns)
@@ -114,13 +114,14 @@ func AssessView(view *resolve.View, node NodeFacts) *Assessment {
 		a.Proxy = "not read: " + node.RulesErr.Error()
 	}
 	a.Explainer = NewExplainer(in, a.Findings, a.NodeAddrs)
+	a.Explainer.Recheck = node.ReadNet
 	return a
 }
 
 // netTargets are what the node's network is read for: the addresses of
 // the Service's endpoints, and the endpoint Pods on this node (local)
 // whose sockets to read.
-func netTargets(s *resolve.Service, local string) ([]netip.Addr, []node.Pod) {
+func netTargets(s *resolve.Service, local string) node.Want {
 	var addrs []netip.Addr
 	var pods []node.Pod
 	for _, p := range s.Ports {
@@ -139,7 +140,7 @@ func netTargets(s *resolve.Service, local string) ([]netip.Addr, []node.Pod) {
 			}
 		}
 	}
-	return addrs, pods
+	return node.Want{Addrs: addrs, Pods: pods}
 }
 
 // Diagnosis is what the assessment shows before any packet.

@@ -32,10 +32,57 @@ func fromFinding(f *report.Finding) blamed {
 	return blamed{code: f.Code, text: f.Object + ": " + f.Summary, evidence: f.Evidence}
 }
 
+// maxRechecked bounds the addresses whose facts an Explainer reads again.
+const maxRechecked = 1024
+
+// AddFacts takes in facts read again (a recording's): they answer before
+// the diagnosis's.
+func (x *Explainer) AddFacts(f *node.Facts) { x.extra = node.Merge(f, x.extra) }
+
+// net are the node's facts about address a for fact kind f: read again
+// (Recheck) when the diagnosis did not read them, once per address.
+func (x *Explainer) net(f cause.Fact, a netip.Addr, dev string) *node.Facts {
+	net := node.Merge(x.extra, x.in.Net)
+	needs := f == cause.Route || f == cause.Neighbours || f == cause.RPFilter || f == cause.MTU
+	if !needs || x.Recheck == nil || x.rechecked[a] || len(x.rechecked) >= maxRechecked {
+		return net
+	}
+	if net != nil {
+		r, ok := net.Route(a)
+		_, hop := net.Neighbour(r.NextHop())
+		_, rp := net.Sysctl("net.ipv4.conf." + dev + ".rp_filter")
+		if ok && (f != cause.Neighbours || hop || r.Type != "unicast") && (f != cause.RPFilter || rp || dev == "") {
+			return net
+		}
+	}
+	if x.rechecked == nil {
+		x.rechecked = map[netip.Addr]bool{}
+	}
+	x.rechecked[a] = true
+	want := node.Want{Addrs: []netip.Addr{a}}
+	if dev != "" {
+		want.Devs = []string{dev}
+	}
+	got := x.Recheck(want)
+	if got == nil {
+		return net
+	}
+	x.AddFacts(got)
+	if x.Rechecked != nil {
+		x.Rechecked(got)
+	}
+	return node.Merge(x.extra, x.in.Net)
+}
+
 // facts quotes the node's facts of kind f about address a (where a packet
-// was going, or came from): what svctrace read, or what it would check.
-func (x *Explainer) facts(f cause.Fact, a netip.Addr) []string {
-	net := x.in.Net
+// was going, or came from; dev: the interface it came in on, if known):
+// what svctrace read, or what it would check.
+func (x *Explainer) facts(f cause.Fact, a netip.Addr, dev ...string) []string {
+	in := ""
+	if len(dev) > 0 && !strings.HasPrefix(dev[0], "ifindex ") {
+		in = dev[0]
+	}
+	net := x.net(f, a, in)
 	unread := func(what string) []string {
 		return []string{fmt.Sprintf("not read: %s; would check: %s", what, strings.ReplaceAll(f.Check(), "<address>", a.String()))}
 	}
@@ -68,7 +115,11 @@ func (x *Explainer) facts(f cause.Fact, a netip.Addr) []string {
 		}
 		var ev []string
 		for _, name := range sortedKeys(net.Sysctls) {
-			if (f == cause.RPFilter && strings.HasSuffix(name, ".rp_filter")) ||
+			dev, isDev := strings.CutSuffix(strings.TrimPrefix(name, "net.ipv4.conf."), ".rp_filter")
+			if f == cause.RPFilter && isDev && dev != "all" && dev != "default" && dev != in {
+				continue // another interface's
+			}
+			if (f == cause.RPFilter && isDev) ||
 				(f == cause.Forwarding && (strings.Contains(name, "forward") || strings.Contains(name, "bridge-nf"))) {
 				ev = append(ev, name+" = "+net.Sysctls[name])
 			}
@@ -134,7 +185,7 @@ func (x *Explainer) kernelDrop(c *flow.Conn, d *flow.Drop, to netip.AddrPort, wh
 	}
 	b := blamed{code: report.KernelDrop, class: r.Class, text: text}
 	if d.InNode || r.Confirm == cause.Sockets {
-		b.evidence = x.facts(r.Confirm, about)
+		b.evidence = x.facts(r.Confirm, about, d.In)
 	} else {
 		b.evidence = []string{fmt.Sprintf("outside the node's network namespace (net:[%d]): would check there: %s", d.NetNS, r.Confirm.Check())}
 	}
@@ -173,9 +224,12 @@ func (x *Explainer) refusal(c *flow.Conn, who string) blamed {
 // ARP answer, its Pod's listeners. false if they show nothing wrong, or
 // were not read.
 func (x *Explainer) endpointFacts(c *flow.Conn, who string, port uint16, proto nf.Proto) (blamed, bool) {
-	net := x.in.Net
 	a := c.Endpoint.Addr()
-	if net == nil || !a.IsValid() {
+	if !a.IsValid() {
+		return blamed{}, false
+	}
+	net := x.net(cause.Neighbours, a, "")
+	if net == nil {
 		return blamed{}, false
 	}
 	if r, ok := net.Route(a); ok && !r.Usable() {

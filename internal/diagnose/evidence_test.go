@@ -166,3 +166,49 @@ COMMIT
 		t.Errorf("from uplink0: rule %q", e.Rule)
 	}
 }
+
+// Facts the diagnosis did not read are read again once for the connection
+// that needs them, handed over for the recording, and taken back in by
+// analysis with the same explanation.
+func TestRecheckForTheConnection(t *testing.T) {
+	web := svc("web", "10.96.1.10", map[string]string{"app": "web"}, intstr.FromString("http"))
+	s := story{objs: resolve.Objects{Services: []corev1.Service{web}, Pods: []corev1.Pod{web1},
+		Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1)}, Nodes: []corev1.Node{nodeObj("node-1", "10.99.0.1")}}}
+	ep := netip.MustParseAddrPort("10.244.0.11:8080")
+	// Read at diagnosis: the route, and no neighbour entry yet.
+	s.net = &node.Facts{Routes: []node.Route{{To: ep.Addr(), Type: "unicast", Dev: "cbr0"}}}
+	in, fs := check(t, s)
+	postrouting := nf.GapAfter(nf.PostRouting, nf.StageNone)
+	for g := postrouting; g.Before != nf.StageNone; g = nf.GapAfter(nf.PostRouting, g.Before) {
+		postrouting = nf.GapAfter(nf.PostRouting, g.Before)
+	}
+	conn := &flow.Conn{Proto: nf.TCP, Client: netip.MustParseAddrPort("10.99.0.2:40000"), VIP: netip.MustParseAddrPort("10.96.1.10:80"),
+		Endpoint: ep, Verdict: flow.Dropped, Steps: []flow.Step{{Packet: 1, Kind: nf.KindHook, Flags: "SYN"}},
+		Drop: &flow.Drop{Packet: 1, InNode: true, Placed: true, Gap: postrouting, Reason: "NEIGH_FAILED", Location: "__neigh_event_send+0x1"}}
+	failed := &node.Facts{Routes: []node.Route{{To: ep.Addr(), Type: "unicast", Dev: "cbr0"}}, Neighbours: []node.Neighbour{{Addr: ep.Addr(), Dev: "cbr0", State: "FAILED"}}}
+	var asked, recorded int
+	x := NewExplainer(in, fs, nil)
+	x.Recheck = func(w node.Want) *node.Facts {
+		asked++
+		if len(w.Addrs) != 1 || w.Addrs[0] != ep.Addr() {
+			t.Errorf("read again for %v", w.Addrs)
+		}
+		return failed
+	}
+	x.Rechecked = func(*node.Facts) { recorded++ }
+	const want = "ip neigh: 10.244.0.11 dev cbr0 FAILED"
+	for range 2 {
+		if e := x.Explain(conn); !slices.Contains(e.Evidence, want) {
+			t.Errorf("evidence %q, want %q", e.Evidence, want)
+		}
+	}
+	if asked != 1 || recorded != 1 {
+		t.Errorf("read again %d times, recorded %d: want once", asked, recorded)
+	}
+	// Analysis: no node to read, the recorded facts instead.
+	replayed := NewExplainer(in, fs, nil)
+	replayed.AddFacts(failed)
+	if e := replayed.Explain(conn); !slices.Contains(e.Evidence, want) {
+		t.Errorf("replayed evidence %q", e.Evidence)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 )
@@ -27,6 +28,17 @@ type Explainer struct {
 	// not wait on the API server: a resolve.Namer's Name, or a
 	// resolve.Memo of saved objects.
 	Lookup func(netip.Addr) string
+	// Recheck, if set, reads the node's facts again for a connection
+	// whose explanation needs one the diagnosis did not read (the route
+	// back to a client, a neighbour entry the trace's own packets made);
+	// netlink in the node's namespace, quick. Rechecked, if set, is told
+	// what was read, for the recording; AddFacts takes it back in.
+	Recheck   func(node.Want) *node.Facts
+	Rechecked func(*node.Facts)
+	// extra are the facts read again, newest first; rechecked the
+	// addresses read again (each once, bounded).
+	extra     *node.Facts
+	rechecked map[netip.Addr]bool
 	// sticky are the endpoints explained connections of a Service port
 	// with session affinity went to, by client: kube-proxy's memory as it
 	// grew since its rules were read.

@@ -26,20 +26,33 @@ type Pod struct {
 // MaxPods bounds the Pods whose sockets one Read looks at.
 const MaxPods = 32
 
+// Want is what Read reads.
+type Want struct {
+	// Addrs: the routes to these (the endpoints, a client) and the
+	// neighbour entries of their next hops.
+	Addrs []netip.Addr
+	// Pods: the listening sockets of these endpoint Pods.
+	Pods []Pod
+	// Devs: the rp_filter of these interfaces too (where a packet came in).
+	Devs []string
+}
+
 // Read reads the node's facts in its network namespace ns: the routes to
-// addrs (the endpoints, the clients) and the neighbour entries of their
-// next hops, the interfaces, the sysctls that decide forwarding, and the
-// listening sockets of pods, each found as --from pod/NAME finds it (the
-// namespace of a process of this node that holds the Pod's address).
-func Read(ns nf.NetNS, addrs []netip.Addr, pods []Pod) *Facts {
+// the addresses wanted and the neighbour entries of their next hops, the
+// interfaces, the sysctls that decide forwarding and reverse-path
+// filtering, and the listening sockets of the Pods wanted, each found as
+// --from pod/NAME finds it (the namespace of a process of this node that
+// holds the Pod's address).
+func Read(ns nf.NetNS, want Want) *Facts {
 	f := &Facts{Sysctls: map[string]string{}, Links: map[string]Link{}}
+	pods := want.Pods
 	err := nf.InNetNS(ns, func() error {
 		f.readLinks()
-		for _, a := range addrs {
+		for _, a := range want.Addrs {
 			f.readRoute(a)
 		}
 		f.readNeighbours()
-		f.readSysctls()
+		f.readSysctls(want.Devs)
 		return nil
 	})
 	if err != nil {
@@ -179,8 +192,11 @@ var sysctls = []string{
 	"net.netfilter.nf_conntrack_tcp_be_liberal", "net.netfilter.nf_conntrack_tcp_loose",
 }
 
-func (f *Facts) readSysctls() {
+func (f *Facts) readSysctls(devs []string) {
 	names := slices.Clone(sysctls)
+	for _, d := range devs {
+		names = append(names, "net.ipv4.conf."+d+".rp_filter")
+	}
 	for _, r := range f.Routes {
 		if r.Dev != "" && r.To.Is4() {
 			names = append(names, "net.ipv4.conf."+r.Dev+".rp_filter")

@@ -63,7 +63,8 @@ func TestRead(t *testing.T) {
 	})
 	time.Sleep(100 * time.Millisecond)
 
-	f := node.Read(n.Node, []netip.Addr{podIP, nobody, far}, []node.Pod{{Name: "shop/p", Addr: podIP}, {Name: "shop/gone", Addr: netip.MustParseAddr("10.250.0.77")}})
+	f := node.Read(n.Node, node.Want{Addrs: []netip.Addr{podIP, nobody, far}, Devs: []string{"client0"},
+		Pods: []node.Pod{{Name: "shop/p", Addr: podIP}, {Name: "shop/gone", Addr: netip.MustParseAddr("10.250.0.77")}}})
 	if len(f.Unread) > 0 {
 		t.Errorf("unread: %q", f.Unread)
 	}
@@ -78,6 +79,9 @@ func TestRead(t *testing.T) {
 	}
 	if v, ok := f.Sysctl("net.ipv4.ip_forward"); v != "1" || !ok {
 		t.Errorf("ip_forward %q", v)
+	}
+	if v, ok := f.Sysctl("net.ipv4.conf.client0.rp_filter"); !ok || v == "" {
+		t.Errorf("client0's rp_filter not read: %v", f.Sysctls)
 	}
 	if v, ok := f.Sysctl("net.ipv4.conf.cbr0.rp_filter"); !ok || v == "" {
 		t.Errorf("cbr0's rp_filter not read: %v", f.Sysctls)

@@ -55,6 +55,7 @@ const (
 	TypeRules     Type = 3  // kube-proxy's rules and processes on the node (JSON Rules), with every view
 	TypeName      Type = 7  // an address named by a lookup (JSON Name)
 	TypeLab       Type = 8  // svctrace lab's scenarios, clients and objects (JSON, the lab's own)
+	TypeFacts     Type = 9  // node facts read again for a connection's explanation (JSON node.Facts)
 	TypeConntrack Type = 4  // conntrack entries of the traced addresses (JSON []Conntrack)
 	TypeServices  Type = 5  // the addresses the node should translate (JSON []nf.Target)
 	TypeIfName    Type = 6  // an interface of the node (JSON IfName)
@@ -72,7 +73,7 @@ func (t Type) String() string {
 	return fmt.Sprintf("type %d", uint8(t))
 }
 
-var typeNames = map[Type]string{TypeMeta: "meta", TypeView: "view", TypeRules: "rules", TypeName: "name", TypeLab: "lab", TypeConntrack: "conntrack",
+var typeNames = map[Type]string{TypeMeta: "meta", TypeView: "view", TypeRules: "rules", TypeName: "name", TypeLab: "lab", TypeFacts: "facts", TypeConntrack: "conntrack",
 	TypeServices: "services", TypeIfName: "interface", TypeEvent: "event", TypeTick: "tick", TypeLost: "lost",
 	TypeFlush: "flush", TypeEnd: "end"}
 

@@ -12,6 +12,7 @@ import (
 	"os"
 
 	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/resolve"
 )
 
@@ -25,6 +26,7 @@ type Entry struct {
 	Lost      uint64
 	View      *resolve.View
 	Name      Name
+	Facts     *node.Facts
 	Lab       json.RawMessage
 	Rules     Rules
 	Conntrack []Conntrack
@@ -287,6 +289,11 @@ func decode(t Type, p []byte) (e Entry, known bool, err error) {
 		}
 	case TypeName:
 		err = json.Unmarshal(p, &e.Name)
+	case TypeFacts:
+		err = json.Unmarshal(p, &e.Facts)
+		if err == nil && e.Facts == nil {
+			err = errors.New("no facts")
+		}
 	case TypeLab:
 		if !json.Valid(p) {
 			err = errors.New("not JSON")

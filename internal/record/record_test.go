@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/node"
 )
 
 type buffer struct{ bytes.Buffer }
@@ -419,5 +420,25 @@ func TestReadFileNamesThePath(t *testing.T) {
 	os.WriteFile(p, []byte("hello"), 0o644)
 	if _, err := ReadFile(p); err == nil || !strings.HasPrefix(err.Error(), p+": byte 0: not an svctrace recording") {
 		t.Errorf("%v", err)
+	}
+}
+
+// Facts read again for a connection come back as they were written.
+func TestFactsRoundTrip(t *testing.T) {
+	var b buffer
+	w := newWriter(&b, "", "", 0)
+	w.Begin(meta)
+	f := &node.Facts{Neighbours: []node.Neighbour{{Addr: netip.MustParseAddr("10.244.0.99"), Dev: "cbr0", State: "FAILED"}}}
+	w.Facts(f)
+	if err := w.Close(End{}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := Parse(b.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.Entries) != 1 || rec.Entries[0].Type != TypeFacts || rec.Entries[0].Facts == nil ||
+		len(rec.Entries[0].Facts.Neighbours) != 1 || rec.Entries[0].Facts.Neighbours[0] != f.Neighbours[0] {
+		t.Errorf("entries %+v", rec.Entries)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/resolve"
 )
 
@@ -226,6 +227,7 @@ func (w *Writer) stopLocked(why string) {
 
 func (w *Writer) View(v *resolve.View)          { w.addJSON(TypeView, v) }
 func (w *Writer) Name(n Name)                   { w.addJSON(TypeName, n) }
+func (w *Writer) Facts(f *node.Facts)           { w.addJSON(TypeFacts, f) }
 func (w *Writer) Rules(r Rules)                 { w.addJSON(TypeRules, r) }
 func (w *Writer) Conntrack(entries []Conntrack) { w.addJSON(TypeConntrack, entries) }
 func (w *Writer) Services(targets []nf.Target)  { w.addJSON(TypeServices, targets) }

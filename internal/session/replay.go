@@ -86,6 +86,10 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			view = e.View
 		case record.TypeName:
 			names[e.Name.Addr] = e.Name.Name
+		case record.TypeFacts:
+			if cur != nil {
+				cur.Explainer.AddFacts(e.Facts)
+			}
 		case record.TypeRules:
 			if view == nil {
 				break
@@ -156,7 +160,7 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			}
 			// The names the live run learned as it reported this
 			// connection follow the input that completed it.
-			for i < len(rec.Entries) && rec.Entries[i].Type == record.TypeName {
+			for i < len(rec.Entries) && (rec.Entries[i].Type == record.TypeName || rec.Entries[i].Type == record.TypeFacts) {
 				apply(&rec.Entries[i])
 				i++
 			}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/probe"
 	"github.com/svctrace/svctrace/internal/record"
@@ -108,6 +109,13 @@ func Serve(ctx context.Context, s Service) error {
 			st.services[nf.Target{Addr: ad.Addr, Proto: ad.Port.Protocol}] = true
 		}
 		a.Explainer.Lookup = lookup
+		// Facts read again for a connection go into the recording where
+		// its report used them, as names do.
+		a.Explainer.Rechecked = func(f *node.Facts) {
+			if recording.Load() {
+				w.Facts(f)
+			}
+		}
 		return st, nil
 	}
 	st, err := gather(ctx)
