@@ -76,6 +76,7 @@ type story struct {
 	severity report.Severity
 	evidence string // must appear in the first finding's summary or evidence
 	net      *node.Facts
+	tables   string // iptables-save output of the node's other rules
 }
 
 var (
@@ -189,6 +190,14 @@ func nodeStories(nodes []corev1.Node) []story {
 			objs: resolve.Objects{Services: []corev1.Service{web}, Pods: []corev1.Pod{slow}, Slices: []discoveryv1.EndpointSlice{handMade}, Nodes: nodes}},
 		{name: "address-of-no-pod", want: "endpoint-not-a-pod", severity: report.Problem, evidence: "no Pod has status.podIP 10.244.0.99",
 			objs: resolve.Objects{Services: []corev1.Service{svc("manual", "10.96.1.80", nil, intstr.FromInt32(8080))}, Slices: []discoveryv1.EndpointSlice{orphan}, Nodes: nodes}},
+		{name: "a rule drops the endpoint", want: "rule-drops-endpoint", severity: report.Problem, objs: objs,
+			evidence: `a rule, not kube-proxy's, drops new connections to the endpoint 10.244.0.11:8080 forwarded by this node: table ip filter (iptables-nft), chain NP, rule 1`,
+			tables: "*filter\n:FORWARD ACCEPT [0:0]\n:NP - [0:0]\n-A FORWARD -j NP\n-A NP -d 10.244.0.11/32 -p tcp -m tcp --dport 8080 -j DROP\nCOMMIT\n"},
+		{name: "a rule drops the endpoint from some sources", want: "rule-drops-endpoint", severity: report.Warning, objs: objs,
+			evidence: "not evaluated, assumed not to match (it may have decided instead): chain NP, rule 1 (-s 10.99.0.0/24",
+			tables: "*filter\n:FORWARD ACCEPT [0:0]\n:NP - [0:0]\n-A FORWARD -j NP\n-A NP -s 10.99.0.0/24 -j ACCEPT\n-A NP -d 10.244.0.11/32 -j DROP\nCOMMIT\n"},
+		{name: "a rule drops another port", want: "healthy", severity: report.OK, objs: objs,
+			tables: "*filter\n:FORWARD ACCEPT [0:0]\n:NP - [0:0]\n-A FORWARD -j NP\n-A NP -d 10.244.0.11/32 -p tcp -m tcp --dport 9090 -j DROP\nCOMMIT\n"},
 		{name: "named-port-differs", want: "named-port-differs", severity: report.Warning, evidence: "http = 8081 in web-2",
 			objs: resolve.Objects{Services: []corev1.Service{web}, Pods: []corev1.Pod{web1, other}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1)}, Nodes: nodes}},
 	}
@@ -225,6 +234,9 @@ func check(t *testing.T, s story) (Input, []report.Finding) {
 	}
 	if s.noProxy {
 		in.KubeProxy = nil
+	}
+	if s.tables != "" {
+		in.Rules.Tables = kubeproxy.ParseTables("ip", "iptables-nft", s.tables)
 	}
 	return in, Check(in)
 }

@@ -28,6 +28,7 @@ func (c *checker) endpoints() {
 			seen[e.Addr] = true
 			c.conditions(p, e)
 			c.holder(p, e)
+			c.ruleDrops(p, e)
 			if c.Net != nil {
 				c.path(p, e)
 			}

@@ -7,6 +7,8 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
 	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/report"
+	"github.com/svctrace/svctrace/internal/resolve"
 )
 
 // hookChains are iptables' built-in chains by hook.
@@ -122,4 +124,50 @@ func (x *Explainer) packetOf(c *flow.Conn, d *flow.Drop) kubeproxy.Packet {
 		}
 	}
 	return p
+}
+
+// ruleDrops: a rule (not kube-proxy's) in the filter table that drops new
+// connections to the endpoint, whatever their source: the packet a client
+// elsewhere would send, followed from FORWARD. Unknown fields (the source,
+// the interface it comes in on, marks) make rules that test them unsure.
+func (c *checker) ruleDrops(p *resolve.Port, e resolve.Endpoint) {
+	if c.Rules == nil {
+		return
+	}
+	family := "ip"
+	if e.Addr.Addr().Is6() {
+		family = "ip6"
+	}
+	t := c.Rules.Table(family, "filter")
+	if t == nil {
+		return
+	}
+	pkt := kubeproxy.Packet{Dst: e.Addr.Addr(), Dport: e.Addr.Port(), Proto: p.Protocol, CTState: "NEW"}
+	if c.Net != nil {
+		if r, ok := c.Net.Route(e.Addr.Addr()); ok && r.Usable() {
+			pkt.Out = r.Dev
+		}
+	}
+	v, ok := t.Trace("FORWARD", pkt)
+	if !ok || (v.Target != "DROP" && v.Target != "REJECT") || strings.HasPrefix(v.Chain, "KUBE-") {
+		return
+	}
+	tr := tracedRule{t, v}
+	f := report.Finding{Severity: report.Problem, Code: report.RuleDropsEndpoint, Object: endpointObject(e), Port: p.String(), Endpoint: e.Addr.String(),
+		Summary: fmt.Sprintf("a rule, not kube-proxy's, %ss new connections to the endpoint %s forwarded by this node: %s",
+			strings.ToLower(v.Target), e.Addr, tr.where()),
+		Evidence: tr.evidence(),
+		Next:     []string{"look for the NetworkPolicy or firewall that wrote it: " + backendSave(t.Backend) + " -t " + t.Name + " | grep -n -- '-A " + v.Chain + " '"}}
+	if len(v.Unsure) > 0 {
+		f.Severity = report.Warning
+		f.Summary += " (unless a rule svctrace could not evaluate decides first)"
+	}
+	c.add(f)
+}
+
+func backendSave(backend string) string {
+	if backend == "iptables-legacy" {
+		return "iptables-legacy-save"
+	}
+	return "iptables-save"
 }

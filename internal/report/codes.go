@@ -45,6 +45,7 @@ const (
 	ListensElsewhere   Code = "listens-elsewhere"    // it listens on the port, but on another address (loopback)
 	BacklogFull        Code = "backlog-full"         // its listener's accept queue is full
 	ForwardingOff      Code = "forwarding-off"       // net.ipv4.ip_forward is 0
+	RuleDropsEndpoint  Code = "rule-drops-endpoint"  // a rule not kube-proxy's drops new connections to an endpoint
 	NodeFactsUnread    Code = "node-facts-unread"    // some of the node's facts could not be read
 	// Nothing wrong.
 	Healthy Code = "healthy"
@@ -79,5 +80,5 @@ var Codes = []Code{
 	ManualEndpoints, Headless, ExternalName, IPVS, RulesetUnreadable, Healthy,
 	NodePortAddresses, SessionAffinity, ConntrackFull, ConntrackStale, ConntrackUnlisted,
 	EndpointConditions, EndpointNotAPod, NamedPortDiffers, NoRouteToEndpoint, EndpointUnanswered,
-	NotListening, ListensElsewhere, BacklogFull, ForwardingOff, NodeFactsUnread,
+	NotListening, ListensElsewhere, BacklogFull, ForwardingOff, NodeFactsUnread, RuleDropsEndpoint,
 }

@@ -40,7 +40,7 @@ func evidenceStories(mode cluster.Mode) []*story {
 		// drops the Pod's ingress (with iptables-nft beside kube-proxy's
 		// nftables table in nftables mode): svctrace follows the jump to
 		// the rule and quotes it.
-		{name: "rule-in-a-user-chain", expect: flow.Dropped, droppedIn: nf.Forward, finding: "healthy",
+		{name: "rule-in-a-user-chain", expect: flow.Dropped, droppedIn: nf.Forward, finding: "rule-drops-endpoint", summary: "chain E2E-POLICY, rule 1",
 			svc:  service("fenced", "10.96.2.60", map[string]string{"app": "fenced"}, byName),
 			pods: []cluster.PodSpec{pod(shop, "fenced-1", "fenced", lab.ModeHTTP, true)},
 			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
