@@ -138,7 +138,7 @@ var drops = map[string]DropReason{
 	"PSP_OUTPUT":  {Class: XFRM, Cause: "PSP encryption: a packet to send failed its policy", Confirm: Policy},
 
 	// Queueing disciplines.
-	"QDISC_DROP":        {Class: Qdisc, Cause: "a queueing discipline dropped it (its queue was full)", Confirm: Qdiscs},
+	"QDISC_DROP":        {Class: Qdisc, Cause: "a queueing discipline dropped it (its queue was full, or it drops by design: a limit, a loss)", Confirm: Qdiscs},
 	"QDISC_OVERLIMIT":   {Class: Qdisc, Cause: "a queueing discipline's limit was exceeded", Confirm: Qdiscs},
 	"QDISC_CONGESTED":   {Class: Qdisc, Cause: "a queueing discipline dropped it for congestion (AQM)", Confirm: Qdiscs},
 	"CAKE_FLOOD":        {Class: Qdisc, Cause: "the CAKE qdisc's flood protection", Confirm: Qdiscs},

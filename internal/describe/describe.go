@@ -107,9 +107,12 @@ func In(d flow.Drop) string {
 	}
 	// Past the last hook the packet crossed, the kernel's reason places
 	// the drop better than the gap after the last observer.
-	if r, ok := cause.Drop(d.Reason); ok && d.Gap.Hook == nf.PostRouting && d.Gap.Before == nf.StageNone {
-		if where, ok := pastNetfilter[r.Class]; ok {
+	if r, ok := cause.Drop(d.Reason); ok && d.Gap.Before == nf.StageNone {
+		switch where, past := pastNetfilter[r.Class]; {
+		case d.Gap.Hook == nf.PostRouting && past:
 			return "after POSTROUTING, " + where
+		case d.Gap.Hook == nf.PreRouting && (r.Class == cause.Routing || r.Class == cause.XFRM):
+			return "after PREROUTING, in routing and forwarding's checks (before FORWARD or INPUT)"
 		}
 	}
 	return "in " + d.Gap.String()

@@ -43,7 +43,7 @@ func (x *Explainer) AddFacts(f *node.Facts) { x.extra = node.Merge(f, x.extra) }
 // (Recheck) when the diagnosis did not read them, once per address.
 func (x *Explainer) net(f cause.Fact, a netip.Addr, dev string) *node.Facts {
 	net := node.Merge(x.extra, x.in.Net)
-	needs := f == cause.Route || f == cause.Neighbours || f == cause.RPFilter || f == cause.MTU
+	needs := f == cause.Route || f == cause.Neighbours || f == cause.RPFilter || f == cause.MTU || f == cause.Qdiscs || f == cause.Policy
 	if !needs || x.Recheck == nil || x.rechecked[a] || len(x.rechecked) >= maxRechecked {
 		return net
 	}
@@ -51,7 +51,10 @@ func (x *Explainer) net(f cause.Fact, a netip.Addr, dev string) *node.Facts {
 		r, ok := net.Route(a)
 		_, hop := net.Neighbour(r.NextHop())
 		_, rp := net.Sysctl("net.ipv4.conf." + dev + ".rp_filter")
-		if ok && (f != cause.Neighbours || hop || r.Type != "unicast") && (f != cause.RPFilter || rp || dev == "") {
+		// A qdisc's drop count or a policy is read again for the
+		// connection; a route the diagnosis read serves as it is.
+		fresh := f == cause.Qdiscs || f == cause.Policy
+		if ok && !fresh && (f != cause.Neighbours || hop || r.Type != "unicast") && (f != cause.RPFilter || rp || dev == "") {
 			return net
 		}
 	}
@@ -107,6 +110,37 @@ func (x *Explainer) facts(f cause.Fact, a netip.Addr, dev ...string) []string {
 		}
 		if l, ok := net.Links[r.Dev]; ok && f == cause.MTU {
 			ev = append(ev, fmt.Sprintf("%s: mtu %d", r.Dev, l.MTU))
+		}
+		return ev
+	case cause.Qdiscs:
+		if net == nil {
+			return unread("the node's qdiscs")
+		}
+		r, ok := net.Route(a)
+		if !ok {
+			return unread("the route to " + a.String())
+		}
+		ev := []string{"ip route get " + a.String() + ": " + routeSays(r)}
+		for _, d := range []string{r.Dev, r.Port} {
+			qs := net.QdiscsOn(d)
+			for _, q := range qs {
+				ev = append(ev, q.String())
+			}
+			if d != "" && len(qs) == 0 {
+				ev = append(ev, "no qdisc read on "+d)
+			}
+		}
+		return ev
+	case cause.Policy:
+		if net == nil {
+			return unread("the node's xfrm policies")
+		}
+		var ev []string
+		for _, p := range net.PoliciesFor(a) {
+			ev = append(ev, p.String())
+		}
+		if len(ev) == 0 {
+			ev = append(ev, "no xfrm policy svctrace read covers "+a.String())
 		}
 		return ev
 	case cause.RPFilter, cause.Forwarding:

@@ -26,6 +26,12 @@ type Facts struct {
 	Sysctls map[string]string `json:"sysctls,omitempty"`
 	// Links are the node's interfaces by name: their MTU and state.
 	Links map[string]Link `json:"links,omitempty"`
+	// Qdiscs are the queueing disciplines of the interfaces the routes
+	// leave by.
+	Qdiscs []Qdisc `json:"qdiscs,omitempty"`
+	// Policies are the xfrm (IPsec) policies whose selector covers an
+	// address asked about.
+	Policies []Policy `json:"xfrm_policies,omitempty"`
 	// Listeners are the sockets the endpoint Pods on this node listen
 	// on, one entry per Pod address asked about.
 	Listeners []Listeners `json:"listeners,omitempty"`
@@ -40,8 +46,11 @@ type Route struct {
 	// Type is the route's type: "unicast", "local", "unreachable",
 	// "blackhole", "prohibit", "throw"; "" when the kernel found none
 	// (Err says what it answered).
-	Type string     `json:"type,omitempty"`
-	Dev  string     `json:"dev,omitempty"`
+	Type string `json:"type,omitempty"`
+	Dev  string `json:"dev,omitempty"`
+	// Port: when Dev is a bridge, the bridge port its forwarding table
+	// sends the next hop's MAC address to.
+	Port string     `json:"port,omitempty"`
 	Via  netip.Addr `json:"via,omitzero"`
 	Src  netip.Addr `json:"src,omitzero"`
 	Err  string     `json:"error,omitempty"`
@@ -82,6 +91,9 @@ func (r Route) String() string {
 	if r.Src.IsValid() {
 		b.WriteString(" src " + r.Src.String())
 	}
+	if r.Port != "" {
+		b.WriteString(" (bridge port " + r.Port + ")")
+	}
 	return b.String()
 }
 
@@ -107,6 +119,60 @@ func (n Neighbour) String() string {
 		s += " lladdr " + n.MAC
 	}
 	return s + " " + n.State
+}
+
+// Qdisc is one queueing discipline, as tc -s qdisc shows it.
+type Qdisc struct {
+	Dev     string `json:"dev"`
+	Kind    string `json:"kind"`             // "netem", "fq_codel", "noqueue", …
+	Root    bool   `json:"root,omitempty"`   // attached at the root (egress)
+	Detail  string `json:"detail,omitempty"` // what makes it drop: "loss 100%", "limit 1000"
+	Dropped uint32 `json:"dropped,omitempty"`
+}
+
+func (q Qdisc) String() string {
+	s := fmt.Sprintf("tc qdisc on %s: %s", q.Dev, q.Kind)
+	if q.Root {
+		s += " root"
+	}
+	if q.Detail != "" {
+		s += " " + q.Detail
+	}
+	return s + fmt.Sprintf(" (dropped %d)", q.Dropped)
+}
+
+// Policy is one xfrm policy.
+type Policy struct {
+	Src    netip.Prefix `json:"src"`
+	Dst    netip.Prefix `json:"dst"`
+	Dir    string       `json:"dir"`    // "in", "out", "fwd"
+	Action string       `json:"action"` // "allow", "block"
+}
+
+func (p Policy) String() string {
+	return fmt.Sprintf("ip xfrm policy: src %s dst %s dir %s action %s", p.Src, p.Dst, p.Dir, p.Action)
+}
+
+// QdiscsOn are the qdiscs of interface dev.
+func (f *Facts) QdiscsOn(dev string) []Qdisc {
+	var out []Qdisc
+	for _, q := range f.Qdiscs {
+		if q.Dev == dev {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+// PoliciesFor are the xfrm policies whose source or destination covers a.
+func (f *Facts) PoliciesFor(a netip.Addr) []Policy {
+	var out []Policy
+	for _, p := range f.Policies {
+		if p.Dst.Contains(a) || p.Src.Contains(a) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // Link is one interface of the node.
@@ -215,6 +281,20 @@ func Merge(fs ...*Facts) *Facts {
 		for _, l := range f.Listeners {
 			if _, ok := out.ListenersOf(l.Addr); !ok {
 				out.Listeners = append(out.Listeners, l)
+			}
+		}
+		had := map[string]bool{} // an interface's qdiscs come from one read
+		for _, q := range out.Qdiscs {
+			had[q.Dev] = true
+		}
+		for _, q := range f.Qdiscs {
+			if !had[q.Dev] {
+				out.Qdiscs = append(out.Qdiscs, q)
+			}
+		}
+		for _, p := range f.Policies {
+			if !slices.Contains(out.Policies, p) {
+				out.Policies = append(out.Policies, p)
 			}
 		}
 		for k, v := range f.Sysctls {

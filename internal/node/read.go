@@ -52,7 +52,10 @@ func Read(ns nf.NetNS, want Want) *Facts {
 			f.readRoute(a)
 		}
 		f.readNeighbours()
+		f.readBridgePorts()
 		f.readSysctls(want.Devs)
+		f.readQdiscs()
+		f.readPolicies(want.Addrs)
 		return nil
 	})
 	if err != nil {
@@ -256,4 +259,98 @@ func sockAddr(family uint8, ip net.IP, port uint16) netip.AddrPort {
 		a = a.Unmap()
 	}
 	return netip.AddrPortFrom(a, port)
+}
+
+// readBridgePorts finds, for routes into a bridge, the port the bridge
+// sends the next hop to: the forwarding entry of its MAC address.
+func (f *Facts) readBridgePorts() {
+	fdb, err := netlink.NeighList(0, unix.AF_BRIDGE)
+	if err != nil {
+		return
+	}
+	for i, r := range f.Routes {
+		n, ok := f.Neighbour(r.NextHop())
+		if !ok || n.MAC == "" || r.Dev == "" {
+			continue
+		}
+		br, err := netlink.LinkByName(r.Dev)
+		if err != nil || br.Type() != "bridge" {
+			continue
+		}
+		for _, e := range fdb {
+			if e.HardwareAddr.String() != n.MAC || e.Flags&netlink.NTF_SELF != 0 {
+				continue
+			}
+			if l, err := netlink.LinkByIndex(e.LinkIndex); err == nil && l.Attrs().MasterIndex == br.Attrs().Index {
+				f.Routes[i].Port = l.Attrs().Name
+				break
+			}
+		}
+	}
+}
+
+// readQdiscs reads the qdiscs of the devices the routes leave by (and of
+// the bridge ports they go on through).
+func (f *Facts) readQdiscs() {
+	var devs []string
+	for _, r := range f.Routes {
+		for _, d := range []string{r.Dev, r.Port} {
+			if d != "" && !slices.Contains(devs, d) {
+				devs = append(devs, d)
+			}
+		}
+	}
+	for _, d := range devs {
+		l, err := netlink.LinkByName(d)
+		if err != nil {
+			continue
+		}
+		qs, err := netlink.QdiscList(l)
+		if err != nil {
+			f.Unread = append(f.Unread, "the qdiscs of "+d+": "+err.Error())
+			continue
+		}
+		for _, q := range qs {
+			a := q.Attrs()
+			e := Qdisc{Dev: d, Kind: q.Type(), Root: a.Parent == netlink.HANDLE_ROOT}
+			if a.Statistics != nil && a.Statistics.Queue != nil {
+				e.Dropped = a.Statistics.Queue.Drops
+			}
+			switch q := q.(type) {
+			case *netlink.Netem:
+				if q.Loss > 0 {
+					e.Detail = fmt.Sprintf("loss %.4g%%", float64(q.Loss)*100/float64(^uint32(0)))
+				}
+			case *netlink.Tbf:
+				e.Detail = fmt.Sprintf("rate %dbit limit %d", q.Rate*8, q.Limit)
+			}
+			f.Qdiscs = append(f.Qdiscs, e)
+		}
+	}
+}
+
+// readPolicies reads the xfrm policies that cover the addresses.
+func (f *Facts) readPolicies(addrs []netip.Addr) {
+	ps, err := netlink.XfrmPolicyList(netlink.FAMILY_ALL)
+	if err != nil {
+		return // no xfrm in this kernel: nothing to read
+	}
+	for _, p := range ps {
+		e := Policy{Src: prefix(p.Src), Dst: prefix(p.Dst), Dir: strings.TrimPrefix(p.Dir.String(), "dir "), Action: "allow"}
+		if p.Action == netlink.XFRM_POLICY_BLOCK {
+			e.Action = "block"
+		}
+		if slices.ContainsFunc(addrs, func(a netip.Addr) bool { return e.Src.Contains(a) || e.Dst.Contains(a) }) {
+			f.Policies = append(f.Policies, e)
+		}
+	}
+}
+
+func prefix(n *net.IPNet) netip.Prefix {
+	if n == nil {
+		return netip.Prefix{}
+	}
+	a, _ := netip.AddrFromSlice(n.IP)
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones)
 }

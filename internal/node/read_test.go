@@ -52,9 +52,36 @@ func TestRead(t *testing.T) {
 	if _, err := topo.Run(n.Node, "", "ip", "route", "add", "unreachable", "10.250.9.0/24"); err != nil {
 		t.Fatal(err)
 	}
+	// A lossy qdisc on the Pod's link, and an IPsec policy blocking
+	// what the node forwards to an address.
+	if _, err := topo.Run(n.Node, "", "tc", "qdisc", "add", "dev", "veth1", "root", "pfifo", "limit", "0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := topo.Run(n.Node, "", "ip", "xfrm", "policy", "add", "dst", "10.250.0.11/32", "dir", "fwd", "action", "block"); err != nil {
+		t.Fatal(err)
+	}
 	// Ask the bridge's link for an address nobody holds.
 	nf.InNetNS(n.Node, func() error {
 		c, err := net.Dial("udp", netip.AddrPortFrom(nobody, 9).String())
+		if err == nil {
+			c.Write([]byte("x"))
+			c.Close()
+		}
+		return err
+	})
+	// And the Pod, whose packets the lossy qdisc drops: its MAC is in the
+	// bridge's forwarding table from its own packets, the node's
+	// neighbour table has it from the node's.
+	nf.InNetNS(pod, func() error {
+		c, err := net.Dial("udp", "10.250.0.1:9")
+		if err == nil {
+			c.Write([]byte("x"))
+			c.Close()
+		}
+		return err
+	})
+	nf.InNetNS(n.Node, func() error {
+		c, err := net.Dial("udp", netip.AddrPortFrom(podIP, 9).String())
 		if err == nil {
 			c.Write([]byte("x"))
 			c.Close()
@@ -68,7 +95,7 @@ func TestRead(t *testing.T) {
 	if len(f.Unread) > 0 {
 		t.Errorf("unread: %q", f.Unread)
 	}
-	if r, ok := f.Route(podIP); !ok || !r.Usable() || r.Dev != topo.BridgeName || r.String() != "10.250.0.11 dev cbr0 src 10.250.0.1" {
+	if r, ok := f.Route(podIP); !ok || !r.Usable() || r.Dev != topo.BridgeName || r.String() != "10.250.0.11 dev cbr0 src 10.250.0.1 (bridge port veth1)" {
 		t.Errorf("route to the Pod: %+v (%s)", r, r)
 	}
 	if r, ok := f.Route(far); !ok || r.Usable() || r.Type != "unreachable" {
@@ -88,6 +115,15 @@ func TestRead(t *testing.T) {
 	}
 	if l := f.Links[topo.BridgeName]; l.MTU != 1500 {
 		t.Errorf("cbr0: %+v", l)
+	}
+	if r, _ := f.Route(podIP); r.Port != "veth1" {
+		t.Errorf("the bridge port to the Pod: %+v", r)
+	}
+	if qs := f.QdiscsOn("veth1"); len(qs) != 1 || qs[0].Kind != "pfifo" || !qs[0].Root || qs[0].Dropped == 0 {
+		t.Errorf("qdiscs of veth1: %+v", qs)
+	}
+	if ps := f.PoliciesFor(podIP); len(ps) != 1 || ps[0].String() != "ip xfrm policy: src 0.0.0.0/0 dst 10.250.0.11/32 dir fwd action block" {
+		t.Errorf("xfrm policies for the Pod: %+v", ps)
 	}
 	l, ok := f.ListenersOf(podIP)
 	want := node.Socket{Proto: nf.TCP, Local: netip.MustParseAddrPort("0.0.0.0:8080"), Queue: 2, Backlog: 1}

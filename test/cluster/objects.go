@@ -29,7 +29,10 @@ type Pod struct {
 	IP6             netip.Addr // invalid on other nodes
 	HostIP          netip.Addr // its node's address
 	NS              nf.NetNS
-	server          *lab.Server
+	// Veth is its link's end on the node, a port of the node's bridge
+	// ("" on other nodes).
+	Veth   string
+	server *lab.Server
 }
 
 // PodSpec describes a pod to add.
@@ -73,6 +76,7 @@ func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (*Pod, error) {
 	c.mu.Lock()
 	c.pods = append(c.pods, p)
 	c.mu.Unlock()
+	p.Veth = fmt.Sprintf("veth%d", n) // as AttachPod names it
 	if err := c.net().AttachPod(p.NS, n, p.IP, p.IP6); err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -97,6 +98,12 @@ type story struct {
 	// node); noPod: the endpoint is an address no Pod holds.
 	endpointNode string
 	noPod        bool
+	// source, if set, is the client's source address for the story's
+	// request (a second address of the client).
+	source func(c *cluster.Cluster) netip.Addr
+	// afterDNAT: a Dropped story's packet dies after kube-proxy's DNAT to
+	// a ready endpoint (a rule, a qdisc, a policy on the way to the Pod).
+	afterDNAT bool
 	// handMade are the endpoints of the story's hand-made EndpointSlice,
 	// set by its setup: kube-proxy's DNAT goes there.
 	handMade []netip.AddrPort
@@ -358,6 +365,17 @@ func (s *story) get(ctx context.Context, c *cluster.Cluster, addr netip.AddrPort
 		lab.HTTPGet(ctx, s.from.NS, addr, "/", timeout)
 		return
 	}
+	if s.source != nil {
+		nf.InNetNS(c.ClientNS, func() error {
+			d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: s.source(c).AsSlice()}}
+			conn, err := d.DialContext(ctx, "tcp", addr.String())
+			if err == nil {
+				conn.Close()
+			}
+			return err
+		})
+		return
+	}
 	c.Get(ctx, addr, "/", timeout)
 }
 
@@ -529,7 +547,7 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 			eps := ready[s]
 			// kube-proxy DNATs to a ready endpoint: the bridge drops a
 			// hairpin after that.
-			translated := (s.expect != flow.Dropped && s.expect != flow.NotTranslated && !s.untranslated) || s.hairpin || s.forget
+			translated := (s.expect != flow.Dropped && s.expect != flow.NotTranslated && !s.untranslated) || s.hairpin || s.forget || s.afterDNAT
 			if translated && len(eps) > 0 && !slices.Contains(eps, conn.Endpoint) {
 				t.Errorf("DNAT to %s, not one of the ready endpoints %v", conn.Endpoint, eps)
 			}
@@ -551,7 +569,7 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 				if d := conn.Drop; d == nil || !d.Placed || d.Gap.Hook != nf.PreRouting || !strings.HasPrefix(d.Location, "br_") {
 					t.Errorf("packet %+v, want dropped by the bridge in PREROUTING", d)
 				}
-			case s.rejected || s.expect == flow.Dropped:
+			case s.rejected || (s.expect == flow.Dropped && s.droppedIn != 0):
 				if d := conn.Drop; d == nil || !d.Placed || d.Gap.Hook != hook || d.Gap.What() != "filter table (0)" {
 					t.Errorf("packet %+v, want dropped in %s's filter stage", d, hook)
 				}

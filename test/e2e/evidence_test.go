@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"net"
 	"net/netip"
+	"time"
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
@@ -40,7 +42,7 @@ func evidenceStories(mode cluster.Mode) []*story {
 		// drops the Pod's ingress (with iptables-nft beside kube-proxy's
 		// nftables table in nftables mode): svctrace follows the jump to
 		// the rule and quotes it.
-		{name: "rule-in-a-user-chain", expect: flow.Dropped, droppedIn: nf.Forward, finding: "rule-drops-endpoint", summary: "chain E2E-POLICY, rule 1",
+		{name: "rule-in-a-user-chain", expect: flow.Dropped, droppedIn: nf.Forward, afterDNAT: true, finding: "rule-drops-endpoint", summary: "chain E2E-POLICY, rule 1",
 			svc:  service("fenced", "10.96.2.60", map[string]string{"app": "fenced"}, byName),
 			pods: []cluster.PodSpec{pod(shop, "fenced-1", "fenced", lab.ModeHTTP, true)},
 			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
@@ -55,6 +57,61 @@ func evidenceStories(mode cluster.Mode) []*story {
 			rule:  "in table ip filter (" + iptables + "), chain E2E-POLICY, rule 1: -d 10.244.",
 			cause: report.RuleDrop, evidence: `the rule's comment: "shop/deny-fenced"`,
 			blame: "a rule in table ip filter (" + iptables + "), chain E2E-POLICY, rule 1: -d 10.244."},
+		// The Pod's bridge port has a qdisc that queues nothing (pfifo
+		// limit 0): the SYN is dropped there, after POSTROUTING
+		// (QDISC_DROP), and the blame quotes the qdisc and its drops.
+		{name: "qdisc-drops", expect: flow.Dropped, afterDNAT: true, finding: "healthy",
+			svc:  service("queued", "10.96.2.70", map[string]string{"app": "queued"}, byName),
+			pods: []cluster.PodSpec{pod(shop, "queued-1", "queued", lab.ModeHTTP, true)},
+			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
+				// The node learns the Pod's MAC first: past the qdisc its
+				// ARP requests would be dropped too (NEIGH_FAILED).
+				if err := nf.InNetNS(c.Node, func() error {
+					u, err := net.Dial("udp", netip.AddrPortFrom(pods[0].IP, 9).String())
+					if err == nil {
+						u.Write([]byte("x"))
+						u.Close()
+					}
+					return err
+				}); err != nil {
+					return err
+				}
+				time.Sleep(200 * time.Millisecond)
+				_, err := c.Exec("tc", "qdisc", "add", "dev", pods[0].Veth, "root", "pfifo", "limit", "0")
+				return err
+			},
+			cause: report.KernelDrop, evidence: " root (dropped ",
+			blame: "Pod shop/queued-1 on node-1: the kernel dropped the client's SYN to it after POSTROUTING, in the egress queueing discipline: a queueing discipline dropped it"},
+		// An IPsec policy blocks what the node forwards to the Pod: the
+		// SYN is dropped between routing and FORWARD (XFRM_POLICY).
+		{name: "xfrm-policy-blocks", expect: flow.Dropped, afterDNAT: true, finding: "healthy",
+			svc:  service("sealed", "10.96.2.80", map[string]string{"app": "sealed"}, byName),
+			pods: []cluster.PodSpec{pod(shop, "sealed-1", "sealed", lab.ModeHTTP, true)},
+			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
+				_, err := c.Exec("ip", "xfrm", "policy", "add", "dst", pods[0].IP.String()+"/32", "dir", "fwd", "action", "block")
+				return err
+			},
+			cause: report.KernelDrop, evidence: "dir fwd action block",
+			blame: "Pod shop/sealed-1 on node-1: the kernel dropped the client's SYN to it after PREROUTING, in routing and forwarding's checks (before FORWARD or INPUT): an xfrm (IPsec) policy refused it"},
+		// The client sends from a second address the node routes back
+		// out another interface (uplink0), and client0 filters reverse
+		// paths strictly: routing drops the DNAT'ed SYN (IP_RPFILTER).
+		{name: "rp-filter", expect: flow.Dropped, afterDNAT: true, finding: "healthy",
+			svc:    service("rpf", "10.96.2.90", map[string]string{"app": "rpf"}, byName),
+			pods:   []cluster.PodSpec{pod(shop, "rpf-1", "rpf", lab.ModeHTTP, true)},
+			source: secondClientAddr,
+			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
+				src := secondClientAddr(c).String()
+				if _, err := topo.Run(c.ClientNS, "", "ip", "addr", "add", src+"/24", "dev", "eth0"); err != nil {
+					return err
+				}
+				if _, err := c.Exec("ip", "route", "add", src+"/32", "dev", "uplink0"); err != nil {
+					return err
+				}
+				return topo.Sysctl(c.Node, "net.ipv4.conf.client0.rp_filter", "1")
+			},
+			cause: report.KernelDrop, evidence: "the route back: ip route get 10.99.",
+			blame: "Pod shop/rpf-1 on node-1: the kernel dropped the client's SYN to it after PREROUTING, in routing and forwarding's checks (before FORWARD or INPUT): reverse-path filter"},
 		// The node has an unreachable route to node-3's Pods: routing
 		// drops the DNAT'ed SYN and the node answers ICMP
 		// host-unreachable. The kernel gives no specific reason there
@@ -123,5 +180,12 @@ func onNode(p cluster.PodSpec, node string) cluster.PodSpec {
 func ghostAddr(c *cluster.Cluster) netip.Addr {
 	a := c.PodRange("").Addr().As4()
 	a[3] = ghost
+	return netip.AddrFrom4(a)
+}
+
+// secondClientAddr is an address the rp-filter story adds to the client.
+func secondClientAddr(c *cluster.Cluster) netip.Addr {
+	a := c.ClientIP.As4()
+	a[3] = 3
 	return netip.AddrFrom4(a)
 }
