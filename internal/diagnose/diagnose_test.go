@@ -182,7 +182,7 @@ func nodeStories(nodes []corev1.Node) []story {
 			objs: objs, net: &node.Facts{Routes: []node.Route{toPod}, Neighbours: []node.Neighbour{{Addr: pod1, Dev: "cbr0", State: "FAILED"}}}},
 		{name: "forwarding-off", want: "forwarding-off", severity: report.Problem, evidence: "net.ipv4.ip_forward = 0",
 			objs: objs, net: &node.Facts{Routes: []node.Route{toPod}, Sysctls: map[string]string{"net.ipv4.ip_forward": "0"}}},
-		{name: "sockets-unread", want: "node-facts-unread", severity: report.Info, evidence: "the sockets of shop/web-1 (10.244.0.11): no network namespace",
+		{name: "sockets-unread", want: "node-facts-unread", severity: report.Info, evidence: "svctrace did not check not-listening, listens-elsewhere, backlog-full",
 			objs: objs, net: &node.Facts{Routes: []node.Route{toPod}, Listeners: []node.Listeners{{Pod: "shop/web-1", Addr: pod1, Err: "no network namespace on this node holds 10.244.0.11"}}}},
 		{name: "ready-but-not-serving", want: "endpoint-conditions", severity: report.Problem, evidence: "ready=true serving=false",
 			objs: resolve.Objects{Services: []corev1.Service{web}, Pods: []corev1.Pod{web1}, Slices: []discoveryv1.EndpointSlice{notServing}, Nodes: nodes}},

@@ -229,23 +229,66 @@ func (c *checker) forwarding() {
 		Next:     []string{"sysctl -w net.ipv4.ip_forward=1 (kubelet and the CNI expect it on)"}})
 }
 
-// unread says which of the node's facts could not be read, and what
-// svctrace would have checked with them.
+// factCauses are the causes check evaluates from the node's facts, with
+// the facts each needs: what it could not check when a fact was not read.
+var factCauses = []struct {
+	code  report.Code
+	needs []cause.Fact
+}{
+	{report.NoRouteToEndpoint, []cause.Fact{cause.Route}},
+	{report.EndpointUnanswered, []cause.Fact{cause.Route, cause.Neighbours}},
+	{report.NotListening, []cause.Fact{cause.Sockets}},
+	{report.ListensElsewhere, []cause.Fact{cause.Sockets}},
+	{report.BacklogFull, []cause.Fact{cause.Sockets}},
+	{report.ForwardingOff, []cause.Fact{cause.Forwarding}},
+	{report.RuleDropsEndpoint, []cause.Fact{cause.Rules}},
+}
+
+// unread says which of the node's facts could not be read, which causes
+// svctrace therefore did not check, and how to check them.
 func (c *checker) unread() {
 	var ev []string
-	ev = append(ev, c.Net.Unread...)
+	missing := map[cause.Fact]bool{}
+	if len(c.Net.Unread) > 0 {
+		ev = append(ev, c.Net.Unread...)
+		if len(c.Net.Routes) == 0 {
+			missing[cause.Route], missing[cause.Neighbours], missing[cause.Forwarding] = true, true, true
+		}
+	}
 	for _, l := range c.Net.Listeners {
 		if l.Err != "" {
 			ev = append(ev, fmt.Sprintf("the sockets of %s (%s): %s", l.Pod, l.Addr, l.Err))
+			missing[cause.Sockets] = true
 		}
+	}
+	if slices.ContainsFunc(c.Net.Unread, func(u string) bool { return strings.Contains(u, "sockets") }) {
+		missing[cause.Sockets] = true
+	}
+	if c.Rules == nil || len(c.Rules.Tables) == 0 {
+		missing[cause.Rules] = true
 	}
 	if len(ev) == 0 {
 		return
 	}
+	var notChecked []string
+	var next []string
+	for _, fc := range factCauses {
+		for _, f := range fc.needs {
+			if missing[f] {
+				notChecked = append(notChecked, string(fc.code))
+				if check := f.Check(); !slices.Contains(next, check) {
+					next = append(next, check)
+				}
+				break
+			}
+		}
+	}
+	summary := "some of the node's facts could not be read"
+	if len(notChecked) > 0 {
+		summary += ": svctrace did not check " + strings.Join(notChecked, ", ")
+	}
 	c.add(report.Finding{Severity: report.Info, Code: report.NodeFactsUnread, Object: "node " + c.nodeName(),
-		Summary:  "some of the node's facts could not be read: svctrace did not check whether the endpoints' Pods listen where the Service sends, or what is not read below",
-		Evidence: ev,
-		Next:     []string{cause.Sockets.Check(), cause.Route.Check(), cause.Neighbours.Check()}})
+		Summary: summary, Evidence: ev, Next: next})
 }
 
 // namedPorts: a targetPort by name that resolves to different numbers in
