@@ -121,7 +121,7 @@ func (x *Explainer) facts(f cause.Fact, a netip.Addr, dev ...string) []string {
 			return unread("the route to " + a.String())
 		}
 		ev := []string{"ip route get " + a.String() + ": " + routeSays(r)}
-		for _, d := range []string{r.Dev, r.Port} {
+		for _, d := range net.Toward(a) {
 			qs := net.QdiscsOn(d)
 			for _, q := range qs {
 				ev = append(ev, q.String())
@@ -218,7 +218,15 @@ func (x *Explainer) kernelDrop(c *flow.Conn, d *flow.Drop, to netip.AddrPort, wh
 		text = fmt.Sprintf("%s: the kernel dropped %s to it %s: %s (%s at %s)", who, describe.Whose(c, d.Packet), place, r.Cause, d.Reason, d.Location)
 	}
 	b := blamed{code: report.KernelDrop, class: r.Class, text: text}
-	if d.InNode || r.Confirm == cause.Sockets {
+	if r.Confirm == cause.Policy && d.InNode {
+		// xfrm looks policies up by the addresses before NAT
+		// (nf_nat_decode_session): the Service address, then the
+		// endpoint's.
+		b.evidence = x.facts(r.Confirm, c.VIP.Addr())
+		if to.IsValid() && to.Addr() != c.VIP.Addr() {
+			b.evidence = append(b.evidence, x.facts(r.Confirm, to.Addr())...)
+		}
+	} else if d.InNode || r.Confirm == cause.Sockets {
 		b.evidence = x.facts(r.Confirm, about, d.In)
 	} else {
 		b.evidence = []string{fmt.Sprintf("outside the node's network namespace (net:[%d]): would check there: %s", d.NetNS, r.Confirm.Check())}

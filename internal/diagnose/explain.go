@@ -272,7 +272,7 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 		b := blamed{code: report.Refused, class: cause.Socket,
 			text: fmt.Sprintf("%s (%s): nothing listens on port %d", pod, e.Endpoint, c.Endpoint.Port())}
 		ev := x.facts(cause.Sockets, c.Endpoint.Addr())
-		code, says := listenerSays(x.in.Net, c.Endpoint, proto)
+		code, says := listenerSays(x.net(cause.Sockets, c.Endpoint.Addr(), ""), c.Endpoint, proto)
 		if code != "" {
 			b.code = code
 		}

@@ -132,6 +132,9 @@ func (c *checker) path(p *resolve.Port, e resolve.Endpoint) {
 		c.add(f)
 		return
 	}
+	if ok && r.Type == "unicast" && c.qdiscDrops(p, e, obj) {
+		return
+	}
 	if ok && r.Type == "unicast" {
 		if n, found := c.Net.Neighbour(r.NextHop()); found && !n.Answered() {
 			f := report.Finding{Severity: report.Problem, Code: report.EndpointUnanswered, Object: obj, Port: p.String(), Endpoint: e.Addr.String(),
@@ -147,6 +150,38 @@ func (c *checker) path(p *resolve.Port, e resolve.Endpoint) {
 		return
 	}
 	c.listening(p, e, l)
+}
+
+// qdiscDrops: a qdisc on the way to the endpoint has dropped packets. A
+// problem when the endpoint's neighbour entry failed too (the qdisc
+// swallowed the node's ARP requests), else a warning: drop counts add up
+// since the qdisc was made.
+func (c *checker) qdiscDrops(p *resolve.Port, e resolve.Endpoint, obj string) bool {
+	a := e.Addr.Addr()
+	var ev []string
+	for _, d := range c.Net.Toward(a) {
+		for _, q := range c.Net.QdiscsOn(d) {
+			if q.Dropped > 0 {
+				ev = append(ev, q.String())
+			}
+		}
+	}
+	if len(ev) == 0 {
+		return false
+	}
+	f := report.Finding{Severity: report.Warning, Code: report.QdiscDrops, Object: obj, Port: p.String(), Endpoint: e.Addr.String(),
+		Summary:  fmt.Sprintf("a queueing discipline on the way to the endpoint %s has dropped packets", a),
+		Evidence: ev,
+		Next:     []string{"tc -s qdisc show dev " + strings.Join(c.Net.Toward(a), "; tc -s qdisc show dev ")}}
+	if r, ok := c.Net.Route(a); ok {
+		if n, found := c.Net.Neighbour(r.NextHop()); found && !n.Answered() {
+			f.Severity = report.Problem
+			f.Summary += ", and nothing answered the node's ARP/NDP for it: the qdisc drops what the node sends there, ARP included"
+			f.Evidence = append(f.Evidence, "ip neigh: "+n.String())
+		}
+	}
+	c.add(f)
+	return true
 }
 
 func routeSays(r node.Route) string {

@@ -185,6 +185,10 @@ type Link struct {
 type Listeners struct {
 	Pod  string     `json:"pod"` // "shop/web-1"
 	Addr netip.Addr `json:"addr"`
+	// Link is the node's end of the Pod's link (its veth peer), where
+	// what the node sends the Pod is queued; "" if not found.
+	Link string `json:"link,omitempty"`
+	peer int    // Link's index in the node's namespace, while reading
 	// Sockets are its listening TCP sockets and bound UDP sockets; nil
 	// with Err set when its namespace could not be read.
 	Sockets []Socket `json:"sockets,omitempty"`
@@ -349,4 +353,23 @@ func plural(n int, one, many string) string {
 		return one
 	}
 	return many
+}
+
+// Toward are the interfaces a packet to a leaves the node by: the route's
+// device, the bridge port behind it, the node's end of the Pod's link.
+func (f *Facts) Toward(a netip.Addr) []string {
+	var devs []string
+	add := func(d string) {
+		if d != "" && !slices.Contains(devs, d) {
+			devs = append(devs, d)
+		}
+	}
+	if r, ok := f.Route(a); ok {
+		add(r.Dev)
+		add(r.Port)
+	}
+	if l, ok := f.ListenersOf(a); ok {
+		add(l.Link)
+	}
+	return devs
 }

@@ -68,6 +68,24 @@ func Read(ns nf.NetNS, want Want) *Facts {
 	for _, p := range pods {
 		f.Listeners = append(f.Listeners, listeners(ns, p))
 	}
+	// The node's ends of the Pods' links, and their qdiscs.
+	var peers = map[int]int{} // listener → peer ifindex in the node
+	for i, l := range f.Listeners {
+		if l.peer > 0 {
+			peers[i] = l.peer
+		}
+	}
+	if len(peers) > 0 {
+		nf.InNetNS(ns, func() error {
+			for i, idx := range peers {
+				if l, err := netlink.LinkByIndex(idx); err == nil {
+					f.Listeners[i].Link = l.Attrs().Name
+					f.readQdiscsOf(l.Attrs().Name)
+				}
+			}
+			return nil
+		})
+	}
 	return f
 }
 
@@ -225,6 +243,7 @@ func listeners(node nf.NetNS, p Pod) Listeners {
 		return l
 	}
 	err = nf.InNetNS(ns, func() error {
+		l.peer = peerOf(p.Addr)
 		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
 			tcp, err := netlink.SocketDiagTCP(family)
 			if err != nil {
@@ -292,40 +311,44 @@ func (f *Facts) readBridgePorts() {
 // readQdiscs reads the qdiscs of the devices the routes leave by (and of
 // the bridge ports they go on through).
 func (f *Facts) readQdiscs() {
-	var devs []string
 	for _, r := range f.Routes {
 		for _, d := range []string{r.Dev, r.Port} {
-			if d != "" && !slices.Contains(devs, d) {
-				devs = append(devs, d)
+			if d != "" {
+				f.readQdiscsOf(d)
 			}
 		}
 	}
-	for _, d := range devs {
-		l, err := netlink.LinkByName(d)
-		if err != nil {
-			continue
+}
+
+// readQdiscsOf reads the qdiscs of interface d, once.
+func (f *Facts) readQdiscsOf(d string) {
+	if slices.ContainsFunc(f.Qdiscs, func(q Qdisc) bool { return q.Dev == d }) {
+		return
+	}
+	l, err := netlink.LinkByName(d)
+	if err != nil {
+		return
+	}
+	qs, err := netlink.QdiscList(l)
+	if err != nil {
+		f.Unread = append(f.Unread, "the qdiscs of "+d+": "+err.Error())
+		return
+	}
+	for _, q := range qs {
+		a := q.Attrs()
+		e := Qdisc{Dev: d, Kind: q.Type(), Root: a.Parent == netlink.HANDLE_ROOT}
+		if a.Statistics != nil && a.Statistics.Queue != nil {
+			e.Dropped = a.Statistics.Queue.Drops
 		}
-		qs, err := netlink.QdiscList(l)
-		if err != nil {
-			f.Unread = append(f.Unread, "the qdiscs of "+d+": "+err.Error())
-			continue
-		}
-		for _, q := range qs {
-			a := q.Attrs()
-			e := Qdisc{Dev: d, Kind: q.Type(), Root: a.Parent == netlink.HANDLE_ROOT}
-			if a.Statistics != nil && a.Statistics.Queue != nil {
-				e.Dropped = a.Statistics.Queue.Drops
+		switch q := q.(type) {
+		case *netlink.Netem:
+			if q.Loss > 0 {
+				e.Detail = fmt.Sprintf("loss %.4g%%", float64(q.Loss)*100/float64(^uint32(0)))
 			}
-			switch q := q.(type) {
-			case *netlink.Netem:
-				if q.Loss > 0 {
-					e.Detail = fmt.Sprintf("loss %.4g%%", float64(q.Loss)*100/float64(^uint32(0)))
-				}
-			case *netlink.Tbf:
-				e.Detail = fmt.Sprintf("rate %dbit limit %d", q.Rate*8, q.Limit)
-			}
-			f.Qdiscs = append(f.Qdiscs, e)
+		case *netlink.Tbf:
+			e.Detail = fmt.Sprintf("rate %dbit limit %d", q.Rate*8, q.Limit)
 		}
+		f.Qdiscs = append(f.Qdiscs, e)
 	}
 }
 
@@ -353,4 +376,25 @@ func prefix(n *net.IPNet) netip.Prefix {
 	a, _ := netip.AddrFromSlice(n.IP)
 	ones, _ := n.Mask.Size()
 	return netip.PrefixFrom(a.Unmap(), ones)
+}
+
+// peerOf is the index, in the namespace at its other end, of the veth
+// peer of the interface that holds a here; 0 if none.
+func peerOf(a netip.Addr) int {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return 0
+	}
+	for _, ad := range addrs {
+		if got, ok := netip.AddrFromSlice(ad.IP); !ok || got.Unmap() != a {
+			continue
+		}
+		l, err := netlink.LinkByIndex(ad.LinkIndex)
+		if v, ok := l.(*netlink.Veth); err == nil && ok {
+			if idx, err := netlink.VethPeerIndex(v); err == nil {
+				return idx
+			}
+		}
+	}
+	return 0
 }

@@ -133,6 +133,9 @@ func TestRead(t *testing.T) {
 	if !want.Takes(nf.TCP, netip.AddrPortFrom(podIP, 8080)) || want.Takes(nf.TCP, netip.AddrPortFrom(podIP, 9090)) || want.Takes(nf.UDP, netip.AddrPortFrom(podIP, 8080)) {
 		t.Error("Takes")
 	}
+	if l.Link != "veth1" || !slices.Equal(f.Toward(podIP), []string{"cbr0", "veth1"}) {
+		t.Errorf("the node's end of the Pod's link %q, interfaces toward it %q", l.Link, f.Toward(podIP))
+	}
 	if l, _ := f.ListenersOf(netip.MustParseAddr("10.250.0.77")); l.Err == "" || l.Sockets != nil {
 		t.Errorf("a Pod with no namespace here: %+v", l)
 	}

@@ -46,6 +46,7 @@ const (
 	BacklogFull        Code = "backlog-full"         // its listener's accept queue is full
 	ForwardingOff      Code = "forwarding-off"       // net.ipv4.ip_forward is 0
 	RuleDropsEndpoint  Code = "rule-drops-endpoint"  // a rule not kube-proxy's drops new connections to an endpoint
+	QdiscDrops         Code = "qdisc-drops"          // a qdisc on the way to an endpoint has dropped packets
 	NodeFactsUnread    Code = "node-facts-unread"    // some of the node's facts could not be read
 	// Nothing wrong.
 	Healthy Code = "healthy"
@@ -81,4 +82,5 @@ var Codes = []Code{
 	NodePortAddresses, SessionAffinity, ConntrackFull, ConntrackStale, ConntrackUnlisted,
 	EndpointConditions, EndpointNotAPod, NamedPortDiffers, NoRouteToEndpoint, EndpointUnanswered,
 	NotListening, ListensElsewhere, BacklogFull, ForwardingOff, NodeFactsUnread, RuleDropsEndpoint,
+	QdiscDrops,
 }

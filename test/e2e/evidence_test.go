@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"time"
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
@@ -60,38 +59,43 @@ func evidenceStories(mode cluster.Mode) []*story {
 		// The Pod's bridge port has a qdisc that queues nothing (pfifo
 		// limit 0): the SYN is dropped there, after POSTROUTING
 		// (QDISC_DROP), and the blame quotes the qdisc and its drops.
-		{name: "qdisc-drops", expect: flow.Dropped, afterDNAT: true, finding: "healthy",
+		{name: "qdisc-drops", expect: flow.Dropped, afterDNAT: true, finding: "qdisc-drops", summary: "on the way to the endpoint 10.244.",
 			svc:  service("queued", "10.96.2.70", map[string]string{"app": "queued"}, byName),
 			pods: []cluster.PodSpec{pod(shop, "queued-1", "queued", lab.ModeHTTP, true)},
 			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
-				// The node learns the Pod's MAC first: past the qdisc its
+				// The node knows the Pod's MAC for good: past the qdisc its
 				// ARP requests would be dropped too (NEIGH_FAILED).
-				if err := nf.InNetNS(c.Node, func() error {
-					u, err := net.Dial("udp", netip.AddrPortFrom(pods[0].IP, 9).String())
+				var mac net.HardwareAddr
+				if err := nf.InNetNS(pods[0].NS, func() error {
+					l, err := net.InterfaceByName("eth0")
 					if err == nil {
-						u.Write([]byte("x"))
-						u.Close()
+						mac = l.HardwareAddr
 					}
 					return err
 				}); err != nil {
 					return err
 				}
-				time.Sleep(200 * time.Millisecond)
+				if _, err := topo.Neighbour(c.Node, topo.BridgeName, pods[0].IP, mac); err != nil {
+					return err
+				}
 				_, err := c.Exec("tc", "qdisc", "add", "dev", pods[0].Veth, "root", "pfifo", "limit", "0")
 				return err
 			},
 			cause: report.KernelDrop, evidence: " root (dropped ",
 			blame: "Pod shop/queued-1 on node-1: the kernel dropped the client's SYN to it after POSTROUTING, in the egress queueing discipline: a queueing discipline dropped it"},
-		// An IPsec policy blocks what the node forwards to the Pod: the
-		// SYN is dropped between routing and FORWARD (XFRM_POLICY).
+		// An IPsec policy blocks what the node forwards to the Service:
+		// the SYN is dropped between routing and FORWARD (XFRM_POLICY).
+		// xfrm matches a DNAT'ed packet by its addresses before NAT
+		// (nf_nat_decode_session): a policy on the Pod's address would not
+		// apply, one on the ClusterIP does.
 		{name: "xfrm-policy-blocks", expect: flow.Dropped, afterDNAT: true, finding: "healthy",
 			svc:  service("sealed", "10.96.2.80", map[string]string{"app": "sealed"}, byName),
 			pods: []cluster.PodSpec{pod(shop, "sealed-1", "sealed", lab.ModeHTTP, true)},
 			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
-				_, err := c.Exec("ip", "xfrm", "policy", "add", "dst", pods[0].IP.String()+"/32", "dir", "fwd", "action", "block")
+				_, err := c.Exec("ip", "xfrm", "policy", "add", "dst", s.svc.Spec.ClusterIP+"/32", "dir", "fwd", "action", "block")
 				return err
 			},
-			cause: report.KernelDrop, evidence: "dir fwd action block",
+			cause: report.KernelDrop, evidence: "dst 10.96.2.80/32 dir fwd action block",
 			blame: "Pod shop/sealed-1 on node-1: the kernel dropped the client's SYN to it after PREROUTING, in routing and forwarding's checks (before FORWARD or INPUT): an xfrm (IPsec) policy refused it"},
 		// The client sends from a second address the node routes back
 		// out another interface (uplink0), and client0 filters reverse
