@@ -18,7 +18,8 @@ import (
 // netfilter, bridge and veth are modules: NAT and filtering through both
 // iptables backends, and every match and target of the lab's
 // kube-proxy-shaped rules; br_netfilter, as Kubernetes nodes with a
-// bridge load it (the lab's hairpin scenario needs it). Dependencies come
+// bridge load it (the lab's hairpin scenario needs it); the socket
+// diagnostics svctrace reads Pods' listeners with. Dependencies come
 // along.
 var wantedModules = []string{
 	"veth", "bridge", "br_netfilter",
@@ -28,6 +29,9 @@ var wantedModules = []string{
 	"xt_tcpudp", "ipt_REJECT",
 	// The lab's node is dual-stack.
 	"ip6_tables", "ip6table_nat", "ip6table_filter", "ip6t_REJECT", "nft_reject_ipv6",
+	// sock_diag for TCP and UDP: svctrace reads the lab's Pods'
+	// listening sockets.
+	"tcp_diag", "udp_diag",
 }
 
 // optionalModules are loaded where they are modules: nft_counter (every
