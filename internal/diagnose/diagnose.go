@@ -78,6 +78,7 @@ func Check(in Input) []report.Finding {
 	// Notes on how the Service is reached come after the verdict on it.
 	c.nodePortAddrs()
 	c.affinity()
+	c.workloads()
 	return c.out
 }
 

@@ -271,6 +271,23 @@ func TestStories(t *testing.T) {
 	}
 }
 
+// A selector that matches two workloads' Pods says so after the verdict,
+// naming each Deployment.
+func TestSelectorSpansWorkloads(t *testing.T) {
+	yes := true
+	a, b := web1, web2
+	a.Labels = map[string]string{"app": "web", "pod-template-hash": "6c8f9d"}
+	a.OwnerReferences = []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "web-6c8f9d", Controller: &yes}}
+	b.OwnerReferences = []metav1.OwnerReference{{Kind: "StatefulSet", Name: "cache", Controller: &yes}}
+	objs := resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.10", map[string]string{"app": "web"}, intstr.FromString("http"))},
+		Pods: []corev1.Pod{a, b}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, a, b)}, Nodes: []corev1.Node{nodeObj("node-1", "10.99.0.1")}}
+	_, fs := check(t, story{objs: objs})
+	if len(fs) < 2 || fs[0].Code != report.Healthy || fs[len(fs)-1].Code != report.SelectorSpansWorkloads ||
+		!slices.Equal(fs[len(fs)-1].Evidence, []string{"Deployment web: 1 Pod(s)", "StatefulSet cache: 1 Pod(s)"}) {
+		t.Errorf("findings %+v", fs)
+	}
+}
+
 // The namespace story names the namespace where the Pods are.
 func TestPodsInOtherNamespace(t *testing.T) {
 	for _, s := range stories() {

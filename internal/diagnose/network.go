@@ -377,3 +377,48 @@ func joinInts(ns []int32) string {
 	}
 	return strings.Join(s, " or ")
 }
+
+// workloads: the selector matches Pods of more than one controller (a
+// selector broader than its author meant: another Deployment's Pods, a
+// canary, a Job), each of which becomes an endpoint.
+func (c *checker) workloads() {
+	if len(c.svc.Selector) == 0 || len(c.View.Pods) < 2 {
+		return
+	}
+	count := map[string]int{}
+	var owners []string
+	for _, p := range c.View.Pods {
+		o := ownerOf(&p)
+		if count[o] == 0 {
+			owners = append(owners, o)
+		}
+		count[o]++
+	}
+	if len(owners) < 2 {
+		return
+	}
+	f := report.Finding{Severity: report.Info, Code: report.SelectorSpansWorkloads, Object: c.object,
+		Summary: fmt.Sprintf("the selector %s matches the Pods of %d workloads: each of their Pods is an endpoint, whatever it serves",
+			selectorString(c.svc.Selector), len(owners)),
+		Next: []string{fmt.Sprintf("kubectl get pods -n %s -l %s -L app.kubernetes.io/name,app -o wide", c.ns, selectorString(c.svc.Selector))}}
+	for _, o := range owners {
+		f.Evidence = append(f.Evidence, fmt.Sprintf("%s: %d Pod(s)", o, count[o]))
+	}
+	c.add(f)
+}
+
+// ownerOf names a Pod's controller: "Deployment web" for a ReplicaSet
+// web-6c8f9d (its pod-template-hash stripped), "StatefulSet db", or "no
+// controller" for a bare Pod.
+func ownerOf(p *corev1.Pod) string {
+	for _, o := range p.OwnerReferences {
+		if o.Controller == nil || !*o.Controller {
+			continue
+		}
+		if h := p.Labels["pod-template-hash"]; o.Kind == "ReplicaSet" && h != "" && strings.HasSuffix(o.Name, "-"+h) {
+			return "Deployment " + strings.TrimSuffix(o.Name, "-"+h)
+		}
+		return o.Kind + " " + o.Name
+	}
+	return "no controller"
+}

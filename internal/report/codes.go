@@ -47,7 +47,9 @@ const (
 	ForwardingOff      Code = "forwarding-off"       // net.ipv4.ip_forward is 0
 	RuleDropsEndpoint  Code = "rule-drops-endpoint"  // a rule not kube-proxy's drops new connections to an endpoint
 	QdiscDrops         Code = "qdisc-drops"          // a qdisc on the way to an endpoint has dropped packets
-	NodeFactsUnread    Code = "node-facts-unread"    // some of the node's facts could not be read
+	// The selector's reach.
+	SelectorSpansWorkloads Code = "selector-spans-workloads" // the selector matches the Pods of several controllers
+	NodeFactsUnread        Code = "node-facts-unread"        // some of the node's facts could not be read
 	// Nothing wrong.
 	Healthy Code = "healthy"
 )
@@ -82,5 +84,5 @@ var Codes = []Code{
 	NodePortAddresses, SessionAffinity, ConntrackFull, ConntrackStale, ConntrackUnlisted,
 	EndpointConditions, EndpointNotAPod, NamedPortDiffers, NoRouteToEndpoint, EndpointUnanswered,
 	NotListening, ListensElsewhere, BacklogFull, ForwardingOff, NodeFactsUnread, RuleDropsEndpoint,
-	QdiscDrops,
+	QdiscDrops, SelectorSpansWorkloads,
 }
