@@ -316,10 +316,20 @@ func (x *Explainer) withFindings(b blamed, ep netip.AddrPort) blamed {
 	if !ep.IsValid() {
 		return b
 	}
+	// A fact already quoted, read again since ("tc qdisc on veth3: …",
+	// "ip neigh: …"), is quoted once: as read last.
+	quoted := func(l string) bool {
+		key, _, _ := strings.Cut(l, ": ")
+		return slices.ContainsFunc(b.evidence, func(e string) bool { return strings.HasPrefix(e, key+": ") })
+	}
 	for _, f := range x.findings {
 		if f.Endpoint == ep.String() && (f.Severity == report.Problem || f.Severity == report.Warning) {
 			b.text += "; " + f.Object + ": " + f.Summary
-			b.evidence = append(b.evidence, f.Evidence...)
+			for _, l := range f.Evidence {
+				if !quoted(l) {
+					b.evidence = append(b.evidence, l)
+				}
+			}
 		}
 	}
 	return b

@@ -100,10 +100,13 @@ func RunLab(ctx context.Context, o Lab) error {
 		w.Conntrack(record.ConntrackSnapshot(l.Node, l.Targets()))
 		// Names looked up while printing go into the recording too, as
 		// each is first used.
+		// So do the node's facts read again for a connection; analysis
+		// takes them all in before explaining.
 		for _, a := range as {
 			a.Explainer.Lookup = resolve.Memo(a.Explainer.Lookup, func(ip netip.Addr, name string) {
 				w.Name(record.Name{Addr: ip, Name: name})
 			})
+			a.Explainer.Rechecked = w.Facts
 		}
 	}
 	err = printLab(o.IO, p, labExplainer{l.Scenarios, as}, run, results, res, !interrupted)

@@ -178,6 +178,14 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 		for i, r := range lr.Results {
 			results[i] = lab.Result{Scenario: r.Scenario, Client: r.Client}
 		}
+		// Facts the live run read again as it explained, for all of it.
+		for _, e := range rec.Entries {
+			if e.Type == record.TypeFacts {
+				for _, a := range labAs {
+					a.Explainer.AddFacts(e.Facts)
+				}
+			}
+		}
 		lab.Assign(results, conns)
 		for i := range results {
 			results[i].Conns = slices.DeleteFunc(results[i].Conns, func(c *flow.Conn) bool { return !keep(c) })

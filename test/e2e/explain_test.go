@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -122,10 +123,21 @@ func checkStories(t *testing.T, c *cluster.Cluster, ss []*story) {
 			var d struct {
 				Node     string
 				Proxy    string `json:"kube_proxy"`
+				Read     string `json:"node_facts"`
 				Findings []report.Finding
 			}
 			if err := json.Unmarshal(out, &d); err != nil {
 				t.Fatalf("%s %s: %v\n%s", s.name, src[0], err, out)
+			}
+			// A problem found before any packet is check's exit status 1.
+			var exit *exec.ExitError
+			if problem := len(d.Findings) > 0 && d.Findings[0].Severity == report.Problem; problem != (errors.As(err, &exit) && exit.ExitCode() == 1) {
+				t.Errorf("%s %s: first finding %+v, exit %v", s.name, src[0], d.Findings[0], err)
+			}
+			// It says what it read on the node: routes to the endpoints
+			// of a Service that answered.
+			if d.Read == "" || d.Read == "none read" || (s.expect == flow.Answered && !strings.Contains(d.Read, "routes to ")) {
+				t.Errorf("%s %s: node facts read %q", s.name, src[0], d.Read)
 			}
 			if len(d.Findings) == 0 || d.Findings[0].Code != s.finding || !strings.Contains(d.Findings[0].Summary, s.summary) {
 				t.Errorf("%s %s: findings %+v, want first %s (%q)", s.name, src[0], d.Findings, s.finding, s.summary)
@@ -295,6 +307,8 @@ func mark(finding report.Code) string {
 		return "✓"
 	case "headless", "externalname":
 		return "i"
+	case "qdisc-drops": // a warning: the qdisc story pins the Pod's neighbour entry
+		return "!"
 	}
 	return "✗" // a problem
 }
