@@ -129,6 +129,9 @@ type LabRecord struct {
 	Results []LabResult              `json:"results"`
 	Views   map[string]*resolve.View `json:"views"`
 	Rules   record.Rules             `json:"rules"`
+	// Nets are the node's network facts each scenario's diagnosis read
+	// (for its Service's endpoints), by scenario.
+	Nets map[string]*node.Facts `json:"nets,omitempty"`
 }
 
 // LabClients is the lab record written at the end: what each scenario's
@@ -151,17 +154,13 @@ func labResults(results []lab.Result) []LabResult {
 }
 
 func recordLab(w *record.Writer, l *lab.Lab, run LabRun, facts diagnose.NodeFacts, as map[string]*diagnose.Assessment) {
-	// One record of the node's facts serves every scenario: their
-	// networks' facts, read for each Service's endpoints, together.
-	var nets []*node.Facts
-	for _, s := range l.Scenarios {
-		nets = append(nets, as[s.Name].Node.Net)
-	}
-	facts.Net = node.Merge(nets...)
-	lr := LabRecord{Run: run, Views: map[string]*resolve.View{}, Rules: RecordedFacts(facts)}
+	// The node's rules serve every scenario; its network's facts were read
+	// for each Service's endpoints.
+	lr := LabRecord{Run: run, Views: map[string]*resolve.View{}, Rules: RecordedFacts(facts), Nets: map[string]*node.Facts{}}
 	for _, s := range l.Scenarios {
 		lr.Results = append(lr.Results, LabResult{Scenario: s})
 		lr.Views[s.Name] = as[s.Name].View
+		lr.Nets[s.Name] = as[s.Name].Node.Net
 	}
 	w.Lab(lr)
 	nf.InNetNS(l.Node, func() error {

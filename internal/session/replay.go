@@ -239,7 +239,11 @@ func readLab(rec *record.Recording, names map[netip.Addr]string) (*LabRecord, ma
 		if v == nil || v.Service == nil {
 			return nil, nil, fmt.Errorf("lab record: no objects for scenario %s", r.Scenario.Name)
 		}
-		a := assessRecorded(v, lr.Rules, rec.Meta)
+		rules := lr.Rules
+		if n := lr.Nets[r.Scenario.Name]; n != nil {
+			rules.Net = n
+		}
+		a := assessRecorded(v, rules, rec.Meta)
 		a.Explainer.Lookup = func(ip netip.Addr) string { return names[ip] }
 		as[r.Scenario.Name] = a
 	}
