@@ -39,6 +39,9 @@ func (r tracedRule) evidence() []string {
 	if c := r.v.Comment(); c != "" {
 		ev = append(ev, fmt.Sprintf("the rule's comment: %q", c))
 	}
+	if w := kubeproxy.Writer(r.v.Chain, r.v.Comment()); w != "" {
+		ev = append(ev, fmt.Sprintf("chain %s is written by %s, by its name", r.v.Chain, w))
+	}
 	for _, u := range r.v.Unsure {
 		ev = append(ev, "not evaluated, assumed not to match (it may have decided instead): "+u)
 	}

@@ -367,3 +367,36 @@ func parseMark(v string) (val, mask uint32, ok bool) {
 func ParseTables(family, backend, text string) []*Table {
 	return parseTables(family, backend, text, traced...)
 }
+
+// chainWriters recognize who writes a chain by the conventions of the
+// engines that write them: kube-proxy's, and the NetworkPolicy chains of
+// common CNIs.
+var chainWriters = []struct {
+	prefix, writer string
+}{
+	{"KUBE-NWPLCY-", "kube-router (a NetworkPolicy's chain)"},
+	{"KUBE-POD-FW-", "kube-router (a Pod's NetworkPolicy firewall)"},
+	{"KUBE-", "kube-proxy"},
+	{"cali-pi-", "Calico (a policy's ingress rules)"},
+	{"cali-po-", "Calico (a policy's egress rules)"},
+	{"cali-tw-", "Calico (the rules to a workload)"},
+	{"cali-fw-", "Calico (the rules from a workload)"},
+	{"cali-", "Calico"},
+	{"CILIUM_", "Cilium"},
+	{"WEAVE-NPC", "Weave Net's policy controller"},
+	{"ANTREA-", "Antrea"},
+}
+
+// Writer says who likely wrote chain, by its name or the rule's comment
+// ("cali:…" is Calico's); "" if nothing says.
+func Writer(chain, comment string) string {
+	for _, w := range chainWriters {
+		if strings.HasPrefix(chain, w.prefix) {
+			return w.writer
+		}
+	}
+	if strings.HasPrefix(comment, "cali:") {
+		return "Calico"
+	}
+	return ""
+}

@@ -90,3 +90,17 @@ func TestTraceFollowsJumpsToTheRule(t *testing.T) {
 		t.Errorf("unknown interface: %+v", v)
 	}
 }
+
+func TestWriter(t *testing.T) {
+	for _, c := range []struct{ chain, comment, want string }{
+		{"KUBE-FORWARD", "", "kube-proxy"},
+		{"KUBE-NWPLCY-LC7BVXTLHQAU3HZE", "", "kube-router (a NetworkPolicy's chain)"},
+		{"cali-pi-_7xMpQnLJyQzqkJ2Bn8e", "cali:Xy1", "Calico (a policy's ingress rules)"},
+		{"FORWARD", "cali:abc", "Calico"},
+		{"E2E-POLICY", "shop/deny", ""},
+	} {
+		if got := Writer(c.chain, c.comment); got != c.want {
+			t.Errorf("Writer(%q, %q) = %q, want %q", c.chain, c.comment, got, c.want)
+		}
+	}
+}
