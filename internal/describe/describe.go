@@ -111,7 +111,7 @@ func In(d flow.Drop) string {
 		switch where, past := pastNetfilter[r.Class]; {
 		case d.Gap.Hook == nf.PostRouting && past:
 			return "after POSTROUTING, " + where
-		case d.Gap.Hook == nf.PreRouting && (r.Class == cause.Routing || r.Class == cause.XFRM):
+		case d.Gap.Hook == nf.PreRouting && (r.Class == cause.Routing || r.Class == cause.XFRM || r.Class == cause.Size):
 			return "after PREROUTING, in routing and forwarding's checks (before FORWARD or INPUT)"
 		}
 	}

@@ -226,12 +226,15 @@ func (i ICMPInfo) Describe(p Proto) string {
 			return n
 		}
 	}
+	if p == ICMPv6 && i.Type == 2 {
+		return "packet-too-big"
+	}
 	return fmt.Sprintf("%s type %d code %d", p, i.Type, i.Code)
 }
 
 var icmpUnreach = map[uint8]string{
 	0: "net-unreachable", 1: "host-unreachable", 2: "protocol-unreachable",
-	3: "port-unreachable", 9: "net-prohibited", 10: "host-prohibited", 13: "admin-prohibited",
+	3: "port-unreachable", 4: "fragmentation-needed", 9: "net-prohibited", 10: "host-prohibited", 13: "admin-prohibited",
 }
 
 var icmp6Unreach = map[uint8]string{

@@ -53,6 +53,8 @@ type Route struct {
 	Port string     `json:"port,omitempty"`
 	Via  netip.Addr `json:"via,omitzero"`
 	Src  netip.Addr `json:"src,omitzero"`
+	// MTU is the route's own MTU, when it sets one (else the device's).
+	MTU int `json:"mtu,omitempty"`
 	Err  string     `json:"error,omitempty"`
 }
 
@@ -90,6 +92,9 @@ func (r Route) String() string {
 	}
 	if r.Src.IsValid() {
 		b.WriteString(" src " + r.Src.String())
+	}
+	if r.MTU != 0 {
+		fmt.Fprintf(&b, " mtu %d", r.MTU)
 	}
 	if r.Port != "" {
 		b.WriteString(" (bridge port " + r.Port + ")")

@@ -132,6 +132,7 @@ func (f *Facts) readRoute(a netip.Addr) {
 		if src, ok := netip.AddrFromSlice(rs[0].Src); ok {
 			r.Src = src.Unmap()
 		}
+		r.MTU = rs[0].MTU
 	}
 	f.Routes = append(f.Routes, r)
 }

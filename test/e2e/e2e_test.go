@@ -98,6 +98,8 @@ type story struct {
 	// node); noPod: the endpoint is an address no Pod holds.
 	endpointNode string
 	noPod        bool
+	// request, if set, is the story's client instead of an HTTP GET.
+	request func(ctx context.Context, c *cluster.Cluster, addr netip.AddrPort, timeout time.Duration)
 	// source, if set, is the client's source address for the story's
 	// request (a second address of the client).
 	source func(c *cluster.Cluster) netip.Addr
@@ -365,6 +367,10 @@ func (s *story) get(ctx context.Context, c *cluster.Cluster, addr netip.AddrPort
 		lab.HTTPGet(ctx, s.from.NS, addr, "/", timeout)
 		return
 	}
+	if s.request != nil {
+		s.request(ctx, c, addr, timeout)
+		return
+	}
 	if s.source != nil {
 		nf.InNetNS(c.ClientNS, func() error {
 			d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: s.source(c).AsSlice()}}
@@ -499,7 +505,11 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 			continue
 		}
 		traced = append(traced, s)
-		targets = append(targets, nf.Target{Addr: dest(c, s), Proto: nf.TCP})
+		proto := nf.TCP
+		if s.svc.Spec.Ports[0].Protocol == corev1.ProtocolUDP {
+			proto = nf.UDP
+		}
+		targets = append(targets, nf.Target{Addr: dest(c, s), Proto: proto})
 		dests[dest(c, s)] = true
 	}
 	tr, err := tracer.Open(tracer.Options{NetNS: c.Node.Path, Targets: targets})

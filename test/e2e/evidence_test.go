@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
@@ -11,6 +12,7 @@ import (
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/test/cluster"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
@@ -116,6 +118,20 @@ func evidenceStories(mode cluster.Mode) []*story {
 			},
 			cause: report.KernelDrop, evidence: "the route back: ip route get 10.99.",
 			blame: "Pod shop/rpf-1 on node-1: the kernel dropped the client's SYN to it after PREROUTING, in routing and forwarding's checks (before FORWARD or INPUT): reverse-path filter"},
+		// The route to the Pod has an MTU of 1000, and the client sends
+		// a 1400-byte UDP datagram that may not be fragmented: the node
+		// drops it before FORWARD (PKT_TOO_BIG) and answers ICMP
+		// fragmentation-needed.
+		{name: "packet-too-big", expect: flow.Rejected, finding: "healthy",
+			svc:     udpService("big", "10.96.2.100"),
+			pods:    []cluster.PodSpec{pod(shop, "big-1", "big", lab.ModeHTTP, true)},
+			request: bigDatagram,
+			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
+				_, err := c.Exec("ip", "route", "add", pods[0].IP.String()+"/32", "dev", topo.BridgeName, "mtu", "lock", "1000")
+				return err
+			},
+			cause: report.KernelDrop, evidence: " mtu 1000",
+			blame: "Pod shop/big-1 on node-1: the kernel dropped the client's packet to it after PREROUTING, in routing and forwarding's checks (before FORWARD or INPUT): larger than the path's MTU"},
 		// The node has an unreachable route to node-3's Pods: routing
 		// drops the DNAT'ed SYN and the node answers ICMP
 		// host-unreachable. The kernel gives no specific reason there
@@ -192,4 +208,33 @@ func secondClientAddr(c *cluster.Cluster) netip.Addr {
 	a := c.ClientIP.As4()
 	a[3] = 3
 	return netip.AddrFrom4(a)
+}
+
+// udpService is a Service of one UDP port, 80 → 8080, by number (a named
+// targetPort resolves only against container ports of its protocol).
+func udpService(name, vip string) *corev1.Service {
+	s := service(name, vip, map[string]string{"app": name}, intstr.FromInt32(8080))
+	s.Spec.Ports[0].Protocol = corev1.ProtocolUDP
+	return s
+}
+
+// bigDatagram sends a 1400-byte UDP datagram with DF set (no
+// fragmentation on the way) and waits for an answer.
+func bigDatagram(ctx context.Context, c *cluster.Cluster, addr netip.AddrPort, timeout time.Duration) {
+	nf.InNetNS(c.ClientNS, func() error {
+		conn, err := net.Dial("udp", addr.String())
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		if raw, err := conn.(*net.UDPConn).SyscallConn(); err == nil {
+			raw.Control(func(fd uintptr) {
+				unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE)
+			})
+		}
+		conn.Write(make([]byte, 1400))
+		conn.SetReadDeadline(time.Now().Add(timeout))
+		conn.Read(make([]byte, 64))
+		return nil
+	})
 }
