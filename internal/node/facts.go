@@ -54,8 +54,8 @@ type Route struct {
 	Via  netip.Addr `json:"via,omitzero"`
 	Src  netip.Addr `json:"src,omitzero"`
 	// MTU is the route's own MTU, when it sets one (else the device's).
-	MTU int `json:"mtu,omitempty"`
-	Err  string     `json:"error,omitempty"`
+	MTU int    `json:"mtu,omitempty"`
+	Err string `json:"error,omitempty"`
 }
 
 // Usable reports whether the kernel can send a packet to r.To: a route

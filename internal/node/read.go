@@ -90,7 +90,7 @@ func Read(ns nf.NetNS, want Want) *Facts {
 }
 
 func (f *Facts) readLinks() {
-	links, err := netlink.LinkList()
+	links, err := dump(netlink.LinkList())
 	if err != nil {
 		f.Unread = append(f.Unread, "the node's interfaces: "+err.Error())
 		return
@@ -169,7 +169,7 @@ func (f *Facts) readNeighbours() {
 		return
 	}
 	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		ns, err := netlink.NeighList(0, family)
+		ns, err := dump(netlink.NeighList(0, family))
 		if err != nil {
 			f.Unread = append(f.Unread, "the neighbour table: "+err.Error())
 			return
@@ -246,7 +246,7 @@ func listeners(node nf.NetNS, p Pod) Listeners {
 	err = nf.InNetNS(ns, func() error {
 		l.peer = peerOf(p.Addr)
 		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-			tcp, err := netlink.SocketDiagTCP(family)
+			tcp, err := retried(func() ([]*netlink.Socket, error) { return netlink.SocketDiagTCP(family) })
 			if err != nil {
 				return fmt.Errorf("sock_diag: %w", err)
 			}
@@ -255,7 +255,7 @@ func listeners(node nf.NetNS, p Pod) Listeners {
 					l.Sockets = append(l.Sockets, Socket{Proto: nf.TCP, Local: sockAddr(family, s.ID.Source, s.ID.SourcePort), Queue: s.RQueue, Backlog: s.WQueue})
 				}
 			}
-			udp, err := netlink.SocketDiagUDP(family)
+			udp, err := retried(func() ([]*netlink.Socket, error) { return netlink.SocketDiagUDP(family) })
 			if err != nil {
 				return fmt.Errorf("sock_diag: %w", err)
 			}
@@ -284,7 +284,7 @@ func sockAddr(family uint8, ip net.IP, port uint16) netip.AddrPort {
 // readBridgePorts finds, for routes into a bridge, the port the bridge
 // sends the next hop to: the forwarding entry of its MAC address.
 func (f *Facts) readBridgePorts() {
-	fdb, err := netlink.NeighList(0, unix.AF_BRIDGE)
+	fdb, err := dump(netlink.NeighList(0, unix.AF_BRIDGE))
 	if err != nil {
 		return
 	}
@@ -330,7 +330,7 @@ func (f *Facts) readQdiscsOf(d string) {
 	if err != nil {
 		return
 	}
-	qs, err := netlink.QdiscList(l)
+	qs, err := dump(netlink.QdiscList(l))
 	if err != nil {
 		f.Unread = append(f.Unread, "the qdiscs of "+d+": "+err.Error())
 		return
@@ -355,7 +355,7 @@ func (f *Facts) readQdiscsOf(d string) {
 
 // readPolicies reads the xfrm policies that cover the addresses.
 func (f *Facts) readPolicies(addrs []netip.Addr) {
-	ps, err := netlink.XfrmPolicyList(netlink.FAMILY_ALL)
+	ps, err := dump(netlink.XfrmPolicyList(netlink.FAMILY_ALL))
 	if err != nil {
 		return // no xfrm in this kernel: nothing to read
 	}
@@ -382,7 +382,7 @@ func prefix(n *net.IPNet) netip.Prefix {
 // peerOf is the index, in the namespace at its other end, of the veth
 // peer of the interface that holds a here; 0 if none.
 func peerOf(a netip.Addr) int {
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	addrs, err := dump(netlink.AddrList(nil, netlink.FAMILY_ALL))
 	if err != nil {
 		return 0
 	}
@@ -398,4 +398,27 @@ func peerOf(a netip.Addr) int {
 		}
 	}
 	return 0
+}
+
+// dump takes a netlink dump's results as they are when the kernel says it
+// was interrupted (the table changed while it was read): what was read is
+// still what the node held.
+func dump[T any](v T, err error) (T, error) {
+	if errors.Is(err, netlink.ErrDumpInterrupted) {
+		err = nil
+	}
+	return v, err
+}
+
+// retried reads sockets again when the dump was interrupted (sockets come
+// and go while a Pod serves), then takes the last read as it is.
+func retried(read func() ([]*netlink.Socket, error)) ([]*netlink.Socket, error) {
+	var ss []*netlink.Socket
+	var err error
+	for range 5 {
+		if ss, err = read(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return ss, err
+		}
+	}
+	return ss, nil
 }
