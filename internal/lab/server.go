@@ -228,7 +228,17 @@ func startServer(spec serverSpec) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	// Started from a thread inside the pod's namespace, every thread of the
+	// server is in it from the start, as a Pod's processes are: its
+	// /proc/PID/ns/net names the pod's namespace (what --from pod/NAME and
+	// svctrace's socket reading look for), whichever thread serve locks.
+	start := func() error { return cmd.Start() }
+	if spec.NetNS != "" {
+		start = func() error {
+			return nf.InNetNS(nf.NetNS{Spec: spec.NetNS, Path: spec.NetNS}, func() error { return cmd.Start() })
+		}
+	}
+	if err := start(); err != nil {
 		return nil, fmt.Errorf("starting server %s: %w", spec.Name, err)
 	}
 	ready := make(chan error, 1)

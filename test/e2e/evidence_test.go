@@ -124,7 +124,7 @@ func evidenceStories(mode cluster.Mode) []*story {
 		// fragmentation-needed.
 		{name: "packet-too-big", expect: flow.Rejected, finding: "healthy",
 			svc:     udpService("big", "10.96.2.100"),
-			pods:    []cluster.PodSpec{pod(shop, "big-1", "big", lab.ModeHTTP, true)},
+			pods:    []cluster.PodSpec{udpPod(pod(shop, "big-1", "big", lab.ModeHTTP, true))},
 			request: bigDatagram,
 			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
 				_, err := c.Exec("ip", "route", "add", pods[0].IP.String()+"/32", "dev", topo.BridgeName, "mtu", "lock", "1000")
@@ -237,4 +237,10 @@ func bigDatagram(ctx context.Context, c *cluster.Cluster, addr netip.AddrPort, t
 		conn.Read(make([]byte, 64))
 		return nil
 	})
+}
+
+// udpPod declares port 8080 for UDP too (the lab's server answers both).
+func udpPod(p cluster.PodSpec) cluster.PodSpec {
+	p.Ports = append(p.Ports, corev1.ContainerPort{Name: "udp", ContainerPort: 8080, Protocol: corev1.ProtocolUDP})
+	return p
 }
