@@ -241,6 +241,9 @@ func traceStories(t *testing.T, c *cluster.Cluster, ss []*story, dump string) {
 			continue // nothing to trace
 		}
 		want := []string{"\n" + mark(s.finding) + " " + string(s.finding) + ":"}
+		if s.orExpect != "" { // the finding's severity may differ with the verdict
+			want[0] = " " + string(s.finding) + ":"
+		}
 		var addr netip.AddrPort
 		switch s.expect {
 		case "":
