@@ -167,7 +167,8 @@ func (x *Explainer) Explain(c *flow.Conn) report.Explanation {
 		}
 	}
 	var ownRule bool
-	e.Rule, ownRule = x.rule(c, port)
+	var traced *tracedRule
+	e.Rule, ownRule, traced = x.rule(c, port)
 	pod := "the endpoint " + c.Endpoint.String()
 	if e.Pod != "" {
 		pod = "Pod " + e.Pod
@@ -175,7 +176,7 @@ func (x *Explainer) Explain(c *flow.Conn) report.Explanation {
 			pod += " on " + e.Node
 		}
 	}
-	x.blame(c, port, ad, viaService, ownRule, pod, &e).into(&e)
+	x.blame(c, port, ad, viaService, ownRule, traced, pod, &e).into(&e)
 	return e
 }
 
@@ -183,8 +184,9 @@ func (x *Explainer) Explain(c *flow.Conn) report.Explanation {
 // order of how directly it shows the cause: what the Service's addresses
 // and conntrack's entries did to it, then the kernel's own word (its drop
 // reason, the answer that refused), then the node's and the objects'
-// facts about the endpoint, then the rules where it died.
-func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, viaService, ownRule bool, pod string, e *report.Explanation) blamed {
+// facts about the endpoint, then the rules where it died (traced: the
+// iptables rule the dropped packet was followed to, if any).
+func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, viaService, ownRule bool, traced *tracedRule, pod string, e *report.Explanation) blamed {
 	if viaService && ad.Kind == "NodePort" && !c.Endpoint.IsValid() && x.in.Rules != nil && !x.in.Rules.AcceptsNodePort(c.VIP.Addr()) {
 		return blamed{code: report.NodePortAddr, class: cause.Netfilter,
 			text: fmt.Sprintf("kube-proxy does not accept NodePorts on %s, so nothing translated %s; use one of its NodePort addresses (%s)",
@@ -254,8 +256,8 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 			b := blamed{code: report.RuleDrop, class: cause.Netfilter,
 				text: fmt.Sprintf("a rule %s, not kube-proxy's, dropped the %s%s: look for a NetworkPolicy or a firewall rule there",
 					e.Rule, c.PacketName(c.Drop.Packet), to)}
-			if tr, ok := x.traceRule(c, c.Drop); ok {
-				b.evidence = tr.evidence()
+			if traced != nil {
+				b.evidence = traced.evidence()
 			}
 			return b
 		}
@@ -373,10 +375,10 @@ func (x *Explainer) retried(c *flow.Conn, tries []*flow.Drop) blamed {
 		b.text = what + ": " + b.text
 		return b
 	}
-	if rule, ok := x.ruleAt(c, d); ok {
+	if rule, traced, ok := x.ruleAt(c, d); ok {
 		b := blamed{code: report.RuleDrop, class: cause.Netfilter, text: fmt.Sprintf("%s: a rule %s dropped them", what, rule)}
-		if tr, ok := x.traceRule(c, d); ok {
-			b.evidence = tr.evidence()
+		if traced != nil {
+			b.evidence = traced.evidence()
 		}
 		return b
 	}
@@ -516,54 +518,54 @@ func (x *Explainer) code(port *resolve.Port, codes ...report.Code) *report.Findi
 }
 
 // rule names the rule that turned the connection away: kube-proxy's reject
-// or drop for the port when the verdict matches it (ownRule), else the base
-// chains registered where the packet died.
-func (x *Explainer) rule(c *flow.Conn, port *resolve.Port) (rule string, ownRule bool) {
+// or drop for the port when the verdict matches it (ownRule), else the
+// iptables rule the packet was followed to (traced; kube-proxy's own or
+// not), else the base chains registered where the packet died.
+func (x *Explainer) rule(c *flow.Conn, port *resolve.Port) (rule string, ownRule bool, traced *tracedRule) {
 	r := x.in.Rules
 	if c.Drop == nil || r == nil || (c.Verdict != flow.Rejected && c.Verdict != flow.Dropped) {
-		return "", false
+		return "", false, nil
 	}
 	if port != nil {
 		if pr := r.Port(port.String(), port.Protocol.String()); pr != nil {
 			for _, rj := range pr.Rejects {
 				if (rj.Verdict == "REJECT") == (c.Verdict == flow.Rejected) {
-					return fmt.Sprintf("%s: %s %s (kube-proxy, %s)", rj.Verdict, port.String(), rj.Why, rj.Where), true
+					return fmt.Sprintf("%s: %s %s (kube-proxy, %s)", rj.Verdict, port.String(), rj.Why, rj.Where), true, nil
 				}
 			}
 		}
 	}
 	if rd := r.RangeDrop(c.VIP.Addr()); rd != nil && c.Verdict == flow.Dropped && !c.Endpoint.IsValid() {
 		return fmt.Sprintf("DROP: %s is in the service range %s, but kube-proxy has no ClusterIP %s (kube-proxy, %s: %q)",
-			c.VIP, rd.Prefix, c.VIP.Addr(), rd.Where, rd.Why), true
+			c.VIP, rd.Prefix, c.VIP.Addr(), rd.Where, rd.Why), true, nil
 	}
-	rule, _ = x.ruleAt(c, c.Drop)
-	tr, traced := x.traceRule(c, c.Drop)
-	return rule, traced && tr.kubeProxys() && strings.HasSuffix(rule, tr.v.String())
+	rule, traced, _ = x.ruleAt(c, c.Drop)
+	return rule, traced != nil && traced.kubeProxys(), traced
 }
 
-// ruleAt names the base chains registered where drop d happened: "in
-// table ip filter, chain FORWARD (…)"; false if none is known there.
-func (x *Explainer) ruleAt(c *flow.Conn, d *flow.Drop) (string, bool) {
+// ruleAt names where drop d happened among the rules: the iptables rule
+// its packet was followed to ("in table ip filter (iptables-nft), chain
+// POLICY, rule 3: …", with traced set), else the base chains registered
+// there ("in table ip filter, chain FORWARD (…)"); false if none is known
+// there.
+func (x *Explainer) ruleAt(c *flow.Conn, d *flow.Drop) (string, *tracedRule, bool) {
 	r := x.in.Rules
 	if r == nil || !d.InNode || !d.Placed {
-		return "", false
+		return "", nil, false
 	}
 	// The kernel said why, and it was not a rule (a neighbour that never
 	// answered, a route): no table sits where it dropped.
 	if why, ok := cause.Drop(d.Reason); ok && !why.Unspecific() {
-		return "", false
+		return "", nil, false
 	}
 	if tr, ok := x.traceRule(c, d); ok {
-		return "in " + tr.where(), true
+		return "in " + tr.where(), &tr, true
 	}
 	lo, hi := d.Gap.Bounds()
 	var chains []string
 	// Only the packet's family's chains saw it: an IPv4 packet the ip and
 	// inet tables', an IPv6 one the ip6 and inet tables'.
-	family := "ip"
-	if c.VIP.Addr().Is6() {
-		family = "ip6"
-	}
+	family := familyOf(c.VIP.Addr())
 	for _, b := range r.BaseChains {
 		if (b.Family == family || b.Family == "inet") && strings.EqualFold(b.Hook, d.Gap.Hook.String()) && int64(b.Priority) > lo && int64(b.Priority) < hi {
 			chains = append(chains, b.String())
@@ -573,9 +575,9 @@ func (x *Explainer) ruleAt(c *flow.Conn, d *flow.Drop) (string, bool) {
 		// A legacy table's stage (the gap between the observers around it)
 		// names it; a drop elsewhere (the bridge's) is not the tables'.
 		if r.Mode == kubeproxy.ModeIPTablesLegacy && len(d.Gap.Pieces) > 0 {
-			return fmt.Sprintf("in iptables-legacy's %s on %s", d.Gap.What(), d.Gap.Hook), true
+			return fmt.Sprintf("in iptables-legacy's %s on %s", d.Gap.What(), d.Gap.Hook), nil, true
 		}
-		return "", false
+		return "", nil, false
 	}
-	return "in " + strings.Join(chains, " or "), true
+	return "in " + strings.Join(chains, " or "), nil, true
 }

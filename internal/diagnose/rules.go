@@ -2,6 +2,7 @@ package diagnose
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/svctrace/svctrace/internal/flow"
@@ -28,9 +29,19 @@ func (r tracedRule) where() string {
 	return fmt.Sprintf("table %s %s (%s), %s", r.table.Family, r.table.Name, r.table.Backend, r.v)
 }
 
-// kubeProxys reports whether kube-proxy wrote the rule (its chains are
-// KUBE-…).
-func (r tracedRule) kubeProxys() bool { return strings.HasPrefix(r.v.Chain, "KUBE-") }
+// kubeProxys reports whether kube-proxy wrote the rule, by its chain's
+// name (kube-router's KUBE-NWPLCY-… chains are not).
+func (r tracedRule) kubeProxys() bool {
+	return kubeproxy.Writer(r.v.Chain, r.v.Comment()) == "kube-proxy"
+}
+
+// familyOf is the iptables family of a's packets: "ip" or "ip6".
+func familyOf(a netip.Addr) string {
+	if a.Is6() {
+		return "ip6"
+	}
+	return "ip"
+}
 
 // evidence: how the packet reached the rule, and what svctrace could not
 // evaluate on the way (any of which may have decided instead).
@@ -67,10 +78,7 @@ func (x *Explainer) traceRule(c *flow.Conn, d *flow.Drop) (tracedRule, bool) {
 	if !ok {
 		return tracedRule{}, false
 	}
-	family := "ip"
-	if c.Client.Addr().Is6() {
-		family = "ip6"
-	}
+	family := familyOf(c.Client.Addr())
 	p := x.packetOf(c, d)
 	for _, piece := range d.Gap.Pieces {
 		// "filter table (0)"; "DNAT (nat table)" is not one to follow.
@@ -137,11 +145,7 @@ func (c *checker) ruleDrops(p *resolve.Port, e resolve.Endpoint) {
 	if c.Rules == nil {
 		return
 	}
-	family := "ip"
-	if e.Addr.Addr().Is6() {
-		family = "ip6"
-	}
-	t := c.Rules.Table(family, "filter")
+	t := c.Rules.Table(familyOf(e.Addr.Addr()), "filter")
 	if t == nil {
 		return
 	}
@@ -152,10 +156,10 @@ func (c *checker) ruleDrops(p *resolve.Port, e resolve.Endpoint) {
 		}
 	}
 	v, ok := t.Trace("FORWARD", pkt)
-	if !ok || (v.Target != "DROP" && v.Target != "REJECT") || strings.HasPrefix(v.Chain, "KUBE-") {
+	tr := tracedRule{t, v}
+	if !ok || (v.Target != "DROP" && v.Target != "REJECT") || tr.kubeProxys() {
 		return
 	}
-	tr := tracedRule{t, v}
 	f := report.Finding{Severity: report.Problem, Code: report.RuleDropsEndpoint, Object: endpointObject(e), Port: p.String(), Endpoint: e.Addr.String(),
 		Summary: fmt.Sprintf("a rule, not kube-proxy's, %ss new connections to the endpoint %s forwarded by this node: %s",
 			strings.ToLower(v.Target), e.Addr, tr.where()),
