@@ -36,13 +36,22 @@ func fromFinding(f *report.Finding) blamed {
 const maxRechecked = 1024
 
 // AddFacts takes in facts read again (a recording's): they answer before
-// the diagnosis's.
-func (x *Explainer) AddFacts(f *node.Facts) { x.extra = node.Merge(f, x.extra) }
+// those read earlier.
+func (x *Explainer) AddFacts(f *node.Facts) { x.known = node.Merge(f, x.view()) }
+
+// view are the node's facts as known now: the diagnosis's, and those read
+// again since.
+func (x *Explainer) view() *node.Facts {
+	if x.known != nil {
+		return x.known
+	}
+	return x.in.Net
+}
 
 // net are the node's facts about address a for fact kind f: read again
 // (Recheck) when the diagnosis did not read them, once per address.
 func (x *Explainer) net(f cause.Fact, a netip.Addr, dev string) *node.Facts {
-	net := node.Merge(x.extra, x.in.Net)
+	net := x.view()
 	needs := f == cause.Route || f == cause.Neighbours || f == cause.RPFilter || f == cause.MTU || f == cause.Qdiscs || f == cause.Policy
 	if !needs || x.Recheck == nil || x.rechecked[a] || len(x.rechecked) >= maxRechecked {
 		return net
@@ -74,7 +83,7 @@ func (x *Explainer) net(f cause.Fact, a netip.Addr, dev string) *node.Facts {
 	if x.Rechecked != nil {
 		x.Rechecked(got)
 	}
-	return node.Merge(x.extra, x.in.Net)
+	return x.view()
 }
 
 // facts quotes the node's facts of kind f about address a (where a packet

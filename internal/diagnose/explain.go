@@ -35,9 +35,10 @@ type Explainer struct {
 	// what was read, for the recording; AddFacts takes it back in.
 	Recheck   func(node.Want) *node.Facts
 	Rechecked func(*node.Facts)
-	// extra are the facts read again, newest first; rechecked the
-	// addresses read again (each once, bounded).
-	extra     *node.Facts
+	// known are the facts read again taken over the diagnosis's (nil:
+	// none read again, the diagnosis's serve); rechecked the addresses
+	// read again (each once, bounded).
+	known     *node.Facts
 	rechecked map[netip.Addr]bool
 	// sticky are the endpoints explained connections of a Service port
 	// with session affinity went to, by client: kube-proxy's memory as it

@@ -266,10 +266,13 @@ func (f *Facts) Sysctl(name string) (string, bool) {
 	return v, ok
 }
 
-// Merge is the facts of fs together (nil ones skipped), each address's
-// first; nil if there are none.
+// Merge is the facts of fs together (nil ones skipped), each address's,
+// interface's and sysctl's from the first that has it; nil if there are
+// none.
 func Merge(fs ...*Facts) *Facts {
 	var out *Facts
+	routes, neighbours, listeners := map[netip.Addr]bool{}, map[netip.Addr]bool{}, map[netip.Addr]bool{}
+	qdiscs := map[string]bool{} // an interface's qdiscs come from one read
 	for _, f := range fs {
 		if f == nil {
 			continue
@@ -278,28 +281,32 @@ func Merge(fs ...*Facts) *Facts {
 			out = &Facts{Sysctls: map[string]string{}, Links: map[string]Link{}}
 		}
 		for _, r := range f.Routes {
-			if _, ok := out.Route(r.To); !ok {
+			if !routes[r.To] {
+				routes[r.To] = true
 				out.Routes = append(out.Routes, r)
 			}
 		}
 		for _, n := range f.Neighbours {
-			if _, ok := out.Neighbour(n.Addr); !ok {
+			if !neighbours[n.Addr] {
+				neighbours[n.Addr] = true
 				out.Neighbours = append(out.Neighbours, n)
 			}
 		}
 		for _, l := range f.Listeners {
-			if _, ok := out.ListenersOf(l.Addr); !ok {
+			if !listeners[l.Addr] {
+				listeners[l.Addr] = true
 				out.Listeners = append(out.Listeners, l)
 			}
 		}
-		had := map[string]bool{} // an interface's qdiscs come from one read
-		for _, q := range out.Qdiscs {
-			had[q.Dev] = true
-		}
+		read := map[string]bool{}
 		for _, q := range f.Qdiscs {
-			if !had[q.Dev] {
+			if !qdiscs[q.Dev] {
+				read[q.Dev] = true
 				out.Qdiscs = append(out.Qdiscs, q)
 			}
+		}
+		for d := range read {
+			qdiscs[d] = true
 		}
 		for _, p := range f.Policies {
 			if !slices.Contains(out.Policies, p) {
@@ -307,10 +314,14 @@ func Merge(fs ...*Facts) *Facts {
 			}
 		}
 		for k, v := range f.Sysctls {
-			out.Sysctls[k] = v
+			if _, ok := out.Sysctls[k]; !ok {
+				out.Sysctls[k] = v
+			}
 		}
 		for k, v := range f.Links {
-			out.Links[k] = v
+			if _, ok := out.Links[k]; !ok {
+				out.Links[k] = v
+			}
 		}
 		for _, u := range f.Unread {
 			if !slices.Contains(out.Unread, u) {
