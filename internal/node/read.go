@@ -65,8 +65,15 @@ func Read(ns nf.NetNS, want Want) *Facts {
 		f.Unread = append(f.Unread, fmt.Sprintf("the sockets of %d more endpoint Pods on this node (svctrace reads %d)", len(pods)-MaxPods, MaxPods))
 		pods = pods[:MaxPods]
 	}
-	for _, p := range pods {
-		f.Listeners = append(f.Listeners, listeners(ns, p))
+	if len(pods) > 0 {
+		addrs := make([]netip.Addr, len(pods))
+		for i, p := range pods {
+			addrs[i] = p.Addr
+		}
+		found, err := probe.PodNetNSes(addrs, ns, "")
+		for _, p := range pods {
+			f.Listeners = append(f.Listeners, listeners(found, err, p))
+		}
 	}
 	// The node's ends of the Pods' links, and their qdiscs.
 	var peers = map[int]int{} // listener → peer ifindex in the node
@@ -235,10 +242,14 @@ func (f *Facts) readSysctls(devs []string) {
 	}
 }
 
-// listeners reads the sockets listening in Pod p's network namespace.
-func listeners(node nf.NetNS, p Pod) Listeners {
+// listeners reads the sockets listening in Pod p's network namespace,
+// among those found (unless finding them failed: lookErr).
+func listeners(found probe.Found, lookErr error, p Pod) Listeners {
 	l := Listeners{Pod: p.Name, Addr: p.Addr}
-	ns, err := probe.PodNetNS(p.Addr, node, "")
+	ns, err := found.NetNS(p.Addr)
+	if lookErr != nil {
+		err = lookErr
+	}
 	if err != nil {
 		l.Err = err.Error()
 		return l

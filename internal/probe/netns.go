@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 
 	"github.com/svctrace/svctrace/internal/nf"
@@ -18,16 +19,44 @@ import (
 // nodes, test beds), the one whose interface with it is wired to the node
 // namespace node (a veth peer there) is the Pod's.
 func PodNetNS(ip netip.Addr, node nf.NetNS, procRoot string) (nf.NetNS, error) {
+	found, err := PodNetNSes([]netip.Addr{ip}, node, procRoot)
+	if err != nil {
+		return nf.NetNS{}, err
+	}
+	return found.NetNS(ip)
+}
+
+// Found are the Pods' namespaces PodNetNSes found, by address.
+type Found struct {
+	ns     map[netip.Addr]nf.NetNS
+	looked int // namespaces looked at
+}
+
+// NetNS is the namespace of the Pod with address ip, or why there is none.
+func (f Found) NetNS(ip netip.Addr) (nf.NetNS, error) {
+	if ns, ok := f.ns[ip]; ok {
+		return ns, nil
+	}
+	return nf.NetNS{}, fmt.Errorf("no network namespace on this node holds %s (%d looked at): is the Pod running on this node?", ip, f.looked)
+}
+
+// PodNetNSes is PodNetNS for several Pods at once: the node's processes
+// and their namespaces are looked at once for all of them.
+func PodNetNSes(ips []netip.Addr, node nf.NetNS, procRoot string) (Found, error) {
 	if procRoot == "" {
 		procRoot = "/proc"
 	}
 	entries, err := os.ReadDir(procRoot)
 	if err != nil {
-		return nf.NetNS{}, err
+		return Found{}, err
 	}
 	seen := map[uint32]bool{}
-	var first *nf.NetNS
+	found := map[netip.Addr]nf.NetNS{}
+	wiredFound := map[netip.Addr]bool{}
 	for _, e := range entries {
+		if len(wiredFound) == len(ips) {
+			break
+		}
 		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
 		}
@@ -36,23 +65,23 @@ func PodNetNS(ip netip.Addr, node nf.NetNS, procRoot string) (nf.NetNS, error) {
 			continue // gone, not ours to see, looked at, or the node itself
 		}
 		seen[ns.Inode] = true
-		held, wired := holds(ns, ip, node)
-		if held && wired {
-			return ns, nil
-		}
-		if held && first == nil {
-			first = &ns
+		for ip, wired := range holds(ns, ips, node) {
+			_, first := found[ip]
+			switch {
+			case wired && !wiredFound[ip]:
+				found[ip], wiredFound[ip] = ns, true
+			case !first:
+				found[ip] = ns
+			}
 		}
 	}
-	if first != nil {
-		return *first, nil
-	}
-	return nf.NetNS{}, fmt.Errorf("no network namespace on this node holds %s (%d looked at): is the Pod running on this node?", ip, len(seen))
+	return Found{ns: found, looked: len(seen)}, nil
 }
 
-// holds reports whether ns has address ip, and whether the interface with
-// it is wired to the node namespace (its link's peer lives there).
-func holds(ns nf.NetNS, ip netip.Addr, node nf.NetNS) (held, wired bool) {
+// holds are the addresses among ips that ns has, each with whether the
+// interface with it is wired to the node namespace (its link's peer lives
+// there).
+func holds(ns nf.NetNS, ips []netip.Addr, node nf.NetNS) map[netip.Addr]bool {
 	nodeFd := -1
 	if node.Path != "" {
 		if f, err := os.Open(node.Path); err == nil {
@@ -60,13 +89,18 @@ func holds(ns nf.NetNS, ip netip.Addr, node nf.NetNS) (held, wired bool) {
 			nodeFd = int(f.Fd())
 		}
 	}
+	held := map[netip.Addr]bool{}
 	nf.InNetNS(ns, func() error {
 		addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 		for _, a := range addrs {
-			if got, ok := netip.AddrFromSlice(a.IP); !ok || got.Unmap() != ip {
+			got, ok := netip.AddrFromSlice(a.IP)
+			if !ok || !slices.Contains(ips, got.Unmap()) {
 				continue
 			}
-			held = true
+			ip := got.Unmap()
+			if _, ok := held[ip]; !ok {
+				held[ip] = false // held; wired if an interface with it is
+			}
 			l, err := netlink.LinkByIndex(a.LinkIndex)
 			if err != nil || nodeFd < 0 {
 				continue
@@ -74,10 +108,10 @@ func holds(ns nf.NetNS, ip netip.Addr, node nf.NetNS) (held, wired bool) {
 			// The peer's namespace id, as this namespace numbers it, is
 			// assigned by the link dump above.
 			if id, err := netlink.GetNetNsIdByFd(nodeFd); err == nil && id >= 0 && l.Attrs().NetNsID == id {
-				wired = true
+				held[ip] = true
 			}
 		}
 		return err
 	})
-	return held, wired
+	return held
 }
