@@ -32,8 +32,7 @@ func (r DropReason) Unspecific() bool { return r.Class == Other || r.Name == "NE
 // NotReason reports whether name, a member of enum skb_drop_reason, names
 // no drop (the enum's bounds and subsystem masks).
 func NotReason(name string) bool {
-	return name == "MAX" || strings.HasPrefix(name, "SUBSYS_") || name == "SKB_NOT_DROPPED_YET" || name == "SKB_CONSUMED" ||
-		name == "NOT_DROPPED_YET" || name == "CONSUMED"
+	return name == "MAX" || strings.HasPrefix(name, "SUBSYS_") || name == "SKB_NOT_DROPPED_YET" || name == "SKB_CONSUMED"
 }
 
 // drops are the reasons of Linux up to 6.18; a test holds the running

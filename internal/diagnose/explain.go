@@ -279,11 +279,12 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 		if code != "" {
 			b.code = code
 		}
+		target := x.code(port, report.TargetPortNotExposed, report.TargetPortWrongProtocol)
 		switch v4 := x.samePodIPv4(c.Endpoint); {
 		case strings.HasPrefix(says, "yet "):
 			b.text = fmt.Sprintf("%s (%s) reset the connection on port %d, %s", pod, e.Endpoint, c.Endpoint.Port(), says)
-		case x.code(port, report.TargetPortNotExposed, report.TargetPortWrongProtocol) != nil:
-			f := x.code(port, report.TargetPortNotExposed, report.TargetPortWrongProtocol)
+		case target != nil:
+			f := target
 			b.code = f.Code
 			b.text += "; " + f.Summary
 			if says != "" {

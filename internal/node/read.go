@@ -76,18 +76,14 @@ func Read(ns nf.NetNS, want Want) *Facts {
 		}
 	}
 	// The node's ends of the Pods' links, and their qdiscs.
-	var peers = map[int]int{} // listener → peer ifindex in the node
-	for i, l := range f.Listeners {
-		if l.peer > 0 {
-			peers[i] = l.peer
-		}
-	}
-	if len(peers) > 0 {
+	if slices.ContainsFunc(f.Listeners, func(l Listeners) bool { return l.peer > 0 }) {
 		nf.InNetNS(ns, func() error {
-			for i, idx := range peers {
-				if l, err := netlink.LinkByIndex(idx); err == nil {
-					f.Listeners[i].Link = l.Attrs().Name
-					f.readQdiscsOf(l.Attrs().Name)
+			for i := range f.Listeners {
+				if l := &f.Listeners[i]; l.peer > 0 {
+					if link, err := netlink.LinkByIndex(l.peer); err == nil {
+						l.Link = link.Attrs().Name
+						f.readQdiscsOf(l.Link)
+					}
 				}
 			}
 			return nil
