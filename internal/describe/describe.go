@@ -100,6 +100,8 @@ func Place(d flow.Drop) string {
 // In says where the packet died, without how: "in FORWARD between …".
 func In(d flow.Drop) string {
 	switch {
+	case !d.InNode && d.NetNS == 0:
+		return "outside the node, by the receiving socket of the host it was sent to"
 	case !d.InNode:
 		return fmt.Sprintf("outside the node's network namespace, in net:[%d]", d.NetNS)
 	case !d.Placed:

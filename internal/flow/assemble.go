@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/cause"
 	"github.com/svctrace/svctrace/internal/nf"
 )
 
@@ -542,12 +543,18 @@ func (a *Assembler) drop(c *Conn, ev nf.Event, d Dir) {
 	}
 	pk := c.findPacket(ev.Packet)
 	// The kernel side could not tell the namespace: it is where an observer
-	// saw the packet last, if one did.
+	// saw the packet last, if one did. A receiving socket's drop (TCP's
+	// state checks, a full queue: TCP reuses the field the namespace is
+	// read from) is not the node's, though, unless the node delivered the
+	// packet to a socket of its own: it happened in the host the node sent
+	// the packet to, whose namespace stays unknown.
 	if ev.NetNS == 0 {
 		if pk == nil {
 			return
 		}
-		ev.NetNS = pk.last.NetNS
+		if r, _ := cause.Drop(ev.Drop.Reason); !(r.Class == cause.Socket || r.Class == cause.TCPState) || pk.last.Hook == nf.LocalIn {
+			ev.NetNS = pk.last.NetNS
+		}
 	}
 	dr := Drop{Time: ev.Time, Dir: d, NetNS: ev.NetNS, Reason: ev.Drop.Reason, Location: ev.Drop.Location,
 		InNode: ev.NetNS == a.opts.NodeNetNS}

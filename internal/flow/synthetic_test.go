@@ -251,6 +251,34 @@ func TestDropWithoutNamespaceIsPlacedWhereLastSeen(t *testing.T) {
 	}
 }
 
+// A receiving socket's drop the kernel side could not place (TCP reuses
+// the field it reads the namespace from) after the node sent the packet on
+// is the receiving host's, not the node's: the answered connection did
+// not break. Delivered to a socket of the node's own, it is the node's.
+func TestSocketDropWithoutNamespaceIsTheReceivers(t *testing.T) {
+	s := answered().at(time.Second)
+	est := ct(nf.CTEstablishedReply, synOrig, synReply)
+	s.hook(3, nf.PostRouting, nf.StageLast, synOrig.Reverse(), nf.ACK, est)
+	s.drop(3, synOrig.Reverse(), est)
+	s.last().NetNS, s.last().Drop = 0, nf.Drop{Reason: "TCP_RFC7323_PAWS_ACK", Location: "tcp_validate_incoming+0x16b"}
+	c := only(t, mustRun(s))
+	if c.Verdict != Answered || len(c.Drops) != 1 || c.Drops[0].InNode {
+		t.Fatalf("%s (%s), drops %+v: want answered, the drop outside the node", c.Verdict, describe.Reason(c), c.Drops)
+	}
+	if got := describe.In(c.Drops[0]); got != "outside the node, by the receiving socket of the host it was sent to" {
+		t.Errorf("placed %q", got)
+	}
+
+	s = &seq{}
+	local := tup("10.99.0.2:40000", "10.99.0.1:30080", nf.TCP)
+	s.hook(1, nf.LocalIn, nf.StagePreFilter, local, nf.SYN, nf.Conntrack{})
+	s.drop(1, local, nf.Conntrack{})
+	s.last().NetNS, s.last().Drop = 0, nf.Drop{Reason: "TCP_LISTEN_OVERFLOW"}
+	if c := only(t, mustRun(s)); c.Drop == nil || !c.Drop.InNode || c.Drop.Gap.Hook != nf.LocalIn {
+		t.Fatalf("delivered locally: drop %+v, want the node's, in INPUT", c.Drop)
+	}
+}
+
 // The kernel's counts of unreported packets add to the connection and keep
 // it open past the no-reply timeout while they come; the close ends it.
 func TestCountsKeepABusyConnectionOpen(t *testing.T) {
