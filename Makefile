@@ -88,7 +88,7 @@ $(K8S_BIN)/.complete: test/k8s/go.mod test/k8s/go.sum test/k8s/etcd/main.go
 	touch $@
 
 e2e: k8s-bins
-	$(E2E_ENV) $(GO) test -p 1 -count=1 -v ./test/e2e/...
+	$(E2E_ENV) $(GO) test -p 1 -count=1 -timeout 40m -v ./test/e2e/...
 
 # Kernels are cached under ~/.cache/svctrace/kernels; the report goes to
 # build/kernels/report.md, or KERNELS_REPORT=docs/kernels.md to refresh the

@@ -129,6 +129,7 @@ var pastNetfilter = map[cause.Class]string{
 	cause.Resources: "at the egress device",
 	cause.Size:      "when fragmenting or sending it (MTU)",
 	cause.Tunnel:    "in the tunnel's encapsulation",
+	cause.Program:   "in an eBPF program or tc action on the way out (the egress device's tc filters, or the sending cgroup's program)",
 }
 
 // Whose names packet n with its sender: "the client's PSH,ACK".

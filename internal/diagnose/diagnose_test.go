@@ -2,7 +2,9 @@ package diagnose
 
 import (
 	"context"
+	"encoding/json"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -77,6 +79,7 @@ type story struct {
 	evidence string // must appear in the first finding's summary or evidence
 	net      *node.Facts
 	tables   string // iptables-save output of the node's other rules
+	nft      string // a file of other writers' nftables tables, as svctrace reads them
 }
 
 var (
@@ -207,6 +210,11 @@ func nodeStories(nodes []corev1.Node) []story {
 		{name: "a kube-router policy chain drops the endpoint", want: "rule-drops-endpoint", severity: report.Problem, objs: objs,
 			evidence: "chain KUBE-NWPLCY-LC7BVXTLHQAU3HZE is written by kube-router (a NetworkPolicy's chain), by its name",
 			tables:   "*filter\n:FORWARD ACCEPT [0:0]\n:KUBE-NWPLCY-LC7BVXTLHQAU3HZE - [0:0]\n-A FORWARD -j KUBE-NWPLCY-LC7BVXTLHQAU3HZE\n-A KUBE-NWPLCY-LC7BVXTLHQAU3HZE -d 10.244.0.11/32 -j DROP\nCOMMIT\n"},
+		// kubeproxy's TestNFTTraceKernel read these: the set holds
+		// 10.244.0.0/24; rule 1 tests the interface, unknown before packets.
+		{name: "an nftables rule drops the endpoint", want: "rule-drops-endpoint", severity: report.Warning, objs: objs,
+			evidence: `table inet e2e-fw (nftables), chain pods, rule 2: ip daddr @blocked tcp dport 8080 counter drop comment "shop/deny-walled" # handle 9`,
+			nft:      "../kubeproxy/testdata/nft-other/tables.json"},
 		{name: "kube-proxy's own drop is not another writer's", want: "healthy", severity: report.OK, objs: objs,
 			tables: "*filter\n:FORWARD ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\n-A FORWARD -j KUBE-FORWARD\n-A KUBE-FORWARD -d 10.244.0.11/32 -j DROP\nCOMMIT\n"},
 		{name: "a rule drops another port", want: "healthy", severity: report.OK, objs: objs,
@@ -250,6 +258,15 @@ func check(t *testing.T, s story) (Input, []report.Finding) {
 	}
 	if s.tables != "" {
 		in.Rules.Tables = kubeproxy.ParseTables("ip", "iptables-nft", s.tables)
+	}
+	if s.nft != "" {
+		b, err := os.ReadFile(s.nft)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(b, &in.Rules.NFT); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return in, Check(in)
 }

@@ -52,17 +52,26 @@ func (x *Explainer) view() *node.Facts {
 // (Recheck) when the diagnosis did not read them, once per address.
 func (x *Explainer) net(f cause.Fact, a netip.Addr, dev string) *node.Facts {
 	net := x.view()
-	needs := f == cause.Route || f == cause.Neighbours || f == cause.RPFilter || f == cause.MTU || f == cause.Qdiscs || f == cause.Policy
+	needs := f == cause.Route || f == cause.Neighbours || f == cause.RPFilter || f == cause.MTU || f == cause.Qdiscs || f == cause.Policy || f == cause.Sockets
 	if !needs || x.Recheck == nil || x.rechecked[a] || len(x.rechecked) >= maxRechecked {
 		return net
 	}
+	want := node.Want{Addrs: []netip.Addr{a}}
 	if net != nil {
 		r, ok := net.Route(a)
 		_, hop := net.Neighbour(r.NextHop())
 		_, rp := net.Sysctl("net.ipv4.conf." + dev + ".rp_filter")
-		// A qdisc's drop count or a policy is read again for the
-		// connection; a route the diagnosis read serves as it is.
-		fresh := f == cause.Qdiscs || f == cause.Policy
+		l, pod := net.ListenersOf(a)
+		if f == cause.Sockets {
+			if !pod {
+				return net // not an endpoint Pod on this node
+			}
+			want.Pods = []node.Pod{{Name: l.Pod, Addr: a}}
+		}
+		// A qdisc's drop count, a policy, a socket's queues are read
+		// again for the connection; a route the diagnosis read serves as
+		// it is.
+		fresh := f == cause.Qdiscs || f == cause.Policy || f == cause.Sockets
 		if ok && !fresh && (f != cause.Neighbours || hop || r.Type != "unicast") && (f != cause.RPFilter || rp || dev == "") {
 			return net
 		}
@@ -71,7 +80,6 @@ func (x *Explainer) net(f cause.Fact, a netip.Addr, dev string) *node.Facts {
 		x.rechecked = map[netip.Addr]bool{}
 	}
 	x.rechecked[a] = true
-	want := node.Want{Addrs: []netip.Addr{a}}
 	if dev != "" {
 		want.Devs = []string{dev}
 	}
@@ -121,7 +129,7 @@ func (x *Explainer) facts(f cause.Fact, a netip.Addr, dev ...string) []string {
 			ev = append(ev, fmt.Sprintf("%s: mtu %d", r.Dev, l.MTU))
 		}
 		return ev
-	case cause.Qdiscs:
+	case cause.Qdiscs, cause.Programs:
 		if net == nil {
 			return unread("the node's qdiscs")
 		}
@@ -138,6 +146,9 @@ func (x *Explainer) facts(f cause.Fact, a netip.Addr, dev ...string) []string {
 			if d != "" && len(qs) == 0 {
 				ev = append(ev, "no qdisc read on "+d)
 			}
+		}
+		if f == cause.Programs {
+			ev = append(ev, "not read: the cgroups' eBPF programs; would check: bpftool cgroup tree")
 		}
 		return ev
 	case cause.Policy:
@@ -240,6 +251,22 @@ func (x *Explainer) kernelDrop(c *flow.Conn, d *flow.Drop, to netip.AddrPort, wh
 	} else {
 		b.evidence = []string{fmt.Sprintf("outside the node's network namespace (net:[%d]): would check there: %s", d.NetNS, r.Confirm.Check())}
 	}
+	// A neighbour that never answered, a device that would not send: a
+	// link toward the address that is down says why.
+	if d.InNode && (r.Class == cause.Neighbour || r.Class == cause.Device) {
+		if net := x.net(cause.Neighbours, about, ""); net != nil {
+			if dev, l, down := net.LinkDown(about); down {
+				link := fmt.Sprintf("the node's link toward it, %s, is down", dev)
+				if rest, ok := strings.CutPrefix(b.text, who+": "); ok && who != "" {
+					b.text = who + ": " + link + "; " + rest
+				} else {
+					b.text += "; " + link
+				}
+				b.code, b.class = report.LinkDown, cause.Link
+				b.evidence = append([]string{l.String(dev)}, b.evidence...)
+			}
+		}
+	}
 	return b, true
 }
 
@@ -287,6 +314,10 @@ func (x *Explainer) endpointFacts(c *flow.Conn, who string, port uint16, proto n
 		return blamed{code: report.NoRouteToEndpoint, class: cause.Routing,
 			text:     fmt.Sprintf("%s: this node has no usable route to %s", who, a),
 			evidence: []string{"ip route get " + a.String() + ": " + routeSays(r)}}, true
+	} else if dev, l, down := net.LinkDown(a); down {
+		return blamed{code: report.LinkDown, class: cause.Link,
+			text:     fmt.Sprintf("%s: the node's link toward it, %s, is down, so the node cannot deliver to it", who, dev),
+			evidence: []string{l.String(dev)}}, true
 	} else if ok && r.Type == "unicast" {
 		if n, ok := net.Neighbour(r.NextHop()); ok && !n.Answered() {
 			return blamed{code: report.EndpointUnanswered, class: cause.Neighbour,
@@ -339,4 +370,45 @@ func listenerSays(net *node.Facts, ep netip.AddrPort, proto nf.Proto) (report.Co
 		return report.NotListening, "it listens on " + strings.Join(other, ", ")
 	}
 	return report.NotListening, "it listens on no " + proto.String() + " port"
+}
+
+// droppedAfter blames what the endpoint's kernel dropped of what the client
+// sent once the connection was answered: TCP's own checks (an old
+// sequence, a closed window) refusing segments, with the endpoint's
+// socket for the connection read again.
+func (x *Explainer) droppedAfter(c *flow.Conn, pod string) (blamed, bool) {
+	var last *flow.Drop
+	n := 0
+	for i := range c.Drops {
+		d := &c.Drops[i]
+		r, _ := cause.Drop(d.Reason)
+		if !d.InNode && c.PacketDir(d.Packet) == flow.Original && (r.Class == cause.TCPState || r.Class == cause.Socket) {
+			last, n = d, n+1
+		}
+	}
+	if last == nil || !c.Endpoint.IsValid() {
+		return blamed{}, false
+	}
+	r, _ := cause.Drop(last.Reason)
+	b := blamed{code: report.KernelDrop, class: r.Class,
+		text: fmt.Sprintf("%s answered, then its kernel dropped %d of the client's packets: %s (%s at %s)", pod, n, r.Cause, last.Reason, last.Location)}
+	a := c.Endpoint.Addr()
+	b.evidence = x.facts(cause.Sockets, a)
+	remote := c.Client
+	if c.SNAT.IsValid() {
+		remote = c.SNAT
+	}
+	net := x.net(cause.Sockets, a, "")
+	if net == nil {
+		return b, true
+	}
+	if l, ok := net.ListenersOf(a); ok && l.Err == "" {
+		if h, held := l.HeldBy(c.Endpoint, remote); held {
+			b.text += fmt.Sprintf("; its application has not read the %d bytes it received on this connection, so its receive window closes and what the client sends on is dropped", h.RecvQ)
+			b.evidence = append(b.evidence, "sock_diag in "+l.Pod+"'s network namespace: "+h.String())
+		} else {
+			b.evidence = append(b.evidence, fmt.Sprintf("sock_diag in %s's network namespace: no unread data on %s ↔ %s when svctrace read it", l.Pod, c.Endpoint, remote))
+		}
+	}
+	return b, true
 }

@@ -230,6 +230,9 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 		if tries := c.Retried(); len(tries) > 0 {
 			return x.retried(c, tries)
 		}
+		if b, ok := x.droppedAfter(c, pod); ok {
+			return b
+		}
 	case flow.Dropped:
 		if b, ok := x.dropBlame(c, c.Drop, c.Endpoint, pod); ok {
 			return x.withFindings(b, c.Endpoint)
@@ -327,7 +330,8 @@ func (x *Explainer) withFindings(b blamed, ep netip.AddrPort) blamed {
 		return slices.ContainsFunc(b.evidence, func(e string) bool { return strings.HasPrefix(e, key+": ") })
 	}
 	for _, f := range x.findings {
-		if f.Endpoint == ep.String() && (f.Severity == report.Problem || f.Severity == report.Warning) {
+		// A finding the blame already is (its code) is not said twice.
+		if f.Endpoint == ep.String() && f.Code != b.code && (f.Severity == report.Problem || f.Severity == report.Warning) {
 			b.text += "; " + f.Object + ": " + f.Summary
 			for _, l := range f.Evidence {
 				if !quoted(l) {

@@ -132,6 +132,13 @@ func (c *checker) path(p *resolve.Port, e resolve.Endpoint) {
 		c.add(f)
 		return
 	}
+	if dev, l, down := c.Net.LinkDown(a); down {
+		c.add(report.Finding{Severity: report.Problem, Code: report.LinkDown, Object: obj, Port: p.String(), Endpoint: e.Addr.String(),
+			Summary:  fmt.Sprintf("the node's link toward the endpoint %s is down (%s): the node cannot deliver to it", a, dev),
+			Evidence: []string{l.String(dev)},
+			Next:     []string{"ip link show " + dev, "is the Pod's own interface up? kubectl exec into it and run: ip link"}})
+		return
+	}
 	if ok && r.Type == "unicast" && c.qdiscDrops(p, e, obj) {
 		return
 	}
@@ -152,7 +159,8 @@ func (c *checker) path(p *resolve.Port, e resolve.Endpoint) {
 	c.listening(p, e, l)
 }
 
-// qdiscDrops: a qdisc on the way to the endpoint has dropped packets. A
+// qdiscDrops: a qdisc on the way to the endpoint, or a tc program its
+// clsact qdisc runs, has dropped packets. A
 // problem when the endpoint's neighbour entry failed too (the qdisc
 // swallowed the node's ARP requests), else a warning: drop counts add up
 // since the qdisc was made.
@@ -170,7 +178,7 @@ func (c *checker) qdiscDrops(p *resolve.Port, e resolve.Endpoint, obj string) bo
 		return false
 	}
 	f := report.Finding{Severity: report.Warning, Code: report.QdiscDrops, Object: obj, Port: p.String(), Endpoint: e.Addr.String(),
-		Summary:  fmt.Sprintf("a queueing discipline on the way to the endpoint %s has dropped packets", a),
+		Summary:  fmt.Sprintf("a queueing discipline or tc program on the way to the endpoint %s has dropped packets", a),
 		Evidence: ev,
 		Next:     []string{"tc -s qdisc show dev " + strings.Join(c.Net.Toward(a), "; tc -s qdisc show dev ")}}
 	if r, ok := c.Net.Route(a); ok {
@@ -272,6 +280,7 @@ var factCauses = []struct {
 }{
 	{report.NoRouteToEndpoint, []cause.Fact{cause.Route}},
 	{report.EndpointUnanswered, []cause.Fact{cause.Route, cause.Neighbours}},
+	{report.LinkDown, []cause.Fact{cause.Route}},
 	{report.NotListening, []cause.Fact{cause.Sockets}},
 	{report.ListensElsewhere, []cause.Fact{cause.Sockets}},
 	{report.BacklogFull, []cause.Fact{cause.Sockets}},

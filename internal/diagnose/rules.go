@@ -1,8 +1,11 @@
 package diagnose
 
 import (
+	"cmp"
 	"fmt"
+	"math"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/svctrace/svctrace/internal/flow"
@@ -16,23 +19,40 @@ import (
 var hookChains = map[nf.Hook]string{nf.PreRouting: "PREROUTING", nf.LocalIn: "INPUT", nf.Forward: "FORWARD",
 	nf.LocalOut: "OUTPUT", nf.PostRouting: "POSTROUTING"}
 
-// tracedRule is the iptables rule that decided a dropped packet's fate,
-// found by following the packet from the built-in chain of the hook where
-// it died through the jumps of the table that sits in the drop's gap.
+// tracedRule is the rule that decided a dropped packet's fate, found by
+// following the packet from the base chain of the hook where it died
+// through the jumps of a table that runs in the drop's gap: an iptables
+// table (iptables-nft or legacy) or another writer's nftables table.
 type tracedRule struct {
-	table *kubeproxy.Table
-	v     kubeproxy.Verdict
+	family, table string // "ip", "filter"; "inet", "policy"
+	backend       string // "iptables-nft", "iptables-legacy", "nftables"
+	v             kubeproxy.Verdict
+}
+
+func iptablesRule(t *kubeproxy.Table, v kubeproxy.Verdict) tracedRule {
+	return tracedRule{t.Family, t.Name, t.Backend, v}
 }
 
 // where: "table ip filter (iptables-nft), chain POLICY, rule 3: … -j DROP".
 func (r tracedRule) where() string {
-	return fmt.Sprintf("table %s %s (%s), %s", r.table.Family, r.table.Name, r.table.Backend, r.v)
+	return fmt.Sprintf("table %s %s (%s), %s", r.family, r.table, r.backend, r.v)
 }
 
 // kubeProxys reports whether kube-proxy wrote the rule, by its chain's
 // name (kube-router's KUBE-NWPLCY-… chains are not).
 func (r tracedRule) kubeProxys() bool {
-	return kubeproxy.Writer(r.v.Chain, r.v.Comment()) == "kube-proxy"
+	return r.backend != "nftables" && kubeproxy.Writer(r.v.Chain, r.v.Comment()) == "kube-proxy"
+}
+
+// list is the command that shows the rule's chain as svctrace read it.
+func (r tracedRule) list() string {
+	switch r.backend {
+	case "nftables":
+		return fmt.Sprintf("nft -a list chain %s %s %s", r.family, r.table, r.v.Chain)
+	case "iptables-legacy":
+		return "iptables-legacy-save -t " + r.table + " | grep -n -- '-A " + r.v.Chain + " '"
+	}
+	return "iptables-save -t " + r.table + " | grep -n -- '-A " + r.v.Chain + " '"
 }
 
 // familyOf is the iptables family of a's packets: "ip" or "ip6".
@@ -46,11 +66,11 @@ func familyOf(a netip.Addr) string {
 // evidence: how the packet reached the rule, and what svctrace could not
 // evaluate on the way (any of which may have decided instead).
 func (r tracedRule) evidence() []string {
-	ev := []string{fmt.Sprintf("%s %s: %s", r.table.Family, r.table.Name, strings.Join(append(slicesOr(r.v.Path, "the built-in chain"), r.v.String()), " → "))}
+	ev := []string{fmt.Sprintf("%s %s: %s", r.family, r.table, strings.Join(append(slicesOr(r.v.Path, "the built-in chain"), r.v.String()), " → "))}
 	if c := r.v.Comment(); c != "" {
 		ev = append(ev, fmt.Sprintf("the rule's comment: %q", c))
 	}
-	if w := kubeproxy.Writer(r.v.Chain, r.v.Comment()); w != "" {
+	if w := kubeproxy.Writer(r.v.Chain, r.v.Comment()); w != "" && r.backend != "nftables" {
 		ev = append(ev, fmt.Sprintf("chain %s is written by %s, by its name", r.v.Chain, w))
 	}
 	for _, u := range r.v.Unsure {
@@ -66,12 +86,12 @@ func slicesOr(s []string, none string) []string {
 	return s
 }
 
-// traceRule follows drop d's packet through the iptables table in the
-// drop's gap; false when svctrace has no such table, or the rules do not
-// drop the packet (another writer's nftables chain, say).
+// traceRule follows drop d's packet through the iptables tables and the
+// other writers' nftables base chains in the drop's gap; false when
+// svctrace has no such table, or the rules do not drop the packet.
 func (x *Explainer) traceRule(c *flow.Conn, d *flow.Drop) (tracedRule, bool) {
 	r := x.in.Rules
-	if r == nil || !d.InNode || !d.Placed || len(r.Tables) == 0 {
+	if r == nil || !d.InNode || !d.Placed || len(r.Tables)+len(r.NFT) == 0 {
 		return tracedRule{}, false
 	}
 	base, ok := hookChains[d.Gap.Hook]
@@ -91,8 +111,36 @@ func (x *Explainer) traceRule(c *flow.Conn, d *flow.Drop) (tracedRule, bool) {
 		if t == nil {
 			continue
 		}
-		if v, ok := t.Trace(base, p); ok && (v.Target == "DROP" || v.Target == "REJECT") {
-			return tracedRule{t, v}, true
+		if v, ok := t.Trace(base, p); ok && drops(v) {
+			return iptablesRule(t, v), true
+		}
+	}
+	lo, hi := d.Gap.Bounds()
+	return traceNFT(r, family, d.Gap.Hook, lo, hi, p)
+}
+
+func drops(v kubeproxy.Verdict) bool { return v.Target == "DROP" || v.Target == "REJECT" }
+
+// traceNFT follows p through the base chains of the other writers'
+// nftables tables on hook h with priorities in (lo, hi), in the order the
+// kernel runs them, to the first that drops it.
+func traceNFT(r *kubeproxy.Ruleset, family string, h nf.Hook, lo, hi int64, p kubeproxy.Packet) (tracedRule, bool) {
+	type base struct {
+		t *kubeproxy.NFTTable
+		c *kubeproxy.NFTChain
+	}
+	var bases []base
+	for _, t := range r.NFT {
+		if t.Covers(family) {
+			for _, c := range t.BaseChains(h, lo, hi) {
+				bases = append(bases, base{t, c})
+			}
+		}
+	}
+	slices.SortStableFunc(bases, func(a, b base) int { return cmp.Compare(a.c.Priority, b.c.Priority) })
+	for _, b := range bases {
+		if v := b.t.Trace(b.c, p); drops(v) {
+			return tracedRule{b.t.Family, b.t.Name, "nftables", v}, true
 		}
 	}
 	return tracedRule{}, false
@@ -145,36 +193,35 @@ func (c *checker) ruleDrops(p *resolve.Port, e resolve.Endpoint) {
 	if c.Rules == nil {
 		return
 	}
-	t := c.Rules.Table(familyOf(e.Addr.Addr()), "filter")
-	if t == nil {
-		return
-	}
+	family := familyOf(e.Addr.Addr())
 	pkt := kubeproxy.Packet{Dst: e.Addr.Addr(), Dport: e.Addr.Port(), Proto: p.Protocol, CTState: "NEW"}
 	if c.Net != nil {
 		if r, ok := c.Net.Route(e.Addr.Addr()); ok && r.Usable() {
 			pkt.Out = r.Dev
 		}
 	}
-	v, ok := t.Trace("FORWARD", pkt)
-	tr := tracedRule{t, v}
-	if !ok || (v.Target != "DROP" && v.Target != "REJECT") || tr.kubeProxys() {
+	// In the kernel's order: nftables chains before the filter table's
+	// priority, the filter table, the chains after it.
+	tr, ok := traceNFT(c.Rules, family, nf.Forward, math.MinInt32-1, 0, pkt)
+	if t := c.Rules.Table(family, "filter"); t != nil && !ok {
+		v, traced := t.Trace("FORWARD", pkt)
+		tr, ok = iptablesRule(t, v), traced && drops(v)
+	}
+	if !ok {
+		tr, ok = traceNFT(c.Rules, family, nf.Forward, -1, math.MaxInt32+1, pkt)
+	}
+	if !ok || tr.kubeProxys() {
 		return
 	}
+	v := tr.v
 	f := report.Finding{Severity: report.Problem, Code: report.RuleDropsEndpoint, Object: endpointObject(e), Port: p.String(), Endpoint: e.Addr.String(),
 		Summary: fmt.Sprintf("a rule, not kube-proxy's, %ss new connections to the endpoint %s forwarded by this node: %s",
 			strings.ToLower(v.Target), e.Addr, tr.where()),
 		Evidence: tr.evidence(),
-		Next:     []string{"look for the NetworkPolicy or firewall that wrote it: " + backendSave(t.Backend) + " -t " + t.Name + " | grep -n -- '-A " + v.Chain + " '"}}
+		Next:     []string{"look for the NetworkPolicy or firewall that wrote it: " + tr.list()}}
 	if len(v.Unsure) > 0 {
 		f.Severity = report.Warning
 		f.Summary += " (unless a rule svctrace could not evaluate decides first)"
 	}
 	c.add(f)
-}
-
-func backendSave(backend string) string {
-	if backend == "iptables-legacy" {
-		return "iptables-legacy-save"
-	}
-	return "iptables-save"
 }

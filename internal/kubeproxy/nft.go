@@ -3,6 +3,7 @@ package kubeproxy
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
+	"github.com/svctrace/svctrace/internal/nf"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,6 +36,8 @@ type nftDump struct {
 	// Affinity are kube-proxy's affinity sets (sessionAffinity: ClientIP)
 	// of the Service ports asked for, by family and set name.
 	Affinity map[string]nftAffinity
+	// Others are the tables of other writers with filter base chains.
+	Others []*NFTTable
 }
 
 // nftAffinity is one affinity set: its timeout, and the clients in it with
@@ -120,7 +124,12 @@ func readNFT(netnsFd int, rulesFor func(PortKey) bool) (*nftDump, error) {
 		Affinity: map[string]nftAffinity{}}
 	tables := map[string]*nftables.Table{}
 	var ruleChains []*nftables.Chain
+	others := map[string][]*nftables.Chain{} // other writers' tables' chains, by family and table
 	for _, ch := range chains {
+		if other(ch.Table) {
+			k := familyName(ch.Table.Family) + " " + ch.Table.Name
+			others[k] = append(others[k], ch)
+		}
 		fam := familyName(ch.Table.Family)
 		nc := nftChain{Family: fam, Table: ch.Table.Name, Name: ch.Name}
 		if ch.Hooknum != nil {
@@ -179,6 +188,15 @@ func readNFT(netnsFd int, rulesFor func(PortKey) bool) (*nftDump, error) {
 			d.Maps[fam+"/"+s.Name] = elems
 		}
 	}
+	for _, k := range slices.Sorted(maps.Keys(others)) {
+		t, err := readOther(c, others[k])
+		if err != nil {
+			return nil, err
+		}
+		if t != nil {
+			d.Others = append(d.Others, t)
+		}
+	}
 	for _, ch := range ruleChains {
 		fam := familyName(ch.Table.Family)
 		rules, err := c.GetRules(ch.Table, ch)
@@ -194,6 +212,100 @@ func readNFT(netnsFd int, rulesFor func(PortKey) bool) (*nftDump, error) {
 		}
 	}
 	return d, nil
+}
+
+// iptablesNFT are the tables iptables-nft writes (in families ip and
+// ip6): iptables-save reads them, as Table.
+var iptablesNFT = []string{"raw", "mangle", "filter", "nat", "security"}
+
+// other reports whether table t is neither kube-proxy's nor
+// iptables-nft's, in a family whose hooks Services' packets cross.
+func other(t *nftables.Table) bool {
+	switch familyName(t.Family) {
+	case "inet":
+		return true
+	case "ip", "ip6":
+		return t.Name != nftTable && !slices.Contains(iptablesNFT, t.Name)
+	}
+	return false
+}
+
+// readOther reads one table of another writer, with its rules and the
+// sets they look up, if it has a filter base chain on an IP hook; nil if
+// it has none.
+func readOther(c *nftables.Conn, chains []*nftables.Chain) (*NFTTable, error) {
+	t := &NFTTable{Family: familyName(chains[0].Table.Family), Name: chains[0].Table.Name}
+	filters := false
+	for _, ch := range chains {
+		nc := &NFTChain{Name: ch.Name}
+		if ch.Hooknum != nil && int(*ch.Hooknum) < len(hookNames) && ch.Type == nftables.ChainTypeFilter {
+			h := nf.Hook(*ch.Hooknum)
+			nc.Hook, filters = &h, true
+			if ch.Priority != nil {
+				nc.Priority = int32(*ch.Priority)
+			}
+			nc.Policy = "accept"
+			if ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop {
+				nc.Policy = "drop"
+			}
+		}
+		t.Chains = append(t.Chains, nc)
+	}
+	if !filters {
+		return nil, nil
+	}
+	where := func(what string, err error) error {
+		return fmt.Errorf("listing the %s of table %s %s: %w", what, t.Family, t.Name, err)
+	}
+	used := map[string]bool{}
+	for i, ch := range chains {
+		rules, err := c.GetRules(ch.Table, ch)
+		if err != nil {
+			return nil, where("rules", err)
+		}
+		for _, r := range rules {
+			nr := NFTRule{Handle: r.Handle, Ops: compile(r.Exprs)}
+			nr.Comment, _ = userdata.GetString(r.UserData, userdata.TypeComment)
+			for _, o := range nr.Ops {
+				if o.Set != "" {
+					used[o.Set] = true
+				}
+			}
+			t.Chains[i].Rules = append(t.Chains[i].Rules, nr)
+		}
+	}
+	if len(used) == 0 {
+		return t, nil
+	}
+	sets, err := c.GetSets(chains[0].Table)
+	if err != nil {
+		return nil, where("sets", err)
+	}
+	t.Sets = map[string]*NFTSet{}
+	for _, s := range sets {
+		if !used[s.Name] {
+			continue
+		}
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			return nil, where("elements of set "+s.Name, err)
+		}
+		ns := &NFTSet{Interval: s.Interval}
+		// google/nftables files a verdict map's data type as its key type.
+		vmap := s.DataType.Name == "verdict" || s.KeyType.Name == "verdict"
+		for _, e := range elems {
+			el := NFTElem{Key: e.Key, KeyEnd: e.KeyEnd, End: e.IntervalEnd}
+			switch {
+			case s.IsMap && vmap:
+				el.Verdict = verdict(e)
+			case s.IsMap:
+				el.Val = e.Val
+			}
+			ns.Elems = append(ns.Elems, el)
+		}
+		t.Sets[s.Name] = ns
+	}
+	return t, nil
 }
 
 // addresses lists the addresses in set s, each with the time left before
@@ -336,6 +448,7 @@ var hookNames = []string{"prerouting", "input", "forward", "output", "postroutin
 // carry the Service port and endpoint in their names; the verdict maps say
 // which destinations lead to them or to reject-chain.
 func (r *Ruleset) fromNFT(d *nftDump) {
+	r.NFT = d.Others
 	for _, ch := range d.Chains {
 		if ch.Hook != nil && int(*ch.Hook) < len(hookNames) && (ch.Family == "ip" || ch.Family == "ip6" || ch.Family == "inet") {
 			r.BaseChains = append(r.BaseChains, BaseChain{Family: ch.Family, Table: ch.Table, Chain: ch.Name,

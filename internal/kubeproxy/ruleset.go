@@ -54,6 +54,11 @@ type Ruleset struct {
 	// finds the rule that dropped a packet. Empty where no iptables tool
 	// could read them.
 	Tables []*Table
+	// NFT are the node's nf_tables tables of other writers (not
+	// kube-proxy's, not iptables-nft's) that have filter base chains, read
+	// over netlink: where NFTTable.Trace finds the rule that dropped a
+	// packet.
+	NFT []*NFTTable
 }
 
 // Table is the iptables table name of family ("ip", "ip6"), or nil.
@@ -124,11 +129,12 @@ type rulesetJSON struct {
 	NodePortWhere string         `json:"nodeport_where,omitempty"`
 	InvalidDrop   string         `json:"invalid_drop,omitempty"`
 	Tables        []*Table       `json:"tables,omitempty"`
+	NFT           []*NFTTable    `json:"nft_tables,omitempty"`
 }
 
 func (r Ruleset) MarshalJSON() ([]byte, error) {
 	j := rulesetJSON{Mode: r.Mode, Note: r.Note, BaseChains: r.BaseChains, RangeDrops: r.RangeDrops,
-		NodePortAddrs: r.NodePortAddrs, NodePortWhere: r.NodePortWhere, InvalidDrop: r.InvalidDrop, Tables: r.Tables}
+		NodePortAddrs: r.NodePortAddrs, NodePortWhere: r.NodePortWhere, InvalidDrop: r.InvalidDrop, Tables: r.Tables, NFT: r.NFT}
 	for _, p := range r.Ports {
 		j.Ports = append(j.Ports, p)
 	}
@@ -142,7 +148,7 @@ func (r *Ruleset) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*r = Ruleset{Mode: j.Mode, Note: j.Note, BaseChains: j.BaseChains, RangeDrops: j.RangeDrops,
-		NodePortAddrs: j.NodePortAddrs, NodePortWhere: j.NodePortWhere, InvalidDrop: j.InvalidDrop, Tables: j.Tables, Ports: map[PortKey]*PortRules{}}
+		NodePortAddrs: j.NodePortAddrs, NodePortWhere: j.NodePortWhere, InvalidDrop: j.InvalidDrop, Tables: j.Tables, NFT: j.NFT, Ports: map[PortKey]*PortRules{}}
 	for _, p := range j.Ports {
 		r.Ports[p.PortKey] = p
 	}

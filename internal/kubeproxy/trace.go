@@ -115,8 +115,17 @@ func (v Verdict) String() string {
 	return fmt.Sprintf("chain %s, rule %d: %s", v.Chain, v.Pos, strings.TrimPrefix(v.Rule, "-A "+v.Chain+" "))
 }
 
-// Comment is the deciding rule's --comment, if any.
+// Comment is the deciding rule's --comment (an nftables rule's comment),
+// if any.
 func (v Verdict) Comment() string {
+	if !strings.HasPrefix(v.Rule, "-A ") {
+		_, c, ok := strings.Cut(v.Rule, ` comment "`)
+		if !ok {
+			return ""
+		}
+		c, _, _ = strings.Cut(c, `" # handle `)
+		return strings.ReplaceAll(c, `\"`, `"`)
+	}
 	args, err := splitArgs(v.Rule)
 	if err != nil {
 		return ""
@@ -188,11 +197,7 @@ func (t *Table) walk(c *Chain, p Packet, v *Verdict, depth int) bool {
 		if next == nil {
 			continue // a non-terminating target: LOG, MARK, CONNMARK, …
 		}
-		step := fmt.Sprintf("%s %d → %s", c.Name, i+1, next.Name)
-		if len(r.matched) > 0 {
-			step += " (" + strings.Join(r.matched, ", ") + ")"
-		}
-		v.Path = append(v.Path, step)
+		v.Path = append(v.Path, jumpStep(c.Name, i+1, next.Name, r.matched))
 		if t.walk(next, p, v, depth+1) {
 			return true
 		}
@@ -202,6 +207,15 @@ func (t *Table) walk(c *Chain, p Packet, v *Verdict, depth int) bool {
 		}
 	}
 	return false
+}
+
+// jumpStep is one step of a Verdict's Path: "FORWARD 3 → POLICY (-o cbr0)".
+func jumpStep(chain string, pos int, to string, matched []string) string {
+	step := fmt.Sprintf("%s %d → %s", chain, pos, to)
+	if len(matched) > 0 {
+		step += " (" + strings.Join(matched, ", ") + ")"
+	}
+	return step
 }
 
 func terminating(target string) bool {

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -34,6 +35,10 @@ const (
 	// ModeLoopback is ModeHTTP on 127.0.0.1 only: a server that listens,
 	// but not on the Pod's address.
 	ModeLoopback = "loopback"
+	// ModeStall accepts connections and never reads them, with a small
+	// receive buffer: a client that sends more than it holds meets a
+	// closed window.
+	ModeStall = "stall"
 )
 
 type serverSpec struct {
@@ -101,6 +106,12 @@ func serve(spec serverSpec) error {
 	case ModeHung:
 		for _, port := range spec.Ports {
 			if err := hungListener(port); err != nil {
+				return err
+			}
+		}
+	case ModeStall:
+		for _, port := range spec.Ports {
+			if err := stallListener(port); err != nil {
 				return err
 			}
 		}
@@ -183,6 +194,32 @@ func hungListener(port int) error {
 			return fmt.Errorf("filling the accept queue: %w", err)
 		}
 	}
+	return nil
+}
+
+// stallListener accepts on port and never reads what it accepted. The
+// receive buffer is set on the listener, before the handshake, so that the
+// window it advertises is small from the start.
+func stallListener(port int) error {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var err error
+		c.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4096) })
+		return err
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", fmt.Sprintf(":%d", port))
+	if err != nil {
+		return err
+	}
+	go func() {
+		var held []net.Conn
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
 	return nil
 }
 

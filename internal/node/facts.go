@@ -140,7 +140,10 @@ func (q Qdisc) String() string {
 	if q.Root {
 		s += " root"
 	}
-	if q.Detail != "" {
+	if q.Kind == "clsact" || q.Kind == "ingress" {
+		// Its filters (tc programs) drop; it counts their drops.
+		s += " [" + q.Detail + "]"
+	} else if q.Detail != "" {
 		s += " " + q.Detail
 	}
 	return s + fmt.Sprintf(" (dropped %d)", q.Dropped)
@@ -184,6 +187,29 @@ func (f *Facts) PoliciesFor(a netip.Addr) []Policy {
 type Link struct {
 	MTU int  `json:"mtu"`
 	Up  bool `json:"up"`
+	// State is its operational state as ip link shows it: "DOWN",
+	// "LOWERLAYERDOWN" (a veth whose peer is down), "UP".
+	State string `json:"state,omitempty"`
+}
+
+// LinkDown is the first interface on the way to a (the route's device,
+// then the bridge port behind it) that is not up, if any.
+func (f *Facts) LinkDown(a netip.Addr) (string, Link, bool) {
+	for _, d := range f.Toward(a) {
+		if l, ok := f.Links[d]; ok && !l.Up {
+			return d, l, true
+		}
+	}
+	return "", Link{}, false
+}
+
+// String: "ip link show veth1: state LOWERLAYERDOWN".
+func (l Link) String(dev string) string {
+	state := l.State
+	if state == "" {
+		state = "not up"
+	}
+	return fmt.Sprintf("ip link show %s: state %s", dev, state)
 }
 
 // Listeners are the sockets listening in one Pod's network namespace.
@@ -197,7 +223,35 @@ type Listeners struct {
 	// Sockets are its listening TCP sockets and bound UDP sockets; nil
 	// with Err set when its namespace could not be read.
 	Sockets []Socket `json:"sockets,omitempty"`
-	Err     string   `json:"error,omitempty"`
+	// Held are its TCP connections holding data its application has not
+	// read (Recv-Q), at most MaxHeld: a receive window that closes.
+	Held []Held `json:"held,omitempty"`
+	Err  string `json:"error,omitempty"`
+}
+
+// MaxHeld bounds the connections with unread data kept per Pod.
+const MaxHeld = 16
+
+// Held is one connection with data its application has not read.
+type Held struct {
+	Local  netip.AddrPort `json:"local"`
+	Remote netip.AddrPort `json:"remote"`
+	RecvQ  uint32         `json:"recv_q"`
+}
+
+func (h Held) String() string {
+	return fmt.Sprintf("tcp %s ↔ %s: %d bytes received and not read by its application (Recv-Q)", h.Local, h.Remote, h.RecvQ)
+}
+
+// HeldBy is the connection between local and remote, if it holds unread
+// data.
+func (l Listeners) HeldBy(local, remote netip.AddrPort) (Held, bool) {
+	for _, h := range l.Held {
+		if h.Local == local && h.Remote == remote {
+			return h, true
+		}
+	}
+	return Held{}, false
 }
 
 // Socket is one listening socket.

@@ -100,7 +100,8 @@ func (f *Facts) readLinks() {
 	}
 	for _, l := range links {
 		a := l.Attrs()
-		f.Links[a.Name] = Link{MTU: a.MTU, Up: a.OperState == netlink.OperUp || a.Flags&net.FlagUp != 0 && a.OperState == netlink.OperUnknown}
+		f.Links[a.Name] = Link{MTU: a.MTU, Up: a.OperState == netlink.OperUp || a.Flags&net.FlagUp != 0 && a.OperState == netlink.OperUnknown,
+			State: strings.ToUpper(strings.ReplaceAll(a.OperState.String(), "-", ""))}
 	}
 }
 
@@ -258,8 +259,11 @@ func listeners(found probe.Found, lookErr error, p Pod) Listeners {
 				return fmt.Errorf("sock_diag: %w", err)
 			}
 			for _, s := range tcp {
-				if s.State == 10 { // TCP_LISTEN
-					l.Sockets = append(l.Sockets, Socket{Proto: nf.TCP, Local: sockAddr(family, s.ID.Source, s.ID.SourcePort), Queue: s.RQueue, Backlog: s.WQueue})
+				switch local := sockAddr(family, s.ID.Source, s.ID.SourcePort); {
+				case s.State == 10: // TCP_LISTEN
+					l.Sockets = append(l.Sockets, Socket{Proto: nf.TCP, Local: local, Queue: s.RQueue, Backlog: s.WQueue})
+				case s.RQueue > 0 && len(l.Held) < MaxHeld:
+					l.Held = append(l.Held, Held{Local: local, Remote: sockAddr(family, s.ID.Destination, s.ID.DestinationPort), RecvQ: s.RQueue})
 				}
 			}
 			udp, err := retried(func() ([]*netlink.Socket, error) { return netlink.SocketDiagUDP(family) })
@@ -355,9 +359,87 @@ func (f *Facts) readQdiscsOf(d string) {
 			}
 		case *netlink.Tbf:
 			e.Detail = fmt.Sprintf("rate %dbit limit %d", q.Rate*8, q.Limit)
+		case *netlink.Clsact, *netlink.Ingress:
+			e.Detail = filters(l, q.Type() == "clsact")
 		}
 		f.Qdiscs = append(f.Qdiscs, e)
 	}
+}
+
+// filters describes the tc filters (eBPF programs, actions) a clsact or
+// ingress qdisc runs on l: "ingress: bpf cil_from_container direct-action
+// id 42; egress: matchall action drop".
+func filters(l netlink.Link, egress bool) string {
+	dirs := []struct {
+		name   string
+		parent uint32
+	}{{"ingress", netlink.HANDLE_MIN_INGRESS}}
+	if egress {
+		dirs = append(dirs, struct {
+			name   string
+			parent uint32
+		}{"egress", netlink.HANDLE_MIN_EGRESS})
+	}
+	var out []string
+	for _, d := range dirs {
+		fs, err := dump(netlink.FilterList(l, d.parent))
+		if err != nil {
+			out = append(out, d.name+": not read ("+err.Error()+")")
+			continue
+		}
+		var each []string
+		for _, f := range fs {
+			each = append(each, filterString(f))
+		}
+		if len(each) > 0 {
+			out = append(out, d.name+": "+strings.Join(each, ", "))
+		}
+	}
+	if len(out) == 0 {
+		return "no filters"
+	}
+	return strings.Join(out, "; ")
+}
+
+func filterString(f netlink.Filter) string {
+	s := f.Type()
+	switch f.Attrs().Protocol {
+	case unix.ETH_P_IP:
+		s += " protocol ip"
+	case unix.ETH_P_IPV6:
+		s += " protocol ipv6"
+	case unix.ETH_P_ARP:
+		s += " protocol arp"
+	}
+	var actions []netlink.Action
+	switch f := f.(type) {
+	case *netlink.BpfFilter:
+		s += " " + f.Name
+		if f.DirectAction {
+			s += " direct-action"
+		}
+		s += fmt.Sprintf(" id %d", f.Id)
+	case *netlink.MatchAll:
+		actions = f.Actions
+	case *netlink.U32:
+		actions = f.Actions
+	case *netlink.Flower:
+		actions = f.Actions
+	}
+	for _, a := range actions {
+		act := a.Attrs().Action
+		switch a.(type) {
+		case *netlink.GenericAction:
+			name := act.String()
+			if act == netlink.TC_ACT_SHOT {
+				name = "drop"
+			}
+			s += " action " + name
+		default:
+			s += " action " + a.Type()
+		}
+	}
+	return s
 }
 
 // readPolicies reads the xfrm policies that cover the addresses.

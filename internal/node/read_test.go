@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/topo"
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) {
@@ -60,6 +62,23 @@ func TestRead(t *testing.T) {
 	if _, err := topo.Run(n.Node, "", "ip", "xfrm", "policy", "add", "dst", "10.250.0.11/32", "dir", "fwd", "action", "block"); err != nil {
 		t.Fatal(err)
 	}
+	// A tc filter on the bridge that drops IPv6 (this test sends none),
+	// and a second Pod whose own interface is down.
+	if err := topo.TCDrop(n.Node, "cbr0", false, unix.ETH_P_IPV6); err != nil {
+		t.Fatal(err)
+	}
+	down, downIP := netNS(t), netip.MustParseAddr("10.250.0.12")
+	if err := n.AttachPod(down, 2, downIP); err != nil {
+		t.Fatal(err)
+	}
+	downSrv, err := lab.StartServer(down, "d", lab.ModeHTTP, []int{8080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer downSrv.Stop()
+	if _, err := topo.Run(down, "", "ip", "link", "set", "eth0", "down"); err != nil {
+		t.Fatal(err)
+	}
 	// Ask the bridge's link for an address nobody holds.
 	nf.InNetNS(n.Node, func() error {
 		c, err := net.Dial("udp", netip.AddrPortFrom(nobody, 9).String())
@@ -90,8 +109,8 @@ func TestRead(t *testing.T) {
 	})
 	time.Sleep(100 * time.Millisecond)
 
-	f := node.Read(n.Node, node.Want{Addrs: []netip.Addr{podIP, nobody, far}, Devs: []string{"client0"},
-		Pods: []node.Pod{{Name: "shop/p", Addr: podIP}, {Name: "shop/gone", Addr: netip.MustParseAddr("10.250.0.77")}}})
+	f := node.Read(n.Node, node.Want{Addrs: []netip.Addr{podIP, nobody, far, downIP}, Devs: []string{"client0"},
+		Pods: []node.Pod{{Name: "shop/p", Addr: podIP}, {Name: "shop/gone", Addr: netip.MustParseAddr("10.250.0.77")}, {Name: "shop/down", Addr: downIP}}})
 	if len(f.Unread) > 0 {
 		t.Errorf("unread: %q", f.Unread)
 	}
@@ -121,6 +140,17 @@ func TestRead(t *testing.T) {
 	}
 	if qs := f.QdiscsOn("veth1"); len(qs) != 1 || qs[0].Kind != "pfifo" || !qs[0].Root || qs[0].Dropped == 0 {
 		t.Errorf("qdiscs of veth1: %+v", qs)
+	}
+	if qs := f.QdiscsOn("cbr0"); !slices.ContainsFunc(qs, func(q node.Qdisc) bool {
+		return strings.HasPrefix(q.String(), "tc qdisc on cbr0: clsact [ingress: bpf drop_ipv6 direct-action id ")
+	}) {
+		t.Errorf("qdiscs of cbr0: %+v", qs)
+	}
+	if dev, l, ok := f.LinkDown(downIP); !ok || dev != "veth2" || l.String(dev) != "ip link show veth2: state DOWN" {
+		t.Errorf("the down Pod's link: %q %+v %v", dev, l, ok)
+	}
+	if dev, _, ok := f.LinkDown(podIP); ok {
+		t.Errorf("the Pod's link %s down", dev)
 	}
 	if ps := f.PoliciesFor(podIP); len(ps) != 1 || ps[0].String() != "ip xfrm policy: src 0.0.0.0/0 dst 10.250.0.11/32 dir fwd action block" {
 		t.Errorf("xfrm policies for the Pod: %+v", ps)

@@ -47,6 +47,7 @@ const (
 	ForwardingOff      Code = "forwarding-off"       // net.ipv4.ip_forward is 0
 	RuleDropsEndpoint  Code = "rule-drops-endpoint"  // a rule not kube-proxy's drops new connections to an endpoint
 	QdiscDrops         Code = "qdisc-drops"          // a qdisc on the way to an endpoint has dropped packets
+	LinkDown           Code = "endpoint-link-down"   // the node's link toward an endpoint (its Pod's veth) is down
 	// The selector's reach.
 	SelectorSpansWorkloads Code = "selector-spans-workloads" // the selector matches the Pods of several controllers
 	NodeFactsUnread        Code = "node-facts-unread"        // some of the node's facts could not be read
@@ -84,5 +85,5 @@ var Codes = []Code{
 	NodePortAddresses, SessionAffinity, ConntrackFull, ConntrackStale, ConntrackUnlisted,
 	EndpointConditions, EndpointNotAPod, NamedPortDiffers, NoRouteToEndpoint, EndpointUnanswered,
 	NotListening, ListensElsewhere, BacklogFull, ForwardingOff, NodeFactsUnread, RuleDropsEndpoint,
-	QdiscDrops, SelectorSpansWorkloads,
+	QdiscDrops, LinkDown, SelectorSpansWorkloads,
 }

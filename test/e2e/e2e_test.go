@@ -510,6 +510,11 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 			proto = nf.UDP
 		}
 		targets = append(targets, nf.Target{Addr: dest(c, s), Proto: proto})
+		// The endpoints too, as svctrace SERVICE watches them: what
+		// happens to the client's packets inside the Pod.
+		for _, ep := range ready[s] {
+			targets = append(targets, nf.Target{Addr: ep, Proto: proto})
+		}
 		dests[dest(c, s)] = true
 	}
 	tr, err := tracer.Open(tracer.Options{NetNS: c.Node.Path, Targets: targets})

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"time"
@@ -58,6 +59,31 @@ func evidenceStories(mode cluster.Mode) []*story {
 			rule:  "in table ip filter (" + iptables + "), chain E2E-POLICY, rule 1: -d 10.244.",
 			cause: report.RuleDrop, evidence: `the rule's comment: "shop/deny-fenced"`,
 			blame: "a rule in table ip filter (" + iptables + "), chain E2E-POLICY, rule 1: -d 10.244."},
+		// A policy engine's nftables table (no iptables involved) jumps
+		// from its forward chain to a chain that drops the Pod's address,
+		// held in a set: svctrace evaluates the table as the kernel does
+		// and quotes the rule with its handle and comment.
+		{name: "rule-in-an-nftables-chain", expect: flow.Dropped, droppedIn: nf.Forward, afterDNAT: true, finding: "rule-drops-endpoint", summary: "chain ingress, rule 2",
+			svc:  service("walled", "10.96.2.110", map[string]string{"app": "walled"}, byName),
+			pods: []cluster.PodSpec{pod(shop, "walled-1", "walled", lab.ModeHTTP, true)},
+			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
+				_, err := topo.Run(c.Node, fmt.Sprintf(`table inet e2e-policy {
+	set walled { type ipv4_addr; elements = { %s } }
+	chain forward {
+		type filter hook forward priority 0; policy accept;
+		ct state established,related accept
+		ip daddr %s jump ingress
+	}
+	chain ingress {
+		tcp dport 22 accept
+		ip daddr @walled tcp dport 8080 counter drop comment "shop/deny-walled"
+	}
+}`, pods[0].IP, c.PodRange("")), "nft", "-f", "-")
+				return err
+			},
+			rule:  "in table inet e2e-policy (nftables), chain ingress, rule 2: ip daddr @walled tcp dport 8080 counter drop",
+			cause: report.RuleDrop, evidence: `the rule's comment: "shop/deny-walled"`,
+			blame: "a rule in table inet e2e-policy (nftables), chain ingress, rule 2: ip daddr @walled tcp dport 8080 counter drop"},
 		// The Pod's bridge port has a qdisc that queues nothing (pfifo
 		// limit 0): the SYN is dropped there, after POSTROUTING
 		// (QDISC_DROP), and the blame quotes the qdisc and its drops.
@@ -185,6 +211,50 @@ func evidenceStories(mode cluster.Mode) []*story {
 			pods:  []cluster.PodSpec{pod(shop, "named-1", "named", lab.ModeHTTP, false), named2},
 			cause: report.NotListening, evidence: "tcp [::]:8080",
 			blame: "Pod shop/named-2 on node-1 (ready): nothing listens on port 8081; it listens on [::]:8080"},
+		// An eBPF tc program on the Pod's link drops every IPv4 packet the
+		// node sends the Pod (ARP passes, so the neighbour resolves): the
+		// SYN dies after POSTROUTING (TC_EGRESS), and the blame quotes the
+		// program, which check finds by the drops its clsact qdisc counts
+		// (those of the SYNs traced before check runs).
+		{name: "tc-program-drops", expect: flow.Dropped, afterDNAT: true, finding: "qdisc-drops", summary: "or tc program on the way",
+			svc:  service("filtered", "10.96.2.120", map[string]string{"app": "filtered"}, byName),
+			pods: []cluster.PodSpec{pod(shop, "filtered-1", "filtered", lab.ModeHTTP, true)},
+			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
+				return topo.TCDrop(c.Node, pods[0].Veth, true, unix.ETH_P_IP)
+			},
+			cause: report.KernelDrop, evidence: "egress: bpf drop_ipv4 direct-action id ",
+			blame: "Pod shop/filtered-1 on node-1: the kernel dropped the client's SYN to it after POSTROUTING, in an eBPF program or tc action on the way out"},
+		// The Pod's own interface is down: the node's end of its veth
+		// has no carrier, ARP for the Pod fails (NEIGH_FAILED) and the
+		// node answers ICMP host-unreachable (or, rate-limited, drops).
+		{name: "pod-link-down", expect: flow.Rejected, orExpect: flow.Dropped, afterDNAT: true, finding: "endpoint-link-down", summary: "is down",
+			svc:  service("unplugged", "10.96.2.130", map[string]string{"app": "unplugged"}, byName),
+			pods: []cluster.PodSpec{pod(shop, "unplugged-1", "unplugged", lab.ModeHTTP, true)},
+			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
+				_, err := topo.Run(pods[0].NS, "", "ip", "link", "set", "eth0", "down")
+				return err
+			},
+			cause: report.LinkDown, evidence: "state DOWN",
+			blame: "Pod shop/unplugged-1 on node-1: the node's link toward it, "},
+		// The Pod's server listens and never accepts: its accept queue
+		// fills, and its kernel drops new SYNs.
+		{name: "backlog-full", expect: flow.NoReply, finding: "backlog-full", summary: "accept queue",
+			svc:   service("stuck", "10.96.2.140", map[string]string{"app": "stuck"}, byName),
+			pods:  []cluster.PodSpec{pod(shop, "stuck-1", "stuck", lab.ModeHung, true)},
+			cause: report.BacklogFull, evidence: "0.0.0.0:8080 (accept queue 2 of 1)",
+			blame: "Pod shop/stuck-1 on node-1 (ready) did not answer on port 8080: its server does not accept connections; the accept queue of "},
+		// The Pod's server accepts and never reads: the client's upload
+		// fills the Pod's small receive window, and the Pod's kernel drops
+		// the client's zero-window probes (TCP_OLD_SEQUENCE, at growing
+		// intervals). The handshake was answered; the blame names the
+		// drops and quotes the connection's unread bytes, read again
+		// through sock_diag in the Pod's namespace.
+		{name: "window-closed", expect: flow.Answered, finding: "healthy",
+			svc:     service("stalled", "10.96.2.150", map[string]string{"app": "stalled"}, byName),
+			pods:    []cluster.PodSpec{pod(shop, "stalled-1", "stalled", lab.ModeStall, true)},
+			request: bigUpload,
+			cause:   report.KernelDrop, evidence: "bytes received and not read by its application (Recv-Q)",
+			blame: "Pod shop/stalled-1 on node-1 answered, then its kernel dropped "},
 		// A hand-made slice says ready and not serving: kube-proxy goes by
 		// ready, and the connection is answered.
 		{name: "ready-but-not-serving", expect: flow.Answered, finding: "endpoint-conditions", summary: "is ready yet says it is not serving",
@@ -239,6 +309,23 @@ func bigDatagram(ctx context.Context, c *cluster.Cluster, addr netip.AddrPort, t
 		}
 		conn.Write(make([]byte, 1400))
 		conn.SetReadDeadline(time.Now().Add(timeout))
+		conn.Read(make([]byte, 64))
+		return nil
+	})
+}
+
+// bigUpload sends 1 MiB and waits for an answer: more than a server that
+// does not read can hold.
+func bigUpload(ctx context.Context, c *cluster.Cluster, addr netip.AddrPort, timeout time.Duration) {
+	nf.InNetNS(c.ClientNS, func() error {
+		d := net.Dialer{Timeout: timeout}
+		conn, err := d.DialContext(ctx, "tcp", addr.String())
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(timeout))
+		conn.Write(make([]byte, 1<<20))
 		conn.Read(make([]byte, 64))
 		return nil
 	})
