@@ -76,8 +76,16 @@ const (
 )
 
 // Full reports whether the table is at its limit: new entries, and the
-// packets that would create them, are dropped.
-func (t *Table) Full() bool { return t != nil && t.Max > 0 && t.Count >= t.Max }
+// packets that would create them, are dropped. A table within 1 % of its
+// limit whose drop counter has counted such packets is at it too: it
+// hovers there, each entry that expires freeing a slot the next new flow
+// takes (read a moment apart, the count is one or two short).
+func (t *Table) Full() bool {
+	if t == nil || t.Max <= 0 {
+		return false
+	}
+	return t.Count >= t.Max || t.Count*100 >= t.Max*99 && t.Stats["drop"] > 0
+}
 
 // Read reads ns's table: its size, limit, counters and translated UDP
 // entries.

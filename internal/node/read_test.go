@@ -64,7 +64,7 @@ func TestRead(t *testing.T) {
 	}
 	// A tc filter on the bridge that drops IPv6 (this test sends none),
 	// and a second Pod whose own interface is down.
-	if err := topo.TCDrop(n.Node, "cbr0", false, unix.ETH_P_IPV6); err != nil {
+	if err := testutil.TCDrop(n.Node, "cbr0", false, unix.ETH_P_IPV6); err != nil {
 		t.Fatal(err)
 	}
 	down, downIP := netNS(t), netip.MustParseAddr("10.250.0.12")

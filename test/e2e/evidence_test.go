@@ -11,6 +11,7 @@ import (
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
+	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/test/cluster"
 	"golang.org/x/sys/unix"
@@ -220,7 +221,7 @@ func evidenceStories(mode cluster.Mode) []*story {
 			svc:  service("filtered", "10.96.2.120", map[string]string{"app": "filtered"}, byName),
 			pods: []cluster.PodSpec{pod(shop, "filtered-1", "filtered", lab.ModeHTTP, true)},
 			setup: func(ctx context.Context, c *cluster.Cluster, s *story, pods []*cluster.Pod) error {
-				return topo.TCDrop(c.Node, pods[0].Veth, true, unix.ETH_P_IP)
+				return testutil.TCDrop(c.Node, pods[0].Veth, true, unix.ETH_P_IP)
 			},
 			cause: report.KernelDrop, evidence: "egress: bpf drop_ipv4 direct-action id ",
 			blame: "Pod shop/filtered-1 on node-1: the kernel dropped the client's SYN to it after POSTROUTING, in an eBPF program or tc action on the way out"},

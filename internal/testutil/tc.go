@@ -1,4 +1,4 @@
-package topo
+package testutil
 
 import (
 	"fmt"
@@ -7,6 +7,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,25 +35,33 @@ func TCDrop(ns nf.NetNS, dev string, egress bool, proto uint16) error {
 		return fmt.Errorf("loading the tc program: %w", err)
 	}
 	defer prog.Close() // the filter holds it
-	return withHandle(ns, func(h *netlink.Handle) error {
-		l, err := h.LinkByName(dev)
-		if err != nil {
-			return err
-		}
-		q := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index,
-			Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
-		if err := h.QdiscAdd(q); err != nil {
-			return fmt.Errorf("adding clsact to %s: %w", dev, err)
-		}
-		parent := uint32(netlink.HANDLE_MIN_INGRESS)
-		if egress {
-			parent = netlink.HANDLE_MIN_EGRESS
-		}
-		f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent,
-			Handle: 1, Protocol: unix.ETH_P_ALL}, Fd: prog.FD(), Name: name, DirectAction: true}
-		if err := h.FilterAdd(f); err != nil {
-			return fmt.Errorf("adding the tc program to %s: %w", dev, err)
-		}
-		return nil
-	})
+	fd, err := netns.GetFromPath(ns.Path)
+	if err != nil {
+		return err
+	}
+	defer fd.Close()
+	h, err := netlink.NewHandleAt(fd)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		return err
+	}
+	q := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index,
+		Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
+	if err := h.QdiscAdd(q); err != nil {
+		return fmt.Errorf("adding clsact to %s: %w", dev, err)
+	}
+	parent := uint32(netlink.HANDLE_MIN_INGRESS)
+	if egress {
+		parent = netlink.HANDLE_MIN_EGRESS
+	}
+	f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent,
+		Handle: 1, Protocol: unix.ETH_P_ALL}, Fd: prog.FD(), Name: name, DirectAction: true}
+	if err := h.FilterAdd(f); err != nil {
+		return fmt.Errorf("adding the tc program to %s: %w", dev, err)
+	}
+	return nil
 }
