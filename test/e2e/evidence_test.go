@@ -254,7 +254,7 @@ func evidenceStories(mode cluster.Mode) []*story {
 			svc:     service("stalled", "10.96.2.150", map[string]string{"app": "stalled"}, byName),
 			pods:    []cluster.PodSpec{pod(shop, "stalled-1", "stalled", lab.ModeStall, true)},
 			request: bigUpload,
-			cause:   report.KernelDrop, evidence: "bytes received and not read by its application (Recv-Q)",
+			cause:   report.KernelDrop, evidence: "sock_diag in shop/stalled-1's network namespace: ",
 			blame: "Pod shop/stalled-1 on node-1 answered, then its kernel dropped "},
 		// A hand-made slice says ready and not serving: kube-proxy goes by
 		// ready, and the connection is answered.
