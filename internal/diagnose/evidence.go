@@ -61,8 +61,8 @@ func (x *Explainer) net(f cause.Fact, a netip.Addr, dev string) *node.Facts {
 		r, ok := net.Route(a)
 		_, hop := net.Neighbour(r.NextHop())
 		_, rp := net.Sysctl("net.ipv4.conf." + dev + ".rp_filter")
-		l, pod := net.ListenersOf(a)
 		if f == cause.Sockets {
+			l, pod := net.ListenersOf(a)
 			if !pod {
 				return net // not an endpoint Pod on this node
 			}
@@ -234,8 +234,9 @@ func (x *Explainer) kernelDrop(c *flow.Conn, d *flow.Drop, to netip.AddrPort, wh
 	}
 	place := describe.In(*d)
 	text := fmt.Sprintf("the kernel dropped %s %s: %s (%s at %s)", describe.Whose(c, d.Packet), place, r.Cause, d.Reason, d.Location)
-	if who != "" && to.IsValid() && c.PacketDir(d.Packet) == flow.Original {
-		text = fmt.Sprintf("%s: the kernel dropped %s to it %s: %s (%s at %s)", who, describe.Whose(c, d.Packet), place, r.Cause, d.Reason, d.Location)
+	named := who != "" && to.IsValid() && c.PacketDir(d.Packet) == flow.Original
+	if named {
+		text = fmt.Sprintf("the kernel dropped %s to it %s: %s (%s at %s)", describe.Whose(c, d.Packet), place, r.Cause, d.Reason, d.Location)
 	}
 	b := blamed{code: report.KernelDrop, class: r.Class, text: text}
 	if r.Confirm == cause.Policy && d.InNode {
@@ -257,8 +258,8 @@ func (x *Explainer) kernelDrop(c *flow.Conn, d *flow.Drop, to netip.AddrPort, wh
 		if net := x.net(cause.Neighbours, about, ""); net != nil {
 			if dev, l, down := net.LinkDown(about); down {
 				link := fmt.Sprintf("the node's link toward it, %s, is down", dev)
-				if rest, ok := strings.CutPrefix(b.text, who+": "); ok && who != "" {
-					b.text = who + ": " + link + "; " + rest
+				if named {
+					b.text = link + "; " + b.text
 				} else {
 					b.text += "; " + link
 				}
@@ -266,6 +267,9 @@ func (x *Explainer) kernelDrop(c *flow.Conn, d *flow.Drop, to netip.AddrPort, wh
 				b.evidence = append([]string{l.String(dev)}, b.evidence...)
 			}
 		}
+	}
+	if named {
+		b.text = who + ": " + b.text
 	}
 	return b, true
 }

@@ -326,9 +326,14 @@ func load(o Op, p Packet) ([]byte, bool) {
 func (t *NFTTable) evalNFT(r NFTRule, p Packet) nftEval {
 	var rs registers
 	e := nftEval{match: true}
-	terms := r.terms()
+	// The rule's terms name what matched or was unsure; most rules
+	// evaluated do neither, so they are worked out only when needed.
+	var terms []term
 	term := 0
 	note := func(i int) string {
+		if terms == nil {
+			terms = r.terms()
+		}
 		for term < len(terms) && terms[term].end < i {
 			term++
 		}
@@ -706,7 +711,7 @@ func ones(mask []byte) int {
 	return n
 }
 
-// metaLens are the sizes of the meta keys svctrace evaluates.
+// metaKeys are the meta keys svctrace evaluates, by name and size.
 var metaKeys = map[expr.MetaKey]struct {
 	name string
 	len  uint32
@@ -715,6 +720,8 @@ var metaKeys = map[expr.MetaKey]struct {
 	expr.MetaKeyOIFNAME: {"oifname", 16}, expr.MetaKeyMARK: {"mark", 4}, expr.MetaKeyIIF: {"iif", 4}, expr.MetaKeyOIF: {"oif", 4},
 	expr.MetaKeySKUID: {"skuid", 4}, expr.MetaKeySKGID: {"skgid", 4}, expr.MetaKeyPROTOCOL: {"protocol", 2},
 }
+
+var ctKeys = map[expr.CtKey]string{expr.CtKeySTATE: "state", expr.CtKeyMARK: "mark", expr.CtKeySTATUS: "status"}
 
 var cmpOps = map[expr.CmpOp]string{expr.CmpOpEq: "==", expr.CmpOpNeq: "!=", expr.CmpOpLt: "<", expr.CmpOpLte: "<=",
 	expr.CmpOpGt: ">", expr.CmpOpGte: ">="}
@@ -750,14 +757,9 @@ func compile(exprs []expr.Any) []Op {
 				o = Op{Kind: "skip", What: "ct set"}
 				break
 			}
-			name := fmt.Sprintf("key-%d", x.Key)
-			switch x.Key {
-			case expr.CtKeySTATE:
-				name = "state"
-			case expr.CtKeyMARK:
-				name = "mark"
-			case expr.CtKeySTATUS:
-				name = "status"
+			name, ok := ctKeys[x.Key]
+			if !ok {
+				name = fmt.Sprintf("key-%d", x.Key)
 			}
 			o = Op{Kind: "ct", Reg: x.Register, Field: name, Len: 4}
 		case *expr.Cmp:

@@ -373,12 +373,9 @@ func filters(l netlink.Link, egress bool) string {
 	dirs := []struct {
 		name   string
 		parent uint32
-	}{{"ingress", netlink.HANDLE_MIN_INGRESS}}
-	if egress {
-		dirs = append(dirs, struct {
-			name   string
-			parent uint32
-		}{"egress", netlink.HANDLE_MIN_EGRESS})
+	}{{"ingress", netlink.HANDLE_MIN_INGRESS}, {"egress", netlink.HANDLE_MIN_EGRESS}}
+	if !egress {
+		dirs = dirs[:1] // an ingress qdisc has no egress side
 	}
 	var out []string
 	for _, d := range dirs {
