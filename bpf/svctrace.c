@@ -25,6 +25,10 @@
 
 #include "svctrace.h"
 
+#ifndef barrier
+#define barrier() asm volatile("" ::: "memory")
+#endif
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define NF_ACCEPT 1
@@ -153,16 +157,81 @@ struct {
 
 /* Waking the reader for every event costs the CPU that sends the packet
  * (an irq_work each): the reader is woken once this much is waiting, and
- * otherwise finds the events when it next looks (it does every 50 ms). */
+ * otherwise finds the events when it next looks (it does every 50 ms) -
+ * unless it waits with nothing to follow (userspace sets reader_waiting):
+ * then the first event wakes it. */
 #define WAKEUP_BYTES (64 << 10)
+
+volatile __u32 reader_waiting;
+
+static __always_inline __u64 wakeup_flags(void)
+{
+	if (reader_waiting || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
 
 static __always_inline void submit(struct event *e)
 {
-	__u64 flags = BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, wakeup_flags());
+}
 
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES)
-		flags = BPF_RB_FORCE_WAKEUP;
-	bpf_ringbuf_submit(e, flags);
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+
+	if (n)
+		(*n)++;
+}
+
+/* The path of the packet the CPU's observers are following (struct packet_path),
+ * until it leaves the namespace's hooks. busy: an observer is changing it; an
+ * observer that interrupts that one on the same CPU (process context)
+ * reports its observation on its own instead. tmp: room for a step's tuples. */
+struct pending {
+	__u8 used;
+	__u8 busy;
+	__u8 pad[6];
+	struct tuple tmp[3];
+	struct packet_path p;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pending);
+} paths SEC(".maps");
+
+#define FLUSH_ANY 0
+#define FLUSH_THIS 1  /* only skb's path */
+#define FLUSH_OTHER 2 /* only another packet's */
+
+/* Hands the CPU's pending path to userspace: as one event if it holds one
+ * observation, else in full. */
+static __always_inline void flush_pending(__u64 skb, int which)
+{
+	__u32 zero = 0;
+	struct pending *pd = bpf_map_lookup_elem(&paths, &zero);
+
+	if (!pd || !pd->used || pd->busy)
+		return;
+	if ((which == FLUSH_THIS && pd->p.e.skb != skb) || (which == FLUSH_OTHER && pd->p.e.skb == skb))
+		return;
+	pd->used = 0;
+
+	__u64 flags = wakeup_flags();
+	long err;
+
+	if (pd->p.nsteps == 0) {
+		pd->p.e.kind = EVENT_HOOK;
+		err = bpf_ringbuf_output(&events, &pd->p.e, sizeof(pd->p.e), flags);
+	} else {
+		err = bpf_ringbuf_output(&events, &pd->p, sizeof(pd->p), flags);
+	}
+	if (err)
+		count_lost();
 }
 
 /* Makes the enums part of the object's BTF so bpf2go generates them. */
@@ -227,15 +296,6 @@ static __always_inline int is_target(const __u8 *addr, __u16 port, __u8 proto)
 	k.port = port;
 	k.proto = proto;
 	return bpf_map_lookup_elem(&targets, &k) != NULL;
-}
-
-static __always_inline void count_lost(void)
-{
-	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
-
-	if (n)
-		(*n)++;
 }
 
 /* KREAD(direct, T, p, field) reads p->field, p being a kernel address of a
@@ -695,7 +755,7 @@ static __always_inline int match_skb(struct sk_buff *skb, struct match *m, int d
 
 /* capture copies the packet's first bytes from its IP header: its headers
  * (hdr_len), or snaplen bytes, never more than the skb's linear data. */
-static __always_inline void capture(struct sk_buff *skb, struct event *e, __u32 hdr_len, int direct)
+static __always_inline void capture(struct sk_buff *skb, __u8 *data, __u16 *cap_len, __u32 hdr_len, int direct)
 {
 	const __u8 *head = KREAD(direct, struct sk_buff, skb, head);
 	__u16 nh = KREAD(direct, struct sk_buff, skb, network_header);
@@ -709,8 +769,8 @@ static __always_inline void capture(struct sk_buff *skb, struct event *e, __u32 
 	/* Sizes the verifier can bound whatever the compiler spills: the
 	 * constant, or a mask below it. */
 	if (n >= CAP_MAX) {
-		if (bpf_probe_read_kernel(e->data, CAP_MAX, head + nh) == 0)
-			e->cap_len = CAP_MAX;
+		if (bpf_probe_read_kernel(data, CAP_MAX, head + nh) == 0)
+			*cap_len = CAP_MAX;
 		return;
 	}
 	__u64 sz = n;
@@ -719,21 +779,13 @@ static __always_inline void capture(struct sk_buff *skb, struct event *e, __u32 
 	/* The compiler drops a plain mask it can prove redundant, and the
 	 * register it then passes is unbounded to the verifier. */
 	asm volatile("%[sz] &= 0x7f" : [sz] "+r"(sz));
-	if (bpf_probe_read_kernel(e->data, sz, head + nh) == 0)
-		e->cap_len = sz;
+	if (bpf_probe_read_kernel(data, sz, head + nh) == 0)
+		*cap_len = sz;
 }
 
-/* Reserves and fills the parts of an event common to all kinds. */
-static __always_inline struct event *new_event(struct sk_buff *skb, struct match *m, int direct)
+/* Fills the parts of an event common to all kinds into e, zeroed. */
+static __always_inline void fill_event(struct event *e, struct sk_buff *skb, struct match *m, int direct)
 {
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-
-	if (!e) {
-		count_lost();
-		return NULL;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-
 	e->ts = bpf_ktime_get_ns();
 	e->skb = (__u64)skb;
 	e->len = KREAD(direct, struct sk_buff, skb, len);
@@ -748,7 +800,7 @@ static __always_inline struct event *new_event(struct sk_buff *skb, struct match
 		e->icmp_type = m->pi.icmp_type;
 		e->icmp_code = m->pi.icmp_code;
 		e->flags |= m->pi.flags;
-		capture(skb, e, m->pi.hdr_len, direct);
+		capture(skb, e->data, &e->cap_len, m->pi.hdr_len, direct);
 	}
 
 	struct nf_conn *ct = m->ct;
@@ -765,6 +817,22 @@ static __always_inline struct event *new_event(struct sk_buff *skb, struct match
 		CT_TUPLE(direct, ct, IP_CT_DIR_ORIGINAL, m->family, &e->orig);
 		CT_TUPLE(direct, ct, IP_CT_DIR_REPLY, m->family, &e->reply);
 	}
+}
+
+/* Reserves an event and fills the parts common to all kinds; what waits in
+ * the CPU's path goes first. */
+static __always_inline struct event *new_event(struct sk_buff *skb, struct match *m, int direct)
+{
+	flush_pending(0, FLUSH_ANY);
+
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count_lost();
+		return NULL;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	fill_event(e, skb, m, direct);
 	return e;
 }
 
@@ -779,6 +847,7 @@ static __always_inline void report_counts(struct followed *f, struct nf_conn *ct
 	f->reported = now;
 	if (!p0 && !p1)
 		return;
+	flush_pending(0, FLUSH_ANY);
 
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
@@ -879,6 +948,143 @@ static __always_inline int show_packet(struct sk_buff *skb, struct match *m, __u
 
 /* ---- netfilter observers ------------------------------------------------- */
 
+static __always_inline int tuple_eq(const struct tuple *a, const struct tuple *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+#pragma unroll
+	for (int i = 0; i < sizeof(*a) / 4; i++)
+		if (x[i] != y[i])
+			return 0;
+	return 1;
+}
+
+/* The index a step gives tuple t: 0 if it is base (the header's), else its
+ * place among the path's tuples + 1, added if new; -1 when they are full. */
+static __always_inline int tuple_index(struct packet_path *p, const struct tuple *base, const struct tuple *t)
+{
+	if (tuple_eq(base, t))
+		return 0;
+#pragma unroll
+	for (int i = 0; i < PATH_TUPLES; i++) {
+		if (i >= p->ntuples) {
+			p->tuples[i] = *t;
+			p->ntuples = i + 1;
+			return i + 1;
+		}
+		if (tuple_eq(&p->tuples[i], t))
+			return i + 1;
+	}
+	return -1;
+}
+
+/* Adds one more observation of the path's packet as a step. Returns 0 if
+ * it did not fit (the tuples are full): the caller reports it on its own. */
+static __always_inline int add_step(struct pending *pd, struct sk_buff *skb, struct match *m,
+				    const struct nf_hook_state *state, __u8 stage)
+{
+	struct packet_path *p = &pd->p;
+	__u32 n = p->nsteps;
+
+	if (n >= PATH_STEPS)
+		return 0;
+
+	struct path_step *st = &p->steps[n];
+	int pkt = tuple_index(p, &p->e.pkt, &m->pi.t), orig = 0, reply = 0;
+
+	if (pkt < 0)
+		return 0;
+	__builtin_memset(st, 0, sizeof(*st));
+	if (m->ct) {
+		struct nf_conn *ct = m->ct;
+
+		CT_TUPLE(1, ct, IP_CT_DIR_ORIGINAL, m->family, &pd->tmp[0]);
+		CT_TUPLE(1, ct, IP_CT_DIR_REPLY, m->family, &pd->tmp[1]);
+		orig = tuple_index(p, &p->e.orig, &pd->tmp[0]);
+		reply = tuple_index(p, &p->e.reply, &pd->tmp[1]);
+		if (orig < 0 || reply < 0)
+			return 0;
+		st->flags = EVENT_F_CT;
+		st->ct = (__u64)ct;
+		st->ct_status = KREAD(1, struct nf_conn, ct, status);
+		if (bpf_core_field_exists(ct->mark))
+			st->ct_mark = KREAD(1, struct nf_conn, ct, mark);
+		if (bpf_core_field_exists(ct->zone))
+			st->ct_zone = KREAD(1, struct nf_conn, ct, zone.id);
+	}
+	st->dt = bpf_ktime_get_ns() - p->e.ts;
+	st->stage = stage;
+	st->hook = state->hook;
+	st->ctinfo = m->ctinfo;
+	st->ifindex_in = state->in ? state->in->ifindex : 0;
+	st->ifindex_out = state->out ? state->out->ifindex : 0;
+	st->len = skb->len;
+	st->skb_mark = skb->mark;
+	st->pkt = pkt;
+	st->orig = orig;
+	st->reply = reply;
+
+	/* A translation: the packet's headers as it now is. */
+	__u8 before = 0;
+
+	if (n > 0 && n <= PATH_STEPS)
+		before = p->steps[n - 1].pkt;
+	if (pkt != before && !p->data_step) {
+		p->cap_len1 = 0;
+		capture(skb, p->data1, &p->cap_len1, m->pi.hdr_len, 1);
+		p->data_step = n + 1;
+	} else if (pkt != before) {
+		p->cap_len2 = 0;
+		capture(skb, p->data2, &p->cap_len2, m->pi.hdr_len, 1);
+		p->data_step2 = n + 1;
+	}
+	p->nsteps = n + 1;
+	return 1;
+}
+
+/* Adds this observation of skb to the CPU's path (the first starts it).
+ * Returns 0 if it was not added: the caller reports it on its own. */
+static __always_inline int add_to_path(struct sk_buff *skb, struct match *m, const struct nf_hook_state *state,
+				       __u8 stage)
+{
+	__u32 zero = 0;
+	struct pending *pd = bpf_map_lookup_elem(&paths, &zero);
+	int added = 1;
+
+	/* An ICMP error's embedded header is translated too: such rare
+	 * packets are reported observer by observer. */
+	if (!pd || pd->busy || !parse_once(skb, m, 1) || (m->pi.flags & EVENT_F_INNER))
+		return 0;
+	if (pd->used && (pd->p.e.skb != (__u64)skb || pd->p.nsteps >= PATH_STEPS))
+		flush_pending(0, FLUSH_ANY);
+	pd->busy = 1;
+	barrier();
+	if (pd->used) {
+		added = add_step(pd, skb, m, state, stage);
+	} else {
+		struct event *e = &pd->p.e;
+
+		__builtin_memset(e, 0, sizeof(*e));
+		fill_event(e, skb, m, 1);
+		e->kind = EVENT_PATH;
+		e->stage = stage;
+		e->hook = state->hook;
+		e->netns = state->net->ns.inum;
+		e->ifindex_in = state->in ? state->in->ifindex : 0;
+		e->ifindex_out = state->out ? state->out->ifindex : 0;
+		pd->p.nsteps = 0;
+		pd->p.ntuples = 0;
+		pd->p.data_step = 0;
+		pd->p.data_step2 = 0;
+		pd->p.cap_len1 = 0;
+		pd->p.cap_len2 = 0;
+		pd->used = 1;
+	}
+	barrier();
+	pd->busy = 0;
+	return added;
+}
+
 static __always_inline int observe(struct bpf_nf_ctx *ctx, __u8 stage)
 {
 	struct sk_buff *skb = ctx->skb;
@@ -895,9 +1101,18 @@ static __always_inline int observe(struct bpf_nf_ctx *ctx, __u8 stage)
 	/* Before conntrack (each packet's first observer) the entry would
 	 * name the last packet: a packet's addresses, not its skb address,
 	 * decide there. */
+	/* The packet leaves the namespace's hooks: its path goes out. */
+	int end = stage == STAGE_LAST && (state->hook == NF_INET_LOCAL_IN || state->hook == NF_INET_POST_ROUTING);
+
 	if (stage != STAGE_PRE_CONNTRACK && d && d->skb == (__u64)skb && d->nfct == nfct && d->gen == gen &&
-	    d->match != MATCH_SHOW)
+	    d->match != MATCH_SHOW) {
+		if (end)
+			flush_pending((__u64)skb, FLUSH_THIS);
 		return NF_ACCEPT;
+	}
+	/* A new packet: the last one's path, if still waiting, is complete. */
+	if (stage == STAGE_PRE_CONNTRACK)
+		flush_pending((__u64)skb, FLUSH_OTHER);
 
 	m.family = state->pf;
 	int match = match_skb(skb, &m, 1);
@@ -921,21 +1136,22 @@ static __always_inline int observe(struct bpf_nf_ctx *ctx, __u8 stage)
 		d->match = match;
 		d->skb = (__u64)skb;
 	}
-	if (match != MATCH_SHOW)
-		return NF_ACCEPT;
+	if (match == MATCH_SHOW && !add_to_path(skb, &m, state, stage)) {
+		struct event *e = new_event(skb, &m, 1);
 
-	struct event *e = new_event(skb, &m, 1);
-
-	if (!e)
-		return NF_ACCEPT;
-	e->kind = EVENT_HOOK;
-	e->stage = stage;
-	e->hook = state->hook;
-	e->netns = state->net->ns.inum;
-	/* No device in or out on some hooks: NULL. */
-	e->ifindex_in = state->in ? state->in->ifindex : 0;
-	e->ifindex_out = state->out ? state->out->ifindex : 0;
-	submit(e);
+		if (e) {
+			e->kind = EVENT_HOOK;
+			e->stage = stage;
+			e->hook = state->hook;
+			e->netns = state->net->ns.inum;
+			/* No device in or out on some hooks: NULL. */
+			e->ifindex_in = state->in ? state->in->ifindex : 0;
+			e->ifindex_out = state->out ? state->out->ifindex : 0;
+			submit(e);
+		}
+	}
+	if (end)
+		flush_pending((__u64)skb, FLUSH_THIS);
 	return NF_ACCEPT;
 }
 

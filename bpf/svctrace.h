@@ -30,6 +30,7 @@ enum event_kind {
 	EVENT_HOOK = 1, /* a netfilter observer saw the packet */
 	EVENT_DROP = 2, /* skb:kfree_skb freed a packet of a followed connection */
 	EVENT_COUNT = 3, /* packets of a connection counted, not reported (the event budget) */
+	EVENT_PATH = 4,  /* a packet's observations through the namespace's hooks: struct packet_path */
 };
 
 /* event.flags */
@@ -86,6 +87,52 @@ struct event {
 	__u64 bytes[2];   /* EVENT_COUNT: bytes (IP) counted, original and reply direction */
 	__u32 packets[2]; /* EVENT_COUNT: packets counted */
 	__u8 data[CAP_MAX];
+};
+
+/*
+ * A packet's way through a namespace's netfilter hooks, reported once as it
+ * leaves them (the last observer of LOCAL_IN or POSTROUTING, a drop, or the
+ * next observed packet on the CPU) instead of one event per observer: the
+ * first observation in full (e, kind EVENT_PATH), then each later one as a
+ * step holding what an observer reads that can change on the way. A tuple
+ * index of a step is 0 for the header's own tuple (e.pkt, e.orig, e.reply)
+ * and k for tuples[k-1], the addresses translations made.
+ */
+#define PATH_STEPS 11
+#define PATH_TUPLES 6
+
+struct path_step {
+	__u64 ct;
+	__u32 dt; /* ns after e.ts */
+	__u32 ifindex_in;
+	__u32 ifindex_out;
+	__u32 len;
+	__u32 skb_mark;
+	__u32 ct_mark;
+	__u32 ct_status;
+	__u16 ct_zone;
+	__u8 stage;
+	__u8 hook;
+	__u8 ctinfo;
+	__u8 flags; /* EVENT_F_CT */
+	__u8 pkt;   /* tuple indexes, see above */
+	__u8 orig;
+	__u8 reply;
+	__u8 pad[3];
+};
+
+struct packet_path {
+	struct event e;
+	__u8 nsteps;
+	__u8 ntuples;
+	__u8 data_step;  /* the step (1-based) data1 was captured at; 0: none */
+	__u8 data_step2; /* the step data2 was captured at; 0: none */
+	__u16 cap_len1;
+	__u16 cap_len2;
+	struct path_step steps[PATH_STEPS];
+	struct tuple tuples[PATH_TUPLES];
+	__u8 data1[CAP_MAX]; /* the packet after its first translation */
+	__u8 data2[CAP_MAX]; /* after its last, if it had more than one */
 };
 
 /* Filter key: a watched address, port and IP protocol. */

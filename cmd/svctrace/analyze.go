@@ -30,10 +30,11 @@ what the live run printed: the diagnosis, every connection with its names and bl
 analysis: connections per endpoint and verdict, and connect latency (first packet to first
 answer) p50 and p99. Filters keep only some connections (the summary and analysis count those).
 
--o pcapng writes the packets for Wireshark instead: one record per netfilter observation point
-the packet crossed (an interface per point, e.g. "PREROUTING post-dnat"), as the packet was
-there (its headers; --snaplen on the recording run keeps more), each with svctrace's
-annotation as the packet comment: what changed, the connection's verdict, Service and blame.
+-o pcapng writes the packets for Wireshark instead: each reported packet as it entered the
+node's netfilter hooks, after each translation and where it was dropped (an interface per
+observation point, e.g. "PREROUTING post-dnat"), as the packet was there (its headers;
+--snaplen on the recording run keeps more), each with svctrace's annotation as the packet
+comment: what changed, the connection's verdict, Service and blame.
 
 A recording cut short (the trace was killed, the disk filled) is analysed up to its last
 whole record.`,
@@ -72,7 +73,7 @@ func (o *analyzeOptions) run(path string) error {
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
 		return fmt.Errorf("%s is a directory: name a recording made with -w, e.g. svctrace analyze %s", path, filepath.Join(path, "trace.svctrace"))
 	}
-	rec, corrupt := record.ReadFile(path)
+	rec, corrupt := record.Open(path)
 	if rec == nil {
 		var fe *record.FormatError
 		if errors.As(corrupt, &fe) {
@@ -86,7 +87,7 @@ func (o *analyzeOptions) run(path string) error {
 		return err
 	}
 	if corrupt != nil {
-		return fmt.Errorf("%w: the %d records before it were analysed", corrupt, len(rec.Entries))
+		return fmt.Errorf("%w: the %d records before it were analysed", corrupt, rec.Records)
 	}
 	return nil
 }

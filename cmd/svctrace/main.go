@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -58,7 +59,9 @@ func main() {
 	if isPlugin(os.Args[0]) {
 		root = newPlugin(out, os.Stderr)
 	}
+	stopProfile := startProfile()
 	err := root.ExecuteContext(ctx)
+	stopProfile()
 	stop()
 	cancel()
 	if werr := out.Err(); werr != nil {
@@ -204,5 +207,27 @@ func newVersion(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(g.stdout, "svctrace %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		},
+	}
+}
+
+// startProfile writes a CPU profile to $SVCTRACE_CPUPROFILE while svctrace
+// runs, for make bench and for developers (go tool pprof); it returns what
+// ends it.
+func startProfile() func() {
+	path := os.Getenv("SVCTRACE_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, logging.Prefix+"SVCTRACE_CPUPROFILE: %v (no profile written)\n", err)
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/svctrace/svctrace/internal/flow"
@@ -47,6 +48,13 @@ type Journal interface {
 type Source interface {
 	Read() (nf.Event, error)
 	SetDeadline(time.Time)
+	// Waiting says the reader is about to wait for events with nothing
+	// followed (true) or has stopped waiting (false): while it waits, the
+	// first event wakes it at once.
+	Waiting(bool)
+	// Wake makes a Read that waits for events return those there are,
+	// then os.ErrDeadlineExceeded, now.
+	Wake()
 	Lost() uint64
 }
 
@@ -57,12 +65,22 @@ type Result struct {
 	Orphans int
 }
 
-// tick is how often timeouts are checked and losses looked up.
+// tick is how often timeouts are checked and losses looked up while
+// connections are followed; while none is, every idleDrain. Idle, svctrace
+// wakes once a second: a node's tracer must cost nothing while nothing
+// happens.
 const tick = 100 * time.Millisecond
 
 // drainEvery is how long the reader waits for an event before it reports
-// the ring buffer empty.
-const drainEvery = 50 * time.Millisecond
+// the ring buffer empty, while connections are followed: the kernel wakes
+// it only once 64 KiB wait (waking it for every event would cost the CPU
+// that sends the packet). While nothing is followed it waits up to
+// idleDrain, and the first event wakes it (Source.Waiting): idle, svctrace
+// wakes every idleDrain and costs next to nothing.
+const (
+	drainEvery = 50 * time.Millisecond
+	idleDrain  = 2 * time.Second
+)
 
 // readBatch is how many events the reader hands over at once, at most: it
 // hands over fewer when the ring buffer is empty.
@@ -97,14 +115,27 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 	// finishes a connection whose last events are still on their way.
 	stop := make(chan struct{})
 	defer close(stop)
+	// busy: connections are followed, or Run is stopping; the reader and
+	// the ticker keep the short cadence.
+	var busy atomic.Bool
 	// Items go over in batches: a channel operation per event cost more
-	// than assembling it.
+	// than assembling it. Batches come back to be filled again (free).
+	free := make(chan []item, 4)
 	go func() {
 		batch := make([]item, 0, readBatch)
 		for {
 			before := nf.Now()
-			tr.SetDeadline(time.Now().Add(drainEvery))
+			idle := !busy.Load()
+			wait := drainEvery
+			if idle {
+				wait = idleDrain
+				tr.Waiting(true)
+			}
+			tr.SetDeadline(time.Now().Add(wait))
 			ev, err := tr.Read()
+			if idle {
+				tr.Waiting(false)
+			}
 			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 				readErr <- err
 				return
@@ -119,9 +150,13 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 			}
 			select {
 			case events <- batch:
-				batch = make([]item, 0, readBatch)
 			case <-stop:
 				return
+			}
+			select {
+			case batch = <-free:
+			default:
+				batch = make([]item, 0, readBatch)
 			}
 		}
 	}()
@@ -164,10 +199,33 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 	var stopErr error
 	var drained <-chan time.Time
 	done := ctx.Done()
+	// The ticker runs while busy; idle, the reader's return every
+	// idleDrain is the tick (one wake-up, not two).
+	ticker := time.NewTicker(tick)
+	ticker.Stop()
+	defer ticker.Stop()
+	var tickC <-chan time.Time
+	// pace sets the cadence: short while anything is followed or Run is
+	// stopping, and wakes the reader when that begins.
+	pace := func(now bool) {
+		if busy.Load() == now {
+			return
+		}
+		busy.Store(now)
+		if now {
+			ticker.Reset(tick)
+			tickC = ticker.C
+			tr.Wake()
+		} else {
+			ticker.Stop()
+			tickC = nil
+		}
+	}
 	halt := func(err error) {
 		if stopAt == 0 {
 			stopAt, stopErr, done = nf.Now(), err, nil
 			drained = time.After(maxDrain)
+			pace(true)
 		}
 	}
 	finish := func() (Result, error) {
@@ -179,18 +237,34 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 		return res, stopErr
 	}
 
-	ticker := time.NewTicker(tick)
-	defer ticker.Stop()
 	quiesce := opts.Quiesce
 	// quiesced is when Quiesce was closed. Run stops only once the reader
 	// has found the ring buffer empty after that: until then, events of
 	// the traffic may still be in the ring buffer or in the reader's batch
 	// (on a slow machine the whole trace was, and Run reported nothing).
 	var quiesced uint64
+	// onTick checks timeouts, losses and that the trace may go on; it
+	// reports whether Run is done.
+	onTick := func() bool {
+		if opts.Alive != nil && stopAt == 0 {
+			if err := opts.Alive(); err != nil {
+				halt(err)
+			}
+		}
+		checkLost()
+		if seen != 0 {
+			j.Tick(seen)
+		}
+		if emit(a.Tick(seen)) {
+			halt(nil)
+		}
+		return quiesced != 0 && seen >= quiesced && a.Active() == 0 && len(events) == 0
+	}
 	for {
 		if stopAt != 0 && seen >= stopAt {
 			return finish()
 		}
+		pace(a.Active() > 0 || stopAt != 0 || quiesced != 0)
 		select {
 		case batch := <-events:
 			for _, it := range batch {
@@ -208,24 +282,20 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 					halt(nil)
 				}
 			}
-		case <-ticker.C:
-			if opts.Alive != nil && stopAt == 0 {
-				if err := opts.Alive(); err != nil {
-					halt(err)
-				}
+			select {
+			case free <- batch[:0]:
+			default:
 			}
-			checkLost()
-			if seen != 0 {
-				j.Tick(seen)
+			if !busy.Load() && onTick() {
+				return finish()
 			}
-			if emit(a.Tick(seen)) {
-				halt(nil)
-			}
-			if quiesced != 0 && seen >= quiesced && a.Active() == 0 && len(events) == 0 {
+		case <-tickC:
+			if onTick() {
 				return finish()
 			}
 		case <-quiesce:
 			quiesced, quiesce = nf.Now(), nil
+			pace(true)
 		case err := <-readErr:
 			if errors.Is(err, nf.ErrClosed) {
 				return finish()

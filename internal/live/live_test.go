@@ -20,15 +20,28 @@ type lagging struct {
 	evs      []nf.Event
 	ready    time.Time
 	deadline time.Time
+	woken    chan struct{}
 }
 
 func (s *lagging) SetDeadline(d time.Time) { s.deadline = d }
 func (s *lagging) Lost() uint64            { return 0 }
+func (s *lagging) Waiting(bool)            {}
+
+// Wake ends a Read's wait for events, as the tracer's does.
+func (s *lagging) Wake() {
+	select {
+	case s.woken <- struct{}{}:
+	default:
+	}
+}
 
 func (s *lagging) Read() (nf.Event, error) {
 	time.Sleep(time.Until(s.ready)) // the reader's goroutine was not scheduled
 	if len(s.evs) == 0 {
-		time.Sleep(time.Until(s.deadline))
+		select {
+		case <-time.After(time.Until(s.deadline)):
+		case <-s.woken:
+		}
 		return nf.Event{}, os.ErrDeadlineExceeded
 	}
 	ev := s.evs[0]
@@ -68,7 +81,7 @@ func recentLabEvents(t *testing.T) ([]nf.Event, flow.Options, []*flow.Conn) {
 func TestCollectWaitsForLaggingReader(t *testing.T) {
 	// The recording happened before the traffic "ends" now.
 	evs, opts, want := recentLabEvents(t)
-	src := &lagging{evs: evs, ready: time.Now().Add(300 * time.Millisecond)}
+	src := &lagging{evs: evs, ready: time.Now().Add(300 * time.Millisecond), woken: make(chan struct{}, 1)}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	got, _, err := Collect(ctx, src, Options{Flow: opts}, func() {})
@@ -98,7 +111,7 @@ func TestStopReadsWhatWasReported(t *testing.T) {
 		{name: "alive", alive: func() error { return gone }, wantErr: gone},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			src := &lagging{evs: slices.Clone(evs), ready: time.Now().Add(300 * time.Millisecond)}
+			src := &lagging{evs: slices.Clone(evs), ready: time.Now().Add(300 * time.Millisecond), woken: make(chan struct{}, 1)}
 			ctx, cancel := context.WithCancel(context.Background())
 			if tc.cancel {
 				cancel()

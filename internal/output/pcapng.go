@@ -38,7 +38,7 @@ func (p *PcapNG) iface(name, desc string) int {
 	var id int
 	if p.w == nil {
 		p.w, p.err = pcapgo.NewNgWriterInterface(p.out, intf, pcapgo.NgWriterOptions{
-			SectionInfo: pcapgo.NgSectionInfo{Application: "svctrace", Comment: "packets of traced connections, one record per netfilter observation"}})
+			SectionInfo: pcapgo.NgSectionInfo{Application: "svctrace", Comment: "packets of traced connections: as they entered the node's netfilter hooks, after each translation, where dropped"}})
 	} else if p.err == nil {
 		id, p.err = p.w.AddInterface(intf)
 	}

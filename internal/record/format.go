@@ -11,9 +11,11 @@
 // recording cut short (a killed trace, a full disk) is told apart from a
 // corrupt one. Records are appended as the trace runs, so a crash loses at
 // most what was not yet flushed (the writer flushes at every tick, 10 times a
-// second). Readers skip record types they do not know, so newer versions can
-// add some. Version 1 (a 9-byte frame whose CRC covered the payload only) is
-// still read.
+// second while connections are followed, once a second otherwise). Readers
+// skip record types they do not know, so newer versions can add some.
+// Version 3 records kernel events in binary batches (TypeEvents, events.go)
+// where versions 1 and 2 wrote one JSON record each (TypeEvent); all three
+// are read. Version 1 had a 9-byte frame whose CRC covered the payload only.
 package record
 
 import (
@@ -35,8 +37,9 @@ import (
 // Magic starts every recording.
 const Magic = "SVCTRACE"
 
-// Version is the format this package writes. It reads it and version 1.
-const Version = 2
+// Version is the format this package writes. It reads it and versions 1
+// and 2.
+const Version = 3
 
 const (
 	headerSize = 16
@@ -59,7 +62,8 @@ const (
 	TypeConntrack Type = 4  // conntrack entries of the traced addresses (JSON []Conntrack)
 	TypeServices  Type = 5  // the addresses the node should translate (JSON []nf.Target)
 	TypeIfName    Type = 6  // an interface of the node (JSON IfName)
-	TypeEvent     Type = 10 // a kernel event (JSON nf.Event)
+	TypeEvent     Type = 10 // a kernel event (JSON nf.Event); versions 1 and 2 wrote these
+	TypeEvents    Type = 15 // kernel events, binary, each as it differs from the one before (events.go)
 	TypeTick      Type = 11 // the assembler's clock advanced (uint64 ns)
 	TypeLost      Type = 12 // events lost so far (uint64)
 	TypeFlush     Type = 13 // the trace ended at this time (uint64 ns)
@@ -74,12 +78,15 @@ func (t Type) String() string {
 }
 
 var typeNames = map[Type]string{TypeMeta: "meta", TypeView: "view", TypeRules: "rules", TypeName: "name", TypeLab: "lab", TypeFacts: "facts", TypeConntrack: "conntrack",
-	TypeServices: "services", TypeIfName: "interface", TypeEvent: "event", TypeTick: "tick", TypeLost: "lost",
+	TypeServices: "services", TypeIfName: "interface", TypeEvent: "event", TypeEvents: "events", TypeTick: "tick", TypeLost: "lost",
 	TypeFlush: "flush", TypeEnd: "end"}
 
 // Meta describes the trace: what ran, where, and how the live run
 // assembled and printed.
 type Meta struct {
+	// Format repeats the header's version (from version 3 on), which no
+	// checksum covers: a flipped bit there cannot pass for another version.
+	Format  uint16       `json:"format,omitzero"`
 	Command []string     `json:"command"` // svctrace's arguments
 	Mode    string       `json:"mode"`    // "trace", "service" or "lab"
 	Host    string       `json:"host"`

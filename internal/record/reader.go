@@ -47,6 +47,15 @@ type Reader struct {
 	notes   []string
 	skipped map[Type]int
 	err     error // what Next returns from now on
+	// batch holds the events of a TypeEvents record not yet returned, and
+	// batchOff where that record starts.
+	batch    *eventReader
+	batchOff int64
+	// SkipInputs skips the assembler's inputs (events, ticks, losses,
+	// flushes): their records are read and checked, not decoded.
+	SkipInputs bool
+	// Records counts the records read after Meta.
+	Records int
 }
 
 // NewReader reads a recording's header and first record.
@@ -60,8 +69,8 @@ func NewReader(r io.Reader) (*Reader, error) {
 		return nil, &FormatError{0, ErrNotRecording}
 	}
 	rd.version = binary.LittleEndian.Uint16(h[8:])
-	if rd.version != Version && rd.version != 1 {
-		return nil, &FormatError{8, fmt.Errorf("format version %d, this svctrace reads versions 1 and %d: use an svctrace as new as the one that recorded", rd.version, Version)}
+	if rd.version < 1 || rd.version > Version {
+		return nil, &FormatError{8, fmt.Errorf("format version %d, this svctrace reads versions 1 to %d: use an svctrace as new as the one that recorded", rd.version, Version)}
 	}
 	if rd.version >= 2 && !bytes.Equal(h[10:], make([]byte, 6)) {
 		return nil, &FormatError{10, errors.New("header: reserved bytes are not zero: corrupt")}
@@ -79,6 +88,9 @@ func NewReader(r io.Reader) (*Reader, error) {
 	if err := json.Unmarshal(payload, &rd.Meta); err != nil {
 		return nil, &FormatError{headerSize, fmt.Errorf("meta record: %w", err)}
 	}
+	if f := rd.Meta.Format; f != 0 && f != rd.version {
+		return nil, &FormatError{8, fmt.Errorf("the header says format version %d, the meta record %d: corrupt", rd.version, f)}
+	}
 	return rd, nil
 }
 
@@ -88,11 +100,29 @@ func NewReader(r io.Reader) (*Reader, error) {
 // then on.
 func (rd *Reader) Next() (*Entry, error) {
 	for rd.err == nil {
+		if rd.batch != nil {
+			if ev, ok := rd.batch.next(); ok {
+				return &Entry{Type: TypeEvent, Offset: rd.batchOff, Event: ev}, nil
+			}
+			if err := rd.batch.err; err != nil {
+				rd.err = &FormatError{rd.batchOff, fmt.Errorf("%s record: %w", TypeEvents, err)}
+				break
+			}
+			rd.batch = nil
+		}
 		off := rd.off
 		t, payload, err := rd.frame()
 		if err != nil {
 			rd.err = err
 			break
+		}
+		rd.Records++
+		if rd.SkipInputs && IsInput(t) {
+			continue
+		}
+		if t == TypeEvents {
+			rd.batch, rd.batchOff = &eventReader{p: payload}, off
+			continue
 		}
 		if t == TypeEnd {
 			var end End
@@ -226,10 +256,51 @@ func allZero(b []byte) bool {
 // Recording is a whole recording, read.
 type Recording struct {
 	Meta    Meta
-	Entries []Entry // every record after Meta, in order
+	Entries []Entry // every record after Meta, in order; Open leaves out the inputs
 	End     *End    // nil: the recording ended abruptly (the trace crashed or was killed)
 	// Notes say what was skipped or cut short.
 	Notes []string
+	// Records is how many records were read after Meta.
+	Records int
+	// Stream, set by Open, reads the recording again from its start, every
+	// record; close ends that reading.
+	Stream func() (rd *Reader, close func(), err error)
+}
+
+// IsInput reports whether records of type t are the assembler's inputs.
+func IsInput(t Type) bool {
+	return t == TypeEvent || t == TypeEvents || t == TypeTick || t == TypeLost || t == TypeFlush
+}
+
+// Open reads the recording at path as ReadFile does, except the
+// assembler's inputs - nearly all of a recording - which Stream reads as
+// they are used: analysing a recording takes memory for what it explains,
+// not for its size.
+func Open(path string) (*Recording, error) {
+	stream := func() (*Reader, func(), error) {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, nil, err
+		}
+		rd, err := NewReader(f)
+		if err != nil {
+			f.Close()
+			return nil, nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return rd, func() { f.Close() }, nil
+	}
+	rd, done, err := stream()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	rd.SkipInputs = true
+	rec, err := readRest(rd)
+	rec.Stream = stream
+	if err != nil {
+		err = fmt.Errorf("%s: %w", path, err)
+	}
+	return rec, err
 }
 
 // ReadFile reads a whole recording. A corrupt recording gives what precedes
@@ -259,11 +330,16 @@ func ReadAll(r io.Reader) (*Recording, error) {
 	if err != nil {
 		return nil, err
 	}
+	return readRest(rd)
+}
+
+// readRest reads the records after Meta.
+func readRest(rd *Reader) (*Recording, error) {
 	rec := &Recording{Meta: rd.Meta}
 	for {
 		e, err := rd.Next()
 		if err != nil {
-			rec.End, rec.Notes = rd.End, rd.Notes()
+			rec.End, rec.Notes, rec.Records = rd.End, rd.Notes(), rd.Records
 			if errors.Is(err, io.EOF) {
 				err = nil
 			}

@@ -38,6 +38,11 @@ type Writer struct {
 	stopped bool   // max size reached: nothing more is recorded
 	closed  bool
 	err     error // the first write error
+	// events are events not yet written, as a TypeEvents payload; prev
+	// the last of them, eventsLast the latest time among them.
+	events     []byte
+	prev       nf.Event
+	eventsLast uint64
 	// Truncated is called once when the size bound is reached.
 	Truncated func(why string)
 	// Failed is called once, when writing first fails (a full disk): the
@@ -158,6 +163,7 @@ func (w *Writer) Begin(m Meta) {
 		return
 	}
 	w.begun = true
+	m.Format = Version
 	w.write(frame(TypeMeta, mustJSON(m)))
 	w.flush()
 	if w.tmp == "" {
@@ -197,10 +203,17 @@ func (w *Writer) add(t Type, payload []byte) {
 	w.addLocked(t, payload)
 }
 
-// addLocked writes one record and reports whether it did.
+// addLocked writes one record and reports whether it did. The events
+// before it go first.
 func (w *Writer) addLocked(t Type, payload []byte) bool {
 	if !w.begun || w.stopped || w.err != nil {
 		return false
+	}
+	if t != TypeEvents && len(w.events) > 0 {
+		w.flushEvents()
+		if w.stopped || w.err != nil {
+			return false
+		}
 	}
 	if w.max > 0 && w.size+int64(frameSize+len(payload)) > w.max-reserve {
 		w.stopLocked(fmt.Sprintf("the recording reached --max-size (%d bytes)", w.max))
@@ -235,18 +248,36 @@ func (w *Writer) IfName(n IfName)               { w.addJSON(TypeIfName, n) }
 func (w *Writer) Lab(v any)                     { w.addJSON(TypeLab, v) }
 func (w *Writer) Lost(total uint64)             { w.add(TypeLost, u64(total)) }
 
-// Event records an event handed to the assembler.
+// Event records an event handed to the assembler. Events are written in
+// batches (TypeEvents), at each tick and before any other record.
 func (w *Writer) Event(ev nf.Event) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	b, err := json.Marshal(ev)
-	if err != nil {
-		w.stopLocked(fmt.Sprintf("cannot record an event: %v", err))
+	if !w.begun || w.stopped || w.err != nil {
 		return
 	}
-	if w.addLocked(TypeEvent, b) {
-		w.last = max(w.last, ev.Time)
+	n := len(w.events)
+	w.events = appendEvent(w.events, &w.prev, &ev)
+	if w.max > 0 && w.size+int64(frameSize+len(w.events)) > w.max-reserve {
+		// The events before this one fit, this one does not.
+		w.events = w.events[:n]
+		w.flushEvents()
+		w.stopLocked(fmt.Sprintf("the recording reached --max-size (%d bytes)", w.max))
+		return
 	}
+	w.prev = ev
+	w.eventsLast = max(w.eventsLast, ev.Time)
+	if len(w.events) >= eventBatch {
+		w.flushEvents()
+	}
+}
+
+// flushEvents writes the events not yet written as one record.
+func (w *Writer) flushEvents() {
+	if len(w.events) > 0 && w.addLocked(TypeEvents, w.events) {
+		w.last = max(w.last, w.eventsLast)
+	}
+	w.events, w.prev, w.eventsLast = w.events[:0], nf.Event{}, 0
 }
 
 // Tick records the assembler's clock and flushes what was written.
@@ -281,6 +312,9 @@ func (w *Writer) Close(end End) error {
 			os.Remove(w.tmp)
 		}
 		return nil
+	}
+	if !w.stopped && w.err == nil && len(w.events) > 0 {
+		w.flushEvents()
 	}
 	if !w.stopped && w.err == nil {
 		w.write(frame(TypeEnd, mustJSON(end)))

@@ -114,11 +114,16 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 		}
 		return live.Input{}, false
 	}
-	i := 0
+	// The records in order, inputs included: from the file again when
+	// rec was read without them (record.Open).
+	cs, err := newCursor(rec)
+	if err != nil {
+		return err
+	}
+	defer cs.close()
 	next := func() (live.Input, bool) {
-		for i < len(rec.Entries) {
-			i++
-			if in, ok := apply(&rec.Entries[i-1]); ok {
+		for e := cs.take(); e != nil; e = cs.take() {
+			if in, ok := apply(e); ok {
 				return in, true
 			}
 		}
@@ -127,9 +132,8 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 	if m.Mode == "service" {
 		// The Service's objects and diagnosis come before any packet, as
 		// they did live.
-		for i < len(rec.Entries) && cur == nil && !isInput(rec.Entries[i].Type) {
-			apply(&rec.Entries[i])
-			i++
+		for e := cs.peek(); e != nil && cur == nil && !record.IsInput(e.Type); e = cs.peek() {
+			apply(cs.take())
 		}
 		if cur == nil {
 			o.say("note: the recording ends before the Service's objects: its connections are shown without names")
@@ -160,9 +164,8 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			}
 			// The names the live run learned as it reported this
 			// connection follow the input that completed it.
-			for i < len(rec.Entries) && (rec.Entries[i].Type == record.TypeName || rec.Entries[i].Type == record.TypeFacts) {
-				apply(&rec.Entries[i])
-				i++
+			for e := cs.peek(); e != nil && (e.Type == record.TypeName || e.Type == record.TypeFacts); e = cs.peek() {
+				apply(cs.take())
 			}
 			if keep(c) {
 				r := report.Of(c, x, lost)
@@ -210,8 +213,55 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 	return nil
 }
 
-func isInput(t record.Type) bool {
-	return t == record.TypeEvent || t == record.TypeTick || t == record.TypeLost || t == record.TypeFlush
+// cursor goes through a recording's records in order, with one of
+// lookahead: those in memory, or those Stream reads again.
+type cursor struct {
+	list []record.Entry
+	i    int
+	rd   *record.Reader
+	done func()
+	head *record.Entry // read by peek, not yet taken
+}
+
+func newCursor(rec *record.Recording) (*cursor, error) {
+	if rec.Stream == nil {
+		return &cursor{list: rec.Entries}, nil
+	}
+	rd, done, err := rec.Stream()
+	if err != nil {
+		return nil, err
+	}
+	return &cursor{rd: rd, done: done}, nil
+}
+
+func (c *cursor) peek() *record.Entry {
+	if c.rd == nil {
+		if c.i < len(c.list) {
+			return &c.list[c.i]
+		}
+		return nil
+	}
+	if c.head == nil {
+		// An error ends the records here: the first reading found it
+		// and said so.
+		c.head, _ = c.rd.Next()
+	}
+	return c.head
+}
+
+func (c *cursor) take() *record.Entry {
+	e := c.peek()
+	if c.rd == nil {
+		c.i++
+	}
+	c.head = nil
+	return e
+}
+
+func (c *cursor) close() {
+	if c.done != nil {
+		c.done()
+	}
 }
 
 // readLab reads a lab recording's scenarios and objects, and diagnoses

@@ -161,6 +161,9 @@ func Run(ctx context.Context, s Trace) error {
 		Alive:   info.NetNS.Check,
 	})
 	stopStatus()
+	if n := tr.Stats(); n.Records > 0 {
+		s.logf("read %d records from the kernel holding %d events, for %d connection(s)", n.Records, n.Events, res.Conns)
+	}
 	sum.Lost, sum.Orphans = res.Lost, res.Orphans
 	p.Summary(sum)
 	if s.Rec != nil {

@@ -64,6 +64,7 @@ const (
 	bpfEventKindEVENT_HOOK  bpfEventKind = 1
 	bpfEventKindEVENT_DROP  bpfEventKind = 2
 	bpfEventKindEVENT_COUNT bpfEventKind = 3
+	bpfEventKindEVENT_PATH  bpfEventKind = 4
 )
 
 type bpfFollowed struct {
@@ -92,6 +93,51 @@ type bpfFrames struct {
 		Fn    uint32
 		Prio  int32
 	}
+}
+
+type bpfPacketPath struct {
+	_         structs.HostLayout
+	E         bpfEvent
+	Nsteps    uint8
+	Ntuples   uint8
+	DataStep  uint8
+	DataStep2 uint8
+	CapLen1   uint16
+	CapLen2   uint16
+	Steps     [11]bpfPathStep
+	Tuples    [6]bpfTuple
+	Data1     [128]uint8
+	Data2     [128]uint8
+}
+
+type bpfPathStep struct {
+	_          structs.HostLayout
+	Ct         uint64
+	Dt         uint32
+	IfindexIn  uint32
+	IfindexOut uint32
+	Len        uint32
+	SkbMark    uint32
+	CtMark     uint32
+	CtStatus   uint32
+	CtZone     uint16
+	Stage      uint8
+	Hook       uint8
+	Ctinfo     uint8
+	Flags      uint8
+	Pkt        uint8
+	Orig       uint8
+	Reply      uint8
+	Pad        [3]uint8
+}
+
+type bpfPending struct {
+	_    structs.HostLayout
+	Used uint8
+	Busy uint8
+	Pad  [6]uint8
+	Tmp  [3]bpfTuple
+	P    bpfPacketPath
 }
 
 type bpfScratch struct {
@@ -141,6 +187,7 @@ const (
 	bpfMapEvents                = "events"
 	bpfMapFrames                = "frames"
 	bpfMapLost                  = "lost"
+	bpfMapPaths                 = "paths"
 	bpfMapQuietTuples           = "quiet_tuples"
 	bpfMapScratch               = "scratch"
 	bpfMapTargets               = "targets"
@@ -189,6 +236,7 @@ const (
 	bpfVarEventKindUnused       = "event_kind_unused"
 	bpfVarFilterNetns           = "filter_netns"
 	bpfVarQuietAfter            = "quiet_after"
+	bpfVarReaderWaiting         = "reader_waiting"
 	bpfVarSnaplen               = "snaplen"
 	bpfVarStageUnused           = "stage_unused"
 	bpfVarTargetsGen            = "targets_gen"
@@ -286,6 +334,7 @@ type bpfMapSpecs struct {
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Frames      *ebpf.MapSpec `ebpf:"frames"`
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
+	Paths       *ebpf.MapSpec `ebpf:"paths"`
 	QuietTuples *ebpf.MapSpec `ebpf:"quiet_tuples"`
 	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 	Targets     *ebpf.MapSpec `ebpf:"targets"`
@@ -300,6 +349,7 @@ type bpfVariableSpecs struct {
 	EventKindUnused *ebpf.VariableSpec `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.VariableSpec `ebpf:"filter_netns"`
 	QuietAfter      *ebpf.VariableSpec `ebpf:"quiet_after"`
+	ReaderWaiting   *ebpf.VariableSpec `ebpf:"reader_waiting"`
 	Snaplen         *ebpf.VariableSpec `ebpf:"snaplen"`
 	StageUnused     *ebpf.VariableSpec `ebpf:"stage_unused"`
 	TargetsGen      *ebpf.VariableSpec `ebpf:"targets_gen"`
@@ -329,6 +379,7 @@ type bpfMaps struct {
 	Events      *ebpf.Map `ebpf:"events"`
 	Frames      *ebpf.Map `ebpf:"frames"`
 	Lost        *ebpf.Map `ebpf:"lost"`
+	Paths       *ebpf.Map `ebpf:"paths"`
 	QuietTuples *ebpf.Map `ebpf:"quiet_tuples"`
 	Scratch     *ebpf.Map `ebpf:"scratch"`
 	Targets     *ebpf.Map `ebpf:"targets"`
@@ -341,6 +392,7 @@ func (m *bpfMaps) Close() error {
 		m.Events,
 		m.Frames,
 		m.Lost,
+		m.Paths,
 		m.QuietTuples,
 		m.Scratch,
 		m.Targets,
@@ -356,6 +408,7 @@ type bpfVariables struct {
 	EventKindUnused *ebpf.Variable `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.Variable `ebpf:"filter_netns"`
 	QuietAfter      *ebpf.Variable `ebpf:"quiet_after"`
+	ReaderWaiting   *ebpf.Variable `ebpf:"reader_waiting"`
 	Snaplen         *ebpf.Variable `ebpf:"snaplen"`
 	StageUnused     *ebpf.Variable `ebpf:"stage_unused"`
 	TargetsGen      *ebpf.Variable `ebpf:"targets_gen"`

@@ -11,8 +11,16 @@ import (
 	"github.com/svctrace/svctrace/internal/nf"
 )
 
-// rawEventSize is the size of one ring buffer record.
-const rawEventSize = int(unsafe.Sizeof(bpfEvent{}))
+// rawEventSize is the size of one ring buffer record of one observation;
+// rawPathSize of a packet's path (kind pathKind).
+const (
+	rawEventSize = int(unsafe.Sizeof(bpfEvent{}))
+	rawPathSize  = int(unsafe.Sizeof(bpfPacketPath{}))
+)
+
+// pathKind is bpf/svctrace.h's EVENT_PATH: the record is a packet's path,
+// the observations of one packet through the namespace's hooks.
+const pathKind = 4
 
 // bpfEvent flag bits (bpf/svctrace.h).
 const (
@@ -45,6 +53,70 @@ func (d *decoder) decode(raw []byte) (nf.Event, error) {
 	var r bpfEvent
 	copy(unsafe.Slice((*byte)(unsafe.Pointer(&r)), rawEventSize), raw)
 	return d.event(&r), nil
+}
+
+// decodeAll appends the events of one ring buffer record to out: one, or
+// those of a packet's path, observer by observer.
+func (d *decoder) decodeAll(raw []byte, out []nf.Event) ([]nf.Event, error) {
+	ev, err := d.decode(raw)
+	if err != nil {
+		return out, err
+	}
+	if raw[unsafe.Offsetof(bpfEvent{}.Kind)] != pathKind {
+		return append(out, ev), nil
+	}
+	if len(raw) < rawPathSize {
+		return out, fmt.Errorf("%w: a path of %d bytes, want %d", errShortRecord, len(raw), rawPathSize)
+	}
+	var p bpfPacketPath
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&p)), rawPathSize), raw)
+	return d.path(&p, ev, out), nil
+}
+
+// path expands a packet's path: its first observation (ev, in full) and
+// one event per step, the header's packet with what the step read.
+func (d *decoder) path(p *bpfPacketPath, ev nf.Event, out []nf.Event) []nf.Event {
+	ev.Kind = nf.KindHook
+	out = append(out, ev)
+	fam := ev.Family
+	pick := func(i uint8, base *bpfTuple) nf.Tuple {
+		if i == 0 || int(i) > min(int(p.Ntuples), len(p.Tuples)) {
+			return tuple(base, fam)
+		}
+		return tuple(&p.Tuples[i-1], fam)
+	}
+	for i := range min(int(p.Nsteps), len(p.Steps)) {
+		st := &p.Steps[i]
+		e := ev
+		e.Time = p.E.Ts + uint64(st.Dt)
+		e.Stage, e.Hook = nf.Stage(st.Stage), nf.Hook(st.Hook)
+		e.InIf, e.OutIf = st.IfindexIn, st.IfindexOut
+		e.Len, e.Mark = st.Len, st.SkbMark
+		e.Tuple = pick(st.Pkt, &p.E.Pkt)
+		e.CT = nf.Conntrack{}
+		if st.Flags&flagCT != 0 {
+			e.CT = nf.Conntrack{
+				ID:     d.scramble(st.Ct),
+				Info:   nf.CTInfo(st.Ctinfo),
+				Status: nf.CTStatus(st.CtStatus),
+				Mark:   st.CtMark,
+				Zone:   st.CtZone,
+				Orig:   pick(st.Orig, &p.E.Orig),
+				Reply:  pick(st.Reply, &p.E.Reply),
+			}
+		} else if nf.CTInfo(st.Ctinfo) == nf.CTUntracked {
+			e.CT.Info = nf.CTUntracked
+		}
+		e.Data = nil
+		switch i + 1 {
+		case int(p.DataStep):
+			e.Data = captured(p.Data1[:], p.CapLen1)
+		case int(p.DataStep2):
+			e.Data = captured(p.Data2[:], p.CapLen2)
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 func (d *decoder) event(r *bpfEvent) nf.Event {
@@ -88,9 +160,7 @@ func (d *decoder) event(r *bpfEvent) nf.Event {
 		// packet past conntrack with no entry is INVALID.
 		ev.CT.Info = nf.CTUntracked
 	}
-	if n := min(int(r.CapLen), len(r.Data)); n > 0 {
-		ev.Data = bytes.Clone(r.Data[:n])
-	}
+	ev.Data = captured(r.Data[:], r.CapLen)
 	if ev.Kind == nf.KindCount {
 		ev.Counted = nf.Counted{Packets: r.Packets, Bytes: r.Bytes}
 	}
@@ -124,6 +194,14 @@ func (d *decoder) reason(code uint32) string {
 		return ""
 	}
 	return fmt.Sprintf("reason-%d", code)
+}
+
+// captured is a copy of the n bytes of data the kernel captured, or nil.
+func captured(data []byte, n uint16) []byte {
+	if m := min(int(n), len(data)); m > 0 {
+		return bytes.Clone(data[:m])
+	}
+	return nil
 }
 
 func tuple(t *bpfTuple, fam nf.Family) nf.Tuple {

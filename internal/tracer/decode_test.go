@@ -254,3 +254,65 @@ func TestSnaplenMatchesTheKernelSide(t *testing.T) {
 		t.Errorf("events carry %d bytes of a packet, nf.MaxSnaplen says %d", n, nf.MaxSnaplen)
 	}
 }
+
+// A packet's path comes back as one event per observation: the first in
+// full, each step the same packet with what that observer read - the
+// addresses NAT changed (tuple indexes), conntrack appearing after
+// conntrack, the headers captured after each translation.
+func TestDecodePath(t *testing.T) {
+	d := decoder{key: 42}
+	client := bpfTuple{Saddr: v4("10.99.0.2"), Daddr: v4("10.96.0.10"), Sport: port(41162), Dport: port(80), Proto: uint8(nf.TCP)}
+	dnat := client
+	dnat.Daddr, dnat.Dport = v4("10.244.0.11"), port(8080)
+	reply := bpfTuple{Saddr: v4("10.244.0.11"), Daddr: v4("10.99.0.2"), Sport: port(8080), Dport: port(41162), Proto: uint8(nf.TCP)}
+	unNATed := bpfTuple{Saddr: v4("10.96.0.10"), Daddr: v4("10.99.0.2"), Sport: port(80), Dport: port(41162), Proto: uint8(nf.TCP)}
+	var p bpfPacketPath
+	p.E = bpfEvent{Kind: pathKind, Ts: 1000, Hook: uint8(nf.PreRouting), Stage: uint8(nf.StagePreConntrack), Family: uint8(nf.IPv4),
+		Flags: flagPacket, Skb: 0xffff888001234500, Netns: 7, IfindexIn: 3, Len: 60, TcpFlags: uint8(nf.SYN), Pkt: client, CapLen: 2}
+	copy(p.E.Data[:], []byte{0x45, 0x00})
+	p.Tuples[0], p.Tuples[1], p.Tuples[2], p.Tuples[3] = client, unNATed, dnat, reply
+	p.Ntuples = 4
+	ct := uint64(0xffff888009876500)
+	p.Steps[0] = bpfPathStep{Dt: 10, Stage: uint8(nf.StagePostConntrack), Hook: uint8(nf.PreRouting), IfindexIn: 3, Len: 60,
+		Flags: flagCT, Ct: ct, CtStatus: 0x8, Pkt: 0, Orig: 1, Reply: 2}
+	p.Steps[1] = bpfPathStep{Dt: 25, Stage: uint8(nf.StagePostDNAT), Hook: uint8(nf.PreRouting), IfindexIn: 3, Len: 60,
+		Flags: flagCT, Ct: ct, CtStatus: 0x1a8, Pkt: 3, Orig: 1, Reply: 4}
+	p.Steps[2] = bpfPathStep{Dt: 40, Stage: uint8(nf.StageLast), Hook: uint8(nf.PostRouting), IfindexIn: 3, IfindexOut: 9, Len: 60,
+		Flags: flagCT, Ct: ct, CtStatus: 0x1a8, Pkt: 3, Orig: 1, Reply: 4}
+	p.Nsteps = 3
+	p.DataStep, p.CapLen1 = 2, 3
+	copy(p.Data1[:], []byte{0x45, 0x00, 0x01})
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&p)), rawPathSize)
+
+	evs, err := d.decodeAll(b, nil)
+	if err != nil || len(evs) != 4 {
+		t.Fatalf("%d events, %v", len(evs), err)
+	}
+	tup := func(src, dst string) nf.Tuple {
+		return nf.Tuple{Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst), Proto: nf.TCP}
+	}
+	first, post, dnatted, last := evs[0], evs[1], evs[2], evs[3]
+	if first.Kind != nf.KindHook || first.Stage != nf.StagePreConntrack || first.CT.ID != 0 || string(first.Data) != "\x45\x00" {
+		t.Errorf("first: %+v", first)
+	}
+	for i, ev := range evs {
+		if ev.Packet != first.Packet || ev.Family != nf.IPv4 || ev.NetNS != 7 || ev.TCPFlags != nf.SYN || ev.Kind != nf.KindHook {
+			t.Errorf("event %d is not the same packet: %+v", i, ev)
+		}
+	}
+	if post.Time != 1010 || post.Stage != nf.StagePostConntrack || post.CT.ID == 0 || post.CT.Orig != tup("10.99.0.2:41162", "10.96.0.10:80") ||
+		post.CT.Reply != tup("10.96.0.10:80", "10.99.0.2:41162") || post.Tuple != first.Tuple || post.Data != nil {
+		t.Errorf("after conntrack: %+v", post)
+	}
+	if dnatted.Tuple != tup("10.99.0.2:41162", "10.244.0.11:8080") || dnatted.CT.Reply != tup("10.244.0.11:8080", "10.99.0.2:41162") ||
+		dnatted.CT.ID != post.CT.ID || dnatted.CT.Status != 0x1a8 || string(dnatted.Data) != "\x45\x00\x01" {
+		t.Errorf("after DNAT: %+v", dnatted)
+	}
+	if last.Hook != nf.PostRouting || last.OutIf != 9 || last.Time != 1040 || last.Tuple != dnatted.Tuple || last.Data != nil {
+		t.Errorf("last: %+v", last)
+	}
+	// A path cut short is a bad record, not events made up.
+	if evs, err := d.decodeAll(b[:rawPathSize-1], nil); err == nil || len(evs) != 0 {
+		t.Errorf("short path: %d events, %v", len(evs), err)
+	}
+}

@@ -105,9 +105,14 @@ type Tracer struct {
 	links   []link.Link
 	reader  *ringbuf.Reader
 	dec     decoder
+	rec     ringbuf.Record // the last record Read took
+	queued  []nf.Event     // the events of rec; Read returned those before next
+	next    int
 	targets map[nf.Target]bool
 	gen     uint32 // of targets: bpf's targets_gen
 	bad     atomic.Uint64
+	records atomic.Uint64 // see Stats
+	events  atomic.Uint64
 	close   sync.Once
 }
 
@@ -387,25 +392,57 @@ func (t *Tracer) Targets() []nf.Target {
 // SetDeadline passes (os.ErrDeadlineExceeded) or the tracer is closed
 // (ErrClosed). Records that cannot be decoded are counted and skipped.
 func (t *Tracer) Read() (nf.Event, error) {
-	var rec ringbuf.Record
-	for {
-		if err := t.reader.ReadInto(&rec); err != nil {
-			if errors.Is(err, ringbuf.ErrClosed) {
+	for t.next == len(t.queued) {
+		if err := t.reader.ReadInto(&t.rec); err != nil {
+			switch {
+			case errors.Is(err, ringbuf.ErrClosed):
 				return nf.Event{}, ErrClosed
+			case errors.Is(err, ringbuf.ErrFlushed):
+				return nf.Event{}, os.ErrDeadlineExceeded // Wake
 			}
 			return nf.Event{}, err
 		}
-		ev, err := t.dec.decode(rec.RawSample)
-		if err != nil {
+		t.records.Add(1)
+		var err error
+		t.next = 0
+		if t.queued, err = t.dec.decodeAll(t.rec.RawSample, t.queued[:0]); err != nil {
 			t.bad.Add(1)
-			continue
 		}
-		return ev, nil
 	}
+	t.next++
+	t.events.Add(1)
+	return t.queued[t.next-1], nil
 }
+
+// Stats says how much the kernel handed over.
+type Stats struct {
+	Records uint64 // ring buffer records read
+	Events  uint64 // events they held (a packet's path holds several)
+}
+
+// Stats returns the counts since Open.
+func (t *Tracer) Stats() Stats { return Stats{Records: t.records.Load(), Events: t.events.Load()} }
 
 // SetDeadline makes Read return os.ErrDeadlineExceeded after d.
 func (t *Tracer) SetDeadline(d time.Time) { t.reader.SetDeadline(d) }
+
+// Wake makes a Read that waits return the events there are, then
+// os.ErrDeadlineExceeded, now.
+func (t *Tracer) Wake() { t.reader.Flush() }
+
+// Waiting tells the kernel side whether the reader waits with nothing
+// followed: then it wakes the reader at the first event, not once 64 KiB
+// wait. A reader that waits in the kernel costs nothing, one that looks
+// every so often costs a wake-up each time.
+func (t *Tracer) Waiting(on bool) {
+	if v := t.coll.Variables["reader_waiting"]; v != nil {
+		var x uint32
+		if on {
+			x = 1
+		}
+		v.Set(x) // fails only without BPF_F_MMAPABLE: the reader is then woken by size or deadline
+	}
+}
 
 // Lost returns how many events the kernel could not hand over (ring buffer
 // full) plus records that could not be decoded, since Open.

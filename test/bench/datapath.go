@@ -38,8 +38,12 @@ type workload struct {
 // stdout, the CPU time it used and its peak memory (0 where nothing ran).
 type watched struct {
 	out    string  // its standard output's last 64 KiB
+	errOut string  // its standard error's last 64 KiB
 	cpu    float64 // seconds
-	peakMB float64 // its peak resident set
+	// cpuReady is the CPU time it had used when it said it was ready:
+	// start-up (loading BTF and programs), not watching.
+	cpuReady float64
+	peakMB   float64 // its peak resident set
 }
 
 // configsFlag and workloadsFlag choose a subset of the data-path runs
@@ -60,20 +64,8 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 		return section{}, err
 	}
 	defer l.Down()
-	// Many short connections: the client reuses its TIME_WAIT ports.
-	for k, v := range map[string]string{"net.ipv4.tcp_tw_reuse": "1", "net.ipv4.ip_local_port_range": "1024 65000"} {
-		if err := topo.Sysctl(l.Client, k, v); err != nil {
-			return section{}, err
-		}
-	}
-	// The servers close first (Connection: close) and would hold a
-	// TIME_WAIT socket for every connection; the client's reused ports then
-	// meet them and their SYNs wait a second to be retried, which made the
-	// new-connection rate fall by half in each run, traced or not.
-	for _, p := range l.Pods {
-		if err := topo.Sysctl(p.NS, "net.ipv4.tcp_max_tw_buckets", "0"); err != nil {
-			return section{}, err
-		}
+	if err := quickConnections(l); err != nil {
+		return section{}, err
 	}
 	web, other := l.Scenarios[0].VIP(), l.Scenarios[3].VIP() // healthy; hung, never connected to
 	node := l.Node.Spec
@@ -220,27 +212,36 @@ func runWrk(l *lab.Lab, w workload, dur time.Duration) (float64, string, error) 
 // background starts a command and waits until its stderr says it is ready;
 // stop ends it (SIGINT, as an operator would) and waits.
 func background(name, ready string, args ...string) (func() watched, error) {
+	stop, _, err := started(name, ready, args...)
+	return stop, err
+}
+
+// started is background that also returns the process's pid.
+func started(name, ready string, args ...string) (func() watched, int, error) {
 	cmd := exec.Command(name, args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	// Only the end is kept (the summary): a flood prints gigabytes.
-	out := &tail{max: 64 << 10}
+	out, errOut := &tail{max: 64 << 10}, &tail{max: 64 << 10}
 	copied := make(chan struct{})
 	go func() { io.Copy(out, stdout); close(copied) }()
 	ok := make(chan bool, 1)
+	scanned := make(chan struct{})
 	go func() {
+		defer close(scanned)
 		sc := bufio.NewScanner(stderr)
 		seen := false
 		for sc.Scan() {
+			errOut.Write([]byte(sc.Text() + "\n"))
 			if !seen && strings.Contains(sc.Text(), ready) {
 				seen = true
 				ok <- true
@@ -254,26 +255,27 @@ func background(name, ready string, args ...string) (func() watched, error) {
 	case good := <-ok:
 		if !good {
 			cmd.Wait()
-			return nil, fmt.Errorf("%s ended before %q", filepath.Base(name), ready)
+			return nil, 0, fmt.Errorf("%s ended before %q", filepath.Base(name), ready)
 		}
 	case <-time.After(15 * time.Second):
 		cmd.Process.Kill()
 		cmd.Wait()
-		return nil, fmt.Errorf("%s: no %q after 15s", filepath.Base(name), ready)
+		return nil, 0, fmt.Errorf("%s: no %q after 15s", filepath.Base(name), ready)
 	}
+	cpu0 := cpuSeconds(cmd.Process.Pid)
 	return func() watched {
 		cpu, peak := cpuSeconds(cmd.Process.Pid), peakMB(cmd.Process.Pid)
 		cmd.Process.Signal(interrupt)
 		done := make(chan struct{})
-		go func() { <-copied; cmd.Wait(); close(done) }()
+		go func() { <-copied; <-scanned; cmd.Wait(); close(done) }()
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
 			cmd.Process.Kill()
 			<-done
 		}
-		return watched{out: string(out.b), cpu: cpu, peakMB: peak}
-	}, nil
+		return watched{out: string(out.b), errOut: string(errOut.b), cpu: cpu, cpuReady: cpu0, peakMB: peak}
+	}, cmd.Process.Pid, nil
 }
 
 // tail is a writer that keeps the last max bytes written to it.

@@ -91,7 +91,7 @@ func flood(bin string, total int) (section, error) {
 	t.WriteString("| | figure |\n|---|---:|\n")
 	fmt.Fprintf(&t, "| new connections sent while tracing | %d in %.1f s (%.0f/s) |\n", total, traced.Seconds(), float64(total)/traced.Seconds())
 	fmt.Fprintf(&t, "| the same without tracing, for comparison | %d in %.1f s (%.0f/s) |\n", total/10, base.Seconds(), float64(total/10)/base.Seconds())
-	fmt.Fprintf(&t, "| svctrace's peak RSS (VmHWM, as it stops) | %.0f MB |\n", w.peakMB)
+	fmt.Fprintf(&t, "| svctrace's peak RSS (VmHWM, as it stops) | %.0f MB (target ≤ 100 MB: %s) |\n", w.peakMB, verdict(w.peakMB <= 100))
 	fmt.Fprintf(&t, "| svctrace's CPU time | %.1f s |\n", w.cpu)
 	fmt.Fprintf(&t, "| connections svctrace reported | %d |\n", reported)
 	fmt.Fprintf(&t, "| events lost (ring buffer full), as svctrace reported them | %d |\n", lost)

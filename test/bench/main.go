@@ -35,7 +35,7 @@ func main() {
 	out := flag.String("out", "BENCHMARKS.md", "where the report goes")
 	dur := flag.Duration("duration", 3*time.Second, "each load run")
 	rounds := flag.Int("rounds", 3, "rounds of the data-path configurations, interleaved")
-	only := flag.String("only", "", "comma-separated sections to run (datapath,startup,pipeline,scale,memory,flood); default all")
+	only := flag.String("only", "", "comma-separated sections to run (datapath,cost,startup,pipeline,scale,memory,flood); default all")
 	flag.StringVar(&configsFlag, "configs", "", "comma-separated data-path configurations to run (a-e); default all")
 	flag.StringVar(&workloadsFlag, "workloads", "", "comma-separated data-path workloads (keep,new,bulk); default all")
 	floodSize := flag.Int("flood", 1000000, "new connections in the flood")
@@ -65,6 +65,7 @@ func main() {
 		run func() (section, error)
 	}{
 		{"datapath", func() (section, error) { return dataPath(bin, *dur, *rounds) }},
+		{"cost", func() (section, error) { return cost(bin, dir, *dur, *rounds) }},
 		{"startup", func() (section, error) { return startup(bin, dir) }},
 		{"pipeline", pipeline},
 		{"scale", scale},

@@ -77,7 +77,7 @@ func startup(bin, dir string) (section, error) {
 		method: "`svctrace web -n lab --objects FILE --netns <lab node> -v` (objects from a file: no API latency), 7 runs: from exec to the line that says tracing has begun, and the attach time the command itself reports (BTF, program load with CO-RE, 42 netfilter links, the kfree_skb tracepoint, the filter).",
 		table: fmt.Sprintf("| | median | min | max |\n|---|---:|---:|---:|\n| exec → tracing | %.0f ms | %.0f ms | %.0f ms |\n| attach (reported by svctrace -v) | %.0f ms | %.0f ms | %.0f ms |\n",
 			m, minOf(total), maxOf(total), median(attach), minOf(attach), maxOf(attach)),
-		notes: []string{fmt.Sprintf("Target ≤ 300 ms: %s.", verdict(m <= 300))},
+		notes: []string{fmt.Sprintf("Target ≤ 150 ms: %s.", verdict(m <= 150))},
 		raw:   raw.String()}, nil
 }
 
@@ -94,6 +94,7 @@ func pipeline() (section, error) {
 	var t strings.Builder
 	t.WriteString("| benchmark | ns/event | events/s on one core | allocations |\n|---|---:|---:|---|\n")
 	var notes []string
+	var perEventSum float64 // ns: decoding and assembling one event
 	for _, m := range benchRE.FindAllStringSubmatch(string(out), -1) {
 		ns, _ := strconv.ParseFloat(m[2], 64)
 		perEvent := ns
@@ -106,11 +107,16 @@ func pipeline() (section, error) {
 				perEvent = 1e9 / rate
 			}
 		}
+		perEventSum += perEvent
 		allocs := strings.TrimSpace(regexp.MustCompile(`[0-9.e+]+ events/s`).ReplaceAllString(m[3], ""))
 		fmt.Fprintf(&t, "| %s | %.0f | %.2f M | %s |\n", m[1], perEvent, rate/1e6, allocs)
 		if strings.HasPrefix(m[1], "BenchmarkAssemble") {
 			notes = append(notes, fmt.Sprintf("Target ≥ 1 M events/s through assembly on one core: %s (%.2f M).", verdict(rate >= 1e6), rate/1e6))
 		}
+	}
+	if perEventSum > 0 {
+		fmt.Fprintf(&t, "| decode + assemble | %.0f | %.2f M | |\n", perEventSum, 1e3/perEventSum)
+		notes = append(notes, fmt.Sprintf("Target ≥ 3 M events/s decoded and assembled on one core: %s (%.2f M).", verdict(1e3/perEventSum >= 3), 1e3/perEventSum))
 	}
 	notes = append(notes, "Under overload the kernel counts the events that did not fit in the ring buffer; text and JSON output report them with every connection and in the summary (tested in internal/output). Configuration (f) of the data path is the overload: svctrace without its event budget, with the events it lost.")
 	return section{title: "Event pipeline",
@@ -187,8 +193,8 @@ func scale() (section, error) {
 	return section{title: "Scale",
 		method: fmt.Sprintf("Generated: %d Services of %d endpoints each (%d endpoints), as kube-proxy's iptables mode lays them out (%d lines of iptables-save, %.1f MB), as its nftables mode does (the service-ips map, a service chain and an endpoint chain each, %d chains, loaded with `nft -f` into a namespace and read over netlink as `svctrace SERVICE` reads it: every chain and map, and one Service's rules), and as an object dump (Services and EndpointSlices, %.1f MB of YAML).",
 			services, perService, services*perService, strings.Count(rules, "\n"), float64(len(rules))/1e6, services*(perService+1), float64(len(dump))/1e6),
-		table: fmt.Sprintf("| | figure | target |\n|---|---:|---|\n| parse the iptables-save text (median of 3) | %.2f s | ≤ 0.5 s: %s |\n| Service ports found | %d | |\n| read the nftables ruleset over netlink (median of 3) | %.2f s | ≤ 0.5 s: %s |\n| Service ports found | %d | |\n| (loading it with nft -f, for scale) | %.1f s | |\n| read the object dump (--objects) | %.2f s | |\n| heap holding those objects | %.0f MB | |\n",
-			m, verdict(m <= 0.5), len(r.Ports), nm, verdict(nm <= 0.5), nftPorts, nftLoad.Seconds(), read.Seconds(), held),
+		table: fmt.Sprintf("| | figure | target |\n|---|---:|---|\n| parse the iptables-save text (median of 3) | %.2f s | ≤ 0.5 s: %s |\n| Service ports found | %d | |\n| read the nftables ruleset over netlink (median of 3) | %.2f s | ≤ 0.3 s: %s |\n| Service ports found | %d | |\n| (loading it with nft -f, for scale) | %.1f s | |\n| read the object dump (--objects) | %.2f s | |\n| heap holding those objects | %.0f MB | |\n",
+			m, verdict(m <= 0.5), len(r.Ports), nm, verdict(nm <= 0.3), nftPorts, nftLoad.Seconds(), read.Seconds(), held),
 		notes: []string{fmt.Sprintf("%d Services and %d EndpointSlices read. svctrace SERVICE against the API does not hold them: it lists by name, label and field selector and watches narrowly, so its memory does not grow with the cluster (see Memory against a large API server).", len(o.Services), len(o.Slices))}}, nil
 }
 
