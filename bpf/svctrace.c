@@ -948,6 +948,26 @@ static __always_inline int show_packet(struct sk_buff *skb, struct match *m, __u
 
 /* ---- netfilter observers ------------------------------------------------- */
 
+/* Where a netfilter observer sees the packet, read from its hook state once:
+ * the verifier looks each load of one of the state's pointers up in the
+ * kernel's BTF by name, in every state it reaches the load in. */
+struct where {
+	__u32 netns;
+	__u32 ifindex_in; /* 0: no device in or out on this hook */
+	__u32 ifindex_out;
+	__u8 hook;
+	__u8 pf;
+};
+
+static __always_inline void set_where(struct event *e, const struct where *w, __u8 stage)
+{
+	e->stage = stage;
+	e->hook = w->hook;
+	e->netns = w->netns;
+	e->ifindex_in = w->ifindex_in;
+	e->ifindex_out = w->ifindex_out;
+}
+
 static __always_inline int tuple_eq(const struct tuple *a, const struct tuple *b)
 {
 	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
@@ -961,8 +981,13 @@ static __always_inline int tuple_eq(const struct tuple *a, const struct tuple *b
 
 /* The index a step gives tuple t: 0 if it is base (the header's), else its
  * place among the path's tuples + 1, added if new; -1 when they are full. */
-static __always_inline int tuple_index(struct packet_path *p, const struct tuple *base, const struct tuple *t)
+/* A global function: the verifier checks it once, not once for every state
+ * its callers reach it in (its loops made the observers' verification four
+ * times longer). */
+__noinline int tuple_index(struct packet_path *p, const struct tuple *base, const struct tuple *t)
 {
+	if (!p || !base || !t)
+		return -1;
 	if (tuple_eq(base, t))
 		return 0;
 #pragma unroll
@@ -981,7 +1006,7 @@ static __always_inline int tuple_index(struct packet_path *p, const struct tuple
 /* Adds one more observation of the path's packet as a step. Returns 0 if
  * it did not fit (the tuples are full): the caller reports it on its own. */
 static __always_inline int add_step(struct pending *pd, struct sk_buff *skb, struct match *m,
-				    const struct nf_hook_state *state, __u8 stage)
+				    const struct where *w, __u8 stage)
 {
 	struct packet_path *p = &pd->p;
 	__u32 n = p->nsteps;
@@ -1014,10 +1039,10 @@ static __always_inline int add_step(struct pending *pd, struct sk_buff *skb, str
 	}
 	st->dt = bpf_ktime_get_ns() - p->e.ts;
 	st->stage = stage;
-	st->hook = state->hook;
+	st->hook = w->hook;
 	st->ctinfo = m->ctinfo;
-	st->ifindex_in = state->in ? state->in->ifindex : 0;
-	st->ifindex_out = state->out ? state->out->ifindex : 0;
+	st->ifindex_in = w->ifindex_in;
+	st->ifindex_out = w->ifindex_out;
 	st->len = skb->len;
 	st->skb_mark = skb->mark;
 	st->pkt = pkt;
@@ -1044,8 +1069,7 @@ static __always_inline int add_step(struct pending *pd, struct sk_buff *skb, str
 
 /* Adds this observation of skb to the CPU's path (the first starts it).
  * Returns 0 if it was not added: the caller reports it on its own. */
-static __always_inline int add_to_path(struct sk_buff *skb, struct match *m, const struct nf_hook_state *state,
-				       __u8 stage)
+static __always_inline int add_to_path(struct sk_buff *skb, struct match *m, const struct where *w, __u8 stage)
 {
 	__u32 zero = 0;
 	struct pending *pd = bpf_map_lookup_elem(&paths, &zero);
@@ -1060,18 +1084,14 @@ static __always_inline int add_to_path(struct sk_buff *skb, struct match *m, con
 	pd->busy = 1;
 	barrier();
 	if (pd->used) {
-		added = add_step(pd, skb, m, state, stage);
+		added = add_step(pd, skb, m, w, stage);
 	} else {
 		struct event *e = &pd->p.e;
 
 		__builtin_memset(e, 0, sizeof(*e));
 		fill_event(e, skb, m, 1);
 		e->kind = EVENT_PATH;
-		e->stage = stage;
-		e->hook = state->hook;
-		e->netns = state->net->ns.inum;
-		e->ifindex_in = state->in ? state->in->ifindex : 0;
-		e->ifindex_out = state->out ? state->out->ifindex : 0;
+		set_where(e, w, stage);
 		pd->p.nsteps = 0;
 		pd->p.ntuples = 0;
 		pd->p.data_step = 0;
@@ -1089,6 +1109,14 @@ static __always_inline int observe(struct bpf_nf_ctx *ctx, __u8 stage)
 {
 	struct sk_buff *skb = ctx->skb;
 	const struct nf_hook_state *state = ctx->state;
+	/* No device in or out on some hooks: NULL. */
+	struct where w = {
+		.netns = state->net->ns.inum,
+		.ifindex_in = state->in ? state->in->ifindex : 0,
+		.ifindex_out = state->out ? state->out->ifindex : 0,
+		.hook = state->hook,
+		.pf = state->pf,
+	};
 	struct match m = {};
 	__u64 nfct = 0;
 	__u32 gen = targets_gen, zero = 0;
@@ -1102,7 +1130,7 @@ static __always_inline int observe(struct bpf_nf_ctx *ctx, __u8 stage)
 	 * name the last packet: a packet's addresses, not its skb address,
 	 * decide there. */
 	/* The packet leaves the namespace's hooks: its path goes out. */
-	int end = stage == STAGE_LAST && (state->hook == NF_INET_LOCAL_IN || state->hook == NF_INET_POST_ROUTING);
+	int end = stage == STAGE_LAST && (w.hook == NF_INET_LOCAL_IN || w.hook == NF_INET_POST_ROUTING);
 
 	if (stage != STAGE_PRE_CONNTRACK && d && d->skb == (__u64)skb && d->nfct == nfct && d->gen == gen &&
 	    d->match != MATCH_SHOW) {
@@ -1114,11 +1142,11 @@ static __always_inline int observe(struct bpf_nf_ctx *ctx, __u8 stage)
 	if (stage == STAGE_PRE_CONNTRACK)
 		flush_pending((__u64)skb, FLUSH_OTHER);
 
-	m.family = state->pf;
+	m.family = w.pf;
 	int match = match_skb(skb, &m, 1);
 
 	if (match)
-		match = show_packet(skb, &m, state->hook, stage, 1) ? MATCH_SHOW : MATCH_QUIET;
+		match = show_packet(skb, &m, w.hook, stage, 1) ? MATCH_SHOW : MATCH_QUIET;
 
 	/* Before conntrack, the decision is forgotten, not remembered: a
 	 * packet conntrack leaves without an entry (INVALID) would find it,
@@ -1136,17 +1164,12 @@ static __always_inline int observe(struct bpf_nf_ctx *ctx, __u8 stage)
 		d->match = match;
 		d->skb = (__u64)skb;
 	}
-	if (match == MATCH_SHOW && !add_to_path(skb, &m, state, stage)) {
+	if (match == MATCH_SHOW && !add_to_path(skb, &m, &w, stage)) {
 		struct event *e = new_event(skb, &m, 1);
 
 		if (e) {
 			e->kind = EVENT_HOOK;
-			e->stage = stage;
-			e->hook = state->hook;
-			e->netns = state->net->ns.inum;
-			/* No device in or out on some hooks: NULL. */
-			e->ifindex_in = state->in ? state->in->ifindex : 0;
-			e->ifindex_out = state->out ? state->out->ifindex : 0;
+			set_where(e, &w, stage);
 			submit(e);
 		}
 	}

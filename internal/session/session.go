@@ -95,15 +95,16 @@ func Run(ctx context.Context, s Trace) error {
 	defer tr.Close()
 	info := tr.Info()
 	s.logf("attached in %s", time.Since(start).Round(time.Millisecond))
-	// Loading decoded the kernel's BTF (tens of MB of heap, and the mapped
-	// vmlinux file); none of it is needed while tracing. Give it back now
-	// rather than hold it for the whole run.
-	debug.FreeOSMemory()
 	for _, sk := range info.Skipped {
 		s.warn("not probed: %s", sk)
 	}
 	s.say("tracing %s in %s with %s (%d %s, drops: %s); Ctrl-C to stop",
 		targetList(s.Targets), info.NetNS, info.Backend, info.Links, ProbesWord(info.Backend), OrNone(info.Drops))
+	// Loading decoded the kernel's BTF (tens of MB of heap, and the mapped
+	// vmlinux file); none of it is needed while tracing. Give it back now
+	// rather than hold it for the whole run, beside what follows: the
+	// observers are already watching.
+	go debug.FreeOSMemory()
 
 	clock := nf.NewClock()
 	p, err := s.Printer(output.Options{Wall: clock.Time})

@@ -168,12 +168,7 @@ func (t *Tracer) attachFunctions(spec *ebpf.CollectionSpec, backend string, cach
 		if len(names) == 0 {
 			continue
 		}
-		one := spec.Copy()
-		one.Programs = map[string]*ebpf.ProgramSpec{}
-		for _, n := range names {
-			one.Programs[n] = spec.Programs[n]
-		}
-		coll, err := newCollection(one, t.coll.Maps, cache, logf)
+		coll, err := newCollection(only(spec, names...), t.coll.Maps, cache, logf)
 		if err != nil {
 			t.skip(f, err, logf)
 			firstErr = cmpErr(firstErr, err)
@@ -199,7 +194,7 @@ func (t *Tracer) attachFunctions(spec *ebpf.CollectionSpec, backend string, cach
 			coll.Close()
 			continue
 		}
-		t.funcs = append(t.funcs, coll)
+		t.loaded = append(t.loaded, coll)
 		t.links = append(t.links, ls...)
 		t.info.Links += len(ls)
 		t.info.Functions = append(t.info.Functions, f.name)
@@ -244,29 +239,30 @@ func attachFunction(backend, fn string, p *ebpf.Program, ret bool) (link.Link, e
 	return link.Kprobe(fn, p, nil)
 }
 
-// candidates are the backends to try: the one asked for, else every one
-// whose program type works here, in order of preference.
+// candidates are the backends to try: the one asked for, else all of them
+// in order of preference. Each is probed only when its turn comes (see
+// usable): probing one that will not be needed costs start-up time.
 func candidates(want string) ([]string, error) {
-	if want != "" {
-		if !isBackend(want) {
-			return nil, fmt.Errorf("unknown backend %q: use %s, %s or %s", want, BackendNetfilter, BackendFentry, BackendKprobe)
-		}
-		if err := probeBackend(want); err != nil {
-			return nil, fmt.Errorf("backend %s does not work here: %s; `svctrace kernel-support` shows what does", want, explain(err))
-		}
-		return []string{want}, nil
+	if want == "" {
+		return Backends, nil
 	}
-	var bs []string
-	for _, b := range Backends {
-		if probeBackend(b) == nil {
-			bs = append(bs, b)
-		}
+	if !isBackend(want) {
+		return nil, fmt.Errorf("unknown backend %q: use %s, %s or %s", want, BackendNetfilter, BackendFentry, BackendKprobe)
 	}
-	if len(bs) == 0 {
-		return nil, errors.New("no backend works on this kernel: it needs netfilter BPF links (Linux ≥ 6.4), fentry/fexit or kprobes; `svctrace kernel-support` shows why each fails")
-	}
-	return bs, nil
+	return []string{want}, nil
 }
+
+// usable says why a backend candidates named cannot be used here, or nil.
+func usable(b string, asked bool) error {
+	err := probeBackend(b)
+	if err != nil && asked {
+		return fmt.Errorf("backend %s does not work here: %s; `svctrace kernel-support` shows what does", b, explain(err))
+	}
+	return err
+}
+
+// errNoBackend is Open's error when no backend's program type works.
+var errNoBackend = errors.New("no backend works on this kernel: it needs netfilter BPF links (Linux ≥ 6.4), fentry/fexit or kprobes; `svctrace kernel-support` shows why each fails")
 
 func isBackend(b string) bool {
 	for _, x := range Backends {

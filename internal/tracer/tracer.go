@@ -99,9 +99,9 @@ var ErrNoBTF = errors.New("this kernel has no BTF type information (no /sys/kern
 // Tracer is a loaded and attached set of observers.
 type Tracer struct {
 	info    Info
-	coll    *ebpf.Collection   // maps and observers
-	drops   *ebpf.Collection   // the kfree_skb program, sharing coll's maps
-	funcs   []*ebpf.Collection // function probes, one per function, sharing coll's maps
+	coll    *ebpf.Collection   // the maps
+	loaded  []*ebpf.Collection // the programs, sharing coll's maps: observers or function probes, and the drop program
+	progs   map[string]*ebpf.Program
 	links   []link.Link
 	reader  *ringbuf.Reader
 	dec     decoder
@@ -132,30 +132,51 @@ func Open(opts Options) (_ *Tracer, err error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, permissionHint(fmt.Errorf("raising the memlock limit: %w", err))
 	}
-	// One decoded copy of the kernel's BTF serves CO-RE for every load and
-	// the drop reason names.
-	cache := btf.NewCache()
-	if _, err := cache.Kernel(); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoBTF, err)
-	}
 	backends, err := candidates(opts.Backend)
-	if err != nil {
-		return nil, permissionHint(err)
-	}
-	spec, err := loadBpf()
 	if err != nil {
 		return nil, err
 	}
+	// The object is parsed while the kernel's BTF is decoded.
+	var (
+		spec    *ebpf.CollectionSpec
+		specErr error
+		parsed  = make(chan struct{})
+	)
+	go func() {
+		defer close(parsed)
+		spec, specErr = loadBpf()
+	}()
+	// One decoded copy of the kernel's BTF serves CO-RE for every load and
+	// the drop reason names.
+	cache := btf.NewCache()
+	_, err = cache.Kernel()
+	<-parsed
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoBTF, err)
+	}
+	if specErr != nil {
+		return nil, specErr
+	}
 	// Backends in order of preference: one whose program type works may
 	// still lack what it needs (say, module functions without BTF).
-	for i, backend := range backends {
-		t, err := open(backend, ns, spec.Copy(), cache, opts, logf)
-		if err == nil || i == len(backends)-1 {
-			return t, err
+	var last error
+	for _, backend := range backends {
+		if err := usable(backend, opts.Backend != ""); err != nil {
+			if opts.Backend != "" {
+				return nil, permissionHint(err)
+			}
+			continue
 		}
-		logf("%v; trying %s", err, backends[i+1])
+		if last != nil {
+			logf("%v; trying %s", last, backend)
+		}
+		t, err := open(backend, ns, spec.Copy(), cache, opts, logf)
+		if err == nil {
+			return t, nil
+		}
+		last = err
 	}
-	return nil, errors.New("no backend to try") // candidates never returns none
+	return nil, cmp.Or(last, errNoBackend)
 }
 
 func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cache, opts Options, logf func(string, ...any)) (_ *Tracer, err error) {
@@ -166,13 +187,6 @@ func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cac
 		}
 	}()
 
-	// The maps, and the netfilter observers if they are the backend.
-	base := spec.Copy()
-	for name, p := range base.Programs {
-		if backend != BackendNetfilter || p.Type != ebpf.Netfilter {
-			delete(base.Programs, name)
-		}
-	}
 	if opts.Snaplen < 0 || opts.Snaplen > MaxSnaplen {
 		return nil, fmt.Errorf("snaplen %d: want 0 (headers only) to %d", opts.Snaplen, MaxSnaplen)
 	}
@@ -180,47 +194,57 @@ func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cac
 	if opts.EveryPacket {
 		quietAfter = math.MaxUint32
 	}
-	for _, s := range []*ebpf.CollectionSpec{spec, base} {
-		for name, v := range map[string]any{"snaplen": uint32(opts.Snaplen), "quiet_after": quietAfter,
-			"count_every_ns": uint64(countEvery)} {
-			if err := s.Variables[name].Set(v); err != nil {
-				return nil, fmt.Errorf("setting %s: %w", name, err)
-			}
-		}
-	}
+	vars := map[string]any{"snaplen": uint32(opts.Snaplen), "quiet_after": quietAfter, "count_every_ns": uint64(countEvery)}
 	if backend != BackendNetfilter {
 		// Function probes see every namespace: keep to this one.
-		if err := spec.Variables["filter_netns"].Set(ns.Inode); err != nil {
-			return nil, err
-		}
-		if err := base.Variables["filter_netns"].Set(ns.Inode); err != nil {
-			return nil, err
+		vars["filter_netns"] = ns.Inode
+	}
+	for name, v := range vars {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("setting %s: %w", name, err)
 		}
 	}
-	if t.coll, err = newCollection(base, nil, cache, logf); err != nil {
+	// The maps alone; the programs are loaded against them.
+	if t.coll, err = newCollection(only(spec), nil, cache, logf); err != nil {
 		return nil, permissionHint(fmt.Errorf("loading the %s backend: %w", backend, err))
 	}
 
+	// The kernel verifies each program as it is loaded, which is most of
+	// svctrace's start-up: the drop program and the observers load side
+	// by side, one program each.
+	drops := opts.dropPrograms
+	if drops == nil {
+		drops = []string{bpfProgKfreeSkbBtf, bpfProgKfreeSkbTp}
+	}
+	var dropped dropProgram
+	dropsDone := make(chan struct{})
+	go func() {
+		defer close(dropsDone)
+		dropped = attachDrops(spec, t.coll.Maps, drops, cache, logf)
+	}()
 	if backend == BackendNetfilter {
-		if err := nf.InNetNS(ns, t.attachObservers); err != nil {
-			return nil, err
+		err = t.loadObservers(spec, cache, logf)
+		if err == nil {
+			err = nf.InNetNS(ns, t.attachObservers)
 		}
+	} else {
+		err = t.attachFunctions(spec, backend, cache, logf)
+	}
+	<-dropsDone
+	if dropped.coll != nil {
+		t.loaded, t.links, t.info.Drops = append(t.loaded, dropped.coll), append(t.links, dropped.link), dropped.section
+	}
+	if err != nil {
+		return nil, err
+	}
+	if backend == BackendNetfilter {
 		logf("attached %d netfilter observers in %s", t.info.Links, ns)
 		for _, sh := range t.info.Shifted {
 			logf("observer %s: its priority was taken by another hook", sh)
 		}
 	} else {
-		if err := t.attachFunctions(spec, backend, cache, logf); err != nil {
-			return nil, err
-		}
 		logf("%s: probing %v for %s", backend, t.info.Functions, ns)
 	}
-
-	drops := opts.dropPrograms
-	if drops == nil {
-		drops = []string{bpfProgKfreeSkbBtf, bpfProgKfreeSkbTp}
-	}
-	t.attachDrops(spec, drops, cache, logf)
 
 	if t.reader, err = ringbuf.NewReader(t.coll.Maps[bpfMapEvents]); err != nil {
 		return nil, fmt.Errorf("opening the ring buffer: %w", err)
@@ -231,6 +255,43 @@ func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cac
 		return nil, err
 	}
 	return t, nil
+}
+
+// only is spec with only the named programs (sharing the rest, which
+// loading does not change).
+func only(spec *ebpf.CollectionSpec, names ...string) *ebpf.CollectionSpec {
+	one := *spec
+	one.Programs = make(map[string]*ebpf.ProgramSpec, len(names))
+	for _, n := range names {
+		one.Programs[n] = spec.Programs[n]
+	}
+	return &one
+}
+
+// loadObservers loads the netfilter observer programs, each on its own
+// goroutine: the kernel verifies them side by side.
+func (t *Tracer) loadObservers(spec *ebpf.CollectionSpec, cache *btf.Cache, logf func(string, ...any)) error {
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+	)
+	t.progs = map[string]*ebpf.Program{}
+	for _, name := range programs {
+		wg.Go(func() {
+			coll, err := newCollection(only(spec, name), t.coll.Maps, cache, logf)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				firstErr = cmp.Or(firstErr, fmt.Errorf("loading the netfilter observer %s: %w", name, err))
+				return
+			}
+			t.loaded = append(t.loaded, coll)
+			t.progs[name] = coll.Programs[name]
+		})
+	}
+	wg.Wait()
+	return permissionHint(firstErr)
 }
 
 // newCollection loads spec, reusing maps where given, and logs the
@@ -251,7 +312,7 @@ func (t *Tracer) attachObservers() error {
 	for _, fam := range []link.NetfilterProtocolFamily{link.NetfilterProtoIPv4, link.NetfilterProtoIPv6} {
 		for _, h := range nf.Hooks {
 			for _, s := range nf.Plan[h] {
-				l, prio, err := attachObserver(t.coll.Programs[programs[s]], fam, h, s)
+				l, prio, err := attachObserver(t.progs[programs[s]], fam, h, s)
 				if err != nil {
 					return permissionHint(fmt.Errorf("attaching netfilter observer %s %s/%s (priority %d): %w",
 						famName(fam), h, s, s.Priority(), err))
@@ -301,9 +362,16 @@ func attachObserver(p *ebpf.Program, fam link.NetfilterProtocolFamily, h nf.Hook
 	}
 }
 
+// dropProgram is the kfree_skb observer, loaded and attached.
+type dropProgram struct {
+	coll    *ebpf.Collection
+	link    link.Link
+	section string
+}
+
 // attachDrops attaches the kfree_skb observer: BTF-typed if the kernel allows,
 // else the plain tracepoint. Without either, tracing goes on without drops.
-func (t *Tracer) attachDrops(spec *ebpf.CollectionSpec, names []string, cache *btf.Cache, logf func(string, ...any)) {
+func attachDrops(spec *ebpf.CollectionSpec, maps map[string]*ebpf.Map, names []string, cache *btf.Cache, logf func(string, ...any)) dropProgram {
 	attach := map[string]func(*ebpf.Program) (link.Link, error){
 		bpfProgKfreeSkbBtf: func(p *ebpf.Program) (link.Link, error) {
 			return link.AttachTracing(link.TracingOptions{Program: p})
@@ -313,9 +381,8 @@ func (t *Tracer) attachDrops(spec *ebpf.CollectionSpec, names []string, cache *b
 		},
 	}
 	for _, name := range names {
-		one := spec.Copy()
-		one.Programs = map[string]*ebpf.ProgramSpec{name: spec.Programs[name]}
-		coll, err := newCollection(one, t.coll.Maps, cache, logf)
+		one := only(spec, name)
+		coll, err := newCollection(one, maps, cache, logf)
 		if err != nil {
 			logf("%s: %v", one.Programs[name].SectionName, err)
 			continue
@@ -326,11 +393,10 @@ func (t *Tracer) attachDrops(spec *ebpf.CollectionSpec, names []string, cache *b
 			coll.Close()
 			continue
 		}
-		t.drops, t.info.Drops = coll, one.Programs[name].SectionName
-		t.links = append(t.links, l)
-		return
+		return dropProgram{coll, l, one.Programs[name].SectionName}
 	}
 	logf("warning: drops will not be reported: skb:kfree_skb could not be attached")
+	return dropProgram{}
 }
 
 // Info describes the attached backend.
@@ -467,10 +533,7 @@ func (t *Tracer) Close() error {
 		if t.reader != nil {
 			t.reader.Close()
 		}
-		if t.drops != nil {
-			t.drops.Close()
-		}
-		for _, c := range t.funcs {
+		for _, c := range t.loaded {
 			c.Close()
 		}
 		if t.coll != nil {
