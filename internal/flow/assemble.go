@@ -107,7 +107,8 @@ func (a *Assembler) Active() int { return a.active }
 // Add takes one event. It returns connections that became complete because
 // of it (a new connection reusing a finished one's addresses, or one evicted
 // to stay within MaxConns).
-func (a *Assembler) Add(ev nf.Event) []*Conn {
+func (a *Assembler) Add(event nf.Event) []*Conn {
+	ev := &event
 	if ev.Kind == nf.KindCount {
 		a.count(ev)
 		return nil
@@ -142,7 +143,7 @@ func (a *Assembler) Add(ev nf.Event) []*Conn {
 
 // count adds the packets the kernel counted instead of reporting them (the
 // event budget) to their connection, which they keep alive.
-func (a *Assembler) count(ev nf.Event) {
+func (a *Assembler) count(ev *nf.Event) {
 	c := a.byOrig[ev.CT.Orig]
 	if c == nil {
 		return // it started before tracing, or was already reported
@@ -261,7 +262,7 @@ func (a *Assembler) finish(c *Conn, now uint64) *Conn {
 }
 
 // lookup finds the connection an event belongs to, and its direction.
-func (a *Assembler) lookup(ev nf.Event) (*Conn, Dir, bool) {
+func (a *Assembler) lookup(ev *nf.Event) (*Conn, Dir, bool) {
 	if ev.CT.ID != 0 {
 		c := a.byOrig[ev.CT.Orig]
 		if c == nil {
@@ -286,7 +287,7 @@ func (a *Assembler) lookup(ev nf.Event) (*Conn, Dir, bool) {
 
 // startsConn reports whether ev opens a connection, and its original tuple:
 // a TCP SYN or any other non-error packet, in the original direction.
-func startsConn(ev nf.Event) (nf.Tuple, bool) {
+func startsConn(ev *nf.Event) (nf.Tuple, bool) {
 	if ev.Kind != nf.KindHook || ev.ICMP.IsError() {
 		return nf.Tuple{}, false
 	}
@@ -308,7 +309,7 @@ func startsConn(ev nf.Event) (nf.Tuple, bool) {
 
 // reuses reports whether ev opens a new connection on the addresses of c,
 // which is over: a fresh SYN after c was answered, refused or closed.
-func (a *Assembler) reuses(c *Conn, ev nf.Event, d Dir) bool {
+func (a *Assembler) reuses(c *Conn, ev *nf.Event, d Dir) bool {
 	if d != Original || ev.Kind != nf.KindHook || c.Proto != nf.TCP {
 		return false
 	}
@@ -318,7 +319,7 @@ func (a *Assembler) reuses(c *Conn, ev nf.Event, d Dir) bool {
 	return c.st.reply != nil || c.st.reject != nil || c.Closed != ""
 }
 
-func (a *Assembler) observe(c *Conn, ev nf.Event, d Dir) {
+func (a *Assembler) observe(c *Conn, ev *nf.Event, d Dir) {
 	if ev.Time > c.End {
 		c.End = ev.Time
 	}
@@ -340,7 +341,7 @@ func (a *Assembler) observe(c *Conn, ev nf.Event, d Dir) {
 		a.classify(c, pk, ev)
 		changes = a.describe(c, pk, ev)
 	} else {
-		changes = a.changes(pk, pk.last, ev)
+		changes = a.changes(pk, &pk.last, ev)
 	}
 	if c.invalid(pk, ev) {
 		changes = append(changes, Change{Kind: Invalid})
@@ -362,13 +363,13 @@ func (a *Assembler) observe(c *Conn, ev nf.Event, d Dir) {
 	if pk.detail || (pk.brief && fresh) {
 		a.step(c, pk, ev, changes, nil)
 	}
-	pk.last = ev
+	pk.last = sight(ev)
 }
 
 // invalid marks a packet seen past conntrack without an entry, in a
 // connection that has one: conntrack found it INVALID. It reports whether
 // that is news.
-func (c *Conn) invalid(pk *packet, ev nf.Event) bool {
+func (c *Conn) invalid(pk *packet, ev *nf.Event) bool {
 	if pk.invalid || !c.st.ctSeen || ev.CT.ID != 0 || ev.CT.Info == nf.CTUntracked || !pastConntrack(ev) {
 		return false
 	}
@@ -381,7 +382,7 @@ func (c *Conn) invalid(pk *packet, ev nf.Event) bool {
 
 // pastConntrack reports whether an observation comes after conntrack has
 // given the packet its entry, if it has one.
-func pastConntrack(ev nf.Event) bool {
+func pastConntrack(ev *nf.Event) bool {
 	if ev.Kind != nf.KindHook || ev.Stage == nf.StageNone {
 		return false
 	}
@@ -424,39 +425,39 @@ func (a *Assembler) learnNAT(c *Conn, ct nf.Conntrack) {
 
 // packetFor returns the packet ev is an observation of: the one seen last
 // with the same identity if ev comes later along the path, else a new one.
-func (c *Conn) packetFor(ev nf.Event, d Dir) (*packet, bool) {
-	if pk := c.findPacket(ev.Packet); pk != nil && follows(pk.last, ev) {
+func (c *Conn) packetFor(ev *nf.Event, d Dir) (*packet, bool) {
+	if pk := c.findPacket(ev.Packet); pk != nil && follows(&pk.last, ev) {
 		return pk, false
 	}
 	c.Packets[d]++
 	c.Bytes[d] += uint64(ev.Len)
-	pk := &packet{id: ev.Packet, n: c.Packets[Original] + c.Packets[Reply], dir: d, first: ev, last: ev,
-		local: ev.Hook == nf.LocalOut}
+	pk := &packet{id: ev.Packet, n: c.Packets[Original] + c.Packets[Reply], dir: d, start: ev.Time,
+		answer: answerOf(ev), last: sight(ev), local: ev.Hook == nf.LocalOut}
 	c.remember(pk)
 	return pk, true
 }
 
 // follows reports whether ev can be the same packet as prev, further along
 // the netfilter path.
-func follows(prev, ev nf.Event) bool {
+func follows(prev *sighting, ev *nf.Event) bool {
 	if prev.Kind != nf.KindHook || ev.Time < prev.Time || ev.Time-prev.Time > uint64(time.Second) {
 		return false
 	}
-	return order(prev) < order(ev)
+	return order(prev.Hook, prev.Stage) < order(ev.Hook, ev.Stage)
 }
 
-func order(ev nf.Event) int {
-	for i, s := range nf.Plan[ev.Hook] {
-		if s == ev.Stage {
-			return ev.Hook.Rank()*16 + i
+func order(h nf.Hook, st nf.Stage) int {
+	for i, s := range nf.Plan[h] {
+		if s == st {
+			return h.Rank()*16 + i
 		}
 	}
-	return ev.Hook.Rank() * 16
+	return h.Rank() * 16
 }
 
 // classify decides what a new packet means for the connection and how much
 // of it to keep.
-func (a *Assembler) classify(c *Conn, pk *packet, ev nf.Event) {
+func (a *Assembler) classify(c *Conn, pk *packet, ev *nf.Event) {
 	first := c.Packets[pk.dir] == 1
 	switch {
 	case pk.dir == Original && ev.TCPFlags.Has(nf.SYN) && !ev.TCPFlags.Has(nf.ACK):
@@ -497,7 +498,7 @@ func (a *Assembler) classify(c *Conn, pk *packet, ev nf.Event) {
 // itself rather than by the destination: an ICMP error from another address
 // (kube-proxy's REJECT), or a TCP RST tied to the entry as RELATED (what the
 // REJECT target's tcp-reset attaches).
-func (a *Assembler) byNode(c *Conn, pk *packet, ev nf.Event) bool {
+func (a *Assembler) byNode(c *Conn, pk *packet, ev *nf.Event) bool {
 	if ev.ICMP.IsError() {
 		return ev.Tuple.Src.Addr() != c.target().Addr() && ev.Tuple.Src.Addr() != c.VIP.Addr()
 	}
@@ -506,11 +507,11 @@ func (a *Assembler) byNode(c *Conn, pk *packet, ev nf.Event) bool {
 }
 
 func (p *packet) isRefusal() bool {
-	return p.first.TCPFlags.Has(nf.RST) || p.first.ICMP.IsError()
+	return p.answer.RST || p.answer.Error
 }
 
 // learnPath records where packets went.
-func (a *Assembler) learnPath(c *Conn, pk *packet, ev nf.Event) {
+func (a *Assembler) learnPath(c *Conn, pk *packet, ev *nf.Event) {
 	if ev.Stage != nf.StageLast {
 		return
 	}
@@ -536,7 +537,7 @@ func (a *Assembler) isService(c *Conn) bool {
 	return a.opts.IsService == nil || a.opts.IsService(c.Proto, c.VIP)
 }
 
-func (a *Assembler) drop(c *Conn, ev nf.Event, d Dir) {
+func (a *Assembler) drop(c *Conn, ev *nf.Event, d Dir) {
 	// A socket's queue purged on close is not a packet in flight.
 	if ev.Drop.Reason == "QUEUE_PURGE" {
 		return
@@ -575,7 +576,7 @@ func (a *Assembler) drop(c *Conn, ev nf.Event, d Dir) {
 		c.st.broke = len(c.Drops)
 	}
 	if pk == nil {
-		pk = &packet{id: ev.Packet, dir: d, first: ev, last: ev}
+		pk = &packet{id: ev.Packet, dir: d, start: ev.Time, answer: answerOf(ev), last: sight(ev)}
 	}
 	if dr.Placed {
 		ev.Hook, ev.Stage = dr.Gap.Hook, dr.Gap.After
@@ -583,7 +584,7 @@ func (a *Assembler) drop(c *Conn, ev nf.Event, d Dir) {
 	a.step(c, pk, ev, nil, &c.Drops[len(c.Drops)-1])
 }
 
-func (a *Assembler) step(c *Conn, pk *packet, ev nf.Event, changes []Change, dr *Drop) {
+func (a *Assembler) step(c *Conn, pk *packet, ev *nf.Event, changes []Change, dr *Drop) {
 	if len(c.Steps) >= a.opts.MaxSteps {
 		c.Truncated = true
 		return
@@ -606,7 +607,7 @@ func (a *Assembler) step(c *Conn, pk *packet, ev nf.Event, changes []Change, dr 
 	a.held++
 }
 
-func flags(ev nf.Event) string {
+func flags(ev *nf.Event) string {
 	switch ev.Tuple.Proto {
 	case nf.TCP:
 		return ev.TCPFlags.String()
@@ -617,7 +618,7 @@ func flags(ev nf.Event) string {
 }
 
 // describe says what a new packet is.
-func (a *Assembler) describe(c *Conn, pk *packet, ev nf.Event) []Change {
+func (a *Assembler) describe(c *Conn, pk *packet, ev *nf.Event) []Change {
 	var ch Change
 	switch {
 	case ev.ICMP.IsError():
@@ -645,7 +646,7 @@ func tracked(ct nf.Conntrack) Change {
 	return Change{Kind: Tracked, Prior: ct.Info == nf.CTNew && ct.Status&nf.CTConfirmed != 0}
 }
 
-func packetWhat(ev nf.Event) string {
+func packetWhat(ev *nf.Event) string {
 	if f := flags(ev); f != "" {
 		return f
 	}
@@ -653,13 +654,13 @@ func packetWhat(ev nf.Event) string {
 }
 
 // changes says what happened to a packet between two observers.
-func (a *Assembler) changes(pk *packet, prev, ev nf.Event) []Change {
+func (a *Assembler) changes(pk *packet, prev *sighting, ev *nf.Event) []Change {
 	var cs []Change
 	switch {
-	case prev.CT.ID == 0 && ev.CT.ID != 0:
+	case prev.CTID == 0 && ev.CT.ID != 0:
 		cs = append(cs, tracked(ev.CT))
-	case ev.CT.ID != 0 && ev.CT.Mark != prev.CT.Mark:
-		cs = append(cs, Change{Kind: CTMarked, OldMark: prev.CT.Mark})
+	case ev.CT.ID != 0 && ev.CT.Mark != prev.CTMark:
+		cs = append(cs, Change{Kind: CTMarked, OldMark: prev.CTMark})
 	}
 	if ev.Tuple.IsValid() && prev.Tuple.IsValid() {
 		if prev.Tuple.Dst != ev.Tuple.Dst {

@@ -126,7 +126,7 @@ type ICMPType struct {
 	Type, Code uint8
 }
 
-func answerOf(ev nf.Event) Answer {
+func answerOf(ev *nf.Event) Answer {
 	a := Answer{From: ev.Tuple.Src, What: packetWhat(ev), Error: ev.ICMP.IsError(), RST: ev.TCPFlags.Has(nf.RST)}
 	if a.Error {
 		a.ICMP = ICMPType{ev.Tuple.Proto, ev.ICMP.Type, ev.ICMP.Code}

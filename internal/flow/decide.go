@@ -15,15 +15,15 @@ func (a *Assembler) decide(c *Conn, now uint64) {
 	o := &c.Outcome
 
 	switch {
-	case st.reject != nil && (st.reply == nil || st.reject.first.Time < st.reply.first.Time):
-		c.Verdict, o.Kind, o.Answer = Rejected, NodeRejected, answerOf(st.reject.first)
+	case st.reject != nil && (st.reply == nil || st.reject.start < st.reply.start):
+		c.Verdict, o.Kind, o.Answer = Rejected, NodeRejected, st.reject.answer
 		c.Drop = firstDrop(c.Drops, Original)
 
 	case st.reply != nil && st.reply.isRefusal():
-		c.Verdict, o.Kind, o.Answer = Reset, Refused, answerOf(st.reply.first)
+		c.Verdict, o.Kind, o.Answer = Reset, Refused, st.reply.answer
 
 	case st.reply != nil && st.troubled > st.replyPassed:
-		o.Answer = answerOf(st.reply.first)
+		o.Answer = st.reply.answer
 		if st.broke != 0 {
 			c.Verdict, o.Kind, c.Drop = Dropped, BrokeDropped, &c.Drops[st.broke-1]
 			o.Packet = c.Drop.Packet
@@ -33,10 +33,10 @@ func (a *Assembler) decide(c *Conn, now uint64) {
 		}
 
 	case st.reply != nil && (st.replyOut || replyDrop(c.Drops) == nil):
-		c.Verdict, o.Kind, o.Answer = Answered, Translated, answerOf(st.reply.first)
+		c.Verdict, o.Kind, o.Answer = Answered, Translated, st.reply.answer
 
 	case st.reply != nil:
-		c.Verdict, o.Kind, o.Answer = Dropped, ReplyDropped, answerOf(st.reply.first)
+		c.Verdict, o.Kind, o.Answer = Dropped, ReplyDropped, st.reply.answer
 		c.Drop = replyDrop(c.Drops)
 
 	case nodeDrop != nil && !st.leftUntranslated:

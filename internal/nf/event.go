@@ -178,7 +178,18 @@ const (
 
 func (f TCPFlags) Has(x TCPFlags) bool { return f&x == x }
 
-func (f TCPFlags) String() string {
+func (f TCPFlags) String() string { return tcpFlagNames[f] }
+
+// tcpFlagNames are the names of every combination of flags, made once:
+// each packet shown is named by its flags.
+var tcpFlagNames = func() (names [256]string) {
+	for f := range names {
+		names[f] = TCPFlags(f).describe()
+	}
+	return names
+}()
+
+func (f TCPFlags) describe() string {
 	var parts []string
 	for _, n := range []struct {
 		f    TCPFlags
