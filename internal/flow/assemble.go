@@ -219,7 +219,8 @@ func (c *Conn) final() bool {
 
 func (a *Assembler) newConn(orig nf.Tuple, t uint64) *Conn {
 	a.nextID++
-	c := &Conn{ID: a.nextID, Proto: orig.Proto, Client: orig.Src, VIP: orig.Dst, Start: t, End: t}
+	c := &Conn{ID: a.nextID, Proto: orig.Proto, Client: orig.Src, VIP: orig.Dst, Start: t, End: t,
+		Steps: make([]Step, 0, stepsAtFirst)}
 	if e, ok := a.ended[orig]; ok && t-e.end < continuationWindow {
 		c.Continues, c.SYNs = e.id, e.syns
 	}
@@ -702,3 +703,7 @@ func (a *Assembler) ifName(ifindex uint32) string {
 	}
 	return fmt.Sprintf("ifindex %d", ifindex)
 }
+
+// stepsAtFirst is the room a new connection gets for its steps: about
+// what a healthy TCP connection's first packets take, so most never grow it.
+const stepsAtFirst = 16
