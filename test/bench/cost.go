@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/topo"
 )
 
@@ -43,9 +44,16 @@ func cost(bin, dir string, dur time.Duration, rounds int) (section, error) {
 	var raw strings.Builder
 	var runs []costRun
 	rec := filepath.Join(dir, "cost.svctrace")
+	// The first round's svctrace writes a CPU profile (SVCTRACE_CPUPROFILE).
+	prof := filepath.Join(dir, "cost.pprof")
 	for round := 1; round <= rounds; round++ {
 		os.Remove(rec)
+		if round == 1 {
+			os.Remove(prof)
+			os.Setenv("SVCTRACE_CPUPROFILE", prof)
+		}
 		stop, err := background(bin, "Ctrl-C to stop", "trace", "-v", "--netns", node, "--addr", web.String(), "--timeout", "1s", "-w", rec)
+		os.Unsetenv("SVCTRACE_CPUPROFILE")
 		if err != nil {
 			return section{}, err
 		}
@@ -93,6 +101,7 @@ func cost(bin, dir string, dur time.Duration, rounds int) (section, error) {
 		return section{}, err
 	}
 	fmt.Fprintf(&raw, "analyze: %s\n", an.raw)
+	fmt.Fprintf(&raw, "\nround 1's CPU profile (start-up included), by cumulative time:\n%s", profileTop(bin, prof))
 
 	var t strings.Builder
 	t.WriteString("| | figure | target |\n|---|---:|---|\n")
@@ -103,9 +112,20 @@ func cost(bin, dir string, dur time.Duration, rounds int) (section, error) {
 	fmt.Fprintf(&t, "| recording size per connection (-w) | %.1f KB | ≤ 2 KB: %s |\n", bytesPer/1e3, verdict(bytesPer <= 2e3))
 	fmt.Fprintf(&t, "| analyze of a %.0f MB recording: time | %.2f s (%.0f MB/s) | ≥ 100 MB/s: %s |\n", an.mb, an.secs, an.mb/an.secs, verdict(an.mb/an.secs >= 100))
 	fmt.Fprintf(&t, "| analyze of that recording: peak memory (VmHWM) | %.0f MB | ≤ 50 MB: %s |\n", an.peakMB, verdict(an.peakMB <= 50))
+	fmt.Fprintf(&t, "| of which svctrace's own (anonymous: Go heap and stacks), highest sampled | %.0f MB | ≤ 50 MB: %s |\n", an.anonMB, verdict(an.anonMB <= 50))
 	return section{title: "Cost per connection",
-		method: fmt.Sprintf("The lab, as under Data-path overhead: `svctrace trace -v --netns … --addr %s -w FILE` while wrk opens new connections (Connection: close) for %s, %d rounds (medians). CPU is the process's user and system time from the line saying tracing has begun to its exit, divided by the connections it reported; records and events are what `svctrace -v` says it read from the ring buffer (a record is one observation, or a packet's path through the node's hooks, which holds several). Idle: the same command for 10 s with no traffic to the Service. Analyze: `svctrace analyze FILE -o json` of the last round's recording, output discarded.", web, dur, rounds),
+		method: fmt.Sprintf("The lab, as under Data-path overhead: `svctrace trace -v --netns … --addr %s -w FILE` while wrk opens new connections (Connection: close) for %s, %d rounds (medians). CPU is the process's user and system time from the line saying tracing has begun to its exit, divided by the connections it reported; records and events are what `svctrace -v` says it read from the ring buffer (a record is one observation, or a packet's path through the node's hooks, which holds several). Idle: the same command for 10 s with no traffic to the Service. Analyze: `svctrace analyze FILE -o json` of the last round's recording, output discarded; its anonymous resident set is sampled every 10 ms. Round 1's svctrace writes a CPU profile (SVCTRACE_CPUPROFILE): its top entries are at the end of the raw output.", web, dur, rounds),
 		table:  t.String(), raw: raw.String()}, nil
+}
+
+// profileTop is go tool pprof's list of the functions a CPU profile spent
+// most time in, with their callees, or why there is none.
+func profileTop(bin, prof string) string {
+	out, err := exec.Command("go", "tool", "pprof", "-top", "-cum", "-nodecount=30", bin, prof).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("(no profile: %v: %s)\n", err, out)
+	}
+	return string(out)
 }
 
 // quickConnections lets the client open many short connections in a row:
@@ -142,6 +162,7 @@ func idleCPU(bin, node, addr string, d time.Duration) (float64, error) {
 // analyzed is what analyzing a recording cost.
 type analyzed struct {
 	mb, secs, peakMB float64
+	anonMB           float64 // the highest anonymous resident set seen (Go heap and stacks)
 	raw              string
 }
 
@@ -158,8 +179,8 @@ func analyze(bin, rec string) (analyzed, error) {
 		return analyzed{}, err
 	}
 	// VmHWM only grows: its last reading before the end is the peak, to
-	// within what the last 10 ms added.
-	peak := 0.0
+	// within what the last 10 ms added. RssAnon is sampled.
+	peak, anon := 0.0, 0.0
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	tick := time.NewTicker(10 * time.Millisecond)
@@ -170,11 +191,14 @@ func analyze(bin, rec string) (analyzed, error) {
 			if err != nil {
 				return analyzed{}, fmt.Errorf("svctrace analyze: %v\n%s", err, stderr.String())
 			}
-			a := analyzed{mb: float64(st.Size()) / 1e6, secs: time.Since(start).Seconds(), peakMB: peak}
-			a.raw = fmt.Sprintf("%.1f MB in %.2f s, peak RSS %.0f MB", a.mb, a.secs, a.peakMB)
+			a := analyzed{mb: float64(st.Size()) / 1e6, secs: time.Since(start).Seconds(), peakMB: peak, anonMB: anon}
+			a.raw = fmt.Sprintf("%.1f MB in %.2f s, peak RSS %.0f MB, highest anonymous RSS sampled %.0f MB", a.mb, a.secs, a.peakMB, a.anonMB)
 			return a, nil
 		case <-tick.C:
 			peak = max(peak, peakMB(cmd.Process.Pid))
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)); err == nil {
+				anon = max(anon, testutil.StatusMB(b, "RssAnon"))
+			}
 		}
 	}
 }

@@ -151,7 +151,7 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 			return section{}, fmt.Errorf("%s, BPF statistics: %w", c.name, err)
 		}
 		costs[c.key] = r
-		fmt.Fprintf(&raw, "(%s) with BPF statistics on, %s: %d calls of svctrace's programs, %s in them, %.0f requests\n", c.key, workloads[0].name, r.calls, r.runtime, r.requests)
+		fmt.Fprintf(&raw, "(%s) with BPF statistics on, %s: %d calls of svctrace's programs, %s in them, %.0f requests; per program, ns per call × calls per request: %s\n", c.key, workloads[0].name, r.calls, r.runtime, r.requests, r.perProgram())
 	}
 
 	var t strings.Builder
