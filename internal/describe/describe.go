@@ -6,6 +6,7 @@ package describe
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/svctrace/svctrace/internal/cause"
@@ -34,13 +35,13 @@ func change(s flow.Step, ch flow.Change) string {
 	}
 	switch ch.Kind {
 	case flow.Sent:
-		return fmt.Sprintf("%s %s → %s", what, s.Tuple.Src, s.Tuple.Dst)
+		return what + " " + arrow(s.Tuple.Src, s.Tuple.Dst)
 	case flow.Retransmitted:
 		return fmt.Sprintf("%s retransmitted (%d)", s.Flags, ch.N)
 	case flow.Replied:
-		return fmt.Sprintf("reply %s %s → %s", what, s.Tuple.Src, s.Tuple.Dst)
+		return "reply " + what + " " + arrow(s.Tuple.Src, s.Tuple.Dst)
 	case flow.NodeSent:
-		return fmt.Sprintf("the node sends %s %s → %s", what, s.Tuple.Src, s.Tuple.Dst)
+		return "the node sends " + what + " " + arrow(s.Tuple.Src, s.Tuple.Dst)
 	case flow.ICMPError:
 		m := fmt.Sprintf("ICMP %s %s → %s about %s", s.Flags, s.Tuple.Src.Addr(), s.Tuple.Dst.Addr(), ch.Inner)
 		if ch.ByNode {
@@ -62,17 +63,17 @@ func change(s flow.Step, ch flow.Change) string {
 	case flow.CTMarked:
 		return fmt.Sprintf("ct mark %#x → %#x", ch.OldMark, s.CTMark)
 	case flow.DNAT:
-		return fmt.Sprintf("DNAT %s → %s", ch.From, ch.To)
+		return "DNAT " + arrow(ch.From, ch.To)
 	case flow.UnSNAT:
-		return fmt.Sprintf("un-SNAT dst %s → %s", ch.From, ch.To)
+		return "un-SNAT dst " + arrow(ch.From, ch.To)
 	case flow.SNAT:
-		m := fmt.Sprintf("SNAT src %s → %s", ch.From, ch.To)
+		m := "SNAT src " + arrow(ch.From, ch.To)
 		if ch.OldMark != 0 {
 			m += fmt.Sprintf(" (packet mark %#x)", ch.OldMark)
 		}
 		return m
 	case flow.UnDNAT:
-		return fmt.Sprintf("un-DNAT src %s → %s", ch.From, ch.To)
+		return "un-DNAT src " + arrow(ch.From, ch.To)
 	case flow.Accepted:
 		return "accepted by the filter table"
 	case flow.Left:
@@ -84,6 +85,9 @@ func change(s flow.Step, ch flow.Change) string {
 	}
 	return fmt.Sprintf("change %d", ch.Kind)
 }
+
+// arrow is "from → to". Steps are printed by the thousand: no fmt.
+func arrow(from, to netip.AddrPort) string { return from.String() + " → " + to.String() }
 
 // Drop: "dropped in FORWARD between priority -1 and 1: filter table (0)
 // (NETFILTER_DROP at nft_do_chain+0x3e8)".

@@ -405,9 +405,10 @@ func (c *Conn) trouble(t uint64) bool {
 // learnNAT reads the translation from the conntrack entry: its reply tuple
 // is where replies come from (the endpoint) and go to (the SNAT address).
 func (a *Assembler) learnNAT(c *Conn, ct nf.Conntrack) {
-	if !ct.Reply.IsValid() {
-		return
+	if !ct.Reply.IsValid() || ct.Reply == c.st.learned {
+		return // nothing new: most events carry what the last one did
 	}
+	c.st.learned = ct.Reply
 	if ct.Reply.Src != ct.Orig.Dst {
 		c.Endpoint = ct.Reply.Src
 		if n := len(c.Endpoints); n == 0 || c.Endpoints[n-1] != c.Endpoint {
@@ -444,16 +445,7 @@ func follows(prev *sighting, ev *nf.Event) bool {
 	if prev.Kind != nf.KindHook || ev.Time < prev.Time || ev.Time-prev.Time > uint64(time.Second) {
 		return false
 	}
-	return order(prev.Hook, prev.Stage) < order(ev.Hook, ev.Stage)
-}
-
-func order(h nf.Hook, st nf.Stage) int {
-	for i, s := range nf.Plan[h] {
-		if s == st {
-			return h.Rank()*16 + i
-		}
-	}
-	return h.Rank() * 16
+	return nf.Position(prev.Hook, prev.Stage) < nf.Position(ev.Hook, ev.Stage)
 }
 
 // classify decides what a new packet means for the connection and how much

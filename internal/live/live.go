@@ -123,40 +123,60 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 	free := make(chan []item, 4)
 	go func() {
 		batch := make([]item, 0, readBatch)
-		for {
-			before := nf.Now()
-			idle := !busy.Load()
-			wait := drainEvery
-			if idle {
-				wait = idleDrain
-				tr.Waiting(true)
-			}
-			tr.SetDeadline(time.Now().Add(wait))
-			ev, err := tr.Read()
-			if idle {
-				tr.Waiting(false)
-			}
-			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-				readErr <- err
-				return
-			}
-			if err != nil {
-				batch = append(batch, item{drained: before})
-			} else {
-				batch = append(batch, item{ev: ev})
-			}
-			if err == nil && len(batch) < readBatch {
-				continue
-			}
+		// send hands the batch over; false: Run has returned.
+		send := func() bool {
 			select {
 			case events <- batch:
 			case <-stop:
-				return
+				return false
 			}
 			select {
 			case batch = <-free:
 			default:
 				batch = make([]item, 0, readBatch)
+			}
+			return true
+		}
+		for {
+			// One wait: read until the ring buffer is found empty, the
+			// deadline passes or Wake. The deadline and the clock are set
+			// once per wait, not per event (Read hands out a record's
+			// events without looking at the ring buffer).
+			before := nf.Now()
+			idle := !busy.Load()
+			if idle {
+				tr.Waiting(true)
+				tr.SetDeadline(time.Now().Add(idleDrain))
+			} else {
+				tr.SetDeadline(time.Now().Add(drainEvery))
+			}
+			for {
+				ev, err := tr.Read()
+				if err != nil {
+					if idle {
+						tr.Waiting(false)
+					}
+					if !errors.Is(err, os.ErrDeadlineExceeded) {
+						readErr <- err
+						return
+					}
+					batch = append(batch, item{drained: before})
+					break
+				}
+				if idle {
+					// The first event after a quiet spell: the rest of
+					// its burst is handed over at the busy cadence.
+					tr.Waiting(false)
+					tr.SetDeadline(time.Now().Add(drainEvery))
+					idle = false
+				}
+				batch = append(batch, item{ev: ev})
+				if len(batch) == readBatch && !send() {
+					return
+				}
+			}
+			if !send() {
+				return
 			}
 		}
 	}()

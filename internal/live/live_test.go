@@ -133,3 +133,59 @@ func TestStopReadsWhatWasReported(t *testing.T) {
 		})
 	}
 }
+
+// quiet is a ring buffer that stays empty until at, when one event arrives:
+// a Read waits for it, for the deadline or for Wake.
+type quiet struct {
+	at       time.Time
+	ev       nf.Event
+	sent     bool
+	deadline time.Time
+	woken    chan struct{}
+}
+
+func (s *quiet) SetDeadline(d time.Time) { s.deadline = d }
+func (s *quiet) Lost() uint64            { return 0 }
+func (s *quiet) Waiting(bool)            {}
+func (s *quiet) Wake() {
+	select {
+	case s.woken <- struct{}{}:
+	default:
+	}
+}
+
+func (s *quiet) Read() (nf.Event, error) {
+	until := s.deadline
+	if !s.sent && s.at.Before(until) {
+		until = s.at
+	}
+	select {
+	case <-time.After(time.Until(until)):
+	case <-s.woken:
+		return nf.Event{}, os.ErrDeadlineExceeded
+	}
+	if !s.sent && !time.Now().Before(s.at) {
+		s.sent = true
+		return s.ev, nil
+	}
+	return nf.Event{}, os.ErrDeadlineExceeded
+}
+
+// The first event after a quiet spell is assembled at once, not when the
+// reader's long idle wait ends: it gets the busy cadence from then on.
+func TestFirstEventAfterQuietIsHandedOverPromptly(t *testing.T) {
+	evs, opts, _ := recentLabEvents(t)
+	src := &quiet{at: time.Now().Add(100 * time.Millisecond), ev: evs[0], woken: make(chan struct{}, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	seen := make(chan time.Time, 1)
+	go Run(ctx, src, Options{Flow: opts, Record: func(nf.Event) { seen <- time.Now() }})
+	select {
+	case got := <-seen:
+		if d := got.Sub(src.at); d > idleDrain/2 {
+			t.Errorf("the event was assembled %s after it arrived; want well within the idle wait (%s)", d, idleDrain)
+		}
+	case <-time.After(2 * idleDrain):
+		t.Fatal("the event was never assembled")
+	}
+}

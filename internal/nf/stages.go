@@ -116,6 +116,30 @@ var Plan = map[Hook][]Stage{
 	PostRouting: {StagePreSNAT, StagePostSNAT, StageLast},
 }
 
+// Position orders observations along a packet's path through the node:
+// by hook (Rank), then by stage in the hook's Plan. A stage not in the
+// hook's plan comes first on it.
+func Position(h Hook, s Stage) int {
+	if int(h) < len(positions) && int(s) < len(positions[h]) {
+		return positions[h][s]
+	}
+	return h.Rank() * 16
+}
+
+// positions are Position's answers, worked out once: it is asked twice
+// for every event.
+var positions = func() (p [PostRouting + 1][StageLast + 1]int) {
+	for _, h := range Hooks {
+		for s := range p[h] {
+			p[h][s] = h.Rank() * 16
+		}
+		for i, s := range Plan[h] {
+			p[h][s] = h.Rank()*16 + i
+		}
+	}
+	return p
+}()
+
 // piece is a part of netfilter registered at a fixed priority.
 type piece struct {
 	name     string

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -116,9 +117,9 @@ func dnatName(r report.Conn, s flow.Step) string {
 func since(d time.Duration) string {
 	switch {
 	case d < time.Millisecond:
-		return fmt.Sprintf("+%dµs", d.Microseconds())
+		return "+" + strconv.FormatInt(d.Microseconds(), 10) + "µs"
 	case d < time.Second:
-		return fmt.Sprintf("+%.1fms", float64(d)/float64(time.Millisecond))
+		return "+" + strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 1, 64) + "ms"
 	}
-	return fmt.Sprintf("+%.2fs", d.Seconds())
+	return "+" + strconv.FormatFloat(d.Seconds(), 'f', 2, 64) + "s"
 }

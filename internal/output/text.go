@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
@@ -37,8 +38,14 @@ func (p *Text) Conn(c report.Conn) {
 			continue
 		}
 		shownPackets[s.Packet] = true
-		note := describe.Step(s) + dnatName(c, s)
-		fmt.Fprintf(&b, "   %-9s %-12s %s\n", since(time.Duration(s.Time-c.Start)), s.Hook, note)
+		// "   %-9s %-12s %s%s\n" without fmt: a timeline has a line per
+		// step, and fmt was most of printing it.
+		b.WriteString("   ")
+		pad(&b, since(time.Duration(s.Time-c.Start)), 9)
+		pad(&b, s.Hook.String(), 12)
+		b.WriteString(describe.Step(s))
+		b.WriteString(dnatName(c, s))
+		b.WriteByte('\n')
 	}
 	if c.Truncated {
 		b.WriteString("             … more steps than kept\n")
@@ -80,6 +87,15 @@ func (p *Text) Conn(c report.Conn) {
 		fmt.Fprintf(&b, "   ! %d events lost so far: this timeline may be incomplete\n", c.Lost)
 	}
 	io.WriteString(p.w, b.String())
+}
+
+// pad writes s, spaces to fill width w (in characters), and one more.
+func pad(b *strings.Builder, s string, w int) {
+	b.WriteString(s)
+	for n := utf8.RuneCountInString(s); n < w; n++ {
+		b.WriteByte(' ')
+	}
+	b.WriteByte(' ')
 }
 
 // byteSize says n in B, kB, MB or GB (powers of 1000).

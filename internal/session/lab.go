@@ -47,6 +47,7 @@ func RunLab(ctx context.Context, o Lab) error {
 	if old := lab.List(); len(old) > 0 {
 		o.say("note: %s; `svctrace lab cleanup` removes those not in use", lab.Describe(old))
 	}
+	tracer.Prepare() // while the lab comes up
 	start := time.Now()
 	l, err := lab.Up(lab.Options{Keep: o.Keep})
 	if err != nil {

@@ -69,6 +69,11 @@ func (st *state) record(w *record.Writer) {
 // traces it. It returns ErrReported when the diagnosis (check) or a probe
 // found a problem.
 func Serve(ctx context.Context, s Service) error {
+	if s.Tracing {
+		// The tracer's object and the kernel's BTF are read while the
+		// objects and the node's rules are.
+		tracer.Prepare()
+	}
 	// The recording (-w), once tracing starts; recording is true once its
 	// first record is written.
 	w := s.Rec

@@ -136,27 +136,14 @@ func Open(opts Options) (_ *Tracer, err error) {
 	if err != nil {
 		return nil, err
 	}
-	// The object is parsed while the kernel's BTF is decoded.
-	var (
-		spec    *ebpf.CollectionSpec
-		specErr error
-		parsed  = make(chan struct{})
-	)
-	go func() {
-		defer close(parsed)
-		spec, specErr = loadBpf()
-	}()
-	// One decoded copy of the kernel's BTF serves CO-RE for every load and
-	// the drop reason names.
-	cache := btf.NewCache()
-	_, err = cache.Kernel()
-	<-parsed
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoBTF, err)
+	p := prepared()
+	if p.btfErr != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoBTF, p.btfErr)
 	}
-	if specErr != nil {
-		return nil, specErr
+	if p.specErr != nil {
+		return nil, p.specErr
 	}
+	spec, cache := p.spec, p.cache
 	// Backends in order of preference: one whose program type works may
 	// still lack what it needs (say, module functions without BTF).
 	var last error
@@ -177,6 +164,63 @@ func Open(opts Options) (_ *Tracer, err error) {
 		last = err
 	}
 	return nil, cmp.Or(last, errNoBackend)
+}
+
+// preparation is what every Open needs first: svctrace's BPF object
+// parsed and the kernel's BTF decoded (one copy serves CO-RE for every
+// program and the drop reasons' names).
+type preparation struct {
+	done    chan struct{}
+	spec    *ebpf.CollectionSpec
+	cache   *btf.Cache
+	specErr error
+	btfErr  error
+}
+
+var (
+	prepMu  sync.Mutex
+	pending *preparation // started by Prepare, not yet taken by Open
+)
+
+// Prepare starts what Open needs first, in the background: a command that
+// reads objects and rules before it traces does so meanwhile. The next Open
+// takes it (and it is garbage once Open is done: tens of MB of decoded BTF).
+func Prepare() {
+	prepMu.Lock()
+	defer prepMu.Unlock()
+	if pending == nil {
+		pending = prepare()
+	}
+}
+
+func prepare() *preparation {
+	p := &preparation{done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		// The object is parsed while the kernel's BTF is decoded.
+		parsed := make(chan struct{})
+		go func() {
+			defer close(parsed)
+			p.spec, p.specErr = loadBpf()
+		}()
+		p.cache = btf.NewCache()
+		_, p.btfErr = p.cache.Kernel()
+		<-parsed
+	}()
+	return p
+}
+
+// prepared takes what Prepare started, or starts it, and waits for it.
+func prepared() *preparation {
+	prepMu.Lock()
+	p := pending
+	pending = nil
+	prepMu.Unlock()
+	if p == nil {
+		p = prepare()
+	}
+	<-p.done
+	return p
 }
 
 func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cache, opts Options, logf func(string, ...any)) (_ *Tracer, err error) {
