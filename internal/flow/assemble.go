@@ -34,10 +34,11 @@ type Options struct {
 	MaxConns int
 	// MaxSteps bounds the steps kept per connection (default 200).
 	MaxSteps int
-	// MaxHeld bounds the steps kept across all connections followed
-	// (default 131072, some 40 MB): beyond it the oldest connection is
-	// reported early. It is what bounds memory in a flood of new
-	// connections, each of which holds tens of steps until it completes.
+	// MaxHeld bounds the room for steps kept across all connections
+	// followed (default 131072 steps, some 26 MB): beyond it the oldest
+	// connection is reported early. It is what bounds memory in a flood of
+	// new connections, each of which holds room for tens of steps until it
+	// completes.
 	MaxHeld int
 }
 
@@ -50,7 +51,7 @@ type Assembler struct {
 	// so a flood of new connections finds the oldest without rescanning.
 	evicted int
 	active  int
-	held    int // steps held by the connections followed
+	held    int // room for steps (capacity) the connections followed hold
 	byOrig  map[nf.Tuple]*Conn
 	byAny   map[nf.Tuple]indexed
 	nextID  int
@@ -227,6 +228,7 @@ func (a *Assembler) newConn(orig nf.Tuple, t uint64) *Conn {
 	delete(a.ended, orig)
 	a.conns = append(a.conns, c)
 	a.active++
+	a.held += cap(c.Steps)
 	a.byOrig[orig] = c
 	a.index(c, orig, Original)
 	a.index(c, orig.Reverse(), Reply)
@@ -244,7 +246,7 @@ func (a *Assembler) index(c *Conn, t nf.Tuple, d Dir) {
 func (a *Assembler) finish(c *Conn, now uint64) *Conn {
 	c.done = true
 	a.active--
-	a.held -= len(c.Steps)
+	a.held -= cap(c.Steps)
 	orig := nf.Tuple{Src: c.Client, Dst: c.VIP, Proto: c.Proto}
 	if a.byOrig[orig] == c {
 		delete(a.byOrig, orig)
@@ -596,8 +598,9 @@ func (a *Assembler) step(c *Conn, pk *packet, ev *nf.Event, changes []Change, dr
 		d := *dr
 		s.Drop = &d
 	}
+	room := cap(c.Steps)
 	c.Steps = append(c.Steps, s)
-	a.held++
+	a.held += cap(c.Steps) - room
 }
 
 func flags(ev *nf.Event) string {

@@ -53,7 +53,15 @@ func main() {
 	if err != nil {
 		fail(err.Error())
 	}
-	defer os.RemoveAll(dir)
+	// BENCH_KEEP=1 keeps the binary, the recordings and the CPU profiles
+	// it ran with, for go tool pprof.
+	defer func() {
+		if os.Getenv("BENCH_KEEP") == "" {
+			os.RemoveAll(dir)
+		} else {
+			fmt.Fprintf(os.Stderr, "bench: kept %s\n", dir)
+		}
+	}()
 	bin := filepath.Join(dir, "svctrace")
 	if b, err := exec.Command("go", "build", "-o", bin, "./cmd/svctrace").CombinedOutput(); err != nil {
 		fail(fmt.Sprintf("building svctrace: %v\n%s", err, b))
@@ -138,47 +146,74 @@ func memTotal() string {
 const misses = `
 ## Targets missed: causes and plans
 
-The figures are in the sections below; this says why the missed ones are missed. Run-to-run
-noise on this 2-CPU VM is about ±8 % between identical configurations (compare (c) and (d)
-across runs), so differences of a few percent are within it.
+The figures are in the sections below; this says why the missed ones are missed and what
+is planned. Run-to-run noise on this 2-CPU VM is about ±8 % between identical
+configurations (compare (c) and (d) across runs): differences of a few percent are within
+it. The cost section's raw output ends with a CPU profile of svctrace while it traces.
 
-- **New connections while tracing the Service** (b: under half of (a)): every connection is
-  reported in full for its first two packets each way, about 45 events, and its timeline is
-  assembled and printed. svctrace uses about 0.2 ms of CPU per connection (its CPU time is
-  under the data-path table), on the same two CPUs as wrk and the pods; a profile puts 30 %
-  in assembly, 18 % in reading the ring buffer and 12 % in garbage collection. The flood
-  shows the same cost from the other side: svctrace takes one CPU and the node accepts a
-  fifth of the SYNs it accepts untraced. Plan: assemble with fewer allocations per
-  connection (index maps keyed by value, steps built only when printed), and drive
-  svctrace's CPU per connection down.
-- **Bulk throughput while tracing the Service** and **a filter miss** (target 99 %): the floor
-  is the observers themselves. bpf_stats on this machine: an empty netfilter program costs
-  63 ns per call (with the statistics on), a packet meets ten observers in the node
-  namespace, and the filter adds about 170 ns before conntrack (the packet's tuple: one
-  copy, two lookups), 80 ns after it and about 8 ns at the other observers (one per-CPU
-  comparison): about 1.0 µs per forwarded packet, from 3.2 µs before the per-CPU decision
-  and direct loads. The 1 % target is below what throughput can resolve here; ns per packet
-  is the figure to watch. Plan: attach the stage observers only on the hooks a Service's
-  packets can cross, and skip the IPv6 observers for an IPv4-only Service.
-- **Keep-alive while tracing the Service** and **cheaper than tcpdump**: on keep-alive
-  traffic (b), (c) and (d) are within the noise of each other (this run: the table; the run
-  before it: (b) 99 %, (c) 97 %, (d) 93 %), and (a) itself moved by 14 % between the two
-  runs. Only the connection's first packets are reported; the rest cost the observers'
-  floor below. tcpdump copies each packet once per interface, while svctrace still reports
-  a new connection's first packets at every observer, which is why it loses to tcpdump on
-  new connections.
-- **Reading the nftables ruleset at 10,000 Services** (target 0.5 s): listing 110,000
-  chains over netlink, which the kernel dumps in pieces, each dump restarting from the first
-  chain. Plan: read kube-proxy's service-ips map first and only the chains it names for the
-  traced Service, listing chains only of the other tables (for the hooks).
-- **RSS while tracing** (target 50 MB): svctrace's own memory (anonymous: Go heap and
-  stacks) is about 8 MB and the same against 10,000 Services as against one; the rest of the
-  resident set is pages of the executable (client-go's typed clients register every API
-  group at start) and the ring buffer, whose 8 MiB /proc counts twice. Plan: a 4 MiB ring
-  buffer, now that the event budget keeps events few (none lost in (b) or in the flood), and
-  a client for the four kinds svctrace reads instead of the full typed clientset.
-- **The flood** is bounded, not cheap: its memory is that of a full assembler (the steps it
-  holds are capped at 131,072), and it does not grow with the flood: 200-240 MB in runs of
-  100,000 and of 1,000,000 connections. The kernel's tracked map fills to its 65,536 entries
-  and evicts the oldest, as an LRU map does.
+- **New connections while tracing the Service** (b) and **svctrace CPU per traced
+  connection** (target 20 µs): svctrace shares the two CPUs with wrk and the pods, so every
+  µs it spends per connection is taken from them. A connection reaches userspace as about 8
+  ring-buffer records (one per packet path through the node, its first two packets each
+  way) holding about 40 observations, is assembled into steps and printed as a timeline of
+  some ten lines. The profile: printing the timeline about a fifth, assembly a sixth,
+  reading and decoding a sixth, garbage collection a sixth, the recording a twentieth.
+  Done so far: 300 → 89 µs (one record per packet path, the event budget, fewer copies and
+  map lookups in assembly, no fmt in timelines). Plan: the kernel sends a packet path's
+  observations as the differences between them (most repeat the tuple and conntrack
+  state), steps are kept compact and formatted only when printed, and healthy connections
+  under load are printed in one line each (the full timeline for failures and with -v).
+- **Keep-alive while tracing, and a filter miss** (targets 95 % and 99 %; ≤ 100 ns per
+  packet per hook): the floor is the observers themselves. A forwarded packet meets ten
+  observers on three hooks in the node namespace. The kernel's BPF statistics (the data
+  path's raw output, per program) put an empty netfilter program at about 60 ns per call
+  with the statistics on, the first observer of a hook (the packet's tuple: one copy, two
+  lookups) at several times that and the others near the floor. Plan: attach each stage
+  observer only on the hooks where a Service's packets can reach it, and move the tuple's
+  decision to the first observer of each hook only.
+- **Cheaper than tcpdump** on new connections: tcpdump copies each packet once per
+  interface and does nothing else with it in the kernel; svctrace reports a new
+  connection's first packets at every observer and assembles them. It is cheaper on bulk
+  transfers, where only the first packets are reported.
+- **Reading the nftables ruleset at 10,000 Services** (target 0.3 s): svctrace lists every
+  chain over netlink (110,000), and the kernel restarts its chain dump from the first chain
+  for each message it fills, so the listing grows with the square of the chains; then it
+  maps every Service's chains to its port. Plan: take the traced Service's chains from
+  kube-proxy's service-ips and service-nodeports verdict maps (one dump each), read those
+  chains by name, and list chains only for the other writers' tables.
+- **RSS while tracing** (target 40 MB): svctrace's own memory (anonymous: Go heap and
+  stacks) is about 10 MB, the same against 10,000 Services as against one; the rest of the
+  resident set is pages of the executable (about 107 MB on disk: client-go's typed clients
+  register every API group) and the 8 MiB ring buffer, which the kernel maps twice. Plan: a
+  client for the four kinds svctrace reads instead of the typed clientset, and a 4 MiB ring
+  buffer now that a connection costs 8 records.
+- **Start-up** (target 150 ms): a CPU profile over the seven runs gives about 200 ms of CPU
+  per start on the two CPUs: the kernel verifying nine programs about 85 ms, parsing the
+  embedded object 27 ms, creating the maps 10 ms (mostly the ring buffer), reading the
+  objects and the node's rules and facts about 20 ms, netlink for links and facts about
+  15 ms. The object is parsed and the kernel's BTF decoded while the objects and rules are
+  read (tracer.Prepare), which hides the API server's latency on a real cluster. Plan: fewer
+  programs for the kernel to verify (stages that share code share a program) and a smaller
+  ring buffer.
+- **Analyze** (targets 100 MB/s and 50 MB): analysis streams, and what it holds does not
+  grow with the recording: the live heap levels off at about 30 MB (GODEBUG=gctrace=1) —
+  the connections within their settle time, each with its steps (about 200 bytes each, 16
+  reserved at once), and the recording's non-event records (conntrack snapshots) decoded
+  from JSON — and the garbage collector lets the heap grow to twice that. A soft memory
+  limit of 40 MiB was tried: peak RSS 101 MB instead of 140, but three times the time (the
+  collector runs continually). Its CPU: JSON output a quarter, reading records a third,
+  assembly and garbage collection the rest. Plan: compact steps (memory and time), the
+  conntrack snapshots streamed like events, and JSON for steps written without reflection.
+- **Event pipeline** (targets 1 M and 3 M events/s on one core): decoding runs at about
+  7 M events/s; assembly at about 2 M, held back by the steps it builds for every
+  observation it keeps (see the plan for compact steps).
+- **The flood** is bounded, not cheap (target 100 MB), and does not grow with the flood's
+  size. A heap profile 15 s into a flood of 400,000 connections: 86 MB live — the steps of
+  the connections followed about 36 MB (200 bytes each, room for 16 reserved per
+  connection; MaxHeld bounds that room at 26 MB, plus connections reported but not yet
+  printed), the assembler's index of every form a connection's tuple takes about 17 MB,
+  the steps' changes 10 MB — and the Go heap may grow to twice what is live. The kernel's
+  tracked map fills to its 65,536 entries and evicts the oldest, as an LRU map does; what
+  the ring buffer cannot take is counted and reported as lost. Plan: compact steps, and an
+  index keyed by a connection's conntrack entry rather than by each of its tuples.
 `
