@@ -108,7 +108,8 @@ const clusterIPsCheck = "cluster-ips-check"
 // for cluster-ips-check and for the service and local chains rulesFor
 // accepts.
 func readNFT(netnsFd int, rulesFor func(PortKey) bool) (*nftDump, error) {
-	var opts []nftables.ConnOption
+	// One socket for every dump, set up for large messages.
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(largeDumps)}
 	if netnsFd >= 0 {
 		opts = append(opts, nftables.WithNetNSFd(netnsFd))
 	}
@@ -116,6 +117,7 @@ func readNFT(netnsFd int, rulesFor func(PortKey) bool) (*nftDump, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer c.CloseLasting()
 	chains, err := c.ListChains()
 	if err != nil {
 		return nil, fmt.Errorf("listing nftables chains: %w", err)
@@ -212,6 +214,40 @@ func readNFT(netnsFd int, rulesFor func(PortKey) bool) (*nftDump, error) {
 		}
 	}
 	return d, nil
+}
+
+// largeDumps has the kernel fill dump messages on conn up to 32 KiB, not
+// one page. Netlink sizes a dump's messages by the largest read the socket
+// has made (af_netlink.c: max_recvmsg_len), and the netlink library's
+// reads start at a page. nf_tables walks its chains from the first again
+// for every message of a dump, so listing 110,000 chains (10,000 Services
+// in kube-proxy's nftables mode) takes time with the number of messages
+// times the chains. One small request, the ruleset's generation, read
+// into a large buffer, sets the size for the socket's life.
+func largeDumps(conn *netlink.Conn) error {
+	req := netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0}, // struct nfgenmsg
+	}
+	if _, err := conn.Send(req); err != nil {
+		return fmt.Errorf("asking for the nftables generation: %w", err)
+	}
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 32<<10)
+	var rerr error
+	if err := rc.Read(func(fd uintptr) bool {
+		_, _, rerr = unix.Recvfrom(int(fd), buf, 0)
+		return rerr != unix.EAGAIN && rerr != unix.EINTR
+	}); err != nil {
+		return err
+	}
+	if rerr != nil {
+		return fmt.Errorf("reading the nftables generation: %w", rerr)
+	}
+	return nil
 }
 
 // iptablesNFT are the tables iptables-nft writes (in families ip and

@@ -176,11 +176,14 @@ it. The cost section's raw output ends with a CPU profile of svctrace while it t
   connection's first packets at every observer and assembles them. It is cheaper on bulk
   transfers, where only the first packets are reported.
 - **Reading the nftables ruleset at 10,000 Services** (target 0.3 s): svctrace lists every
-  chain over netlink (110,000), and the kernel restarts its chain dump from the first chain
-  for each message it fills, so the listing grows with the square of the chains; then it
-  maps every Service's chains to its port. Plan: take the traced Service's chains from
-  kube-proxy's service-ips and service-nodeports verdict maps (one dump each), read those
-  chains by name, and list chains only for the other writers' tables.
+  chain over netlink (110,000), and nf_tables walks its chains from the first again for
+  every message of the dump (it filters a chain dump by family only). Dump messages are
+  now 32 KiB, not a page (kubeproxy: largeDumps), which halved the read; what is left is that
+  walk (about 0.6 s in the kernel, as long as nft list chains takes), iptables-nft-save
+  reading the ip family's tables beside kube-proxy's (about 0.4 s), and mapping every
+  Service's chains to its port. Plan: kube-proxy's own chains by name, from its
+  service-ips and service-nodeports verdict maps and from the traced Service's chains; a
+  chain dump only when another writer's table is in a family kube-proxy's is not in.
 - **RSS while tracing** (target 40 MB): svctrace's own memory (anonymous: Go heap and
   stacks) is about 10 MB, the same against 10,000 Services as against one; the rest of the
   resident set is pages of the executable (about 107 MB on disk: client-go's typed clients
