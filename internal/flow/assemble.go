@@ -339,12 +339,14 @@ func (a *Assembler) observe(c *Conn, ev *nf.Event, d Dir) {
 	}
 
 	pk, fresh := c.packetFor(ev, d)
+	// Worked out here, kept (copied to the connection's) only with a step.
+	var room [6]Change
 	var changes []Change
 	if fresh {
 		a.classify(c, pk, ev)
-		changes = a.describe(c, pk, ev)
+		changes = a.describe(room[:0], c, pk, ev)
 	} else {
-		changes = a.changes(pk, &pk.last, ev)
+		changes = a.changes(room[:0], pk, &pk.last, ev)
 	}
 	if c.invalid(pk, ev) {
 		changes = append(changes, Change{Kind: Invalid})
@@ -585,7 +587,7 @@ func (a *Assembler) step(c *Conn, pk *packet, ev *nf.Event, changes []Change, dr
 		return
 	}
 	s := Step{Time: ev.Time, Packet: pk.n, Dir: pk.dir, Kind: ev.Kind, Hook: ev.Hook, Stage: ev.Stage,
-		NetNS: ev.NetNS, Tuple: ev.Tuple, Mark: ev.Mark, Changes: changes, Drop: dr, Flags: flags(ev), Data: ev.Data}
+		NetNS: ev.NetNS, Tuple: ev.Tuple, Mark: ev.Mark, Changes: c.keep(changes), Drop: dr, Flags: flags(ev), Data: ev.Data}
 	switch {
 	case ev.CT.ID != 0:
 		s.CT, s.CTMark, s.CTZone = ev.CT.Info.String(), ev.CT.Mark, ev.CT.Zone
@@ -603,6 +605,25 @@ func (a *Assembler) step(c *Conn, pk *packet, ev *nf.Event, changes []Change, dr
 	a.held += cap(c.Steps) - room
 }
 
+// keep copies a step's changes into room the connection keeps for them,
+// taken a few steps' worth at a time: one allocation for many steps, not
+// one each. The slice returned is capped: appending to it copies.
+func (c *Conn) keep(changes []Change) []Change {
+	if len(changes) == 0 {
+		return nil
+	}
+	if cap(c.st.changes)-len(c.st.changes) < len(changes) {
+		c.st.changes = make([]Change, 0, max(changesAtOnce, len(changes)))
+	}
+	i := len(c.st.changes)
+	c.st.changes = append(c.st.changes, changes...)
+	return c.st.changes[i:len(c.st.changes):len(c.st.changes)]
+}
+
+// changesAtOnce is how many changes a connection makes room for at once:
+// a healthy one's first packets make about this many.
+const changesAtOnce = 24
+
 func flags(ev *nf.Event) string {
 	switch ev.Tuple.Proto {
 	case nf.TCP:
@@ -614,7 +635,7 @@ func flags(ev *nf.Event) string {
 }
 
 // describe says what a new packet is.
-func (a *Assembler) describe(c *Conn, pk *packet, ev *nf.Event) []Change {
+func (a *Assembler) describe(changes []Change, c *Conn, pk *packet, ev *nf.Event) []Change {
 	var ch Change
 	switch {
 	case ev.ICMP.IsError():
@@ -628,7 +649,7 @@ func (a *Assembler) describe(c *Conn, pk *packet, ev *nf.Event) []Change {
 	default:
 		ch = Change{Kind: Replied}
 	}
-	changes := []Change{ch}
+	changes = append(changes, ch)
 	if ev.CT.ID != 0 {
 		changes = append(changes, tracked(ev.CT))
 	}
@@ -650,8 +671,7 @@ func packetWhat(ev *nf.Event) string {
 }
 
 // changes says what happened to a packet between two observers.
-func (a *Assembler) changes(pk *packet, prev *sighting, ev *nf.Event) []Change {
-	var cs []Change
+func (a *Assembler) changes(cs []Change, pk *packet, prev *sighting, ev *nf.Event) []Change {
 	switch {
 	case prev.CTID == 0 && ev.CT.ID != 0:
 		cs = append(cs, tracked(ev.CT))
@@ -699,6 +719,8 @@ func (a *Assembler) ifName(ifindex uint32) string {
 	return fmt.Sprintf("ifindex %d", ifindex)
 }
 
-// stepsAtFirst is the room a new connection gets for its steps: about
-// what a healthy TCP connection's first packets take, so most never grow it.
-const stepsAtFirst = 16
+// stepsAtFirst is the room a new connection gets for its steps: what a
+// healthy TCP connection takes (19 steps for one forwarded through DNAT and
+// SNAT, opened and closed), so most never grow it: growing from less copied
+// them all into twice the room.
+const stepsAtFirst = 20

@@ -181,6 +181,7 @@ type state struct {
 	tuples           []nf.Tuple // indexed forms, to unindex on finish
 	ctSeen           bool       // an event carried the conntrack entry
 	learned          nf.Tuple   // the reply tuple learnNAT last learned from
+	changes          []Change   // room for steps' changes (keep)
 	// After the answer: when a reply last passed the node, and when a
 	// packet last came to grief on it (dropped, or INVALID and sent on
 	// untranslated). The connection broke if nothing passed after that.

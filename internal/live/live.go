@@ -83,8 +83,12 @@ const (
 )
 
 // readBatch is how many events the reader hands over at once, at most: it
-// hands over fewer when the ring buffer is empty.
-const readBatch = 256
+// hands over fewer when the ring buffer is empty. batches is how many
+// batches go round between the reader and the assembler.
+const (
+	readBatch = 256
+	batches   = 8
+)
 
 // item is what the reader hands over: an event, or (ev unset) the news
 // that the ring buffer was empty at time drained.
@@ -105,7 +109,7 @@ const maxDrain = 2 * time.Second
 func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 	a := flow.New(opts.Flow)
 	var res Result
-	events := make(chan []item, 64)
+	events := make(chan []item, batches)
 	readErr := make(chan error, 1)
 	// The reader ends when the tracer is closed or, should the channel be
 	// full, when Run returns. When the ring buffer is empty it says so,
@@ -119,11 +123,18 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 	// the ticker keep the short cadence.
 	var busy atomic.Bool
 	// Items go over in batches: a channel operation per event cost more
-	// than assembling it. Batches come back to be filled again (free).
-	free := make(chan []item, 4)
+	// than assembling it. A fixed number of batches go round: they come
+	// back to be filled again (free), and a reader that is that far ahead
+	// waits (the ring buffer holds the kernel's events meanwhile), rather
+	// than allocate one for every time it finds the ring buffer empty.
+	free := make(chan []item, batches)
+	for range batches - 1 {
+		free <- make([]item, 0, readBatch)
+	}
 	go func() {
 		batch := make([]item, 0, readBatch)
-		// send hands the batch over; false: Run has returned.
+		// send hands the batch over and takes a free one; false: Run has
+		// returned.
 		send := func() bool {
 			select {
 			case events <- batch:
@@ -132,8 +143,8 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 			}
 			select {
 			case batch = <-free:
-			default:
-				batch = make([]item, 0, readBatch)
+			case <-stop:
+				return false
 			}
 			return true
 		}
@@ -302,10 +313,7 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 					halt(nil)
 				}
 			}
-			select {
-			case free <- batch[:0]:
-			default:
-			}
+			free <- batch[:0] // never blocks: there is room for every batch
 			if !busy.Load() && onTick() {
 				return finish()
 			}

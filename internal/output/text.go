@@ -1,8 +1,10 @@
 package output
 
 import (
+	"bytes"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -16,33 +18,38 @@ import (
 type Text struct {
 	w    io.Writer
 	opts Options
+	buf  bytes.Buffer // a connection's lines, reused
 }
 
 func (p *Text) Conn(c report.Conn) {
-	var b strings.Builder
-	fmt.Fprintf(&b, "#%d %s → %s %s", c.ID, c.Client, c.VIP, c.Proto)
+	// Written as bytes: a string would be copied again to be written.
+	b := &p.buf
+	b.Reset()
+	fmt.Fprintf(b, "#%d %s → %s %s", c.ID, c.Client, c.VIP, c.Proto)
 	if n := c.Name(c.VIP); n != "" {
-		fmt.Fprintf(&b, " (%s)", n)
+		fmt.Fprintf(b, " (%s)", n)
 	}
 	if c.Continues != 0 {
-		fmt.Fprintf(&b, ", continues #%d", c.Continues)
+		fmt.Fprintf(b, ", continues #%d", c.Continues)
 	}
 	if p.opts.Wall != nil {
-		fmt.Fprintf(&b, "  %s", p.opts.Wall(c.Start).Format("15:04:05.000"))
+		fmt.Fprintf(b, "  %s", p.opts.Wall(c.Start).Format("15:04:05.000"))
 	}
 	b.WriteString("\n")
 
-	shownPackets := map[int]bool{}
+	var shownPackets []int // a handful: a slice, not a map
 	for _, s := range c.Steps {
 		if !s.Shown() {
 			continue
 		}
-		shownPackets[s.Packet] = true
+		if !slices.Contains(shownPackets, s.Packet) {
+			shownPackets = append(shownPackets, s.Packet)
+		}
 		// "   %-9s %-12s %s%s\n" without fmt: a timeline has a line per
 		// step, and fmt was most of printing it.
 		b.WriteString("   ")
-		pad(&b, since(time.Duration(s.Time-c.Start)), 9)
-		pad(&b, s.Hook.String(), 12)
+		pad(b, since(time.Duration(s.Time-c.Start)), 9)
+		pad(b, s.Hook.String(), 12)
 		b.WriteString(describe.Step(s))
 		b.WriteString(dnatName(c, s))
 		b.WriteByte('\n')
@@ -51,17 +58,17 @@ func (p *Text) Conn(c report.Conn) {
 		b.WriteString("             … more steps than kept\n")
 	}
 	if rest := c.Packets[flow.Original] + c.Packets[flow.Reply] - len(shownPackets); rest > 0 {
-		fmt.Fprintf(&b, "             … %d more packets (%d →, %d ← in all, %s)%s\n", rest,
+		fmt.Fprintf(b, "             … %d more packets (%d →, %d ← in all, %s)%s\n", rest,
 			c.Packets[flow.Original], c.Packets[flow.Reply], byteSize(c.Bytes[flow.Original]+c.Bytes[flow.Reply]), closed(c.Conn))
 	}
 	mark, color := "✗", red
 	if c.Verdict == flow.Answered {
 		mark, color = "✓", green
 	}
-	fmt.Fprintf(&b, "   %s: %s\n", p.paint(color, mark+" "+string(c.Verdict)), describe.Reason(c.Conn))
+	fmt.Fprintf(b, "   %s: %s\n", p.paint(color, mark+" "+string(c.Verdict)), describe.Reason(c.Conn))
 	if c.Endpoint.IsValid() {
 		if n := c.Name(c.Endpoint); n != "" {
-			fmt.Fprintf(&b, "     endpoint %s is %s\n", c.Endpoint, n)
+			fmt.Fprintf(b, "     endpoint %s is %s\n", c.Endpoint, n)
 		}
 	}
 	if e := c.Explanation; e != nil {
@@ -80,17 +87,17 @@ func (p *Text) Conn(c report.Conn) {
 			if l[0] == "blame" {
 				label = p.paint(bold, label)
 			}
-			fmt.Fprintf(&b, "     %s %s\n", label, l[1])
+			fmt.Fprintf(b, "     %s %s\n", label, l[1])
 		}
 	}
 	if c.Lost > 0 {
-		fmt.Fprintf(&b, "   ! %d events lost so far: this timeline may be incomplete\n", c.Lost)
+		fmt.Fprintf(b, "   ! %d events lost so far: this timeline may be incomplete\n", c.Lost)
 	}
-	io.WriteString(p.w, b.String())
+	p.w.Write(b.Bytes())
 }
 
 // pad writes s, spaces to fill width w (in characters), and one more.
-func pad(b *strings.Builder, s string, w int) {
+func pad(b *bytes.Buffer, s string, w int) {
 	b.WriteString(s)
 	for n := utf8.RuneCountInString(s); n < w; n++ {
 		b.WriteByte(' ')
