@@ -639,9 +639,10 @@ func (a *Assembler) describe(changes []Change, c *Conn, pk *packet, ev *nf.Event
 	var ch Change
 	switch {
 	case ev.ICMP.IsError():
-		ch = Change{Kind: ICMPError, Inner: ev.ICMP.Inner, ByNode: c.st.reject == pk}
+		inner := ev.ICMP.Inner
+		ch = Change{Kind: ICMPError, Inner: &inner, ByNode: c.st.reject == pk}
 	case pk.dir == Original && c.SYNs > 1:
-		ch = Change{Kind: Retransmitted, N: c.SYNs - 1}
+		ch = Change{Kind: Retransmitted, N: int32(c.SYNs - 1)}
 	case pk.dir == Original:
 		ch = Change{Kind: Sent}
 	case c.st.reject == pk:

@@ -52,13 +52,15 @@ const (
 // Change is one thing a step shows. Printers put it in words.
 type Change struct {
 	Kind     ChangeKind
-	From, To netip.AddrPort // NAT
-	OldMark  uint32         // CTMarked, SNAT
-	N        int            // Retransmitted
 	Prior    bool           // Tracked
 	ByNode   bool           // ICMPError
-	Inner    nf.Tuple       // ICMPError
-	Iface    string         // Left
+	OldMark  uint32         // CTMarked, SNAT
+	N        int32          // Retransmitted
+	From, To netip.AddrPort // NAT
+	// Inner is set for an ICMPError only: a pointer keeps every other
+	// change small (a connection holds tens).
+	Inner *nf.Tuple
+	Iface string // Left
 }
 
 // OutcomeKind is which case decided a connection's verdict.
