@@ -540,6 +540,12 @@ func (a *Assembler) drop(c *Conn, ev *nf.Event, d Dir) {
 		return
 	}
 	pk := c.findPacket(ev.Packet)
+	if pk != nil && pk.dir != d {
+		// The kernel reuses a freed skb at once: this is a later packet
+		// going the other way, one the observers did not report (say,
+		// the client's retransmission in the skb of the SYN,ACK).
+		pk = nil
+	}
 	// The kernel side could not tell the namespace: it is where an observer
 	// saw the packet last, if one did. A receiving socket's drop (TCP's
 	// state checks, a full queue: TCP reuses the field the namespace is

@@ -253,6 +253,24 @@ func TestDropWithoutNamespaceIsPlacedWhereLastSeen(t *testing.T) {
 	}
 }
 
+// The kernel reuses a freed skb for the next packet, so a drop can carry the
+// id of an earlier packet of the connection going the other way: the
+// endpoint's kernel dropping the client's retransmission in the skb the
+// SYN,ACK came in. The drop is the client's, not the reply's.
+func TestDropInAReusedSkbIsNotThatPackets(t *testing.T) {
+	s := answered().at(300 * time.Millisecond)
+	toPod := tup("10.0.0.2:40000", "10.244.0.5:8080", nf.TCP)
+	s.drop(2, toPod, nf.Conntrack{}) // packet 2 was the SYN,ACK
+	s.last().NetNS, s.last().Drop = 4026530000, nf.Drop{Reason: "TCP_OLD_SEQUENCE", Location: "tcp_validate_incoming+0x16b"}
+	c := only(t, mustRun(s))
+	if len(c.Drops) != 1 {
+		t.Fatalf("drops %+v, want one", c.Drops)
+	}
+	if d := c.Drops[0]; d.Dir != Original || c.PacketDir(d.Packet) != Original || d.InNode {
+		t.Errorf("drop %+v (its packet going %s): want the client's packet, outside the node", d, c.PacketDir(d.Packet))
+	}
+}
+
 // A receiving socket's drop the kernel side could not place (TCP reuses
 // the field it reads the namespace from) after the node sent the packet on
 // is the receiving host's, not the node's: the answered connection did
