@@ -14,25 +14,31 @@ import (
 	"github.com/svctrace/svctrace/internal/testutil/tracetest"
 )
 
-// lagging hands over recorded events as a tracer whose reader falls behind
-// the kernel would: its first read returns only at ready.
-type lagging struct {
-	evs      []nf.Event
-	ready    time.Time
+// ring is what the fake sources share: a deadline, and Wake ending a wait
+// as the tracer's does (newRing).
+type ring struct {
 	deadline time.Time
 	woken    chan struct{}
 }
 
-func (s *lagging) SetDeadline(d time.Time) { s.deadline = d }
-func (s *lagging) Lost() uint64            { return 0 }
-func (s *lagging) Waiting(bool)            {}
-
-// Wake ends a Read's wait for events, as the tracer's does.
-func (s *lagging) Wake() {
+func (r *ring) SetDeadline(d time.Time) { r.deadline = d }
+func (r *ring) Lost() uint64            { return 0 }
+func (r *ring) Waiting(bool)            {}
+func (r *ring) Wake() {
 	select {
-	case s.woken <- struct{}{}:
+	case r.woken <- struct{}{}:
 	default:
 	}
+}
+
+func newRing() ring { return ring{woken: make(chan struct{}, 1)} }
+
+// lagging hands over recorded events as a tracer whose reader falls behind
+// the kernel would: its first read returns only at ready.
+type lagging struct {
+	ring
+	evs   []nf.Event
+	ready time.Time
 }
 
 func (s *lagging) Read() (nf.Event, error) {
@@ -81,7 +87,7 @@ func recentLabEvents(t *testing.T) ([]nf.Event, flow.Options, []*flow.Conn) {
 func TestCollectWaitsForLaggingReader(t *testing.T) {
 	// The recording happened before the traffic "ends" now.
 	evs, opts, want := recentLabEvents(t)
-	src := &lagging{evs: evs, ready: time.Now().Add(300 * time.Millisecond), woken: make(chan struct{}, 1)}
+	src := &lagging{ring: newRing(), evs: evs, ready: time.Now().Add(300 * time.Millisecond)}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	got, _, err := Collect(ctx, src, Options{Flow: opts}, func() {})
@@ -111,7 +117,7 @@ func TestStopReadsWhatWasReported(t *testing.T) {
 		{name: "alive", alive: func() error { return gone }, wantErr: gone},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			src := &lagging{evs: slices.Clone(evs), ready: time.Now().Add(300 * time.Millisecond), woken: make(chan struct{}, 1)}
+			src := &lagging{ring: newRing(), evs: slices.Clone(evs), ready: time.Now().Add(300 * time.Millisecond)}
 			ctx, cancel := context.WithCancel(context.Background())
 			if tc.cancel {
 				cancel()
@@ -137,21 +143,10 @@ func TestStopReadsWhatWasReported(t *testing.T) {
 // quiet is a ring buffer that stays empty until at, when one event arrives:
 // a Read waits for it, for the deadline or for Wake.
 type quiet struct {
-	at       time.Time
-	ev       nf.Event
-	sent     bool
-	deadline time.Time
-	woken    chan struct{}
-}
-
-func (s *quiet) SetDeadline(d time.Time) { s.deadline = d }
-func (s *quiet) Lost() uint64            { return 0 }
-func (s *quiet) Waiting(bool)            {}
-func (s *quiet) Wake() {
-	select {
-	case s.woken <- struct{}{}:
-	default:
-	}
+	ring
+	at   time.Time
+	ev   nf.Event
+	sent bool
 }
 
 func (s *quiet) Read() (nf.Event, error) {
@@ -175,7 +170,7 @@ func (s *quiet) Read() (nf.Event, error) {
 // reader's long idle wait ends: it gets the busy cadence from then on.
 func TestFirstEventAfterQuietIsHandedOverPromptly(t *testing.T) {
 	evs, opts, _ := recentLabEvents(t)
-	src := &quiet{at: time.Now().Add(100 * time.Millisecond), ev: evs[0], woken: make(chan struct{}, 1)}
+	src := &quiet{ring: newRing(), at: time.Now().Add(100 * time.Millisecond), ev: evs[0]}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	seen := make(chan time.Time, 1)
