@@ -106,9 +106,10 @@ struct {
  * with the translations both ways) - and after that every notable packet:
  * TCP SYN or RST, a new or related conntrack state, anything but TCP and
  * UDP; a FIN at one observer. Other packets are only counted, and the
- * counters are reported (EVENT_COUNT) every count_every_ns while they come
- * and before the next reported packet. Without it, a busy connection makes
- * about ten events per packet, and the tracer costs more than the traffic. */
+ * counters are reported (EVENT_COUNT) every count_every_ns while they come,
+ * and with the next reported packet, in its record. Without it, a busy
+ * connection makes about ten events per packet, and the tracer costs more
+ * than the traffic. */
 const volatile __u32 quiet_after = 2; /* userspace: --every-packet sets it to ~0 */
 const volatile __u64 count_every_ns = 250000000;
 
@@ -259,6 +260,7 @@ struct match {
 	__u8 family;
 	__u8 tried;  /* the packet was parsed (see parse_once) */
 	__u8 parsed; /* successfully */
+	__u8 counts; /* the quiet run's counters go out with this packet (take_counts) */
 	struct pktinfo pi;
 };
 
@@ -934,9 +936,12 @@ static __always_inline int show_packet(struct sk_buff *skb, struct match *m, __u
 	__u64 now = bpf_ktime_get_ns();
 
 	if (full || brief) {
-		/* The counts come before the packet that ends a quiet run. */
-		if (f->quiet_pkts[0] || f->quiet_pkts[1])
-			WAY(report_counts, direct, f, m->ct, m->family, m->ctinfo, now);
+		/* The counts come before the packet that ends a quiet run, in
+		 * its record (take_counts): no record of their own. */
+		if (f->quiet_pkts[0] || f->quiet_pkts[1]) {
+			f->reported = now;
+			m->counts = 1;
+		}
 		return 1;
 	}
 	__sync_fetch_and_add(&f->quiet_pkts[dir], 1);
@@ -944,6 +949,31 @@ static __always_inline int show_packet(struct sk_buff *skb, struct match *m, __u
 	if (now - f->reported >= count_every_ns)
 		WAY(report_counts, direct, f, m->ct, m->family, m->ctinfo, now);
 	return 0;
+}
+
+/* Moves the counters of the quiet run that m's packet ends (show_packet set
+ * m->counts) into e, the record the packet goes out in: userspace reads
+ * them as counted ahead of the packet. Subtracted, not zeroed: packets
+ * counted meanwhile on another CPU stay for the next report. */
+static __always_inline void take_counts(struct match *m, struct event *e)
+{
+	struct followed *f = m->f;
+
+	if (!m->counts || !f)
+		return;
+	m->counts = 0;
+
+	__u32 p0 = f->quiet_pkts[0], p1 = f->quiet_pkts[1];
+	__u64 b0 = f->quiet_bytes[0], b1 = f->quiet_bytes[1];
+
+	__sync_fetch_and_add(&f->quiet_pkts[0], -p0);
+	__sync_fetch_and_add(&f->quiet_pkts[1], -p1);
+	__sync_fetch_and_add(&f->quiet_bytes[0], -b0);
+	__sync_fetch_and_add(&f->quiet_bytes[1], -b1);
+	e->packets[0] += p0;
+	e->packets[1] += p1;
+	e->bytes[0] += b0;
+	e->bytes[1] += b1;
 }
 
 /* ---- netfilter observers ------------------------------------------------- */
@@ -1087,6 +1117,8 @@ static __always_inline int add_to_path(struct sk_buff *skb, struct match *m, con
 	barrier();
 	if (pd->used) {
 		added = add_step(pd, skb, m, w, stage);
+		if (added)
+			take_counts(m, &pd->p.e);
 	} else {
 		struct event *e = &pd->p.e;
 
@@ -1100,6 +1132,7 @@ static __always_inline int add_to_path(struct sk_buff *skb, struct match *m, con
 		pd->p.data_step2 = 0;
 		pd->p.cap_len1 = 0;
 		pd->p.cap_len2 = 0;
+		take_counts(m, e);
 		pd->used = 1;
 	}
 	barrier();
@@ -1174,6 +1207,7 @@ static __always_inline int observe(struct bpf_nf_ctx *ctx, __u8 stage)
 			if (e) {
 				e->kind = EVENT_HOOK;
 				set_where(e, &w, stage);
+				take_counts(&m, e);
 				submit(e);
 			}
 		}
@@ -1255,6 +1289,7 @@ static __always_inline void hook_event(struct sk_buff *skb, const struct nf_hook
 	e->netns = netns;
 	e->ifindex_in = BPF_CORE_READ(state, in, ifindex);
 	e->ifindex_out = BPF_CORE_READ(state, out, ifindex);
+	take_counts(&m, e);
 	submit(e);
 }
 

@@ -84,8 +84,11 @@ struct event {
 	struct tuple inner;
 	__u16 cap_len; /* bytes of data captured */
 	__u16 pad2[3];
-	__u64 bytes[2];   /* EVENT_COUNT: bytes (IP) counted, original and reply direction */
-	__u32 packets[2]; /* EVENT_COUNT: packets counted */
+	/* EVENT_COUNT, and the record of a reported packet that ends a quiet
+	 * run (read as counted before it): bytes (IP) counted, original and
+	 * reply direction, and packets. */
+	__u64 bytes[2];
+	__u32 packets[2];
 	__u8 data[CAP_MAX];
 };
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
+	"slices"
 	"unsafe"
 
 	"github.com/svctrace/svctrace/internal/nf"
@@ -62,15 +63,38 @@ func (d *decoder) decodeAll(raw []byte, out []nf.Event) ([]nf.Event, error) {
 	if err != nil {
 		return out, err
 	}
+	first := len(out)
 	if raw[unsafe.Offsetof(bpfEvent{}.Kind)] != pathKind {
-		return append(out, ev), nil
-	}
-	if len(raw) < rawPathSize {
+		out = append(out, ev)
+	} else if len(raw) < rawPathSize {
 		return out, fmt.Errorf("%w: a path of %d bytes, want %d", errShortRecord, len(raw), rawPathSize)
+	} else {
+		var p bpfPacketPath
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&p)), rawPathSize), raw)
+		out = d.path(&p, ev, out)
 	}
-	var p bpfPacketPath
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(&p)), rawPathSize), raw)
-	return d.path(&p, ev, out), nil
+	if ev.Kind != nf.KindCount && ev.Counted != (nf.Counted{}) {
+		out = countedBefore(out, first, ev.Counted)
+	}
+	return out, nil
+}
+
+// countedBefore puts the counts a reported packet's record carries (the
+// packets of its connection only counted since the last report, see the
+// kernel side's take_counts) ahead of the record's events out[first:], as
+// the count event they stand for, naming the connection by the first of
+// them that has its conntrack entry.
+func countedBefore(out []nf.Event, first int, n nf.Counted) []nf.Event {
+	for i := first; i < len(out); i++ {
+		out[i].Counted = nf.Counted{}
+	}
+	i := slices.IndexFunc(out[first:], func(e nf.Event) bool { return e.CT.ID != 0 })
+	if i < 0 {
+		return out // no entry to name the connection by: nothing to count on
+	}
+	e := out[first+i]
+	c := nf.Event{Time: out[first].Time, Kind: nf.KindCount, Family: e.Family, NetNS: e.NetNS, CT: e.CT, Counted: n}
+	return slices.Insert(out, first, c)
 }
 
 // path expands a packet's path: its first observation (ev, in full) and
@@ -161,9 +185,7 @@ func (d *decoder) event(r *bpfEvent) nf.Event {
 		ev.CT.Info = nf.CTUntracked
 	}
 	ev.Data = captured(r.Data[:], r.CapLen)
-	if ev.Kind == nf.KindCount {
-		ev.Counted = nf.Counted{Packets: r.Packets, Bytes: r.Bytes}
-	}
+	ev.Counted = nf.Counted{Packets: r.Packets, Bytes: r.Bytes}
 	if ev.Kind == nf.KindDrop {
 		ev.Drop = nf.Drop{ReasonCode: r.DropReason, Reason: d.reason(r.DropReason)}
 		if d.symbols != nil {

@@ -316,3 +316,55 @@ func TestDecodePath(t *testing.T) {
 		t.Errorf("short path: %d events, %v", len(evs), err)
 	}
 }
+
+// A reported packet that ends a quiet run carries the run's counts in its
+// record: they come out as a count event ahead of the packet's, naming the
+// connection by the first observation that has its conntrack entry, and the
+// packet's own events carry no counts.
+func TestDecodeCountsCarriedByAPacket(t *testing.T) {
+	d := decoder{key: 42}
+	client := bpfTuple{Saddr: v4("10.99.0.2"), Daddr: v4("10.96.0.10"), Sport: port(41162), Dport: port(80), Proto: uint8(nf.TCP)}
+	reply := bpfTuple{Saddr: v4("10.244.0.11"), Daddr: v4("10.99.0.2"), Sport: port(8080), Dport: port(41162), Proto: uint8(nf.TCP)}
+	counts := func(e *bpfEvent) {
+		e.Packets, e.Bytes = [2]uint32{3, 2}, [2]uint64{180, 1400}
+	}
+
+	// A FIN shown at one observer, after conntrack: one event record.
+	fin := bpfEvent{Kind: uint8(nf.KindHook), Ts: 5000, Hook: uint8(nf.PreRouting), Stage: uint8(nf.StagePostConntrack), Family: uint8(nf.IPv4),
+		Flags: flagPacket | flagCT, Skb: 0xffff888001234500, Ct: 0xffff888009876500, Netns: 7, TcpFlags: uint8(nf.FIN | nf.ACK),
+		Pkt: client, Orig: client, Reply: reply}
+	counts(&fin)
+	evs, err := d.decodeAll(raw(fin), nil)
+	if err != nil || len(evs) != 2 {
+		t.Fatalf("FIN: %d events, %v", len(evs), err)
+	}
+	want := nf.Counted{Packets: [2]uint32{3, 2}, Bytes: [2]uint64{180, 1400}}
+	if c := evs[0]; c.Kind != nf.KindCount || c.Counted != want || c.CT.ID != evs[1].CT.ID || c.CT.Orig != evs[1].CT.Orig || c.Time != 5000 {
+		t.Errorf("count: %+v", c)
+	}
+	if e := evs[1]; e.Kind != nf.KindHook || e.Counted != (nf.Counted{}) || e.TCPFlags != nf.FIN|nf.ACK {
+		t.Errorf("FIN: %+v", e)
+	}
+
+	// An RST's path starts before conntrack (no entry yet): the count
+	// names the connection by the step after conntrack.
+	var p bpfPacketPath
+	p.E = bpfEvent{Kind: pathKind, Ts: 6000, Hook: uint8(nf.PreRouting), Stage: uint8(nf.StagePreConntrack), Family: uint8(nf.IPv4),
+		Flags: flagPacket, Skb: 0xffff888001234600, Netns: 7, TcpFlags: uint8(nf.RST), Pkt: client}
+	counts(&p.E)
+	p.Tuples[0], p.Tuples[1] = client, reply
+	p.Ntuples = 2
+	p.Steps[0] = bpfPathStep{Dt: 10, Stage: uint8(nf.StagePostConntrack), Hook: uint8(nf.PreRouting), Flags: flagCT, Ct: 0xffff888009876500,
+		Pkt: 0, Orig: 1, Reply: 2}
+	p.Nsteps = 1
+	evs, err = d.decodeAll(unsafe.Slice((*byte)(unsafe.Pointer(&p)), rawPathSize), []nf.Event{{Kind: nf.KindDrop}})
+	if err != nil || len(evs) != 4 || evs[0].Kind != nf.KindDrop {
+		t.Fatalf("RST: %d events, %v", len(evs), err)
+	}
+	if c := evs[1]; c.Kind != nf.KindCount || c.Counted != want || c.CT.ID == 0 || c.CT.ID != evs[3].CT.ID || c.Time != 6000 {
+		t.Errorf("count: %+v", c)
+	}
+	if evs[2].Stage != nf.StagePreConntrack || evs[2].Counted != (nf.Counted{}) || evs[3].Counted != (nf.Counted{}) {
+		t.Errorf("RST's observations: %+v", evs[2:])
+	}
+}
