@@ -29,6 +29,21 @@ type Entry struct {
 	Zone    uint16            `json:"zone,omitempty"`
 	Timeout uint32            `json:"timeout,omitempty"` // seconds left
 	Status  string            `json:"status,omitempty"`
+	State   string            `json:"state,omitempty"` // TCP: ESTABLISHED, TIME_WAIT, …
+}
+
+// tcpStates names conntrack's TCP states (enum tcp_conntrack).
+var tcpStates = [...]string{"NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK",
+	"TIME_WAIT", "CLOSE", "SYN_SENT2"}
+
+// Closing reports whether the entry is of a TCP connection one side has
+// begun to close: what a busy Service leaves by the thousand.
+func (e Entry) Closing() bool {
+	switch e.State {
+	case "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE":
+		return true
+	}
+	return false
 }
 
 // Translated reports whether the entry's destination was translated (DNAT):
@@ -196,6 +211,9 @@ func List(ns nf.NetNS, keep func(Entry) bool) ([]Entry, error) {
 			e := Entry{Proto: nf.Proto(f.Forward.Protocol).String(), Mark: f.Mark, Zone: f.Zone, Timeout: f.TimeOut,
 				Orig:  [2]netip.AddrPort{addrPort(f.Forward.SrcIP, f.Forward.SrcPort), addrPort(f.Forward.DstIP, f.Forward.DstPort)},
 				Reply: [2]netip.AddrPort{addrPort(f.Reverse.SrcIP, f.Reverse.SrcPort), addrPort(f.Reverse.DstIP, f.Reverse.DstPort)}}
+			if tcp, ok := f.ProtoInfo.(*netlink.ProtoInfoTCP); ok && int(tcp.State) < len(tcpStates) {
+				e.State = tcpStates[tcp.State]
+			}
 			if keep(e) {
 				out = append(out, e)
 			}

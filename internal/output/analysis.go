@@ -26,11 +26,17 @@ type Analysis struct {
 	Conntrack []ConntrackSnapshot
 }
 
-// ConntrackSnapshot is the conntrack table's entries at one moment.
+// ConntrackSnapshot is the conntrack table's entries at one moment: Total
+// of the traced addresses, of which the recording listed Entries.
 type ConntrackSnapshot struct {
 	When    string            `json:"when"` // "start", "end"
+	Total   int               `json:"total"`
 	Entries []conntrack.Entry `json:"entries"`
 }
+
+// shownEntries bounds the entries the text lists per snapshot; -o json
+// gives all the recording has.
+const shownEntries = 20
 
 // Count adds a connection.
 func (a *Analysis) Count(r report.Conn) {
@@ -157,9 +163,20 @@ func (a *Analysis) text(w io.Writer) {
 		fmt.Fprintf(w, "  connect latency, first packet to first answer, %d answered: p50 %s, p99 %s\n", n, round(p50), round(p99))
 	}
 	for _, s := range a.Conntrack {
-		fmt.Fprintf(w, "  conntrack at the %s of the trace: %d entr%s of the traced addresses\n", s.When, len(s.Entries), map[bool]string{true: "y", false: "ies"}[len(s.Entries) == 1])
-		for _, e := range s.Entries {
+		fmt.Fprintf(w, "  conntrack at the %s of the trace: %d entr%s of the traced addresses", s.When, s.Total, map[bool]string{true: "y", false: "ies"}[s.Total == 1])
+		if s.Total > len(s.Entries) {
+			fmt.Fprintf(w, " (%d recorded, open ones first)", len(s.Entries))
+		}
+		fmt.Fprintln(w)
+		for i, e := range s.Entries {
+			if i == shownEntries {
+				fmt.Fprintf(w, "    … %d more (-o json lists them)\n", len(s.Entries)-i)
+				break
+			}
 			fmt.Fprintf(w, "    %s %s → %s, reply %s → %s", e.Proto, e.Orig[0], e.Orig[1], e.Reply[0], e.Reply[1])
+			if e.State != "" {
+				fmt.Fprintf(w, " %s", e.State)
+			}
 			if e.Mark != 0 {
 				fmt.Fprintf(w, " mark %#x", e.Mark)
 			}

@@ -59,7 +59,7 @@ const (
 	TypeName      Type = 7  // an address named by a lookup (JSON Name)
 	TypeLab       Type = 8  // svctrace lab's scenarios, clients and objects (JSON, the lab's own)
 	TypeFacts     Type = 9  // node facts read again for a connection's explanation (JSON node.Facts)
-	TypeConntrack Type = 4  // conntrack entries of the traced addresses (JSON []Conntrack)
+	TypeConntrack Type = 4  // conntrack entries of the traced addresses (JSON ConntrackSnapshot; a []Conntrack before 2026-12)
 	TypeServices  Type = 5  // the addresses the node should translate (JSON []nf.Target)
 	TypeIfName    Type = 6  // an interface of the node (JSON IfName)
 	TypeEvent     Type = 10 // a kernel event (JSON nf.Event); versions 1 and 2 wrote these

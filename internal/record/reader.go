@@ -29,7 +29,7 @@ type Entry struct {
 	Facts     *node.Facts
 	Lab       json.RawMessage
 	Rules     Rules
-	Conntrack []Conntrack
+	Conntrack ConntrackSnapshot
 	Services  []nf.Target
 	IfName    IfName
 }

@@ -242,7 +242,7 @@ func (w *Writer) View(v *resolve.View)          { w.addJSON(TypeView, v) }
 func (w *Writer) Name(n Name)                   { w.addJSON(TypeName, n) }
 func (w *Writer) Facts(f *node.Facts)           { w.addJSON(TypeFacts, f) }
 func (w *Writer) Rules(r Rules)                 { w.addJSON(TypeRules, r) }
-func (w *Writer) Conntrack(entries []Conntrack) { w.addJSON(TypeConntrack, entries) }
+func (w *Writer) Conntrack(s ConntrackSnapshot) { w.addJSON(TypeConntrack, s) }
 func (w *Writer) Services(targets []nf.Target)  { w.addJSON(TypeServices, targets) }
 func (w *Writer) IfName(n IfName)               { w.addJSON(TypeIfName, n) }
 func (w *Writer) Lab(v any)                     { w.addJSON(TypeLab, v) }

@@ -98,7 +98,7 @@ func RunLab(ctx context.Context, o Lab) error {
 	run := newLabRun(l, info)
 	if w != nil {
 		w.Lab(LabClients{Results: labResults(results)})
-		w.Conntrack(record.ConntrackSnapshot(l.Node, l.Targets()))
+		w.Conntrack(record.Snapshot(l.Node, l.Targets()))
 		// Names looked up while printing go into the recording too, as
 		// each is first used.
 		// So do the node's facts read again for a connection; analysis

@@ -149,7 +149,7 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			if len(an.Conntrack) > 0 {
 				when = "end"
 			}
-			an.Conntrack = append(an.Conntrack, output.ConntrackSnapshot{When: when, Entries: e.Conntrack})
+			an.Conntrack = append(an.Conntrack, output.ConntrackSnapshot{When: when, Total: e.Conntrack.Total, Entries: e.Conntrack.Entries})
 		}
 	}
 	res := live.Replay(live.Options{

@@ -128,7 +128,7 @@ func Run(ctx context.Context, s Trace) error {
 		if s.RecordState != nil {
 			s.RecordState()
 		}
-		s.Rec.Conntrack(record.ConntrackSnapshot(info.NetNS, s.Targets))
+		s.Rec.Conntrack(record.Snapshot(info.NetNS, s.Targets))
 		flowOpts.IfName = recordingIfNames(info.NetNS, s.Rec)
 		journal = s.Rec
 	}
@@ -168,7 +168,7 @@ func Run(ctx context.Context, s Trace) error {
 	sum.Lost, sum.Orphans = res.Lost, res.Orphans
 	p.Summary(sum)
 	if s.Rec != nil {
-		s.Rec.Conntrack(record.ConntrackSnapshot(info.NetNS, s.Targets))
+		s.Rec.Conntrack(record.Snapshot(info.NetNS, s.Targets))
 		if cerr := s.Rec.Close(record.End{Conns: res.Conns}); cerr != nil && err == nil {
 			err = cerr
 		}
