@@ -252,6 +252,8 @@ struct pktinfo {
 /* How many bytes of each packet to capture: 0 is its headers only (no
  * payload), else up to this many (--snaplen), at most CAP_MAX. */
 const volatile __u32 snaplen = 0;
+/* 0: capture nothing (userspace neither records nor writes packets). */
+const volatile __u8 capture_data = 1;
 
 struct match {
 	struct nf_conn *ct;
@@ -764,7 +766,7 @@ static __always_inline void capture(struct sk_buff *skb, __u8 *data, __u16 *cap_
 	__u32 tail = KREAD(direct, struct sk_buff, skb, tail); /* an offset from head on 64-bit */
 	__u32 n = snaplen ? snaplen : hdr_len;
 
-	if (!head || nh == NET_HEADER_UNSET || tail <= nh)
+	if (!capture_data || !head || nh == NET_HEADER_UNSET || tail <= nh)
 		return;
 	if (n > tail - nh)
 		n = tail - nh;

@@ -125,7 +125,7 @@ func (g *globals) printer(opts output.Options) (output.Printer, error) {
 // io is where a session writes, and how it prints.
 func (g *globals) io() session.IO {
 	return session.IO{Stdout: g.stdout, Stderr: g.stderr, Printer: g.printer, Text: g.format == output.FormatText,
-		Status: isTerminal(g.stderr), Log: g.logger()}
+		Packets: g.format == output.FormatPcapNG, Status: isTerminal(g.stderr), Log: g.logger()}
 }
 
 // isTerminal reports whether w is a terminal.

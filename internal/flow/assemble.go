@@ -105,11 +105,10 @@ func New(opts Options) *Assembler {
 // Active is the number of connections being followed.
 func (a *Assembler) Active() int { return a.active }
 
-// Add takes one event. It returns connections that became complete because
-// of it (a new connection reusing a finished one's addresses, or one evicted
-// to stay within MaxConns).
-func (a *Assembler) Add(event nf.Event) []*Conn {
-	ev := &event
+// Add takes one event, which it neither changes nor keeps. It returns
+// connections that became complete because of it (a new connection reusing
+// a finished one's addresses, or one evicted to stay within MaxConns).
+func (a *Assembler) Add(ev *nf.Event) []*Conn {
 	if ev.Kind == nf.KindCount {
 		a.count(ev)
 		return nil
@@ -535,6 +534,10 @@ func (a *Assembler) isService(c *Conn) bool {
 }
 
 func (a *Assembler) drop(c *Conn, ev *nf.Event, d Dir) {
+	// The drop is placed and named below on a copy: Add leaves its event
+	// as it was.
+	e := *ev
+	ev = &e
 	// A socket's queue purged on close is not a packet in flight.
 	if ev.Drop.Reason == "QUEUE_PURGE" {
 		return

@@ -26,7 +26,7 @@ func BenchmarkAssemble(b *testing.B) {
 			shiftTuple(&ev.CT.Orig, round)
 			shiftTuple(&ev.CT.Reply, round)
 			shiftTuple(&ev.ICMP.Inner, round)
-			a.Add(ev)
+			a.Add(&ev)
 			n++
 		}
 		a.Tick(evs[len(evs)-1].Time + uint64(round+1)*span)

@@ -156,13 +156,13 @@ func TestLateRetransmissionContinuesTheConnection(t *testing.T) {
 	s.hook(1, nf.PreRouting, nf.StagePreConntrack, synOrig, nf.SYN, nf.Conntrack{})
 	s.hook(1, nf.PostRouting, nf.StageLast, synOrig, nf.SYN, nf.Conntrack{})
 	for _, ev := range s.evs {
-		a.Add(ev)
+		a.Add(&ev)
 	}
 	first := a.Tick(s.t + uint64(2*time.Second))
 	if len(first) != 1 || first[0].Verdict != NotTranslated {
 		t.Fatalf("first report %+v", first)
 	}
-	a.Add(nf.Event{Time: s.t + uint64(3*time.Second), Kind: nf.KindHook, Hook: nf.PreRouting,
+	a.Add(&nf.Event{Time: s.t + uint64(3*time.Second), Kind: nf.KindHook, Hook: nf.PreRouting,
 		Stage: nf.StagePreConntrack, NetNS: nodeNS, Packet: 2, Tuple: synOrig, TCPFlags: nf.SYN})
 	c := only(t, a.Flush(s.t+uint64(5*time.Second)))
 	if c.Continues != first[0].ID || c.SYNs != 2 || !hasNote(c, "SYN retransmitted (1)") {
@@ -175,7 +175,7 @@ func TestMaxConnsReportsTheOldestEarly(t *testing.T) {
 	var reported []*Conn
 	for i := 1; i <= 3; i++ {
 		t := tup("10.0.0.2:4000"+string(rune('0'+i)), "10.96.0.10:80", nf.TCP)
-		reported = append(reported, a.Add(nf.Event{Time: uint64(i), Kind: nf.KindHook, Hook: nf.PreRouting,
+		reported = append(reported, a.Add(&nf.Event{Time: uint64(i), Kind: nf.KindHook, Hook: nf.PreRouting,
 			Stage: nf.StagePreConntrack, NetNS: nodeNS, Packet: uint64(i), Tuple: t, TCPFlags: nf.SYN})...)
 	}
 	if len(reported) != 1 || reported[0].ID != 1 || a.Active() != 2 {
@@ -192,7 +192,7 @@ func TestFloodStaysWithinMaxConns(t *testing.T) {
 	next := 1
 	for i := range flood {
 		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 16), byte(i >> 8)}), uint16(i))
-		done := a.Add(nf.Event{Time: uint64(i + 1), Kind: nf.KindHook, Hook: nf.PreRouting,
+		done := a.Add(&nf.Event{Time: uint64(i + 1), Kind: nf.KindHook, Hook: nf.PreRouting,
 			Stage: nf.StagePreConntrack, NetNS: nodeNS, Packet: uint64(i + 1),
 			Tuple: nf.Tuple{Src: src, Dst: netip.MustParseAddrPort("10.96.0.10:80"), Proto: nf.TCP}, TCPFlags: nf.SYN})
 		if i < max {
@@ -226,7 +226,7 @@ func TestStepsHeldStayWithinMaxHeld(t *testing.T) {
 		tu := nf.Tuple{Src: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.1"), uint16(1000+i)),
 			Dst: netip.MustParseAddrPort("10.96.0.10:80"), Proto: nf.TCP}
 		for j := range perConn { // a SYN seen at one observer after another
-			reported += len(a.Add(nf.Event{Time: uint64(i*perConn + j + 1), Kind: nf.KindHook, Hook: nf.PreRouting,
+			reported += len(a.Add(&nf.Event{Time: uint64(i*perConn + j + 1), Kind: nf.KindHook, Hook: nf.PreRouting,
 				Stage: nf.Stage(j % 3), NetNS: nodeNS, Packet: uint64(i + 1), Tuple: tu, TCPFlags: nf.SYN}))
 		}
 		// The newest may go past it until it is no longer the newest.

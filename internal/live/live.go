@@ -46,7 +46,9 @@ type Journal interface {
 
 // Source is where Run reads events: a *tracer.Tracer.
 type Source interface {
-	Read() (nf.Event, error)
+	// ReadRecord appends the events of the next ring buffer record (a
+	// packet's path holds several) to out, waiting until the deadline.
+	ReadRecord(out []nf.Event) ([]nf.Event, error)
 	SetDeadline(time.Time)
 	// Waiting says the reader is about to wait for events with nothing
 	// followed (true) or has stopped waiting (false): while it waits, the
@@ -82,20 +84,25 @@ const (
 	idleDrain  = 2 * time.Second
 )
 
-// readBatch is how many events the reader hands over at once, at most: it
-// hands over fewer when the ring buffer is empty. batches is how many
-// batches go round between the reader and the assembler.
+// readBatch is how many events the reader hands over at once, about: it
+// hands over fewer when the ring buffer is empty, and a record's events go
+// together (room for maxPerRecord more). batches is how many batches go
+// round between the reader and the assembler.
 const (
-	readBatch = 256
-	batches   = 8
+	readBatch    = 256
+	maxPerRecord = 16
+	batches      = 8
 )
 
-// item is what the reader hands over: an event, or (ev unset) the news
-// that the ring buffer was empty at time drained.
-type item struct {
-	ev      nf.Event
+// batch is what the reader hands over: events, decoded in place, and
+// (drained set) the news that the ring buffer was empty after them, at
+// time drained.
+type batch struct {
+	evs     []nf.Event
 	drained uint64
 }
+
+func newBatch() *batch { return &batch{evs: make([]nf.Event, 0, readBatch+maxPerRecord)} }
 
 // maxDrain bounds how long Run reads on after it was told to stop, should
 // the ring buffer never be found empty.
@@ -109,7 +116,7 @@ const maxDrain = 2 * time.Second
 func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 	a := flow.New(opts.Flow)
 	var res Result
-	events := make(chan []item, batches)
+	events := make(chan *batch, batches)
 	readErr := make(chan error, 1)
 	// The reader ends when the tracer is closed or, should the channel be
 	// full, when Run returns. When the ring buffer is empty it says so,
@@ -127,22 +134,22 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 	// back to be filled again (free), and a reader that is that far ahead
 	// waits (the ring buffer holds the kernel's events meanwhile), rather
 	// than allocate one for every time it finds the ring buffer empty.
-	free := make(chan []item, batches)
+	free := make(chan *batch, batches)
 	for range batches - 1 {
-		free <- make([]item, 0, readBatch)
+		free <- newBatch()
 	}
 	go func() {
-		batch := make([]item, 0, readBatch)
+		b := newBatch()
 		// send hands the batch over and takes a free one; false: Run has
 		// returned.
 		send := func() bool {
 			select {
-			case events <- batch:
+			case events <- b:
 			case <-stop:
 				return false
 			}
 			select {
-			case batch = <-free:
+			case b = <-free:
 			case <-stop:
 				return false
 			}
@@ -151,8 +158,7 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 		for {
 			// One wait: read until the ring buffer is found empty, the
 			// deadline passes or Wake. The deadline and the clock are set
-			// once per wait, not per event (Read hands out a record's
-			// events without looking at the ring buffer).
+			// once per wait, not per record.
 			before := nf.Now()
 			idle := !busy.Load()
 			if idle {
@@ -162,7 +168,9 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 				tr.SetDeadline(time.Now().Add(drainEvery))
 			}
 			for {
-				ev, err := tr.Read()
+				var err error
+				n := len(b.evs)
+				b.evs, err = tr.ReadRecord(b.evs)
 				if err != nil {
 					if idle {
 						tr.Waiting(false)
@@ -171,7 +179,7 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 						readErr <- err
 						return
 					}
-					batch = append(batch, item{drained: before})
+					b.drained = before
 					break
 				}
 				if idle {
@@ -181,8 +189,10 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 					tr.SetDeadline(time.Now().Add(drainEvery))
 					idle = false
 				}
-				batch = append(batch, item{ev: ev})
-				if len(batch) == readBatch && !send() {
+				if len(b.evs) == n {
+					continue // a record that held no event the decoder could read
+				}
+				if len(b.evs) >= readBatch && !send() {
 					return
 				}
 			}
@@ -297,23 +307,25 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 		}
 		pace(a.Active() > 0 || stopAt != 0 || quiesced != 0)
 		select {
-		case batch := <-events:
-			for _, it := range batch {
-				if it.drained != 0 {
-					seen = max(seen, it.drained)
-					continue
-				}
-				ev := it.ev
+		case b := <-events:
+			// By reference: an event is some 450 bytes, and copies of
+			// them were a good part of the cost of an event.
+			for i := range b.evs {
+				ev := &b.evs[i]
 				seen = max(seen, ev.Time)
 				if opts.Record != nil {
-					opts.Record(ev)
+					opts.Record(*ev)
 				}
-				j.Event(ev)
+				if opts.Journal != nil {
+					opts.Journal.Event(*ev)
+				}
 				if emit(a.Add(ev)) {
 					halt(nil)
 				}
 			}
-			free <- batch[:0] // never blocks: there is room for every batch
+			seen = max(seen, b.drained)
+			b.evs, b.drained = b.evs[:0], 0
+			free <- b // never blocks: there is room for every batch
 			if !busy.Load() && onTick() {
 				return finish()
 			}
@@ -419,7 +431,7 @@ func Replay(opts Options, next func() (Input, bool)) Result {
 			if opts.Record != nil {
 				opts.Record(*in.Event)
 			}
-			emit(a.Add(*in.Event))
+			emit(a.Add(in.Event))
 		case in.Tick != 0:
 			last = max(last, in.Tick)
 			emit(a.Tick(in.Tick))

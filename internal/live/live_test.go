@@ -41,18 +41,18 @@ type lagging struct {
 	ready time.Time
 }
 
-func (s *lagging) Read() (nf.Event, error) {
+func (s *lagging) ReadRecord(out []nf.Event) ([]nf.Event, error) {
 	time.Sleep(time.Until(s.ready)) // the reader's goroutine was not scheduled
 	if len(s.evs) == 0 {
 		select {
 		case <-time.After(time.Until(s.deadline)):
 		case <-s.woken:
 		}
-		return nf.Event{}, os.ErrDeadlineExceeded
+		return out, os.ErrDeadlineExceeded
 	}
 	ev := s.evs[0]
 	s.evs = s.evs[1:]
-	return ev, nil
+	return append(out, ev), nil
 }
 
 // The lab's trace ends when its clients are done and nothing is followed
@@ -149,7 +149,7 @@ type quiet struct {
 	sent bool
 }
 
-func (s *quiet) Read() (nf.Event, error) {
+func (s *quiet) ReadRecord(out []nf.Event) ([]nf.Event, error) {
 	until := s.deadline
 	if !s.sent && s.at.Before(until) {
 		until = s.at
@@ -157,13 +157,13 @@ func (s *quiet) Read() (nf.Event, error) {
 	select {
 	case <-time.After(time.Until(until)):
 	case <-s.woken:
-		return nf.Event{}, os.ErrDeadlineExceeded
+		return out, os.ErrDeadlineExceeded
 	}
 	if !s.sent && !time.Now().Before(s.at) {
 		s.sent = true
-		return s.ev, nil
+		return append(out, s.ev), nil
 	}
-	return nf.Event{}, os.ErrDeadlineExceeded
+	return out, os.ErrDeadlineExceeded
 }
 
 // The first event after a quiet spell is assembled at once, not when the

@@ -39,6 +39,8 @@ type IO struct {
 	Printer func(opts output.Options) (output.Printer, error)
 	// Text: -o text, where the lab prints its headers.
 	Text bool
+	// Packets: the printer writes the packets (-o pcapng).
+	Packets bool
 	// Status draws a status line on Stderr (a terminal) while tracing.
 	Status bool
 	// Log is where messages go (internal/logging): stderr, one prefix.
@@ -88,7 +90,7 @@ func Run(ctx context.Context, s Trace) error {
 	}
 	start := time.Now()
 	tr, err := tracer.Open(tracer.Options{NetNS: s.NetNS, Targets: s.Targets, Backend: s.Backend, Snaplen: s.Snaplen,
-		EveryPacket: s.EveryPacket, CountEvery: tracer.CountEveryFor(s.Timeout), Logf: s.logf})
+		NoData: s.Rec == nil && !s.Packets, EveryPacket: s.EveryPacket, CountEvery: tracer.CountEveryFor(s.Timeout), Logf: s.logf})
 	if err != nil {
 		return err
 	}

@@ -232,6 +232,7 @@ const (
 	bpfProgNfPreDnat            = "nf_pre_dnat"
 	bpfProgNfPreFilter          = "nf_pre_filter"
 	bpfProgNfPreSnat            = "nf_pre_snat"
+	bpfVarCaptureData           = "capture_data"
 	bpfVarCountEveryNs          = "count_every_ns"
 	bpfVarEventKindUnused       = "event_kind_unused"
 	bpfVarFilterNetns           = "filter_netns"
@@ -345,6 +346,7 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	CaptureData     *ebpf.VariableSpec `ebpf:"capture_data"`
 	CountEveryNs    *ebpf.VariableSpec `ebpf:"count_every_ns"`
 	EventKindUnused *ebpf.VariableSpec `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.VariableSpec `ebpf:"filter_netns"`
@@ -404,6 +406,7 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	CaptureData     *ebpf.Variable `ebpf:"capture_data"`
 	CountEveryNs    *ebpf.Variable `ebpf:"count_every_ns"`
 	EventKindUnused *ebpf.Variable `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.Variable `ebpf:"filter_netns"`

@@ -51,9 +51,18 @@ func (d *decoder) decode(raw []byte) (nf.Event, error) {
 	if len(raw) < rawEventSize {
 		return nf.Event{}, fmt.Errorf("%w: %d bytes, want %d", errShortRecord, len(raw), rawEventSize)
 	}
-	var r bpfEvent
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(&r)), rawEventSize), raw)
-	return d.event(&r), nil
+	return d.event(as[bpfEvent](raw)), nil
+}
+
+// as reads raw as a T in place when it is aligned for one, as the ring
+// buffer's records are (8 bytes), else from a copy.
+func as[T any](raw []byte) *T {
+	if p := unsafe.Pointer(unsafe.SliceData(raw)); uintptr(p)%unsafe.Alignof(*new(T)) == 0 {
+		return (*T)(p)
+	}
+	v := new(T)
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(v)), unsafe.Sizeof(*v)), raw)
+	return v
 }
 
 // decodeAll appends the events of one ring buffer record to out: one, or
@@ -69,9 +78,7 @@ func (d *decoder) decodeAll(raw []byte, out []nf.Event) ([]nf.Event, error) {
 	} else if len(raw) < rawPathSize {
 		return out, fmt.Errorf("%w: a path of %d bytes, want %d", errShortRecord, len(raw), rawPathSize)
 	} else {
-		var p bpfPacketPath
-		copy(unsafe.Slice((*byte)(unsafe.Pointer(&p)), rawPathSize), raw)
-		out = d.path(&p, ev, out)
+		out = d.path(as[bpfPacketPath](raw), ev, out)
 	}
 	if ev.Kind != nf.KindCount && ev.Counted != (nf.Counted{}) {
 		out = countedBefore(out, first, ev.Counted)

@@ -37,6 +37,9 @@ type Options struct {
 	// Snaplen is how many bytes of each packet events carry (Event.Data),
 	// at most MaxSnaplen; 0: its IP and transport headers, no payload.
 	Snaplen int
+	// NoData: events carry no packet bytes at all (Event.Data is nil),
+	// for a trace that neither records nor writes packets.
+	NoData bool
 	// EveryPacket reports every packet at every observer. By default a
 	// connection's packets are reported in full until QuietAfter went each
 	// way, then only notable ones (SYN, RST, ICMP, new or related conntrack
@@ -105,9 +108,7 @@ type Tracer struct {
 	links   []link.Link
 	reader  *ringbuf.Reader
 	dec     decoder
-	rec     ringbuf.Record // the last record Read took
-	queued  []nf.Event     // the events of rec; Read returned those before next
-	next    int
+	rec     ringbuf.Record // the last record ReadRecord took
 	targets map[nf.Target]bool
 	gen     uint32 // of targets: bpf's targets_gen
 	bad     atomic.Uint64
@@ -238,7 +239,8 @@ func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cac
 	if opts.EveryPacket {
 		quietAfter = math.MaxUint32
 	}
-	vars := map[string]any{"snaplen": uint32(opts.Snaplen), "quiet_after": quietAfter, "count_every_ns": uint64(countEvery)}
+	vars := map[string]any{"snaplen": uint32(opts.Snaplen), "quiet_after": quietAfter, "count_every_ns": uint64(countEvery),
+		"capture_data": uint8(map[bool]uint8{false: 1, true: 0}[opts.NoData])}
 	if backend != BackendNetfilter {
 		// Function probes see every namespace: keep to this one.
 		vars["filter_netns"] = ns.Inode
@@ -498,30 +500,28 @@ func (t *Tracer) Targets() []nf.Target {
 	return out
 }
 
-// Read blocks until the kernel reports an event, the deadline set with
-// SetDeadline passes (os.ErrDeadlineExceeded) or the tracer is closed
-// (ErrClosed). Records that cannot be decoded are counted and skipped.
-func (t *Tracer) Read() (nf.Event, error) {
-	for t.next == len(t.queued) {
-		if err := t.reader.ReadInto(&t.rec); err != nil {
-			switch {
-			case errors.Is(err, ringbuf.ErrClosed):
-				return nf.Event{}, ErrClosed
-			case errors.Is(err, ringbuf.ErrFlushed):
-				return nf.Event{}, os.ErrDeadlineExceeded // Wake
-			}
-			return nf.Event{}, err
+// ReadRecord appends the events of the next ring buffer record to out: one
+// event, or a packet's path through the hooks. It waits for one until the
+// deadline (os.ErrDeadlineExceeded) or Wake. A record it cannot decode
+// adds nothing and is counted as such.
+func (t *Tracer) ReadRecord(out []nf.Event) ([]nf.Event, error) {
+	if err := t.reader.ReadInto(&t.rec); err != nil {
+		switch {
+		case errors.Is(err, ringbuf.ErrClosed):
+			return out, ErrClosed
+		case errors.Is(err, ringbuf.ErrFlushed):
+			return out, os.ErrDeadlineExceeded // Wake
 		}
-		t.records.Add(1)
-		var err error
-		t.next = 0
-		if t.queued, err = t.dec.decodeAll(t.rec.RawSample, t.queued[:0]); err != nil {
-			t.bad.Add(1)
-		}
+		return out, err
 	}
-	t.next++
-	t.events.Add(1)
-	return t.queued[t.next-1], nil
+	t.records.Add(1)
+	n := len(out)
+	out, err := t.dec.decodeAll(t.rec.RawSample, out)
+	if err != nil {
+		t.bad.Add(1)
+	}
+	t.events.Add(uint64(len(out) - n))
+	return out, nil
 }
 
 // Stats says how much the kernel handed over.

@@ -66,14 +66,14 @@ func drain(t *testing.T, tr *Tracer) []nf.Event {
 	var evs []nf.Event
 	for {
 		tr.SetDeadline(time.Now().Add(300 * time.Millisecond))
-		ev, err := tr.Read()
+		var err error
+		evs, err = tr.ReadRecord(evs)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return evs
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		evs = append(evs, ev)
 	}
 }
 
@@ -156,6 +156,35 @@ func TestObserversAttachInTheGivenNamespaceAndFilter(t *testing.T) {
 	}
 }
 
+// Events carry each packet's headers, and none with NoData (a trace that
+// neither records nor writes packets).
+func TestNoData(t *testing.T) {
+	requireNetfilterLink(t)
+	for _, noData := range []bool{false, true} {
+		ns := newNetNS(t)
+		watched := nf.Target{Addr: netip.MustParseAddrPort("127.0.0.1:7777"), Proto: nf.TCP}
+		tr, err := Open(Options{NetNS: ns.Spec, Targets: []nf.Target{watched}, Backend: BackendNetfilter, NoData: noData})
+		if err != nil {
+			t.Fatal(err)
+		}
+		exchange(t, ns, 7777)
+		evs := drain(t, tr)
+		tr.Close()
+		withData := 0
+		for _, ev := range evs {
+			if len(ev.Data) > 0 {
+				withData++
+				if ip := ev.Data[0]; ip>>4 != 4 || len(ev.Data) < 40 {
+					t.Errorf("data %x is not an IPv4 and TCP header", ev.Data)
+				}
+			}
+		}
+		if len(evs) == 0 || (withData == 0) != noData {
+			t.Errorf("NoData %v: %d of %d events carry packet bytes", noData, withData, len(evs))
+		}
+	}
+}
+
 // Close detaches every observer and the drop tracepoint.
 func TestCloseDetaches(t *testing.T) {
 	requireNetfilterLink(t)
@@ -186,8 +215,8 @@ func TestCloseDetaches(t *testing.T) {
 			t.Errorf("link %d still attached after Close", id)
 		}
 	}
-	if _, err := tr.Read(); !errors.Is(err, ErrClosed) {
-		t.Errorf("Read after Close: %v, want ErrClosed", err)
+	if _, err := tr.ReadRecord(nil); !errors.Is(err, ErrClosed) {
+		t.Errorf("ReadRecord after Close: %v, want ErrClosed", err)
 	}
 }
 

@@ -48,7 +48,7 @@ func Replay(evs []nf.Event, opts flow.Options) ([]*flow.Conn, *flow.Assembler) {
 	var last uint64
 	for _, ev := range evs {
 		out = append(out, a.Tick(ev.Time)...)
-		out = append(out, a.Add(ev)...)
+		out = append(out, a.Add(&ev)...)
 		last = max(last, ev.Time)
 	}
 	timeout := opts.Timeout
