@@ -55,6 +55,8 @@ type Assembler struct {
 	byOrig  map[nf.Tuple]*Conn
 	byAny   map[nf.Tuple]indexed
 	nextID  int
+	// spare are released connections whose memory new ones take.
+	spare []*Conn
 	// ended remembers recently reported connections that got no answer, so
 	// a retransmission arriving later is shown as their continuation.
 	ended map[nf.Tuple]ended
@@ -167,6 +169,7 @@ func (a *Assembler) Tick(now uint64) []*Conn {
 	followed := a.conns[:0]
 	for _, c := range a.conns {
 		if c.done {
+			a.unlisted(c)
 			continue
 		}
 		quiet := time.Duration(now - c.End)
@@ -175,6 +178,7 @@ func (a *Assembler) Tick(now uint64) []*Conn {
 		}
 		if (c.final() && quiet >= a.opts.Settle) || quiet >= a.opts.Timeout {
 			done = append(done, a.finish(c, now))
+			a.unlisted(c)
 			continue
 		}
 		followed = append(followed, c)
@@ -197,6 +201,7 @@ func (a *Assembler) Flush(now uint64) []*Conn {
 		if !c.done {
 			done = append(done, a.finish(c, now))
 		}
+		a.unlisted(c)
 	}
 	a.conns, a.evicted = nil, 0
 	return done
@@ -219,8 +224,15 @@ func (c *Conn) final() bool {
 
 func (a *Assembler) newConn(orig nf.Tuple, t uint64) *Conn {
 	a.nextID++
-	c := &Conn{ID: a.nextID, Proto: orig.Proto, Client: orig.Src, VIP: orig.Dst, Start: t, End: t,
-		Steps: make([]Step, 0, stepsAtFirst)}
+	c := &Conn{}
+	if n := len(a.spare); n > 0 {
+		c, a.spare = a.spare[n-1], a.spare[:n-1]
+		*c = Conn{Steps: c.Steps[:0], Drops: c.Drops[:0], Endpoints: c.Endpoints[:0], arena: c.arena[:0], slab: c.slab[:0]}
+	} else {
+		c.Steps = make([]Step, 0, stepsAtFirst)
+	}
+	c.ID, c.Proto, c.Client, c.VIP, c.Start, c.End = a.nextID, orig.Proto, orig.Src, orig.Dst, t, t
+	c.listed = true
 	if e, ok := a.ended[orig]; ok && t-e.end < continuationWindow {
 		c.Continues, c.SYNs = e.id, e.syns
 	}
@@ -262,6 +274,39 @@ func (a *Assembler) finish(c *Conn, now uint64) *Conn {
 	c.st = state{}
 	return c
 }
+
+// Release says the caller is done with c, a connection the assembler
+// reported: nothing uses c or anything in it (steps, their changes, drops)
+// again, and a new connection may take its memory once the assembler no
+// longer lists c either. A caller that keeps connections (an analysis, a
+// test) does not call it.
+func (a *Assembler) Release(c *Conn) {
+	if !c.done || c.released {
+		return
+	}
+	c.released = true
+	if !c.listed {
+		a.spared(c)
+	}
+}
+
+// unlisted: c, reported, is no longer in a.conns.
+func (a *Assembler) unlisted(c *Conn) {
+	c.listed = false
+	if c.released {
+		a.spared(c)
+	}
+}
+
+func (a *Assembler) spared(c *Conn) {
+	if len(a.spare) < maxSpare {
+		a.spare = append(a.spare, c)
+	}
+}
+
+// maxSpare bounds the released connections kept for reuse: as many as are
+// reported between two new ones in a burst.
+const maxSpare = 256
 
 // lookup finds the connection an event belongs to, and its direction.
 func (a *Assembler) lookup(ev *nf.Event) (*Conn, Dir, bool) {
@@ -436,8 +481,12 @@ func (c *Conn) packetFor(ev *nf.Event, d Dir) (*packet, bool) {
 	}
 	c.Packets[d]++
 	c.Bytes[d] += uint64(ev.Len)
-	pk := &packet{id: ev.Packet, n: c.Packets[Original] + c.Packets[Reply], dir: d, start: ev.Time,
-		answer: answerOf(ev), last: sight(ev), local: ev.Hook == nf.LocalOut}
+	if len(c.slab) == cap(c.slab) {
+		c.slab = make([]packet, 0, packetsAtOnce)
+	}
+	c.slab = append(c.slab, packet{id: ev.Packet, n: c.Packets[Original] + c.Packets[Reply], dir: d, start: ev.Time,
+		answer: answerOf(ev), last: sight(ev), local: ev.Hook == nf.LocalOut})
+	pk := &c.slab[len(c.slab)-1]
 	c.remember(pk)
 	return pk, true
 }
@@ -621,17 +670,21 @@ func (c *Conn) keep(changes []Change) []Change {
 	if len(changes) == 0 {
 		return nil
 	}
-	if cap(c.st.changes)-len(c.st.changes) < len(changes) {
-		c.st.changes = make([]Change, 0, max(changesAtOnce, len(changes)))
+	if cap(c.arena)-len(c.arena) < len(changes) {
+		c.arena = make([]Change, 0, max(changesAtOnce, len(changes)))
 	}
-	i := len(c.st.changes)
-	c.st.changes = append(c.st.changes, changes...)
-	return c.st.changes[i:len(c.st.changes):len(c.st.changes)]
+	i := len(c.arena)
+	c.arena = append(c.arena, changes...)
+	return c.arena[i:len(c.arena):len(c.arena)]
 }
 
 // changesAtOnce is how many changes a connection makes room for at once:
-// a healthy one's first packets make about this many.
-const changesAtOnce = 24
+// a healthy one's first packets make about this many. packetsAtOnce is the
+// same for its packets: a short connection's.
+const (
+	changesAtOnce = 24
+	packetsAtOnce = 10
+)
 
 func flags(ev *nf.Event) string {
 	switch ev.Tuple.Proto {

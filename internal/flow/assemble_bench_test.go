@@ -26,10 +26,14 @@ func BenchmarkAssemble(b *testing.B) {
 			shiftTuple(&ev.CT.Orig, round)
 			shiftTuple(&ev.CT.Reply, round)
 			shiftTuple(&ev.ICMP.Inner, round)
-			a.Add(&ev)
+			for _, c := range a.Add(&ev) {
+				a.Release(c)
+			}
 			n++
 		}
-		a.Tick(evs[len(evs)-1].Time + uint64(round+1)*span)
+		for _, c := range a.Tick(evs[len(evs)-1].Time + uint64(round+1)*span) {
+			a.Release(c) // as a live trace does once a connection is printed
+		}
 	}
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "events/s")
 }

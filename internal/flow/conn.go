@@ -75,6 +75,13 @@ type Conn struct {
 	Truncated bool // more steps happened than are kept
 	st        state
 	done      bool // reported; no longer followed
+	listed    bool // in the assembler's list of connections
+	released  bool // the caller is done with it (Assembler.Release)
+	// Room the connection's steps and packets take from, a few at a time
+	// (keep, packetFor): kept when the connection's memory is reused
+	// (Assembler.Release).
+	arena []Change
+	slab  []packet
 }
 
 // Step is one observation of a packet.
@@ -181,7 +188,6 @@ type state struct {
 	tuples           []nf.Tuple // indexed forms, to unindex on finish
 	ctSeen           bool       // an event carried the conntrack entry
 	learned          nf.Tuple   // the reply tuple learnNAT last learned from
-	changes          []Change   // room for steps' changes (keep)
 	// After the answer: when a reply last passed the node, and when a
 	// packet last came to grief on it (dropped, or INVALID and sent on
 	// untranslated). The connection broke if nothing passed after that.

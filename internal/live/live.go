@@ -23,6 +23,9 @@ type Options struct {
 	Quiesce <-chan struct{}
 	// Conn receives each finished connection and the events lost so far.
 	Conn func(c *flow.Conn, lost uint64)
+	// Reuse: Conn keeps nothing of a connection once it returns, and the
+	// assembler reuses its memory for new ones (flow.Assembler.Release).
+	Reuse bool
 	// Lost is called when the lost-event count grows.
 	Lost func(total uint64)
 	// Record, if set, receives every event before it is assembled.
@@ -215,6 +218,9 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 			res.Conns++
 			if opts.Conn != nil {
 				opts.Conn(c, res.Lost)
+			}
+			if opts.Reuse {
+				a.Release(c)
 			}
 		}
 		return full()

@@ -159,6 +159,9 @@ func Run(ctx context.Context, s Trace) error {
 				p.Conn(r)
 			})
 		},
+		// The printers and the summary are done with a connection once
+		// they return.
+		Reuse:   true,
 		Lost:    func(total uint64) { st.around(func() { p.Lost(total) }) },
 		Journal: journal,
 		Alive:   info.NetNS.Check,
