@@ -102,15 +102,15 @@ struct {
 } scratch SEC(".maps");
 
 /* The event budget: every packet of a followed connection is reported at
- * every observer until quiet_after packets went each way (the handshake,
- * with the translations both ways) - and after that every notable packet:
+ * every observer until quiet_after packets went each way (the first each
+ * way: the translations both ways) - and after that every notable packet:
  * TCP SYN or RST, a new or related conntrack state, anything but TCP and
  * UDP; a FIN at one observer. Other packets are only counted, and the
  * counters are reported (EVENT_COUNT) every count_every_ns while they come,
  * and with the next reported packet, in its record. Without it, a busy
  * connection makes about ten events per packet, and the tracer costs more
  * than the traffic. */
-const volatile __u32 quiet_after = 2; /* userspace: --every-packet sets it to ~0 */
+const volatile __u32 quiet_after = 1; /* userspace: --every-packet sets it to ~0 */
 const volatile __u64 count_every_ns = 250000000;
 
 struct {
@@ -1577,9 +1577,17 @@ static __always_inline __u32 skb_netns(struct sk_buff *skb)
 	return inum;
 }
 
+/* The kernel's number (it varies) for a drop that is no packet in flight:
+ * QUEUE_PURGE, a socket's or device's queue emptied as it goes away (every
+ * closed connection's). Userspace sets it; ~0: none. */
+const volatile __u32 ignored_reason = ~0U;
+
 static __always_inline void on_drop(struct sk_buff *skb, __u64 location, __u32 reason)
 {
 	struct match m = {};
+
+	if (reason == ignored_reason)
+		return;
 
 	if (!match_skb(skb, &m, 0))
 		return;

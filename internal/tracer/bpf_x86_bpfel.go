@@ -236,6 +236,7 @@ const (
 	bpfVarCountEveryNs          = "count_every_ns"
 	bpfVarEventKindUnused       = "event_kind_unused"
 	bpfVarFilterNetns           = "filter_netns"
+	bpfVarIgnoredReason         = "ignored_reason"
 	bpfVarQuietAfter            = "quiet_after"
 	bpfVarReaderWaiting         = "reader_waiting"
 	bpfVarSnaplen               = "snaplen"
@@ -350,6 +351,7 @@ type bpfVariableSpecs struct {
 	CountEveryNs    *ebpf.VariableSpec `ebpf:"count_every_ns"`
 	EventKindUnused *ebpf.VariableSpec `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.VariableSpec `ebpf:"filter_netns"`
+	IgnoredReason   *ebpf.VariableSpec `ebpf:"ignored_reason"`
 	QuietAfter      *ebpf.VariableSpec `ebpf:"quiet_after"`
 	ReaderWaiting   *ebpf.VariableSpec `ebpf:"reader_waiting"`
 	Snaplen         *ebpf.VariableSpec `ebpf:"snaplen"`
@@ -410,6 +412,7 @@ type bpfVariables struct {
 	CountEveryNs    *ebpf.Variable `ebpf:"count_every_ns"`
 	EventKindUnused *ebpf.Variable `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.Variable `ebpf:"filter_netns"`
+	IgnoredReason   *ebpf.Variable `ebpf:"ignored_reason"`
 	QuietAfter      *ebpf.Variable `ebpf:"quiet_after"`
 	ReaderWaiting   *ebpf.Variable `ebpf:"reader_waiting"`
 	Snaplen         *ebpf.Variable `ebpf:"snaplen"`

@@ -368,3 +368,14 @@ func TestDecodeCountsCarriedByAPacket(t *testing.T) {
 		t.Errorf("RST's observations: %+v", evs[2:])
 	}
 }
+
+// The kernel side leaves out QUEUE_PURGE drops, whatever number the running
+// kernel gives the reason; a kernel without it leaves out none.
+func TestIgnoredReason(t *testing.T) {
+	if got := ignoredReason(map[uint32]string{2: "NOT_SPECIFIED", 87: "QUEUE_PURGE", 88: "IP_OUTNOROUTES"}); got != 87 {
+		t.Errorf("got %d, want 87", got)
+	}
+	if got := ignoredReason(map[uint32]string{}); got != ^uint32(0) {
+		t.Errorf("no reasons: got %d", got)
+	}
+}

@@ -77,6 +77,19 @@ func nearestSymbol(r io.Reader, addr uint64) (string, bool) {
 	return fmt.Sprintf("%s+%#x", name, addr-best), true
 }
 
+// ignoredReason is the kernel's number for QUEUE_PURGE, the drops the
+// kernel side leaves out: a queue emptied as its socket or device goes away
+// holds no packet in flight, and every closed connection makes one. ~0:
+// the kernel has no such reason.
+func ignoredReason(reasons map[uint32]string) uint32 {
+	for code, name := range reasons {
+		if name == "QUEUE_PURGE" {
+			return code
+		}
+	}
+	return ^uint32(0)
+}
+
 // dropReasons maps enum skb_drop_reason values to names without the
 // SKB_DROP_REASON_ prefix. The numbering differs between kernels, so it comes
 // from the running kernel: its BTF, else the tracepoint's format file.

@@ -85,7 +85,7 @@ const defaultCountEvery = 250 * time.Millisecond
 
 // QuietAfter is how many packets each way of a connection are reported
 // in full before the event budget applies (Options.EveryPacket).
-const QuietAfter = 2
+const QuietAfter = 1
 
 // MaxSnaplen is the most of each packet an event carries (nf.MaxSnaplen,
 // which the tests hold to the kernel side's).
@@ -239,8 +239,9 @@ func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cac
 	if opts.EveryPacket {
 		quietAfter = math.MaxUint32
 	}
+	reasons := dropReasons(cache)
 	vars := map[string]any{"snaplen": uint32(opts.Snaplen), "quiet_after": quietAfter, "count_every_ns": uint64(countEvery),
-		"capture_data": uint8(map[bool]uint8{false: 1, true: 0}[opts.NoData])}
+		"capture_data": uint8(map[bool]uint8{false: 1, true: 0}[opts.NoData]), "ignored_reason": ignoredReason(reasons)}
 	if backend != BackendNetfilter {
 		// Function probes see every namespace: keep to this one.
 		vars["filter_netns"] = ns.Inode
@@ -295,7 +296,7 @@ func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cac
 	if t.reader, err = ringbuf.NewReader(t.coll.Maps[bpfMapEvents]); err != nil {
 		return nil, fmt.Errorf("opening the ring buffer: %w", err)
 	}
-	t.dec = decoder{key: randomKey(), reasons: dropReasons(cache), symbols: NewKallsyms("/proc/kallsyms")}
+	t.dec = decoder{key: randomKey(), reasons: reasons, symbols: NewKallsyms("/proc/kallsyms")}
 
 	if err := t.SetTargets(opts.Targets); err != nil {
 		return nil, err

@@ -96,6 +96,9 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 	results := map[string]map[string][]float64{}
 	lost, conns := map[string]int{}, map[string]int{}
 	cpu := map[string][]float64{} // CPU seconds of the watching process, per round
+	// The machine's busy CPU time per request, per configuration and
+	// workload, per round: what a request costs everything on it.
+	machine := map[string]map[string][]float64{}
 	var raw strings.Builder
 	// Warm up caches, conntrack and the servers.
 	if len(workloads) == 0 {
@@ -109,10 +112,17 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 				return section{}, fmt.Errorf("%s: %w", c.name, err)
 			}
 			for _, w := range workloads {
+				busy := busyCPU()
 				v, out, err := runWrk(l, w, dur)
 				if err != nil {
 					stop()
 					return section{}, fmt.Errorf("%s, %s: %w", c.name, w.name, err)
+				}
+				if w.unit == "req/s" && v > 0 {
+					if machine[c.key] == nil {
+						machine[c.key] = map[string][]float64{}
+					}
+					machine[c.key][w.key] = append(machine[c.key][w.key], (busyCPU()-busy)/(v*dur.Seconds()))
 				}
 				if results[c.key] == nil {
 					results[c.key] = map[string][]float64{}
@@ -138,20 +148,26 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 		}
 	}
 
-	// What the observers cost per packet, from the kernel's statistics: a
-	// run of its own, keep-alive (every packet but a connection's first
-	// few is a filter miss or counted only).
-	costs := map[string]runCost{}
+	// What the observers cost, from the kernel's statistics: runs of their
+	// own, keep-alive (every packet but a connection's first is a filter
+	// miss or counted only) and new connections (each reported).
+	costs := map[string]map[string]runCost{}
 	for _, c := range configs {
 		if c.key != "b" && c.key != "c" {
 			continue
 		}
-		r, err := observerCost(l, c.start, workloads[0], dur)
-		if err != nil {
-			return section{}, fmt.Errorf("%s, BPF statistics: %w", c.name, err)
+		costs[c.key] = map[string]runCost{}
+		for _, w := range workloads {
+			if w.key == "bulk" {
+				continue
+			}
+			r, err := observerCost(l, c.start, w, dur)
+			if err != nil {
+				return section{}, fmt.Errorf("%s, BPF statistics: %w", c.name, err)
+			}
+			costs[c.key][w.key] = r
+			fmt.Fprintf(&raw, "(%s) with BPF statistics on, %s: %d calls of svctrace's programs, %s in them, %.0f requests; per program, ns per call × calls per request: %s\n", c.key, w.name, r.calls, r.runtime, r.requests, r.perProgram())
 		}
-		costs[c.key] = r
-		fmt.Fprintf(&raw, "(%s) with BPF statistics on, %s: %d calls of svctrace's programs, %s in them, %.0f requests; per program, ns per call × calls per request: %s\n", c.key, workloads[0].name, r.calls, r.runtime, r.requests, r.perProgram())
 	}
 
 	var t strings.Builder
@@ -189,17 +205,30 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 		}
 	}
 	for _, k := range []string{"b", "c"} {
-		r, ok := costs[k]
-		if !ok || r.requests == 0 {
-			continue
+		for _, w := range workloads {
+			r, ok := costs[k][w.key]
+			if !ok || r.requests == 0 {
+				continue
+			}
+			line := fmt.Sprintf("- (%s) the kernel's BPF statistics (a separate %s run with them on): %.0f ns per observer call, %.1f calls and %.1f µs per request; a forwarded packet crosses 10 observers on 3 hooks.",
+				k, w.name, r.nsPerCall(), float64(r.calls)/r.requests, float64(r.runtime.Nanoseconds())/r.requests/1e3)
+			if k == "c" && w.key == "keep" {
+				perHook := r.nsPerCall() * 10 / 3
+				line += fmt.Sprintf(" Filter miss: about %.0f ns per packet per hook [target ≤ 100 ns: %s].", perHook, verdict(perHook <= 100))
+			}
+			s.notes = append(s.notes, line)
 		}
-		line := fmt.Sprintf("- (%s) the kernel's BPF statistics (a separate %s run with them on): %.0f ns per observer call, %.1f calls and %.1f µs per request; a forwarded packet crosses 10 observers on 3 hooks.",
-			k, workloads[0].name, r.nsPerCall(), float64(r.calls)/r.requests, float64(r.runtime.Nanoseconds())/r.requests/1e3)
-		if k == "c" {
-			perHook := r.nsPerCall() * 10 / 3
-			line += fmt.Sprintf(" Filter miss: about %.0f ns per packet per hook [target ≤ 100 ns: %s].", perHook, verdict(perHook <= 100))
+	}
+	for _, w := range workloads {
+		var parts []string
+		for _, c := range configs {
+			if v := machine[c.key][w.key]; len(v) > 0 {
+				parts = append(parts, fmt.Sprintf("(%s) %.0f µs", c.key, 1e6*median(v)))
+			}
 		}
-		s.notes = append(s.notes, line)
+		if len(parts) > 0 {
+			s.notes = append(s.notes, fmt.Sprintf("- %s: the machine's busy CPU time (all CPUs, /proc/stat) per request: %s.", w.name, strings.Join(parts, ", ")))
+		}
 	}
 	for _, w := range workloads {
 		s.notes = append(s.notes, fmt.Sprintf("- %s: (c) %.1f %% of (a) [target ≥ 99 %%: %s]; (b) %.1f %% [target ≥ 95 %%: %s]; (b) against tcpdump %.1f %% and nftables trace %.1f %% [target: cheaper than both: %s].",
@@ -207,6 +236,24 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 			pct("d", w.key), pct("e", w.key), verdict(med["b"][w.key] > med["d"][w.key] && med["b"][w.key] > med["e"][w.key])))
 	}
 	return s, nil
+}
+
+// busyCPU is the machine's busy CPU time so far, all CPUs, in seconds
+// (/proc/stat: all but idle and iowait).
+func busyCPU() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	var busy float64
+	for i, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseFloat(f, 64)
+		if i != 3 && i != 4 && i < 8 { // idle, iowait; guest time is in user already
+			busy += v
+		}
+	}
+	return busy / 100 // USER_HZ
 }
 
 func verdict(ok bool) string {
