@@ -185,6 +185,9 @@ func (a *Assembler) Tick(now uint64) []*Conn {
 	}
 	clear(a.conns[len(followed):])
 	a.conns, a.evicted = followed, 0
+	if a.active == 0 {
+		a.spare = nil
+	}
 	for t, e := range a.ended {
 		if now-e.end > continuationWindow {
 			delete(a.ended, t)
@@ -304,9 +307,10 @@ func (a *Assembler) spared(c *Conn) {
 	}
 }
 
-// maxSpare bounds the released connections kept for reuse: as many as are
-// reported between two new ones in a burst.
-const maxSpare = 256
+// maxSpare bounds the released connections kept for reuse: about as many
+// as a busy trace reports at one tick (a few thousand a second). They go
+// when nothing is followed.
+const maxSpare = 1024
 
 // lookup finds the connection an event belongs to, and its direction.
 func (a *Assembler) lookup(ev *nf.Event) (*Conn, Dir, bool) {

@@ -26,6 +26,10 @@ type Options struct {
 	// Reuse: Conn keeps nothing of a connection once it returns, and the
 	// assembler reuses its memory for new ones (flow.Assembler.Release).
 	Reuse bool
+	// Flush, if set, is called whenever Run has handed over what it has:
+	// after each batch of events, each tick and at the end (output held
+	// meanwhile can go out).
+	Flush func()
 	// Lost is called when the lost-event count grows.
 	Lost func(total uint64)
 	// Record, if set, receives every event before it is assembled.
@@ -275,11 +279,17 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 			pace(true)
 		}
 	}
+	flush := func() {
+		if opts.Flush != nil {
+			opts.Flush()
+		}
+	}
 	finish := func() (Result, error) {
 		checkLost()
 		now := max(nf.Now(), seen)
 		j.Flush(now)
 		emit(a.Flush(now))
+		flush()
 		res.Orphans = a.Orphans
 		return res, stopErr
 	}
@@ -335,10 +345,12 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 			if !busy.Load() && onTick() {
 				return finish()
 			}
+			flush()
 		case <-tickC:
 			if onTick() {
 				return finish()
 			}
+			flush()
 		case <-quiesce:
 			quiesced, quiesce = nf.Now(), nil
 			pace(true)

@@ -184,3 +184,34 @@ func TestFirstEventAfterQuietIsHandedOverPromptly(t *testing.T) {
 		t.Fatal("the event was never assembled")
 	}
 }
+
+// Every connection handed to Conn is followed by a Flush before Run waits
+// again or returns: output held until then goes out within a tick. With
+// Reuse, the connections are the lab's all the same (memory reused).
+func TestFlushFollowsEveryConnection(t *testing.T) {
+	evs, opts, want := recentLabEvents(t)
+	src := &lagging{ring: newRing(), evs: slices.Clone(evs), ready: time.Now()}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var seq []string
+	var verdicts []flow.Verdict
+	quiesce := make(chan struct{})
+	close(quiesce)
+	_, err := Run(ctx, src, Options{Flow: opts, Quiesce: quiesce, Reuse: true,
+		Conn:  func(c *flow.Conn, _ uint64) { seq = append(seq, "conn"); verdicts = append(verdicts, c.Verdict) },
+		Flush: func() { seq = append(seq, "flush") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(verdicts) != len(want) {
+		t.Fatalf("%d connections, want %d", len(verdicts), len(want))
+	}
+	for i, c := range want {
+		if !slices.Contains(verdicts, c.Verdict) {
+			t.Errorf("connection %d: no %s among %v", i, c.Verdict, verdicts)
+		}
+	}
+	if len(seq) == 0 || seq[len(seq)-1] != "flush" {
+		t.Errorf("the last connection was not flushed: %v", seq)
+	}
+}

@@ -29,7 +29,13 @@ type Writer struct {
 	broken context.CancelFunc
 	mu     sync.Mutex
 	err    error
+	// batch: writes wait in buf until Flush (or until it holds maxBatch).
+	batch bool
+	buf   []byte
 }
+
+// maxBatch bounds what a batch holds before it is written anyway.
+const maxBatch = 64 << 10
 
 func (o *Writer) Write(p []byte) (int, error) {
 	o.mu.Lock()
@@ -37,11 +43,49 @@ func (o *Writer) Write(p []byte) (int, error) {
 	if o.err != nil {
 		return 0, o.err
 	}
+	if o.batch {
+		o.buf = append(o.buf, p...)
+		if len(o.buf) >= maxBatch {
+			o.flushLocked()
+		}
+		return len(p), o.err
+	}
 	n, err := o.w.Write(p)
 	if err != nil {
 		o.fail(err)
 	}
 	return n, err
+}
+
+// Batch makes writes wait for Flush (on), or go out as they come (off,
+// after flushing what waits): a trace printing thousands of connections a
+// second writes once per batch of them, not once each.
+func (o *Writer) Batch(on bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !on {
+		o.flushLocked()
+	}
+	o.batch = on
+}
+
+// Flush writes what waits; it returns the first write error, if any.
+func (o *Writer) Flush() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.flushLocked()
+	return o.err
+}
+
+func (o *Writer) flushLocked() {
+	if len(o.buf) == 0 || o.err != nil {
+		o.buf = o.buf[:0]
+		return
+	}
+	if _, err := o.w.Write(o.buf); err != nil {
+		o.fail(err)
+	}
+	o.buf = o.buf[:0]
 }
 
 // fail keeps the first error and stops the run; o.mu is held.

@@ -82,6 +82,13 @@ type Trace struct {
 	RecordState func()
 }
 
+// batcher is standard output that can hold what is written until Flush
+// (outstream.Writer).
+type batcher interface {
+	Batch(on bool)
+	Flush() error
+}
+
 // Run attaches, prints each connection as it completes and a summary at
 // the end.
 func Run(ctx context.Context, s Trace) error {
@@ -142,6 +149,15 @@ func Run(ctx context.Context, s Trace) error {
 	if s.Started != nil {
 		s.Started(ctx, tr)
 	}
+	// Without a status line to keep in step with, what is printed goes out
+	// once per batch of events the assembler takes, not once per
+	// connection: thousands of writes a second otherwise.
+	var flushOut func()
+	if b, ok := s.Stdout.(batcher); ok && !s.Status {
+		b.Batch(true)
+		defer b.Batch(false)
+		flushOut = func() { b.Flush() }
+	}
 	var sum output.Summary
 	st := newStatus(s.IO, &sum)
 	stopStatus := st.show(ctx)
@@ -162,6 +178,7 @@ func Run(ctx context.Context, s Trace) error {
 		// The printers and the summary are done with a connection once
 		// they return.
 		Reuse:   true,
+		Flush:   flushOut,
 		Lost:    func(total uint64) { st.around(func() { p.Lost(total) }) },
 		Journal: journal,
 		Alive:   info.NetNS.Check,
