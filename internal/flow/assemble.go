@@ -52,14 +52,14 @@ type Assembler struct {
 	evicted int
 	active  int
 	held    int // room for steps (capacity) the connections followed hold
-	byOrig  map[nf.Tuple]*Conn
-	byAny   map[nf.Tuple]indexed
+	byOrig  map[key]*Conn
+	byAny   map[key]indexed
 	nextID  int
 	// spare are released connections whose memory new ones take.
 	spare []*Conn
 	// ended remembers recently reported connections that got no answer, so
 	// a retransmission arriving later is shown as their continuation.
-	ended map[nf.Tuple]ended
+	ended map[key]ended
 	// Orphans counts events that belonged to no connection (e.g. the middle
 	// of a TCP connection that started before tracing).
 	Orphans int
@@ -100,8 +100,8 @@ func New(opts Options) *Assembler {
 	if opts.MaxHeld == 0 {
 		opts.MaxHeld = 1 << 17
 	}
-	return &Assembler{opts: opts, byOrig: map[nf.Tuple]*Conn{}, byAny: map[nf.Tuple]indexed{},
-		ended: map[nf.Tuple]ended{}}
+	return &Assembler{opts: opts, byOrig: map[key]*Conn{}, byAny: map[key]indexed{},
+		ended: map[key]ended{}}
 }
 
 // Active is the number of connections being followed.
@@ -146,7 +146,7 @@ func (a *Assembler) Add(ev *nf.Event) []*Conn {
 // count adds the packets the kernel counted instead of reporting them (the
 // event budget) to their connection, which they keep alive.
 func (a *Assembler) count(ev *nf.Event) {
-	c := a.byOrig[ev.CT.Orig]
+	c := a.byOrig[keyOf(ev.CT.Orig)]
 	if c == nil {
 		return // it started before tracing, or was already reported
 	}
@@ -236,25 +236,30 @@ func (a *Assembler) newConn(orig nf.Tuple, t uint64) *Conn {
 	}
 	c.ID, c.Proto, c.Client, c.VIP, c.Start, c.End = a.nextID, orig.Proto, orig.Src, orig.Dst, t, t
 	c.listed = true
-	if e, ok := a.ended[orig]; ok && t-e.end < continuationWindow {
+	k := keyOf(orig)
+	if e, ok := a.ended[k]; ok && t-e.end < continuationWindow {
 		c.Continues, c.SYNs = e.id, e.syns
 	}
-	delete(a.ended, orig)
+	delete(a.ended, k)
 	a.conns = append(a.conns, c)
 	a.active++
 	a.held += cap(c.Steps)
-	a.byOrig[orig] = c
+	a.byOrig[k] = c
 	a.index(c, orig, Original)
 	a.index(c, orig.Reverse(), Reply)
 	return c
 }
 
 func (a *Assembler) index(c *Conn, t nf.Tuple, d Dir) {
-	if _, ok := a.byAny[t]; ok || !t.IsValid() {
+	if !t.IsValid() {
 		return
 	}
-	a.byAny[t] = indexed{c, d}
-	c.st.tuples = append(c.st.tuples, t)
+	k := keyOf(t)
+	if _, ok := a.byAny[k]; ok {
+		return
+	}
+	a.byAny[k] = indexed{c, d}
+	c.st.tuples = append(c.st.tuples, k)
 }
 
 func (a *Assembler) finish(c *Conn, now uint64) *Conn {
@@ -262,8 +267,9 @@ func (a *Assembler) finish(c *Conn, now uint64) *Conn {
 	a.active--
 	a.held -= cap(c.Steps)
 	orig := nf.Tuple{Src: c.Client, Dst: c.VIP, Proto: c.Proto}
-	if a.byOrig[orig] == c {
-		delete(a.byOrig, orig)
+	k := keyOf(orig)
+	if a.byOrig[k] == c {
+		delete(a.byOrig, k)
 	}
 	for _, t := range c.st.tuples {
 		if a.byAny[t].c == c {
@@ -272,7 +278,7 @@ func (a *Assembler) finish(c *Conn, now uint64) *Conn {
 	}
 	a.decide(c, now)
 	if c.st.reply == nil && c.st.reject == nil && c.Closed == "" && len(a.ended) < a.opts.MaxConns {
-		a.ended[orig] = ended{id: c.ID, syns: c.SYNs, end: c.End}
+		a.ended[k] = ended{id: c.ID, syns: c.SYNs, end: c.End}
 	}
 	c.st = state{}
 	return c
@@ -310,12 +316,12 @@ func (a *Assembler) spared(c *Conn) {
 // maxSpare bounds the released connections kept for reuse: about as many
 // as a busy trace reports at one tick (a few thousand a second). They go
 // when nothing is followed.
-const maxSpare = 1024
+const maxSpare = 256
 
 // lookup finds the connection an event belongs to, and its direction.
 func (a *Assembler) lookup(ev *nf.Event) (*Conn, Dir, bool) {
 	if ev.CT.ID != 0 {
-		c := a.byOrig[ev.CT.Orig]
+		c := a.byOrig[keyOf(ev.CT.Orig)]
 		if c == nil {
 			return nil, 0, false
 		}
@@ -326,11 +332,11 @@ func (a *Assembler) lookup(ev *nf.Event) (*Conn, Dir, bool) {
 	}
 	// An ICMP error travels against the packet it reports on.
 	if ev.ICMP.IsError() {
-		if ix, ok := a.byAny[ev.ICMP.Inner]; ok {
+		if ix, ok := a.byAny[keyOf(ev.ICMP.Inner)]; ok {
 			return ix.c, ix.dir.flip(), true
 		}
 	}
-	if ix, ok := a.byAny[ev.Tuple]; ok {
+	if ix, ok := a.byAny[keyOf(ev.Tuple)]; ok {
 		return ix.c, ix.dir, true
 	}
 	return nil, 0, false

@@ -185,9 +185,9 @@ type state struct {
 	outIf            uint32
 	fin              [2]bool
 	rst              bool
-	tuples           []nf.Tuple // indexed forms, to unindex on finish
-	ctSeen           bool       // an event carried the conntrack entry
-	learned          nf.Tuple   // the reply tuple learnNAT last learned from
+	tuples           []key    // indexed forms, to unindex on finish
+	ctSeen           bool     // an event carried the conntrack entry
+	learned          nf.Tuple // the reply tuple learnNAT last learned from
 	// After the answer: when a reply last passed the node, and when a
 	// packet last came to grief on it (dropped, or INVALID and sent on
 	// untranslated). The connection broke if nothing passed after that.

@@ -427,6 +427,9 @@ func Replay(opts Options, next func() (Input, bool)) Result {
 			if opts.Conn != nil {
 				opts.Conn(c, res.Lost)
 			}
+			if opts.Reuse {
+				a.Release(c)
+			}
 		}
 		return opts.Count > 0 && res.Conns >= opts.Count
 	}

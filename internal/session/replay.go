@@ -157,6 +157,9 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			IsService: func(pr nf.Proto, a netip.AddrPort) bool { return services[nf.Target{Addr: a, Proto: pr}] },
 			IfName:    func(i uint32) string { return ifNames[i] }},
 		Count: m.Count,
+		// A lab's connections are kept to be printed by scenario; any
+		// other's are done with once printed.
+		Reuse: lr == nil,
 		Conn: func(c *flow.Conn, lost uint64) {
 			if lr != nil {
 				conns = append(conns, c) // printed by scenario at the end, as live
