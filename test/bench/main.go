@@ -151,23 +151,35 @@ is planned. Run-to-run noise on this 2-CPU VM is about ±8 % between identical
 configurations (compare (c) and (d) across runs): differences of a few percent are within
 it. The cost section's raw output ends with a CPU profile of svctrace while it traces.
 
-- **New connections while tracing the Service** (b) and **svctrace CPU per traced
-  connection** (target 20 µs): svctrace shares the two CPUs with wrk and the pods, so every
-  µs it spends per connection is taken from them: at the untraced rate of (a), 70 µs per
-  connection is most of a CPU. A connection reaches userspace as about 8 ring-buffer records
-  (one per packet path through the node, its first two packets each way) holding about 40
-  observations, is assembled into 19 steps and printed as a timeline of some ten lines.
-  The profile (the cost section's raw output): assembly about a fifth, reading and decoding
-  a sixth, printing a seventh, the recording a fifteenth, garbage collection a twelfth;
-  the first drop at a new kernel address costs one scan of /proc/kallsyms (about 70 ms).
-  Done so far: 300 → 70 µs (one record per packet path, the event budget, fewer copies,
-  allocations and map lookups in assembly, no fmt in timelines). Plan: the kernel sends a
-  packet path's observations as the differences between them (most repeat the tuple and
-  conntrack state), steps are kept compact and formatted only when printed, and healthy
-  connections under load are printed in one line each (the full timeline for failures and
-  with -v).
+- **New connections while tracing the Service** (b), target 95 %: not reachable with
+  observers on every packet. The data-path notes give the machine's busy CPU per request:
+  an untraced new connection costs the two CPUs about 150 µs in all (wrk, the pods, the
+  kernel), so 95 % leaves some 8 µs for everything tracing adds. The observers alone take
+  more: where no packet matches (c), the BPF statistics put them at about 9 µs per new
+  connection (ten programs on each of its ten forwarded packets), and (c) stays near 85-90 %.
+  (b) adds the reporting in the kernel (about 20 µs more of BPF per connection: matching,
+  the packet paths, the ring buffer) and svctrace itself. It was 44.8 % in the last
+  report.
+- **svctrace CPU per traced connection** (target 20 µs): 71 µs in the last report (the cost
+  section, with -v and -w); without -w, side by side with that version, 71-78 µs then and
+  41-45 µs now. A packet that ends a quiet run carries its counts in its own record; a connection's
+  first packet each way is reported in full, not its first two (the SYN and the SYN,ACK
+  carry the translations both ways; the timelines showed only those already): 4.4 records
+  and 23 observations per connection, were 8.2 and 40; the kernel leaves out QUEUE_PURGE
+  drops (every closed connection made one, and the first scanned /proc/kallsyms); events
+  are decoded into the batch the assembler takes, by reference; a printed connection's
+  memory is reused for the next; the indexes are keyed by a tuple's bytes; output goes out
+  once per batch. The profile now (the cost section's raw output): assembly about a third,
+  reading and decoding a sixth, printing a sixth, garbage collection a tenth. What is
+  left is per connection, not per observation: creating, judging and printing a 19-step
+  timeline. Plan: a healthy connection under load summarised in the kernel (its first
+  packets' path kept in its tracked entry, one record when the handshake completes) and
+  printed in one line, the full timeline for failures and with -v; observers attached only
+  where a hook has something registered between two stages (nfnetlink_hook), the decoder
+  filling in the stages in between.
 - **Keep-alive while tracing, and a filter miss** (targets 95 % and 99 %; ≤ 100 ns per
-  packet per hook): the floor is the observers themselves. A forwarded packet meets ten
+  packet per hook): keep-alive while tracing is within the noise of its target (it held
+  in some runs); a filter miss is not, and its floor is the observers themselves. A forwarded packet meets ten
   observers on three hooks in the node namespace. The kernel's BPF statistics (the data
   path's raw output, per program) put an empty netfilter program at about 60 ns per call
   with the statistics on, the first observer of a hook (the packet's tuple: one copy, two
@@ -192,7 +204,7 @@ it. The cost section's raw output ends with a CPU profile of svctrace while it t
   resident set is pages of the executable (about 107 MB on disk: client-go's typed clients
   register every API group) and the 8 MiB ring buffer, which the kernel maps twice. Plan: a
   client for the four kinds svctrace reads instead of the typed clientset, and a 4 MiB ring
-  buffer now that a connection costs 8 records.
+  buffer now that a connection costs 4 or 5 records.
 - **Start-up** (target 150 ms): a CPU profile over the seven runs gives about 200 ms of CPU
   per start on the two CPUs: the kernel verifying nine programs about 85 ms, parsing the
   embedded object 27 ms, creating the maps 10 ms (mostly the ring buffer), reading the
@@ -201,18 +213,18 @@ it. The cost section's raw output ends with a CPU profile of svctrace while it t
   read (tracer.Prepare), which hides the API server's latency on a real cluster. Plan: fewer
   programs for the kernel to verify (stages that share code share a program) and a smaller
   ring buffer.
-- **Analyze** (targets 100 MB/s and 50 MB): analysis streams, and what it holds does not
-  grow with the recording: the live heap levels off at about 30 MB (GODEBUG=gctrace=1) —
-  the connections within their settle time, each with its steps (about 200 bytes each, 16
-  reserved at once), and the recording's non-event records (conntrack snapshots) decoded
-  from JSON — and the garbage collector lets the heap grow to twice that. A soft memory
-  limit of 40 MiB was tried: peak RSS 101 MB instead of 140, but three times the time (the
-  collector runs continually). Its CPU: JSON output a quarter, reading records a third,
-  assembly and garbage collection the rest. Plan: compact steps (memory and time), the
-  conntrack snapshots streamed like events, and JSON for steps written without reflection.
-- **Event pipeline** (targets 1 M and 3 M events/s on one core): decoding runs at about
-  7 M events/s; assembly at about 2 M, held back by the steps it builds for every
-  observation it keeps (see the plan for compact steps).
+- **Analyze** (target 100 MB/s; memory holds): analysis streams, and what it holds does not
+  grow with the recording: the live heap levels off at 20-26 MB (GODEBUG=gctrace=1), the
+  connections within their settle time. It reuses a printed connection's memory, conntrack
+  snapshots hold at most 1000 entries, and the heap is held to 40 MiB
+  (debug.SetMemoryLimit): 52 MB of anonymous memory without the limit, 38 MB with it, for
+  about a fifth more time. Its CPU: JSON output a quarter, reading records a third,
+  assembly and garbage collection the rest. Plan: JSON for steps written without
+  reflection, and the compact steps below.
+- **Event pipeline** (target 3 M events/s on one core, decode and assembly together):
+  decoding runs at about 7 M events/s and assembly, reusing connections as a live trace
+  does, at about 3.5 M; together about 2.3 M. Assembly builds a step of some 200 bytes for
+  each observation it keeps. Plan: compact steps, formatted only when printed.
 - **The flood** is bounded, not cheap (target 100 MB), and does not grow with the flood's
   size. A heap profile 15 s into a flood of 400,000 connections: 86 MB live — the steps of
   the connections followed about 36 MB (200 bytes each, room for 16 reserved per
