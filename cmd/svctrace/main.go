@@ -1,3 +1,9 @@
+// The Go runtime re-reads the CPU limit every second by default (GOMAXPROCS
+// follows a container's limit as it changes): half of what svctrace cost
+// while it waited with nothing to follow. It is read once, at start.
+//
+//go:debug updatemaxprocs=0
+
 // Command svctrace shows where connections to a Kubernetes Service die on a
 // node, and why: it follows each connection through conntrack, DNAT, the
 // filter table and SNAT with eBPF.

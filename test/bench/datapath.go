@@ -39,7 +39,7 @@ type workload struct {
 type watched struct {
 	out    string  // its standard output's last 64 KiB
 	errOut string  // its standard error's last 64 KiB
-	cpu    float64 // seconds
+	cpu    float64 // seconds, from its start to its exit
 	// cpuReady is the CPU time it had used when it said it was ready:
 	// start-up (loading BTF and programs), not watching.
 	cpuReady float64
@@ -350,6 +350,11 @@ func started(name, ready string, args ...string) (func() watched, int, error) {
 			cmd.Process.Kill()
 			<-done
 		}
+		// Up to its exit: what it did after being told to stop (the
+		// connections still followed, the end of a recording) counts.
+		if ps := cmd.ProcessState; ps != nil {
+			cpu = max(cpu, (ps.UserTime() + ps.SystemTime()).Seconds())
+		}
 		return watched{out: string(out.b), errOut: string(errOut.b), cpu: cpu, cpuReady: cpu0, peakMB: peak}
 	}, cmd.Process.Pid, nil
 }
@@ -406,6 +411,9 @@ func peakMB(pid int) float64 {
 
 // cpuSeconds is the user and system CPU time a process has used so far.
 func cpuSeconds(pid int) float64 {
+	if ns, ok := runNanos(pid); ok {
+		return ns / 1e9
+	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0
@@ -418,6 +426,32 @@ func cpuSeconds(pid int) float64 {
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return (ut + st) / 100 // clock ticks: USER_HZ is 100 on Linux
+}
+
+// runNanos is the time pid's threads have run, in ns (schedstat: exact,
+// where /proc/PID/stat counts 10 ms ticks, too coarse for an idle process).
+func runNanos(pid int) (float64, bool) {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0, false
+	}
+	var sum float64
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+		if err != nil {
+			return 0, false
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			return 0, false
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			return 0, false
+		}
+		sum += v
+	}
+	return sum, true
 }
 
 func median(v []float64) float64 {
