@@ -368,7 +368,7 @@ func TestNetNSDeletedWhileTracing(t *testing.T) {
 	var err error
 	select {
 	case err = <-done:
-	case <-time.After(10 * time.Second): // checked every 4 s while idle (live.idleDrain)
+	case <-time.After(10 * time.Second): // checked every 5 s while idle (live.idleDrain)
 		t.Fatal("still tracing 10s after the namespace was deleted")
 	}
 	if err == nil || !strings.Contains(err.Error(), "the traced network namespace "+ns+" was deleted") || strings.Contains(err.Error(), "\n") {

@@ -149,6 +149,10 @@ func Run(ctx context.Context, s Trace) error {
 	if s.Started != nil {
 		s.Started(ctx, tr)
 	}
+	// Loading (the kernel's BTF, the object, the node's rules) left tens
+	// of MB of garbage: collected and returned to the system now, while
+	// the trace begins, not piecemeal over the first idle seconds.
+	go debug.FreeOSMemory()
 	// Without a status line to keep in step with, what is printed goes out
 	// once per batch of events the assembler takes, not once per
 	// connection: thousands of writes a second otherwise.

@@ -155,8 +155,11 @@ func idleCPU(bin, node, addr string, d time.Duration) (float64, error) {
 	time.Sleep(time.Second) // start-up's last allocations and GC
 	start, before := time.Now(), cpuSeconds(pid)
 	time.Sleep(d)
-	w := stop()
-	return 100 * (w.cpu - before) / time.Since(start).Seconds(), nil
+	// Read while it still waits: its exit (detaching, closing) is not
+	// idling.
+	used, elapsed := cpuSeconds(pid)-before, time.Since(start).Seconds()
+	stop()
+	return 100 * used / elapsed, nil
 }
 
 // analyzed is what analyzing a recording cost.
