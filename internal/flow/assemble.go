@@ -593,14 +593,15 @@ func (a *Assembler) isService(c *Conn) bool {
 }
 
 func (a *Assembler) drop(c *Conn, ev *nf.Event, d Dir) {
+	// A socket's queue purged on close is not a packet in flight (the
+	// kernel side leaves these out; older recordings hold them).
+	if ev.Drop.Reason == "QUEUE_PURGE" {
+		return
+	}
 	// The drop is placed and named below on a copy: Add leaves its event
 	// as it was.
 	e := *ev
 	ev = &e
-	// A socket's queue purged on close is not a packet in flight.
-	if ev.Drop.Reason == "QUEUE_PURGE" {
-		return
-	}
 	pk := c.findPacket(ev.Packet)
 	if pk != nil && pk.dir != d {
 		// The kernel reuses a freed skb at once: this is a later packet

@@ -80,8 +80,8 @@ func (d *decoder) decodeAll(raw []byte, out []nf.Event) ([]nf.Event, error) {
 	} else {
 		out = d.path(as[bpfPacketPath](raw), ev, out)
 	}
-	if ev.Kind != nf.KindCount && ev.Counted != (nf.Counted{}) {
-		out = countedBefore(out, first, ev.Counted)
+	if r := as[bpfEvent](raw); ev.Kind != nf.KindCount && r.Packets != [2]uint32{} {
+		out = countedBefore(out, first, nf.Counted{Packets: r.Packets, Bytes: r.Bytes})
 	}
 	return out, nil
 }
@@ -92,9 +92,6 @@ func (d *decoder) decodeAll(raw []byte, out []nf.Event) ([]nf.Event, error) {
 // the count event they stand for, naming the connection by the first of
 // them that has its conntrack entry.
 func countedBefore(out []nf.Event, first int, n nf.Counted) []nf.Event {
-	for i := first; i < len(out); i++ {
-		out[i].Counted = nf.Counted{}
-	}
 	i := slices.IndexFunc(out[first:], func(e nf.Event) bool { return e.CT.ID != 0 })
 	if i < 0 {
 		return out // no entry to name the connection by: nothing to count on
@@ -192,7 +189,9 @@ func (d *decoder) event(r *bpfEvent) nf.Event {
 		ev.CT.Info = nf.CTUntracked
 	}
 	ev.Data = captured(r.Data[:], r.CapLen)
-	ev.Counted = nf.Counted{Packets: r.Packets, Bytes: r.Bytes}
+	if ev.Kind == nf.KindCount {
+		ev.Counted = nf.Counted{Packets: r.Packets, Bytes: r.Bytes}
+	}
 	if ev.Kind == nf.KindDrop {
 		ev.Drop = nf.Drop{ReasonCode: r.DropReason, Reason: d.reason(r.DropReason)}
 		if d.symbols != nil {

@@ -239,9 +239,13 @@ func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cac
 	if opts.EveryPacket {
 		quietAfter = math.MaxUint32
 	}
+	captureData := uint8(1)
+	if opts.NoData {
+		captureData = 0
+	}
 	reasons := dropReasons(cache)
 	vars := map[string]any{"snaplen": uint32(opts.Snaplen), "quiet_after": quietAfter, "count_every_ns": uint64(countEvery),
-		"capture_data": uint8(map[bool]uint8{false: 1, true: 0}[opts.NoData]), "ignored_reason": ignoredReason(reasons)}
+		"capture_data": captureData, "ignored_reason": ignoredReason(reasons)}
 	if backend != BackendNetfilter {
 		// Function probes see every namespace: keep to this one.
 		vars["filter_netns"] = ns.Inode
