@@ -42,7 +42,7 @@ const serviceExamples = `  # on a node: diagnose Service web in namespace shop, 
   svctrace web -n shop
 
   # without API access: objects saved elsewhere with
-  #   kubectl get svc,endpointslices,pods,nodes -A -o yaml > dump.yaml
+  #   kubectl get svc,endpointslices,pods,nodes,namespaces,networkpolicies -A -o yaml > dump.yaml
   sudo svctrace web -n shop --objects dump.yaml`
 
 func (o *serviceOptions) addFlags(cmd *cobra.Command, tracing bool) {

@@ -2,17 +2,21 @@ package resolve
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/netpol"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -153,11 +157,61 @@ func (a *API) NodeByIP(ctx context.Context, ip netip.Addr) (*corev1.Node, error)
 	}
 }
 
+func (a *API) NetworkPolicies(ctx context.Context, ns string) ([]networkingv1.NetworkPolicy, error) {
+	l, err := a.Client.NetworkingV1().NetworkPolicies(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, a.explain(err, "list", "networkpolicies", ns)
+	}
+	return l.Items, nil
+}
+
+func (a *API) Namespace(ctx context.Context, name string) (*corev1.Namespace, error) {
+	n, err := a.Client.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, a.explain(err, "get", "namespaces", "")
+	}
+	return n, err
+}
+
+// AdminPolicies reads the two cluster-scoped kinds through the client's
+// REST interface: the typed clientset has no client for them, and most
+// clusters have no such CRDs installed (404: none).
+func (a *API) AdminPolicies(ctx context.Context) ([]netpol.AdminNetworkPolicy, *netpol.BaselineAdminNetworkPolicy, error) {
+	rc := a.Client.Discovery().RESTClient()
+	if rc == nil || reflect.ValueOf(rc).IsNil() { // a fake clientset
+		return nil, nil, nil
+	}
+	var anps struct{ Items []netpol.AdminNetworkPolicy }
+	var banps struct {
+		Items []netpol.BaselineAdminNetworkPolicy
+	}
+	for _, r := range []struct {
+		resource string
+		into     any
+	}{{"adminnetworkpolicies", &anps}, {"baselineadminnetworkpolicies", &banps}} {
+		raw, err := rc.Get().AbsPath("/apis/" + netpol.AdminNetworkPolicyGroup + "/" + r.resource).Do(ctx).Raw()
+		if apierrors.IsNotFound(err) {
+			return nil, nil, nil
+		}
+		if err != nil {
+			return nil, nil, a.explain(err, "list", r.resource+"."+strings.Split(netpol.AdminNetworkPolicyGroup, "/")[0], "")
+		}
+		if err := json.Unmarshal(raw, r.into); err != nil {
+			return nil, nil, fmt.Errorf("reading %s: %v", r.resource, err)
+		}
+	}
+	var b *netpol.BaselineAdminNetworkPolicy
+	if len(banps.Items) > 0 {
+		b = &banps.Items[0]
+	}
+	return anps.Items, b, nil
+}
+
 // RBACHint is the minimal access svctrace needs, for error messages.
-const RBACHint = "svctrace needs get, list and watch on services, endpointslices, pods and nodes (see deploy/rbac.yaml)"
+const RBACHint = "svctrace needs get, list and watch on services, endpointslices, pods and nodes, and get on namespaces and list on networkpolicies (see deploy/rbac.yaml)"
 
 // offlineHint is the way around an API that cannot be used.
-const offlineHint = "or work offline: kubectl get svc,endpointslices,pods,nodes -A -o yaml > dump.yaml, then svctrace … --objects dump.yaml"
+const offlineHint = "or work offline: kubectl get svc,endpointslices,pods,nodes,namespaces,networkpolicies -A -o yaml > dump.yaml, then svctrace … --objects dump.yaml"
 
 // APIError is an API failure, explained in one line with the next step.
 type APIError struct {

@@ -13,23 +13,29 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/svctrace/svctrace/internal/netpol"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"sigs.k8s.io/yaml"
 )
 
 // Objects are Kubernetes objects held in memory: what `--objects` read from
 // `kubectl get … -o yaml|json` output, or what a recording carries.
 type Objects struct {
-	Services []corev1.Service
-	Slices   []discoveryv1.EndpointSlice
-	Pods     []corev1.Pod
-	Nodes    []corev1.Node
+	Services             []corev1.Service
+	Slices               []discoveryv1.EndpointSlice
+	Pods                 []corev1.Pod
+	Nodes                []corev1.Node
+	Namespaces           []corev1.Namespace
+	NetworkPolicies      []networkingv1.NetworkPolicy
+	AdminNetworkPolicies []netpol.AdminNetworkPolicy
+	Baselines            []netpol.BaselineAdminNetworkPolicy
 }
 
 // MaxObjectsFile bounds each file --objects reads. A dump of a whole large
 // cluster can exceed it: save the Service's namespace and the Nodes instead
-// (kubectl get svc,endpointslices,pods -n NS -o yaml; kubectl get nodes -o yaml).
+// (kubectl get svc,endpointslices,pods,networkpolicies -n NS -o yaml; kubectl get nodes,namespaces -o yaml).
 const MaxObjectsFile = 512 << 20
 
 // maxObjectsFile is MaxObjectsFile; tests lower it.
@@ -78,13 +84,13 @@ func ReadObjects(path string) (*Objects, error) {
 		}
 	}
 	if len(o.Services) == 0 {
-		return nil, fmt.Errorf("--objects %s: no Service in it; save them with: kubectl get svc,endpointslices,pods,nodes -A -o yaml > dump.yaml", path)
+		return nil, fmt.Errorf("--objects %s: no Service in it; save them with: kubectl get svc,endpointslices,pods,nodes,namespaces,networkpolicies -A -o yaml > dump.yaml", path)
 	}
 	return o, nil
 }
 
 // errTooLarge: a file larger than MaxObjectsFile.
-var errTooLarge = fmt.Errorf("larger than %d MiB, the bound for an object file: save only the Service's namespace and the Nodes (kubectl get svc,endpointslices,pods -n NAMESPACE -o yaml; kubectl get nodes -o yaml)", MaxObjectsFile>>20)
+var errTooLarge = fmt.Errorf("larger than %d MiB, the bound for an object file: save only the Service's namespace and the Nodes (kubectl get svc,endpointslices,pods,networkpolicies -n NAMESPACE -o yaml; kubectl get nodes,namespaces -o yaml)", MaxObjectsFile>>20)
 
 // bounded fails once more than its bound was read.
 type bounded struct {
@@ -374,6 +380,14 @@ func (o *Objects) addRaw(raw json.RawMessage) error {
 		err = appendDecoded(raw, &o.Pods)
 	case "Node":
 		err = appendDecoded(raw, &o.Nodes)
+	case "Namespace":
+		err = appendDecoded(raw, &o.Namespaces)
+	case "NetworkPolicy":
+		err = appendDecoded(raw, &o.NetworkPolicies)
+	case "AdminNetworkPolicy":
+		err = appendDecoded(raw, &o.AdminNetworkPolicies)
+	case "BaselineAdminNetworkPolicy":
+		err = appendDecoded(raw, &o.Baselines)
 	case "":
 		return errors.New("not a Kubernetes object (no kind)")
 	}

@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -54,10 +55,43 @@ endpoints:
   nodeName: node-2
 `
 
+const policies = `apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: web}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-ingress, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {team: web}}}], ports: [{port: http}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: other-ingress, namespace: other}
+spec: {podSelector: {}}
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: no-guests}
+spec:
+  priority: 10
+  subject: {namespaces: {}}
+  ingress: [{name: guests, action: Deny, from: [{namespaces: {matchLabels: {guest: "true"}}}]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: BaselineAdminNetworkPolicy
+metadata: {name: default}
+spec:
+  subject: {namespaces: {}}
+  ingress: [{action: Deny, from: [{namespaces: {}}]}]
+`
+
 func TestReadObjectsAndModel(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "a.yaml"), []byte(dump), 0o644)
 	os.WriteFile(filepath.Join(dir, "b.json"), []byte(`{"kind":"Node","apiVersion":"v1","metadata":{"name":"node-1"},"status":{"addresses":[{"type":"InternalIP","address":"10.99.0.1"}]}}`), 0o644)
+	os.WriteFile(filepath.Join(dir, "c.yaml"), []byte(policies), 0o644)
 	o, err := ReadObjects(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -71,6 +105,10 @@ func TestReadObjectsAndModel(t *testing.T) {
 	}
 	if v.LocalNode != "node-1" {
 		t.Errorf("local node %q, want node-1 (found by address)", v.LocalNode)
+	}
+	if p := v.Policies; len(p.Network) != 1 || p.Network[0].Name != "web-ingress" || p.Namespaces["shop"]["team"] != "web" ||
+		len(p.Admin) != 1 || p.Admin[0].Spec.Priority != 10 || p.Admin[0].Spec.Ingress[0].Action != "Deny" || p.Baseline == nil {
+		t.Errorf("policies %+v", p)
 	}
 	s := NewService(v)
 	if len(s.ClusterIPs) != 2 || s.Ports[0].NodePort != 30080 || s.Ports[0].TargetPort != intstr.FromString("http") {
@@ -144,6 +182,36 @@ func TestAPISource(t *testing.T) {
 	var ae *APIError
 	if !errors.As(err, &ae) || !ae.Denied || !strings.Contains(err.Error(), RBACHint) || !strings.Contains(err.Error(), "--objects") {
 		t.Errorf("forbidden: %v", err)
+	}
+}
+
+// The Service namespace's NetworkPolicies and labels come with the View;
+// access denied to them is said, not fatal.
+func TestGatherPolicies(t *testing.T) {
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"},
+		Spec: corev1.ServiceSpec{ClusterIP: "10.96.1.10"}}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{"team": "web"}}}
+	deny := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "default-deny"}}
+	elsewhere := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "other", Name: "default-deny"}}
+	cs := fake.NewClientset(svc, ns, deny, elsewhere)
+	a := &API{Client: cs, Credentials: "test", Host: "https://test"}
+	v, err := Gather(context.Background(), a, "shop", "web", LocalNode{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := v.Policies
+	if len(p.Network) != 1 || p.Network[0].Namespace != "shop" || p.Namespaces["shop"]["team"] != "web" || len(p.Unread) != 0 {
+		t.Fatalf("policies %+v", p)
+	}
+	cs.PrependReactor("list", "networkpolicies", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "networking.k8s.io", Resource: "networkpolicies"}, "", errors.New("no"))
+	})
+	v, err = Gather(context.Background(), a, "shop", "web", LocalNode{})
+	if err != nil {
+		t.Fatalf("denied policies failed the gathering: %v", err)
+	}
+	if len(v.Policies.Unread) != 1 || !strings.Contains(v.Policies.Unread[0], "not allowed to list networkpolicies") {
+		t.Errorf("unread %q", v.Policies.Unread)
 	}
 }
 

@@ -7,8 +7,10 @@ import (
 	"slices"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/netpol"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -37,11 +39,19 @@ type Source interface {
 	Node(ctx context.Context, name string) (*corev1.Node, error)
 	// NodeByIP returns the Node that has ip among its addresses, or nil.
 	NodeByIP(ctx context.Context, ip netip.Addr) (*corev1.Node, error)
+	// NetworkPolicies returns the NetworkPolicies of namespace ns.
+	NetworkPolicies(ctx context.Context, ns string) ([]networkingv1.NetworkPolicy, error)
+	// Namespace returns one Namespace; a missing one is a NotFound error.
+	Namespace(ctx context.Context, name string) (*corev1.Namespace, error)
+	// AdminPolicies returns the cluster's AdminNetworkPolicies and its
+	// BaselineAdminNetworkPolicy: none where the API does not serve them.
+	AdminPolicies(ctx context.Context) ([]netpol.AdminNetworkPolicy, *netpol.BaselineAdminNetworkPolicy, error)
 }
 
 var (
-	servicesResource = schema.GroupResource{Resource: "services"}
-	nodesResource    = schema.GroupResource{Resource: "nodes"}
+	servicesResource   = schema.GroupResource{Resource: "services"}
+	nodesResource      = schema.GroupResource{Resource: "nodes"}
+	namespacesResource = schema.GroupResource{Resource: "namespaces"}
 )
 
 // FileSource serves Objects read with ReadObjects.
@@ -116,6 +126,33 @@ func (s FileSource) NodeByIP(_ context.Context, ip netip.Addr) (*corev1.Node, er
 		}
 	}
 	return nil, nil
+}
+
+func (s FileSource) NetworkPolicies(_ context.Context, ns string) ([]networkingv1.NetworkPolicy, error) {
+	var out []networkingv1.NetworkPolicy
+	for _, p := range s.Objects.NetworkPolicies {
+		if p.Namespace == ns {
+			out = append(out, *p.DeepCopy())
+		}
+	}
+	return out, nil
+}
+
+func (s FileSource) Namespace(_ context.Context, name string) (*corev1.Namespace, error) {
+	for i := range s.Namespaces {
+		if n := &s.Namespaces[i]; n.Name == name {
+			return n.DeepCopy(), nil
+		}
+	}
+	return nil, apierrors.NewNotFound(namespacesResource, name)
+}
+
+func (s FileSource) AdminPolicies(context.Context) ([]netpol.AdminNetworkPolicy, *netpol.BaselineAdminNetworkPolicy, error) {
+	var b *netpol.BaselineAdminNetworkPolicy
+	if len(s.Baselines) > 0 {
+		b = &s.Baselines[0]
+	}
+	return s.AdminNetworkPolicies, b, nil
 }
 
 func podHasIP(p *corev1.Pod, ip netip.Addr) bool {

@@ -39,6 +39,9 @@ type View struct {
 	Nodes map[string]*corev1.Node
 	// LocalNode is this node's name, "" when no Node object matches it.
 	LocalNode string
+	// Policies are the network policies around the Service's Pods; nil
+	// in recordings made before svctrace read them.
+	Policies *Policies `json:",omitempty"`
 }
 
 // NearMiss is a Pod whose labels differ from the selector in one key.
@@ -177,6 +180,7 @@ func Gather(ctx context.Context, src Source, ns, name string, local LocalNode) (
 	if err := v.lookUpHolders(ctx, src); err != nil {
 		return nil, err
 	}
+	v.gatherPolicies(ctx, src, ns)
 	nodes := v.EndpointNodes()
 	if local.Name != "" {
 		nodes = append(nodes, local.Name)

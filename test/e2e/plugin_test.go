@@ -279,7 +279,9 @@ func allowed(ctx context.Context, t *testing.T, c *cluster.Cluster) {
 	t.Helper()
 	type access struct{ verb, group, resource, sub, ns string }
 	read := []access{{"get", "", "services", "", shop}, {"list", "discovery.k8s.io", "endpointslices", "", shop},
-		{"watch", "", "pods", "", shop}, {"get", "", "nodes", "", ""}, {"list", "", "pods", "", ""}}
+		{"watch", "", "pods", "", shop}, {"get", "", "nodes", "", ""}, {"list", "", "pods", "", ""},
+		{"get", "", "namespaces", "", ""}, {"list", "networking.k8s.io", "networkpolicies", "", shop},
+		{"list", "policy.networking.k8s.io", "adminnetworkpolicies", "", ""}}
 	// The debug Pods' life, as debugpod.Runner lives it.
 	debug := []access{{"create", "", "pods", "", "svctrace"}, {"list", "", "pods", "", "svctrace"}, {"watch", "", "pods", "", "svctrace"},
 		{"get", "", "pods", "log", "svctrace"}, {"delete", "", "pods", "", "svctrace"}}
