@@ -53,3 +53,48 @@ func TestCheckWithObjects(t *testing.T) {
 		t.Errorf("unknown Service: %v", err)
 	}
 }
+
+// svctrace check --from pod/NAMESPACE/NAME judges the NetworkPolicies for
+// that client: testdata/policies.yaml isolates web-1 with a policy whose
+// namespace label is one value off the client's.
+func TestCheckFromPodJudgesPolicies(t *testing.T) {
+	dump := filepath.Join("testdata", "policies.yaml")
+	out, _, err := run(context.Background(), "check", "web", "-n", "shop", "--objects", dump, "--node", "node-1", "--from", "pod/front/front-1", "-o", "json")
+	if !errors.Is(err, errSilent) {
+		t.Errorf("a client denied: err %v, want exit status 1 without a message", err)
+	}
+	var d struct {
+		Findings []struct {
+			Code, Object, Summary string
+			Evidence              []string
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &d); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	found := false
+	for _, f := range d.Findings {
+		if f.Code == "network-policy-denies" {
+			found = true
+			text := f.Summary + "\n" + strings.Join(f.Evidence, "\n")
+			for _, want := range []string{"Pod front/front-1", "shop/default-deny, shop/from-frontend", "namespace front has label team=frontend; the selector wants team=fronted"} {
+				if !strings.Contains(text, want) {
+					t.Errorf("does not say %q:\n%s", want, text)
+				}
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no network-policy-denies in %+v", d.Findings)
+	}
+	for _, bad := range []string{"node", "front-1"} {
+		_, _, err := run(context.Background(), "check", "web", "-n", "shop", "--objects", dump, "--from", bad)
+		if err == nil || !strings.Contains(err.Error(), "name a client Pod, pod/NAME") {
+			t.Errorf("--from %s: %v", bad, err)
+		}
+	}
+	_, _, err = run(context.Background(), "check", "web", "-n", "shop", "--objects", dump, "--from", "pod/front/nobody")
+	if err == nil || !strings.Contains(err.Error(), "pod front/nobody not found") {
+		t.Errorf("--from a missing Pod: %v", err)
+	}
+}

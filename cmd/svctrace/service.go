@@ -38,6 +38,9 @@ const serviceExamples = `  # on a node: diagnose Service web in namespace shop, 
   # only the diagnosis, as JSON
   sudo svctrace check web -n shop -o json
 
+  # ... and whether the NetworkPolicies let Pod frontend-1 of namespace web through
+  sudo svctrace check web -n shop --from pod/web/frontend-1
+
   # inside kubectl debug node/NODE -it --profile=sysadmin --image=… (uses the node's kubelet credentials)
   svctrace web -n shop
 
@@ -60,6 +63,8 @@ func (o *serviceOptions) addFlags(cmd *cobra.Command, tracing bool) {
 		f.Lookup("probe").NoOptDefVal = string(probe.Connect)
 		f.StringVar(&o.from, "from", "node", "where --probe connects from: node, or pod/NAME (a Pod on this node; pod/NAMESPACE/NAME for one outside -n)")
 		o.rec.add(f)
+	} else {
+		f.StringVar(&o.from, "from", "", "a client Pod to judge the network policies for: pod/NAME (pod/NAMESPACE/NAME outside -n)")
 	}
 }
 
@@ -71,8 +76,10 @@ func newCheck(g *globals) *cobra.Command {
 		Long: `Look at a Service, its EndpointSlices and Pods, and the rules kube-proxy wrote on this node,
 and report the classic reasons a Service does not work: a selector that matches no Pod (with
 near misses), Pods that are not Ready, Pods in another namespace, a targetPort no container
-exposes, missing or stale kube-proxy rules, traffic policy Local without a local endpoint.
-Each finding comes with its evidence and the next command to run.
+exposes, missing or stale kube-proxy rules, traffic policy Local without a local endpoint,
+NetworkPolicies that isolate the endpoints (what their rules admit, whether the node and a
+client named by --from get through, and the nearest miss when not). Each finding comes with
+its evidence and the next command to run.
 
 Exits 1 when a problem was found. Reading kube-proxy's rules needs root; without it, only
 the objects are checked.`,
@@ -94,7 +101,7 @@ func exactlyOneService(_ *cobra.Command, args []string) error {
 }
 
 func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) error {
-	if err := o.checkProbeFlags(); err != nil {
+	if err := o.checkProbeFlags(tracing); err != nil {
 		return err
 	}
 	if err := o.rec.validate(o.reads()...); err != nil {
@@ -120,6 +127,9 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 	if o.probe != "" {
 		kind, _ := probe.ParseKind(o.probe)
 		s.Probe = &session.Probe{Kind: kind, From: o.from}
+	}
+	if strings.HasPrefix(o.from, "pod/") {
+		s.Client = o.from
 	}
 	if tracing {
 		if s.Rec, err = o.rec.create(); err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
+	corev1 "k8s.io/api/core/v1"
 )
 
 // NodeFacts are what svctrace found on the node it runs on.
@@ -74,11 +75,15 @@ type Assessment struct {
 }
 
 // Assess gathers the Service's objects from src and diagnoses them with
-// what the node holds.
-func Assess(ctx context.Context, src resolve.Source, namespace, name string, node NodeFacts) (*Assessment, error) {
+// what the node holds; client, if not nil, is a client Pod to judge the
+// network policies for (--from pod/NAME).
+func Assess(ctx context.Context, src resolve.Source, namespace, name string, client *corev1.Pod, node NodeFacts) (*Assessment, error) {
 	view, err := resolve.Gather(ctx, src, namespace, name, node.Local)
 	if err != nil {
 		return nil, err
+	}
+	if client != nil {
+		view.SetClient(ctx, src, client)
 	}
 	a := AssessView(view, node)
 	a.Explainer.Lookup = resolve.Memo(resolve.Lookup(src), nil)

@@ -68,6 +68,7 @@ func Check(in Input) []report.Finding {
 	c.endpoints()
 	c.rules()
 	c.localPolicy()
+	c.policies()
 	c.conntrackFull()
 	c.staleConntrack()
 	sort.SliceStable(c.out, func(i, j int) bool { return rank(c.out[i].Severity) < rank(c.out[j].Severity) })

@@ -108,7 +108,7 @@ func (l *Lab) Assess(ctx context.Context) (map[string]*diagnose.Assessment, diag
 	facts := diagnose.ReadNode(l.Node, resolve.LocalNode{Name: NodeName})
 	out := map[string]*diagnose.Assessment{}
 	for _, s := range l.Scenarios {
-		a, err := diagnose.Assess(ctx, src, Namespace, s.Service.Name, facts)
+		a, err := diagnose.Assess(ctx, src, Namespace, s.Service.Name, nil, facts)
 		if err != nil {
 			return nil, facts, fmt.Errorf("scenario %s: %w", s.Name, err)
 		}

@@ -141,3 +141,35 @@ func TestNodesAndHostNetwork(t *testing.T) {
 		t.Errorf("a hostNetwork Pod isolated by %v", got)
 	}
 }
+
+func TestDescribe(t *testing.T) {
+	p := withIngress(np("x", "web", map[string]string{"pod": "a"}),
+		ingressPorts(from(podPeer(map[string]string{"app": "frontend"}), nsPeer(map[string]string{"team": "web"})), port(tcp, 8080), port(tcp, "http")),
+		from(networkingv1.NetworkPolicyPeer{NamespaceSelector: labelsSel(nil), PodSelector: labelsSel(map[string]string{"role": "probe"})}),
+		ingressPorts(from(cidrPeer("10.0.0.0/8", "10.1.0.0/16")), portRange(udp, 5000, 5010)),
+		networkingv1.NetworkPolicyIngressRule{})
+	for i, want := range []string{
+		"from Pods labelled app=frontend in namespace x or every Pod in namespaces labelled team=web, on 8080/TCP, \"http\"/TCP",
+		"from Pods labelled role=probe in every namespace, on every port",
+		"from addresses in 10.0.0.0/8 except 10.1.0.0/16, on 5000-5010/UDP",
+		"from anyone, on every port",
+	} {
+		if got := Describe(&p, Ingress, i); got != want {
+			t.Errorf("rule %d: %q,\nwant %q", i+1, got, want)
+		}
+	}
+}
+
+func TestForPort(t *testing.T) {
+	ps := []networkingv1.NetworkPolicy{
+		np("x", "deny", nil, ingressOnly),
+		withIngress(np("x", "web", nil), ingressPorts(from(), port(tcp, 81)), ingressPorts(from(), port(tcp, "serve-80-tcp"))),
+	}
+	xa := endpointOf("x/a")
+	if got := ForPort(ps, xa, xa, Ingress, tcp, 80); len(got) != 1 || got[0].String() != "NetworkPolicy x/web ingress rule 2" {
+		t.Errorf("port 80: %v", got)
+	}
+	if got := ForPort(ps, xa, xa, Ingress, tcp, 8080); len(got) != 0 {
+		t.Errorf("port 8080: %v, want none", got)
+	}
+}

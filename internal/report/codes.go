@@ -51,6 +51,11 @@ const (
 	// The selector's reach.
 	SelectorSpansWorkloads Code = "selector-spans-workloads" // the selector matches the Pods of several controllers
 	NodeFactsUnread        Code = "node-facts-unread"        // some of the node's facts could not be read
+	// Network policies around the endpoints.
+	PolicyIsolates      Code = "network-policy-isolates"       // NetworkPolicies isolate the endpoint Pods: what their rules admit
+	PolicyAdmitsNothing Code = "network-policy-admits-nothing" // no rule of those admits anything on the target port
+	PolicyDenies        Code = "network-policy-denies"         // the policies deny the client named by --from
+	PoliciesUnread      Code = "policies-unread"               // some policies could not be read
 	// Nothing wrong.
 	Healthy Code = "healthy"
 )
@@ -85,5 +90,5 @@ var Codes = []Code{
 	NodePortAddresses, SessionAffinity, ConntrackFull, ConntrackStale, ConntrackUnlisted,
 	EndpointConditions, EndpointNotAPod, NamedPortDiffers, NoRouteToEndpoint, EndpointUnanswered,
 	NotListening, ListensElsewhere, BacklogFull, ForwardingOff, NodeFactsUnread, RuleDropsEndpoint,
-	QdiscDrops, LinkDown, SelectorSpansWorkloads,
+	QdiscDrops, LinkDown, SelectorSpansWorkloads, PolicyIsolates, PolicyAdmitsNothing, PolicyDenies, PoliciesUnread,
 }

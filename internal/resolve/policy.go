@@ -2,12 +2,15 @@ package resolve
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 
 	"github.com/svctrace/svctrace/internal/netpol"
+	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
 )
 
 // Policies are the network policies that may judge traffic to the
@@ -84,4 +87,29 @@ func (p *Policies) NamespaceLabels(ns string) (map[string]string, bool) {
 	}
 	l, ok := p.Namespaces[ns]
 	return l, ok && l != nil
+}
+
+// SetClient makes pod the View's client (--from pod/NAME): its namespace's
+// labels and NetworkPolicies are read too, for its egress and the
+// endpoints' namespaceSelectors.
+func (v *View) SetClient(ctx context.Context, src Source, pod *corev1.Pod) {
+	v.Client = pod
+	v.AddNamespace(ctx, src, pod.Namespace)
+}
+
+// FindPod finds one Pod by name.
+func FindPod(ctx context.Context, src Source, ns, name string) (*corev1.Pod, error) {
+	var found *corev1.Pod
+	err := src.Pods(ctx, ns, labels.Everything(), func(p *corev1.Pod) {
+		if p.Name == name {
+			found = p.DeepCopy()
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("looking for pod %s/%s: %w", ns, name, err)
+	}
+	if found == nil {
+		return nil, PodNotFound(ns, name)
+	}
+	return found, nil
 }

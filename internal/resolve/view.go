@@ -42,6 +42,9 @@ type View struct {
 	// Policies are the network policies around the Service's Pods; nil
 	// in recordings made before svctrace read them.
 	Policies *Policies `json:",omitempty"`
+	// Client is the client Pod named by --from pod/NAME, whose traffic
+	// the policies are judged for; nil without one.
+	Client *corev1.Pod `json:",omitempty"`
 }
 
 // NearMiss is a Pod whose labels differ from the selector in one key.

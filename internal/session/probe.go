@@ -7,9 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/labels"
-
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/probe"
 	"github.com/svctrace/svctrace/internal/resolve"
@@ -45,7 +42,7 @@ func (s Service) prober(ctx context.Context, st *state) (*prober, error) {
 		return nil, fmt.Errorf("%s has no ClusterIP with a TCP or UDP port to probe (headless or ExternalName): trace its clients' traffic instead, without --probe", svc)
 	}
 	if ns, name, ok := resolve.FromPod(s.Probe.From, s.Namespace); ok {
-		pod, err := findPod(ctx, s.Source, ns, name)
+		pod, err := resolve.FindPod(ctx, s.Source, ns, name)
 		if err != nil {
 			return nil, err
 		}
@@ -64,23 +61,6 @@ func (s Service) prober(ctx context.Context, st *state) (*prober, error) {
 		}
 	}
 	return p, nil
-}
-
-// findPod finds one Pod by name.
-func findPod(ctx context.Context, src resolve.Source, ns, name string) (*corev1.Pod, error) {
-	var found *corev1.Pod
-	err := src.Pods(ctx, ns, labels.Everything(), func(p *corev1.Pod) {
-		if p.Name == name {
-			found = p.DeepCopy()
-		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("looking for pod %s/%s: %w", ns, name, err)
-	}
-	if found == nil {
-		return nil, resolve.PodNotFound(ns, name)
-	}
-	return found, nil
 }
 
 // settle is how long the trace goes on after the last probe: long enough

@@ -18,6 +18,7 @@ import (
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
+	corev1 "k8s.io/api/core/v1"
 )
 
 // Service is svctrace SERVICE (and svctrace check): diagnose a Service
@@ -37,6 +38,9 @@ type Service struct {
 	// Probe, if set, opens svctrace's own test connections once tracing
 	// has begun, and ends the trace after them.
 	Probe *Probe
+	// Client, pod/NAME or pod/NAMESPACE/NAME, is a client Pod to judge the
+	// network policies for: --from (check, or --probe's source); "": none.
+	Client string
 }
 
 // Probe is --probe: what to open, and from where.
@@ -103,9 +107,16 @@ func Serve(ctx context.Context, s Service) error {
 	}
 	// gather reads the objects and the node's rules again: at the start and
 	// after every change of the objects.
+	var client *corev1.Pod
+	if ns, name, ok := resolve.FromPod(s.Client, s.Namespace); ok {
+		var err error
+		if client, err = resolve.FindPod(ctx, s.Source, ns, name); err != nil {
+			return err
+		}
+	}
 	gather := func(ctx context.Context) (*state, error) {
 		facts := diagnose.ReadNode(s.Node, s.Local, s.Namespace+"/"+s.Name)
-		a, err := diagnose.Assess(ctx, s.Source, s.Namespace, s.Name, facts)
+		a, err := diagnose.Assess(ctx, s.Source, s.Namespace, s.Name, client, facts)
 		if err != nil {
 			return nil, err
 		}

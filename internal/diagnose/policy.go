@@ -1,0 +1,319 @@
+package diagnose
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/svctrace/svctrace/internal/netpol"
+	"github.com/svctrace/svctrace/internal/report"
+	"github.com/svctrace/svctrace/internal/resolve"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// policyTarget is one endpoint Pod of one Service port, as the network
+// policies judge traffic to it.
+type policyTarget struct {
+	port      *resolve.Port
+	to        netpol.Endpoint
+	onNode    string // the node the Pod runs on
+	isolating []string
+}
+
+// policies judges the Service's endpoint Pods by the network policies
+// read: which isolate them and what their rules admit on each target port,
+// and whether this node and the client named by --from get through.
+func (c *checker) policies() {
+	p := c.View.Policies
+	if p == nil {
+		return
+	}
+	if len(p.Unread) > 0 {
+		c.add(report.Finding{Severity: report.Info, Code: report.PoliciesUnread, Object: c.object,
+			Summary:  "some network policies could not be read: no traffic is judged by those",
+			Evidence: p.Unread,
+			Next:     []string{"grant svctrace read access to them: kubectl apply -f deploy/rbac.yaml"}})
+	}
+	targets := c.policyTargets()
+	// One finding per port and set of isolating policies: the Pods of a
+	// Deployment share both.
+	type key struct {
+		port      *resolve.Port
+		isolating string
+	}
+	var order []key
+	groups := map[key][]policyTarget{}
+	for _, t := range targets {
+		if len(t.isolating) == 0 {
+			continue
+		}
+		k := key{t.port, strings.Join(t.isolating, ", ")}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], t)
+	}
+	for _, k := range order {
+		c.isolated(groups[k])
+	}
+	c.clientDenied(targets)
+}
+
+// policyTargets are the endpoint Pods of the Service's ports in its
+// namespace that policies can select (not hostNetwork), with the policies
+// that isolate each for ingress.
+func (c *checker) policyTargets() []policyTarget {
+	p := c.View.Policies
+	labels, _ := p.NamespaceLabels(c.ns)
+	var out []policyTarget
+	for i := range c.svc.Ports {
+		sp := &c.svc.Ports[i]
+		seen := map[netip.AddrPort]bool{}
+		for _, e := range sp.Endpoints {
+			pod := c.View.Holder(e.Addr.Addr())
+			if pod == nil || pod.Spec.HostNetwork || pod.Namespace != c.ns || seen[e.Addr] {
+				continue
+			}
+			seen[e.Addr] = true
+			out = append(out, policyTarget{port: sp, onNode: pod.Spec.NodeName,
+				to:        netpol.Endpoint{IP: e.Addr.Addr(), Pod: pod, Namespace: labels},
+				isolating: netpol.Isolating(p.Network, pod, netpol.Ingress)})
+		}
+	}
+	return out
+}
+
+// isolated reports one port's endpoint Pods that the same NetworkPolicies
+// isolate for ingress: the rules, and who of the usual clients they admit.
+func (c *checker) isolated(ts []policyTarget) {
+	p := c.View.Policies
+	first := ts[0]
+	proto, number := apiProtocol(first.port), targetNumber(first)
+	var pods []string
+	for _, t := range ts {
+		pods = append(pods, t.to.Pod.Name)
+	}
+	what := fmt.Sprintf("%d/%s", number, proto)
+	var rules []string
+	for _, name := range first.isolating {
+		np := networkPolicy(p, name)
+		if np == nil {
+			continue
+		}
+		if len(np.Spec.Ingress) == 0 {
+			rules = append(rules, fmt.Sprintf("NetworkPolicy %s: no ingress rule (it admits nothing)", name))
+		}
+		for i := range np.Spec.Ingress {
+			rules = append(rules, fmt.Sprintf("NetworkPolicy %s ingress rule %d: %s", name, i+1, netpol.Describe(np, netpol.Ingress, i)))
+		}
+	}
+	ev := slices.Clone(rules)
+	set := p.Set()
+	// Another Pod of the namespace, with none of the labels rules name.
+	other := netpol.Endpoint{Pod: &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: c.ns, Name: "(another)"}}, Namespace: first.to.Namespace}
+	ev = append(ev, fmt.Sprintf("other Pods of namespace %s: %s", c.ns, judged(netpol.Evaluate(set, c.conn(other, first)), false)))
+	ev = append(ev, "each Pod's own node (kubelet probes): admitted, whatever isolates the Pod")
+	if local := c.View.LocalNode; local != "" {
+		var remote []policyTarget
+		for _, t := range ts {
+			if t.onNode != local {
+				remote = append(remote, t)
+			}
+		}
+		if len(remote) > 0 && len(c.NodeAddrs) > 0 {
+			n := netpol.Endpoint{IP: c.NodeAddrs[0], Node: local}
+			if node := c.View.Nodes[local]; node != nil {
+				n.NodeLabels = node.Labels
+			}
+			ev = append(ev, fmt.Sprintf("this node (%s) to the Pods on other nodes: %s", local, judged(netpol.Evaluate(set, c.conn(n, remote[0])), true)))
+		}
+	}
+	if cl := c.clientEndpoint(); cl != nil {
+		ev = append(ev, fmt.Sprintf("%s (--from): %s", cl.Name(), judged(netpol.Evaluate(set, c.conn(*cl, first)), true)))
+	}
+	summary := fmt.Sprintf("%s %s %s the endpoint Pods of %s (%s) for ingress: on %s they admit only what the rules below name",
+		plural(len(first.isolating), "NetworkPolicy", "NetworkPolicies"), strings.Join(first.isolating, ", "),
+		plural(len(first.isolating), "isolates", "isolate"), first.port.String(), strings.Join(pods, ", "), what)
+	next := []string{fmt.Sprintf("kubectl describe networkpolicy -n %s %s", c.ns, strings.Join(names(first.isolating), " "))}
+	c.add(report.Finding{Severity: report.Info, Code: report.PolicyIsolates, Object: c.object, Port: first.port.String(),
+		Summary: summary, Evidence: ev, Next: next})
+	if len(netpol.ForPort(p.Network, first.to, first.to, netpol.Ingress, proto, number)) == 0 {
+		c.add(report.Finding{Severity: report.Warning, Code: report.PolicyAdmitsNothing, Object: "NetworkPolicy " + first.isolating[0], Port: first.port.String(),
+			Summary: fmt.Sprintf("no rule of %s admits traffic to the endpoint Pods of %s on %s: only each Pod's own node (kubelet probes) reaches them",
+				strings.Join(first.isolating, ", "), first.port.String(), what),
+			Evidence: rules,
+			Next: []string{fmt.Sprintf("add an ingress rule for port %d (or the port's name) that names the Service's clients, to one of them or to a NetworkPolicy of its own", number),
+				next[0]}})
+	}
+}
+
+// clientDenied reports where the policies deny the client named by --from,
+// one finding per deciding rule (or isolating set).
+func (c *checker) clientDenied(ts []policyTarget) {
+	cl := c.clientEndpoint()
+	if cl == nil {
+		return
+	}
+	set := c.View.Policies.Set()
+	type denial struct {
+		t   policyTarget
+		dec netpol.Decision
+	}
+	var order []string
+	byWhy := map[string][]denial{}
+	for _, t := range ts {
+		v := netpol.Evaluate(set, c.conn(*cl, t))
+		if v.Allowed {
+			continue
+		}
+		d := v.Egress
+		if d.Allowed {
+			d = v.Ingress
+		}
+		k := t.port.String() + "|" + string(d.Direction) + "|" + decider(d)
+		if _, ok := byWhy[k]; !ok {
+			order = append(order, k)
+		}
+		byWhy[k] = append(byWhy[k], denial{t, d})
+	}
+	for _, k := range order {
+		ds := byWhy[k]
+		d, t := ds[0].dec, ds[0].t
+		var pods []string
+		for _, x := range ds {
+			pods = append(pods, x.t.to.Pod.Name)
+		}
+		dir := "ingress of the endpoint Pods"
+		if d.Direction == netpol.Egress {
+			dir = "egress of " + cl.Name()
+		}
+		verb := "denies"
+		if d.Rule == nil && len(d.Isolating) > 1 {
+			verb = "deny"
+		}
+		summary := fmt.Sprintf("%s %s %s's connections to the endpoint Pods of %s (%s) on %d/%s: the %s",
+			decider(d), verb, cl.Name(), t.port.String(), strings.Join(pods, ", "), targetNumber(t), apiProtocol(t.port), dir)
+		var ev, next []string
+		switch {
+		case d.Rule != nil:
+			ev = append(ev, d.Rule.String()+" decides, before any NetworkPolicy")
+			next = append(next, fmt.Sprintf("kubectl get %s %s -o yaml", strings.ToLower(kindOf(d.Rule.Tier)), d.Rule.Policy))
+		default:
+			ev = append(ev, "no rule of "+strings.Join(d.Isolating, ", ")+" admits it")
+			for _, m := range d.Misses {
+				ev = append(ev, fmt.Sprintf("%s misses: %s", m.Rule, strings.Join(m.Why, "; ")))
+			}
+			ns := c.ns
+			if d.Direction == netpol.Egress {
+				ns = cl.Pod.Namespace
+			}
+			next = append(next, fmt.Sprintf("kubectl describe networkpolicy -n %s %s", ns, strings.Join(names(d.Isolating), " ")))
+		}
+		c.add(report.Finding{Severity: report.Problem, Code: report.PolicyDenies, Object: decider(d), Port: t.port.String(),
+			Summary: summary, Evidence: ev, Next: next})
+	}
+}
+
+// decider names what denied: the admin rule, or the isolating
+// NetworkPolicies.
+func decider(d netpol.Decision) string {
+	if d.Rule != nil {
+		return d.Rule.String()
+	}
+	return plural(len(d.Isolating), "NetworkPolicy ", "NetworkPolicies ") + strings.Join(d.Isolating, ", ")
+}
+
+func kindOf(t netpol.Tier) string {
+	if t == netpol.Baseline {
+		return "BaselineAdminNetworkPolicy"
+	}
+	return "AdminNetworkPolicy"
+}
+
+// judged says in a few words how the policies treat a client: admitted by
+// which rule, or denied and why (the nearest miss, when miss).
+func judged(v netpol.Verdict, miss bool) string {
+	if v.Allowed {
+		var by []string
+		for _, d := range []netpol.Decision{v.Egress, v.Ingress} {
+			if d.Rule != nil {
+				by = append(by, d.Rule.String())
+			}
+		}
+		if len(by) == 0 {
+			return "admitted"
+		}
+		return "admitted by " + strings.Join(by, " and ")
+	}
+	d := v.Egress
+	if d.Allowed {
+		d = v.Ingress
+	}
+	switch {
+	case d.Rule != nil:
+		return "denied by " + d.Rule.String()
+	case !miss:
+		return "not admitted, unless a rule names them"
+	case len(d.Misses) == 0:
+		return fmt.Sprintf("denied: %s has no %s rule", strings.Join(d.Isolating, ", "), d.Direction)
+	}
+	return fmt.Sprintf("denied (%s) - nearest: %s misses: %s", d.Direction, d.Misses[0].Rule, strings.Join(d.Misses[0].Why, "; "))
+}
+
+// conn is a connection from `from` to target t's Pod on its target port.
+func (c *checker) conn(from netpol.Endpoint, t policyTarget) netpol.Connection {
+	return netpol.Connection{From: from, To: t.to, Protocol: apiProtocol(t.port), Port: targetNumber(t)}
+}
+
+// apiProtocol is the port's protocol as the API spells it: TCP, UDP, SCTP.
+func apiProtocol(p *resolve.Port) corev1.Protocol {
+	return corev1.Protocol(strings.ToUpper(p.Protocol.String()))
+}
+
+// targetNumber is the port the target's Pod receives the Service's traffic
+// on.
+func targetNumber(t policyTarget) uint16 {
+	for _, e := range t.port.Endpoints {
+		if e.Addr.Addr() == t.to.IP {
+			return e.Addr.Port()
+		}
+	}
+	return 0
+}
+
+// clientEndpoint is the client named by --from, as the policies see it.
+func (c *checker) clientEndpoint() *netpol.Endpoint {
+	pod := c.View.Client
+	if pod == nil {
+		return nil
+	}
+	e := &netpol.Endpoint{Pod: pod}
+	e.IP, _ = netip.ParseAddr(pod.Status.PodIP)
+	e.Namespace, _ = c.View.Policies.NamespaceLabels(pod.Namespace)
+	if pod.Spec.HostNetwork {
+		e.Node = pod.Spec.NodeName
+	}
+	return e
+}
+
+func networkPolicy(p *resolve.Policies, name string) *networkingv1.NetworkPolicy {
+	for i := range p.Network {
+		if np := &p.Network[i]; np.Namespace+"/"+np.Name == name {
+			return np
+		}
+	}
+	return nil
+}
+
+// names are the policies' names without their namespace.
+func names(nsNames []string) []string {
+	var out []string
+	for _, n := range nsNames {
+		_, name, _ := strings.Cut(n, "/")
+		out = append(out, name)
+	}
+	return out
+}
