@@ -87,6 +87,7 @@ func Assess(ctx context.Context, src resolve.Source, namespace, name string, cli
 	}
 	a := AssessView(view, node)
 	a.Explainer.Lookup = resolve.Memo(resolve.Lookup(src), nil)
+	a.Explainer.Peer = resolve.Peers(src, nil)
 	return a, nil
 }
 

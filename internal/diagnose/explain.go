@@ -10,6 +10,7 @@ import (
 	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/netpol"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/report"
@@ -28,6 +29,11 @@ type Explainer struct {
 	// not wait on the API server: a resolve.Namer's Name, or a
 	// resolve.Memo of saved objects.
 	Lookup func(netip.Addr) string
+	// Peer says who a client address is as the network policies see it
+	// (its Pod and namespace labels, a Node, or an address outside the
+	// cluster); false when unknown. nil: only the --from Pod and the Nodes
+	// the View holds are known.
+	Peer func(netip.Addr) (netpol.Endpoint, bool)
 	// Recheck, if set, reads the node's facts again for a connection
 	// whose explanation needs one the diagnosis did not read (the route
 	// back to a client, a neighbour entry the trace's own packets made);
@@ -263,7 +269,7 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 			if traced != nil {
 				b.evidence = traced.evidence()
 			}
-			return b
+			return x.policyBlame(c, pod, e.Rule, b)
 		}
 		if d := c.Drop; d != nil {
 			r, _ := cause.Drop(d.Reason)

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/svctrace/svctrace/internal/cause"
+	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/netpol"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
@@ -110,7 +112,7 @@ func (c *checker) isolated(ts []policyTarget) {
 			rules = append(rules, fmt.Sprintf("NetworkPolicy %s ingress rule %d: %s", name, i+1, netpol.Describe(np, netpol.Ingress, i)))
 		}
 	}
-	ev := slices.Clone(rules)
+	ev := rules
 	set := p.Set()
 	// Another Pod of the namespace, with none of the labels rules name.
 	other := netpol.Endpoint{Pod: &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: c.ns, Name: "(another)"}}, Namespace: first.to.Namespace}
@@ -134,20 +136,22 @@ func (c *checker) isolated(ts []policyTarget) {
 	if cl := c.clientEndpoint(); cl != nil {
 		ev = append(ev, fmt.Sprintf("%s (--from): %s", cl.Name(), judged(netpol.Evaluate(set, c.conn(*cl, first)), true)))
 	}
-	summary := fmt.Sprintf("%s %s %s the endpoint Pods of %s (%s) for ingress: on %s they admit only what the rules below name",
-		plural(len(first.isolating), "NetworkPolicy", "NetworkPolicies"), strings.Join(first.isolating, ", "),
-		plural(len(first.isolating), "isolates", "isolate"), first.port.String(), strings.Join(pods, ", "), what)
+	n := len(first.isolating)
 	next := []string{fmt.Sprintf("kubectl describe networkpolicy -n %s %s", c.ns, strings.Join(names(first.isolating), " "))}
-	c.add(report.Finding{Severity: report.Info, Code: report.PolicyIsolates, Object: c.object, Port: first.port.String(),
-		Summary: summary, Evidence: ev, Next: next})
 	if len(netpol.ForPort(p.Network, first.to, first.to, netpol.Ingress, proto, number)) == 0 {
 		c.add(report.Finding{Severity: report.Warning, Code: report.PolicyAdmitsNothing, Object: "NetworkPolicy " + first.isolating[0], Port: first.port.String(),
-			Summary: fmt.Sprintf("no rule of %s admits traffic to the endpoint Pods of %s on %s: only each Pod's own node (kubelet probes) reaches them",
-				strings.Join(first.isolating, ", "), first.port.String(), what),
-			Evidence: rules,
+			Summary: fmt.Sprintf("no rule of %s admits traffic to the endpoint Pods of %s (%s) on %s: only each Pod's own node (kubelet probes) reaches them",
+				strings.Join(first.isolating, ", "), first.port.String(), strings.Join(pods, ", "), what),
+			Evidence: ev,
 			Next: []string{fmt.Sprintf("add an ingress rule for port %d (or the port's name) that names the Service's clients, to one of them or to a NetworkPolicy of its own", number),
 				next[0]}})
+		return
 	}
+	summary := fmt.Sprintf("%s %s %s the endpoint Pods of %s (%s) for ingress: on %s %s only what the rules below name",
+		plural(n, "NetworkPolicy", "NetworkPolicies"), strings.Join(first.isolating, ", "), plural(n, "isolates", "isolate"),
+		first.port.String(), strings.Join(pods, ", "), what, plural(n, "it admits", "they admit"))
+	c.add(report.Finding{Severity: report.Info, Code: report.PolicyIsolates, Object: c.object, Port: first.port.String(),
+		Summary: summary, Evidence: ev, Next: next})
 }
 
 // clientDenied reports where the policies deny the client named by --from,
@@ -190,12 +194,8 @@ func (c *checker) clientDenied(ts []policyTarget) {
 		if d.Direction == netpol.Egress {
 			dir = "egress of " + cl.Name()
 		}
-		verb := "denies"
-		if d.Rule == nil && len(d.Isolating) > 1 {
-			verb = "deny"
-		}
 		summary := fmt.Sprintf("%s %s %s's connections to the endpoint Pods of %s (%s) on %d/%s: the %s",
-			decider(d), verb, cl.Name(), t.port.String(), strings.Join(pods, ", "), targetNumber(t), apiProtocol(t.port), dir)
+			decider(d), denyVerb(d), cl.Name(), t.port.String(), strings.Join(pods, ", "), targetNumber(t), apiProtocol(t.port), dir)
 		var ev, next []string
 		switch {
 		case d.Rule != nil:
@@ -224,6 +224,13 @@ func decider(d netpol.Decision) string {
 		return d.Rule.String()
 	}
 	return plural(len(d.Isolating), "NetworkPolicy ", "NetworkPolicies ") + strings.Join(d.Isolating, ", ")
+}
+
+func denyVerb(d netpol.Decision) string {
+	if d.Rule == nil && len(d.Isolating) > 1 {
+		return "deny"
+	}
+	return "denies"
 }
 
 func kindOf(t netpol.Tier) string {
@@ -316,4 +323,93 @@ func names(nsNames []string) []string {
 		out = append(out, name)
 	}
 	return out
+}
+
+// policyBlame refines b, the blame of a packet a rule not kube-proxy's
+// (rule, where it sits) dropped on its way to an endpoint, with the network
+// policies: when they deny this client that endpoint, the policy that does
+// is to blame (the rule is its engine's); when they admit it, they are not.
+// Unchanged when the policies or the client were not read.
+func (x *Explainer) policyBlame(c *flow.Conn, pod, rule string, b blamed) blamed {
+	if c.Drop == nil || c.PacketDir(c.Drop.Packet) != flow.Original {
+		return b // replies of an admitted connection pass any policy
+	}
+	v, conn, ok := x.policyVerdict(c)
+	if !ok {
+		return b
+	}
+	what := fmt.Sprintf("%s → %s, port %d/%s", conn.From.Name(), pod, conn.Port, conn.Protocol)
+	if v.Allowed {
+		b.evidence = append(b.evidence, "network policies: "+what+" "+judged(v, false)+": the rule is not theirs")
+		return b
+	}
+	d := v.Egress
+	if d.Allowed {
+		d = v.Ingress
+	}
+	where := "at the Pod's ingress"
+	if d.Direction == netpol.Egress {
+		where = "at the egress of " + conn.From.Name()
+	}
+	text := fmt.Sprintf("%s %s %s, %s", decider(d), denyVerb(d), what, where)
+	var ev []string
+	switch {
+	case d.Rule != nil:
+		text += ", before any NetworkPolicy"
+	case len(d.Misses) == 0:
+		text += fmt.Sprintf(": %s has no %s rule", strings.Join(d.Isolating, ", "), d.Direction)
+	default:
+		text += fmt.Sprintf(": no rule admits this client; nearest, %s: %s", d.Misses[0].Rule, strings.Join(d.Misses[0].Why, "; "))
+		for _, m := range d.Misses[1:] {
+			ev = append(ev, fmt.Sprintf("%s misses: %s", m.Rule, strings.Join(m.Why, "; ")))
+		}
+	}
+	text += fmt.Sprintf("; the %s was dropped by a rule %s", c.PacketName(c.Drop.Packet), rule)
+	return blamed{code: report.PolicyDenies, class: cause.Netfilter, text: text, evidence: append(ev, b.evidence...)}
+}
+
+// policyVerdict judges c by the network policies read, if its endpoint's
+// Pod and its client are known.
+func (x *Explainer) policyVerdict(c *flow.Conn) (netpol.Verdict, netpol.Connection, bool) {
+	p := x.in.View.Policies
+	if p == nil || !c.Endpoint.IsValid() {
+		return netpol.Verdict{}, netpol.Connection{}, false
+	}
+	pod := x.in.View.Holder(c.Endpoint.Addr())
+	if pod == nil {
+		return netpol.Verdict{}, netpol.Connection{}, false
+	}
+	labels, _ := p.NamespaceLabels(pod.Namespace)
+	from, ok := x.peer(c.Client.Addr())
+	if !ok {
+		return netpol.Verdict{}, netpol.Connection{}, false
+	}
+	conn := netpol.Connection{From: from, To: netpol.Endpoint{IP: c.Endpoint.Addr(), Pod: pod, Namespace: labels},
+		Protocol: corev1.Protocol(strings.ToUpper(c.Proto.String())), Port: c.Endpoint.Port()}
+	return netpol.Evaluate(p.Set(), conn), conn, true
+}
+
+// peer is the client at a as the policies see it: the --from Pod, a Node,
+// else whatever Peer says; false when unknown.
+func (x *Explainer) peer(a netip.Addr) (netpol.Endpoint, bool) {
+	if e := x.clientEndpointAt(a); e != nil {
+		return *e, true
+	}
+	for name, n := range x.in.View.Nodes {
+		if n != nil && slices.Contains(resolve.NodeAddrs(n), a) {
+			return netpol.Endpoint{IP: a, Node: name, NodeLabels: n.Labels}, true
+		}
+	}
+	if x.Peer != nil {
+		return x.Peer(a)
+	}
+	return netpol.Endpoint{}, false
+}
+
+func (x *Explainer) clientEndpointAt(a netip.Addr) *netpol.Endpoint {
+	c := checker{Input: x.in}
+	if e := c.clientEndpoint(); e != nil && e.IP == a {
+		return e
+	}
+	return nil
 }

@@ -183,7 +183,7 @@ func Scenarios() []Scenario {
 		scenario(Scenario{Name: "hung-pod", Title: "the Pod's server stopped accepting connections",
 			Programmed: true, Finding: "backlog-full", Expect: flow.NoReply},
 			"hung", "10.96.0.40", map[string]string{"app": "hung"}, http),
-		scenario(Scenario{Name: "policy-drop", Title: "a DROP rule in a chain FORWARD jumps to (standing in for a NetworkPolicy) blocks the Pod",
+		scenario(Scenario{Name: "policy-drop", Title: "NetworkPolicy deny-guarded admits nothing to the Pod; a DROP rule in a chain FORWARD jumps to stands in for its engine",
 			Programmed: true, Finding: "rule-drops-endpoint", Expect: flow.Dropped, ExpectHook: nf.Forward},
 			"guarded", "10.96.0.50", map[string]string{"app": "guarded"}, http),
 		scenario(Scenario{Name: "hairpin", Title: "the only Pod calls its own Service; the bridge's hairpin_mode is off",
@@ -208,9 +208,10 @@ func Scenarios() []Scenario {
 	}
 }
 
-// policyRules are the lab's stand-in for a NetworkPolicy denying ingress
-// to the guarded pod: a chain of its own, reached through a jump from
-// FORWARD, as policy engines write them.
+// policyRules are the lab's stand-in for the engine that would enforce
+// NetworkPolicy deny-guarded (guardedPolicy), denying ingress to the
+// guarded pod: a chain of its own, reached through a jump from FORWARD, as
+// policy engines write them.
 var policyRules = []string{
 	":LAB-POLICY - [0:0]",
 	"-A FORWARD -j LAB-POLICY",

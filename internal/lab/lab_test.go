@@ -64,7 +64,10 @@ func blames(mode kubeproxy.Mode) map[string]string {
 	if mode == kubeproxy.ModeIPTablesLegacy {
 		backend = "iptables-legacy"
 	}
-	policy := "a rule in table ip filter (" + backend + `), chain LAB-POLICY, rule 1: -d 10.244.0.14/32 -p tcp -m tcp --dport 8080 -m comment --comment "lab/deny-guarded: stands in for a NetworkPolicy" -j DROP, not kube-proxy's, dropped the SYN to Pod lab/guarded`
+	// The stand-in rule is blamed on the policy it enforces: the lab's
+	// client is no Pod, and deny-guarded admits nothing.
+	policy := "NetworkPolicy lab/deny-guarded denies 10.99.0.2 → Pod lab/guarded on lab-node, port 8080/TCP, at the Pod's ingress: lab/deny-guarded has no ingress rule; " +
+		"the SYN was dropped by a rule in table ip filter (" + backend + `), chain LAB-POLICY, rule 1: -d 10.244.0.14/32 -p tcp -m tcp --dport 8080 -m comment --comment "lab/deny-guarded: stands in for a NetworkPolicy" -j DROP`
 	return map[string]string{
 		"healthy":           "",
 		"no-endpoints":      "Service lab/empty: the selector app=wbe matches no Pod in namespace lab",

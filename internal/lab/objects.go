@@ -13,6 +13,7 @@ import (
 	"github.com/svctrace/svctrace/internal/resolve"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -59,10 +60,22 @@ func Objects() *resolve.Objects {
 		svc.Spec.IPFamilyPolicy = &policy
 		o.Services = append(o.Services, svc)
 	}
+	o.Namespaces = []corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: Namespace,
+		Labels: map[string]string{"kubernetes.io/metadata.name": Namespace}}}}
+	o.NetworkPolicies = []networkingv1.NetworkPolicy{guardedPolicy}
 	o.Nodes = []corev1.Node{{ObjectMeta: metav1.ObjectMeta{Name: NodeName},
 		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: nodeNet.Addr().String()},
 			{Type: corev1.NodeInternalIP, Address: nodeNet6.Addr().String()}}}}}
 	return o
+}
+
+// guardedPolicy isolates the guarded Pod for ingress and admits nothing:
+// what the lab's policyRules enforce, standing in for a NetworkPolicy
+// engine (none runs without an API server).
+var guardedPolicy = networkingv1.NetworkPolicy{
+	ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "deny-guarded"},
+	Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "guarded"}},
+		PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
 }
 
 func family(a netip.Addr) corev1.IPFamily {
@@ -117,7 +130,7 @@ func (l *Lab) Assess(ctx context.Context) (map[string]*diagnose.Assessment, diag
 	return out, facts, nil
 }
 
-// ObjectsYAML is Objects as `kubectl get svc,endpointslices,pods,nodes -o
+// ObjectsYAML is Objects as `kubectl get svc,endpointslices,pods,nodes,namespaces,networkpolicies -o
 // yaml` prints them: what --objects reads.
 func ObjectsYAML() ([]byte, error) {
 	o := Objects()
@@ -147,6 +160,12 @@ func ObjectsYAML() ([]byte, error) {
 	}
 	for _, n := range o.Nodes {
 		err = errors.Join(err, add("Node", "v1", n))
+	}
+	for _, n := range o.Namespaces {
+		err = errors.Join(err, add("Namespace", "v1", n))
+	}
+	for _, p := range o.NetworkPolicies {
+		err = errors.Join(err, add("NetworkPolicy", "networking.k8s.io/v1", p))
 	}
 	if err != nil {
 		return nil, err

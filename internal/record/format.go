@@ -29,6 +29,7 @@ import (
 
 	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
+	"github.com/svctrace/svctrace/internal/netpol"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/resolve"
@@ -113,6 +114,10 @@ type Meta struct {
 type Name struct {
 	Addr netip.Addr `json:"addr"`
 	Name string     `json:"name"`
+	// Peer, when set, is who the address is as network policies see it
+	// (its Pod and namespace labels, a Node, or neither), for the policy
+	// a drop is blamed on; a record with a Peer names nothing.
+	Peer *netpol.Endpoint `json:"peer,omitempty"`
 }
 
 // WallClock is the live run's monotonic-to-wall mapping.

@@ -3,13 +3,17 @@ package resolve
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/svctrace/svctrace/internal/netpol"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 )
 
@@ -112,4 +116,80 @@ func FindPod(ctx context.Context, src Source, ns, name string) (*corev1.Pod, err
 		return nil, PodNotFound(ns, name)
 	}
 	return found, nil
+}
+
+// Peers says who a client address is as network policies see it, from
+// src: its Pod (with its namespace's labels), a Node, or, when neither
+// holds it, an address outside the cluster. false when src could not tell
+// (an API error). Each answer is remembered (up to maxNamed addresses);
+// learned, if set, hears each once, for recordings. Asked only for a
+// dropped connection's client, so each lookup may wait on the API (2 s at
+// most).
+func Peers(src Source, learned func(netip.Addr, netpol.Endpoint)) func(netip.Addr) (netpol.Endpoint, bool) {
+	known := map[netip.Addr]netpol.Endpoint{}
+	nsLabels := map[string]map[string]string{}
+	var mu sync.Mutex
+	return func(a netip.Addr) (netpol.Endpoint, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if e, ok := known[a]; ok {
+			return e, true
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		e, ok := peer(ctx, src, a, nsLabels)
+		if !ok {
+			return e, false
+		}
+		if len(known) >= maxNamed {
+			clear(known)
+		}
+		known[a] = e
+		if learned != nil {
+			learned(a, e)
+		}
+		return e, true
+	}
+}
+
+func peer(ctx context.Context, src Source, a netip.Addr, nsLabels map[string]map[string]string) (netpol.Endpoint, bool) {
+	e := netpol.Endpoint{IP: a}
+	pods, err := src.PodsByIP(ctx, a)
+	if err != nil {
+		return e, false
+	}
+	for i := range pods {
+		p := &pods[i]
+		if p.Spec.HostNetwork {
+			continue
+		}
+		labels, ok := nsLabels[p.Namespace]
+		if !ok {
+			n, err := src.Namespace(ctx, p.Namespace)
+			if err != nil {
+				return e, false
+			}
+			labels = n.Labels
+			nsLabels[p.Namespace] = labels
+		}
+		e.Pod, e.Namespace = slimPod(p), labels
+		return e, true
+	}
+	n, err := src.NodeByIP(ctx, a)
+	if err != nil {
+		return e, false
+	}
+	if n != nil {
+		e.Node, e.NodeLabels = n.Name, n.Labels
+	}
+	return e, true
+}
+
+// slimPod keeps what policies judge a client Pod by: its name, labels,
+// node and whether it is on the host's network (its destination's ports,
+// not its own, resolve named ports).
+func slimPod(p *corev1.Pod) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels},
+		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
+		Status: corev1.PodStatus{PodIP: p.Status.PodIP}}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/live"
+	"github.com/svctrace/svctrace/internal/netpol"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/record"
@@ -41,6 +42,13 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 	// The names of addresses are taken in where the live run first used
 	// them (apply, and Conn below): a connection is named as it was live.
 	ifNames, names := map[uint32]string{}, map[netip.Addr]string{}
+	// Who clients were, for the network policies, as the live run looked
+	// them up.
+	peers := map[netip.Addr]netpol.Endpoint{}
+	peer := func(a netip.Addr) (netpol.Endpoint, bool) {
+		e, ok := peers[a]
+		return e, ok
+	}
 	for _, e := range rec.Entries {
 		if e.Type == record.TypeIfName {
 			ifNames[e.IfName.Index] = e.IfName.Name
@@ -54,7 +62,7 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 	var lr *LabRecord
 	var labAs map[string]*diagnose.Assessment
 	if m.Mode == "lab" {
-		if lr, labAs, err = readLab(rec, names); err != nil {
+		if lr, labAs, err = readLab(rec, names, peer); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		if lr == nil {
@@ -85,7 +93,11 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 		case record.TypeView:
 			view = e.View
 		case record.TypeName:
-			names[e.Name.Addr] = e.Name.Name
+			if e.Name.Peer != nil {
+				peers[e.Name.Addr] = *e.Name.Peer
+			} else {
+				names[e.Name.Addr] = e.Name.Name
+			}
 		case record.TypeFacts:
 			if cur != nil {
 				cur.Explainer.AddFacts(e.Facts)
@@ -97,6 +109,7 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			first := cur == nil
 			cur = assessRecorded(view, e.Rules, m)
 			cur.Explainer.Lookup = func(a netip.Addr) string { return names[a] }
+			cur.Explainer.Peer = peer
 			// Without the Service's objects (a recording cut right after
 			// its first record), connections go unexplained.
 			x = cur.Explainer
@@ -184,12 +197,16 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 		for i, r := range lr.Results {
 			results[i] = lab.Result{Scenario: r.Scenario, Client: r.Client}
 		}
-		// Facts the live run read again as it explained, for all of it.
+		// Facts the live run read again as it explained, and who the
+		// clients it judged by their policies were, for all of it.
 		for _, e := range rec.Entries {
-			if e.Type == record.TypeFacts {
+			switch {
+			case e.Type == record.TypeFacts:
 				for _, a := range labAs {
 					a.Explainer.AddFacts(e.Facts)
 				}
+			case e.Type == record.TypeName && e.Name.Peer != nil:
+				peers[e.Name.Addr] = *e.Name.Peer
 			}
 		}
 		lab.Assign(results, conns)
@@ -271,7 +288,7 @@ func (c *cursor) close() {
 // each scenario's Service as the live run did; nil if the recording ends
 // before them. Its lab records come in two: what the lab is, when tracing
 // began, and what its clients saw, at the end.
-func readLab(rec *record.Recording, names map[netip.Addr]string) (*LabRecord, map[string]*diagnose.Assessment, error) {
+func readLab(rec *record.Recording, names map[netip.Addr]string, peer func(netip.Addr) (netpol.Endpoint, bool)) (*LabRecord, map[string]*diagnose.Assessment, error) {
 	var lr *LabRecord
 	for _, e := range rec.Entries {
 		if e.Type == record.TypeLab {
@@ -298,6 +315,7 @@ func readLab(rec *record.Recording, names map[netip.Addr]string) (*LabRecord, ma
 		}
 		a := assessRecorded(v, rules, rec.Meta)
 		a.Explainer.Lookup = func(ip netip.Addr) string { return names[ip] }
+		a.Explainer.Peer = peer
 		as[r.Scenario.Name] = a
 	}
 	return lr, as, nil

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/diagnose"
+	"github.com/svctrace/svctrace/internal/netpol"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/output"
@@ -105,6 +106,13 @@ func Serve(ctx context.Context, s Service) error {
 	} else {
 		lookup = resolve.Memo(resolve.Lookup(s.Source), learned)
 	}
+	// Who a dropped connection's client is, for the network policies;
+	// recorded as names are.
+	peers := resolve.Peers(s.Source, func(ip netip.Addr, e netpol.Endpoint) {
+		if recording.Load() {
+			w.Name(record.Name{Addr: ip, Peer: &e})
+		}
+	})
 	// gather reads the objects and the node's rules again: at the start and
 	// after every change of the objects.
 	var client *corev1.Pod
@@ -124,7 +132,7 @@ func Serve(ctx context.Context, s Service) error {
 		for _, ad := range a.Service.Addresses(a.NodeAddrs) {
 			st.services[nf.Target{Addr: ad.Addr, Proto: ad.Port.Protocol}] = true
 		}
-		a.Explainer.Lookup = lookup
+		a.Explainer.Lookup, a.Explainer.Peer = lookup, peers
 		// Facts read again for a connection go into the recording where
 		// its report used them, as names do.
 		a.Explainer.Rechecked = func(f *node.Facts) {
