@@ -38,7 +38,7 @@ func explainStory(t *testing.T, c *cluster.Cluster, s *story, conn *flow.Conn) {
 	if facts.RulesErr != nil {
 		t.Fatal(facts.RulesErr)
 	}
-	a, err := diagnose.Assess(ctx, api, shop, s.svc.Name, facts)
+	a, err := diagnose.Assess(ctx, api, shop, s.svc.Name, nil, facts)
 	if err != nil {
 		t.Fatal(err)
 	}
