@@ -10,7 +10,6 @@ import (
 	"github.com/svctrace/svctrace/internal/describe"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
-	"github.com/svctrace/svctrace/internal/netpol"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/report"
@@ -30,10 +29,10 @@ type Explainer struct {
 	// resolve.Memo of saved objects.
 	Lookup func(netip.Addr) string
 	// Peer says who a client address is as the network policies see it
-	// (its Pod and namespace labels, a Node, or an address outside the
-	// cluster); false when unknown. nil: only the --from Pod and the Nodes
-	// the View holds are known.
-	Peer func(netip.Addr) (netpol.Endpoint, bool)
+	// (its Pod, namespace labels and policies, a Node, or an address
+	// outside the cluster); false when unknown. nil: only the --from Pod
+	// and the Nodes the View holds are known.
+	Peer func(netip.Addr) (resolve.Peer, bool)
 	// Recheck, if set, reads the node's facts again for a connection
 	// whose explanation needs one the diagnosis did not read (the route
 	// back to a client, a neighbour entry the trace's own packets made);
@@ -184,6 +183,11 @@ func (x *Explainer) Explain(c *flow.Conn) report.Explanation {
 		}
 	}
 	x.blame(c, port, ad, viaService, ownRule, traced, pod, &e).into(&e)
+	if e.Cause != report.PolicyDenies {
+		if l := x.policyAdmits(c, pod); l != "" {
+			e.Evidence = append(e.Evidence, l)
+		}
+	}
 	return e
 }
 
@@ -227,10 +231,21 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 				return b
 			}
 		}
+		b := blamed{code: report.RuleDrop, class: cause.Netfilter, text: e.Rule}
+		if !ownRule && e.Rule != "" && c.Endpoint.IsValid() {
+			// A policy engine's REJECT (kube-router's): the policy it
+			// enforces comes before what the rule alone says.
+			if traced != nil {
+				b.evidence = traced.evidence()
+			}
+			if pb := x.policyBlame(c, pod, e.Rule, b); pb.code == report.PolicyDenies {
+				return pb
+			}
+		}
 		if f := x.problem(port); f != nil {
 			return fromFinding(f)
 		} else if e.Rule != "" {
-			return blamed{code: report.RuleDrop, class: cause.Netfilter, text: e.Rule}
+			return b
 		}
 	case flow.Answered:
 		if tries := c.Retried(); len(tries) > 0 {

@@ -99,20 +99,19 @@ func (c *checker) isolated(ts []policyTarget) {
 		pods = append(pods, t.to.Pod.Name)
 	}
 	what := fmt.Sprintf("%d/%s", number, proto)
-	var rules []string
+	var ev []string // the rules, then how they treat the usual clients
 	for _, name := range first.isolating {
 		np := networkPolicy(p, name)
 		if np == nil {
 			continue
 		}
 		if len(np.Spec.Ingress) == 0 {
-			rules = append(rules, fmt.Sprintf("NetworkPolicy %s: no ingress rule (it admits nothing)", name))
+			ev = append(ev, fmt.Sprintf("NetworkPolicy %s: no ingress rule (it admits nothing)", name))
 		}
 		for i := range np.Spec.Ingress {
-			rules = append(rules, fmt.Sprintf("NetworkPolicy %s ingress rule %d: %s", name, i+1, netpol.Describe(np, netpol.Ingress, i)))
+			ev = append(ev, fmt.Sprintf("NetworkPolicy %s ingress rule %d: %s", name, i+1, netpol.Describe(np, netpol.Ingress, i)))
 		}
 	}
-	ev := rules
 	set := p.Set()
 	// Another Pod of the namespace, with none of the labels rules name.
 	other := netpol.Endpoint{Pod: &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: c.ns, Name: "(another)"}}, Namespace: first.to.Namespace}
@@ -338,11 +337,10 @@ func (x *Explainer) policyBlame(c *flow.Conn, pod, rule string, b blamed) blamed
 	if !ok {
 		return b
 	}
-	what := fmt.Sprintf("%s → %s, port %d/%s", conn.From.Name(), pod, conn.Port, conn.Protocol)
 	if v.Allowed {
-		b.evidence = append(b.evidence, "network policies: "+what+" "+judged(v, false)+": the rule is not theirs")
-		return b
+		return b // policyAdmits says so
 	}
+	what := fmt.Sprintf("%s → %s, port %d/%s", conn.From.Name(), pod, conn.Port, conn.Protocol)
 	d := v.Egress
 	if d.Allowed {
 		d = v.Ingress
@@ -364,12 +362,41 @@ func (x *Explainer) policyBlame(c *flow.Conn, pod, rule string, b blamed) blamed
 			ev = append(ev, fmt.Sprintf("%s misses: %s", m.Rule, strings.Join(m.Why, "; ")))
 		}
 	}
-	text += fmt.Sprintf("; the %s was dropped by a rule %s", c.PacketName(c.Drop.Packet), rule)
+	fate := "dropped"
+	if c.Verdict == flow.Rejected {
+		fate = "rejected"
+	}
+	text += fmt.Sprintf("; the %s was %s by a rule %s", c.PacketName(c.Drop.Packet), fate, rule)
 	return blamed{code: report.PolicyDenies, class: cause.Netfilter, text: text, evidence: append(ev, b.evidence...)}
 }
 
-// policyVerdict judges c by the network policies read, if its endpoint's
-// Pod and its client are known.
+// policyAdmits says, for a connection that failed for another cause, that
+// the network policies that select its Pods admit it: where they isolate
+// either end, an operator suspects them first. "" when no policy selects
+// them, or the client or the policies are unknown.
+func (x *Explainer) policyAdmits(c *flow.Conn, pod string) string {
+	switch c.Verdict {
+	case flow.Dropped, flow.Rejected, flow.NoReply:
+	default:
+		return ""
+	}
+	v, conn, ok := x.policyVerdict(c)
+	if !ok || !v.Allowed {
+		return ""
+	}
+	selected := false
+	for _, d := range []netpol.Decision{v.Egress, v.Ingress} {
+		selected = selected || len(d.Isolating) > 0 || d.Rule != nil
+	}
+	if !selected {
+		return ""
+	}
+	return fmt.Sprintf("network policies: %s → %s, port %d/%s: %s; they are not what stopped it",
+		conn.From.Name(), pod, conn.Port, conn.Protocol, judged(v, false))
+}
+
+// policyVerdict judges c by the network policies read (and the client's
+// namespace's), if its endpoint's Pod and its client are known.
 func (x *Explainer) policyVerdict(c *flow.Conn) (netpol.Verdict, netpol.Connection, bool) {
 	p := x.in.View.Policies
 	if p == nil || !c.Endpoint.IsValid() {
@@ -384,26 +411,34 @@ func (x *Explainer) policyVerdict(c *flow.Conn) (netpol.Verdict, netpol.Connecti
 	if !ok {
 		return netpol.Verdict{}, netpol.Connection{}, false
 	}
-	conn := netpol.Connection{From: from, To: netpol.Endpoint{IP: c.Endpoint.Addr(), Pod: pod, Namespace: labels},
+	set := p.Set()
+	for _, np := range from.Policies {
+		if !slices.ContainsFunc(set.Network, func(have networkingv1.NetworkPolicy) bool {
+			return have.Namespace == np.Namespace && have.Name == np.Name
+		}) {
+			set.Network = append(set.Network, np)
+		}
+	}
+	conn := netpol.Connection{From: from.Endpoint, To: netpol.Endpoint{IP: c.Endpoint.Addr(), Pod: pod, Namespace: labels},
 		Protocol: corev1.Protocol(strings.ToUpper(c.Proto.String())), Port: c.Endpoint.Port()}
-	return netpol.Evaluate(p.Set(), conn), conn, true
+	return netpol.Evaluate(set, conn), conn, true
 }
 
 // peer is the client at a as the policies see it: the --from Pod, a Node,
 // else whatever Peer says; false when unknown.
-func (x *Explainer) peer(a netip.Addr) (netpol.Endpoint, bool) {
+func (x *Explainer) peer(a netip.Addr) (resolve.Peer, bool) {
 	if e := x.clientEndpointAt(a); e != nil {
-		return *e, true
+		return resolve.Peer{Endpoint: *e}, true
 	}
 	for name, n := range x.in.View.Nodes {
 		if n != nil && slices.Contains(resolve.NodeAddrs(n), a) {
-			return netpol.Endpoint{IP: a, Node: name, NodeLabels: n.Labels}, true
+			return resolve.Peer{Endpoint: netpol.Endpoint{IP: a, Node: name, NodeLabels: n.Labels}}, true
 		}
 	}
 	if x.Peer != nil {
 		return x.Peer(a)
 	}
-	return netpol.Endpoint{}, false
+	return resolve.Peer{}, false
 }
 
 func (x *Explainer) clientEndpointAt(a netip.Addr) *netpol.Endpoint {

@@ -2,9 +2,13 @@ package diagnose
 
 import (
 	"context"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	corev1 "k8s.io/api/core/v1"
@@ -139,4 +143,59 @@ func TestPolicyFindings(t *testing.T) {
 
 func netpol1(name string) networkingv1.NetworkPolicy {
 	return netpolicy(shop, name, nil, nil, networkingv1.PolicyTypeIngress)
+}
+
+// A rule not kube-proxy's drops the SYN to web-1: the blame is the policy
+// that denies the client, ingress or egress, with its missing rule; a
+// policy that admits the client is said to, and the rule stays to blame.
+func TestPolicyBlame(t *testing.T) {
+	client := pod("front", "front-1", "frontend", "10.244.0.31", "node-1", true)
+	egressDeny := networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "front", Name: "no-egress"},
+		Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}}}
+	offByOne := netpolicy(shop, "from-frontend", map[string]string{"app": "web"}, []networkingv1.NetworkPolicyIngressRule{fromNamespace(map[string]string{"team": "fronted"})})
+	admits := netpolicy(shop, "from-frontend", map[string]string{"app": "web"}, []networkingv1.NetworkPolicyIngressRule{fromNamespace(map[string]string{"team": "frontend"})})
+	for _, tc := range []struct {
+		name     string
+		policies []networkingv1.NetworkPolicy
+		cause    report.Code
+		blame    string
+		evidence string
+	}{
+		{"ingress: a namespace label one value off", []networkingv1.NetworkPolicy{offByOne}, report.PolicyDenies,
+			"NetworkPolicy shop/from-frontend denies Pod front/front-1 → Pod shop/web-1 on node-1, port 8080/TCP, at the Pod's ingress: no rule admits this client; " +
+				"nearest, NetworkPolicy shop/from-frontend ingress rule 1: namespace front has label team=frontend; the selector wants team=fronted; " +
+				"the SYN was dropped by a rule in table ip filter (iptables-nft), chain NP, rule 1: -d 10.244.0.11/32",
+			"ip filter: FORWARD 1 → NP → chain NP, rule 1"},
+		{"egress: the client's namespace denies it", []networkingv1.NetworkPolicy{egressDeny}, report.PolicyDenies,
+			"NetworkPolicy front/no-egress denies Pod front/front-1 → Pod shop/web-1 on node-1, port 8080/TCP, at the egress of Pod front/front-1: front/no-egress has no egress rule; the SYN was dropped",
+			""},
+		{"admitted: the rule is to blame", []networkingv1.NetworkPolicy{admits}, report.RuleDrop,
+			"a rule in table ip filter (iptables-nft), chain NP, rule 1",
+			"network policies: Pod front/front-1 → Pod shop/web-1 on node-1, port 8080/TCP: admitted by NetworkPolicy shop/from-frontend ingress rule 1; they are not what stopped it"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			objs := resolve.Objects{
+				Services:        []corev1.Service{svc("web", "10.96.1.10", map[string]string{"app": "web"}, intstr.FromString("http"))},
+				Slices:          []discoveryv1.EndpointSlice{slice("web", 8080, web1)},
+				Pods:            []corev1.Pod{web1, client},
+				Nodes:           []corev1.Node{nodeObj("node-1", "10.99.0.1")},
+				Namespaces:      []corev1.Namespace{namespace(shop, map[string]string{"team": "shop"}), namespace("front", map[string]string{"team": "frontend"})},
+				NetworkPolicies: tc.policies,
+			}
+			in, _ := check(t, story{objs: objs,
+				tables: "*filter\n:FORWARD ACCEPT [0:0]\n:NP - [0:0]\n-A FORWARD -j NP\n-A NP -d 10.244.0.11/32 -p tcp -m tcp --dport 8080 -j DROP\nCOMMIT\n"})
+			x := NewExplainer(in, Check(in), nil)
+			x.Peer = resolve.Peers(resolve.FileSource{Objects: &objs}, nil)
+			ap := netip.MustParseAddrPort
+			e := x.Explain(&flow.Conn{Proto: nf.TCP, Client: ap("10.244.0.31:40000"), VIP: ap("10.96.1.10:80"), Endpoint: ap("10.244.0.11:8080"),
+				Verdict: flow.Dropped, Drop: &flow.Drop{Packet: 1, InNode: true, Placed: true, Gap: nf.GapAfter(nf.Forward, nf.StagePreFilter)},
+				Steps: []flow.Step{{Packet: 1, Kind: nf.KindHook, Flags: "SYN"}}})
+			if e.Cause != tc.cause || !strings.HasPrefix(e.Blame, tc.blame) {
+				t.Errorf("cause %s, blame %q;\nwant %s, %q…", e.Cause, e.Blame, tc.cause, tc.blame)
+			}
+			if tc.evidence != "" && !slices.ContainsFunc(e.Evidence, func(l string) bool { return strings.Contains(l, tc.evidence) }) {
+				t.Errorf("evidence %q lacks %q", e.Evidence, tc.evidence)
+			}
+		})
+	}
 }

@@ -29,7 +29,6 @@ import (
 
 	"github.com/svctrace/svctrace/internal/conntrack"
 	"github.com/svctrace/svctrace/internal/kubeproxy"
-	"github.com/svctrace/svctrace/internal/netpol"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/resolve"
@@ -117,7 +116,7 @@ type Name struct {
 	// Peer, when set, is who the address is as network policies see it
 	// (its Pod and namespace labels, a Node, or neither), for the policy
 	// a drop is blamed on; a record with a Peer names nothing.
-	Peer *netpol.Endpoint `json:"peer,omitempty"`
+	Peer *resolve.Peer `json:"peer,omitempty"`
 }
 
 // WallClock is the live run's monotonic-to-wall mapping.

@@ -118,18 +118,25 @@ func FindPod(ctx context.Context, src Source, ns, name string) (*corev1.Pod, err
 	return found, nil
 }
 
-// Peers says who a client address is as network policies see it, from
-// src: its Pod (with its namespace's labels), a Node, or, when neither
-// holds it, an address outside the cluster. false when src could not tell
-// (an API error). Each answer is remembered (up to maxNamed addresses);
-// learned, if set, hears each once, for recordings. Asked only for a
-// dropped connection's client, so each lookup may wait on the API (2 s at
-// most).
-func Peers(src Source, learned func(netip.Addr, netpol.Endpoint)) func(netip.Addr) (netpol.Endpoint, bool) {
-	known := map[netip.Addr]netpol.Endpoint{}
-	nsLabels := map[string]map[string]string{}
+// Peer is who a client address is as network policies see it: its Pod
+// (with its namespace's labels), a Node, or neither (an address outside the
+// cluster); with a Pod, its namespace's NetworkPolicies, which judge its
+// egress.
+type Peer struct {
+	netpol.Endpoint
+	Policies []networkingv1.NetworkPolicy `json:",omitempty"`
+}
+
+// Peers says who client addresses are, from src; false when src could not
+// tell (an API error). Each answer is remembered (up to maxNamed
+// addresses), and learned, if set, hears each once, for recordings. Asked
+// only for a dropped connection's client, so each lookup may wait on the
+// API (2 s at most).
+func Peers(src Source, learned func(netip.Addr, Peer)) func(netip.Addr) (Peer, bool) {
+	known := map[netip.Addr]Peer{}
+	namespaces := map[string]Peer{} // a namespace's labels and policies
 	var mu sync.Mutex
-	return func(a netip.Addr) (netpol.Endpoint, bool) {
+	return func(a netip.Addr) (Peer, bool) {
 		mu.Lock()
 		defer mu.Unlock()
 		if e, ok := known[a]; ok {
@@ -137,7 +144,7 @@ func Peers(src Source, learned func(netip.Addr, netpol.Endpoint)) func(netip.Add
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		e, ok := peer(ctx, src, a, nsLabels)
+		e, ok := peer(ctx, src, a, namespaces)
 		if !ok {
 			return e, false
 		}
@@ -152,8 +159,8 @@ func Peers(src Source, learned func(netip.Addr, netpol.Endpoint)) func(netip.Add
 	}
 }
 
-func peer(ctx context.Context, src Source, a netip.Addr, nsLabels map[string]map[string]string) (netpol.Endpoint, bool) {
-	e := netpol.Endpoint{IP: a}
+func peer(ctx context.Context, src Source, a netip.Addr, namespaces map[string]Peer) (Peer, bool) {
+	e := Peer{Endpoint: netpol.Endpoint{IP: a}}
 	pods, err := src.PodsByIP(ctx, a)
 	if err != nil {
 		return e, false
@@ -163,16 +170,20 @@ func peer(ctx context.Context, src Source, a netip.Addr, nsLabels map[string]map
 		if p.Spec.HostNetwork {
 			continue
 		}
-		labels, ok := nsLabels[p.Namespace]
+		ns, ok := namespaces[p.Namespace]
 		if !ok {
 			n, err := src.Namespace(ctx, p.Namespace)
 			if err != nil {
 				return e, false
 			}
-			labels = n.Labels
-			nsLabels[p.Namespace] = labels
+			nps, err := src.NetworkPolicies(ctx, p.Namespace)
+			if err != nil {
+				return e, false
+			}
+			ns = Peer{Endpoint: netpol.Endpoint{Namespace: n.Labels}, Policies: nps}
+			namespaces[p.Namespace] = ns
 		}
-		e.Pod, e.Namespace = slimPod(p), labels
+		e.Pod, e.Namespace, e.Policies = slimPod(p), ns.Namespace, ns.Policies
 		return e, true
 	}
 	n, err := src.NodeByIP(ctx, a)

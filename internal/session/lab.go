@@ -13,7 +13,6 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/live"
-	"github.com/svctrace/svctrace/internal/netpol"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/output"
@@ -108,7 +107,7 @@ func RunLab(ctx context.Context, o Lab) error {
 			a.Explainer.Lookup = resolve.Memo(a.Explainer.Lookup, func(ip netip.Addr, name string) {
 				w.Name(record.Name{Addr: ip, Name: name})
 			})
-			a.Explainer.Peer = resolve.Peers(resolve.FileSource{Objects: lab.Objects()}, func(ip netip.Addr, e netpol.Endpoint) {
+			a.Explainer.Peer = resolve.Peers(resolve.FileSource{Objects: lab.Objects()}, func(ip netip.Addr, e resolve.Peer) {
 				w.Name(record.Name{Addr: ip, Peer: &e})
 			})
 			a.Explainer.Rechecked = w.Facts

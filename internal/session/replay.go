@@ -10,7 +10,6 @@ import (
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/live"
-	"github.com/svctrace/svctrace/internal/netpol"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/record"
@@ -44,8 +43,8 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 	ifNames, names := map[uint32]string{}, map[netip.Addr]string{}
 	// Who clients were, for the network policies, as the live run looked
 	// them up.
-	peers := map[netip.Addr]netpol.Endpoint{}
-	peer := func(a netip.Addr) (netpol.Endpoint, bool) {
+	peers := map[netip.Addr]resolve.Peer{}
+	peer := func(a netip.Addr) (resolve.Peer, bool) {
 		e, ok := peers[a]
 		return e, ok
 	}
@@ -288,7 +287,7 @@ func (c *cursor) close() {
 // each scenario's Service as the live run did; nil if the recording ends
 // before them. Its lab records come in two: what the lab is, when tracing
 // began, and what its clients saw, at the end.
-func readLab(rec *record.Recording, names map[netip.Addr]string, peer func(netip.Addr) (netpol.Endpoint, bool)) (*LabRecord, map[string]*diagnose.Assessment, error) {
+func readLab(rec *record.Recording, names map[netip.Addr]string, peer func(netip.Addr) (resolve.Peer, bool)) (*LabRecord, map[string]*diagnose.Assessment, error) {
 	var lr *LabRecord
 	for _, e := range rec.Entries {
 		if e.Type == record.TypeLab {

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/diagnose"
-	"github.com/svctrace/svctrace/internal/netpol"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/output"
@@ -108,7 +107,7 @@ func Serve(ctx context.Context, s Service) error {
 	}
 	// Who a dropped connection's client is, for the network policies;
 	// recorded as names are.
-	peers := resolve.Peers(s.Source, func(ip netip.Addr, e netpol.Endpoint) {
+	peers := resolve.Peers(s.Source, func(ip netip.Addr, e resolve.Peer) {
 		if recording.Load() {
 			w.Name(record.Name{Addr: ip, Peer: &e})
 		}

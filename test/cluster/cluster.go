@@ -66,6 +66,10 @@ const (
 // Options configure Up.
 type Options struct {
 	Mode Mode
+	// Policies runs a NetworkPolicy engine on the node: kube-router's
+	// firewall alone (iptables and ipset), as it runs on a node, against
+	// the API server. RequirePolicyEngine says where its binary comes from.
+	Policies bool
 }
 
 // Cluster is a running cluster.
@@ -93,8 +97,10 @@ type Cluster struct {
 	pods    []*Pod
 	nextPod int
 	remote  map[string]*remoteNode // other nodes, by name
-	mu      sync.Mutex
-	down    sync.Once
+	// policies: kube-router enforces NetworkPolicies (Options.Policies).
+	policies bool
+	mu       sync.Mutex
+	down     sync.Once
 }
 
 var (
@@ -167,6 +173,7 @@ func Up(t testing.TB, opts Options) *Cluster {
 		ClientIP: netip.AddrFrom4([4]byte{10, 99, byte(n), 2}),
 		PodNet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(n), 0}), 24),
 		Dir:      t.TempDir(),
+		policies: opts.Policies,
 	}
 	c.NodeIP6, c.ClientIP6 = ula(0x99, n, 1), ula(0x99, n, 2)
 	c.PodNet6 = netip.PrefixFrom(ula(0x244, n, 0), 64)
@@ -223,7 +230,13 @@ func (c *Cluster) up() error {
 	if err := c.bootstrap(ctx); err != nil {
 		return err
 	}
-	return c.startKubeProxy(ctx, p)
+	if err := c.startKubeProxy(ctx, p); err != nil {
+		return err
+	}
+	if c.policies {
+		return c.startKubeRouter(ctx)
+	}
+	return nil
 }
 
 // net is the cluster's node topology. The uplink subnet, like the others,
