@@ -9,7 +9,7 @@
 #   lint             gofmt and go vet
 #   bench            measure the cost (data path, start-up, pipeline, scale, memory, flood) into BENCHMARKS.md (root)
 #   fixtures         re-record internal/flow/testdata/lab.jsonl from a lab run (root)
-#   k8s-bins         build etcd, kube-apiserver, kube-controller-manager, kube-proxy (test/k8s), cached
+#   k8s-bins         build etcd, kube-apiserver, kube-controller-manager, kube-proxy (test/k8s) and kube-router, cached
 #   e2e              end-to-end tests against the real control plane and kube-proxy (root)
 #   k8s-fixtures     capture the real kube-proxy's rulesets into internal/kubeproxy/testdata (root)
 #   test-kernels     the privileged tests on Debian's 6.1 and 6.12 kernels under QEMU (test/kernels)
@@ -33,6 +33,9 @@ K8S_LDFLAGS  := -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
 	-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(K8S_MINOR) \
 	-X k8s.io/client-go/pkg/version.gitVersion=$(K8S_VERSION)
 E2E_ENV      := SVCTRACE_K8S_BIN=$(K8S_BIN) SVCTRACE_REQUIRE_E2E=1 SVCTRACE_REQUIRE_ROOT=1
+# The NetworkPolicy engine of the policy stories: kube-router's firewall,
+# built from its own module (go install: its dependencies are its own).
+KUBE_ROUTER_VERSION := $(shell awk -F'"' '/KubeRouterVersion = /{print $$2}' test/cluster/policy.go)
 
 .PHONY: build man vmlinux generate check-generated test test-privileged lint bench fixtures k8s-bins e2e k8s-fixtures test-kernels clean
 
@@ -78,7 +81,12 @@ bench: k8s-bins
 fixtures:
 	$(GO) test -count=1 ./internal/lab -run 'TestScenarios$$' -update-fixtures
 
-k8s-bins: $(K8S_BIN)/.complete
+k8s-bins: $(K8S_BIN)/.complete $(K8S_BIN)/.kube-router-$(KUBE_ROUTER_VERSION)
+
+$(K8S_BIN)/.kube-router-$(KUBE_ROUTER_VERSION): test/cluster/policy.go
+	@mkdir -p $(K8S_BIN)
+	CGO_ENABLED=0 GOBIN=$(K8S_BIN) $(GO) install -trimpath github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$(KUBE_ROUTER_VERSION)
+	touch $@
 
 $(K8S_BIN)/.complete: test/k8s/go.mod test/k8s/go.sum test/k8s/etcd/main.go
 	@mkdir -p $(K8S_BIN)

@@ -52,18 +52,30 @@ func (c *Cluster) startKubeRouter(ctx context.Context) error {
 		return err
 	}
 	c.procs = append(c.procs, kr)
-	return c.WaitRules(ctx, "kube-router's firewall chains", func(rules string) bool {
-		return strings.Contains(rules, "KUBE-ROUTER-FORWARD")
-	})
+	return c.waitFirewall(ctx, "its firewall", "KUBE-ROUTER-FORWARD")
 }
 
-// WaitPolicy waits until kube-router has written the chain of NetworkPolicy
-// ns/name (KUBE-NWPLCY-…, named by a hash of the two).
+// WaitPolicy waits until kube-router runs the traffic of a Pod on this
+// node through NetworkPolicy ns/name (its Pod firewall chain's "run
+// through nw policy NAME" rule).
 func (c *Cluster) WaitPolicy(ctx context.Context, ns, name string) error {
-	return c.WaitRules(ctx, "kube-router's chain of NetworkPolicy "+ns+"/"+name, func(rules string) bool {
-		return strings.Contains(rules, "rule to ACCEPT traffic from") && strings.Contains(rules, ns+"/"+name) ||
-			strings.Contains(rules, "KUBE-NWPLCY-") && strings.Contains(rules, name)
-	})
+	return c.waitFirewall(ctx, "NetworkPolicy "+ns+"/"+name, "run through nw policy "+name)
 }
 
-var _ = time.Second
+// waitFirewall waits until kube-router's rules (iptables-nft, whatever
+// kube-proxy's mode) hold text.
+func (c *Cluster) waitFirewall(ctx context.Context, what, text string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		rules, err := c.Exec("iptables-nft-save")
+		if err == nil && strings.Contains(rules, text) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kube-router did not enforce %s (no %q in its rules): %v", what, text, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

@@ -66,6 +66,9 @@ type story struct {
 	// Service; from is that Pod, once added.
 	hairpin bool
 	from    *cluster.Pod
+	// client, if set, is a Pod the story's request comes from (from, once
+	// added), in a namespace of its own.
+	client *cluster.PodSpec
 	// ipv6: the Service is dual-stack, and the client uses its IPv6
 	// ClusterIP, to the Pods' IPv6 addresses.
 	ipv6 bool
@@ -469,6 +472,11 @@ func play(t *testing.T, c *cluster.Cluster, ss []*story) {
 		s.svc = svc
 		if s.hairpin {
 			s.from = pods[0]
+		}
+		if s.client != nil {
+			if s.from, err = c.AddPod(ctx, *s.client); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if s.forget {
 			if err := topo.Sysctl(c.Node, "net.netfilter.nf_conntrack_tcp_loose", "0"); err != nil {

@@ -149,8 +149,8 @@ func checkStories(t *testing.T, c *cluster.Cluster, ss []*story) {
 	}
 }
 
-// writeDump saves what `kubectl get svc,endpointslices,pods,nodes -A -o
-// yaml` would.
+// writeDump saves what `kubectl get
+// svc,endpointslices,pods,nodes,namespaces,networkpolicies -A -o yaml` would.
 func writeDump(t *testing.T, c *cluster.Cluster, path string) {
 	ctx := context.Background()
 	var items []any
@@ -174,6 +174,10 @@ func writeDump(t *testing.T, c *cluster.Cluster, path string) {
 	add("Pod", "v1", pods, err)
 	nodes, err := c.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	add("Node", "v1", nodes, err)
+	nss, err := c.Client.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	add("Namespace", "v1", nss, err)
+	nps, err := c.Client.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{})
+	add("NetworkPolicy", "networking.k8s.io/v1", nps, err)
 	b, err := yaml.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
 	if err != nil {
 		t.Fatal(err)
