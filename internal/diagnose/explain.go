@@ -216,6 +216,15 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 	proto := c.Proto
 	switch c.Verdict {
 	case flow.Rejected, flow.NotTranslated:
+		// A rule not kube-proxy's, followed to, rejected it (a policy
+		// engine's REJECT, kube-router's): the policy it enforces, else
+		// the rule, whatever the node's ICMP error seems to say.
+		if c.Verdict == flow.Rejected && !ownRule && traced != nil && c.Endpoint.IsValid() {
+			return x.policyBlame(c, pod, e.Rule, blamed{code: report.RuleDrop, class: cause.Netfilter,
+				text: fmt.Sprintf("a rule %s, not kube-proxy's, rejected the %s to %s: look for a NetworkPolicy or a firewall rule there",
+					e.Rule, c.PacketName(c.Drop.Packet), pod),
+				evidence: traced.evidence()})
+		}
 		// The node's own ICMP error about the endpoint (a neighbour that
 		// never answered, no route) is about the endpoint, not the rules.
 		if c.Verdict == flow.Rejected && c.Endpoint.IsValid() && c.Outcome.Answer.Error {
@@ -231,21 +240,10 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 				return b
 			}
 		}
-		b := blamed{code: report.RuleDrop, class: cause.Netfilter, text: e.Rule}
-		if !ownRule && e.Rule != "" && c.Endpoint.IsValid() {
-			// A policy engine's REJECT (kube-router's): the policy it
-			// enforces comes before what the rule alone says.
-			if traced != nil {
-				b.evidence = traced.evidence()
-			}
-			if pb := x.policyBlame(c, pod, e.Rule, b); pb.code == report.PolicyDenies {
-				return pb
-			}
-		}
 		if f := x.problem(port); f != nil {
 			return fromFinding(f)
 		} else if e.Rule != "" {
-			return b
+			return blamed{code: report.RuleDrop, class: cause.Netfilter, text: e.Rule}
 		}
 	case flow.Answered:
 		if tries := c.Retried(); len(tries) > 0 {

@@ -52,7 +52,7 @@ func policyStories(c *cluster.Cluster) []*story {
 
 	svc, pods := guard("guarded", "10.96.3.10")
 	ss = append(ss, rejected(&story{name: "policy-default-deny-ingress", svc: svc, pods: pods,
-		finding: "rule-drops-endpoint",
+		finding: report.PolicyAdmitsNothing,
 		setup:   policies(networkPolicy(shop, "default-deny", map[string]string{"app": "guarded"}, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress})),
 		blame:   denied(shop, "default-deny", "guarded") + "at the Pod's ingress: shop/default-deny has no ingress rule; the SYN was rejected by a rule in table ip filter (iptables-nft), chain KUBE-POD-FW-"}))
 
@@ -62,7 +62,7 @@ func policyStories(c *cluster.Cluster) []*story {
 	offByOne.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{
 		{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "fronted"}}}}}}
 	ss = append(ss, rejected(&story{name: "policy-namespace-label-one-value-off", svc: svc, pods: pods, client: &front,
-		finding: "rule-drops-endpoint",
+		finding: report.PolicyIsolates,
 		setup:   labelled("front", map[string]string{"team": "frontend"}, policies(offByOne)),
 		blame: "NetworkPolicy shop/from-frontend denies Pod front/front-1 → Pod shop/fapi-1 on node-1, port 8080/TCP, at the Pod's ingress: no rule admits this client; " +
 			"nearest, NetworkPolicy shop/from-frontend ingress rule 1: namespace front has label team=frontend; the selector wants team=fronted"}))
@@ -72,7 +72,7 @@ func policyStories(c *cluster.Cluster) []*story {
 	web := intstr.FromString("web")
 	webPort.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{{Port: &web}}}}
 	ss = append(ss, rejected(&story{name: "policy-port-by-an-undeclared-name", svc: svc, pods: pods,
-		finding: "rule-drops-endpoint",
+		finding: report.PolicyAdmitsNothing,
 		setup:   policies(webPort),
 		blame: denied(shop, "web-port", "named") + `at the Pod's ingress: no rule admits this client; nearest, NetworkPolicy shop/web-port ingress rule 1: ` +
 			`the rule's port "web"/TCP: no container of Pod shop/named-1 declares a port by that name (it declares http 8080/TCP)`}))
@@ -89,7 +89,7 @@ func policyStories(c *cluster.Cluster) []*story {
 	except.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{
 		{IPBlock: &networkingv1.IPBlock{CIDR: "10.99.0.0/16", Except: []string{client + "/32"}}}}}}
 	ss = append(ss, rejected(&story{name: "policy-ipblock-except-covers-the-client", svc: svc, pods: pods,
-		finding: "rule-drops-endpoint",
+		finding: report.PolicyIsolates,
 		setup:   policies(except),
 		blame:   denied(shop, "from-clients", "edge") + fmt.Sprintf("at the Pod's ingress: no rule admits this client; nearest, NetworkPolicy shop/from-clients ingress rule 1: %s is in ipBlock 10.99.0.0/16 but in its except %s/32", client, client)}))
 
