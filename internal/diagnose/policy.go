@@ -198,7 +198,7 @@ func (c *checker) clientDenied(ts []policyTarget) {
 		var ev, next []string
 		switch {
 		case d.Rule != nil:
-			ev = append(ev, d.Rule.String()+" decides, before any NetworkPolicy")
+			ev = append(ev, d.Rule.String()+" decides, "+tierNote(d.Rule.Tier))
 			next = append(next, fmt.Sprintf("kubectl get %s %s -o yaml", strings.ToLower(kindOf(d.Rule.Tier)), d.Rule.Policy))
 		default:
 			ev = append(ev, "no rule of "+strings.Join(d.Isolating, ", ")+" admits it")
@@ -230,6 +230,14 @@ func denyVerb(d netpol.Decision) string {
 		return "deny"
 	}
 	return "denies"
+}
+
+// tierNote says where an admin rule's tier stands to NetworkPolicy.
+func tierNote(t netpol.Tier) string {
+	if t == netpol.Baseline {
+		return "no NetworkPolicy isolating the Pod"
+	}
+	return "before any NetworkPolicy"
 }
 
 func kindOf(t netpol.Tier) string {
@@ -353,7 +361,7 @@ func (x *Explainer) policyBlame(c *flow.Conn, pod, rule string, b blamed) blamed
 	var ev []string
 	switch {
 	case d.Rule != nil:
-		text += ", before any NetworkPolicy"
+		text += ", " + tierNote(d.Rule.Tier)
 	case len(d.Misses) == 0:
 		text += fmt.Sprintf(": %s has no %s rule", strings.Join(d.Isolating, ", "), d.Direction)
 	default:

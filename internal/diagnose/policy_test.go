@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/netpol"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
@@ -45,6 +46,12 @@ func tcpPort(p intstr.IntOrString) networkingv1.NetworkPolicyPort {
 // front-1 in namespace front.
 func policyCheck(t *testing.T, policies ...networkingv1.NetworkPolicy) []report.Finding {
 	t.Helper()
+	return adminCheck(t, nil, nil, policies...)
+}
+
+// adminCheck is policyCheck with the cluster's admin policies too.
+func adminCheck(t *testing.T, admin []netpol.AdminNetworkPolicy, baseline *netpol.BaselineAdminNetworkPolicy, policies ...networkingv1.NetworkPolicy) []report.Finding {
+	t.Helper()
 	client := pod("front", "front-1", "frontend", "10.244.0.31", "node-1", true)
 	objs := resolve.Objects{
 		Services:        []corev1.Service{svc("web", "10.96.1.10", map[string]string{"app": "web"}, intstr.FromString("http"))},
@@ -52,7 +59,10 @@ func policyCheck(t *testing.T, policies ...networkingv1.NetworkPolicy) []report.
 		Pods:            []corev1.Pod{web1, web2, client},
 		Nodes:           []corev1.Node{nodeObj("node-1", "10.99.0.1")},
 		Namespaces:      []corev1.Namespace{namespace(shop, map[string]string{"team": "shop"}), namespace("front", map[string]string{"team": "frontend"})},
-		NetworkPolicies: policies,
+		NetworkPolicies: policies, AdminNetworkPolicies: admin,
+	}
+	if baseline != nil {
+		objs.Baselines = []netpol.BaselineAdminNetworkPolicy{*baseline}
 	}
 	src := resolve.FileSource{Objects: &objs, Path: "test"}
 	v, err := resolve.Gather(context.Background(), src, shop, "web", resolve.LocalNode{Name: "node-1"})
@@ -197,5 +207,32 @@ func TestPolicyBlame(t *testing.T) {
 				t.Errorf("evidence %q lacks %q", e.Evidence, tc.evidence)
 			}
 		})
+	}
+}
+
+// The admin tiers: an AdminNetworkPolicy's Deny comes before any
+// NetworkPolicy; the baseline's only where none isolates the Pod.
+func TestAdminPolicyFindings(t *testing.T) {
+	fromFront := func(name, action string) netpol.AdminRule {
+		return netpol.AdminRule{Name: name, Action: action, From: []netpol.AdminPeer{{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "frontend"}}}}}
+	}
+	all := netpol.AdminSubject{Namespaces: &metav1.LabelSelector{}}
+	anp := netpol.AdminNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "no-front"},
+		Spec: netpol.AdminSpec{Priority: 5, Subject: all, Ingress: []netpol.AdminRule{fromFront("front", netpol.Deny)}}}
+	allow := netpolicy(shop, "from-frontend", map[string]string{"app": "web"}, []networkingv1.NetworkPolicyIngressRule{fromNamespace(map[string]string{"team": "frontend"})})
+	f := finding(adminCheck(t, []netpol.AdminNetworkPolicy{anp}, nil, allow), report.PolicyDenies)
+	want := `AdminNetworkPolicy no-front (priority 5) ingress rule "front" (Deny) denies Pod front/front-1's connections`
+	if f == nil || !strings.HasPrefix(f.Summary, want) || !strings.Contains(strings.Join(f.Evidence, "\n"), "decides, before any NetworkPolicy") {
+		t.Errorf("admin deny: %+v, want %q…", f, want)
+	}
+	banp := &netpol.BaselineAdminNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "default"},
+		Spec: netpol.AdminSpec{Subject: all, Ingress: []netpol.AdminRule{fromFront("front", netpol.Deny)}}}
+	f = finding(adminCheck(t, nil, banp), report.PolicyDenies)
+	want = `BaselineAdminNetworkPolicy default ingress rule "front" (Deny) denies Pod front/front-1's connections`
+	if f == nil || !strings.HasPrefix(f.Summary, want) || !strings.Contains(strings.Join(f.Evidence, "\n"), "no NetworkPolicy isolating the Pod") {
+		t.Errorf("baseline deny: %+v, want %q…", f, want)
+	}
+	if f := finding(adminCheck(t, nil, banp, allow), report.PolicyDenies); f != nil {
+		t.Errorf("a NetworkPolicy that admits overrides the baseline: %s", f.Summary)
 	}
 }
