@@ -220,7 +220,7 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 		// engine's REJECT, kube-router's): the policy it enforces, else
 		// the rule, whatever the node's ICMP error seems to say.
 		if c.Verdict == flow.Rejected && !ownRule && traced != nil && c.Endpoint.IsValid() {
-			return x.policyBlame(c, pod, e.Rule, blamed{code: report.RuleDrop, class: cause.Netfilter,
+			return x.policyBlame(c, pod, traced.fate(c.PacketName(c.Drop.Packet), c.Drop), blamed{code: report.RuleDrop, class: cause.Netfilter,
 				text: fmt.Sprintf("a rule %s, not kube-proxy's, rejected the %s to %s: look for a NetworkPolicy or a firewall rule there",
 					e.Rule, c.PacketName(c.Drop.Packet), pod),
 				evidence: traced.evidence()})
@@ -276,13 +276,18 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 			if c.Endpoint.IsValid() {
 				to = " to " + pod
 			}
+			name := c.PacketName(c.Drop.Packet)
 			b := blamed{code: report.RuleDrop, class: cause.Netfilter,
 				text: fmt.Sprintf("a rule %s, not kube-proxy's, dropped the %s%s: look for a NetworkPolicy or a firewall rule there",
-					e.Rule, c.PacketName(c.Drop.Packet), to)}
+					e.Rule, name, to)}
+			fate := fmt.Sprintf("the %s was dropped by a rule %s", name, e.Rule)
 			if traced != nil {
-				b.evidence = traced.evidence()
+				b.evidence, fate = traced.evidence(), traced.fate(name, c.Drop)
+				if traced.v.Queue() != "" {
+					b.text = strings.ToUpper(fate[:1]) + fate[1:] + ": look for the policy engine that reads it (kube-network-policies queues this way)"
+				}
 			}
-			return x.policyBlame(c, pod, e.Rule, b)
+			return x.policyBlame(c, pod, fate, b)
 		}
 		if d := c.Drop; d != nil {
 			r, _ := cause.Drop(d.Reason)

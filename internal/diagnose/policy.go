@@ -333,11 +333,12 @@ func names(nsNames []string) []string {
 }
 
 // policyBlame refines b, the blame of a packet a rule not kube-proxy's
-// (rule, where it sits) dropped on its way to an endpoint, with the network
-// policies: when they deny this client that endpoint, the policy that does
-// is to blame (the rule is its engine's); when they admit it, they are not.
-// Unchanged when the policies or the client were not read.
-func (x *Explainer) policyBlame(c *flow.Conn, pod, rule string, b blamed) blamed {
+// stopped on its way to an endpoint (fate: what the rule did, as
+// tracedRule.fate says it), with the network policies: when they deny this
+// client that endpoint, the policy that does is to blame (the rule is its
+// engine's). Unchanged when they admit it (policyAdmits says so), or the
+// policies or the client were not read.
+func (x *Explainer) policyBlame(c *flow.Conn, pod, fate string, b blamed) blamed {
 	if c.Drop == nil || c.PacketDir(c.Drop.Packet) != flow.Original {
 		return b // replies of an admitted connection pass any policy
 	}
@@ -370,11 +371,7 @@ func (x *Explainer) policyBlame(c *flow.Conn, pod, rule string, b blamed) blamed
 			ev = append(ev, fmt.Sprintf("%s misses: %s", m.Rule, strings.Join(m.Why, "; ")))
 		}
 	}
-	fate := "dropped"
-	if c.Verdict == flow.Rejected {
-		fate = "rejected"
-	}
-	text += fmt.Sprintf("; the %s was %s by a rule %s", c.PacketName(c.Drop.Packet), fate, rule)
+	text += "; " + fate
 	return blamed{code: report.PolicyDenies, class: cause.Netfilter, text: text, evidence: append(ev, b.evidence...)}
 }
 

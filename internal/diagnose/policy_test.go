@@ -164,24 +164,38 @@ func TestPolicyBlame(t *testing.T) {
 		Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}}}
 	offByOne := netpolicy(shop, "from-frontend", map[string]string{"app": "web"}, []networkingv1.NetworkPolicyIngressRule{fromNamespace(map[string]string{"team": "fronted"})})
 	admits := netpolicy(shop, "from-frontend", map[string]string{"app": "web"}, []networkingv1.NetworkPolicyIngressRule{fromNamespace(map[string]string{"team": "frontend"})})
+	drop := "*filter\n:FORWARD ACCEPT [0:0]\n:NP - [0:0]\n-A FORWARD -j NP\n-A NP -d 10.244.0.11/32 -p tcp -m tcp --dport 8080 -j DROP\nCOMMIT\n"
+	queue := "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -d 10.244.0.11/32 -p tcp -m tcp --dport 8080 -j NFQUEUE --queue-num 100\nCOMMIT\n"
 	for _, tc := range []struct {
 		name     string
 		policies []networkingv1.NetworkPolicy
+		tables   string // "": drop
+		location string // the kernel's drop location
 		cause    report.Code
 		blame    string
 		evidence string
 	}{
-		{"ingress: a namespace label one value off", []networkingv1.NetworkPolicy{offByOne}, report.PolicyDenies,
+		{"ingress: a namespace label one value off", []networkingv1.NetworkPolicy{offByOne}, "", "", report.PolicyDenies,
 			"NetworkPolicy shop/from-frontend denies Pod front/front-1 → Pod shop/web-1 on node-1, port 8080/TCP, at the Pod's ingress: no rule admits this client; " +
 				"nearest, NetworkPolicy shop/from-frontend ingress rule 1: namespace front has label team=frontend; the selector wants team=fronted; " +
 				"the SYN was dropped by a rule in table ip filter (iptables-nft), chain NP, rule 1: -d 10.244.0.11/32",
 			"ip filter: FORWARD 1 → NP → chain NP, rule 1"},
-		{"egress: the client's namespace denies it", []networkingv1.NetworkPolicy{egressDeny}, report.PolicyDenies,
+		{"egress: the client's namespace denies it", []networkingv1.NetworkPolicy{egressDeny}, "", "", report.PolicyDenies,
 			"NetworkPolicy front/no-egress denies Pod front/front-1 → Pod shop/web-1 on node-1, port 8080/TCP, at the egress of Pod front/front-1: front/no-egress has no egress rule; the SYN was dropped",
 			""},
-		{"admitted: the rule is to blame", []networkingv1.NetworkPolicy{admits}, report.RuleDrop,
+		{"admitted: the rule is to blame", []networkingv1.NetworkPolicy{admits}, "", "", report.RuleDrop,
 			"a rule in table ip filter (iptables-nft), chain NP, rule 1",
 			"network policies: Pod front/front-1 → Pod shop/web-1 on node-1, port 8080/TCP: admitted by NetworkPolicy shop/from-frontend ingress rule 1; they are not what stopped it"},
+		// A policy engine that queues to userspace (kube-network-policies)
+		// and is not running: the queue has no reader.
+		{"queued: no program reads the queue", []networkingv1.NetworkPolicy{offByOne}, queue, "nf_queue+0x240", report.PolicyDenies,
+			"NetworkPolicy shop/from-frontend denies Pod front/front-1 → Pod shop/web-1 on node-1, port 8080/TCP, at the Pod's ingress: no rule admits this client; " +
+				"nearest, NetworkPolicy shop/from-frontend ingress rule 1: namespace front has label team=frontend; the selector wants team=fronted; " +
+				"the SYN was queued to userspace (queue 100) by a rule in table ip filter (iptables-nft), chain FORWARD, rule 1: -d 10.244.0.11/32 -p tcp -m tcp --dport 8080 -j NFQUEUE --queue-num 100, " +
+				"and no program reads that queue: the kernel dropped it (nf_queue+0x240)", ""},
+		{"queued: the program's verdict, no policy", nil, queue, "nf_reinject+0x1a0", report.RuleDrop,
+			"The SYN was queued to userspace (queue 100) by a rule in table ip filter (iptables-nft), chain FORWARD, rule 1: -d 10.244.0.11/32 -p tcp -m tcp --dport 8080 -j NFQUEUE --queue-num 100, " +
+				"and the program reading that queue dropped it (nf_reinject+0x1a0): look for the policy engine that reads it", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			objs := resolve.Objects{
@@ -192,13 +206,16 @@ func TestPolicyBlame(t *testing.T) {
 				Namespaces:      []corev1.Namespace{namespace(shop, map[string]string{"team": "shop"}), namespace("front", map[string]string{"team": "frontend"})},
 				NetworkPolicies: tc.policies,
 			}
-			in, _ := check(t, story{objs: objs,
-				tables: "*filter\n:FORWARD ACCEPT [0:0]\n:NP - [0:0]\n-A FORWARD -j NP\n-A NP -d 10.244.0.11/32 -p tcp -m tcp --dport 8080 -j DROP\nCOMMIT\n"})
+			tables := tc.tables
+			if tables == "" {
+				tables = drop
+			}
+			in, _ := check(t, story{objs: objs, tables: tables})
 			x := NewExplainer(in, Check(in), nil)
 			x.Peer = resolve.Peers(resolve.FileSource{Objects: &objs}, nil)
 			ap := netip.MustParseAddrPort
 			e := x.Explain(&flow.Conn{Proto: nf.TCP, Client: ap("10.244.0.31:40000"), VIP: ap("10.96.1.10:80"), Endpoint: ap("10.244.0.11:8080"),
-				Verdict: flow.Dropped, Drop: &flow.Drop{Packet: 1, InNode: true, Placed: true, Gap: nf.GapAfter(nf.Forward, nf.StagePreFilter)},
+				Verdict: flow.Dropped, Drop: &flow.Drop{Packet: 1, InNode: true, Placed: true, Gap: nf.GapAfter(nf.Forward, nf.StagePreFilter), Location: tc.location},
 				Steps: []flow.Step{{Packet: 1, Kind: nf.KindHook, Flags: "SYN"}}})
 			if e.Cause != tc.cause || !strings.HasPrefix(e.Blame, tc.blame) {
 				t.Errorf("cause %s, blame %q;\nwant %s, %q…", e.Cause, e.Blame, tc.cause, tc.blame)

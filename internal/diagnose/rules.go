@@ -111,7 +111,7 @@ func (x *Explainer) traceRule(c *flow.Conn, d *flow.Drop) (tracedRule, bool) {
 		if t == nil {
 			continue
 		}
-		if v, ok := t.Trace(base, p); ok && drops(v) {
+		if v, ok := t.Trace(base, p); ok && (drops(v) || (v.Queue() != "" && queuedDrop(d))) {
 			return iptablesRule(t, v), true
 		}
 	}
@@ -120,6 +120,29 @@ func (x *Explainer) traceRule(c *flow.Conn, d *flow.Drop) (tracedRule, bool) {
 }
 
 func drops(v kubeproxy.Verdict) bool { return v.Target == "DROP" || v.Target == "REJECT" }
+
+// queuedDrop: the kernel dropped d's packet in its queue to userspace
+// (NFQUEUE): nf_queue when no program reads the queue, nf_reinject when
+// the program's verdict was to drop.
+func queuedDrop(d *flow.Drop) bool {
+	return strings.HasPrefix(d.Location, "nf_queue") || strings.HasPrefix(d.Location, "nf_reinject")
+}
+
+// fate says what the traced rule did with a connection's packet (name)
+// that died there: "dropped by a rule …", "rejected by …", or queued to
+// userspace and dropped there, and how.
+func (r tracedRule) fate(name string, d *flow.Drop) string {
+	where := "a rule in " + r.where()
+	switch q := r.v.Queue(); {
+	case q != "" && strings.HasPrefix(d.Location, "nf_queue"):
+		return fmt.Sprintf("the %s was queued to userspace (queue %s) by %s, and no program reads that queue: the kernel dropped it (%s)", name, q, where, d.Location)
+	case q != "":
+		return fmt.Sprintf("the %s was queued to userspace (queue %s) by %s, and the program reading that queue dropped it (%s)", name, q, where, d.Location)
+	case r.v.Target == "REJECT":
+		return fmt.Sprintf("the %s was rejected by %s", name, where)
+	}
+	return fmt.Sprintf("the %s was dropped by %s", name, where)
+}
 
 // traceNFT follows p through the base chains of the other writers'
 // nftables tables on hook h with priorities in (lo, hi), in the order the

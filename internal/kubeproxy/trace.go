@@ -92,7 +92,7 @@ type Packet struct {
 // Verdict is where Trace ended: the rule whose target decided, or the
 // base chain's policy, the chains on the way, and how sure that is.
 type Verdict struct {
-	Target string // "DROP", "REJECT", "ACCEPT", a policy's
+	Target string // "DROP", "REJECT", "ACCEPT", "NFQUEUE", a policy's
 	Chain  string // the chain of the deciding rule
 	Pos    int    // its position in the chain, from 1; 0: the policy
 	Rule   string // the rule as iptables-save prints it
@@ -142,7 +142,7 @@ func (v Verdict) Comment() string {
 const maxDepth = 32
 
 // Trace follows packet p from base chain base through the rules, jumps and
-// gotos to the first terminating verdict (ACCEPT, DROP, REJECT) or the base
+// gotos to the first terminating verdict (ACCEPT, DROP, REJECT, NFQUEUE) or the base
 // chain's policy. Matches svctrace cannot evaluate (sets, marks it does
 // not know, modules it does not model) count as not matching, and are
 // listed in Unsure.
@@ -218,8 +218,27 @@ func jumpStep(chain string, pos int, to string, matched []string) string {
 	return step
 }
 
+// terminating: the targets that end the table's walk. NFQUEUE (and the old
+// QUEUE) hand the packet to a program in userspace, whose verdict decides
+// it.
 func terminating(target string) bool {
-	return target == "ACCEPT" || target == "DROP" || target == "REJECT"
+	return target == "ACCEPT" || target == "DROP" || target == "REJECT" || target == "NFQUEUE" || target == "QUEUE"
+}
+
+// Queue is the queue an NFQUEUE (or QUEUE) verdict hands the packet to:
+// "100", "100:103" for a balanced range, "0" by default; "" for any other
+// verdict.
+func (v Verdict) Queue() string {
+	if v.Target != "NFQUEUE" && v.Target != "QUEUE" {
+		return ""
+	}
+	args, _ := splitArgs(v.Rule)
+	for i, a := range args {
+		if (a == "--queue-num" || a == "--queue-balance") && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return "0"
 }
 
 type ruleEval struct {

@@ -104,3 +104,22 @@ func TestWriter(t *testing.T) {
 		}
 	}
 }
+
+// An NFQUEUE rule ends the walk: a program in userspace decides the packet
+// (kube-network-policies' way), not the rules after it.
+func TestTraceStopsAtAQueue(t *testing.T) {
+	save := "*filter\n:FORWARD ACCEPT [0:0]\n:NP - [0:0]\n" +
+		"-A FORWARD -d 10.244.0.12/32 -p tcp -m tcp --dport 8080 -j NFQUEUE --queue-num 100 --queue-bypass\n" +
+		"-A FORWARD -j NP\n-A NP -d 10.244.0.12/32 -j DROP\nCOMMIT\n"
+	ft := parseTables("ip", "iptables-nft", save, "filter")[0]
+	syn := Packet{Src: netip.MustParseAddr("10.99.0.2"), Dst: netip.MustParseAddr("10.244.0.12"), Proto: nf.TCP, Sport: 40000, Dport: 8080, CTState: "NEW"}
+	v, ok := ft.Trace("FORWARD", syn)
+	if !ok || v.Target != "NFQUEUE" || v.Chain != "FORWARD" || v.Pos != 1 || v.Queue() != "100" {
+		t.Errorf("verdict %+v, queue %q; want FORWARD rule 1's NFQUEUE to queue 100", v, v.Queue())
+	}
+	other := syn
+	other.Dport = 9090
+	if v, _ := ft.Trace("FORWARD", other); v.Target != "DROP" || v.Queue() != "" {
+		t.Errorf("port 9090: %+v", v)
+	}
+}
