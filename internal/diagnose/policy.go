@@ -385,6 +385,11 @@ func (x *Explainer) policyAdmits(c *flow.Conn, pod string) string {
 	default:
 		return ""
 	}
+	// Only where a policy may select the endpoint's Pod: the client is
+	// not looked up for every failed connection.
+	if p := x.in.View.Policies; p == nil || (len(p.Admin) == 0 && p.Baseline == nil && !x.endpointIsolated(c)) {
+		return ""
+	}
 	v, conn, ok := x.policyVerdict(c)
 	if !ok || !v.Allowed {
 		return ""
@@ -398,6 +403,13 @@ func (x *Explainer) policyAdmits(c *flow.Conn, pod string) string {
 	}
 	return fmt.Sprintf("network policies: %s → %s, port %d/%s: %s; they are not what stopped it",
 		conn.From.Name(), pod, conn.Port, conn.Protocol, judged(v, false))
+}
+
+// endpointIsolated: a NetworkPolicy read isolates c's endpoint's Pod for
+// ingress.
+func (x *Explainer) endpointIsolated(c *flow.Conn) bool {
+	pod := x.in.View.Holder(c.Endpoint.Addr())
+	return pod != nil && len(netpol.Isolating(x.in.View.Policies.Network, pod, netpol.Ingress)) > 0
 }
 
 // policyVerdict judges c by the network policies read (and the client's

@@ -129,11 +129,12 @@ type Peer struct {
 
 // Peers says who client addresses are, from src; false when src could not
 // tell (an API error). Each answer is remembered (up to maxNamed
-// addresses), and learned, if set, hears each once, for recordings. Asked
-// only for a dropped connection's client, so each lookup may wait on the
-// API (2 s at most).
+// addresses), a failure too, and learned, if set, hears each answer once,
+// for recordings. Asked only for failed connections whose policies matter,
+// so each lookup may wait on the API (2 s at most), once per address.
 func Peers(src Source, learned func(netip.Addr, Peer)) func(netip.Addr) (Peer, bool) {
 	known := map[netip.Addr]Peer{}
+	failed := map[netip.Addr]bool{}
 	namespaces := map[string]Peer{} // a namespace's labels and policies
 	var mu sync.Mutex
 	return func(a netip.Addr) (Peer, bool) {
@@ -142,14 +143,19 @@ func Peers(src Source, learned func(netip.Addr, Peer)) func(netip.Addr) (Peer, b
 		if e, ok := known[a]; ok {
 			return e, true
 		}
+		if failed[a] {
+			return Peer{}, false
+		}
+		if len(known)+len(failed) >= maxNamed {
+			clear(known)
+			clear(failed)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		e, ok := peer(ctx, src, a, namespaces)
 		if !ok {
+			failed[a] = true
 			return e, false
-		}
-		if len(known) >= maxNamed {
-			clear(known)
 		}
 		known[a] = e
 		if learned != nil {

@@ -385,3 +385,38 @@ func TestReadObjectsStreamsLists(t *testing.T) {
 		}
 	}
 }
+
+// failingSource is saved objects whose Pod lookups by address fail, and
+// counts them.
+type failingSource struct {
+	FileSource
+	asked int
+}
+
+func (s *failingSource) PodsByIP(context.Context, netip.Addr) ([]corev1.Pod, error) {
+	s.asked++
+	return nil, errors.New("the API server is gone")
+}
+
+// Peers asks once per address, a failure included (each may wait 2 s), and
+// an address no Pod or Node holds is outside the cluster.
+func TestPeers(t *testing.T) {
+	a := netip.MustParseAddr("10.99.0.2")
+	src := &failingSource{FileSource: FileSource{Objects: &Objects{}}}
+	peers := Peers(src, nil)
+	for range 3 {
+		if _, ok := peers(a); ok {
+			t.Fatal("a failed lookup said who the client is")
+		}
+	}
+	if src.asked != 1 {
+		t.Errorf("asked %d times, want once", src.asked)
+	}
+	var learned []netip.Addr
+	peers = Peers(FileSource{Objects: &Objects{}}, func(a netip.Addr, _ Peer) { learned = append(learned, a) })
+	p, ok := peers(a)
+	peers(a)
+	if !ok || p.Pod != nil || p.Node != "" || p.IP != a || len(learned) != 1 {
+		t.Errorf("peer %+v %v, learned %v; want an address outside the cluster, learned once", p, ok, learned)
+	}
+}
