@@ -9,6 +9,7 @@ import (
 	"github.com/svctrace/svctrace/internal/cause"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/netpol"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	corev1 "k8s.io/api/core/v1"
@@ -20,6 +21,7 @@ import (
 // policies judge traffic to it.
 type policyTarget struct {
 	port      *resolve.Port
+	number    uint16 // the port the Pod receives the Service's traffic on
 	to        netpol.Endpoint
 	onNode    string // the node the Pod runs on
 	isolating []string
@@ -46,22 +48,33 @@ func (c *checker) policies() {
 		port      *resolve.Port
 		isolating string
 	}
-	var order []key
-	groups := map[key][]policyTarget{}
-	for _, t := range targets {
-		if len(t.isolating) == 0 {
-			continue
-		}
-		k := key{t.port, strings.Join(t.isolating, ", ")}
-		if _, ok := groups[k]; !ok {
-			order = append(order, k)
-		}
-		groups[k] = append(groups[k], t)
-	}
-	for _, k := range order {
-		c.isolated(groups[k])
+	for _, g := range grouped(targets, func(t policyTarget) (key, bool) {
+		return key{t.port, strings.Join(t.isolating, ", ")}, len(t.isolating) > 0
+	}) {
+		c.isolated(g)
 	}
 	c.clientDenied(targets)
+}
+
+// grouped collects vs into groups of equal keys, in the order each key
+// first appears; a value whose key says false is left out.
+func grouped[K comparable, V any](vs []V, key func(V) (K, bool)) [][]V {
+	var out [][]V
+	at := map[K]int{}
+	for _, v := range vs {
+		k, ok := key(v)
+		if !ok {
+			continue
+		}
+		i, seen := at[k]
+		if !seen {
+			i = len(out)
+			at[k] = i
+			out = append(out, nil)
+		}
+		out[i] = append(out[i], v)
+	}
+	return out
 }
 
 // policyTargets are the endpoint Pods of the Service's ports in its
@@ -80,7 +93,7 @@ func (c *checker) policyTargets() []policyTarget {
 				continue
 			}
 			seen[e.Addr] = true
-			out = append(out, policyTarget{port: sp, onNode: pod.Spec.NodeName,
+			out = append(out, policyTarget{port: sp, number: e.Addr.Port(), onNode: pod.Spec.NodeName,
 				to:        netpol.Endpoint{IP: e.Addr.Addr(), Pod: pod, Namespace: labels},
 				isolating: netpol.Isolating(p.Network, pod, netpol.Ingress)})
 		}
@@ -93,7 +106,7 @@ func (c *checker) policyTargets() []policyTarget {
 func (c *checker) isolated(ts []policyTarget) {
 	p := c.View.Policies
 	first := ts[0]
-	proto, number := apiProtocol(first.port), targetNumber(first)
+	proto, number := apiProtocol(first.port.Protocol), first.number
 	var pods []string
 	for _, t := range ts {
 		pods = append(pods, t.to.Pod.Name)
@@ -132,7 +145,7 @@ func (c *checker) isolated(ts []policyTarget) {
 			ev = append(ev, fmt.Sprintf("this node (%s) to the Pods on other nodes: %s", local, judged(netpol.Evaluate(set, c.conn(n, remote[0])), true)))
 		}
 	}
-	if cl := c.clientEndpoint(); cl != nil {
+	if cl := clientEndpoint(c.View); cl != nil {
 		ev = append(ev, fmt.Sprintf("%s (--from): %s", cl.Name(), judged(netpol.Evaluate(set, c.conn(*cl, first)), true)))
 	}
 	n := len(first.isolating)
@@ -156,7 +169,7 @@ func (c *checker) isolated(ts []policyTarget) {
 // clientDenied reports where the policies deny the client named by --from,
 // one finding per deciding rule (or isolating set).
 func (c *checker) clientDenied(ts []policyTarget) {
-	cl := c.clientEndpoint()
+	cl := clientEndpoint(c.View)
 	if cl == nil {
 		return
 	}
@@ -165,25 +178,18 @@ func (c *checker) clientDenied(ts []policyTarget) {
 		t   policyTarget
 		dec netpol.Decision
 	}
-	var order []string
-	byWhy := map[string][]denial{}
+	var denials []denial
 	for _, t := range ts {
-		v := netpol.Evaluate(set, c.conn(*cl, t))
-		if v.Allowed {
-			continue
+		if v := netpol.Evaluate(set, c.conn(*cl, t)); !v.Allowed {
+			denials = append(denials, denial{t, v.Denial()})
 		}
-		d := v.Egress
-		if d.Allowed {
-			d = v.Ingress
-		}
-		k := t.port.String() + "|" + string(d.Direction) + "|" + decider(d)
-		if _, ok := byWhy[k]; !ok {
-			order = append(order, k)
-		}
-		byWhy[k] = append(byWhy[k], denial{t, d})
 	}
-	for _, k := range order {
-		ds := byWhy[k]
+	type key struct {
+		port *resolve.Port
+		dir  netpol.Direction
+		by   string
+	}
+	for _, ds := range grouped(denials, func(x denial) (key, bool) { return key{x.t.port, x.dec.Direction, decider(x.dec)}, true }) {
 		d, t := ds[0].dec, ds[0].t
 		var pods []string
 		for _, x := range ds {
@@ -194,7 +200,7 @@ func (c *checker) clientDenied(ts []policyTarget) {
 			dir = "egress of " + cl.Name()
 		}
 		summary := fmt.Sprintf("%s %s %s's connections to the endpoint Pods of %s (%s) on %d/%s: the %s",
-			decider(d), denyVerb(d), cl.Name(), t.port.String(), strings.Join(pods, ", "), targetNumber(t), apiProtocol(t.port), dir)
+			decider(d), denyVerb(d), cl.Name(), t.port.String(), strings.Join(pods, ", "), t.number, apiProtocol(t.port.Protocol), dir)
 		var ev, next []string
 		switch {
 		case d.Rule != nil:
@@ -262,10 +268,7 @@ func judged(v netpol.Verdict, miss bool) string {
 		}
 		return "admitted by " + strings.Join(by, " and ")
 	}
-	d := v.Egress
-	if d.Allowed {
-		d = v.Ingress
-	}
+	d := v.Denial()
 	switch {
 	case d.Rule != nil:
 		return "denied by " + d.Rule.String()
@@ -279,34 +282,24 @@ func judged(v netpol.Verdict, miss bool) string {
 
 // conn is a connection from `from` to target t's Pod on its target port.
 func (c *checker) conn(from netpol.Endpoint, t policyTarget) netpol.Connection {
-	return netpol.Connection{From: from, To: t.to, Protocol: apiProtocol(t.port), Port: targetNumber(t)}
+	return netpol.Connection{From: from, To: t.to, Protocol: apiProtocol(t.port.Protocol), Port: t.number}
 }
 
-// apiProtocol is the port's protocol as the API spells it: TCP, UDP, SCTP.
-func apiProtocol(p *resolve.Port) corev1.Protocol {
-	return corev1.Protocol(strings.ToUpper(p.Protocol.String()))
+// apiProtocol is a protocol as the API spells it: TCP, UDP, SCTP.
+func apiProtocol(p nf.Proto) corev1.Protocol {
+	return corev1.Protocol(strings.ToUpper(p.String()))
 }
 
-// targetNumber is the port the target's Pod receives the Service's traffic
-// on.
-func targetNumber(t policyTarget) uint16 {
-	for _, e := range t.port.Endpoints {
-		if e.Addr.Addr() == t.to.IP {
-			return e.Addr.Port()
-		}
-	}
-	return 0
-}
-
-// clientEndpoint is the client named by --from, as the policies see it.
-func (c *checker) clientEndpoint() *netpol.Endpoint {
-	pod := c.View.Client
+// clientEndpoint is the client named by --from, as the policies see it;
+// nil without one.
+func clientEndpoint(v *resolve.View) *netpol.Endpoint {
+	pod := v.Client
 	if pod == nil {
 		return nil
 	}
 	e := &netpol.Endpoint{Pod: pod}
 	e.IP, _ = netip.ParseAddr(pod.Status.PodIP)
-	e.Namespace, _ = c.View.Policies.NamespaceLabels(pod.Namespace)
+	e.Namespace, _ = v.Policies.NamespaceLabels(pod.Namespace)
 	if pod.Spec.HostNetwork {
 		e.Node = pod.Spec.NodeName
 	}
@@ -350,10 +343,7 @@ func (x *Explainer) policyBlame(c *flow.Conn, pod, fate string, b blamed) blamed
 		return b // policyAdmits says so
 	}
 	what := fmt.Sprintf("%s → %s, port %d/%s", conn.From.Name(), pod, conn.Port, conn.Protocol)
-	d := v.Egress
-	if d.Allowed {
-		d = v.Ingress
-	}
+	d := v.Denial()
 	where := "at the Pod's ingress"
 	if d.Direction == netpol.Egress {
 		where = "at the egress of " + conn.From.Name()
@@ -437,14 +427,14 @@ func (x *Explainer) policyVerdict(c *flow.Conn) (netpol.Verdict, netpol.Connecti
 		}
 	}
 	conn := netpol.Connection{From: from.Endpoint, To: netpol.Endpoint{IP: c.Endpoint.Addr(), Pod: pod, Namespace: labels},
-		Protocol: corev1.Protocol(strings.ToUpper(c.Proto.String())), Port: c.Endpoint.Port()}
+		Protocol: apiProtocol(c.Proto), Port: c.Endpoint.Port()}
 	return netpol.Evaluate(set, conn), conn, true
 }
 
 // peer is the client at a as the policies see it: the --from Pod, a Node,
 // else whatever Peer says; false when unknown.
 func (x *Explainer) peer(a netip.Addr) (resolve.Peer, bool) {
-	if e := x.clientEndpointAt(a); e != nil {
+	if e := clientEndpoint(x.in.View); e != nil && e.IP == a {
 		return resolve.Peer{Endpoint: *e}, true
 	}
 	for name, n := range x.in.View.Nodes {
@@ -456,12 +446,4 @@ func (x *Explainer) peer(a netip.Addr) (resolve.Peer, bool) {
 		return x.Peer(a)
 	}
 	return resolve.Peer{}, false
-}
-
-func (x *Explainer) clientEndpointAt(a netip.Addr) *netpol.Endpoint {
-	c := checker{Input: x.in}
-	if e := c.clientEndpoint(); e != nil && e.IP == a {
-		return e
-	}
-	return nil
 }

@@ -161,6 +161,15 @@ type Miss struct {
 	Why  []string
 }
 
+// Denial is the direction that denied the connection: the source's egress
+// if it did, else the destination's ingress (allowed when neither did).
+func (v Verdict) Denial() Decision {
+	if !v.Egress.Allowed {
+		return v.Egress
+	}
+	return v.Ingress
+}
+
 // Evaluate judges c under p.
 func Evaluate(p Policies, c Connection) Verdict {
 	v := Verdict{Egress: decide(p, c, Egress), Ingress: decide(p, c, Ingress)}

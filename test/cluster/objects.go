@@ -246,16 +246,25 @@ func (c *Cluster) Exec(args ...string) (string, error) { return topo.Run(c.Node,
 
 // WaitRules polls the ruleset until ok accepts it.
 func (c *Cluster) WaitRules(ctx context.Context, what string, ok func(rules string) bool) error {
+	if found, err := pollRules(ctx, c.Ruleset, ok); !found {
+		return fmt.Errorf("kube-proxy (%s) did not program %s: %v", c.Mode, what, err)
+	}
+	return nil
+}
+
+// pollRules reads rules every 50 ms, for 30 s at most, until ok accepts
+// them: false if it never did, with the last read's error.
+func pollRules(ctx context.Context, read func() (string, error), ok func(rules string) bool) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
-		rules, err := c.Ruleset()
+		rules, err := read()
 		if err == nil && ok(rules) {
-			return nil
+			return true, nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("kube-proxy (%s) did not program %s: %v", c.Mode, what, err)
+			return false, err
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

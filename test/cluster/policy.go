@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 // KubeRouterVersion is the kube-router whose NetworkPolicy firewall the
@@ -65,17 +64,10 @@ func (c *Cluster) WaitPolicy(ctx context.Context, ns, name string) error {
 // waitFirewall waits until kube-router's rules (iptables-nft, whatever
 // kube-proxy's mode) hold text.
 func (c *Cluster) waitFirewall(ctx context.Context, what, text string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
-		rules, err := c.Exec("iptables-nft-save")
-		if err == nil && strings.Contains(rules, text) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("kube-router did not enforce %s (no %q in its rules): %v", what, text, err)
-		case <-time.After(100 * time.Millisecond):
-		}
+	found, err := pollRules(ctx, func() (string, error) { return c.Exec("iptables-nft-save") },
+		func(rules string) bool { return strings.Contains(rules, text) })
+	if !found {
+		return fmt.Errorf("kube-router did not enforce %s (no %q in its rules): %v", what, text, err)
 	}
+	return nil
 }
