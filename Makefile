@@ -9,7 +9,7 @@
 #   lint             gofmt and go vet
 #   bench            measure the cost (data path, start-up, pipeline, scale, memory, flood) into BENCHMARKS.md (root)
 #   fixtures         re-record internal/flow/testdata/lab.jsonl from a lab run (root)
-#   k8s-bins         build etcd, kube-apiserver, kube-controller-manager, kube-proxy (test/k8s) and kube-router, cached
+#   k8s-bins         build etcd, kube-apiserver, kube-controller-manager, kube-proxy (test/k8s), kube-router and CoreDNS, cached
 #   e2e              end-to-end tests against the real control plane and kube-proxy (root)
 #   k8s-fixtures     capture the real kube-proxy's rulesets into internal/kubeproxy/testdata (root)
 #   test-kernels     the privileged tests on Debian's 6.1 and 6.12 kernels under QEMU (test/kernels)
@@ -36,6 +36,8 @@ E2E_ENV      := SVCTRACE_K8S_BIN=$(K8S_BIN) SVCTRACE_REQUIRE_E2E=1 SVCTRACE_REQU
 # The NetworkPolicy engine of the policy stories: kube-router's firewall,
 # built from its own module (go install: its dependencies are its own).
 KUBE_ROUTER_VERSION := $(shell awk -F'"' '/KubeRouterVersion = /{print $$2}' test/cluster/policy.go)
+# The cluster DNS of the DNS stories: CoreDNS, built the same way.
+COREDNS_VERSION := $(shell awk -F'"' '/CoreDNSVersion = /{print $$2}' test/cluster/dns.go)
 
 .PHONY: build man vmlinux generate check-generated test test-privileged lint bench fixtures k8s-bins e2e k8s-fixtures test-kernels clean
 
@@ -81,7 +83,12 @@ bench: k8s-bins
 fixtures:
 	$(GO) test -count=1 ./internal/lab -run 'TestScenarios$$' -update-fixtures
 
-k8s-bins: $(K8S_BIN)/.complete $(K8S_BIN)/.kube-router-$(KUBE_ROUTER_VERSION)
+k8s-bins: $(K8S_BIN)/.complete $(K8S_BIN)/.kube-router-$(KUBE_ROUTER_VERSION) $(K8S_BIN)/.coredns-$(COREDNS_VERSION)
+
+$(K8S_BIN)/.coredns-$(COREDNS_VERSION): test/cluster/dns.go
+	@mkdir -p $(K8S_BIN)
+	CGO_ENABLED=0 GOBIN=$(K8S_BIN) $(GO) install -trimpath github.com/coredns/coredns@$(COREDNS_VERSION)
+	touch $@
 
 $(K8S_BIN)/.kube-router-$(KUBE_ROUTER_VERSION): test/cluster/policy.go
 	@mkdir -p $(K8S_BIN)

@@ -117,7 +117,7 @@ The image: $SVCTRACE_IMAGE or --image, built from svctrace's Dockerfile.`,
 	f.DurationVar(&o.duration, "duration", time.Hour, "stop after this long; the debug Pods end then too, should kubectl svctrace be killed (0: until Ctrl-C)")
 	f.IntVar(&o.count, "count", 0, "stop after this many connections on each node")
 	f.DurationVar(&o.timeout, "timeout", 5*time.Second, "report a connection as no-reply after this long without an answer")
-	f.StringVar(&o.probe, "probe", "", "open a test connection to each of the Service's ClusterIP ports from the node (or --from's Pod), trace it and stop; --probe=http sends GET /")
+	f.StringVar(&o.probe, "probe", "", "open a test connection to each of the Service's ClusterIP ports from the node (or --from's Pod), trace it and stop; --probe=http sends GET /; --probe=dns resolves the Service's name first, as the Pod does")
 	f.Lookup("probe").NoOptDefVal = string(probe.Connect)
 	check := &cobra.Command{
 		Use:   "check SERVICE [-n NAMESPACE]",

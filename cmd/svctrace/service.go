@@ -38,6 +38,9 @@ const serviceExamples = `  # on a node: diagnose Service web in namespace shop, 
   # only the diagnosis, as JSON
   sudo svctrace check web -n shop -o json
 
+  # does the name resolve from Pod frontend-1 (web, web.shop, the FQDN), through kube-dns to which CoreDNS Pod, and then connect
+  sudo svctrace web -n shop --probe=dns --from pod/web/frontend-1
+
   # ... and whether the NetworkPolicies let Pod frontend-1 of namespace web through
   sudo svctrace check web -n shop --from pod/web/frontend-1
 
@@ -59,7 +62,7 @@ func (o *serviceOptions) addFlags(cmd *cobra.Command, tracing bool) {
 		f.DurationVar(&o.duration, "duration", 0, "stop after this long (default: until Ctrl-C)")
 		f.IntVar(&o.count, "count", 0, "stop after this many connections")
 		f.DurationVar(&o.timeout, "timeout", 5*time.Second, "report a connection as no-reply after this long without an answer")
-		f.StringVar(&o.probe, "probe", "", "open a test connection to each of the Service's ClusterIP ports, trace it and stop: a TCP connect or a UDP datagram; --probe=http sends GET /")
+		f.StringVar(&o.probe, "probe", "", "open a test connection to each of the Service's ClusterIP ports, trace it and stop: a TCP connect or a UDP datagram; --probe=http sends GET /; --probe=dns first resolves the Service's name as the Pod's resolver does (its resolv.conf and /etc/hosts; from the node, as a Pod of the namespace with dnsPolicy ClusterFirst), tracing each query through the cluster DNS Service, then connects to the address it got")
 		f.Lookup("probe").NoOptDefVal = string(probe.Connect)
 		f.StringVar(&o.from, "from", "node", "where --probe connects from: node, or pod/NAME (a Pod on this node; pod/NAMESPACE/NAME for one outside -n)")
 		o.rec.add(f)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -49,6 +50,10 @@ type serverSpec struct {
 	// WatchStdin: exit when stdin closes, i.e. when the lab process that
 	// started the server is gone (unless the lab was kept).
 	WatchStdin bool `json:"watchStdin"`
+	// Etc are files of /etc the server sees in place of the node's
+	// (resolv.conf, hosts), by name: as a container runtime mounts a Pod's,
+	// in a mount namespace of the server's own.
+	Etc map[string]string `json:"etc,omitempty"`
 }
 
 // ServeIfChild runs a lab pod server and exits if this process was started
@@ -72,6 +77,9 @@ func ServeIfChild() {
 }
 
 func serve(spec serverSpec) error {
+	if err := mountEtc(spec.Etc); err != nil {
+		return err
+	}
 	// Sockets belong to the namespace of the thread that creates them.
 	runtime.LockOSThread()
 	ns, err := netns.GetFromPath(spec.NetNS)
@@ -241,7 +249,35 @@ func (s *Server) Stop() {
 // until it listens. name is what its HTTP answers say. It stops by itself when
 // this process exits.
 func StartServer(ns nf.NetNS, name, mode string, ports []int) (*Server, error) {
-	return startServer(serverSpec{NetNS: ns.Path, Name: name, Mode: mode, Ports: ports, WatchStdin: true})
+	return StartPodServer(ns, name, mode, ports, nil)
+}
+
+// StartPodServer is StartServer for a server that sees etc's files in
+// /etc (a Pod's resolv.conf and hosts), by name, in place of the node's.
+func StartPodServer(ns nf.NetNS, name, mode string, ports []int, etc map[string]string) (*Server, error) {
+	return startServer(serverSpec{NetNS: ns.Path, Name: name, Mode: mode, Ports: ports, WatchStdin: true, Etc: etc})
+}
+
+// mountEtc puts etc's files over /etc's in this process's own mount
+// namespace (startServer made it): each written to a file of its own,
+// bound over the node's, then unlinked (the mount holds it).
+func mountEtc(etc map[string]string) error {
+	for name, text := range etc {
+		f, err := os.CreateTemp("", "svctrace-etc-")
+		if err != nil {
+			return err
+		}
+		_, err = f.WriteString(text)
+		f.Close()
+		if err == nil {
+			err = unix.Mount(f.Name(), filepath.Join("/etc", name), "", unix.MS_BIND, "")
+		}
+		os.Remove(f.Name())
+		if err != nil {
+			return fmt.Errorf("mounting the Pod's /etc/%s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // startServer starts a pod server and waits until it listens.
@@ -254,6 +290,11 @@ func startServer(spec serverSpec) (*Server, error) {
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), serverEnv+"="+string(raw))
 	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true}
+	if len(spec.Etc) > 0 {
+		// A mount namespace of its own (its mounts private to it) for
+		// the Pod's /etc files.
+		cmd.SysProcAttr.Unshareflags = unix.CLONE_NEWNS
+	}
 	s := &Server{cmd: cmd}
 	if spec.WatchStdin {
 		cmd.Stderr = os.Stderr

@@ -2,8 +2,10 @@ package output
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/svctrace/svctrace/internal/describe"
@@ -216,4 +218,56 @@ func (p *JSON) Diagnosis(d report.Diagnosis) {
 		Read     string           `json:"node_facts,omitempty"`
 		Findings []report.Finding `json:"findings"`
 	}{"diagnosis", d.Scenario, d.Service, d.Source, d.Node, d.Proxy, d.Read, d.Findings})
+}
+
+// jsonQuery is a query of a resolution.
+type jsonQuery struct {
+	Name       string       `json:"name"`
+	Type       string       `json:"type"`
+	Server     string       `json:"server"`
+	From       string       `json:"from"`
+	TCP        bool         `json:"tcp,omitempty"`
+	Rcode      string       `json:"rcode,omitempty"`
+	Addrs      []netip.Addr `json:"addrs,omitempty"`
+	CNAMEs     []string     `json:"cnames,omitempty"`
+	Truncated  bool         `json:"truncated,omitempty"`
+	TookUs     float64      `json:"took_us,omitempty"`
+	Failure    string       `json:"failure,omitempty"`
+	AnsweredBy string       `json:"answered_by,omitempty"`
+}
+
+// jsonName is one form of the name and its queries.
+type jsonName struct {
+	Name     string       `json:"name"`
+	Hosts    []string     `json:"hosts,omitempty"`
+	Queries  []jsonQuery  `json:"queries"`
+	Addrs    []netip.Addr `json:"addrs"`
+	Answered string       `json:"answered,omitempty"`
+}
+
+func (p *JSON) Resolution(r report.Resolution) {
+	names := []jsonName{}
+	for _, n := range r.Names {
+		jn := jsonName{Name: n.Name, Queries: []jsonQuery{}, Addrs: n.Addrs, Answered: n.Answered}
+		if jn.Addrs == nil {
+			jn.Addrs = []netip.Addr{}
+		}
+		for _, h := range n.Hosts {
+			jn.Hosts = append(jn.Hosts, fmt.Sprintf("%s %s", h.Addr, strings.Join(h.Names, " ")))
+		}
+		for _, q := range n.Queries {
+			jn.Queries = append(jn.Queries, jsonQuery{Name: q.Name, Type: q.Type, Server: q.Server.String(), From: q.From.String(),
+				TCP: q.TCP, Rcode: q.Rcode, Addrs: q.Addrs, CNAMEs: q.CNAMEs, Truncated: q.Truncated,
+				TookUs: float64(q.Took.Nanoseconds()) / 1e3, Failure: q.Failure, AnsweredBy: r.Answerers[q.From]})
+		}
+		names = append(names, jn)
+	}
+	p.write(struct {
+		Kind     string           `json:"kind"`
+		From     string           `json:"from"`
+		Conf     string           `json:"resolver"`
+		Cluster  string           `json:"cluster_dns"`
+		Names    []jsonName       `json:"names"`
+		Findings []report.Finding `json:"findings"`
+	}{"resolution", r.From, r.Conf, r.Cluster, names, r.Findings})
 }

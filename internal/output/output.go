@@ -26,6 +26,8 @@ type Printer interface {
 	Summary(s Summary)
 	// Diagnosis prints what was found before tracing.
 	Diagnosis(d report.Diagnosis)
+	// Resolution prints a name's resolution (--probe=dns).
+	Resolution(r report.Resolution)
 }
 
 // Options shared by the printers.

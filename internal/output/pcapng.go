@@ -99,6 +99,8 @@ func ipLength(data []byte) int {
 func (p *PcapNG) Lost(uint64)                {}
 func (p *PcapNG) Diagnosis(report.Diagnosis) {}
 
+func (p *PcapNG) Resolution(report.Resolution) {}
+
 // Summary ends the file; a trace without packets still gets a valid one.
 func (p *PcapNG) Summary(Summary) {
 	if p.w == nil {

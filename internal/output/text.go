@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -169,14 +170,77 @@ func (p *Text) Diagnosis(d report.Diagnosis) {
 	if d.Read != "" {
 		fmt.Fprintf(&b, "  node facts: %s\n", d.Read)
 	}
-	for _, f := range d.Findings {
-		fmt.Fprintf(&b, "%s: %s\n", p.paint(marks[f.Severity].color, marks[f.Severity].text+" "+string(f.Code)), f.Summary)
+	p.findings(&b, d.Findings)
+	io.WriteString(p.w, b.String())
+}
+
+// findings writes findings, one mark and code each, their evidence and
+// next steps below.
+func (p *Text) findings(b *strings.Builder, fs []report.Finding) {
+	for _, f := range fs {
+		fmt.Fprintf(b, "%s: %s\n", p.paint(marks[f.Severity].color, marks[f.Severity].text+" "+string(f.Code)), f.Summary)
 		for _, e := range f.Evidence {
-			fmt.Fprintf(&b, "    %s\n", e)
+			fmt.Fprintf(b, "    %s\n", e)
 		}
 		for _, n := range f.Next {
-			fmt.Fprintf(&b, "    → %s\n", n)
+			fmt.Fprintf(b, "    → %s\n", n)
 		}
 	}
+}
+
+// Resolution prints a name's resolution: each form of the name, each
+// query with its answer and who gave it, then the findings.
+func (p *Text) Resolution(r report.Resolution) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s from %s\n  resolver: %s\n  cluster DNS: %s\n", p.paint(bold, "DNS"), r.From, r.Conf, r.Cluster)
+	for _, n := range r.Names {
+		fmt.Fprintf(&b, "  %s\n", n.Name)
+		for _, h := range n.Hosts {
+			fmt.Fprintf(&b, "    /etc/hosts line %d: %s %s\n", h.Line, h.Addr, strings.Join(h.Names, " "))
+		}
+		for _, q := range n.Queries {
+			outcome := q.Rcode
+			if outcome == "" {
+				outcome = q.Failure
+			} else {
+				outcome += " in " + q.Took.Round(10*time.Microsecond).String()
+			}
+			if len(q.Addrs) > 0 {
+				outcome += ": " + joinAddrs(q.Addrs)
+			}
+			if q.Truncated {
+				outcome += " (truncated)"
+			}
+			via := "udp"
+			if q.TCP {
+				via = "tcp"
+			}
+			if q.From.IsValid() {
+				via += " " + q.From.String()
+			}
+			by := r.Answerers[q.From]
+			if by == "" {
+				by = q.Server.String()
+			}
+			fmt.Fprintf(&b, "    %-5s %s  %s → %s  %s\n", q.Type, q.Name, via, by, outcome)
+		}
+		switch {
+		case len(n.Addrs) == 0:
+			fmt.Fprintf(&b, "    → no address\n")
+		case n.Answered != "":
+			fmt.Fprintf(&b, "    → %s (as %s)\n", joinAddrs(n.Addrs), n.Answered)
+		default:
+			fmt.Fprintf(&b, "    → %s (/etc/hosts)\n", joinAddrs(n.Addrs))
+		}
+	}
+	p.findings(&b, r.Findings)
 	io.WriteString(p.w, b.String())
+}
+
+func joinAddrs(as []netip.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
 }

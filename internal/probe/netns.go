@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/vishvananda/netlink"
@@ -29,8 +30,15 @@ func PodNetNS(ip netip.Addr, node nf.NetNS, procRoot string) (nf.NetNS, error) {
 // Found are the Pods' namespaces PodNetNSes found, by address.
 type Found struct {
 	ns     map[netip.Addr]nf.NetNS
-	looked int // namespaces looked at
+	pids   map[uint32]int // a process of each namespace, by its inode
+	looked int            // namespaces looked at
 }
+
+// PID is a process of the Pod with address ip (0: none found): one whose
+// root holds the Pod's files (/proc/PID/root/etc/resolv.conf), an
+// application's rather than the sandbox's pause process where there is
+// one.
+func (f Found) PID(ip netip.Addr) int { return f.pids[f.ns[ip].Inode] }
 
 // NetNS is the namespace of the Pod with address ip, or why there is none.
 func (f Found) NetNS(ip netip.Addr) (nf.NetNS, error) {
@@ -51,6 +59,7 @@ func PodNetNSes(ips []netip.Addr, node nf.NetNS, procRoot string) (Found, error)
 		return Found{}, err
 	}
 	seen := map[uint32]bool{}
+	pids := map[uint32]int{}
 	found := map[netip.Addr]nf.NetNS{}
 	wiredFound := map[netip.Addr]bool{}
 	for _, e := range entries {
@@ -61,8 +70,14 @@ func PodNetNSes(ips []netip.Addr, node nf.NetNS, procRoot string) (Found, error)
 			continue
 		}
 		ns, err := nf.ResolveNetNS(filepath.Join(procRoot, e.Name(), "ns", "net"))
-		if err != nil || seen[ns.Inode] || ns.Inode == node.Inode {
-			continue // gone, not ours to see, looked at, or the node itself
+		if err != nil || ns.Inode == node.Inode {
+			continue // gone, not ours to see, or the node itself
+		}
+		if pid, _ := strconv.Atoi(e.Name()); pids[ns.Inode] == 0 || isPause(pids[ns.Inode], procRoot) {
+			pids[ns.Inode] = pid
+		}
+		if seen[ns.Inode] {
+			continue
 		}
 		seen[ns.Inode] = true
 		for ip, wired := range holds(ns, ips, node) {
@@ -75,7 +90,13 @@ func PodNetNSes(ips []netip.Addr, node nf.NetNS, procRoot string) (Found, error)
 			}
 		}
 	}
-	return Found{ns: found, looked: len(seen)}, nil
+	return Found{ns: found, pids: pids, looked: len(seen)}, nil
+}
+
+// isPause: process pid is a Pod sandbox's pause process.
+func isPause(pid int, procRoot string) bool {
+	comm, _ := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "comm"))
+	return strings.TrimSpace(string(comm)) == "pause"
 }
 
 // holds are the addresses among ips that ns has, each with whether the

@@ -35,10 +35,10 @@ const (
 // ParseKind reads --probe's value.
 func ParseKind(s string) (Kind, error) {
 	switch Kind(s) {
-	case Connect, HTTP:
+	case Connect, HTTP, DNS:
 		return Kind(s), nil
 	}
-	return "", fmt.Errorf("unknown probe %q: use --probe (a TCP connect or a UDP datagram) or --probe=http", s)
+	return "", fmt.Errorf("unknown probe %q: use --probe (a TCP connect or a UDP datagram), --probe=http or --probe=dns (resolve the Service's name first)", s)
 }
 
 // Result is what one probe saw.
@@ -75,38 +75,9 @@ func Run(ctx context.Context, ns nf.NetNS, kind Kind, proto nf.Proto, to netip.A
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	d := net.Dialer{
-		// Bind before connecting, so the source port is known (and the
-		// connection can be told apart in the trace) even if it never
-		// connects.
-		Control: func(_, _ string, c syscall.RawConn) error {
-			var err error
-			c.Control(func(fd uintptr) {
-				var sa unix.Sockaddr = &unix.SockaddrInet4{}
-				if to.Addr().Is6() {
-					sa = &unix.SockaddrInet6{}
-				}
-				if err = unix.Bind(int(fd), sa); err != nil {
-					return
-				}
-				if sa, err = unix.Getsockname(int(fd)); err == nil {
-					r.From = sockaddrPort(sa)
-				}
-			})
-			return err
-		},
-	}
 	start := time.Now()
-	var conn net.Conn
-	var src netip.Addr
-	err := nf.InNetNS(ns, func() (err error) {
-		src = routeSource(to)
-		conn, err = d.DialContext(ctx, network, to.String())
-		return err
-	})
-	// The bound port, from the address the route gives: what the first
-	// packet carries, whether or not the connection was made.
-	r.From = netip.AddrPortFrom(src, r.From.Port())
+	conn, from, err := dial(ctx, ns, network, to)
+	r.From = from
 	if err != nil {
 		r.Outcome = failure(err, timeout)
 		return r
@@ -121,6 +92,42 @@ func Run(ctx context.Context, ns nf.NetNS, kind Kind, proto nf.Proto, to netip.A
 		r.OK, r.Outcome = true, "connected in "+took(start)
 	}
 	return r
+}
+
+// dial connects to to from network namespace ns. from is the socket's
+// address, known before the first packet leaves: what that packet carries,
+// whether or not the connection is made, so the connection can be told
+// apart in the trace.
+func dial(ctx context.Context, ns nf.NetNS, network string, to netip.AddrPort) (conn net.Conn, from netip.AddrPort, err error) {
+	var port uint16
+	d := net.Dialer{
+		// Bind before connecting, so the source port is known even if it
+		// never connects.
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var err error
+			c.Control(func(fd uintptr) {
+				var sa unix.Sockaddr = &unix.SockaddrInet4{}
+				if to.Addr().Is6() {
+					sa = &unix.SockaddrInet6{}
+				}
+				if err = unix.Bind(int(fd), sa); err != nil {
+					return
+				}
+				if sa, err = unix.Getsockname(int(fd)); err == nil {
+					port = sockaddrPort(sa).Port()
+				}
+			})
+			return err
+		},
+	}
+	var src netip.Addr
+	err = nf.InNetNS(ns, func() (err error) {
+		src = routeSource(to)
+		conn, err = d.DialContext(ctx, network, to.String())
+		return err
+	})
+	// The bound port, with the address the route gives.
+	return conn, netip.AddrPortFrom(src, port), err
 }
 
 // udpExchange sends the datagram and waits for any answer: data, or an

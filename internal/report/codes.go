@@ -92,3 +92,22 @@ var Codes = []Code{
 	NotListening, ListensElsewhere, BacklogFull, ForwardingOff, NodeFactsUnread, RuleDropsEndpoint,
 	QdiscDrops, LinkDown, SelectorSpansWorkloads, PolicyIsolates, PolicyAdmitsNothing, PolicyDenies, PoliciesUnread,
 }
+
+// Findings of a name's resolution (--probe=dns, report.Resolution).
+const (
+	DNSNameserverNotCluster Code = "dns-nameserver-not-cluster" // the Pod's nameserver is not the cluster DNS
+	DNSSearchIncomplete     Code = "dns-search-incomplete"      // its search list lacks the cluster's domains
+	DNSNdotsLow             Code = "dns-ndots-low"              // its ndots sends name.namespace upstream first
+	DNSOtherNamespace       Code = "dns-other-namespace"        // the short name does not resolve from the client's namespace
+	DNSNoAnswer             Code = "dns-no-answer"              // a query got no answer (timeout, ICMP error)
+	DNSNotFound             Code = "dns-not-found"              // no form of the name resolved
+	DNSWrongAddress         Code = "dns-wrong-address"          // the name resolved to another address than the Service's
+	DNSTruncatedTCPFails    Code = "dns-truncated-tcp-fails"    // an answer too big for UDP, and TCP to the DNS fails
+	DNSSearchCost           Code = "dns-search-cost"            // queries the search list made before the answer
+	DNSNodeLocal            Code = "dns-nodelocal"              // NodeLocal DNSCache answers the Pod's queries
+	DNSResolved             Code = "dns-resolved"               // every form resolved to the Service's address
+)
+
+// DNSCodes are the resolution's codes, in the order docs/json.md lists them.
+var DNSCodes = []Code{DNSNameserverNotCluster, DNSSearchIncomplete, DNSNdotsLow, DNSOtherNamespace, DNSNoAnswer,
+	DNSNotFound, DNSWrongAddress, DNSTruncatedTCPFails, DNSSearchCost, DNSNodeLocal, DNSResolved}

@@ -22,7 +22,7 @@ func TestDocsListEveryCode(t *testing.T) {
 	for _, l := range []struct {
 		para  string
 		codes []Code
-	}{{"Finding codes:", Codes}, {"Causes only packets show:", TraceCodes}} {
+	}{{"Finding codes:", Codes}, {"Causes only packets show:", TraceCodes}, {"Resolution codes:", DNSCodes}} {
 		_, list, ok := strings.Cut(string(doc), l.para)
 		if !ok {
 			t.Fatalf("docs/json.md has no %q paragraph", l.para)
@@ -37,7 +37,7 @@ func TestDocsListEveryCode(t *testing.T) {
 		}
 	}
 	seen := map[Code]bool{}
-	for _, c := range append(slices.Clone(Codes), TraceCodes...) {
+	for _, c := range slices.Concat(Codes, TraceCodes, DNSCodes) {
 		if seen[c] {
 			t.Errorf("%s twice in Codes and TraceCodes", c)
 		}
@@ -62,8 +62,8 @@ func TestCodesHoldsEveryConstant(t *testing.T) {
 				continue
 			}
 			code, _ := strconv.Unquote(v.Values[0].(*ast.BasicLit).Value)
-			if !slices.Contains(Codes, Code(code)) && !slices.Contains(TraceCodes, Code(code)) {
-				t.Errorf("%s (%s) is neither in Codes nor in TraceCodes", v.Names[0].Name, code)
+			if !slices.Contains(slices.Concat(Codes, TraceCodes, DNSCodes), Code(code)) {
+				t.Errorf("%s (%s) is in none of Codes, TraceCodes and DNSCodes", v.Names[0].Name, code)
 			}
 		}
 	}

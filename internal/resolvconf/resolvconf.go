@@ -6,6 +6,7 @@
 package resolvconf
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net/netip"
@@ -20,16 +21,34 @@ type Conf struct {
 	Nameservers []netip.Addr
 	Search      []string // without the trailing dot, as written
 	Ndots       int
+	// Timeout (seconds) and Attempts: how long the resolver waits for a
+	// nameserver's answer, and how many rounds of the nameservers it tries.
+	Timeout, Attempts int
+	// Options are the options lines' words as written (ndots:5,
+	// single-request-reopen, use-vc…).
+	Options []string
 }
+
+// Option reports whether the options lines hold the word o.
+func (c Conf) Option(o string) bool { return slices.Contains(c.Options, o) }
 
 // Parse reads a resolv.conf (github.com/miekg/dns reads it as the C
 // resolver does: nameserver, search or domain, options ndots).
 func Parse(r io.Reader) (Conf, error) {
-	cc, err := dns.ClientConfigFromReader(r)
+	text, err := io.ReadAll(io.LimitReader(r, 64<<10))
 	if err != nil {
 		return Conf{}, fmt.Errorf("reading resolv.conf: %w", err)
 	}
-	c := Conf{Search: cc.Search, Ndots: cc.Ndots}
+	cc, err := dns.ClientConfigFromReader(bytes.NewReader(text))
+	if err != nil {
+		return Conf{}, fmt.Errorf("reading resolv.conf: %w", err)
+	}
+	c := Conf{Search: cc.Search, Ndots: cc.Ndots, Timeout: cc.Timeout, Attempts: cc.Attempts}
+	for _, line := range strings.Split(string(text), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && f[0] == "options" {
+			c.Options = append(c.Options, f[1:]...)
+		}
+	}
 	for _, s := range cc.Servers {
 		if a, err := netip.ParseAddr(s); err == nil {
 			c.Nameservers = append(c.Nameservers, a.Unmap())
@@ -57,11 +76,11 @@ func (c Conf) Queries(name string) []string {
 	return append(searched, dns.Fqdn(name))
 }
 
-// Attempts is how many names the resolver asks for name before fqdn, which
+// Asked is how many names the resolver asks for name before fqdn, which
 // answers, is asked: its place in Queries, from 1; 0 if it never is. Each
 // is asked for A and AAAA (in parallel by glibc): the cost of the search
 // list before a Service's name resolves.
-func (c Conf) Attempts(name, fqdn string) int {
+func (c Conf) Asked(name, fqdn string) int {
 	return slices.Index(c.Queries(name), dns.Fqdn(fqdn)) + 1
 }
 
@@ -98,7 +117,7 @@ type Problem struct {
 func (c Conf) Check(cl Cluster, ns string) []Problem {
 	var out []Problem
 	if len(cl.DNS) > 0 && len(c.Nameservers) > 0 && !slices.ContainsFunc(c.Nameservers, func(a netip.Addr) bool {
-		return slices.Contains(cl.DNS, a) || isNodeLocal(a)
+		return slices.Contains(cl.DNS, a) || NodeLocal(a)
 	}) {
 		out = append(out, Problem{"nameserver-not-cluster-dns", fmt.Sprintf("the nameserver is %s, not the cluster DNS Service (%s): Service names resolve only if that server forwards them to it",
 			join(c.Nameservers), join(cl.DNS))})
@@ -122,9 +141,9 @@ func (c Conf) Check(cl Cluster, ns string) []Problem {
 	return out
 }
 
-// isNodeLocal: NodeLocal DNSCache's link-local listener (169.254.20.10 by
+// NodeLocal: NodeLocal DNSCache's link-local listener (169.254.20.10 by
 // default), which forwards the cluster's names to the cluster DNS.
-func isNodeLocal(a netip.Addr) bool {
+func NodeLocal(a netip.Addr) bool {
 	return a.Is4() && netip.MustParsePrefix("169.254.0.0/16").Contains(a)
 }
 
@@ -141,4 +160,15 @@ func orNone(s []string) []string {
 		return []string{"none"}
 	}
 	return s
+}
+
+// Domain is the cluster domain the search list names: X of its "svc.X"
+// entry, as the kubelet writes it; "" when it has none.
+func (c Conf) Domain() string {
+	for _, s := range c.Search {
+		if d, ok := strings.CutPrefix(strings.TrimSuffix(s, "."), "svc."); ok {
+			return d
+		}
+	}
+	return ""
 }

@@ -47,13 +47,13 @@ func TestQueries(t *testing.T) {
 	}
 	// The cost of the search list: web.shop answers at its second name;
 	// an external name with fewer than five dots, after four misses.
-	if n := c.Attempts("web.shop", "web.shop.svc.cluster.local"); n != 2 {
+	if n := c.Asked("web.shop", "web.shop.svc.cluster.local"); n != 2 {
 		t.Errorf("web.shop answered after %d names, want 2", n)
 	}
-	if n := c.Attempts("api.example.com", "api.example.com."); n != 5 {
+	if n := c.Asked("api.example.com", "api.example.com."); n != 5 {
 		t.Errorf("api.example.com answered after %d names, want 5", n)
 	}
-	if n := c.Attempts("web", "web.other.svc.cluster.local"); n != 0 {
+	if n := c.Asked("web", "web.other.svc.cluster.local"); n != 0 {
 		t.Errorf("a name the search list never makes: %d", n)
 	}
 	one := parse(t, strings.Replace(kubelet, "ndots:5", "ndots:1", 1))

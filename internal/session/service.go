@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -121,6 +122,14 @@ func Serve(ctx context.Context, s Service) error {
 			return err
 		}
 	}
+	// --probe=dns traces the cluster's DNS Service beside the Service.
+	var dns *clusterDNS
+	if s.Probe != nil && s.Probe.Kind == probe.DNS {
+		var err error
+		if dns, err = s.findDNS(ctx); err != nil {
+			return err
+		}
+	}
 	gather := func(ctx context.Context) (*state, error) {
 		facts := diagnose.ReadNode(s.Node, s.Local, s.Namespace+"/"+s.Name)
 		a, err := diagnose.Assess(ctx, s.Source, s.Namespace, s.Name, client, facts)
@@ -130,6 +139,16 @@ func Serve(ctx context.Context, s Service) error {
 		st := &state{Assessment: a, targets: a.Service.Targets(a.NodeAddrs), services: map[nf.Target]bool{}}
 		for _, ad := range a.Service.Addresses(a.NodeAddrs) {
 			st.services[nf.Target{Addr: ad.Addr, Proto: ad.Port.Protocol}] = true
+		}
+		if dns != nil && dns.a != nil {
+			for _, t := range dns.a.Service.Targets(dns.a.NodeAddrs) {
+				if !slices.Contains(st.targets, t) {
+					st.targets = append(st.targets, t)
+				}
+			}
+			for _, ad := range dns.a.Service.Addresses(dns.a.NodeAddrs) {
+				st.services[nf.Target{Addr: ad.Addr, Proto: ad.Port.Protocol}] = true
+			}
 		}
 		a.Explainer.Lookup, a.Explainer.Peer = lookup, peers
 		// Facts read again for a connection go into the recording where
@@ -150,6 +169,9 @@ func Serve(ctx context.Context, s Service) error {
 		return err
 	}
 	p.Diagnosis(st.Diagnosis())
+	if dns != nil && dns.a != nil {
+		p.Diagnosis(dns.a.Diagnosis())
+	}
 	if !s.Tracing {
 		if len(st.Findings) > 0 && st.Findings[0].Severity == report.Problem {
 			return ErrReported
@@ -162,7 +184,7 @@ func Serve(ctx context.Context, s Service) error {
 	}
 	var probes *prober
 	if s.Probe != nil {
-		if probes, err = s.prober(ctx, st); err != nil {
+		if probes, err = s.prober(ctx, st, dns); err != nil {
 			return err
 		}
 		var cancel context.CancelFunc
@@ -184,10 +206,15 @@ func Serve(ctx context.Context, s Service) error {
 	t.IsService = func(pr nf.Proto, a netip.AddrPort) bool {
 		return cur.Load().services[nf.Target{Addr: a, Proto: pr}]
 	}
-	t.Explainer = func() report.Explainer { return cur.Load().Explainer }
-	t.Started = func(ctx context.Context, tr *tracer.Tracer) {
+	t.Explainer = func() report.Explainer {
+		if dns != nil {
+			return explainers{main: cur.Load().Explainer, dns: dns}
+		}
+		return cur.Load().Explainer
+	}
+	t.Started = func(ctx context.Context, tr *tracer.Tracer, print func(func(output.Printer))) {
 		if probes != nil {
-			go probes.run(ctx)
+			go probes.run(ctx, print)
 		}
 		if namer != nil {
 			go namer.Run(ctx)

@@ -67,8 +67,9 @@ type Trace struct {
 	// known when each completes; nil: addresses only.
 	Explainer func() report.Explainer
 	// Started runs once the observers are attached (watches that re-feed
-	// the targets, probes).
-	Started func(ctx context.Context, tr *tracer.Tracer)
+	// the targets, probes); print hands it the printer, in turn with the
+	// connections' reports.
+	Started func(ctx context.Context, tr *tracer.Tracer, print func(func(output.Printer)))
 	// Rec, if set, records the trace (-w): it begins once the observers
 	// are attached, and is closed (removed if it never began) when Run
 	// returns. Mode and Meta say what to put in its first record,
@@ -146,9 +147,6 @@ func Run(ctx context.Context, s Trace) error {
 		ctx, cancel = context.WithTimeout(ctx, s.Duration)
 		defer cancel()
 	}
-	if s.Started != nil {
-		s.Started(ctx, tr)
-	}
 	// Loading (the kernel's BTF, the object, the node's rules) left tens
 	// of MB of garbage: collected and returned to the system now, while
 	// the trace begins, not piecemeal over the first idle seconds.
@@ -165,6 +163,14 @@ func Run(ctx context.Context, s Trace) error {
 	var sum output.Summary
 	st := newStatus(s.IO, &sum)
 	stopStatus := st.show(ctx)
+	if s.Started != nil {
+		s.Started(ctx, tr, func(f func(output.Printer)) {
+			st.around(func() { f(p) })
+			if flushOut != nil {
+				flushOut()
+			}
+		})
+	}
 	res, err := live.Run(ctx, tr, live.Options{
 		Flow:  flowOpts,
 		Count: s.Count,

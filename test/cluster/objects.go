@@ -46,7 +46,10 @@ type PodSpec struct {
 	// ports; "" runs no server.
 	Serve  string
 	Listen []int
-	Ready  bool
+	// Etc are the server's /etc files by name (resolv.conf, hosts), as
+	// the kubelet and the runtime give a Pod's; nil: the node's.
+	Etc   map[string]string
+	Ready bool
 	// Node is where the Pod runs: "" is this cluster's node. Pods on other
 	// nodes (see AddNode) are API objects only: an address in that node's
 	// pod range, no namespace and no server — what this node's kube-proxy
@@ -81,7 +84,7 @@ func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (*Pod, error) {
 		return nil, err
 	}
 	if spec.Serve != "" {
-		if p.server, err = lab.StartServer(p.NS, spec.Name, spec.Serve, spec.Listen); err != nil {
+		if p.server, err = lab.StartPodServer(p.NS, spec.Name, spec.Serve, spec.Listen, spec.Etc); err != nil {
 			return nil, err
 		}
 	}

@@ -1,0 +1,143 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/svctrace/svctrace/internal/nf"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// CoreDNSVersion is the CoreDNS the DNS stories run as the cluster's DNS
+// (github.com/coredns/coredns, its kubernetes plugin reading the real API
+// server). `make k8s-bins` builds it next to the Kubernetes binaries, as a
+// module of its own.
+const CoreDNSVersion = "v1.15.0"
+
+// DNSClusterIP is the kube-dns Service's ClusterIP, the kubelet's
+// clusterDNS; ClusterDomain its clusterDomain.
+const (
+	DNSClusterIP  = "10.96.0.10"
+	ClusterDomain = "cluster.local"
+)
+
+// RequireCoreDNS skips the test when CoreDNS is missing, or fails it with
+// SVCTRACE_REQUIRE_E2E=1 (make e2e, CI).
+func RequireCoreDNS(t testing.TB) {
+	t.Helper()
+	RequireBinaries(t)
+	if _, err := os.Stat(filepath.Join(BinDir(), "coredns")); err == nil {
+		return
+	}
+	msg := fmt.Sprintf("CoreDNS %s is missing in %s (make k8s-bins)", CoreDNSVersion, BinDir())
+	if os.Getenv("SVCTRACE_REQUIRE_E2E") == "1" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// PodResolvConf is the resolv.conf the kubelet writes for a Pod of
+// namespace ns with dnsPolicy ClusterFirst.
+func PodResolvConf(ns string) string {
+	return fmt.Sprintf("search %s.svc.%s svc.%s %s\nnameserver %s\noptions ndots:5\n", ns, ClusterDomain, ClusterDomain, ClusterDomain, DNSClusterIP)
+}
+
+// StartDNS runs the cluster's DNS as a kubeadm cluster has it: the
+// Service kube-system/kube-dns at DNSClusterIP (53 over UDP and TCP) and
+// a Pod of it, coredns-0, running CoreDNS in its own network namespace. It
+// answers the cluster domain from the API server and NXDOMAIN for the
+// rest (there is no upstream), and is Ready once it answers.
+func (c *Cluster) StartDNS(ctx context.Context) (*Pod, *corev1.Service, error) {
+	labels := map[string]string{"k8s-app": "kube-dns"}
+	pod, err := c.AddPod(ctx, PodSpec{Namespace: "kube-system", Name: "coredns-0", Labels: labels,
+		Ports: []corev1.ContainerPort{{Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP}, {Name: "dns-tcp", ContainerPort: 53, Protocol: corev1.ProtocolTCP}}})
+	if err != nil {
+		return nil, nil, err
+	}
+	// CoreDNS reaches the API server on the node's address, as a Pod does.
+	admin, err := os.ReadFile(c.Kubeconfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	kubeconfig := filepath.Join(c.Dir, "coredns.kubeconfig")
+	server := fmt.Sprintf("https://%s", net.JoinHostPort(c.NodeIP.String(), fmt.Sprint(APIServerPort)))
+	if err := os.WriteFile(kubeconfig, []byte(strings.Replace(string(admin), fmt.Sprintf("https://127.0.0.1:%d", APIServerPort), server, 1)), 0o600); err != nil {
+		return nil, nil, err
+	}
+	corefile := filepath.Join(c.Dir, "Corefile")
+	if err := os.WriteFile(corefile, []byte(fmt.Sprintf(`%[1]s:53 in-addr.arpa:53 ip6.arpa:53 {
+    errors
+    log
+    kubernetes %[1]s in-addr.arpa ip6.arpa {
+        kubeconfig %[2]s
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }
+}
+.:53 {
+    log
+    template ANY ANY {
+        rcode NXDOMAIN
+    }
+}
+`, ClusterDomain, kubeconfig)), 0o644); err != nil {
+		return nil, nil, err
+	}
+	p, err := start(pod.NS, c.Dir, "coredns", c.bin("coredns"), nil, "-conf", corefile, "-dns.port", "53")
+	if err != nil {
+		return nil, nil, err
+	}
+	c.procs = append(c.procs, p)
+	svc, err := c.CreateService(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "kube-dns", Labels: labels},
+		Spec: corev1.ServiceSpec{ClusterIP: DNSClusterIP, Selector: labels, Ports: []corev1.ServicePort{
+			{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP, TargetPort: intstr.FromInt32(53)},
+			{Name: "dns-tcp", Port: 53, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(53)}}},
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := c.waitAnswers(ctx, pod); err != nil {
+		return nil, nil, err
+	}
+	if err := c.SetReady(ctx, pod, true); err != nil {
+		return nil, nil, err
+	}
+	ep := []netip.AddrPort{netip.AddrPortFrom(pod.IP, 53)}
+	return pod, svc, c.WaitService(ctx, svc, map[string][]netip.AddrPort{"dns": ep, "dns-tcp": ep})
+}
+
+// waitAnswers waits until CoreDNS answers for the kubernetes Service from
+// its Pod's address: it has read the API.
+func (c *Cluster) waitAnswers(ctx context.Context, pod *Pod) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	name := "kubernetes.default.svc." + ClusterDomain + "."
+	var last error
+	for ctx.Err() == nil {
+		last = nf.InNetNS(pod.NS, func() error {
+			m := new(dns.Msg)
+			m.SetQuestion(name, dns.TypeA)
+			r, err := dns.Exchange(m, netip.AddrPortFrom(pod.IP, 53).String())
+			if err == nil && len(r.Answer) == 0 {
+				err = fmt.Errorf("%s: %s", name, dns.RcodeToString[r.Rcode])
+			}
+			return err
+		})
+		if last == nil {
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("CoreDNS did not answer in 30s (%v): see %s", last, filepath.Join(c.Dir, "coredns.log"))
+}
