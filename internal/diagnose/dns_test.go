@@ -9,8 +9,8 @@ import (
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/probe"
 	"github.com/svctrace/svctrace/internal/report"
-	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/resolvconf"
+	"github.com/svctrace/svctrace/internal/resolve"
 )
 
 func TestLookupFindings(t *testing.T) {
