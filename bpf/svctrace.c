@@ -105,7 +105,7 @@ struct {
  * every observer until quiet_after packets went each way (the first each
  * way: the translations both ways) - and after that every notable packet:
  * TCP SYN or RST, a new or related conntrack state, anything but TCP and
- * UDP; a FIN at one observer. Other packets are only counted, and the
+ * UDP; a FIN, or a DNS message (dns_questions), at one observer. Other packets are only counted, and the
  * counters are reported (EVENT_COUNT) every count_every_ns while they come,
  * and with the next reported packet, in its record. Without it, a busy
  * connection makes about ten events per packet, and the tracer costs more
@@ -254,6 +254,11 @@ struct pktinfo {
 const volatile __u32 snaplen = 0;
 /* 0: capture nothing (userspace neither records nor writes packets). */
 const volatile __u8 capture_data = 1;
+/* 1: a packet to or from a target's port 53 is captured up to CAP_MAX
+ * whatever the above, for its DNS header and first question (userspace
+ * keeps those and drops the rest): the one exception to headers only, set
+ * when the cluster's DNS Service is traced (--dns-questions). */
+const volatile __u8 dns_questions = 0;
 
 struct match {
 	struct nf_conn *ct;
@@ -263,6 +268,7 @@ struct match {
 	__u8 tried;  /* the packet was parsed (see parse_once) */
 	__u8 parsed; /* successfully */
 	__u8 counts; /* the quiet run's counters go out with this packet (take_counts) */
+	__u8 dns;    /* to or from a target's port 53, with dns_questions */
 	struct pktinfo pi;
 };
 
@@ -290,6 +296,13 @@ static __always_inline int key_eq(const struct target_key *a, const struct targe
 	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
 
 	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+}
+
+/* dns_port: port (network order) of a target is DNS's, and its questions
+ * are read. */
+static __always_inline __u8 dns_port(__u16 port, __u8 proto)
+{
+	return dns_questions && port == bpf_htons(53) && (proto == PROTO_UDP || proto == PROTO_TCP);
 }
 
 static __always_inline int is_target(const __u8 *addr, __u16 port, __u8 proto)
@@ -734,6 +747,7 @@ static __always_inline int match_skb(struct sk_buff *skb, struct match *m, int d
 
 		struct followed *f = bpf_map_lookup_elem(&tracked, &id);
 
+		m->dns = dns_port(k.port, k.proto);
 		if (f && key_eq(&f->dst, &k)) {
 			m->f = f;
 			return 1;
@@ -748,25 +762,34 @@ static __always_inline int match_skb(struct sk_buff *skb, struct match *m, int d
 	/* No conntrack entry (yet): judge the packet by its own addresses. */
 	if (!parse_once(skb, m, direct))
 		return 0;
-	if (is_target(m->pi.t.daddr, m->pi.t.dport, m->pi.t.proto))
+	if (is_target(m->pi.t.daddr, m->pi.t.dport, m->pi.t.proto)) {
+		m->dns = dns_port(m->pi.t.dport, m->pi.t.proto);
 		return 1;
-	if (is_target(m->pi.t.saddr, m->pi.t.sport, m->pi.t.proto))
+	}
+	if (is_target(m->pi.t.saddr, m->pi.t.sport, m->pi.t.proto)) {
+		m->dns = dns_port(m->pi.t.sport, m->pi.t.proto);
 		return 1;
+	}
 	if (m->pi.flags & EVENT_F_INNER)
 		return is_target(m->pi.inner.daddr, m->pi.inner.dport, m->pi.inner.proto);
 	return 0;
 }
 
 /* capture copies the packet's first bytes from its IP header: its headers
- * (hdr_len), or snaplen bytes, never more than the skb's linear data. */
-static __always_inline void capture(struct sk_buff *skb, __u8 *data, __u16 *cap_len, __u32 hdr_len, int direct)
+ * (hdr_len), or snaplen bytes, never more than the skb's linear data; a DNS
+ * packet (m->dns) up to CAP_MAX, for its question. */
+static __always_inline void capture(struct sk_buff *skb, __u8 *data, __u16 *cap_len, struct match *m, int direct)
 {
 	const __u8 *head = KREAD(direct, struct sk_buff, skb, head);
 	__u16 nh = KREAD(direct, struct sk_buff, skb, network_header);
 	__u32 tail = KREAD(direct, struct sk_buff, skb, tail); /* an offset from head on 64-bit */
-	__u32 n = snaplen ? snaplen : hdr_len;
+	__u32 n = snaplen ? snaplen : m->pi.hdr_len;
 
-	if (!capture_data || !head || nh == NET_HEADER_UNSET || tail <= nh)
+	if (m->dns)
+		n = CAP_MAX;
+	else if (!capture_data)
+		return;
+	if (!head || nh == NET_HEADER_UNSET || tail <= nh)
 		return;
 	if (n > tail - nh)
 		n = tail - nh;
@@ -804,7 +827,7 @@ static __always_inline void fill_event(struct event *e, struct sk_buff *skb, str
 		e->icmp_type = m->pi.icmp_type;
 		e->icmp_code = m->pi.icmp_code;
 		e->flags |= m->pi.flags;
-		capture(skb, e->data, &e->cap_len, m->pi.hdr_len, direct);
+		capture(skb, e->data, &e->cap_len, m, direct);
 	}
 
 	struct nf_conn *ct = m->ct;
@@ -921,7 +944,11 @@ static __always_inline int show_packet(struct sk_buff *skb, struct match *m, __u
 	int full = f->seen[dir] < quiet_after || !m->parsed || (m->pi.flags & EVENT_F_FRAG) ||
 		   (m->ctinfo != IP_CT_ESTABLISHED && m->ctinfo != IP_CT_ESTABLISHED_REPLY) ||
 		   (proto != PROTO_TCP && proto != PROTO_UDP) || (m->pi.tcp_flags & (TCP_SYN | TCP_RST));
-	int brief = !full && (m->pi.tcp_flags & TCP_FIN);
+	/* A DNS message after the first each way (the AAAA query beside the A
+	 * one on a socket, its answer, a query over TCP), briefly too: its
+	 * question is what the connection is about. */
+	int brief = !full && ((m->pi.tcp_flags & TCP_FIN) ||
+			      (m->dns && KREAD(direct, struct sk_buff, skb, len) > m->pi.hdr_len));
 
 	if (f->seen[dir] < quiet_after)
 		f->seen[dir]++;
@@ -1090,11 +1117,11 @@ static __always_inline int add_step(struct pending *pd, struct sk_buff *skb, str
 		before = p->steps[n - 1].pkt;
 	if (pkt != before && !p->data_step) {
 		p->cap_len1 = 0;
-		capture(skb, p->data1, &p->cap_len1, m->pi.hdr_len, 1);
+		capture(skb, p->data1, &p->cap_len1, m, 1);
 		p->data_step = n + 1;
 	} else if (pkt != before) {
 		p->cap_len2 = 0;
-		capture(skb, p->data2, &p->cap_len2, m->pi.hdr_len, 1);
+		capture(skb, p->data2, &p->cap_len2, m, 1);
 		p->data_step2 = n + 1;
 	}
 	p->nsteps = n + 1;

@@ -44,6 +44,7 @@ type pluginOptions struct {
 	count        int
 	timeout      time.Duration
 	probe        string
+	dnsQs        bool // --dns-questions
 }
 
 const pluginExamples = `  # trace Service web in namespace shop on the nodes its endpoints run on
@@ -119,6 +120,7 @@ The image: $SVCTRACE_IMAGE or --image, built from svctrace's Dockerfile.`,
 	f.DurationVar(&o.timeout, "timeout", 5*time.Second, "report a connection as no-reply after this long without an answer")
 	f.StringVar(&o.probe, "probe", "", "open a test connection to each of the Service's ClusterIP ports from the node (or --from's Pod), trace it and stop; --probe=http sends GET /; --probe=dns resolves the Service's name first, as the Pod does")
 	f.Lookup("probe").NoOptDefVal = string(probe.Connect)
+	f.BoolVar(&o.dnsQs, "dns-questions", true, "when the cluster's DNS Service is traced, read each query's name, type and answer code from its DNS header and first question (--dns-questions=false: headers only)")
 	check := &cobra.Command{
 		Use:   "check SERVICE [-n NAMESPACE]",
 		Short: "Diagnose a Service on the nodes that matter, without tracing",
@@ -215,6 +217,9 @@ func (o *pluginOptions) podArgs(name string, check bool) []string {
 			if o.from != "" {
 				args = append(args, "--from", o.from)
 			}
+		}
+		if !o.dnsQs {
+			args = append(args, "--dns-questions=false")
 		}
 	}
 	if o.backend != "" {

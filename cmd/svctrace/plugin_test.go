@@ -22,7 +22,7 @@ func TestPluginByName(t *testing.T) {
 
 func TestPluginPodArgs(t *testing.T) {
 	o := &pluginOptions{globals: &globals{format: output.FormatJSON, backend: "fentry"}, namespace: "shop",
-		timeout: 2 * time.Second, duration: time.Hour, count: 3, probe: "http", from: "pod/client"}
+		timeout: 2 * time.Second, duration: time.Hour, count: 3, probe: "http", from: "pod/client", dnsQs: true}
 	want := []string{"web", "-n", "shop", "-o", "json", "--timeout", "2s", "--duration", "1h0m0s", "--count", "3",
 		"--probe=http", "--from", "pod/client", "--backend", "fentry"}
 	if got := o.podArgs("web", false); !slices.Equal(got, want) {
@@ -37,6 +37,11 @@ func TestPluginPodArgs(t *testing.T) {
 	}
 	if got, want := o.podArgs("web", true), []string{"check", "web", "-n", "shop", "-o", "json", "--backend", "fentry"}; !slices.Equal(got, want) {
 		t.Errorf("check: %q\nwant %q", got, want)
+	}
+	// --dns-questions=false goes on to svctrace; its default is svctrace's.
+	o.dnsQs = false
+	if got := o.podArgs("web", false); !slices.Contains(got, "--dns-questions=false") {
+		t.Errorf("trace with --dns-questions=false: %q", got)
 	}
 }
 

@@ -30,6 +30,7 @@ type serviceOptions struct {
 	rec       recordFlags
 	probe     string // --probe: "", connect or http
 	from      string // --probe's source: node or pod/[NAMESPACE/]NAME
+	dnsQs     bool   // --dns-questions
 }
 
 const serviceExamples = `  # on a node: diagnose Service web in namespace shop, then trace its connections
@@ -65,6 +66,7 @@ func (o *serviceOptions) addFlags(cmd *cobra.Command, tracing bool) {
 		f.StringVar(&o.probe, "probe", "", "open a test connection to each of the Service's ClusterIP ports, trace it and stop: a TCP connect or a UDP datagram; --probe=http sends GET /; --probe=dns first resolves the Service's name as the Pod's resolver does (its resolv.conf and /etc/hosts; from the node, as a Pod of the namespace with dnsPolicy ClusterFirst), tracing each query through the cluster DNS Service, then connects to the address it got")
 		f.Lookup("probe").NoOptDefVal = string(probe.Connect)
 		f.StringVar(&o.from, "from", "node", "where --probe connects from: node, or pod/NAME (a Pod on this node; pod/NAMESPACE/NAME for one outside -n)")
+		f.BoolVar(&o.dnsQs, "dns-questions", true, "when the cluster's DNS Service is traced (svctrace kube-dns -n kube-system, --probe=dns), read each query's name, type and answer code in the kernel from the DNS header and first question of its port-53 packets: the one exception to headers only, never payload (--dns-questions=false: headers only)")
 		o.rec.add(f)
 	} else {
 		f.StringVar(&o.from, "from", "", "a client Pod to judge the network policies for: pod/NAME (pod/NAMESPACE/NAME outside -n)")
@@ -126,7 +128,7 @@ func (o *serviceOptions) run(ctx context.Context, name string, tracing bool) err
 	s := session.Service{Namespace: o.namespace, Name: name, Source: src, Node: ns, Tracing: tracing,
 		Local: resolve.LocalNode{Name: resolve.NodeName(o.node, o.hostRoot), Addrs: resolve.LocalAddrs(ns)},
 		Trace: session.Trace{IO: o.io(), NetNS: o.netns, Backend: o.backend, Duration: o.duration, Count: o.count, Timeout: o.timeout,
-			Snaplen: o.rec.snaplen, EveryPacket: o.rec.everyPacket}}
+			Snaplen: o.rec.snaplen, EveryPacket: o.rec.everyPacket, DNSQuestions: o.dnsQs}}
 	if o.probe != "" {
 		kind, _ := probe.ParseKind(o.probe)
 		s.Probe = &session.Probe{Kind: kind, From: o.from}

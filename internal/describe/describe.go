@@ -247,3 +247,31 @@ func target(c *flow.Conn) string {
 	}
 	return c.VIP.String()
 }
+
+// DNS is the DNS a connection carried, each question with its answer:
+// "A web.shop.svc.cluster.local. → NOERROR (1 answer), AAAA … → NXDOMAIN";
+// a question without an answer "→ no answer"; "" without DNS read.
+func DNS(c *flow.Conn) string {
+	var parts []string
+	answered := map[uint16]bool{}
+	for _, q := range c.DNS {
+		if q.Response {
+			continue
+		}
+		s := q.String() + " → no answer"
+		for _, r := range c.DNS {
+			if r.Response && r.ID == q.ID {
+				answered[r.ID] = true
+				s = q.String() + " → " + strings.TrimPrefix(r.String(), r.Type+" "+r.Name+" ")
+				break
+			}
+		}
+		parts = append(parts, s)
+	}
+	for _, r := range c.DNS {
+		if r.Response && !answered[r.ID] {
+			parts = append(parts, "answer "+r.String())
+		}
+	}
+	return strings.Join(parts, ", ")
+}

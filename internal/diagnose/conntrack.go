@@ -101,12 +101,8 @@ func (c *checker) staleConntrack() {
 
 // serving reports whether a is an endpoint of p that takes new flows.
 func serving(p *resolve.Port, a netip.AddrPort) bool {
-	for _, e := range p.Endpoints {
-		if e.Addr == a && (e.Ready || e.Serving) {
-			return true
-		}
-	}
-	return false
+	e, ok := p.Endpoint(a)
+	return ok && (e.Ready || e.Serving)
 }
 
 func plural(n int, one, many string) string {
@@ -193,6 +189,9 @@ func (x *Explainer) insertClash(c *flow.Conn, d *flow.Drop) string {
 		if n := counters(t, "insert_failed", "clashres"); n != "" {
 			s += " (conntrack -S: " + n + ")"
 		}
+	}
+	if qs := dnsUnanswered(c); len(qs) > 0 {
+		s += fmt.Sprintf("; the connection's DNS questions without an answer: %s", strings.Join(qs, ", "))
 	}
 	s += "; the usual cause is a client sending two packets of a new UDP flow at once, like a resolver's parallel A and AAAA queries on one socket"
 	if c.Proto == nf.UDP {

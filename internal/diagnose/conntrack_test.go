@@ -192,10 +192,16 @@ func TestInsertClash(t *testing.T) {
 		t.Errorf("blame %q, want %q…", e.Blame, want)
 	}
 	c.Verdict, c.Drop = flow.Answered, nil
+	// The questions read in the kernel: the AAAA query is the one lost.
+	const name = "web.shop.svc.cluster.local."
+	c.DNS = []nf.DNS{{ID: 1, Name: name, Type: "A"}, {ID: 2, Name: name, Type: "AAAA"}, {ID: 1, Response: true, Rcode: "NOERROR", Answers: 1, Name: name, Type: "A"}}
 	e = x.Explain(c)
-	if e.Blame != "" || !slices.ContainsFunc(e.Notes, func(n string) bool { return strings.HasPrefix(n, want) }) {
-		t.Errorf("answered: blame %q, notes %q: want the clash as a note", e.Blame, e.Notes)
+	if e.Blame != "" || !slices.ContainsFunc(e.Notes, func(n string) bool {
+		return strings.HasPrefix(n, want+"; the connection's DNS questions without an answer: AAAA "+name+";")
+	}) {
+		t.Errorf("answered: blame %q, notes %q: want the clash as a note, naming the AAAA query", e.Blame, e.Notes)
 	}
+	c.DNS = nil
 	// A drop in a rule after the filter stage is not a clash.
 	c.Verdict, c.Drops[0].Gap = flow.Dropped, nf.GapAfter(nf.Forward, nf.StagePreFilter)
 	c.Drop = &c.Drops[0]

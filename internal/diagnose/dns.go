@@ -6,7 +6,9 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/probe"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolvconf"
@@ -27,6 +29,21 @@ type Lookup struct {
 	DNS *resolve.Service
 	// Names are the forms resolved, in order: name, name.namespace, FQDN.
 	Names []probe.Resolution
+	// SentTo is the DNS endpoint each query was sent on to, by the
+	// query's own address: what the node's conntrack entry of it says the
+	// DNS Service's DNAT chose. A query without one was not translated.
+	SentTo map[netip.AddrPort]netip.AddrPort
+	// Node is what listens on the node where the Pod asks one of the
+	// node's own addresses (NodeLocal DNSCache's link-local listener):
+	// the node's sockets; nil when not read.
+	Node *Sockets
+}
+
+// Sockets are the sockets read in one network namespace, or why they
+// could not be.
+type Sockets struct {
+	Sockets []node.Socket
+	Err     error
 }
 
 // ServiceNames are the forms of s's name a client may use, in the order
@@ -84,8 +101,11 @@ func (l Lookup) Findings() []report.Finding {
 			resolved++
 		}
 	}
-	if resolved == 0 && !slices.ContainsFunc(l.Names, func(r probe.Resolution) bool { return len(r.Addrs) > 0 }) &&
-		!slices.ContainsFunc(fs, func(f report.Finding) bool { return f.Code == report.DNSNoAnswer }) {
+	// Not found, when every query was answered and none with an address.
+	unanswered := slices.ContainsFunc(fs, func(f report.Finding) bool {
+		return f.Code == report.DNSNoAnswer || f.Code == report.DNSTruncatedTCPFails
+	})
+	if resolved == 0 && !unanswered && !slices.ContainsFunc(l.Names, func(r probe.Resolution) bool { return len(r.Addrs) > 0 }) {
 		last := l.Names[len(l.Names)-1]
 		add(report.Finding{Severity: report.Problem, Code: report.DNSNotFound, Object: l.service(),
 			Summary: fmt.Sprintf("no form of the name resolves: %s answered %s for %s, though the Service exists (%s)",
@@ -95,9 +115,8 @@ func (l Lookup) Findings() []report.Finding {
 	if f, ok := l.searchCost(); ok {
 		add(f)
 	}
-	if ns := slices.IndexFunc(l.Conf.Nameservers, resolvconf.NodeLocal); ns >= 0 {
-		add(report.Finding{Severity: report.Info, Code: report.DNSNodeLocal, Object: conf,
-			Summary: fmt.Sprintf("the Pod asks %s, a link-local address: NodeLocal DNSCache on the node answers, not kube-dns through its DNAT; the cache's queries to kube-dns are the ones to trace (its rules mark the Pod's NOTRACK)", l.Conf.Nameservers[ns])})
+	if f, ok := l.nodeLocal(); ok {
+		add(f)
 	}
 	if resolved == len(l.Names) && len(fs) == 0 {
 		add(report.Finding{Severity: report.OK, Code: report.DNSResolved, Object: l.service(),
@@ -110,14 +129,15 @@ func (l Lookup) Findings() []report.Finding {
 func (l Lookup) service() string { return "Service " + l.Service.Namespace + "/" + l.Service.Name }
 
 // unanswered is the finding for queries that got no answer, with the DNS
-// Service's state on the way.
+// Service's state on the way; a TCP retry after a truncated answer is
+// tcpFallback's.
 func (l Lookup) unanswered() (report.Finding, bool) {
 	var failed []probe.Query
 	total := 0
 	for _, r := range l.Names {
 		for _, q := range r.Queries {
 			total++
-			if q.Rcode == "" {
+			if q.Rcode == "" && !q.TCP {
 				failed = append(failed, q)
 			}
 		}
@@ -128,6 +148,9 @@ func (l Lookup) unanswered() (report.Finding, bool) {
 	q := failed[0]
 	f := report.Finding{Severity: report.Problem, Code: report.DNSNoAnswer, Object: "nameserver " + q.Server.Addr().String(),
 		Summary: fmt.Sprintf("%d of %d queries got no answer: %s %s to %s: %s", len(failed), total, q.Name, q.Type, q.Server, q.Failure)}
+	if resolvconf.NodeLocal(q.Server.Addr()) {
+		return l.nodeLocalSilent(f, q), true
+	}
 	if l.DNS == nil || !slices.Contains(l.DNS.ClusterIPs, q.Server.Addr()) {
 		f.Next = []string{"the nameserver's address and whether anything answers DNS there"}
 		return f, true
@@ -143,10 +166,86 @@ func (l Lookup) unanswered() (report.Finding, bool) {
 		if ready == 0 {
 			f.Summary += fmt.Sprintf("; %s has no ready endpoint on %s %d: kube-proxy's rules reject or drop what is sent to it", f.Object, p.Protocol, p.Port)
 			f.Next = append(f.Next, fmt.Sprintf("kubectl -n %s get pods -l %s", l.DNS.Namespace, selectorString(l.DNS.Selector)))
+			continue
+		}
+		// The queries that went on to an endpoint: that endpoint is
+		// what did not answer.
+		var silent []resolve.Endpoint
+		for _, q := range failed {
+			to, ok := l.SentTo[q.From]
+			if !ok {
+				continue
+			}
+			if e, ok := p.Endpoint(to); ok && !slices.Contains(silent, e) {
+				silent = append(silent, e)
+			}
+		}
+		for i, e := range silent {
+			who := "endpoint " + e.Addr.String()
+			if e.Pod.Name != "" {
+				who = fmt.Sprintf("Pod %s (%s)", e.Pod, e.Addr)
+				f.Next = append(f.Next, fmt.Sprintf("kubectl -n %s logs %s", e.Pod.Namespace, e.Pod.Name))
+			}
+			f.Evidence = append(f.Evidence, fmt.Sprintf("the node's conntrack: the DNAT sent queries to %s, %s, and no reply came back", who, e.State()))
+			if i == 0 {
+				f.Object, _, _ = strings.Cut(who, " (")
+				f.Summary += fmt.Sprintf("; %s's DNAT sent them to %s, which is %s yet did not answer", l.DNS.Name, who, e.State())
+			}
 		}
 	}
 	f.Next = append(f.Next, fmt.Sprintf("the connections to %s below: where each query stopped", q.Server))
 	return f, true
+}
+
+// nodeLocalSilent says what is known of a NodeLocal DNSCache listener
+// that did not answer: whether anything on the node takes its queries.
+func (l Lookup) nodeLocalSilent(f report.Finding, q probe.Query) report.Finding {
+	a := q.Server
+	f.Object = "NodeLocal DNSCache " + a.Addr().String()
+	proto := nf.UDP
+	if q.TCP {
+		proto = nf.TCP
+	}
+	switch {
+	case l.Node == nil:
+		f.Next = append(f.Next, fmt.Sprintf("whether anything on the node listens on %s %s (ss -lnup)", proto, a))
+	case l.Node.Err != nil:
+		f.Evidence = append(f.Evidence, fmt.Sprintf("the node's sockets: %v", l.Node.Err))
+	default:
+		i := slices.IndexFunc(l.Node.Sockets, func(s node.Socket) bool { return s.Takes(proto, a) })
+		if i < 0 {
+			f.Summary += fmt.Sprintf("; nothing on the node listens on %s %s: the cache is not running here", proto, a)
+			f.Evidence = append(f.Evidence, fmt.Sprintf("the node's sockets (sock_diag): none takes %s %s", proto, a))
+		} else {
+			f.Summary += fmt.Sprintf("; the node's %s takes them: the cache runs, and did not answer", l.Node.Sockets[i])
+			f.Evidence = append(f.Evidence, fmt.Sprintf("the node's sockets (sock_diag): %s", l.Node.Sockets[i]))
+		}
+	}
+	f.Next = append(f.Next, "kubectl -n kube-system get pods -l k8s-app=node-local-dns -o wide: the cache's Pod on this node, and its logs")
+	return f
+}
+
+// nodeLocal is the finding for a Pod that asks NodeLocal DNSCache: its
+// link-local listener on the node answers, not the DNS Service.
+func (l Lookup) nodeLocal() (report.Finding, bool) {
+	ns := slices.IndexFunc(l.Conf.Nameservers, resolvconf.NodeLocal)
+	if ns < 0 {
+		return report.Finding{}, false
+	}
+	a := l.Conf.Nameservers[ns]
+	answered, total := 0, 0
+	for _, r := range l.Names {
+		for _, q := range r.Queries {
+			if q.Server.Addr() == a {
+				total++
+				if q.Rcode != "" {
+					answered++
+				}
+			}
+		}
+	}
+	return report.Finding{Severity: report.Info, Code: report.DNSNodeLocal, Object: "the Pod's resolv.conf",
+		Summary: fmt.Sprintf("the Pod asks %s, a link-local address: NodeLocal DNSCache on the node, not the DNS Service through its DNAT (it answered %d of %d queries); NodeLocal DNSCache sets up the node to leave these queries untracked (NOTRACK in the raw table) and asks the DNS Service itself on a cache miss: those queries are the ones traced", a, answered, total)}, true
 }
 
 // tcpFallback is the finding for an answer too big for UDP whose TCP
@@ -272,4 +371,59 @@ func join(as []netip.Addr) string {
 
 func severityRank(s report.Severity) int {
 	return slices.Index([]report.Severity{report.Problem, report.Warning, report.Info, report.OK}, s)
+}
+
+// dnsNotes say what the DNS answers a connection carried mean (Conn.DNS,
+// read in the kernel): an answer that is not an address is the
+// connection's news even when the connection itself is answered.
+func dnsNotes(c *flow.Conn) []string {
+	var notes []string
+	said := map[string][]string{} // rcode or "truncated" → the questions
+	var order []string
+	for _, d := range c.DNS {
+		if !d.Response {
+			continue
+		}
+		var kinds []string
+		if d.Rcode != "NOERROR" {
+			kinds = append(kinds, d.Rcode)
+		}
+		if d.Truncated {
+			kinds = append(kinds, "truncated")
+		}
+		for _, k := range kinds {
+			if _, ok := said[k]; !ok {
+				order = append(order, k)
+			}
+			if q := d.Type + " " + d.Name; !slices.Contains(said[k], q) {
+				said[k] = append(said[k], q)
+			}
+		}
+	}
+	for _, k := range order {
+		qs := strings.Join(said[k], ", ")
+		switch k {
+		case "NXDOMAIN":
+			notes = append(notes, fmt.Sprintf("the DNS answered NXDOMAIN for %s: no such name there; a short name asked from another namespace than its Service's, or a Service that does not exist (svctrace SERVICE --probe=dns --from pod/NAME resolves a Service's name as that Pod does)", qs))
+		case "SERVFAIL":
+			notes = append(notes, fmt.Sprintf("the DNS answered SERVFAIL for %s: the server could not answer (for the cluster domain, its view of the API; else its upstream): its logs say why", qs))
+		case "truncated":
+			notes = append(notes, fmt.Sprintf("the answer for %s was truncated (too big for UDP): the client asks again over TCP, to the DNS Service's TCP port 53", qs))
+		default:
+			notes = append(notes, fmt.Sprintf("the DNS answered %s for %s", k, qs))
+		}
+	}
+	return notes
+}
+
+// dnsUnanswered are the DNS questions of c that got no answer, in a line
+// each: "AAAA web.shop.svc.cluster.local.".
+func dnsUnanswered(c *flow.Conn) []string {
+	var out []string
+	for _, q := range c.DNS {
+		if !q.Response && !slices.ContainsFunc(c.DNS, func(r nf.DNS) bool { return r.Response && r.ID == q.ID }) {
+			out = append(out, q.String())
+		}
+	}
+	return out
 }

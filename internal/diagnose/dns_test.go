@@ -6,11 +6,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/probe"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolvconf"
 	"github.com/svctrace/svctrace/internal/resolve"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 func TestLookupFindings(t *testing.T) {
@@ -54,6 +57,48 @@ func TestLookupFindings(t *testing.T) {
 		}
 		return probe.Resolution{Name: name, Queries: qs}
 	}
+	// The queries went on to coredns-0, ready, and nothing came back.
+	coredns := resolve.Endpoint{Addr: netip.AddrPortFrom(ip("10.244.1.11"), 53), Ready: true, Serving: true, Pod: types.NamespacedName{Namespace: "kube-system", Name: "coredns-0"}}
+	withPod := *dnsSvc
+	withPod.Ports = []resolve.Port{{Service: &withPod, Name: "dns", Protocol: nf.UDP, Port: 53, Endpoints: []resolve.Endpoint{coredns}}}
+	silent := func(name string) probe.Resolution {
+		qs := q(name, "")
+		for i := range qs {
+			qs[i].From, qs[i].Failure = netip.AddrPortFrom(ip("10.244.1.20"), uint16(40000+i)), "no answer in 1.5s"
+		}
+		return probe.Resolution{Name: name, Queries: qs}
+	}
+	sentTo := map[netip.AddrPort]netip.AddrPort{}
+	for i := range 2 {
+		sentTo[netip.AddrPortFrom(ip("10.244.1.20"), uint16(40000+i))] = coredns.Addr
+	}
+	// The A answer is too big for UDP, and the TCP retry is refused.
+	truncated := func(name string) probe.Resolution {
+		qs := q(name, "NOERROR", ip("10.96.5.10"))
+		qs[0].Truncated = true
+		qs = append(qs, probe.Query{Name: name, Type: "A", Server: kdns, TCP: true, Failure: "refused (ICMP port unreachable)"})
+		return probe.Resolution{Name: name, Queries: qs}
+	}
+	// A Pod asking NodeLocal DNSCache's link-local listener.
+	nodeLocal := conf("shop")
+	nodeLocal.Nameservers = []netip.Addr{ip("169.254.20.10")}
+	viaCache := func(rs []probe.Resolution, rcode, failure string) []probe.Resolution {
+		out := slices.Clone(rs)
+		for i := range out {
+			out[i].Queries = slices.Clone(out[i].Queries)
+			for j := range out[i].Queries {
+				q := &out[i].Queries[j]
+				q.Server = netip.AddrPortFrom(ip("169.254.20.10"), 53)
+				if rcode == "" {
+					q.Rcode, q.Addrs, q.Failure = "", nil, failure
+				}
+			}
+			if rcode == "" {
+				out[i].Addrs, out[i].Answered = nil, ""
+			}
+		}
+		return out
+	}
 	for _, tc := range []struct {
 		name   string
 		lookup Lookup
@@ -75,6 +120,19 @@ func TestLookupFindings(t *testing.T) {
 		{"every form a name, NXDOMAIN", Lookup{Service: web, ClientNS: "shop", Conf: conf("shop"), Cluster: cluster, DNS: dnsSvc,
 			Names: []probe.Resolution{{Name: "web", Queries: nx(fqdn)}, {Name: "web.shop", Queries: nx(fqdn)}, {Name: fqdn, Queries: nx(fqdn)}}},
 			[]report.Code{report.DNSNotFound}, "Service shop/web", "no form of the name resolves: 10.96.0.10:53 answered NXDOMAIN for " + fqdn},
+		{"a ready CoreDNS Pod that does not answer", Lookup{Service: web, ClientNS: "shop", Conf: conf("shop"), Cluster: cluster, DNS: &withPod, SentTo: sentTo,
+			Names: []probe.Resolution{silent("web.shop.svc.cluster.local."), silent("web.shop.shop.svc.cluster.local."), silent(fqdn)}},
+			[]report.Code{report.DNSNoAnswer}, "Pod kube-system/coredns-0", "kube-dns's DNAT sent them to Pod kube-system/coredns-0 (10.244.1.11:53), which is ready yet did not answer"},
+		{"NodeLocal DNSCache answers", Lookup{Service: web, ClientNS: "shop", Conf: nodeLocal, Cluster: cluster, DNS: dnsSvc, Names: viaCache(fromShop[:1], "NOERROR", "")},
+			[]report.Code{report.DNSNodeLocal}, "the Pod's resolv.conf", "the Pod asks 169.254.20.10, a link-local address: NodeLocal DNSCache on the node, not the DNS Service through its DNAT (it answered 2 of 2 queries)"},
+		{"NodeLocal DNSCache not running", Lookup{Service: web, ClientNS: "shop", Conf: nodeLocal, Cluster: cluster, DNS: dnsSvc,
+			Node:  &Sockets{Sockets: []node.Socket{{Proto: nf.UDP, Local: netip.AddrPortFrom(ip("127.0.0.1"), 53)}}},
+			Names: viaCache(fromShop[:1], "", "refused (ICMP port unreachable: nothing listens there, or a rule REJECTs it)")},
+			[]report.Code{report.DNSNoAnswer, report.DNSNodeLocal}, "NodeLocal DNSCache 169.254.20.10", "; nothing on the node listens on udp 169.254.20.10:53: the cache is not running here"},
+		{"a truncated answer, and kube-dns without TCP", Lookup{Service: web, ClientNS: "shop", Conf: conf("shop"), Cluster: cluster, DNS: dnsSvc,
+			Names: []probe.Resolution{truncated(fqdn), truncated(fqdn), truncated(fqdn)}},
+			[]report.Code{report.DNSTruncatedTCPFails}, "Service kube-system/kube-dns",
+			"the answer for web.shop.svc.cluster.local. A was too big for UDP (truncated) and the resolver's TCP retry to 10.96.0.10:53 failed: refused"},
 		{"all well, the FQDN", Lookup{Service: web, ClientNS: "shop", Conf: conf("shop"), Cluster: cluster, DNS: dnsSvc, Names: []probe.Resolution{fromShop[0], fromShop[2]}},
 			[]report.Code{report.DNSResolved}, "Service shop/web", "every form of the name resolves to its ClusterIP (10.96.5.10)"},
 	} {
@@ -91,5 +149,28 @@ func TestLookupFindings(t *testing.T) {
 				t.Errorf("first finding %q: %s\nwant %q saying %q", fs[0].Object, fs[0].Summary, tc.object, tc.says)
 			}
 		})
+	}
+}
+
+// The DNS answers a connection carried are said as notes: NXDOMAIN and
+// SERVFAIL with what they mean, a truncated answer with its TCP retry.
+func TestDNSNotes(t *testing.T) {
+	q := func(rcode string, tc bool, name string) nf.DNS {
+		return nf.DNS{Response: true, Rcode: rcode, Truncated: tc, Name: name, Type: "A"}
+	}
+	c := &flow.Conn{DNS: []nf.DNS{
+		{Name: "web.front.svc.cluster.local.", Type: "A"},
+		q("NXDOMAIN", false, "web.front.svc.cluster.local."),
+		{Name: "web.front.svc.cluster.local.", Type: "AAAA", Response: true, Rcode: "NXDOMAIN"},
+		q("NOERROR", true, "big.shop.svc.cluster.local."),
+		q("NOERROR", false, "web.shop.svc.cluster.local."),
+	}}
+	got := dnsNotes(c)
+	if len(got) != 2 || !strings.HasPrefix(got[0], "the DNS answered NXDOMAIN for A web.front.svc.cluster.local., AAAA web.front.svc.cluster.local.: no such name") ||
+		!strings.HasPrefix(got[1], "the answer for A big.shop.svc.cluster.local. was truncated") {
+		t.Errorf("notes %q", got)
+	}
+	if n := dnsNotes(&flow.Conn{DNS: []nf.DNS{q("NOERROR", false, "web.shop.svc.cluster.local.")}}); n != nil {
+		t.Errorf("an answer with addresses is said: %q", n)
 	}
 }

@@ -172,6 +172,7 @@ func (x *Explainer) Explain(c *flow.Conn) report.Explanation {
 			break
 		}
 	}
+	e.Notes = append(e.Notes, dnsNotes(c)...)
 	var ownRule bool
 	var traced *tracedRule
 	e.Rule, ownRule, traced = x.rule(c, port)

@@ -7,6 +7,7 @@ package flow
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -230,7 +231,7 @@ func (a *Assembler) newConn(orig nf.Tuple, t uint64) *Conn {
 	c := &Conn{}
 	if n := len(a.spare); n > 0 {
 		c, a.spare = a.spare[n-1], a.spare[:n-1]
-		*c = Conn{Steps: c.Steps[:0], Drops: c.Drops[:0], Endpoints: c.Endpoints[:0], arena: c.arena[:0], slab: c.slab[:0]}
+		*c = Conn{Steps: c.Steps[:0], Drops: c.Drops[:0], Endpoints: c.Endpoints[:0], DNS: c.DNS[:0], arena: c.arena[:0], slab: c.slab[:0]}
 	} else {
 		c.Steps = make([]Step, 0, stepsAtFirst)
 	}
@@ -419,10 +420,25 @@ func (a *Assembler) observe(c *Conn, ev *nf.Event, d Dir) {
 		}
 	}
 	a.learnPath(c, pk, ev)
+	if !pk.dns && len(ev.Data) > 0 && (c.VIP.Port() == 53 || c.Endpoint.Port() == 53) {
+		c.readDNS(pk, ev.Data)
+	}
 	if pk.detail || (pk.brief && fresh) {
 		a.step(c, pk, ev, changes, nil)
 	}
 	pk.last = sight(ev)
+}
+
+// readDNS keeps the DNS message a packet carried, once.
+func (c *Conn) readDNS(pk *packet, data []byte) {
+	d, _, ok := nf.ParseDNS(data)
+	if !ok {
+		return
+	}
+	pk.dns = true
+	if len(c.DNS) < MaxDNS && !slices.Contains(c.DNS, d) {
+		c.DNS = append(c.DNS, d)
+	}
 }
 
 // invalid marks a packet seen past conntrack without an entry, in a

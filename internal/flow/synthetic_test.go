@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/svctrace/svctrace/internal/describe"
 	. "github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/nf"
@@ -516,5 +517,51 @@ func TestAnsweredAfterDroppedTries(t *testing.T) {
 	}
 	if drops != 2 {
 		t.Errorf("%d drops in the timeline, want 2", drops)
+	}
+}
+
+// A resolver's A and AAAA queries on one socket, each answered: the
+// connection keeps each question and answer once, a retransmission and
+// the same packet seen again at a later observer not counted twice.
+func TestDNSMessagesOfAConnection(t *testing.T) {
+	const name = "web.shop.svc.cluster.local."
+	a, aaaa := new(dns.Msg), new(dns.Msg)
+	a.SetQuestion(name, dns.TypeA)
+	aaaa.SetQuestion(name, dns.TypeAAAA)
+	a.Id, aaaa.Id = 1, 2
+	aOK, aaaaNX := new(dns.Msg), new(dns.Msg)
+	aOK.SetReply(a)
+	rr, _ := dns.NewRR(name + " 5 IN A 10.96.5.10")
+	aOK.Answer = []dns.RR{rr}
+	aaaaNX.SetRcode(aaaa, dns.RcodeNameError)
+	query := func(m *dns.Msg) []byte { return tracetest.DNSPacket(t, false, 5000, 53, m) }
+	answer := func(m *dns.Msg) []byte { return tracetest.DNSPacket(t, false, 53, 5000, m) }
+
+	s := &seq{}
+	nat := ct(nf.CTNew, udpOrig, udpReply)
+	est := ct(nf.CTEstablished, udpOrig, udpReply)
+	s.hook(1, nf.PreRouting, nf.StagePostConntrack, udpOrig, 0, nat)
+	s.last().Data = query(a)
+	s.hook(1, nf.PreRouting, nf.StagePostDNAT, tup("10.0.0.2:5000", "10.244.0.5:53", nf.UDP), 0, nat)
+	s.last().Data = query(a)
+	s.hook(2, nf.PreRouting, nf.StagePostConntrack, udpOrig, 0, nat)
+	s.last().Data = query(aaaa)
+	s.hook(3, nf.PreRouting, nf.StagePostConntrack, udpReply, 0, ct(nf.CTEstablishedReply, udpOrig, udpReply))
+	s.last().Data = answer(aOK)
+	s.hook(4, nf.PreRouting, nf.StagePostConntrack, udpOrig, 0, est)
+	s.last().Data = query(aaaa) // the resolver asks again
+	s.hook(5, nf.PreRouting, nf.StagePostConntrack, udpReply, 0, ct(nf.CTEstablishedReply, udpOrig, udpReply))
+	s.last().Data = answer(aaaaNX)
+	c := only(t, mustRun(s))
+	var got []string
+	for _, d := range c.DNS {
+		got = append(got, d.String())
+	}
+	want := []string{"A " + name, "AAAA " + name, "A " + name + " NOERROR (1 answer)", "AAAA " + name + " NXDOMAIN"}
+	if !slices.Equal(got, want) {
+		t.Errorf("DNS messages %q, want %q", got, want)
+	}
+	if got, want := describe.DNS(c), "A "+name+" → NOERROR (1 answer), AAAA "+name+" → NXDOMAIN"; got != want {
+		t.Errorf("said %q, want %q", got, want)
 	}
 }

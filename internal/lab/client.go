@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/svctrace/svctrace/internal/nf"
 )
 
@@ -125,6 +126,39 @@ func UDPExchange(ctx context.Context, ns nf.NetNS, port uint16, addr netip.AddrP
 		return nil, err
 	}
 	return buf[:n], nil
+}
+
+// DNSQuery asks the DNS server at addr for name's A record, over UDP from
+// inside ns, and returns the answer's code (NOERROR, NXDOMAIN…) and
+// addresses.
+func DNSQuery(ctx context.Context, ns nf.NetNS, addr netip.AddrPort, name string, timeout time.Duration) (string, error) {
+	var c net.Conn
+	err := nf.InNetNS(ns, func() (err error) {
+		c, err = net.Dial("udp", addr.String())
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(deadline(ctx, timeout))
+	co := &dns.Conn{Conn: c}
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	if err := co.WriteMsg(m); err != nil {
+		return "", err
+	}
+	r, err := co.ReadMsg()
+	if err != nil {
+		return "", err
+	}
+	out := dns.RcodeToString[r.Rcode]
+	for _, rr := range r.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			out += " " + a.A.String()
+		}
+	}
+	return out, nil
 }
 
 // deadline is timeout from now, or ctx's deadline if that comes first.

@@ -78,6 +78,9 @@ type Scenario struct {
 	// entry is deleted and it asks again on the same connection. The lab
 	// node has nf_conntrack_tcp_loose=0, so that packet is INVALID.
 	Forget bool `json:",omitempty"`
+	// Query is the name the client asks the Service (a DNS server) for
+	// (an A record); "": no DNS.
+	Query string `json:",omitempty"`
 }
 
 // Ports are the Service's ports as kube-proxy sees them: one per family.
@@ -99,6 +102,7 @@ var (
 	hung    = netip.MustParseAddr("10.244.0.13")
 	guarded = netip.MustParseAddr("10.244.0.14")
 	legacy  = netip.MustParseAddr("10.244.0.15")
+	dns1    = netip.MustParseAddr("10.244.0.16")
 	// gone was Pod dns-old's address; no Pod has it now.
 	gone = netip.MustParseAddr("10.244.0.19")
 )
@@ -122,6 +126,7 @@ func pods() []Pod {
 		{Name: "hung", IP: hung, Labels: map[string]string{"app": "hung"}, mode: ModeHung, ports: []int{podPort}},
 		{Name: "guarded", IP: guarded, Labels: map[string]string{"app": "guarded"}, mode: ModeHTTP, ports: []int{podPort}},
 		{Name: "legacy", IP: legacy, Labels: map[string]string{"app": "legacy"}, mode: ModeHTTP4, ports: []int{podPort}},
+		{Name: "dns-1", IP: dns1, Labels: map[string]string{"app": "dns"}, mode: ModeDNS, ports: []int{53}},
 	}
 	for i := range ps {
 		ps[i].IP6 = v6(ps[i].IP)
@@ -167,6 +172,12 @@ func udp(s Scenario) Scenario {
 	return s
 }
 
+// query makes s's client ask its Service, a DNS server, for name.
+func query(s Scenario, name string) Scenario {
+	s.Query = name
+	return s
+}
+
 // Scenarios are the lab's stories, in the order they are shown.
 func Scenarios() []Scenario {
 	http := intstr.FromString("http")
@@ -202,6 +213,9 @@ func Scenarios() []Scenario {
 		dualStack(scenario(Scenario{Name: "ipv4-only-server", Title: "a dual-stack Service whose Pod's server listens on IPv4 only (0.0.0.0)",
 			Programmed: true, Finding: "listens-elsewhere", Expect: flow.Reset},
 			"legacy", "fd00:10:96::a0", map[string]string{"app": "legacy"}, http), "10.96.0.160"),
+		query(udp(scenario(Scenario{Name: "dns-nxdomain", Title: "a client asks the cluster DNS for web.front.svc.cluster.local.; Service web is in namespace lab: NXDOMAIN, read from the query's own packets",
+			Programmed: true, Finding: "healthy", Expect: flow.Answered},
+			"kube-dns", "10.96.0.110", map[string]string{"app": "dns"}, intstr.FromInt32(53))), "web.front.svc.cluster.local."),
 		scenario(Scenario{Name: "no-proxy-rules", Title: "kube-proxy wrote no rules for the Service (not running, or not synced)",
 			Programmed: false, Finding: "no-rules-for-service", Expect: flow.NotTranslated},
 			"unproxied", "10.96.0.60", map[string]string{"app": "web", "track": "canary"}, intstr.FromInt32(podPort)),

@@ -80,6 +80,7 @@ func blames(mode kubeproxy.Mode) map[string]string {
 		"conntrack-invalid": "conntrack found the client's PSH,ACK INVALID: it had no entry, as its connection's entry was gone",
 		"ipv6":              "",
 		"ipv4-only-server":  "Pod lab/legacy on lab-node (ready): nothing listens on port 8080 over IPv6; the Pod's IPv4 endpoint is 10.244.0.15:8080: its server listens on port 8080 only on 0.0.0.0:8080",
+		"dns-nxdomain":      "",
 	}
 }
 
@@ -186,6 +187,15 @@ func TestScenarios(t *testing.T) {
 			}
 			if !strings.HasPrefix(e.Blame, blames[s.Name]) || (blames[s.Name] == "") != (e.Blame == "") {
 				t.Errorf("blame %q, want %q…", e.Blame, blames[s.Name])
+			}
+			// The query's question and answer, read in the kernel.
+			if s.Query != "" {
+				if got, want := describe.DNS(c), "A "+s.Query+" → NXDOMAIN"; got != want || r.Client != "answer: \"NXDOMAIN\"" {
+					t.Errorf("DNS %q (the client saw %s), want %q", got, r.Client, want)
+				}
+				if !slices.ContainsFunc(e.Notes, func(n string) bool { return strings.HasPrefix(n, "the DNS answered NXDOMAIN for A "+s.Query) }) {
+					t.Errorf("notes %q: want the NXDOMAIN said", e.Notes)
+				}
 			}
 		})
 	}

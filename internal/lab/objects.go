@@ -30,9 +30,7 @@ func Objects() *resolve.Objects {
 	for _, p := range pods() {
 		o.Pods = append(o.Pods, corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: p.Name, Labels: p.Labels},
-			Spec: corev1.PodSpec{NodeName: NodeName, Containers: []corev1.Container{{Name: "app",
-				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: podPort, Protocol: corev1.ProtocolTCP},
-					{Name: "echo", ContainerPort: podPort, Protocol: corev1.ProtocolUDP}}}}},
+			Spec:       corev1.PodSpec{NodeName: NodeName, Containers: []corev1.Container{{Name: "app", Ports: p.containerPorts()}}},
 			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: p.IP.String(), PodIPs: []corev1.PodIP{{IP: p.IP.String()}, {IP: p.IP6.String()}},
 				HostIP:            nodeNet.Addr().String(),
 				Conditions:        []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
@@ -67,6 +65,16 @@ func Objects() *resolve.Objects {
 		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: nodeNet.Addr().String()},
 			{Type: corev1.NodeInternalIP, Address: nodeNet6.Addr().String()}}}}}
 	return o
+}
+
+// containerPorts are the ports p's container declares: DNS's for the DNS
+// server, else "http" (and "echo" over UDP) on podPort.
+func (p Pod) containerPorts() []corev1.ContainerPort {
+	if p.mode == ModeDNS {
+		return []corev1.ContainerPort{{Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP}, {Name: "dns-tcp", ContainerPort: 53, Protocol: corev1.ProtocolTCP}}
+	}
+	return []corev1.ContainerPort{{Name: "http", ContainerPort: podPort, Protocol: corev1.ProtocolTCP},
+		{Name: "echo", ContainerPort: podPort, Protocol: corev1.ProtocolUDP}}
 }
 
 // guardedPolicy isolates the guarded Pod for ingress and admits nothing:

@@ -83,8 +83,10 @@ func (l *Lab) Run(ctx context.Context, opts RunOptions) ([]Result, tracer.Info, 
 	if opts.Timeout == 0 {
 		opts.Timeout = 1500 * time.Millisecond
 	}
+	// The lab traces its DNS Service (dns-nxdomain): the questions its
+	// queries carry are read.
 	tr, err := tracer.Open(tracer.Options{NetNS: l.Node.Path, Targets: l.Targets(), Backend: opts.Backend, Snaplen: opts.Snaplen,
-		EveryPacket: opts.EveryPacket, CountEvery: tracer.CountEveryFor(opts.Timeout), Logf: opts.Logf})
+		EveryPacket: opts.EveryPacket, DNSQuestions: true, CountEvery: tracer.CountEveryFor(opts.Timeout), Logf: opts.Logf})
 	if err != nil {
 		return nil, tracer.Info{}, live.Result{}, err
 	}
@@ -161,6 +163,9 @@ func (l *Lab) Request(ctx context.Context, s Scenario, timeout time.Duration) ([
 		ns = p.NS
 	}
 	switch {
+	case s.Query != "":
+		rcode, err := DNSQuery(ctx, ns, s.VIP(), s.Query, timeout)
+		return []byte(rcode), err
 	case s.Service.Protocol == "udp":
 		return UDPExchange(ctx, ns, s.ClientPort, s.VIP(), timeout)
 	case s.Forget:

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -40,7 +41,15 @@ const (
 	// receive buffer: a client that sends more than it holds meets a
 	// closed window.
 	ModeStall = "stall"
+	// ModeDNS answers DNS over UDP and TCP, standing in for CoreDNS in
+	// the lab (no API server): the cluster domain's names in DNSZone, and
+	// NXDOMAIN for every other.
+	ModeDNS = "dns"
 )
+
+// DNSZone are the names the lab's DNS server answers, as CoreDNS would
+// for the lab's Services: Service web of namespace lab.
+var DNSZone = map[string]string{"web." + Namespace + ".svc.cluster.local.": "10.96.0.10"}
 
 type serverSpec struct {
 	NetNS string `json:"netns"` // namespace path
@@ -120,6 +129,12 @@ func serve(spec serverSpec) error {
 	case ModeStall:
 		for _, port := range spec.Ports {
 			if err := stallListener(port); err != nil {
+				return err
+			}
+		}
+	case ModeDNS:
+		for _, port := range spec.Ports {
+			if err := dnsServer(port); err != nil {
 				return err
 			}
 		}
@@ -228,6 +243,42 @@ func stallListener(port int) error {
 			held = append(held, c)
 		}
 	}()
+	return nil
+}
+
+// dnsServer answers DNS on port, over UDP and TCP, from DNSZone.
+func dnsServer(port int) error {
+	answer := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.Authoritative = true
+		if len(q.Question) == 0 {
+			w.WriteMsg(m.SetRcode(q, dns.RcodeFormatError))
+			return
+		}
+		qs := q.Question[0]
+		addr, ok := DNSZone[strings.ToLower(qs.Name)]
+		switch {
+		case !ok:
+			m.SetRcode(q, dns.RcodeNameError)
+		case qs.Qtype == dns.TypeA:
+			rr, err := dns.NewRR(fmt.Sprintf("%s 30 IN A %s", qs.Name, addr))
+			if err == nil {
+				m.Answer = []dns.RR{rr}
+			}
+		}
+		w.WriteMsg(m)
+	})
+	pc, err := net.ListenPacket("udp", fmt.Sprintf(":%d", port))
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
+	if err != nil {
+		return err
+	}
+	go (&dns.Server{PacketConn: pc, Handler: answer}).ActivateAndServe()
+	go (&dns.Server{Listener: ln, Handler: answer}).ActivateAndServe()
 	return nil
 }
 

@@ -253,35 +253,55 @@ func listeners(found probe.Found, lookErr error, p Pod) Listeners {
 	}
 	err = nf.InNetNS(ns, func() error {
 		l.peer = peerOf(p.Addr)
-		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-			tcp, err := retried(func() ([]*netlink.Socket, error) { return netlink.SocketDiagTCP(family) })
-			if err != nil {
-				return fmt.Errorf("sock_diag: %w", err)
-			}
-			for _, s := range tcp {
-				switch local := sockAddr(family, s.ID.Source, s.ID.SourcePort); {
-				case s.State == 10: // TCP_LISTEN
-					l.Sockets = append(l.Sockets, Socket{Proto: nf.TCP, Local: local, Queue: s.RQueue, Backlog: s.WQueue})
-				case s.RQueue > 0 && len(l.Held) < MaxHeld:
-					l.Held = append(l.Held, Held{Local: local, Remote: sockAddr(family, s.ID.Destination, s.ID.DestinationPort), RecvQ: s.RQueue})
-				}
-			}
-			udp, err := retried(func() ([]*netlink.Socket, error) { return netlink.SocketDiagUDP(family) })
-			if err != nil {
-				return fmt.Errorf("sock_diag: %w", err)
-			}
-			for _, s := range udp {
-				if s.ID.DestinationPort == 0 {
-					l.Sockets = append(l.Sockets, Socket{Proto: nf.UDP, Local: sockAddr(family, s.ID.Source, s.ID.SourcePort)})
-				}
-			}
-		}
-		return nil
+		var err error
+		l.Sockets, l.Held, err = sockets()
+		return err
 	})
 	if err != nil {
-		l.Sockets, l.Err = nil, err.Error()
+		l.Sockets, l.Held, l.Err = nil, nil, err.Error()
 	}
 	return l
+}
+
+// Sockets are the listening TCP sockets and bound UDP sockets of network
+// namespace ns: what takes a connection or a datagram there.
+func Sockets(ns nf.NetNS) ([]Socket, error) {
+	var ss []Socket
+	err := nf.InNetNS(ns, func() error {
+		var err error
+		ss, _, err = sockets()
+		return err
+	})
+	return ss, err
+}
+
+// sockets reads the current namespace's listening and bound sockets, and
+// its TCP connections holding unread data (at most MaxHeld).
+func sockets() (ss []Socket, held []Held, err error) {
+	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		tcp, err := retried(func() ([]*netlink.Socket, error) { return netlink.SocketDiagTCP(family) })
+		if err != nil {
+			return nil, nil, fmt.Errorf("sock_diag: %w", err)
+		}
+		for _, s := range tcp {
+			switch local := sockAddr(family, s.ID.Source, s.ID.SourcePort); {
+			case s.State == 10: // TCP_LISTEN
+				ss = append(ss, Socket{Proto: nf.TCP, Local: local, Queue: s.RQueue, Backlog: s.WQueue})
+			case s.RQueue > 0 && len(held) < MaxHeld:
+				held = append(held, Held{Local: local, Remote: sockAddr(family, s.ID.Destination, s.ID.DestinationPort), RecvQ: s.RQueue})
+			}
+		}
+		udp, err := retried(func() ([]*netlink.Socket, error) { return netlink.SocketDiagUDP(family) })
+		if err != nil {
+			return nil, nil, fmt.Errorf("sock_diag: %w", err)
+		}
+		for _, s := range udp {
+			if s.ID.DestinationPort == 0 {
+				ss = append(ss, Socket{Proto: nf.UDP, Local: sockAddr(family, s.ID.Source, s.ID.SourcePort)})
+			}
+		}
+	}
+	return ss, held, nil
 }
 
 func sockAddr(family uint8, ip net.IP, port uint16) netip.AddrPort {

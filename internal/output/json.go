@@ -54,6 +54,7 @@ type jsonConn struct {
 	Closed       string           `json:"closed,omitempty"`
 	Drop         *jsonDrop        `json:"drop,omitempty"`
 	Drops        []*jsonDrop      `json:"drops,omitempty"`
+	DNS          []nf.DNS         `json:"dns,omitempty"`
 	Events       []jsonEvent      `json:"events"`
 	Truncated    bool             `json:"events_truncated,omitzero"`
 	LostEvents   uint64           `json:"lost_events,omitzero"`
@@ -112,7 +113,7 @@ func (p *JSON) Conn(r report.Conn) {
 		DurationUS: time.Duration(c.End - c.Start).Microseconds(),
 		Packets: jsonPackets{c.Packets[flow.Original], c.Packets[flow.Reply],
 			jsonBytes{c.Bytes[flow.Original], c.Bytes[flow.Reply]}},
-		SYNs: c.SYNs, Closed: c.Closed, Truncated: c.Truncated, LostEvents: r.Lost,
+		SYNs: c.SYNs, Closed: c.Closed, Truncated: c.Truncated, LostEvents: r.Lost, DNS: c.DNS,
 		Events: make([]jsonEvent, 0, len(c.Steps)),
 	}
 	if c.Endpoint.IsValid() {
@@ -222,18 +223,18 @@ func (p *JSON) Diagnosis(d report.Diagnosis) {
 
 // jsonQuery is a query of a resolution.
 type jsonQuery struct {
-	Name       string       `json:"name"`
-	Type       string       `json:"type"`
-	Server     string       `json:"server"`
-	From       string       `json:"from"`
-	TCP        bool         `json:"tcp,omitempty"`
-	Rcode      string       `json:"rcode,omitempty"`
-	Addrs      []netip.Addr `json:"addrs,omitempty"`
-	CNAMEs     []string     `json:"cnames,omitempty"`
-	Truncated  bool         `json:"truncated,omitempty"`
-	TookUs     float64      `json:"took_us,omitempty"`
-	Failure    string       `json:"failure,omitempty"`
-	AnsweredBy string       `json:"answered_by,omitempty"`
+	Name      string       `json:"name"`
+	Type      string       `json:"type"`
+	Server    string       `json:"server"`
+	From      string       `json:"from"`
+	TCP       bool         `json:"tcp,omitempty"`
+	Rcode     string       `json:"rcode,omitempty"`
+	Addrs     []netip.Addr `json:"addrs,omitempty"`
+	CNAMEs    []string     `json:"cnames,omitempty"`
+	Truncated bool         `json:"truncated,omitempty"`
+	TookUs    float64      `json:"took_us,omitempty"`
+	Failure   string       `json:"failure,omitempty"`
+	Endpoint  string       `json:"endpoint,omitempty"`
 }
 
 // jsonName is one form of the name and its queries.
@@ -258,7 +259,7 @@ func (p *JSON) Resolution(r report.Resolution) {
 		for _, q := range n.Queries {
 			jn.Queries = append(jn.Queries, jsonQuery{Name: q.Name, Type: q.Type, Server: q.Server.String(), From: q.From.String(),
 				TCP: q.TCP, Rcode: q.Rcode, Addrs: q.Addrs, CNAMEs: q.CNAMEs, Truncated: q.Truncated,
-				TookUs: float64(q.Took.Nanoseconds()) / 1e3, Failure: q.Failure, AnsweredBy: r.Answerers[q.From]})
+				TookUs: float64(q.Took.Nanoseconds()) / 1e3, Failure: q.Failure, Endpoint: r.SentTo[q.From]})
 		}
 		names = append(names, jn)
 	}

@@ -24,8 +24,8 @@ func TestResolution(t *testing.T) {
 			{Name: "web.shop.svc.cluster.local.", Type: "A", Server: kd, From: from, Rcode: "NOERROR", Addrs: []netip.Addr{clusterIP}, Took: 900 * time.Microsecond},
 			{Name: "web.shop.svc.cluster.local.", Type: "AAAA", Server: kd, Failure: "no answer in 5s"}},
 			Addrs: []netip.Addr{clusterIP}, Answered: "web.shop.svc.cluster.local."}},
-		Answerers: map[netip.AddrPort]string{from: "pod kube-system/coredns-0 10.244.1.11:53"},
-		Findings:  []report.Finding{{Severity: report.Info, Code: report.DNSSearchCost, Summary: "one name before the answer"}}}
+		SentTo:   map[netip.AddrPort]string{from: "pod kube-system/coredns-0 10.244.1.11:53"},
+		Findings: []report.Finding{{Severity: report.Info, Code: report.DNSSearchCost, Summary: "one name before the answer"}}}
 	var b strings.Builder
 	(&Text{w: &b}).Resolution(r)
 	for _, want := range []string{
@@ -45,13 +45,13 @@ func TestResolution(t *testing.T) {
 		Kind  string
 		Names []struct {
 			Queries []struct {
-				Rcode      string
-				AnsweredBy string `json:"answered_by"`
+				Rcode    string
+				Endpoint string `json:"endpoint"`
 			}
 		}
 	}
 	if err := json.Unmarshal([]byte(b.String()), &got); err != nil || got.Kind != "resolution" ||
-		got.Names[0].Queries[1].AnsweredBy != "pod kube-system/coredns-0 10.244.1.11:53" || got.Names[0].Queries[2].Rcode != "" {
+		got.Names[0].Queries[1].Endpoint != "pod kube-system/coredns-0 10.244.1.11:53" || got.Names[0].Queries[2].Rcode != "" {
 		t.Errorf("JSON %s (%v)", b.String(), err)
 	}
 }

@@ -37,6 +37,11 @@ func (p *Text) Conn(c report.Conn) {
 		fmt.Fprintf(b, "  %s", p.opts.Wall(c.Start).Format("15:04:05.000"))
 	}
 	b.WriteString("\n")
+	if d := describe.DNS(c.Conn); d != "" {
+		b.WriteString("   dns       ")
+		b.WriteString(d)
+		b.WriteByte('\n')
+	}
 
 	var shownPackets []int // a handful: a slice, not a map
 	for _, s := range c.Steps {
@@ -218,7 +223,7 @@ func (p *Text) Resolution(r report.Resolution) {
 			if q.From.IsValid() {
 				via += " " + q.From.String()
 			}
-			by := r.Answerers[q.From]
+			by := r.SentTo[q.From]
 			if by == "" {
 				by = q.Server.String()
 			}

@@ -21,10 +21,11 @@ type Resolution struct {
 	// Names are the forms of the Service's name resolved, in order: the
 	// short name, name.namespace, the FQDN.
 	Names []probe.Resolution
-	// Answerers names who answered each query, by the query's own
-	// address: the DNS endpoint conntrack sent it to ("kube-system/coredns-7d
-	// 10.244.0.5:53"), read from the node's conntrack table.
-	Answerers map[netip.AddrPort]string
+	// SentTo names the DNS endpoint each query was sent on to, by the
+	// query's own address: the one the DNS Service's DNAT chose ("pod
+	// kube-system/coredns-7d … 10.244.0.5:53"), read from the node's
+	// conntrack table; whether it answered is the query's Rcode.
+	SentTo map[netip.AddrPort]string
 	// Findings are what is wrong, most important first.
 	Findings []Finding
 }

@@ -200,6 +200,16 @@ func (p *Port) Ready() []Endpoint {
 	return serving
 }
 
+// Endpoint is p's endpoint at a, if it has one.
+func (p *Port) Endpoint(a netip.AddrPort) (Endpoint, bool) {
+	for _, e := range p.Endpoints {
+		if e.Addr == a {
+			return e, true
+		}
+	}
+	return Endpoint{}, false
+}
+
 // Address is one address at which a Service port is reachable.
 type Address struct {
 	Addr netip.AddrPort

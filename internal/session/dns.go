@@ -13,10 +13,12 @@ import (
 	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/node"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/probe"
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolvconf"
+	"github.com/svctrace/svctrace/internal/resolve"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -56,6 +58,17 @@ func (s Service) findDNS(ctx context.Context) (*clusterDNS, error) {
 		return nil, fmt.Errorf("no cluster DNS found: no kubelet here says its clusterDNS, and kube-system has no kube-dns Service (kubectl -n kube-system get services)")
 	}
 	return d, nil
+}
+
+// servesClusterDNS reports whether svc is the cluster's DNS Service: one
+// of its ClusterIPs is the kubelet's clusterDNS, or it is
+// kube-system/kube-dns.
+func servesClusterDNS(svc *resolve.Service) bool {
+	if cl, _, err := resolvconf.Kubelet(""); err == nil &&
+		slices.ContainsFunc(cl.DNS, func(a netip.Addr) bool { return slices.Contains(svc.ClusterIPs, a) }) {
+		return true
+	}
+	return svc.Namespace == "kube-system" && svc.Name == "kube-dns"
 }
 
 // dnsService is the Service holding the cluster DNS's address (any of
@@ -194,12 +207,16 @@ func (p *prober) resolveService(ctx context.Context, print func(func(output.Prin
 			return nil
 		}
 	}
-	lookup := diagnose.Lookup{Service: svc, ClientNS: r.clientNS, Conf: r.Conf, Cluster: d.Cluster, Names: names}
+	lookup := diagnose.Lookup{Service: svc, ClientNS: r.clientNS, Conf: r.Conf, Cluster: d.Cluster, Names: names, SentTo: p.sentTo(names)}
 	if d.a != nil {
 		lookup.DNS = d.a.Service
 	}
+	if slices.ContainsFunc(r.Conf.Nameservers, resolvconf.NodeLocal) {
+		ss, err := node.Sockets(p.node)
+		lookup.Node = &diagnose.Sockets{Sockets: ss, Err: err}
+	}
 	rep := report.Resolution{From: p.where, Conf: r.conf, Cluster: d.Describe(), Names: names,
-		Answerers: p.answerers(names), Findings: lookup.Findings()}
+		SentTo: p.endpointNames(lookup.SentTo), Findings: lookup.Findings()}
 	print(func(pr output.Printer) { pr.Resolution(rep) })
 	for _, n := range names {
 		if len(n.Addrs) > 0 {
@@ -209,9 +226,9 @@ func (p *prober) resolveService(ctx context.Context, print func(func(output.Prin
 	return nil
 }
 
-// answerers names the DNS endpoint each query went to, from the node's
+// sentTo is the DNS endpoint each query was sent on to, from the node's
 // conntrack entries of the queries.
-func (p *prober) answerers(names []probe.Resolution) map[netip.AddrPort]string {
+func (p *prober) sentTo(names []probe.Resolution) map[netip.AddrPort]netip.AddrPort {
 	froms := map[netip.AddrPort]bool{}
 	for _, n := range names {
 		for _, q := range n.Queries {
@@ -223,18 +240,25 @@ func (p *prober) answerers(names []probe.Resolution) map[netip.AddrPort]string {
 	}
 	entries, err := conntrack.List(p.node, func(e conntrack.Entry) bool { return froms[e.Orig[0]] && e.Translated() })
 	if err != nil {
-		p.say("who answered the queries: %v", err)
+		p.say("where the queries went: %v", err)
 	}
-	out := map[netip.AddrPort]string{}
+	out := map[netip.AddrPort]netip.AddrPort{}
 	for _, e := range entries {
-		to := e.Reply[0]
-		name := to.String()
+		out[e.Orig[0]] = e.Reply[0]
+	}
+	return out
+}
+
+// endpointNames names each endpoint the queries were sent to with its Pod.
+func (p *prober) endpointNames(sentTo map[netip.AddrPort]netip.AddrPort) map[netip.AddrPort]string {
+	out := map[netip.AddrPort]string{}
+	for from, to := range sentTo {
+		out[from] = to.String()
 		if p.dns.a != nil {
 			if n := p.dns.a.Explainer.Name(to); n != "" {
-				name = n + " " + name
+				out[from] = n + " " + to.String()
 			}
 		}
-		out[e.Orig[0]] = name
 	}
 	return out
 }

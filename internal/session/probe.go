@@ -46,8 +46,10 @@ func (s Service) prober(ctx context.Context, st *state, dns *clusterDNS) (*probe
 		}
 	}
 	svc := st.Service.Namespace + "/" + st.Service.Name
-	if len(p.to) == 0 {
-		return nil, fmt.Errorf("%s has no ClusterIP with a TCP or UDP port to probe (headless or ExternalName): trace its clients' traffic instead, without --probe", svc)
+	// A headless Service's name resolves to its endpoints: --probe=dns
+	// connects to the one it gives.
+	if len(p.to) == 0 && !(p.kind == probe.DNS && st.Service.Headless) {
+		return nil, fmt.Errorf("%s has no ClusterIP with a TCP or UDP port to probe (headless or ExternalName): trace its clients' traffic instead, without --probe (a headless Service's name: --probe=dns)", svc)
 	}
 	if dns != nil {
 		p.resolver = nodeResolver(dns, node, st.Service.Namespace)
@@ -103,10 +105,16 @@ func (p *prober) run(ctx context.Context, print func(func(output.Printer))) {
 		if ctx.Err() != nil {
 			return
 		}
-		if len(addrs) == 0 {
+		switch {
+		case len(addrs) == 0 && len(to) == 0:
+			p.failed.Store(true)
+			p.say("from %s: the name did not resolve, and a headless Service has no ClusterIP to connect to instead", p.where)
+		case len(addrs) == 0:
 			p.failed.Store(true)
 			p.say("from %s: the name did not resolve; connecting to the ClusterIP instead", p.where)
-		} else {
+		case p.service.Headless:
+			to = endpointsAt(p.service, addrs[0])
+		default:
 			to = nil
 			for _, a := range p.to {
 				if a.Addr.Addr().Is4() != addrs[0].Is4() {
@@ -131,4 +139,26 @@ func (p *prober) run(ctx context.Context, print func(func(output.Printer))) {
 	case <-time.After(settle):
 	case <-ctx.Done():
 	}
+}
+
+// endpointsAt are where a client of headless Service svc connects once its
+// name gave addr: on each TCP or UDP port, the endpoint at addr, else addr
+// on the Service's port.
+func endpointsAt(svc *resolve.Service, addr netip.Addr) []resolve.Address {
+	var out []resolve.Address
+	for i := range svc.Ports {
+		port := &svc.Ports[i]
+		if port.Protocol != nf.TCP && port.Protocol != nf.UDP {
+			continue
+		}
+		a := resolve.Address{Addr: netip.AddrPortFrom(addr, port.Port), Kind: "endpoint", Port: port}
+		for _, e := range port.Endpoints {
+			if e.Addr.Addr() == addr {
+				a.Addr = e.Addr
+				break
+			}
+		}
+		out = append(out, a)
+	}
+	return out
 }

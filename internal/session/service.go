@@ -196,6 +196,7 @@ func Serve(ctx context.Context, s Service) error {
 	cur.Store(st)
 	t := s.Trace
 	t.Targets, t.Mode = st.targets, "service"
+	t.DNSQuestions = t.DNSQuestions && (dns != nil || servesClusterDNS(st.Service))
 	t.Meta = func(m *record.Meta) {
 		m.Namespace, m.Service, m.Node, m.Addrs = s.Namespace, s.Name, s.Local.Name, s.Local.Addrs
 	}

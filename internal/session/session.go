@@ -78,9 +78,13 @@ type Trace struct {
 	Rec         *record.Writer
 	Snaplen     int
 	EveryPacket bool
-	Mode        string
-	Meta        func(*record.Meta)
-	RecordState func()
+	// DNSQuestions reads the DNS header and first question of the
+	// targets' port-53 packets (--dns-questions): the Service sessions
+	// keep it only when they trace the cluster's DNS Service.
+	DNSQuestions bool
+	Mode         string
+	Meta         func(*record.Meta)
+	RecordState  func()
 }
 
 // batcher is standard output that can hold what is written until Flush
@@ -98,7 +102,8 @@ func Run(ctx context.Context, s Trace) error {
 	}
 	start := time.Now()
 	tr, err := tracer.Open(tracer.Options{NetNS: s.NetNS, Targets: s.Targets, Backend: s.Backend, Snaplen: s.Snaplen,
-		NoData: s.Rec == nil && !s.Packets, EveryPacket: s.EveryPacket, CountEvery: tracer.CountEveryFor(s.Timeout), Logf: s.logf})
+		NoData: s.Rec == nil && !s.Packets, DNSQuestions: s.DNSQuestions, EveryPacket: s.EveryPacket,
+		CountEvery: tracer.CountEveryFor(s.Timeout), Logf: s.logf})
 	if err != nil {
 		return err
 	}

@@ -234,6 +234,7 @@ const (
 	bpfProgNfPreSnat            = "nf_pre_snat"
 	bpfVarCaptureData           = "capture_data"
 	bpfVarCountEveryNs          = "count_every_ns"
+	bpfVarDnsQuestions          = "dns_questions"
 	bpfVarEventKindUnused       = "event_kind_unused"
 	bpfVarFilterNetns           = "filter_netns"
 	bpfVarIgnoredReason         = "ignored_reason"
@@ -349,6 +350,7 @@ type bpfMapSpecs struct {
 type bpfVariableSpecs struct {
 	CaptureData     *ebpf.VariableSpec `ebpf:"capture_data"`
 	CountEveryNs    *ebpf.VariableSpec `ebpf:"count_every_ns"`
+	DnsQuestions    *ebpf.VariableSpec `ebpf:"dns_questions"`
 	EventKindUnused *ebpf.VariableSpec `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.VariableSpec `ebpf:"filter_netns"`
 	IgnoredReason   *ebpf.VariableSpec `ebpf:"ignored_reason"`
@@ -410,6 +412,7 @@ func (m *bpfMaps) Close() error {
 type bpfVariables struct {
 	CaptureData     *ebpf.Variable `ebpf:"capture_data"`
 	CountEveryNs    *ebpf.Variable `ebpf:"count_every_ns"`
+	DnsQuestions    *ebpf.Variable `ebpf:"dns_questions"`
 	EventKindUnused *ebpf.Variable `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.Variable `ebpf:"filter_netns"`
 	IgnoredReason   *ebpf.Variable `ebpf:"ignored_reason"`

@@ -40,6 +40,10 @@ type decoder struct {
 	key     uint64
 	reasons map[uint32]string
 	symbols Symbolizer
+	// dns: the kernel captured DNS packets past their headers for their
+	// question (Options.DNSQuestions, without a snaplen); anything after
+	// it is dropped here.
+	dns bool
 }
 
 // Symbolizer turns a kernel text address into "symbol+0xoffset".
@@ -138,9 +142,9 @@ func (d *decoder) path(p *bpfPacketPath, ev nf.Event, out []nf.Event) []nf.Event
 		e.Data = nil
 		switch i + 1 {
 		case int(p.DataStep):
-			e.Data = captured(p.Data1[:], p.CapLen1)
+			e.Data = d.captured(p.Data1[:], p.CapLen1)
 		case int(p.DataStep2):
-			e.Data = captured(p.Data2[:], p.CapLen2)
+			e.Data = d.captured(p.Data2[:], p.CapLen2)
 		}
 		out = append(out, e)
 	}
@@ -188,7 +192,7 @@ func (d *decoder) event(r *bpfEvent) nf.Event {
 		// packet past conntrack with no entry is INVALID.
 		ev.CT.Info = nf.CTUntracked
 	}
-	ev.Data = captured(r.Data[:], r.CapLen)
+	ev.Data = d.captured(r.Data[:], r.CapLen)
 	if ev.Kind == nf.KindCount {
 		ev.Counted = nf.Counted{Packets: r.Packets, Bytes: r.Bytes}
 	}
@@ -225,11 +229,17 @@ func (d *decoder) reason(code uint32) string {
 }
 
 // captured is a copy of the n bytes of data the kernel captured, or nil.
-func captured(data []byte, n uint16) []byte {
-	if m := min(int(n), len(data)); m > 0 {
-		return bytes.Clone(data[:m])
+// captured copies the n bytes the kernel captured, a DNS packet's up to
+// its question.
+func (d *decoder) captured(data []byte, n uint16) []byte {
+	m := min(int(n), len(data))
+	if m <= 0 {
+		return nil
 	}
-	return nil
+	if d.dns {
+		return bytes.Clone(nf.KeepDNSQuestion(data[:m]))
+	}
+	return bytes.Clone(data[:m])
 }
 
 func tuple(t *bpfTuple, fam nf.Family) nf.Tuple {

@@ -40,6 +40,13 @@ type Options struct {
 	// NoData: events carry no packet bytes at all (Event.Data is nil),
 	// for a trace that neither records nor writes packets.
 	NoData bool
+	// DNSQuestions: events of packets to and from a target's port 53 (UDP
+	// or TCP) carry the DNS header and first question after the packet's
+	// headers, whatever NoData says; the rest of the payload is dropped
+	// as events are read (unless Snaplen asks for it). Each DNS message
+	// of a followed connection is reported, at one observer past the
+	// first each way.
+	DNSQuestions bool
 	// EveryPacket reports every packet at every observer. By default a
 	// connection's packets are reported in full until QuietAfter went each
 	// way, then only notable ones (SYN, RST, ICMP, new or related conntrack
@@ -243,9 +250,13 @@ func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cac
 	if opts.NoData {
 		captureData = 0
 	}
+	dnsQuestions := uint8(0)
+	if opts.DNSQuestions {
+		dnsQuestions = 1
+	}
 	reasons := dropReasons(cache)
 	vars := map[string]any{"snaplen": uint32(opts.Snaplen), "quiet_after": quietAfter, "count_every_ns": uint64(countEvery),
-		"capture_data": captureData, "ignored_reason": ignoredReason(reasons)}
+		"capture_data": captureData, "dns_questions": dnsQuestions, "ignored_reason": ignoredReason(reasons)}
 	if backend != BackendNetfilter {
 		// Function probes see every namespace: keep to this one.
 		vars["filter_netns"] = ns.Inode
@@ -300,7 +311,7 @@ func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cac
 	if t.reader, err = ringbuf.NewReader(t.coll.Maps[bpfMapEvents]); err != nil {
 		return nil, fmt.Errorf("opening the ring buffer: %w", err)
 	}
-	t.dec = decoder{key: randomKey(), reasons: reasons, symbols: NewKallsyms("/proc/kallsyms")}
+	t.dec = decoder{key: randomKey(), reasons: reasons, symbols: NewKallsyms("/proc/kallsyms"), dns: opts.DNSQuestions && opts.Snaplen == 0}
 
 	if err := t.SetTargets(opts.Targets); err != nil {
 		return nil, err

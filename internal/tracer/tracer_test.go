@@ -14,6 +14,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/miekg/dns"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/testutil"
 )
@@ -484,5 +485,93 @@ func TestEventBudget(t *testing.T) {
 				t.Errorf("%d original packets reported before conntrack, want %d", arriving[0], want)
 			}
 		})
+	}
+}
+
+// With DNSQuestions, each DNS message to and from a target's port 53
+// carries its header and first question, whatever NoData says: the A and
+// AAAA queries a resolver sends together on one socket, a query once the
+// connection is established, and their answers (past the event budget
+// all but the first each way), cut after the question
+// (the answer records are not kept). Without it, nothing past the headers.
+func TestDNSQuestions(t *testing.T) {
+	requireNetfilterLink(t)
+	const name = "web.shop.svc.cluster.local."
+	for _, on := range []bool{true, false} {
+		ns := newNetNS(t)
+		// A rule that needs conntrack turns it on in the namespace.
+		iptables(t, ns, "-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+		var pc net.PacketConn
+		if err := nf.InNetNS(ns, func() (err error) { pc, err = net.ListenPacket("udp", "127.0.0.1:53"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+			m := new(dns.Msg)
+			m.SetReply(q)
+			if q.Question[0].Qtype == dns.TypeA {
+				rr, _ := dns.NewRR(name + " 5 IN A 10.96.5.10")
+				m.Answer = []dns.RR{rr}
+			}
+			w.WriteMsg(m)
+		})}
+		go srv.ActivateAndServe()
+		target := nf.Target{Addr: netip.MustParseAddrPort("127.0.0.1:53"), Proto: nf.UDP}
+		tr, err := Open(Options{NetNS: ns.Spec, Targets: []nf.Target{target}, Backend: BackendNetfilter, NoData: true, DNSQuestions: on})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = nf.InNetNS(ns, func() error {
+			c, err := net.Dial("udp", "127.0.0.1:53")
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			co := &dns.Conn{Conn: c}
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			// A and AAAA at once, then a TXT query once they are
+			// answered: the connection is established by then.
+			for _, round := range [][]uint16{{dns.TypeA, dns.TypeAAAA}, {dns.TypeTXT}} {
+				for _, qt := range round {
+					m := new(dns.Msg)
+					m.SetQuestion(name, qt)
+					if err := co.WriteMsg(m); err != nil {
+						return err
+					}
+				}
+				for range round {
+					if _, err := co.ReadMsg(); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs := drain(t, tr)
+		tr.Close()
+		srv.Shutdown()
+		seen := map[string]bool{}
+		for _, ev := range evs {
+			if len(ev.Data) == 0 {
+				continue
+			}
+			d, end, ok := nf.ParseDNS(ev.Data)
+			if !ok || !on {
+				t.Fatalf("DNSQuestions %v: event data %x", on, ev.Data)
+			}
+			if end != len(ev.Data) {
+				t.Errorf("%s: %d bytes kept, want %d: up to the question", d, len(ev.Data), end)
+			}
+			seen[d.String()] = true
+		}
+		want := []string{"A " + name, "AAAA " + name, "A " + name + " NOERROR (1 answer)", "AAAA " + name + " NOERROR",
+			"TXT " + name, "TXT " + name + " NOERROR"}
+		for _, w := range want {
+			if seen[w] != on {
+				t.Errorf("DNSQuestions %v: %q read %v", on, w, seen[w])
+			}
+		}
 	}
 }

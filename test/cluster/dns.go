@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -52,27 +53,42 @@ func PodResolvConf(ns string) string {
 	return fmt.Sprintf("search %s.svc.%s svc.%s %s\nnameserver %s\noptions ndots:5\n", ns, ClusterDomain, ClusterDomain, ClusterDomain, DNSClusterIP)
 }
 
+// DNS is the cluster's DNS StartDNS runs: its Service and its Pod.
+type DNS struct {
+	Service *corev1.Service
+	Pod     *Pod
+	proc    *proc
+	c       *Cluster
+}
+
+// Pause stops CoreDNS's process (SIGSTOP): it keeps its sockets and
+// answers nothing, as a hung DNS server does, while its Pod stays Ready.
+func (d *DNS) Pause() error { return d.proc.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume lets it run again (SIGCONT).
+func (d *DNS) Resume() error { return d.proc.cmd.Process.Signal(syscall.SIGCONT) }
+
 // StartDNS runs the cluster's DNS as a kubeadm cluster has it: the
 // Service kube-system/kube-dns at DNSClusterIP (53 over UDP and TCP) and
 // a Pod of it, coredns-0, running CoreDNS in its own network namespace. It
 // answers the cluster domain from the API server and NXDOMAIN for the
 // rest (there is no upstream), and is Ready once it answers.
-func (c *Cluster) StartDNS(ctx context.Context) (*Pod, *corev1.Service, error) {
+func (c *Cluster) StartDNS(ctx context.Context) (*DNS, error) {
 	labels := map[string]string{"k8s-app": "kube-dns"}
 	pod, err := c.AddPod(ctx, PodSpec{Namespace: "kube-system", Name: "coredns-0", Labels: labels,
 		Ports: []corev1.ContainerPort{{Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP}, {Name: "dns-tcp", ContainerPort: 53, Protocol: corev1.ProtocolTCP}}})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	// CoreDNS reaches the API server on the node's address, as a Pod does.
 	admin, err := os.ReadFile(c.Kubeconfig)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	kubeconfig := filepath.Join(c.Dir, "coredns.kubeconfig")
 	server := fmt.Sprintf("https://%s", net.JoinHostPort(c.NodeIP.String(), fmt.Sprint(APIServerPort)))
 	if err := os.WriteFile(kubeconfig, []byte(strings.Replace(string(admin), fmt.Sprintf("https://127.0.0.1:%d", APIServerPort), server, 1)), 0o600); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	corefile := filepath.Join(c.Dir, "Corefile")
 	if err := os.WriteFile(corefile, []byte(fmt.Sprintf(`%[1]s:53 in-addr.arpa:53 ip6.arpa:53 {
@@ -91,11 +107,11 @@ func (c *Cluster) StartDNS(ctx context.Context) (*Pod, *corev1.Service, error) {
     }
 }
 `, ClusterDomain, kubeconfig)), 0o644); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	p, err := start(pod.NS, c.Dir, "coredns", c.bin("coredns"), nil, "-conf", corefile, "-dns.port", "53")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	c.procs = append(c.procs, p)
 	svc, err := c.CreateService(ctx, &corev1.Service{
@@ -105,30 +121,36 @@ func (c *Cluster) StartDNS(ctx context.Context) (*Pod, *corev1.Service, error) {
 			{Name: "dns-tcp", Port: 53, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(53)}}},
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	if err := c.waitAnswers(ctx, pod); err != nil {
-		return nil, nil, err
+	d := &DNS{Service: svc, Pod: pod, proc: p, c: c}
+	if err := c.waitAnswers(ctx, netip.AddrPortFrom(pod.IP, 53), pod.NS); err != nil {
+		return nil, err
 	}
 	if err := c.SetReady(ctx, pod, true); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	ep := []netip.AddrPort{netip.AddrPortFrom(pod.IP, 53)}
-	return pod, svc, c.WaitService(ctx, svc, map[string][]netip.AddrPort{"dns": ep, "dns-tcp": ep})
+	return d, d.WaitReady(ctx)
 }
 
-// waitAnswers waits until CoreDNS answers for the kubernetes Service from
-// its Pod's address: it has read the API.
-func (c *Cluster) waitAnswers(ctx context.Context, pod *Pod) error {
+// WaitReady waits until kube-proxy sends kube-dns's ports to its Pod.
+func (d *DNS) WaitReady(ctx context.Context) error {
+	ep := []netip.AddrPort{netip.AddrPortFrom(d.Pod.IP, 53)}
+	return d.c.WaitService(ctx, d.Service, map[string][]netip.AddrPort{"dns": ep, "dns-tcp": ep})
+}
+
+// waitAnswers waits until the DNS server at a (in namespace ns) answers
+// for the kubernetes Service: it has read the API.
+func (c *Cluster) waitAnswers(ctx context.Context, a netip.AddrPort, ns nf.NetNS) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	name := "kubernetes.default.svc." + ClusterDomain + "."
 	var last error
 	for ctx.Err() == nil {
-		last = nf.InNetNS(pod.NS, func() error {
+		last = nf.InNetNS(ns, func() error {
 			m := new(dns.Msg)
 			m.SetQuestion(name, dns.TypeA)
-			r, err := dns.Exchange(m, netip.AddrPortFrom(pod.IP, 53).String())
+			r, err := dns.Exchange(m, a.String())
 			if err == nil && len(r.Answer) == 0 {
 				err = fmt.Errorf("%s: %s", name, dns.RcodeToString[r.Rcode])
 			}
@@ -139,5 +161,57 @@ func (c *Cluster) waitAnswers(ctx context.Context, pod *Pod) error {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return fmt.Errorf("CoreDNS did not answer in 30s (%v): see %s", last, filepath.Join(c.Dir, "coredns.log"))
+	return fmt.Errorf("the DNS server at %s did not answer in 30s (%v): see its log in %s", a, last, c.Dir)
+}
+
+// NodeLocalDNS is NodeLocal DNSCache's link-local listener address, the
+// one its manifest uses.
+const NodeLocalDNS = "169.254.20.10"
+
+// NodeLocal is a NodeLocal DNSCache StartNodeLocalDNS runs on the node.
+type NodeLocal struct {
+	proc *proc
+}
+
+// Stop stops the cache: its address stays on the node with nothing
+// listening, as when node-local-dns's Pod is gone.
+func (n *NodeLocal) Stop() { n.proc.stop(5 * time.Second) }
+
+// StartNodeLocalDNS runs NodeLocal DNSCache as its manifest lays it out:
+// CoreDNS in the node's network namespace bound to NodeLocalDNS (on the
+// node's loopback: no dummy device here), rules in the raw table that
+// leave its queries untracked (NOTRACK), and the cluster's DNS Service
+// asked over TCP on a cache miss. The cluster's DNS must run (StartDNS).
+func (c *Cluster) StartNodeLocalDNS(ctx context.Context) (*NodeLocal, error) {
+	addr := NodeLocalDNS
+	cmds := [][]string{{"ip", "addr", "add", addr + "/32", "dev", "lo"}}
+	for _, proto := range []string{"udp", "tcp"} {
+		cmds = append(cmds,
+			[]string{"iptables", "-t", "raw", "-A", "PREROUTING", "-d", addr, "-p", proto, "--dport", "53", "-j", "NOTRACK"},
+			[]string{"iptables", "-t", "raw", "-A", "OUTPUT", "-s", addr, "-p", proto, "--sport", "53", "-j", "NOTRACK"})
+	}
+	for _, cmd := range cmds {
+		if out, err := c.Exec(cmd...); err != nil {
+			return nil, fmt.Errorf("%s: %v: %s", strings.Join(cmd, " "), err, out)
+		}
+	}
+	corefile := filepath.Join(c.Dir, "Corefile.nodelocal")
+	if err := os.WriteFile(corefile, []byte(fmt.Sprintf(`.:53 {
+    errors
+    log
+    bind %s
+    cache 30
+    forward . %s {
+        force_tcp
+    }
+}
+`, addr, DNSClusterIP)), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := start(c.Node, c.Dir, "node-local-dns", c.bin("coredns"), nil, "-conf", corefile)
+	if err != nil {
+		return nil, err
+	}
+	c.procs = append(c.procs, p)
+	return &NodeLocal{proc: p}, c.waitAnswers(ctx, netip.AddrPortFrom(netip.MustParseAddr(addr), 53), c.Node)
 }

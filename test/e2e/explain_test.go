@@ -192,11 +192,23 @@ func writeDump(t *testing.T, c *cluster.Cluster, path string) {
 // that file.
 func traceStory(t *testing.T, c *cluster.Cluster, s *story, addr netip.AddrPort, src []string, rec string) string {
 	t.Helper()
-	args := append([]string{"netns", "exec", filepath.Base(c.Node.Path), svctrace(t), s.svc.Name, "-n", shop,
-		"--node", cluster.NodeName, "--count", "1", "--duration", "30s", "--timeout", "1500ms"}, src...)
+	args := append([]string{s.svc.Name, "-n", shop, "--count", "1", "--duration", "30s", "--timeout", "1500ms"}, src...)
 	if rec != "" {
 		args = append(args, "-w", rec)
 	}
+	return tracing(t, c, args, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s.get(ctx, c, addr, 1500*time.Millisecond)
+	})
+}
+
+// tracing runs svctrace with args on the node (--node given), runs act
+// once its observers are attached, and returns what it printed when it
+// ends.
+func tracing(t *testing.T, c *cluster.Cluster, args []string, act func()) string {
+	t.Helper()
+	args = append(append([]string{"netns", "exec", filepath.Base(c.Node.Path), svctrace(t)}, args...), "--node", cluster.NodeName)
 	cmd := exec.Command("ip", args...)
 	var stdout strings.Builder
 	cmd.Stdout = &stdout
@@ -207,7 +219,7 @@ func traceStory(t *testing.T, c *cluster.Cluster, s *story, addr netip.AddrPort,
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// Connect once the observers are attached.
+	// Act once the observers are attached.
 	var errOut strings.Builder
 	buf := make([]byte, 4096)
 	for !strings.Contains(errOut.String(), "Ctrl-C to stop") {
@@ -225,11 +237,9 @@ func traceStory(t *testing.T, c *cluster.Cluster, s *story, addr netip.AddrPort,
 			}
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s.get(ctx, c, addr, 1500*time.Millisecond)
+	act()
 	if err := cmd.Wait(); err != nil {
-		t.Fatalf("svctrace %v: %v\n%s", src, err, errOut.String())
+		t.Fatalf("svctrace %v: %v\n%s", args, err, errOut.String())
 	}
 	return stdout.String()
 }
