@@ -105,8 +105,9 @@ struct {
  * every observer until quiet_after packets went each way (the first each
  * way: the translations both ways) - and after that every notable packet:
  * TCP SYN or RST, a new or related conntrack state, anything but TCP and
- * UDP; a FIN, or a DNS message (dns_questions), at one observer. Other packets are only counted, and the
- * counters are reported (EVENT_COUNT) every count_every_ns while they come,
+ * UDP; a FIN, or a DNS message (dns_questions), at one observer. Other
+ * packets are only counted, and the counters are reported (EVENT_COUNT)
+ * every count_every_ns while they come,
  * and with the next reported packet, in its record. Without it, a busy
  * connection makes about ten events per packet, and the tracer costs more
  * than the traffic. */

@@ -23,12 +23,8 @@ func (o *serviceOptions) checkProbeFlags(tracing bool) error {
 		}
 		return nil
 	}
-	kind, err := probe.ParseKind(o.probe)
-	if err != nil {
+	if _, err := probe.ParseKind(o.probe); err != nil {
 		return err
-	}
-	if kind == probe.DNS && o.rec.path != "" {
-		return errors.New("-w does not record --probe=dns yet (the DNS Service's objects would be missing from the recording): record with --probe, or resolve without -w")
 	}
 	if o.from != "node" && !strings.HasPrefix(o.from, "pod/") {
 		return fmt.Errorf("invalid --from %q: use node or pod/NAME", o.from)

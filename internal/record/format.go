@@ -68,6 +68,13 @@ const (
 	TypeLost      Type = 12 // events lost so far (uint64)
 	TypeFlush     Type = 13 // the trace ended at this time (uint64 ns)
 	TypeEnd       Type = 14 // a clean end (JSON End)
+	// TypeDNS is the cluster's DNS Service traced beside the Service
+	// (--probe=dns): its objects and the node's facts for it (JSON DNS).
+	TypeDNS Type = 16
+	// TypeResolution is a Service's name resolved as a Pod does
+	// (--probe=dns): the report as the live run printed it (JSON, the
+	// printer's own), where it printed it.
+	TypeResolution Type = 17
 )
 
 func (t Type) String() string {
@@ -79,7 +86,7 @@ func (t Type) String() string {
 
 var typeNames = map[Type]string{TypeMeta: "meta", TypeView: "view", TypeRules: "rules", TypeName: "name", TypeLab: "lab", TypeFacts: "facts", TypeConntrack: "conntrack",
 	TypeServices: "services", TypeIfName: "interface", TypeEvent: "event", TypeEvents: "events", TypeTick: "tick", TypeLost: "lost",
-	TypeFlush: "flush", TypeEnd: "end"}
+	TypeFlush: "flush", TypeEnd: "end", TypeDNS: "dns", TypeResolution: "resolution"}
 
 // Meta describes the trace: what ran, where, and how the live run
 // assembled and printed.
@@ -137,6 +144,13 @@ type Conntrack = conntrack.Entry
 type End struct {
 	Conns     int    `json:"connections"`
 	Truncated string `json:"truncated,omitempty"` // why events stopped being recorded early
+}
+
+// DNS is the cluster's DNS Service as a --probe=dns trace assessed it:
+// its objects, and the node's rules and facts for its endpoints.
+type DNS struct {
+	View  *resolve.View `json:"view"`
+	Rules Rules         `json:"rules"`
 }
 
 // Rules is what the node held when the objects were read: kube-proxy's

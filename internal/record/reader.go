@@ -32,6 +32,10 @@ type Entry struct {
 	Conntrack ConntrackSnapshot
 	Services  []nf.Target
 	IfName    IfName
+	DNS       *DNS
+	// Resolution is raw: its reader (the printer's report) is not this
+	// package's.
+	Resolution json.RawMessage
 }
 
 // Reader reads a recording one record at a time.
@@ -375,6 +379,16 @@ func decode(t Type, p []byte) (e Entry, known bool, err error) {
 			err = errors.New("not JSON")
 		}
 		e.Lab = p
+	case TypeResolution:
+		if !json.Valid(p) {
+			err = errors.New("not JSON")
+		}
+		e.Resolution = p
+	case TypeDNS:
+		err = json.Unmarshal(p, &e.DNS)
+		if err == nil && (e.DNS == nil || e.DNS.View == nil || e.DNS.View.Service == nil) {
+			err = errors.New("no Service")
+		}
 	case TypeRules:
 		err = json.Unmarshal(p, &e.Rules)
 	case TypeConntrack:

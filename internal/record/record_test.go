@@ -16,6 +16,9 @@ import (
 
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/node"
+	"github.com/svctrace/svctrace/internal/resolve"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 type buffer struct{ bytes.Buffer }
@@ -449,5 +452,30 @@ func TestFactsRoundTrip(t *testing.T) {
 	if len(rec.Entries) != 1 || rec.Entries[0].Type != TypeFacts || rec.Entries[0].Facts == nil ||
 		len(rec.Entries[0].Facts.Neighbours) != 1 || rec.Entries[0].Facts.Neighbours[0] != f.Neighbours[0] {
 		t.Errorf("entries %+v", rec.Entries)
+	}
+}
+
+// A --probe=dns recording's DNS Service and resolution come back as
+// written; a DNS record without its Service is corrupt.
+func TestDNSRoundTrip(t *testing.T) {
+	var b buffer
+	w := newWriter(&b, "", "", 0)
+	w.Begin(meta)
+	view := &resolve.View{Service: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "kube-dns"}}}
+	w.DNS(DNS{View: view, Rules: Rules{KubeProxy: []int{42}}})
+	w.Resolution(map[string]string{"from": "pod front/client-1"})
+	if err := w.Close(End{}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := Parse(b.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.Entries) != 2 || rec.Entries[0].Type != TypeDNS || rec.Entries[0].DNS.View.Service.Name != "kube-dns" ||
+		rec.Entries[0].DNS.Rules.KubeProxy[0] != 42 || string(rec.Entries[1].Resolution) != `{"from":"pod front/client-1"}` {
+		t.Errorf("entries %+v", rec.Entries)
+	}
+	if _, _, err := decode(TypeDNS, []byte(`{"view":null}`)); err == nil {
+		t.Error("a DNS record without its Service was read")
 	}
 }

@@ -247,6 +247,8 @@ func (w *Writer) Services(targets []nf.Target)  { w.addJSON(TypeServices, target
 func (w *Writer) IfName(n IfName)               { w.addJSON(TypeIfName, n) }
 func (w *Writer) Lab(v any)                     { w.addJSON(TypeLab, v) }
 func (w *Writer) Lost(total uint64)             { w.add(TypeLost, u64(total)) }
+func (w *Writer) DNS(d DNS)                     { w.addJSON(TypeDNS, d) }
+func (w *Writer) Resolution(v any)              { w.addJSON(TypeResolution, v) }
 
 // Event records an event handed to the assembler. Events are written in
 // batches (TypeEvents), at each tick and before any other record.

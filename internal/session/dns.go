@@ -218,6 +218,9 @@ func (p *prober) resolveService(ctx context.Context, print func(func(output.Prin
 	rep := report.Resolution{From: p.where, Conf: r.conf, Cluster: d.Describe(), Names: names,
 		SentTo: p.endpointNames(lookup.SentTo), Findings: lookup.Findings()}
 	print(func(pr output.Printer) { pr.Resolution(rep) })
+	if p.record != nil {
+		p.record(rep)
+	}
 	for _, n := range names {
 		if len(n.Addrs) > 0 {
 			return n.Addrs

@@ -10,6 +10,7 @@ import (
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/output"
 	"github.com/svctrace/svctrace/internal/probe"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 )
 
@@ -27,10 +28,12 @@ type prober struct {
 	say     func(format string, args ...any)
 	done    func() // ends the trace
 	failed  atomic.Bool
-	// --probe=dns: how to resolve, the cluster's DNS, the Service.
+	// --probe=dns: how to resolve, the cluster's DNS, the Service, and
+	// where the resolution is recorded (-w).
 	resolver resolver
 	dns      *clusterDNS
 	service  *resolve.Service
+	record   func(report.Resolution)
 }
 
 // prober prepares the probes: the Service's ClusterIP ports, and the

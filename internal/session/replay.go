@@ -54,7 +54,9 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 		}
 	}
 	services := map[nf.Target]bool{}
-	var cur *diagnose.Assessment
+	// cur is the Service's assessment, dnsA the cluster DNS Service's
+	// traced beside it (--probe=dns).
+	var cur, dnsA *diagnose.Assessment
 	// x explains the connections and names their addresses, as the
 	// recording knows them; nil: addresses only.
 	var x report.Explainer
@@ -98,9 +100,27 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 				names[e.Name.Addr] = e.Name.Name
 			}
 		case record.TypeFacts:
-			if cur != nil {
-				cur.Explainer.AddFacts(e.Facts)
+			for _, a := range []*diagnose.Assessment{cur, dnsA} {
+				if a != nil {
+					a.Explainer.AddFacts(e.Facts)
+				}
 			}
+		case record.TypeDNS:
+			first := dnsA == nil
+			dnsA = assessRecorded(e.DNS.View, e.DNS.Rules, m)
+			dnsA.Explainer.Lookup = func(a netip.Addr) string { return names[a] }
+			dnsA.Explainer.Peer = peer
+			x = explainerOf(cur, dnsA)
+			if first {
+				p.Diagnosis(dnsA.Diagnosis())
+			}
+		case record.TypeResolution:
+			var r report.Resolution
+			if err := json.Unmarshal(e.Resolution, &r); err != nil {
+				o.warn("%s: byte %d: a resolution svctrace cannot read: %v", path, e.Offset, err)
+				break
+			}
+			p.Resolution(r)
 		case record.TypeRules:
 			if view == nil {
 				break
@@ -111,7 +131,7 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			cur.Explainer.Peer = peer
 			// Without the Service's objects (a recording cut right after
 			// its first record), connections go unexplained.
-			x = cur.Explainer
+			x = explainerOf(cur, dnsA)
 			if first {
 				p.Diagnosis(cur.Diagnosis())
 			}
@@ -230,6 +250,18 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 		return fmt.Errorf("writing pcapng: %w", pc.Err())
 	}
 	return nil
+}
+
+// explainerOf explains with the Service's assessment, and the cluster DNS
+// Service's for the queries to it when one was traced beside it.
+func explainerOf(svc, dns *diagnose.Assessment) report.Explainer {
+	switch {
+	case svc == nil:
+		return nil
+	case dns == nil:
+		return svc.Explainer
+	}
+	return explainers{main: svc.Explainer, dns: &clusterDNS{a: dns}}
 }
 
 // cursor goes through a recording's records in order, with one of

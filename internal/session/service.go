@@ -129,6 +129,16 @@ func Serve(ctx context.Context, s Service) error {
 		if dns, err = s.findDNS(ctx); err != nil {
 			return err
 		}
+		if dns.a != nil {
+			// Its explanations name addresses, and its facts read again
+			// are recorded, as the Service's are.
+			dns.a.Explainer.Lookup, dns.a.Explainer.Peer = lookup, peers
+			dns.a.Explainer.Rechecked = func(f *node.Facts) {
+				if recording.Load() {
+					w.Facts(f)
+				}
+			}
+		}
 	}
 	gather := func(ctx context.Context) (*state, error) {
 		facts := diagnose.ReadNode(s.Node, s.Local, s.Namespace+"/"+s.Name)
@@ -191,6 +201,11 @@ func Serve(ctx context.Context, s Service) error {
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
 		probes.done = cancel
+		probes.record = func(r report.Resolution) {
+			if recording.Load() {
+				w.Resolution(r)
+			}
+		}
 	}
 	var cur atomic.Pointer[state]
 	cur.Store(st)
@@ -202,6 +217,9 @@ func Serve(ctx context.Context, s Service) error {
 	}
 	t.RecordState = func() {
 		cur.Load().record(w)
+		if dns != nil && dns.a != nil {
+			w.DNS(record.DNS{View: dns.a.View, Rules: RecordedFacts(dns.a.Node)})
+		}
 		recording.Store(true)
 	}
 	t.IsService = func(pr nf.Proto, a netip.AddrPort) bool {

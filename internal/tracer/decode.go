@@ -41,9 +41,10 @@ type decoder struct {
 	reasons map[uint32]string
 	symbols Symbolizer
 	// dns: the kernel captured DNS packets past their headers for their
-	// question (Options.DNSQuestions, without a snaplen); anything after
-	// it is dropped here.
-	dns bool
+	// question (Options.DNSQuestions); what follows the question, beyond
+	// snaplen bytes, is dropped here.
+	dns     bool
+	snaplen int
 }
 
 // Symbolizer turns a kernel text address into "symbol+0xoffset".
@@ -230,14 +231,14 @@ func (d *decoder) reason(code uint32) string {
 
 // captured is a copy of the n bytes of data the kernel captured, or nil.
 // captured copies the n bytes the kernel captured, a DNS packet's up to
-// its question.
+// its question or snaplen, whichever is more.
 func (d *decoder) captured(data []byte, n uint16) []byte {
 	m := min(int(n), len(data))
 	if m <= 0 {
 		return nil
 	}
 	if d.dns {
-		return bytes.Clone(nf.KeepDNSQuestion(data[:m]))
+		m = max(len(nf.KeepDNSQuestion(data[:m])), min(m, d.snaplen))
 	}
 	return bytes.Clone(data[:m])
 }

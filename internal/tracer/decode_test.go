@@ -10,7 +10,9 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/miekg/dns"
 	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/testutil/tracetest"
 )
 
 func raw(e bpfEvent) []byte {
@@ -377,5 +379,34 @@ func TestIgnoredReason(t *testing.T) {
 	}
 	if got := ignoredReason(map[uint32]string{}); got != ^uint32(0) {
 		t.Errorf("no reasons: got %d", got)
+	}
+}
+
+// A DNS packet's capture is cut after its question, or after --snaplen's
+// bytes when those are more; without DNSQuestions it is left whole.
+func TestCapturedDNS(t *testing.T) {
+	q := new(dns.Msg)
+	q.SetQuestion("web.shop.svc.cluster.local.", dns.TypeA)
+	m := new(dns.Msg)
+	m.SetReply(q)
+	rr, _ := dns.NewRR("web.shop.svc.cluster.local. 5 IN A 10.96.5.10")
+	m.Answer = []dns.RR{rr}
+	pkt := tracetest.DNSPacket(t, false, 53, 40000, m)
+	_, end, ok := nf.ParseDNS(pkt)
+	if !ok || end >= len(pkt) {
+		t.Fatalf("the answer's question ends at %d of %d bytes", end, len(pkt))
+	}
+	for _, tc := range []struct {
+		d    decoder
+		want int
+	}{
+		{decoder{dns: true}, end},
+		{decoder{dns: true, snaplen: 20}, end},
+		{decoder{dns: true, snaplen: end + 4}, end + 4},
+		{decoder{}, len(pkt)},
+	} {
+		if got := tc.d.captured(pkt, uint16(len(pkt))); len(got) != tc.want {
+			t.Errorf("dns %v, snaplen %d: %d bytes kept, want %d", tc.d.dns, tc.d.snaplen, len(got), tc.want)
+		}
 	}
 }

@@ -43,7 +43,7 @@ type Options struct {
 	// DNSQuestions: events of packets to and from a target's port 53 (UDP
 	// or TCP) carry the DNS header and first question after the packet's
 	// headers, whatever NoData says; the rest of the payload is dropped
-	// as events are read (unless Snaplen asks for it). Each DNS message
+	// as events are read (but for Snaplen's bytes). Each DNS message
 	// of a followed connection is reported, at one observer past the
 	// first each way.
 	DNSQuestions bool
@@ -311,7 +311,7 @@ func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cac
 	if t.reader, err = ringbuf.NewReader(t.coll.Maps[bpfMapEvents]); err != nil {
 		return nil, fmt.Errorf("opening the ring buffer: %w", err)
 	}
-	t.dec = decoder{key: randomKey(), reasons: reasons, symbols: NewKallsyms("/proc/kallsyms"), dns: opts.DNSQuestions && opts.Snaplen == 0}
+	t.dec = decoder{key: randomKey(), reasons: reasons, symbols: NewKallsyms("/proc/kallsyms"), dns: opts.DNSQuestions, snaplen: opts.Snaplen}
 
 	if err := t.SetTargets(opts.Targets); err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -172,6 +173,19 @@ func dnsStories(t *testing.T, c *cluster.Cluster) {
 			if !carried(out.Conns, m) {
 				t.Errorf("no query traced carried %+v: %+v", m, out.Conns)
 			}
+		}
+	})
+
+	t.Run("dns-recorded-then-analyzed", func(t *testing.T) {
+		// -w keeps what --probe=dns printed: analyze prints it again.
+		rec := filepath.Join(t.TempDir(), "dns.svctrace")
+		live := probeDNS(t, c, "web", front, "-w", rec)
+		analyzed := runDNS(t, exec.Command(svctrace(t), "analyze", rec, "-o", "json"))
+		if !reflect.DeepEqual(analyzed, live) {
+			t.Errorf("analyze printed\n%+v\nthe live run\n%+v", analyzed, live)
+		}
+		if live.finding(report.DNSOtherNamespace) == nil || len(live.Conns) < 2 {
+			t.Errorf("the live run found no %s or traced too little: %+v", report.DNSOtherNamespace, live)
 		}
 	})
 
@@ -427,17 +441,26 @@ func ask(t *testing.T, ns nf.NetNS, name, server, how string) (string, []netip.A
 
 // probeDNS runs svctrace SERVICE --probe=dns from Pod from, as an operator
 // would on the node, and reads its JSON lines.
-func probeDNS(t *testing.T, c *cluster.Cluster, service string, from *cluster.Pod) dnsOut {
+func probeDNS(t *testing.T, c *cluster.Cluster, service string, from *cluster.Pod, extra ...string) dnsOut {
 	t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", filepath.Base(c.Node.Path), svctrace(t), service, "-n", shop, "--node", cluster.NodeName,
+	args := append([]string{"netns", "exec", filepath.Base(c.Node.Path), svctrace(t), service, "-n", shop, "--node", cluster.NodeName,
 		"--kubeconfig", c.Kubeconfig, "--probe=dns", "--from", fmt.Sprintf("pod/%s/%s", from.Namespace, from.Name),
-		"--timeout", "1500ms", "--duration", "60s", "-o", "json")
+		"--timeout", "1500ms", "--duration", "60s", "-o", "json"}, extra...)
+	out := runDNS(t, exec.Command("ip", args...))
+	t.Logf("svctrace --probe=dns from %s/%s: %d connections", from.Namespace, from.Name, len(out.Conns))
+	return out
+}
+
+// runDNS runs cmd, svctrace printing JSON lines, and reads the resolution
+// and the connections from them.
+func runDNS(t *testing.T, cmd *exec.Cmd) dnsOut {
+	t.Helper()
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	raw, err := cmd.Output()
 	var exit *exec.ExitError
 	if err != nil && !(errors.As(err, &exit) && exit.ExitCode() == 1) {
-		t.Fatalf("svctrace: %v\n%s%s", err, raw, stderr.String())
+		t.Fatalf("%s: %v\n%s%s", cmd, err, raw, stderr.String())
 	}
 	var out dnsOut
 	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
@@ -459,6 +482,6 @@ func probeDNS(t *testing.T, c *cluster.Cluster, service string, from *cluster.Po
 	if len(out.Resolution.Names) != 3 {
 		t.Fatalf("no resolution of the name's three forms:\n%s\n%s", raw, stderr.String())
 	}
-	t.Logf("svctrace --probe=dns from %s/%s:\n%s%s", from.Namespace, from.Name, raw, stderr.String())
+	t.Logf("%s:\n%s%s", cmd, raw, stderr.String())
 	return out
 }
