@@ -81,6 +81,18 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 		return err
 	}
 
+	// assess diagnoses recorded objects as the live run did, naming
+	// addresses as it learned them; the first time (no prev), its
+	// diagnosis is printed, as live.
+	assess := func(v *resolve.View, r record.Rules, prev *diagnose.Assessment) *diagnose.Assessment {
+		a := assessRecorded(v, r, m)
+		a.Explainer.Lookup = func(ip netip.Addr) string { return names[ip] }
+		a.Explainer.Peer = peer
+		if prev == nil {
+			p.Diagnosis(a.Diagnosis())
+		}
+		return a
+	}
 	var view *resolve.View
 	// apply takes in one record: the assembler's inputs are returned, the
 	// rest changes what names and explains.
@@ -106,14 +118,8 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 				}
 			}
 		case record.TypeDNS:
-			first := dnsA == nil
-			dnsA = assessRecorded(e.DNS.View, e.DNS.Rules, m)
-			dnsA.Explainer.Lookup = func(a netip.Addr) string { return names[a] }
-			dnsA.Explainer.Peer = peer
+			dnsA = assess(e.DNS.View, e.DNS.Rules, dnsA)
 			x = explainerOf(cur, dnsA)
-			if first {
-				p.Diagnosis(dnsA.Diagnosis())
-			}
 		case record.TypeResolution:
 			var r report.Resolution
 			if err := json.Unmarshal(e.Resolution, &r); err != nil {
@@ -125,16 +131,10 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			if view == nil {
 				break
 			}
-			first := cur == nil
-			cur = assessRecorded(view, e.Rules, m)
-			cur.Explainer.Lookup = func(a netip.Addr) string { return names[a] }
-			cur.Explainer.Peer = peer
+			cur = assess(view, e.Rules, cur)
 			// Without the Service's objects (a recording cut right after
 			// its first record), connections go unexplained.
 			x = explainerOf(cur, dnsA)
-			if first {
-				p.Diagnosis(cur.Diagnosis())
-			}
 		case record.TypeEvent:
 			return live.Input{Event: &e.Event}, true
 		case record.TypeTick:
