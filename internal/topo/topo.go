@@ -307,9 +307,9 @@ type NodeNet6 struct {
 // Wire creates the bridge and the client and upstream links, and turns on
 // forwarding in the node.
 func (n NodeNet) Wire() error {
-	bridge, nodeAddr, clientAddr, uplink := []netip.Prefix{n.Bridge}, []netip.Prefix{n.NodeAddr}, []netip.Prefix{n.ClientAddr}, []netip.Prefix{n.Uplink}
+	nodeAddr, clientAddr, uplink := []netip.Prefix{n.NodeAddr}, []netip.Prefix{n.ClientAddr}, []netip.Prefix{n.Uplink}
 	if n.IPv6 != nil {
-		bridge, nodeAddr = append(bridge, n.IPv6.Bridge), append(nodeAddr, n.IPv6.NodeAddr)
+		nodeAddr = append(nodeAddr, n.IPv6.NodeAddr)
 		clientAddr, uplink = append(clientAddr, n.IPv6.ClientAddr), append(uplink, n.IPv6.Uplink)
 	}
 	// upstream has the next address of each uplink prefix; it is the
@@ -322,16 +322,34 @@ func (n NodeNet) Wire() error {
 		clientGW = append(clientGW, nodeAddr[i].Addr())
 	}
 	steps := []func() error{
-		func() error { return AddLink(n.Node, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: BridgeName}}) },
-		Iface{NS: n.Node, Name: BridgeName, Addrs: bridge}.Configure,
+		n.WireBridge,
 		func() error { return Veth(n.Node, "uplink0", n.Upstream, "eth0", "") },
 		Iface{NS: n.Node, Name: "uplink0", Addrs: uplink, Gateways: upstreamGW}.Configure,
 		Iface{NS: n.Upstream, Name: "eth0", Addrs: upstream}.Configure,
 		func() error { return Veth(n.Node, "client0", n.Client, "eth0", "") },
 		Iface{NS: n.Node, Name: "client0", Addrs: nodeAddr}.Configure,
 		Iface{NS: n.Client, Name: "eth0", Addrs: clientAddr, Gateways: clientGW}.Configure,
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WireBridge makes the node's Pod bridge, with its addresses, and has the
+// node forward (and answer with ICMP errors unlimited: kube-proxy REJECTs
+// with ICMP, and rate limiting would make that flaky).
+func (n NodeNet) WireBridge() error {
+	bridge := []netip.Prefix{n.Bridge}
+	if n.IPv6 != nil {
+		bridge = append(bridge, n.IPv6.Bridge)
+	}
+	steps := []func() error{
+		func() error { return AddLink(n.Node, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: BridgeName}}) },
+		Iface{NS: n.Node, Name: BridgeName, Addrs: bridge}.Configure,
 		func() error { return Sysctl(n.Node, "net.ipv4.ip_forward", "1") },
-		// kube-proxy REJECTs with ICMP; rate limiting would make that flaky.
 		func() error { return Sysctl(n.Node, "net.ipv4.icmp_ratelimit", "0") },
 	}
 	if n.IPv6 != nil {

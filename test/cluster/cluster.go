@@ -97,6 +97,7 @@ type Cluster struct {
 	pods    []*Pod
 	nextPod int
 	remote  map[string]*remoteNode // other nodes, by name
+	data    *DataNode              // the second node with a data path (JoinNode), if any
 	// policies: kube-router enforces NetworkPolicies (Options.Policies).
 	policies bool
 	mu       sync.Mutex
@@ -409,6 +410,18 @@ func (c *Cluster) waitServiceAccount(ctx context.Context, ns string) error {
 }
 
 func (c *Cluster) startKubeProxy(ctx context.Context, p *pki) error {
+	if err := c.runKubeProxy(c.Node, NodeName, p.path("kube-proxy.kubeconfig")); err != nil {
+		return err
+	}
+	// kube-proxy has synced once the default/kubernetes Service's rules exist.
+	return c.WaitRules(ctx, "the kubernetes Service", func(rules string) bool {
+		return strings.Contains(rules, c.NodeIP.String()+":"+fmt.Sprint(APIServerPort))
+	})
+}
+
+// runKubeProxy starts kube-proxy for node name in ns, in the cluster's
+// mode.
+func (c *Cluster) runKubeProxy(ns nf.NetNS, name, kubeconfig string) error {
 	mode, env := string(c.Mode), []string(nil)
 	if c.Mode == IPTablesLegacy {
 		// kube-proxy runs `iptables`, `iptables-restore`, …: give it the
@@ -419,8 +432,12 @@ func (c *Cluster) startKubeProxy(ctx context.Context, p *pki) error {
 		}
 		mode, env = string(IPTables), []string{"PATH=" + dir + ":" + os.Getenv("PATH")}
 	}
-	kp, err := start(c.Node, c.Dir, "kube-proxy", c.bin("kube-proxy"), env,
-		"--kubeconfig="+p.path("kube-proxy.kubeconfig"), "--proxy-mode="+mode, "--hostname-override="+NodeName,
+	log := "kube-proxy"
+	if name != NodeName {
+		log += "-" + name
+	}
+	kp, err := start(ns, c.Dir, log, c.bin("kube-proxy"), env,
+		"--kubeconfig="+kubeconfig, "--proxy-mode="+mode, "--hostname-override="+name,
 		"--cluster-cidr="+ClusterCIDR+","+ClusterCIDR6, "--conntrack-max-per-core=0",
 		"--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
 		"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256")
@@ -428,10 +445,7 @@ func (c *Cluster) startKubeProxy(ctx context.Context, p *pki) error {
 		return err
 	}
 	c.procs = append(c.procs, kp)
-	// kube-proxy has synced once the default/kubernetes Service's rules exist.
-	return c.WaitRules(ctx, "the kubernetes Service", func(rules string) bool {
-		return strings.Contains(rules, c.NodeIP.String()+":"+fmt.Sprint(APIServerPort))
-	})
+	return nil
 }
 
 func legacyIPTables(dir string) (string, error) {
@@ -444,7 +458,7 @@ func legacyIPTables(dir string) (string, error) {
 		if _, err := os.Stat(target); err != nil {
 			return "", fmt.Errorf("iptables-legacy not installed: %s missing", target)
 		}
-		if err := os.Symlink(target, filepath.Join(bin, name)); err != nil {
+		if err := os.Symlink(target, filepath.Join(bin, name)); err != nil && !os.IsExist(err) {
 			return "", err
 		}
 	}

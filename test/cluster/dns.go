@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -81,13 +80,8 @@ func (c *Cluster) StartDNS(ctx context.Context) (*DNS, error) {
 		return nil, err
 	}
 	// CoreDNS reaches the API server on the node's address, as a Pod does.
-	admin, err := os.ReadFile(c.Kubeconfig)
+	kubeconfig, err := c.kubeconfigVia("admin", "coredns")
 	if err != nil {
-		return nil, err
-	}
-	kubeconfig := filepath.Join(c.Dir, "coredns.kubeconfig")
-	server := fmt.Sprintf("https://%s", net.JoinHostPort(c.NodeIP.String(), fmt.Sprint(APIServerPort)))
-	if err := os.WriteFile(kubeconfig, []byte(strings.Replace(string(admin), fmt.Sprintf("https://127.0.0.1:%d", APIServerPort), server, 1)), 0o600); err != nil {
 		return nil, err
 	}
 	corefile := filepath.Join(c.Dir, "Corefile")

@@ -60,27 +60,38 @@ type PodSpec struct {
 // AddPod creates the pod's namespace, starts its server, creates the Pod
 // object on the node and sets its status (Running; Ready as asked).
 func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (*Pod, error) {
-	if spec.Node != "" && spec.Node != NodeName {
+	d := c.data
+	if spec.Node != "" && spec.Node != NodeName && (d == nil || spec.Node != d.Name) {
 		return c.addRemotePod(ctx, spec)
 	}
 	c.mu.Lock()
 	c.nextPod++
 	n := c.nextPod
+	p := &Pod{Namespace: spec.Namespace, Name: spec.Name}
+	nodeNet, node := c.net(), NodeName
+	if d != nil && spec.Node == d.Name {
+		d.pods++
+		ip := d.PodNet.Addr().As4()
+		ip[3] = byte(10 + d.pods)
+		p.IP, p.HostIP = netip.AddrFrom4(ip), d.IP
+		nodeNet, node = d.net(), d.Name
+	} else {
+		ip, ip6 := c.PodNet.Addr().As4(), c.PodNet6.Addr().As16()
+		ip[3], ip6[15] = byte(10+n), byte(10+n)
+		p.IP, p.IP6, p.HostIP = netip.AddrFrom4(ip), netip.AddrFrom16(ip6), c.NodeIP
+	}
+	c.pods = append(c.pods, p)
 	c.mu.Unlock()
-	ip := c.PodNet.Addr().As4()
-	ip[3] = byte(10 + n)
-	ip6 := c.PodNet6.Addr().As16()
-	ip6[15] = byte(10 + n)
-	p := &Pod{Namespace: spec.Namespace, Name: spec.Name, IP: netip.AddrFrom4(ip), IP6: netip.AddrFrom16(ip6), HostIP: c.NodeIP}
 	var err error
 	if p.NS, err = topo.CreateNetNS(c.nsName(fmt.Sprintf("pod%d", n))); err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	c.pods = append(c.pods, p)
-	c.mu.Unlock()
 	p.Veth = fmt.Sprintf("veth%d", n) // as AttachPod names it
-	if err := c.net().AttachPod(p.NS, n, p.IP, p.IP6); err != nil {
+	addrs := []netip.Addr{p.IP}
+	if p.IP6.IsValid() {
+		addrs = append(addrs, p.IP6)
+	}
+	if err := nodeNet.AttachPod(p.NS, n, addrs...); err != nil {
 		return nil, err
 	}
 	if spec.Serve != "" {
@@ -88,7 +99,7 @@ func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (*Pod, error) {
 			return nil, err
 		}
 	}
-	return p, c.createPod(ctx, p, spec, NodeName)
+	return p, c.createPod(ctx, p, spec, node)
 }
 
 // addRemotePod adds a Pod object on another node.
@@ -222,7 +233,10 @@ func (c *Cluster) CreateService(ctx context.Context, svc *corev1.Service) (*core
 
 // Ruleset returns what kube-proxy programmed in the node, as its mode's own
 // tools print it: iptables-save then ip6tables-save, or nft list ruleset.
-func (c *Cluster) Ruleset() (string, error) {
+func (c *Cluster) Ruleset() (string, error) { return c.rulesetIn(c.Node) }
+
+// rulesetIn is Ruleset for the node whose namespace is ns.
+func (c *Cluster) rulesetIn(ns nf.NetNS) (string, error) {
 	var cmds [][]string
 	switch c.Mode {
 	case IPTables:
@@ -234,7 +248,7 @@ func (c *Cluster) Ruleset() (string, error) {
 	}
 	var out strings.Builder
 	for _, cmd := range cmds {
-		s, err := c.Exec(cmd...)
+		s, err := topo.Run(ns, "", cmd...)
 		if err != nil {
 			return "", err
 		}
