@@ -45,6 +45,9 @@ const serviceExamples = `  # on a node: diagnose Service web in namespace shop, 
   # ... and whether the NetworkPolicies let Pod frontend-1 of namespace web through
   sudo svctrace check web -n shop --from pod/web/frontend-1
 
+  # the cluster DNS itself: each query's name, type and answer code, and the CoreDNS Pod it went to
+  sudo svctrace kube-dns -n kube-system
+
   # inside kubectl debug node/NODE -it --profile=sysadmin --image=… (uses the node's kubelet credentials)
   svctrace web -n shop
 

@@ -108,7 +108,7 @@ func (d *DataNode) net() topo.NodeNet {
 	return topo.NodeNet{Node: d.NS, Bridge: netip.PrefixFrom(d.PodNet.Addr().Next(), d.PodNet.Bits())}
 }
 
-// Ruleset is what kube-proxy programmed on the data node, as Cluster.Ruleset.
+// RulesetOn is what kube-proxy programmed on data node d, as Ruleset.
 func (c *Cluster) RulesetOn(d *DataNode) (string, error) { return c.rulesetIn(d.NS) }
 
 // kubeconfigVia writes a copy of the client certificate <cert>'s
