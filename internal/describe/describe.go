@@ -259,12 +259,9 @@ func DNS(c *flow.Conn) string {
 			continue
 		}
 		s := q.String() + " → no answer"
-		for _, r := range c.DNS {
-			if r.Response && r.ID == q.ID {
-				answered[r.ID] = true
-				s = q.String() + " → " + strings.TrimPrefix(r.String(), r.Type+" "+r.Name+" ")
-				break
-			}
+		if r, ok := q.AnswerIn(c.DNS); ok {
+			answered[r.ID] = true
+			s = q.String() + " → " + strings.TrimPrefix(r.String(), r.Type+" "+r.Name+" ")
 		}
 		parts = append(parts, s)
 	}

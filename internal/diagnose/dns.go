@@ -181,14 +181,15 @@ func (l Lookup) unanswered() (report.Finding, bool) {
 			}
 		}
 		for i, e := range silent {
-			who := "endpoint " + e.Addr.String()
+			object, who := "endpoint "+e.Addr.String(), "endpoint "+e.Addr.String()
 			if e.Pod.Name != "" {
-				who = fmt.Sprintf("Pod %s (%s)", e.Pod, e.Addr)
+				object = "Pod " + e.Pod.String()
+				who = fmt.Sprintf("%s (%s)", object, e.Addr)
 				f.Next = append(f.Next, fmt.Sprintf("kubectl -n %s logs %s", e.Pod.Namespace, e.Pod.Name))
 			}
 			f.Evidence = append(f.Evidence, fmt.Sprintf("the node's conntrack: the DNAT sent queries to %s, %s, and no reply came back", who, e.State()))
 			if i == 0 {
-				f.Object, _, _ = strings.Cut(who, " (")
+				f.Object = object
 				f.Summary += fmt.Sprintf("; %s's DNAT sent them to %s, which is %s yet did not answer", l.DNS.Name, who, e.State())
 			}
 		}
@@ -421,7 +422,7 @@ func dnsNotes(c *flow.Conn) []string {
 func dnsUnanswered(c *flow.Conn) []string {
 	var out []string
 	for _, q := range c.DNS {
-		if !q.Response && !slices.ContainsFunc(c.DNS, func(r nf.DNS) bool { return r.Response && r.ID == q.ID }) {
+		if _, answered := q.AnswerIn(c.DNS); !q.Response && !answered {
 			out = append(out, q.String())
 		}
 	}

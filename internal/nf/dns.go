@@ -44,6 +44,17 @@ func (d DNS) String() string {
 	return s
 }
 
+// AnswerIn is the answer to question q among msgs (the response with its
+// ID), if one is there.
+func (q DNS) AnswerIn(msgs []DNS) (DNS, bool) {
+	for _, r := range msgs {
+		if r.Response && r.ID == q.ID {
+			return r, true
+		}
+	}
+	return DNS{}, false
+}
+
 const dnsHeader = 12
 
 // DNSPayload finds the DNS message in a packet's first bytes from its IP

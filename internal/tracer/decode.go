@@ -229,9 +229,8 @@ func (d *decoder) reason(code uint32) string {
 	return fmt.Sprintf("reason-%d", code)
 }
 
-// captured is a copy of the n bytes of data the kernel captured, or nil.
-// captured copies the n bytes the kernel captured, a DNS packet's up to
-// its question or snaplen, whichever is more.
+// captured is a copy of the n bytes of data the kernel captured, or nil:
+// a DNS packet's up to its question or snaplen, whichever is more.
 func (d *decoder) captured(data []byte, n uint16) []byte {
 	m := min(int(n), len(data))
 	if m <= 0 {
