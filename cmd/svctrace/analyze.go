@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -24,7 +25,7 @@ type analyzeOptions struct {
 func newAnalyze(g *globals) *cobra.Command {
 	o := &analyzeOptions{globals: g}
 	cmd := &cobra.Command{
-		Use:   "analyze FILE",
+		Use:   "analyze FILE [FILE...]",
 		Short: "Print a recording (-w) as the live run did, anywhere: no root, no cluster needed",
 		Long: `Read a recording made with -w on svctrace SERVICE, svctrace trace or svctrace lab and print
 what the live run printed: the diagnosis, every connection with its names and blame, the summary. Then an
@@ -38,7 +39,15 @@ observation point, e.g. "PREROUTING post-dnat"), as the packet was there (its he
 comment: what changed, the connection's verdict, Service and blame.
 
 A recording cut short (the trace was killed, the disk filled) is analysed up to its last
-whole record.`,
+whole record.
+
+Several recordings, one per node, made at the same time (the client's node and the
+endpoints' nodes) are stitched: each connection is one timeline across the nodes it crossed,
+each step marked with its node (the DNAT on the client's node, the packet leaving by the
+overlay, arriving on the endpoint's node and delivered to the Pod, the reply's way back),
+with one verdict: the node that dropped it, or the two nodes a packet was lost between. The
+nodes' clocks are aligned from the connections' own packets (wall clocks where no packet
+crossed both ways); times are on the first recording's clock.`,
 		Example: `  # on the node, during the incident
   sudo svctrace web -n shop -w web.svctrace --max-size 200M
 
@@ -46,14 +55,18 @@ whole record.`,
   svctrace analyze web.svctrace
   svctrace analyze web.svctrace --verdict rejected,no-reply
   svctrace analyze web.svctrace --client 10.244.1.7 -o json
-  svctrace analyze web.svctrace -o pcapng > web.pcapng && wireshark web.pcapng`,
+  svctrace analyze web.svctrace -o pcapng > web.pcapng && wireshark web.pcapng
+
+  # one connection across two nodes: record on both at once, then
+  kubectl debug node/node-a ... svctrace web -n shop -w /host/tmp/node-a.svctrace
+  svctrace analyze node-a.svctrace node-b.svctrace`,
 		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return errors.New("name one recording, e.g. svctrace analyze web.svctrace")
+			if len(args) == 0 {
+				return errors.New("name a recording, e.g. svctrace analyze web.svctrace (or one per node: svctrace analyze node-a.svctrace node-b.svctrace)")
 			}
 			return nil
 		},
-		RunE:        func(cmd *cobra.Command, args []string) error { return o.run(args[0]) },
+		RunE:        func(cmd *cobra.Command, args []string) error { return o.run(args) },
 		Annotations: map[string]string{outputsKey: "text,json,pcapng"},
 	}
 	f := cmd.Flags()
@@ -74,8 +87,9 @@ whole record.`,
 // GOGC, when set, decide instead.
 const analyzeMemoryLimit = 40 << 20
 
-func (o *analyzeOptions) run(path string) error {
-	if os.Getenv("GOMEMLIMIT") == "" && os.Getenv("GOGC") == "" {
+func (o *analyzeOptions) run(paths []string) error {
+	if os.Getenv("GOMEMLIMIT") == "" && os.Getenv("GOGC") == "" && len(paths) == 1 {
+		// Stitching holds every connection of every recording at once.
 		debug.SetMemoryLimit(analyzeMemoryLimit)
 	}
 	keep, err := session.Filter(o.client, o.endpoint, o.verdicts)
@@ -83,26 +97,36 @@ func (o *analyzeOptions) run(path string) error {
 		return err
 	}
 	if o.format == output.FormatPcapNG && isTerminal(o.stdout) {
-		return errors.New("pcapng is binary: send it to a file, e.g. svctrace analyze " + path + " -o pcapng > trace.pcapng")
+		return errors.New("pcapng is binary: send it to a file, e.g. svctrace analyze " + strings.Join(paths, " ") + " -o pcapng > trace.pcapng")
 	}
-	if st, err := os.Stat(path); err == nil && st.IsDir() {
-		return fmt.Errorf("%s is a directory: name a recording made with -w, e.g. svctrace analyze %s", path, filepath.Join(path, "trace.svctrace"))
-	}
-	rec, corrupt := record.Open(path)
-	if rec == nil {
-		var fe *record.FormatError
-		if errors.As(corrupt, &fe) {
-			return fmt.Errorf("%w; is it a recording made with svctrace -w?", corrupt)
-		}
-		return corrupt
-	}
-	// corrupt, if set, is where the recording stops making sense: what
+	recs := make([]session.Recording, len(paths))
+	// corrupt, if set, is where a recording stops making sense: what
 	// precedes it is analysed, and the exit status says it was not all.
-	if err := session.Replay(o.io(), path, rec, keep, corrupt != nil); err != nil {
+	var corrupt []error
+	for i, path := range paths {
+		if st, err := os.Stat(path); err == nil && st.IsDir() {
+			return fmt.Errorf("%s is a directory: name a recording made with -w, e.g. svctrace analyze %s", path, filepath.Join(path, "trace.svctrace"))
+		}
+		rec, bad := record.Open(path)
+		if rec == nil {
+			var fe *record.FormatError
+			if errors.As(bad, &fe) {
+				return fmt.Errorf("%w; is it a recording made with svctrace -w?", bad)
+			}
+			return bad
+		}
+		recs[i] = session.Recording{Path: path, Rec: rec, Corrupt: bad != nil}
+		if bad != nil {
+			corrupt = append(corrupt, fmt.Errorf("%w: the %d records before it were analysed", bad, rec.Records))
+		}
+	}
+	if len(recs) == 1 {
+		err = session.Replay(o.io(), paths[0], recs[0].Rec, keep, recs[0].Corrupt)
+	} else {
+		err = session.ReplayNodes(o.io(), recs, keep)
+	}
+	if err != nil {
 		return err
 	}
-	if corrupt != nil {
-		return fmt.Errorf("%w: the %d records before it were analysed", corrupt, rec.Records)
-	}
-	return nil
+	return errors.Join(corrupt...)
 }

@@ -114,6 +114,10 @@ func TestRecordTraceAnalyze(t *testing.T) {
 		}
 	}
 	checkPcapNG(t, file)
+	// Several recordings are one per node.
+	if out, _, err := run(context.Background(), "analyze", file, file); err == nil || !strings.Contains(err.Error(), "are both recordings of node") || out != "" {
+		t.Errorf("analyze of one recording twice: %v, printed %q", err, out)
+	}
 }
 
 // packetData are the packet bytes a recording's events carry.

@@ -35,11 +35,11 @@ func change(s flow.Step, ch flow.Change) string {
 	}
 	switch ch.Kind {
 	case flow.Sent:
-		return what + " " + arrow(s.Tuple.Src, s.Tuple.Dst)
+		return what + " " + arrow(s.Tuple.Src, s.Tuple.Dst) + cameIn(s, ch)
 	case flow.Retransmitted:
-		return fmt.Sprintf("%s retransmitted (%d)", s.Flags, ch.N)
+		return fmt.Sprintf("%s retransmitted (%d)", s.Flags, ch.N) + cameIn(s, ch)
 	case flow.Replied:
-		return "reply " + what + " " + arrow(s.Tuple.Src, s.Tuple.Dst)
+		return "reply " + what + " " + arrow(s.Tuple.Src, s.Tuple.Dst) + cameIn(s, ch)
 	case flow.NodeSent:
 		return "the node sends " + what + " " + arrow(s.Tuple.Src, s.Tuple.Dst)
 	case flow.ICMPError:
@@ -84,6 +84,16 @@ func change(s flow.Step, ch flow.Change) string {
 		return "no conntrack entry: INVALID, so no NAT applies"
 	}
 	return fmt.Sprintf("change %d", ch.Kind)
+}
+
+// cameIn says where a packet came into the node, on a timeline stitched
+// from several nodes, where it tells the overlay from the Pod's bridge:
+// " in via flannel.1".
+func cameIn(s flow.Step, ch flow.Change) string {
+	if s.Node == "" || ch.Iface == "" {
+		return ""
+	}
+	return " in via " + ch.Iface
 }
 
 // arrow is "from → to". Steps are printed by the thousand: no fmt.
@@ -213,6 +223,12 @@ func Reason(c *flow.Conn) string {
 			s += " after " + o.Last.String()
 		}
 		return s
+	case flow.Crossing:
+		what := "the " + c.PacketName(o.Packet)
+		if o.Dir == flow.Reply {
+			what = fmt.Sprintf("%s answered (%s) and its reply", o.Answer.From, o.Answer.What)
+		}
+		return fmt.Sprintf("%s left %s via %s and never reached %s, which traced it: lost between the nodes", what, o.From, o.Iface, o.To)
 	}
 	return string(c.Verdict)
 }

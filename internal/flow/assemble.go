@@ -739,6 +739,9 @@ func (a *Assembler) describe(changes []Change, c *Conn, pk *packet, ev *nf.Event
 	default:
 		ch = Change{Kind: Replied}
 	}
+	if ev.Kind == nf.KindHook && ev.Hook == nf.PreRouting && ev.InIf != 0 && ch.Kind != NodeSent {
+		ch.Iface = a.ifName(ev.InIf) // where it came in: shown on a stitched timeline
+	}
 	changes = append(changes, ch)
 	if ev.CT.ID != 0 {
 		changes = append(changes, tracked(ev.CT))

@@ -60,7 +60,10 @@ type Change struct {
 	// Inner is set for an ICMPError only: a pointer keeps every other
 	// change small (a connection holds tens).
 	Inner *nf.Tuple
-	Iface string // Left
+	// Iface: Left, where the packet leaves; Sent, Retransmitted, Replied
+	// and ICMPError, where it came in (PREROUTING; "" : unknown, or made
+	// on the node).
+	Iface string
 }
 
 // OutcomeKind is which case decided a connection's verdict.
@@ -96,6 +99,10 @@ const (
 	// Vanished: no drop was reported; Last is the last place the packet was
 	// seen, if Seen.
 	Vanished
+	// Crossing: the connection's packet (Dir, Packet: its number on
+	// From) left node From via Iface for node To, which traced and never
+	// saw it: it was lost between the nodes. Set by stitching only.
+	Crossing
 )
 
 // Outcome is why a connection got its verdict, as data.
@@ -108,6 +115,10 @@ type Outcome struct {
 	Local  bool          // Unanswered
 	Last   nf.Gap        // Vanished
 	Seen   bool          // Vanished: Last is valid
+	// Crossing: the nodes the packet left and never reached, and which
+	// way it went.
+	From, To string
+	Dir      Dir
 }
 
 // Answer is a packet that came back towards the client.

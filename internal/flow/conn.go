@@ -77,7 +77,11 @@ type Conn struct {
 	// and answer once in the order seen (at most MaxDNS): read from the
 	// captured header and first question of a DNS Service's port-53
 	// packets (tracer.Options.DNSQuestions).
-	DNS      []nf.DNS
+	DNS []nf.DNS
+	// Nodes are the nodes whose views of the connection make it, in the
+	// order its packets crossed them, where more than one node traced it
+	// (internal/stitch); nil: one node's view.
+	Nodes    []string
 	st       state
 	done     bool // reported; no longer followed
 	listed   bool // in the assembler's list of connections
@@ -112,6 +116,9 @@ type Step struct {
 	Changes []Change
 	Drop    *Drop  // set on a drop
 	Data    []byte // the packet's first bytes here, from its IP header (pcapng)
+	// Node is the node that saw this step, on a timeline stitched from
+	// several nodes' (Conn.Nodes); "" otherwise.
+	Node string `json:",omitempty"`
 }
 
 // Drop locates a drop.
@@ -134,6 +141,8 @@ type Drop struct {
 	// Endpoint is where the packet was going when it died, after DNAT
 	// (invalid: not translated, or not known).
 	Endpoint netip.AddrPort `json:",omitzero"`
+	// Node is the node it died on, on a stitched timeline (Step.Node).
+	Node string `json:",omitempty"`
 }
 
 // AtConfirm reports whether conntrack's confirmation dropped the packet

@@ -60,9 +60,13 @@ func (a *Analysis) Count(r report.Conn) {
 }
 
 // ConnectLatency is the time from a connection's first packet to the first
-// answer (SYN to SYN-ACK for TCP), as the node saw them.
+// answer (SYN to SYN-ACK for TCP), as the node saw them: the client's
+// node, on a timeline stitched from several.
 func ConnectLatency(c *flow.Conn) (time.Duration, bool) {
 	for _, s := range c.Steps {
+		if len(c.Nodes) > 0 && s.Node != c.Nodes[0] {
+			continue
+		}
 		if s.Dir == flow.Reply && s.Time >= c.Start {
 			return time.Duration(s.Time - c.Start), true
 		}

@@ -55,9 +55,18 @@ type jsonConn struct {
 	Drop         *jsonDrop        `json:"drop,omitempty"`
 	Drops        []*jsonDrop      `json:"drops,omitempty"`
 	DNS          []nf.DNS         `json:"dns,omitempty"`
+	Nodes        []string         `json:"nodes,omitempty"`
+	LostBetween  *jsonCrossing    `json:"lost_between,omitempty"`
 	Events       []jsonEvent      `json:"events"`
 	Truncated    bool             `json:"events_truncated,omitzero"`
 	LostEvents   uint64           `json:"lost_events,omitzero"`
+}
+
+// jsonCrossing: the nodes a packet left and never reached.
+type jsonCrossing struct {
+	From string   `json:"from"`
+	To   string   `json:"to"`
+	Dir  flow.Dir `json:"dir"`
 }
 
 type jsonPackets struct {
@@ -84,6 +93,7 @@ type jsonDrop struct {
 	Dir        flow.Dir        `json:"dir"`
 	Invalid    bool            `json:"invalid,omitempty"`
 	Endpoint   *netip.AddrPort `json:"endpoint,omitempty"`
+	Node       string          `json:"node,omitempty"`
 }
 
 type jsonEvent struct {
@@ -102,6 +112,7 @@ type jsonEvent struct {
 	CTZone   uint16         `json:"ct_zone,omitzero"`
 	Mark     uint32         `json:"mark,omitzero"`
 	Note     string         `json:"note,omitempty"`
+	Node     string         `json:"node,omitempty"`
 }
 
 func (p *JSON) Conn(r report.Conn) {
@@ -113,7 +124,7 @@ func (p *JSON) Conn(r report.Conn) {
 		DurationUS: time.Duration(c.End - c.Start).Microseconds(),
 		Packets: jsonPackets{c.Packets[flow.Original], c.Packets[flow.Reply],
 			jsonBytes{c.Bytes[flow.Original], c.Bytes[flow.Reply]}},
-		SYNs: c.SYNs, Closed: c.Closed, Truncated: c.Truncated, LostEvents: r.Lost, DNS: c.DNS,
+		SYNs: c.SYNs, Closed: c.Closed, Truncated: c.Truncated, LostEvents: r.Lost, DNS: c.DNS, Nodes: c.Nodes,
 		Events: make([]jsonEvent, 0, len(c.Steps)),
 	}
 	if c.Endpoint.IsValid() {
@@ -137,6 +148,9 @@ func (p *JSON) Conn(r report.Conn) {
 	if len(c.Endpoints) > 1 {
 		j.Endpoints = c.Endpoints
 	}
+	if o := c.Outcome; o.Kind == flow.Crossing {
+		j.LostBetween = &jsonCrossing{o.From, o.To, o.Dir}
+	}
 	if e := r.Explanation; e != nil {
 		j.Service, j.Pod, j.Node, j.EndpointCond, j.Rule, j.Blame = e.Service, e.Pod, e.Node, e.Endpoint, e.Rule, e.Blame
 		j.Notes, j.Cause, j.Class, j.Evidence = e.Notes, e.Cause, e.Class, e.Evidence
@@ -144,7 +158,7 @@ func (p *JSON) Conn(r report.Conn) {
 	for _, s := range c.Steps {
 		e := jsonEvent{TimeUS: time.Duration(s.Time - c.Start).Microseconds(), Packet: s.Packet, Dir: s.Dir,
 			Kind: s.Kind, Stage: s.Stage, Src: s.Tuple.Src, Dst: s.Tuple.Dst, Flags: s.Flags, CT: s.CT,
-			CTMark: s.CTMark, CTZone: s.CTZone, Mark: s.Mark, Note: describe.Step(s)}
+			CTMark: s.CTMark, CTZone: s.CTZone, Mark: s.Mark, Note: describe.Step(s), Node: s.Node}
 		if s.Kind == nf.KindHook || (s.Drop != nil && s.Drop.Placed) {
 			e.Hook = s.Hook.String()
 		}
@@ -158,7 +172,7 @@ func (p *JSON) Conn(r report.Conn) {
 }
 
 func drop(d *flow.Drop) *jsonDrop {
-	j := &jsonDrop{Reason: d.Reason, Location: d.Location, NetNS: d.NetNS, InNode: d.InNode, Packet: d.Packet, Dir: d.Dir, Invalid: d.Invalid}
+	j := &jsonDrop{Reason: d.Reason, Location: d.Location, NetNS: d.NetNS, InNode: d.InNode, Packet: d.Packet, Dir: d.Dir, Invalid: d.Invalid, Node: d.Node}
 	if d.Endpoint.IsValid() {
 		ep := d.Endpoint
 		j.Endpoint = &ep

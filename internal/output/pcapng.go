@@ -64,6 +64,9 @@ func (p *PcapNG) Conn(r report.Conn) {
 		if s.Kind == nf.KindDrop {
 			point, desc = "drop", "packets as the kernel freed them (dropped)"
 		}
+		if s.Node != "" { // a timeline stitched from several nodes
+			point, desc = s.Node+" "+point, "node "+s.Node+": "+desc
+		}
 		id := p.iface(point, desc)
 		what := describe.Step(s)
 		if what == "" {

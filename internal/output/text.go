@@ -33,6 +33,9 @@ func (p *Text) Conn(c report.Conn) {
 	if c.Continues != 0 {
 		fmt.Fprintf(b, ", continues #%d", c.Continues)
 	}
+	if len(c.Nodes) > 1 {
+		fmt.Fprintf(b, ", across %s", strings.Join(c.Nodes, " → "))
+	}
 	if p.opts.Wall != nil {
 		fmt.Fprintf(b, "  %s", p.opts.Wall(c.Start).Format("15:04:05.000"))
 	}
@@ -43,6 +46,12 @@ func (p *Text) Conn(c report.Conn) {
 		b.WriteByte('\n')
 	}
 
+	// A timeline stitched from several nodes marks each step with its
+	// node.
+	nodeWidth := 0
+	for _, n := range c.Nodes {
+		nodeWidth = max(nodeWidth, utf8.RuneCountInString(n))
+	}
 	var shownPackets []int // a handful: a slice, not a map
 	for _, s := range c.Steps {
 		if !s.Shown() {
@@ -55,6 +64,9 @@ func (p *Text) Conn(c report.Conn) {
 		// step, and fmt was most of printing it.
 		b.WriteString("   ")
 		pad(b, since(time.Duration(s.Time-c.Start)), 9)
+		if nodeWidth > 0 {
+			pad(b, s.Node, nodeWidth)
+		}
 		pad(b, s.Hook.String(), 12)
 		b.WriteString(describe.Step(s))
 		b.WriteString(dnatName(c, s))

@@ -74,11 +74,14 @@ const (
 	CTInvalid     Code = "ct-invalid"     // conntrack found a packet INVALID
 	StaleEntry    Code = "stale-entry"    // a conntrack entry from before sends the flow to a gone endpoint
 	NodePortAddr  Code = "nodeport-addr"  // a NodePort on an address kube-proxy does not accept NodePorts on
+	// LostBetweenNodes: a packet left one traced node for another, which
+	// never saw it (a timeline stitched from both).
+	LostBetweenNodes Code = "lost-between-nodes"
 )
 
 // TraceCodes are the causes only packets show, in the order docs/json.md
 // lists them.
-var TraceCodes = []Code{KernelDrop, RuleDrop, UnplacedDrop, Refused, NoAnswer, Hairpin, ConntrackDrop, InsertClash, CTInvalid, StaleEntry, NodePortAddr}
+var TraceCodes = []Code{KernelDrop, RuleDrop, UnplacedDrop, Refused, NoAnswer, Hairpin, ConntrackDrop, InsertClash, CTInvalid, StaleEntry, NodePortAddr, LostBetweenNodes}
 
 // Codes are all the codes, in the order docs/json.md lists them.
 var Codes = []Code{

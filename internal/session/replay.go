@@ -21,6 +21,30 @@ import (
 // connections keep keeps, then the analysis (svctrace analyze); path names
 // the recording in messages, corrupt says it was read up to a corruption.
 func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool, corrupt bool) error {
+	_, err := replay(o, path, rec, corrupt, replayTo{keep: keep})
+	return err
+}
+
+// replayTo is where a replay's output goes: a printer of its own made on
+// o (nil p) or p, and every connection keep keeps printed there; or,
+// with collect, the diagnoses printed and the connections handed to
+// collect, unfiltered, to be printed with other nodes'.
+type replayTo struct {
+	p       output.Printer
+	keep    func(*flow.Conn) bool
+	collect func(report.Conn)
+}
+
+// replayed is what a replay tells of the recording beyond its output.
+type replayed struct {
+	res live.Result
+	// last is the recording's last input time (its flush, else tick):
+	// the trace lasted from its Meta.Mono to then.
+	last uint64
+}
+
+func replay(o IO, path string, rec *record.Recording, corrupt bool, to replayTo) (replayed, error) {
+	var out replayed
 	var err error
 	for _, n := range rec.Notes {
 		o.say("note: %s", n)
@@ -34,7 +58,10 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 	}
 	m := rec.Meta
 	if m.Mode != "trace" && m.Mode != "service" && m.Mode != "lab" {
-		return fmt.Errorf("%s: a recording of svctrace %s, which this svctrace cannot analyse", path, m.Mode)
+		return out, fmt.Errorf("%s: a recording of svctrace %s, which this svctrace cannot analyse", path, m.Mode)
+	}
+	if m.Mode == "lab" && to.collect != nil {
+		return out, fmt.Errorf("%s: a recording of svctrace lab, whose node is the only one: analyse it alone", path)
 	}
 
 	// The interfaces the live run named as it went, known up front here.
@@ -64,7 +91,7 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 	var labAs map[string]*diagnose.Assessment
 	if m.Mode == "lab" {
 		if lr, labAs, err = readLab(rec, names, peer); err != nil {
-			return fmt.Errorf("%s: %w", path, err)
+			return out, fmt.Errorf("%s: %w", path, err)
 		}
 		if lr == nil {
 			o.say("note: the recording ends before the lab's scenarios: its connections are shown without them")
@@ -76,9 +103,11 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			x = labExplainer{ss, labAs}
 		}
 	}
-	p, err := o.Printer(output.Options{Wall: m.WallClock()})
-	if err != nil {
-		return err
+	p := to.p
+	if p == nil {
+		if p, err = o.Printer(output.Options{Wall: m.WallClock()}); err != nil {
+			return out, err
+		}
 	}
 
 	// assess diagnoses recorded objects as the live run did, naming
@@ -138,10 +167,12 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 		case record.TypeEvent:
 			return live.Input{Event: &e.Event}, true
 		case record.TypeTick:
+			out.last = max(out.last, e.Time)
 			return live.Input{Tick: e.Time}, true
 		case record.TypeLost:
 			return live.Input{Lost: e.Lost}, true
 		case record.TypeFlush:
+			out.last = max(out.last, e.Time)
 			return live.Input{Flush: e.Time}, true
 		}
 		return live.Input{}, false
@@ -150,7 +181,7 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 	// rec was read without them (record.Open).
 	cs, err := newCursor(rec)
 	if err != nil {
-		return err
+		return out, err
 	}
 	defer cs.close()
 	next := func() (live.Input, bool) {
@@ -189,9 +220,10 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			IsService: func(pr nf.Proto, a netip.AddrPort) bool { return services[nf.Target{Addr: a, Proto: pr}] },
 			IfName:    func(i uint32) string { return ifNames[i] }},
 		Count: m.Count,
-		// A lab's connections are kept to be printed by scenario; any
-		// other's are done with once printed.
-		Reuse: lr == nil,
+		// A lab's connections are kept to be printed by scenario, and
+		// collected ones to be stitched; any other's are done with once
+		// printed.
+		Reuse: lr == nil && to.collect == nil,
 		Conn: func(c *flow.Conn, lost uint64) {
 			if lr != nil {
 				conns = append(conns, c) // printed by scenario at the end, as live
@@ -202,15 +234,27 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 			for e := cs.peek(); e != nil && (e.Type == record.TypeName || e.Type == record.TypeFacts); e = cs.peek() {
 				apply(cs.take())
 			}
-			if keep(c) {
+			if to.collect != nil {
+				to.collect(report.Of(c, x, lost))
+				return
+			}
+			if to.keep(c) {
 				r := report.Of(c, x, lost)
 				sum.Count(c)
 				an.Count(r)
 				p.Conn(r)
 			}
 		},
-		Lost: p.Lost,
+		Lost: func(total uint64) {
+			if to.collect == nil {
+				p.Lost(total)
+			}
+		},
 	}, next)
+	out.res = res
+	if to.collect != nil {
+		return out, nil
+	}
 	if lr != nil {
 		results := make([]lab.Result, len(lr.Results))
 		for i, r := range lr.Results {
@@ -230,7 +274,7 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 		}
 		lab.Assign(results, conns)
 		for i := range results {
-			results[i].Conns = slices.DeleteFunc(results[i].Conns, func(c *flow.Conn) bool { return !keep(c) })
+			results[i].Conns = slices.DeleteFunc(results[i].Conns, func(c *flow.Conn) bool { return !to.keep(c) })
 			for _, c := range results[i].Conns {
 				an.Count(report.Of(c, x, 0))
 			}
@@ -238,14 +282,19 @@ func Replay(o IO, path string, rec *record.Recording, keep func(*flow.Conn) bool
 		// A scenario whose verdict differed was reported live; here it is
 		// only what the recording holds.
 		if err := printLab(o, p, x.(labExplainer), lr.Run, results, res, true); err != nil && err != ErrReported {
-			return err
+			return out, err
 		}
 		output.WriteAnalysis(p, &an)
-		return nil
+		return out, nil
 	}
 	sum.Lost, sum.Orphans = res.Lost, res.Orphans
 	p.Summary(sum)
 	output.WriteAnalysis(p, &an)
+	return out, pcapErr(p)
+}
+
+// pcapErr is the pcapng printer's write error, if p is one.
+func pcapErr(p output.Printer) error {
 	if pc, ok := p.(*output.PcapNG); ok && pc.Err() != nil {
 		return fmt.Errorf("writing pcapng: %w", pc.Err())
 	}

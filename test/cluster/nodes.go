@@ -23,7 +23,10 @@ type DataNode struct {
 	PodNet netip.Prefix
 	// Overlay is how the nodes' Pod ranges reach each other.
 	Overlay topo.Overlay
-	pods    int
+	// Kubeconfig is the cluster admin's, for a process on this node (the
+	// API server reached at the first node's address).
+	Kubeconfig string
+	pods       int
 }
 
 // The link between the nodes: "nodes0" on the first, eth0 on the others,
@@ -91,6 +94,9 @@ func (c *Cluster) JoinNode(ctx context.Context, name string, o topo.Overlay) (*D
 		return nil, err
 	}
 	if err := c.runKubeProxy(d.NS, name, kubeconfig); err != nil {
+		return nil, err
+	}
+	if d.Kubeconfig, err = c.kubeconfigVia("admin", name); err != nil {
 		return nil, err
 	}
 	found, err := pollRules(ctx, func() (string, error) { return c.rulesetIn(d.NS) }, func(rules string) bool {

@@ -203,45 +203,75 @@ func traceStory(t *testing.T, c *cluster.Cluster, s *story, addr netip.AddrPort,
 	})
 }
 
-// tracing runs svctrace with args on the node (--node given), runs act
-// once its observers are attached, and returns what it printed when it
-// ends.
+// tracing runs svctrace with args on the cluster's node, acts once it
+// traces, and returns what it printed.
 func tracing(t *testing.T, c *cluster.Cluster, args []string, act func()) string {
 	t.Helper()
-	args = append(append([]string{"netns", "exec", filepath.Base(c.Node.Path), svctrace(t)}, args...), "--node", cluster.NodeName)
-	cmd := exec.Command("ip", args...)
-	var stdout strings.Builder
-	cmd.Stdout = &stdout
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
+	return tracingOn(t, []nodeRun{{filepath.Base(c.Node.Path), cluster.NodeName, args}}, act)[0]
+}
+
+// nodeRun is svctrace run on one node: in its network namespace, as that
+// node.
+type nodeRun struct {
+	netns, node string
+	args        []string
+}
+
+// tracingOn runs svctrace on each node at once, acts once all of them
+// trace, and returns what each printed.
+func tracingOn(t *testing.T, runs []nodeRun, act func()) []string {
+	t.Helper()
+	type running struct {
+		cmd    *exec.Cmd
+		stdout strings.Builder
+		errOut strings.Builder
+		done   chan struct{}
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// Act once the observers are attached.
-	var errOut strings.Builder
-	buf := make([]byte, 4096)
-	for !strings.Contains(errOut.String(), "Ctrl-C to stop") {
-		n, err := stderr.Read(buf)
-		errOut.Write(buf[:n])
+	rs := make([]*running, len(runs))
+	for i, on := range runs {
+		args := append(append([]string{"netns", "exec", on.netns, svctrace(t)}, on.args...), "--node", on.node)
+		r := &running{cmd: exec.Command("ip", args...), done: make(chan struct{})}
+		rs[i] = r
+		r.cmd.Stdout = &r.stdout
+		stderr, err := r.cmd.StderrPipe()
 		if err != nil {
-			cmd.Wait()
-			t.Fatalf("svctrace ended before tracing: %s", errOut.String())
+			t.Fatal(err)
 		}
-	}
-	go func() { // keep draining stderr
-		for {
-			if _, err := stderr.Read(buf); err != nil {
-				return
+		if err := r.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Act once the observers are attached.
+		buf := make([]byte, 4096)
+		for !strings.Contains(r.errOut.String(), "Ctrl-C to stop") {
+			n, err := stderr.Read(buf)
+			r.errOut.Write(buf[:n])
+			if err != nil {
+				r.cmd.Wait()
+				t.Fatalf("svctrace on %s ended before tracing: %s", on.node, r.errOut.String())
 			}
 		}
-	}()
-	act()
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("svctrace %v: %v\n%s", args, err, errOut.String())
+		go func() { // keep draining stderr
+			defer close(r.done)
+			for {
+				n, err := stderr.Read(buf)
+				r.errOut.Write(buf[:n])
+				if err != nil {
+					return
+				}
+			}
+		}()
 	}
-	return stdout.String()
+	act()
+	outs := make([]string, len(rs))
+	for i, r := range rs {
+		<-r.done // read to the end before Wait closes the pipe
+		err := r.cmd.Wait()
+		if err != nil {
+			t.Fatalf("svctrace %v on %s: %v\n%s", runs[i].args, runs[i].node, err, r.errOut.String())
+		}
+		outs[i] = r.stdout.String()
+	}
+	return outs
 }
 
 // traceStories: for every story, the command an operator runs prints the
