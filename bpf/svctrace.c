@@ -260,6 +260,27 @@ const volatile __u8 capture_data = 1;
  * keeps those and drops the rest): the one exception to headers only, set
  * when the cluster's DNS Service is traced (--dns-questions). */
 const volatile __u8 dns_questions = 0;
+/* The node's VXLAN devices' UDP ports (network order; 0: none): a packet to
+ * one is an overlay's, judged by the packet it carries (match_encap). */
+const volatile __u16 overlay_ports[2] = {};
+
+/* What was decided of the overlay packets carrying each followed
+ * connection's packets, by the carried packet's tuple: the event budget of
+ * packets that have no conntrack entry of the connection's (encap_show). */
+struct carried {
+	__u64 skb;  /* the last overlay packet judged */
+	__u32 n;    /* overlay packets judged */
+	__u8 hook;  /* where it was judged */
+	__u8 shown; /* and whether it is reported */
+	__u8 pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct tuple);
+	__type(value, struct carried);
+} encap_seen SEC(".maps");
 
 struct match {
 	struct nf_conn *ct;
@@ -270,6 +291,7 @@ struct match {
 	__u8 parsed; /* successfully */
 	__u8 counts; /* the quiet run's counters go out with this packet (take_counts) */
 	__u8 dns;    /* to or from a target's port 53, with dns_questions */
+	__u8 encap;  /* an overlay packet carrying a followed one (match_encap) */
 	struct pktinfo pi;
 };
 
@@ -728,6 +750,65 @@ static __always_inline void key_quiet(struct nf_conn *ct, __u8 family, int dir, 
 BOTH_WAYS(follow, (struct nf_conn *ct, __u8 family, struct target_key *dst), ct, family, dst)
 BOTH_WAYS(key_quiet, (struct nf_conn *ct, __u8 family, int dir), ct, family, dir)
 
+static __always_inline int overlay_port(__u16 port)
+{
+	return port && (port == overlay_ports[0] || port == overlay_ports[1]);
+}
+
+#define VXLAN_HLEN 8
+#define ETH_HLEN 14
+
+/* An overlay's packet (IPv4 UDP to an overlay port) is judged by the IPv4
+ * packet it carries behind the VXLAN and Ethernet headers: it belongs to the
+ * connection of that packet, whose tuple goes to m->pi.inner and its TCP
+ * flags to m->pi.tcp_flags. The overlay packet's own conntrack entry is not
+ * the connection's: m leaves it out. */
+static __always_inline int match_encap(struct sk_buff *skb, struct match *m, int direct)
+{
+	if (!parse_once(skb, m, direct) || m->family != FAMILY_IPV4 || m->pi.t.proto != PROTO_UDP ||
+	    !overlay_port(m->pi.t.dport) || (m->pi.flags & EVENT_F_FRAG))
+		return 0;
+
+	const __u8 *head = KREAD(direct, struct sk_buff, skb, head);
+	__u16 nh = KREAD(direct, struct sk_buff, skb, network_header);
+
+	if (!head || nh == NET_HEADER_UNSET)
+		return 0;
+
+	/* pi.hdr_len: the outer IP and UDP headers. */
+	const __u8 *inner = head + nh + m->pi.hdr_len + VXLAN_HLEN + ETH_HLEN;
+	const __u8 *l4;
+	__u8 family = 0, flags = 0;
+	union l3buf buf;
+	struct tuple t = {};
+
+	if (read_l3(inner, &family, &t, &flags, &l4, &buf) < 0 || family != FAMILY_IPV4 || !l4)
+		return 0;
+	read_ports(l4, &t);
+	if (!is_target(t.daddr, t.dport, t.proto) && !is_target(t.saddr, t.sport, t.proto))
+		return 0;
+
+	__u32 hdr = l4 - inner + 8;
+
+	if (t.proto == PROTO_TCP) {
+		__u8 th[14];
+
+		if (bpf_probe_read_kernel(th, sizeof(th), l4) == 0) {
+			m->pi.tcp_flags = th[13];
+			hdr = l4 - inner + (th[12] >> 4) * 4;
+		}
+	}
+	m->pi.inner = t;
+	m->pi.flags |= EVENT_F_ENCAP;
+	/* Captured: the outer headers through the carried packet's. */
+	m->pi.hdr_len += VXLAN_HLEN + ETH_HLEN + (hdr & 0xff);
+	m->ct = NULL;
+	m->ctinfo = 0;
+	m->f = NULL;
+	m->encap = 1;
+	return 1;
+}
+
 /* Decides whether skb belongs to a followed connection. family may be 0 (not
  * known: the tracepoint) and is then taken from the conntrack entry or the
  * packet. */
@@ -754,7 +835,7 @@ static __always_inline int match_skb(struct sk_buff *skb, struct match *m, int d
 			return 1;
 		}
 		if (!bpf_map_lookup_elem(&targets, &k))
-			return 0;
+			return k.proto == PROTO_UDP && overlay_port(k.port) && match_encap(skb, m, direct);
 		WAY(follow, direct, ct, m->family, &k);
 		m->f = bpf_map_lookup_elem(&tracked, &id);
 		return 1;
@@ -773,7 +854,7 @@ static __always_inline int match_skb(struct sk_buff *skb, struct match *m, int d
 	}
 	if (m->pi.flags & EVENT_F_INNER)
 		return is_target(m->pi.inner.daddr, m->pi.inner.dport, m->pi.inner.proto);
-	return 0;
+	return match_encap(skb, m, direct);
 }
 
 /* capture copies the packet's first bytes from its IP header: its headers
@@ -912,6 +993,25 @@ BOTH_WAYS(report_counts, (struct followed *f, struct nf_conn *ct, __u8 family, _
 #define TCP_SYN 0x02
 #define TCP_RST 0x04
 
+/* The event budget of overlay packets carrying a followed connection's
+ * packets: the first quiet_after each way in full, and any carrying a SYN,
+ * FIN or RST; drops always (on_drop does not ask). A packet is judged at
+ * its first observer (conntrack's on the hook it enters by) and the verdict
+ * reused by its later ones. */
+static __always_inline int encap_show(struct sk_buff *skb, struct match *m, __u8 hook, __u8 stage)
+{
+	struct carried *c = bpf_map_lookup_elem(&encap_seen, &m->pi.inner);
+
+	if (c && c->skb == (__u64)skb && !(stage == STAGE_PRE_CONNTRACK && c->hook == hook))
+		return c->shown;
+
+	struct carried v = {.skb = (__u64)skb, .hook = hook, .n = c ? c->n + 1 : 1};
+
+	v.shown = v.n <= quiet_after || (m->pi.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST));
+	bpf_map_update_elem(&encap_seen, &m->pi.inner, &v, BPF_ANY);
+	return v.shown;
+}
+
 /* show_packet applies the event budget: whether this observation of a
  * matched packet is reported (1) or only counted (0). A packet is judged
  * once, right after conntrack, where its entry is first known; the later
@@ -924,6 +1024,8 @@ static __always_inline int show_packet(struct sk_buff *skb, struct match *m, __u
 {
 	struct followed *f = m->f;
 
+	if (m->encap)
+		return encap_show(skb, m, hook, stage);
 	if (!m->ct) {
 		/* Before conntrack, a quiet connection is known by its tuple. */
 		if (stage != STAGE_PRE_CONNTRACK || !m->parsed || (m->pi.tcp_flags & (TCP_SYN | TCP_RST)))

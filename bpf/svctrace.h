@@ -38,6 +38,9 @@ enum event_kind {
 #define EVENT_F_CT 0x2    /* ct, ct_*, orig and reply are valid */
 #define EVENT_F_INNER 0x4 /* inner holds the tuple embedded in an ICMP error */
 #define EVENT_F_FRAG 0x8  /* non-first fragment: no L4 header */
+/* pkt is an overlay's packet (VXLAN, UDP to an overlay port) carrying, in
+ * inner, the packet of a followed connection; tcp_flags are inner's */
+#define EVENT_F_ENCAP 0x10
 
 /* The first bytes of the packet, from its IP header, kept in each event
  * for pcapng: its headers by default, at most CAP_MAX. */

@@ -82,6 +82,10 @@ func change(s flow.Step, ch flow.Change) string {
 		return "delivered to a local socket"
 	case flow.Invalid:
 		return "no conntrack entry: INVALID, so no NAT applies"
+	case flow.Carried:
+		return fmt.Sprintf("%s %s carried in VXLAN %s", what, arrow(s.Tuple.Src, s.Tuple.Dst), arrow(ch.Inner.Src, ch.Inner.Dst)) + cameIn(s, ch)
+	case flow.Unpacked:
+		return "VXLAN delivered to the overlay's socket, which unpacks it"
 	}
 	return fmt.Sprintf("change %d", ch.Kind)
 }
@@ -146,6 +150,15 @@ var pastNetfilter = map[cause.Class]string{
 	cause.Program:   "in an eBPF program or tc action on the way out (the egress device's tc filters, or the sending cgroup's program)",
 }
 
+// Dropped names the packet drop d is of: "SYN", or "VXLAN packet carrying
+// the SYN" when an overlay packet carrying it died.
+func Dropped(c *flow.Conn, d flow.Drop) string {
+	if d.Outer.IsValid() {
+		return "VXLAN packet carrying the " + c.PacketName(d.Packet)
+	}
+	return c.PacketName(d.Packet)
+}
+
 // Whose names packet n with its sender: "the client's PSH,ACK".
 func Whose(c *flow.Conn, n int) string {
 	if c.PacketDir(n) == flow.Reply {
@@ -200,7 +213,7 @@ func Reason(c *flow.Conn) string {
 		return fmt.Sprintf("%s answered, but the reply was discarded %s", o.Answer.From, Place(*c.Drop))
 	case flow.Discarded:
 		d := c.Drop
-		s := fmt.Sprintf("the %s was discarded %s", c.PacketName(d.Packet), Place(*d))
+		s := fmt.Sprintf("the %s was discarded %s", Dropped(c, *d), Place(*d))
 		if c.SYNs > 1 {
 			s += fmt.Sprintf("; %d SYNs sent, %d drops seen", c.SYNs, len(c.Drops))
 		}

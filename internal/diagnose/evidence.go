@@ -269,6 +269,9 @@ func (x *Explainer) kernelDrop(c *flow.Conn, d *flow.Drop, to netip.AddrPort, wh
 		}
 	}
 	if named {
+		if r.Class == cause.Tunnel {
+			who = "the overlay toward " + who // the node's own, not the Pod's
+		}
 		b.text = who + ": " + b.text
 	}
 	return b, true

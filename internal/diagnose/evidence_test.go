@@ -53,6 +53,14 @@ func TestBlameFromEvidence(t *testing.T) {
 			code: report.KernelDrop, class: "neighbour",
 			blame:    "Pod shop/web-1 on node-1: the kernel dropped the client's SYN to it after POSTROUTING, in the neighbour layer (the next hop's ARP/NDP): the next hop never answered ARP or NDP",
 			evidence: "ip neigh: 10.244.0.11 dev cbr0 FAILED"},
+		// An overlay's device with no forwarding entry for the next hop:
+		// the node's overlay is to blame, not the Pod.
+		{name: "no VXLAN forwarding entry", net: &node.Facts{Routes: []node.Route{{To: ep.Addr(), Type: "unicast", Dev: "flannel.1", Via: netip.MustParseAddr("10.244.1.0"), VXLAN: true}},
+			Neighbours: []node.Neighbour{{Addr: netip.MustParseAddr("10.244.1.0"), Dev: "flannel.1", MAC: "0e:5c:97:01:00:02", State: "PERMANENT"}}},
+			conn: flow.Conn{Verdict: flow.Dropped, Steps: syn, Drop: &flow.Drop{Packet: 1, InNode: true, Placed: true, Gap: postrouting, Reason: "NO_TX_TARGET", Location: "vxlan_xmit+0xdb0"}},
+			code: report.KernelDrop, class: "tunnel",
+			blame:    "the overlay toward Pod shop/web-1 on node-1: the kernel dropped the client's SYN to it after POSTROUTING, in the tunnel's encapsulation",
+			evidence: "via 10.244.1.0 dev flannel.1 (VXLAN: its forwarding table has no entry for the next hop's MAC address)"},
 		{name: "no route", net: &node.Facts{Routes: []node.Route{{To: ep.Addr(), Type: "unreachable", Err: "no route to host"}}},
 			conn: flow.Conn{Verdict: flow.Dropped, Steps: syn, Drop: &flow.Drop{Packet: 1, InNode: true, Placed: true, Gap: nf.GapAfter(nf.Forward, nf.StageNone), Reason: "IP_INNOROUTES", Location: "ip_route_input_slow+0x9"}},
 			code: report.KernelDrop, class: "routing", blame: "Pod shop/web-1 on node-1: the kernel dropped the client's SYN to it in FORWARD", evidence: "ip route get 10.244.0.11: no route to host (route type unreachable)"},

@@ -221,7 +221,7 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 		// engine's REJECT, kube-router's): the policy it enforces, else
 		// the rule, whatever the node's ICMP error seems to say.
 		if c.Verdict == flow.Rejected && !ownRule && traced != nil && c.Endpoint.IsValid() {
-			return x.policyBlame(c, pod, traced.fate(c.PacketName(c.Drop.Packet), c.Drop), blamed{code: report.RuleDrop, class: cause.Netfilter,
+			return x.policyBlame(c, pod, traced.fate(describe.Dropped(c, *c.Drop), c.Drop), blamed{code: report.RuleDrop, class: cause.Netfilter,
 				text: fmt.Sprintf("a rule %s, not kube-proxy's, rejected the %s to %s: look for a NetworkPolicy or a firewall rule there",
 					e.Rule, c.PacketName(c.Drop.Packet), pod),
 				evidence: traced.evidence()})
@@ -277,10 +277,13 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 			if c.Endpoint.IsValid() {
 				to = " to " + pod
 			}
-			name := c.PacketName(c.Drop.Packet)
+			name := describe.Dropped(c, *c.Drop)
+			fix := "look for a NetworkPolicy or a firewall rule there"
+			if o := c.Drop.Outer; o.IsValid() {
+				fix = fmt.Sprintf("the nodes carry Pod traffic to each other in VXLAN on %s port %d: this firewall must let it pass between them", strings.ToUpper(o.Proto.String()), o.Dst.Port())
+			}
 			b := blamed{code: report.RuleDrop, class: cause.Netfilter,
-				text: fmt.Sprintf("a rule %s, not kube-proxy's, dropped the %s%s: look for a NetworkPolicy or a firewall rule there",
-					e.Rule, name, to)}
+				text: fmt.Sprintf("a rule %s, not kube-proxy's, dropped the %s%s: %s", e.Rule, name, to, fix)}
 			fate := fmt.Sprintf("the %s was dropped by a rule %s", name, e.Rule)
 			if traced != nil {
 				b.evidence, fate = traced.evidence(), traced.fate(name, c.Drop)
@@ -293,7 +296,7 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 		if d := c.Drop; d != nil {
 			r, _ := cause.Drop(d.Reason)
 			return blamed{code: report.UnplacedDrop, class: r.Class,
-				text:     fmt.Sprintf("the kernel dropped the %s %s, where no rule svctrace read sits: look at what runs there", c.PacketName(d.Packet), describe.In(*d)),
+				text:     fmt.Sprintf("the kernel dropped the %s %s, where no rule svctrace read sits: look at what runs there", describe.Dropped(c, *d), describe.In(*d)),
 				evidence: []string{fmt.Sprintf("the kernel's drop reason and location: %s at %s", orUnknown(d.Reason), d.Location)}}
 		}
 	case flow.Reset:

@@ -132,6 +132,9 @@ func (c *checker) path(p *resolve.Port, e resolve.Endpoint) {
 		c.add(f)
 		return
 	}
+	if ok && r.Usable() && r.Prefix.IsValid() && e.Node != "" && e.Node != c.View.LocalNode {
+		c.podRange(p, e, r)
+	}
 	if dev, l, down := c.Net.LinkDown(a); down {
 		c.add(report.Finding{Severity: report.Problem, Code: report.LinkDown, Object: obj, Port: p.String(), Endpoint: e.Addr.String(),
 			Summary:  fmt.Sprintf("the node's link toward the endpoint %s is down (%s): the node cannot deliver to it", a, dev),
@@ -157,6 +160,29 @@ func (c *checker) path(p *resolve.Port, e resolve.Endpoint) {
 		return
 	}
 	c.listening(p, e, l)
+}
+
+// podRange: the endpoint runs on another node, and this node reaches it
+// by a route broader than that node's Pod range (its default route): no
+// route of the CNI's for the range. A warning: where a cloud network
+// routes Pod ranges (route-based networking), that is how it works.
+func (c *checker) podRange(p *resolve.Port, e resolve.Endpoint, r node.Route) {
+	n := c.View.Nodes[e.Node]
+	if n == nil {
+		return
+	}
+	for _, s := range n.Spec.PodCIDRs {
+		pr, err := netip.ParsePrefix(s)
+		if err != nil || !pr.Contains(e.Addr.Addr()) || r.Prefix.Bits() >= pr.Bits() {
+			continue
+		}
+		c.add(report.Finding{Severity: report.Warning, Code: report.PodRangeUnrouted, Object: "Node " + e.Node, Port: p.String(), Endpoint: e.Addr.String(),
+			Summary: fmt.Sprintf("this node has no route for node %s's Pod range %s: packets to its Pods (the endpoint %s) leave by the route to %s via %s, which only a network beyond that routes Pod ranges (a cloud's routes) delivers",
+				e.Node, pr, e.Addr, r.Prefix, r.Dev),
+			Evidence: []string{"ip route get " + e.Addr.Addr().String() + ": " + routeSays(r), fmt.Sprintf("node %s's podCIDRs: %s", e.Node, strings.Join(n.Spec.PodCIDRs, ", "))},
+			Next:     []string{"ip route show " + pr.String(), "is the CNI's agent running on this node, and does it know node " + e.Node + "?"}})
+		return
+	}
 }
 
 // qdiscDrops: a qdisc on the way to the endpoint, or a tc program its

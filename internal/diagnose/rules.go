@@ -186,6 +186,16 @@ func (x *Explainer) packetOf(c *flow.Conn, d *flow.Drop) kubeproxy.Packet {
 	if !strings.HasPrefix(d.In, "ifindex ") {
 		p.In = d.In
 	}
+	if o := d.Outer; o.IsValid() {
+		// The overlay packet carrying the connection's died: the rules
+		// saw it, not what it carries; its own conntrack state is not
+		// known.
+		p = kubeproxy.Packet{Src: o.Src.Addr(), Dst: o.Dst.Addr(), Proto: o.Proto, Sport: o.Src.Port(), Dport: o.Dst.Port(), In: p.In}
+		if d.Gap.Hook == nf.LocalOut || d.Gap.Hook == nf.PostRouting {
+			p.In = ""
+		}
+		return p
+	}
 	if d.Gap.Hook == nf.LocalOut || d.Gap.Hook == nf.PostRouting {
 		p.In = ""
 	}

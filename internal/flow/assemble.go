@@ -392,6 +392,10 @@ func (a *Assembler) observe(c *Conn, ev *nf.Event, d Dir) {
 		a.drop(c, ev, d)
 		return
 	}
+	if ev.Outer.IsValid() {
+		a.carried(c, ev, d)
+		return
+	}
 
 	pk, fresh := c.packetFor(ev, d)
 	// Worked out here, kept (copied to the connection's) only with a step.
@@ -424,6 +428,43 @@ func (a *Assembler) observe(c *Conn, ev *nf.Event, d Dir) {
 		c.readDNS(pk, ev.Data)
 	}
 	if pk.detail || (pk.brief && fresh) {
+		a.step(c, pk, ev, changes, nil)
+	}
+	pk.last = sight(ev)
+}
+
+// carried takes an observation of an overlay packet carrying one of c's
+// packets (Event.Outer): a step where it is first seen, where it leaves
+// the node and where it reaches the overlay's socket; and its place, for
+// a drop. It is not one of c's packets (each is counted once, as itself),
+// and it does not change the verdict but by a drop.
+func (a *Assembler) carried(c *Conn, ev *nf.Event, d Dir) {
+	pk := c.findPacket(ev.Packet)
+	fresh := pk == nil || !follows(&pk.last, ev)
+	if fresh {
+		if len(c.slab) == cap(c.slab) {
+			c.slab = make([]packet, 0, packetsAtOnce)
+		}
+		c.slab = append(c.slab, packet{id: ev.Packet, dir: d, start: ev.Time, last: sight(ev), carrier: true})
+		pk = &c.slab[len(c.slab)-1]
+		c.remember(pk)
+	}
+	var room [1]Change
+	changes := room[:0]
+	switch {
+	case fresh:
+		outer := ev.Outer
+		ch := Change{Kind: Carried, Inner: &outer}
+		if ev.Hook == nf.PreRouting && ev.InIf != 0 {
+			ch.Iface = a.ifName(ev.InIf)
+		}
+		changes = append(changes, ch)
+	case ev.Stage == nf.StageLast && ev.Hook == nf.PostRouting:
+		changes = append(changes, Change{Kind: Left, Iface: a.ifName(ev.OutIf)})
+	case ev.Stage == nf.StageLast && ev.Hook == nf.LocalIn:
+		changes = append(changes, Change{Kind: Unpacked})
+	}
+	if len(changes) > 0 {
 		a.step(c, pk, ev, changes, nil)
 	}
 	pk.last = sight(ev)
@@ -640,7 +681,7 @@ func (a *Assembler) drop(c *Conn, ev *nf.Event, d Dir) {
 		}
 	}
 	dr := Drop{Time: ev.Time, Dir: d, NetNS: ev.NetNS, Reason: ev.Drop.Reason, Location: ev.Drop.Location,
-		InNode: ev.NetNS == a.opts.NodeNetNS}
+		InNode: ev.NetNS == a.opts.NodeNetNS, Outer: ev.Outer}
 	if dr.InNode && ev.InIf != 0 {
 		dr.In = a.ifName(ev.InIf)
 	}

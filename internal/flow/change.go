@@ -47,6 +47,14 @@ const (
 	// Invalid: the packet passed conntrack without an entry (INVALID), so
 	// no NAT applies to it.
 	Invalid
+	// Carried: an overlay packet (VXLAN) Inner carries the step's packet,
+	// first seen here (made here, in OUTPUT; come in via Iface, in
+	// PREROUTING). Its steps are not the connection's packets: they have
+	// packet number 0.
+	Carried
+	// Unpacked: the overlay packet reached the node's overlay socket,
+	// which takes out the packet it carries.
+	Unpacked
 )
 
 // Change is one thing a step shows. Printers put it in words.
@@ -57,8 +65,9 @@ type Change struct {
 	OldMark  uint32         // CTMarked, SNAT
 	N        int32          // Retransmitted
 	From, To netip.AddrPort // NAT
-	// Inner is set for an ICMPError only: a pointer keeps every other
-	// change small (a connection holds tens).
+	// Inner is set for an ICMPError (the packet it is about) and Carried
+	// (the overlay packet) only: a pointer keeps every other change small
+	// (a connection holds tens).
 	Inner *nf.Tuple
 	// Iface: Left, where the packet leaves; Sent, Retransmitted, Replied
 	// and ICMPError, where it came in (PREROUTING; "" : unknown, or made

@@ -143,6 +143,9 @@ type Drop struct {
 	Endpoint netip.AddrPort `json:",omitzero"`
 	// Node is the node it died on, on a stitched timeline (Step.Node).
 	Node string `json:",omitempty"`
+	// Outer is the overlay packet that died carrying the connection's
+	// (Change Carried); invalid if the packet died as itself.
+	Outer nf.Tuple `json:",omitzero"`
 }
 
 // AtConfirm reports whether conntrack's confirmation dropped the packet
@@ -165,6 +168,9 @@ type packet struct {
 	// invalid: past conntrack without an entry (Conn.Invalid).
 	invalid bool
 	dns     bool // its DNS message was read
+	// carrier: an overlay packet carrying one of the connection's
+	// (Event.Outer); not counted as one of them, n 0.
+	carrier bool
 }
 
 // MaxDNS bounds the DNS messages kept per connection.

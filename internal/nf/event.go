@@ -26,10 +26,14 @@ type Event struct {
 	OutIf  uint32 `json:"out_if,omitzero"` // output interface index (KindDrop: the skb's device)
 	// Packet identifies the packet while it crosses netfilter: equal values in
 	// consecutive events are the same packet. Opaque, not a kernel address.
-	Packet   uint64    `json:"packet"`
-	Len      uint32    `json:"len,omitzero"`
-	Mark     uint32    `json:"mark,omitzero"`     // skb->mark
-	Tuple    Tuple     `json:"tuple,omitzero"`    // the packet's own addresses; invalid if not parsed
+	Packet uint64 `json:"packet"`
+	Len    uint32 `json:"len,omitzero"`
+	Mark   uint32 `json:"mark,omitzero"`  // skb->mark
+	Tuple  Tuple  `json:"tuple,omitzero"` // the packet's own addresses; invalid if not parsed
+	// Outer, when valid, is the overlay packet (VXLAN) that was seen:
+	// Tuple and TCPFlags are the packet it carries, of a followed
+	// connection; CT is not the carrier's.
+	Outer    Tuple     `json:"outer,omitzero"`
 	Fragment bool      `json:"fragment,omitzero"` // a non-first fragment: no ports
 	TCPFlags TCPFlags  `json:"tcp_flags,omitzero"`
 	ICMP     ICMPInfo  `json:"icmp,omitzero"`

@@ -50,9 +50,17 @@ type Route struct {
 	Dev  string `json:"dev,omitempty"`
 	// Port: when Dev is a bridge, the bridge port its forwarding table
 	// sends the next hop's MAC address to.
-	Port string     `json:"port,omitempty"`
-	Via  netip.Addr `json:"via,omitzero"`
-	Src  netip.Addr `json:"src,omitzero"`
+	Port string `json:"port,omitempty"`
+	// VXLAN: Dev is a VXLAN device; Remote is the node its forwarding
+	// table (bridge fdb) sends the next hop's MAC address to, invalid if
+	// it has no entry for it.
+	VXLAN  bool       `json:"vxlan,omitempty"`
+	Remote netip.Addr `json:"remote,omitzero"`
+	Via    netip.Addr `json:"via,omitzero"`
+	Src    netip.Addr `json:"src,omitzero"`
+	// Prefix is the destination of the main table's route the address
+	// falls under (0.0.0.0/0: the default route); invalid if not read.
+	Prefix netip.Prefix `json:"prefix,omitzero"`
 	// MTU is the route's own MTU, when it sets one (else the device's).
 	MTU int    `json:"mtu,omitempty"`
 	Err string `json:"error,omitempty"`
@@ -96,8 +104,17 @@ func (r Route) String() string {
 	if r.MTU != 0 {
 		fmt.Fprintf(&b, " mtu %d", r.MTU)
 	}
+	if r.Prefix.IsValid() && r.Prefix.Bits() == 0 {
+		b.WriteString(" (the default route)")
+	}
 	if r.Port != "" {
 		b.WriteString(" (bridge port " + r.Port + ")")
+	}
+	switch {
+	case r.VXLAN && r.Remote.IsValid():
+		b.WriteString(" (VXLAN, forwarded to " + r.Remote.String() + ")")
+	case r.VXLAN:
+		b.WriteString(" (VXLAN: its forwarding table has no entry for the next hop's MAC address)")
 	}
 	return b.String()
 }

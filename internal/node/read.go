@@ -137,8 +137,37 @@ func (f *Facts) readRoute(a netip.Addr) {
 			r.Src = src.Unmap()
 		}
 		r.MTU = rs[0].MTU
+		r.Prefix = mainRoute(a)
 	}
 	f.Routes = append(f.Routes, r)
+}
+
+// mainRoute is the destination of the main table's most specific unicast
+// route to a (rules and other tables aside: what a CNI's routes to other
+// nodes' Pod ranges are in); invalid if none.
+func mainRoute(a netip.Addr) netip.Prefix {
+	family := netlink.FAMILY_V4
+	if a.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	rs, err := dump(netlink.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE))
+	if err != nil {
+		return netip.Prefix{}
+	}
+	best := netip.Prefix{}
+	for _, r := range rs {
+		p := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+		if a.Is6() {
+			p = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+		}
+		if r.Dst != nil {
+			p = prefix(r.Dst)
+		}
+		if r.Type == unix.RTN_UNICAST && p.Contains(a) && (!best.IsValid() || p.Bits() > best.Bits()) {
+			best = p
+		}
+	}
+	return best
 }
 
 func routeType(t int) string {
@@ -313,7 +342,9 @@ func sockAddr(family uint8, ip net.IP, port uint16) netip.AddrPort {
 }
 
 // readBridgePorts finds, for routes into a bridge, the port the bridge
-// sends the next hop to: the forwarding entry of its MAC address.
+// sends the next hop to: the forwarding entry of its MAC address; for
+// routes into a VXLAN device, the node it sends the next hop to, by the
+// same table.
 func (f *Facts) readBridgePorts() {
 	fdb, err := dump(netlink.NeighList(0, unix.AF_BRIDGE))
 	if err != nil {
@@ -325,6 +356,16 @@ func (f *Facts) readBridgePorts() {
 			continue
 		}
 		br, err := netlink.LinkByName(r.Dev)
+		if err == nil && br.Type() == "vxlan" {
+			f.Routes[i].VXLAN = true
+			for _, e := range fdb {
+				if e.LinkIndex == br.Attrs().Index && e.HardwareAddr.String() == n.MAC && e.IP != nil {
+					f.Routes[i].Remote, _ = netip.AddrFromSlice(e.IP)
+					f.Routes[i].Remote = f.Routes[i].Remote.Unmap()
+					break
+				}
+			}
+		}
 		if err != nil || br.Type() != "bridge" {
 			continue
 		}

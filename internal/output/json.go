@@ -94,6 +94,7 @@ type jsonDrop struct {
 	Invalid    bool            `json:"invalid,omitempty"`
 	Endpoint   *netip.AddrPort `json:"endpoint,omitempty"`
 	Node       string          `json:"node,omitempty"`
+	Outer      *jsonOuter      `json:"outer,omitempty"`
 }
 
 type jsonEvent struct {
@@ -113,6 +114,13 @@ type jsonEvent struct {
 	Mark     uint32         `json:"mark,omitzero"`
 	Note     string         `json:"note,omitempty"`
 	Node     string         `json:"node,omitempty"`
+	Outer    *jsonOuter     `json:"outer,omitempty"`
+}
+
+// jsonOuter is the overlay packet (VXLAN) that carries an event's packet.
+type jsonOuter struct {
+	Src netip.AddrPort `json:"src"`
+	Dst netip.AddrPort `json:"dst"`
 }
 
 func (p *JSON) Conn(r report.Conn) {
@@ -166,6 +174,9 @@ func (p *JSON) Conn(r report.Conn) {
 			prio := s.Stage.Priority()
 			e.Priority = &prio
 		}
+		if ch, ok := s.Has(flow.Carried); ok {
+			e.Outer = &jsonOuter{ch.Inner.Src, ch.Inner.Dst}
+		}
 		j.Events = append(j.Events, e)
 	}
 	p.write(j)
@@ -176,6 +187,9 @@ func drop(d *flow.Drop) *jsonDrop {
 	if d.Endpoint.IsValid() {
 		ep := d.Endpoint
 		j.Endpoint = &ep
+	}
+	if d.Outer.IsValid() {
+		j.Outer = &jsonOuter{d.Outer.Src, d.Outer.Dst}
 	}
 	switch {
 	case !d.InNode:

@@ -57,7 +57,7 @@ func (p *Text) Conn(c report.Conn) {
 		if !s.Shown() {
 			continue
 		}
-		if !slices.Contains(shownPackets, s.Packet) {
+		if s.Packet != 0 && !slices.Contains(shownPackets, s.Packet) { // 0: an overlay packet carrying one
 			shownPackets = append(shownPackets, s.Packet)
 		}
 		// "   %-9s %-12s %s%s\n" without fmt: a timeline has a line per

@@ -46,6 +46,10 @@ const (
 	fDrop    // reason code, reason, location
 	fCounted // packets and bytes, original then reply
 	fData
+	// fOuter: the overlay packet carrying the event's (nf.Event.Outer);
+	// a reader from before it stops at the first such event, as at an
+	// unknown field.
+	fOuter
 )
 
 // eventBatch is the largest TypeEvents payload the writer builds before it
@@ -85,6 +89,7 @@ func appendEvent(b []byte, prev, ev *nf.Event) []byte {
 	set(fDrop, ev.Drop != prev.Drop)
 	set(fCounted, ev.Counted != prev.Counted)
 	set(fData, !bytes.Equal(ev.Data, prev.Data))
+	set(fOuter, ev.Outer != prev.Outer)
 
 	b = binary.AppendUvarint(b, mask)
 	if mask&fTime != 0 {
@@ -143,6 +148,9 @@ func appendEvent(b []byte, prev, ev *nf.Event) []byte {
 	}
 	if mask&fData != 0 {
 		b = appendBytes(b, ev.Data)
+	}
+	if mask&fOuter != 0 {
+		b = appendTuple(b, ev.Outer)
 	}
 	return b
 }
@@ -249,7 +257,7 @@ func (r *eventReader) next() (nf.Event, bool) {
 	}
 	ev := r.prev
 	mask := r.uvarint()
-	if mask >= fData<<1 {
+	if mask >= fOuter<<1 {
 		r.err = fmt.Errorf("unknown fields %#x", mask)
 		return nf.Event{}, false
 	}
@@ -349,6 +357,9 @@ func (r *eventReader) next() (nf.Event, bool) {
 		} else {
 			ev.Data = nil
 		}
+	}
+	if mask&fOuter != 0 {
+		ev.Outer = r.tuple()
 	}
 	if r.err != nil {
 		return nf.Event{}, false

@@ -16,7 +16,7 @@ func full() nf.Event {
 	}
 	return nf.Event{Time: 1_000_000_123, Kind: nf.KindDrop, Hook: nf.Forward, Stage: nf.StagePostFilter, Family: nf.IPv6,
 		NetNS: 4026531840, InIf: 3, OutIf: 7, Packet: 0xdeadbeefcafe0001, Len: 1500, Mark: 0x4000, Fragment: true,
-		Tuple: tup("[fd00::2]:40000", "[fd00:96::10]:80"), TCPFlags: nf.SYN | nf.ACK,
+		Tuple: tup("[fd00::2]:40000", "[fd00:96::10]:80"), TCPFlags: nf.SYN | nf.ACK, Outer: tup("10.97.1.1:41234", "10.97.1.2:8472"),
 		ICMP: nf.ICMPInfo{Type: 1, Code: 4, Inner: tup("[fd00::1]:1", "[fd00::9]:2")},
 		CT: nf.Conntrack{ID: 0x1234567890abcdef, Info: nf.CTInfo(3), Status: nf.CTStatus(0x1ba), Mark: 9, Zone: 2,
 			Orig: tup("10.99.0.2:40000", "10.96.0.10:80"), Reply: tup("10.244.0.11:8080", "10.99.0.2:40000")},

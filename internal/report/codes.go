@@ -40,6 +40,7 @@ const (
 	EndpointNotAPod    Code = "endpoint-not-a-pod"   // an endpoint address no Pod (or another Pod) holds
 	NamedPortDiffers   Code = "named-port-differs"   // a named targetPort is different numbers in different Pods
 	NoRouteToEndpoint  Code = "no-route-to-endpoint" // the node has no usable route to an endpoint
+	PodRangeUnrouted   Code = "pod-range-unrouted"   // an endpoint on another node is reached by the default route, not one for that node's Pod range
 	EndpointUnanswered Code = "endpoint-unanswered"  // nothing answers ARP/NDP for an endpoint on the node's link
 	NotListening       Code = "not-listening"        // the endpoint's Pod listens on no socket that takes the Service's traffic
 	ListensElsewhere   Code = "listens-elsewhere"    // it listens on the port, but on another address (loopback)
@@ -91,7 +92,7 @@ var Codes = []Code{
 	ExternalLocalNoEndpoint, InternalLocalNoEndpoint, NoSelectorNoEndpointSlices,
 	ManualEndpoints, Headless, ExternalName, IPVS, RulesetUnreadable, Healthy,
 	NodePortAddresses, SessionAffinity, ConntrackFull, ConntrackStale, ConntrackUnlisted,
-	EndpointConditions, EndpointNotAPod, NamedPortDiffers, NoRouteToEndpoint, EndpointUnanswered,
+	EndpointConditions, EndpointNotAPod, NamedPortDiffers, NoRouteToEndpoint, PodRangeUnrouted, EndpointUnanswered,
 	NotListening, ListensElsewhere, BacklogFull, ForwardingOff, NodeFactsUnread, RuleDropsEndpoint,
 	QdiscDrops, LinkDown, SelectorSpansWorkloads, PolicyIsolates, PolicyAdmitsNothing, PolicyDenies, PoliciesUnread,
 }

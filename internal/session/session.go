@@ -113,8 +113,12 @@ func Run(ctx context.Context, s Trace) error {
 	for _, sk := range info.Skipped {
 		s.warn("not probed: %s", sk)
 	}
-	s.say("tracing %s in %s with %s (%d %s, drops: %s); Ctrl-C to stop",
-		targetList(s.Targets), info.NetNS, info.Backend, info.Links, ProbesWord(info.Backend), OrNone(info.Drops))
+	overlays := ""
+	if len(info.Overlays) > 0 {
+		overlays = "; overlay packets by the packets they carry: " + strings.Join(info.Overlays, ", ")
+	}
+	s.say("tracing %s in %s with %s (%d %s, drops: %s%s); Ctrl-C to stop",
+		targetList(s.Targets), info.NetNS, info.Backend, info.Links, ProbesWord(info.Backend), OrNone(info.Drops), overlays)
 	// Loading decoded the kernel's BTF (tens of MB of heap, and the mapped
 	// vmlinux file); none of it is needed while tracing. Give it back now
 	// rather than hold it for the whole run, beside what follows: the

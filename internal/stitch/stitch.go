@@ -42,13 +42,13 @@ const matchWindow = int64(5 * time.Second)
 
 // part is one node's report of a connection.
 type part struct {
-	view  int
-	r     report.Conn
+	view int
+	r    report.Conn
 	// Its first and last events on the first view's clock (wall clocks
 	// only).
 	start, end int64
-	next  *part // where its packets went on: the next node's part
-	prev  *part
+	next       *part // where its packets went on: the next node's part
+	prev       *part
 }
 
 // in is the tuple a node first saw the connection's packet with; out is
@@ -181,8 +181,9 @@ func crossings(p *part, coarse []int64) (out, back crossing) {
 	return out, back
 }
 
-// firstStep is when the connection's first packet going dir was first
-// seen; lastStep when it was last seen on the node (it left).
+// firstStep is when the connection's first packet going dir (or an
+// overlay packet carrying it) was first seen; lastStep when it was last
+// seen on the node: it, or the overlay packet carrying it, left.
 func firstStep(c *flow.Conn, dir flow.Dir, off int64) (int64, bool) {
 	for _, s := range c.Steps {
 		if s.Dir == dir && s.Kind == nf.KindHook {
@@ -193,15 +194,21 @@ func firstStep(c *flow.Conn, dir flow.Dir, off int64) (int64, bool) {
 }
 
 func lastStep(c *flow.Conn, dir flow.Dir, off int64) (int64, bool) {
-	n, t := 0, int64(0)
+	n, t, carriers := 0, int64(0), 0
 	for _, s := range c.Steps {
 		if s.Dir != dir || s.Kind != nf.KindHook {
 			continue
 		}
-		if n == 0 {
-			n = s.Packet
+		if _, ok := s.Has(flow.Carried); ok {
+			carriers++
 		}
-		if s.Packet == n {
+		switch {
+		case n == 0 && s.Packet != 0:
+			n = s.Packet
+		case (s.Packet != 0 && s.Packet != n) || carriers > 1:
+			return t, n != 0 // the next packet, or what carries it: the first is gone
+		}
+		if n != 0 {
 			t = int64(s.Time) + off
 		}
 	}
@@ -220,8 +227,8 @@ func lastStep(c *flow.Conn, dir flow.Dir, off int64) (int64, bool) {
 func align(views []View, parts []*part, coarse []int64, aligned []bool) []int64 {
 	type pair struct{ up, down int }
 	type measured struct {
-		twoWay           []int64
-		out, back        int64 // the shortest crossing each way
+		twoWay          []int64
+		out, back       int64 // the shortest crossing each way
 		hasOut, hasBack bool
 	}
 	pairs := map[pair]*measured{}
@@ -333,6 +340,22 @@ func join(views []View, head *part, offsets, coarse []int64) stitched {
 		c.End = max(c.End, shift(p.r.End, p.view))
 		c.Truncated = c.Truncated || p.r.Truncated
 	}
+	// Nodes that share a kernel (test beds, VMs' hosts) each see the
+	// other's drops, outside their namespace: the node where it happened
+	// tells it.
+	type seen struct {
+		netns            uint32
+		reason, location string
+	}
+	inNode := map[seen]bool{}
+	for _, d := range c.Drops {
+		if d.InNode {
+			inNode[seen{d.NetNS, d.Reason, d.Location}] = true
+		}
+	}
+	elsewhere := func(d *flow.Drop) bool { return d != nil && !d.InNode && inNode[seen{d.NetNS, d.Reason, d.Location}] }
+	c.Drops = slices.DeleteFunc(c.Drops, func(d flow.Drop) bool { return elsewhere(&d) })
+	c.Steps = slices.DeleteFunc(c.Steps, func(s flow.Step) bool { return elsewhere(s.Drop) })
 	slices.SortStableFunc(c.Steps, func(a, b flow.Step) int { return cmp.Compare(a.Time, b.Time) })
 	slices.SortStableFunc(c.Drops, func(a, b flow.Drop) int { return cmp.Compare(a.Time, b.Time) })
 	decide(views, chain, &r, shift, coarse)
@@ -360,7 +383,7 @@ func decide(views []View, chain []*part, r *report.Conn, shift func(uint64, int)
 				}
 			}
 		}
-		r.Explanation = merged(chain[0].r.Explanation, p.r.Explanation)
+		r.Explanation = merged(chain[0].r.Explanation, p.r.Explanation, views[p.view].Node, len(chain) > 1)
 	}
 	for k, p := range chain {
 		next := (*part)(nil)
@@ -395,10 +418,18 @@ func decide(views []View, chain []*part, r *report.Conn, shift func(uint64, int)
 }
 
 // passedOn reports whether the node sent the connection's packet on to
-// another host (forwarded, no reply came) rather than ending it there.
+// another host (forwarded, and no reply came, or it died beyond the node)
+// rather than ending it there.
 func passedOn(c *flow.Conn) bool {
-	o := c.Outcome
-	return (o.Kind == flow.Unanswered && !o.Local) || (o.Kind == flow.Vanished && leftVia(c) != "")
+	switch o := c.Outcome; o.Kind {
+	case flow.Unanswered:
+		return !o.Local
+	case flow.Vanished:
+		return leftVia(c) != ""
+	case flow.Discarded:
+		return c.Drop != nil && !c.Drop.InNode && leftVia(c) != ""
+	}
+	return false
 }
 
 // leftVia is the interface the connection's first original packet left
@@ -456,12 +487,18 @@ func lost(views []View, r *report.Conn, from, to *part, dir flow.Dir) {
 		what = "the endpoint's answer"
 	}
 	e.Blame = fmt.Sprintf("the network between %s and %s: %s left %s via %s and %s never saw it", fromNode, toNode, what, fromNode, via, toNode)
-	e.Evidence = []string{
-		fmt.Sprintf("%s: %s", fromNode, describe.Reason(from.r.Conn)),
+	// What the node it left knew of the way (its route to the endpoint,
+	// what it found wrong there), then what the other saw.
+	e.Evidence = []string{fmt.Sprintf("%s: %s", fromNode, describe.Reason(from.r.Conn))}
+	if fe := from.r.Explanation; fe != nil {
+		for _, ev := range fe.Evidence {
+			e.Evidence = append(e.Evidence, fromNode+": "+ev)
+		}
+	}
+	e.Evidence = append(e.Evidence,
 		fmt.Sprintf("%s traced from before the connection to after it and saw no packet of it arrive", toNode),
 		fmt.Sprintf("not read: what carries packets from %s's %s to %s; check there that %s reaches %s (the overlay's UDP port in %s's firewall, %s's route, neighbour and FDB entries for it)",
-			fromNode, via, toNode, fromNode, toNode, toNode, fromNode),
-	}
+			fromNode, via, toNode, fromNode, toNode, toNode, fromNode))
 	r.Explanation = &e
 }
 
@@ -479,16 +516,24 @@ func replyLeftVia(c *flow.Conn) string {
 }
 
 // merged is the first node's explanation (the Service, its endpoint)
-// with the deciding node's blame and facts.
-func merged(first, decider *report.Explanation) *report.Explanation {
+// with the deciding node's blame and facts, which say their node when the
+// connection crossed several.
+func merged(first, decider *report.Explanation, node string, crossed bool) *report.Explanation {
 	switch {
 	case decider == nil:
 		return first
-	case first == nil || first == decider:
-		return decider
+	case first == nil:
+		first = decider
 	}
 	e := *first
 	e.Rule, e.Blame, e.Cause, e.Class, e.Evidence = decider.Rule, decider.Blame, decider.Cause, decider.Class, decider.Evidence
+	if crossed {
+		e.Blame = "on " + node + ", " + e.Blame
+		e.Evidence = make([]string, len(decider.Evidence))
+		for i, ev := range decider.Evidence {
+			e.Evidence[i] = node + ": " + ev
+		}
+	}
 	for _, n := range decider.Notes {
 		if !slices.Contains(e.Notes, n) {
 			e.Notes = append(e.Notes, n)

@@ -105,6 +105,23 @@ func TestHealthyAcrossNodes(t *testing.T) {
 	if !res.Aligned[1] || res.Offsets[1] != -int64(5_000_000*us) {
 		t.Errorf("node-2's offset %v (aligned %v), want -5s measured both ways", time.Duration(res.Offsets[1]), res.Aligned[1])
 	}
+	// The overlay packets carrying the answer and, much later, the FIN:
+	// the answer left node-2 when its carrier did.
+	vxlan := nf.Tuple{Proto: nf.UDP, Src: netip.MustParseAddrPort("10.97.1.2:40000"), Dst: netip.MustParseAddrPort("10.97.1.1:8472")}
+	carrier := func(at uint64, flags string) []flow.Step {
+		return []flow.Step{
+			{Time: on2(at) * us, Dir: flow.Reply, Kind: nf.KindHook, Hook: nf.LocalOut, Flags: flags, Changes: []flow.Change{{Kind: flow.Carried, Inner: &vxlan}}},
+			{Time: on2(at+8) * us, Dir: flow.Reply, Kind: nf.KindHook, Hook: nf.PostRouting, Changes: []flow.Change{{Kind: flow.Left, Iface: "eth0"}}}}
+	}
+	carried := *node2.Conn
+	carried.Steps = append(append(append([]flow.Step(nil), node2.Steps...), carrier(2250, "SYN,ACK")...), carrier(4000, "FIN,ACK")...)
+	res = Stitch(views([]report.Conn{node1}, []report.Conn{{Conn: &carried}}))
+	// Left at 2258 (its carrier), not 2248: the crossings took 70 and 60
+	// µs, read as 65 each: node-2's clock put 5 µs earlier. (The FIN's
+	// carrier, much later, is another packet's.)
+	if !res.Aligned[1] || res.Offsets[1] != -int64(5_000_000*us)-int64(5*us) {
+		t.Errorf("with carriers, node-2's offset %v (aligned %v), want -5s-5µs", time.Duration(res.Offsets[1]), res.Aligned[1])
+	}
 	var got []string
 	for _, s := range c.Steps {
 		got = append(got, s.Node+" "+describe.Step(s)+" @"+time.Duration(s.Time-c.Start).String())
@@ -138,7 +155,7 @@ func TestOneWayClock(t *testing.T) {
 	if res.Aligned[1] || res.Offsets[1] != -int64(5_003_000*us)+int64(3008*us) {
 		t.Errorf("offset %v (aligned %v), want node-2 moved to arrive as it left", time.Duration(res.Offsets[1]), res.Aligned[1])
 	}
-	if c := res.Conns[0]; c.Verdict != flow.NoReply || c.Explanation.Blame != onNode2.Blame || len(c.Nodes) != 2 {
+	if c := res.Conns[0]; c.Verdict != flow.NoReply || c.Explanation.Blame != "on node-2, "+onNode2.Blame || len(c.Nodes) != 2 {
 		t.Errorf("verdict %s across %v, blame %q; want node-2's no-reply and blame", c.Verdict, c.Nodes, c.Explanation.Blame)
 	}
 }
@@ -194,12 +211,26 @@ func TestDroppedOnEndpointNode(t *testing.T) {
 		hop{packet: 1, in: 2000, out: 2098, src: client, dst: vip, dnat: pod, left: "flannel.1"})
 	node2 := conn(1, flow.Dropped, flow.Outcome{Kind: flow.Discarded}, &report.Explanation{Cause: report.RuleDrop, Blame: "a rule in FORWARD", Evidence: []string{"policy DROP"}},
 		hop{packet: 1, in: on2(2168), out: on2(2170), src: client, dst: pod})
-	d := flow.Drop{Time: on2(2170) * us, Packet: 1, InNode: true, Reason: "NETFILTER_DROP"}
+	d := flow.Drop{Time: on2(2170) * us, Packet: 1, InNode: true, NetNS: 77, Reason: "NETFILTER_DROP", Location: "nft_do_chain+0x46f"}
 	node2.Drops, node2.Drop = []flow.Drop{d}, &d
-	c := Stitch(views([]report.Conn{node1}, []report.Conn{node2})).Conns[0]
-	e := c.Explanation
-	if c.Verdict != flow.Dropped || c.Drop == nil || c.Drop.Node != "node-2" || e.Blame != "a rule in FORWARD" || e.Service != onNode2.Service || e.Evidence[0] != "policy DROP" {
-		t.Errorf("%s, drop %+v, explanation %+v; want dropped on node-2 with its blame and node-1's Service", c.Verdict, c.Drop, e)
+	// Sharing node-2's kernel (a test bed), node-1 saw that drop too,
+	// outside its namespace, and blamed it.
+	seenAlso := d
+	seenAlso.Time, seenAlso.InNode = 2170*us, false
+	node1Too := node1
+	c1 := *node1.Conn
+	c1.Verdict, c1.Outcome, c1.Drops, c1.Drop = flow.Dropped, flow.Outcome{Kind: flow.Discarded}, []flow.Drop{seenAlso}, &seenAlso
+	c1.Steps = append(c1.Steps, flow.Step{Time: seenAlso.Time, Packet: 1, Kind: nf.KindDrop, Drop: &seenAlso})
+	node1Too.Conn = &c1
+	for _, node1 := range []report.Conn{node1, node1Too} {
+		c := Stitch(views([]report.Conn{node1}, []report.Conn{node2})).Conns[0]
+		e := c.Explanation
+		if c.Verdict != flow.Dropped || c.Drop == nil || c.Drop.Node != "node-2" || e.Blame != "on node-2, a rule in FORWARD" || e.Service != onNode2.Service || e.Evidence[0] != "node-2: policy DROP" {
+			t.Errorf("%s, drop %+v, explanation %+v; want dropped on node-2 with its blame and node-1's Service", c.Verdict, c.Drop, e)
+		}
+		if len(c.Drops) != 1 || c.Steps[len(c.Steps)-1].Node != "node-2" {
+			t.Errorf("drops %+v: want node-2's only", c.Drops)
+		}
 	}
 }
 

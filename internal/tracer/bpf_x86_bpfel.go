@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfCarried struct {
+	_     structs.HostLayout
+	Skb   uint64
+	N     uint32
+	Hook  uint8
+	Shown uint8
+	Pad   [2]uint8
+}
+
 type bpfDecision struct {
 	_     structs.HostLayout
 	Skb   uint64
@@ -184,6 +193,7 @@ type bpfTuple struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapDecisions             = "decisions"
+	bpfMapEncapSeen             = "encap_seen"
 	bpfMapEvents                = "events"
 	bpfMapFrames                = "frames"
 	bpfMapLost                  = "lost"
@@ -238,6 +248,7 @@ const (
 	bpfVarEventKindUnused       = "event_kind_unused"
 	bpfVarFilterNetns           = "filter_netns"
 	bpfVarIgnoredReason         = "ignored_reason"
+	bpfVarOverlayPorts          = "overlay_ports"
 	bpfVarQuietAfter            = "quiet_after"
 	bpfVarReaderWaiting         = "reader_waiting"
 	bpfVarSnaplen               = "snaplen"
@@ -334,6 +345,7 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	Decisions   *ebpf.MapSpec `ebpf:"decisions"`
+	EncapSeen   *ebpf.MapSpec `ebpf:"encap_seen"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Frames      *ebpf.MapSpec `ebpf:"frames"`
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
@@ -354,6 +366,7 @@ type bpfVariableSpecs struct {
 	EventKindUnused *ebpf.VariableSpec `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.VariableSpec `ebpf:"filter_netns"`
 	IgnoredReason   *ebpf.VariableSpec `ebpf:"ignored_reason"`
+	OverlayPorts    *ebpf.VariableSpec `ebpf:"overlay_ports"`
 	QuietAfter      *ebpf.VariableSpec `ebpf:"quiet_after"`
 	ReaderWaiting   *ebpf.VariableSpec `ebpf:"reader_waiting"`
 	Snaplen         *ebpf.VariableSpec `ebpf:"snaplen"`
@@ -382,6 +395,7 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	Decisions   *ebpf.Map `ebpf:"decisions"`
+	EncapSeen   *ebpf.Map `ebpf:"encap_seen"`
 	Events      *ebpf.Map `ebpf:"events"`
 	Frames      *ebpf.Map `ebpf:"frames"`
 	Lost        *ebpf.Map `ebpf:"lost"`
@@ -395,6 +409,7 @@ type bpfMaps struct {
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Decisions,
+		m.EncapSeen,
 		m.Events,
 		m.Frames,
 		m.Lost,
@@ -416,6 +431,7 @@ type bpfVariables struct {
 	EventKindUnused *ebpf.Variable `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.Variable `ebpf:"filter_netns"`
 	IgnoredReason   *ebpf.Variable `ebpf:"ignored_reason"`
+	OverlayPorts    *ebpf.Variable `ebpf:"overlay_ports"`
 	QuietAfter      *ebpf.Variable `ebpf:"quiet_after"`
 	ReaderWaiting   *ebpf.Variable `ebpf:"reader_waiting"`
 	Snaplen         *ebpf.Variable `ebpf:"snaplen"`

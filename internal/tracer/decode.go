@@ -29,7 +29,13 @@ const (
 	flagCT     = 0x2
 	flagInner  = 0x4
 	flagFrag   = 0x8
+	flagEncap  = 0x10
 )
+
+// encapPacket sets an overlay packet's identity apart from the packet it
+// carries, which may have the same skb (VXLAN encapsulates in place): in
+// the assembler each is its own packet.
+const encapPacket = 1 << 63
 
 var errShortRecord = errors.New("short record")
 
@@ -125,7 +131,11 @@ func (d *decoder) path(p *bpfPacketPath, ev nf.Event, out []nf.Event) []nf.Event
 		e.Stage, e.Hook = nf.Stage(st.Stage), nf.Hook(st.Hook)
 		e.InIf, e.OutIf = st.IfindexIn, st.IfindexOut
 		e.Len, e.Mark = st.Len, st.SkbMark
-		e.Tuple = pick(st.Pkt, &p.E.Pkt)
+		if ev.Outer.IsValid() {
+			e.Outer = pick(st.Pkt, &p.E.Pkt) // the carried packet stays as it was
+		} else {
+			e.Tuple = pick(st.Pkt, &p.E.Pkt)
+		}
 		e.CT = nf.Conntrack{}
 		if st.Flags&flagCT != 0 {
 			e.CT = nf.Conntrack{
@@ -177,6 +187,10 @@ func (d *decoder) event(r *bpfEvent) nf.Event {
 				ev.ICMP.Inner = tuple(&r.Inner, fam)
 			}
 		}
+	}
+	if r.Flags&flagEncap != 0 {
+		ev.Outer, ev.Tuple = ev.Tuple, tuple(&r.Inner, fam)
+		ev.Packet ^= encapPacket
 	}
 	if r.Flags&flagCT != 0 {
 		ev.CT = nf.Conntrack{

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -79,6 +80,9 @@ type Info struct {
 	// Shifted lists observers attached away from their stage's priority
 	// because another hook held it, e.g. "ipv6 INPUT/last at 2147483645".
 	Shifted []string
+	// Overlays are the namespace's VXLAN devices whose packets are
+	// followed by the packets they carry: "flannel.1 (VXLAN, UDP 8472)".
+	Overlays []string
 }
 
 // CountEveryFor is Options.CountEvery for a no-reply timeout: often enough
@@ -255,8 +259,16 @@ func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cac
 		dnsQuestions = 1
 	}
 	reasons := dropReasons(cache)
+	var ports [2]uint16 // network order
+	for _, o := range overlays(ns) {
+		if i := slices.IndexFunc(ports[:], func(p uint16) bool { return p == 0 || p == htons(o.port) }); i >= 0 {
+			ports[i] = htons(o.port)
+			t.info.Overlays = append(t.info.Overlays, fmt.Sprintf("%s (VXLAN, UDP %d)", o.name, o.port))
+		}
+	}
 	vars := map[string]any{"snaplen": uint32(opts.Snaplen), "quiet_after": quietAfter, "count_every_ns": uint64(countEvery),
-		"capture_data": captureData, "dns_questions": dnsQuestions, "ignored_reason": ignoredReason(reasons)}
+		"capture_data": captureData, "dns_questions": dnsQuestions, "ignored_reason": ignoredReason(reasons),
+		"overlay_ports": ports}
 	if backend != BackendNetfilter {
 		// Function probes see every namespace: keep to this one.
 		vars["filter_netns"] = ns.Inode

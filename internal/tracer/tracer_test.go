@@ -17,6 +17,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/testutil"
+	"github.com/svctrace/svctrace/internal/topo"
 )
 
 // exchange makes one TCP connection to 127.0.0.1:port inside ns and passes a
@@ -573,5 +574,89 @@ func TestDNSQuestions(t *testing.T) {
 				t.Errorf("DNSQuestions %v: %q read %v", on, w, seen[w])
 			}
 		}
+	}
+}
+
+// Packets between nodes' Pods ride an overlay: a VXLAN packet between the
+// nodes' addresses carries each. The tracer follows the overlay packets of
+// a watched connection by the packet they carry (Event.Outer), both the
+// node's own (OUTPUT) and those it takes in (PREROUTING), with any
+// backend.
+func TestOverlayPacketsByWhatTheyCarry(t *testing.T) {
+	testutil.RequireRoot(t)
+	a, b := newNetNS(t), newNetNS(t)
+	mac := func(n byte) net.HardwareAddr { return net.HardwareAddr{0x0e, 0x5c, 0x97, 0, 0, n} }
+	nodeA := topo.OverlayNode{NS: a, Addr: netip.MustParseAddr("10.97.0.1"), PodNet: netip.MustParsePrefix("10.244.1.0/24"), MAC: mac(1)}
+	nodeB := topo.OverlayNode{NS: b, Addr: netip.MustParseAddr("10.97.0.2"), PodNet: netip.MustParsePrefix("10.244.2.0/24"), MAC: mac(2)}
+	if err := topo.Veth(a, "a0", b, "b0", ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []topo.Iface{{NS: a, Name: "a0", Addrs: []netip.Prefix{netip.MustParsePrefix("10.97.0.1/24")}},
+		{NS: b, Name: "b0", Addrs: []netip.Prefix{netip.MustParsePrefix("10.97.0.2/24")}}} {
+		if err := i.Configure(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nodeA.Device(); err != nil {
+		t.Skipf("no VXLAN device here: %v", err)
+	}
+	for _, err := range []error{nodeB.Device(), nodeA.Reach(nodeB, topo.OverlayVXLAN), nodeB.Reach(nodeA, topo.OverlayVXLAN)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Rules as on a node: netfilter's hooks, which the function probes
+	// see packets through, are registered where a table has a chain.
+	iptables(t, a, "-t", "nat", "-A", "POSTROUTING", "-j", "RETURN")
+	iptables(t, a, "-A", "OUTPUT", "-j", "ACCEPT")
+	pod := netip.MustParseAddrPort("10.244.2.5:7780") // a "Pod" of node B
+	if out, err := topo.Run(b, "", "ip", "addr", "add", pod.Addr().String()+"/32", "dev", "lo"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	tr, err := Open(Options{NetNS: a.Spec, Targets: []nf.Target{{Addr: pod, Proto: nf.TCP}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if got := strings.Join(tr.Info().Overlays, ", "); got != topo.VXLANDevice+" (VXLAN, UDP 8472)" {
+		t.Errorf("overlays %q, want flannel.1's", got)
+	}
+	var ln net.Listener
+	if err := nf.InNetNS(b, func() (err error) { ln, err = net.Listen("tcp", pod.String()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	nf.InNetNS(a, func() error {
+		c, err := net.DialTimeout("tcp", pod.String(), 2*time.Second)
+		if err != nil {
+			t.Errorf("connecting over the overlay: %v", err)
+			return nil
+		}
+		return c.Close()
+	})
+	var out, in *nf.Event
+	evs := drain(t, tr)
+	for i, ev := range evs {
+		switch {
+		case !ev.Outer.IsValid():
+		case out == nil && ev.Hook == nf.LocalOut && ev.Tuple.Dst == pod && ev.TCPFlags == nf.SYN:
+			out = &evs[i]
+		case in == nil && ev.Hook == nf.PreRouting && ev.Tuple.Src == pod && ev.TCPFlags == nf.SYN|nf.ACK:
+			in = &evs[i]
+		}
+	}
+	if out == nil || in == nil {
+		t.Fatalf("overlay packets seen: carrying the SYN %v, the SYN,ACK %v; want both (%d events)", out != nil, in != nil, len(evs))
+	}
+	if out.Outer.Src.Addr() != nodeA.Addr || out.Outer.Dst != netip.AddrPortFrom(nodeB.Addr, topo.VXLANPort) || out.Outer.Proto != nf.UDP || out.CT.ID != 0 {
+		t.Errorf("the SYN's carrier %v (conntrack %d): want UDP %s → %s:%d, no conntrack entry of the connection's", out.Outer, out.CT.ID, nodeA.Addr, nodeB.Addr, topo.VXLANPort)
+	}
+	if in.Outer.Src.Addr() != nodeB.Addr || in.Outer.Dst.Port() != topo.VXLANPort || in.NetNS != a.Inode {
+		t.Errorf("the SYN,ACK's carrier %v in net:[%d]: want from %s to port %d, in %s", in.Outer, in.NetNS, nodeB.Addr, topo.VXLANPort, a)
 	}
 }

@@ -7,11 +7,13 @@ import (
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/test/cluster"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -111,16 +113,27 @@ func twoNodes(t *testing.T, c *cluster.Cluster, overlay topo.Overlay) {
 	if s.Verdict != "answered" || strings.Join(s.Nodes, ",") != cluster.NodeName+","+d.Name || s.Endpoint != ep {
 		t.Errorf("stitched: %s across %v to %s; want answered across %s,%s to %s", s.Verdict, s.Nodes, s.Endpoint, cluster.NodeName, d.Name, ep)
 	}
-	s.inOrder(t, []step{
-		{cluster.NodeName, "DNAT " + vip.String() + " → " + ep.String()},
-		{cluster.NodeName, "leaves the node via " + via[0]},
-		{d.Name, " → " + ep.String() + " in via " + via[1]},
-		{d.Name, "leaves the node via cbr0"}, // into the Pod's bridge
-		{d.Name, "reply SYN,ACK " + ep.String()},
-		{d.Name, "leaves the node via " + via[1]},
-		{cluster.NodeName, "in via " + via[0]},
-		{cluster.NodeName, "un-DNAT src " + ep.String() + " → " + vip.String()},
-	})
+	// Over VXLAN, each way: the packet leaves by the overlay's device, is
+	// carried in a UDP packet between the nodes' addresses, which the
+	// other node's overlay socket unpacks.
+	carried := func(from, to string) []step {
+		if overlay != topo.OverlayVXLAN {
+			return nil
+		}
+		return []step{{from, "carried in VXLAN"}, {from, "leaves the node via "}, {to, fmt.Sprintf(":%d in via ", topo.VXLANPort)},
+			{to, "VXLAN delivered to the overlay's socket"}}
+	}
+	var path []step
+	path = append(path, step{cluster.NodeName, "DNAT " + vip.String() + " → " + ep.String()}, step{cluster.NodeName, "leaves the node via " + via[0]})
+	path = append(path, carried(cluster.NodeName, d.Name)...)
+	path = append(path, step{d.Name, " → " + ep.String() + " in via " + via[1]},
+		step{d.Name, "leaves the node via cbr0"}, // into the Pod's bridge
+		step{d.Name, "reply SYN,ACK " + ep.String()},
+		step{d.Name, "leaves the node via " + via[1]})
+	path = append(path, carried(d.Name, cluster.NodeName)...)
+	path = append(path, step{cluster.NodeName, "in via " + via[0]},
+		step{cluster.NodeName, "un-DNAT src " + ep.String() + " → " + vip.String()})
+	s.inOrder(t, path)
 }
 
 // stitchedConn is a connection of svctrace's JSON output, with the node
@@ -192,4 +205,154 @@ func analyzeNodes(t *testing.T, recs ...string) []stitchedConn {
 		}
 	}
 	return cs
+}
+
+// TestBetweenNodes: faults on the way between a client Pod on the first
+// node and the only endpoint on the second, each checked without
+// svctrace first, then traced on both nodes and analysed together: the
+// stitched verdict names the node, the fact and the fix.
+func TestBetweenNodes(t *testing.T) {
+	cluster.RequireBinaries(t)
+	c := cluster.Up(t, cluster.Options{Mode: cluster.IPTables})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	d, err := c.JoinNode(ctx, otherNode, topo.OverlayVXLAN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := pod(shop, "web-2", "web", lab.ModeHTTP, true)
+	spec.Node = d.Name
+	web, err := c.AddPod(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := c.AddPod(ctx, pod(shop, "client-1", "client", lab.ModeHTTP, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := c.CreateService(ctx, service("web", "10.96.5.21", map[string]string{"app": "web"}, intstr.FromString("http")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := netip.AddrPortFrom(web.IP, 8080)
+	if err := c.WaitService(ctx, svc, map[string][]netip.AddrPort{"http": {ep}}); err != nil {
+		t.Fatal(err)
+	}
+	vip := netip.MustParseAddrPort("10.96.5.21:80")
+	on := func(ns nf.NetNS) func(args ...string) error {
+		return func(args ...string) error {
+			out, err := topo.Run(ns, "", args...)
+			if err != nil {
+				return fmt.Errorf("%v: %v: %s", args, err, out)
+			}
+			return nil
+		}
+	}
+	node1, node2 := on(c.Node), on(d.NS)
+	vxlanMAC := fmt.Sprintf("0e:5c:97:%02x:00:02", c.NodeIP.As4()[2]) // node-2's flannel.1 (JoinNode)
+	port := fmt.Sprint(topo.VXLANPort)
+	// Each story: the fault on one node, and what the stitched connection
+	// must say: its verdict, the node it died on (or the two it was lost
+	// between), the cause, and the facts quoted (substrings of the blame
+	// and of evidence lines).
+	for _, story := range []struct {
+		name          string
+		node          func(args ...string) error
+		fault, repair [][]string
+		verdict       string
+		diedOn        string
+		lostBetween   string // "node-1→node-2"
+		cause         string
+		blame         []string
+		facts         []string
+		steps         []step
+	}{
+		{name: "forward-policy", node: node2,
+			fault:   [][]string{{"iptables", "-P", "FORWARD", "DROP"}},
+			repair:  [][]string{{"iptables", "-P", "FORWARD", "ACCEPT"}},
+			verdict: "dropped", diedOn: d.Name, cause: "rule-drop",
+			blame: []string{"on " + d.Name + ", ", "chain FORWARD's policy DROP"},
+			facts: []string{d.Name + ": ip filter: the built-in chain → chain FORWARD's policy DROP"}},
+		{name: "overlay-port-firewalled", node: node2,
+			fault:   [][]string{{"iptables", "-I", "INPUT", "-p", "udp", "--dport", port, "-j", "DROP"}},
+			repair:  [][]string{{"iptables", "-D", "INPUT", "-p", "udp", "--dport", port, "-j", "DROP"}},
+			verdict: "dropped", diedOn: d.Name, cause: "rule-drop",
+			blame: []string{"on " + d.Name + ", ", "chain INPUT, rule 1: -p udp -m udp --dport " + port + " -j DROP", "dropped the VXLAN packet carrying the SYN",
+				"in VXLAN on UDP port " + port + ": this firewall must let it pass between them"},
+			facts: []string{d.Name + ": ip filter: the built-in chain → chain INPUT, rule 1"},
+			steps: []step{{cluster.NodeName, "leaves the node via " + topo.VXLANDevice}, {cluster.NodeName, "carried in VXLAN"},
+				{d.Name, ":" + port + " in via eth0"}, {d.Name, "dropped in INPUT"}}},
+		{name: "rp-filter", node: node2,
+			fault:   [][]string{{"sysctl", "-w", "net.ipv4.conf.all.rp_filter=1"}, {"ip", "route", "del", c.PodNet.String()}},
+			repair:  [][]string{{"sysctl", "-w", "net.ipv4.conf.all.rp_filter=0"}, {"ip", "route", "add", c.PodNet.String(), "via", c.PodNet.Addr().String(), "dev", topo.VXLANDevice, "onlink"}},
+			verdict: "dropped", diedOn: d.Name, cause: "kernel-drop",
+			blame: []string{"on " + d.Name + ", ", "reverse-path filter", "IP_RPFILTER"},
+			facts: []string{d.Name + ": net.ipv4.conf.all.rp_filter = 1", d.Name + ": the route back: ip route get " + client.IP.String() + ": ", "dev eth0"}},
+		{name: "no-fdb", node: node1,
+			fault:   [][]string{{"bridge", "fdb", "del", vxlanMAC, "dev", topo.VXLANDevice, "dst", d.IP.String()}},
+			repair:  [][]string{{"bridge", "fdb", "append", vxlanMAC, "dev", topo.VXLANDevice, "dst", d.IP.String()}},
+			verdict: "dropped", diedOn: cluster.NodeName, cause: "kernel-drop",
+			blame: []string{"the overlay toward Pod shop/web-2 on " + d.Name, "in the tunnel's encapsulation", "NO_TX_TARGET"},
+			facts: []string{"dev " + topo.VXLANDevice, "(VXLAN: its forwarding table has no entry for the next hop's MAC address)", "lladdr " + vxlanMAC}},
+		{name: "no-route", node: node1,
+			fault:   [][]string{{"ip", "route", "del", d.PodNet.String()}},
+			repair:  [][]string{{"ip", "route", "add", d.PodNet.String(), "via", d.PodNet.Addr().String(), "dev", topo.VXLANDevice, "onlink"}},
+			verdict: "no-reply", lostBetween: cluster.NodeName + "→" + d.Name, cause: "lost-between-nodes",
+			blame: []string{"the network between " + cluster.NodeName + " and " + d.Name, "left " + cluster.NodeName + " via uplink0"},
+			facts: []string{"(the default route)", "node " + d.Name + "'s podCIDRs: " + d.PodNet.String(), d.Name + " traced from before the connection to after it and saw no packet of it arrive"}},
+	} {
+		t.Run(story.name, func(t *testing.T) {
+			for _, cmd := range story.fault {
+				if err := story.node(cmd...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			defer func() {
+				for _, cmd := range story.repair {
+					if err := story.node(cmd...); err != nil {
+						t.Error(err)
+					}
+				}
+			}()
+			if _, err := lab.HTTPGet(ctx, client.NS, vip, "/", time.Second); err == nil {
+				t.Fatalf("GET %s from client-1 answered: the fault did not take", vip)
+			}
+			dir := t.TempDir()
+			rec := func(node string) string { return filepath.Join(dir, node+".svctrace") }
+			args := func(node, kubeconfig string) []string {
+				return []string{"web", "-n", shop, "--kubeconfig", kubeconfig, "--count", "1", "--duration", "8s", "--timeout", "1500ms", "-o", "json", "-w", rec(node)}
+			}
+			tracingOn(t, []nodeRun{
+				{filepath.Base(c.Node.Path), cluster.NodeName, args(cluster.NodeName, c.Kubeconfig)},
+				{filepath.Base(d.NS.Path), d.Name, args(d.Name, d.Kubeconfig)},
+			}, func() { lab.HTTPGet(ctx, client.NS, vip, "/", time.Second) })
+			cs := analyzeNodes(t, rec(cluster.NodeName), rec(d.Name))
+			if len(cs) == 0 {
+				t.Fatal("analyze of both recordings: no connection")
+			}
+			s := cs[0]
+			diedOn, lost := "", ""
+			if s.Drop != nil {
+				diedOn = s.Drop.Node
+			}
+			if l := s.LostBetween; l != nil {
+				lost = l.From + "→" + l.To
+			}
+			if s.Verdict != story.verdict || diedOn != story.diedOn || lost != story.lostBetween || s.Cause != story.cause {
+				t.Errorf("stitched: %s, died on %q, lost between %q, cause %s; want %s, %q, %q, %s\nblame: %s\nfacts: %q",
+					s.Verdict, diedOn, lost, s.Cause, story.verdict, story.diedOn, story.lostBetween, story.cause, s.Blame, s.Evidence)
+			}
+			for _, b := range story.blame {
+				if !strings.Contains(s.Blame, b) {
+					t.Errorf("blame lacks %q: %s", b, s.Blame)
+				}
+			}
+			for _, f := range story.facts {
+				if !slices.ContainsFunc(s.Evidence, func(e string) bool { return strings.Contains(e, f) }) {
+					t.Errorf("no fact has %q: %q", f, s.Evidence)
+				}
+			}
+			s.inOrder(t, story.steps)
+		})
+	}
 }

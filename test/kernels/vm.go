@@ -32,6 +32,9 @@ var wantedModules = []string{
 	// sock_diag for TCP and UDP: svctrace reads the lab's Pods'
 	// listening sockets.
 	"tcp_diag", "udp_diag",
+	// The overlay between nodes (flannel's vxlan backend's layout): the
+	// tracer follows its packets by what they carry.
+	"vxlan",
 }
 
 // optionalModules are loaded where they are modules: nft_counter (every
