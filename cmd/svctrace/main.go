@@ -179,6 +179,9 @@ on this node, then it traces, naming the Service port, Pod, Node and rule behind
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.MaximumNArgs(1),
+		// parts: what kubectl svctrace asks of its debug Pods to stitch
+		// several nodes' connections.
+		Annotations: map[string]string{outputsKey: "text,json,parts"},
 	}
 	o := &serviceOptions{globals: g}
 	o.addFlags(root, true)

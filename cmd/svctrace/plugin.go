@@ -174,12 +174,24 @@ func (o *pluginOptions) run(ctx context.Context, name string, check bool) error 
 		return err
 	}
 	intro := fmt.Sprintf("%s/%s on %s %s (%s)", o.namespace, name, plugin.Plural(len(nodes), "node"), strings.Join(nodes, ", "), why)
-	return plugin.Run(ctx, api, nodes, o.podSpec(name, check), o.startTimeout, intro, o.logger(), o.stdout, o.stderr, o.format == output.FormatJSON)
+	spec := o.podSpec(name, check)
+	var stitched *plugin.Stitched
+	if !check && len(nodes) > 1 {
+		// Each connection once, across the nodes it crossed: the Pods
+		// report in full (-o parts) and are stitched here, each held
+		// until the other nodes had the time to report it.
+		spec.Args = o.podArgs(name, check, output.FormatParts)
+		if stitched, err = plugin.NewStitched(o.printer, o.timeout+2*time.Second); err != nil {
+			return err
+		}
+		intro += "; each connection stitched across them"
+	}
+	return plugin.Run(ctx, api, nodes, spec, o.startTimeout, intro, o.logger(), o.stdout, o.stderr, o.format == output.FormatJSON, stitched)
 }
 
 // podSpec is the debug Pods' spec, but for the node.
 func (o *pluginOptions) podSpec(name string, check bool) debugpod.Spec {
-	s := debugpod.Spec{Namespace: o.podNamespace, Image: o.image, Args: o.podArgs(name, check), ServiceAccount: o.account, Env: map[string]string{}}
+	s := debugpod.Spec{Namespace: o.podNamespace, Image: o.image, Args: o.podArgs(name, check, o.format), ServiceAccount: o.account, Env: map[string]string{}}
 	if s.Image == "" {
 		s.Image = os.Getenv("SVCTRACE_IMAGE")
 	}
@@ -200,8 +212,8 @@ func (o *pluginOptions) podSpec(name string, check bool) debugpod.Spec {
 }
 
 // podArgs is svctrace's command line in the debug Pods.
-func (o *pluginOptions) podArgs(name string, check bool) []string {
-	args := []string{name, "-n", o.namespace, "-o", string(o.format)}
+func (o *pluginOptions) podArgs(name string, check bool, format output.Format) []string {
+	args := []string{name, "-n", o.namespace, "-o", string(format)}
 	if check {
 		args = append([]string{"check"}, args...)
 	} else {

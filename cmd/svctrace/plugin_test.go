@@ -25,22 +25,22 @@ func TestPluginPodArgs(t *testing.T) {
 		timeout: 2 * time.Second, duration: time.Hour, count: 3, probe: "http", from: "pod/client", dnsQs: true}
 	want := []string{"web", "-n", "shop", "-o", "json", "--timeout", "2s", "--duration", "1h0m0s", "--count", "3",
 		"--probe=http", "--from", "pod/client", "--backend", "fentry"}
-	if got := o.podArgs("web", false); !slices.Equal(got, want) {
+	if got := o.podArgs("web", false, o.format); !slices.Equal(got, want) {
 		t.Errorf("trace: %q\nwant %q", got, want)
 	}
 	// --from without --probe only picks the node: svctrace there traces
 	// every client.
 	o.probe = ""
 	want = []string{"web", "-n", "shop", "-o", "json", "--timeout", "2s", "--duration", "1h0m0s", "--count", "3", "--backend", "fentry"}
-	if got := o.podArgs("web", false); !slices.Equal(got, want) {
+	if got := o.podArgs("web", false, o.format); !slices.Equal(got, want) {
 		t.Errorf("trace without --probe: %q\nwant %q", got, want)
 	}
-	if got, want := o.podArgs("web", true), []string{"check", "web", "-n", "shop", "-o", "json", "--backend", "fentry"}; !slices.Equal(got, want) {
+	if got, want := o.podArgs("web", true, o.format), []string{"check", "web", "-n", "shop", "-o", "json", "--backend", "fentry"}; !slices.Equal(got, want) {
 		t.Errorf("check: %q\nwant %q", got, want)
 	}
 	// --dns-questions=false goes on to svctrace; its default is svctrace's.
 	o.dnsQs = false
-	if got := o.podArgs("web", false); !slices.Contains(got, "--dns-questions=false") {
+	if got := o.podArgs("web", false, o.format); !slices.Contains(got, "--dns-questions=false") {
 		t.Errorf("trace with --dns-questions=false: %q", got)
 	}
 }

@@ -1,6 +1,7 @@
 package flow
 
 import (
+	"fmt"
 	"net/netip"
 
 	"github.com/svctrace/svctrace/internal/nf"
@@ -22,6 +23,18 @@ func (d Dir) String() string {
 }
 
 func (d Dir) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+func (d *Dir) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "original":
+		*d = Original
+	case "reply":
+		*d = Reply
+	default:
+		return fmt.Errorf("unknown direction %q", b)
+	}
+	return nil
+}
 
 func (d Dir) flip() Dir { return 1 - d }
 

@@ -72,6 +72,8 @@ func New(format Format, w io.Writer, opts Options) (Printer, error) {
 		return &JSON{w: w, opts: opts}, nil
 	case FormatPcapNG:
 		return newPcapNG(w, opts), nil
+	case FormatParts:
+		return &Parts{w: w, opts: opts}, nil
 	}
 	return nil, fmt.Errorf("unknown output format %q", format)
 }

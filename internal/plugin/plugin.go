@@ -21,7 +21,10 @@ import (
 
 	"github.com/svctrace/svctrace/internal/debugpod"
 	"github.com/svctrace/svctrace/internal/logging"
+	"github.com/svctrace/svctrace/internal/output"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/stitch"
 )
 
 // MaxNodes is how many nodes the plugin traces on without being told which:
@@ -53,6 +56,12 @@ func Nodes(ctx context.Context, api *resolve.API, v *resolve.View, nodes []strin
 		}
 		if pod.Spec.NodeName == "" {
 			return nil, "", fmt.Errorf("pod %s/%s is not scheduled to a node yet: nothing of its traffic passes a node", ns, name)
+		}
+		// And the endpoints' nodes, where its connections go on to.
+		all := slices.Compact(slices.Sorted(slices.Values(append(v.EndpointNodes(), pod.Spec.NodeName))))
+		if len(all) > 1 && len(all) <= MaxNodes {
+			all = append([]string{pod.Spec.NodeName}, slices.DeleteFunc(all, func(n string) bool { return n == pod.Spec.NodeName })...)
+			return all, fmt.Sprintf("where pod %s/%s runs, and its endpoints", ns, name), nil
 		}
 		return []string{pod.Spec.NodeName}, fmt.Sprintf("where pod %s/%s runs", ns, name), nil
 	}
@@ -102,10 +111,11 @@ func readyNode(nodes []corev1.Node) string {
 }
 
 // Run runs svctrace in a debug Pod on each node at once, with their output
-// merged onto stdout and stderr (JSON objects when asJSON), and deletes the
-// Pods; its own messages go to log. It returns logging.ErrReported when a Pod's svctrace failed or
-// found a problem, or what went wrong was said.
-func Run(ctx context.Context, api *resolve.API, nodes []string, spec debugpod.Spec, startTimeout time.Duration, intro string, log *slog.Logger, stdout, stderr io.Writer, asJSON bool) error {
+// merged onto stdout and stderr (JSON objects when asJSON), or, with
+// stitched, their -o parts stitched and printed by it; and deletes the
+// Pods; its own messages go to log. It returns logging.ErrReported when a
+// Pod's svctrace failed or found a problem, or what went wrong was said.
+func Run(ctx context.Context, api *resolve.API, nodes []string, spec debugpod.Spec, startTimeout time.Duration, intro string, log *slog.Logger, stdout, stderr io.Writer, asJSON bool, stitched *Stitched) error {
 	r := &debugpod.Runner{Client: api.Client, Stream: api.Streaming(), StartTimeout: startTimeout, Drain: 15 * time.Second,
 		Created: func(p *corev1.Pod) {
 			log.Info(fmt.Sprintf("debug pod %s/%s on node %s, image %s", p.Namespace, p.Name, p.Spec.NodeName, p.Spec.Containers[0].Image))
@@ -119,7 +129,26 @@ func Run(ctx context.Context, api *resolve.API, nodes []string, spec debugpod.Sp
 		return err
 	}
 	log.Info(intro)
-	m := &merger{stdout: stdout, stderr: stderr, json: asJSON, prefix: len(nodes) > 1}
+	m := &merger{stdout: stdout, stderr: stderr, json: asJSON, prefix: len(nodes) > 1, stitched: stitched}
+	if stitched != nil {
+		done := make(chan struct{})
+		defer func() {
+			close(done)
+			stitched.End()
+		}()
+		go func() {
+			t := time.NewTicker(500 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case now := <-t.C:
+					stitched.Tick(now)
+				case <-done:
+					return
+				}
+			}
+		}()
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(nodes))
 	for i, node := range nodes {
@@ -156,10 +185,21 @@ type merger struct {
 	mu             sync.Mutex
 	stdout, stderr io.Writer
 	json, prefix   bool
+	// stitched takes the lines of -o parts; others go to stderr.
+	stitched *Stitched
 }
 
 func (m *merger) sink(node string) func(string) {
 	return func(line string) {
+		if m.stitched != nil {
+			// Its messages, and anything not -o parts, to stderr.
+			if strings.HasPrefix(line, logging.Prefix) || !m.stitched.line(node, line, time.Now()) {
+				m.mu.Lock()
+				defer m.mu.Unlock()
+				fmt.Fprintln(m.stderr, "["+node+"] "+line)
+			}
+			return
+		}
 		w := m.stdout
 		isObject := strings.HasPrefix(line, "{")
 		switch {
@@ -192,4 +232,92 @@ func Plural(n int, what string) string {
 func firstLine(s string) string {
 	s, _, _ = strings.Cut(s, "\n")
 	return s
+}
+
+// Stitched prints what the svctrace of several nodes reports (-o parts) as
+// connections stitched across the nodes they crossed (internal/stitch),
+// on the clock of the first node heard from: the diagnoses as they come,
+// each connection once the other nodes had Hold to report theirs of it,
+// and the summary at the end.
+type Stitched struct {
+	mu   sync.Mutex
+	p    output.Printer
+	live stitch.Live
+	sum  output.Summary
+	lost map[string]uint64
+}
+
+// NewStitched prints with the printer newPrinter makes, holding each
+// connection for hold.
+func NewStitched(newPrinter func(output.Options) (output.Printer, error), hold time.Duration) (*Stitched, error) {
+	s := &Stitched{lost: map[string]uint64{}}
+	s.live.Hold = hold
+	p, err := newPrinter(output.Options{Wall: s.live.Wall})
+	if err != nil {
+		return nil, err
+	}
+	s.p = p
+	return s, nil
+}
+
+// line takes one line of node's -o parts, come at now; false if it is not
+// one (it is then the caller's to show).
+func (s *Stitched) line(node, line string, now time.Time) bool {
+	part, err := output.ReadPart([]byte(line))
+	if err != nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch part.Kind {
+	case "clock":
+		s.live.Clock(node, part.Clock, now)
+	case "diagnosis":
+		if part.Diagnosis != nil {
+			s.p.Diagnosis(*part.Diagnosis)
+		}
+	case "resolution":
+		if part.Resolution != nil {
+			s.p.Resolution(*part.Resolution)
+		}
+	case "connection":
+		if part.Conn != nil && part.Conn.Conn != nil {
+			s.live.Add(node, *part.Conn, now)
+		}
+	case "lost":
+		s.lost[node] = part.Lost
+		var total uint64
+		for _, n := range s.lost {
+			total += n
+		}
+		s.p.Lost(total)
+	case "summary":
+		if part.Summary != nil {
+			s.sum.Lost += part.Summary.Lost
+			s.sum.Orphans += part.Summary.Orphans
+		}
+	}
+	return true
+}
+
+// Tick prints the connections ready at now.
+func (s *Stitched) Tick(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.print(s.live.Ready(now))
+}
+
+// End prints every connection still held, and the summary.
+func (s *Stitched) End() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.print(s.live.Flush())
+	s.p.Summary(s.sum)
+}
+
+func (s *Stitched) print(cs []report.Conn) {
+	for _, c := range cs {
+		s.sum.Count(c.Conn)
+		s.p.Conn(c)
+	}
 }

@@ -30,7 +30,7 @@ type View struct {
 	Wall time.Time
 	Mono uint64
 	// From and To bound what the node traced, in its monotonic ns (To
-	// 0: unknown, taken to cover every connection).
+	// 0: it still traces).
 	From, To uint64
 	Conns    []report.Conn
 }
@@ -43,6 +43,7 @@ const matchWindow = int64(5 * time.Second)
 // part is one node's report of a connection.
 type part struct {
 	view int
+	idx  int // in its view's Conns
 	r    report.Conn
 	// Its first and last events on the first view's clock (wall clocks
 	// only).
@@ -84,11 +85,17 @@ type Result struct {
 	// Aligned says, for each view, whether its offset was measured from
 	// packets that crossed both ways (else: the wall clocks, made causal).
 	Aligned []bool
+	// Parts are, for each of Conns, the views' connections it was made
+	// of: [view, index in its Conns], in path order.
+	Parts [][][2]int
 }
 
 // Stitch joins the views' parts of each connection. Parts no other node
 // saw stay connections of their own, marked with their node.
 func Stitch(views []View) Result {
+	if len(views) == 0 {
+		return Result{}
+	}
 	coarse := make([]int64, len(views))
 	for i, v := range views {
 		if !v.Wall.IsZero() && !views[0].Wall.IsZero() {
@@ -98,8 +105,8 @@ func Stitch(views []View) Result {
 	var parts []*part
 	byIn := map[tupleKey][]*part{}
 	for i, v := range views {
-		for _, r := range v.Conns {
-			p := &part{view: i, r: r, start: int64(r.Start) + coarse[i], end: int64(r.End) + coarse[i]}
+		for j, r := range v.Conns {
+			p := &part{view: i, idx: j, r: r, start: int64(r.Start) + coarse[i], end: int64(r.End) + coarse[i]}
 			parts = append(parts, p)
 			byIn[p.in()] = append(byIn[p.in()], p)
 		}
@@ -135,7 +142,7 @@ func Stitch(views []View) Result {
 			cs = append(cs, join(views, p, res.Offsets, coarse))
 		}
 	}
-	res.Conns = renumber(cs)
+	res.Conns, res.Parts = renumber(cs)
 	return res
 }
 
@@ -447,16 +454,20 @@ func leftVia(c *flow.Conn) string {
 }
 
 // expected is the view of the node p's packet was going to, where the
-// objects name it (the endpoint Pod's node) and that node traced while the
-// packet was on its way; -1 if none.
+// objects name it (the endpoint Pod's node) and that node traced when the
+// packet left p's node for it; -1 if none.
 func expected(views []View, p *part, coarse []int64) int {
 	e := p.r.Explanation
 	if e == nil || e.Node == "" || e.Node == views[p.view].Node {
 		return -1
 	}
+	left, ok := lastStep(p.r.Conn, flow.Original, coarse[p.view])
+	if !ok {
+		return -1
+	}
 	for i, v := range views {
 		from, to := int64(v.From)+coarse[i], int64(v.To)+coarse[i]
-		if v.Node == e.Node && (v.To == 0 || (from <= p.start && p.end <= to)) {
+		if v.Node == e.Node && from <= left && (v.To == 0 || left <= to) {
 			return i
 		}
 	}
@@ -544,7 +555,7 @@ func merged(first, decider *report.Explanation, node string, crossed bool) *repo
 
 // renumber numbers the stitched connections from 1 in the order they
 // started, and points each continuation at its new number.
-func renumber(cs []stitched) []report.Conn {
+func renumber(cs []stitched) ([]report.Conn, [][][2]int) {
 	slices.SortStableFunc(cs, func(a, b stitched) int { return cmp.Compare(a.r.Start, b.r.Start) })
 	type old struct{ view, id int }
 	ids := map[old]int{}
@@ -553,13 +564,16 @@ func renumber(cs []stitched) []report.Conn {
 			ids[old{p.view, p.r.ID}] = i + 1
 		}
 	}
-	out := make([]report.Conn, len(cs))
+	out, parts := make([]report.Conn, len(cs)), make([][][2]int, len(cs))
 	for i, s := range cs {
 		s.r.ID = i + 1
 		if s.r.Continues != 0 {
 			s.r.Continues = ids[old{s.chain[0].view, s.r.Continues}]
 		}
 		out[i] = s.r
+		for _, p := range s.chain {
+			parts[i] = append(parts[i], [2]int{p.view, p.idx})
+		}
 	}
-	return out
+	return out, parts
 }

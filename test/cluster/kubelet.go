@@ -1,13 +1,17 @@
 package cluster
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,6 +35,10 @@ type Container struct {
 	Exit  int32
 	Hold  bool
 	Final []string
+	// Run, when set, is the container instead: started with the Pod, its
+	// output lines (stdout and stderr) are the log, its exit status the
+	// container's; deleting the Pod interrupts it (SIGINT).
+	Run *exec.Cmd
 }
 
 // Kubelet plays the kubelet of every node for the Pods it is given, enough
@@ -51,6 +59,69 @@ type fakePod struct {
 	Container
 	deleted chan struct{}
 	once    sync.Once
+	// A running container's (Run) output so far, and whether it exited.
+	mu     sync.Mutex
+	more   *sync.Cond
+	out    []string
+	exited bool
+}
+
+// start runs the container's command, keeping its output lines.
+func (fp *fakePod) start() error {
+	fp.more = sync.NewCond(&fp.mu)
+	r, w := io.Pipe()
+	fp.Run.Stdout, fp.Run.Stderr = w, w
+	if err := fp.Run.Start(); err != nil {
+		return err
+	}
+	go func() {
+		err := fp.Run.Wait()
+		if ee, ok := err.(*exec.ExitError); ok {
+			fp.Exit = int32(ee.ExitCode())
+		} else if err != nil {
+			fp.Exit = 128
+		}
+		w.Close() // after Exit: the output's end says it is set
+	}()
+	go func() {
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 1<<20), 1<<24)
+		for sc.Scan() {
+			fp.mu.Lock()
+			fp.out = append(fp.out, sc.Text())
+			fp.mu.Unlock()
+			fp.more.Broadcast()
+		}
+		io.Copy(io.Discard, r)
+		fp.mu.Lock()
+		fp.exited = true
+		fp.mu.Unlock()
+		fp.more.Broadcast()
+	}()
+	return nil
+}
+
+// follow writes the running container's output as it comes, until it
+// exited (true) or ctx ended.
+func (fp *fakePod) follow(ctx context.Context, write func([]string)) bool {
+	stop := context.AfterFunc(ctx, func() { fp.more.Broadcast() })
+	defer stop()
+	for i := 0; ; {
+		fp.mu.Lock()
+		for i == len(fp.out) && !fp.exited && ctx.Err() == nil {
+			fp.more.Wait()
+		}
+		lines, exited := fp.out[i:], fp.exited
+		fp.mu.Unlock()
+		write(lines)
+		i += len(lines)
+		if ctx.Err() != nil {
+			return false
+		}
+		if exited && len(lines) == 0 {
+			return true
+		}
+	}
 }
 
 // StartKubelet starts a fake kubelet for the Pods with the label selector:
@@ -71,24 +142,32 @@ func (c *Cluster) StartKubelet(t testing.TB, selector string, run func(*corev1.P
 			t.Fatal(err)
 		}
 	}
-	var l net.Listener
-	err := nf.InNetNS(c.Node, func() (err error) {
-		l, err = net.Listen("tcp", ":10250")
-		return err
-	})
-	if err != nil {
-		t.Fatalf("fake kubelet: %v", err)
+	// On the first node, and on the node with a data path (JoinNode),
+	// which the API server reaches at its own address.
+	namespaces := []nf.NetNS{c.Node}
+	if c.data != nil {
+		namespaces = append(namespaces, c.data.NS)
 	}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(k.logs))
-	srv.Listener.Close()
-	srv.Listener = l
-	srv.StartTLS() // the API server does not check a kubelet's certificate without --kubelet-certificate-authority
 	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(func() {
-		cancel()
-		srv.CloseClientConnections()
-		srv.Close()
-	})
+	t.Cleanup(cancel)
+	for _, ns := range namespaces {
+		var l net.Listener
+		err := nf.InNetNS(ns, func() (err error) {
+			l, err = net.Listen("tcp", ":10250")
+			return err
+		})
+		if err != nil {
+			t.Fatalf("fake kubelet: %v", err)
+		}
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(k.logs))
+		srv.Listener.Close()
+		srv.Listener = l
+		srv.StartTLS() // the API server does not check a kubelet's certificate without --kubelet-certificate-authority
+		t.Cleanup(func() {
+			srv.CloseClientConnections()
+			srv.Close()
+		})
+	}
 	w, err := c.Client.CoreV1().Pods("").Watch(ctx, metav1.ListOptions{LabelSelector: selector})
 	if err != nil {
 		t.Fatalf("fake kubelet: %v", err)
@@ -109,6 +188,11 @@ func (k *Kubelet) serve(ctx context.Context, w watch.Interface) {
 		switch {
 		case ev.Type == watch.Added:
 			fp := &fakePod{Container: k.run(p), deleted: make(chan struct{})}
+			if fp.Run != nil {
+				if err := fp.start(); err != nil {
+					fp.Waiting = "RunContainerError"
+				}
+			}
 			k.mu.Lock()
 			k.pods[key] = fp
 			k.mu.Unlock()
@@ -129,6 +213,9 @@ func (k *Kubelet) serve(ctx context.Context, w watch.Interface) {
 			}
 			fp.once.Do(func() {
 				close(fp.deleted)
+				if fp.Run != nil && fp.Run.Process != nil {
+					fp.Run.Process.Signal(syscall.SIGINT)
+				}
 				// As a kubelet does once the containers are stopped.
 				go func() {
 					time.Sleep(200 * time.Millisecond) // the logs' last lines first
@@ -178,6 +265,11 @@ func (k *Kubelet) logs(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintln(w, l)
 		}
 		w.(http.Flusher).Flush()
+	}
+	if fp.Run != nil {
+		if !fp.follow(r.Context(), write) {
+			return
+		}
 	}
 	write(fp.Lines)
 	if fp.Hold {

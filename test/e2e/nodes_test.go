@@ -1,21 +1,26 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/debugpod"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/nf"
 	"github.com/svctrace/svctrace/internal/topo"
 	"github.com/svctrace/svctrace/test/cluster"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
@@ -136,6 +141,34 @@ func twoNodes(t *testing.T, c *cluster.Cluster, overlay topo.Overlay) {
 	s.inOrder(t, path)
 }
 
+// datagram sends size bytes of UDP to to from ns, not to be fragmented
+// (DF), and waits a second for an answer: nil if one came.
+func datagram(ns nf.NetNS, to netip.AddrPort, size int) error {
+	return nf.InNetNS(ns, func() error {
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(to))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		raw.Control(func(fd uintptr) {
+			err = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_MTU_DISCOVER, syscall.IP_PMTUDISC_DO)
+		})
+		if err != nil {
+			return err
+		}
+		if _, err := c.Write(make([]byte, size)); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		_, err = c.Read(make([]byte, 2048))
+		return err
+	})
+}
+
 // stitchedConn is a connection of svctrace's JSON output, with the node
 // of each event.
 type stitchedConn struct {
@@ -230,15 +263,21 @@ func TestBetweenNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := c.CreateService(ctx, service("web", "10.96.5.21", map[string]string{"app": "web"}, intstr.FromString("http")))
+	web2 := service("web", "10.96.5.21", map[string]string{"app": "web"}, intstr.FromString("http"))
+	web2.Spec.Ports = append(web2.Spec.Ports, corev1.ServicePort{Name: "datagrams", Port: 81, Protocol: corev1.ProtocolUDP, TargetPort: intstr.FromInt32(8080)})
+	svc, err := c.CreateService(ctx, web2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ep := netip.AddrPortFrom(web.IP, 8080)
-	if err := c.WaitService(ctx, svc, map[string][]netip.AddrPort{"http": {ep}}); err != nil {
+	if err := c.WaitService(ctx, svc, map[string][]netip.AddrPort{"http": {ep}, "datagrams": {ep}}); err != nil {
 		t.Fatal(err)
 	}
 	vip := netip.MustParseAddrPort("10.96.5.21:80")
+	// A datagram as large as the Pod's link takes (1500 bytes), which may
+	// not be fragmented: the overlay's device takes 1450.
+	udpVIP := netip.MustParseAddrPort("10.96.5.21:81")
+	large := func() error { return datagram(client.NS, udpVIP, 1500-28) }
 	on := func(ns nf.NetNS) func(args ...string) error {
 		return func(args ...string) error {
 			out, err := topo.Run(ns, "", args...)
@@ -256,8 +295,11 @@ func TestBetweenNodes(t *testing.T) {
 	// between), the cause, and the facts quoted (substrings of the blame
 	// and of evidence lines).
 	for _, story := range []struct {
-		name          string
-		node          func(args ...string) error
+		name string
+		node func(args ...string) error
+		// act is what the client does, failing with the fault (default:
+		// GET /).
+		act           func() error
 		fault, repair [][]string
 		verdict       string
 		diedOn        string
@@ -294,6 +336,13 @@ func TestBetweenNodes(t *testing.T) {
 			verdict: "dropped", diedOn: cluster.NodeName, cause: "kernel-drop",
 			blame: []string{"the overlay toward Pod shop/web-2 on " + d.Name, "in the tunnel's encapsulation", "NO_TX_TARGET"},
 			facts: []string{"dev " + topo.VXLANDevice, "(VXLAN: its forwarding table has no entry for the next hop's MAC address)", "lladdr " + vxlanMAC}},
+		// No fault to make: the test bed's Pods have 1500 bytes, the
+		// overlay's device 1450.
+		{name: "mtu-df", node: node1, act: large,
+			verdict: "rejected", diedOn: cluster.NodeName, cause: "kernel-drop",
+			blame: []string{"Pod shop/web-2 on " + d.Name, "larger than the path's MTU, and it may not be fragmented", "PKT_TOO_BIG",
+				"the node answered the client with ICMP fragmentation-needed"},
+			facts: []string{"dev " + topo.VXLANDevice, topo.VXLANDevice + ": mtu 1450"}},
 		{name: "no-route", node: node1,
 			fault:   [][]string{{"ip", "route", "del", d.PodNet.String()}},
 			repair:  [][]string{{"ip", "route", "add", d.PodNet.String(), "via", d.PodNet.Addr().String(), "dev", topo.VXLANDevice, "onlink"}},
@@ -314,8 +363,16 @@ func TestBetweenNodes(t *testing.T) {
 					}
 				}
 			}()
-			if _, err := lab.HTTPGet(ctx, client.NS, vip, "/", time.Second); err == nil {
-				t.Fatalf("GET %s from client-1 answered: the fault did not take", vip)
+			act := story.act
+			if act == nil {
+				act = func() error { _, err := lab.HTTPGet(ctx, client.NS, vip, "/", time.Second); return err }
+			}
+			if err := act(); err == nil {
+				t.Fatalf("client-1 was answered: the fault did not take")
+			}
+			// What the client learned of the path (the MTU), forgotten.
+			if out, err := topo.Run(client.NS, "", "ip", "route", "flush", "cache"); err != nil {
+				t.Fatalf("%v: %s", err, out)
 			}
 			dir := t.TempDir()
 			rec := func(node string) string { return filepath.Join(dir, node+".svctrace") }
@@ -325,7 +382,7 @@ func TestBetweenNodes(t *testing.T) {
 			tracingOn(t, []nodeRun{
 				{filepath.Base(c.Node.Path), cluster.NodeName, args(cluster.NodeName, c.Kubeconfig)},
 				{filepath.Base(d.NS.Path), d.Name, args(d.Name, d.Kubeconfig)},
-			}, func() { lab.HTTPGet(ctx, client.NS, vip, "/", time.Second) })
+			}, func() { act() })
 			cs := analyzeNodes(t, rec(cluster.NodeName), rec(d.Name))
 			if len(cs) == 0 {
 				t.Fatal("analyze of both recordings: no connection")
@@ -353,6 +410,130 @@ func TestBetweenNodes(t *testing.T) {
 				}
 			}
 			s.inOrder(t, story.steps)
+			if t.Failed() {
+				for _, recs := range [][]string{{rec(cluster.NodeName), rec(d.Name)}, {rec(cluster.NodeName)}, {rec(d.Name)}} {
+					out, _ := exec.Command(svctrace(t), append([]string{"analyze"}, recs...)...).CombinedOutput()
+					t.Logf("svctrace analyze %v:\n%s", recs, out)
+				}
+			}
 		})
+	}
+}
+
+// TestPluginAcrossNodes: kubectl svctrace --from a client Pod traces on the
+// client's node and the endpoint's, each in a debug Pod (the fake kubelet
+// runs the real svctrace in that node's namespace, recording), and prints
+// the connection once, stitched across both; svctrace analyze of the two
+// recordings prints the same connection.
+func TestPluginAcrossNodes(t *testing.T) {
+	cluster.RequireBinaries(t)
+	c := cluster.Up(t, cluster.Options{Mode: cluster.IPTables})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	d, err := c.JoinNode(ctx, otherNode, topo.OverlayVXLAN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := pod(shop, "web-2", "web", lab.ModeHTTP, true)
+	spec.Node = d.Name
+	web, err := c.AddPod(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := c.AddPod(ctx, pod(shop, "client-1", "client", lab.ModeHTTP, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := c.CreateService(ctx, service("web", "10.96.5.22", map[string]string{"app": "web"}, intstr.FromString("http")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := netip.AddrPortFrom(web.IP, 8080)
+	if err := c.WaitService(ctx, svc, map[string][]netip.AddrPort{"http": {ep}}); err != nil {
+		t.Fatal(err)
+	}
+	vip := netip.MustParseAddrPort("10.96.5.22:80")
+	if err := c.Apply(ctx, filepath.Join("..", "..", "deploy", "rbac.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.EnsureNamespace(ctx, "svctrace"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	rec := func(node string) string { return filepath.Join(dir, node+".svctrace") }
+	c.StartKubelet(t, "app.kubernetes.io/managed-by="+debugpod.ManagedBy, func(p *corev1.Pod) cluster.Container {
+		ns, kubeconfig := c.Node, c.Kubeconfig
+		if p.Spec.NodeName == d.Name {
+			ns, kubeconfig = d.NS, d.Kubeconfig
+		}
+		// The Pod's command, as svctrace in the Pod would find its node
+		// and API server, and recording.
+		args := append([]string{"netns", "exec", filepath.Base(ns.Path), svctrace(t)}, p.Spec.Containers[0].Command[1:]...)
+		args = append(args, "--node", p.Spec.NodeName, "--kubeconfig", kubeconfig, "-w", rec(p.Spec.NodeName))
+		return cluster.Container{Run: exec.Command("ip", args...)}
+	})
+	cmd := exec.Command("ip", "netns", "exec", filepath.Base(c.Node.Path), pluginBinary(t), "web", "-n", shop, "--from", "pod/client-1",
+		"-o", "json", "--count", "1", "--duration", "40s", "--timeout", "1500ms", "--image", "test.invalid/svctrace:real", "--kubeconfig", c.Kubeconfig)
+	var stdout strings.Builder
+	cmd.Stdout = &stdout
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Once svctrace traces on both nodes, the client connects.
+	var errOut strings.Builder
+	sc := bufio.NewScanner(stderr)
+	for tracing := 0; tracing < 2 && sc.Scan(); {
+		errOut.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), "Ctrl-C to stop") {
+			tracing++
+		}
+	}
+	go func() {
+		for sc.Scan() {
+			errOut.WriteString(sc.Text() + "\n")
+		}
+	}()
+	if _, err := lab.HTTPGet(ctx, client.NS, vip, "/", 3*time.Second); err != nil {
+		t.Errorf("GET %s from client-1 while tracing: %v", vip, err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("kubectl svctrace: %v\n%s%s", err, &stdout, &errOut)
+	}
+	var live []stitchedConn
+	for _, line := range strings.Split(stdout.String(), "\n") {
+		if strings.Contains(line, `"kind":"connection"`) {
+			var c stitchedConn
+			if err := json.Unmarshal([]byte(line), &c); err != nil {
+				t.Fatal(err)
+			}
+			live = append(live, c)
+		}
+	}
+	if !strings.Contains(errOut.String(), "on nodes node-1, node-2 (where pod shop/client-1 runs, and its endpoints); each connection stitched across them") {
+		t.Errorf("stderr does not say both nodes were traced, stitched:\n%s", &errOut)
+	}
+	if len(live) != 1 || live[0].Verdict != "answered" || strings.Join(live[0].Nodes, ",") != cluster.NodeName+","+d.Name || live[0].Endpoint != ep {
+		t.Fatalf("kubectl svctrace printed %d connections, want one answered across both nodes:\n%s", len(live), &stdout)
+	}
+	live[0].inOrder(t, []step{{cluster.NodeName, "DNAT " + vip.String()}, {cluster.NodeName, "carried in VXLAN"},
+		{d.Name, "in via " + topo.VXLANDevice}, {d.Name, "reply SYN,ACK"}, {cluster.NodeName, "un-DNAT src " + ep.String()}})
+	// The recordings say the same, analysed together.
+	recorded := analyzeNodes(t, rec(cluster.NodeName), rec(d.Name))
+	if len(recorded) != 1 {
+		t.Fatalf("analyze of both recordings: %d connections, want 1", len(recorded))
+	}
+	var a, b []string
+	for _, e := range live[0].Events {
+		a = append(a, e.Node+" "+e.Note)
+	}
+	for _, e := range recorded[0].Events {
+		b = append(b, e.Node+" "+e.Note)
+	}
+	if !slices.Equal(a, b) || recorded[0].Verdict != live[0].Verdict {
+		t.Errorf("analyze differs from the live run:\nlive:\n%s\nanalyze:\n%s", strings.Join(a, "\n"), strings.Join(b, "\n"))
 	}
 }

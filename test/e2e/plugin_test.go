@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +17,11 @@ import (
 	"time"
 
 	"github.com/svctrace/svctrace/internal/debugpod"
+	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
+	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/output"
+	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/test/cluster"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -81,6 +86,9 @@ func TestPlugin(t *testing.T) {
 		on := fmt.Sprintf(`"written_on":%q`, p.Spec.NodeName)
 		switch p.Spec.Containers[0].Image {
 		case imageOK:
+			if slices.Contains(p.Spec.Containers[0].Command, string(output.FormatParts)) {
+				return cluster.Container{Lines: partsOf(p.Spec.NodeName)}
+			}
 			return cluster.Container{Lines: []string{`{"kind":"diagnosis",` + on + `}`, "svctrace: warning: from " + p.Spec.NodeName, `{"kind":"connection",` + on + `}`}}
 		case imageHold:
 			return cluster.Container{Lines: []string{"tracing on " + p.Spec.NodeName}, Hold: true, Final: []string{"summary of " + p.Spec.NodeName}}
@@ -123,7 +131,8 @@ func TestPlugin(t *testing.T) {
 			if err := debugpod.CheckSysadmin(p); err != nil {
 				t.Errorf("pod %s as the API server stored it: %v", p.Name, err)
 			}
-			want := []string{"svctrace", "web", "-n", shop, "-o", "json", "--timeout", "5s", "--duration", "1h0m0s"}
+			// Several nodes: each reports in full, to be stitched here.
+			want := []string{"svctrace", "web", "-n", shop, "-o", "parts", "--timeout", "5s", "--duration", "1h0m0s"}
 			if cmd := p.Spec.Containers[0].Command; !slices.Equal(cmd, want) {
 				t.Errorf("pod %s runs %q, want %q", p.Name, cmd, want)
 			}
@@ -135,21 +144,38 @@ func TestPlugin(t *testing.T) {
 				t.Errorf("pod %s: activeDeadlineSeconds %v, want the trace's hour and the start's and stop's time", p.Name, d)
 			}
 		}
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		if len(lines) != 4 {
-			t.Errorf("stdout: %d lines, want 4 (2 objects from each node):\n%s", len(lines), out)
-		}
-		for _, l := range lines {
+		// Printed here, as -o json: each node's diagnosis, each node's
+		// connection (no other node saw it) marked with its node, the
+		// summary of both.
+		var kinds, nodes []string
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 			var o struct {
-				Traced  string `json:"traced_on"`
-				Written string `json:"written_on"`
+				Kind        string
+				Node        string
+				Nodes       []string
+				Connections int
 			}
-			if err := json.Unmarshal([]byte(l), &o); err != nil || o.Traced == "" || o.Traced != o.Written {
-				t.Errorf("stdout line %s: %v; want traced_on to name the node that wrote it", l, err)
+			if err := json.Unmarshal([]byte(l), &o); err != nil {
+				t.Fatalf("stdout line %s: %v", l, err)
+			}
+			kinds = append(kinds, o.Kind)
+			switch o.Kind {
+			case "diagnosis":
+				nodes = append(nodes, "diagnosis on "+o.Node)
+			case "connection":
+				nodes = append(nodes, "connection across "+strings.Join(o.Nodes, ","))
+			case "summary":
+				if o.Connections != 2 {
+					t.Errorf("summary of %d connections, want 2", o.Connections)
+				}
 			}
 		}
-		for _, want := range []string{"svctrace: shop/web on nodes node-1, node-2 (where its endpoints run)",
-			"svctrace: warning: from node-1", "svctrace: warning: from node-2", "svctrace: debug pod svctrace/svctrace-node-2-"} {
+		slices.Sort(nodes)
+		if want := []string{"connection across " + cluster.NodeName, "connection across " + otherNode, "diagnosis on " + cluster.NodeName, "diagnosis on " + otherNode}; !slices.Equal(nodes, want) || kinds[len(kinds)-1] != "summary" {
+			t.Errorf("stdout: %q (%q), want %q, then the summary:\n%s", nodes, kinds, want, out)
+		}
+		for _, want := range []string{"svctrace: shop/web on nodes node-1, node-2 (where its endpoints run); each connection stitched across them",
+			"[node-1] svctrace: warning: from node-1", "[node-2] svctrace: warning: from node-2", "svctrace: debug pod svctrace/svctrace-node-2-"} {
 			if !strings.Contains(stderr.String(), want) {
 				t.Errorf("stderr does not say %q:\n%s", want, &stderr)
 			}
@@ -270,6 +296,23 @@ func TestPlugin(t *testing.T) {
 			}
 		}
 	})
+}
+
+// partsOf is what svctrace -o parts on node writes of one connection that
+// no other node saw.
+func partsOf(node string) []string {
+	var lines []string
+	var b bytes.Buffer
+	clock := time.Now().Add(-time.Hour)
+	p, _ := output.New(output.FormatParts, &b, output.Options{Wall: func(m uint64) time.Time { return clock.Add(time.Duration(m)) }})
+	p.Diagnosis(report.Diagnosis{Service: "shop/web", Node: node})
+	client := map[string]string{cluster.NodeName: "10.244.0.50:40000", otherNode: "10.244.99.50:40000"}[node]
+	start := uint64(time.Hour - time.Second)
+	p.Conn(report.Conn{Conn: &flow.Conn{ID: 1, Proto: nf.TCP, Client: netip.MustParseAddrPort(client), VIP: netip.MustParseAddrPort("10.96.1.30:80"),
+		Verdict: flow.Answered, Outcome: flow.Outcome{Kind: flow.Translated}, Start: start, End: start + 1000,
+		Steps: []flow.Step{{Time: start, Packet: 1, Kind: nf.KindHook, Hook: nf.PreRouting}}}})
+	lines = append(lines, strings.Split(strings.TrimSpace(b.String()), "\n")...)
+	return append(lines[:2:2], append([]string{"svctrace: warning: from " + node}, lines[2:]...)...)
 }
 
 // allowed checks that deploy/rbac.yaml grants what its comments say: the
