@@ -290,6 +290,7 @@ func TestBetweenNodes(t *testing.T) {
 	node1, node2 := on(c.Node), on(d.NS)
 	vxlanMAC := fmt.Sprintf("0e:5c:97:%02x:00:02", c.NodeIP.As4()[2]) // node-2's flannel.1 (JoinNode)
 	port := fmt.Sprint(topo.VXLANPort)
+	nodesFirst := netip.AddrFrom4([4]byte{10, 97, c.NodeIP.As4()[2], 1}) // node-1 on the nodes' link (JoinNode)
 	// Each story: the fault on one node, and what the stitched connection
 	// must say: its verdict, the node it died on (or the two it was lost
 	// between), the cause, and the facts quoted (substrings of the blame
@@ -297,6 +298,8 @@ func TestBetweenNodes(t *testing.T) {
 	for _, story := range []struct {
 		name string
 		node func(args ...string) error
+		// also, undone by undo, on the first node.
+		also, undo [][]string
 		// act is what the client does, failing with the fault (default:
 		// GET /).
 		act           func() error
@@ -324,6 +327,25 @@ func TestBetweenNodes(t *testing.T) {
 			facts: []string{d.Name + ": ip filter: the built-in chain → chain INPUT, rule 1"},
 			steps: []step{{cluster.NodeName, "leaves the node via " + topo.VXLANDevice}, {cluster.NodeName, "carried in VXLAN"},
 				{d.Name, ":" + port + " in via eth0"}, {d.Name, "dropped in INPUT"}}},
+		{name: "overlay-port-firewalled-out", node: node1,
+			fault:   [][]string{{"iptables", "-I", "OUTPUT", "-p", "udp", "--dport", port, "-j", "DROP"}},
+			repair:  [][]string{{"iptables", "-D", "OUTPUT", "-p", "udp", "--dport", port, "-j", "DROP"}},
+			verdict: "dropped", diedOn: cluster.NodeName, cause: "rule-drop",
+			blame: []string{"chain OUTPUT, rule 1: -p udp -m udp --dport " + port + " -j DROP", "dropped the VXLAN packet carrying the SYN"},
+			facts: []string{"ip filter: the built-in chain → chain OUTPUT, rule 1"},
+			steps: []step{{cluster.NodeName, "leaves the node via " + topo.VXLANDevice}, {cluster.NodeName, "carried in VXLAN"}, {cluster.NodeName, "dropped in OUTPUT"}}},
+		// The answer comes back another way than the overlay (node-2 routes
+		// node-1's Pod range over the nodes' link), and node-1's strict
+		// reverse-path filter, whose route back is the overlay, drops it.
+		{name: "asymmetric-reply", node: node2,
+			fault:   [][]string{{"ip", "route", "replace", c.PodNet.String(), "via", nodesFirst.String(), "dev", "eth0"}},
+			repair:  [][]string{{"ip", "route", "replace", c.PodNet.String(), "via", c.PodNet.Addr().String(), "dev", topo.VXLANDevice, "onlink"}},
+			also:    [][]string{{"sysctl", "-w", "net.ipv4.conf.all.rp_filter=1"}},
+			undo:    [][]string{{"sysctl", "-w", "net.ipv4.conf.all.rp_filter=0"}},
+			verdict: "dropped", diedOn: cluster.NodeName, cause: "kernel-drop",
+			blame: []string{"on " + cluster.NodeName + ", ", "reverse-path filter", "IP_RPFILTER"},
+			facts: []string{cluster.NodeName + ": net.ipv4.conf.all.rp_filter = 1", "dev " + topo.VXLANDevice},
+			steps: []step{{d.Name, "reply SYN,ACK"}, {d.Name, "leaves the node via eth0"}, {cluster.NodeName, "in via nodes0"}, {cluster.NodeName, "IP_RPFILTER"}}},
 		{name: "rp-filter", node: node2,
 			fault:   [][]string{{"sysctl", "-w", "net.ipv4.conf.all.rp_filter=1"}, {"ip", "route", "del", c.PodNet.String()}},
 			repair:  [][]string{{"sysctl", "-w", "net.ipv4.conf.all.rp_filter=0"}, {"ip", "route", "add", c.PodNet.String(), "via", c.PodNet.Addr().String(), "dev", topo.VXLANDevice, "onlink"}},
@@ -356,9 +378,19 @@ func TestBetweenNodes(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			for _, cmd := range story.also {
+				if err := node1(cmd...); err != nil {
+					t.Fatal(err)
+				}
+			}
 			defer func() {
 				for _, cmd := range story.repair {
 					if err := story.node(cmd...); err != nil {
+						t.Error(err)
+					}
+				}
+				for _, cmd := range story.undo {
+					if err := node1(cmd...); err != nil {
 						t.Error(err)
 					}
 				}
