@@ -565,3 +565,45 @@ func TestDNSMessagesOfAConnection(t *testing.T) {
 		t.Errorf("said %q, want %q", got, want)
 	}
 }
+
+// An overlay packet carrying the connection's SYN (Event.Outer) is shown
+// where it is made and where it leaves, is not counted as one of the
+// connection's packets, and its drop is the connection's, placed, with
+// the overlay packet named.
+func TestCarriedByTheOverlay(t *testing.T) {
+	toPod := tup("10.0.0.2:40000", "10.244.9.5:8080", nf.TCP)
+	vxlan := tup("10.97.0.1:41000", "10.97.0.2:8472", nf.UDP)
+	nat := ct(nf.CTNew, synOrig, tup("10.244.9.5:8080", "10.0.0.2:40000", nf.TCP))
+	s := &seq{}
+	s.hook(1, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.SYN, nat)
+	s.hook(1, nf.PreRouting, nf.StagePostDNAT, toPod, nf.SYN, nat)
+	s.hook(1, nf.PostRouting, nf.StageLast, toPod, nf.SYN, nat)
+	s.last().OutIf = 7
+	carrier := uint64(1 | 1<<63) // the same skb, set apart by the decoder
+	s.hook(carrier, nf.LocalOut, nf.StagePreConntrack, toPod, nf.SYN, nf.Conntrack{})
+	s.last().Outer = vxlan
+	s.hook(carrier, nf.LocalOut, nf.StagePreFilter, toPod, nf.SYN, nf.Conntrack{})
+	s.last().Outer = vxlan
+	s.drop(carrier, toPod, nf.Conntrack{})
+	s.last().Outer = vxlan
+	conns, _ := run(s, Options{IfName: func(i uint32) string { return map[uint32]string{7: "flannel.1"}[i] }})
+	c := only(t, conns)
+	if c.Packets != [2]int{1, 0} || c.SYNs != 1 {
+		t.Errorf("packets %v, SYNs %d: want the SYN once", c.Packets, c.SYNs)
+	}
+	var shown []string
+	for _, st := range c.Steps {
+		if st.Shown() {
+			shown = append(shown, fmt.Sprintf("%d %s", st.Packet, describe.Step(st)))
+		}
+	}
+	want := "0 SYN 10.0.0.2:40000 → 10.244.9.5:8080 carried in VXLAN 10.97.0.1:41000 → 10.97.0.2:8472"
+	if !slices.Contains(shown, want) {
+		t.Errorf("steps %q, want %q", shown, want)
+	}
+	d := c.Drop
+	if c.Verdict != Dropped || d == nil || d.Outer != vxlan || !d.Placed || d.Gap.Hook != nf.LocalOut ||
+		!strings.HasPrefix(describe.Reason(c), "the VXLAN packet carrying the SYN was discarded in OUTPUT between priority -1 and 1") {
+		t.Errorf("%s, drop %+v: %s; want the VXLAN packet's drop in OUTPUT's filter", c.Verdict, d, describe.Reason(c))
+	}
+}

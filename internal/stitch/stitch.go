@@ -42,14 +42,12 @@ const matchWindow = int64(5 * time.Second)
 
 // part is one node's report of a connection.
 type part struct {
-	view int
-	idx  int // in its view's Conns
-	r    report.Conn
-	// Its first and last events on the first view's clock (wall clocks
-	// only).
-	start, end int64
-	next       *part // where its packets went on: the next node's part
-	prev       *part
+	view  int
+	idx   int // in its view's Conns
+	r     report.Conn
+	start int64 // its first event on the first view's clock (wall clocks only)
+	next  *part // where its packets went on: the next node's part
+	prev  *part
 }
 
 // in is the tuple a node first saw the connection's packet with; out is
@@ -106,7 +104,7 @@ func Stitch(views []View) Result {
 	byIn := map[tupleKey][]*part{}
 	for i, v := range views {
 		for j, r := range v.Conns {
-			p := &part{view: i, idx: j, r: r, start: int64(r.Start) + coarse[i], end: int64(r.End) + coarse[i]}
+			p := &part{view: i, idx: j, r: r, start: int64(r.Start) + coarse[i]}
 			parts = append(parts, p)
 			byIn[p.in()] = append(byIn[p.in()], p)
 		}
@@ -378,7 +376,7 @@ func join(views []View, head *part, offsets, coarse []int64) stitched {
 func decide(views []View, chain []*part, r *report.Conn, shift func(uint64, int) uint64, coarse []int64) {
 	c := r.Conn
 	use := func(p *part) {
-		c.Verdict, c.Outcome, c.Answer = p.r.Verdict, p.r.Outcome, p.r.Answer
+		c.Verdict, c.Outcome, c.Answer = p.r.Verdict, p.r.Outcome, 0
 		if p.r.Answer != 0 {
 			c.Answer = shift(p.r.Answer, p.view)
 		}
