@@ -77,7 +77,11 @@ For each node it creates a debug Pod like kubectl debug node/NAME --profile=sysa
 svctrace's output, and deletes the Pod when svctrace ends, fails, or you press Ctrl-C.
 
 The nodes: --node, else the node --from's Pod runs on (a failing client: its node is where
-the Service address is translated), else the nodes the Service's endpoints run on.
+the Service address is translated) and its endpoints' nodes, else the nodes the Service's
+endpoints run on. On several nodes, each connection is printed once, stitched across the
+nodes it crossed: every step with its node (the DNAT on the client's, the overlay packet
+carrying it, the endpoint's node taking it in), one verdict, and the node it died on or the
+two it was lost between; each waits --timeout + 2s for the other nodes' report of it.
 
 Set up once: kubectl apply -f deploy/rbac.yaml. It creates namespace svctrace, where Pod
 Security admission lets the debug Pods run privileged, and lets its default service account
