@@ -81,7 +81,7 @@ the Service address is translated) and its endpoints' nodes, else the nodes the 
 endpoints run on. On several nodes, each connection is printed once, stitched across the
 nodes it crossed: every step with its node (the DNAT on the client's, the overlay packet
 carrying it, the endpoint's node taking it in), one verdict, and the node it died on or the
-two it was lost between; each waits --timeout + 2s for the other nodes' report of it.
+two it was lost between; each waits --timeout + 5s for the other nodes' report of it.
 
 Set up once: kubectl apply -f deploy/rbac.yaml. It creates namespace svctrace, where Pod
 Security admission lets the debug Pods run privileged, and lets its default service account
@@ -141,6 +141,11 @@ was found.`,
 	return root
 }
 
+// stitchSlack is how much longer than --timeout the plugin holds one
+// node's report of a connection for the others': their Pods' output
+// reaches it through the API server, seconds apart on a busy cluster.
+const stitchSlack = 5 * time.Second
+
 // defaultImage is the image of this release.
 func defaultImage() string {
 	tag := version
@@ -185,7 +190,7 @@ func (o *pluginOptions) run(ctx context.Context, name string, check bool) error 
 		// report in full (-o parts) and are stitched here, each held
 		// until the other nodes had the time to report it.
 		spec.Args = o.podArgs(name, check, output.FormatParts)
-		if stitched, err = plugin.NewStitched(o.printer, o.timeout+2*time.Second); err != nil {
+		if stitched, err = plugin.NewStitched(o.printer, o.timeout+stitchSlack); err != nil {
 			return err
 		}
 		intro += "; each connection stitched across them"
