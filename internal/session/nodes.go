@@ -3,7 +3,6 @@ package session
 import (
 	"fmt"
 	"path/filepath"
-	"time"
 
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/output"
@@ -59,8 +58,7 @@ func ReplayNodes(o IO, recs []Recording, keep func(*flow.Conn) bool) error {
 		if res.Aligned[i+1] {
 			how = "from the packets that crossed both ways"
 		}
-		skew := time.Duration(res.Offsets[i+1]) - clockGap(first, recs[i+1].Rec.Meta)
-		o.say("%s's clock put on %s's %s: %s off its wall clock", v.Node, views[0].Node, how, skew)
+		o.say("%s's clock put on %s's %s: %s off its wall clock", v.Node, views[0].Node, how, res.Skew[i+1])
 	}
 	var an output.Analysis
 	for _, c := range res.Conns {
@@ -73,12 +71,6 @@ func ReplayNodes(o IO, recs []Recording, keep func(*flow.Conn) bool) error {
 	p.Summary(sum)
 	output.WriteAnalysis(p, &an)
 	return pcapErr(p)
-}
-
-// clockGap is how far apart two recordings' monotonic clocks are by their
-// wall clocks: what maps b's onto a's.
-func clockGap(a, b record.Meta) time.Duration {
-	return b.Wall.Sub(a.Wall) - time.Duration(int64(b.Mono)-int64(a.Mono))
 }
 
 // nodeName is the node a recording was made on: its --node, else the

@@ -28,19 +28,18 @@ type seenAs struct {
 // Clock tells the node's clock: its wall-clock time at monotonic 0 (-o
 // parts' clock line), heard at now, from when it traces.
 func (l *Live) Clock(node string, wall, now time.Time) {
-	v := l.view(node)
+	v := &l.views[l.view(node)]
 	v.Wall, v.Mono, v.From = wall, 0, uint64(max(0, now.Sub(wall)))
 }
 
-func (l *Live) view(node string) *View {
-	for i := range l.views {
-		if l.views[i].Node == node {
-			return &l.views[i]
-		}
+// view is the index of node's view, added if new.
+func (l *Live) view(node string) int {
+	if i := slices.IndexFunc(l.views, func(v View) bool { return v.Node == node }); i >= 0 {
+		return i
 	}
 	l.views = append(l.views, View{Node: node})
 	l.arrived = append(l.arrived, nil)
-	return &l.views[len(l.views)-1]
+	return len(l.views) - 1
 }
 
 // Wall is the wall-clock time of monotonic time m on the first node's
@@ -54,9 +53,8 @@ func (l *Live) Wall(m uint64) time.Time {
 
 // Add takes a node's report of a connection, come at now.
 func (l *Live) Add(node string, c report.Conn, now time.Time) {
-	v := l.view(node)
-	i := slices.IndexFunc(l.views, func(w View) bool { return w.Node == node })
-	v.Conns = append(v.Conns, c)
+	i := l.view(node)
+	l.views[i].Conns = append(l.views[i].Conns, c)
 	l.arrived[i] = append(l.arrived[i], now)
 }
 

@@ -83,6 +83,9 @@ type Result struct {
 	// Aligned says, for each view, whether its offset was measured from
 	// packets that crossed both ways (else: the wall clocks, made causal).
 	Aligned []bool
+	// Skew is how far each view's wall clock was off the first view's, as
+	// the packets measured it (what Offsets took off the wall clocks').
+	Skew []time.Duration
 	// Parts are, for each of Conns, the views' connections it was made
 	// of: [view, index in its Conns], in path order.
 	Parts [][][2]int
@@ -129,10 +132,10 @@ func Stitch(views []View) Result {
 			p.next, best.prev = best, p
 		}
 	}
-	res := Result{Offsets: make([]int64, len(views)), Aligned: make([]bool, len(views))}
+	res := Result{Offsets: make([]int64, len(views)), Aligned: make([]bool, len(views)), Skew: make([]time.Duration, len(views))}
 	residual := align(views, parts, coarse, res.Aligned)
 	for i := range views {
-		res.Offsets[i] = coarse[i] - residual[i]
+		res.Offsets[i], res.Skew[i] = coarse[i]-residual[i], time.Duration(-residual[i])
 	}
 	var cs []stitched
 	for _, p := range parts {
@@ -430,18 +433,18 @@ func passedOn(c *flow.Conn) bool {
 	case flow.Unanswered:
 		return !o.Local
 	case flow.Vanished:
-		return leftVia(c) != ""
+		return leftVia(c, flow.Original) != ""
 	case flow.Discarded:
-		return c.Drop != nil && !c.Drop.InNode && leftVia(c) != ""
+		return c.Drop != nil && !c.Drop.InNode && leftVia(c, flow.Original) != ""
 	}
 	return false
 }
 
-// leftVia is the interface the connection's first original packet left
+// leftVia is the interface the connection's first packet going dir left
 // the node by ("" : it did not leave).
-func leftVia(c *flow.Conn) string {
+func leftVia(c *flow.Conn, dir flow.Dir) string {
 	for _, s := range c.Steps {
-		if s.Dir != flow.Original {
+		if s.Dir != dir {
 			continue
 		}
 		if ch, ok := s.Has(flow.Left); ok {
@@ -477,10 +480,7 @@ func expected(views []View, p *part, coarse []int64) int {
 func lost(views []View, r *report.Conn, from, to *part, dir flow.Dir) {
 	c := r.Conn
 	fromNode, toNode := views[from.view].Node, views[to.view].Node
-	via := leftVia(from.r.Conn)
-	if dir == flow.Reply {
-		via = replyLeftVia(from.r.Conn)
-	}
+	via := leftVia(from.r.Conn, dir)
 	c.Verdict, c.Drop = flow.NoReply, nil
 	c.Outcome = flow.Outcome{Kind: flow.Crossing, From: fromNode, To: toNode, Iface: via, Dir: dir, Packet: 1}
 	if dir == flow.Reply {
@@ -509,19 +509,6 @@ func lost(views []View, r *report.Conn, from, to *part, dir flow.Dir) {
 		fmt.Sprintf("not read: what carries packets from %s's %s to %s; check there that %s reaches %s (the overlay's UDP port in %s's firewall, %s's route, neighbour and FDB entries for it)",
 			fromNode, via, toNode, fromNode, toNode, toNode, fromNode))
 	r.Explanation = &e
-}
-
-// replyLeftVia is the interface the first reply left the node by.
-func replyLeftVia(c *flow.Conn) string {
-	for _, s := range c.Steps {
-		if s.Dir != flow.Reply {
-			continue
-		}
-		if ch, ok := s.Has(flow.Left); ok {
-			return ch.Iface
-		}
-	}
-	return ""
 }
 
 // merged is the first node's explanation (the Service, its endpoint)

@@ -105,6 +105,9 @@ func TestHealthyAcrossNodes(t *testing.T) {
 	if !res.Aligned[1] || res.Offsets[1] != -int64(5_000_000*us) {
 		t.Errorf("node-2's offset %v (aligned %v), want -5s measured both ways", time.Duration(res.Offsets[1]), res.Aligned[1])
 	}
+	if res.Skew[1] != 3*time.Millisecond { // its wall clock was 3 ms behind
+		t.Errorf("node-2's skew %v, want 3ms", res.Skew[1])
+	}
 	// The overlay packets carrying the answer and, much later, the FIN:
 	// the answer left node-2 when its carrier did.
 	vxlan := nf.Tuple{Proto: nf.UDP, Src: netip.MustParseAddrPort("10.97.1.2:40000"), Dst: netip.MustParseAddrPort("10.97.1.1:8472")}
