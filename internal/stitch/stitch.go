@@ -505,7 +505,7 @@ func lost(views []View, r *report.Conn, from, to *part, dir flow.Dir) {
 		}
 	}
 	e.Evidence = append(e.Evidence,
-		fmt.Sprintf("%s traced from before the connection to after it and saw no packet of it arrive", toNode),
+		fmt.Sprintf("%s traced when it left %s and saw no packet of it arrive", toNode, fromNode),
 		fmt.Sprintf("not read: what carries packets from %s's %s to %s; check there that %s reaches %s (the overlay's UDP port in %s's firewall, %s's route, neighbour and FDB entries for it)",
 			fromNode, via, toNode, fromNode, toNode, toNode, fromNode))
 	r.Explanation = &e

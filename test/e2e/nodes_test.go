@@ -370,7 +370,7 @@ func TestBetweenNodes(t *testing.T) {
 			repair:  [][]string{{"ip", "route", "add", d.PodNet.String(), "via", d.PodNet.Addr().String(), "dev", topo.VXLANDevice, "onlink"}},
 			verdict: "no-reply", lostBetween: cluster.NodeName + "→" + d.Name, cause: "lost-between-nodes",
 			blame: []string{"the network between " + cluster.NodeName + " and " + d.Name, "left " + cluster.NodeName + " via uplink0"},
-			facts: []string{"(the default route)", "node " + d.Name + "'s podCIDRs: " + d.PodNet.String(), d.Name + " traced from before the connection to after it and saw no packet of it arrive"}},
+			facts: []string{"(the default route)", "node " + d.Name + "'s podCIDRs: " + d.PodNet.String(), d.Name + " traced when it left " + cluster.NodeName + " and saw no packet of it arrive"}},
 	} {
 		t.Run(story.name, func(t *testing.T) {
 			for _, cmd := range story.fault {
