@@ -117,6 +117,10 @@ func Run(ctx context.Context, s Trace) error {
 	if len(info.Overlays) > 0 {
 		overlays = "; overlay packets by the packets they carry: " + strings.Join(info.Overlays, ", ")
 	}
+	// The clock a recording starts at is read before "tracing" is said:
+	// whoever acts on that line (a test, an operator, another node's
+	// stitching) finds every event it causes after the trace's start.
+	clock := nf.NewClock()
 	s.say("tracing %s in %s with %s (%d %s, drops: %s%s); Ctrl-C to stop",
 		targetList(s.Targets), info.NetNS, info.Backend, info.Links, ProbesWord(info.Backend), OrNone(info.Drops), overlays)
 	// Loading decoded the kernel's BTF (tens of MB of heap, and the mapped
@@ -125,7 +129,6 @@ func Run(ctx context.Context, s Trace) error {
 	// observers are already watching.
 	go debug.FreeOSMemory()
 
-	clock := nf.NewClock()
 	p, err := s.Printer(output.Options{Wall: clock.Time})
 	if err != nil {
 		return err
