@@ -155,7 +155,7 @@ func (g *globals) logf(format string, args ...any) { logging.Printf(g.logger())(
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	g := &globals{stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
-		Use:   "svctrace SERVICE [-n NAMESPACE]",
+		Use:   "svctrace (SERVICE [-n NAMESPACE] | -A | -n NAMESPACE)",
 		Short: "Show where connections to a Kubernetes Service die on this node, and why",
 		Long: `svctrace follows connections to a Service through the node's packet path with eBPF:
 conntrack, the DNAT from the Service address to a Pod, the filter table, SNAT/MASQUERADE,
@@ -172,6 +172,7 @@ First it diagnoses the Service from its objects (API or --objects) and kube-prox
 on this node, then it traces, naming the Service port, Pod, Node and rule behind each step.
 
     Try it without a cluster:  sudo svctrace lab
+    Which Service is failing:  sudo svctrace -A (every Service crossing the node; failing connections)
     Only the diagnosis:        svctrace check SERVICE -n NAMESPACE
     Trace addresses yourself:  sudo svctrace trace --addr 10.96.0.10:80
     From your own machine:     kubectl svctrace SERVICE -n NAMESPACE (this binary named kubectl-svctrace)`,
@@ -185,12 +186,7 @@ on this node, then it traces, naming the Service port, Pod, Node and rule behind
 	}
 	o := &serviceOptions{globals: g}
 	o.addFlags(root, true)
-	root.RunE = func(cmd *cobra.Command, args []string) error {
-		if len(args) == 0 {
-			return cmd.Help()
-		}
-		return o.run(cmd.Context(), args[0], true)
-	}
+	root.RunE = func(cmd *cobra.Command, args []string) error { return o.dispatch(cmd, args, true) }
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentPreRunE = g.checkOutput

@@ -45,6 +45,10 @@ type pluginOptions struct {
 	timeout      time.Duration
 	probe        string
 	dnsQs        bool // --dns-questions
+	// -A, and what goes with it (see svctrace -A).
+	allNamespaces bool
+	allVerdicts   bool
+	summaryEvery  time.Duration
 }
 
 const pluginExamples = `  # trace Service web in namespace shop on the nodes its endpoints run on
@@ -58,6 +62,9 @@ const pluginExamples = `  # trace Service web in namespace shop on the nodes its
 
   # only the diagnosis, on the nodes its endpoints run on
   kubectl svctrace check web -n shop
+
+  # which Service is failing on node w2? Every Service crossing it, failing connections only
+  kubectl svctrace -A --node w2
 
   # once per cluster: the namespace for the debug pods, and the roles
   kubectl apply -f deploy/rbac.yaml
@@ -83,6 +90,9 @@ nodes it crossed: every step with its node (the DNAT on the client's, the overla
 carrying it, the endpoint's node taking it in), one verdict, and the node it died on or the
 two it was lost between; each waits --timeout + 5s for the other nodes' report of it.
 
+With -A (or -n NAMESPACE and no Service) and --node, svctrace -A runs on those nodes: every
+Service crossing each one, its failing connections, and a table per Service port.
+
 Set up once: kubectl apply -f deploy/rbac.yaml. It creates namespace svctrace, where Pod
 Security admission lets the debug Pods run privileged, and lets its default service account
 read what svctrace in the Pods needs. You need to read the Service, its EndpointSlices, Pods
@@ -95,12 +105,7 @@ The image: $SVCTRACE_IMAGE or --image, built from svctrace's Dockerfile.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return cmd.Help()
-			}
-			return o.run(cmd.Context(), args[0], false)
-		},
+		RunE:          func(cmd *cobra.Command, args []string) error { return o.dispatch(cmd, args, false) },
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -124,18 +129,20 @@ The image: $SVCTRACE_IMAGE or --image, built from svctrace's Dockerfile.`,
 	f.DurationVar(&o.timeout, "timeout", 5*time.Second, "report a connection as no-reply after this long without an answer")
 	f.StringVar(&o.probe, "probe", "", "open a test connection to each of the Service's ClusterIP ports from the node (or --from's Pod), trace it and stop; --probe=http sends GET /; --probe=dns resolves the Service's name first, as the Pod does")
 	f.Lookup("probe").NoOptDefVal = string(probe.Connect)
+	pf.BoolVarP(&o.allNamespaces, "all-namespaces", "A", false, "every Service of every namespace (-n NAMESPACE without a Service: of that namespace) on the --node nodes: failing connections and a table per Service port (check -A: one line per Service with a problem)")
+	f.BoolVar(&o.allVerdicts, "all-verdicts", false, "with -A: print answered connections too")
+	f.DurationVar(&o.summaryEvery, "summary-every", 0, "with -A: print the table per Service port this often, not only at the end")
 	f.BoolVar(&o.dnsQs, "dns-questions", true, "when the cluster's DNS Service is traced, read each query's name, type and answer code from its DNS header and first question (--dns-questions=false: headers only)")
 	check := &cobra.Command{
-		Use:   "check SERVICE [-n NAMESPACE]",
+		Use:   "check (SERVICE [-n NAMESPACE] | -A --node NODE)",
 		Short: "Diagnose a Service on the nodes that matter, without tracing",
 		Long: `Run svctrace check in a debug Pod on each node: the Service's objects and the kube-proxy
-rules on that node, with each finding's evidence and the next step. Exits 1 when a problem
+rules on that node, with each finding's evidence and the next step; with -A and --node,
+every Service on those nodes, one line per Service with a problem. Exits 1 when a problem
 was found.`,
-		Example: "  kubectl svctrace check web -n shop\n  kubectl svctrace check web -n shop --node w2 -o json",
-		Args:    exactlyOneService,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return o.run(cmd.Context(), args[0], true)
-		},
+		Example: "  kubectl svctrace check web -n shop\n  kubectl svctrace check web -n shop --node w2 -o json\n  kubectl svctrace check -A --node w2",
+		Args:    cobra.MaximumNArgs(1),
+		RunE:    func(cmd *cobra.Command, args []string) error { return o.dispatch(cmd, args, true) },
 	}
 	root.AddCommand(check, newVersion(g))
 	return root
@@ -153,6 +160,48 @@ func defaultImage() string {
 		tag = "latest"
 	}
 	return "ghcr.io/svctrace/svctrace:" + tag
+}
+
+// dispatch runs on one Service's nodes, or svctrace -A on --node's.
+func (o *pluginOptions) dispatch(cmd *cobra.Command, args []string, check bool) error {
+	nsGiven := cmd.Flags().Changed("namespace")
+	switch {
+	case len(args) == 1 && o.allNamespaces:
+		return fmt.Errorf("-A is every Service of every namespace: name no Service, or drop -A")
+	case len(args) == 1:
+		return o.run(cmd.Context(), args[0], check)
+	case o.allNamespaces && nsGiven:
+		return fmt.Errorf("-A is every namespace: it does not go with -n")
+	case o.allNamespaces || nsGiven:
+		return o.runAll(cmd.Context(), check)
+	case check:
+		return fmt.Errorf("name one Service (kubectl svctrace check web -n shop), or check every Service with -A --node NODE")
+	}
+	return cmd.Help()
+}
+
+// runAll runs svctrace -A (or check -A) on the nodes --node names.
+func (o *pluginOptions) runAll(ctx context.Context, check bool) error {
+	switch {
+	case len(o.nodes) == 0:
+		return fmt.Errorf("-A traces the nodes you name: add --node NODE (kubectl get nodes lists them)")
+	case o.probe != "" || o.from != "":
+		return fmt.Errorf("--probe and --from are about one Service: name it (kubectl svctrace web -n shop --from pod/NAME)")
+	}
+	if o.namespace = *o.kube.Namespace; o.namespace == "" {
+		o.namespace = o.kube.namespace()
+	}
+	api, err := o.kube.connect(ctx, o.namespace, "", o.logf)
+	if err != nil {
+		return err
+	}
+	o.logf("objects from %s", api.Describe())
+	scope := "every Service of namespace " + o.namespace
+	if o.allNamespaces {
+		scope = "every Service of every namespace"
+	}
+	intro := fmt.Sprintf("%s on %s %s (--node)", scope, plugin.Plural(len(o.nodes), "node"), strings.Join(o.nodes, ", "))
+	return plugin.Run(ctx, api, o.nodes, o.podSpec("", check), o.startTimeout, intro, o.logger(), o.stdout, o.stderr, o.format == output.FormatJSON, nil)
 }
 
 func (o *pluginOptions) run(ctx context.Context, name string, check bool) error {
@@ -220,12 +269,27 @@ func (o *pluginOptions) podSpec(name string, check bool) debugpod.Spec {
 	return s
 }
 
-// podArgs is svctrace's command line in the debug Pods.
+// podArgs is svctrace's command line in the debug Pods; name "": every
+// Service (-A, or -n alone).
 func (o *pluginOptions) podArgs(name string, check bool, format output.Format) []string {
 	args := []string{name, "-n", o.namespace, "-o", string(format)}
+	switch {
+	case name == "" && o.allNamespaces:
+		args = []string{"-A", "-o", string(format)}
+	case name == "":
+		args = args[1:]
+	}
 	if check {
 		args = append([]string{"check"}, args...)
 	} else {
+		if name == "" {
+			if o.allVerdicts {
+				args = append(args, "--all-verdicts")
+			}
+			if o.summaryEvery > 0 {
+				args = append(args, "--summary-every", o.summaryEvery.String())
+			}
+		}
 		args = append(args, "--timeout", o.timeout.String())
 		if o.duration > 0 {
 			args = append(args, "--duration", o.duration.String())

@@ -167,6 +167,12 @@ func nodeStories(nodes []corev1.Node) []story {
 	orphan := slice("manual", 8080)
 	orphan.Labels[discoveryv1.LabelManagedBy] = "someone"
 	orphan.Endpoints = []discoveryv1.Endpoint{{Addresses: []string{"10.244.0.99"}}}
+	// The API server's endpoint of default/kubernetes: beyond the Nodes'
+	// Pod ranges, not a problem.
+	ranged := []corev1.Node{nodeObj("node-1", "10.99.0.1"), nodeObj("node-2", "10.99.0.2")}
+	ranged[0].Spec.PodCIDRs, ranged[1].Spec.PodCIDRs = []string{"10.244.0.0/24"}, []string{"10.244.1.0/24"}
+	apiServer := slice("manual", 6443)
+	apiServer.Endpoints = []discoveryv1.Endpoint{{Addresses: []string{"10.99.0.1"}}}
 	other := web2
 	other.Spec.Containers = []corev1.Container{{Name: "app", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8081}}}}
 	return []story{
@@ -201,6 +207,11 @@ func nodeStories(nodes []corev1.Node) []story {
 			objs: resolve.Objects{Services: []corev1.Service{web}, Pods: []corev1.Pod{slow}, Slices: []discoveryv1.EndpointSlice{handMade}, Nodes: nodes}},
 		{name: "address-of-no-pod", want: "endpoint-not-a-pod", severity: report.Problem, evidence: "no Pod has status.podIP 10.244.0.99",
 			objs: resolve.Objects{Services: []corev1.Service{svc("manual", "10.96.1.80", nil, intstr.FromInt32(8080))}, Slices: []discoveryv1.EndpointSlice{orphan}, Nodes: nodes}},
+		{name: "address-of-no-pod-in-a-pod-range", want: "endpoint-not-a-pod", severity: report.Problem, evidence: "no Pod has status.podIP 10.244.0.99",
+			objs: resolve.Objects{Services: []corev1.Service{svc("manual", "10.96.1.80", nil, intstr.FromInt32(8080))}, Slices: []discoveryv1.EndpointSlice{orphan}, Nodes: ranged}},
+		// No problem comes first: only what the Service is.
+		{name: "address-beyond-the-pod-ranges", want: "manual-endpoints", severity: report.Info,
+			objs: resolve.Objects{Services: []corev1.Service{svc("manual", "10.96.1.80", nil, intstr.FromInt32(6443))}, Slices: []discoveryv1.EndpointSlice{apiServer}, Nodes: ranged}},
 		{name: "a rule drops the endpoint", want: "rule-drops-endpoint", severity: report.Problem, objs: objs,
 			evidence: `a rule, not kube-proxy's, drops new connections to the endpoint 10.244.0.11:8080 forwarded by this node: table ip filter (iptables-nft), chain NP, rule 1`,
 			tables:   "*filter\n:FORWARD ACCEPT [0:0]\n:NP - [0:0]\n-A FORWARD -j NP\n-A NP -d 10.244.0.11/32 -p tcp -m tcp --dport 8080 -j DROP\nCOMMIT\n"},

@@ -95,6 +95,12 @@ func (c *checker) holder(p *resolve.Port, e resolve.Endpoint) {
 	pod := c.View.Holder(a)
 	f := report.Finding{Severity: report.Problem, Code: report.EndpointNotAPod, Object: "EndpointSlice " + e.Slice, Port: p.String(), Endpoint: e.Addr.String(), Evidence: []string{sliceSays(e)}}
 	switch {
+	case pod == nil && slices.Contains(c.View.Orphans, a) && e.Pod.Name == "" && c.outsidePods(a):
+		// A selector-less Service's endpoint beyond the Pods: the API
+		// server's (default/kubernetes), a database's.
+		f.Severity = report.Info
+		f.Summary = fmt.Sprintf("the endpoint %s is no Pod's address, nor in a Pod range of the Nodes read: an address beyond the Pods (the API server's, an external server's), which svctrace follows as any other", a)
+		f.Evidence = append(f.Evidence, fmt.Sprintf("no Pod has status.podIP %s (looked up by IP)", a))
 	case pod == nil && slices.Contains(c.View.Orphans, a):
 		f.Summary = fmt.Sprintf("the endpoint %s is an address no Pod holds", a)
 		f.Evidence = append(f.Evidence, fmt.Sprintf("no Pod has status.podIP %s (looked up by IP)", a))
@@ -110,6 +116,25 @@ func (c *checker) holder(p *resolve.Port, e resolve.Endpoint) {
 		f.Next = []string{fmt.Sprintf("kubectl get endpointslice -n %s %s -o yaml   # written by %s, not by the EndpointSlice controller", c.ns, e.Slice, orUnknown(e.Manager))}
 	}
 	c.add(f)
+}
+
+// outsidePods reports whether a is in no Pod range (podCIDRs) of the Nodes
+// the view holds, and some are known: without them, nothing says.
+func (c *checker) outsidePods(a netip.Addr) bool {
+	known := false
+	for _, n := range c.View.Nodes {
+		for _, s := range n.Spec.PodCIDRs {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				continue
+			}
+			known = true
+			if p.Contains(a) {
+				return false
+			}
+		}
+	}
+	return known
 }
 
 // path: can the node send to the endpoint, does anything on its link

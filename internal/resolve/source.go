@@ -28,6 +28,9 @@ type Source interface {
 	Service(ctx context.Context, ns, name string) (*corev1.Service, error)
 	// ServiceNames lists Services by namespace ("": all) and name ("": all).
 	ServiceNames(ctx context.Context, ns, name string) ([]types.NamespacedName, error)
+	// ServicesAndSlices lists every Service and EndpointSlice of ns ("":
+	// all): svctrace -A's catalog.
+	ServicesAndSlices(ctx context.Context, ns string) ([]*corev1.Service, []*discoveryv1.EndpointSlice, error)
 	// EndpointSlices returns the EndpointSlices of a Service.
 	EndpointSlices(ctx context.Context, ns, service string) ([]discoveryv1.EndpointSlice, error)
 	// Pods calls fn for each Pod in ns ("": all) that sel matches, a page at

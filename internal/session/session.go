@@ -66,6 +66,19 @@ type Trace struct {
 	// Explainer explains the connections and names their addresses, as
 	// known when each completes; nil: addresses only.
 	Explainer func() report.Explainer
+	// Show, if set, picks the connections to explain and print; the
+	// others are only counted (svctrace -A prints the failing ones).
+	Show func(*flow.Conn) bool
+	// Tally, if set, sees every connection's report (without explanation
+	// when not shown), in turn with the printing.
+	Tally func(report.Conn)
+	// StatusMore, if set, adds to the status line; it runs in turn with
+	// Tally.
+	StatusMore func() string
+	// Closing, if set, prints what comes before the summary at the end.
+	Closing func(output.Printer)
+	// MaxTargets is the filter's size (tracer.Options.MaxTargets).
+	MaxTargets int
 	// Started runs once the observers are attached (watches that re-feed
 	// the targets, probes); print hands it the printer, in turn with the
 	// connections' reports.
@@ -103,7 +116,7 @@ func Run(ctx context.Context, s Trace) error {
 	start := time.Now()
 	tr, err := tracer.Open(tracer.Options{NetNS: s.NetNS, Targets: s.Targets, Backend: s.Backend, Snaplen: s.Snaplen,
 		NoData: s.Rec == nil && !s.Packets, DNSQuestions: s.DNSQuestions, EveryPacket: s.EveryPacket,
-		CountEvery: tracer.CountEveryFor(s.Timeout), Logf: s.logf})
+		CountEvery: tracer.CountEveryFor(s.Timeout), MaxTargets: s.MaxTargets, Logf: s.logf})
 	if err != nil {
 		return err
 	}
@@ -174,6 +187,7 @@ func Run(ctx context.Context, s Trace) error {
 	}
 	var sum output.Summary
 	st := newStatus(s.IO, &sum)
+	st.more = s.StatusMore
 	stopStatus := st.show(ctx)
 	if s.Started != nil {
 		s.Started(ctx, tr, func(f func(output.Printer)) {
@@ -187,14 +201,20 @@ func Run(ctx context.Context, s Trace) error {
 		Flow:  flowOpts,
 		Count: s.Count,
 		Conn: func(c *flow.Conn, lost uint64) {
+			show := s.Show == nil || s.Show(c)
 			var x report.Explainer
-			if s.Explainer != nil {
+			if s.Explainer != nil && show {
 				x = s.Explainer()
 			}
 			r := report.Of(c, x, lost)
 			st.around(func() {
 				sum.Count(c)
-				p.Conn(r)
+				if s.Tally != nil {
+					s.Tally(r)
+				}
+				if show {
+					p.Conn(r)
+				}
 			})
 		},
 		// The printers and the summary are done with a connection once
@@ -210,6 +230,9 @@ func Run(ctx context.Context, s Trace) error {
 		s.logf("read %d records from the kernel holding %d events, for %d connection(s)", n.Records, n.Events, res.Conns)
 	}
 	sum.Lost, sum.Orphans = res.Lost, res.Orphans
+	if s.Closing != nil {
+		s.Closing(p)
+	}
 	p.Summary(sum)
 	if s.Rec != nil {
 		s.Rec.Conntrack(record.Snapshot(info.NetNS, s.Targets))
@@ -247,10 +270,16 @@ func OrNone(s string) string {
 	return s
 }
 
+// targetList names the traced addresses: the first few of many (svctrace
+// -A traces every Service's).
 func targetList(ts []nf.Target) string {
+	const most = 6
 	var s []string
-	for _, t := range ts {
+	for _, t := range ts[:min(len(ts), most)] {
 		s = append(s, t.String())
+	}
+	if len(ts) > most {
+		return fmt.Sprintf("%d addresses (%s, …)", len(ts), strings.Join(s, ", "))
 	}
 	return strings.Join(s, ", ")
 }

@@ -19,6 +19,9 @@ type status struct {
 	start time.Time
 	sum   *output.Summary
 	shown bool
+	// more, if set, adds to the line (svctrace -A: the failing Service
+	// ports), called with the line's lock held.
+	more func() string
 }
 
 // newStatus returns the status line for sum, drawn on o.Stderr if o.Status
@@ -36,6 +39,11 @@ func (s *status) line() string {
 	l := fmt.Sprintf("tracing for %s: %d connection(s)", time.Since(s.start).Truncate(time.Second), s.sum.Conns)
 	if v := s.sum.VerdictCounts(); v != "" {
 		l += " (" + v + ")"
+	}
+	if s.more != nil {
+		if m := s.more(); m != "" {
+			l += "; " + m
+		}
 	}
 	return l + "; Ctrl-C to stop"
 }

@@ -27,6 +27,11 @@ import (
 )
 
 // Options configure Open.
+// DefaultMaxTargets is the filter's size unless Options.MaxTargets asks
+// for more.
+const DefaultMaxTargets = 4096
+
+// Options configures Open.
 type Options struct {
 	// NetNS is where the netfilter observers are attached: a name under
 	// /run/netns, a path, or a PID. Empty: svctrace's own namespace.
@@ -59,6 +64,10 @@ type Options struct {
 	// packets are reported; 0: 250ms. It keeps a quiet connection from
 	// looking idle: CountEveryFor gives it for a no-reply timeout.
 	CountEvery time.Duration
+	// MaxTargets is how many addresses the filter can hold (Targets and
+	// every SetTargets); 0: DefaultMaxTargets. The kernel allocates the
+	// default size whole, a larger one as addresses are added.
+	MaxTargets int
 	// Logf, if set, receives progress and verifier details (--verbose).
 	Logf func(format string, args ...any)
 
@@ -121,11 +130,13 @@ type Tracer struct {
 	dec     decoder
 	rec     ringbuf.Record // the last record ReadRecord took
 	targets map[nf.Target]bool
-	gen     uint32 // of targets: bpf's targets_gen
-	bad     atomic.Uint64
-	records atomic.Uint64 // see Stats
-	events  atomic.Uint64
-	close   sync.Once
+	// maxTargets is the filter's size (Options.MaxTargets).
+	maxTargets int
+	gen        uint32 // of targets: bpf's targets_gen
+	bad        atomic.Uint64
+	records    atomic.Uint64 // see Stats
+	events     atomic.Uint64
+	close      sync.Once
 }
 
 // Open loads the BPF objects, attaches the observers in opts.NetNS (or, with
@@ -277,6 +288,16 @@ func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cac
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("setting %s: %w", name, err)
 		}
+	}
+	t.maxTargets = max(opts.MaxTargets, DefaultMaxTargets)
+	if len(opts.Targets) > t.maxTargets {
+		return nil, fmt.Errorf("%d addresses to trace: the filter holds at most %d", len(opts.Targets), t.maxTargets)
+	}
+	spec.Maps[bpfMapTargets].MaxEntries, spec.Maps[bpfMapTargets].Flags = uint32(t.maxTargets), 0
+	if t.maxTargets > DefaultMaxTargets {
+		// A large filter takes kernel memory for the addresses it holds,
+		// not for all it could: -A's room to grow costs nothing until used.
+		spec.Maps[bpfMapTargets].Flags = unix.BPF_F_NO_PREALLOC
 	}
 	// The maps alone; the programs are loaded against them.
 	if t.coll, err = newCollection(only(spec), nil, cache, logf); err != nil {
@@ -493,17 +514,7 @@ func (t *Tracer) SetTargets(targets []nf.Target) error {
 	for _, tg := range targets {
 		want[tg] = true
 	}
-	for tg := range want {
-		if t.targets[tg] {
-			continue
-		}
-		k := targetKey(tg)
-		if err := t.coll.Maps[bpfMapTargets].Put(&k, uint8(1)); err != nil {
-			return fmt.Errorf("adding %s to the filter: %w", tg, err)
-		}
-		t.targets[tg] = true
-		changed = true
-	}
+	// Removed first: a full filter takes a new set as long as the set fits.
 	for tg := range t.targets {
 		if want[tg] {
 			continue
@@ -513,6 +524,20 @@ func (t *Tracer) SetTargets(targets []nf.Target) error {
 			return fmt.Errorf("removing %s from the filter: %w", tg, err)
 		}
 		delete(t.targets, tg)
+		changed = true
+	}
+	for tg := range want {
+		if t.targets[tg] {
+			continue
+		}
+		if len(t.targets) >= t.maxTargets {
+			return fmt.Errorf("adding %s to the filter: it holds at most %d addresses", tg, t.maxTargets)
+		}
+		k := targetKey(tg)
+		if err := t.coll.Maps[bpfMapTargets].Put(&k, uint8(1)); err != nil {
+			return fmt.Errorf("adding %s to the filter: %w", tg, err)
+		}
+		t.targets[tg] = true
 		changed = true
 	}
 	return nil

@@ -660,3 +660,40 @@ func TestOverlayPacketsByWhatTheyCarry(t *testing.T) {
 		t.Errorf("the SYN,ACK's carrier %v in net:[%d]: want from %s to port %d, in %s", in.Outer, in.NetNS, nodeB.Addr, topo.VXLANPort, a)
 	}
 }
+
+// The filter holds as many addresses as asked (svctrace -A watches every
+// Service's): tens of thousands, the one traffic goes to among them
+// found; past its size, one line says so, and a whole new set of the
+// same size replaces the old.
+func TestFilterHoldsManyTargets(t *testing.T) {
+	requireNetfilterLink(t)
+	ns := newNetNS(t)
+	many := func(base byte, n int) []nf.Target {
+		var out []nf.Target
+		for i := range n {
+			a := netip.AddrFrom4([4]byte{10, base, byte(i >> 8), byte(i)})
+			out = append(out, nf.Target{Addr: netip.AddrPortFrom(a, 80), Proto: nf.TCP})
+		}
+		return out
+	}
+	const size = 40000
+	watched := nf.Target{Addr: netip.MustParseAddrPort("127.0.0.1:7777"), Proto: nf.TCP}
+	tr, err := Open(Options{NetNS: ns.Spec, Targets: append(many(1, size-1), watched), MaxTargets: size, Backend: BackendNetfilter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	exchange(t, ns, 7777)
+	if evs := drain(t, tr); involves(evs, 7777) == 0 {
+		t.Fatal("no event for the watched address among 40000")
+	}
+	if err := tr.SetTargets(append(many(1, size), watched)); err == nil || !strings.Contains(err.Error(), "holds at most 40000 addresses") {
+		t.Errorf("one more than the filter holds: %v", err)
+	}
+	if err := tr.SetTargets(many(2, size)); err != nil {
+		t.Errorf("a new set of the filter's size: %v", err)
+	}
+	if _, err := Open(Options{NetNS: ns.Spec, Targets: many(3, DefaultMaxTargets+1), Backend: BackendNetfilter}); err == nil || !strings.Contains(err.Error(), "holds at most 4096") {
+		t.Errorf("more targets than the default size: %v", err)
+	}
+}

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/testutil"
 	"github.com/svctrace/svctrace/internal/topo"
@@ -69,6 +71,16 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 	}
 	web, other := l.Scenarios[0].VIP(), l.Scenarios[3].VIP() // healthy; hung, never connected to
 	node := l.Node.Spec
+	// svctrace -A's objects: the lab's, and 10,000 Services of 10
+	// endpoints more (in the filter, not in the node's rules).
+	objects, err := os.MkdirTemp("", "svctrace-bench-all-*")
+	if err != nil {
+		return section{}, err
+	}
+	defer os.RemoveAll(objects)
+	if err := allObjects(objects, manyServices, manyEndpoints); err != nil {
+		return section{}, err
+	}
 	configs := []config{
 		{"a", "no tracing", func() (func() watched, error) { return func() watched { return watched{} }, nil }},
 		{"b", "svctrace tracing this Service", func() (func() watched, error) {
@@ -83,6 +95,9 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 		{"e", "nftables trace (nftrace + nft monitor trace)", func() (func() watched, error) { return nftTrace(l, web.String()) }},
 		{"f", "svctrace tracing this Service, --every-packet (no event budget: overload)", func() (func() watched, error) {
 			return background(bin, "Ctrl-C to stop", "trace", "--netns", node, "--addr", web.String(), "--timeout", "1s", "--every-packet")
+		}},
+		{"g", fmt.Sprintf("svctrace -A: every Service of %d (the lab's and %d more), %d addresses in the filter", manyServices+len(lab.Scenarios()), manyServices, manyServices*(manyEndpoints+1)), func() (func() watched, error) {
+			return background(bin, "Ctrl-C to stop", "-A", "--objects", objects, "--netns", node, "--node", lab.NodeName, "--timeout", "1s")
 		}},
 	}
 	url := "http://" + web.String()
@@ -192,14 +207,14 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 		t.WriteString("\n")
 	}
 	s := section{title: "Data-path overhead", raw: raw.String(), table: t.String(),
-		method: fmt.Sprintf("The lab (one node namespace with kube-proxy-style iptables rules, pods on a bridge, a client): wrk in the client namespace against the healthy Service's ClusterIP %s, through DNAT and masquerade to two pods. Six configurations, each run for %s per workload, %d rounds interleaved; the table shows medians and the share of (a). (b), (c) and (f) run the svctrace binary (`svctrace trace --netns … --addr …`, output to a pipe it drains); (d) tcpdump in the node namespace; (e) a `meta nftrace set 1` rule for the same flows at priority -350 and `nft monitor trace` reading the trace events. Each run starts with an empty conntrack table, and the pods keep no TIME_WAIT sockets.", web, dur, rounds)}
+		method: fmt.Sprintf("The lab (one node namespace with kube-proxy-style iptables rules, pods on a bridge, a client): wrk in the client namespace against the healthy Service's ClusterIP %s, through DNAT and masquerade to two pods. Seven configurations, each run for %s per workload, %d rounds interleaved; the table shows medians and the share of (a). (b), (c) and (f) run the svctrace binary (`svctrace trace --netns … --addr …`, output to a pipe it drains); (g) `svctrace -A --objects DIR` over the lab's objects and 10,000 generated Services of 10 endpoints each (their addresses in the filter, not in the node's rules); (d) tcpdump in the node namespace; (e) a `meta nftrace set 1` rule for the same flows at priority -350 and `nft monitor trace` reading the trace events. Each run starts with an empty conntrack table, and the pods keep no TIME_WAIT sockets.", web, dur, rounds)}
 	pct := func(c, w string) float64 { return 100 * med[c][w] / base[w] }
 	for _, c := range configs {
 		if v := cpu[c.key]; len(v) > 0 {
 			s.notes = append(s.notes, fmt.Sprintf("- (%s) the watching process used %.2f CPU-seconds (median) per round of %d workloads × %s.", c.key, median(v), len(workloads), dur))
 		}
 	}
-	for _, k := range []string{"b", "f"} {
+	for _, k := range []string{"b", "f", "g"} {
 		if conns[k] > 0 || lost[k] > 0 {
 			s.notes = append(s.notes, fmt.Sprintf("- (%s) reported %d connections in all and lost %d events (ring buffer full).", k, conns[k], lost[k]))
 		}
@@ -228,6 +243,12 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 		}
 		if len(parts) > 0 {
 			s.notes = append(s.notes, fmt.Sprintf("- %s: the machine's busy CPU time (all CPUs, /proc/stat) per request: %s.", w.name, strings.Join(parts, ", ")))
+		}
+	}
+	if _, ok := med["g"]; ok {
+		for _, w := range workloads {
+			s.notes = append(s.notes, fmt.Sprintf("- %s: (g) svctrace -A %.1f %% of (a) [target ≥ 95 %% on new connections: %s]; it explains and prints none of these answered connections, only counts them per Service port.",
+				w.name, pct("g", w.key), verdict(w.key != "new" || pct("g", w.key) >= 95)))
 		}
 	}
 	for _, w := range workloads {
@@ -468,4 +489,26 @@ func median(v []float64) float64 {
 
 func indent(s string) string {
 	return "    " + strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n    ")
+}
+
+// The size of svctrace -A's catalog in the data-path run (g).
+const manyServices, manyEndpoints = 10000, 10
+
+// allObjects writes into dir the lab's objects and services generated
+// Services of perService endpoints each, as svctrace -A --objects reads
+// them (a directory of YAML files).
+func allObjects(dir string, services, perService int) error {
+	b, err := lab.ObjectsYAML()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "lab.yaml"), b, 0o644); err != nil {
+		return err
+	}
+	// Their ClusterIPs in 10.97/16, apart from the lab's 10.96.0.x.
+	_, objs := generated(services, perService, 97)
+	if b, err = yaml.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": objs}); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "generated.yaml"), b, 0o644)
 }

@@ -128,27 +128,7 @@ func pipeline() (section, error) {
 // 100,000 endpoints.
 func scale() (section, error) {
 	const services, perService = 10000, 10
-	var sps []kubeproxy.ServicePort
-	objs := []any{}
-	for i := range services {
-		vip := netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})
-		sp := kubeproxy.ServicePort{Namespace: "ns" + strconv.Itoa(i%100), Name: "svc" + strconv.Itoa(i), PortName: "http", Protocol: "tcp", ClusterIP: vip, Port: 80}
-		name, proto, port := "http", corev1.ProtocolTCP, int32(8080)
-		sl := discoveryv1.EndpointSlice{TypeMeta: metav1.TypeMeta{Kind: "EndpointSlice", APIVersion: "discovery.k8s.io/v1"},
-			ObjectMeta:  metav1.ObjectMeta{Namespace: sp.Namespace, Name: sp.Name + "-abcde", Labels: map[string]string{discoveryv1.LabelServiceName: sp.Name}},
-			AddressType: discoveryv1.AddressTypeIPv4, Ports: []discoveryv1.EndpointPort{{Name: &name, Protocol: &proto, Port: &port}}}
-		for j := range perService {
-			ep := netip.AddrFrom4([4]byte{10, byte(200 + j%50), byte(i >> 8), byte(i)})
-			sp.Endpoints = append(sp.Endpoints, netip.AddrPortFrom(ep, 8080))
-			ready := true
-			sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{ep.String()}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
-		}
-		sps = append(sps, sp)
-		objs = append(objs, corev1.Service{TypeMeta: metav1.TypeMeta{Kind: "Service", APIVersion: "v1"},
-			ObjectMeta: metav1.ObjectMeta{Namespace: sp.Namespace, Name: sp.Name},
-			Spec: corev1.ServiceSpec{ClusterIP: vip.String(), Selector: map[string]string{"app": sp.Name},
-				Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}}}, sl)
-	}
+	sps, objs := generated(services, perService, 96)
 	rules := kubeproxy.IPTablesRestore(sps, kubeproxy.Options{ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")})
 	var parse []float64
 	var r *kubeproxy.Ruleset
@@ -215,4 +195,32 @@ func maxOf(v []float64) float64 {
 		m = max(m, x)
 	}
 	return m
+}
+
+// generated is services Services of perService endpoints each, spread
+// over 100 namespaces (ClusterIPs 10.VIPNET.0.0/16, endpoints
+// 10.200-249.x.x): as kube-proxy's ServicePorts, and as objects for a dump.
+func generated(services, perService int, vipNet byte) ([]kubeproxy.ServicePort, []any) {
+	var sps []kubeproxy.ServicePort
+	objs := []any{}
+	for i := range services {
+		vip := netip.AddrFrom4([4]byte{10, vipNet, byte(i >> 8), byte(i)})
+		sp := kubeproxy.ServicePort{Namespace: "ns" + strconv.Itoa(i%100), Name: "svc" + strconv.Itoa(i), PortName: "http", Protocol: "tcp", ClusterIP: vip, Port: 80}
+		name, proto, port := "http", corev1.ProtocolTCP, int32(8080)
+		sl := discoveryv1.EndpointSlice{TypeMeta: metav1.TypeMeta{Kind: "EndpointSlice", APIVersion: "discovery.k8s.io/v1"},
+			ObjectMeta:  metav1.ObjectMeta{Namespace: sp.Namespace, Name: sp.Name + "-abcde", Labels: map[string]string{discoveryv1.LabelServiceName: sp.Name}},
+			AddressType: discoveryv1.AddressTypeIPv4, Ports: []discoveryv1.EndpointPort{{Name: &name, Protocol: &proto, Port: &port}}}
+		for j := range perService {
+			ep := netip.AddrFrom4([4]byte{10, byte(200 + j%50), byte(i >> 8), byte(i)})
+			sp.Endpoints = append(sp.Endpoints, netip.AddrPortFrom(ep, 8080))
+			ready := true
+			sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{ep.String()}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
+		}
+		sps = append(sps, sp)
+		objs = append(objs, corev1.Service{TypeMeta: metav1.TypeMeta{Kind: "Service", APIVersion: "v1"},
+			ObjectMeta: metav1.ObjectMeta{Namespace: sp.Namespace, Name: sp.Name},
+			Spec: corev1.ServiceSpec{ClusterIP: vip.String(), Selector: map[string]string{"app": sp.Name},
+				Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}}}, sl)
+	}
+	return sps, objs
 }

@@ -442,7 +442,9 @@ func TestStories(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			play(t, c, append(append(append(stories(), beyondClusterIP(mode)...), conntrackInvalid(mode)), evidenceStories(mode)...))
+			ss := append(append(append(stories(), beyondClusterIP(mode)...), conntrackInvalid(mode)), evidenceStories(mode)...)
+			play(t, c, ss)
+			t.Run("every-service", func(t *testing.T) { everyService(t, c, ss) })
 			c.StopKubeProxy()
 			play(t, c, afterKubeProxyDies(mode))
 		})

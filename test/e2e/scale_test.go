@@ -45,8 +45,12 @@ func BenchmarkTraceAgainstAPIAtScale(b *testing.B) {
 	defer cancel()
 	s := healthy(ctx, b, c)
 	b.ResetTimer()
+	one := []string{s.svc.Name, "-n", shop}
+	// -A watches every Service and EndpointSlice and traces all their
+	// addresses; --all-verdicts prints the answered connections counted.
+	all := []string{"-A", "--all-verdicts"}
 	for range b.N {
-		small := traceRSS(b, c, s)
+		small := traceRSS(b, c, s, one)
 		b.StopTimer()
 		start := time.Now()
 		if err := fillAPI(ctx, c); err != nil {
@@ -54,7 +58,12 @@ func BenchmarkTraceAgainstAPIAtScale(b *testing.B) {
 		}
 		b.Logf("created %d Services and EndpointSlices of %d endpoints in %s", scaleServices, scaleEndpoints, time.Since(start).Round(time.Second))
 		b.StartTimer()
-		large := traceRSS(b, c, s)
+		large := traceRSS(b, c, s, one)
+		every := traceRSS(b, c, s, all)
+		b.ReportMetric(every.peak, "MB-peak-RSS-all-large-API")
+		b.ReportMetric(every.rss, "MB-RSS-all-large-API")
+		b.ReportMetric(every.anon, "MB-anon-all-large-API")
+		b.ReportMetric(every.ready, "s-to-tracing-all-large-API")
 		b.ReportMetric(small.peak, "MB-peak-RSS-small-API")
 		b.ReportMetric(large.peak, "MB-peak-RSS-large-API")
 		b.ReportMetric(small.rss, "MB-RSS-small-API")
@@ -79,14 +88,16 @@ type traced struct {
 	ready     float64 // from exec to tracing (API latency included)
 }
 
-// traceRSS runs `svctrace SERVICE` against the API server for a few
-// seconds while the client makes 20 connections, and returns the command's
-// peak RSS. The connections must all be answered in its output.
-func traceRSS(b *testing.B, c *cluster.Cluster, s *story) traced {
+// traceRSS runs svctrace with what (`SERVICE -n NS`, or -A) against the
+// API server for a few seconds while the client makes 20 connections to
+// s, and returns the command's peak RSS. The connections must all be
+// answered in its output.
+func traceRSS(b *testing.B, c *cluster.Cluster, s *story, what []string) traced {
 	b.Helper()
 	const conns = 20
-	cmd := exec.Command("ip", "netns", "exec", filepath.Base(c.Node.Path), svctrace(b), s.svc.Name, "-n", shop,
-		"--node", cluster.NodeName, "--kubeconfig", c.Kubeconfig, "--count", strconv.Itoa(conns), "--duration", "30s", "--timeout", "1s")
+	args := append([]string{"netns", "exec", filepath.Base(c.Node.Path), svctrace(b)}, what...)
+	cmd := exec.Command("ip", append(args, "--node", cluster.NodeName, "--kubeconfig", c.Kubeconfig,
+		"--count", strconv.Itoa(conns), "--duration", "60s", "--timeout", "1s")...)
 	var stdout strings.Builder
 	var stderr syncBuilder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -1,0 +1,214 @@
+package resolve
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/svctrace/svctrace/internal/nf"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Catalog is every Service of a scope (a namespace, or all of them) with
+// its EndpointSlices, as models: what svctrace -A traces. It holds only
+// what kube-proxy reads (no Pods): a Service's Pods, Nodes and policies
+// are gathered when one of its connections is explained.
+type Catalog struct {
+	// Namespace is the scope; "": all namespaces.
+	Namespace string
+	// Services by namespace/name.
+	Services []*Service
+}
+
+// NewCatalog builds the models of svcs from their EndpointSlices
+// (kubernetes.io/service-name); ExternalName Services are kept (check
+// -A judges them) though they have no address to trace.
+func NewCatalog(ns string, svcs []*corev1.Service, sls []*discoveryv1.EndpointSlice) *Catalog {
+	bySvc := map[types.NamespacedName][]discoveryv1.EndpointSlice{}
+	for _, sl := range sls {
+		k := types.NamespacedName{Namespace: sl.Namespace, Name: sl.Labels[discoveryv1.LabelServiceName]}
+		bySvc[k] = append(bySvc[k], *sl)
+	}
+	c := &Catalog{Namespace: ns}
+	for _, s := range svcs {
+		k := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
+		own := bySvc[k]
+		sort.Slice(own, func(i, j int) bool { return own[i].Name < own[j].Name })
+		c.Services = append(c.Services, NewService(&View{Service: s, Slices: own}))
+	}
+	sort.Slice(c.Services, func(i, j int) bool { return c.Services[i].Key() < c.Services[j].Key() })
+	return c
+}
+
+// Key is the Service's "namespace/name".
+func (s *Service) Key() string { return s.Namespace + "/" + s.Name }
+
+// Targets are every Service's targets (Service.Targets), each once.
+func (c *Catalog) Targets(nodeAddrs []netip.Addr) []nf.Target {
+	seen := map[nf.Target]bool{}
+	var out []nf.Target
+	for _, s := range c.Services {
+		for _, t := range s.Targets(nodeAddrs) {
+			if !seen[t] {
+				seen[t] = true
+				out = append(out, t)
+			}
+		}
+	}
+	return out
+}
+
+// Index finds the Service port behind a connection's address.
+type Index struct {
+	// Addrs are the Service addresses (ClusterIP, external, load-balancer
+	// and NodePort on this node), each the port it reaches.
+	Addrs map[nf.Target]*Port
+	// Endpoints are the endpoints' addresses, each with the Service ports
+	// that have it (by namespace/name): a connection that arrives already
+	// translated (from another node) is put down to them.
+	Endpoints map[nf.Target][]*Port
+}
+
+// Index is c's addresses, with NodePorts on nodeAddrs.
+func (c *Catalog) Index(nodeAddrs []netip.Addr) Index {
+	x := Index{Addrs: map[nf.Target]*Port{}, Endpoints: map[nf.Target][]*Port{}}
+	for _, s := range c.Services {
+		for _, a := range s.Addresses(nodeAddrs) {
+			t := nf.Target{Addr: a.Addr, Proto: a.Port.Protocol}
+			if x.Addrs[t] == nil {
+				x.Addrs[t] = a.Port
+			}
+		}
+		for i := range s.Ports {
+			p := &s.Ports[i]
+			for _, e := range p.Endpoints {
+				t := nf.Target{Addr: e.Addr, Proto: p.Protocol}
+				if !slices.Contains(x.Endpoints[t], p) {
+					x.Endpoints[t] = append(x.Endpoints[t], p)
+				}
+			}
+		}
+	}
+	return x
+}
+
+// Ports are the Service ports a connection to dst belongs to: the one of
+// its Service address, else those that have it as an endpoint (several
+// Services may select the same Pods); none if neither.
+func (x Index) Ports(proto nf.Proto, dst netip.AddrPort) []*Port {
+	t := nf.Target{Addr: dst, Proto: proto}
+	if p := x.Addrs[t]; p != nil {
+		return []*Port{p}
+	}
+	return x.Endpoints[t]
+}
+
+// IsService reports whether a is a Service address (not an endpoint).
+func (x Index) IsService(proto nf.Proto, a netip.AddrPort) bool {
+	return x.Addrs[nf.Target{Addr: a, Proto: proto}] != nil
+}
+
+// ReadCatalog lists the Services of ns ("": all) and their EndpointSlices
+// from src, a page at a time.
+func ReadCatalog(ctx context.Context, src Source, ns string) (*Catalog, error) {
+	svcs, sls, err := src.ServicesAndSlices(ctx, ns)
+	if err != nil {
+		return nil, err
+	}
+	return NewCatalog(ns, svcs, sls), nil
+}
+
+// trim drops what a catalog never reads from an object it keeps (the
+// fields' managers, annotations such as kubectl's last applied
+// configuration): informers hold every Service and EndpointSlice of the
+// cluster, so each byte counts tens of thousands of times.
+func trim(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+		m.SetAnnotations(nil)
+	}
+	return obj, nil
+}
+
+// ServicesAndSlices lists the Services and EndpointSlices of ns ("": all).
+func (s FileSource) ServicesAndSlices(_ context.Context, ns string) ([]*corev1.Service, []*discoveryv1.EndpointSlice, error) {
+	var svcs []*corev1.Service
+	var sls []*discoveryv1.EndpointSlice
+	for i := range s.Services {
+		if v := &s.Services[i]; ns == "" || v.Namespace == ns {
+			svcs = append(svcs, v.DeepCopy())
+		}
+	}
+	for i := range s.Slices {
+		if v := &s.Slices[i]; ns == "" || v.Namespace == ns {
+			sls = append(sls, v.DeepCopy())
+		}
+	}
+	return svcs, sls, nil
+}
+
+// ServicesAndSlices lists the Services and EndpointSlices of ns ("": all),
+// a page at a time.
+func (a *API) ServicesAndSlices(ctx context.Context, ns string) ([]*corev1.Service, []*discoveryv1.EndpointSlice, error) {
+	var svcs []*corev1.Service
+	var sls []*discoveryv1.EndpointSlice
+	opts := metav1.ListOptions{Limit: page}
+	for {
+		l, err := a.Client.CoreV1().Services(ns).List(ctx, opts)
+		if err != nil {
+			return nil, nil, a.explain(err, "list", "services", ns)
+		}
+		for i := range l.Items {
+			o, _ := trim(&l.Items[i])
+			svcs = append(svcs, o.(*corev1.Service))
+		}
+		if opts.Continue = l.Continue; opts.Continue == "" {
+			break
+		}
+	}
+	opts = metav1.ListOptions{Limit: page}
+	for {
+		l, err := a.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, opts)
+		if err != nil {
+			return nil, nil, a.explain(err, "list", "endpointslices", ns)
+		}
+		for i := range l.Items {
+			o, _ := trim(&l.Items[i])
+			sls = append(sls, o.(*discoveryv1.EndpointSlice))
+		}
+		if opts.Continue = l.Continue; opts.Continue == "" {
+			break
+		}
+	}
+	return svcs, sls, nil
+}
+
+// Kinds counts the catalog's Services by type: "12 ClusterIP, 2 NodePort".
+func (c *Catalog) Kinds() string {
+	n := map[corev1.ServiceType]int{}
+	for _, s := range c.Services {
+		n[s.Type]++
+	}
+	var parts []string
+	for _, t := range []corev1.ServiceType{corev1.ServiceTypeClusterIP, corev1.ServiceTypeNodePort, corev1.ServiceTypeLoadBalancer, corev1.ServiceTypeExternalName} {
+		if n[t] > 0 {
+			parts = append(parts, strconv.Itoa(n[t])+" "+string(t))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Find is the catalog's Service ns/name, or nil.
+func (c *Catalog) Find(key string) *Service {
+	i, ok := slices.BinarySearchFunc(c.Services, key, func(s *Service, k string) int { return strings.Compare(s.Key(), k) })
+	if !ok {
+		return nil
+	}
+	return c.Services[i]
+}

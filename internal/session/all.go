@@ -1,0 +1,346 @@
+package session
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/svctrace/svctrace/internal/diagnose"
+	"github.com/svctrace/svctrace/internal/flow"
+	"github.com/svctrace/svctrace/internal/nf"
+	"github.com/svctrace/svctrace/internal/output"
+	"github.com/svctrace/svctrace/internal/report"
+	"github.com/svctrace/svctrace/internal/resolve"
+	"github.com/svctrace/svctrace/internal/tracer"
+)
+
+// All is svctrace -A (every namespace) and svctrace -n NAMESPACE without a
+// Service: every Service of the scope whose traffic can cross this node,
+// its connections printed only when they fail (unless AllVerdicts), a
+// table per Service port at the end and every SummaryEvery; or, not
+// tracing (svctrace check -A), one line per Service with a problem.
+type All struct {
+	Trace
+	Namespace string // "": all namespaces
+	Source    resolve.Source
+	Node      nf.NetNS
+	Local     resolve.LocalNode
+	Tracing   bool
+	// AllVerdicts prints every connection, answered ones too.
+	AllVerdicts bool
+	// SummaryEvery prints the table this often while tracing; 0: at the
+	// end only.
+	SummaryEvery time.Duration
+}
+
+// scope is what the catalog covers, in words.
+func (s All) scope() string {
+	if s.Namespace == "" {
+		return "all namespaces"
+	}
+	return "namespace " + s.Namespace
+}
+
+// ServeAll runs svctrace -A or svctrace check -A. It returns ErrReported
+// when check found a Service with a problem.
+func ServeAll(ctx context.Context, s All) error {
+	if s.Tracing {
+		tracer.Prepare()
+	}
+	if !s.Tracing {
+		return s.checkAll(ctx)
+	}
+	return s.traceAll(ctx, nodeAddrs(ctx, s.Source, s.Local))
+}
+
+// nodeAddrs are where this node's NodePorts are reached: its Node
+// object's addresses (when it can be read) and its own, as
+// diagnose.AssessView has them.
+func nodeAddrs(ctx context.Context, src resolve.Source, local resolve.LocalNode) []netip.Addr {
+	var addrs []netip.Addr
+	if local.Name != "" {
+		if n, err := src.Node(ctx, local.Name); err == nil {
+			addrs = resolve.NodeAddrs(n)
+		}
+	}
+	for _, a := range local.Addrs {
+		if !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
+}
+
+// checkAll assesses every Service of the scope with the node's facts,
+// read once, and prints one line for each whose first finding is a
+// problem.
+func (s All) checkAll(ctx context.Context) error {
+	cat, err := resolve.ReadCatalog(ctx, s.Source, s.Namespace)
+	if err != nil {
+		return err
+	}
+	p, err := s.Printer(output.Options{})
+	if err != nil {
+		return err
+	}
+	facts := diagnose.ReadNode(s.Node, s.Local)
+	// A problem of the node's (forwarding off, kube-proxy not running) is
+	// every Service's: said once, before the Services' own.
+	var nodeWide, found []output.ServiceCheck
+	for _, svc := range cat.Services {
+		a, err := diagnose.Assess(ctx, s.Source, svc.Namespace, svc.Name, nil, facts)
+		if err != nil {
+			s.warn("%s: %v", svc.Key(), err)
+			continue
+		}
+		own := false
+		for _, f := range a.Findings {
+			if f.Severity != report.Problem {
+				continue
+			}
+			if !isNodeWide(f) {
+				if !own {
+					found = append(found, output.ServiceCheck{Service: svc.Key(), Finding: f})
+				}
+				own = true
+				continue
+			}
+			if !slices.ContainsFunc(nodeWide, func(c output.ServiceCheck) bool { return c.Finding.Code == f.Code && c.Finding.Summary == f.Summary }) {
+				nodeWide = append(nodeWide, output.ServiceCheck{Node: cmp.Or(a.View.LocalNode, s.Local.Name), Finding: f})
+			}
+		}
+	}
+	output.WriteChecks(p, append(nodeWide, found...))
+	s.say("checked %d Service(s) in %s on node %s: %d with a problem of their own, %d of the node's", len(cat.Services), s.scope(), s.Local.Name, len(found), len(nodeWide))
+	if len(found)+len(nodeWide) > 0 {
+		return ErrReported
+	}
+	return nil
+}
+
+// isNodeWide reports whether a finding is about the node rather than one
+// Service: it blames the node, its kube-proxy or its conntrack table, and
+// no Service port or endpoint.
+func isNodeWide(f report.Finding) bool {
+	if f.Port != "" || f.Endpoint != "" {
+		return false
+	}
+	for _, p := range []string{"node ", "kube-proxy", "conntrack on "} {
+		if strings.HasPrefix(f.Object, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// catalogState is the catalog as the trace uses it at one moment.
+type catalogState struct {
+	cat   *resolve.Catalog
+	index resolve.Index
+	// gen counts the catalog's changes: an assessment holds for the
+	// generation it was made in.
+	gen int
+}
+
+// traceAll traces every address of the catalog.
+func (s All) traceAll(ctx context.Context, addrs []netip.Addr) error {
+	if s.Rec != nil {
+		return fmt.Errorf("-w records one Service's trace; with -A or -n alone it records nothing yet: record the failing Service's (svctrace SERVICE -n NAMESPACE -w FILE)")
+	}
+	// cur is read by the live loop; mu orders the changes with the
+	// tracer's filter, which follows every change once attached.
+	var cur atomic.Pointer[catalogState]
+	var mu sync.Mutex
+	var tr *tracer.Tracer
+	apply := func(cat *resolve.Catalog) {
+		mu.Lock()
+		defer mu.Unlock()
+		if tr != nil {
+			if err := tr.SetTargets(cat.Targets(addrs)); err != nil {
+				s.warn("updating the traced addresses: %v", err)
+				return
+			}
+		}
+		st := &catalogState{cat: cat, index: cat.Index(addrs)}
+		if old := cur.Load(); old != nil {
+			st.gen = old.gen + 1
+			s.logf("Services changed: now %d in %s", len(cat.Services), s.scope())
+		}
+		cur.Store(st)
+	}
+	failing := func(err error) {
+		s.warn("watching the API server failed (%s); tracing goes on with the Services as they were", firstLine(err.Error()))
+	}
+	var cat *resolve.Catalog
+	var err error
+	api, isAPI := s.Source.(*resolve.API)
+	if isAPI {
+		var cw *resolve.CatalogWatch
+		if cw, err = api.WatchCatalog(ctx, s.Namespace, apply, failing); err != nil {
+			return err
+		}
+		cat = cw.Catalog()
+	} else if cat, err = resolve.ReadCatalog(ctx, s.Source, s.Namespace); err != nil {
+		return err
+	}
+	if cur.Load() == nil { // else a change came first, newer
+		apply(cat)
+	}
+	cat = cur.Load().cat
+	targets := cat.Targets(addrs)
+	if len(targets) == 0 {
+		s.say("nothing to trace: no Service in %s has an address or endpoint on this node's path", s.scope())
+		return nil
+	}
+	s.say("%d Service(s) in %s (%s): %d addresses and endpoints", len(cat.Services), s.scope(), cat.Kinds(), len(targets))
+
+	as := &assessor{src: s.Source, node: s.Node, local: s.Local, lookup: resolve.Memo(resolve.Lookup(s.Source), nil),
+		peers: resolve.Peers(s.Source, nil), cache: map[string]assessed{}}
+	var namer *resolve.Namer
+	if isAPI {
+		namer = resolve.NewNamer(resolve.Lookup(s.Source))
+		as.lookup = namer.Name
+	}
+	var tab output.Services
+	start := time.Now()
+	t := s.Trace
+	t.Targets, t.Mode = targets, "all"
+	// The filter holds twice what there is now: Services created while
+	// tracing fit.
+	t.MaxTargets = max(2*len(targets), tracer.DefaultMaxTargets)
+	t.IsService = func(pr nf.Proto, a netip.AddrPort) bool { return cur.Load().index.IsService(pr, a) }
+	t.Show = func(c *flow.Conn) bool { return s.AllVerdicts || c.Verdict != flow.Answered }
+	t.Explainer = func() report.Explainer { return &allExplainer{st: cur.Load(), as: as, ctx: ctx} }
+	t.Tally = func(r report.Conn) { tab.Count(portOf(cur.Load().index, r.Conn), r.Conn, r.Explanation) }
+	t.StatusMore = tab.Headline
+	t.Closing = func(p output.Printer) { output.WriteServices(p, &tab, time.Since(start), true) }
+	t.Started = func(ctx context.Context, attached *tracer.Tracer, print func(func(output.Printer))) {
+		mu.Lock()
+		tr = attached
+		mu.Unlock()
+		// A change that came while the tracer was being attached.
+		if now := cur.Load(); now.cat != cat {
+			apply(now.cat)
+		}
+		if namer != nil {
+			go namer.Run(ctx)
+		}
+		if s.SummaryEvery > 0 {
+			go func() {
+				tick := time.NewTicker(s.SummaryEvery)
+				defer tick.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-tick.C:
+						print(func(p output.Printer) { output.WriteServices(p, &tab, time.Since(start), false) })
+					}
+				}
+			}()
+		}
+	}
+	return Run(ctx, t)
+}
+
+// portOf is the name of the Service port a connection belongs to, for the
+// table: "namespace/name:port"; an endpoint several Service ports share
+// (a connection that arrived translated) is named with all of them; its
+// destination when no Service has it (any more).
+func portOf(x resolve.Index, c *flow.Conn) string {
+	ps := x.Ports(c.Proto, c.VIP)
+	switch len(ps) {
+	case 0:
+		return "(no Service) " + c.VIP.String()
+	case 1:
+		return ps[0].String()
+	}
+	names := make([]string, len(ps))
+	for i, p := range ps {
+		names[i] = p.String()
+	}
+	return fmt.Sprintf("endpoint %s of %s", c.VIP, strings.Join(names, ", "))
+}
+
+// assessor assesses a Service the first time one of its connections needs
+// explaining, and keeps the assessment while the catalog does not change:
+// -A reads a Service's Pods, Nodes, policies and rules only when it fails.
+type assessor struct {
+	src    resolve.Source
+	node   nf.NetNS
+	local  resolve.LocalNode
+	lookup func(netip.Addr) string
+	peers  func(netip.Addr) (resolve.Peer, bool)
+
+	mu    sync.Mutex
+	gen   int
+	cache map[string]assessed
+}
+
+type assessed struct {
+	a   *diagnose.Assessment
+	err error
+}
+
+// maxAssessed bounds the assessments kept: past it, they are made again.
+const maxAssessed = 256
+
+// get is the assessment of the Service key ("namespace/name") in catalog
+// generation gen.
+func (as *assessor) get(ctx context.Context, key string, gen int) (*diagnose.Assessment, error) {
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	if gen != as.gen || len(as.cache) >= maxAssessed {
+		as.gen, as.cache = gen, map[string]assessed{}
+	}
+	if got, ok := as.cache[key]; ok {
+		return got.a, got.err
+	}
+	ns, name, _ := strings.Cut(key, "/")
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	a, err := diagnose.Assess(ctx, as.src, ns, name, nil, diagnose.ReadNode(as.node, as.local, key))
+	if err == nil {
+		a.Explainer.Lookup, a.Explainer.Peer = as.lookup, as.peers
+	}
+	as.cache[key] = assessed{a, err}
+	return a, err
+}
+
+// allExplainer explains one connection of -A with its Service's
+// assessment; it names the connection's addresses with the same one.
+type allExplainer struct {
+	ctx  context.Context
+	st   *catalogState
+	as   *assessor
+	used *diagnose.Explainer
+}
+
+func (x *allExplainer) Explain(c *flow.Conn) report.Explanation {
+	ps := x.st.index.Ports(c.Proto, c.VIP)
+	if len(ps) == 0 {
+		return report.Explanation{Notes: []string{fmt.Sprintf("no Service of the catalog has %s any more: not explained", c.VIP)}}
+	}
+	// An endpoint several Services share is the same Pod to each: the
+	// first one's objects name and explain it.
+	p := ps[0]
+	a, err := x.as.get(x.ctx, p.Service.Key(), x.st.gen)
+	if err != nil {
+		return report.Explanation{Notes: []string{fmt.Sprintf("not explained: reading Service %s failed: %v", p.Service.Key(), err)}}
+	}
+	x.used = a.Explainer
+	return a.Explainer.Explain(c)
+}
+
+func (x *allExplainer) Name(a netip.AddrPort) string {
+	if x.used == nil {
+		return ""
+	}
+	return x.used.Name(a)
+}
