@@ -418,6 +418,12 @@ func Connect(ctx context.Context, opts ConnectOptions, ns string, logf func(stri
 		cfg := rest.CopyConfig(c.Config)
 		cfg.Timeout = opts.Timeout
 		cfg.UserAgent = "svctrace"
+		// client-go's default of 5 requests a second made svctrace -A
+		// wait 0.8 s for each failing Service's few narrow reads; the
+		// API server's priority and fairness still keeps it in line.
+		if cfg.QPS == 0 {
+			cfg.QPS, cfg.Burst = 50, 100
+		}
 		cs, err := kubernetes.NewForConfig(cfg)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %s", c.Describe, oneLine(err))

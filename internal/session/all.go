@@ -201,7 +201,7 @@ func (s All) traceAll(ctx context.Context, addrs []netip.Addr) error {
 	s.say("%d Service(s) in %s (%s): %d addresses and endpoints", len(cat.Services), s.scope(), cat.Kinds(), len(targets))
 
 	as := &assessor{src: s.Source, node: s.Node, local: s.Local, lookup: resolve.Memo(resolve.Lookup(s.Source), nil),
-		peers: resolve.Peers(s.Source, nil), cache: map[string]assessed{}}
+		peers: resolve.Peers(s.Source, nil), cache: map[string]assessed{}, logf: s.logf}
 	var namer *resolve.Namer
 	if isAPI {
 		namer = resolve.NewNamer(resolve.Lookup(s.Source))
@@ -277,6 +277,7 @@ type assessor struct {
 	local  resolve.LocalNode
 	lookup func(netip.Addr) string
 	peers  func(netip.Addr) (resolve.Peer, bool)
+	logf   func(string, ...any) // --verbose
 
 	mu    sync.Mutex
 	gen   int
@@ -305,9 +306,15 @@ func (as *assessor) get(ctx context.Context, key string, gen int) (*diagnose.Ass
 	ns, name, _ := strings.Cut(key, "/")
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	a, err := diagnose.Assess(ctx, as.src, ns, name, nil, diagnose.ReadNode(as.node, as.local, key))
+	start := time.Now()
+	facts := diagnose.ReadNode(as.node, as.local, key)
+	read := time.Since(start)
+	a, err := diagnose.Assess(ctx, as.src, ns, name, nil, facts)
 	if err == nil {
 		a.Explainer.Lookup, a.Explainer.Peer = as.lookup, as.peers
+	}
+	if as.logf != nil {
+		as.logf("assessed %s to explain its connection in %s (the node's rules and conntrack table: %s)", key, time.Since(start).Round(time.Millisecond), read.Round(time.Millisecond))
 	}
 	as.cache[key] = assessed{a, err}
 	return a, err

@@ -141,6 +141,9 @@ func everyService(t *testing.T, c *cluster.Cluster, ss []*story) {
 		code, ok := listed[key]
 		delete(listed, key)
 		switch broken := mark(s.finding) == "✗"; {
+		case s.orExpect != "":
+			// Its finding's severity may differ with the verdict (an ICMP
+			// error that may not come, a neighbour entry that failed).
 		case broken && !ok:
 			t.Errorf("check -A: %s (%s) not listed", key, s.finding)
 		case !broken && ok:
