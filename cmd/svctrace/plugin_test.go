@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,6 +43,37 @@ func TestPluginPodArgs(t *testing.T) {
 	o.dnsQs = false
 	if got := o.podArgs("web", false, o.format); !slices.Contains(got, "--dns-questions=false") {
 		t.Errorf("trace with --dns-questions=false: %q", got)
+	}
+}
+
+// kubectl svctrace -A runs svctrace -A (or -n NAMESPACE alone) on each
+// --node, with what goes with it.
+func TestPluginEveryServicePodArgs(t *testing.T) {
+	o := &pluginOptions{globals: &globals{format: output.FormatText}, namespace: "shop", timeout: 5 * time.Second,
+		allNamespaces: true, allVerdicts: true, summaryEvery: time.Minute, dnsQs: true}
+	want := []string{"-A", "-o", "text", "--all-verdicts", "--summary-every", "1m0s", "--timeout", "5s"}
+	if got := o.podArgs("", false, o.format); !slices.Equal(got, want) {
+		t.Errorf("-A: %q\nwant %q", got, want)
+	}
+	o.allNamespaces = false
+	if got, want := o.podArgs("", true, o.format), []string{"check", "-n", "shop", "-o", "text"}; !slices.Equal(got, want) {
+		t.Errorf("check -n shop: %q\nwant %q", got, want)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-A"}, "add --node NODE"},
+		{[]string{"web", "-A"}, "name no Service"},
+		{[]string{"-A", "-n", "shop"}, "does not go with -n"},
+		{[]string{"check"}, "or check every Service with -A --node NODE"},
+		{[]string{"-A", "--node", "w2", "--from", "pod/x"}, "--probe and --from are about one Service"},
+	} {
+		cmd := newPlugin(&bytes.Buffer{}, &bytes.Buffer{})
+		cmd.SetArgs(tc.args)
+		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("kubectl svctrace %q: %v, want %q", tc.args, err, tc.want)
+		}
 	}
 }
 

@@ -72,7 +72,7 @@ func TestCatalogIndexesEveryService(t *testing.T) {
 		{"10.96.0.10:80", "shop/web:http", true},
 		{"192.168.1.5:30443", "bank/api:http", true},
 		{"10.244.1.6:8080", "shop/web:http", false},
-		{"10.244.9.9:9999", "", false}, // no Service bank/web
+		{"10.244.9.9:9999", "", false},                              // no Service bank/web
 		{"10.244.0.7:8443", "bank/admin:http,bank/api:http", false}, // two Services select the Pod
 		{"10.96.0.10:81", "", false},
 	} {

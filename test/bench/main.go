@@ -156,6 +156,19 @@ is planned. Run-to-run noise on this 2-CPU VM is about ±8 % between identical
 configurations (compare (c) and (d) across runs): differences of a few percent are within
 it. The cost section's raw output ends with a CPU profile of svctrace while it traces.
 
+- **svctrace -A** (g), new connections, target 95 %: missed as (b) is, and for the same
+  reason: every healthy connection still reaches userspace as events (4.4 records), only
+  its printing and explaining are left out, so (g) is within noise of (b) (54 % and 52 % in
+  this report). Two costs are -A's own. The large catalog (10,000 Services and 100,000
+  endpoints: 199 MB of svctrace's own memory against the API server, 188 MB more than one
+  Service, see Memory) is a live heap the garbage collector scans on every cycle: (g) used
+  1.65 CPU-seconds per round once ready where (b) used 1.14, lost 620 events in one of
+  three rounds at about 7,000 connections a second, and reached 58 % of (a) on 1 MiB
+  responses where (b) reached 84 %. Plan: healthy connections counted in the kernel (per
+  Service port, read by the summary) and never handed over as events, which is issue 26's
+  third step; the catalog kept as compact models only (an informer transform that keeps
+  what kube-proxy reads, not the API objects), and its addresses in the filter without a
+  copy in Go.
 - **New connections while tracing the Service** (b), target 95 %: not reachable with
   observers on every packet. The data-path notes give the machine's busy CPU per request:
   an untraced new connection costs the two CPUs about 150 µs in all (wrk, the pods, the

@@ -183,6 +183,30 @@ func TestPlugin(t *testing.T) {
 		waitGone(ctx, t, c)
 	})
 
+	// -A has no Service to pick nodes by: it runs svctrace -A on the
+	// nodes named, and passes on what each prints.
+	t.Run("every service on a node", func(t *testing.T) {
+		cmd := run("-A", "--node", otherNode, "--summary-every", "30s", "-o", "json", "--image", imageOK)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%v\n%s%s", err, out, &stderr)
+		}
+		pods := created()
+		if len(pods) != 1 || pods[0].Spec.NodeName != otherNode {
+			t.Fatalf("debug pods %v, want one on %s", podNodes(pods), otherNode)
+		}
+		want := []string{"svctrace", "-A", "-o", "json", "--summary-every", "30s", "--timeout", "5s", "--duration", "1h0m0s"}
+		if cmd := pods[0].Spec.Containers[0].Command; !slices.Equal(cmd, want) {
+			t.Errorf("pod runs %q, want %q", cmd, want)
+		}
+		if !strings.Contains(string(out), `"traced_on":"`+otherNode+`"`) || !strings.Contains(stderr.String(), "every Service of every namespace on node "+otherNode) {
+			t.Errorf("stdout:\n%s\nstderr:\n%s", out, &stderr)
+		}
+		waitGone(ctx, t, c)
+	})
+
 	t.Run("interrupted", func(t *testing.T) {
 		cmd := run("web", "-n", shop, "--node", cluster.NodeName, "--image", imageHold, "--duration", "0")
 		stdout, err := cmd.StdoutPipe()
