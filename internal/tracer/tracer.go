@@ -26,12 +26,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Options configure Open.
 // DefaultMaxTargets is the filter's size unless Options.MaxTargets asks
 // for more.
 const DefaultMaxTargets = 4096
 
-// Options configures Open.
+// Options configure Open.
 type Options struct {
 	// NetNS is where the netfilter observers are attached: a name under
 	// /run/netns, a path, or a PID. Empty: svctrace's own namespace.
