@@ -104,8 +104,12 @@ type FailingRow struct {
 	Blamed  int          `json:"blamed"`
 }
 
+// shownHealthy bounds the Service ports with only answered connections
+// that the text table lists, the busiest first.
+const shownHealthy = 10
+
 // Rows are the table: failing Service ports first (most failures first),
-// then by name.
+// then the others, busiest first; then by name.
 func (s *Services) Rows() []ServiceRow {
 	var out []ServiceRow
 	for port, r := range s.rows {
@@ -127,8 +131,11 @@ func (s *Services) Rows() []ServiceRow {
 	}
 	sort.Slice(out, func(i, j int) bool {
 		fi, fj := out[i].Conns-out[i].Answered, out[j].Conns-out[j].Answered
-		if fi != fj {
+		switch {
+		case fi != fj:
 			return fi > fj
+		case out[i].Conns != out[j].Conns:
+			return out[i].Conns > out[j].Conns
 		}
 		return out[i].Port < out[j].Port
 	})
@@ -167,12 +174,27 @@ func writeServicesText(w io.Writer, rows []ServiceRow, elapsed time.Duration, fi
 	if len(rows) == 0 {
 		return
 	}
+	// Every failing port; of the healthy ones (they come last) the
+	// busiest few: -o json has them all.
+	shown, healthy := rows, 0
+	for i, r := range rows {
+		if r.Conns == r.Answered {
+			healthy = len(rows) - i
+			shown = rows[:i+min(healthy, shownHealthy)]
+			break
+		}
+	}
 	width := len("SERVICE PORT")
-	for _, r := range rows {
+	for _, r := range shown {
 		width = max(width, len(r.Port))
 	}
 	fmt.Fprintf(w, "  %-*s %6s %9s  %s\n", width, "SERVICE PORT", "CONNS", "ANSWERED", "FAILING (most frequent blame)")
-	for _, r := range rows {
+	defer func() {
+		if healthy > shownHealthy {
+			fmt.Fprintf(w, "  … and %d more Service port(s), every connection answered (-o json lists them)\n", healthy-shownHealthy)
+		}
+	}()
+	for _, r := range shown {
 		fmt.Fprintf(w, "  %-*s %6d %9d", width, r.Port, r.Conns, r.Answered)
 		for i, f := range r.Failing {
 			if i > 0 {

@@ -88,6 +88,30 @@ func TestServicesTableIsBounded(t *testing.T) {
 	}
 }
 
+// The text table lists every failing Service port, and the busiest ten
+// of the healthy ones: a node with thousands says how many it left out.
+func TestServicesTableTextBoundsHealthyRows(t *testing.T) {
+	var s Services
+	for i := range 25 {
+		for range i + 1 {
+			s.Count(fmt.Sprintf("ns/svc%02d:http", i), &flow.Conn{Verdict: flow.Answered}, nil)
+		}
+	}
+	s.Count("ns/broken:http", &flow.Conn{Verdict: flow.Rejected}, &report.Explanation{Blame: "Service ns/broken: no endpoints"})
+	var b bytes.Buffer
+	p, _ := New(FormatText, &b, Options{})
+	WriteServices(p, &s, time.Second, true)
+	out := b.String()
+	if !strings.Contains(out, "26 Service port(s) with connections, 1 failing") || !strings.Contains(out, "ns/broken:http") ||
+		!strings.Contains(out, "ns/svc24:http") || !strings.Contains(out, "ns/svc15:http") || strings.Contains(out, "ns/svc14:http") ||
+		!strings.HasSuffix(out, "  … and 15 more Service port(s), every connection answered (-o json lists them)\n") {
+		t.Errorf("text:\n%s", out)
+	}
+	if n := len(s.Rows()); n != 26 {
+		t.Errorf("%d rows, want all 26 (JSON)", n)
+	}
+}
+
 // check -A: a node's problem once, then each Service's own, one line each.
 func TestWriteChecks(t *testing.T) {
 	checks := []ServiceCheck{
