@@ -94,17 +94,7 @@ func Assess(ctx context.Context, src resolve.Source, namespace, name string, cli
 // AssessView diagnoses objects already gathered (a recording's). Its
 // Explainer names only what the view holds until given a Lookup.
 func AssessView(view *resolve.View, node NodeFacts) *Assessment {
-	// NodePorts are reached on the Node object's addresses and on every
-	// other address of the node (kube-proxy's default in iptables mode).
-	var addrs []netip.Addr
-	if n := view.Nodes[view.LocalNode]; n != nil {
-		addrs = resolve.NodeAddrs(n)
-	}
-	for _, a := range node.Local.Addrs {
-		if !slices.Contains(addrs, a) {
-			addrs = append(addrs, a)
-		}
-	}
+	addrs := resolve.NodePortAddrsOf(view.Nodes[view.LocalNode], node.Local.Addrs)
 	svc := resolve.NewService(view)
 	if node.Net == nil && node.ReadNet != nil {
 		node.Net = node.ReadNet(netTargets(svc, view.LocalNode))

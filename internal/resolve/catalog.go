@@ -30,20 +30,27 @@ type Catalog struct {
 // (kubernetes.io/service-name); ExternalName Services are kept (check
 // -A judges them) though they have no address to trace.
 func NewCatalog(ns string, svcs []*corev1.Service, sls []*discoveryv1.EndpointSlice) *Catalog {
-	bySvc := map[types.NamespacedName][]discoveryv1.EndpointSlice{}
-	for _, sl := range sls {
-		k := types.NamespacedName{Namespace: sl.Namespace, Name: sl.Labels[discoveryv1.LabelServiceName]}
-		bySvc[k] = append(bySvc[k], *sl)
-	}
+	bySvc := SlicesByService(sls)
 	c := &Catalog{Namespace: ns}
 	for _, s := range svcs {
-		k := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
-		own := bySvc[k]
-		sort.Slice(own, func(i, j int) bool { return own[i].Name < own[j].Name })
-		c.Services = append(c.Services, NewService(&View{Service: s, Slices: own}))
+		c.Services = append(c.Services, NewService(&View{Service: s, Slices: bySvc[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}]}))
 	}
 	sort.Slice(c.Services, func(i, j int) bool { return c.Services[i].Key() < c.Services[j].Key() })
 	return c
+}
+
+// SlicesByService groups EndpointSlices by their Service
+// (kubernetes.io/service-name), each Service's by name.
+func SlicesByService(sls []*discoveryv1.EndpointSlice) map[types.NamespacedName][]discoveryv1.EndpointSlice {
+	by := map[types.NamespacedName][]discoveryv1.EndpointSlice{}
+	for _, sl := range sls {
+		k := types.NamespacedName{Namespace: sl.Namespace, Name: sl.Labels[discoveryv1.LabelServiceName]}
+		by[k] = append(by[k], *sl)
+	}
+	for _, own := range by {
+		sort.Slice(own, func(i, j int) bool { return own[i].Name < own[j].Name })
+	}
+	return by
 }
 
 // Key is the Service's "namespace/name".
@@ -130,10 +137,15 @@ func ReadCatalog(ctx context.Context, src Source, ns string) (*Catalog, error) {
 // cluster, so each byte counts tens of thousands of times.
 func trim(obj any) (any, error) {
 	if m, ok := obj.(metav1.Object); ok {
-		m.SetManagedFields(nil)
-		m.SetAnnotations(nil)
+		dropUnread(m)
 	}
 	return obj, nil
+}
+
+// dropUnread is trim for an object svctrace holds as such.
+func dropUnread(m metav1.Object) {
+	m.SetManagedFields(nil)
+	m.SetAnnotations(nil)
 }
 
 // ServicesAndSlices lists the Services and EndpointSlices of ns ("": all).
@@ -165,8 +177,8 @@ func (a *API) ServicesAndSlices(ctx context.Context, ns string) ([]*corev1.Servi
 			return nil, nil, a.explain(err, "list", "services", ns)
 		}
 		for i := range l.Items {
-			o, _ := trim(&l.Items[i])
-			svcs = append(svcs, o.(*corev1.Service))
+			dropUnread(&l.Items[i])
+			svcs = append(svcs, &l.Items[i])
 		}
 		if opts.Continue = l.Continue; opts.Continue == "" {
 			break
@@ -179,8 +191,8 @@ func (a *API) ServicesAndSlices(ctx context.Context, ns string) ([]*corev1.Servi
 			return nil, nil, a.explain(err, "list", "endpointslices", ns)
 		}
 		for i := range l.Items {
-			o, _ := trim(&l.Items[i])
-			sls = append(sls, o.(*discoveryv1.EndpointSlice))
+			dropUnread(&l.Items[i])
+			sls = append(sls, &l.Items[i])
 		}
 		if opts.Continue = l.Continue; opts.Continue == "" {
 			break
@@ -202,13 +214,4 @@ func (c *Catalog) Kinds() string {
 		}
 	}
 	return strings.Join(parts, ", ")
-}
-
-// Find is the catalog's Service ns/name, or nil.
-func (c *Catalog) Find(key string) *Service {
-	i, ok := slices.BinarySearchFunc(c.Services, key, func(s *Service, k string) int { return strings.Compare(s.Key(), k) })
-	if !ok {
-		return nil
-	}
-	return c.Services[i]
 }

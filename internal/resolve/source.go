@@ -184,6 +184,22 @@ func NodeAddrs(n *corev1.Node) []netip.Addr {
 	return out
 }
 
+// NodePortAddrsOf are where this node's NodePorts are reached: its Node
+// object's addresses (n nil: none known) and every other address the node
+// has (own), kube-proxy's default in iptables mode.
+func NodePortAddrsOf(n *corev1.Node, own []netip.Addr) []netip.Addr {
+	var addrs []netip.Addr
+	if n != nil {
+		addrs = NodeAddrs(n)
+	}
+	for _, a := range own {
+		if !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
+}
+
 // parseAddr parses an IP, or returns the zero Addr.
 func parseAddr(s string) netip.Addr {
 	a, err := netip.ParseAddr(s)

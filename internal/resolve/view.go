@@ -146,10 +146,18 @@ func Gather(ctx context.Context, src Source, ns, name string, local LocalNode) (
 	if err != nil {
 		return nil, err
 	}
-	v := &View{Source: src.Describe(), Service: svc, Nodes: map[string]*corev1.Node{}}
-	if v.Slices, err = src.EndpointSlices(ctx, ns, name); err != nil {
+	sls, err := src.EndpointSlices(ctx, ns, name)
+	if err != nil {
 		return nil, err
 	}
+	return GatherFrom(ctx, src, svc, sls, local)
+}
+
+// GatherFrom reads the objects around a Service already read with its
+// EndpointSlices (svctrace check -A lists them all at once).
+func GatherFrom(ctx context.Context, src Source, svc *corev1.Service, sls []discoveryv1.EndpointSlice, local LocalNode) (*View, error) {
+	ns := svc.Namespace
+	v := &View{Source: src.Describe(), Service: svc, Slices: sls, Nodes: map[string]*corev1.Node{}}
 	sort.Slice(v.Slices, func(i, j int) bool { return v.Slices[i].Name < v.Slices[j].Name })
 	if len(svc.Spec.Selector) > 0 {
 		sel := labels.SelectorFromSet(svc.Spec.Selector)

@@ -18,6 +18,8 @@ import (
 	"github.com/svctrace/svctrace/internal/report"
 	"github.com/svctrace/svctrace/internal/resolve"
 	"github.com/svctrace/svctrace/internal/tracer"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // All is svctrace -A (every namespace) and svctrace -n NAMESPACE without a
@@ -63,28 +65,27 @@ func ServeAll(ctx context.Context, s All) error {
 // object's addresses (when it can be read) and its own, as
 // diagnose.AssessView has them.
 func nodeAddrs(ctx context.Context, src resolve.Source, local resolve.LocalNode) []netip.Addr {
-	var addrs []netip.Addr
+	var n *corev1.Node
 	if local.Name != "" {
-		if n, err := src.Node(ctx, local.Name); err == nil {
-			addrs = resolve.NodeAddrs(n)
+		if got, err := src.Node(ctx, local.Name); err == nil {
+			n = got
 		}
 	}
-	for _, a := range local.Addrs {
-		if !slices.Contains(addrs, a) {
-			addrs = append(addrs, a)
-		}
-	}
-	return addrs
+	return resolve.NodePortAddrsOf(n, local.Addrs)
 }
 
 // checkAll assesses every Service of the scope with the node's facts,
 // read once, and prints one line for each whose first finding is a
 // problem.
 func (s All) checkAll(ctx context.Context) error {
-	cat, err := resolve.ReadCatalog(ctx, s.Source, s.Namespace)
+	svcs, sls, err := s.Source.ServicesAndSlices(ctx, s.Namespace)
 	if err != nil {
 		return err
 	}
+	slices.SortFunc(svcs, func(a, b *corev1.Service) int {
+		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+	})
+	bySvc := resolve.SlicesByService(sls)
 	p, err := s.Printer(output.Options{})
 	if err != nil {
 		return err
@@ -93,12 +94,15 @@ func (s All) checkAll(ctx context.Context) error {
 	// A problem of the node's (forwarding off, kube-proxy not running) is
 	// every Service's: said once, before the Services' own.
 	var nodeWide, found []output.ServiceCheck
-	for _, svc := range cat.Services {
-		a, err := diagnose.Assess(ctx, s.Source, svc.Namespace, svc.Name, nil, facts)
+	for _, svc := range svcs {
+		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+		// Each Service with the objects listed above, not read again.
+		v, err := resolve.GatherFrom(ctx, s.Source, svc, bySvc[key], s.Local)
 		if err != nil {
-			s.warn("%s: %v", svc.Key(), err)
+			s.warn("%s: %v", key, err)
 			continue
 		}
+		a := diagnose.AssessView(v, facts)
 		own := false
 		for _, f := range a.Findings {
 			if f.Severity != report.Problem {
@@ -106,7 +110,7 @@ func (s All) checkAll(ctx context.Context) error {
 			}
 			if !isNodeWide(f) {
 				if !own {
-					found = append(found, output.ServiceCheck{Service: svc.Key(), Finding: f})
+					found = append(found, output.ServiceCheck{Service: key.String(), Finding: f})
 				}
 				own = true
 				continue
@@ -117,7 +121,7 @@ func (s All) checkAll(ctx context.Context) error {
 		}
 	}
 	output.WriteChecks(p, append(nodeWide, found...))
-	s.say("checked %d Service(s) in %s on node %s: %d with a problem of their own, %d of the node's", len(cat.Services), s.scope(), s.Local.Name, len(found), len(nodeWide))
+	s.say("checked %d Service(s) in %s on node %s: %d with a problem of their own, %d of the node's", len(svcs), s.scope(), s.Local.Name, len(found), len(nodeWide))
 	if len(found)+len(nodeWide) > 0 {
 		return ErrReported
 	}
