@@ -62,6 +62,11 @@ func TestPlugin(t *testing.T) {
 	if err := c.WaitEndpoints(ctx, svc, 2); err != nil {
 		t.Fatal(err)
 	}
+	// svctrace check in the subtests reads kube-proxy's rules: a check
+	// before kube-proxy wrote them finds none (no-rules-for-service).
+	if err := c.WaitRules(ctx, "Service shop/web", func(r string) bool { return strings.Contains(r, "shop/web:http") }); err != nil {
+		t.Fatal(err)
+	}
 	// The one-time set-up the plugin's defaults expect.
 	if err := c.Apply(ctx, filepath.Join("..", "..", "deploy", "rbac.yaml")); err != nil {
 		t.Fatal(err)
