@@ -44,6 +44,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define PROTO_ICMPV6 58
 #define PROTO_SCTP 132
 
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -51,13 +55,17 @@ struct {
 	__type(value, __u8);
 } targets SEC(".maps");
 
-/* A followed connection. dst is the original destination its conntrack
- * entry had when it matched: an nf_conn address reused by an unrelated
- * connection is recognised and forgotten. The rest is the event budget, per
+/* A followed connection. dst and sport are the original destination and
+ * source port its conntrack entry had when it matched: an nf_conn address
+ * reused by another connection (the kernel reuses them at once, often for
+ * the same client's next connection to the same Service) is recognised and
+ * followed anew. The rest is the event budget, per
  * direction (0 original, 1 reply): see show_packet. */
 struct followed {
 	struct target_key dst;
-	__u32 pad;
+	__u8 family;
+	__u8 pad;
+	__u16 sport;
 	__u64 reported;       /* when the counters were last reported */
 	__u64 skb[2];         /* the last packet judged */
 	__u32 seen[2];        /* packets judged, up to quiet_after */
@@ -66,8 +74,20 @@ struct followed {
 	__u8 quiet[2];        /* the verdict on skb[dir] */
 	__u8 hook[2];         /* where it was judged */
 	__u8 keyed[2];        /* its tuple is in quiet_tuples */
-	__u16 pad2;
+	__u8 state;           /* FOLLOW_*: see hold_ns */
+	__u8 nheld;           /* paths in held */
+	__u8 closed;          /* FOLLOW_SETTLED: FIN seen, bit per direction; 3 also for a RST */
+	__u64 since;          /* when it was first matched */
+	__u64 first_skb;      /* by which packet */
+	__u64 answered_at;    /* FOLLOW_SETTLED: when */
 };
+
+/* Longer than any packet takes through the hooks. */
+#define FIRST_PACKET_NS 100000000ULL
+
+#define FOLLOW_SHOWN 0   /* reported (the event budget applies) */
+#define FOLLOW_HELD 1    /* its paths are kept in held until it is answered */
+#define FOLLOW_SETTLED 2 /* answered while held: counted in answered, not reported */
 
 /* Conntrack entries (nf_conn addresses) of followed connections. */
 struct {
@@ -88,10 +108,18 @@ struct {
 } quiet_tuples SEC(".maps");
 
 /* Room for the values the rarer paths build (a new connection, the first
- * quiet packet): the stack is too small for them next to everything else. */
+ * quiet packet, a settled one): the stack is too small for them next to
+ * everything else. */
+/* A connection's tuples: see settled_tuples. */
+struct conn_tuples {
+	struct tuple orig;
+	struct tuple reply;
+};
+
 struct scratch {
 	struct followed f;
 	struct tuple t;
+	struct conn_tuples ts; /* settle's */
 };
 
 struct {
@@ -209,32 +237,6 @@ struct {
 #define FLUSH_ANY 0
 #define FLUSH_THIS 1  /* only skb's path */
 #define FLUSH_OTHER 2 /* only another packet's */
-
-/* Hands the CPU's pending path to userspace: as one event if it holds one
- * observation, else in full. */
-static __always_inline void flush_pending(__u64 skb, int which)
-{
-	__u32 zero = 0;
-	struct pending *pd = bpf_map_lookup_elem(&paths, &zero);
-
-	if (!pd || !pd->used || pd->busy)
-		return;
-	if ((which == FLUSH_THIS && pd->p.e.skb != skb) || (which == FLUSH_OTHER && pd->p.e.skb == skb))
-		return;
-	pd->used = 0;
-
-	__u64 flags = wakeup_flags();
-	long err;
-
-	if (pd->p.nsteps == 0) {
-		pd->p.e.kind = EVENT_HOOK;
-		err = bpf_ringbuf_output(&events, &pd->p.e, sizeof(pd->p.e), flags);
-	} else {
-		err = bpf_ringbuf_output(&events, &pd->p, sizeof(pd->p), flags);
-	}
-	if (err)
-		count_lost();
-}
 
 /* Makes the enums part of the object's BTF so bpf2go generates them. */
 const enum stage stage_unused __attribute__((unused));
@@ -689,6 +691,334 @@ static __always_inline void ct_orig_dst(struct nf_conn *ct, __u8 family, struct 
 		(t)->proto = KREAD(direct, struct nf_conn, ct, tuplehash[dir].tuple.dst.protonum); \
 	} while (0)
 
+/*
+ * Holding (svctrace -A): hold_ns > 0 keeps a new connection's packet paths
+ * in held instead of handing them over, for up to hold_ns. If the first
+ * reply passes the node in that time (not a reset, not an ICMP error, and
+ * nothing of it dropped), the connection is settled: its paths are deleted
+ * and it is counted in answered by its original destination, and nothing
+ * more of it is reported - unless one of its packets is dropped, or
+ * another is notable enough to be reported on its own (new_event): then
+ * an EVENT_SETTLED record says it was answered, it is no longer counted,
+ * and it is reported from there on (unhold). Anything else releases the
+ * held paths into the ring buffer, in order, and the connection is
+ * reported as without holding: a reply that did not settle it, a packet
+ * after hold_ns, a drop, no room. Userspace takes (lookup and delete)
+ * paths held longer than hold_ns: the connections no packet released.
+ * Either side deletes an entry before it reports it, so none is reported
+ * twice. Userspace sets hold_ns to 0 when it stops: every held connection
+ * is released by its next packet, and userspace takes the rest.
+ */
+volatile __u64 hold_ns;
+/* Set at load when userspace holds: without it, none of this costs a
+ * thing (the verifier drops the code). */
+const volatile __u8 holding = 0;
+
+#define HELD_PATHS 4 /* per connection */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1); /* userspace sizes it when it holds */
+	__type(key, struct held_key);
+	__type(value, struct packet_path);
+} held SEC(".maps");
+
+/* The tuples of settled connections (by conntrack entry), for their
+ * EVENT_SETTLED record: by then the entry may be gone. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1); /* userspace sizes it when it holds */
+	__type(key, __u64);
+	__type(value, struct conn_tuples);
+} settled_tuples SEC(".maps");
+
+/* Connections settled, by original destination (a followed's dst). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1); /* userspace sizes it when it holds */
+	__type(key, struct target_key);
+	__type(value, __u64);
+} answered SEC(".maps");
+
+/* What holding did, per CPU (svctrace -v says it). */
+enum hold_stat {
+	HOLD_HELD,     /* connections held */
+	HOLD_SETTLED,  /* ... answered in time: counted */
+	HOLD_RELEASED, /* ... released by the kernel */
+	HOLD_NOROOM,   /* ... released for want of room */
+	HOLD_TAKEN,    /* ... taken by userspace meanwhile */
+	HOLD_BROKE,    /* settled, then reported from an EVENT_SETTLED on */
+	HOLD_OVER,     /* events of settled connections over, not reported */
+	HOLD_UNNAMED,  /* settled ones reported without an EVENT_SETTLED */
+	HOLD_STATS,
+};
+
+const enum hold_stat hold_stat_unused __attribute__((unused)); /* for bpf2go */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HOLD_STATS);
+	__type(key, __u32);
+	__type(value, __u64);
+} hold_stats SEC(".maps");
+
+static __always_inline void hold_stat(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&hold_stats, &which);
+
+	if (n)
+		(*n)++;
+}
+
+/* Hands the connection's held paths (id: its conntrack entry) to the ring
+ * buffer, in order, and reports it from now on. An entry userspace took
+ * meanwhile is skipped: it reported it. */
+static __noinline void release(struct followed *f, __u64 id)
+{
+	__u32 n = f->nheld;
+
+	f->state = FOLLOW_SHOWN;
+	f->nheld = 0;
+	if (n)
+		hold_stat(HOLD_RELEASED);
+#pragma unroll
+	for (__u32 i = 0; i < HELD_PATHS; i++) {
+		struct held_key k = {.ct = id, .i = i};
+		struct packet_path *hp, *r;
+
+		if (i >= n)
+			break;
+		hp = bpf_map_lookup_elem(&held, &k);
+		if (!hp)
+			continue;
+		r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+		if (!r) {
+			count_lost();
+			bpf_map_delete_elem(&held, &k);
+			continue;
+		}
+		bpf_probe_read_kernel(r, sizeof(*r), hp);
+		if (bpf_map_delete_elem(&held, &k))
+			bpf_ringbuf_discard(r, 0);
+		else
+			bpf_ringbuf_submit(r, wakeup_flags());
+	}
+}
+
+/* Counts the connection answered and forgets its held paths; 0 if
+ * userspace took one of them first (or it cannot be counted): it is then
+ * released instead. */
+static __noinline int settle(struct followed *f, __u64 id)
+{
+	__u32 n = f->nheld;
+	__u64 zero = 0, *c;
+
+	c = bpf_map_lookup_elem(&answered, &f->dst);
+	if (!c) {
+		/* Another CPU may add it meanwhile: either way it is there. */
+		bpf_map_update_elem(&answered, &f->dst, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&answered, &f->dst);
+		if (!c)
+			return 0; /* no room to count it */
+	}
+	/* Userspace takes a connection's paths from the first on: the first
+	 * missing, it took them all, or is taking them. */
+#pragma unroll
+	for (__u32 i = 0; i < HELD_PATHS; i++) {
+		struct held_key k = {.ct = id, .i = i};
+
+		if (i >= n)
+			break;
+		if (bpf_map_delete_elem(&held, &k)) {
+			hold_stat(HOLD_TAKEN);
+			return 0;
+		}
+	}
+	__sync_fetch_and_add(c, 1);
+	hold_stat(HOLD_SETTLED);
+	/* Read through a copy (this runs in the drop programs too), into
+	 * scratch space: the stack is too small. */
+	struct nf_conn *ct = (struct nf_conn *)id;
+	__u32 key = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&scratch, &key);
+
+	if (sc) {
+		__builtin_memset(&sc->ts, 0, sizeof(sc->ts));
+		CT_TUPLE(0, ct, IP_CT_DIR_ORIGINAL, f->family, &sc->ts.orig);
+		CT_TUPLE(0, ct, IP_CT_DIR_REPLY, f->family, &sc->ts.reply);
+		bpf_map_update_elem(&settled_tuples, &id, &sc->ts, BPF_ANY);
+	}
+	f->nheld = 0;
+	f->state = FOLLOW_SETTLED;
+	f->answered_at = bpf_ktime_get_ns();
+	return 1;
+}
+
+/* Whether a held connection keeps path p: held, or settled by it (1), or
+ * released (0: p goes to the ring buffer after what was held). ended: p
+ * left the hooks (delivered or sent on). */
+static __always_inline int keep_held(struct followed *f, __u64 id, struct packet_path *p, __u8 ctinfo, int ended)
+{
+	if (bpf_ktime_get_ns() - f->since <= hold_ns) {
+		if (ctinfo == IP_CT_ESTABLISHED_REPLY) {
+			/* The first reply, through the node: answered. */
+			if (ended && !(p->e.tcp_flags & TCP_RST) && settle(f, id))
+				return 1;
+		} else if (ctinfo < IP_CT_IS_REPLY && f->nheld < HELD_PATHS) {
+			struct held_key k = {.ct = id, .i = f->nheld};
+
+			if (!bpf_map_update_elem(&held, &k, p, BPF_NOEXIST)) {
+				if (!f->nheld++)
+					hold_stat(HOLD_HELD);
+				/* A reader waiting with nothing to follow takes
+				 * what is held once it has waited hold_ns: wake it
+				 * to start waiting that long (a record of a byte). */
+				if (reader_waiting) {
+					__u8 wake = 0;
+
+					bpf_ringbuf_output(&events, &wake, sizeof(wake), BPF_RB_FORCE_WAKEUP);
+				}
+				return 1;
+			}
+			if (f->nheld)
+				hold_stat(HOLD_NOROOM);
+		}
+	}
+	release(f, id);
+	return 0;
+}
+
+/* A followed connection held or settled (id: its conntrack entry, ct if
+ * the packet still has it) is about to be reported on its own (a drop, an
+ * ICMP error, a packet conntrack found INVALID): held, what was held goes
+ * first; settled, an EVENT_SETTLED record, and it is no longer counted
+ * answered. Either way it is reported from now on, and unhold returns 1 -
+ * but 0 for a settled connection closed both ways or reset: it is over,
+ * answered, and its last packets' fate changes nothing (as for flow), so
+ * they are not reported. */
+static __noinline int unhold(struct followed *f, __u64 id, struct nf_conn *ct)
+{
+	struct conn_tuples *ts;
+	struct event *e;
+	__u64 *c;
+
+	if (f->state == FOLLOW_HELD) {
+		release(f, id);
+		return 1;
+	}
+	if (f->closed == 3) {
+		hold_stat(HOLD_OVER);
+		return 0;
+	}
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return 1;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	ts = bpf_map_lookup_elem(&settled_tuples, &id);
+	if (ts) {
+		e->orig = ts->orig;
+		e->reply = ts->reply;
+		bpf_map_delete_elem(&settled_tuples, &id);
+	} else if (ct) {
+		/* Forgotten (LRU); the entry is still there. */
+		CT_TUPLE(0, ct, IP_CT_DIR_ORIGINAL, f->family, &e->orig);
+		CT_TUPLE(0, ct, IP_CT_DIR_REPLY, f->family, &e->reply);
+	} else {
+		/* Nothing to name it by: it stays counted, and what follows
+		 * is the middle of a connection. */
+		bpf_ringbuf_discard(e, 0);
+		hold_stat(HOLD_UNNAMED);
+		return 1;
+	}
+	hold_stat(HOLD_BROKE);
+	f->state = FOLLOW_SHOWN;
+	c = bpf_map_lookup_elem(&answered, &f->dst);
+	if (c)
+		__sync_fetch_and_add(c, -1);
+	e->ts = f->answered_at;
+	e->kind = EVENT_SETTLED;
+	e->family = f->family;
+	e->flags = EVENT_F_CT;
+	e->ct = id;
+	submit(e);
+	return 1;
+}
+
+/* unhold for a packet without its conntrack entry (INVALID), found by its
+ * tuple among those of quiet connection directions (quiet_tuples). */
+static __noinline int unhold_tuple(const struct tuple *t)
+{
+	__u64 *id = bpf_map_lookup_elem(&quiet_tuples, t);
+	struct followed *f;
+
+	if (!id)
+		return 1;
+	f = bpf_map_lookup_elem(&tracked, id);
+	if (f && f->state != FOLLOW_SHOWN)
+		return unhold(f, *id, NULL);
+	return 1;
+}
+
+/* Where a path goes once complete: to the ring buffer, unless its
+ * connection is held or settled (see hold_ns). */
+static __noinline void hand_over(struct packet_path *p, int ended)
+{
+	__u32 n = p->nsteps;
+	__u64 id = p->e.ct;
+	__u8 ctinfo = p->e.ctinfo;
+	long err;
+
+	/* The entry the packet had last: before conntrack it had none. */
+	if (n > 0) {
+		__u32 last = n - 1;
+
+		/* A bound the verifier sees whatever the compiler makes of it. */
+		asm volatile("" : "+r"(last));
+		if (last < PATH_STEPS) {
+			id = p->steps[last].ct;
+			ctinfo = p->steps[last].ctinfo;
+		}
+	}
+	if (holding && id) {
+		struct followed *f = bpf_map_lookup_elem(&tracked, &id);
+
+		if (f && f->state == FOLLOW_SETTLED)
+			return;
+		if (f && f->state == FOLLOW_HELD && keep_held(f, id, p, ctinfo, ended))
+			return;
+	} else if (holding && (p->e.flags & EVENT_F_PKT)) {
+		/* No entry: INVALID, perhaps, in a connection held or settled. */
+		if (!unhold_tuple(&p->e.pkt))
+			return;
+	}
+	if (n == 0) {
+		p->e.kind = EVENT_HOOK;
+		err = bpf_ringbuf_output(&events, &p->e, sizeof(p->e), wakeup_flags());
+	} else {
+		err = bpf_ringbuf_output(&events, p, sizeof(*p), wakeup_flags());
+	}
+	if (err)
+		count_lost();
+}
+
+/* Hands the CPU's pending path over (hand_over): as one event if it holds
+ * one observation, else in full. FLUSH_THIS is the packet leaving the
+ * hooks. */
+static __always_inline void flush_pending(__u64 skb, int which)
+{
+	__u32 zero = 0;
+	struct pending *pd = bpf_map_lookup_elem(&paths, &zero);
+
+	if (!pd || !pd->used || pd->busy)
+		return;
+	if ((which == FLUSH_THIS && pd->p.e.skb != skb) || (which == FLUSH_OTHER && pd->p.e.skb == skb))
+		return;
+	pd->used = 0;
+	hand_over(&pd->p, which == FLUSH_THIS);
+}
+
 /* ---- filter -------------------------------------------------------------- */
 
 /* The rarer paths are functions of their own, one per way of reading (the
@@ -710,7 +1040,7 @@ static __always_inline void ct_orig_dst(struct nf_conn *ct, __u8 family, struct 
  * space here and in key_quiet: an observer interrupted by another on the
  * same CPU (process context) may store the other's values, which the next
  * packet then corrects. */
-static __always_inline void follow(struct nf_conn *ct, __u8 family, struct target_key *dst, int direct)
+static __always_inline void follow(struct nf_conn *ct, __u8 family, struct target_key *dst, __u64 skb, int direct)
 {
 	__u32 zero = 0;
 	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
@@ -721,6 +1051,12 @@ static __always_inline void follow(struct nf_conn *ct, __u8 family, struct targe
 	__builtin_memset(sc, 0, sizeof(*sc));
 	sc->f.dst = *dst;
 	sc->f.reported = bpf_ktime_get_ns();
+	sc->f.since = sc->f.reported;
+	sc->f.family = family;
+	sc->f.sport = KREAD(direct, struct nf_conn, ct, tuplehash[IP_CT_DIR_ORIGINAL].tuple.src.u.all);
+	sc->f.first_skb = skb;
+	if (holding && hold_ns)
+		sc->f.state = FOLLOW_HELD;
 	bpf_map_update_elem(&tracked, &id, &sc->f, BPF_ANY);
 	/* Tuples an earlier connection on these addresses left there. */
 	CT_TUPLE(direct, ct, IP_CT_DIR_ORIGINAL, family, &sc->t);
@@ -747,7 +1083,7 @@ static __always_inline void key_quiet(struct nf_conn *ct, __u8 family, int dir, 
 	bpf_map_update_elem(&quiet_tuples, &sc->t, &id, BPF_ANY);
 }
 
-BOTH_WAYS(follow, (struct nf_conn *ct, __u8 family, struct target_key *dst), ct, family, dst)
+BOTH_WAYS(follow, (struct nf_conn *ct, __u8 family, struct target_key *dst, __u64 skb), ct, family, dst, skb)
 BOTH_WAYS(key_quiet, (struct nf_conn *ct, __u8 family, int dir), ct, family, dir)
 
 static __always_inline int overlay_port(__u16 port)
@@ -828,15 +1164,29 @@ static __always_inline int match_skb(struct sk_buff *skb, struct match *m, int d
 		ct_orig_dst(ct, m->family, &k, direct);
 
 		struct followed *f = bpf_map_lookup_elem(&tracked, &id);
+		__u16 sport = KREAD(direct, struct nf_conn, ct, tuplehash[IP_CT_DIR_ORIGINAL].tuple.src.u.all);
 
 		m->dns = dns_port(k.port, k.proto);
-		if (f && key_eq(&f->dst, &k)) {
+		/* The same connection: the same destination and source port,
+		 * and an entry conntrack confirmed, or still the packet that
+		 * began following it (an unconfirmed entry lives only while
+		 * its first packet crosses the hooks). An unconfirmed entry
+		 * met by another packet is a new connection's: a new entry
+		 * where the last one's was freed, often one conntrack made
+		 * anew for a SYN on the addresses of a connection in
+		 * TIME_WAIT - and the kernel reuses skb addresses too. */
+		if (f && key_eq(&f->dst, &k) && f->sport == sport &&
+		    ((KREAD(direct, struct nf_conn, ct, status) & IPS_CONFIRMED) ||
+		     (f->first_skb == (__u64)skb && bpf_ktime_get_ns() - f->since < FIRST_PACKET_NS))) {
 			m->f = f;
 			return 1;
 		}
 		if (!bpf_map_lookup_elem(&targets, &k))
 			return k.proto == PROTO_UDP && overlay_port(k.port) && match_encap(skb, m, direct);
-		WAY(follow, direct, ct, m->family, &k);
+		/* What an earlier connection on this entry held goes first. */
+		if (holding && f && f->state == FOLLOW_HELD)
+			release(f, id);
+		WAY(follow, direct, ct, m->family, &k, (__u64)skb);
 		m->f = bpf_map_lookup_elem(&tracked, &id);
 		return 1;
 	}
@@ -928,10 +1278,18 @@ static __always_inline void fill_event(struct event *e, struct sk_buff *skb, str
 	}
 }
 
-/* Reserves an event and fills the parts common to all kinds; what waits in
- * the CPU's path goes first. */
+/* Reserves an event and fills the parts common to all kinds. What its
+ * connection's holding kept goes first (or that it was settled), then what
+ * waits in the CPU's path: the packet's observations so far, perhaps. */
 static __always_inline struct event *new_event(struct sk_buff *skb, struct match *m, int direct)
 {
+	if (holding && m->f && m->ct && m->f->state != FOLLOW_SHOWN) {
+		if (!unhold(m->f, (__u64)m->ct, m->ct))
+			return NULL;
+	} else if (holding && !m->ct && parse_once(skb, m, direct)) {
+		if (!unhold_tuple(&m->pi.t))
+			return NULL;
+	}
 	flush_pending(0, FLUSH_ANY);
 
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -954,7 +1312,8 @@ static __always_inline void report_counts(struct followed *f, struct nf_conn *ct
 	__u64 b0 = f->quiet_bytes[0], b1 = f->quiet_bytes[1];
 
 	f->reported = now;
-	if (!p0 && !p1)
+	/* Held, they go with its next packet reported; settled, nowhere. */
+	if ((!p0 && !p1) || f->state != FOLLOW_SHOWN)
 		return;
 	flush_pending(0, FLUSH_ANY);
 
@@ -989,9 +1348,6 @@ static __always_inline void report_counts(struct followed *f, struct nf_conn *ct
 BOTH_WAYS(report_counts, (struct followed *f, struct nf_conn *ct, __u8 family, __u8 ctinfo, __u64 now), f, ct,
 	  family, ctinfo, now)
 
-#define TCP_FIN 0x01
-#define TCP_SYN 0x02
-#define TCP_RST 0x04
 
 /* The event budget of overlay packets carrying a followed connection's
  * packets: the first quiet_after each way in full, and any carrying a SYN,
@@ -1042,6 +1398,15 @@ static __always_inline int show_packet(struct sk_buff *skb, struct match *m, __u
 	parse_once(skb, m, direct);
 
 	__u8 proto = m->pi.t.proto;
+
+	/* A settled connection closed both ways (or reset) is over: nothing
+	 * of it can change its verdict (see unhold). */
+	if (holding && f->state == FOLLOW_SETTLED) {
+		if (m->pi.tcp_flags & TCP_RST)
+			f->closed = 3;
+		else if (m->pi.tcp_flags & TCP_FIN)
+			f->closed |= 1 << dir;
+	}
 	/* In full: at every observer. A FIN, briefly: here only - it closes the
 	 * connection, and its path is that of the packets before it. */
 	int full = f->seen[dir] < quiet_after || !m->parsed || (m->pi.flags & EVENT_F_FRAG) ||

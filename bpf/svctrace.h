@@ -31,6 +31,10 @@ enum event_kind {
 	EVENT_DROP = 2, /* skb:kfree_skb freed a packet of a followed connection */
 	EVENT_COUNT = 3, /* packets of a connection counted, not reported (the event budget) */
 	EVENT_PATH = 4,  /* a packet's observations through the namespace's hooks: struct packet_path */
+	/* A connection held and answered (hold_ns) came to grief after all:
+	 * ts is when it was answered, ct and its tuples name it; what follows
+	 * of it is reported. */
+	EVENT_SETTLED = 5,
 };
 
 /* event.flags */
@@ -139,6 +143,14 @@ struct packet_path {
 	struct tuple tuples[PATH_TUPLES];
 	__u8 data1[CAP_MAX]; /* the packet after its first translation */
 	__u8 data2[CAP_MAX]; /* after its last, if it had more than one */
+};
+
+/* A path held for a connection not yet answered (hold_ns): the i-th of
+ * conntrack entry ct's. */
+struct held_key {
+	__u64 ct;
+	__u32 i;
+	__u32 pad;
 };
 
 /* Filter key: a watched address, port and IP protocol. */

@@ -130,7 +130,7 @@ The image: $SVCTRACE_IMAGE or --image, built from svctrace's Dockerfile.`,
 	f.StringVar(&o.probe, "probe", "", "open a test connection to each of the Service's ClusterIP ports from the node (or --from's Pod), trace it and stop; --probe=http sends GET /; --probe=dns resolves the Service's name first, as the Pod does")
 	f.Lookup("probe").NoOptDefVal = string(probe.Connect)
 	pf.BoolVarP(&o.allNamespaces, "all-namespaces", "A", false, "every Service of every namespace (-n NAMESPACE without a Service: of that namespace) on the --node nodes: failing connections and a table per Service port (check -A: one line per Service with a problem)")
-	f.BoolVar(&o.allVerdicts, "all-verdicts", false, "with -A: print answered connections too")
+	f.BoolVar(&o.allVerdicts, "all-verdicts", false, "with -A: print answered connections too (without it, the kernel only counts them: cheaper)")
 	f.DurationVar(&o.summaryEvery, "summary-every", 0, "with -A: print the table per Service port this often, not only at the end")
 	f.BoolVar(&o.dnsQs, "dns-questions", true, "when the cluster's DNS Service is traced, read each query's name, type and answer code from its DNS header and first question (--dns-questions=false: headers only)")
 	check := &cobra.Command{

@@ -74,7 +74,7 @@ func (o *serviceOptions) addFlags(cmd *cobra.Command, tracing bool) {
 	f.StringVar(&o.hostRoot, "host-root", "/host", "where the node's root filesystem is mounted (kubectl debug node); kubelet credentials are looked for there")
 	if tracing {
 		f.BoolVarP(&o.allNamespaces, "all-namespaces", "A", false, "trace every Service of every namespace whose traffic can cross this node (-n NAMESPACE without a Service: every Service of that namespace), printing only connections that were not answered, and a table per Service port at the end")
-		f.BoolVar(&o.allVerdicts, "all-verdicts", false, "with -A (or -n without a Service): print answered connections too")
+		f.BoolVar(&o.allVerdicts, "all-verdicts", false, "with -A (or -n without a Service): print answered connections too (without it, the kernel only counts them: cheaper)")
 		f.DurationVar(&o.summaryEvery, "summary-every", 0, "with -A (or -n without a Service): print the table per Service port this often, not only at the end (e.g. 30s)")
 		f.DurationVar(&o.duration, "duration", 0, "stop after this long (default: until Ctrl-C)")
 		f.IntVar(&o.count, "count", 0, "stop after this many connections")

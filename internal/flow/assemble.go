@@ -112,9 +112,12 @@ func (a *Assembler) Active() int { return a.active }
 // connections that became complete because of it (a new connection reusing
 // a finished one's addresses, or one evicted to stay within MaxConns).
 func (a *Assembler) Add(ev *nf.Event) []*Conn {
-	if ev.Kind == nf.KindCount {
+	switch ev.Kind {
+	case nf.KindCount:
 		a.count(ev)
 		return nil
+	case nf.KindSettled:
+		return a.settled(ev)
 	}
 	var done []*Conn
 	c, dir, ok := a.lookup(ev)
@@ -161,6 +164,38 @@ func (a *Assembler) count(ev *nf.Event) {
 		c.st.replyPassed = max(c.st.replyPassed, ev.Time)
 	}
 	c.End = max(c.End, ev.Time)
+}
+
+// settled starts a connection the tracer held and counted as answered
+// (nf.KindSettled), from what its conntrack entry says: answered at
+// ev.Time, by the destination it was translated to; its opening was not
+// reported. What comes next of it (a drop) decides its verdict as after any
+// answer.
+func (a *Assembler) settled(ev *nf.Event) []*Conn {
+	k := keyOf(ev.CT.Orig)
+	if !ev.CT.Orig.IsValid() || a.byOrig[k] != nil {
+		return nil
+	}
+	var done []*Conn
+	if a.active >= a.opts.MaxConns {
+		done = append(done, a.finish(a.oldest(), ev.Time))
+	}
+	c := a.newConn(ev.CT.Orig, ev.Time)
+	c.Settled, c.Answer = true, ev.Time
+	c.st.ctSeen = true
+	a.learnNAT(c, ev.CT)
+	if len(c.slab) == cap(c.slab) {
+		c.slab = make([]packet, 0, packetsAtOnce)
+	}
+	what := "UDP"
+	if c.Proto == nf.TCP {
+		what = "SYN,ACK"
+	} else if c.Proto != nf.UDP {
+		what = c.Proto.String()
+	}
+	c.slab = append(c.slab, packet{dir: Reply, start: ev.Time, answer: Answer{From: ev.CT.Reply.Src, What: what}})
+	c.st.reply, c.st.replyOut, c.st.replyPassed = &c.slab[len(c.slab)-1], true, ev.Time
+	return done
 }
 
 // Tick reports the connections that are complete at time now (CLOCK_MONOTONIC

@@ -76,6 +76,11 @@ type Conn struct {
 	// flow that began before the trace): the NAT was decided then, not by
 	// the rules the trace saw.
 	Prior bool
+	// Settled: the tracer held the connection's opening and counted it
+	// answered without reporting it (tracer.Options.Hold: svctrace -A);
+	// it is shown because it came to grief after that, from Answer on.
+	// Its first packets are not among Steps or Packets.
+	Settled bool `json:",omitempty"`
 	// Invalid is the number of the first packet that passed conntrack
 	// without an entry, in a connection that had one (0: none): conntrack
 	// found it INVALID (its entry was gone, or it fell outside the TCP

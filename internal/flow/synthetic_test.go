@@ -607,3 +607,29 @@ func TestCarriedByTheOverlay(t *testing.T) {
 		t.Errorf("%s, drop %+v: %s; want the VXLAN packet's drop in OUTPUT's filter", c.Verdict, d, describe.Reason(c))
 	}
 }
+
+// A connection the tracer held and counted as answered (svctrace -A)
+// starts at its settled record when a packet of it is dropped later: it
+// is answered by its endpoint, then broke, like one seen whole; one whose
+// settled record nothing follows stays answered.
+func TestSettledThenDropped(t *testing.T) {
+	est := ct(nf.CTEstablished, synOrig, synReply)
+	s := &seq{}
+	s.evs = append(s.evs, nf.Event{Time: 1000, Kind: nf.KindSettled, CT: est})
+	s.t = 1000
+	s.at(time.Second)
+	s.hook(3, nf.PreRouting, nf.StagePostConntrack, synOrig, nf.PSH|nf.ACK, est)
+	s.hook(3, nf.Forward, nf.StagePreFilter, tup("10.0.0.2:40000", "10.244.0.5:8080", nf.TCP), nf.PSH|nf.ACK, est)
+	s.drop(3, tup("10.0.0.2:40000", "10.244.0.5:8080", nf.TCP), est)
+	c := only(t, mustRun(s))
+	if !c.Settled || c.Answer != 1000 || c.Endpoint != synReply.Src || c.Verdict != Dropped || c.Outcome.Kind != BrokeDropped {
+		t.Fatalf("settled %v, answer %d, endpoint %s: %s (%s); want settled at 1000 by %s, dropped after the answer",
+			c.Settled, c.Answer, c.Endpoint, c.Verdict, describe.Reason(c), synReply.Src)
+	}
+	if want := "10.244.0.5:8080 answered (SYN,ACK), but then the client's PSH,ACK was discarded in FORWARD"; !strings.HasPrefix(describe.Reason(c), want) {
+		t.Errorf("why %q, want %q…", describe.Reason(c), want)
+	}
+	if c := only(t, mustRun(&seq{evs: s.evs[:1]})); c.Verdict != Answered {
+		t.Errorf("settled alone: %s (%s), want answered", c.Verdict, describe.Reason(c))
+	}
+}

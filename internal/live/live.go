@@ -67,6 +67,10 @@ type Source interface {
 	Lost() uint64
 }
 
+// holder is a Source that holds some events back (tracer.Options.Hold)
+// until told to stop: then the next read after Unhold returns them.
+type holder interface{ Unhold() }
+
 // Result says how a trace ended.
 type Result struct {
 	Conns   int
@@ -276,6 +280,11 @@ func Run(ctx context.Context, tr Source, opts Options) (Result, error) {
 	}
 	halt := func(err error) {
 		if stopAt == 0 {
+			// What the tracer holds back (tracer.Options.Hold) comes out
+			// before the ring buffer is next found empty.
+			if h, ok := tr.(holder); ok {
+				h.Unhold()
+			}
 			stopAt, stopErr, done = nf.Now(), err, nil
 			drained = time.After(maxDrain)
 			pace(true)

@@ -65,6 +65,11 @@ const (
 	// KindCount carries counts of a followed connection's packets (its
 	// conntrack entry in CT) that were not reported one by one.
 	KindCount Kind = 3
+	// KindSettled: a connection the tracer held and counted as answered
+	// (tracer.Options.Hold), its opening not reported, came to grief
+	// after all (a drop, an ICMP error): it is reported from here on. Time
+	// is when it was answered; CT names it.
+	KindSettled Kind = 5
 )
 
 // Counted are packets and their IP bytes, by direction: [0] original,
@@ -82,6 +87,8 @@ func (k Kind) String() string {
 		return "drop"
 	case KindCount:
 		return "count"
+	case KindSettled:
+		return "settled"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }

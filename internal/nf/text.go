@@ -11,7 +11,7 @@ import (
 
 func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 func (k *Kind) UnmarshalText(b []byte) error {
-	return unmarshalEnum(b, k, []Kind{KindHook, KindDrop, KindCount})
+	return unmarshalEnum(b, k, []Kind{KindHook, KindDrop, KindCount, KindSettled})
 }
 
 func (f Family) MarshalText() ([]byte, error) { return []byte(f.String()), nil }

@@ -26,6 +26,7 @@ type jsonConn struct {
 	Kind         string           `json:"kind"` // "connection"
 	ID           int              `json:"id"`
 	Continues    int              `json:"continues,omitzero"`
+	Settled      bool             `json:"settled,omitzero"`
 	Scenario     string           `json:"scenario,omitempty"`
 	Verdict      flow.Verdict     `json:"verdict"`
 	Reason       string           `json:"reason"`
@@ -126,7 +127,7 @@ type jsonOuter struct {
 func (p *JSON) Conn(r report.Conn) {
 	c := r.Conn
 	j := jsonConn{
-		Kind: "connection", ID: c.ID, Continues: c.Continues, Scenario: c.Scenario,
+		Kind: "connection", ID: c.ID, Continues: c.Continues, Settled: c.Settled, Scenario: c.Scenario,
 		Verdict: c.Verdict, Reason: describe.Reason(c), Proto: c.Proto, Client: c.Client, VIP: c.VIP,
 		VIPName:    r.Name(c.VIP),
 		DurationUS: time.Duration(c.End - c.Start).Microseconds(),

@@ -87,12 +87,15 @@ type Summary struct {
 }
 
 // Count adds a connection to the summary.
-func (s *Summary) Count(c *flow.Conn) {
+func (s *Summary) Count(c *flow.Conn) { s.Add(c.Verdict, 1) }
+
+// Add adds n connections of verdict v: those the tracer only counted.
+func (s *Summary) Add(v flow.Verdict, n int) {
 	if s.Verdicts == nil {
 		s.Verdicts = map[flow.Verdict]int{}
 	}
-	s.Conns++
-	s.Verdicts[c.Verdict]++
+	s.Conns += n
+	s.Verdicts[v] += n
 }
 
 // VerdictCounts: "2 answered, 1 dropped".

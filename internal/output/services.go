@@ -21,7 +21,10 @@ type Services struct {
 
 type serviceRow struct {
 	conns, answered int
-	failing         map[flow.Verdict]*failing
+	// counted: connections answered that the tracer only counted
+	// (svctrace -A holds them in the kernel), not among conns.
+	counted int
+	failing map[flow.Verdict]*failing
 }
 
 type failing struct {
@@ -33,10 +36,7 @@ type failing struct {
 // maxBlames bounds the distinct blames kept per Service port and verdict.
 const maxBlames = 16
 
-// Count adds a connection to port ("namespace/name:port"; another name
-// when it is no Service's). e is its explanation, nil when none was made
-// (an answered connection -A does not print).
-func (s *Services) Count(port string, c *flow.Conn, e *report.Explanation) {
+func (s *Services) row(port string) *serviceRow {
 	if s.rows == nil {
 		s.rows = map[string]*serviceRow{}
 	}
@@ -45,6 +45,26 @@ func (s *Services) Count(port string, c *flow.Conn, e *report.Explanation) {
 		r = &serviceRow{failing: map[flow.Verdict]*failing{}}
 		s.rows[port] = r
 	}
+	return r
+}
+
+// Counted sets how many connections to each Service port the tracer
+// counted answered without reporting them (tracer.Tracer.Answered, by
+// port): the kernel's running totals, so each call replaces the last.
+func (s *Services) Counted(ports map[string]int) {
+	for _, r := range s.rows {
+		r.counted = 0
+	}
+	for port, n := range ports {
+		s.row(port).counted = n
+	}
+}
+
+// Count adds a connection to port ("namespace/name:port"; another name
+// when it is no Service's). e is its explanation, nil when none was made
+// (an answered connection -A does not print).
+func (s *Services) Count(port string, c *flow.Conn, e *report.Explanation) {
+	r := s.row(port)
 	r.conns++
 	if c.Verdict == flow.Answered {
 		r.answered++
@@ -113,7 +133,7 @@ const shownHealthy = 10
 func (s *Services) Rows() []ServiceRow {
 	var out []ServiceRow
 	for port, r := range s.rows {
-		row := ServiceRow{Port: port, Conns: r.conns, Answered: r.answered}
+		row := ServiceRow{Port: port, Conns: r.conns + r.counted, Answered: r.answered + r.counted}
 		for _, v := range flow.Verdicts {
 			f := r.failing[v]
 			if f == nil {

@@ -134,3 +134,20 @@ func TestWriteChecks(t *testing.T) {
 		t.Errorf("json:\n%s", b.String())
 	}
 }
+
+// Connections the kernel counted answered (svctrace -A holds them) add to
+// their rows; each call gives the running totals, replacing the last.
+func TestServicesTableAddsCounted(t *testing.T) {
+	var s Services
+	s.Count("shop/hung:http", &flow.Conn{Verdict: flow.NoReply}, nil)
+	s.Counted(map[string]int{"shop/hung:http": 2, "shop/web:http": 5})
+	s.Counted(map[string]int{"shop/hung:http": 3, "shop/web:http": 7})
+	rows := s.Rows()
+	if len(rows) != 2 || rows[0].Port != "shop/hung:http" || rows[0].Conns != 4 || rows[0].Answered != 3 || len(rows[0].Failing) != 1 ||
+		rows[1].Port != "shop/web:http" || rows[1].Conns != 7 || rows[1].Answered != 7 {
+		t.Fatalf("rows %+v", rows)
+	}
+	if h := s.Headline(); h != "1 Service port(s) failing, most shop/hung:http (1)" {
+		t.Errorf("headline %q", h)
+	}
+}

@@ -33,6 +33,9 @@ func (p *Text) Conn(c report.Conn) {
 	if c.Continues != 0 {
 		fmt.Fprintf(b, ", continues #%d", c.Continues)
 	}
+	if c.Settled {
+		b.WriteString(", answered before this (counted, not recorded)")
+	}
 	if len(c.Nodes) > 1 {
 		fmt.Fprintf(b, ", across %s", strings.Join(c.Nodes, " → "))
 	}

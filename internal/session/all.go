@@ -223,7 +223,20 @@ func (s All) traceAll(ctx context.Context, addrs []netip.Addr) error {
 	t.Explainer = func() report.Explainer { return &allExplainer{st: cur.Load(), as: as, ctx: ctx} }
 	t.Tally = func(r report.Conn) { tab.Count(portOf(cur.Load().index, r.Conn), r.Conn, r.Explanation) }
 	t.StatusMore = tab.Headline
-	t.Closing = func(p output.Printer) { output.WriteServices(p, &tab, time.Since(start), true) }
+	// Healthy connections are counted in the kernel, never handed over
+	// (unless every connection is to be printed): the table adds the
+	// kernel's counts, by Service port, when printed.
+	t.Hold = !s.AllVerdicts
+	table := func(p output.Printer, final bool) {
+		mu.Lock()
+		attached := tr
+		mu.Unlock()
+		if attached != nil {
+			tab.Counted(countedPorts(cur.Load().index, attached.Answered()))
+		}
+		output.WriteServices(p, &tab, time.Since(start), final)
+	}
+	t.Closing = func(p output.Printer) { table(p, true) }
 	t.Started = func(ctx context.Context, attached *tracer.Tracer, print func(func(output.Printer))) {
 		mu.Lock()
 		tr = attached
@@ -244,7 +257,7 @@ func (s All) traceAll(ctx context.Context, addrs []netip.Addr) error {
 					case <-ctx.Done():
 						return
 					case <-tick.C:
-						print(func(p output.Printer) { output.WriteServices(p, &tab, time.Since(start), false) })
+						print(func(p output.Printer) { table(p, false) })
 					}
 				}
 			}()
@@ -257,11 +270,24 @@ func (s All) traceAll(ctx context.Context, addrs []netip.Addr) error {
 // table: "namespace/name:port"; an endpoint several Service ports share
 // (a connection that arrived translated) is named with all of them; its
 // destination when no Service has it (any more).
-func portOf(x resolve.Index, c *flow.Conn) string {
-	ps := x.Ports(c.Proto, c.VIP)
+func portOf(x resolve.Index, c *flow.Conn) string { return portName(x, c.Proto, c.VIP) }
+
+// countedPorts adds up the tracer's counts of answered connections by
+// original destination (tracer.Tracer.Answered) per Service port, named as
+// portOf names them.
+func countedPorts(x resolve.Index, answered map[nf.Target]uint64) map[string]int {
+	out := map[string]int{}
+	for tg, n := range answered {
+		out[portName(x, tg.Proto, tg.Addr)] += int(n)
+	}
+	return out
+}
+
+func portName(x resolve.Index, proto nf.Proto, dst netip.AddrPort) string {
+	ps := x.Ports(proto, dst)
 	switch len(ps) {
 	case 0:
-		return "(no Service) " + c.VIP.String()
+		return "(no Service) " + dst.String()
 	case 1:
 		return ps[0].String()
 	}
@@ -269,7 +295,7 @@ func portOf(x resolve.Index, c *flow.Conn) string {
 	for i, p := range ps {
 		names[i] = p.String()
 	}
-	return fmt.Sprintf("endpoint %s of %s", c.VIP, strings.Join(names, ", "))
+	return fmt.Sprintf("endpoint %s of %s", dst, strings.Join(names, ", "))
 }
 
 // assessor assesses a Service the first time one of its connections needs

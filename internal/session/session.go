@@ -6,6 +6,7 @@
 package session
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -79,6 +80,10 @@ type Trace struct {
 	Closing func(output.Printer)
 	// MaxTargets is the filter's size (tracer.Options.MaxTargets).
 	MaxTargets int
+	// Hold: connections answered within a third of Timeout are counted
+	// in the kernel, not reported (tracer.Options.Hold; Answered reads
+	// the counts); the others are reported up to that much later.
+	Hold bool
 	// Started runs once the observers are attached (watches that re-feed
 	// the targets, probes); print hands it the printer, in turn with the
 	// connections' reports.
@@ -100,6 +105,16 @@ type Trace struct {
 	RecordState  func()
 }
 
+// holdFor is tracer.Options.Hold: a third of the no-reply timeout, so a
+// connection held that long and taken from the kernel a little later still
+// reaches the assembler well before it would judge it unanswered.
+func (s Trace) holdFor() time.Duration {
+	if !s.Hold {
+		return 0
+	}
+	return cmp.Or(s.Timeout, flow.DefaultTimeout) / 3
+}
+
 // batcher is standard output that can hold what is written until Flush
 // (outstream.Writer).
 type batcher interface {
@@ -116,7 +131,7 @@ func Run(ctx context.Context, s Trace) error {
 	start := time.Now()
 	tr, err := tracer.Open(tracer.Options{NetNS: s.NetNS, Targets: s.Targets, Backend: s.Backend, Snaplen: s.Snaplen,
 		NoData: s.Rec == nil && !s.Packets, DNSQuestions: s.DNSQuestions, EveryPacket: s.EveryPacket,
-		CountEvery: tracer.CountEveryFor(s.Timeout), MaxTargets: s.MaxTargets, Logf: s.logf})
+		CountEvery: tracer.CountEveryFor(s.Timeout), MaxTargets: s.MaxTargets, Hold: s.holdFor(), Logf: s.logf})
 	if err != nil {
 		return err
 	}
@@ -229,7 +244,16 @@ func Run(ctx context.Context, s Trace) error {
 	if n := tr.Stats(); n.Records > 0 {
 		s.logf("read %d records from the kernel holding %d events, for %d connection(s)", n.Records, n.Events, res.Conns)
 	}
+	if h := tr.HoldStats(); h.Held > 0 {
+		s.logf("held %d connection(s) in the kernel: %d answered and counted (%d of them reported after all: a drop; %d without their start; %d dropped packets after they closed left out), %d released by the kernel (%d for want of room), %d taken by svctrace",
+			h.Held, h.Settled, h.Broke, h.Unnamed, h.Over, h.Released, h.NoRoom, h.Taken)
+	}
 	sum.Lost, sum.Orphans = res.Lost, res.Orphans
+	// Connections the kernel held and only counted (Hold) are answered
+	// ones too.
+	for _, n := range tr.Answered() {
+		sum.Add(flow.Answered, int(n))
+	}
 	if s.Closing != nil {
 		s.Closing(p)
 	}

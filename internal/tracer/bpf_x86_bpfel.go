@@ -22,6 +22,12 @@ type bpfCarried struct {
 	Pad   [2]uint8
 }
 
+type bpfConnTuples struct {
+	_     structs.HostLayout
+	Orig  bpfTuple
+	Reply bpfTuple
+}
+
 type bpfDecision struct {
 	_     structs.HostLayout
 	Skb   uint64
@@ -70,16 +76,19 @@ type bpfEvent struct {
 type bpfEventKind uint32
 
 const (
-	bpfEventKindEVENT_HOOK  bpfEventKind = 1
-	bpfEventKindEVENT_DROP  bpfEventKind = 2
-	bpfEventKindEVENT_COUNT bpfEventKind = 3
-	bpfEventKindEVENT_PATH  bpfEventKind = 4
+	bpfEventKindEVENT_HOOK    bpfEventKind = 1
+	bpfEventKindEVENT_DROP    bpfEventKind = 2
+	bpfEventKindEVENT_COUNT   bpfEventKind = 3
+	bpfEventKindEVENT_PATH    bpfEventKind = 4
+	bpfEventKindEVENT_SETTLED bpfEventKind = 5
 )
 
 type bpfFollowed struct {
 	_          structs.HostLayout
 	Dst        bpfTargetKey
-	Pad        uint32
+	Family     uint8
+	Pad        uint8
+	Sport      uint16
 	Reported   uint64
 	Skb        [2]uint64
 	Seen       [2]uint32
@@ -88,7 +97,13 @@ type bpfFollowed struct {
 	Quiet      [2]uint8
 	Hook       [2]uint8
 	Keyed      [2]uint8
-	Pad2       uint16
+	State      uint8
+	Nheld      uint8
+	Closed     uint8
+	_          [7]byte
+	Since      uint64
+	FirstSkb   uint64
+	AnsweredAt uint64
 }
 
 type bpfFrames struct {
@@ -103,6 +118,27 @@ type bpfFrames struct {
 		Prio  int32
 	}
 }
+
+type bpfHeldKey struct {
+	_   structs.HostLayout
+	Ct  uint64
+	I   uint32
+	Pad uint32
+}
+
+type bpfHoldStat uint32
+
+const (
+	bpfHoldStatHOLD_HELD     bpfHoldStat = 0
+	bpfHoldStatHOLD_SETTLED  bpfHoldStat = 1
+	bpfHoldStatHOLD_RELEASED bpfHoldStat = 2
+	bpfHoldStatHOLD_NOROOM   bpfHoldStat = 3
+	bpfHoldStatHOLD_TAKEN    bpfHoldStat = 4
+	bpfHoldStatHOLD_BROKE    bpfHoldStat = 5
+	bpfHoldStatHOLD_OVER     bpfHoldStat = 6
+	bpfHoldStatHOLD_UNNAMED  bpfHoldStat = 7
+	bpfHoldStatHOLD_STATS    bpfHoldStat = 8
+)
 
 type bpfPacketPath struct {
 	_         structs.HostLayout
@@ -150,9 +186,10 @@ type bpfPending struct {
 }
 
 type bpfScratch struct {
-	_ structs.HostLayout
-	F bpfFollowed
-	T bpfTuple
+	_  structs.HostLayout
+	F  bpfFollowed
+	T  bpfTuple
+	Ts bpfConnTuples
 }
 
 type bpfStage uint32
@@ -192,14 +229,18 @@ type bpfTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	bpfMapAnswered              = "answered"
 	bpfMapDecisions             = "decisions"
 	bpfMapEncapSeen             = "encap_seen"
 	bpfMapEvents                = "events"
 	bpfMapFrames                = "frames"
+	bpfMapHeld                  = "held"
+	bpfMapHoldStats             = "hold_stats"
 	bpfMapLost                  = "lost"
 	bpfMapPaths                 = "paths"
 	bpfMapQuietTuples           = "quiet_tuples"
 	bpfMapScratch               = "scratch"
+	bpfMapSettledTuples         = "settled_tuples"
 	bpfMapTargets               = "targets"
 	bpfMapTracked               = "tracked"
 	bpfProgFentryConntrackIn    = "fentry_conntrack_in"
@@ -247,6 +288,9 @@ const (
 	bpfVarDnsQuestions          = "dns_questions"
 	bpfVarEventKindUnused       = "event_kind_unused"
 	bpfVarFilterNetns           = "filter_netns"
+	bpfVarHoldNs                = "hold_ns"
+	bpfVarHoldStatUnused        = "hold_stat_unused"
+	bpfVarHolding               = "holding"
 	bpfVarIgnoredReason         = "ignored_reason"
 	bpfVarOverlayPorts          = "overlay_ports"
 	bpfVarQuietAfter            = "quiet_after"
@@ -344,16 +388,20 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Decisions   *ebpf.MapSpec `ebpf:"decisions"`
-	EncapSeen   *ebpf.MapSpec `ebpf:"encap_seen"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Frames      *ebpf.MapSpec `ebpf:"frames"`
-	Lost        *ebpf.MapSpec `ebpf:"lost"`
-	Paths       *ebpf.MapSpec `ebpf:"paths"`
-	QuietTuples *ebpf.MapSpec `ebpf:"quiet_tuples"`
-	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
-	Targets     *ebpf.MapSpec `ebpf:"targets"`
-	Tracked     *ebpf.MapSpec `ebpf:"tracked"`
+	Answered      *ebpf.MapSpec `ebpf:"answered"`
+	Decisions     *ebpf.MapSpec `ebpf:"decisions"`
+	EncapSeen     *ebpf.MapSpec `ebpf:"encap_seen"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Frames        *ebpf.MapSpec `ebpf:"frames"`
+	Held          *ebpf.MapSpec `ebpf:"held"`
+	HoldStats     *ebpf.MapSpec `ebpf:"hold_stats"`
+	Lost          *ebpf.MapSpec `ebpf:"lost"`
+	Paths         *ebpf.MapSpec `ebpf:"paths"`
+	QuietTuples   *ebpf.MapSpec `ebpf:"quiet_tuples"`
+	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
+	SettledTuples *ebpf.MapSpec `ebpf:"settled_tuples"`
+	Targets       *ebpf.MapSpec `ebpf:"targets"`
+	Tracked       *ebpf.MapSpec `ebpf:"tracked"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -365,6 +413,9 @@ type bpfVariableSpecs struct {
 	DnsQuestions    *ebpf.VariableSpec `ebpf:"dns_questions"`
 	EventKindUnused *ebpf.VariableSpec `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.VariableSpec `ebpf:"filter_netns"`
+	HoldNs          *ebpf.VariableSpec `ebpf:"hold_ns"`
+	HoldStatUnused  *ebpf.VariableSpec `ebpf:"hold_stat_unused"`
+	Holding         *ebpf.VariableSpec `ebpf:"holding"`
 	IgnoredReason   *ebpf.VariableSpec `ebpf:"ignored_reason"`
 	OverlayPorts    *ebpf.VariableSpec `ebpf:"overlay_ports"`
 	QuietAfter      *ebpf.VariableSpec `ebpf:"quiet_after"`
@@ -394,28 +445,36 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Decisions   *ebpf.Map `ebpf:"decisions"`
-	EncapSeen   *ebpf.Map `ebpf:"encap_seen"`
-	Events      *ebpf.Map `ebpf:"events"`
-	Frames      *ebpf.Map `ebpf:"frames"`
-	Lost        *ebpf.Map `ebpf:"lost"`
-	Paths       *ebpf.Map `ebpf:"paths"`
-	QuietTuples *ebpf.Map `ebpf:"quiet_tuples"`
-	Scratch     *ebpf.Map `ebpf:"scratch"`
-	Targets     *ebpf.Map `ebpf:"targets"`
-	Tracked     *ebpf.Map `ebpf:"tracked"`
+	Answered      *ebpf.Map `ebpf:"answered"`
+	Decisions     *ebpf.Map `ebpf:"decisions"`
+	EncapSeen     *ebpf.Map `ebpf:"encap_seen"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Frames        *ebpf.Map `ebpf:"frames"`
+	Held          *ebpf.Map `ebpf:"held"`
+	HoldStats     *ebpf.Map `ebpf:"hold_stats"`
+	Lost          *ebpf.Map `ebpf:"lost"`
+	Paths         *ebpf.Map `ebpf:"paths"`
+	QuietTuples   *ebpf.Map `ebpf:"quiet_tuples"`
+	Scratch       *ebpf.Map `ebpf:"scratch"`
+	SettledTuples *ebpf.Map `ebpf:"settled_tuples"`
+	Targets       *ebpf.Map `ebpf:"targets"`
+	Tracked       *ebpf.Map `ebpf:"tracked"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
+		m.Answered,
 		m.Decisions,
 		m.EncapSeen,
 		m.Events,
 		m.Frames,
+		m.Held,
+		m.HoldStats,
 		m.Lost,
 		m.Paths,
 		m.QuietTuples,
 		m.Scratch,
+		m.SettledTuples,
 		m.Targets,
 		m.Tracked,
 	)
@@ -430,6 +489,9 @@ type bpfVariables struct {
 	DnsQuestions    *ebpf.Variable `ebpf:"dns_questions"`
 	EventKindUnused *ebpf.Variable `ebpf:"event_kind_unused"`
 	FilterNetns     *ebpf.Variable `ebpf:"filter_netns"`
+	HoldNs          *ebpf.Variable `ebpf:"hold_ns"`
+	HoldStatUnused  *ebpf.Variable `ebpf:"hold_stat_unused"`
+	Holding         *ebpf.Variable `ebpf:"holding"`
 	IgnoredReason   *ebpf.Variable `ebpf:"ignored_reason"`
 	OverlayPorts    *ebpf.Variable `ebpf:"overlay_ports"`
 	QuietAfter      *ebpf.Variable `ebpf:"quiet_after"`

@@ -279,3 +279,9 @@ func ntohs(v uint16) uint16 { return bits.ReverseBytes16(v) }
 func targetKey(t nf.Target) bpfTargetKey {
 	return bpfTargetKey{Addr: t.Addr.Addr().As16(), Port: bits.ReverseBytes16(t.Addr.Port()), Proto: uint8(t.Proto)}
 }
+
+// targetOf is targetKey's inverse (IPv4 addresses are held IPv4-mapped).
+func targetOf(k bpfTargetKey) nf.Target {
+	a := netip.AddrFrom16(k.Addr).Unmap()
+	return nf.Target{Addr: netip.AddrPortFrom(a, bits.ReverseBytes16(k.Port)), Proto: nf.Proto(k.Proto)}
+}

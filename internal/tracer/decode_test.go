@@ -234,7 +234,7 @@ func TestPlanMatchesObject(t *testing.T) {
 
 // internal/nf's enums have bpf/svctrace.h's values.
 func TestEnumsMatchTheKernelSide(t *testing.T) {
-	for got, want := range map[nf.Kind]bpfEventKind{nf.KindHook: bpfEventKindEVENT_HOOK, nf.KindDrop: bpfEventKindEVENT_DROP, nf.KindCount: bpfEventKindEVENT_COUNT} {
+	for got, want := range map[nf.Kind]bpfEventKind{nf.KindHook: bpfEventKindEVENT_HOOK, nf.KindDrop: bpfEventKindEVENT_DROP, nf.KindCount: bpfEventKindEVENT_COUNT, nf.KindSettled: bpfEventKindEVENT_SETTLED} {
 		if uint32(got) != uint32(want) {
 			t.Errorf("kind %s is %d in nf, %d in bpf", got, got, want)
 		}

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -67,6 +68,15 @@ type Options struct {
 	// every SetTargets); 0: DefaultMaxTargets. The kernel allocates the
 	// default size whole, a larger one as addresses are added.
 	MaxTargets int
+	// Hold keeps each new connection's reports in the kernel until it is
+	// answered or Hold passes (svctrace -A): a connection answered in
+	// time is only counted (Answered), never reported, unless it comes to
+	// grief later (then a KindSettled event, and it is reported from
+	// there on). One not answered in time is reported as without Hold,
+	// up to Hold late: its held paths come out when a packet of it
+	// follows, or the reader takes them (ReadRecord, every Hold/4). Only
+	// the netfilter backend holds; 0: no holding.
+	Hold time.Duration
 	// Logf, if set, receives progress and verifier details (--verbose).
 	Logf func(format string, args ...any)
 
@@ -132,10 +142,18 @@ type Tracer struct {
 	// maxTargets is the filter's size (Options.MaxTargets).
 	maxTargets int
 	gen        uint32 // of targets: bpf's targets_gen
-	bad        atomic.Uint64
-	records    atomic.Uint64 // see Stats
-	events     atomic.Uint64
-	close      sync.Once
+	// hold is Options.Hold; swept is when the reader last took the paths
+	// held longer (nf.Now), unheld that Unhold was called.
+	hold   time.Duration
+	swept  uint64
+	unheld atomic.Bool
+	taken  atomic.Uint64 // connections the reader took
+	// heldPath is room for a path the reader takes.
+	heldPath bpfPacketPath
+	bad      atomic.Uint64
+	records  atomic.Uint64 // see Stats
+	events   atomic.Uint64
+	close    sync.Once
 }
 
 // Open loads the BPF objects, attaches the observers in opts.NetNS (or, with
@@ -297,6 +315,20 @@ func open(backend string, ns nf.NetNS, spec *ebpf.CollectionSpec, cache *btf.Cac
 		// A large filter takes kernel memory for the addresses it holds,
 		// not for all it could: -A's room to grow costs nothing until used.
 		spec.Maps[bpfMapTargets].Flags = unix.BPF_F_NO_PREALLOC
+	}
+	if opts.Hold > 0 && backend == BackendNetfilter {
+		// Room for the connections opening at once (a path each, at
+		// most HELD_PATHS) and for the destinations of those answered;
+		// without room a connection is reported, not held.
+		t.hold = opts.Hold
+		spec.Maps[bpfMapHeld].MaxEntries = heldPaths
+		spec.Maps[bpfMapAnswered].MaxEntries = uint32(min(t.maxTargets, answeredDsts))
+		spec.Maps[bpfMapSettledTuples].MaxEntries = settledConns
+		for name, v := range map[string]any{"hold_ns": uint64(opts.Hold), "holding": uint8(1)} {
+			if err := spec.Variables[name].Set(v); err != nil {
+				return nil, fmt.Errorf("setting %s: %w", name, err)
+			}
+		}
 	}
 	// The maps alone; the programs are loaded against them.
 	if t.coll, err = newCollection(only(spec), nil, cache, logf); err != nil {
@@ -555,8 +587,15 @@ func (t *Tracer) Targets() []nf.Target {
 // ReadRecord appends the events of the next ring buffer record to out: one
 // event, or a packet's path through the hooks. It waits for one until the
 // deadline (os.ErrDeadlineExceeded) or Wake. A record it cannot decode
-// adds nothing and is counted as such.
+// adds nothing and is counted as such. With Options.Hold it also takes
+// the paths held longer than that (or, after Unhold, all of them) every
+// Hold/4, and appends their events first.
 func (t *Tracer) ReadRecord(out []nf.Event) ([]nf.Event, error) {
+	if n := len(out); t.hold > 0 {
+		if out = t.sweep(out); len(out) > n {
+			return out, nil
+		}
+	}
 	if err := t.reader.ReadInto(&t.rec); err != nil {
 		switch {
 		case errors.Is(err, ringbuf.ErrClosed):
@@ -565,6 +604,11 @@ func (t *Tracer) ReadRecord(out []nf.Event) ([]nf.Event, error) {
 			return out, os.ErrDeadlineExceeded // Wake
 		}
 		return out, err
+	}
+	if len(t.rec.RawSample) < 8 {
+		// A path was held while the reader waited: it was woken to
+		// wait no longer than Hold (SetDeadline) from now on.
+		return out, nil
 	}
 	t.records.Add(1)
 	n := len(out)
@@ -585,8 +629,149 @@ type Stats struct {
 // Stats returns the counts since Open.
 func (t *Tracer) Stats() Stats { return Stats{Records: t.records.Load(), Events: t.events.Load()} }
 
-// SetDeadline makes Read return os.ErrDeadlineExceeded after d.
-func (t *Tracer) SetDeadline(d time.Time) { t.reader.SetDeadline(d) }
+// SetDeadline makes Read return os.ErrDeadlineExceeded after d. With
+// Options.Hold, while anything is held, never more than Hold ahead: the
+// reader takes what is held too long even when nothing else happens. (A
+// path held while the reader waits wakes it.)
+func (t *Tracer) SetDeadline(d time.Time) {
+	if soon := time.Now().Add(t.hold); t.hold > 0 && soon.Before(d) && t.holds() {
+		d = soon
+	}
+	t.reader.SetDeadline(d)
+}
+
+// holds reports whether the kernel holds any path (Options.Hold).
+func (t *Tracer) holds() bool {
+	var k bpfHeldKey
+	return t.coll.Maps[bpfMapHeld].NextKey(nil, &k) == nil
+}
+
+// heldPaths is the room for held paths (Options.Hold): connections opening
+// at once, a path or two each (some 1.5 KB each: 6 MB of kernel memory);
+// answeredDsts the room for the destinations of connections answered
+// (about 1.3 MB). Without room, a connection is reported, not held or
+// counted. settledConns is how many connections answered are remembered
+// by their tuples (about 5 MB), the most recent: one of them that breaks
+// later is named by them even when its conntrack entry is gone; an older
+// one that breaks shows up from there on without its settled record, as
+// the middle of a connection. All are allocated whole: the drop
+// tracepoint uses them, and tracing programs may use only preallocated
+// hash maps before 6.1.
+const (
+	heldPaths    = 4096
+	answeredDsts = 16384
+	settledConns = 32768
+)
+
+// Unhold ends holding (Options.Hold): the kernel releases each held
+// connection at its next packet, and ReadRecord takes every path still
+// held, at its next call. A reader that stops calls it before the last
+// time it finds the ring buffer empty.
+func (t *Tracer) Unhold() {
+	if t.hold == 0 {
+		return
+	}
+	if v := t.coll.Variables["hold_ns"]; v != nil {
+		v.Set(uint64(0))
+	}
+	t.unheld.Store(true)
+}
+
+// sweep appends the events of the paths held longer than Options.Hold
+// (all of them after Unhold), connection by connection, oldest first, each
+// taken from the kernel (lookup and delete) before it is decoded: the
+// kernel reports those it deletes first itself.
+func (t *Tracer) sweep(out []nf.Event) []nf.Event {
+	now, all := nf.Now(), t.unheld.Load()
+	if !all && now-t.swept < uint64(t.hold/4) {
+		return out
+	}
+	t.swept = now
+	held := t.coll.Maps[bpfMapHeld]
+	type conn struct {
+		ct, ts uint64
+		n      uint32
+	}
+	var due []conn
+	var k bpfHeldKey
+	it := held.Iterate()
+	for it.Next(&k, &t.heldPath) {
+		if k.I != 0 || !(all || now-t.heldPath.E.Ts > uint64(t.hold)) {
+			continue
+		}
+		due = append(due, conn{ct: k.Ct, ts: t.heldPath.E.Ts})
+	}
+	slices.SortFunc(due, func(a, b conn) int { return cmp.Compare(a.ts, b.ts) })
+	raw := unsafe.Slice((*byte)(unsafe.Pointer(&t.heldPath)), rawPathSize)
+	for _, c := range due {
+		t.taken.Add(1)
+		for i := range uint32(heldPerConn) {
+			// A path missing: the kernel released the rest meanwhile.
+			if held.LookupAndDelete(&bpfHeldKey{Ct: c.ct, I: i}, &t.heldPath) != nil {
+				break
+			}
+			t.records.Add(1)
+			n := len(out)
+			var err error
+			if out, err = t.dec.decodeAll(raw, out); err != nil {
+				t.bad.Add(1)
+			}
+			t.events.Add(uint64(len(out) - n))
+		}
+	}
+	return out
+}
+
+// HoldStats says what holding did (Options.Hold) since Open: connections
+// held, then settled (answered in time: counted), released by the kernel
+// (not answered in time, or not as it should be), released for want of
+// room, or taken by the reader (or found taken as they were answered);
+// settled ones reported after all (a drop
+// came), or without their settled record (too old to name); and events
+// left out of settled connections that were over (closed both ways).
+type HoldStats struct {
+	Held, Settled, Released, NoRoom, Taken, Broke, Over, Unnamed uint64
+}
+
+// HoldStats returns the kernel's counts; zero without Options.Hold.
+func (t *Tracer) HoldStats() HoldStats {
+	if t.hold == 0 {
+		return HoldStats{}
+	}
+	n := make([]uint64, bpfHoldStatHOLD_STATS)
+	for i := range n {
+		var perCPU []uint64
+		if t.coll.Maps[bpfMapHoldStats].Lookup(uint32(i), &perCPU) == nil {
+			for _, v := range perCPU {
+				n[i] += v
+			}
+		}
+	}
+	return HoldStats{Held: n[bpfHoldStatHOLD_HELD], Settled: n[bpfHoldStatHOLD_SETTLED], Released: n[bpfHoldStatHOLD_RELEASED],
+		NoRoom: n[bpfHoldStatHOLD_NOROOM], Taken: n[bpfHoldStatHOLD_TAKEN] + t.taken.Load(), Broke: n[bpfHoldStatHOLD_BROKE],
+		Over: n[bpfHoldStatHOLD_OVER], Unnamed: n[bpfHoldStatHOLD_UNNAMED]}
+}
+
+// heldPerConn is the kernel side's HELD_PATHS.
+const heldPerConn = 4
+
+// Answered returns how many connections the kernel counted answered
+// (Options.Hold) since Open, by original destination.
+func (t *Tracer) Answered() map[nf.Target]uint64 {
+	if t.hold == 0 {
+		return nil
+	}
+	got := map[nf.Target]uint64{}
+	var k bpfTargetKey
+	var n uint64
+	it := t.coll.Maps[bpfMapAnswered].Iterate()
+	for it.Next(&k, &n) {
+		if n != 0 && n < 1<<63 { // a count the kernel took back is 0, never below
+			got[targetOf(k)] = n
+		}
+	}
+	return got
+}
 
 // Wake makes a Read that waits return the events there are, then
 // os.ErrDeadlineExceeded, now.

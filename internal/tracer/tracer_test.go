@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -695,5 +697,138 @@ func TestFilterHoldsManyTargets(t *testing.T) {
 	}
 	if _, err := Open(Options{NetNS: ns.Spec, Targets: many(3, DefaultMaxTargets+1), Backend: BackendNetfilter}); err == nil || !strings.Contains(err.Error(), "holds at most 4096") {
 		t.Errorf("more targets than the default size: %v", err)
+	}
+}
+
+// With Hold, a connection answered in time is only counted, by its
+// destination; one refused, dropped or left without an answer is reported
+// as without Hold, its opening first (from the kernel when a packet
+// releases it, from the reader when none does); one answered and dropped
+// later is reported from a settled record on, and no longer counted.
+func TestHold(t *testing.T) {
+	requireNetfilterLink(t)
+	ns := newNetNS(t)
+	iptables(t, ns, "-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+	iptables(t, ns, "-A", "INPUT", "-p", "tcp", "--dport", "7803", "-j", "DROP")
+	const answered, refused, dropped, silent, later, forgotten = 7801, 7802, 7803, 7804, 7805, 7806
+	target := func(port int, p nf.Proto) nf.Target {
+		return nf.Target{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)), Proto: p}
+	}
+	const hold = 300 * time.Millisecond
+	tr, err := Open(Options{NetNS: ns.Spec, Backend: BackendNetfilter, Hold: hold, Targets: []nf.Target{
+		target(answered, nf.TCP), target(refused, nf.TCP), target(dropped, nf.TCP), target(silent, nf.UDP), target(later, nf.TCP),
+		target(forgotten, nf.TCP)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+
+	for range 5 {
+		exchange(t, ns, answered)
+	}
+	var udp net.PacketConn
+	var cli, cli2 net.Conn
+	var ln, ln2 net.Listener
+	err = nf.InNetNS(ns, func() (err error) {
+		net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", refused), time.Second)
+		net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", dropped), 100*time.Millisecond)
+		if udp, err = net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", silent)); err != nil {
+			return err
+		}
+		c, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", silent))
+		if err != nil {
+			return err
+		}
+		c.Write([]byte("anyone?"))
+		c.Close()
+		if ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", later)); err != nil {
+			return err
+		}
+		if cli, err = net.Dial("tcp", ln.Addr().String()); err != nil {
+			return err
+		}
+		if ln2, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", forgotten)); err != nil {
+			return err
+		}
+		cli2, err = net.Dial("tcp", ln2.Addr().String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+	defer cli2.Close()
+	defer udp.Close()
+	defer ln.Close()
+	defer cli.Close()
+	srv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	time.Sleep(hold)
+	iptables(t, ns, "-A", "INPUT", "-p", "tcp", "--dport", fmt.Sprint(later), "-j", "DROP")
+	cli.Write([]byte("after the answer"))
+	// The entry of an answered connection gone, its next packet is INVALID
+	// (no entry, and conntrack does not pick up connections midway) and
+	// dropped by the INVALID rule.
+	if err := topo.Sysctl(ns, "net.netfilter.nf_conntrack_tcp_loose", "0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := topo.ForgetConnection(ns, netip.MustParseAddrPort(cli2.LocalAddr().String()), target(forgotten, nf.TCP).Addr); err != nil {
+		t.Fatal(err)
+	}
+	cli2.Write([]byte("after the entry went"))
+	time.Sleep(hold) // the silent datagram's held path is due
+
+	evs := drain(t, tr)
+	byPort := map[uint16][]nf.Event{}
+	for _, ev := range evs {
+		if ev.Kind == nf.KindDrop && ev.NetNS != ns.Inode {
+			continue // drops are watched everywhere: an earlier run's namespace, say
+		}
+		dst := ev.Tuple.Dst.Port()
+		if ev.CT.ID != 0 {
+			dst = ev.CT.Orig.Dst.Port()
+		}
+		byPort[dst] = append(byPort[dst], ev)
+	}
+	if n := len(byPort[answered]); n != 0 {
+		t.Errorf("answered connections: %d events, want none: %v", n, byPort[answered])
+	}
+	if got, want := tr.Answered(), map[nf.Target]uint64{target(answered, nf.TCP): 5}; !maps.Equal(got, want) {
+		t.Errorf("counted answered %v, want %v", got, want)
+	}
+	// opening: the port's events begin with its first packet's path from
+	// its first observer (the client's OUTPUT), and hold one that has.
+	opening := func(port uint16, has func(nf.Event) bool, what string) {
+		t.Helper()
+		got := byPort[port]
+		if len(got) == 0 || got[0].Kind != nf.KindHook || got[0].Hook != nf.LocalOut || got[0].Stage != nf.StagePreConntrack {
+			t.Errorf("port %d: events %v, want them to begin with the first packet at OUTPUT", port, got)
+			return
+		}
+		if !slices.ContainsFunc(got, has) {
+			t.Errorf("port %d: no %s among %v", port, what, got)
+		}
+	}
+	opening(refused, func(ev nf.Event) bool { return ev.CT.Info.IsReply() && ev.TCPFlags.Has(nf.RST) }, "reset")
+	opening(dropped, func(ev nf.Event) bool { return ev.Kind == nf.KindDrop && ev.Drop.Reason == "NETFILTER_DROP" }, "drop")
+	opening(silent, func(ev nf.Event) bool { return ev.Kind == nf.KindHook && ev.Hook == nf.LocalIn }, "delivery")
+	got := byPort[later]
+	if len(got) < 2 || got[0].Kind != nf.KindSettled || got[0].CT.Orig.Dst.Port() != later ||
+		!slices.ContainsFunc(got, func(ev nf.Event) bool { return ev.Kind == nf.KindDrop }) {
+		for _, ev := range got {
+			t.Logf("%s %s %s %s %s ct %x %s", ev.Kind, ev.Hook, ev.Stage, ev.Tuple, ev.TCPFlags, ev.CT.ID, ev.CT.Info)
+		}
+		t.Errorf("answered, then dropped: %d events, want a settled record, then the drop", len(got))
+	}
+	got = byPort[forgotten]
+	if len(got) < 3 || got[0].Kind != nf.KindSettled || got[1].CT.ID != 0 || got[1].Kind != nf.KindHook ||
+		!slices.ContainsFunc(got, func(ev nf.Event) bool { return ev.Kind == nf.KindDrop }) {
+		for _, ev := range got {
+			t.Logf("%s %s %s %s %s ct %x %s", ev.Kind, ev.Hook, ev.Stage, ev.Tuple, ev.TCPFlags, ev.CT.ID, ev.CT.Info)
+		}
+		t.Errorf("answered, then INVALID: %d events, want a settled record, the packet without an entry, its drop", len(got))
 	}
 }

@@ -97,7 +97,7 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 			return background(bin, "Ctrl-C to stop", "trace", "--netns", node, "--addr", web.String(), "--timeout", "1s", "--every-packet")
 		}},
 		{"g", fmt.Sprintf("svctrace -A: every Service of %d (the lab's and %d more), %d addresses in the filter", manyServices+len(lab.Scenarios()), manyServices, manyServices*(manyEndpoints+1)), func() (func() watched, error) {
-			return background(bin, "Ctrl-C to stop", "-A", "--objects", objects, "--netns", node, "--node", lab.NodeName, "--timeout", "1s")
+			return background(bin, "Ctrl-C to stop", "-A", "--objects", objects, "--netns", node, "--node", lab.NodeName, "--timeout", "1s", "-v")
 		}},
 	}
 	url := "http://" + web.String()
@@ -110,6 +110,7 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 	workloads = slices.DeleteFunc(workloads, func(w workload) bool { return !chosen(workloadsFlag, w.key) })
 	results := map[string]map[string][]float64{}
 	lost, conns := map[string]int{}, map[string]int{}
+	held := map[string]string{} // the last round's
 	cpu := map[string][]float64{}      // CPU seconds of the watching process, per round
 	watching := map[string][]float64{} // the same, once it said it was ready
 	// The machine's busy CPU time per request, per configuration and
@@ -150,6 +151,13 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 			if w.cpu > 0 {
 				cpu[c.key] = append(cpu[c.key], w.cpu)
 				watching[c.key] = append(watching[c.key], w.cpu-w.cpuReady)
+			}
+			// -A's kernel side says (-v) what became of the connections
+			// it held.
+			if i := strings.Index(w.errOut, "svctrace: held "); i >= 0 {
+				line, _, _ := strings.Cut(w.errOut[i:], "\n")
+				fmt.Fprintf(&raw, "round %d, (%s) %s\n", round, c.key, line)
+				held[c.key] = line
 			}
 			if sum := summaryRE.FindString(w.out); sum != "" {
 				fmt.Fprintf(&raw, "round %d, (%s) svctrace's summary: %s\n", round, c.key, sum)
@@ -221,6 +229,9 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 			s.notes = append(s.notes, fmt.Sprintf("- (%s) reported %d connections in all and lost %d events (ring buffer full).", k, conns[k], lost[k]))
 		}
 	}
+	if h, ok := held["g"]; ok {
+		s.notes = append(s.notes, fmt.Sprintf("- (g) its last round: %s.", strings.TrimPrefix(h, "svctrace: ")))
+	}
 	for _, k := range []string{"b", "c"} {
 		for _, w := range workloads {
 			r, ok := costs[k][w.key]
@@ -253,7 +264,7 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 			if w.key == "new" {
 				target = fmt.Sprintf(" [target ≥ 95 %%: %s]", verdict(pct("g", w.key) >= 95))
 			}
-			s.notes = append(s.notes, fmt.Sprintf("- %s: (g) svctrace -A %.1f %% of (a)%s, (b) tracing the one Service %.1f %%; -A explains and prints none of these answered connections, only counts them per Service port.",
+			s.notes = append(s.notes, fmt.Sprintf("- %s: (g) svctrace -A %.1f %% of (a)%s, (b) tracing the one Service %.1f %%; -A's kernel side holds each connection's first packets until it is answered, then only counts it: none of these reaches svctrace as events.",
 				w.name, pct("g", w.key), target, pct("b", w.key)))
 		}
 	}
