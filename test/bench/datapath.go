@@ -110,7 +110,7 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 	workloads = slices.DeleteFunc(workloads, func(w workload) bool { return !chosen(workloadsFlag, w.key) })
 	results := map[string]map[string][]float64{}
 	lost, conns := map[string]int{}, map[string]int{}
-	held := map[string]string{} // the last round's
+	held := map[string]string{}        // the last round's
 	cpu := map[string][]float64{}      // CPU seconds of the watching process, per round
 	watching := map[string][]float64{} // the same, once it said it was ready
 	// The machine's busy CPU time per request, per configuration and
