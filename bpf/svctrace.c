@@ -772,8 +772,10 @@ static __always_inline void hold_stat(__u32 which)
 
 /* Hands the connection's held paths (id: its conntrack entry) to the ring
  * buffer, in order, and reports it from now on. An entry userspace took
- * meanwhile is skipped: it reported it. */
-static __noinline void release(struct followed *f, __u64 id)
+ * meanwhile is skipped: it reported it. Inline, as unhold_tuple: each call
+ * frame counts at least 32 bytes against the 512 all frames may take, and
+ * the kprobe programs on 6.1 nest deep (make test-kernels). */
+static __always_inline void release(struct followed *f, __u64 id)
 {
 	__u32 n = f->nheld;
 
@@ -948,7 +950,7 @@ static __noinline int unhold(struct followed *f, __u64 id, struct nf_conn *ct)
 
 /* unhold for a packet without its conntrack entry (INVALID), found by its
  * tuple among those of quiet connection directions (quiet_tuples). */
-static __noinline int unhold_tuple(const struct tuple *t)
+static __always_inline int unhold_tuple(const struct tuple *t)
 {
 	__u64 *id = bpf_map_lookup_elem(&quiet_tuples, t);
 	struct followed *f;

@@ -115,6 +115,16 @@ func (s Trace) holdFor() time.Duration {
 	return cmp.Or(s.Timeout, flow.DefaultTimeout) / 3
 }
 
+// answeredTotal is how many answered connections tr only counted
+// (tracer.Options.Hold).
+func answeredTotal(tr *tracer.Tracer) int {
+	n := 0
+	for _, k := range tr.Answered() {
+		n += int(k)
+	}
+	return n
+}
+
 // batcher is standard output that can hold what is written until Flush
 // (outstream.Writer).
 type batcher interface {
@@ -203,6 +213,9 @@ func Run(ctx context.Context, s Trace) error {
 	var sum output.Summary
 	st := newStatus(s.IO, &sum)
 	st.more = s.StatusMore
+	if s.Hold {
+		st.counted = func() int { return answeredTotal(tr) }
+	}
 	stopStatus := st.show(ctx)
 	if s.Started != nil {
 		s.Started(ctx, tr, func(f func(output.Printer)) {
@@ -251,8 +264,8 @@ func Run(ctx context.Context, s Trace) error {
 	sum.Lost, sum.Orphans = res.Lost, res.Orphans
 	// Connections the kernel held and only counted (Hold) are answered
 	// ones too.
-	for _, n := range tr.Answered() {
-		sum.Add(flow.Answered, int(n))
+	if n := answeredTotal(tr); n > 0 {
+		sum.Add(flow.Answered, n)
 	}
 	if s.Closing != nil {
 		s.Closing(p)

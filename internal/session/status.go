@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/output"
 )
 
@@ -22,6 +23,9 @@ type status struct {
 	// more, if set, adds to the line (svctrace -A: the failing Service
 	// ports), called with the line's lock held.
 	more func() string
+	// counted, if set, is how many answered connections the tracer only
+	// counted (tracer.Options.Hold): they are among the line's.
+	counted func() int
 }
 
 // newStatus returns the status line for sum, drawn on o.Stderr if o.Status
@@ -36,8 +40,18 @@ func newStatus(o IO, sum *output.Summary) *status {
 
 // line is the status in words.
 func (s *status) line() string {
-	l := fmt.Sprintf("tracing for %s: %d connection(s)", time.Since(s.start).Truncate(time.Second), s.sum.Conns)
-	if v := s.sum.VerdictCounts(); v != "" {
+	sum := s.sum
+	if s.counted != nil {
+		if n := s.counted(); n > 0 {
+			sum = &output.Summary{}
+			for v, k := range s.sum.Verdicts {
+				sum.Add(v, k)
+			}
+			sum.Add(flow.Answered, n)
+		}
+	}
+	l := fmt.Sprintf("tracing for %s: %d connection(s)", time.Since(s.start).Truncate(time.Second), sum.Conns)
+	if v := sum.VerdictCounts(); v != "" {
 		l += " (" + v + ")"
 	}
 	if s.more != nil {

@@ -36,3 +36,17 @@ func TestStatusLine(t *testing.T) {
 		t.Errorf("the line was not cleared at the end: %q", b.String())
 	}
 }
+
+// Connections the kernel only counted (svctrace -A) are among the line's
+// answered ones; the summary itself is left as it is.
+func TestStatusLineAddsCounted(t *testing.T) {
+	var sum output.Summary
+	sum.Count(&flow.Conn{Verdict: flow.Dropped})
+	s := &status{start: time.Now(), sum: &sum, counted: func() int { return 41 }}
+	if got, want := s.line(), "tracing for 0s: 42 connection(s) (41 answered, 1 dropped); Ctrl-C to stop"; got != want {
+		t.Errorf("line %q, want %q", got, want)
+	}
+	if sum.Conns != 1 || sum.Verdicts[flow.Answered] != 0 {
+		t.Errorf("the summary changed: %+v", sum)
+	}
+}

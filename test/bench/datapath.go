@@ -178,7 +178,7 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 	// miss or counted only) and new connections (each reported).
 	costs := map[string]map[string]runCost{}
 	for _, c := range configs {
-		if c.key != "b" && c.key != "c" {
+		if c.key != "b" && c.key != "c" && c.key != "g" {
 			continue
 		}
 		costs[c.key] = map[string]runCost{}
@@ -232,7 +232,7 @@ func dataPath(bin string, dur time.Duration, rounds int) (section, error) {
 	if h, ok := held["g"]; ok {
 		s.notes = append(s.notes, fmt.Sprintf("- (g) its last round: %s.", strings.TrimPrefix(h, "svctrace: ")))
 	}
-	for _, k := range []string{"b", "c"} {
+	for _, k := range []string{"b", "c", "g"} {
 		for _, w := range workloads {
 			r, ok := costs[k][w.key]
 			if !ok || r.requests == 0 {
