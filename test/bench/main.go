@@ -156,19 +156,22 @@ is planned. Run-to-run noise on this 2-CPU VM is about ±8 % between identical
 configurations (compare (c) and (d) across runs): differences of a few percent are within
 it. The cost section's raw output ends with a CPU profile of svctrace while it traces.
 
-- **svctrace -A** (g), new connections, target 95 %: missed as (b) is, and for the same
-  reason: every healthy connection still reaches userspace as events (4.4 records), only
-  its printing and explaining are left out, so (g) is within noise of (b) (54 % and 52 % in
-  this report). Two costs are -A's own. The large catalog (10,000 Services and 100,000
-  endpoints: 199 MB of svctrace's own memory against the API server, 188 MB more than one
-  Service, see Memory) is a live heap the garbage collector scans on every cycle: (g) used
-  1.65 CPU-seconds per round once ready where (b) used 1.14, lost 620 events in one of
-  three rounds at about 7,000 connections a second, and reached 58 % of (a) on 1 MiB
-  responses where (b) reached 84 %. Plan: healthy connections counted in the kernel (per
-  Service port, read by the summary) and never handed over as events, which is issue 26's
-  third step; the catalog kept as compact models only (an informer transform that keeps
-  what kube-proxy reads, not the API objects), and its addresses in the filter without a
-  copy in Go.
+- **svctrace -A** (g), new connections, target 95 %: missed; 76.7 % in this report (54 %
+  before healthy connections were counted in the kernel). The kernel side now holds a
+  connection's first packets until it is answered, then only counts it: in (g)'s last round
+  it held 31,630 connections and handed none over; svctrace used 0.31 CPU-seconds per
+  round once ready (1.65 before; (b) 1.08) and lost no events (620 in a round before).
+  What is left is the observers' own work per connection: the BPF statistics put (g) at
+  20.5 µs per new connection, beside 8.8 for (c)'s filter miss and 27.0 for (b). The path
+  of a connection's first packet each way is still built, to be kept should it fail; its
+  opening is copied into the kernel's held paths (1.5 KB) and deleted when the answer
+  passes; and the 110,000-address filter costs more per lookup before conntrack (420 ns
+  per call there, (c) 205). As for (b), 95 % leaves about 8 µs per new connection for all
+  of it, which the observers alone take. Keep-alive (85 %) and 1 MiB responses (80 %) are
+  within this run's noise of (b) (91 %, 83 %). The catalog's memory (the API objects and
+  their models: 199 MB against the API server holding 10,000 Services, see Memory) is
+  -A's own cost still. Plan: an informer transform that keeps only what kube-proxy reads,
+  and the filter's addresses without a copy in Go.
 - **New connections while tracing the Service** (b), target 95 %: not reachable with
   observers on every packet. The data-path notes give the machine's busy CPU per request:
   an untraced new connection costs the two CPUs about 150 µs in all (wrk, the pods, the
