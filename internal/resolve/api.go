@@ -21,11 +21,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	_ "k8s.io/client-go/plugin/pkg/client/auth" // cloud logins (exec, OIDC, …) in kubeconfigs
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/pager"
 )
 
 // API reads objects from the Kubernetes API server.
@@ -63,25 +65,47 @@ func (a *API) Service(ctx context.Context, ns, name string) (*corev1.Service, er
 	return s, err
 }
 
+// each lists a page at a time with list (client-go's pager: a continue
+// token that expired meanwhile becomes a whole list) and calls fn with each
+// item; errStop from fn ends the listing early, without an error. Other
+// errors say what failed to list (verb "list" of resource in ns).
+func each[T runtime.Object](ctx context.Context, a *API, resource, ns string, opts metav1.ListOptions,
+	list func(context.Context, metav1.ListOptions) (runtime.Object, error), fn func(T) error) error {
+	p := pager.New(list)
+	// One page asked for while the last is read; not ten: NodeByIP stops
+	// early.
+	p.PageSize, p.PageBufferSize = page, 1
+	err := p.EachListItem(ctx, opts, func(o runtime.Object) error { return fn(o.(T)) })
+	switch {
+	case errors.Is(err, errStop):
+		return nil
+	case err != nil:
+		return a.explain(err, "list", resource, ns)
+	}
+	return nil
+}
+
+// errStop, from each's fn: nothing more is needed.
+var errStop = errors.New("stop listing")
+
 func (a *API) ServiceNames(ctx context.Context, ns, name string) ([]types.NamespacedName, error) {
-	opts := metav1.ListOptions{Limit: page}
+	var opts metav1.ListOptions
 	if name != "" {
 		opts.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
 	}
 	var out []types.NamespacedName
-	for {
-		l, err := a.Client.CoreV1().Services(ns).List(ctx, opts)
-		if err != nil {
-			return nil, a.explain(err, "list", "services", ns)
+	err := each(ctx, a, "services", ns, opts, a.listServices(ns), func(s *corev1.Service) error {
+		if name == "" || s.Name == name {
+			out = append(out, types.NamespacedName{Namespace: s.Namespace, Name: s.Name})
 		}
-		for _, s := range l.Items {
-			if name == "" || s.Name == name {
-				out = append(out, types.NamespacedName{Namespace: s.Namespace, Name: s.Name})
-			}
-		}
-		if opts.Continue = l.Continue; opts.Continue == "" {
-			return out, nil
-		}
+		return nil
+	})
+	return out, err
+}
+
+func (a *API) listServices(ns string) func(context.Context, metav1.ListOptions) (runtime.Object, error) {
+	return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return a.Client.CoreV1().Services(ns).List(ctx, o)
 	}
 }
 
@@ -95,21 +119,15 @@ func (a *API) EndpointSlices(ctx context.Context, ns, service string) ([]discove
 }
 
 func (a *API) Pods(ctx context.Context, ns string, sel labels.Selector, fn func(*corev1.Pod)) error {
-	opts := metav1.ListOptions{Limit: page, LabelSelector: sel.String()}
-	for {
-		l, err := a.Client.CoreV1().Pods(ns).List(ctx, opts)
-		if err != nil {
-			return a.explain(err, "list", "pods", ns)
-		}
-		for i := range l.Items {
-			if sel.Matches(labels.Set(l.Items[i].Labels)) {
-				fn(&l.Items[i])
-			}
-		}
-		if opts.Continue = l.Continue; opts.Continue == "" {
-			return nil
-		}
+	list := func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return a.Client.CoreV1().Pods(ns).List(ctx, o)
 	}
+	return each(ctx, a, "pods", ns, metav1.ListOptions{LabelSelector: sel.String()}, list, func(p *corev1.Pod) error {
+		if sel.Matches(labels.Set(p.Labels)) {
+			fn(p)
+		}
+		return nil
+	})
 }
 
 func (a *API) PodsByIP(ctx context.Context, ip netip.Addr) ([]corev1.Pod, error) {
@@ -140,21 +158,18 @@ func (a *API) Node(ctx context.Context, name string) (*corev1.Node, error) {
 // NodeByIP pages through the Nodes (no field selector covers addresses),
 // keeping none but the match.
 func (a *API) NodeByIP(ctx context.Context, ip netip.Addr) (*corev1.Node, error) {
-	opts := metav1.ListOptions{Limit: page}
-	for {
-		l, err := a.Client.CoreV1().Nodes().List(ctx, opts)
-		if err != nil {
-			return nil, a.explain(err, "list", "nodes", "")
-		}
-		for i := range l.Items {
-			if slices.Contains(NodeAddrs(&l.Items[i]), ip) {
-				return &l.Items[i], nil
-			}
-		}
-		if opts.Continue = l.Continue; opts.Continue == "" {
-			return nil, nil
-		}
+	list := func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return a.Client.CoreV1().Nodes().List(ctx, o)
 	}
+	var found *corev1.Node
+	err := each(ctx, a, "nodes", "", metav1.ListOptions{}, list, func(n *corev1.Node) error {
+		if slices.Contains(NodeAddrs(n), ip) {
+			found = n
+			return errStop
+		}
+		return nil
+	})
+	return found, err
 }
 
 func (a *API) NetworkPolicies(ctx context.Context, ns string) ([]networkingv1.NetworkPolicy, error) {

@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 )
 
@@ -170,33 +171,24 @@ func (s FileSource) ServicesAndSlices(_ context.Context, ns string) ([]*corev1.S
 func (a *API) ServicesAndSlices(ctx context.Context, ns string) ([]*corev1.Service, []*discoveryv1.EndpointSlice, error) {
 	var svcs []*corev1.Service
 	var sls []*discoveryv1.EndpointSlice
-	opts := metav1.ListOptions{Limit: page}
-	for {
-		l, err := a.Client.CoreV1().Services(ns).List(ctx, opts)
-		if err != nil {
-			return nil, nil, a.explain(err, "list", "services", ns)
-		}
-		for i := range l.Items {
-			dropUnread(&l.Items[i])
-			svcs = append(svcs, &l.Items[i])
-		}
-		if opts.Continue = l.Continue; opts.Continue == "" {
-			break
-		}
+	err := each(ctx, a, "services", ns, metav1.ListOptions{}, a.listServices(ns), func(s *corev1.Service) error {
+		dropUnread(s)
+		svcs = append(svcs, s)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
 	}
-	opts = metav1.ListOptions{Limit: page}
-	for {
-		l, err := a.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, opts)
-		if err != nil {
-			return nil, nil, a.explain(err, "list", "endpointslices", ns)
-		}
-		for i := range l.Items {
-			dropUnread(&l.Items[i])
-			sls = append(sls, &l.Items[i])
-		}
-		if opts.Continue = l.Continue; opts.Continue == "" {
-			break
-		}
+	listSlices := func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return a.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, o)
+	}
+	err = each(ctx, a, "endpointslices", ns, metav1.ListOptions{}, listSlices, func(sl *discoveryv1.EndpointSlice) error {
+		dropUnread(sl)
+		sls = append(sls, sl)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
 	}
 	return svcs, sls, nil
 }
