@@ -67,8 +67,8 @@ const (
 	KindCount Kind = 3
 	// KindSettled: a connection the tracer held and counted as answered
 	// (tracer.Options.Hold), its opening not reported, came to grief
-	// after all (a drop, an ICMP error): it is reported from here on. Time
-	// is when it was answered; CT names it.
+	// after all (a drop, a packet found INVALID, an ICMP error): it is
+	// reported from here on. Time is when it was answered; CT names it.
 	KindSettled Kind = 5
 )
 
