@@ -3,6 +3,7 @@ package diagnose
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/svctrace/svctrace/internal/conntrack"
@@ -142,9 +143,9 @@ func (x *Explainer) conntrackDrop(c *flow.Conn, d *flow.Drop) string {
 }
 
 // invalid explains a connection that broke on a packet conntrack found
-// INVALID after the answer (flow.Conn.Invalid): the rule that dropped it,
-// if kube-proxy's, and the blame; "" if that is not what happened.
-func (x *Explainer) invalid(c *flow.Conn) (rule, blame string) {
+// INVALID (flow.Conn.Invalid): the rule that dropped it, if kube-proxy's,
+// and the blame; "" if that is not what happened. pod names the endpoint.
+func (x *Explainer) invalid(c *flow.Conn, pod string) (rule, blame string) {
 	n := c.Invalid
 	switch {
 	case n == 0:
@@ -153,6 +154,13 @@ func (x *Explainer) invalid(c *flow.Conn) (rule, blame string) {
 		n = c.Drop.Packet
 	case c.Verdict != flow.NotTranslated || !c.Endpoint.IsValid():
 		return "", ""
+	}
+	if via, ok := oneWay(c); ok {
+		rule, then := x.afterInvalid(c)
+		return rule, fmt.Sprintf("conntrack found %s INVALID: this node passed the SYN on (it left via %s) and saw no answer to it, yet the client acknowledged one: "+
+			"the answer came back another way than through this node (asymmetric routing), and conntrack, which saw the connection one way only, takes no ACK before it has seen the SYN,ACK%s: "+
+			"the answer must come back the way the SYN went: look at the route from %s back to %s, or have this node SNAT what it passes on there",
+			describe.Whose(c, c.Invalid), via, then, pod, c.Client.Addr())
 	}
 	var stats, sysctls map[string]uint64
 	if t := x.in.Conntrack; t != nil {
@@ -169,16 +177,43 @@ func (x *Explainer) invalid(c *flow.Conn) (rule, blame string) {
 			blame += fmt.Sprintf(" (conntrack -S: invalid=%d so far)", v)
 		}
 	}
-	if r := x.in.Rules; c.Verdict == flow.Dropped && r != nil && r.InvalidDrop != "" && c.Drop.Placed && c.Drop.Gap.Hook == nf.Forward {
-		rule = fmt.Sprintf("DROP: conntrack state INVALID (kube-proxy, %s)", r.InvalidDrop)
-		blame += "; kube-proxy drops INVALID packets (" + r.InvalidDrop + ")"
-	} else if c.Verdict == flow.NotTranslated {
-		blame += "; so no NAT applied, and the node routed it on still addressed to " + c.VIP.String()
-	}
+	rule, then := x.afterInvalid(c)
+	blame += then
 	if strict {
 		return rule, blame + ": find what deletes the entries of open connections, or set net.netfilter.nf_conntrack_tcp_loose=1"
 	}
 	return rule, blame + ": net.netfilter.nf_conntrack_tcp_be_liberal=1 keeps out-of-window packets from being INVALID"
+}
+
+// afterInvalid is what became of the INVALID packet: kube-proxy's rule
+// that dropped it (and the clause saying so), or that it went on without
+// NAT.
+func (x *Explainer) afterInvalid(c *flow.Conn) (rule, then string) {
+	if r := x.in.Rules; c.Verdict == flow.Dropped && r != nil && r.InvalidDrop != "" && c.Drop.Placed && c.Drop.Gap.Hook == nf.Forward {
+		return fmt.Sprintf("DROP: conntrack state INVALID (kube-proxy, %s)", r.InvalidDrop), "; kube-proxy drops INVALID packets (" + r.InvalidDrop + ")"
+	}
+	if c.Verdict == flow.NotTranslated {
+		return "", "; so no NAT applied, and the node routed it on still addressed to " + c.VIP.String()
+	}
+	return "", ""
+}
+
+// oneWay reports whether conntrack here saw the connection one way only,
+// and the interface its SYN left by: a TCP connection whose SYN the node
+// passed on and whose answer it never saw, while the client's first packet
+// conntrack found INVALID acknowledges one (the SYN,ACK reached the client
+// by another way).
+func oneWay(c *flow.Conn) (via string, ok bool) {
+	if c.Proto != nf.TCP || c.Invalid == 0 || c.Packets[flow.Reply] > 0 || c.PacketDir(c.Invalid) != flow.Original {
+		return "", false
+	}
+	first := strings.Split(c.PacketName(1), ",")
+	acks := strings.Split(c.PacketName(c.Invalid), ",")
+	if !slices.Equal(first, []string{"SYN"}) || !slices.Contains(acks, "ACK") || slices.Contains(acks, "SYN") || slices.Contains(acks, "RST") {
+		return "", false
+	}
+	via = c.LeftVia(flow.Original)
+	return via, via != ""
 }
 
 // insertClash explains a packet conntrack dropped at confirmation: another

@@ -173,6 +173,42 @@ func TestInvalidPacketAfterTheAnswer(t *testing.T) {
 	}
 }
 
+// A connection sent to a Pod through this node whose answer came back
+// another way: conntrack here saw the SYN and never the SYN,ACK, so it
+// found the client's ACK INVALID. The blame says so from the packets seen
+// and names the Pod whose route back to look at; once an answer was seen
+// here, it is the usual INVALID.
+func TestAnswerCameBackAnotherWay(t *testing.T) {
+	web := pod(shop, "web-1", "web", "10.244.0.11", "node-2", true)
+	objs := resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.10", map[string]string{"app": "web"}, intstr.FromString("http"))},
+		Pods: []corev1.Pod{web}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web)}}
+	in, _ := check(t, story{objs: objs})
+	in.Rules.InvalidDrop = "filter table, chain KUBE-FORWARD"
+	ap := netip.MustParseAddrPort
+	c := &flow.Conn{Proto: nf.TCP, Client: ap("10.99.0.2:40000"), VIP: ap("10.244.0.11:8080"),
+		Verdict: flow.Dropped, Invalid: 2, Packets: [2]int{2, 0},
+		Drop: &flow.Drop{Packet: 2, InNode: true, Placed: true, Invalid: true, Gap: nf.GapAfter(nf.Forward, nf.StagePreFilter)},
+		Steps: []flow.Step{{Packet: 1, Kind: nf.KindHook, Flags: "SYN"}, {Packet: 1, Kind: nf.KindHook, Changes: []flow.Change{{Kind: flow.Left, Iface: "flannel.1"}}},
+			{Packet: 2, Kind: nf.KindHook, Flags: "ACK"}}}
+	x := NewExplainer(in, Check(in), nil)
+	e := x.Explain(c)
+	for _, want := range []string{"conntrack found the client's ACK INVALID: this node passed the SYN on (it left via flannel.1) and saw no answer to it",
+		"the answer came back another way than through this node", "; kube-proxy drops INVALID packets (filter table, chain KUBE-FORWARD)",
+		"look at the route from Pod shop/web-1 on node-2 back to 10.99.0.2"} {
+		if !strings.Contains(e.Blame, want) {
+			t.Errorf("blame %q lacks %q", e.Blame, want)
+		}
+	}
+	if e.Cause != report.CTInvalid || e.Pod != "shop/web-1" || e.Node != "node-2" {
+		t.Errorf("cause %s, pod %q on %q; want ct-invalid, shop/web-1 on node-2", e.Cause, e.Pod, e.Node)
+	}
+	c.Packets[flow.Reply] = 1
+	c.Steps = append(c.Steps, flow.Step{Packet: 3, Dir: flow.Reply, Kind: nf.KindHook, Flags: "SYN,ACK"})
+	if e := x.Explain(c); strings.Contains(e.Blame, "another way") || !strings.Contains(e.Blame, "INVALID") {
+		t.Errorf("an answer seen here: blame %q", e.Blame)
+	}
+}
+
 // A packet dropped at conntrack confirmation lost an insert clash: the
 // blame when it killed the connection, a note when another packet was
 // answered (the resolver's second query, which will time out).

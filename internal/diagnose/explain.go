@@ -148,7 +148,13 @@ func (x *Explainer) Explain(c *flow.Conn) report.Explanation {
 		port = ad.Port
 		e.Service = fmt.Sprintf("%s (%s)", port.String(), ad.Kind)
 	}
-	if ep, ok := x.eps[c.Endpoint]; ok {
+	// Where it was going: the endpoint the DNAT chose, or the one it was
+	// sent to itself.
+	dest := c.Endpoint
+	if !viaService && !dest.IsValid() {
+		dest = c.VIP
+	}
+	if ep, ok := x.eps[dest]; ok {
 		e.Node, e.Endpoint = ep.ep.Node, ep.ep.State()
 		if ep.ep.Pod.Name != "" {
 			e.Pod = ep.ep.Pod.String()
@@ -176,7 +182,7 @@ func (x *Explainer) Explain(c *flow.Conn) report.Explanation {
 	var ownRule bool
 	var traced *tracedRule
 	e.Rule, ownRule, traced = x.rule(c, port)
-	pod := "the endpoint " + c.Endpoint.String()
+	pod := "the endpoint " + dest.String()
 	if e.Pod != "" {
 		pod = "Pod " + e.Pod
 		if e.Node != "" {
@@ -208,7 +214,7 @@ func (x *Explainer) blame(c *flow.Conn, port *resolve.Port, ad resolve.Address, 
 	if s := staleEntry(c, port); s != "" && c.Verdict != flow.Answered {
 		return blamed{code: report.StaleEntry, class: cause.Netfilter, text: s}
 	}
-	if rule, b := x.invalid(c); b != "" {
+	if rule, b := x.invalid(c, pod); b != "" {
 		if rule != "" {
 			e.Rule = rule
 		}

@@ -170,6 +170,20 @@ func (s Step) Has(k ChangeKind) (Change, bool) {
 	return Change{}, false
 }
 
+// LeftVia is the interface the connection's first packet going dir left
+// the node by ("" : it did not leave).
+func (c *Conn) LeftVia(dir Dir) string {
+	for _, s := range c.Steps {
+		if s.Dir != dir {
+			continue
+		}
+		if ch, ok := s.Has(Left); ok {
+			return ch.Iface
+		}
+	}
+	return ""
+}
+
 // PacketDir is the direction of packet n of the connection, from its steps.
 func (c *Conn) PacketDir(n int) Dir {
 	for _, s := range c.Steps {

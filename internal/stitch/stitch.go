@@ -40,6 +40,10 @@ type View struct {
 // within it.
 const matchWindow = int64(5 * time.Second)
 
+// sameDrop is how close in time two nodes' sightings of one drop outside
+// them are, once their clocks are aligned.
+const sameDrop = uint64(time.Millisecond)
+
 // part is one node's report of a connection.
 type part struct {
 	view  int
@@ -366,8 +370,54 @@ func join(views []View, head *part, offsets, coarse []int64) stitched {
 	c.Steps = slices.DeleteFunc(c.Steps, func(s flow.Step) bool { return elsewhere(s.Drop) })
 	slices.SortStableFunc(c.Steps, func(a, b flow.Step) int { return cmp.Compare(a.Time, b.Time) })
 	slices.SortStableFunc(c.Drops, func(a, b flow.Drop) int { return cmp.Compare(a.Time, b.Time) })
+	// A drop outside every node's namespace (in a Pod's, a client's) that
+	// two nodes sharing the kernel both saw is kept once, as the first to
+	// see it did.
+	type at struct {
+		node string
+		time uint64
+	}
+	twice := map[at]bool{}
+	for i, d := range c.Drops {
+		for j := i - 1; j >= 0 && d.Time-c.Drops[j].Time < sameDrop; j-- {
+			if e := c.Drops[j]; !d.InNode && !e.InNode && e.Node != d.Node && !twice[at{e.Node, e.Time}] &&
+				e.NetNS == d.NetNS && e.Reason == d.Reason && e.Location == d.Location {
+				twice[at{d.Node, d.Time}] = true
+				break
+			}
+		}
+	}
+	if len(twice) > 0 {
+		c.Drops = slices.DeleteFunc(c.Drops, func(d flow.Drop) bool { return twice[at{d.Node, d.Time}] })
+		c.Steps = slices.DeleteFunc(c.Steps, func(s flow.Step) bool { return s.Drop != nil && twice[at{s.Drop.Node, s.Drop.Time}] })
+	}
 	decide(views, chain, &r, shift, coarse)
+	if l := astray(views, chain); l != "" && r.Explanation != nil && c.Outcome.Kind != flow.Crossing {
+		e := *r.Explanation
+		e.Evidence = append(slices.Clone(e.Evidence), l)
+		r.Explanation = &e
+	}
 	return stitched{r, chain}
+}
+
+// astray says where an answer went that did not come back the way its
+// question came: it left a node for another than the one before it on
+// the path, which saw no answer at all (asymmetric routing); "" if none.
+func astray(views []View, chain []*part) string {
+	for k := 1; k < len(chain); k++ {
+		p, prev := chain[k], chain[k-1]
+		via := p.r.Conn.LeftVia(flow.Reply)
+		if _, seen := firstStep(prev.r.Conn, flow.Reply, 0); via == "" || seen {
+			continue
+		}
+		for _, s := range p.r.Steps {
+			if s.Dir == flow.Reply && s.Packet != 0 {
+				node := views[p.view].Node
+				return fmt.Sprintf("%s: %s left %s via %s and %s never saw it", node, describe.Whose(p.r.Conn, s.Packet), node, via, views[prev.view].Node)
+			}
+		}
+	}
+	return ""
 }
 
 // decide gives the stitched connection the verdict of the node where it
@@ -433,25 +483,11 @@ func passedOn(c *flow.Conn) bool {
 	case flow.Unanswered:
 		return !o.Local
 	case flow.Vanished:
-		return leftVia(c, flow.Original) != ""
+		return c.LeftVia(flow.Original) != ""
 	case flow.Discarded:
-		return c.Drop != nil && !c.Drop.InNode && leftVia(c, flow.Original) != ""
+		return c.Drop != nil && !c.Drop.InNode && c.LeftVia(flow.Original) != ""
 	}
 	return false
-}
-
-// leftVia is the interface the connection's first packet going dir left
-// the node by ("" : it did not leave).
-func leftVia(c *flow.Conn, dir flow.Dir) string {
-	for _, s := range c.Steps {
-		if s.Dir != dir {
-			continue
-		}
-		if ch, ok := s.Has(flow.Left); ok {
-			return ch.Iface
-		}
-	}
-	return ""
 }
 
 // expected is the view of the node p's packet was going to, where the
@@ -480,7 +516,7 @@ func expected(views []View, p *part, coarse []int64) int {
 func lost(views []View, r *report.Conn, from, to *part, dir flow.Dir) {
 	c := r.Conn
 	fromNode, toNode := views[from.view].Node, views[to.view].Node
-	via := leftVia(from.r.Conn, dir)
+	via := from.r.Conn.LeftVia(dir)
 	c.Verdict, c.Drop = flow.NoReply, nil
 	c.Outcome = flow.Outcome{Kind: flow.Crossing, From: fromNode, To: toNode, Iface: via, Dir: dir, Packet: 1}
 	if dir == flow.Reply {

@@ -2,6 +2,7 @@ package stitch
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -234,6 +235,67 @@ func TestDroppedOnEndpointNode(t *testing.T) {
 		if len(c.Drops) != 1 || c.Steps[len(c.Steps)-1].Node != "node-2" {
 			t.Errorf("drops %+v: want node-2's only", c.Drops)
 		}
+	}
+}
+
+// The answer goes back another way: node-2 sends it out of a link of its
+// own, node-1 never sees it and drops the client's ACK (conntrack found it
+// INVALID). node-1's drop decides; node-2 says where the answer went. A
+// drop in the client's namespace, outside both nodes, which both saw
+// (their kernel is shared), is kept once.
+func TestAnswerAnotherWay(t *testing.T) {
+	direct := pod
+	node1 := conn(1, flow.Dropped, flow.Outcome{Kind: flow.Discarded}, &report.Explanation{Cause: report.CTInvalid, Blame: "conntrack found the client's ACK INVALID"},
+		hop{packet: 1, in: 2000, out: 2098, src: client, dst: direct, left: "flannel.1"},
+		hop{packet: 2, in: 2400, out: 2402, src: client, dst: direct})
+	node2 := conn(1, flow.Answered, translated, nil,
+		hop{packet: 1, in: on2(2168), out: on2(2200), src: client, dst: direct, left: "cbr0"},
+		hop{packet: 2, dir: flow.Reply, in: on2(2240), out: on2(2248), src: direct, dst: client, left: "direct0"})
+	dropped := flow.Drop{Time: 2402 * us, Packet: 2, InNode: true, Placed: true, Invalid: true, NetNS: 1, Reason: "NETFILTER_DROP", Location: "nft_do_chain+0x46f"}
+	inClient := flow.Drop{Time: 3000 * us, Dir: flow.Reply, NetNS: 99, Reason: "TCP_INVALID_SYN", Location: "tcp_validate_incoming+0x16b"}
+	node1.Drops, node1.Drop = []flow.Drop{dropped, inClient}, &dropped
+	seen2 := inClient
+	seen2.Time = on2(3000) * us
+	node2.Drops = []flow.Drop{seen2}
+	for _, r := range []*report.Conn{&node1, &node2} {
+		for _, d := range r.Drops {
+			r.Steps = append(r.Steps, flow.Step{Time: d.Time, Packet: d.Packet, Dir: d.Dir, Kind: nf.KindDrop, Drop: &d})
+		}
+	}
+	// Nothing translated the packet on the way: the wall clocks alone
+	// say which node saw it first (here they agree).
+	vs := views([]report.Conn{node1}, []report.Conn{node2})
+	vs[1].Wall = wall
+	res := Stitch(vs)
+	if len(res.Conns) != 1 {
+		t.Fatalf("%d connections, want 1 stitched", len(res.Conns))
+	}
+	c := res.Conns[0]
+	e := c.Explanation
+	if c.Verdict != flow.Dropped || c.Drop == nil || c.Drop.Node != "node-1" || e.Cause != report.CTInvalid {
+		t.Errorf("%s, drop %+v, cause %s; want dropped on node-1, ct-invalid", c.Verdict, c.Drop, e.Cause)
+	}
+	want := "node-2: the endpoint's SYN,ACK left node-2 via direct0 and node-1 never saw it"
+	if len(e.Evidence) == 0 || e.Evidence[len(e.Evidence)-1] != want {
+		t.Errorf("evidence %q, want it to end with %q", e.Evidence, want)
+	}
+	var outside []string
+	for _, d := range c.Drops {
+		if !d.InNode {
+			outside = append(outside, d.Node)
+		}
+	}
+	if len(outside) != 1 || outside[0] != "node-1" {
+		t.Errorf("the client's drop kept by %v, want once, by node-1", outside)
+	}
+	if n := len(c.Steps); c.Steps[n-1].Drop == nil || c.Steps[n-2].Drop == nil || c.Steps[n-2].Drop.InNode == c.Steps[n-1].Drop.InNode {
+		t.Errorf("last steps %+v, want node-1's drop, then the client's once", c.Steps[n-2:])
+	}
+
+	// The answer came back through node-1: nothing to say.
+	healthy1, healthy2 := healthy()
+	if e := Stitch(views([]report.Conn{healthy1}, []report.Conn{healthy2})).Conns[0].Explanation; slices.ContainsFunc(e.Evidence, func(l string) bool { return strings.Contains(l, "never saw") }) {
+		t.Errorf("healthy: evidence %q", e.Evidence)
 	}
 }
 

@@ -287,9 +287,18 @@ func TestBetweenNodes(t *testing.T) {
 			return nil
 		}
 	}
-	node1, node2 := on(c.Node), on(d.NS)
+	node1, node2, outside := on(c.Node), on(d.NS), on(c.ClientNS)
+	// at is a command on one of the test bed's namespaces.
+	type at struct {
+		on   func(args ...string) error
+		args []string
+	}
 	vxlanMAC := fmt.Sprintf("0e:5c:97:%02x:00:02", c.NodeIP.As4()[2]) // node-2's flannel.1 (JoinNode)
 	port := fmt.Sprint(topo.VXLANPort)
+	// A link of node-2's own to the host outside the cluster (the client
+	// namespace), in 10.95.<cluster>.0/30.
+	direct := func(host byte) netip.Addr { return netip.AddrFrom4([4]byte{10, 95, c.NodeIP.As4()[2], host}) }
+	outsideGet := func() error { _, err := lab.HTTPGet(ctx, c.ClientNS, ep, "/", time.Second); return err }
 	nodesFirst := netip.AddrFrom4([4]byte{10, 97, c.NodeIP.As4()[2], 1}) // node-1 on the nodes' link (JoinNode)
 	// Each story: the fault on one node, and what the stitched connection
 	// must say: its verdict, the node it died on (or the two it was lost
@@ -298,8 +307,8 @@ func TestBetweenNodes(t *testing.T) {
 	for _, story := range []struct {
 		name string
 		node func(args ...string) error
-		// also, undone by undo, on the first node.
-		also, undo [][]string
+		// also, undone by undo, elsewhere.
+		also, undo []at
 		// act is what the client does, failing with the fault (default:
 		// GET /).
 		act           func() error
@@ -340,12 +349,31 @@ func TestBetweenNodes(t *testing.T) {
 		{name: "asymmetric-reply", node: node2,
 			fault:   [][]string{{"ip", "route", "replace", c.PodNet.String(), "via", nodesFirst.String(), "dev", "eth0"}},
 			repair:  [][]string{{"ip", "route", "replace", c.PodNet.String(), "via", c.PodNet.Addr().String(), "dev", topo.VXLANDevice, "onlink"}},
-			also:    [][]string{{"sysctl", "-w", "net.ipv4.conf.all.rp_filter=1"}},
-			undo:    [][]string{{"sysctl", "-w", "net.ipv4.conf.all.rp_filter=0"}},
+			also:    []at{{node1, []string{"sysctl", "-w", "net.ipv4.conf.all.rp_filter=1"}}},
+			undo:    []at{{node1, []string{"sysctl", "-w", "net.ipv4.conf.all.rp_filter=0"}}},
 			verdict: "dropped", diedOn: cluster.NodeName, cause: "kernel-drop",
 			blame: []string{"on " + cluster.NodeName + ", ", "reverse-path filter", "IP_RPFILTER"},
 			facts: []string{cluster.NodeName + ": net.ipv4.conf.all.rp_filter = 1", "dev " + topo.VXLANDevice},
 			steps: []step{{d.Name, "reply SYN,ACK"}, {d.Name, "leaves the node via eth0"}, {cluster.NodeName, "in via nodes0"}, {cluster.NodeName, "IP_RPFILTER"}}},
+		// The answer goes back another way than the question came, and
+		// conntrack sees one direction only: a host outside the cluster
+		// reaches the Pod through node-1 (its gateway), and node-2 sends
+		// the answer straight to it over a link of their own. node-1
+		// passed the SYN on and never saw the SYN,ACK, so it finds the
+		// client's ACK INVALID, and kube-proxy's rule drops it.
+		{name: "asymmetric-reply-invalid", node: node2, act: outsideGet,
+			fault: [][]string{{"ip", "link", "add", "direct0", "type", "veth", "peer", "name", "direct0", "netns", filepath.Base(c.ClientNS.Path)},
+				{"ip", "addr", "add", direct(1).String() + "/30", "dev", "direct0"}, {"ip", "link", "set", "direct0", "up"},
+				{"ip", "route", "add", c.ClientIP.String() + "/32", "via", direct(2).String(), "dev", "direct0"}},
+			repair: [][]string{{"ip", "link", "del", "direct0"}},
+			also: []at{{outside, []string{"ip", "addr", "add", direct(2).String() + "/30", "dev", "direct0"}},
+				{outside, []string{"ip", "link", "set", "direct0", "up"}}},
+			verdict: "dropped", diedOn: cluster.NodeName, cause: "ct-invalid",
+			blame: []string{"conntrack found the client's ACK INVALID", "passed the SYN on (it left via " + topo.VXLANDevice + ") and saw no answer to it",
+				"came back another way", "kube-proxy drops INVALID packets", "look at the route from Pod shop/web-2 on " + d.Name + " back to " + c.ClientIP.String()},
+			facts: []string{d.Name + ": the endpoint's SYN,ACK left " + d.Name + " via direct0 and " + cluster.NodeName + " never saw it"},
+			steps: []step{{cluster.NodeName, "leaves the node via " + topo.VXLANDevice}, {d.Name, "reply SYN,ACK"},
+				{d.Name, "leaves the node via direct0"}, {cluster.NodeName, "dropped in FORWARD"}}},
 		{name: "rp-filter", node: node2,
 			fault:   [][]string{{"sysctl", "-w", "net.ipv4.conf.all.rp_filter=1"}, {"ip", "route", "del", c.PodNet.String()}},
 			repair:  [][]string{{"sysctl", "-w", "net.ipv4.conf.all.rp_filter=0"}, {"ip", "route", "add", c.PodNet.String(), "via", c.PodNet.Addr().String(), "dev", topo.VXLANDevice, "onlink"}},
@@ -379,7 +407,7 @@ func TestBetweenNodes(t *testing.T) {
 				}
 			}
 			for _, cmd := range story.also {
-				if err := node1(cmd...); err != nil {
+				if err := cmd.on(cmd.args...); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -390,7 +418,7 @@ func TestBetweenNodes(t *testing.T) {
 					}
 				}
 				for _, cmd := range story.undo {
-					if err := node1(cmd...); err != nil {
+					if err := cmd.on(cmd.args...); err != nil {
 						t.Error(err)
 					}
 				}
