@@ -123,9 +123,7 @@ func Stitch(views []View) Result {
 			if q.view == p.view || q.prev != nil || q.start < p.start-matchWindow || q.start > p.start+matchWindow || reaches(q, p) {
 				continue
 			}
-			// The packet reaches the next node after it left this one: of
-			// two nodes that saw the same tuple, the later is downstream.
-			if p.in() == q.in() && q.start < p.start {
+			if p.in() == q.in() && !downstream(views, p, q) {
 				continue
 			}
 			if best == nil || abs(q.start-p.start) < abs(best.start-p.start) {
@@ -149,6 +147,26 @@ func Stitch(views []View) Result {
 	}
 	res.Conns, res.Parts = renumber(cs)
 	return res
+}
+
+// downstream reports whether q's node is after p's on the way of a packet
+// both saw with the same tuple (nothing translated it between them): q's
+// node is the endpoint's (either node's objects say which node runs the
+// Pod it went to), else p's is not and q's saw it later on the wall
+// clocks.
+func downstream(views []View, p, q *part) bool {
+	for _, e := range []*report.Explanation{p.r.Explanation, q.r.Explanation} {
+		if e == nil || e.Node == "" {
+			continue
+		}
+		switch e.Node {
+		case views[q.view].Node:
+			return true
+		case views[p.view].Node:
+			return false
+		}
+	}
+	return q.start >= p.start
 }
 
 // reaches reports whether p's chain leads to q (linking q → p would make
