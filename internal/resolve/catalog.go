@@ -25,16 +25,55 @@ type Catalog struct {
 	Namespace string
 	// Services by namespace/name.
 	Services []*Service
+	// from is what each Service's model was built from, by key: Next
+	// builds again only the models whose objects changed.
+	from map[string]builtFrom
+}
+
+type builtFrom struct {
+	svc    *corev1.Service
+	slices []*discoveryv1.EndpointSlice // by name
+	model  *Service
 }
 
 // NewCatalog builds the models of svcs from their EndpointSlices
 // (kubernetes.io/service-name); ExternalName Services are kept (check
 // -A judges them) though they have no address to trace.
 func NewCatalog(ns string, svcs []*corev1.Service, sls []*discoveryv1.EndpointSlice) *Catalog {
-	bySvc := SlicesByService(sls)
-	c := &Catalog{Namespace: ns}
+	return build(ns, svcs, sls, nil)
+}
+
+// Next is the catalog of svcs and sls in c's scope. A Service whose
+// Service and EndpointSlice objects are the very ones c's model was built
+// from keeps that model (an informer's store keeps an object until it
+// changes): at 10,000 Services a change to one builds one model, not all,
+// and its model stays the same pointer.
+func (c *Catalog) Next(svcs []*corev1.Service, sls []*discoveryv1.EndpointSlice) *Catalog {
+	return build(c.Namespace, svcs, sls, c.from)
+}
+
+func build(ns string, svcs []*corev1.Service, sls []*discoveryv1.EndpointSlice, prev map[string]builtFrom) *Catalog {
+	bySvc := map[types.NamespacedName][]*discoveryv1.EndpointSlice{}
+	for _, sl := range sls {
+		k := types.NamespacedName{Namespace: sl.Namespace, Name: sl.Labels[discoveryv1.LabelServiceName]}
+		bySvc[k] = append(bySvc[k], sl)
+	}
+	c := &Catalog{Namespace: ns, Services: make([]*Service, 0, len(svcs)), from: make(map[string]builtFrom, len(svcs))}
 	for _, s := range svcs {
-		c.Services = append(c.Services, NewService(&View{Service: s, Slices: bySvc[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}]}))
+		k := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
+		own := bySvc[k]
+		slices.SortFunc(own, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
+		key := k.String()
+		b, ok := prev[key]
+		if !ok || b.svc != s || !slices.Equal(b.slices, own) {
+			v := &View{Service: s, Slices: make([]discoveryv1.EndpointSlice, len(own))}
+			for i, sl := range own {
+				v.Slices[i] = *sl
+			}
+			b = builtFrom{svc: s, slices: own, model: NewService(v)}
+		}
+		c.from[key] = b
+		c.Services = append(c.Services, b.model)
 	}
 	sort.Slice(c.Services, func(i, j int) bool { return c.Services[i].Key() < c.Services[j].Key() })
 	return c

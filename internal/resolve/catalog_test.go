@@ -94,6 +94,41 @@ func TestCatalogIndexesEveryService(t *testing.T) {
 	}
 }
 
+// The next catalog builds again only the models of Services whose objects
+// changed: the others keep their model, the same pointer (what -A's
+// assessments of them hold on to), and a changed one is read anew.
+func TestCatalogNextBuildsWhatChanged(t *testing.T) {
+	web, api := catalogService("shop", "web", "10.96.0.10", 80, 0), catalogService("shop", "api", "10.96.0.11", 80, 0)
+	webEPs, apiEPs := catalogSlice("shop", "web", 8080, "10.244.0.5"), catalogSlice("shop", "api", 8080, "10.244.0.6")
+	svcs, sls := []*corev1.Service{web, api}, []*discoveryv1.EndpointSlice{webEPs, apiEPs}
+	first := NewCatalog("shop", svcs, sls)
+	model := func(c *Catalog, name string) *Service {
+		for _, s := range c.Services {
+			if s.Name == name {
+				return s
+			}
+		}
+		t.Fatalf("no Service %s in the catalog", name)
+		return nil
+	}
+	same := first.Next(svcs, sls)
+	if model(same, "web") != model(first, "web") || model(same, "api") != model(first, "api") {
+		t.Errorf("nothing changed, and a model was built again")
+	}
+	moved := catalogSlice("shop", "web", 8080, "10.244.0.7")
+	next := same.Next(svcs, []*discoveryv1.EndpointSlice{apiEPs, moved})
+	if model(next, "api") != model(first, "api") {
+		t.Errorf("api's model built again for web's change")
+	}
+	w := model(next, "web")
+	if w == model(first, "web") || len(w.Ports) != 1 || len(w.Ports[0].Endpoints) != 1 || w.Ports[0].Endpoints[0].Addr != netip.MustParseAddrPort("10.244.0.7:8080") {
+		t.Errorf("web after its slice changed: %+v", w.Ports)
+	}
+	if gone := next.Next([]*corev1.Service{api}, sls); len(gone.Services) != 1 || gone.Services[0] != model(first, "api") {
+		t.Errorf("web deleted: %d Services left", len(gone.Services))
+	}
+}
+
 // From the API, the catalog is listed once and then watched: a Service
 // created later comes as a changed catalog, and what the informers hold is
 // trimmed of what svctrace never reads.

@@ -3,6 +3,7 @@ package resolve
 import (
 	"context"
 	"maps"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -174,6 +175,8 @@ func drain(c chan struct{}) {
 type CatalogWatch struct {
 	ns        string
 	svcs, sls cache.SharedIndexInformer
+	mu        sync.Mutex
+	last      *Catalog // what Catalog built last: the next reuses its models
 }
 
 // WatchCatalog starts watching the Services and EndpointSlices of ns ("":
@@ -229,6 +232,12 @@ func (a *API) WatchCatalog(ctx context.Context, ns string, changed func(*Catalog
 	}
 	down.Store(false)
 	go func() {
+		// A change costs what building the catalog and taking it up
+		// (changed: the tracer's filter, the index) takes, ~0.1 s at
+		// 10,000 Services: the next waits catalogSpacing times as long,
+		// so that however busy the cluster, its changes take a bounded
+		// share of a core.
+		wait := debounce
 		for {
 			select {
 			case <-ctx.Done():
@@ -238,15 +247,21 @@ func (a *API) WatchCatalog(ctx context.Context, ns string, changed func(*Catalog
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(debounce):
+			case <-time.After(wait):
 			}
 			drain(poke)
 			down.Store(false)
+			start := time.Now()
 			changed(cw.Catalog())
+			wait = max(debounce, catalogSpacing*time.Since(start))
 		}
 	}()
 	return cw, nil
 }
+
+// catalogSpacing: a change to the catalog waits this many times as long
+// as the last took (at most 1/catalogSpacing of a core on changes).
+const catalogSpacing = 20
 
 // Catalog is the scope's Services as the watch holds them now.
 func (cw *CatalogWatch) Catalog() *Catalog {
@@ -258,5 +273,12 @@ func (cw *CatalogWatch) Catalog() *Catalog {
 	for _, o := range cw.sls.GetStore().List() {
 		sls = append(sls, o.(*discoveryv1.EndpointSlice))
 	}
-	return NewCatalog(cw.ns, svcs, sls)
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
+	if cw.last == nil {
+		cw.last = NewCatalog(cw.ns, svcs, sls)
+	} else {
+		cw.last = cw.last.Next(svcs, sls)
+	}
+	return cw.last
 }

@@ -147,9 +147,6 @@ func isNodeWide(f report.Finding) bool {
 type catalogState struct {
 	cat   *resolve.Catalog
 	index resolve.Index
-	// gen counts the catalog's changes: an assessment holds for the
-	// generation it was made in.
-	gen int
 }
 
 // traceAll traces every address of the catalog.
@@ -171,12 +168,10 @@ func (s All) traceAll(ctx context.Context, addrs []netip.Addr) error {
 				return
 			}
 		}
-		st := &catalogState{cat: cat, index: cat.Index(addrs)}
-		if old := cur.Load(); old != nil {
-			st.gen = old.gen + 1
+		if cur.Load() != nil {
 			s.logf("Services changed: now %d in %s", len(cat.Services), s.scope())
 		}
-		cur.Store(st)
+		cur.Store(&catalogState{cat: cat, index: cat.Index(addrs)})
 	}
 	failing := func(err error) {
 		s.warn("watching the API server failed (%s); tracing goes on with the Services as they were", firstLine(err.Error()))
@@ -299,8 +294,11 @@ func portName(x resolve.Index, proto nf.Proto, dst netip.AddrPort) string {
 }
 
 // assessor assesses a Service the first time one of its connections needs
-// explaining, and keeps the assessment while the catalog does not change:
-// -A reads a Service's Pods, Nodes, policies and rules only when it fails.
+// explaining, and keeps the assessment while the Service's model stays the
+// same (its Service and EndpointSlices unchanged: resolve.Catalog.Next),
+// for at most maxAssessedAge: -A reads a Service's Pods, Nodes, policies
+// and rules only when it fails, and a busy cluster's changes to other
+// Services do not make it read them again.
 type assessor struct {
 	src    resolve.Source
 	node   nf.NetNS
@@ -310,28 +308,36 @@ type assessor struct {
 	logf   func(string, ...any) // --verbose
 
 	mu    sync.Mutex
-	gen   int
 	cache map[string]assessed
 }
 
 type assessed struct {
-	a   *diagnose.Assessment
-	err error
+	a     *diagnose.Assessment
+	err   error
+	model *resolve.Service // what it assessed
+	at    time.Time
 }
 
-// maxAssessed bounds the assessments kept: past it, they are made again.
-const maxAssessed = 256
+const (
+	// maxAssessed bounds the assessments kept: past it, they are made
+	// again.
+	maxAssessed = 256
+	// maxAssessedAge: an assessment older is made again, with the node's
+	// rules and the Service's Pods as they are now (a failing Service costs
+	// one assessment, ~30 ms, per this while its connections fail).
+	maxAssessedAge = 10 * time.Second
+)
 
-// get is the assessment of the Service key ("namespace/name") in catalog
-// generation gen.
-func (as *assessor) get(ctx context.Context, key string, gen int) (*diagnose.Assessment, error) {
+// get is the assessment of the Service whose model is m.
+func (as *assessor) get(ctx context.Context, m *resolve.Service) (*diagnose.Assessment, error) {
 	as.mu.Lock()
 	defer as.mu.Unlock()
-	if gen != as.gen || len(as.cache) >= maxAssessed {
-		as.gen, as.cache = gen, map[string]assessed{}
-	}
-	if got, ok := as.cache[key]; ok {
+	key := m.Key()
+	if got, ok := as.cache[key]; ok && got.model == m && time.Since(got.at) < maxAssessedAge {
 		return got.a, got.err
+	}
+	if len(as.cache) >= maxAssessed {
+		clear(as.cache)
 	}
 	ns, name, _ := strings.Cut(key, "/")
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -346,7 +352,7 @@ func (as *assessor) get(ctx context.Context, key string, gen int) (*diagnose.Ass
 	if as.logf != nil {
 		as.logf("assessed %s to explain its connection in %s (the node's rules and conntrack table: %s)", key, time.Since(start).Round(time.Millisecond), read.Round(time.Millisecond))
 	}
-	as.cache[key] = assessed{a, err}
+	as.cache[key] = assessed{a: a, err: err, model: m, at: start}
 	return a, err
 }
 
@@ -367,7 +373,7 @@ func (x *allExplainer) Explain(c *flow.Conn) report.Explanation {
 	// An endpoint several Services share is the same Pod to each: the
 	// first one's objects name and explain it.
 	p := ps[0]
-	a, err := x.as.get(x.ctx, p.Service.Key(), x.st.gen)
+	a, err := x.as.get(x.ctx, p.Service)
 	if err != nil {
 		return report.Explanation{Notes: []string{fmt.Sprintf("not explained: reading Service %s failed: %v", p.Service.Key(), err)}}
 	}

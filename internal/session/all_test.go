@@ -3,9 +3,11 @@ package session
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/svctrace/svctrace/internal/diagnose"
 	"github.com/svctrace/svctrace/internal/flow"
 	"github.com/svctrace/svctrace/internal/lab"
 	"github.com/svctrace/svctrace/internal/nf"
@@ -14,15 +16,16 @@ import (
 
 // svctrace -A explains each connection with its own Service's assessment,
 // found by the address the client sent it to (or, arrived translated, by
-// its endpoint), made once while the catalog stays the same; the table
+// its endpoint), made once while the Service's objects stay the same; the table
 // puts each connection down to its Service port.
 func TestEveryServiceExplainsEachWithItsOwn(t *testing.T) {
 	src := resolve.FileSource{Objects: lab.Objects(), Path: "lab"}
 	ctx := context.Background()
-	cat, err := resolve.ReadCatalog(ctx, src, "")
+	svcs, sls, err := src.ServicesAndSlices(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}
+	cat := resolve.NewCatalog("", svcs, sls)
 	st := &catalogState{cat: cat, index: cat.Index(nil)}
 	// Not root: the node's rules and network are not read, the objects are.
 	ns, err := nf.ResolveNetNS("")
@@ -65,11 +68,39 @@ func TestEveryServiceExplainsEachWithItsOwn(t *testing.T) {
 	if len(as.cache) != 2 {
 		t.Errorf("%d assessments kept, want one per Service explained", len(as.cache))
 	}
-	// A new catalog generation assesses again.
-	st2 := &catalogState{cat: cat, index: st.index, gen: 1}
-	(&allExplainer{ctx: ctx, st: st2, as: as}).Explain(c)
-	if len(as.cache) != 1 || as.gen != 1 {
-		t.Errorf("after a change: %d assessments of generation %d", len(as.cache), as.gen)
+	// The catalog changed, not web: its assessment holds. Then web's
+	// Service changed: it is assessed again, once.
+	c = &flow.Conn{Proto: nf.TCP, Client: client, VIP: netip.AddrPortFrom(web.ClusterIPs[0], web.Ports[0].Port), Verdict: flow.NoReply}
+	explainIn := func(cat *resolve.Catalog) *diagnose.Assessment {
+		(&allExplainer{ctx: ctx, st: &catalogState{cat: cat, index: cat.Index(nil)}, as: as}).Explain(c)
+		return as.cache[web.Key()].a
+	}
+	kept := explainIn(cat)
+	if kept == nil {
+		t.Fatalf("web not assessed: %+v", as.cache[web.Key()])
+	}
+	next := cat.Next(svcs, sls)
+	if a := explainIn(next); a != kept {
+		t.Errorf("web assessed again after a change to nothing of its own")
+	}
+	changed := slices.Clone(svcs)
+	for i, s := range changed {
+		if s.Namespace == web.Namespace && s.Name == web.Name {
+			copied := *s
+			changed[i] = &copied
+		}
+	}
+	next = next.Next(changed, sls)
+	again := explainIn(next)
+	if again == kept || explainIn(next) != again {
+		t.Errorf("web's Service changed: assessed again %v, then kept %v; want once", again != kept, explainIn(next) == again)
+	}
+	// Old, it is made again: the node and the Pods may have changed.
+	got := as.cache[web.Key()]
+	got.at = got.at.Add(-maxAssessedAge)
+	as.cache[web.Key()] = got
+	if explainIn(next) == again {
+		t.Errorf("an assessment %s old was kept", maxAssessedAge)
 	}
 
 	// An address no Service has (any more): said, not explained.
