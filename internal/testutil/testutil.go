@@ -85,6 +85,32 @@ func Links(t testing.TB) map[link.ID]link.Type {
 	return ids
 }
 
+// RunNanos is the time pid's threads have run, in ns (schedstat: exact,
+// where /proc/PID/stat counts 10 ms ticks, too coarse for an idle process).
+func RunNanos(pid int) (float64, bool) {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0, false
+	}
+	var sum float64
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+		if err != nil {
+			return 0, false
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			return 0, false
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			return 0, false
+		}
+		sum += v
+	}
+	return sum, true
+}
+
 // StatusMB reads one "Key:  N kB" line of a /proc/PID/status text (VmRSS,
 // VmHWM, RssAnon…), in MB; 0 if the key is not there.
 func StatusMB(status []byte, key string) float64 {

@@ -449,7 +449,7 @@ func peakMB(pid int) float64 {
 
 // cpuSeconds is the user and system CPU time a process has used so far.
 func cpuSeconds(pid int) float64 {
-	if ns, ok := runNanos(pid); ok {
+	if ns, ok := testutil.RunNanos(pid); ok {
 		return ns / 1e9
 	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -464,32 +464,6 @@ func cpuSeconds(pid int) float64 {
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return (ut + st) / 100 // clock ticks: USER_HZ is 100 on Linux
-}
-
-// runNanos is the time pid's threads have run, in ns (schedstat: exact,
-// where /proc/PID/stat counts 10 ms ticks, too coarse for an idle process).
-func runNanos(pid int) (float64, bool) {
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		return 0, false
-	}
-	var sum float64
-	for _, t := range tasks {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
-		if err != nil {
-			return 0, false
-		}
-		f := strings.Fields(string(b))
-		if len(f) == 0 {
-			return 0, false
-		}
-		v, err := strconv.ParseFloat(f[0], 64)
-		if err != nil {
-			return 0, false
-		}
-		sum += v
-	}
-	return sum, true
 }
 
 func median(v []float64) float64 {

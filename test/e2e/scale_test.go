@@ -60,6 +60,8 @@ func BenchmarkTraceAgainstAPIAtScale(b *testing.B) {
 		b.StartTimer()
 		large := traceRSS(b, c, s, one)
 		every := traceRSS(b, c, s, all)
+		churn := churnCPU(ctx, b, c, all)
+		b.ReportMetric(churn, "pct-core-all-churn")
 		b.ReportMetric(every.peak, "MB-peak-RSS-all-large-API")
 		b.ReportMetric(every.rss, "MB-RSS-all-large-API")
 		b.ReportMetric(every.anon, "MB-anon-all-large-API")
@@ -138,17 +140,91 @@ func traceRSS(b *testing.B, c *cluster.Cluster, s *story, what []string) traced 
 	return traced{peak: testutil.StatusMB(status, "VmHWM"), rss: testutil.StatusMB(status, "VmRSS"), anon: testutil.StatusMB(status, "RssAnon"), ready: ready.Seconds()}
 }
 
+// churnRate and churnFor: how many EndpointSlices a second churnCPU
+// changes, and how long.
+const (
+	churnRate = 20
+	churnFor  = 20 * time.Second
+)
+
+// churnCPU runs svctrace what (-A) against the API server filled by
+// fillAPI while churnRate of its EndpointSlices a second change (an
+// endpoint's readiness flips, as Pods come and go in a busy cluster), and
+// returns the CPU svctrace used meanwhile, in % of one core.
+func churnCPU(ctx context.Context, b *testing.B, c *cluster.Cluster, what []string) float64 {
+	b.Helper()
+	cs, err := scaleClient(c)
+	if err != nil {
+		b.Fatal(err)
+	}
+	args := append([]string{"netns", "exec", filepath.Base(c.Node.Path), svctrace(b)}, what...)
+	cmd := exec.Command("ip", append(args, "--node", cluster.NodeName, "--kubeconfig", c.Kubeconfig, "--duration", "2m")...)
+	var stderr syncBuilder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	}()
+	for start := time.Now(); !strings.Contains(stderr.String(), "Ctrl-C to stop"); time.Sleep(5 * time.Millisecond) {
+		if time.Since(start) > time.Minute {
+			b.Fatalf("svctrace did not start tracing in a minute:\n%s", stderr.String())
+		}
+	}
+	time.Sleep(2 * time.Second) // start-up's garbage collected, the first change taken up
+	cpu := func() float64 {
+		ns, ok := testutil.RunNanos(cmd.Process.Pid)
+		if !ok {
+			b.Fatalf("svctrace's CPU time: not readable\n%s", stderr.String())
+		}
+		return ns
+	}
+	before, start := cpu(), time.Now()
+	tick := time.NewTicker(time.Second / churnRate)
+	defer tick.Stop()
+	for i := 0; time.Since(start) < churnFor; i++ {
+		<-tick.C
+		ns, name := fmt.Sprintf("scale-%d", i%scaleNamespaces), fmt.Sprintf("svc-%d-1", i%scaleServices)
+		sl, err := cs.DiscoveryV1().EndpointSlices(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ready := !*sl.Endpoints[0].Conditions.Ready
+		sl.Endpoints[0].Conditions.Ready = &ready
+		if _, err := cs.DiscoveryV1().EndpointSlices(ns).Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	used := cpu() - before
+	return 100 * used / float64(time.Since(start).Nanoseconds())
+}
+
+// scaleClient is a client of c's API server without a client-side rate
+// limit.
+func scaleClient(c *cluster.Cluster) (kubernetes.Interface, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Dial = c.DialContext
+	cfg.QPS, cfg.Burst = -1, 0
+	return kubernetes.NewForConfig(cfg)
+}
+
 // fillAPI creates scaleServices Services without selectors, each with an
 // EndpointSlice of scaleEndpoints ready endpoints, spread over
 // scaleNamespaces namespaces, with many requests in flight.
 func fillAPI(ctx context.Context, c *cluster.Cluster) error {
-	cfg, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
-	if err != nil {
-		return err
-	}
-	cfg.Dial = c.DialContext
-	cfg.QPS, cfg.Burst = -1, 0 // no client-side rate limit
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := scaleClient(c)
 	if err != nil {
 		return err
 	}
