@@ -44,31 +44,8 @@ func TestTwoNodes(t *testing.T) {
 func twoNodes(t *testing.T, c *cluster.Cluster, overlay topo.Overlay) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	d, err := c.JoinNode(ctx, otherNode, overlay)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec := pod(shop, "web-2", "web", lab.ModeHTTP, true)
-	spec.Node = d.Name
-	web, err := c.AddPod(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := c.AddPod(ctx, pod(shop, "client-1", "client", lab.ModeHTTP, true))
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := c.CreateService(ctx, service("web", "10.96.5.20", map[string]string{"app": "web"}, intstr.FromString("http")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ep := netip.AddrPortFrom(web.IP, 8080)
-	if !d.PodNet.Contains(web.IP) {
-		t.Fatalf("web-2 has %s, not an address of %s's Pod range %s", web.IP, d.Name, d.PodNet)
-	}
-	if err := c.WaitService(ctx, svc, map[string][]netip.AddrPort{"http": {ep}}); err != nil {
-		t.Fatal(err)
-	}
+	bed := upAcross(ctx, t, c, overlay, service("web", "10.96.5.20", map[string]string{"app": "web"}, intstr.FromString("http")))
+	d, web, client, ep := bed.d, bed.web, bed.client, bed.ep
 	vip := netip.MustParseAddrPort("10.96.5.20:80")
 	// Without svctrace: the answer comes from the other node's Pod, over
 	// the overlay.
@@ -240,6 +217,48 @@ func analyzeNodes(t *testing.T, recs ...string) []stitchedConn {
 	return cs
 }
 
+// across is the two-node bed with a Service across it: node-2 joined
+// over overlay, Pod web-2 there the only endpoint of s (each of its
+// ports), a client Pod client-1 on the first node.
+type across struct {
+	d           *cluster.DataNode
+	web, client *cluster.Pod
+	ep          netip.AddrPort // web-2's port 8080
+}
+
+func upAcross(ctx context.Context, t *testing.T, c *cluster.Cluster, overlay topo.Overlay, s *corev1.Service) across {
+	t.Helper()
+	var a across
+	var err error
+	if a.d, err = c.JoinNode(ctx, otherNode, overlay); err != nil {
+		t.Fatal(err)
+	}
+	spec := pod(shop, "web-2", "web", lab.ModeHTTP, true)
+	spec.Node = a.d.Name
+	if a.web, err = c.AddPod(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if !a.d.PodNet.Contains(a.web.IP) {
+		t.Fatalf("web-2 has %s, not an address of %s's Pod range %s", a.web.IP, a.d.Name, a.d.PodNet)
+	}
+	if a.client, err = c.AddPod(ctx, pod(shop, "client-1", "client", lab.ModeHTTP, true)); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := c.CreateService(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.ep = netip.AddrPortFrom(a.web.IP, 8080)
+	eps := map[string][]netip.AddrPort{}
+	for _, p := range s.Spec.Ports {
+		eps[p.Name] = []netip.AddrPort{a.ep}
+	}
+	if err := c.WaitService(ctx, svc, eps); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
 // TestBetweenNodes: faults on the way between a client Pod on the first
 // node and the only endpoint on the second, each checked without
 // svctrace first, then traced on both nodes and analysed together: the
@@ -249,30 +268,10 @@ func TestBetweenNodes(t *testing.T) {
 	c := cluster.Up(t, cluster.Options{Mode: cluster.IPTables})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	d, err := c.JoinNode(ctx, otherNode, topo.OverlayVXLAN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec := pod(shop, "web-2", "web", lab.ModeHTTP, true)
-	spec.Node = d.Name
-	web, err := c.AddPod(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := c.AddPod(ctx, pod(shop, "client-1", "client", lab.ModeHTTP, true))
-	if err != nil {
-		t.Fatal(err)
-	}
 	web2 := service("web", "10.96.5.21", map[string]string{"app": "web"}, intstr.FromString("http"))
 	web2.Spec.Ports = append(web2.Spec.Ports, corev1.ServicePort{Name: "datagrams", Port: 81, Protocol: corev1.ProtocolUDP, TargetPort: intstr.FromInt32(8080)})
-	svc, err := c.CreateService(ctx, web2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ep := netip.AddrPortFrom(web.IP, 8080)
-	if err := c.WaitService(ctx, svc, map[string][]netip.AddrPort{"http": {ep}, "datagrams": {ep}}); err != nil {
-		t.Fatal(err)
-	}
+	bed := upAcross(ctx, t, c, topo.OverlayVXLAN, web2)
+	d, client, ep := bed.d, bed.client, bed.ep
 	vip := netip.MustParseAddrPort("10.96.5.21:80")
 	// A datagram as large as the Pod's link takes (1500 bytes), which may
 	// not be fragmented: the overlay's device takes 1450.
@@ -490,28 +489,8 @@ func TestPluginAcrossNodes(t *testing.T) {
 	c := cluster.Up(t, cluster.Options{Mode: cluster.IPTables})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	d, err := c.JoinNode(ctx, otherNode, topo.OverlayVXLAN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec := pod(shop, "web-2", "web", lab.ModeHTTP, true)
-	spec.Node = d.Name
-	web, err := c.AddPod(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := c.AddPod(ctx, pod(shop, "client-1", "client", lab.ModeHTTP, true))
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := c.CreateService(ctx, service("web", "10.96.5.22", map[string]string{"app": "web"}, intstr.FromString("http")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ep := netip.AddrPortFrom(web.IP, 8080)
-	if err := c.WaitService(ctx, svc, map[string][]netip.AddrPort{"http": {ep}}); err != nil {
-		t.Fatal(err)
-	}
+	bed := upAcross(ctx, t, c, topo.OverlayVXLAN, service("web", "10.96.5.22", map[string]string{"app": "web"}, intstr.FromString("http")))
+	d, client, ep := bed.d, bed.client, bed.ep
 	vip := netip.MustParseAddrPort("10.96.5.22:80")
 	if err := c.Apply(ctx, filepath.Join("..", "..", "deploy", "rbac.yaml")); err != nil {
 		t.Fatal(err)

@@ -119,16 +119,22 @@ func TestPlugin(t *testing.T) {
 			}
 		}
 	}
-
-	t.Run("endpoint nodes, json", func(t *testing.T) {
-		cmd := run("web", "-n", shop, "-o", "json", "--image", imageOK)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
+	// ran runs kubectl svctrace to its end, failing t unless it exits 0:
+	// its standard output and error, and the debug Pods it made.
+	ran := func(t *testing.T, args ...string) (out []byte, stderr *bytes.Buffer, pods []*corev1.Pod) {
+		t.Helper()
+		cmd := run(args...)
+		stderr = &bytes.Buffer{}
+		cmd.Stderr = stderr
 		out, err := cmd.Output()
 		if err != nil {
-			t.Fatalf("%v\n%s%s", err, out, &stderr)
+			t.Fatalf("%v\n%s%s", err, out, stderr)
 		}
-		pods := created()
+		return out, stderr, created()
+	}
+
+	t.Run("endpoint nodes, json", func(t *testing.T) {
+		out, stderr, pods := ran(t, "web", "-n", shop, "-o", "json", "--image", imageOK)
 		if len(pods) != 2 || pods[0].Spec.NodeName != cluster.NodeName || pods[1].Spec.NodeName != otherNode {
 			t.Fatalf("debug pods %v, want one on %s and one on %s, where web's endpoints are", podNodes(pods), cluster.NodeName, otherNode)
 		}
@@ -182,7 +188,7 @@ func TestPlugin(t *testing.T) {
 		for _, want := range []string{"svctrace: shop/web on nodes node-1, node-2 (where its endpoints run); each connection stitched across them",
 			"[node-1] svctrace: warning: from node-1", "[node-2] svctrace: warning: from node-2", "svctrace: debug pod svctrace/svctrace-node-2-"} {
 			if !strings.Contains(stderr.String(), want) {
-				t.Errorf("stderr does not say %q:\n%s", want, &stderr)
+				t.Errorf("stderr does not say %q:\n%s", want, stderr)
 			}
 		}
 		waitGone(ctx, t, c)
@@ -191,14 +197,7 @@ func TestPlugin(t *testing.T) {
 	// -A has no Service to pick nodes by: it runs svctrace -A on the
 	// nodes named, and passes on what each prints.
 	t.Run("every service on a node", func(t *testing.T) {
-		cmd := run("-A", "--node", otherNode, "--summary-every", "30s", "-o", "json", "--image", imageOK)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("%v\n%s%s", err, out, &stderr)
-		}
-		pods := created()
+		out, stderr, pods := ran(t, "-A", "--node", otherNode, "--summary-every", "30s", "-o", "json", "--image", imageOK)
 		if len(pods) != 1 || pods[0].Spec.NodeName != otherNode {
 			t.Fatalf("debug pods %v, want one on %s", podNodes(pods), otherNode)
 		}
@@ -207,7 +206,7 @@ func TestPlugin(t *testing.T) {
 			t.Errorf("pod runs %q, want %q", cmd, want)
 		}
 		if !strings.Contains(string(out), `"traced_on":"`+otherNode+`"`) || !strings.Contains(stderr.String(), "every Service of every namespace on node "+otherNode) {
-			t.Errorf("stdout:\n%s\nstderr:\n%s", out, &stderr)
+			t.Errorf("stdout:\n%s\nstderr:\n%s", out, stderr)
 		}
 		waitGone(ctx, t, c)
 	})
