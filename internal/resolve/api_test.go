@@ -2,6 +2,7 @@ package resolve
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -9,8 +10,11 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 )
@@ -54,5 +58,36 @@ func TestListsPageByPage(t *testing.T) {
 	})
 	if _, err := a.ServiceNames(context.Background(), "shop", ""); err == nil || !strings.Contains(err.Error(), "cannot reach the Kubernetes API at https://api") {
 		t.Errorf("failed list: %v", err)
+	}
+}
+
+// Where listing every Pod is denied (access to some namespaces only),
+// Listed asks for each Service's Pods as the API source does, and they are
+// found all the same.
+func TestListedWithoutEveryPod(t *testing.T) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web-1", Labels: map[string]string{"app": "web"}},
+		Status: corev1.PodStatus{PodIP: "10.244.0.5"}}
+	cs := fake.NewClientset(pod)
+	var everywhere, inShop atomic.Int32
+	cs.PrependReactor("list", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetNamespace() == "" {
+			everywhere.Add(1)
+			return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "", errors.New("only shop"))
+		}
+		inShop.Add(1)
+		return false, nil, nil
+	})
+	l := NewListed(&API{Client: cs, Credentials: "test", Host: "https://api"})
+	for range 2 {
+		var got []string
+		if err := l.Pods(context.Background(), "shop", labels.SelectorFromSet(map[string]string{"app": "web"}), func(p *corev1.Pod) { got = append(got, p.Name) }); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[0] != "web-1" {
+			t.Errorf("pods %v, want web-1", got)
+		}
+	}
+	if everywhere.Load() != 1 || inShop.Load() != 2 {
+		t.Errorf("lists of every Pod %d, of shop's %d; want one refused, then shop's each time", everywhere.Load(), inShop.Load())
 	}
 }

@@ -91,13 +91,17 @@ func (s All) checkAll(ctx context.Context) error {
 		return err
 	}
 	facts := diagnose.ReadNode(s.Node, s.Local)
+	// Every Service's view from reads made once (every Pod listed, each
+	// Node, namespace and its policies read once), not a dozen requests
+	// per Service.
+	src := resolve.NewListed(s.Source)
 	// A problem of the node's (forwarding off, kube-proxy not running) is
 	// every Service's: said once, before the Services' own.
 	var nodeWide, found []output.ServiceCheck
 	for _, svc := range svcs {
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 		// Each Service with the objects listed above, not read again.
-		v, err := resolve.GatherFrom(ctx, s.Source, svc, bySvc[key], s.Local)
+		v, err := resolve.GatherFrom(ctx, src, svc, bySvc[key], s.Local)
 		if err != nil {
 			s.warn("%s: %v", key, err)
 			continue

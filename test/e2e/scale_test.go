@@ -62,6 +62,9 @@ func BenchmarkTraceAgainstAPIAtScale(b *testing.B) {
 		every := traceRSS(b, c, s, all)
 		churn := churnCPU(ctx, b, c, all)
 		b.ReportMetric(churn, "pct-core-all-churn")
+		checked, lines := checkAll(b, c)
+		b.ReportMetric(checked, "s-check-all-large-API")
+		b.ReportMetric(float64(lines), "check-all-lines")
 		b.ReportMetric(every.peak, "MB-peak-RSS-all-large-API")
 		b.ReportMetric(every.rss, "MB-RSS-all-large-API")
 		b.ReportMetric(every.anon, "MB-anon-all-large-API")
@@ -206,6 +209,24 @@ func churnCPU(ctx context.Context, b *testing.B, c *cluster.Cluster, what []stri
 	}
 	used := cpu() - before
 	return 100 * used / float64(time.Since(start).Nanoseconds())
+}
+
+// checkAll runs svctrace check -A against the API server filled by
+// fillAPI: how long it took (exec to exit), and how many Services it
+// found a problem with (its JSON lines).
+func checkAll(b *testing.B, c *cluster.Cluster) (float64, int) {
+	b.Helper()
+	cmd := exec.Command("ip", "netns", "exec", filepath.Base(c.Node.Path), svctrace(b), "check", "-A", "-o", "json",
+		"--node", cluster.NodeName, "--kubeconfig", c.Kubeconfig)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	start := time.Now()
+	out, err := cmd.Output()
+	took := time.Since(start)
+	if ee, ok := err.(*exec.ExitError); err != nil && (!ok || ee.ExitCode() != 1) { // 1: problems found
+		b.Fatalf("svctrace check -A: %v\n%s", err, stderr.String())
+	}
+	return took.Seconds(), strings.Count(string(out), "\n")
 }
 
 // scaleClient is a client of c's API server without a client-side rate
