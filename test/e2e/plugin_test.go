@@ -50,10 +50,13 @@ func TestPlugin(t *testing.T) {
 	if err := c.AddNode(ctx, otherNode); err != nil {
 		t.Fatal(err)
 	}
+	var eps []netip.AddrPort
 	for _, ps := range []cluster.PodSpec{pod(shop, "web-1", "web", lab.ModeHTTP, true), onOtherNode(pod(shop, "web-2", "web", "", true))} {
-		if _, err := c.AddPod(ctx, ps); err != nil {
+		p, err := c.AddPod(ctx, ps)
+		if err != nil {
 			t.Fatal(err)
 		}
+		eps = append(eps, netip.AddrPortFrom(p.IP, 8080))
 	}
 	svc, err := c.CreateService(ctx, service("web", "10.96.1.30", map[string]string{"app": "web"}, intstr.FromString("http")))
 	if err != nil {
@@ -63,8 +66,10 @@ func TestPlugin(t *testing.T) {
 		t.Fatal(err)
 	}
 	// svctrace check in the subtests reads kube-proxy's rules: a check
-	// before kube-proxy wrote them finds none (no-rules-for-service).
-	if err := c.WaitRules(ctx, "Service shop/web", func(r string) bool { return strings.Contains(r, "shop/web:http") }); err != nil {
+	// before kube-proxy wrote them finds none (no-rules-for-service), and
+	// its rules before it saw the endpoints ("has no endpoints") are not
+	// them either.
+	if err := c.WaitService(ctx, svc, map[string][]netip.AddrPort{"http": eps}); err != nil {
 		t.Fatal(err)
 	}
 	// The one-time set-up the plugin's defaults expect.
