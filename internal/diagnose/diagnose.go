@@ -324,6 +324,15 @@ func (c *checker) rules() {
 		return
 	}
 	proxy := "kube-proxy on " + c.nodeName()
+	if name := c.svc.ProxyName; name != "" {
+		// kube-proxy watches only Services without the label: no rules
+		// of its are right, and what the named proxy does is not read.
+		c.add(report.Finding{Severity: report.Info, Code: report.OtherProxy, Object: c.object,
+			Summary: fmt.Sprintf("%s/%s carries the label %s=%s: kube-proxy leaves it to that proxy, so none of kube-proxy's rules are for it; svctrace reads kube-proxy's rules only, not what %s does with its traffic",
+				c.svc.Namespace, c.svc.Name, resolve.LabelServiceProxyName, name, name),
+			Next: []string{fmt.Sprintf("kubectl get service -n %s %s --show-labels", c.svc.Namespace, c.svc.Name)}})
+		return
+	}
 	if c.Rules == nil {
 		why := "no reason was given"
 		if c.RulesErr != nil {

@@ -98,6 +98,8 @@ func stories() []story {
 	headless := svc("db", "None", map[string]string{"app": "web"}, byName)
 	external := corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: shop, Name: "ext"},
 		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "db.example.com"}}
+	otherProxy := svc("web", "10.96.1.10", map[string]string{"app": "web"}, byName)
+	otherProxy.Labels = map[string]string{resolve.LabelServiceProxyName: "elsewhere"}
 	typo := pod(shop, "typo-1", "web", "10.244.0.31", "node-1", true)
 	typo.Labels = map[string]string{"apps": "cart"}
 	ss := []story{
@@ -123,6 +125,10 @@ func stories() []story {
 			rules: &kubeproxy.Ruleset{Mode: kubeproxy.ModeIPTables},
 			objs: resolve.Objects{Services: []corev1.Service{svc("web", "10.96.1.10", map[string]string{"app": "web"}, byName)},
 				Pods: []corev1.Pod{web1}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1)}, Nodes: nodes}},
+		// Another proxy's Service: kube-proxy rightly has no rules for it.
+		{name: "other-proxy", want: "other-proxy", severity: report.Info, evidence: "service.kubernetes.io/service-proxy-name=elsewhere: kube-proxy leaves it to that proxy",
+			rules: &kubeproxy.Ruleset{Mode: kubeproxy.ModeIPTables},
+			objs:  resolve.Objects{Services: []corev1.Service{otherProxy}, Pods: []corev1.Pod{web1}, Slices: []discoveryv1.EndpointSlice{slice("web", 8080, web1)}, Nodes: nodes}},
 		{name: "stale-dnat", want: "stale-dnat", severity: report.Problem, evidence: "10.244.0.99:8080",
 			rules: &kubeproxy.Ruleset{Mode: kubeproxy.ModeIPTables, Ports: map[kubeproxy.PortKey]*kubeproxy.PortRules{
 				{Name: "shop/web:http", Proto: "tcp"}: {Endpoints: []kubeproxy.EndpointRule{{Addr: netip.MustParseAddrPort("10.244.0.11:8080")}, {Addr: netip.MustParseAddrPort("10.244.0.99:8080")}}}}},

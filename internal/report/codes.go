@@ -31,6 +31,7 @@ const (
 	RulesetUnreadable      Code = "ruleset-unreadable"       // the rules could not be read
 	IPVS                   Code = "ipvs"                     // kube-proxy's ipvs mode, not read
 	NodePortAddresses      Code = "nodeport-addresses"       // NodePorts accepted on some addresses only
+	OtherProxy             Code = "other-proxy"              // the Service names another proxy than kube-proxy
 	// conntrack on this node.
 	ConntrackFull     Code = "conntrack-full"     // the table is at its limit
 	ConntrackStale    Code = "conntrack-stale"    // UDP entries still send to an address that is no serving endpoint
@@ -88,7 +89,7 @@ var TraceCodes = []Code{KernelDrop, RuleDrop, UnplacedDrop, Refused, NoAnswer, H
 var Codes = []Code{
 	SelectorMatchesNoPod, PodsInOtherNamespace, NoReadyPods, SomePodsNotReady,
 	TargetPortNotExposed, TargetPortNameUnknown, TargetPortWrongProtocol, TargetPortNotDeclared,
-	NoKubeProxyRules, NoRulesForService, KubeProxyRejects, StaleDNAT, EndpointsNotProgrammed,
+	NoKubeProxyRules, NoRulesForService, KubeProxyRejects, StaleDNAT, EndpointsNotProgrammed, OtherProxy,
 	ExternalLocalNoEndpoint, InternalLocalNoEndpoint, NoSelectorNoEndpointSlices,
 	ManualEndpoints, Headless, ExternalName, IPVS, RulesetUnreadable, Healthy,
 	NodePortAddresses, SessionAffinity, ConntrackFull, ConntrackStale, ConntrackUnlisted,

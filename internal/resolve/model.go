@@ -30,8 +30,16 @@ type Service struct {
 	// PublishNotReady: publishNotReadyAddresses, so the EndpointSlice
 	// controller calls every selected Pod's address ready.
 	PublishNotReady bool
-	Ports           []Port
+	// ProxyName is the Service's label service.kubernetes.io/service-proxy-name:
+	// another proxy than kube-proxy handles it, and kube-proxy leaves it
+	// alone ("": kube-proxy's).
+	ProxyName string
+	Ports     []Port
 }
+
+// LabelServiceProxyName names the proxy that handles a Service, where it
+// is not kube-proxy (kube-proxy watches only Services without it).
+const LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
 
 // Port is one Service port and its endpoints.
 type Port struct {
@@ -100,7 +108,8 @@ func NewService(v *View) *Service {
 		ClientAffinity: spec.SessionAffinity == corev1.ServiceAffinityClientIP,
 		ExternalLocal:  spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
 		InternalLocal:  spec.InternalTrafficPolicy != nil && *spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal,
-		Selector:       spec.Selector, PublishNotReady: spec.PublishNotReadyAddresses}
+		Selector:       spec.Selector, PublishNotReady: spec.PublishNotReadyAddresses,
+		ProxyName: v.Service.Labels[LabelServiceProxyName]}
 	if s.Type == "" {
 		s.Type = corev1.ServiceTypeClusterIP
 	}
