@@ -53,16 +53,11 @@ func (c *Catalog) Next(svcs []*corev1.Service, sls []*discoveryv1.EndpointSlice)
 }
 
 func build(ns string, svcs []*corev1.Service, sls []*discoveryv1.EndpointSlice, prev map[string]builtFrom) *Catalog {
-	bySvc := map[types.NamespacedName][]*discoveryv1.EndpointSlice{}
-	for _, sl := range sls {
-		k := types.NamespacedName{Namespace: sl.Namespace, Name: sl.Labels[discoveryv1.LabelServiceName]}
-		bySvc[k] = append(bySvc[k], sl)
-	}
+	bySvc := slicesByService(sls)
 	c := &Catalog{Namespace: ns, Services: make([]*Service, 0, len(svcs)), from: make(map[string]builtFrom, len(svcs))}
 	for _, s := range svcs {
 		k := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
 		own := bySvc[k]
-		slices.SortFunc(own, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
 		key := k.String()
 		b, ok := prev[key]
 		if !ok || b.svc != s || !slices.Equal(b.slices, own) {
@@ -83,12 +78,23 @@ func build(ns string, svcs []*corev1.Service, sls []*discoveryv1.EndpointSlice, 
 // (kubernetes.io/service-name), each Service's by name.
 func SlicesByService(sls []*discoveryv1.EndpointSlice) map[types.NamespacedName][]discoveryv1.EndpointSlice {
 	by := map[types.NamespacedName][]discoveryv1.EndpointSlice{}
+	for k, own := range slicesByService(sls) {
+		for _, sl := range own {
+			by[k] = append(by[k], *sl)
+		}
+	}
+	return by
+}
+
+// slicesByService is SlicesByService without copies.
+func slicesByService(sls []*discoveryv1.EndpointSlice) map[types.NamespacedName][]*discoveryv1.EndpointSlice {
+	by := map[types.NamespacedName][]*discoveryv1.EndpointSlice{}
 	for _, sl := range sls {
 		k := types.NamespacedName{Namespace: sl.Namespace, Name: sl.Labels[discoveryv1.LabelServiceName]}
-		by[k] = append(by[k], *sl)
+		by[k] = append(by[k], sl)
 	}
 	for _, own := range by {
-		sort.Slice(own, func(i, j int) bool { return own[i].Name < own[j].Name })
+		slices.SortFunc(own, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
 	}
 	return by
 }
