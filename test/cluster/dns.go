@@ -62,7 +62,40 @@ type DNS struct {
 
 // Pause stops CoreDNS's process (SIGSTOP): it keeps its sockets and
 // answers nothing, as a hung DNS server does, while its Pod stays Ready.
-func (d *DNS) Pause() error { return d.proc.cmd.Process.Signal(syscall.SIGSTOP) }
+// It returns once every thread is stopped: the signal is delivered after
+// kill returns, and a query sent meanwhile was answered (a CI run).
+func (d *DNS) Pause() error {
+	pid := d.proc.cmd.Process.Pid
+	if err := d.proc.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	for start := time.Now(); time.Since(start) < 5*time.Second; time.Sleep(time.Millisecond) {
+		if stopped(pid) {
+			return nil
+		}
+	}
+	return fmt.Errorf("CoreDNS (pid %d) did not stop in 5s", pid)
+}
+
+// stopped reports whether every thread of pid is stopped (state T).
+func stopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
+		if err != nil {
+			return false
+		}
+		// The state follows the command's closing parenthesis.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+			return false
+		}
+	}
+	return true
+}
 
 // Resume lets it run again (SIGCONT).
 func (d *DNS) Resume() error { return d.proc.cmd.Process.Signal(syscall.SIGCONT) }
