@@ -397,8 +397,11 @@ func join(views []View, head *part, offsets, coarse []int64) stitched {
 	}
 	twice := map[at]bool{}
 	for i, d := range c.Drops {
+		if d.InNode {
+			continue
+		}
 		for j := i - 1; j >= 0 && d.Time-c.Drops[j].Time < sameDrop; j-- {
-			if e := c.Drops[j]; !d.InNode && !e.InNode && e.Node != d.Node && !twice[at{e.Node, e.Time}] &&
+			if e := c.Drops[j]; !e.InNode && e.Node != d.Node && !twice[at{e.Node, e.Time}] &&
 				e.NetNS == d.NetNS && e.Reason == d.Reason && e.Location == d.Location {
 				twice[at{d.Node, d.Time}] = true
 				break

@@ -74,6 +74,7 @@ func (d *DNS) Pause() error {
 			return nil
 		}
 	}
+	d.Resume() // not left half stopped for the stories after
 	return fmt.Errorf("CoreDNS (pid %d) did not stop in 5s", pid)
 }
 

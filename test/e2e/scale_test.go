@@ -111,13 +111,7 @@ func traceRSS(b *testing.B, c *cluster.Cluster, s *story, what []string) traced 
 		b.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	for !strings.Contains(stderr.String(), "Ctrl-C to stop") {
-		if time.Since(start) > time.Minute {
-			b.Fatalf("svctrace did not start tracing in a minute:\n%s", stderr.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	ready := time.Since(start)
+	ready := untilTracing(b, &stderr, start)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var status []byte
@@ -141,6 +135,19 @@ func traceRSS(b *testing.B, c *cluster.Cluster, s *story, what []string) traced 
 	// ip netns exec execs svctrace in its own process. VmHWM, not
 	// getrusage: ru_maxrss keeps the high-water mark from before exec.
 	return traced{peak: testutil.StatusMB(status, "VmHWM"), rss: testutil.StatusMB(status, "VmRSS"), anon: testutil.StatusMB(status, "RssAnon"), ready: ready.Seconds()}
+}
+
+// untilTracing waits until the svctrace writing stderr says it traces,
+// at most a minute from start, and returns how long that took.
+func untilTracing(b *testing.B, stderr *syncBuilder, start time.Time) time.Duration {
+	b.Helper()
+	for !strings.Contains(stderr.String(), "Ctrl-C to stop") {
+		if time.Since(start) > time.Minute {
+			b.Fatalf("svctrace did not start tracing in a minute:\n%s", stderr.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start)
 }
 
 // churnRate and churnFor: how many EndpointSlices a second churnCPU
@@ -178,11 +185,7 @@ func churnCPU(ctx context.Context, b *testing.B, c *cluster.Cluster, what []stri
 			<-exited
 		}
 	}()
-	for start := time.Now(); !strings.Contains(stderr.String(), "Ctrl-C to stop"); time.Sleep(5 * time.Millisecond) {
-		if time.Since(start) > time.Minute {
-			b.Fatalf("svctrace did not start tracing in a minute:\n%s", stderr.String())
-		}
-	}
+	untilTracing(b, &stderr, time.Now())
 	time.Sleep(2 * time.Second) // start-up's garbage collected, the first change taken up
 	cpu := func() float64 {
 		ns, ok := testutil.RunNanos(cmd.Process.Pid)
